@@ -1,0 +1,79 @@
+"""The `mtl` command: a Typer app whose command groups live one per module in this package.
+
+Every command is a thin wrapper: parse, call a plain function, print. User errors (`UserError`,
+missing files) become one line on stderr and exit status 2; `MTL_DEBUG=1` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="mtl",
+    help="Multi-task computer vision: detect objects and segment the scene with one model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# (module, group name or None for a plain command registered by the module itself)
+_GROUPS = [
+    ("mtlcli.cli.prepare", "prepare"),
+    ("mtlcli.cli.recipes", "recipes"),
+    ("mtlcli.cli.train", None),
+    ("mtlcli.cli.eval", None),
+    ("mtlcli.cli.viz", "viz"),
+    ("mtlcli.cli.benchmark", None),
+    ("mtlcli.cli.quickstart", None),
+    ("mtlcli.cli.anchors", None),
+]
+
+
+def _register() -> None:
+    for module_name, group in _GROUPS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # command group not written yet
+                continue
+            raise
+        if group is None:
+            module.register(app)
+        else:
+            app.add_typer(module.app, name=group)
+
+
+_register()
+
+
+def error_line(exc: BaseException) -> str:
+    from mtlcli.errors import UserError
+
+    if isinstance(exc, UserError):
+        return f"error: {exc}"
+    if isinstance(exc, FileNotFoundError):
+        name = exc.filename or str(exc)
+        return f"error: {name}: no such file or directory — check the path"
+    if isinstance(exc, PermissionError):
+        return f"error: {exc.filename}: permission denied — choose a location you can write to"
+    return f"error: {exc}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, turning user errors into one line and exit status 2.
+
+    Usage errors (unknown option, missing argument) are Typer's own: a short message and status 2.
+    """
+    from mtlcli.errors import UserError
+
+    try:
+        app(args=argv)
+    except (UserError, FileNotFoundError, PermissionError) as exc:
+        if os.environ.get("MTL_DEBUG"):
+            raise
+        print(error_line(exc), file=sys.stderr)
+        sys.exit(2)
