@@ -1,0 +1,315 @@
+"""PASCAL VOC 2007/2012 (+ SBD) -> the prepared format (DESIGN.md §3).
+
+Source layouts (each option accepts the year folder or the `VOCdevkit` that holds it; `--sbd` accepts
+`benchmark_RELEASE/dataset` or `benchmark_RELEASE`):
+
+    VOCdevkit/VOC2012/{JPEGImages, Annotations, SegmentationClass,
+                       ImageSets/Main/trainval.txt, ImageSets/Segmentation/{train,val}.txt}
+    VOCdevkit/VOC2007/{JPEGImages, Annotations, ImageSets/Main/{trainval,test}.txt}
+    benchmark_RELEASE/dataset/{img, cls/<name>.mat, train.txt, val.txt}
+
+Splits written:
+    trainval   detection: VOC2007 trainval ∪ VOC2012 trainval (whichever years are given). Images that
+               belong to the segmentation training set (train_aug with --sbd, else VOC2012 seg train)
+               also get their semantic map; VOC2012 seg val labels are never put in a training split.
+    test       detection: VOC2007 test (when --voc2007 holds ImageSets/Main/test.txt).
+    train      segmentation: VOC2012 seg train (1464 images), boxes from the XML.
+    val        segmentation: VOC2012 seg val (1449 images), boxes from the XML.
+    train_aug  segmentation (with --sbd): (SBD train ∪ SBD val ∪ VOC2012 seg train) minus VOC2012 seg
+               val; label = VOC2012 SegmentationClass PNG where one exists, else SBD `cls/<name>.mat`.
+
+Boxes: VOC XML coordinates are 1-based and inclusive, so the object covers 0-based pixel columns
+xmin - 1 .. xmax - 1. We fill exactly those pixels (box_mask of [xmin - 1, ymin - 1, xmax, ymax], an
+exclusive end), which gives the COCO bbox [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1].
+Difficult objects get iscrowd = 1 and stay out of the distance-transform target.
+
+`dataset.json` "source" is the common parent of the given folders' parents (for a single
+`VOCdevkit/VOC2012` that is `VOCdevkit`), so file names read like `VOC2012/JPEGImages/2008_000001.jpg`.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mtlcli.data.prepared import (
+    DatasetMeta,
+    ImageJob,
+    ImageResult,
+    SkipImage,
+    check_out_dir,
+    dt_path,
+    encode_instance,
+    run_prepare,
+    save_png,
+    semantic_path,
+)
+from mtlcli.data.targets import IGNORE_INDEX, box_mask, dt_bins
+from mtlcli.errors import UserError
+
+VOC_CLASSES = [
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+]
+VOC_SEG_CLASSES = ["background", *VOC_CLASSES]
+
+
+def voc_colormap(n: int = 256) -> list[list[int]]:
+    """The standard PASCAL VOC colour map: entry i spreads the bits of i over R, G, B (high bits first).
+
+    Entries are distinct for every i < 256, which also makes it a good deterministic palette for
+    datasets with more classes (COCO)."""
+    palette = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append([r, g, b])
+    return palette
+
+
+# --------------------------------------------------------------------------- reading one image
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image file, decoding it fully so that corrupt or truncated files are caught."""
+    if not os.path.isfile(path):
+        raise SkipImage(f"image file {path} is missing")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.height, img.width
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise SkipImage(f"corrupt image {path} ({exc})") from None
+
+
+def parse_voc_xml(path: str | Path) -> list[tuple[str, list[float], bool]]:
+    """Objects of a VOC XML file as (class name, box, difficult).
+
+    The box is [x0, y0, x1, y1] in 0-based pixel-edge coordinates of the image: x0 = xmin - 1,
+    x1 = xmax (so the object covers columns x0 .. x1 - 1, i.e. xmax - xmin + 1 pixels)."""
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise SkipImage(f"unreadable XML {path} ({exc})") from None
+    objects = []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip().lower()
+        if name not in VOC_CLASSES:
+            raise SkipImage(f"{path}: unknown class {name!r} (VOC has {', '.join(VOC_CLASSES)})")
+        bnd = obj.find("bndbox")  # direct child only: <part> elements carry their own boxes
+        try:
+            xmin, ymin, xmax, ymax = (float(bnd.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except (AttributeError, TypeError, ValueError):
+            raise SkipImage(f"{path}: object {name!r} has no valid <bndbox>") from None
+        difficult = (obj.findtext("difficult") or "0").strip() not in ("0", "")
+        objects.append((name, [xmin - 1, ymin - 1, xmax, ymax], difficult))
+    return objects
+
+
+def read_voc_label_png(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """A VOC SegmentationClass PNG (palette indices 0..20, 255 = boundary/ignore) as uint8 [H, W]."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L"):
+                raise SkipImage(f"{path} is a {img.mode} PNG; VOC labels are palette (class index) PNGs")
+            label = np.array(img)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise SkipImage(f"unreadable label PNG {path} ({exc})") from None
+    return _check_label(label, shape, path)
+
+
+def read_sbd_mat(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """SBD `cls/<name>.mat` -> uint8 [H, W] class indices 0..20 from the struct `GTcls.Segmentation`."""
+    from scipy.io import loadmat
+
+    try:
+        seg = loadmat(path, squeeze_me=True, struct_as_record=False)["GTcls"].Segmentation
+        label = np.asarray(seg)
+    except Exception as exc:  # scipy raises MatReadError/ValueError/TypeError/KeyError/AttributeError
+        raise SkipImage(f"unreadable .mat {path} ({type(exc).__name__}: {exc}); expected a struct GTcls with field Segmentation") from None
+    if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
+        raise SkipImage(f"{path}: GTcls.Segmentation is not a 2-D integer array")
+    return _check_label(label, shape, path)
+
+
+def _check_label(label: np.ndarray, shape: tuple[int, int], path: str | Path) -> np.ndarray:
+    if label.shape != tuple(shape):
+        raise SkipImage(f"{path}: label is {label.shape[0]}x{label.shape[1]} but the image is {shape[0]}x{shape[1]}")
+    bad = ((label > len(VOC_CLASSES)) & (label != IGNORE_INDEX)) | (label < 0)
+    if bad.any():
+        raise SkipImage(f"{path}: label value {int(label[bad][0])} is not a VOC class index (0..20, 255 = ignore)")
+    return label.astype(np.uint8)
+
+
+def prepare_voc_image(job: ImageJob, out: Path) -> ImageResult:
+    """Per-image work (runs in a worker): boxes from the XML, semantic map from the PNG or .mat, DT bins.
+
+    payload: image (absolute path), xml (path or None), png / mat (label path or None),
+    need_boxes (detection split: an image without XML is skipped), need_seg (segmentation split:
+    an image without a label is skipped)."""
+    p = job.payload
+    h, w = read_image_size(p["image"])
+    annotations: list[dict[str, Any]] = []
+    dt_masks = []
+    if p.get("xml"):
+        for name, box, difficult in parse_voc_xml(p["xml"]):
+            mask = box_mask(box, (h, w))
+            if not mask.any():  # box entirely outside the image: nothing to learn from
+                continue
+            annotations.append(encode_instance(mask, VOC_CLASSES.index(name) + 1, int(difficult)))
+            if not difficult:
+                dt_masks.append(mask)
+    elif p.get("need_boxes"):
+        raise SkipImage("no ground truth: Annotations/<name>.xml is missing")
+
+    label = None
+    if p.get("png"):
+        label = read_voc_label_png(p["png"], (h, w))
+    elif p.get("mat"):
+        label = read_sbd_mat(p["mat"], (h, w))
+    elif p.get("need_seg"):
+        raise SkipImage("no ground truth: neither SegmentationClass/<name>.png nor SBD cls/<name>.mat exists")
+    if label is not None:
+        save_png(semantic_path(out, job.split, job.stem), label)
+    save_png(dt_path(out, job.split, job.stem), dt_bins(dt_masks, (h, w)))
+    return ImageResult(job.split, job.file_name, job.stem, height=h, width=w, annotations=annotations)
+
+
+# --------------------------------------------------------------------------- source layout
+
+def find_voc_year(path: str | Path, year: str, option: str) -> Path:
+    """The `VOC<year>` folder given either itself or the `VOCdevkit` holding it; UserError otherwise."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise UserError(f"{option} {path}: no such folder — give the VOCdevkit/VOC{year} folder of the extracted VOC{year} tarball")
+    for cand in (path, path / f"VOC{year}"):
+        if all((cand / d).is_dir() for d in ("JPEGImages", "Annotations", "ImageSets")):
+            return cand.resolve()
+    raise UserError(f"{option} {path} is not a VOC{year} folder (expected JPEGImages/, Annotations/ and ImageSets/ "
+                    f"in it or in its VOC{year}/) — give the VOCdevkit/VOC{year} folder")
+
+
+def find_sbd(path: str | Path) -> Path:
+    """SBD's `dataset` folder, given itself or `benchmark_RELEASE`; UserError otherwise."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise UserError(f"--sbd {path}: no such folder — give benchmark_RELEASE/dataset of the extracted SBD tarball")
+    for cand in (path, path / "dataset"):
+        if (cand / "cls").is_dir() and (cand / "train.txt").is_file() and (cand / "val.txt").is_file():
+            return cand.resolve()
+    raise UserError(f"--sbd {path} is not an SBD folder (expected cls/, train.txt and val.txt in it or in its dataset/) "
+                    f"— give benchmark_RELEASE/dataset")
+
+
+def read_list(path: Path, option: str) -> list[str]:
+    """Image names of an ImageSets-style list (first token per line)."""
+    if not path.is_file():
+        raise UserError(f"{path} is missing — {option} must hold the complete {path.parent.name} image lists")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _listing(folder: Path, suffix: str) -> set[str]:
+    """Stems of the files with `suffix` in folder (one listdir instead of thousands of stat calls)."""
+    if not folder.is_dir():
+        return set()
+    return {n[: -len(suffix)] for n in os.listdir(folder) if n.endswith(suffix)}
+
+
+def refuse_out_inside(out: str | Path, sources: list[Path]) -> None:
+    """--out must lie outside every source folder: the source is never written."""
+    o = Path(out).expanduser().resolve()
+    for src in sources:
+        if o == src or src in o.parents:
+            raise UserError(f"--out {o} lies inside the source {src}; choose a folder outside it (the source is never written)")
+
+
+def prepare_voc(
+    out: str | Path,
+    *,
+    voc2012: str | Path,
+    voc2007: str | Path | None = None,
+    sbd: str | Path | None = None,
+    workers: int | None = None,
+    strict: bool = False,
+    force: bool = False,
+) -> dict:
+    """Write the prepared VOC dataset (splits in the module docstring) to `out`; returns run_prepare's summary."""
+    v12 = find_voc_year(voc2012, "2012", "--voc2012")
+    v07 = find_voc_year(voc2007, "2007", "--voc2007") if voc2007 is not None else None
+    sb = find_sbd(sbd) if sbd is not None else None
+    roots = [r for r in (v12, v07, sb) if r is not None]
+    source = Path(os.path.commonpath([str(r.parent) for r in roots]))
+
+    seg_train = read_list(v12 / "ImageSets" / "Segmentation" / "train.txt", "--voc2012")
+    seg_val = read_list(v12 / "ImageSets" / "Segmentation" / "val.txt", "--voc2012")
+    det_lists = [(v, read_list(v / "ImageSets" / "Main" / "trainval.txt", f"--voc{y}")) for v, y in ((v07, "2007"), (v12, "2012")) if v]
+    test_list = v07 / "ImageSets" / "Main" / "test.txt" if v07 else None
+    has_test = test_list is not None and test_list.is_file()
+
+    # one listing per folder; the per-image function re-checks existence where it matters
+    jpgs = {v: _listing(v / "JPEGImages", ".jpg") for v in roots if v is not sb}
+    xmls = {v: _listing(v / "Annotations", ".xml") for v in roots if v is not sb}
+    pngs = _listing(v12 / "SegmentationClass", ".png")
+    mats = _listing(sb / "cls", ".mat") if sb else set()
+    sbd_imgs = _listing(sb / "img", ".jpg") if sb else set()
+
+    seg_val_set = set(seg_val)
+    if sb:
+        train_aug = sorted((set(read_list(sb / "train.txt", "--sbd")) | set(read_list(sb / "val.txt", "--sbd")) | set(seg_train)) - seg_val_set)
+    else:
+        train_aug = []
+    seg_train_set = set(train_aug) if sb else set(seg_train) - seg_val_set
+
+    def rel(p: Path) -> str:
+        return p.relative_to(source).as_posix()
+
+    def label_of(name: str) -> dict[str, Any]:
+        if name in pngs:
+            return {"png": str(v12 / "SegmentationClass" / f"{name}.png")}
+        if name in mats:
+            return {"mat": str(sb / "cls" / f"{name}.mat")}
+        return {}
+
+    def job(split: str, year_dir: Path, name: str, **payload: Any) -> ImageJob:
+        image = year_dir / "JPEGImages" / f"{name}.jpg"
+        if name not in jpgs[year_dir] and name in sbd_imgs:  # a train_aug image only SBD ships
+            image = sb / "img" / f"{name}.jpg"
+        xml = year_dir / "Annotations" / f"{name}.xml" if name in xmls[year_dir] else None
+        return ImageJob(split, rel(image), name, {"image": str(image), "xml": str(xml) if xml else None, **payload})
+
+    jobs: list[ImageJob] = []
+    pre_skipped: list[ImageResult] = []
+    splits = ["trainval"]
+    seen: dict[str, str] = {}
+    for year_dir, names in det_lists:
+        for name in names:
+            j = job("trainval", year_dir, name, need_boxes=True, **(label_of(name) if year_dir == v12 and name in seg_train_set else {}))
+            if name in seen:  # VOC2007 and VOC2012 names never collide; a hand-made copy might
+                pre_skipped.append(ImageResult("trainval", j.file_name, name, skipped=f"duplicate image name (already taken from {seen[name]})"))
+                continue
+            seen[name] = j.file_name
+            jobs.append(j)
+    if has_test:
+        splits.append("test")
+        jobs += [job("test", v07, name, need_boxes=True) for name in read_list(test_list, "--voc2007")]
+    splits += ["train", "val"]
+    jobs += [job("train", v12, name, need_seg=True, **label_of(name)) for name in seg_train]
+    jobs += [job("val", v12, name, need_seg=True, **label_of(name)) for name in seg_val]
+    if sb:
+        splits.append("train_aug")
+        jobs += [job("train_aug", v12, name, need_seg=True, **label_of(name)) for name in train_aug]
+
+    refuse_out_inside(out, roots)
+    out = check_out_dir(out, force)
+    meta = DatasetMeta(name="voc", source=str(source), splits=splits, det_classes=list(VOC_CLASSES),
+                       seg_classes=list(VOC_SEG_CLASSES), palette=voc_colormap(len(VOC_SEG_CLASSES)))
+    return run_prepare(out, meta, jobs, prepare_voc_image, workers=workers, strict=strict, pre_skipped=pre_skipped)

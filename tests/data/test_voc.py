@@ -1,0 +1,260 @@
+"""`prepare_voc` on a tiny VOC2007 + VOC2012 + SBD tree built in the real layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import scipy.sparse
+from PIL import Image
+from pycocotools import mask as mask_utils
+from scipy import ndimage
+
+from mtlcli.data.prepared import DatasetMeta, read_label_png
+from mtlcli.data.voc import VOC_CLASSES, prepare_voc, voc_colormap
+from mtlcli.errors import UserError
+
+H, W = 32, 48
+
+
+def write_jpeg(path: Path, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(path, quality=90)
+
+
+def write_xml(path: Path, objects: list[tuple[str, tuple[int, int, int, int], int]]) -> None:
+    """VOC XML as the devkit writes it: 1-based inclusive bndbox, <difficult>, <part>s ignored."""
+    objs = "".join(
+        f"<object><name>{n}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>{d}</difficult>"
+        f"<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox>"
+        f"<part><name>head</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></part></object>"
+        for n, b, d in objects
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"<annotation><folder>VOC</folder><filename>{path.stem}.jpg</filename><size><width>{W}</width>"
+                    f"<height>{H}</height><depth>3</depth></size><segmented>0</segmented>{objs}</annotation>")
+
+
+def write_palette_png(path: Path, label: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(label.astype(np.uint8), mode="P")
+    img.putpalette([c for rgb in voc_colormap(256) for c in rgb])
+    img.save(path)
+
+
+def write_sbd_mat(path: Path, label: np.ndarray) -> None:
+    """SBD cls/<name>.mat: a 1x1 struct GTcls {Boundaries: 20x1 cell of sparse, Segmentation, CategoriesPresent}."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    boundaries = np.empty((20, 1), dtype=object)
+    for i in range(20):
+        boundaries[i, 0] = scipy.sparse.csc_matrix((H, W), dtype=np.float64)
+    present = np.unique(label[(label > 0) & (label < 255)]).astype(np.uint8)
+    scipy.io.savemat(path, {"GTcls": {"Boundaries": boundaries, "Segmentation": label.astype(np.uint8), "CategoriesPresent": present}})
+
+
+def label_map(value: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    lab = np.zeros((H, W), np.uint8)
+    lab[y0:y1, x0:x1] = value
+    lab[y0, x0:x1] = 255  # VOC's boundary band
+    return lab
+
+
+LABELS = {
+    "2008_000001": label_map(12, (4, 2, 20, 30)),   # dog
+    "2008_000002": label_map(15, (0, 0, 10, 10)),   # person
+    "2008_000004": label_map(7, (10, 10, 40, 30)),  # car (PNG)
+    "2008_000005": label_map(8, (1, 1, 5, 5)),
+}
+MATS = {
+    "2008_000003": label_map(3, (5, 5, 25, 25)),    # bird
+    "2008_000004": label_map(9, (0, 0, 48, 32)),    # a different label: the PNG must win
+    "2008_000005": label_map(8, (1, 1, 5, 5)),
+    "2008_000007": label_map(2, (2, 2, 8, 8)),
+}
+
+
+@pytest.fixture
+def voc(tmp_path: Path) -> dict[str, Path]:
+    root = tmp_path / "src"
+    v12 = root / "VOCdevkit" / "VOC2012"
+    v07 = root / "VOCdevkit" / "VOC2007"
+    sbd = root / "benchmark_RELEASE" / "dataset"
+    names12 = ["2008_000001", "2008_000002", "2008_000003", "2008_000004", "2008_000005", "2008_000006"]
+    for i, n in enumerate(names12):
+        write_jpeg(v12 / "JPEGImages" / f"{n}.jpg", i)
+        write_xml(v12 / "Annotations" / f"{n}.xml", [("car", (3, 3, 10, 12), 0)])
+    write_xml(v12 / "Annotations" / "2008_000001.xml", [("dog", (5, 3, 20, 30), 0), ("person", (1, 1, 48, 32), 1), ("cat", (30, 20, 40, 28), 0)])
+    for n, lab in LABELS.items():
+        write_palette_png(v12 / "SegmentationClass" / f"{n}.png", lab)
+    (v12 / "ImageSets" / "Main").mkdir(parents=True)
+    (v12 / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(names12) + "\n")
+    (v12 / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (v12 / "ImageSets" / "Segmentation" / "train.txt").write_text("2008_000001\n2008_000004\n")
+    (v12 / "ImageSets" / "Segmentation" / "val.txt").write_text("2008_000002\n2008_000005\n")
+    for i, n in enumerate(["000001", "000002"]):
+        write_jpeg(v07 / "JPEGImages" / f"{n}.jpg", 10 + i)
+        write_xml(v07 / "Annotations" / f"{n}.xml", [("horse", (2, 2, 30, 20), 0)])
+    (v07 / "ImageSets" / "Main").mkdir(parents=True)
+    (v07 / "ImageSets" / "Main" / "trainval.txt").write_text("000001\n")
+    (v07 / "ImageSets" / "Main" / "test.txt").write_text("000002\n")
+    for n, lab in MATS.items():
+        write_sbd_mat(sbd / "cls" / f"{n}.mat", lab)
+        write_jpeg(sbd / "img" / f"{n}.jpg", 20)
+    (sbd / "train.txt").write_text("2008_000003\n2008_000005\n2008_000007\n")
+    (sbd / "val.txt").write_text("2008_000004\n")
+    return {"root": root, "voc2012": v12, "voc2007": v07, "sbd": sbd, "out": tmp_path / "out"}
+
+
+def load_split(out: Path, split: str) -> dict:
+    return json.loads((out / split / "instances.json").read_text())
+
+
+def anns_by_stem(coco: dict) -> dict[str, list[dict]]:
+    ids = {im["id"]: im["stem"] for im in coco["images"]}
+    out: dict[str, list[dict]] = {s: [] for s in ids.values()}
+    for a in coco["annotations"]:
+        out[ids[a["image_id"]]].append(a)
+    return out
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def test_splits_boxes_difficult_and_labels(voc):
+    before = tree_state(voc["root"])
+    summary = prepare_voc(voc["out"], voc2012=voc["voc2012"], voc2007=voc["voc2007"], sbd=voc["sbd"].parent, workers=1)
+    out = voc["out"]
+    assert tree_state(voc["root"]) == before  # the source is never written
+
+    meta = DatasetMeta.load(out)
+    assert meta.splits == ["trainval", "test", "train", "val", "train_aug"]
+    assert meta.det_classes == VOC_CLASSES and meta.seg_classes[0] == "background" and len(meta.seg_classes) == 21
+    assert meta.palette[:3] == [[0, 0, 0], [128, 0, 0], [0, 128, 0]] and meta.palette[20] == [0, 64, 128]
+    assert Path(meta.source) == voc["root"].resolve()  # common parent of VOCdevkit and benchmark_RELEASE
+
+    trainval = load_split(out, "trainval")
+    stems = [im["stem"] for im in trainval["images"]]
+    assert sorted(stems) == ["000001", "2008_000001", "2008_000002", "2008_000003", "2008_000004", "2008_000005", "2008_000006"]
+    files = {im["stem"]: im["file_name"] for im in trainval["images"]}
+    assert files["000001"] == "VOCdevkit/VOC2007/JPEGImages/000001.jpg"
+    assert all((Path(meta.source) / f).is_file() for f in files.values())
+    assert {im["stem"]: (im["height"], im["width"]) for im in trainval["images"]}["000001"] == (H, W)
+
+    anns = anns_by_stem(trainval)["2008_000001"]
+    cats = [meta.det_classes[a["category_id"] - 1] for a in anns]
+    assert cats == ["dog", "person", "cat"]
+    # XML 1-based inclusive (5, 3, 20, 30) -> x = 4, y = 2, w = 20 - 5 + 1, h = 30 - 3 + 1
+    assert anns[0]["bbox"] == [4.0, 2.0, 16.0, 28.0] and anns[0]["area"] == 16 * 28 and anns[0]["iscrowd"] == 0
+    assert anns[1]["bbox"] == [0.0, 0.0, 48.0, 32.0] and anns[1]["iscrowd"] == 1  # difficult -> crowd
+    decoded = mask_utils.decode(anns[0]["segmentation"])
+    assert decoded[2:30, 4:20].all() and decoded.sum() == 16 * 28  # the filled box is the instance mask
+    assert summary["splits"]["trainval"]["crowd"] == 1
+
+    # DT bins: a direct scipy computation over the non-difficult boxes (dog, cat), normalised per box
+    d = np.zeros((H, W))
+    for x0, y0, x1, y1 in [(4, 2, 20, 30), (29, 19, 40, 28)]:
+        m = np.zeros((H, W), bool)
+        m[y0:y1, x0:x1] = True
+        e = ndimage.distance_transform_edt(m)
+        d = np.maximum(d, e / e.max())
+    expected = np.digitize(d, [0, 0.2, 0.4], right=True).astype(np.uint8)
+    np.testing.assert_array_equal(read_label_png(out / "trainval" / "dt" / "2008_000001.png"), expected)
+
+    # test = VOC2007 test only, no semantic maps
+    assert [im["stem"] for im in load_split(out, "test")["images"]] == ["000002"]
+    assert not (out / "test" / "semantic").exists()
+
+    # train_aug = (SBD train ∪ SBD val ∪ seg train) − seg val; 000005 is in seg val, so it is excluded
+    aug = load_split(out, "train_aug")
+    assert sorted(im["stem"] for im in aug["images"]) == ["2008_000001", "2008_000003", "2008_000004", "2008_000007"]
+    aug_files = {im["stem"]: im["file_name"] for im in aug["images"]}
+    assert aug_files["2008_000007"] == "benchmark_RELEASE/dataset/img/2008_000007.jpg"  # only SBD has it
+    assert aug_files["2008_000003"] == "VOCdevkit/VOC2012/JPEGImages/2008_000003.jpg"
+    sem = lambda split, stem: read_label_png(out / split / "semantic" / f"{stem}.png")
+    np.testing.assert_array_equal(sem("train_aug", "2008_000004"), LABELS["2008_000004"])  # PNG over .mat
+    np.testing.assert_array_equal(sem("train_aug", "2008_000003"), MATS["2008_000003"])
+    np.testing.assert_array_equal(sem("train_aug", "2008_000001"), LABELS["2008_000001"])  # 255 kept
+    assert [a["bbox"] for a in anns_by_stem(aug)["2008_000003"]] == [[2.0, 2.0, 8.0, 10.0]]  # boxes from VOC2012 XML
+
+    # seg val: PNG labels; its labels never reach a training split
+    assert sorted(im["stem"] for im in load_split(out, "val")["images"]) == ["2008_000002", "2008_000005"]
+    np.testing.assert_array_equal(sem("val", "2008_000005"), LABELS["2008_000005"])
+    labelled = {p.stem for p in (out / "trainval" / "semantic").glob("*.png")}
+    assert labelled == {"2008_000001", "2008_000003", "2008_000004"}
+    assert sorted(im["stem"] for im in load_split(out, "train")["images"]) == ["2008_000001", "2008_000004"]
+
+
+def test_voc2012_alone_accepts_vocdevkit(voc):
+    prepare_voc(voc["out"], voc2012=voc["voc2012"].parent, workers=1)
+    meta = DatasetMeta.load(voc["out"])
+    assert meta.splits == ["trainval", "train", "val"]
+    assert Path(meta.source) == voc["voc2012"].parent.resolve()
+    coco = load_split(voc["out"], "trainval")
+    assert coco["images"][0]["file_name"] == "VOC2012/JPEGImages/2008_000001.jpg"
+    # without SBD the semantic maps of trainval come from VOC2012 seg train only
+    assert {p.stem for p in (voc["out"] / "trainval" / "semantic").glob("*.png")} == {"2008_000001", "2008_000004"}
+
+
+def test_per_file_problems_are_skipped_and_listed_or_stop_with_strict(voc):
+    v12 = voc["voc2012"]
+    (v12 / "Annotations" / "2008_000006.xml").unlink()                     # no ground truth
+    (v12 / "JPEGImages" / "2008_000002.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")  # corrupt JPEG
+    (voc["sbd"] / "cls" / "2008_000003.mat").write_bytes(b"not a mat file")  # unreadable .mat
+    summary = prepare_voc(voc["out"], voc2012=v12, sbd=voc["sbd"], workers=2)
+    reasons = {(s["file"], s["reason"].split(" ")[0]) for s in summary["skipped"]}
+    assert ("VOCdevkit/VOC2012/JPEGImages/2008_000006.jpg", "no") in reasons
+    assert ("VOCdevkit/VOC2012/JPEGImages/2008_000002.jpg", "corrupt") in reasons
+    assert ("VOCdevkit/VOC2012/JPEGImages/2008_000003.jpg", "unreadable") in reasons
+    assert "2008_000003" not in {im["stem"] for im in load_split(voc["out"], "train_aug")["images"]}
+    assert summary["splits"]["val"]["images"] == 1
+
+    with pytest.raises(UserError, match="--strict"):
+        prepare_voc(voc["out"], voc2012=v12, sbd=voc["sbd"], workers=1, strict=True, force=True)
+
+
+@pytest.mark.parametrize("case", ["missing", "misnamed", "no_seg_list", "bad_sbd", "out_not_empty", "out_inside"])
+def test_bad_input_is_one_user_error(voc, case):
+    kw = {"voc2012": voc["voc2012"], "workers": 1}
+    out = voc["out"]
+    if case == "missing":
+        kw["voc2012"] = voc["root"] / "nope"
+        match = "no such folder"
+    elif case == "misnamed":
+        (voc["voc2012"] / "JPEGImages").rename(voc["voc2012"] / "images")
+        match = "not a VOC2012 folder"
+    elif case == "no_seg_list":
+        (voc["voc2012"] / "ImageSets" / "Segmentation" / "val.txt").unlink()
+        match = "val.txt is missing"
+    elif case == "bad_sbd":
+        kw["sbd"] = voc["voc2012"]
+        match = "not an SBD folder"
+    elif case == "out_not_empty":
+        out.mkdir()
+        (out / "keep.txt").write_text("user data")
+        match = "not empty.*--force"
+    else:
+        out = voc["voc2012"] / "prepared"
+        match = "inside the source"
+    with pytest.raises(UserError, match=match):
+        prepare_voc(out, **kw)
+    if case == "out_not_empty":
+        assert (out / "keep.txt").read_text() == "user data"
+    if case == "out_inside":
+        assert not out.exists()
+
+
+def test_cli_prepare_voc(voc, capsys):
+    pytest.importorskip("mtlcli.cli.prepare")
+    from mtlcli.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["prepare", "voc", "--voc2012", str(voc["root"] / "nope"), "--out", str(voc["out"])])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --voc2012") and "\n" not in err and "Traceback" not in err
