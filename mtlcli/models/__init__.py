@@ -20,8 +20,8 @@ MODELS: dict[str, str] = {
     "ladder_densenet": "mtlcli.models.ladder:build_ladder_densenet",
     "imtl": "mtlcli.models.imtl:build_imtl",
     "datnet": "mtlcli.models.datnet:build_datnet",
-    "maskrcnn": "mtlcli.models.datnet:build_maskrcnn",
-    "fasterrcnn": "mtlcli.models.datnet:build_fasterrcnn",
+    "maskrcnn": "mtlcli.models.rcnn:build_maskrcnn",
+    "fasterrcnn": "mtlcli.models.rcnn:build_fasterrcnn",
     "safpn": "mtlcli.models.safpn:build_safpn",
 }
 
