@@ -1,0 +1,259 @@
+"""Augmentation pipelines on `torchvision.transforms.v2`, selected by name from a recipe's [data] table.
+
+    tf = build_transforms("cityscapes", train=True, min_size=512, max_size=1024, scale_range=[0.5, 2.0],
+                          crop_size=[512, 1024])
+    image, target = tf(image, target)          # a PreparedDataset sample (mtlcli.data.dataset)
+
+The sample's spatial entries are tv_tensors, so every geometric step moves the image, boxes, instance
+masks and the dense `semantic` / `dt` maps together (masks always with nearest-neighbour sampling).
+Inside a pipeline the two dense maps are re-typed as `SemanticMap` / `DistanceMap` (subclasses of
+`tv_tensors.Mask`): v2 picks a padding fill per *type*, and the semantic map must be padded with the
+ignore index 255 while the dt map and instance masks are padded with 0. They leave as plain Masks.
+
+Evaluation (`train=False`) never augments: models resize their own inputs and map predictions back to
+the source frame, and the metrics compare against the untouched ground truth.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from mtlcli.data.prepared import IGNORE_INDEX
+from mtlcli.errors import UserError
+
+# Padding colour of the image (RGB in 0..1): the ImageNet mean, the "mean pixel" SSD's zoom-out fills with.
+IMAGE_FILL = [0.485, 0.456, 0.406]
+
+NAMES = ("none", "ssd", "cityscapes")
+
+# Augmentation options of a recipe's [data] table with their defaults (what each means: build_transforms).
+OPTIONS: dict[str, Any] = {
+    "min_size": 0,
+    "max_size": 0,
+    "scale_range": [1.0, 1.0],
+    "crop_size": [0, 0],
+    "flip": True,
+    "photometric": True,
+    "zoom_out": 4.0,
+    "iou_crop": True,
+    "min_box_size": 1.0,
+}
+# Other [data] keys, accepted and ignored so that the whole table can be passed through.
+RECIPE_KEYS = frozenset({"dataset", "root", "train_split", "val_split", "augmentation", "label_map"})
+
+
+class SemanticMap(tv_tensors.Mask):
+    """A class-index map [H, W] inside a pipeline: transformed like a Mask, padded with 255 (ignore)."""
+
+
+class DistanceMap(tv_tensors.Mask):
+    """A distance-transform bin map [H, W] inside a pipeline: transformed like a Mask, padded with 0."""
+
+
+# v2 looks the fill up by the exact type of each input; boxes take no fill.
+FILL: dict[type, Any] = {tv_tensors.Image: IMAGE_FILL, tv_tensors.Mask: 0, SemanticMap: IGNORE_INDEX, DistanceMap: 0}
+
+
+class RandomScale(v2.Transform):
+    """Resize by a factor drawn uniformly from `scale_range`, relative to the input's current size.
+
+    torchvision's ScaleJitter / RandomResize fix the base size in pixels; Cityscapes-style training scales
+    the (already resized) image itself, whatever its orientation.
+    """
+
+    def __init__(self, scale_range: Sequence[float]) -> None:
+        super().__init__()
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        lo, hi = self.scale_range
+        s = lo + float(torch.rand(())) * (hi - lo)
+        return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.resize, inpt, size=params["size"], antialias=True)
+
+
+class DropBoxesOutsideCrop(v2.Transform):
+    """Mark boxes whose centre lies outside the canvas as empty, then clip all boxes to the canvas.
+
+    Run it right after a crop on boxes whose `clamping_mode` is None (so that the crop left them
+    unclipped and their centres are still true), and follow it with SanitizeBoundingBoxes, which removes
+    the emptied boxes together with their labels, crowd flags and masks — the same contract as
+    RandomIoUCrop. Boxes leave with `clamping_mode="soft"`, torchvision's default.
+    """
+
+    _transformed_types = (tv_tensors.BoundingBoxes,)
+
+    def transform(self, inpt: tv_tensors.BoundingBoxes, params: dict[str, Any]) -> tv_tensors.BoundingBoxes:
+        h, w = inpt.canvas_size
+        xyxy = F.convert_bounding_box_format(inpt.as_subclass(torch.Tensor), old_format=inpt.format,
+                                             new_format=tv_tensors.BoundingBoxFormat.XYXY)
+        cx = 0.5 * (xyxy[:, 0] + xyxy[:, 2])
+        cy = 0.5 * (xyxy[:, 1] + xyxy[:, 3])
+        inside = (cx > 0) & (cx < w) & (cy > 0) & (cy < h)
+        xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w)
+        xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
+        xyxy[~inside] = 0
+        out = F.convert_bounding_box_format(xyxy, old_format=tv_tensors.BoundingBoxFormat.XYXY, new_format=inpt.format)
+        return tv_tensors.wrap(out, like=inpt, clamping_mode="soft")
+
+
+def _labels_and_crowd(inputs: Any) -> tuple[torch.Tensor, ...]:
+    """labels_getter for SanitizeBoundingBoxes: the per-box tensors of a (image, target) sample."""
+    target = inputs[1]
+    return tuple(target[k] for k in ("labels", "iscrowd") if k in target)
+
+
+class SanitizeBoxes(v2.SanitizeBoundingBoxes):
+    """SanitizeBoundingBoxes that drops the labels, crowd flags and instance masks of removed boxes and
+    leaves the dense maps alone (v2 would index an [H, W] map by the box mask whenever H == N)."""
+
+    def __init__(self, min_size: float = 1.0) -> None:
+        super().__init__(min_size=min_size, labels_getter=_labels_and_crowd)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, (SemanticMap, DistanceMap)):
+            return inpt
+        return super().transform(inpt, params)
+
+
+class Pipeline:
+    """`(image, target) -> (image, target)` around a v2.Compose: re-types the dense maps on the way in
+    (see module docstring) and back to tv_tensors.Mask on the way out. Non-tensor entries (image_id,
+    stem, orig_size) pass through untouched."""
+
+    def __init__(self, name: str, transforms: Sequence[Callable]) -> None:
+        self.name = name
+        self.transforms = list(transforms)
+        self.compose = v2.Compose(self.transforms) if self.transforms else None
+
+    def __call__(self, image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        if self.compose is None:
+            return image, target
+        if not isinstance(image, tv_tensors.Image):
+            image = tv_tensors.Image(image)
+        target = dict(target)
+        for key, kind in (("semantic", SemanticMap), ("dt", DistanceMap)):
+            if key in target:
+                target[key] = kind(target[key])
+        image, target = self.compose(image, target)
+        for key in ("semantic", "dt"):
+            if key in target:
+                target[key] = tv_tensors.Mask(target[key].as_subclass(torch.Tensor))
+        return image, target
+
+    def __repr__(self) -> str:
+        inner = ", ".join(type(t).__name__ for t in self.transforms) or "identity"
+        return f"Pipeline({self.name!r}: {inner})"
+
+
+def _int(options: dict[str, Any], key: str) -> int:
+    v = options[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise UserError(f"data.{key} must be a whole number >= 0 (0 = off), got {v!r}")
+    return v
+
+
+def _pair(options: dict[str, Any], key: str, kind: type) -> tuple:
+    v = options[key]
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = [v, v]
+    ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in v)
+    if ok and kind is int:
+        ok = all(float(x).is_integer() for x in v)
+    if not ok:
+        raise UserError(f"data.{key} must be a pair of {'whole numbers' if kind is int else 'numbers'} >= 0, got {v!r}")
+    return kind(v[0]), kind(v[1])
+
+
+def _bool(options: dict[str, Any], key: str) -> bool:
+    if not isinstance(options[key], bool):
+        raise UserError(f"data.{key} must be true or false, got {options[key]!r}")
+    return options[key]
+
+
+def _float(options: dict[str, Any], key: str, low: float) -> float:
+    v = options[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < low:
+        raise UserError(f"data.{key} must be a number >= {low:g}, got {v!r}")
+    return float(v)
+
+
+def build_transforms(name: str, train: bool, **options: Any) -> Pipeline:
+    """The augmentation pipeline `name` as a callable `(image, target) -> (image, target)`.
+
+    Names:
+      none        nothing (the model resizes its own inputs)
+      ssd         SSD (Liu et al. 2016): photometric distortion, zoom-out, IoU-constrained random crop,
+                  horizontal flip, resize to a min_size x min_size square, drop emptied boxes
+      cityscapes  resize (min_size/max_size), random scale (scale_range), random crop (crop_size, padded
+                  with 255 / 0 where the image is smaller), drop boxes whose centre left the crop,
+                  horizontal flip, drop emptied boxes
+    With `train=False` every name is the identity (see the module docstring).
+
+    Options (a recipe's [data] keys; `OPTIONS` holds the defaults, other keys are a UserError except the
+    non-augmentation keys in `RECIPE_KEYS`, which are ignored):
+      min_size      int, 0 = off. ssd: side of the square output. cityscapes: shorter side after resizing.
+      max_size      int, 0 = off. cityscapes: cap on the longer side after resizing (alone: longer side).
+      scale_range   [lo, hi] floats > 0, default [1, 1] = off. cityscapes: random scale factor.
+      crop_size     [H, W] ints (or one int), 0 = off. cityscapes: random crop size.
+      flip          bool, default true: horizontal flip with probability 0.5 (both names).
+      photometric   bool, default true. ssd: RandomPhotometricDistort.
+      zoom_out      float >= 1, default 4.0 (1 = off). ssd: largest canvas side / image side of zoom-out.
+      iou_crop      bool, default true. ssd: RandomIoUCrop.
+      min_box_size  float >= 1, default 1. Boxes narrower or shorter than this (pixels) after augmenting
+                    are dropped with their labels, crowd flags and masks.
+    """
+    if name not in NAMES:
+        raise UserError(f"unknown augmentation {name!r}; choose one of: {', '.join(NAMES)}")
+    unknown = sorted(set(options) - set(OPTIONS) - RECIPE_KEYS)
+    if unknown:
+        raise UserError(f"unknown augmentation option(s) {', '.join(unknown)}; valid options: {', '.join(OPTIONS)}")
+    opts = {**OPTIONS, **{k: v for k, v in options.items() if k in OPTIONS}}
+    min_size, max_size = _int(opts, "min_size"), _int(opts, "max_size")
+    scale = _pair(opts, "scale_range", float)
+    crop = _pair(opts, "crop_size", int)
+    flip, photometric, iou_crop = _bool(opts, "flip"), _bool(opts, "photometric"), _bool(opts, "iou_crop")
+    zoom_out = _float(opts, "zoom_out", 1.0)
+    min_box_size = _float(opts, "min_box_size", 1.0)
+    if scale[0] <= 0 or scale[0] > scale[1]:
+        raise UserError(f"data.scale_range must be [lo, hi] with 0 < lo <= hi, got {list(scale)}")
+    if (crop[0] == 0) != (crop[1] == 0):
+        raise UserError(f"data.crop_size must be [H, W] with both > 0, or [0, 0] for no crop; got {list(crop)}")
+
+    if not train or name == "none":
+        return Pipeline(name, [])
+    steps: list[Callable] = []
+    if name == "ssd":
+        if photometric:
+            steps.append(v2.RandomPhotometricDistort(p=0.5))
+        if zoom_out > 1.0:
+            steps.append(v2.RandomZoomOut(fill=FILL, side_range=(1.0, zoom_out), p=0.5))
+        if iou_crop:
+            steps.append(v2.RandomIoUCrop())
+        if flip:
+            steps.append(v2.RandomHorizontalFlip(p=0.5))
+        if min_size:
+            steps.append(v2.Resize((min_size, min_size), antialias=True))
+    else:  # cityscapes
+        if min_size:
+            steps.append(v2.Resize(min_size, max_size=max_size or None, antialias=True))
+        elif max_size:
+            steps.append(v2.Resize(None, max_size=max_size, antialias=True))
+        if scale != (1.0, 1.0):
+            steps.append(RandomScale(scale))
+        if crop[0]:
+            # unclipped boxes through the crop, so that DropBoxesOutsideCrop sees their true centres
+            steps += [v2.SetClampingMode(None), v2.RandomCrop(crop, pad_if_needed=True, fill=FILL), DropBoxesOutsideCrop()]
+        if flip:
+            steps.append(v2.RandomHorizontalFlip(p=0.5))
+    steps.append(SanitizeBoxes(min_size=min_box_size))
+    return Pipeline(name, steps)
