@@ -1,0 +1,137 @@
+"""Checkpoints: atomic writes, safe loads, RNG state, and `load_for_eval` for `mtl eval` / `mtl viz`.
+
+A checkpoint is a plain dict saved with `torch.save` and read with `torch.load(weights_only=True)`:
+    model       state_dict of the bare model (never the DDP wrapper)
+    optimizer, schedule, scaler   their state_dicts
+    iteration   completed iterations
+    rng         one entry per process (rank order): python / numpy / torch / cuda generator states
+    best        {"metric": name, "value": float, "iteration": int} or {}
+    recipe      the resolved recipe (with the class counts filled in from the dataset)
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtlcli.errors import UserError
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write `state` to `path` atomically: a temporary file in the same folder, then a rename, so an
+    interrupted write never leaves a truncated checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`; a missing or corrupt file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist — check the path or train first with `mtl train`")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {path} cannot be read ({first}) — it is corrupt or not an mtl checkpoint") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"checkpoint {path} is not an mtl checkpoint (no model state) — give a file from RUN/checkpoints")
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ RNG
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global generator's state in types that `weights_only` loading accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# ------------------------------------------------------------------------------------------- for eval
+
+
+def find_run_checkpoint(run: Path) -> Path:
+    """`RUN/checkpoints/best.pt` when the run kept one, else `last.pt`."""
+    run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"run directory {run} does not exist — give the --out folder of an `mtl train` run")
+    for name in ("best.pt", "last.pt"):
+        p = checkpoint_dir(run) / name
+        if p.is_file():
+            return p
+    raise UserError(f"{run} has no checkpoints/best.pt or checkpoints/last.pt — train it first with `mtl train`")
+
+
+def load_for_eval(
+    run: Path | None = None, checkpoint: Path | None = None, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any], Path | None]:
+    """Build the model of a run (or of one checkpoint file) with its weights, in eval mode.
+
+    Returns (model on `device` in eval mode, the resolved recipe stored in the checkpoint, the prepared
+    dataset root the recipe names, or None when that folder does not exist here).
+    """
+    from mtlcli.models import build_model
+
+    if (run is None) == (checkpoint is None):
+        raise UserError("give either a run directory (--run) or a checkpoint file (--checkpoint), not both")
+    path = find_run_checkpoint(Path(run)) if run is not None else Path(checkpoint)
+    state = load_checkpoint(path)
+    recipe = state.get("recipe")
+    if not isinstance(recipe, dict) or "model" not in recipe:
+        raise UserError(f"checkpoint {path} carries no recipe — it was not written by `mtl train`")
+    kwargs = {k: v for k, v in recipe["model"].items() if k != "name"}
+    # Load the trained weights; skip downloading ImageNet weights the checkpoint replaces anyway.
+    if "pretrained_backbone" in kwargs:
+        kwargs["pretrained_backbone"] = False
+    model = build_model(recipe["model"]["name"], **kwargs)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"checkpoint {path} does not fit model {recipe['model']['name']!r} "
+            f"(missing {len(missing)}, unexpected {len(unexpected)} keys, e.g. {(missing or unexpected)[0]}) — "
+            "was it written by a different version of the model?"
+        )
+    model.to(device).eval()
+    from mtlcli.engine.train import data_root
+
+    root = data_root(recipe)
+    return model, recipe, root if (root / "dataset.json").is_file() else None

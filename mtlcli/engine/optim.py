@@ -1,0 +1,152 @@
+"""Optimisers, iteration-based learning-rate schedules with linear warm-up, and stage freezing.
+
+Schedules are functions of the global iteration (0-based, the iteration about to run). With
+`[[train.stages]]` every stage restarts the schedule from its own `lr` over its own `iterations`
+(multistep `steps` count from the stage's start; poly restarts every `restart_every` within a stage);
+warm-up applies to the first `warmup_iters` iterations of the run only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtlcli.errors import UserError
+
+
+def build_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Optimizer:
+    """SGD (momentum, nesterov), Adam or AdamW over every parameter of `model`.
+
+    Frozen parameters are included too (their `.grad` stays None, so no optimiser touches them), so
+    that one optimiser with one state serves every stage and resumes exactly.
+    """
+    params = list(model.parameters())
+    name, lr, wd = train["optimizer"], train["lr"] or 1e-3, train["weight_decay"]
+    if name == "sgd":
+        if train["nesterov"] and train["momentum"] <= 0:
+            raise UserError("train.nesterov = true needs train.momentum > 0")
+        return torch.optim.SGD(params, lr=lr, momentum=train["momentum"], nesterov=train["nesterov"], weight_decay=wd)
+    betas = tuple(float(b) for b in train["betas"])
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=train["eps"], weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=train["eps"], weight_decay=wd)
+    raise UserError(f"unknown optimizer {name!r}; valid: sgd, adam, adamw")
+
+
+@dataclass
+class Stage:
+    """One phase of training: iterations [start, start + iterations) at base `lr`."""
+
+    name: str
+    start: int
+    iterations: int
+    lr: float
+    loss_weights: dict[str, float]
+    freeze: list[str]
+
+    @property
+    def end(self) -> int:
+        return self.start + self.iterations
+
+
+def stages_of(train: dict[str, Any]) -> list[Stage]:
+    """The stages of a resolved [train] table; without `[[train.stages]]`, one stage for the whole run.
+
+    A stage's loss weights are the [train] loss weights updated by the stage's own.
+    """
+    if not train["stages"]:
+        return [Stage("train", 0, train["iterations"], train["lr"], dict(train["loss_weights"]), [])]
+    out, start = [], 0
+    for s in train["stages"]:
+        weights = {**train["loss_weights"], **s["loss_weights"]}
+        out.append(Stage(s["name"], start, s["iterations"], s["lr"], weights, list(s["freeze"])))
+        start += s["iterations"]
+    return out
+
+
+class LRSchedule:
+    """The learning rate at every iteration: warm-up x schedule x the current stage's base lr.
+
+    `step(optimizer, iteration)` writes the rate into every parameter group; `state_dict` records the
+    configuration and the last iteration so that a resumed run can check it continues the same schedule.
+    """
+
+    def __init__(self, train: dict[str, Any]) -> None:
+        self.kind = train["schedule"]
+        self.steps = list(train["steps"])
+        self.gamma, self.power = train["gamma"], train["power"]
+        self.restart_every = train["restart_every"]
+        self.warmup_iters, self.warmup_factor = train["warmup_iters"], train["warmup_factor"]
+        self.stages = stages_of(train)
+        self.last_iteration = -1
+
+    def stage_at(self, iteration: int) -> Stage:
+        for stage in self.stages:
+            if iteration < stage.end:
+                return stage
+        return self.stages[-1]
+
+    def factor(self, t: int, length: int) -> float:
+        """Multiplier of the base lr at iteration `t` (0-based) of a stage of `length` iterations."""
+        if self.kind == "constant":
+            return 1.0
+        if self.kind == "multistep":
+            return self.gamma ** sum(1 for s in self.steps if t >= s)
+        if self.kind == "poly":
+            period = self.restart_every if self.restart_every > 0 else length
+            return (1.0 - (t % period) / period) ** self.power
+        if self.kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(t, length) / length))
+        raise UserError(f"unknown schedule {self.kind!r}; valid: multistep, poly, cosine, constant")
+
+    def lr_at(self, iteration: int) -> float:
+        stage = self.stage_at(iteration)
+        lr = stage.lr * self.factor(iteration - stage.start, stage.iterations)
+        if iteration < self.warmup_iters:
+            alpha = iteration / self.warmup_iters
+            lr *= self.warmup_factor * (1.0 - alpha) + alpha
+        return lr
+
+    def step(self, optimizer: torch.optim.Optimizer, iteration: int) -> float:
+        lr = self.lr_at(iteration)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        self.last_iteration = iteration
+        return lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "last_iteration": self.last_iteration}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_iteration = int(state["last_iteration"])
+
+
+def apply_freeze(model: nn.Module, patterns: list[str], trainable: dict[str, bool]) -> list[str]:
+    """Freeze the parameters whose names match any fnmatch pattern; unfreeze the rest.
+
+    `trainable` holds each parameter's `requires_grad` as the model was built (what the model froze
+    itself stays frozen). Returns the frozen names; a pattern that matches nothing is a UserError
+    naming the model's top-level modules, since it is almost always a typo. BatchNorm running statistics
+    of frozen modules still update in train mode; only parameters are frozen.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            tops = sorted({n.split(".")[0] for n in names})
+            raise UserError(
+                f"freeze pattern {pattern!r} matches no parameter; top-level modules: {', '.join(tops)} "
+                "(patterns are fnmatch on parameter names, e.g. \"detector.*\")"
+            )
+    frozen = []
+    for name, p in model.named_parameters():
+        hit = any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
+        p.requires_grad_(trainable.get(name, True) and not hit)
+        if hit:
+            frozen.append(name)
+    return frozen

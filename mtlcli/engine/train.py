@@ -1,0 +1,511 @@
+"""The training loop: one plain function, `train(recipe, run_dir)`, that `mtl train` and the quickstart call.
+
+Iteration-based: every iteration takes `train.batch_size` images in total (split over processes and
+`accumulate` micro-batches), sums the model's `loss_*` terms times the recipe's loss weights, and makes
+one optimiser step at the schedule's learning rate. Stages (`[[train.stages]]`) switch base lr, loss
+weights and frozen parameters at their boundaries. Rank 0 writes `RUN/recipe.toml`,
+`RUN/metrics.jsonl` (one JSON object per logged step and per evaluation) and `RUN/checkpoints/`.
+
+Exact resume: the data order is a pure function of (seed, sample position) (`TrainSampler`), every
+sample's augmentation is seeded by its global position, the DataLoader draws its worker seeds from a
+private generator, evaluation runs inside a saved-and-restored RNG state, and checkpoints hold model,
+optimiser, schedule, scaler, iteration and every process's RNG state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import resource
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, Dataset
+
+from mtlcli.engine.checkpoint import checkpoint_dir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mtlcli.engine.distributed import (
+    DistInfo,
+    TrainSampler,
+    all_reduce_mean,
+    cleanup,
+    gather_objects,
+    init_distributed,
+)
+from mtlcli.engine.optim import LRSchedule, apply_freeze, build_optimizer
+from mtlcli.errors import UserError
+from mtlcli.recipes import DATA_KEYS, dump_toml, total_iterations
+
+
+class TrainingDiverged(UserError):
+    """A loss became NaN or infinite: training stops instead of continuing on garbage."""
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def data_root(recipe: dict) -> Path:
+    """The prepared dataset: `[data].root` (which `--data` sets), else `$MTL_DATA/<dataset>` (default ./data)."""
+    data = recipe["data"]
+    if data["root"]:
+        return Path(data["root"]).expanduser()
+    return Path(os.environ.get("MTL_DATA", "data")) / data["dataset"]
+
+
+def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
+    """(train split with training transforms, val split with eval transforms or None without metrics)."""
+    from mtlcli.data.dataset import PreparedDataset
+    from mtlcli.data.transforms import build_transforms
+
+    data = recipe["data"]
+    if not (root / "dataset.json").is_file():
+        hint = "mtl prepare synthetic --out" if data["dataset"] == "synthetic" else f"mtl prepare {data['dataset']} SRC --out"
+        raise UserError(
+            f"no prepared dataset at {root} — run `{hint} {root}` first, or point to one with --data "
+            f"(or data.root, or $MTL_DATA)"
+        )
+    options = {k: v for k, v in data.items() if k not in DATA_KEYS}
+    label_map = data["label_map"] or None
+    train_ds = PreparedDataset(root, data["train_split"], transforms=build_transforms(data["augmentation"], True, **options),
+                               label_map=label_map)
+    val_ds = None
+    if recipe["eval"]["metrics"]:
+        val_ds = PreparedDataset(root, data["val_split"], transforms=build_transforms(data["augmentation"], False, **options),
+                                 label_map=label_map)
+    return train_ds, val_ds
+
+
+def collate_fn():
+    from mtlcli.data.dataset import collate
+
+    return collate
+
+
+class SeededSamples(Dataset):
+    """Reads dataset[index] for a (global position, index) pair with every RNG seeded by the position,
+    so a sample's augmentation does not depend on worker count, worker order or where a run resumed."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        position, index = item
+        sample_seed = (self.seed * 1_000_003 + position) % 2**63
+        with preserved_rng():  # in the main process (workers = 0) the training RNG must not move
+            random.seed(sample_seed)
+            np.random.seed(sample_seed % 2**32)
+            torch.manual_seed(sample_seed)
+            return self.dataset[index]
+
+
+def make_loader(dataset: Dataset, *, micro_batch: int, workers: int, seed: int, info: DistInfo, start: int,
+                collate) -> Iterator:
+    """An endless iterator of (images, targets) micro-batches for this process, from sample `start` on."""
+    sampler = TrainSampler(len(dataset), world_size=info.world_size, rank=info.rank, seed=seed, start=start)
+    loader = DataLoader(
+        SeededSamples(dataset, seed),
+        batch_sampler=BatchSampler(sampler, micro_batch, drop_last=False),
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=info.device.type == "cuda",
+        # A private generator: creating the iterator must not draw from the training RNG.
+        generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_seed_worker,
+        persistent_workers=False,
+    )
+    return iter(loader)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds python and torch per worker; numpy (used by some transforms) needs it too.
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+def to_device(images: list, targets: list[dict], device: torch.device) -> tuple[list, list[dict]]:
+    nb = device.type == "cuda"
+    images = [img.to(device, non_blocking=nb) for img in images]
+    targets = [{k: v.to(device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+# ------------------------------------------------------------------------------------------------ RNG
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block without moving python's, numpy's or torch's global generators."""
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+def with_class_counts(recipe: dict, dataset: Dataset) -> dict:
+    """Fill model.num_det_classes / num_seg_classes (without background) from the dataset after the
+    label map, where the builder takes them and the recipe does not set them."""
+    from mtlcli.models import builder_arguments
+
+    model = dict(recipe["model"])
+    valid = builder_arguments(model["name"])
+    for key, attr in (("num_det_classes", "det_classes"), ("num_seg_classes", "seg_classes")):
+        if key in valid and key not in model and hasattr(dataset, attr):
+            model[key] = len(getattr(dataset, attr))
+    return {**recipe, "model": model}
+
+
+def build(recipe: dict) -> nn.Module:
+    from mtlcli.models import build_model
+
+    kwargs = {k: v for k, v in recipe["model"].items() if k != "name"}
+    return build_model(recipe["model"]["name"], **kwargs)
+
+
+def per_process_batch(train_cfg: dict, world_size: int) -> int:
+    """Images per micro-batch per process; `batch_size` is the global batch of one optimiser step."""
+    batch, acc = train_cfg["batch_size"], train_cfg["accumulate"]
+    if batch % (world_size * acc):
+        raise UserError(
+            f"train.batch_size = {batch} is not divisible by {world_size} process(es) x train.accumulate = {acc}; "
+            f"choose a batch size that is a multiple of {world_size * acc}"
+        )
+    return batch // (world_size * acc)
+
+
+def weigh(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> dict[str, torch.Tensor]:
+    """The model's `loss_*` terms times the recipe's weights (1 where unnamed)."""
+    unknown = sorted(set(weights) - set(losses))
+    if unknown:
+        raise UserError(
+            f"loss_weights name(s) {', '.join(unknown)} that the model does not return; its losses: "
+            f"{', '.join(sorted(k for k in losses if k.startswith('loss')))}"
+        )
+    return {k: v * weights.get(k, 1.0) for k, v in losses.items() if k.startswith("loss")}
+
+
+# --------------------------------------------------------------------------------------------- display
+
+
+class Display:
+    """The rich progress line (rank 0): iteration/total, ETA, loss terms, lr, images/s, data wait, memory."""
+
+    def __init__(self, enabled: bool, total: int, start: int) -> None:
+        self.progress = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]train"), BarColumn(bar_width=24), MofNCompleteColumn(), TextColumn("eta"),
+                TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+            )
+            self.task = self.progress.add_task("train", total=total, completed=start, info="")
+
+    def __enter__(self) -> "Display":
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, iteration: int, record: dict | None = None) -> None:
+        if self.progress is None:
+            return
+        fields = {}
+        if record is not None:
+            terms = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in record["losses"].items())
+            fields["info"] = (
+                f"loss {record['loss']:.3f} ({terms})  lr {record['lr']:.2e}  {record['images_per_s']:.1f} img/s  "
+                f"data {100 * record['data_wait']:.0f}%  mem {record['memory_mb']:.0f}MB"
+            )
+        self.progress.update(self.task, completed=iteration, **fields)
+
+    def print(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text)
+
+
+def memory_mb(device: torch.device) -> float:
+    """Peak memory: CUDA allocator peak on a GPU, the process's peak resident size on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class MetricsLog:
+    """`RUN/metrics.jsonl` (rank 0) plus TensorBoard scalars when tensorboard is installed."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resume_from: int | None) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled, self.tb = enabled, None
+        if not enabled:
+            return
+        if resume_from is not None and self.path.is_file():
+            # Entries past the checkpoint belong to iterations that will run again: drop them.
+            keep = [ln for ln in self.path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("iteration", 0) <= resume_from]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+        elif resume_from is None:
+            self.path.write_text("")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:  # optional
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            flat = {**record.get("losses", {}), **record.get("metrics", {})}
+            for key in ("loss", "lr", "images_per_s", "data_wait"):
+                if key in record:
+                    flat[key] = record[key]
+            for key, value in flat.items():
+                self.tb.add_scalar(f"{record['type']}/{key}", value, record["iteration"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------------------------- train
+
+
+def train(recipe: dict, run_dir: Path, *, resume: bool = False, device: str | None = None,
+          progress: bool = True) -> dict:
+    """Train the recipe's model into `run_dir` (created if needed); under torchrun, one process each.
+
+    `recipe` is a resolved recipe (`mtlcli.recipes.load_recipe`). With `resume`, continue exactly from
+    `run_dir/checkpoints/last.pt`. Returns {"iteration", "losses" (last logged mean of each term),
+    "metrics" (last evaluation), "best" ({"metric", "value", "iteration"} or {})}.
+    Raises UserError for bad input, TrainingDiverged on a non-finite loss; on Ctrl-C writes last.pt and
+    re-raises KeyboardInterrupt.
+    """
+    info = init_distributed(device)
+    try:
+        return _train(recipe, Path(run_dir), resume, info, progress)
+    finally:
+        cleanup(info)
+
+
+def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: bool) -> dict:
+    cfg, ev = recipe["train"], recipe["eval"]
+    device, main = info.device, info.is_main
+    total = total_iterations(recipe)
+    acc = cfg["accumulate"]
+    micro = per_process_batch(cfg, info.world_size)
+    configure_determinism(cfg["deterministic"], device)
+    seed_everything(cfg["seed"] + info.rank)
+
+    train_ds, val_ds = build_datasets(recipe, data_root(recipe))
+    recipe = with_class_counts(recipe, train_ds)
+    model = build(recipe)
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    if cfg["sync_bn"] and info.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if cfg["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    schedule = LRSchedule(cfg)
+    use_cuda_amp = device.type == "cuda" and cfg["amp"] != "none"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_cuda_amp and cfg["amp"] == "fp16")
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16 if cfg["amp"] == "bf16" else torch.float16)) \
+        if use_cuda_amp else contextlib.nullcontext
+
+    ckpt_dir = checkpoint_dir(run_dir)
+    start, best, rng = 0, {}, None
+    if resume:
+        state = load_checkpoint(ckpt_dir / "last.pt")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        start, best = int(state["iteration"]), dict(state.get("best", {}))
+        rngs = state.get("rng", [])
+        rng = rngs[info.rank] if len(rngs) == info.world_size else None
+        if start >= total:
+            raise UserError(
+                f"{run_dir} already finished {start} of {total} iterations — raise train.iterations "
+                "(e.g. --set train.iterations=...) to train longer"
+            )
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.toml").write_text(dump_toml(recipe))
+    log = MetricsLog(run_dir, main, start if resume else None)
+    loader = make_loader(train_ds, micro_batch=micro, workers=cfg["workers"], seed=cfg["seed"], info=info,
+                         start=start * acc * micro, collate=collate_fn())
+    if rng is not None:
+        set_rng_state(rng)
+    elif resume:  # another world size: carry on with fresh, still reproducible seeds
+        seed_everything(cfg["seed"] + info.rank + start)
+
+    best_metric = ev["best_metric"] or (ev["metrics"][0] if ev["metrics"] else "")
+    state_at = {"iteration": start}
+
+    def checkpoint(iteration: int, *, names: tuple[str, ...] = ("last.pt",), collective: bool = True) -> None:
+        rngs = gather_objects(rng_state(), info) if collective else [rng_state()]
+        if not main:
+            return
+        core = model.module if isinstance(model, DistributedDataParallel) else model
+        state = {
+            "model": core.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict(), "iteration": iteration, "rng": rngs, "best": best, "recipe": recipe,
+        }
+        for name in names:
+            save_checkpoint(ckpt_dir / name, state)
+        state_at["iteration"] = iteration
+
+    def evaluate_now(iteration: int) -> dict[str, float]:
+        from mtlcli.engine.evaluate import evaluate
+
+        with preserved_rng():
+            result = evaluate(model, val_ds, ev["metrics"], device=device, batch_size=ev["batch_size"],
+                              progress=False)
+        model.train()
+        metrics = {k: float(v) for k, v in result["metrics"].items()}
+        log.write({"type": "eval", "iteration": iteration, "metrics": metrics})
+        return metrics
+
+    stage, ddp = None, model
+    window = defaultdict(float)
+    window_iters, wait, t_window = 0, 0.0, time.perf_counter()
+    last_record: dict[str, Any] = {}
+    last_metrics: dict[str, float] = {}
+    it = start
+    with Display(progress and main, total, start) as display:
+        try:
+            while it < total:
+                current = schedule.stage_at(it)
+                if current is not stage:
+                    stage = current
+                    frozen = apply_freeze(model, stage.freeze, trainable)
+                    # DDP records which parameters take gradients when it is built: rebuild per stage.
+                    ddp = DistributedDataParallel(
+                        model, device_ids=[device.index] if device.type == "cuda" else None,
+                        find_unused_parameters=True,
+                    ) if info.distributed else model
+                    if len(schedule.stages) > 1:
+                        display.print(f"stage {stage.name}: {stage.iterations} iterations, lr {stage.lr:g}, "
+                                      f"{len(frozen)} frozen parameter tensors")
+                lr = schedule.step(optimizer, it)
+                model.train()
+                terms: dict[str, torch.Tensor] = {}
+                for m in range(acc):
+                    t0 = time.perf_counter()
+                    images, targets = next(loader)
+                    wait += time.perf_counter() - t0
+                    images, targets = to_device(images, targets, device)
+                    sync = contextlib.nullcontext() if not info.distributed or m == acc - 1 else ddp.no_sync()
+                    with sync:
+                        try:
+                            with autocast():
+                                weighted = weigh(ddp(images, targets), stage.loss_weights)
+                            scaler.scale(sum(weighted.values()) / acc).backward()
+                        except torch.OutOfMemoryError:
+                            raise _oom_error(cfg, micro, images, model, device, it) from None
+                    for k, v in weighted.items():
+                        terms[k] = terms.get(k, 0.0) + v.detach().float() / acc
+                values = all_reduce_mean(torch.stack(list(terms.values())), info).cpu()
+                if not torch.isfinite(values).all():
+                    optimizer.zero_grad(set_to_none=True)
+                    raise _diverged(it + 1, dict(zip(terms, values.tolist())), ckpt_dir, state_at["iteration"])
+                if cfg["grad_clip"] > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg["grad_clip"])
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                it += 1
+
+                window_iters += 1
+                for k, v in zip(terms, values.tolist()):
+                    window[k] += v
+                if it % cfg["log_interval"] == 0 or it == total:
+                    elapsed = time.perf_counter() - t_window
+                    losses = {k: v / window_iters for k, v in window.items()}
+                    last_record = {
+                        "type": "train", "iteration": it, "stage": stage.name, "loss": sum(losses.values()),
+                        "losses": losses, "lr": lr, "images_per_s": window_iters * cfg["batch_size"] / elapsed,
+                        "data_wait": min(1.0, wait / elapsed), "memory_mb": memory_mb(device),
+                    }
+                    log.write(last_record)
+                    display.update(it, last_record)
+                    window.clear()
+                    window_iters, wait, t_window = 0, 0.0, time.perf_counter()
+                else:
+                    display.update(it)
+                if val_ds is not None and ((ev["interval"] and it % ev["interval"] == 0) or it == total):
+                    last_metrics = evaluate_now(it)
+                    value = last_metrics.get(best_metric)
+                    if value is not None and (not best or value > best["value"]):
+                        best = {"metric": best_metric, "value": value, "iteration": it}
+                        checkpoint(it, names=("best.pt",))
+                    t_window = time.perf_counter()  # keep evaluation out of the images/s figure
+                if it % cfg["checkpoint_interval"] == 0 or it == total:
+                    checkpoint(it)
+        except KeyboardInterrupt:
+            checkpoint(it, collective=False)
+            if main:
+                display.print(f"interrupted at iteration {it}: saved {ckpt_dir / 'last.pt'} — continue with "
+                              f"`mtl train --resume --out {run_dir}`")
+            raise
+        finally:
+            log.close()
+    return {"iteration": it, "losses": last_record.get("losses", {}), "metrics": last_metrics, "best": best}
+
+
+def _diverged(iteration: int, terms: dict[str, float], ckpt_dir: Path, last_good: int) -> TrainingDiverged:
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+    where = (f"last good checkpoint: {ckpt_dir / 'last.pt'} (iteration {last_good})"
+             if (ckpt_dir / "last.pt").is_file() else "no checkpoint was written yet")
+    return TrainingDiverged(
+        f"non-finite loss at iteration {iteration} ({shown}); training stopped — {where}; "
+        "lower train.lr, add train.warmup_iters or train.grad_clip, then resume with --resume"
+    )
+
+
+def _oom_error(cfg: dict, micro: int, images: list, model: nn.Module, device: torch.device, it: int) -> UserError:
+    size = getattr(model, "input_size", None) or tuple(images[0].shape[-2:])
+    return UserError(
+        f"out of memory on {device} at iteration {it + 1} with {micro} image(s) per process per micro-batch "
+        f"(train.batch_size = {cfg['batch_size']}, accumulate = {cfg['accumulate']}) at input size "
+        f"{size[0]}x{size[1]} — raise train.accumulate (e.g. --set train.accumulate={cfg['accumulate'] * 2}), "
+        "lower train.batch_size or use a smaller input size"
+    )
