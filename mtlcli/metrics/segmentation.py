@@ -1,0 +1,243 @@
+"""Semantic segmentation metrics that agree with cityscapesscripts' `evalPixelLevelSemanticLabeling`.
+
+A confusion matrix is accumulated image by image with one `bincount` over `gt * (C + 1) + pred`.
+Rows are ground-truth classes 0..C-1 (pixels whose ground truth is the ignore index 255 never enter);
+columns are predicted classes 0..C-1 plus one "void" column C for pixels predicted as something that is
+not an evaluated class (255, or a Cityscapes labelId whose trainId is 255). Void predictions count as
+false negatives of the ground-truth class and as nobody's false positive — exactly what the official
+script does with predictions of ignored labelIds.
+
+IoU_c = TP / (TP + FP + FN); a class with TP + FP + FN = 0 (absent from both ground truth and prediction)
+is NaN and left out of the mean, as the official script does. Cityscapes iIoU re-weights each ground-truth
+instance's TP/FN pixels by (average instance size of its class / its own size), with the official table
+of average sizes below.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from mtlcli.data.prepared import IGNORE_INDEX
+
+# The official average instance sizes in pixels (cityscapesscripts evalPixelLevelSemanticLabeling.py,
+# `args.avgClassSize`), used for the instance-weighted iIoU. A test checks them against the module.
+CITYSCAPES_AVG_CLASS_SIZE: dict[str, float] = {
+    "bicycle": 4672.3249222261,
+    "caravan": 36771.8241758242,
+    "motorcycle": 6298.7200839748,
+    "rider": 3930.4788056518,
+    "bus": 35732.1511111111,
+    "train": 67583.7075812274,
+    "car": 12794.0202738185,
+    "person": 3462.4756337644,
+    "truck": 27855.1264367816,
+    "trailer": 16926.9763313609,
+}
+
+
+def cityscapes_label_luts(seg_classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Look-up tables between Cityscapes labelIds and this dataset's class indices, matched by name.
+
+    Returns (to_index [256] uint8: labelId -> class index, 255 where the labelId is not evaluated here;
+    to_label_id [256] uint8: class index -> labelId, 0 ("unlabeled") for 255 and unknown names).
+    """
+    from cityscapesscripts.helpers.labels import labels
+
+    index = {name: i for i, name in enumerate(seg_classes)}
+    to_index = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    to_label_id = np.zeros(256, dtype=np.uint8)
+    for label in labels:
+        if label.id < 0 or label.trainId in (255, -1) or label.name not in index:
+            continue
+        to_index[label.id] = index[label.name]
+        to_label_id[index[label.name]] = label.id
+    return to_index, to_label_id
+
+
+def cityscapes_label_ids() -> set[int]:
+    """The labelIds a Cityscapes label PNG may hold (0..33)."""
+    from cityscapesscripts.helpers.labels import labels
+
+    return {label.id for label in labels if label.id >= 0}
+
+
+def _nan_to_none(values: Sequence[float]) -> list[float | None]:
+    return [None if math.isnan(v) else float(v) for v in values]
+
+
+def _nanmean(values: np.ndarray) -> float:
+    valid = values[~np.isnan(values)]
+    # a plain Python sum in index order, as the official getScoreAverage does, for bit-level agreement
+    return float(sum(valid.tolist()) / len(valid)) if len(valid) else float("nan")
+
+
+class SegmentationMetric:
+    """Streaming confusion matrix, IoU / mIoU, pixel and mean class accuracy, optional Cityscapes iIoU.
+
+    Args:
+        class_names: the C evaluated class names (index = class value in the maps).
+        ignore_index: ground-truth value left out of every count (255).
+        instance_sizes: class index -> average instance size in pixels for the classes that get an
+            instance-weighted iIoU (see `cityscapes_instance_sizes`); None for no iIoU.
+    """
+
+    kind = "semantic"
+
+    def __init__(self, class_names: Sequence[str], ignore_index: int = IGNORE_INDEX,
+                 instance_sizes: dict[int, float] | None = None) -> None:
+        self.class_names = list(class_names)
+        self.num_classes = C = len(self.class_names)
+        self.ignore_index = ignore_index
+        self.matrix = np.zeros((C, C + 1), dtype=np.int64)  # column C: void predictions
+        self.instance_sizes = dict(instance_sizes or {})
+        self.inst_tp = np.zeros(C, dtype=np.float64)  # weighted TP / FN per class for iIoU
+        self.inst_fn = np.zeros(C, dtype=np.float64)
+        self.images = 0
+        # value -> row (ground truth) / column (prediction) for uint8 maps; C+1 rows, the last dropped
+        self._row_lut = np.full(256, C, dtype=np.intp)
+        self._row_lut[:C] = np.arange(C)
+        self._col_lut = np.full(256, C, dtype=np.intp)
+        self._col_lut[:C] = np.arange(C)
+
+    def reset(self) -> None:
+        self.matrix[:] = 0
+        self.inst_tp[:] = 0
+        self.inst_fn[:] = 0
+        self.images = 0
+
+    def update(self, pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
+               instances: tuple[Any, Any] | None = None) -> None:
+        """Add one image.
+
+        Args:
+            pred: [H, W] predicted class indices (0..C-1; any other value is a void prediction).
+            target: [H, W] ground-truth class indices, `ignore_index` where unlabelled.
+            instances: for iIoU, (masks [N, H, W] bool/uint8, classes [N] class indices) of the image's
+                non-crowd ground-truth instances; ignored when no class of the metric has a size.
+        """
+        if tuple(pred.shape) != tuple(target.shape):
+            raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(target.shape)} differ in size")
+        C = self.num_classes
+        if isinstance(pred, torch.Tensor) or isinstance(target, torch.Tensor):
+            counts = self._bincount_torch(torch.as_tensor(pred), torch.as_tensor(target))
+        else:
+            counts = self._bincount_numpy(np.asarray(pred), np.asarray(target))
+        self.matrix += counts.reshape(C + 1, C + 1)[:C]
+        self.images += 1
+        if instances is not None and self.instance_sizes:
+            self._update_instances(pred, *instances)
+
+    def _bincount_numpy(self, pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+        C = self.num_classes
+        if target.dtype == np.uint8:
+            rows = self._row_lut[target]
+        else:
+            t = target.astype(np.int64, copy=False)
+            rows = np.where((t >= 0) & (t < C) & (t != self.ignore_index), t, C)
+        if pred.dtype == np.uint8:
+            cols = self._col_lut[pred]
+        else:
+            p = pred.astype(np.int64, copy=False)
+            cols = np.where((p >= 0) & (p < C), p, C)
+        rows *= C + 1
+        rows += cols
+        return np.bincount(rows.ravel(), minlength=(C + 1) ** 2)
+
+    def _bincount_torch(self, pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+        C = self.num_classes
+        device = pred.device if isinstance(pred, torch.Tensor) else target.device
+        t = target.to(device=device, dtype=torch.int64)
+        p = pred.to(device=device, dtype=torch.int64)
+        rows = torch.where((t >= 0) & (t < C) & (t != self.ignore_index), t, C)
+        cols = torch.where((p >= 0) & (p < C), p, C)
+        return torch.bincount((rows * (C + 1) + cols).view(-1), minlength=(C + 1) ** 2).cpu().numpy()
+
+    def _update_instances(self, pred: Any, masks: Any, classes: Any) -> None:
+        # official: tp = pixels of the instance predicted as its class, fn = the rest of the instance,
+        # both weighted by avgClassSize / instance size and summed per class over all instances
+        pred_t = torch.as_tensor(np.asarray(pred) if not isinstance(pred, torch.Tensor) else pred)
+        masks_t = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks).to(pred_t.device)
+        classes_l = [int(c) for c in (classes.tolist() if hasattr(classes, "tolist") else classes)]
+        for k, c in enumerate(classes_l):
+            if c not in self.instance_sizes:
+                continue
+            mask = masks_t[k].bool()
+            size = int(mask.sum())
+            if size == 0:
+                continue
+            tp = int((pred_t[mask] == c).sum())
+            weight = self.instance_sizes[c] / float(size)
+            self.inst_tp[c] += float(tp) * weight
+            self.inst_fn[c] += float(size - tp) * weight
+
+    def sync(self) -> None:
+        """Sum the counts over all ranks when running under torch.distributed."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        for name in ("matrix", "inst_tp", "inst_fn"):
+            t = torch.from_numpy(getattr(self, name).copy())
+            if dist.get_backend() == "nccl":
+                t = t.cuda()
+            dist.all_reduce(t)
+            setattr(self, name, t.cpu().numpy())
+        n = torch.tensor([self.images])
+        dist.all_reduce(n.cuda() if dist.get_backend() == "nccl" else n)
+        self.images = int(n.item())
+
+    def compute(self) -> dict[str, Any]:
+        """{"value": mIoU in 0..1, "details": per-class IoU / iIoU / accuracy (None = undefined), confusion}."""
+        C = self.num_classes
+        m = self.matrix
+        tp = np.diag(m[:, :C]).astype(np.float64)
+        gt_pixels = m.sum(1).astype(np.float64)  # every pixel of the class, void predictions included
+        fn = gt_pixels - tp
+        fp = m[:, :C].sum(0).astype(np.float64) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = tp / (tp + fp + fn)
+            acc = tp / gt_pixels
+            iiou = np.full(C, np.nan)
+            for c in self.instance_sizes:
+                denom = self.inst_tp[c] + fp[c] + self.inst_fn[c]
+                if denom > 0:
+                    iiou[c] = self.inst_tp[c] / denom
+        total = m.sum()
+        miou = _nanmean(iou)
+        details: dict[str, Any] = {
+            "classes": self.class_names,
+            "iou": _nan_to_none(iou),
+            "accuracy": _nan_to_none(acc),
+            "miou": None if math.isnan(miou) else miou,
+            "pixel_accuracy": float(tp.sum() / total) if total else None,
+            "mean_accuracy": None if math.isnan(_nanmean(acc)) else _nanmean(acc),
+            "pixels": int(total),
+            "images": self.images,
+            "confusion": m[:, :C].tolist(),
+            "void_predictions": m[:, C].tolist(),
+        }
+        if self.instance_sizes:
+            miiou = _nanmean(iiou[sorted(self.instance_sizes)])
+            details["iiou"] = _nan_to_none(iiou)
+            details["miiou"] = None if math.isnan(miiou) else miiou
+        return {"value": miou, "details": details}
+
+
+def cityscapes_instance_sizes(seg_classes: Sequence[str], det_classes: Sequence[str]) -> dict[int, float] | None:
+    """Class index -> official average instance size, when the dataset's detection classes are all
+    Cityscapes instance classes (Cityscapes, or the synthetic set in its layout); None otherwise."""
+    if not det_classes or any(name not in CITYSCAPES_AVG_CLASS_SIZE for name in det_classes):
+        return None
+    from cityscapesscripts.helpers.labels import name2label
+
+    index = {name: i for i, name in enumerate(seg_classes)}
+    sizes = {
+        index[name]: CITYSCAPES_AVG_CLASS_SIZE[name]
+        for name in det_classes
+        if name in index and not name2label[name].ignoreInEval
+    }
+    return sizes or None
