@@ -3,39 +3,42 @@
 Reads the official layout
 
     SRC/leftImg8bit/<split>/<city>/<prefix>_leftImg8bit.png
-    SRC/gtFine/<split>/<city>/<prefix>_gtFine_labelIds.png        uint8 labelIds
-    SRC/gtFine/<split>/<city>/<prefix>_gtFine_instanceIds.png     uint16, labelId * 1000 + k per instance
-    SRC/gtFine/<split>/<city>/<prefix>_gtFine_polygons.json       used when the two PNGs are absent
+    SRC/gtFine/<split>/<city>/<prefix>_gtFine_polygons.json       polygons (the official PNGs are drawn from them)
+    SRC/gtFine/<split>/<city>/<prefix>_gtFine_labelIds.png        uint8 labelIds          } used where the
+    SRC/gtFine/<split>/<city>/<prefix>_gtFine_instanceIds.png     uint16 labelId*1000+k   } JSON is absent
 
 and writes, per image, the 19-class trainId map, the distance-transform bins and COCO annotations
-(RLE masks, tight boxes; group regions such as "cargroup" are iscrowd = 1). When only the polygon JSON
-exists it is rasterised in memory with cityscapesscripts' `createLabelImage` / `createInstanceImage`,
-which is what the official preparation scripts do. Nothing under SRC is written.
+(RLE masks, tight boxes; group regions such as "cargroup" are iscrowd = 1). Polygons are rasterised in
+memory with cityscapesscripts' `createInstanceImage`, exactly as `json2instanceImg` draws the official
+instanceIds PNG, whose class part is the labelIds map. Work per instance is confined to the instance's
+region (RLE, distance transform), so an image costs about one rasterisation plus two PNG writes.
+Nothing under SRC is written.
 """
 
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from mtlcli.data.prepared import (
+    IGNORE_INDEX,
     DatasetMeta,
     ImageJob,
     ImageResult,
     SkipImage,
     check_out_dir,
     dt_path,
-    encode_instance,
     read_label_png,
     run_prepare,
-    save_png,
     semantic_path,
 )
-from mtlcli.data.targets import CITYSCAPES_DET_CLASSES, cityscapes_tables, dt_bins, instances_from_cityscapes, train_ids_from_label_ids
+from mtlcli.data.targets import CITYSCAPES_DET_CLASSES, cityscapes_tables, train_ids_from_label_ids
 from mtlcli.errors import UserError
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -43,6 +46,8 @@ LABEL_SUFFIX = "_gtFine_labelIds.png"
 INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
 POLYGON_SUFFIX = "_gtFine_polygons.json"
 DEFAULT_SPLITS = ("train", "val")
+DT_THRESHOLDS = (0.2, 0.4)
+DT_PALETTE = [[0, 0, 0], [64, 64, 64], [150, 150, 150], [255, 255, 255]]
 LAYOUT = "leftImg8bit/<split>/<city>/*_leftImg8bit.png with gtFine/<split>/<city>/*_gtFine_*"
 
 
@@ -80,50 +85,186 @@ def rasterise_polygons(annotation: dict[str, Any]) -> tuple[np.ndarray, np.ndarr
     return label_ids, instance_ids
 
 
-def _read_polygons(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_polygons(path: Path) -> dict[str, Any]:
     try:
         annotation = json.loads(path.read_text())
-        if not isinstance(annotation, dict) or "imgHeight" not in annotation or "imgWidth" not in annotation:
-            raise SkipImage(f"{path.name} lacks imgHeight/imgWidth — not a Cityscapes polygon file")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SkipImage(f"{path.name} is not valid JSON ({exc})") from None
+    if not isinstance(annotation, dict) or not {"imgHeight", "imgWidth", "objects"} <= annotation.keys():
+        raise SkipImage(f"{path.name} lacks imgHeight/imgWidth/objects — not a Cityscapes polygon file")
     bad = unknown_labels(annotation)
     if bad:
         raise SkipImage(f"{path.name}: label {bad[0]!r} is not in the Cityscapes label table "
                         "(cityscapesscripts.helpers.labels); fix or delete that object")
+    return annotation
+
+
+def _rasterise_instances(annotation: dict[str, Any], path: Path) -> np.ndarray:
+    """instanceIds uint16 [H, W] drawn from the polygons (the labelIds are its class part, see below)."""
+    from cityscapesscripts.helpers.annotation import Annotation
+    from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
+
     try:
-        return rasterise_polygons(annotation)
+        ann = Annotation()
+        ann.fromJsonText(json.dumps(annotation))
+        return np.asarray(createInstanceImage(ann, "ids"), dtype=np.int32).astype(np.uint16)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise SkipImage(f"{path.name}: malformed polygon ({type(exc).__name__}: {exc})") from None
 
 
+@lru_cache(maxsize=1)
+def _instance_tables() -> tuple[np.ndarray, np.ndarray]:
+    """LUTs over every uint16 instanceIds value: (trainId uint8, det category uint8 with 0 = none).
+
+    An instanceIds pixel holds labelId * 1000 + k for an instance and the plain labelId elsewhere
+    (groups included): json2instanceImg and json2labelImg draw the same polygons in the same order,
+    so the class part of instanceIds is exactly labelIds."""
+    _, _, lut, det = cityscapes_tables()
+    values = np.arange(65536)
+    label = np.where(values >= 1000, values // 1000, values)
+    valid = label < 256
+    train = np.where(valid, lut[np.where(valid, label, 0)], IGNORE_INDEX).astype(np.uint8)
+    category = np.zeros(65536, dtype=np.uint8)
+    for label_id, cat in det.items():
+        category[label == label_id] = cat
+    return train, category
+
+
+def _instance_regions(instance_ids: np.ndarray, annotation: dict[str, Any] | None) -> list[tuple[int, tuple[slice, slice]]]:
+    """(pixel value, region) of every instance-class value in the map, region grown by one pixel and
+    clipped to the image. With polygons, an object's region is its polygon's extent (no image scan)."""
+    category = _instance_tables()[1]
+    h, w = instance_ids.shape
+    if annotation is None:
+        found = ndimage.find_objects(instance_ids)
+        return [(v, (slice(max(sl[0].start - 1, 0), min(sl[0].stop + 1, h)), slice(max(sl[1].start - 1, 0), min(sl[1].stop + 1, w))))
+                for v, sl in enumerate(found, start=1) if sl is not None and category[v]]
+    # the instanceIds value each object was drawn with, as json2instanceImg numbers them
+    from cityscapesscripts.helpers.labels import name2label
+
+    boxes: dict[int, list[float]] = {}
+    counters: dict[str, int] = {}
+    for obj in annotation["objects"]:
+        if obj.get("deleted"):
+            continue
+        name = obj["label"]
+        group = name not in name2label and name.endswith("group")
+        label = name2label[name[: -len("group")] if group else name]
+        if label.id < 0 or not category[label.id] or not obj["polygon"]:
+            continue
+        value = label.id
+        if label.hasInstances and not group:
+            value = label.id * 1000 + counters.get(label.name, 0)
+            counters[label.name] = counters.get(label.name, 0) + 1
+        xs, ys = [p[0] for p in obj["polygon"]], [p[1] for p in obj["polygon"]]
+        box = [min(xs), min(ys), max(xs), max(ys)]
+        old = boxes.setdefault(value, box)
+        boxes[value] = [min(old[0], box[0]), min(old[1], box[1]), max(old[2], box[2]), max(old[3], box[3])]
+    regions = []
+    for value, (x0, y0, x1, y1) in sorted(boxes.items()):
+        ys = slice(max(int(np.floor(y0)) - 1, 0), min(int(np.ceil(y1)) + 2, h))
+        xs = slice(max(int(np.floor(x0)) - 1, 0), min(int(np.ceil(x1)) + 2, w))
+        if ys.start < ys.stop and xs.start < xs.stop:
+            regions.append((value, (ys, xs)))
+    return regions
+
+
+def encode_crop(crop: np.ndarray, origin: tuple[int, int], shape: tuple[int, int], category_id: int, iscrowd: int) -> dict[str, Any]:
+    """`encode_instance` for a mask known to lie inside a crop: the same COCO annotation (RLE over the
+    full [H, W] image, column-major; tight bbox; area) computed in time proportional to the crop.
+
+    crop: bool [h, w] at pixel (y0, x0) = origin of an image of `shape` (H, W)."""
+    from pycocotools import mask as mask_utils
+
+    height, width = shape
+    y0, x0 = origin
+    # runs in column-major order: per column, transitions of the crop padded with a zero above and below
+    padded = np.zeros((crop.shape[1], crop.shape[0] + 2), dtype=np.int8)
+    padded[:, 1:-1] = crop.T
+    col, row = np.nonzero(np.diff(padded, axis=1))
+    edges = (x0 + col).astype(np.int64) * height + y0 + row
+    # a run that ends at the bottom of a column and one that starts at the top of the next are one run
+    _, counts = np.unique(edges, return_counts=True)
+    edges = np.unique(edges)[counts == 1]
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": np.diff(np.r_[0, edges, height * width]).tolist()}, height, width)
+    bbox = [float(v) for v in mask_utils.toBbox(rle)]
+    area = float(mask_utils.area(rle))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return {"category_id": int(category_id), "bbox": bbox, "area": area, "iscrowd": int(iscrowd), "segmentation": rle}
+
+
+def _dt_bins_crop(crop: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """Distance-transform bins of one instance on its region grown by one pixel (targets.dt_bins'
+    rule: normalised EDT, the image border is not a boundary); max over instances = bins of the max."""
+    if crop.all():
+        dist = np.ones(crop.shape)
+    else:
+        dist = ndimage.distance_transform_edt(crop)
+        dist /= dist.max()
+    bins = (dist > 0).astype(np.uint8)
+    for t in thresholds:
+        bins += dist > t
+    return bins
+
+
+def save_indexed_png(path: Path, array: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
+    """A uint8 label map as a palette PNG: the stored values are the class indices (numpy reads them
+    back unchanged) and image viewers show the class colours. Palette PNGs are written without PNG's
+    per-row filter search, about three times faster than greyscale for label maps."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(palette)] = palette
+    img.putpalette(table.ravel().tolist())  # "L" -> "P", same pixel values
+    img.save(path, compress_level=1)
+
+
 def prepare_image(job: ImageJob, out: Path) -> ImageResult:
-    """Prepare one Cityscapes image: write semantic/<stem>.png (trainIds) and dt/<stem>.png, return
-    its COCO annotations. Per-file problems raise SkipImage (or OSError from Pillow for corrupt PNGs)."""
+    """Prepare one Cityscapes image: write semantic/<stem>.png (trainIds, 255 = ignore) and
+    dt/<stem>.png (bins 0..3), and return its COCO annotations (RLE, tight xywh boxes, crowd flags).
+
+    Ground truth: the polygon JSON when present (rasterised as the official scripts do; the official
+    PNGs are made from it), else `*_gtFine_labelIds.png` + `*_gtFine_instanceIds.png` (16-bit).
+    Per-file problems raise SkipImage (or OSError from Pillow for a corrupt PNG)."""
     root = Path(job.payload["root"])
     with Image.open(root / job.file_name) as img:
         width, height = img.size
         img.verify()  # checks every chunk's CRC without decoding: catches truncated or damaged images
     gt = job.payload["gt"]
-    if "label_ids" in gt and "instance_ids" in gt:
+    train_lut, category = _instance_tables()
+    annotation = None
+    if "polygons" in gt:
+        annotation = _read_polygons(root / gt["polygons"])
+        instance_ids = _rasterise_instances(annotation, root / gt["polygons"])
+        semantic = train_lut[instance_ids]
+    else:
         label_ids = read_label_png(root / gt["label_ids"])
         instance_ids = read_label_png(root / gt["instance_ids"])
-        if label_ids.ndim != 2 or instance_ids.ndim != 2:
-            raise SkipImage("labelIds/instanceIds PNG is not single-channel — expected the official gtFine files")
-    else:
-        label_ids, instance_ids = _read_polygons(root / gt["polygons"])
-    for name, arr in (("labelIds", label_ids), ("instanceIds", instance_ids)):
-        if arr.shape != (height, width):
-            raise SkipImage(f"{name} is {arr.shape[0]}x{arr.shape[1]} but the image is {height}x{width}")
+        if label_ids.ndim != 2 or label_ids.dtype != np.uint8:
+            raise SkipImage(f"{Path(gt['label_ids']).name} is not an 8-bit single-channel labelIds PNG")
+        if instance_ids.ndim != 2 or instance_ids.dtype.kind not in "ui":
+            raise SkipImage(f"{Path(gt['instance_ids']).name} is not a 16-bit single-channel instanceIds PNG")
+        if label_ids.shape != instance_ids.shape:
+            raise SkipImage(f"labelIds is {label_ids.shape[0]}x{label_ids.shape[1]} but instanceIds is "
+                            f"{instance_ids.shape[0]}x{instance_ids.shape[1]}")
+        instance_ids = instance_ids.astype(np.uint16, copy=False)
+        semantic = train_ids_from_label_ids(label_ids)
+    if instance_ids.shape != (height, width):
+        raise SkipImage(f"ground truth is {instance_ids.shape[0]}x{instance_ids.shape[1]} but the image is {height}x{width}")
 
-    semantic = train_ids_from_label_ids(label_ids)
-    annotations, masks = [], []
-    for mask, category, iscrowd in instances_from_cityscapes(instance_ids):
-        annotations.append(encode_instance(mask, category, iscrowd))
+    annotations = []
+    dt = np.zeros((height, width), dtype=np.uint8)
+    for value, region in _instance_regions(instance_ids, annotation):
+        crop = instance_ids[region] == value
+        if not crop.any():  # drawn but entirely hidden behind later objects
+            continue
+        iscrowd = int(value < 1000)
+        annotations.append(encode_crop(crop, (region[0].start, region[1].start), (height, width), category[value], iscrowd))
         if not iscrowd:
-            masks.append(mask)
-    save_png(semantic_path(out, job.split, job.stem), semantic)
-    save_png(dt_path(out, job.split, job.stem), dt_bins(masks, (height, width)))
+            np.maximum(dt[region], _dt_bins_crop(crop, DT_THRESHOLDS), out=dt[region])
+    palette = cityscapes_tables()[1]
+    save_indexed_png(semantic_path(out, job.split, job.stem), semantic, palette)
+    save_indexed_png(dt_path(out, job.split, job.stem), dt, DT_PALETTE)
     return ImageResult(job.split, job.file_name, job.stem, height, width, annotations, extra={"city": job.payload["city"]})
 
 

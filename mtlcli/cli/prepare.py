@@ -1,0 +1,119 @@
+"""`mtl prepare {cityscapes,voc,coco,mot15,synthetic}`: turn a dataset into the prepared format.
+
+Each command parses, calls the reader's entry function in `mtlcli.data` and prints where the result
+went; the readers show the progress bar and the summary table. Readers are imported inside the
+commands so that `mtl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Prepare a dataset (or draw the synthetic city) into mtl's prepared format.", no_args_is_help=True)
+
+WORKERS_HELP = "Processes preparing images in parallel (default: all cores)."
+STRICT_HELP = "Stop at the first problem file instead of skipping it and listing it in the summary."
+FORCE_HELP = "Write into --out even if it is not empty (files there may be overwritten)."
+
+
+def default_out(name: str) -> Path:
+    """$MTL_DATA/<name> (MTL_DATA defaults to ./data): where recipes look for a prepared dataset."""
+    return Path(os.environ.get("MTL_DATA", "data")) / name
+
+
+def _done(out: Path, summary: dict) -> None:
+    images = sum(s["images"] for s in summary["splits"].values())
+    skipped = len(summary["skipped"])
+    note = f", {skipped} file(s) skipped (listed above)" if skipped else ""
+    Console().print(f"[green]prepared[/] {summary['name']}: {images} images in {out}{note}")
+
+
+@app.command("cityscapes")
+def cityscapes(
+    src: Path = typer.Argument(..., help="Cityscapes root holding leftImg8bit/ and gtFine/ (or a synthetic city)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Prepared dataset folder [default: $MTL_DATA/cityscapes]."),
+    split: Optional[list[str]] = typer.Option(None, "--split", help="Split to prepare; repeat for several [default: train and val]."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """Cityscapes (gtFine polygons or labelIds/instanceIds PNGs): boxes and masks, 19 trainIds, DT bins."""
+    from mtlcli.data.cityscapes import prepare_cityscapes
+
+    out = out or default_out("cityscapes")
+    summary = prepare_cityscapes(src, out, workers=workers, strict=strict, force=force, splits=split or None)
+    _done(out, summary)
+
+
+@app.command("voc")
+def voc(
+    voc2012: Path = typer.Option(..., "--voc2012", help="VOCdevkit/VOC2012 folder (or the VOCdevkit holding it)."),
+    voc2007: Optional[Path] = typer.Option(None, "--voc2007", help="VOCdevkit/VOC2007 folder, for 07+12 detection training."),
+    sbd: Optional[Path] = typer.Option(None, "--sbd", help="SBD benchmark_RELEASE/dataset folder, for the train_aug split."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Prepared dataset folder [default: $MTL_DATA/voc]."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """PASCAL VOC 2007/2012 (+ SBD): 20-class boxes, segmentation (train_aug with SBD), DT bins."""
+    from mtlcli.data.voc import prepare_voc
+
+    out = out or default_out("voc")
+    summary = prepare_voc(out, voc2012=voc2012, voc2007=voc2007, sbd=sbd, workers=workers, strict=strict, force=force)
+    _done(out, summary)
+
+
+@app.command("coco")
+def coco(
+    src: Path = typer.Argument(..., help="COCO root holding annotations/ and train2017/, val2017/."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Prepared dataset folder [default: $MTL_DATA/coco]."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """COCO 2017: 80-class boxes and masks, a semantic map painted from the annotations, DT bins."""
+    from mtlcli.data.coco import prepare_coco
+
+    out = out or default_out("coco")
+    summary = prepare_coco(src, out, workers=workers, strict=strict, force=force)
+    _done(out, summary)
+
+
+@app.command("mot15")
+def mot15(
+    src: Path = typer.Argument(..., help="2DMOT2015 root holding train/<sequence>/{img1,gt}."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Prepared dataset folder [default: $MTL_DATA/mot15]."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9, help="Last part of each sequence used for val."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """MOT15 pedestrians: boxes per frame, a time split per sequence, box-mask DT bins."""
+    from mtlcli.data.mot15 import prepare_mot15
+
+    out = out or default_out("mot15")
+    summary = prepare_mot15(src, out, val_fraction=val_fraction, workers=workers, strict=strict, force=force)
+    _done(out, summary)
+
+
+@app.command("synthetic")
+def synthetic(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the synthetic Cityscapes tree (a source, not a prepared dataset)."),
+    train: int = typer.Option(300, "--train", min=0, help="Number of train images."),
+    val: int = typer.Option(60, "--val", min=0, help="Number of val images."),
+    size: tuple[int, int] = typer.Option((256, 512), "--size", help="Image height and width in pixels (H W)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed and size give the same images."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help="Processes drawing images (default: all cores)."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """Draw a synthetic street-scene dataset in the real Cityscapes layout, to prepare like Cityscapes."""
+    from mtlcli.data.synthetic import generate_synthetic
+
+    root = generate_synthetic(out, train=train, val=val, size=size, seed=seed, force=force, workers=workers)
+    Console().print(f"[green]synthetic city[/]: {train} train + {val} val images of {size[0]}x{size[1]} in {root}\n"
+                    f"next: mtl prepare cityscapes {out} --out {default_out('synthetic')}")
