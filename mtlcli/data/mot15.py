@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from mtlcli.data.prepared import DatasetMeta, ImageJob, ImageResult, SkipImage, check_out_dir, dt_path, encode_instance, run_prepare, save_png
-from mtlcli.data.targets import box_mask, dt_bins
-from mtlcli.data.voc import read_image_size, refuse_out_inside
+from mtlcli.data.targets import box_mask
+from mtlcli.data.voc import box_dt_bins, read_image_size, refuse_out_inside
 from mtlcli.errors import UserError
 
 MOT_CLASSES = ["pedestrian"]
@@ -59,15 +59,15 @@ def prepare_mot15_image(job: ImageJob, out: Path) -> ImageResult:
     p = job.payload
     h, w = read_image_size(p["image"])
     annotations: list[dict[str, Any]] = []
-    masks = []
+    boxes = []
     for box in p["boxes"]:
         mask = box_mask(box, (h, w))
         if mask.any():
             annotations.append(encode_instance(mask, 1, 0))
-            masks.append(mask)
+            boxes.append(box)
     if not annotations:
         raise SkipImage("no ground truth: every gt.txt box of this frame lies outside the image")
-    save_png(dt_path(out, job.split, job.stem), dt_bins(masks, (h, w)))
+    save_png(dt_path(out, job.split, job.stem), box_dt_bins(boxes, (h, w)))
     return ImageResult(job.split, job.file_name, job.stem, height=h, width=w, annotations=annotations,
                        extra={"sequence": p["sequence"], "frame_id": p["frame"]})
 

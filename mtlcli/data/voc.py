@@ -49,7 +49,7 @@ from mtlcli.data.prepared import (
     save_png,
     semantic_path,
 )
-from mtlcli.data.targets import IGNORE_INDEX, box_mask, dt_bins
+from mtlcli.data.targets import IGNORE_INDEX, box_mask
 from mtlcli.errors import UserError
 
 VOC_CLASSES = [
@@ -75,6 +75,54 @@ def voc_colormap(n: int = 256) -> list[list[int]]:
             c >>= 3
         palette.append([r, g, b])
     return palette
+
+
+# --------------------------------------------------------------------------- box targets
+
+def pixel_box(box_xyxy: list[float], shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The pixels `targets.box_mask` fills for a box: (x0, y0, x1, y1) rounded and clipped, ends exclusive."""
+    h, w = shape
+    x0, y0, x1, y1 = (int(round(v)) for v in box_xyxy)
+    return max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+
+
+def box_dt_bins(boxes: list[list[float]], shape: tuple[int, int], thresholds: tuple[float, ...] = (0.2, 0.4)) -> np.ndarray:
+    """`targets.dt_bins` of filled boxes [H, W] uint8, in closed form instead of one EDT per box.
+
+    Inside an axis-aligned rectangle the nearest background pixel lies straight across one of its
+    sides, so the Euclidean distance is min(x - x0 + 1, x1 - x, y - y0 + 1, y1 - y) over the sides that
+    do not touch the image border (the border is not a boundary); a box covering the whole image is
+    all ones. Same values as the EDT (integers, normalised per box by their maximum) at a fraction of
+    the cost: VOC and MOT15 preparation spend most of their time here otherwise."""
+    h, w = shape
+    d = np.zeros(shape, dtype=np.float64)
+    for box in boxes:
+        x0, y0, x1, y1 = pixel_box(box, shape)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        far = float(h + w)  # larger than any distance inside the image: a side on the border never wins
+        xs = np.arange(x0, x1, dtype=np.float64)
+        ys = np.arange(y0, y1, dtype=np.float64)
+        dx, dy = np.full_like(xs, far), np.full_like(ys, far)
+        if x0 > 0:
+            np.minimum(dx, xs - x0 + 1, out=dx)
+        if x1 < w:
+            np.minimum(dx, x1 - xs, out=dx)
+        if y0 > 0:
+            np.minimum(dy, ys - y0 + 1, out=dy)
+        if y1 < h:
+            np.minimum(dy, y1 - ys, out=dy)
+        dist = np.minimum(dy[:, None], dx[None, :])
+        if dist.max() >= far:  # every side on the border: the whole image is the instance
+            dist = np.ones_like(dist)
+        else:
+            dist /= dist.max()
+        np.maximum(d[y0:y1, x0:x1], dist, out=d[y0:y1, x0:x1])
+    bins = np.zeros(shape, dtype=np.uint8)
+    bins[d > 0] = 1
+    for k, t in enumerate(thresholds, start=2):
+        bins[d > t] = k
+    return bins
 
 
 # --------------------------------------------------------------------------- reading one image
@@ -159,7 +207,7 @@ def prepare_voc_image(job: ImageJob, out: Path) -> ImageResult:
     p = job.payload
     h, w = read_image_size(p["image"])
     annotations: list[dict[str, Any]] = []
-    dt_masks = []
+    dt_boxes = []
     if p.get("xml"):
         for name, box, difficult in parse_voc_xml(p["xml"]):
             mask = box_mask(box, (h, w))
@@ -167,7 +215,7 @@ def prepare_voc_image(job: ImageJob, out: Path) -> ImageResult:
                 continue
             annotations.append(encode_instance(mask, VOC_CLASSES.index(name) + 1, int(difficult)))
             if not difficult:
-                dt_masks.append(mask)
+                dt_boxes.append(box)
     elif p.get("need_boxes"):
         raise SkipImage("no ground truth: Annotations/<name>.xml is missing")
 
@@ -180,7 +228,7 @@ def prepare_voc_image(job: ImageJob, out: Path) -> ImageResult:
         raise SkipImage("no ground truth: neither SegmentationClass/<name>.png nor SBD cls/<name>.mat exists")
     if label is not None:
         save_png(semantic_path(out, job.split, job.stem), label)
-    save_png(dt_path(out, job.split, job.stem), dt_bins(dt_masks, (h, w)))
+    save_png(dt_path(out, job.split, job.stem), box_dt_bins(dt_boxes, (h, w)))
     return ImageResult(job.split, job.file_name, job.stem, height=h, width=w, annotations=annotations)
 
 

@@ -14,7 +14,8 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 
 from mtlcli.data.prepared import DatasetMeta, read_label_png
-from mtlcli.data.voc import VOC_CLASSES, prepare_voc, voc_colormap
+from mtlcli.data.targets import box_mask, dt_bins
+from mtlcli.data.voc import VOC_CLASSES, box_dt_bins, prepare_voc, voc_colormap
 from mtlcli.errors import UserError
 
 H, W = 32, 48
@@ -258,3 +259,17 @@ def test_cli_prepare_voc(voc, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --voc2012") and "\n" not in err and "Traceback" not in err
+
+
+def test_box_dt_bins_equals_edt_of_filled_boxes():
+    """The closed-form box DT gives exactly targets.dt_bins of the box masks, border-touching and
+    fractional boxes included."""
+    rng = np.random.default_rng(3)
+    shape = (H, W)
+    cases = [[[0, 0, W, H]], [[0, 5, 20, H]], [[-3, -2, 60, 12.4]], [[40, 30, 50, 40]], [[10.5, 3.5, 30.49, 27.51]]]
+    for _ in range(30):
+        x0, y0 = rng.uniform(-5, W), rng.uniform(-5, H)
+        cases.append([[x0, y0, x0 + rng.uniform(0, 30), y0 + rng.uniform(0, 20)] for _ in range(rng.integers(1, 4))])
+    for boxes in cases:
+        expected = dt_bins([box_mask(b, shape) for b in boxes], shape)
+        np.testing.assert_array_equal(box_dt_bins(boxes, shape), expected, err_msg=str(boxes))
