@@ -186,7 +186,10 @@ def encode_crop(crop: np.ndarray, origin: tuple[int, int], shape: tuple[int, int
     # a run that ends at the bottom of a column and one that starts at the top of the next are one run
     _, counts = np.unique(edges, return_counts=True)
     edges = np.unique(edges)[counts == 1]
-    rle = mask_utils.frPyObjects({"size": [height, width], "counts": np.diff(np.r_[0, edges, height * width]).tolist()}, height, width)
+    counts = np.diff(np.r_[0, edges, height * width]).tolist()
+    if counts[-1] == 0 and len(counts) > 1:  # the mask reaches the last pixel: no trailing run of zeros
+        counts.pop()
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
     bbox = [float(v) for v in mask_utils.toBbox(rle)]
     area = float(mask_utils.area(rle))
     rle["counts"] = rle["counts"].decode("ascii")
