@@ -347,5 +347,9 @@ def prepare_cityscapes(
         first = skipped[0]
         raise UserError(f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such files)")
     out = check_out_dir(out, force, source=src)
-    return run_prepare(out, cityscapes_meta(src, split_list), jobs, prepare_image, workers=workers,
-                       strict=strict, pre_skipped=skipped, quiet=quiet)
+    summary = run_prepare(out, cityscapes_meta(src, split_list), jobs, prepare_image, workers=workers,
+                          strict=strict, pre_skipped=skipped, quiet=quiet)
+    if not any(s["images"] for s in summary["splits"].values()):
+        raise UserError(f"none of the {len(summary['skipped'])} images could be prepared (reasons in the table above; "
+                        f"first: {summary['skipped'][0]['reason']}) — check {src}")
+    return summary
