@@ -34,14 +34,16 @@ from mtlcli.data.prepared import (
     dt_path,
     encode_instance,
     run_prepare,
-    save_png,
     semantic_path,
 )
+from mtlcli.data.cityscapes import DT_PALETTE, save_indexed_png  # one PNG writer for every reader
 from mtlcli.data.targets import box_mask, dt_bins
 from mtlcli.data.voc import read_image_size, refuse_out_inside, voc_colormap
 from mtlcli.errors import UserError
 
 COCO_SPLITS = ("train", "val")
+# the semantic PNGs carry the whole colour map; dataset.json lists the first 1 + K entries of it
+PNG_PALETTE = voc_colormap(256)
 
 
 def annotation_mask(segmentation: Any, bbox: Any, height: int, width: int) -> np.ndarray:
@@ -91,8 +93,8 @@ def prepare_coco_image(job: ImageJob, out: Path) -> ImageResult:
         annotations.append(encode_instance(mask, a["category_id"], crowd))
         if not crowd:
             dt_masks.append(mask)
-    save_png(semantic_path(out, job.split, job.stem), semantic)
-    save_png(dt_path(out, job.split, job.stem), dt_bins(dt_masks, (h, w)))
+    save_indexed_png(semantic_path(out, job.split, job.stem), semantic, PNG_PALETTE)
+    save_indexed_png(dt_path(out, job.split, job.stem), dt_bins(dt_masks, (h, w)), DT_PALETTE)
     return ImageResult(job.split, job.file_name, job.stem, height=h, width=w, annotations=annotations,
                        extra={"coco_id": p["coco_id"]})
 

@@ -27,7 +27,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from mtlcli.data.prepared import DatasetMeta, ImageJob, ImageResult, SkipImage, check_out_dir, dt_path, encode_instance, run_prepare, save_png
+from mtlcli.data.prepared import DatasetMeta, ImageJob, ImageResult, SkipImage, check_out_dir, dt_path, encode_instance, run_prepare
+from mtlcli.data.cityscapes import DT_PALETTE, save_indexed_png  # one PNG writer for every reader
 from mtlcli.data.targets import box_mask
 from mtlcli.data.voc import box_dt_bins, read_image_size, refuse_out_inside
 from mtlcli.errors import UserError
@@ -67,7 +68,7 @@ def prepare_mot15_image(job: ImageJob, out: Path) -> ImageResult:
             boxes.append(box)
     if not annotations:
         raise SkipImage("no ground truth: every gt.txt box of this frame lies outside the image")
-    save_png(dt_path(out, job.split, job.stem), box_dt_bins(boxes, (h, w)))
+    save_indexed_png(dt_path(out, job.split, job.stem), box_dt_bins(boxes, (h, w)), DT_PALETTE)
     return ImageResult(job.split, job.file_name, job.stem, height=h, width=w, annotations=annotations,
                        extra={"sequence": p["sequence"], "frame_id": p["frame"]})
 

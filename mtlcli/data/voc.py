@@ -46,9 +46,9 @@ from mtlcli.data.prepared import (
     dt_path,
     encode_instance,
     run_prepare,
-    save_png,
     semantic_path,
 )
+from mtlcli.data.cityscapes import DT_PALETTE, save_indexed_png  # one PNG writer for every reader
 from mtlcli.data.targets import IGNORE_INDEX, box_mask
 from mtlcli.errors import UserError
 
@@ -75,6 +75,9 @@ def voc_colormap(n: int = 256) -> list[list[int]]:
             c >>= 3
         palette.append([r, g, b])
     return palette
+
+
+VOC_PALETTE = voc_colormap(len(VOC_SEG_CLASSES))
 
 
 # --------------------------------------------------------------------------- box targets
@@ -227,8 +230,8 @@ def prepare_voc_image(job: ImageJob, out: Path) -> ImageResult:
     elif p.get("need_seg"):
         raise SkipImage("no ground truth: neither SegmentationClass/<name>.png nor SBD cls/<name>.mat exists")
     if label is not None:
-        save_png(semantic_path(out, job.split, job.stem), label)
-    save_png(dt_path(out, job.split, job.stem), box_dt_bins(dt_boxes, (h, w)))
+        save_indexed_png(semantic_path(out, job.split, job.stem), label, VOC_PALETTE)
+    save_indexed_png(dt_path(out, job.split, job.stem), box_dt_bins(dt_boxes, (h, w)), DT_PALETTE)
     return ImageResult(job.split, job.file_name, job.stem, height=h, width=w, annotations=annotations)
 
 
@@ -359,5 +362,5 @@ def prepare_voc(
     refuse_out_inside(out, roots)
     out = check_out_dir(out, force)
     meta = DatasetMeta(name="voc", source=str(source), splits=splits, det_classes=list(VOC_CLASSES),
-                       seg_classes=list(VOC_SEG_CLASSES), palette=voc_colormap(len(VOC_SEG_CLASSES)))
+                       seg_classes=list(VOC_SEG_CLASSES), palette=VOC_PALETTE)
     return run_prepare(out, meta, jobs, prepare_voc_image, workers=workers, strict=strict, pre_skipped=pre_skipped)

@@ -273,3 +273,17 @@ def test_box_dt_bins_equals_edt_of_filled_boxes():
     for boxes in cases:
         expected = dt_bins([box_mask(b, shape) for b in boxes], shape)
         np.testing.assert_array_equal(box_dt_bins(boxes, shape), expected, err_msg=str(boxes))
+
+
+def test_prepared_voc_reads_back_through_prepared_dataset(voc):
+    from mtlcli.data.dataset import PreparedDataset
+
+    prepare_voc(voc["out"], voc2012=voc["voc2012"], sbd=voc["sbd"], workers=1)
+    ds = PreparedDataset(voc["out"], "train_aug")
+    index = [ds.image_info(i)["stem"] for i in range(len(ds))].index("2008_000004")
+    image, target = ds[index]
+    assert tuple(image.shape) == (3, H, W)
+    # XML (3, 3, 10, 12) 1-based inclusive -> xyxy (2, 2, 10, 12): pixels 2..9 x 2..11
+    assert target["boxes"].tolist() == [[2.0, 2.0, 10.0, 12.0]] and target["labels"].tolist() == [VOC_CLASSES.index("car") + 1]
+    assert int(target["masks"][0].sum()) == 8 * 10
+    np.testing.assert_array_equal(target["semantic"].numpy(), LABELS["2008_000004"])
