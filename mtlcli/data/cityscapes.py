@@ -100,14 +100,15 @@ def _read_polygons(path: Path) -> dict[str, Any]:
 
 
 def _rasterise_instances(annotation: dict[str, Any], path: Path) -> np.ndarray:
-    """instanceIds uint16 [H, W] drawn from the polygons (the labelIds are its class part, see below)."""
+    """instanceIds [H, W] (int32, values < 34000) drawn from the polygons; its class part is labelIds
+    (see `_instance_tables`)."""
     from cityscapesscripts.helpers.annotation import Annotation
     from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 
     try:
         ann = Annotation()
         ann.fromJsonText(json.dumps(annotation))
-        return np.asarray(createInstanceImage(ann, "ids"), dtype=np.int32).astype(np.uint16)
+        return np.asarray(createInstanceImage(ann, "ids"), dtype=np.int32)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise SkipImage(f"{path.name}: malformed polygon ({type(exc).__name__}: {exc})") from None
 
@@ -184,8 +185,8 @@ def encode_crop(crop: np.ndarray, origin: tuple[int, int], shape: tuple[int, int
     col, row = np.nonzero(np.diff(padded, axis=1))
     edges = (x0 + col).astype(np.int64) * height + y0 + row
     # a run that ends at the bottom of a column and one that starts at the top of the next are one run
-    _, counts = np.unique(edges, return_counts=True)
-    edges = np.unique(edges)[counts == 1]
+    edges, counts = np.unique(edges, return_counts=True)
+    edges = edges[counts == 1]
     counts = np.diff(np.r_[0, edges, height * width]).tolist()
     if counts[-1] == 0 and len(counts) > 1:  # the mask reaches the last pixel: no trailing run of zeros
         counts.pop()
@@ -250,7 +251,6 @@ def prepare_image(job: ImageJob, out: Path) -> ImageResult:
         if label_ids.shape != instance_ids.shape:
             raise SkipImage(f"labelIds is {label_ids.shape[0]}x{label_ids.shape[1]} but instanceIds is "
                             f"{instance_ids.shape[0]}x{instance_ids.shape[1]}")
-        instance_ids = instance_ids.astype(np.uint16, copy=False)
         semantic = train_ids_from_label_ids(label_ids)
     if instance_ids.shape != (height, width):
         raise SkipImage(f"ground truth is {instance_ids.shape[0]}x{instance_ids.shape[1]} but the image is {height}x{width}")
