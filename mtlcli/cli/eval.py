@@ -1,0 +1,195 @@
+"""`mtl eval`: metrics of a trained model over a prepared split, or of saved predictions.
+
+    mtl eval --run RUN | --checkpoint CKPT [--data DATA --split val] [--metric M ...] [--save-predictions DIR]
+    mtl eval --predictions FILE|DIR --data DATA --split val [--metric M ...] [--cityscapes-ids]
+
+Prints a summary table and per-class tables; `--out FILE.json` saves everything (a run also keeps a copy
+in RUN/eval/).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from mtlcli.errors import UserError
+
+
+def _fmt(v: Any, scale: float = 100.0) -> str:
+    return "—" if v is None or v != v else f"{float(v) * scale:.2f}"
+
+
+def _table(title: str):
+    from rich.table import Table
+
+    return Table(title=title, min_width=len(title))  # a narrow table would wrap its title
+
+
+def print_results(result: dict[str, Any]) -> None:
+    """Rich tables: one summary row per metric, then each metric's per-class table (values in %)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    details = result["details"]
+    summary = Table(title="evaluation (%)")
+    for col in ("metric", "value", "also"):
+        summary.add_column(col, justify="right" if col == "value" else "left")
+    for name, value in result["metrics"].items():
+        d = details.get(name, {})
+        if name == "miou":
+            extra = f"pixel acc {_fmt(d.get('pixel_accuracy'))}  mean acc {_fmt(d.get('mean_accuracy'))}"
+            extra += f"  iIoU {_fmt(d.get('miiou'))}" if "miiou" in d else ""
+        elif name.startswith("coco"):
+            s = d.get("stats", {})
+            extra = "  ".join(f"{k} {_fmt(s.get(k))}" for k in ("AP50", "AP75", "APs", "APm", "APl", "AR100"))
+        elif name == "ar":
+            s = d.get("stats", {})
+            extra = "  ".join(f"{k} {_fmt(s.get(k))}" for k in ("AR@1000", "ARs@100", "ARm@100", "ARl@100"))
+        else:
+            extra = d.get("rule", "")
+        summary.add_row(name, _fmt(value), extra)
+    console.print(summary)
+
+    for name, d in details.items():
+        if name == "miou":
+            table = _table("miou: per class (%)")
+            cols = ["class", "IoU"] + (["iIoU"] if "iiou" in d else []) + ["accuracy"]
+            for c in cols:
+                table.add_column(c, justify="left" if c == "class" else "right")
+            for i, cls in enumerate(d["classes"]):
+                row = [cls, _fmt(d["iou"][i])] + ([_fmt(d["iiou"][i])] if "iiou" in d else []) + [_fmt(d["accuracy"][i])]
+                table.add_row(*row)
+        elif name in ("voc07", "voc12"):
+            table = _table(f"{name}: AP@0.5 per class (%), {d['rule']}")
+            for c in ("class", "AP", "ground truth", "detections"):
+                table.add_column(c, justify="left" if c == "class" else "right")
+            for i, cls in enumerate(d["classes"]):
+                table.add_row(cls, _fmt(d["ap"][i]), str(d["num_gt"][i]), str(d["num_detections"][i]))
+        elif name.startswith("coco"):
+            table = _table(f"{name}: AP@[.5:.95] per class (%)")
+            table.add_column("class")
+            table.add_column("AP", justify="right")
+            for cls, ap in zip(d["classes"], d["ap"]):
+                table.add_row(cls, _fmt(ap))
+        else:
+            table = _table(f"{name}: proposal recall (%)")
+            table.add_column("measure")
+            table.add_column("value", justify="right")
+            for k, v in d["stats"].items():
+                table.add_row(k, _fmt(v))
+        console.print(table)
+
+
+def _free_path(path: Path) -> Path:
+    """`path`, or `name-2.json`, `name-3.json`, ... when it exists (earlier results are kept)."""
+    n = 2
+    candidate = path
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    from mtlcli.data.prepared import atomic_write_text
+    from mtlcli.metrics import jsonable
+
+    atomic_write_text(path, json.dumps(jsonable(data), indent=2, allow_nan=False))
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return name
+
+
+def run_eval(
+    run: Optional[Path], checkpoint: Optional[Path], predictions: Optional[Path], data: Optional[Path], split: Optional[str],
+    metric: list[str], cityscapes_ids: bool, out: Optional[Path], save_predictions: Optional[Path], force: bool,
+    batch_size: Optional[int], device: str, workers: int, quiet: bool,
+) -> dict[str, Any]:
+    """Everything `mtl eval` does except printing; returns the result dict that is saved."""
+    from mtlcli.metrics import check_metric_names
+
+    sources = [s for s in (run, checkpoint, predictions) if s is not None]
+    if len(sources) != 1:
+        raise UserError("give exactly one of --run RUN, --checkpoint CKPT or --predictions FILE|DIR")
+    if out is not None and out.exists() and not force:
+        raise UserError(f"--out {out} exists; choose another file or pass --force to overwrite it")
+    names = check_metric_names(metric)
+
+    if predictions is not None:
+        from mtlcli.metrics.predictions import evaluate_predictions
+
+        if data is None:
+            raise UserError("--predictions needs --data DATA, the prepared dataset the predictions belong to")
+        if save_predictions is not None:
+            raise UserError("--save-predictions writes a model's predictions; drop it with --predictions")
+        split = split or "val"
+        result = evaluate_predictions(data, split, predictions, names or None, cityscapes_ids=cityscapes_ids, progress=not quiet)
+        result = {"predictions": str(predictions), "data": str(data), "split": split, **result}
+    else:
+        from mtlcli.data.dataset import PreparedDataset
+        from mtlcli.engine.checkpoint import load_for_eval
+        from mtlcli.engine.evaluate import evaluate
+
+        if cityscapes_ids:
+            raise UserError("--cityscapes-ids describes --predictions PNGs; drop it when evaluating a model")
+        dev = _device(device)
+        model, recipe, root = load_for_eval(run=run, checkpoint=checkpoint, device=dev)
+        root = data or root
+        if root is None:
+            raise UserError("the run's prepared dataset is not here; give it with --data DATA")
+        split = split or recipe.get("data", {}).get("val_split") or "val"
+        names = names or list(recipe.get("eval", {}).get("metrics") or [])
+        if not names:
+            raise UserError("the recipe's [eval] names no metrics; pass --metric (miou, voc07, voc12, coco-bbox, coco-segm, ar)")
+        label_map = recipe.get("data", {}).get("label_map") or None
+        # no transforms: the model resizes its own inputs and answers in the original frame
+        dataset = PreparedDataset(root, split, transforms=None, label_map=label_map)
+        bs = batch_size or int(recipe.get("eval", {}).get("batch_size") or 4)
+        result = evaluate(model, dataset, names, device=dev, batch_size=bs, progress=not quiet,
+                          save_predictions=save_predictions, force=force, workers=workers)
+        result = {"run": str(run) if run else None, "checkpoint": str(checkpoint) if checkpoint else None,
+                  "data": str(root), "split": split, **result}
+        if run is not None:
+            write_json(_free_path(Path(run) / "eval" / f"{split}.json"), result)
+    if out is not None:
+        write_json(out, result)
+    return result
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_command(
+        run: Optional[Path] = typer.Option(None, "--run", help="Run directory of `mtl train` (uses best.pt, else last.pt)."),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file written by `mtl train`."),
+        predictions: Optional[Path] = typer.Option(
+            None, "--predictions",
+            help="Saved predictions: a COCO results .json, or a folder with detections.json and/or <stem>.png maps."),
+        data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset (default: the recipe's)."),
+        split: Optional[str] = typer.Option(None, "--split", help="Split to evaluate (default: val / the recipe's val_split)."),
+        metric: list[str] = typer.Option([], "--metric", "-m",
+                                         help="miou, voc07, voc12, coco-bbox, coco-segm, ar (repeat or comma-separate)."),
+        cityscapes_ids: bool = typer.Option(False, "--cityscapes-ids", help="Prediction PNGs hold Cityscapes labelIds."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Save the results as JSON here."),
+        save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Write the model's predictions here."),
+        force: bool = typer.Option(False, "--force", help="Overwrite --out / --save-predictions."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per batch (default: the recipe's)."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+        workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
+    ) -> None:
+        """Evaluate a trained model, or saved predictions, with the official metrics."""
+        result = run_eval(run, checkpoint, predictions, data, split, metric, cityscapes_ids, out, save_predictions, force,
+                          batch_size, device, workers, quiet)
+        if not quiet:
+            print_results(result)
