@@ -244,3 +244,19 @@ def test_short_run_on_synthetic_data_lowers_the_loss(synthetic_prepared):
         total(step=True)
     after = total(step=False)
     assert after < 0.8 * before, (before, after)
+
+
+def test_shipped_two_stage_recipes_build():
+    """Every DATNet / baseline recipe loads (schema, one level of extends) and builds its model."""
+    from mtlcli.recipes import load_recipe
+
+    names = sorted(p.stem for pattern in ("datnet*.toml", "maskrcnn*.toml", "fasterrcnn*.toml") for p in RECIPES.glob(pattern))
+    assert {"datnet-light-r50-coco", "datnet-heavy-r50-coco-mst", "datnet-light-r50-voc", "maskrcnn-r50-coco",
+            "fasterrcnn-r50-voc", "datnet-tiny-synthetic", "datnet-t5-heavy-sum4conv-r50-coco"} <= set(names)
+    for name in names:
+        recipe = load_recipe(name)
+        kwargs = {k: v for k, v in recipe["model"].items() if k != "name"}
+        kwargs = {"num_det_classes": 8, "num_seg_classes": 19, **kwargs, "pretrained_backbone": False}
+        with torch.device("meta"):
+            model = build_model(recipe["model"]["name"], **kwargs)
+        assert sum(p.numel() for p in model.parameters()) > 0
