@@ -66,6 +66,13 @@ def extra_padding(size: int) -> int:
     return 0 if size == 3 else 1
 
 
+def conv_norm_act(in_ch: int, out_ch: int, kernel: int, size: tuple[int, int], *, act: bool = True, **kw: Any) -> nn.Module:
+    """Conv + BN (+ ReLU) for a layer whose output is `size` (h, w). On a 1x1 map BN would normalise
+    over the batch alone (and fails for a batch of one), so there the conv keeps its bias instead."""
+    norm = nn.BatchNorm2d if size[0] * size[1] > 1 else None
+    return Conv2dNormActivation(in_ch, out_ch, kernel, norm_layer=norm, activation_layer=nn.ReLU if act else None, **kw)
+
+
 # ---------------------------------------------------------------------------------------- bottom-up
 class ResNetTrunk(nn.Module):
     """A torchvision ResNet without avgpool/fc (the paper drops everything after block4).
@@ -100,10 +107,10 @@ class ResNetPyramid(nn.Module):
         mid, out = extra_channels
         self.extras = nn.ModuleList()
         channels = list(trunk.out_channels)
-        for h, w in sizes[2:-1]:  # each extra layer takes the level of this size
+        for (h, w), size in zip(sizes[2:-1], sizes[3:]):  # from the level of (h, w) to the next one
             self.extras.append(nn.Sequential(
-                Conv2dNormActivation(channels[-1], mid, 1),
-                Conv2dNormActivation(mid, out, 3, stride=2, padding=(extra_padding(h), extra_padding(w))),
+                conv_norm_act(channels[-1], mid, 1, (h, w)),
+                conv_norm_act(mid, out, 3, size, stride=2, padding=(extra_padding(h), extra_padding(w))),
             ))
             channels.append(out)
         self.out_channels = channels
@@ -142,11 +149,11 @@ class LocalTopDown(nn.Module):
         super().__init__()
         n = len(channels)
         self.u1_up = nn.ModuleList([upsample_conv(channels[i + 1], inner, sizes[i + 1], sizes[i]) for i in range(n - 1)])
-        self.u1_conv = nn.ModuleList([Conv2dNormActivation(inner, inner, 3) for _ in range(n - 1)])
+        self.u1_conv = nn.ModuleList([conv_norm_act(inner, inner, 3, sizes[i]) for i in range(n - 1)])
         self.u2_up = nn.ModuleList([upsample_conv(inner, inner, sizes[i + 1], sizes[i]) for i in range(n - 2)])
-        self.u2_lat = nn.ModuleList([Conv2dNormActivation(channels[i], inner, 1, activation_layer=None) for i in range(n - 2)])
+        self.u2_lat = nn.ModuleList([conv_norm_act(channels[i], inner, 1, sizes[i], act=False) for i in range(n - 2)])
         self.fuse = nn.ModuleList([
-            Conv2dNormActivation(channels[i] + inner * min(2, n - 1 - i), width, 1) for i in range(n)
+            conv_norm_act(channels[i] + inner * min(2, n - 1 - i), width, 1, sizes[i]) for i in range(n)
         ])
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
@@ -163,9 +170,9 @@ class LocalTopDown(nn.Module):
 class NoTopDown(nn.Module):
     """IvaNet_NO: every level is only a 1x1 conv-BN-ReLU to `width`."""
 
-    def __init__(self, channels: Sequence[int], width: int = 384) -> None:
+    def __init__(self, channels: Sequence[int], sizes: Sequence[tuple[int, int]], width: int = 384) -> None:
         super().__init__()
-        self.proj = nn.ModuleList([Conv2dNormActivation(c, width, 1) for c in channels])
+        self.proj = nn.ModuleList([conv_norm_act(c, width, 1, s) for c, s in zip(channels, sizes)])
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         return [p(f) for p, f in zip(self.proj, feats)]
@@ -175,16 +182,16 @@ class FullTopDown(nn.Module):
     """BlitzNet's full top-down path: from the coarsest level down, ResSkip blocks
     y_n = up(y_n+1) + 1x1(3x3(1x1(concat[up(y_n+1), C_n]))) with bilinear `up` to level n's size."""
 
-    def __init__(self, channels: Sequence[int], width: int = 384, inner: int = 128) -> None:
+    def __init__(self, channels: Sequence[int], sizes: Sequence[tuple[int, int]], width: int = 384, inner: int = 128) -> None:
         super().__init__()
-        self.top = Conv2dNormActivation(channels[-1], width, 1)
+        self.top = conv_norm_act(channels[-1], width, 1, sizes[-1])
         self.blocks = nn.ModuleList([
             nn.Sequential(
-                Conv2dNormActivation(width + c, inner, 1),
-                Conv2dNormActivation(inner, inner, 3),
+                conv_norm_act(width + c, inner, 1, s),
+                conv_norm_act(inner, inner, 3, s),
                 nn.Conv2d(inner, width, 1),
             )
-            for c in channels[:-1]
+            for c, s in zip(channels[:-1], sizes[:-1])
         ])
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
@@ -387,9 +394,9 @@ def build_ivanet(
     if topdown == "ltd":
         top: nn.Module = LocalTopDown(channels, sizes, width, topdown_channels)
     elif topdown == "full":
-        top = FullTopDown(channels, width, topdown_channels)
+        top = FullTopDown(channels, sizes, width, topdown_channels)
     else:
-        top = NoTopDown(channels, width)
+        top = NoTopDown(channels, sizes, width)
     body = nn.Sequential(pyramid, top)
 
     defaults = head = None
@@ -416,6 +423,19 @@ VGG_MEAN = (0.48235, 0.45882, 0.40784)
 VGG_STD = (1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0)
 
 
+class VGGFeatures(nn.Module):
+    """torchvision's VGG16 without its classifier (SSD never uses it; building its 100M parameters only
+    costs time): `features` with torchvision's names and initialisation, for `_vgg_extractor`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
+        for m in self.features.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+
 def build_ssd300_vgg16(
     num_det_classes: int = 1,
     pretrained_backbone: bool | str = False,
@@ -438,7 +458,7 @@ def build_ssd300_vgg16(
     the first `5 - trainable_backbone_layers` VGG stages are then frozen, as torchvision does.
     """
     weights = torchvision.models.VGG16_Weights.IMAGENET1K_FEATURES
-    vgg = torchvision.models.vgg16(weights=None)
+    vgg = VGGFeatures()
     load_pretrained(vgg, pretrained_backbone, weights)
     if not 0 <= trainable_backbone_layers <= 5:
         raise UserError(f"trainable_backbone_layers must be 0..5, got {trainable_backbone_layers}")
