@@ -418,8 +418,8 @@ def dump_toml(recipe: dict) -> str:
         lines.append(f"[{section}]")
         tables = {}
         for key, value in table.items():
-            if section == "train" and key == "stages":
-                continue
+            if section == "train" and key == "stages" and value:
+                continue  # written below as [[train.stages]]
             if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
                 tables[key] = value  # e.g. data.label_map: written as its own [data.label_map] table
                 continue

@@ -63,9 +63,9 @@ def stages_of(train: dict[str, Any]) -> list[Stage]:
     if not train["stages"]:
         return [Stage("train", 0, train["iterations"], train["lr"], dict(train["loss_weights"]), [])]
     out, start = [], 0
-    for s in train["stages"]:
+    for i, s in enumerate(train["stages"]):
         weights = {**train["loss_weights"], **s["loss_weights"]}
-        out.append(Stage(s["name"], start, s["iterations"], s["lr"], weights, list(s["freeze"])))
+        out.append(Stage(s["name"] or f"stage{i + 1}", start, s["iterations"], s["lr"], weights, list(s["freeze"])))
         start += s["iterations"]
     return out
 

@@ -35,6 +35,7 @@ from mtlcli.engine.distributed import (
     DistInfo,
     TrainSampler,
     all_reduce_mean,
+    broadcast_object,
     cleanup,
     gather_objects,
     init_distributed,
@@ -379,8 +380,9 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     best_metric = ev["best_metric"] or (ev["metrics"][0] if ev["metrics"] else "")
     state_at = {"iteration": start}
 
-    def checkpoint(iteration: int, *, names: tuple[str, ...] = ("last.pt",), collective: bool = True) -> None:
-        rngs = gather_objects(rng_state(), info) if collective else [rng_state()]
+    def checkpoint(iteration: int, *, names: tuple[str, ...] = ("last.pt",), rng: dict | None = None) -> None:
+        # After an interrupt the other processes may be gone: no collective, rank 0's RNG only.
+        rngs = [rng] if rng is not None else gather_objects(rng_state(), info)
         if not main:
             return
         core = model.module if isinstance(model, DistributedDataParallel) else model
@@ -399,7 +401,8 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
             result = evaluate(model, val_ds, ev["metrics"], device=device, batch_size=ev["batch_size"],
                               progress=False)
         model.train()
-        metrics = {k: float(v) for k, v in result["metrics"].items()}
+        # Rank 0's numbers decide best.pt on every process, so that all take the same branch.
+        metrics = broadcast_object({k: float(v) for k, v in result["metrics"].items()}, info)
         log.write({"type": "eval", "iteration": iteration, "metrics": metrics})
         return metrics
 
@@ -409,6 +412,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     last_record: dict[str, Any] = {}
     last_metrics: dict[str, float] = {}
     it = start
+    rng_at_start = rng_state()
     with Display(progress and main, total, start) as display:
         try:
             while it < total:
@@ -416,6 +420,9 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                 if current is not stage:
                     stage = current
                     frozen = apply_freeze(model, stage.freeze, trainable)
+                    if not any(p.requires_grad for p in model.parameters()):
+                        raise UserError(f"stage {stage.name!r} freezes every parameter — nothing would train; "
+                                        "narrow its freeze patterns")
                     # DDP records which parameters take gradients when it is built: rebuild per stage.
                     ddp = DistributedDataParallel(
                         model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -437,6 +444,9 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                         try:
                             with autocast():
                                 weighted = weigh(ddp(images, targets), stage.loss_weights)
+                            if not weighted:
+                                raise UserError(f"model {recipe['model']['name']!r} returned no loss_* terms in "
+                                                "training mode — it does not follow the DESIGN.md §4 contract")
                             scaler.scale(sum(weighted.values()) / acc).backward()
                         except torch.OutOfMemoryError:
                             raise _oom_error(cfg, micro, images, model, device, it) from None
@@ -453,6 +463,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 it += 1
+                rng_at_start = rng_state()  # as iteration `it` starts: what an interrupt checkpoint restores
 
                 window_iters += 1
                 for k, v in zip(terms, values.tolist()):
@@ -481,7 +492,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                 if it % cfg["checkpoint_interval"] == 0 or it == total:
                     checkpoint(it)
         except KeyboardInterrupt:
-            checkpoint(it, collective=False)
+            checkpoint(it, rng=rng_at_start)
             if main:
                 display.print(f"interrupted at iteration {it}: saved {ckpt_dir / 'last.pt'} — continue with "
                               f"`mtl train --resume --out {run_dir}`")

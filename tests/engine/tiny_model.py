@@ -1,4 +1,4 @@
-"""A tiny multi-task model that follows the DESIGN.md §4 contract, and a tiny prepared dataset.
+"""A tiny multi-task model that follows the DESIGN.md §4 contract, and the recipe the engine tests use.
 
 Used by the engine tests: a few hundred parameters, 32x32 network input, so a training iteration
 takes milliseconds on one CPU core. It has no BatchNorm, so a 2-process DDP run on the same global
@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
-from mtlcli.data.prepared import DatasetMeta, encode_instance, save_png, semantic_path
+from mtlcli.models import MODELS
 from mtlcli.models.base import MultiTaskModel, semantic_to_original
+from mtlcli.recipes import load_recipe
 
 REGISTRY_NAME = "tiny_test"
 REGISTRY_ENTRY = "tests.engine.tiny_model:build_tiny"
@@ -30,8 +30,12 @@ class TinyMultiTask(MultiTaskModel):
     Eval: per image a whole-image box per class scored by presence, and sem_seg [C, H, W] scores.
     """
 
-    def __init__(self, num_det_classes: int, num_seg_classes: int, input_size: int, width: int, dropout: float):
+    def __init__(self, num_det_classes: int, num_seg_classes: int, input_size: int, width: int, dropout: float,
+                 fail_at: int = 0, failure: str = ""):
         super().__init__(input_size)
+        # Failure injection for the engine tests: on the fail_at-th training forward (1-based), "nan"
+        # returns a NaN loss, "interrupt" raises KeyboardInterrupt (Ctrl-C), "oom" raises OutOfMemoryError.
+        self.fail_at, self.failure, self.calls = fail_at, failure, 0
         self.backbone = nn.Sequential(
             nn.Conv2d(3, width, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU()
         )
@@ -42,6 +46,18 @@ class TinyMultiTask(MultiTaskModel):
     def network(self, batch: Tensor) -> dict[str, Tensor]:
         f = self.dropout(self.backbone(batch))
         return {"seg": self.seg_head(f), "cls": self.det_head(f.mean((2, 3)))}
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.fail_at and self.failure == "interrupt":
+                raise KeyboardInterrupt
+            if self.calls == self.fail_at and self.failure == "oom":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        out = super().forward(images, targets)
+        if self.training and self.calls == self.fail_at and self.failure == "nan":
+            out["loss_det"] = out["loss_det"] * float("nan")
+        return out
 
     def loss(self, raw: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         seg = F.interpolate(raw["seg"], size=self.input_size, mode="bilinear", align_corners=False)
@@ -71,47 +87,54 @@ class TinyMultiTask(MultiTaskModel):
 
 
 def build_tiny(num_det_classes: int = 2, num_seg_classes: int = 3, input_size: int = 32, width: int = 8,
-               dropout: float = 0.0) -> TinyMultiTask:
-    return TinyMultiTask(num_det_classes, num_seg_classes, input_size, width, dropout)
+               dropout: float = 0.0, fail_at: int = 0, failure: str = "") -> TinyMultiTask:
+    return TinyMultiTask(num_det_classes, num_seg_classes, input_size, width, dropout, fail_at, failure)
 
 
-def make_prepared(root: Path, n_train: int = 8, n_val: int = 2, size: tuple[int, int] = (32, 48), seed: int = 0) -> Path:
-    """A prepared dataset (DESIGN.md §3) of flat-colour scenes: sky/road halves and one box object.
+TINY_RECIPE = """
+[model]
+name = "tiny_test"
 
-    Classes: det ["car", "person"]; seg ["road", "sky", "car"] (person pixels are ignore = 255).
-    Images are PNGs under root/source; the rest follows the prepared format exactly.
-    """
-    rng = np.random.default_rng(seed)
-    h, w = size
-    source = root / "source"
-    meta = DatasetMeta(name="tiny", source=str(source.resolve()), splits=["train", "val"],
-                       det_classes=["car", "person"], seg_classes=["road", "sky", "car"],
-                       palette=[[128, 64, 128], [70, 130, 180], [0, 0, 142]])
-    for split, n in (("train", n_train), ("val", n_val)):
-        images, annotations = [], []
-        for i in range(n):
-            stem = f"{split}_{i:03d}"
-            sem = np.zeros((h, w), np.uint8)
-            sem[: h // 2] = 1
-            img = np.zeros((h, w, 3), np.uint8)
-            img[: h // 2] = (70, 130, 180)
-            img[h // 2:] = (128, 64, 128)
-            cls = int(rng.integers(1, 3))
-            y0, x0 = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
-            mask = np.zeros((h, w), bool)
-            mask[y0:y0 + h // 3, x0:x0 + w // 4] = True
-            img[mask] = (0, 0, 142) if cls == 1 else (220, 20, 60)
-            sem[mask] = 2 if cls == 1 else 255
-            img = np.clip(img.astype(int) + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
-            (source / split).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(source / split / f"{stem}.png")
-            save_png(semantic_path(root, split, stem), sem)
-            images.append({"id": i + 1, "file_name": f"{split}/{stem}.png", "height": h, "width": w, "stem": stem})
-            annotations.append({"id": i + 1, "image_id": i + 1, **encode_instance(mask, cls)})
-        categories = [{"id": k + 1, "name": c} for k, c in enumerate(meta.det_classes)]
-        (root / split).mkdir(parents=True, exist_ok=True)
-        (root / split / "instances.json").write_text(
-            json.dumps({"images": images, "annotations": annotations, "categories": categories})
-        )
-    meta.save(root)
-    return root
+[data]
+dataset = "synthetic"
+
+[train]
+optimizer = "sgd"
+lr = 0.05
+momentum = 0.9
+weight_decay = 0.0001
+schedule = "multistep"
+steps = [1000]
+iterations = 8
+batch_size = 4
+workers = 0
+log_interval = 1
+checkpoint_interval = 4
+
+[eval]
+metrics = []
+"""
+
+
+@pytest.fixture
+def tiny_registered(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The tiny model in the registry for one test (name "tiny_test")."""
+    monkeypatch.setitem(MODELS, REGISTRY_NAME, REGISTRY_ENTRY)
+    return REGISTRY_NAME
+
+
+def write_recipe(folder: Path, text: str = TINY_RECIPE, name: str = "tiny.toml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def tiny_recipe(folder: Path, data_root: Path, *overrides: str) -> dict:
+    """The tiny recipe read through the real loader, pointed at `data_root`, with `--set` overrides."""
+    return load_recipe(write_recipe(folder), [f"data.root={data_root}", *overrides])
+
+
+def train_losses(run_dir: Path) -> list[dict]:
+    """The logged training steps of a run's metrics.jsonl."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == "train"]

@@ -1,0 +1,130 @@
+"""`mtl train --recipe NAME|PATH [--data DATA] [--out RUN] [--set k=v ...] [--resume] [--force] [--device D]`.
+
+A thin wrapper around `mtlcli.engine.train.train`: resolve the recipe and the run directory, call, print
+a summary. Under `torchrun --nproc_per_node N -m mtlcli train ...` every process runs this; rank 0
+chooses the run directory and tells the others.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mtlcli.errors import UserError
+
+# What a run directory holds (DESIGN.md §5): the only entries `--force` removes.
+RUN_ENTRIES = ("recipe.toml", "metrics.jsonl", "checkpoints", "eval", "viz", "plots", "tensorboard")
+
+
+def next_run_dir(base: Path) -> Path:
+    """`base/expN` with N one past the highest existing expN (exp1 for a new recipe)."""
+    taken = [int(m.group(1)) for p in base.glob("exp*") if (m := re.fullmatch(r"exp(\d+)", p.name))]
+    return base / f"exp{max(taken, default=0) + 1}"
+
+
+def choose_run_dir(recipe_ref: str, out: Path | None, *, resume: bool, force: bool) -> Path:
+    """The run directory to write, refusing to clobber an existing run without --resume or --force."""
+    from mtlcli.recipes import recipe_name
+
+    if out is None:
+        if resume:
+            raise UserError("--resume needs --out RUN: the run directory to continue")
+        return next_run_dir(Path("runs") / recipe_name(recipe_ref))
+    if resume:
+        if not (out / "checkpoints" / "last.pt").is_file():
+            raise UserError(f"{out} has no checkpoints/last.pt to resume from — drop --resume to start a new run")
+        return out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file — give a directory for the run")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise UserError(
+                f"{out} already holds files — continue that run with --resume, start over with --force, "
+                "or choose another --out"
+            )
+        for name in RUN_ENTRIES:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train_command(
+        recipe: Optional[str] = typer.Option(
+            None, "--recipe", "-r", help="Recipe name (see `mtl recipes list`) or path to a .toml file. "
+            "With --resume, defaults to RUN/recipe.toml."),
+        data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset (overrides \\[data].root)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<recipe>/expN)."),
+        set_: list[str] = typer.Option([], "--set", help="Override a recipe key, e.g. --set train.lr=0.001 "
+                                       "(repeatable)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue RUN/checkpoints/last.pt exactly."),
+        force: bool = typer.Option(False, "--force", help="Start over in a --out that already holds a run."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if "
+                                             "available)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    ) -> None:
+        """Train a model from a recipe; writes RUN/recipe.toml, metrics.jsonl and checkpoints/{last,best}.pt."""
+        from mtlcli.engine.distributed import broadcast_object, cleanup, init_distributed
+        from mtlcli.engine.train import train
+        from mtlcli.recipes import load_recipe
+
+        if recipe is None:
+            if not resume or out is None:
+                raise UserError("give a recipe with --recipe NAME|PATH (see `mtl recipes list`)")
+            recipe = str(out / "recipe.toml")
+            if not Path(recipe).is_file():
+                raise UserError(f"{out} has no recipe.toml — give the recipe with --recipe")
+        resolved = load_recipe(recipe, set_)
+        if data is not None:
+            resolved["data"]["root"] = str(data.expanduser().resolve())
+
+        info = init_distributed(device)
+        try:
+            # Rank 0 alone looks at the file system, so that all processes agree on one directory.
+            decision: tuple[str, str] = ("", "")
+            if info.is_main:
+                try:
+                    decision = ("ok", str(choose_run_dir(recipe, out, resume=resume, force=force)))
+                except UserError as exc:
+                    decision = ("error", str(exc))
+            decision = broadcast_object(decision, info)
+            if decision[0] == "error":
+                raise UserError(decision[1])
+            run_dir = Path(decision[1])
+            if info.is_main:
+                print(f"training {resolved['model'].get('name')} into {run_dir}"
+                      + (f" on {info.world_size} processes" if info.distributed else ""))
+            try:
+                result = train(resolved, run_dir, resume=resume, device=device, progress=not quiet)
+            except KeyboardInterrupt:
+                raise typer.Exit(130) from None
+            if info.is_main:
+                _summary(result, run_dir)
+        finally:
+            cleanup(info)
+
+
+def _summary(result: dict, run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{run_dir} — {result['iteration']} iterations", show_header=True)
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for k, v in result["losses"].items():
+        table.add_row(k, f"{v:.4f}")
+    for k, v in result["metrics"].items():
+        table.add_row(f"{k} (last eval)", f"{v:.4f}")
+    if result["best"]:
+        b = result["best"]
+        table.add_row(f"best {b['metric']}", f"{b['value']:.4f} at iteration {b['iteration']}")
+    Console().print(table)
+    print(f"checkpoints: {run_dir / 'checkpoints'}  ·  evaluate with `mtl eval --run {run_dir}`")
