@@ -122,7 +122,8 @@ def evaluate(model: nn.Module, dataset: Any, metrics: list[str], *, device: str 
                         if need_instances:
                             keep = [k for k, (lab, crowd) in enumerate(zip(target["labels"].tolist(), target["iscrowd"].tolist()))
                                     if not crowd and lab in class_index]
-                            instances = (target["masks"][keep], [class_index[target["labels"][k].item()] for k in keep])
+                            instances = (target["masks"][keep], [class_index[target["labels"][k].item()] for k in keep],
+                                         target["boxes"][keep].as_subclass(torch.Tensor).floor())
                         for m in sem:
                             m.update(pred, gt.to(pred.device), instances)
                         semantic = pred.cpu().numpy()

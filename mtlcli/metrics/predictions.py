@@ -243,16 +243,18 @@ def semantic_pairs(gt: GroundTruth, pred_dir: Path, reader: PredictionReader, wo
         yield from pool.map(load, jobs)
 
 
-def image_instances(gt: GroundTruth, image_id: int, class_index: dict[int, int]) -> tuple[np.ndarray, list[int]]:
-    """Non-crowd instance masks [N, H, W] uint8 of one image and their semantic class indices."""
+def image_instances(gt: GroundTruth, image_id: int, class_index: dict[int, int]) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Non-crowd instance masks [N, H, W] uint8 of one image, their semantic class indices [N] and
+    their boxes [N, 4] xyxy pixels (from the annotations' tight COCO boxes)."""
     from pycocotools import mask as mask_utils
 
     anns = [a for a in gt.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0) and a["category_id"] in class_index]
     img = gt.coco.imgs[image_id]
     if not anns:
-        return np.zeros((0, img["height"], img["width"]), np.uint8), []
-    masks = np.stack([mask_utils.decode(gt.coco.annToRLE(a)) for a in anns])
-    return masks, [class_index[a["category_id"]] for a in anns]
+        return np.zeros((0, img["height"], img["width"]), np.uint8), [], np.zeros((0, 4))
+    masks = mask_utils.decode([gt.coco.annToRLE(a) for a in anns]).transpose(2, 0, 1)  # [N, H, W] views
+    boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns])
+    return masks, [class_index[a["category_id"]] for a in anns], boxes
 
 
 def det_to_seg_index(meta: DatasetMeta) -> dict[int, int]:

@@ -116,8 +116,9 @@ class SegmentationMetric:
         Args:
             pred: [H, W] predicted class indices (0..C-1; any other value is a void prediction).
             target: [H, W] ground-truth class indices, `ignore_index` where unlabelled.
-            instances: for iIoU, (masks [N, H, W] bool/uint8, classes [N] class indices) of the image's
-                non-crowd ground-truth instances; ignored when no class of the metric has a size.
+            instances: for iIoU, (masks [N, H, W] bool/uint8, classes [N] class indices[, boxes [N, 4]
+                xyxy pixels enclosing each mask]) of the image's non-crowd ground-truth instances; the
+                optional boxes only make it faster. Ignored when no class of the metric has a size.
         """
         if tuple(pred.shape) != tuple(target.shape):
             raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(target.shape)} differ in size")
@@ -156,20 +157,31 @@ class SegmentationMetric:
         cols = torch.where((p >= 0) & (p < C), p, C)
         return torch.bincount((rows * (C + 1) + cols).view(-1), minlength=(C + 1) ** 2).cpu().numpy()
 
-    def _update_instances(self, pred: Any, masks: Any, classes: Any) -> None:
+    def _update_instances(self, pred: Any, masks: Any, classes: Any, boxes: Any = None) -> None:
         # official: tp = pixels of the instance predicted as its class, fn = the rest of the instance,
-        # both weighted by avgClassSize / instance size and summed per class over all instances
-        pred_t = torch.as_tensor(np.asarray(pred) if not isinstance(pred, torch.Tensor) else pred)
-        masks_t = torch.as_tensor(np.asarray(masks) if not isinstance(masks, torch.Tensor) else masks).to(pred_t.device)
+        # both weighted by avgClassSize / instance size and summed per class over all instances.
+        # Work inside each instance's box: the rest of its mask is empty.
+        torch_mode = isinstance(pred, torch.Tensor)
+        if torch_mode:
+            masks = torch.as_tensor(masks).to(pred.device)
+        else:
+            masks = np.asarray(masks)
         classes_l = [int(c) for c in (classes.tolist() if hasattr(classes, "tolist") else classes)]
+        H, W = pred.shape[-2:]
         for k, c in enumerate(classes_l):
             if c not in self.instance_sizes:
                 continue
-            mask = masks_t[k].bool()
+            if boxes is not None:
+                x0, y0, x1, y1 = (int(v) for v in (boxes[k].tolist() if hasattr(boxes[k], "tolist") else boxes[k]))
+                x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1 + 1, W), min(y1 + 1, H)  # +1: loose is safe
+            else:
+                x0, y0, x1, y1 = 0, 0, W, H
+            mask = masks[k, y0:y1, x0:x1]
+            mask = mask.bool() if torch_mode else mask.astype(bool, copy=False)
             size = int(mask.sum())
             if size == 0:
                 continue
-            tp = int((pred_t[mask] == c).sum())
+            tp = int((pred[y0:y1, x0:x1][mask] == c).sum())
             weight = self.instance_sizes[c] / float(size)
             self.inst_tp[c] += float(tp) * weight
             self.inst_fn[c] += float(size - tp) * weight
