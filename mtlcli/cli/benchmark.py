@@ -135,9 +135,9 @@ def register(app: typer.Typer) -> None:
             if fixed is None and "size" in PRESETS[preset]:
                 fixed = bm.parse_size(PRESETS[preset]["size"])
         if all_recipes:
-            from mtlcli.recipes import recipe_names
+            from mtlcli.recipes import available_recipes
 
-            names += [n for n in recipe_names() if n not in names]
+            names += [n for n in available_recipes() if n not in names]
         if compare:
             refs += [r for r in DEFAULT_COMPARE if r not in refs]
         if not names and not refs:

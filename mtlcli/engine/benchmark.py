@@ -301,11 +301,11 @@ def reference_subject(key: str, size: tuple[int, int], device: torch.device) -> 
     fn_name, kind = REFERENCES[key]
     if kind == "detection":
         model = getattr(tvd, fn_name)(weights=None, weights_backbone=None)
-        if fn_name != "ssd300_vgg16":
+        if fn_name == "ssd300_vgg16":
+            size = (300, 300)  # a fixed-size network: its extra layers need 300x300
+        else:
             model.transform.min_size = (min(size),)
             model.transform.max_size = max(size)
-        else:
-            model.transform.fixed_size = size
         model = model.to(device).eval()
 
         def predict(images: list[Tensor]) -> Any:

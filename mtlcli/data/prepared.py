@@ -1,0 +1,272 @@
+"""The prepared-dataset format (DESIGN.md §3) and the machinery every `mtl prepare` shares.
+
+    DATA/dataset.json                 DatasetMeta
+    DATA/<split>/instances.json       COCO instances (category ids 1..K in det_classes order, RLE masks,
+                                      bbox = tight [x, y, w, h] as pycocotools' toBbox gives)
+    DATA/<split>/semantic/<stem>.png  uint8 class indices, 255 = ignore
+    DATA/<split>/dt/<stem>.png        uint8 distance-transform bins 0..K
+
+A reader turns its source into `ImageJob`s; `run_prepare` runs a per-image function over them in
+parallel (that function writes the PNGs and returns an `ImageResult`), then assembles the COCO JSON per
+split, writes `dataset.json` last and prints a summary. Images are never copied and nothing in the
+source is ever written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from PIL import Image
+
+from mtlcli.errors import UserError
+
+FORMAT_VERSION = 1
+IGNORE_INDEX = 255
+
+
+@dataclass
+class DatasetMeta:
+    """Contents of `dataset.json`."""
+
+    name: str
+    source: str
+    splits: list[str]
+    det_classes: list[str]
+    seg_classes: list[str]
+    palette: list[list[int]]
+    ignore_index: int = IGNORE_INDEX
+    dt_thresholds: list[float] = field(default_factory=lambda: [0.2, 0.4])
+    format_version: int = FORMAT_VERSION
+
+    def save(self, root: str | Path) -> None:
+        data = {"format_version": self.format_version, **{k: v for k, v in asdict(self).items() if k != "format_version"}}
+        atomic_write_text(Path(root) / "dataset.json", json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, root: str | Path) -> "DatasetMeta":
+        """Read and validate `root/dataset.json`; a missing or malformed file is a UserError."""
+        path = Path(root) / "dataset.json"
+        if not Path(root).is_dir():
+            raise UserError(f"{root}: no such prepared dataset — create one with `mtl prepare ...`")
+        if not path.is_file():
+            raise UserError(f"{path} is missing: {root} is not a prepared dataset — run `mtl prepare ...` first")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path} is not valid JSON ({exc}) — prepare the dataset again") from None
+        required = ["name", "source", "splits", "det_classes", "seg_classes", "palette"]
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise UserError(f"{path} lacks {', '.join(missing)} — prepare the dataset again")
+        if data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise UserError(f"{path} has format_version {data['format_version']}, this mtl reads {FORMAT_VERSION}")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def check_split(self, root: str | Path, split: str) -> None:
+        if split not in self.splits:
+            raise UserError(f"split {split!r} is not in {root}; available splits: {', '.join(self.splits)}")
+
+
+def split_dir(root: str | Path, split: str) -> Path:
+    return Path(root) / split
+
+
+def instances_path(root: str | Path, split: str) -> Path:
+    return Path(root) / split / "instances.json"
+
+
+def semantic_path(root: str | Path, split: str, stem: str) -> Path:
+    return Path(root) / split / "semantic" / f"{stem}.png"
+
+
+def dt_path(root: str | Path, split: str, stem: str) -> Path:
+    return Path(root) / split / "dt" / f"{stem}.png"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def save_png(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 or uint16 label map as a lossless PNG (16-bit where the array is uint16)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"label maps are uint8 or uint16, got {array.dtype}")
+    Image.fromarray(array).save(path)
+
+
+def read_label_png(path: str | Path) -> np.ndarray:
+    """A label PNG as a numpy array, keeping 16 bits where the file has them."""
+    with Image.open(path) as img:
+        return np.array(img)
+
+
+def encode_instance(mask: np.ndarray, category_id: int, iscrowd: int = 0) -> dict[str, Any]:
+    """One COCO annotation (without ids) for a boolean mask [H, W]: RLE, tight bbox, area."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    bbox = [float(v) for v in mask_utils.toBbox(rle)]
+    area = float(mask_utils.area(rle))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return {"category_id": int(category_id), "bbox": bbox, "area": area, "iscrowd": int(iscrowd), "segmentation": rle}
+
+
+class SkipImage(Exception):
+    """Raised by a per-image function: this image is skipped; the message is the reason."""
+
+
+@dataclass
+class ImageJob:
+    """One image to prepare. `file_name` is relative to the source root; `payload` is the reader's."""
+
+    split: str
+    file_name: str
+    stem: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ImageResult:
+    split: str
+    file_name: str
+    stem: str
+    height: int = 0
+    width: int = 0
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+    skipped: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # reader-specific image fields (e.g. frame_id)
+
+
+def check_out_dir(out: str | Path, force: bool, source: str | Path | None = None) -> Path:
+    """Refuse to write into a non-empty folder without --force, or anywhere inside the source."""
+    out = Path(out).resolve()
+    if source is not None:
+        src = Path(source).resolve()
+        if out == src or src in out.parents:
+            raise UserError(f"--out {out} lies inside the source {src}; choose a folder outside it (the source is never written)")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder; choose another path")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"--out {out} exists and is not empty; choose another folder or pass --force to overwrite it")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _run_one(fn: Callable[[ImageJob, Path], ImageResult], out: Path, job: ImageJob) -> ImageResult:
+    try:
+        return fn(job, out)
+    except SkipImage as exc:
+        return ImageResult(job.split, job.file_name, job.stem, skipped=str(exc))
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL raises these for corrupt or truncated files
+        return ImageResult(job.split, job.file_name, job.stem, skipped=f"unreadable: {type(exc).__name__}: {exc}")
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def run_prepare(
+    out: Path,
+    meta: DatasetMeta,
+    jobs: Iterable[ImageJob],
+    fn: Callable[[ImageJob, Path], ImageResult],
+    workers: int | None = None,
+    strict: bool = False,
+    pre_skipped: Iterable[ImageResult] = (),
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run `fn(job, out)` over all jobs (in parallel when workers > 1), write instances.json per split
+    and dataset.json, print a summary table, and return the summary dict.
+
+    `fn` must be a picklable module-level function (or functools.partial of one) that writes the
+    semantic/dt PNGs of its image and returns an ImageResult with COCO annotations from
+    `encode_instance`. `pre_skipped` carries files the reader already rejected (e.g. no ground truth).
+    """
+    from functools import partial
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    jobs = list(jobs)
+    results: list[ImageResult] = list(pre_skipped)
+    workers = workers or default_workers()
+    run = partial(_run_one, fn, out)
+    columns = [TextColumn("[bold]prepare[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, disable=quiet, transient=False) as progress:
+        task = progress.add_task(meta.name, total=len(jobs))
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for res in pool.map(run, jobs, chunksize=max(1, min(16, len(jobs) // (workers * 4) or 1))):
+                    results.append(res)
+                    progress.advance(task)
+        else:
+            for job in jobs:
+                results.append(run(job))
+                progress.advance(task)
+
+    skipped = [r for r in results if r.skipped]
+    if strict and skipped:
+        first = skipped[0]
+        raise UserError(f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such files)")
+
+    summary: dict[str, Any] = {"name": meta.name, "splits": {}, "skipped": [{"file": r.file_name, "reason": r.skipped} for r in skipped]}
+    categories = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(meta.det_classes)]
+    for split in meta.splits:
+        good = sorted((r for r in results if r.split == split and not r.skipped), key=lambda r: r.file_name)
+        images, anns = [], []
+        per_class = {n: 0 for n in meta.det_classes}
+        crowd = 0
+        for image_id, r in enumerate(good, start=1):
+            images.append({"id": image_id, "file_name": r.file_name, "height": r.height, "width": r.width, "stem": r.stem, **r.extra})
+            for a in r.annotations:
+                anns.append({"id": len(anns) + 1, "image_id": image_id, **a})
+                if a["iscrowd"]:
+                    crowd += 1
+                else:
+                    per_class[meta.det_classes[a["category_id"] - 1]] += 1
+        coco = {"info": {"description": f"{meta.name} {split} prepared by mtl"}, "images": images, "annotations": anns, "categories": categories}
+        atomic_write_text(instances_path(out, split), json.dumps(coco))
+        summary["splits"][split] = {"images": len(images), "instances": per_class, "crowd": crowd,
+                                    "skipped": sum(1 for r in skipped if r.split == split)}
+    meta.save(out)
+    if not quiet:
+        print_summary(summary, meta)
+    return summary
+
+
+def print_summary(summary: dict[str, Any], meta: DatasetMeta) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"prepared {meta.name}")
+    table.add_column("class")
+    for split in meta.splits:
+        table.add_column(split, justify="right")
+    table.add_row("[bold]images", *[str(summary["splits"][s]["images"]) for s in meta.splits])
+    for name in meta.det_classes:
+        table.add_row(name, *[str(summary["splits"][s]["instances"][name]) for s in meta.splits])
+    table.add_row("[italic]crowd regions", *[str(summary["splits"][s]["crowd"]) for s in meta.splits])
+    table.add_row("[italic]files skipped", *[str(summary["splits"][s]["skipped"]) for s in meta.splits])
+    console.print(table)
+    if summary["skipped"]:
+        skipped = Table(title="skipped files")
+        skipped.add_column("file")
+        skipped.add_column("reason")
+        for row in summary["skipped"][:50]:
+            skipped.add_row(row["file"], row["reason"])
+        if len(summary["skipped"]) > 50:
+            skipped.add_row("...", f"{len(summary['skipped']) - 50} more")
+        console.print(skipped)
