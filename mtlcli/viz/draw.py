@@ -1,0 +1,171 @@
+"""Drawing helpers shared by every `mtl viz` command: ground truth and predictions are drawn alike.
+
+All functions take and return images as uint8 tensors [3, H, W] (RGB, 0..255) in the image's own pixel
+frame; boxes are xyxy floats in that frame. Drawing goes through torchvision.utils
+(`draw_segmentation_masks`, `draw_bounding_boxes`), colours through a dataset's palette or matplotlib
+colour maps.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+IGNORE_INDEX = 255
+CROWD_COLOR = (160, 160, 160)
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """An image [3, H, W] as uint8: floats are taken as 0..1 (clamped), uint8 passes through."""
+    image = image.detach().cpu().as_subclass(torch.Tensor)
+    if image.dtype == torch.uint8:
+        return image
+    return (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def class_colors(n: int, cmap: str = "tab20") -> list[tuple[int, int, int]]:
+    """n distinct RGB colours from a matplotlib qualitative colour map (cycled past its length)."""
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap]
+    steps = getattr(cm, "N", 256)
+    return [tuple(int(round(255 * c)) for c in cm(i % steps)[:3]) for i in range(n)]  # type: ignore[misc]
+
+
+def colorize_semantic(semantic: torch.Tensor, palette: Sequence[Sequence[int]], ignore_index: int = IGNORE_INDEX,
+                      ignore_color: Sequence[int] = (0, 0, 0)) -> torch.Tensor:
+    """Class map [H, W] (int, 0..C-1, `ignore_index` = unlabelled) -> uint8 [3, H, W] palette colours.
+
+    Values outside the palette (other than the ignore index) get the ignore colour as well.
+    """
+    lut = torch.tensor(list(ignore_color) * 256, dtype=torch.uint8).view(256, 3)
+    if len(palette):
+        lut[: min(len(palette), 256)] = torch.tensor([list(c) for c in palette[:256]], dtype=torch.uint8)
+    lut[ignore_index] = torch.tensor(list(ignore_color), dtype=torch.uint8)
+    sem = semantic.as_subclass(torch.Tensor).long()
+    sem = torch.where((sem < 0) | (sem > 255), ignore_index, sem)
+    return lut[sem].permute(2, 0, 1).contiguous()
+
+
+def overlay_semantic(image: torch.Tensor, semantic: torch.Tensor, palette: Sequence[Sequence[int]],
+                     alpha: float = 0.5, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Blend the palette colour of each labelled pixel over `image` (uint8 [3, H, W]); ignored pixels
+    and classes beyond the palette keep the image."""
+    image = to_uint8(image)
+    sem = semantic.as_subclass(torch.Tensor)
+    present = [int(c) for c in torch.unique(sem) if int(c) != ignore_index and 0 <= int(c) < len(palette)]
+    if not present:
+        return image
+    masks = torch.stack([sem == c for c in present])
+    return draw_segmentation_masks(image, masks, alpha=alpha, colors=[tuple(palette[c]) for c in present])
+
+
+def overlay_masks(image: torch.Tensor, masks: torch.Tensor, colors: Sequence[Sequence[int]] | None = None,
+                  alpha: float = 0.5, threshold: float = 0.5) -> torch.Tensor:
+    """Blend instance masks [N, H, W] (bool/uint8, or float scores cut at `threshold`) over `image`."""
+    image = to_uint8(image)
+    masks = masks.as_subclass(torch.Tensor)
+    if masks.ndim == 4:  # [N, 1, H, W] as models return them
+        masks = masks[:, 0]
+    if masks.shape[0] == 0:
+        return image
+    masks = masks > threshold if masks.is_floating_point() else masks.bool()
+    colors = [tuple(c) for c in colors] if colors is not None else class_colors(masks.shape[0])
+    return draw_segmentation_masks(image, masks, alpha=alpha, colors=colors)
+
+
+def colorize_dt(dt: torch.Tensor, num_bins: int, cmap: str = "viridis") -> torch.Tensor:
+    """Distance-transform bins [H, W] (0 = background .. num_bins) -> uint8 [3, H, W]; bin 0 is black,
+    bins 1..num_bins run along `cmap` from the object boundary to its centre."""
+    dt = dt.as_subclass(torch.Tensor).long()
+    return colorize_semantic(torch.where(dt > 0, dt - 1, IGNORE_INDEX), dt_palette(num_bins, cmap))
+
+
+def dt_palette(num_bins: int, cmap: str = "viridis") -> list[tuple[int, int, int]]:
+    """Colours of DT bins 1..num_bins (index 0 = bin 1)."""
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap]
+    stops = np.linspace(0.25, 1.0, max(num_bins, 1))
+    return [tuple(int(round(255 * c)) for c in cm(s)[:3]) for s in stops]  # type: ignore[misc]
+
+
+def overlay_dt(image: torch.Tensor, dt: torch.Tensor, num_bins: int, alpha: float = 0.6) -> torch.Tensor:
+    """Blend DT bins 1..num_bins over `image`; background (bin 0) keeps the image."""
+    return overlay_semantic(image, dt.as_subclass(torch.Tensor).long() - 1, dt_palette(num_bins), alpha=alpha,
+                            ignore_index=-1)
+
+
+@lru_cache(maxsize=1)
+def _font_path() -> str | None:
+    """A TrueType font that scales with the image (matplotlib ships DejaVu Sans); None = PIL's bitmap."""
+    try:
+        from matplotlib import font_manager
+
+        return font_manager.findfont("DejaVu Sans", fallback_to_default=True)
+    except Exception:  # no usable font: PIL's small built-in one still works
+        return None
+
+
+def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor | Sequence[int],
+               class_names: Sequence[str], scores: torch.Tensor | Sequence[float] | None = None,
+               iscrowd: torch.Tensor | Sequence[int] | None = None, colors: Sequence[Sequence[int]] | None = None,
+               width: int | None = None, font_size: int | None = None) -> torch.Tensor:
+    """Draw boxes [N, 4] (xyxy, pixels of `image`) with "name" or "name 0.87" captions.
+
+    labels are 1..K indices into `class_names` (0 or out of range prints "class <k>"); colours are one per
+    class (default: `class_colors(K)`), crowd boxes (iscrowd = 1) are grey and captioned "name (crowd)".
+    Line width and font size default to the image size so that captions stay readable.
+    """
+    image = to_uint8(image)
+    boxes = torch.as_tensor(boxes.as_subclass(torch.Tensor) if isinstance(boxes, torch.Tensor) else boxes,
+                            dtype=torch.float32).reshape(-1, 4)
+    if boxes.shape[0] == 0:
+        return image
+    h, w = image.shape[-2:]
+    labels = [int(v) for v in labels]
+    crowd = [int(v) for v in iscrowd] if iscrowd is not None else [0] * len(labels)
+    palette = [tuple(c) for c in colors] if colors is not None else class_colors(max(len(class_names), 1))
+    captions, box_colors = [], []
+    for k, (label, is_crowd) in enumerate(zip(labels, crowd)):
+        name = class_names[label - 1] if 1 <= label <= len(class_names) else f"class {label}"
+        if scores is not None:
+            name = f"{name} {float(scores[k]):.2f}"
+        captions.append(f"{name} (crowd)" if is_crowd else name)
+        box_colors.append(CROWD_COLOR if is_crowd else palette[(label - 1) % len(palette)])
+    # boxes must be ordered and inside the canvas for PIL
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w - 1)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h - 1)
+    boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2])
+    short = min(h, w)
+    font = _font_path()
+    return draw_bounding_boxes(image, boxes, labels=captions, colors=box_colors,
+                               width=width or max(1, short // 200 + 1), font=font,
+                               font_size=(font_size or max(9, short // 40)) if font else None,
+                               label_colors=[_text_color(c) for c in box_colors], fill_labels=True)
+
+
+def _text_color(background: Sequence[int]) -> tuple[int, int, int]:
+    """Black on light caption backgrounds, white on dark ones (Rec. 601 luma)."""
+    r, g, b = background[:3]
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
+
+
+def side_by_side(panels: Sequence[torch.Tensor]) -> torch.Tensor:
+    """uint8 images [3, H, W_i] of equal height -> one [3, H, sum W_i]."""
+    return torch.cat([to_uint8(p) for p in panels], dim=-1)
+
+
+def save_png(image: torch.Tensor, path: str | Path) -> Path:
+    """Write a uint8 [3, H, W] (or float 0..1) image as a PNG, creating the folder; returns the path."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(path)
+    return path
