@@ -104,6 +104,9 @@ def register(app: typer.Typer) -> None:
         channels_last: bool = typer.Option(False, "--channels-last", help="Run convolutions in channels_last."),
         compile: bool = typer.Option(False, "--compile", help="torch.compile the network first."),
         compare: bool = typer.Option(False, "--compare", help="Add torchvision's reference models at the same size."),
+        reference: Optional[list[str]] = typer.Option(
+            None, "--reference", help="One torchvision reference (repeatable; 'a+b' runs a then b): " + ", ".join(DEFAULT_COMPARE)
+        ),
         iterations: int = typer.Option(10, min=1, help="Timed runs per model."),
         warmup: int = typer.Option(2, min=0, help="Untimed runs per model first."),
         train: bool = typer.Option(False, "--train", help="Also time a full training step."),
@@ -140,6 +143,11 @@ def register(app: typer.Typer) -> None:
             names += [n for n in available_recipes() if n not in names]
         if compare:
             refs += [r for r in DEFAULT_COMPARE if r not in refs]
+        for key in reference or []:
+            unknown = [k for k in key.split("+") if k not in bm.REFERENCES]
+            if unknown:
+                raise UserError(f"unknown reference {unknown[0]!r}; valid: {', '.join(bm.REFERENCES)}")
+            refs.append(key)
         if not names and not refs:
             raise UserError("nothing to benchmark: give --recipe NAME, --preset NAME or --all (see `mtl recipes list`)")
 
