@@ -1,0 +1,542 @@
+"""Interdependent multi-task network: an AdapNet++-style segmenter whose decoder feeds a trident
+YOLO-style detector (papers/interdependent-mtl.txt, MODELS.md §6).
+
+    image -> encoder (full pre-activation ResNet-50, multiscale units, dilated block4, stride 16)
+          -> bottleneck (eASPP, 256)
+          -> decoder: up x2 (+ block2 skip) -> up x2 (+ block1 skip) -> classes -> up x4   (sem_seg)
+                      aux1 after the first up-step, aux2 after the second
+          -> detector: [up2, block1 skip] (stride 4) -> 3x3/2, 1x1, 3x3/2, 1x1 -> stride 16
+                       concat bottleneck -> trident blocks (shared weights, dilations 1, 2, 3)
+                       -> per branch 3 anchors x (4 + 1 + classes), YOLOv2 box coding  (boxes)
+
+Submodules are named `encoder`, `bottleneck`, `decoder`, `detector` so that the staged recipe can freeze
+them by parameter-name pattern; loss terms are `loss_seg`, `loss_seg_aux1`, `loss_seg_aux2` (already
+multiplied by W_seg) and `loss_det_box`, `loss_det_obj`, `loss_det_cls` (by W_det).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms, box_iou, sigmoid_focal_loss
+
+from mtlcli.errors import UserError
+from mtlcli.models.base import MultiTaskModel, boxes_to_original, semantic_to_original
+
+IGNORE_INDEX = 255
+BRANCH_DILATIONS = (1, 2, 3)
+# Anchor (w, h) in pixels of the 768x384 network frame, sorted by area. Placeholders (inferred) shaped
+# like Cityscapes pedestrians, riders and vehicles; `mtl anchors` computes the paper's k-means ones.
+DEFAULT_ANCHORS = [[8, 18], [16, 36], [28, 20], [26, 62], [54, 40], [44, 104], [96, 70], [160, 130], [300, 190]]
+DEFAULT_ANCHOR_FRAME = (384, 768)
+
+
+def conv_bn_act(cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1, act: str = "relu") -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, kernel, stride, padding=dilation * (kernel // 2), dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
+    if act == "relu":
+        layers.append(nn.ReLU(inplace=True))
+    elif act == "leaky":
+        layers.append(nn.LeakyReLU(0.1, inplace=True))
+    return nn.Sequential(*layers)
+
+
+# ------------------------------------------------------------------------------------------- encoder
+
+
+class PreActBottleneck(nn.Module):
+    """Full pre-activation bottleneck (He et al. 2016): BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1, + shortcut.
+
+    A multiscale unit (AdapNet++) splits the 3x3 into two halves of the channels, one at `dilation`
+    and one at `multiscale`, concatenated. [B, cin, H, W] -> [B, 4 mid, H/stride, W/stride].
+    """
+
+    def __init__(self, cin: int, mid: int, stride: int = 1, dilation: int = 1, multiscale: int = 0) -> None:
+        super().__init__()
+        cout = 4 * mid
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        if multiscale:
+            half = mid // 2
+            self.conv2 = nn.ModuleList([
+                nn.Conv2d(mid, half, 3, stride, padding=dilation, dilation=dilation, bias=False),
+                nn.Conv2d(mid, mid - half, 3, stride, padding=multiscale, dilation=multiscale, bias=False),
+            ])
+        else:
+            self.conv2 = nn.ModuleList([nn.Conv2d(mid, mid, 3, stride, padding=dilation, dilation=dilation, bias=False)])
+        self.bn3, self.conv3 = nn.BatchNorm2d(mid), nn.Conv2d(mid, cout, 1, bias=False)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if (cin != cout or stride != 1) else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = F.relu(self.bn1(x))
+        shortcut = self.shortcut(pre) if self.shortcut is not None else x
+        y = F.relu(self.bn2(self.conv1(pre)))
+        y = torch.cat([conv(y) for conv in self.conv2], dim=1)
+        y = self.conv3(F.relu(self.bn3(y)))
+        return y + shortcut
+
+
+class Encoder(nn.Module):
+    """Pre-activation ResNet-50 of AdapNet++: stem (7x7/2, max pool), block1 (stride 4), block2 (8, last
+    unit multiscale), block3 (16, units 3.. multiscale), block4 (16, dilated), final BN-ReLU, dropout.
+    forward [B, 3, H, W] -> (block1 [B, 4w, H/4, W/4], block2 [B, 8w, H/8, W/8], block4 [B, 32w, H/16, W/16]).
+    """
+
+    def __init__(self, width: int = 64, layers: Sequence[int] = (3, 4, 6, 3), multiscale: int = 2,
+                 block4_dilation: int = 2, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
+
+        def block(cin: int, mid: int, n: int, stride: int, dilation: int, multi: set[int]) -> nn.Sequential:
+            units = [PreActBottleneck(cin if i == 0 else 4 * mid, mid, stride if i == 0 else 1, dilation,
+                                      multiscale if i in multi else 0) for i in range(n)]
+            return nn.Sequential(*units)
+
+        self.block1 = block(width, width, layers[0], 1, 1, set())
+        self.block2 = block(4 * width, 2 * width, layers[1], 2, 1, {layers[1] - 1})
+        self.block3 = block(8 * width, 4 * width, layers[2], 2, 1, set(range(2, layers[2])))
+        self.block4 = block(16 * width, 8 * width, layers[3], 1, block4_dilation, set())
+        self.post = nn.Sequential(nn.BatchNorm2d(32 * width), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.channels = (4 * width, 8 * width, 32 * width)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        s1 = self.block1(self.stem(x))
+        s2 = self.block2(s1)
+        return s1, s2, self.post(self.block4(self.block3(s2)))
+
+
+class EASPP(nn.Module):
+    """Efficient atrous spatial pyramid pooling (AdapNet++): a 1x1 branch, three cascades 1x1 (width/4)
+    -> 3x3 atrous -> 3x3 atrous -> 1x1 (width) at `rates`, image pooling; concat -> 1x1 (width)."""
+
+    def __init__(self, cin: int, width: int = 256, rates: Sequence[int] = (3, 6, 12)) -> None:
+        super().__init__()
+        q = max(width // 4, 1)
+        self.branches = nn.ModuleList([conv_bn_act(cin, width, 1)])
+        for r in rates:
+            self.branches.append(nn.Sequential(
+                conv_bn_act(cin, q, 1), conv_bn_act(q, q, 3, dilation=r), conv_bn_act(q, q, 3, dilation=r),
+                conv_bn_act(q, width, 1),
+            ))
+        # no BN on the pooled 1x1 map: with one image per process it would see a single value per channel
+        self.pool = nn.Sequential(nn.Conv2d(cin, width, 1), nn.ReLU(inplace=True))
+        self.project = conv_bn_act(width * (len(rates) + 2), width, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self.pool(F.adaptive_avg_pool2d(x, 1)).expand(-1, -1, *x.shape[-2:])
+        return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
+
+
+def up_conv(cin: int, cout: int, factor: int) -> nn.ConvTranspose2d:
+    """Learned upsampling by `factor` (transposed conv, kernel 2 factor), initialised to bilinear
+    interpolation per channel so training starts from a smooth upsampling."""
+    k = 2 * factor
+    deconv = nn.ConvTranspose2d(cin, cout, k, stride=factor, padding=factor // 2, bias=False)
+    center = (k - 1) / 2
+    og = torch.arange(k, dtype=torch.float32)
+    filt = 1 - (og - center).abs() / factor
+    kernel = filt[:, None] * filt[None, :]
+    with torch.no_grad():
+        deconv.weight.zero_()
+        for i in range(min(cin, cout)):
+            deconv.weight[i, i] = kernel
+    return deconv
+
+
+class Decoder(nn.Module):
+    """AdapNet++ decoder. forward(bottleneck [B, w, H/16, W/16], block1, block2) ->
+    {"up2_skip": [B, w + skip, H/4, W/4] (the detector's input), "aux1" [B, C, H/8, W/8],
+    "aux2" [B, C, H/4, W/4], "logits" [B, C, H, W]}."""
+
+    def __init__(self, cin: int, skip_channels: tuple[int, int], num_classes: int, width: int = 256,
+                 skip_width: int = 24) -> None:
+        super().__init__()
+        self.up1 = nn.Sequential(up_conv(cin, width, 2), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.skip2 = conv_bn_act(skip_channels[1], skip_width, 1)
+        self.fuse1 = nn.Sequential(conv_bn_act(width + skip_width, width, 3), conv_bn_act(width, width, 3))
+        self.up2 = nn.Sequential(up_conv(width, width, 2), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.skip1 = conv_bn_act(skip_channels[0], skip_width, 1)
+        self.fuse2 = nn.Sequential(conv_bn_act(width + skip_width, width, 3), conv_bn_act(width, width, 3))
+        self.aux1 = nn.Conv2d(width, num_classes, 1)
+        self.aux2 = nn.Conv2d(width, num_classes, 1)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+        self.up3 = up_conv(num_classes, num_classes, 4)
+        self.out_channels = width + skip_width
+
+    def forward(self, x: Tensor, s1: Tensor, s2: Tensor) -> dict[str, Tensor]:
+        u1 = self.up1(x)
+        u1 = _match(u1, s2)
+        y = self.fuse1(torch.cat([u1, self.skip2(s2)], dim=1))
+        u2 = _match(self.up2(y), s1)
+        up2_skip = torch.cat([u2, self.skip1(s1)], dim=1)
+        logits = self.up3(self.classifier(self.fuse2(up2_skip)))
+        return {"up2_skip": up2_skip, "aux1": self.aux1(u1), "aux2": self.aux2(u2), "logits": logits}
+
+
+def _match(x: Tensor, ref: Tensor) -> Tensor:
+    """Bilinear resize to `ref`'s size where odd input sizes make a x2 step miss by a pixel."""
+    return x if x.shape[-2:] == ref.shape[-2:] else F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
+
+
+# ------------------------------------------------------------------------------------------ detector
+
+
+class TridentBottleneck(nn.Module):
+    """Residual bottleneck (1x1, 3x3, 1x1) whose weights are shared by every branch; only the 3x3's
+    dilation differs. forward(x [B, c, h, w], dilation) -> [B, c, h, w]; leaky ReLU."""
+
+    def __init__(self, channels: int, mid: int) -> None:
+        super().__init__()
+        self.conv1 = conv_bn_act(channels, mid, 1, act="leaky")
+        self.conv2 = nn.Conv2d(mid, mid, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = conv_bn_act(mid, channels, 1, act="none")
+
+    def forward(self, x: Tensor, dilation: int) -> Tensor:
+        y = self.conv1(x)
+        y = F.conv2d(y, self.conv2.weight, None, 1, dilation, dilation)
+        y = F.leaky_relu(self.bn2(y), 0.1)
+        return F.leaky_relu(x + self.conv3(y), 0.1)
+
+
+class Detector(nn.Module):
+    """forward(up2_skip [B, c4, H/4, W/4], bottleneck [B, b, H/16, W/16]) -> list over the three branches
+    (dilations 1, 2, 3) of raw predictions [B, A, 5 + K, H/16, W/16]: tx, ty, tw, th, objectness, classes."""
+
+    def __init__(self, cin: int, bottleneck_channels: int, num_classes: int, anchors_per_branch: int = 3,
+                 width: int = 256, trident_width: int = 1024, trident_mid: int = 256, trident_blocks: int = 3,
+                 dropout: float = 0.5) -> None:
+        super().__init__()
+        self.down = nn.Sequential(
+            conv_bn_act(cin, width, 3, stride=2, act="leaky"), conv_bn_act(width, width, 1, act="leaky"),
+            conv_bn_act(width, 2 * width, 3, stride=2, act="leaky"), conv_bn_act(2 * width, width, 1, act="leaky"),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.entry = conv_bn_act(width + bottleneck_channels, trident_width, 1, act="leaky")
+        self.trident = nn.ModuleList([TridentBottleneck(trident_width, trident_mid) for _ in range(trident_blocks)])
+        self.head = nn.Conv2d(trident_width, anchors_per_branch * (5 + num_classes), 1)
+        self.anchors_per_branch, self.num_classes = anchors_per_branch, num_classes
+        # RetinaNet's prior: objectness and class scores start at 0.01, so the focal loss over thousands
+        # of negatives does not swamp the first steps
+        with torch.no_grad():
+            self.head.bias.view(anchors_per_branch, 5 + num_classes)[:, 4:] = -math.log(99.0)
+
+    def forward(self, up2_skip: Tensor, bottleneck: Tensor) -> list[Tensor]:
+        x = _match(self.down(up2_skip), bottleneck)
+        x = self.entry(self.dropout(torch.cat([x, bottleneck], dim=1)))
+        outs = []
+        for d in BRANCH_DILATIONS:
+            y = x
+            for blk in self.trident:
+                y = blk(y, d)
+            b, _, h, w = y.shape
+            outs.append(self.head(y).view(b, self.anchors_per_branch, 5 + self.num_classes, h, w))
+        return outs
+
+
+# ------------------------------------------------------------------------------ box coding and targets
+
+
+def decode_boxes(raw: Tensor, anchors: Tensor, stride: tuple[float, float]) -> Tensor:
+    """YOLOv2 coding. raw [..., A, 4+, h, w] (tx, ty, tw, th first), anchors [A, 2] (w, h) in pixels,
+    stride (sy, sx) -> boxes [..., A, h, w, 4] xyxy in the network frame: centre = (cell + sigmoid(t)) *
+    stride, size = anchor * exp(t) (t clamped so exp cannot overflow)."""
+    h, w = raw.shape[-2:]
+    sy, sx = stride
+    gy, gx = torch.meshgrid(torch.arange(h, device=raw.device), torch.arange(w, device=raw.device), indexing="ij")
+    cx = (raw[..., 0, :, :].sigmoid() + gx) * sx
+    cy = (raw[..., 1, :, :].sigmoid() + gy) * sy
+    aw = anchors[:, 0].view(-1, 1, 1).to(raw)
+    ah = anchors[:, 1].view(-1, 1, 1).to(raw)
+    bw = aw * raw[..., 2, :, :].clamp(max=math.log(1e4)).exp()
+    bh = ah * raw[..., 3, :, :].clamp(max=math.log(1e4)).exp()
+    return torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=-1)
+
+
+def anchor_wh_iou(wh: Tensor, anchors: Tensor) -> Tensor:
+    """IoU of centred boxes: wh [N, 2], anchors [M, 2] -> [N, M] (the k-means distance of ops/kmeans)."""
+    inter = torch.min(wh[:, None, 0], anchors[None, :, 0]) * torch.min(wh[:, None, 1], anchors[None, :, 1])
+    return inter / (wh[:, None].prod(-1) + anchors[None].prod(-1) - inter)
+
+
+def assign_targets(boxes: Tensor, labels: Tensor, anchors: Tensor, grid: tuple[int, int],
+                   stride: tuple[float, float], anchors_per_branch: int = 3) -> dict[str, Tensor]:
+    """YOLOv2 assignment with scale-aware branches: each ground truth goes to the one anchor (of all
+    3 x A, sorted small to large) whose shape fits it best, which fixes its branch (anchors 0..A-1 ->
+    dilation 1, ...), in the grid cell holding its centre.
+
+    boxes [N, 4] xyxy in the network frame, labels [N] 1..K, anchors [3A, 2] (w, h), grid (h, w),
+    stride (sy, sx). Returns flat prediction indices over (branch, anchor, y, x) `index` [M], box targets
+    `box` [M, 4] (tx, ty in 0..1 within the cell; tw, th = log(size / anchor)) and `labels` [M] 0..K-1.
+    Two boxes claiming the same prediction: the first (in input order) keeps it.
+    """
+    h, w = grid
+    sy, sx = stride
+    if boxes.numel() == 0:
+        empty = boxes.new_zeros((0,), dtype=torch.int64)
+        return {"index": empty, "box": boxes.new_zeros((0, 4)), "labels": empty}
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-3)
+    cx = ((boxes[:, 0] + boxes[:, 2]) / 2 / sx).clamp(0, w - 1e-4)
+    cy = ((boxes[:, 1] + boxes[:, 3]) / 2 / sy).clamp(0, h - 1e-4)
+    best = anchor_wh_iou(wh, anchors.to(wh)).argmax(dim=1)
+    gx, gy = cx.floor().long(), cy.floor().long()
+    index = (best * h + gy) * w + gx
+    seen: set[int] = set()
+    keep = []
+    for i, idx in enumerate(index.tolist()):
+        if idx not in seen:
+            seen.add(idx)
+            keep.append(i)
+    keep_t = torch.tensor(keep, dtype=torch.int64, device=boxes.device)
+    a = anchors.to(wh)[best[keep_t]]
+    box = torch.stack([cx[keep_t] - gx[keep_t], cy[keep_t] - gy[keep_t],
+                       torch.log(wh[keep_t, 0] / a[:, 0]), torch.log(wh[keep_t, 1] / a[:, 1])], dim=1)
+    return {"index": index[keep_t], "box": box, "labels": labels[keep_t].long() - 1}
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+class InterdependentMTL(MultiTaskModel):
+    """DESIGN.md §4 contract.
+
+    forward(images: list[Tensor[3, H, W] float 0..1], targets: boxes [N, 4] xyxy, labels [N] 1..K,
+            semantic [H, W] int64 (255 = ignore), optional iscrowd [N])
+    train -> {loss_seg, loss_seg_aux1, loss_seg_aux2 (x W_seg), loss_det_box, loss_det_obj, loss_det_cls (x W_det)}
+    eval  -> [{"boxes" [N, 4] xyxy, "scores" [N], "labels" [N] 1..K, "sem_seg" [C, H, W]}] in the original frame
+    `network(batch [B, 3, h, w])` -> {"logits" [B, C, h, w], "aux1" [B, C, h/8, w/8], "aux2" [B, C, h/4, w/4],
+    "det": three tensors [B, A, 5 + K, h/16, w/16]}.
+    """
+
+    def __init__(self, encoder: Encoder, bottleneck: EASPP, decoder: Decoder, detector: Detector, anchors: Tensor,
+                 input_size: tuple[int, int], seg_weight: float = 40.0, det_weight: float = 1.0,
+                 aux_weights: tuple[float, float] = (0.6, 0.5), score_thresh: float = 0.01, nms_thresh: float = 0.55,
+                 detections_per_img: int = 100, ignore_iou: float = 0.6, focal_alpha: float = 0.25,
+                 focal_gamma: float = 2.0) -> None:
+        super().__init__(input_size)
+        self.encoder, self.bottleneck, self.decoder, self.detector = encoder, bottleneck, decoder, detector
+        self.register_buffer("anchors", anchors.float().view(len(BRANCH_DILATIONS), -1, 2), persistent=False)
+        self.seg_weight, self.det_weight, self.aux_weights = seg_weight, det_weight, tuple(aux_weights)
+        self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
+        self.ignore_iou, self.focal_alpha, self.focal_gamma = ignore_iou, focal_alpha, focal_gamma
+
+    def network(self, batch: Tensor) -> dict[str, Any]:
+        s1, s2, s4 = self.encoder(batch)
+        b = self.bottleneck(s4)
+        seg = self.decoder(b, s1, s2)
+        det = self.detector(seg.pop("up2_skip"), b)
+        return {**seg, "det": det}
+
+    def _strides(self, det: list[Tensor]) -> tuple[float, float]:
+        h, w = det[0].shape[-2:]
+        return self.input_size[0] / h, self.input_size[1] / w
+
+    # ------------------------------------------------------------------------------------------ loss
+    def loss(self, raw: dict[str, Any], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        semantic = torch.stack([t["semantic"] for t in targets]).long()
+        w1, w2 = self.aux_weights
+        losses = {
+            "loss_seg": self.seg_weight * _seg_ce(raw["logits"], semantic),
+            "loss_seg_aux1": self.seg_weight * w1 * _seg_ce(raw["aux1"], semantic),
+            "loss_seg_aux2": self.seg_weight * w2 * _seg_ce(raw["aux2"], semantic),
+        }
+        det = {k: self.det_weight * v for k, v in self.detection_loss(raw["det"], targets).items()}
+        return {**losses, **det}
+
+    def detection_loss(self, det: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Focal loss on objectness (all predictions but the ignored) and classes (positives), smooth L1
+        on the YOLOv2 offsets of positives; each summed and divided by the positives of the batch."""
+        stride = self._strides(det)
+        h, w = det[0].shape[-2:]
+        pred = torch.stack(det, dim=1)  # [B, 3, A, 5+K, h, w]
+        B, K = pred.shape[0], pred.shape[3] - 5
+        pred = pred.permute(0, 1, 2, 4, 5, 3).reshape(B, -1, 5 + K)  # [B, P, 5+K], P over (branch, anchor, y, x)
+        anchors = self.anchors.reshape(-1, 2)
+        obj_t = torch.zeros(pred.shape[:2], device=pred.device)
+        valid = torch.ones_like(obj_t, dtype=torch.bool)
+        pos_pred, pos_box, pos_cls = [], [], []
+        with torch.no_grad():
+            boxes_all = decode_boxes(torch.stack(det, 1).flatten(1, 2).detach(), anchors, stride).reshape(B, -1, 4)
+        for i, t in enumerate(targets):
+            boxes = t.get("boxes", pred.new_zeros((0, 4))).float()
+            labels = t.get("labels", torch.zeros(len(boxes), dtype=torch.int64, device=pred.device))
+            crowd = t.get("iscrowd", torch.zeros(len(boxes), dtype=torch.int64, device=pred.device)).bool()
+            if len(boxes):
+                # predictions already overlapping an object (crowd regions included) are not negatives
+                valid[i] = box_iou(boxes_all[i], boxes).max(dim=1).values <= self.ignore_iou
+            a = assign_targets(boxes[~crowd], labels[~crowd], anchors, (h, w), stride, self.anchors.shape[1])
+            obj_t[i, a["index"]] = 1.0
+            valid[i, a["index"]] = True
+            pos_pred.append(pred[i, a["index"]])
+            pos_box.append(a["box"])
+            pos_cls.append(a["labels"])
+        num_pos = max(float(obj_t.sum()), 1.0)
+        loss_obj = sigmoid_focal_loss(pred[..., 4][valid], obj_t[valid], self.focal_alpha, self.focal_gamma, "sum") / num_pos
+        p = torch.cat(pos_pred)
+        box_t = torch.cat(pos_box)
+        cls_t = F.one_hot(torch.cat(pos_cls), K).to(p)
+        loss_box = (F.smooth_l1_loss(p[:, :2].sigmoid(), box_t[:, :2], reduction="sum", beta=1 / 9)
+                    + F.smooth_l1_loss(p[:, 2:4], box_t[:, 2:], reduction="sum", beta=1 / 9)) / num_pos
+        loss_cls = sigmoid_focal_loss(p[:, 5:], cls_t, self.focal_alpha, self.focal_gamma, "sum") / num_pos
+        return {"loss_det_box": loss_box, "loss_det_obj": loss_obj, "loss_det_cls": loss_cls}
+
+    # ----------------------------------------------------------------------------------- postprocess
+    def postprocess(self, raw: dict[str, Any], original_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        det = raw["det"]
+        stride = self._strides(det)
+        stacked = torch.stack(det, 1).flatten(1, 2)  # [B, 3A, 5+K, h, w]
+        boxes_all = decode_boxes(stacked, self.anchors.reshape(-1, 2), stride).reshape(stacked.shape[0], -1, 4)
+        logits = stacked.permute(0, 1, 3, 4, 2).reshape(stacked.shape[0], -1, stacked.shape[2])
+        h, w = self.input_size
+        out = []
+        for i, size in enumerate(original_sizes):
+            scores = logits[i, :, 4:5].sigmoid() * logits[i, :, 5:].sigmoid()  # [P, K]
+            flat = scores.flatten()
+            keep = torch.nonzero(flat > self.score_thresh).squeeze(1)
+            keep = keep[flat[keep].topk(min(1000, len(keep))).indices]
+            idx, cls = keep // scores.shape[1], keep % scores.shape[1]
+            boxes = boxes_all[i, idx]
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            sel = batched_nms(boxes, flat[keep], cls, self.nms_thresh)[: self.detections_per_img]
+            out.append({
+                "boxes": boxes_to_original(boxes[sel], (h, w), size),
+                "scores": flat[keep][sel],
+                "labels": cls[sel] + 1,
+                "sem_seg": semantic_to_original(raw["logits"][i], size),
+            })
+        return out
+
+
+def _seg_ce(logits: Tensor, semantic: Tensor) -> Tensor:
+    """CE (ignore 255) of logits [B, C, h, w] bilinearly resized to the labels [B, H, W]; zero with a graph
+    when no pixel is labelled."""
+    if logits.shape[-2:] != semantic.shape[-2:]:
+        logits = F.interpolate(logits, size=semantic.shape[-2:], mode="bilinear", align_corners=False)
+    if not (semantic != IGNORE_INDEX).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, semantic, ignore_index=IGNORE_INDEX)
+
+
+# -------------------------------------------------------------------------------------------- builder
+
+
+def load_anchors(anchors: Any, input_size: tuple[int, int]) -> Tensor:
+    """Anchors as [9, 2] (w, h) in the network frame `input_size` (H, W).
+
+    anchors: None (DEFAULT_ANCHORS, inferred, scaled from 768x384), a list of [w, h] pairs already in the
+    network frame, or the path of a JSON file written by `mtl anchors` ({"anchors": [[w, h], ...],
+    "input_size": [H, W]}; rescaled when its frame differs). Sorted by area: three per branch.
+    """
+    frame = tuple(input_size)
+    if anchors is None or anchors == "":
+        values, frame = DEFAULT_ANCHORS, DEFAULT_ANCHOR_FRAME
+    elif isinstance(anchors, (str, Path)):
+        path = Path(anchors).expanduser()
+        if not path.is_file():
+            raise UserError(f"anchors file {path} does not exist — compute it with `mtl anchors --data DATA --out {path}`")
+        try:
+            data = json.loads(path.read_text())
+            values, frame = data["anchors"], tuple(data.get("input_size", input_size))
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path} is not an anchors file written by `mtl anchors` ({exc}) — compute it again") from None
+    else:
+        values = anchors
+    try:
+        t = torch.tensor(values, dtype=torch.float32)
+    except (TypeError, ValueError):
+        raise UserError(f"anchors must be a list of [w, h] pairs, got {values!r}") from None
+    if t.ndim != 2 or t.shape[1] != 2 or len(t) % len(BRANCH_DILATIONS) or not bool((t > 0).all()):
+        raise UserError(f"anchors must be a multiple of 3 positive [w, h] pairs (three branches), got {values!r}")
+    t = t * torch.tensor([input_size[1] / frame[1], input_size[0] / frame[0]])
+    return t[torch.argsort(t.prod(1), stable=True)]
+
+
+def build_imtl(
+    num_det_classes: int = 3,
+    num_seg_classes: int = 11,
+    input_size: int | Sequence[int] = (384, 768),
+    anchors: Any = None,
+    pretrained_backbone: bool | str = False,
+    width: int = 64,
+    layers: Sequence[int] = (3, 4, 6, 3),
+    multiscale_dilation: int = 2,
+    block4_dilation: int = 2,
+    aspp_width: int = 256,
+    aspp_rates: Sequence[int] = (3, 6, 12),
+    decoder_width: int = 256,
+    skip_width: int = 24,
+    det_width: int = 256,
+    trident_width: int = 1024,
+    trident_mid: int = 256,
+    trident_blocks: int = 4,
+    dropout: float = 0.5,
+    seg_weight: float = 40.0,
+    det_weight: float = 1.0,
+    aux_weights: Sequence[float] = (0.6, 0.5),
+    score_thresh: float = 0.01,
+    nms_thresh: float = 0.55,
+    detections_per_img: int = 100,
+    ignore_iou: float = 0.6,
+) -> InterdependentMTL:
+    """The interdependent multi-task network with the paper's defaults (37.9M parameters at full size).
+
+    input_size (H, W): 384x768 in the paper; multiples of 16. anchors: see `load_anchors` (9 anchors,
+    three per trident branch, smallest to dilation 1). pretrained_backbone: the paper starts the encoder
+    from ImageNet weights of a *pre-activation* ResNet-50, which torchvision does not publish, so only a
+    local state dict of this encoder (`encoder.*` keys or bare) is accepted.
+    Tiny configuration: width=8, layers=(1, 2, 3, 1), aspp_width=32, decoder_width=32, skip_width=8,
+    det_width=32, trident_width=64, trident_mid=16, trident_blocks=1.
+    Inferred (MODELS.md §6 leaves them open): block4 dilation 2; multiscale halves at dilation 1 and 2;
+    bilinear-initialised deconvolutions with BN-ReLU; auxiliary heads on the up-sampled maps; detector
+    widths 256/512, a 1x1 entry to 1024 and 4 stacked trident bottlenecks (1024 -> 256 -> 1024, which
+    brings the total to the paper's 37.9M); one head shared by the branches; ignore IoU 0.6 for
+    objectness negatives; focal alpha 0.25, gamma 2; smooth L1 box loss.
+    """
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
+    if len(size) != 2 or min(size) < 16:
+        raise UserError(f"input_size must be (H, W) of at least 16 pixels, got {input_size!r}")
+    if num_det_classes < 1 or num_seg_classes < 1:
+        raise UserError("num_det_classes and num_seg_classes must be at least 1")
+    if len(layers) != 4 or min(layers) < 1:
+        raise UserError(f"layers needs four block depths of at least 1, got {list(layers)}")
+    anchor_t = load_anchors(anchors, size)
+    encoder = Encoder(width, layers, multiscale_dilation, block4_dilation, dropout)
+    if pretrained_backbone not in (False, None, "", "false"):
+        _load_encoder_weights(encoder, pretrained_backbone)
+    bottleneck = EASPP(encoder.channels[2], aspp_width, aspp_rates)
+    decoder = Decoder(aspp_width, encoder.channels[:2], num_seg_classes, decoder_width, skip_width)
+    detector = Detector(decoder.out_channels, aspp_width, num_det_classes, len(anchor_t) // len(BRANCH_DILATIONS),
+                        det_width, trident_width, trident_mid, trident_blocks, dropout)
+    return InterdependentMTL(encoder, bottleneck, decoder, detector, anchor_t, size, seg_weight, det_weight,
+                             tuple(aux_weights), score_thresh, nms_thresh, detections_per_img, ignore_iou)
+
+
+def _load_encoder_weights(encoder: Encoder, pretrained: bool | str) -> None:
+    if pretrained is True or str(pretrained).lower() == "true":
+        raise UserError("torchvision has no ImageNet pre-activation ResNet-50 — pass pretrained_backbone=\"/path/to/encoder.pth\" or false")
+    path = Path(str(pretrained)).expanduser()
+    if not path.is_file():
+        raise UserError(f"pretrained backbone file {path} does not exist — give the path of a state dict of the encoder")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path} is not a readable PyTorch state dict ({type(exc).__name__}: {exc})") from None
+    state = {k.removeprefix("encoder."): v for k, v in (state.get("model", state)).items()}
+    own = encoder.state_dict()
+    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    usable = {k: v for k, v in state.items() if k in own and k not in bad}
+    if bad or not usable:
+        raise UserError(f"{path} does not fit the encoder ({'shape mismatch in ' + bad[0] if bad else 'no matching keys'}) — check width/layers")
+    encoder.load_state_dict(usable, strict=False)
