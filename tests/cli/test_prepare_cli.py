@@ -95,3 +95,21 @@ def test_nothing_prepared_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixt
     assert run(["prepare", "cityscapes", str(src), "--out", str(tmp_path / "o"), "-j", "1"]) == 2
     lines = error_lines(capsys)
     assert len(lines) == 1 and "none of the 9 images could be prepared" in lines[0]
+
+
+def test_quickstart_makes_and_reuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    work = tmp_path / "qs"
+    argv = ["quickstart", "--workdir", str(work), "--train", "2", "--val", "1", "--size", "48", "96", "-j", "1", "--num-viz", "1"]
+    assert run(argv) == 0
+    assert json.loads((work / "data" / "dataset.json").read_text())["source"] == str((work / "synthetic").resolve())
+    stamp = (work / "data" / "val" / "instances.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run(argv) == 0
+    assert "reusing the prepared dataset" in capsys.readouterr().out
+    assert (work / "data" / "val" / "instances.json").stat().st_mtime_ns == stamp
+
+    other = [a if a != "2" else "3" for a in argv]  # other settings over the same workdir
+    assert run(other) == 2
+    assert "--force" in error_lines(capsys)[0]
+    assert run(other + ["--force"]) == 0
+    assert len(json.loads((work / "data" / "train" / "instances.json").read_text())["images"]) == 3
