@@ -192,3 +192,31 @@ def test_collate_keeps_lists(tiny: Path):
     assert isinstance(images, list) and [tuple(im.shape) for im in images] == [(3, 40, 64), (3, 24, 32)]
     assert [t["stem"] for t in targets] == ["a", "b"] and targets[0]["boxes"].shape == (3, 4)
     assert collate([]) == ([], [])
+
+
+def test_prepared_cityscapes_instances_agree_with_semantic(synthetic_prepared: Path):
+    ds = PreparedDataset(synthetic_prepared, "val")
+    assert len(ds) == 3 and ds.det_classes[:2] == ["person", "rider"] and len(ds.seg_classes) == 19
+    for i in range(len(ds)):
+        image, t = ds[i]
+        assert t["boxes"].canvas_size == tuple(image.shape[-2:]) == t["orig_size"] == (64, 128)
+        for box, label, crowd, mask in zip(t["boxes"], t["labels"], t["iscrowd"], t["masks"]):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]  # tight extent, x2 exclusive
+            if not crowd:
+                under = t["semantic"][mask.bool()]
+                assert (under == ds.seg_classes.index(ds.det_classes[label - 1])).float().mean() > 0.9
+                assert (t["dt"][mask.bool()] > 0).all()
+
+
+def test_dataset_and_pipelines_pickle(tiny: Path):
+    import pickle
+
+    from mtlcli.data.transforms import build_transforms
+
+    for name in ("ssd", "cityscapes"):  # DataLoader workers started by spawn/forkserver pickle both
+        ds = PreparedDataset(tiny, "train", transforms=build_transforms(name, train=True, min_size=32, crop_size=[24, 24]))
+        clone = pickle.loads(pickle.dumps(ds))
+        torch.manual_seed(0)
+        image, t = clone[0]
+        assert image.shape[-2:] == t["semantic"].shape and t["stem"] == "a"

@@ -187,3 +187,26 @@ def test_options_are_validated():
     tf = build_transforms("cityscapes", train=True, dataset="cityscapes", root="", train_split="train",
                           val_split="val", augmentation="cityscapes", label_map={}, **OPTIONS)
     assert "Sanitize" in repr(tf)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("cityscapes", dict(min_size=48, max_size=160, scale_range=[0.5, 2.0], crop_size=[48, 64])),
+    ("ssd", dict(min_size=96)),
+])
+def test_pipelines_on_prepared_cityscapes(synthetic_prepared: Path, name: str, options: dict):
+    ds = PreparedDataset(synthetic_prepared, "train", transforms=build_transforms(name, train=True, **options))
+    torch.manual_seed(0)
+    for i in range(len(ds)):
+        image, t = ds[i]
+        h, w = image.shape[-2:]
+        assert t["semantic"].shape == t["dt"].shape == t["masks"].shape[-2:] == (h, w) == t["boxes"].canvas_size
+        assert 0 <= image.min() and image.max() <= 1 and t["orig_size"] == (64, 128)
+        for box, label, crowd, mask in zip(t["boxes"], t["labels"], t["iscrowd"], t["masks"]):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert len(ys), "a kept box lost its mask"
+            extent = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+            # the mask lies in its box; thin parts of real masks may vanish when downsampled, the box stays
+            assert (extent[0, :2] >= box[:2] - 1).all() and (extent[0, 2:] <= box[2:] + 1).all()
+            if not crowd:
+                under = t["semantic"][mask.bool()]
+                assert (under == ds.seg_classes.index(ds.det_classes[label - 1])).float().mean() > 0.8
