@@ -251,8 +251,22 @@ def apply_override(recipe: dict, item: str) -> None:
         return
     if len(parts) > 2:
         raise UserError(f"--set {item!r}: {section}.{name} has no sub-keys")
-    default = section_keys(section)[name] if section != "model" else table.get(name)
+    if section == "model":
+        default = _builder_default(table.get("name"), name)
+    else:
+        default = section_keys(section)[name]
+    if isinstance(default, str) and not isinstance(value, str):
+        value = text.strip()  # e.g. --set model.failure=nan: a string key keeps the text as written
     table[name] = coerce(value, default, name)
+
+
+def _builder_default(model_name: Any, key: str) -> Any:
+    from mtlcli.models import MODELS, builder_arguments
+
+    if not isinstance(model_name, str) or model_name not in MODELS:
+        return None  # validation reports the model name
+    default = builder_arguments(model_name).get(key)
+    return None if default is inspect.Parameter.empty else default
 
 
 def coerce(value: Any, like: Any, name: str) -> Any:

@@ -62,9 +62,10 @@ class TinyMultiTask(MultiTaskModel):
     def loss(self, raw: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         seg = F.interpolate(raw["seg"], size=self.input_size, mode="bilinear", align_corners=False)
         semantic = torch.stack([t["semantic"].as_subclass(Tensor) for t in targets])
-        # Sum / count rather than mean: an all-ignore image must not make the loss NaN.
-        ce = F.cross_entropy(seg, semantic, ignore_index=255, reduction="sum")
-        loss_seg = ce / (semantic != 255).sum().clamp(min=1)
+        # Per-image mean over labelled pixels (an all-ignore image gives 0, not NaN), then the mean over
+        # images: so the loss of a batch is the mean of its halves' losses, as accumulation and DDP assume.
+        ce = F.cross_entropy(seg, semantic, ignore_index=255, reduction="none").sum((1, 2))
+        loss_seg = (ce / (semantic != 255).sum((1, 2)).clamp(min=1)).mean()
         present = torch.zeros_like(raw["cls"])
         for i, t in enumerate(targets):
             labels = t["labels"][t["iscrowd"] == 0] if "iscrowd" in t else t["labels"]
