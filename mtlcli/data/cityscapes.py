@@ -220,7 +220,7 @@ def save_indexed_png(path: Path, array: np.ndarray, palette: Sequence[Sequence[i
     table = np.zeros((256, 3), dtype=np.uint8)
     table[: len(palette)] = palette
     img.putpalette(table.ravel().tolist())  # "L" -> "P", same pixel values
-    img.save(path, compress_level=1)
+    img.save(path, compress_level=1, compress_type=3)  # zlib Z_RLE: as fast, half the size on label maps
 
 
 def prepare_image(job: ImageJob, out: Path) -> ImageResult:
