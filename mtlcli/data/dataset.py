@@ -224,9 +224,8 @@ class PreparedDataset(torch.utils.data.Dataset):
         if anns:
             from pycocotools import mask as mask_utils
 
-            # one decode call for all instances: [H, W, N] in Fortran order -> [N, H, W]
-            rles = [self.coco.annToRLE(a) for a in anns]
-            masks = torch.from_numpy(np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1)))
+            # one mask at a time: decoding all at once gives [H, W, N] whose copy to [N, H, W] costs more
+            masks = torch.from_numpy(np.stack([mask_utils.decode(self.coco.annToRLE(a)) for a in anns]))
         else:
             masks = torch.zeros((0, h, w), dtype=torch.uint8)
 

@@ -56,8 +56,10 @@ class DistanceMap(tv_tensors.Mask):
     """A distance-transform bin map [H, W] inside a pipeline: transformed like a Mask, padded with 0."""
 
 
-# v2 looks the fill up by the exact type of each input; boxes take no fill.
-FILL: dict[type, Any] = {tv_tensors.Image: IMAGE_FILL, tv_tensors.Mask: 0, SemanticMap: IGNORE_INDEX, DistanceMap: 0}
+# v2 looks the fill up by the exact type of each input; boxes take no fill. Inside a Pipeline the image
+# is uint8 (see Pipeline), so its fill is on the 0..255 scale.
+FILL: dict[type, Any] = {tv_tensors.Image: [round(255 * c) for c in IMAGE_FILL], tv_tensors.Mask: 0,
+                         SemanticMap: IGNORE_INDEX, DistanceMap: 0}
 
 
 def _interpolation(inpt: Any, image_mode: InterpolationMode = InterpolationMode.BILINEAR) -> InterpolationMode:
@@ -147,9 +149,14 @@ class SanitizeBoxes(v2.SanitizeBoundingBoxes):
 
 
 class Pipeline:
-    """`(image, target) -> (image, target)` around a v2.Compose: re-types the dense maps on the way in
-    (see module docstring) and back to tv_tensors.Mask on the way out. Non-tensor entries (image_id,
-    stem, orig_size) pass through untouched."""
+    """`(image, target) -> (image, target)` around a v2.Compose.
+
+    On the way in the dense maps are re-typed (see module docstring) and, like the image, carried as
+    uint8: the source data are 8-bit anyway, and SSD's zoom-out builds canvases of up to 16x the image
+    area, which as float32 / int64 cost 4-8x the memory traffic. On the way out the image and maps get
+    their input dtypes back (float32 0..1, int64) and plain tv_tensors types. Non-tensor entries
+    (image_id, stem, orig_size) pass through untouched.
+    """
 
     def __init__(self, name: str, transforms: Sequence[Callable]) -> None:
         self.name = name
@@ -159,16 +166,21 @@ class Pipeline:
     def __call__(self, image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         if self.compose is None:
             return image, target
-        if not isinstance(image, tv_tensors.Image):
-            image = tv_tensors.Image(image)
+        image_dtype = image.dtype
+        image = tv_tensors.Image(F.to_dtype(image.as_subclass(torch.Tensor), torch.uint8, scale=True))
         target = dict(target)
+        dtypes = {}
         for key, kind in (("semantic", SemanticMap), ("dt", DistanceMap)):
             if key in target:
-                target[key] = kind(target[key])
+                dense = target[key].as_subclass(torch.Tensor)
+                dtypes[key] = dense.dtype
+                if dense.numel() and 0 <= int(dense.min()) and int(dense.max()) <= 255:
+                    dense = dense.to(torch.uint8)
+                target[key] = kind(dense)
         image, target = self.compose(image, target)
-        for key in ("semantic", "dt"):
-            if key in target:
-                target[key] = tv_tensors.Mask(target[key].as_subclass(torch.Tensor))
+        image = tv_tensors.Image(F.to_dtype(image.as_subclass(torch.Tensor), image_dtype, scale=True))
+        for key, dtype in dtypes.items():
+            target[key] = tv_tensors.Mask(target[key].as_subclass(torch.Tensor).to(dtype))
         return image, target
 
     def __repr__(self) -> str:
