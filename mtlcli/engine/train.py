@@ -102,10 +102,14 @@ class SeededSamples(Dataset):
     def __getitem__(self, item: tuple[int, int]):
         position, index = item
         sample_seed = (self.seed * 1_000_003 + position) % 2**63
-        with preserved_rng():  # in the main process (workers = 0) the training RNG must not move
+        # In the main process (workers = 0) the training RNG must not move; a worker's may.
+        guard = preserved_rng() if torch.utils.data.get_worker_info() is None else contextlib.nullcontext()
+        with guard:
             random.seed(sample_seed)
             np.random.seed(sample_seed % 2**32)
-            torch.manual_seed(sample_seed)
+            # The CPU generator alone (transforms run on the CPU); torch.manual_seed would also queue
+            # CUDA seeding and costs ~100x more.
+            torch.default_generator.manual_seed(sample_seed)
             return self.dataset[index]
 
 
@@ -319,9 +323,14 @@ def train(recipe: dict, run_dir: Path, *, resume: bool = False, device: str | No
     re-raises KeyboardInterrupt.
     """
     info = init_distributed(device)
+    # The determinism switches are process-wide: give the caller back what it had.
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
         return _train(recipe, Path(run_dir), resume, info, progress)
     finally:
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2], flags[3]
         cleanup(info)
 
 
@@ -338,6 +347,9 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     recipe = with_class_counts(recipe, train_ds)
     model = build(recipe)
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    if cfg["sync_bn"] and info.distributed and device.type == "cpu":
+        raise UserError("train.sync_bn = true needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel) — "
+                        "set --set train.sync_bn=false for distributed training on CPUs")
     if cfg["sync_bn"] and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)

@@ -190,3 +190,28 @@ def test_cli_train_runs_refuses_to_overwrite_and_resumes(tmp_path, synthetic_pre
     capsys.readouterr()
     assert run_cli(["train", "--recipe", str(recipe), "--resume", "--quiet"]) == 2
     assert "--resume needs --out RUN" in capsys.readouterr().err
+
+
+def test_amp_is_a_no_op_on_cpu_and_channels_last_trains_the_same(tmp_path, synthetic_prepared):
+    runs = {}
+    for name, extra in (("plain", []), ("bf16", ["train.amp=bf16"]), ("fp16", ["train.amp=fp16"]),
+                        ("cl", ["train.channels_last=true", "train.deterministic=true"])):
+        train(tiny_recipe(tmp_path, synthetic_prepared, "train.iterations=3", *extra), tmp_path / name,
+              device="cpu", progress=False)
+        runs[name] = [r["losses"] for r in train_losses(tmp_path / name)]
+    assert runs["bf16"] == runs["plain"] and runs["fp16"] == runs["plain"]
+    for a, b in zip(runs["cl"], runs["plain"]):
+        assert a == pytest.approx(b, rel=1e-4)
+    assert not torch.are_deterministic_algorithms_enabled()  # the process-wide switch is given back
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision runs on CUDA only")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_on_cuda_learns_and_saves_the_scaler(tmp_path, synthetic_prepared, amp):
+    recipe = tiny_recipe(tmp_path, synthetic_prepared, "train.iterations=20", "train.lr=0.1",
+                         "train.log_interval=5", f"train.amp={amp}")
+    train(recipe, tmp_path / "run", device="cuda", progress=False)
+    logged = train_losses(tmp_path / "run")
+    assert logged[-1]["loss"] < logged[0]["loss"]
+    scaler = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["scaler"]
+    assert (amp == "fp16") == bool(scaler)  # only fp16 needs loss scaling
