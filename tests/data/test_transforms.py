@@ -59,6 +59,8 @@ def assert_aligned(image: torch.Tensor, t: dict) -> None:
     fill = torch.tensor(IMAGE_FILL)
     padded = _interior(((image - fill[:, None, None]).abs().max(dim=0).values < 0.01))
     assert (sem[padded] == 255).all() and (dt[padded] == 0).all()
+    white = _interior(((image - torch.tensor(IGNORE_RGB)[:, None, None] / 255).abs().max(dim=0).values < 0.01))
+    assert (sem[white] == 255).all(), "the unlabelled band lost its ignore label"
 
     boxes, masks, labels, crowd = t["boxes"], t["masks"], t["labels"], t["iscrowd"]
     assert isinstance(boxes, tv_tensors.BoundingBoxes) and boxes.canvas_size == (h, w)
