@@ -5,7 +5,7 @@
     image, target = tf(image, target)          # a PreparedDataset sample (mtlcli.data.dataset)
 
 The sample's spatial entries are tv_tensors, so every geometric step moves the image, boxes, instance
-masks and the dense `semantic` / `dt` maps together (masks always with nearest-neighbour sampling).
+masks and the dense `semantic` / `dt` maps together (masks sampled at pixel centres, nearest-exact).
 Inside a pipeline the two dense maps are re-typed as `SemanticMap` / `DistanceMap` (subclasses of
 `tv_tensors.Mask`): v2 picks a padding fill per *type*, and the semantic map must be padded with the
 ignore index 255 while the dt map and instance masks are padded with 0. They leave as plain Masks.
