@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,10 +218,12 @@ class PredictionReader:
 
 
 def semantic_pairs(gt: GroundTruth, pred_dir: Path, reader: PredictionReader, workers: int = 2
-                   ) -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray]]:
-    """(image, prediction, ground truth) for every image of the split that has a semantic label PNG.
+                   ) -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray]]:
+    """(image, prediction [H, W] uint8, ground truth [H, W] uint8, their `joint_histogram`) for every
+    image of the split that has a semantic label PNG, in image-id order.
 
-    Files are decoded in a small thread pool (the decoders release the GIL) while the caller counts."""
+    Files are decoded and counted in a small thread pool (libpng, zlib and numpy's bincount release
+    the GIL), so on two cores two images are in flight at once."""
     jobs = []
     for img in gt.images():
         stem = image_stem(img)
@@ -234,27 +237,80 @@ def semantic_pairs(gt: GroundTruth, pred_dir: Path, reader: PredictionReader, wo
     if not jobs:
         raise UserError(f"split {gt.split!r} of {gt.root} has no semantic label PNGs; miou cannot be computed there")
 
-    def load(job: tuple[dict[str, Any], Path, Path]) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    from mtlcli.metrics.segmentation import joint_histogram
+
+    def load(job: tuple[dict[str, Any], Path, Path]) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray]:
         img, pred_path, gt_path = job
         target = read_png(gt_path)
-        return img, reader(pred_path, target.shape), target
+        if target.dtype != np.uint8:
+            raise UserError(f"{gt_path} is not an 8-bit label map — prepare the dataset again")
+        pred = reader(pred_path, target.shape)
+        return img, pred, target, joint_histogram(pred, target)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        yield from pool.map(load, jobs)
+    if workers <= 1:
+        yield from map(load, jobs)
+        return
+    # a bounded window of images in flight: pool.map would decode the whole split into memory
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for job in jobs:
+            pending.append(pool.submit(load, job))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
-def image_instances(gt: GroundTruth, image_id: int, class_index: dict[int, int]) -> tuple[np.ndarray, list[int], np.ndarray]:
-    """Non-crowd instance masks [N, H, W] uint8 of one image, their semantic class indices [N] and
-    their boxes [N, 4] xyxy pixels (from the annotations' tight COCO boxes)."""
-    from pycocotools import mask as mask_utils
+def rle_counts(rle: dict[str, Any]) -> np.ndarray:
+    """The run lengths [R] int64 of a COCO RLE (alternating 0s and 1s, column-major, starting with 0s).
 
-    anns = [a for a in gt.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0) and a["category_id"] in class_index]
-    img = gt.coco.imgs[image_id]
-    if not anns:
-        return np.zeros((0, img["height"], img["width"]), np.uint8), [], np.zeros((0, 4))
-    masks = mask_utils.decode([gt.coco.annToRLE(a) for a in anns]).transpose(2, 0, 1)  # [N, H, W] views
-    boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns])
-    return masks, [class_index[a["category_id"]] for a in anns], boxes
+    Compressed counts are COCO's LEB128-like string (pycocotools `rleFrString`): 5 bits per character
+    offset by 48, bit 0x20 = more characters follow, bit 0x10 of the last = negative; from the third
+    count on, each is stored as the difference to the count two before."""
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        return np.asarray(counts, dtype=np.int64)
+    data = counts.encode("ascii") if isinstance(counts, str) else counts
+    out: list[int] = []
+    p, n = 0, len(data)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            c = data[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return np.asarray(out, dtype=np.int64)
+
+
+def instance_hits(gt: GroundTruth, image_id: int, class_index: dict[int, int], pred: np.ndarray
+                  ) -> tuple[list[int], list[int], list[int]]:
+    """For each non-crowd instance of one image: (semantic class index, pixels of it predicted as that
+    class, its size in pixels). The instance's pixels are read from its RLE runs directly: decoding
+    every mask at full size would cost more than the whole confusion matrix."""
+    H = pred.shape[0]
+    classes, tps, sizes = [], [], []
+    for a in gt.coco.imgToAnns.get(image_id, []):
+        if a.get("iscrowd", 0) or a["category_id"] not in class_index:
+            continue
+        runs = rle_counts(gt.coco.annToRLE(a))
+        ends = np.cumsum(runs)
+        starts, lengths = (ends - runs)[1::2], runs[1::2]  # runs of 1s are the odd ones
+        total = int(lengths.sum())
+        # column-major pixel indices of every pixel of the instance
+        offsets = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        idx = np.repeat(starts, lengths) + offsets
+        c = class_index[a["category_id"]]
+        classes.append(c)
+        tps.append(int(np.count_nonzero(pred[idx % H, idx // H] == c)))
+        sizes.append(total)
+    return classes, tps, sizes
 
 
 def det_to_seg_index(meta: DatasetMeta) -> dict[int, int]:
@@ -299,9 +355,10 @@ def evaluate_predictions(root: str | Path, split: str, predictions: str | Path, 
 
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task("miou", total=None)
-            for img, pred, target in semantic_pairs(gt, sem_dir, reader):
-                inst = image_instances(gt, img["id"], class_index) if metric.instance_sizes else None
-                metric.update(pred, target, inst)
+            for img, pred, target, hist in semantic_pairs(gt, sem_dir, reader):
+                metric.update(pred, target, histogram=hist)
+                if metric.instance_sizes:
+                    metric.add_instances(*instance_hits(gt, img["id"], class_index, pred))
                 bar.advance(task)
         res = metric.compute()
         out["metrics"]["miou"], out["details"]["miou"] = res["value"], res["details"]

@@ -97,11 +97,15 @@ class SegmentationMetric:
         self.inst_tp = np.zeros(C, dtype=np.float64)  # weighted TP / FN per class for iIoU
         self.inst_fn = np.zeros(C, dtype=np.float64)
         self.images = 0
-        # value -> row (ground truth) / column (prediction) for uint8 maps; C+1 rows, the last dropped
-        self._row_lut = np.full(256, C, dtype=np.intp)
-        self._row_lut[:C] = np.arange(C)
-        self._col_lut = np.full(256, C, dtype=np.intp)
-        self._col_lut[:C] = np.arange(C)
+        # uint8 maps are counted as a 256 x 256 joint histogram of raw (gt, pred) values, which is then
+        # folded onto the matrix: value -> row (ground truth; C = not counted) and column (C = void)
+        rows = np.full(256, C, dtype=np.intp)
+        rows[:C] = np.arange(C)
+        if 0 <= ignore_index < C:
+            rows[ignore_index] = C
+        cols = np.full(256, C, dtype=np.intp)
+        cols[:C] = np.arange(C)
+        self._fold = (rows[:, None] * (C + 1) + cols[None, :]).ravel()
 
     def reset(self) -> None:
         self.matrix[:] = 0
@@ -110,7 +114,7 @@ class SegmentationMetric:
         self.images = 0
 
     def update(self, pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
-               instances: tuple[Any, Any] | None = None) -> None:
+               instances: tuple[Any, ...] | None = None, histogram: np.ndarray | None = None) -> None:
         """Add one image.
 
         Args:
@@ -119,11 +123,20 @@ class SegmentationMetric:
             instances: for iIoU, (masks [N, H, W] bool/uint8, classes [N] class indices[, boxes [N, 4]
                 xyxy pixels enclosing each mask]) of the image's non-crowd ground-truth instances; the
                 optional boxes only make it faster. Ignored when no class of the metric has a size.
+            histogram: `joint_histogram(pred, target)` when the caller has it already (computed in a
+                worker thread); the maps are then used for iIoU only.
         """
         if tuple(pred.shape) != tuple(target.shape):
             raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(target.shape)} differ in size")
         C = self.num_classes
-        if isinstance(pred, torch.Tensor) or isinstance(target, torch.Tensor):
+        if histogram is None:
+            p8, t8 = _as_uint8(pred), _as_uint8(target)
+            if p8 is not None and t8 is not None:
+                histogram = joint_histogram(p8, t8)
+        if histogram is not None:
+            counts = np.bincount(self._fold, weights=histogram, minlength=(C + 1) ** 2)
+            counts = np.rint(counts).astype(np.int64)  # float64 sums of integer counts < 2**53 are exact
+        elif isinstance(pred, torch.Tensor) or isinstance(target, torch.Tensor):
             counts = self._bincount_torch(torch.as_tensor(pred), torch.as_tensor(target))
         else:
             counts = self._bincount_numpy(np.asarray(pred), np.asarray(target))
@@ -134,16 +147,10 @@ class SegmentationMetric:
 
     def _bincount_numpy(self, pred: np.ndarray, target: np.ndarray) -> np.ndarray:
         C = self.num_classes
-        if target.dtype == np.uint8:
-            rows = self._row_lut[target]
-        else:
-            t = target.astype(np.int64, copy=False)
-            rows = np.where((t >= 0) & (t < C) & (t != self.ignore_index), t, C)
-        if pred.dtype == np.uint8:
-            cols = self._col_lut[pred]
-        else:
-            p = pred.astype(np.int64, copy=False)
-            cols = np.where((p >= 0) & (p < C), p, C)
+        t = target.astype(np.int64, copy=False)
+        rows = np.where((t >= 0) & (t < C) & (t != self.ignore_index), t, C)
+        p = pred.astype(np.int64, copy=False)
+        cols = np.where((p >= 0) & (p < C), p, C)
         rows *= C + 1
         rows += cols
         return np.bincount(rows.ravel(), minlength=(C + 1) ** 2)
@@ -158,19 +165,13 @@ class SegmentationMetric:
         return torch.bincount((rows * (C + 1) + cols).view(-1), minlength=(C + 1) ** 2).cpu().numpy()
 
     def _update_instances(self, pred: Any, masks: Any, classes: Any, boxes: Any = None) -> None:
-        # official: tp = pixels of the instance predicted as its class, fn = the rest of the instance,
-        # both weighted by avgClassSize / instance size and summed per class over all instances.
-        # Work inside each instance's box: the rest of its mask is empty.
+        # Count inside each instance's box: the rest of its mask is empty.
         torch_mode = isinstance(pred, torch.Tensor)
-        if torch_mode:
-            masks = torch.as_tensor(masks).to(pred.device)
-        else:
-            masks = np.asarray(masks)
+        masks = torch.as_tensor(masks).to(pred.device) if torch_mode else np.asarray(masks)
         classes_l = [int(c) for c in (classes.tolist() if hasattr(classes, "tolist") else classes)]
         H, W = pred.shape[-2:]
+        tps, sizes = [], []
         for k, c in enumerate(classes_l):
-            if c not in self.instance_sizes:
-                continue
             if boxes is not None:
                 x0, y0, x1, y1 = (int(v) for v in (boxes[k].tolist() if hasattr(boxes[k], "tolist") else boxes[k]))
                 x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1 + 1, W), min(y1 + 1, H)  # +1: loose is safe
@@ -178,13 +179,21 @@ class SegmentationMetric:
                 x0, y0, x1, y1 = 0, 0, W, H
             mask = masks[k, y0:y1, x0:x1]
             mask = mask.bool() if torch_mode else mask.astype(bool, copy=False)
-            size = int(mask.sum())
-            if size == 0:
+            sizes.append(int(mask.sum()))
+            tps.append(int((pred[y0:y1, x0:x1][mask] == c).sum()))
+        self.add_instances(classes_l, tps, sizes)
+
+    def add_instances(self, classes: Sequence[int], tp: Sequence[int], sizes: Sequence[int]) -> None:
+        """Add ground-truth instances for iIoU: class index, pixels predicted as that class, size.
+
+        As the official script: tp and fn = size - tp are weighted by avgClassSize / size and summed per
+        class over all instances; classes without an average size are skipped."""
+        for c, t, n in zip(classes, tp, sizes):
+            if c not in self.instance_sizes or n == 0:
                 continue
-            tp = int((pred[y0:y1, x0:x1][mask] == c).sum())
-            weight = self.instance_sizes[c] / float(size)
-            self.inst_tp[c] += float(tp) * weight
-            self.inst_fn[c] += float(size - tp) * weight
+            weight = self.instance_sizes[c] / float(n)
+            self.inst_tp[c] += float(t) * weight
+            self.inst_fn[c] += float(n - t) * weight
 
     def sync(self) -> None:
         """Sum the counts over all ranks when running under torch.distributed."""
@@ -237,6 +246,30 @@ class SegmentationMetric:
             details["iiou"] = _nan_to_none(iiou)
             details["miiou"] = None if math.isnan(miiou) else miiou
         return {"value": miou, "details": details}
+
+
+def _as_uint8(a: np.ndarray | torch.Tensor) -> np.ndarray | None:
+    """A CPU map as a uint8 numpy array when its values allow it without change, else None."""
+    if isinstance(a, torch.Tensor):
+        if a.device.type != "cpu":
+            return None
+        a = a.numpy()
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype.kind in "iu" and a.size and a.min() >= 0 and a.max() <= 255:
+        return a.astype(np.uint8)
+    return None
+
+
+def joint_histogram(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Counts [65536] of the raw value pairs (target << 8 | pred) of two uint8 maps [H, W].
+
+    One uint16 pass and one bincount: about 3x faster than mapping every pixel through look-up
+    tables first, and numpy releases the GIL here, so worker threads can count while others decode."""
+    key = target.astype(np.uint16)
+    key <<= 8
+    key |= pred
+    return np.bincount(key.ravel(), minlength=65536)
 
 
 def cityscapes_instance_sizes(seg_classes: Sequence[str], det_classes: Sequence[str]) -> dict[int, float] | None:

@@ -203,3 +203,20 @@ def test_missing_prediction_and_bad_values_are_user_errors(cityscapes_files):
     files[0].unlink()
     with pytest.raises(UserError, match=files[0].stem):
         evaluate_predictions(prep, "val", pred_dir, ["miou"], cityscapes_ids=True, progress=False)
+
+
+def test_rle_runs_decode_like_pycocotools():
+    from pycocotools import mask as mask_utils
+
+    from mtlcli.metrics.predictions import rle_counts
+
+    rng = np.random.default_rng(1)
+    for shape in [(7, 5), (40, 64), (300, 500)]:
+        m = np.zeros(shape, np.uint8)
+        m[rng.random(shape) < 0.3] = 1
+        m[: shape[0] // 2, : shape[1] // 3] = 1  # long runs too
+        rle = mask_utils.encode(np.asfortranarray(m))
+        runs = rle_counts({"counts": rle["counts"].decode("ascii")})
+        assert runs.sum() == m.size
+        flat = np.repeat(np.arange(len(runs)) % 2, runs).astype(np.uint8)
+        assert np.array_equal(flat.reshape(shape[::-1]).T, m)
