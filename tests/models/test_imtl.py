@@ -225,3 +225,18 @@ def test_anchors_from_file_rescaled_and_sorted(tmp_path):
         load_anchors(str(tmp_path / "missing.json"), (64, 128))
     with pytest.raises(UserError, match="multiple of 3"):
         load_anchors([[1, 2], [3, 4]], (64, 128))
+
+
+def test_encoder_weights_from_a_local_file(tmp_path):
+    source = tiny()
+    path = tmp_path / "encoder.pth"
+    torch.save({f"encoder.{k}": v for k, v in source.encoder.state_dict().items()}, path)
+    torch.manual_seed(5)
+    model = build_imtl(num_det_classes=3, num_seg_classes=5, anchors=ANCHORS, pretrained_backbone=str(path),
+                       **{k: v for k, v in TINY.items()})
+    for key, value in source.encoder.state_dict().items():
+        torch.testing.assert_close(model.encoder.state_dict()[key], value)
+    with pytest.raises(UserError, match="pre-activation"):
+        build_imtl(pretrained_backbone=True, **TINY)
+    with pytest.raises(UserError, match="does not fit"):
+        build_imtl(pretrained_backbone=str(path), **{**TINY, "width": 16})
