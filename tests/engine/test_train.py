@@ -215,3 +215,26 @@ def test_mixed_precision_on_cuda_learns_and_saves_the_scaler(tmp_path, synthetic
     assert logged[-1]["loss"] < logged[0]["loss"]
     scaler = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["scaler"]
     assert (amp == "fp16") == bool(scaler)  # only fp16 needs loss scaling
+
+
+def test_cli_ctrl_c_saves_last_and_exits_130(tmp_path, synthetic_prepared, capsys):
+    run = tmp_path / "run"
+    code = run_cli(["train", "--recipe", str(write_recipe(tmp_path)), "--data", str(synthetic_prepared), "--out",
+                    str(run), "--quiet", "--set", "model.fail_at=3", "--set", "model.failure=interrupt"])
+    assert code == 130
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 2
+
+
+def test_corrupt_or_missing_checkpoint_is_a_user_error(tmp_path):
+    bad = tmp_path / "checkpoints" / "last.pt"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UserError, match="cannot be read .* corrupt or not an mtl checkpoint"):
+        load_for_eval(checkpoint=bad)
+    with pytest.raises(UserError, match="has no checkpoints/best.pt or checkpoints/last.pt"):
+        load_for_eval(run=tmp_path / "checkpoints")
+
+def test_resume_without_a_checkpoint_exits_2(tmp_path, capsys):
+    assert run_cli(["train", "--recipe", str(write_recipe(tmp_path)), "--out", str(tmp_path / "empty"),
+                    "--resume"]) == 2
+    assert "has no checkpoints/last.pt to resume from — drop --resume" in capsys.readouterr().err
