@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -50,6 +49,14 @@ def _to_original_frame(output: dict[str, Any], target: dict[str, Any]) -> dict[s
     if "masks" in out and out["masks"].numel():
         out["masks"] = torch.nn.functional.interpolate(out["masks"].float(), size=(H, W), mode="bilinear", align_corners=False)
     return out
+
+
+def _dist_info() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _check_outputs(output: dict[str, Any], names: list[str], model: nn.Module) -> None:
@@ -90,17 +97,22 @@ def evaluate(model: nn.Module, dataset: Any, metrics: list[str], *, device: str 
     needs_masks = "coco-segm" in det
     class_index = det_to_seg_index(dataset.meta)
     need_instances = any(m.instance_sizes for m in sem)
+    rank, world = _dist_info()
+    if save_predictions and world > 1:
+        raise UserError("--save-predictions works in one process; run `mtl eval` without torchrun to save predictions")
     writer = PredictionWriter(save_predictions, dataset.meta, force=force) if save_predictions else None
+    # under torch.distributed each rank takes every world-th image; sync() below gathers the counts
+    part = dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
 
     was_training = model.training
     model.eval().to(device)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+    loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
     columns = [TextColumn("[bold]eval[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     checked = False
-    any_sem, any_det = False, False
+    any_det = False
     try:
         with Progress(*columns, disable=not progress, transient=False) as bar:
-            task = bar.add_task("eval", total=len(dataset))
+            task = bar.add_task("eval", total=len(part))
             for images, targets in loader:
                 outputs = model([img.to(device) for img in images])
                 for output, target in zip(outputs, targets):
@@ -111,7 +123,6 @@ def evaluate(model: nn.Module, dataset: Any, metrics: list[str], *, device: str 
                     output = _to_original_frame(output, target)
                     semantic = None
                     if "sem_seg" in output and (sem or writer):
-                        any_sem = True
                         gt = torch.as_tensor(target["semantic"])
                         pred = output["sem_seg"].argmax(0)
                         if tuple(pred.shape) != tuple(gt.shape):
@@ -148,6 +159,6 @@ def evaluate(model: nn.Module, dataset: Any, metrics: list[str], *, device: str 
     for name, m in built.items():
         m.sync()
         res = m.compute()
-        out["metrics"][name] = float(res["value"]) if res["value"] == res["value"] else float("nan")
+        out["metrics"][name] = float(res["value"])  # NaN only when nothing could be measured
         out["details"][name] = res["details"]
     return out

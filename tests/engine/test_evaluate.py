@@ -20,29 +20,29 @@ from mtlcli.metrics.predictions import evaluate_predictions
 ALL = ["miou", "voc07", "voc12", "coco-bbox", "coco-segm", "ar"]
 
 
-class FixedModel(nn.Module):
-    """Answers the images of a split, in order, with precomputed outputs."""
+def _key(image: torch.Tensor) -> bytes:
+    return image.cpu().numpy().tobytes()
 
-    def __init__(self, outputs: list[dict[str, torch.Tensor]]) -> None:
+
+class FixedModel(nn.Module):
+    """Answers each image of a split with its precomputed outputs (looked up by the pixels)."""
+
+    def __init__(self, outputs: dict[bytes, dict[str, torch.Tensor]]) -> None:
         super().__init__()
-        self.outputs, self.calls = outputs, 0
+        self.outputs = outputs
         self.weight = nn.Parameter(torch.zeros(1))
 
     def forward(self, images, targets=None):
         assert not self.training, "evaluate() must put the model in eval mode"
-        out = self.outputs[self.calls:self.calls + len(images)]
-        self.calls += len(images)
-        for img, o in zip(images, out):
-            assert tuple(img.shape[-2:]) == tuple(o["masks"].shape[-2:]) if "masks" in o else True
-        return out
+        return [self.outputs[_key(img)] for img in images]
 
 
-def _outputs(ds: PreparedDataset, noisy: bool, keys=("sem_seg", "boxes", "masks")) -> list[dict[str, torch.Tensor]]:
+def _outputs(ds: PreparedDataset, noisy: bool, keys=("sem_seg", "boxes", "masks")) -> dict[bytes, dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     C = len(ds.seg_classes)
-    outs = []
+    outs = {}
     for i in range(len(ds)):
-        _, t = ds[i]
+        image, t = ds[i]
         sem = t["semantic"].clone()
         sem[sem == 255] = 0
         keep = t["iscrowd"] == 0
@@ -65,7 +65,7 @@ def _outputs(ds: PreparedDataset, noisy: bool, keys=("sem_seg", "boxes", "masks"
             out.update(boxes=boxes, labels=labels, scores=scores)
         if "masks" in keys:
             out["masks"] = masks[:, None].float()
-        outs.append(out)
+        outs[_key(image)] = out
     return outs
 
 
@@ -117,3 +117,34 @@ def test_missing_output_and_occupied_folder_are_user_errors(synthetic_prepared, 
     with pytest.raises(UserError, match="--force"):
         evaluate(FixedModel(_outputs(ds, False)), ds, ["miou"], progress=False, save_predictions=occupied)
     assert (occupied / "mine.txt").read_text() == "user data"
+
+
+def _ranked(rank: int, world: int, port: int, root: str, queue) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        ds = PreparedDataset(root, "val")
+        res = evaluate(FixedModel(_outputs(ds, noisy=True)), ds, ALL, batch_size=1, progress=False)
+        queue.put((rank, res["metrics"]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_gather_to_the_single_process_numbers(synthetic_prepared):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    ds = PreparedDataset(synthetic_prepared, "val")
+    single = evaluate(FixedModel(_outputs(ds, noisy=True)), ds, ALL, batch_size=2, progress=False)["metrics"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    mp.start_processes(_ranked, args=(2, port, str(synthetic_prepared), queue), nprocs=2, start_method="spawn")
+    results = dict(queue.get() for _ in range(2))
+    for rank in (0, 1):  # each rank saw half the images and reports the numbers of all of them
+        for name in ALL:
+            assert results[rank][name] == pytest.approx(single[name], abs=1e-12), (rank, name)

@@ -177,6 +177,18 @@ def test_hand_computed_confusion_and_accuracies():
     assert res["pixel_accuracy"] == pytest.approx(8 / 14)
     assert res["accuracy"] == [pytest.approx(4 / 6), pytest.approx(4 / 6), 0.0]
     assert m.compute()["value"] == pytest.approx(1 / 3)
+    # every counting path agrees: the uint8 histogram, wide integer maps (300 and -1 are void
+    # predictions like 255), and the torch path used for maps on a GPU
+    wide = pr.astype(np.int32)
+    wide[0, 3], wide[1, 0] = 300, -1
+    pr_void = pr.copy()
+    pr_void[0, 3], pr_void[1, 0] = 255, 255
+    a, b = SegmentationMetric(["a", "b", "c"]), SegmentationMetric(["a", "b", "c"])
+    a.update(wide, gt)
+    b.update(pr_void, gt)
+    assert (a.matrix == b.matrix).all()
+    tw, tg = torch.from_numpy(wide).long(), torch.from_numpy(gt).long()
+    assert (a._bincount_torch(tw, tg) == a._bincount_numpy(wide, gt)).all()
 
 
 def test_class_absent_everywhere_is_left_out_of_the_mean():
