@@ -1,0 +1,94 @@
+"""`mtl viz confusion`: the normalised semantic-segmentation confusion matrix of a run, with class names.
+
+The counts come from `mtlcli.metrics.segmentation` through `evaluate(model, split, ["miou"])` (rows =
+ground-truth classes, columns = predicted classes, pixels with ignore ground truth left out). Each row is
+divided by its ground-truth pixel count, so cell (i, j) is the share of class i's pixels predicted as j
+and the diagonal is the per-class recall; a class absent from the ground truth leaves an empty row. The
+y labels carry each class's IoU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mtlcli.errors import UserError
+
+DPI = 100
+
+
+def normalise_rows(matrix: np.ndarray) -> np.ndarray:
+    """Counts [C, C] -> row shares in 0..1 (float64); rows without pixels become NaN."""
+    m = np.asarray(matrix, dtype=np.float64)
+    totals = m.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, m / np.where(totals > 0, totals, 1), np.nan)
+
+
+def figure_inches(num_classes: int) -> float:
+    """Side of the square figure: grows with the class count so that names and numbers stay legible."""
+    return max(5.0, 0.42 * num_classes + 3.0)
+
+
+def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], iou: Sequence[float | None] | None = None,
+                     title: str = "confusion (rows: ground truth, normalised)") -> Any:
+    """A matplotlib Figure of the row-normalised `matrix` [C, C] (counts) labelled with `class_names`;
+    cells show percentages when C <= 30. Size: `figure_inches(C)` square at `DPI`."""
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(matrix)
+    C = matrix.shape[0]
+    if matrix.shape != (C, C) or len(class_names) != C:
+        raise ValueError(f"confusion matrix {matrix.shape} does not fit {len(class_names)} class names")
+    shares = normalise_rows(matrix)
+    side = figure_inches(C)
+    fig = Figure(figsize=(side, side), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(np.ma.masked_invalid(shares), cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of the ground-truth class")
+    rows = list(class_names)
+    if iou is not None:
+        rows = [f"{n} ({'—' if v is None else f'{100 * v:.1f}'})" for n, v in zip(class_names, iou)]
+    ax.set_xticks(range(C), labels=list(class_names), rotation=90, fontsize=8)
+    ax.set_yticks(range(C), labels=rows, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("ground-truth class (IoU %)" if iou is not None else "ground-truth class")
+    ax.set_title(title, fontsize=10)
+    if C <= 30:
+        for i in range(C):
+            for j in range(C):
+                v = shares[i, j]
+                if np.isfinite(v) and v >= 0.005:
+                    ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=6,
+                            color="white" if v > 0.5 else "black")
+    return fig
+
+
+def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], out: str | Path,
+                   iou: Sequence[float | None] | None = None, title: str | None = None) -> Path:
+    """Write `confusion_figure(...)` as a PNG at `out`; returns the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig = confusion_figure(matrix, class_names, iou, **({"title": title} if title else {}))
+    fig.savefig(out, dpi=DPI)
+    return out
+
+
+def run_confusion(model: Any, dataset: Any, out: str | Path, *, device: str = "cpu", batch_size: int = 4,
+                  force: bool = False, progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Evaluate `model` on `dataset` (a PreparedDataset without transforms) with the miou metric and
+    plot its confusion matrix at `out`; returns (path, the miou details: classes, iou, confusion, ...)."""
+    from mtlcli.engine.evaluate import evaluate
+    from mtlcli.viz.predictions import check_free
+
+    out = Path(out)
+    check_free([out], force)
+    result = evaluate(model, dataset, ["miou"], device=device, batch_size=batch_size, progress=progress)
+    details = result["details"]["miou"]
+    if not details.get("pixels"):
+        raise UserError(f"split {dataset.split!r} has no labelled pixels — a confusion matrix needs semantic ground truth")
+    miou = result["metrics"]["miou"]
+    title = f"{dataset.split}: mIoU {100 * miou:.1f}% over {details['images']} images (rows normalised)"
+    return plot_confusion(np.asarray(details["confusion"]), details["classes"], out, details["iou"], title), details

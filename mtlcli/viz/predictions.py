@@ -1,0 +1,277 @@
+"""`mtl viz predictions`: what a trained model sees, drawn over its input.
+
+Each PNG shows one image in its own pixel frame:
+  prediction panel  the colourised `sem_seg` argmax blended over the image (dataset palette), instance
+                    masks where the model gives them, boxes with "class score" captions (score >= T)
+  ground truth      when the image comes from a prepared split with labels: the same drawing of the
+                    ground truth on the left, the prediction on the right ([3, H, 2W])
+Plain images (no dataset) give the prediction panel alone ([3, H, W]).
+
+Also home of what every model-based `mtl viz` command shares: loading a run (`load_run`), the class
+names and palette of a run (`class_info`), reading an image file (`read_image_file`) and the guard
+against overwriting (`check_free`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtlcli.errors import UserError
+from mtlcli.viz.draw import class_colors, draw_boxes, overlay_masks, overlay_semantic, save_png, side_by_side, to_uint8
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+
+
+# ------------------------------------------------------------------------------------ run and classes
+
+
+@dataclasses.dataclass
+class ClassInfo:
+    """Names and colours a run's outputs are drawn with.
+
+    det_classes[k - 1] names detection label k (1..K); seg_classes[c] and palette[c] (RGB 0..255) belong
+    to `sem_seg` channel c. `cityscapes` is True when the colours are the official Cityscapes ones.
+    """
+
+    det_classes: list[str]
+    seg_classes: list[str]
+    palette: list[list[int]]
+    cityscapes: bool = False
+
+
+def class_info(recipe: dict[str, Any], root: Path | None) -> ClassInfo:
+    """The classes of a run: from its prepared dataset (with the recipe's label map) when `root` holds
+    one, else the Cityscapes table for Cityscapes-layout data, else "class k" names and tab20 colours
+    sized by the recipe's `num_det_classes` / `num_seg_classes`."""
+    from mtlcli.data.dataset import resolve_label_map
+    from mtlcli.data.prepared import DatasetMeta
+
+    label_map = recipe.get("data", {}).get("label_map") or None
+    model_kw = recipe.get("model", {})
+    meta = None
+    if root is not None and (Path(root) / "dataset.json").is_file():
+        meta = DatasetMeta.load(root)
+    elif recipe.get("data", {}).get("dataset") in ("cityscapes", "synthetic"):
+        from mtlcli.data.cityscapes import cityscapes_meta
+
+        meta = cityscapes_meta("", ["val"])
+    if meta is not None:
+        mapped = resolve_label_map(meta, label_map)
+        return ClassInfo(mapped.det_classes, mapped.seg_classes, mapped.palette, meta.name == "cityscapes")
+    n_det = int(model_kw.get("num_det_classes") or 0)
+    n_seg = int(model_kw.get("num_seg_classes") or 0)
+    return ClassInfo([f"class {k}" for k in range(1, n_det + 1)], [f"class {c}" for c in range(n_seg)],
+                     [list(c) for c in class_colors(n_seg)])
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A trained model ready for drawing: model in eval mode on `device`, its resolved recipe, the
+    prepared dataset root (None when not here), class names / palette, and the default output folder
+    (RUN/viz, or None for a checkpoint outside a run directory)."""
+
+    model: nn.Module
+    recipe: dict[str, Any]
+    root: Path | None
+    classes: ClassInfo
+    viz_dir: Path | None
+    device: str
+
+
+def load_run(run: Path | None = None, checkpoint: Path | None = None, *, data: Path | None = None,
+             device: str = "cpu") -> LoadedRun:
+    """`load_for_eval` plus what drawing needs; `data` replaces the recipe's dataset root."""
+    from mtlcli.engine.checkpoint import load_for_eval
+
+    model, recipe, root = load_for_eval(run=run, checkpoint=checkpoint, device=device)
+    if data is not None:
+        if not (Path(data) / "dataset.json").is_file():
+            raise UserError(f"--data {data} is not a prepared dataset (no dataset.json) — give the --out of `mtl prepare`")
+        root = Path(data)
+    if run is not None:
+        viz_dir: Path | None = Path(run) / "viz"
+    else:
+        ckpt = Path(checkpoint)  # type: ignore[arg-type]
+        # RUN/checkpoints/x.pt belongs to RUN; a loose checkpoint file has no run to write into
+        viz_dir = ckpt.parent.parent / "viz" if ckpt.parent.name == "checkpoints" else None
+    return LoadedRun(model, recipe, root, class_info(recipe, root), viz_dir, str(device))
+
+
+def output_dir(out: Path | None, loaded: LoadedRun, sub: str = "") -> Path:
+    """`out`, else RUN/viz[/sub]; a loose checkpoint without --out is a UserError."""
+    if out is not None:
+        out = Path(out)
+    elif loaded.viz_dir is not None:
+        out = loaded.viz_dir / sub if sub else loaded.viz_dir
+    else:
+        raise UserError("the checkpoint is not inside a run directory; say where the PNGs go with --out DIR")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder; choose another path")
+    return out
+
+
+def check_free(paths: Sequence[Path], force: bool) -> None:
+    """Refuse to overwrite existing files unless `force` (DESIGN.md §6)."""
+    existing = [p for p in paths if Path(p).exists()]
+    if existing and not force:
+        more = f" ({len(existing)} files in all)" if len(existing) > 1 else ""
+        raise UserError(f"{existing[0]} already exists{more}; choose another --out or pass --force to overwrite")
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a stem / layer name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"
+
+
+def read_image_file(path: str | Path) -> torch.Tensor:
+    """An image file as float32 [3, H, W] RGB in 0..1; an unreadable file is a UserError."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image {path} does not exist — check the path")
+    try:
+        with Image.open(path) as img:
+            rgb = np.asarray(img.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as exc:
+        raise UserError(f"{path}: cannot read image ({type(exc).__name__}) — give a PNG or JPEG file") from None
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0
+
+
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Expand folders (their image files, sorted) and keep files as given; none found is a UserError."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise UserError(f"--images {p} does not exist — give image files or folders of images")
+    if not files:
+        raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
+    return files
+
+
+# ----------------------------------------------------------------------------------------- drawing
+
+
+def render_prediction(image: torch.Tensor, output: dict[str, torch.Tensor], det_classes: Sequence[str],
+                      palette: Sequence[Sequence[int]], score_threshold: float = 0.3, alpha: float = 0.5) -> torch.Tensor:
+    """One prediction panel: uint8 [3, H, W] for an image [3, H, W] (float 0..1 or uint8) and the model's
+    output for it (DESIGN.md §4, same pixel frame): sem_seg argmax in `palette` blended with `alpha`,
+    instance masks (> 0.5) in their class colours, then boxes with "name score" captions, keeping the
+    detections with score >= `score_threshold`."""
+    panel = to_uint8(image)
+    if "sem_seg" in output:
+        panel = overlay_semantic(panel, output["sem_seg"].detach().argmax(0).cpu(), palette, alpha=alpha)
+    if "boxes" in output and len(output["boxes"]):
+        keep = output["scores"].detach().cpu() >= score_threshold
+        boxes, labels = output["boxes"].detach().cpu()[keep], output["labels"].detach().cpu()[keep]
+        colors = class_colors(max(len(det_classes), 1))
+        if "masks" in output and keep.any():
+            masks = output["masks"].detach().cpu()[keep]
+            panel = overlay_masks(panel, masks, colors=[colors[(int(k) - 1) % len(colors)] for k in labels], alpha=alpha)
+        panel = draw_boxes(panel, boxes, labels, det_classes, scores=output["scores"].detach().cpu()[keep])
+    return panel
+
+
+def render_ground_truth(image: torch.Tensor, target: dict[str, Any], det_classes: Sequence[str],
+                        palette: Sequence[Sequence[int]], alpha: float = 0.5) -> torch.Tensor:
+    """The ground-truth panel drawn like `render_prediction`: semantic map, instance masks of non-crowd
+    objects, boxes with names (crowd grey). uint8 [3, H, W]."""
+    panel = overlay_semantic(to_uint8(image), target["semantic"], palette, alpha=alpha)
+    labels, crowd = target["labels"], target["iscrowd"]
+    masks = target.get("masks")
+    if masks is not None and len(masks) and (crowd == 0).any():
+        colors = class_colors(max(len(det_classes), 1))
+        keep = crowd == 0
+        panel = overlay_masks(panel, masks[keep], colors=[colors[(int(k) - 1) % len(colors)] for k in labels[keep]],
+                              alpha=alpha)
+    return draw_boxes(panel, target["boxes"], labels, det_classes, iscrowd=crowd)
+
+
+def _has_ground_truth(target: dict[str, Any]) -> bool:
+    semantic = torch.as_tensor(target["semantic"])
+    return bool(len(target["boxes"])) or bool((semantic != 255).any())
+
+
+def _spread(n_items: int, num: int) -> list[int]:
+    return sorted({int(i) for i in np.linspace(0, n_items - 1, min(num, n_items)).round()})
+
+
+@torch.inference_mode()
+def render_predictions(model: nn.Module, source: Any, out: str | Path, num: int = 8, score_threshold: float = 0.3,
+                       palette: Sequence[Sequence[int]] | None = None, seg_classes: Sequence[str] | None = None,
+                       det_classes: Sequence[str] | None = None, *, force: bool = False, device: str = "cpu",
+                       progress: bool = True) -> list[Path]:
+    """Draw the model's predictions for `num` images of `source` into `out/<stem>.png`; returns the paths.
+
+    `source` is a PreparedDataset (images spread evenly over the split; ground truth drawn beside the
+    prediction where the image has labels) or a sequence of image files / folders. Class names and palette
+    default to the dataset's; for plain images pass them (else "class k" names and tab20 colours).
+    Existing PNGs are a UserError unless `force`. The model is used in eval mode and left as it was.
+    """
+    from rich.progress import Progress
+
+    from mtlcli.data.dataset import PreparedDataset
+
+    if num < 1:
+        raise UserError(f"--num must be at least 1, got {num}")
+    if not 0.0 <= score_threshold <= 1.0:
+        raise UserError(f"--score-threshold must lie in 0..1, got {score_threshold}")
+    is_dataset = isinstance(source, PreparedDataset)
+    if is_dataset:
+        if len(source) == 0:
+            raise UserError(f"split {source.split!r} of {source.root} has no images — nothing to draw")
+        indices = _spread(len(source), num)
+        stems = [source.image_info(i).get("stem") or Path(source.image_info(i)["file_name"]).stem for i in indices]
+        palette = palette if palette is not None else source.palette
+        det_classes = det_classes if det_classes is not None else source.det_classes
+    else:
+        files = image_files(source if isinstance(source, (list, tuple)) else [source])[:num]
+        indices, stems = list(range(len(files))), [f.stem for f in files]
+    det_classes = list(det_classes or [])
+    if palette is None:
+        palette = class_colors(len(seg_classes) if seg_classes else 20)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder; choose another path")
+    names: list[Path] = []
+    for stem in stems:
+        name = out / f"{safe_name(stem)}.png"
+        k = 2
+        while name in names:  # the same stem in two folders
+            name = out / f"{safe_name(stem)}-{k}.png"
+            k += 1
+        names.append(name)
+    check_free(names, force)
+
+    was_training = model.training
+    model.eval()
+    paths: list[Path] = []
+    try:
+        with Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task("drawing predictions", total=len(indices))
+            for i, path in zip(indices, names):
+                if is_dataset:
+                    image, target = source[i]
+                    image = image.as_subclass(torch.Tensor)
+                else:
+                    image, target = read_image_file(files[i]), None
+                output = model([image.to(device)])[0]
+                panel = render_prediction(image, output, det_classes, palette, score_threshold)
+                if target is not None and _has_ground_truth(target):
+                    panel = side_by_side([render_ground_truth(image, target, det_classes, palette), panel])
+                paths.append(save_png(panel, path))
+                bar.advance(task)
+    finally:
+        model.train(was_training)
+    return paths
