@@ -104,3 +104,22 @@ def test_checkpoint_is_evaluated_and_predictions_saved(synthetic_prepared, tmp_p
     assert _run(["eval", "--predictions", str(preds / "labelIds"), "--data", str(synthetic_prepared), "--cityscapes-ids",
                  "--out", str(out3), "-q"]) == 0
     assert math.isclose(json.loads(out3.read_text())["metrics"]["miou"], saved["metrics"]["miou"], abs_tol=1e-12)
+
+
+def test_empty_predictions_folder_and_wrong_size_png_exit_2(synthetic_prepared, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _run(["eval", "--predictions", str(empty), "--data", str(synthetic_prepared)]) == 2
+    assert "nothing to evaluate" in capsys.readouterr().err
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    stems = sorted(p.stem for p in (synthetic_prepared / "val" / "semantic").glob("*.png"))
+    for stem in stems:
+        Image.fromarray(np.zeros((64, 128), np.uint8)).save(preds / f"{stem}.png")
+    Image.fromarray(np.zeros((64, 100), np.uint8)).save(preds / f"{stems[1]}.png")
+    assert _run(["eval", "--predictions", str(preds), "--data", str(synthetic_prepared), "--metric", "miou"]) == 2
+    err = capsys.readouterr().err
+    assert f"{stems[1]}.png is 100x64" in err and "original image size" in err
