@@ -131,4 +131,4 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=2) + "\n")
-            console.print(f"wrote {out} — use it with --set model.anchors={out}", highlight=False)
+            print(f"wrote {out} — train with: --set model.anchors={out}")  # plain print: no wrapping
