@@ -17,13 +17,14 @@ Nothing under SRC is written.
 
 from __future__ import annotations
 
+import ctypes
 import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from mtlcli.data.prepared import (
@@ -99,18 +100,23 @@ def _read_polygons(path: Path) -> dict[str, Any]:
     return annotation
 
 
-def _rasterise_instances(annotation: dict[str, Any], path: Path) -> np.ndarray:
-    """instanceIds [H, W] (int32, values < 34000) drawn from the polygons; its class part is labelIds
-    (see `_instance_tables`)."""
-    from cityscapesscripts.helpers.annotation import Annotation
-    from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
+@lru_cache(maxsize=1)
+def _keep_freed_memory() -> None:
+    """Let this process reuse freed image-sized buffers instead of handing them back to the kernel.
 
+    Every image allocates and frees the same few 2-16 MB arrays (label maps, feature transforms, PNG
+    buffers). glibc serves blocks that large with mmap and unmaps them on free, so each image touches
+    fresh pages, and a first touch costs a page fault: ~10 µs per 4 KiB page in the VMs we measured,
+    over a third of the per-image time (benchmarks/bench_prepare.py). Raising the mmap and trim
+    thresholds keeps them in the heap; the process then holds its peak (~100 MB) until it exits.
+    A no-op outside glibc."""
     try:
-        ann = Annotation()
-        ann.fromJsonText(json.dumps(annotation))
-        return np.asarray(createInstanceImage(ann, "ids"), dtype=np.int32)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise SkipImage(f"{path.name}: malformed polygon ({type(exc).__name__}: {exc})") from None
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    mallopt(m_mmap_threshold, 32 << 20)  # glibc's ceiling on 64-bit
+    mallopt(m_trim_threshold, 256 << 20)
 
 
 @lru_cache(maxsize=1)
@@ -131,43 +137,76 @@ def _instance_tables() -> tuple[np.ndarray, np.ndarray]:
     return train, category
 
 
-def _instance_regions(instance_ids: np.ndarray, annotation: dict[str, Any] | None) -> list[tuple[int, tuple[slice, slice]]]:
-    """(pixel value, region) of every instance-class value in the map, region grown by one pixel and
-    clipped to the image. With polygons, an object's region is its polygon's extent (no image scan)."""
-    category = _instance_tables()[1]
-    h, w = instance_ids.shape
-    if annotation is None:
-        found = ndimage.find_objects(instance_ids)
-        return [(v, (slice(max(sl[0].start - 1, 0), min(sl[0].stop + 1, h)), slice(max(sl[1].start - 1, 0), min(sl[1].stop + 1, w))))
-                for v, sl in enumerate(found, start=1) if sl is not None and category[v]]
-    # the instanceIds value each object was drawn with, as json2instanceImg numbers them
+Region = tuple[slice, slice]
+
+
+def _grown(y0: float, y1: float, x0: float, x1: float, shape: tuple[int, int]) -> Region:
+    """Rows y0..y1 and columns x0..x1 (inclusive, possibly fractional) grown by one pixel, clipped."""
+    h, w = shape
+    return (slice(max(int(np.floor(y0)) - 1, 0), min(int(np.ceil(y1)) + 2, h)),
+            slice(max(int(np.floor(x0)) - 1, 0), min(int(np.ceil(x1)) + 2, w)))
+
+
+def _draw_polygons(annotation: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, Region, list[int]]]]:
+    """Rasterise a polygon annotation as json2labelImg / json2instanceImg do, in one pass over the objects.
+
+    Returns (trainIds uint8 [H, W] (255 = ignore), object map [H, W] (uint8, or int32 past 255 objects),
+    objects): the object map holds k >= 1 where the k-th object of an instance class (det classes,
+    groups included) is on top and 0 elsewhere; objects lists (instanceIds value, region, [k, ...]) in
+    increasing value, value numbered exactly as json2instanceImg numbers it, region the polygons' extent
+    grown by one pixel. Both maps are 8-bit draws where possible: Pillow fills an 8-bit image with
+    memset, a 32-bit one pixel by pixel, and the same polygon covers the same pixels in either mode."""
     from cityscapesscripts.helpers.labels import name2label
 
-    boxes: dict[int, list[float]] = {}
+    train_lut, category = _instance_tables()
+    h, w = int(annotation["imgHeight"]), int(annotation["imgWidth"])
+    todo = []  # (polygon, trainId, instanceIds value)
     counters: dict[str, int] = {}
     for obj in annotation["objects"]:
         if obj.get("deleted"):
             continue
-        name = obj["label"]
+        name = str(obj["label"])
         group = name not in name2label and name.endswith("group")
         label = name2label[name[: -len("group")] if group else name]
-        if label.id < 0 or not category[label.id] or not obj["polygon"]:
-            continue
         value = label.id
         if label.hasInstances and not group:
             value = label.id * 1000 + counters.get(label.name, 0)
             counters[label.name] = counters.get(label.name, 0) + 1
-        xs, ys = [p[0] for p in obj["polygon"]], [p[1] for p in obj["polygon"]]
-        box = [min(xs), min(ys), max(xs), max(ys)]
-        old = boxes.setdefault(value, box)
-        boxes[value] = [min(old[0], box[0]), min(old[1], box[1]), max(old[2], box[2]), max(old[3], box[3])]
-    regions = []
-    for value, (x0, y0, x1, y1) in sorted(boxes.items()):
-        ys = slice(max(int(np.floor(y0)) - 1, 0), min(int(np.ceil(y1)) + 2, h))
-        xs = slice(max(int(np.floor(x0)) - 1, 0), min(int(np.ceil(x1)) + 2, w))
-        if ys.start < ys.stop and xs.start < xs.stop:
-            regions.append((value, (ys, xs)))
-    return regions
+        if value < 0:  # e.g. license plate: never drawn
+            continue
+        todo.append(([(p[0], p[1]) for p in obj["polygon"]], int(train_lut[value]), value))
+    n_objects = sum(1 for _, _, v in todo if category[v])
+    semantic = Image.new("L", (w, h), IGNORE_INDEX)
+    objects_img = Image.new("L" if n_objects < 256 else "I", (w, h), 0)
+    draw_semantic, draw_objects = ImageDraw.Draw(semantic), ImageDraw.Draw(objects_img)
+    extents: dict[int, list[float]] = {}
+    members: dict[int, list[int]] = {}
+    k = 0
+    for polygon, train_id, value in todo:
+        draw_semantic.polygon(polygon, fill=train_id)
+        if category[value]:
+            k += 1
+            draw_objects.polygon(polygon, fill=k)
+            xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
+            old = extents.setdefault(value, [min(ys), max(ys), min(xs), max(xs)])
+            extents[value] = [min(old[0], min(ys)), max(old[1], max(ys)), min(old[2], min(xs)), max(old[3], max(xs))]
+            members.setdefault(value, []).append(k)
+        else:
+            draw_objects.polygon(polygon, fill=0)  # hides the instances drawn before it
+    objects = []
+    for value in sorted(extents):
+        region = _grown(*extents[value], (h, w))
+        if region[0].start < region[0].stop and region[1].start < region[1].stop:
+            objects.append((value, region, members[value]))
+    return np.asarray(semantic), np.asarray(objects_img), objects
+
+
+def _png_objects(instance_ids: np.ndarray) -> list[tuple[int, Region, list[int]]]:
+    """(value, region grown by one pixel, [value]) of every instance-class value of an instanceIds map."""
+    category = _instance_tables()[1]
+    found = ndimage.find_objects(instance_ids)
+    return [(v, _grown(sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1, instance_ids.shape), [v])
+            for v, sl in enumerate(found, start=1) if sl is not None and category[v]]
 
 
 def encode_crop(crop: np.ndarray, origin: tuple[int, int], shape: tuple[int, int], category_id: int, iscrowd: int) -> dict[str, Any]:
@@ -183,10 +222,11 @@ def encode_crop(crop: np.ndarray, origin: tuple[int, int], shape: tuple[int, int
     padded = np.zeros((crop.shape[1], crop.shape[0] + 2), dtype=np.int8)
     padded[:, 1:-1] = crop.T
     col, row = np.nonzero(np.diff(padded, axis=1))
-    edges = (x0 + col).astype(np.int64) * height + y0 + row
+    edges = (x0 + col).astype(np.int64) * height + y0 + row  # increasing: nonzero walks column by column
     # a run that ends at the bottom of a column and one that starts at the top of the next are one run
-    edges, counts = np.unique(edges, return_counts=True)
-    edges = edges[counts == 1]
+    if y0 == 0 and y0 + crop.shape[0] == height:
+        repeated = np.flatnonzero(edges[1:] == edges[:-1])
+        edges = np.delete(edges, np.r_[repeated, repeated + 1])
     counts = np.diff(np.r_[0, edges, height * width]).tolist()
     if counts[-1] == 0 and len(counts) > 1:  # the mask reaches the last pixel: no trailing run of zeros
         counts.pop()
@@ -197,17 +237,42 @@ def encode_crop(crop: np.ndarray, origin: tuple[int, int], shape: tuple[int, int
     return {"category_id": int(category_id), "bbox": bbox, "area": area, "iscrowd": int(iscrowd), "segmentation": rle}
 
 
+def _first_above(m2: int, t: float) -> int:
+    """The least squared distance d2 >= 1 whose normalised distance sqrt(d2) / sqrt(m2), computed in
+    float64 exactly as `distance_transform_edt(...) / max` computes it, exceeds t (m2 + 1 if none).
+    That float expression never decreases with d2, so one integer threshold reproduces it bit for bit."""
+    root = np.sqrt(np.float64(m2))
+
+    def above(d2: int) -> bool:
+        return bool(np.sqrt(np.float64(d2)) / root > t)
+
+    k = min(max(int(t * t * m2), 1), m2 + 1)
+    while k > 1 and above(k - 1):
+        k -= 1
+    while k <= m2 and not above(k):
+        k += 1
+    return k
+
+
 def _dt_bins_crop(crop: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
-    """Distance-transform bins of one instance on its region grown by one pixel (targets.dt_bins'
-    rule: normalised EDT, the image border is not a boundary); max over instances = bins of the max."""
-    if crop.all():
-        dist = np.ones(crop.shape)
-    else:
-        dist = ndimage.distance_transform_edt(crop)
-        dist /= dist.max()
-    bins = (dist > 0).astype(np.uint8)
+    """Distance-transform bins uint8 [h, w] of one instance (bool crop [h, w], grown by one pixel
+    around the mask; the image border is not a boundary): targets.dt_bins' rule, 0 off the mask,
+    1 + the number of thresholds below distance / max distance on it; max over instances = bins of
+    the max. Exact squared distances (int32, from scipy's feature transform, the same integers its
+    float distances are the square roots of) compared with integer thresholds: no float arrays."""
+    if crop.all():  # no background in reach: the distance is constant, 1 after normalisation
+        return np.full(crop.shape, 1 + sum(1.0 > t for t in thresholds), dtype=np.uint8)
+    nearest = ndimage.distance_transform_edt(crop, return_distances=False, return_indices=True)
+    dy, dx = nearest  # row / column of each pixel's nearest background pixel
+    dy -= np.arange(crop.shape[0], dtype=np.int32)[:, None]
+    dx -= np.arange(crop.shape[1], dtype=np.int32)
+    dy *= dy
+    dx *= dx
+    d2 = np.add(dy, dx, out=dy)
+    m2 = int(d2.max())
+    bins = np.greater(d2, 0).view(np.uint8)
     for t in thresholds:
-        bins += dist > t
+        bins += d2 >= _first_above(m2, t)
     return bins
 
 
@@ -223,50 +288,59 @@ def save_indexed_png(path: Path, array: np.ndarray, palette: Sequence[Sequence[i
     img.save(path, compress_level=1, compress_type=3)  # zlib Z_RLE: as fast, half the size on label maps
 
 
+def _read_pngs(root: Path, gt: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """(trainIds uint8 [H, W], instanceIds [H, W]) from the official labelIds / instanceIds PNGs."""
+    label_ids = read_label_png(root / gt["label_ids"])
+    instance_ids = read_label_png(root / gt["instance_ids"])
+    if label_ids.ndim != 2 or label_ids.dtype != np.uint8:
+        raise SkipImage(f"{Path(gt['label_ids']).name} is not an 8-bit single-channel labelIds PNG")
+    if instance_ids.ndim != 2 or instance_ids.dtype.kind not in "ui":
+        raise SkipImage(f"{Path(gt['instance_ids']).name} is not a 16-bit single-channel instanceIds PNG")
+    if label_ids.shape != instance_ids.shape:
+        raise SkipImage(f"labelIds is {label_ids.shape[0]}x{label_ids.shape[1]} but instanceIds is "
+                        f"{instance_ids.shape[0]}x{instance_ids.shape[1]}")
+    return train_ids_from_label_ids(label_ids), instance_ids
+
+
 def prepare_image(job: ImageJob, out: Path) -> ImageResult:
     """Prepare one Cityscapes image: write semantic/<stem>.png (trainIds, 255 = ignore) and
     dt/<stem>.png (bins 0..3), and return its COCO annotations (RLE, tight xywh boxes, crowd flags).
 
-    Ground truth: the polygon JSON when present (rasterised as the official scripts do; the official
-    PNGs are made from it), else `*_gtFine_labelIds.png` + `*_gtFine_instanceIds.png` (16-bit).
-    Per-file problems raise SkipImage (or OSError from Pillow for a corrupt PNG)."""
+    Ground truth: the polygon JSON when present, rasterised as the official scripts do (the official
+    PNGs are made from it, and drawing them again is several times cheaper than decoding them), else
+    `*_gtFine_labelIds.png` + `*_gtFine_instanceIds.png` (16-bit). Per-file problems raise SkipImage
+    (or OSError from Pillow for a corrupt PNG)."""
+    _keep_freed_memory()
     root = Path(job.payload["root"])
     with Image.open(root / job.file_name) as img:
         width, height = img.size
         img.verify()  # checks every chunk's CRC without decoding: catches truncated or damaged images
     gt = job.payload["gt"]
-    train_lut, category = _instance_tables()
-    annotation = None
+    category = _instance_tables()[1]
     if "polygons" in gt:
-        annotation = _read_polygons(root / gt["polygons"])
-        instance_ids = _rasterise_instances(annotation, root / gt["polygons"])
-        semantic = train_lut[instance_ids]
+        path = root / gt["polygons"]
+        annotation = _read_polygons(path)
+        try:
+            semantic, object_map, objects = _draw_polygons(annotation)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise SkipImage(f"{path.name}: malformed polygon ({type(exc).__name__}: {exc})") from None
     else:
-        label_ids = read_label_png(root / gt["label_ids"])
-        instance_ids = read_label_png(root / gt["instance_ids"])
-        if label_ids.ndim != 2 or label_ids.dtype != np.uint8:
-            raise SkipImage(f"{Path(gt['label_ids']).name} is not an 8-bit single-channel labelIds PNG")
-        if instance_ids.ndim != 2 or instance_ids.dtype.kind not in "ui":
-            raise SkipImage(f"{Path(gt['instance_ids']).name} is not a 16-bit single-channel instanceIds PNG")
-        if label_ids.shape != instance_ids.shape:
-            raise SkipImage(f"labelIds is {label_ids.shape[0]}x{label_ids.shape[1]} but instanceIds is "
-                            f"{instance_ids.shape[0]}x{instance_ids.shape[1]}")
-        semantic = train_ids_from_label_ids(label_ids)
-    if instance_ids.shape != (height, width):
-        raise SkipImage(f"ground truth is {instance_ids.shape[0]}x{instance_ids.shape[1]} but the image is {height}x{width}")
+        semantic, object_map = _read_pngs(root, gt)
+        objects = _png_objects(object_map)
+    if semantic.shape != (height, width):
+        raise SkipImage(f"ground truth is {semantic.shape[0]}x{semantic.shape[1]} but the image is {height}x{width}")
 
     annotations = []
     dt = np.zeros((height, width), dtype=np.uint8)
-    for value, region in _instance_regions(instance_ids, annotation):
-        crop = instance_ids[region] == value
+    for value, region, members in objects:
+        crop = object_map[region] == members[0] if len(members) == 1 else np.isin(object_map[region], members)
         if not crop.any():  # drawn but entirely hidden behind later objects
             continue
         iscrowd = int(value < 1000)
         annotations.append(encode_crop(crop, (region[0].start, region[1].start), (height, width), category[value], iscrowd))
         if not iscrowd:
             np.maximum(dt[region], _dt_bins_crop(crop, DT_THRESHOLDS), out=dt[region])
-    palette = cityscapes_tables()[1]
-    save_indexed_png(semantic_path(out, job.split, job.stem), semantic, palette)
+    save_indexed_png(semantic_path(out, job.split, job.stem), semantic, cityscapes_tables()[1])
     save_indexed_png(dt_path(out, job.split, job.stem), dt, DT_PALETTE)
     return ImageResult(job.split, job.file_name, job.stem, height, width, annotations, extra={"city": job.payload["city"]})
 
