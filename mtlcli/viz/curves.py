@@ -141,8 +141,6 @@ def curve_figures(series: Sequence[dict[str, Any]], labels: Sequence[str]) -> di
 def plot_curves(runs: Sequence[str | Path], out: str | Path | None = None, *, force: bool = False) -> list[Path]:
     """Write losses.png, lr.png and (when any run evaluated) metrics.png for `runs` into `out`
     (default: the first run's `plots/` folder); returns the paths. Existing PNGs need `force`."""
-    from mtlcli.viz.predictions import check_free
-
     if not runs:
         raise UserError("give at least one run directory")
     runs = [Path(r) for r in runs]
@@ -152,7 +150,9 @@ def plot_curves(runs: Sequence[str | Path], out: str | Path | None = None, *, fo
         raise UserError(f"--out {out} exists and is not a folder; choose another path")
     figures = curve_figures(series, run_labels(runs))
     paths = [out / f"{name}.png" for name in figures]
-    check_free(paths, force)
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:  # (no torch import for this check: `mtl viz curves` stays quick to start)
+        raise UserError(f"{existing[0]} already exists; choose another --out or pass --force to overwrite")
     out.mkdir(parents=True, exist_ok=True)
     for (name, fig), path in zip(figures.items(), paths):
         fig.savefig(path, dpi=DPI)
