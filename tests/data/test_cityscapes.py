@@ -14,7 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
-from mtlcli.data.cityscapes import encode_crop, prepare_cityscapes, rasterise_polygons
+from mtlcli.data.cityscapes import _dt_bins_crop, encode_crop, prepare_cityscapes, rasterise_polygons
 from mtlcli.data.prepared import DatasetMeta, encode_instance, read_label_png
 from mtlcli.data.targets import cityscapes_tables, instances_from_cityscapes
 from mtlcli.errors import UserError
@@ -243,3 +243,73 @@ def test_strict_stops_at_a_bad_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no ground truth"):  # found while scanning, before any work
         prepare_cityscapes(src, tmp_path / "out2", workers=1, strict=True, quiet=True)
     assert not (tmp_path / "out2").exists()
+
+
+def random_scene(rng: np.random.Generator, h: int, w: int, n: int) -> list[dict]:
+    """n objects of random classes (stuff, instances, groups, a never-drawn license plate, deleted
+    ones) with random fractional polygons that overlap and cross the image border."""
+    names = ["road", "building", "pole", "person", "rider", "car", "bicycle", "cargroup", "persongroup", "license plate", "caravan"]
+    objects = []
+    for _ in range(n):
+        cx, cy = rng.uniform(-5, w + 5), rng.uniform(-5, h + 5)
+        k = int(rng.integers(3, 9))
+        angles = np.sort(rng.uniform(0, 2 * np.pi, k))
+        radius = rng.uniform(0.5, min(h, w) / 3, k)
+        polygon = [[round(float(cx + r * np.cos(a)), 2), round(float(cy + r * np.sin(a)), 2)] for a, r in zip(angles, radius)]
+        obj = {"label": str(rng.choice(names)), "polygon": polygon}
+        if rng.random() < 0.05:
+            obj["deleted"] = 1
+        objects.append(obj)
+    return objects
+
+
+@pytest.mark.parametrize("scene", ["random", "many"])
+def test_drawn_polygons_agree_with_official_pngs(tmp_path: Path, scene: str) -> None:
+    """Polygons are drawn by mtl's own single pass; the PNGs by cityscapesscripts' json2labelImg /
+    json2instanceImg functions. Both sources must give identical annotations, trainIds and DT bins, also
+    for fractional polygons crossing the border and for more than 255 instance objects."""
+    rng = np.random.default_rng(3)
+    if scene == "random":
+        images = [random_scene(rng, H, W, 40) for _ in range(4)]
+    else:  # 300 persons on a grid, partly hidden by cars drawn later
+        persons = [{"label": "person", "polygon": box(x, y, x + 2, y + 2)} for y in range(0, 40, 4) for x in range(0, 120, 4)]
+        images = [[{"label": "road", "polygon": box(0, 0, 127, 39)}] + persons + [{"label": "car", "polygon": box(10, 5, 30, 20)}]]
+    size = (H, W) if scene == "random" else (40, 128)
+    for i, objects in enumerate(images):
+        write_image(tmp_path / "json", "train", "town", f"town_{i:06d}_000019", objects, size=size)
+        write_image(tmp_path / "png", "train", "town", f"town_{i:06d}_000019", objects, polygons=False, pngs=True, size=size)
+    a = prepare_cityscapes(tmp_path / "json", tmp_path / "a", workers=1, quiet=True)
+    b = prepare_cityscapes(tmp_path / "png", tmp_path / "b", workers=1, quiet=True)
+    assert a["splits"] == b["splits"] and not a["skipped"]
+    if scene == "many":
+        assert a["splits"]["train"]["instances"]["person"] > 255
+    assert read_split(tmp_path / "a", "train")["annotations"] == read_split(tmp_path / "b", "train")["annotations"]
+    for kind in ("semantic", "dt"):
+        for png in sorted((tmp_path / "b" / "train" / kind).glob("*.png")):
+            assert np.array_equal(read_label_png(tmp_path / "a" / "train" / kind / png.name), read_label_png(png))
+
+
+def reference_dt_bins(crop: np.ndarray) -> np.ndarray:
+    """DESIGN §3 in floats: edt, normalised by its maximum, bins at 0, 0.2, 0.4."""
+    d = ndimage.distance_transform_edt(crop)
+    d = d / d.max() if d.max() > 0 else d
+    return ((d > 0).astype(np.uint8) + (d > 0.2) + (d > 0.4)).astype(np.uint8)
+
+
+def test_dt_bins_are_the_float_rule_exactly() -> None:
+    """Integer thresholds on squared distances reproduce the float comparisons, ties included: in a
+    9x9 square (inside a one-pixel ring) the maximum distance is 5, so distances 1 and 2 are exactly
+    0.2 and 0.4 of it and stay in the lower bin."""
+    square = np.zeros((11, 11), dtype=bool)
+    square[1:-1, 1:-1] = True
+    bins = _dt_bins_crop(square, (0.2, 0.4))
+    assert np.array_equal(bins, reference_dt_bins(square))
+    assert bins[1, 5] == 1 and bins[2, 5] == 2 and bins[3, 5] == 3 and bins[0, 5] == 0
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        h, w = rng.integers(3, 40, size=2)
+        crop = ndimage.binary_opening(rng.random((h, w)) < rng.uniform(0.5, 0.95))
+        crop[0], crop[:, 0] = False, False  # the grown region's ring has background on two sides
+        if crop.any():
+            assert np.array_equal(_dt_bins_crop(crop, (0.2, 0.4)), reference_dt_bins(crop))
+    assert np.array_equal(_dt_bins_crop(np.ones((4, 6), dtype=bool), (0.2, 0.4)), np.full((4, 6), 3))  # the whole image
