@@ -350,7 +350,8 @@ class TwoStageDetector(nn.Module):
         self, raw: dict[str, Any], image_sizes: list[tuple[int, int]], original_sizes: list[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
         """Boxes and proposals scaled to the original frame and clipped, masks pasted into [N, 1, H, W]."""
-        results = self.transform.postprocess(raw["detections"], image_sizes, original_sizes)
+        detections = [dict(d) for d in raw["detections"]]  # torchvision rescales in place; keep `raw` intact
+        results = self.transform.postprocess(detections, image_sizes, original_sizes)
         dense = self.dense_outputs(raw["dense"], image_sizes, original_sizes)
         for result, extra, proposals, size, orig in zip(results, dense, raw["proposals"], image_sizes, original_sizes):
             result["proposals"] = box_ops.clip_boxes_to_image(resize_boxes(proposals, size, orig), orig)
