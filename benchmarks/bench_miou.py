@@ -12,7 +12,10 @@ Then, in one process and alternating over `--repeats` rounds, it times
   * mtl, mIoU only: `semantic_pairs` + `SegmentationMetric` without instances, with 1 and 2 decoding threads;
   * official, mIoU + iIoU: the script's default (evalInstLevelScore = True; numpy >= 2.4 removed the
     np.in1d it calls, so np.isin stands in for it);
-  * mtl, mIoU + iIoU: `evaluate_predictions(..., ["miou"], cityscapes_ids=True)` (what `mtl eval` runs).
+  * mtl, mIoU + iIoU: `evaluate_predictions(..., ["miou"], cityscapes_ids=True)` (what `mtl eval` runs);
+  * the same four with the PNGs decoded beforehand ("in memory"): the official module's `Image.open`
+    answers from a cache of decoded images, ours gets the arrays — the counting alone, since both
+    sides otherwise spend most of their time in zlib decoding the same PNGs.
 
 and checks that every per-class IoU / iIoU and both means agree to 1e-9. Prints medians, per-image costs
 and ratios, and whether the official script used its Cython addon. The machine may be shared: read the
@@ -44,8 +47,9 @@ from mtlcli.metrics.predictions import GroundTruth, PredictionReader, evaluate_p
 from mtlcli.metrics.segmentation import SegmentationMetric
 
 
-def build(root: Path, pairs: int, unique: int, size: tuple[int, int]) -> tuple[Path, Path, Path]:
-    """(cityscapes root, prepared root, prediction folder) with `pairs` images made of `unique` scenes."""
+def build(root: Path, pairs: int, unique: int, size: tuple[int, int]) -> tuple[Path, Path, Path, dict[str, str]]:
+    """(cityscapes root, prepared root, prediction folder, copy -> source file) with `pairs` images made
+    of `unique` scenes."""
     src = generate_synthetic(root / "scenes", train=1, val=unique, size=size, seed=0, quiet=True)
     scenes = root / "scenes_prepared"
     prepare_cityscapes(src, scenes, workers=2, quiet=True)
@@ -56,6 +60,7 @@ def build(root: Path, pairs: int, unique: int, size: tuple[int, int]) -> tuple[P
     rng = np.random.default_rng(0)
     images, anns = [], []
     sources = []
+    origin: dict[str, str] = {}
     for img in coco["images"]:
         city = img["city"] if "city" in img else img["file_name"].split("/")[2]
         gt_stem = img["stem"].replace("_leftImg8bit", "")
@@ -73,11 +78,14 @@ def build(root: Path, pairs: int, unique: int, size: tuple[int, int]) -> tuple[P
         city = "benchcity"
         base = f"{city}_{i:06d}_000019"
         (cs / "gtFine" / "val" / city).mkdir(parents=True, exist_ok=True)
-        for kind in ("labelIds", "instanceIds"):
-            shutil.copyfile(f"{gt_base}_gtFine_{kind}.png", cs / "gtFine" / "val" / city / f"{base}_gtFine_{kind}.png")
         stem = f"{base}_leftImg8bit"
-        shutil.copyfile(scenes / "val" / "semantic" / f"{img['stem']}.png", prep / "val" / "semantic" / f"{stem}.png")
-        shutil.copyfile(pred_file, pred / f"{stem}.png")
+        copies = [(f"{gt_base}_gtFine_{kind}.png", cs / "gtFine" / "val" / city / f"{base}_gtFine_{kind}.png")
+                  for kind in ("labelIds", "instanceIds")]
+        copies += [(scenes / "val" / "semantic" / f"{img['stem']}.png", prep / "val" / "semantic" / f"{stem}.png"),
+                   (pred_file, pred / f"{stem}.png")]
+        for a, b in copies:
+            shutil.copyfile(a, b)
+            origin[str(b)] = str(a)
         images.append({**img, "id": i + 1, "stem": stem, "file_name": f"leftImg8bit/val/{city}/{stem}.png"})
         for a in coco["annotations"]:
             if a["image_id"] == img["id"]:
@@ -85,7 +93,7 @@ def build(root: Path, pairs: int, unique: int, size: tuple[int, int]) -> tuple[P
     meta = json.loads((scenes / "dataset.json").read_text())
     (prep / "dataset.json").write_text(json.dumps({**meta, "splits": ["val"], "source": str(cs)}))
     (prep / "val" / "instances.json").write_text(json.dumps({**coco, "images": images, "annotations": anns}))
-    return cs, prep, pred
+    return cs, prep, pred, origin
 
 
 def official(cs: Path, pred: Path, inst_level: bool) -> dict:
@@ -97,6 +105,61 @@ def official(cs: Path, pred: Path, inst_level: bool) -> dict:
     gts = glob.glob(str(cs / "gtFine" / "val" / "*" / "*_gtFine_labelIds.png"))
     preds = [ev.getPrediction(args, gt) for gt in gts]
     return ev.evaluateImgLists(preds, gts, args)
+
+
+class CachedImages:
+    """Stands in for PIL.Image inside the official module: `open` returns the already decoded image of
+    the file's source scene, so that only the script's own counting is timed."""
+
+    def __init__(self, origin: dict[str, str]) -> None:
+        self.origin, self.cache = origin, {}
+
+    def open(self, path: str):
+        src = self.origin[str(path)]
+        if src not in self.cache:
+            img = Image.open(src)
+            img.load()
+            self.cache[src] = img
+        return self.cache[src]
+
+
+def official_in_memory(cs: Path, pred: Path, inst_level: bool, cached: CachedImages) -> dict:
+    import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as ev
+
+    real = ev.Image
+    ev.Image = cached
+    try:
+        return official(cs, pred, inst_level)
+    finally:
+        ev.Image = real
+
+
+def ours_in_memory(prep: Path, pred: Path, origin: dict[str, str], inst_level: bool, arrays: dict[str, np.ndarray]) -> dict:
+    """What `evaluate_predictions` does per pair, on arrays decoded beforehand (labelIds -> classes
+    mapping, joint histogram, fold, and iIoU from the RLE runs)."""
+    from mtlcli.metrics.predictions import det_to_seg_index, instance_hits
+    from mtlcli.metrics.segmentation import cityscapes_instance_sizes, joint_histogram
+
+    gt = GroundTruth.load(prep, "val")
+    reader = PredictionReader(gt.meta, cityscapes_ids=True)
+    sizes = cityscapes_instance_sizes(gt.meta.seg_classes, gt.meta.det_classes) if inst_level else None
+    metric = SegmentationMetric(gt.meta.seg_classes, gt.meta.ignore_index, instance_sizes=sizes)
+    class_index = det_to_seg_index(gt.meta)
+
+    def array(path: Path) -> np.ndarray:
+        src = origin[str(path)]
+        if src not in arrays:
+            arrays[src] = read_png(Path(src))
+        return arrays[src]
+
+    for img in gt.images():
+        target = array(prep / "val" / "semantic" / f"{img['stem']}.png")
+        raw = array(pred / f"{img['stem']}.png")
+        p = np.take(reader.lut, raw)
+        metric.update(p, target, histogram=joint_histogram(p, target))
+        if sizes:
+            metric.add_instances(*instance_hits(gt, img["id"], class_index, p))
+    return metric.compute()["details"]
 
 
 def ours_miou_only(prep: Path, pred: Path, threads: int) -> dict:
@@ -134,7 +197,8 @@ def main() -> None:
     print(f"official path: {'Cython addToConfusionMatrix' if ev.CSUPPORT else 'numpy (np.unique per image; Cython addon not built)'}")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        cs, prep, pred = build(Path(tmp), opts.pairs, opts.unique, tuple(opts.size))
+        cs, prep, pred, origin = build(Path(tmp), opts.pairs, opts.unique, tuple(opts.size))
+        cached, arrays = CachedImages(origin), {}
         print(f"built {opts.pairs} pairs at {opts.size[0]}x{opts.size[1]} from {opts.unique} scenes in {time.perf_counter() - t0:.0f} s")
         names = GroundTruth.load(prep, "val").meta.seg_classes
         read_png(next(pred.glob("*.png")))  # imports (torch, torchvision) outside the timings
@@ -144,6 +208,10 @@ def main() -> None:
             "mtl mIoU (2 threads)": lambda: ours_miou_only(prep, pred, 2),
             "official mIoU+iIoU": lambda: official(cs, pred, True),
             "mtl mIoU+iIoU": lambda: evaluate_predictions(prep, "val", pred, ["miou"], cityscapes_ids=True, progress=False),
+            "in memory: official mIoU": lambda: official_in_memory(cs, pred, False, cached),
+            "in memory: mtl mIoU": lambda: ours_in_memory(prep, pred, origin, False, arrays),
+            "in memory: official +iIoU": lambda: official_in_memory(cs, pred, True, cached),
+            "in memory: mtl +iIoU": lambda: ours_in_memory(prep, pred, origin, True, arrays),
         }
         times: dict[str, list[float]] = {k: [] for k in runs}
         results: dict[str, dict] = {}
@@ -156,17 +224,22 @@ def main() -> None:
     off, full = results["official mIoU+iIoU"], results["mtl mIoU+iIoU"]["details"]["miou"]
     worst = max(agree(results[k]["iou"], names, results["official mIoU"]["classScores"])
                 for k in ("mtl mIoU (1 thread)", "mtl mIoU (2 threads)"))
+    mem_off, mem = results["in memory: official +iIoU"], results["in memory: mtl +iIoU"]
+    worst = max(worst, agree(mem["iou"], names, mem_off["classScores"]), agree(mem["iiou"], names, mem_off["classInstScores"]),
+                agree(results["in memory: mtl mIoU"]["iou"], names, results["in memory: official mIoU"]["classScores"]))
     worst = max(worst, agree(full["iou"], names, off["classScores"]), agree(full["iiou"], names, off["classInstScores"]),
                 abs(full["miou"] - off["averageScoreClasses"]), abs(full["miiou"] - off["averageScoreInstClasses"]))
     print(f"mIoU {full['miou']:.6f} (official {off['averageScoreClasses']:.6f}), iIoU {full['miiou']:.6f} "
           f"(official {off['averageScoreInstClasses']:.6f}); largest per-class difference {worst:.2e}")
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\n{'':24s}{'median s':>10s}{'ms/pair':>10s}   runs (s)")
+    print(f"\n{'':28s}{'median s':>10s}{'ms/pair':>10s}   runs (s)")
     for k, v in med.items():
-        print(f"{k:24s}{v:10.2f}{1000 * v / opts.pairs:10.1f}   {', '.join(f'{x:.2f}' for x in times[k])}")
+        print(f"{k:28s}{v:10.2f}{1000 * v / opts.pairs:10.1f}   {', '.join(f'{x:.2f}' for x in times[k])}")
     print(f"\nspeed-up mIoU only:  {med['official mIoU'] / med['mtl mIoU (1 thread)']:.1f}x (1 thread), "
           f"{med['official mIoU'] / med['mtl mIoU (2 threads)']:.1f}x (2 threads)")
     print(f"speed-up mIoU+iIoU:  {med['official mIoU+iIoU'] / med['mtl mIoU+iIoU']:.1f}x")
+    print(f"in memory (PNG decoding left out): mIoU {med['in memory: official mIoU'] / med['in memory: mtl mIoU']:.1f}x, "
+          f"mIoU+iIoU {med['in memory: official +iIoU'] / med['in memory: mtl +iIoU']:.1f}x")
     if worst > 1e-9:
         raise SystemExit(f"numbers differ from the official script by {worst:.2e}")
 

@@ -207,7 +207,7 @@ class PredictionReader:
         if self.cityscapes_ids:
             if top > self.max_id:
                 raise UserError(f"{path} holds value {top}, which is no Cityscapes labelId (0..{self.max_id}); drop --cityscapes-ids for class indices")
-            return self.lut[pred]
+            return np.take(self.lut, pred)  # several times faster than self.lut[pred] on uint8 maps
         if top >= self.num_classes:
             counts = np.bincount(pred.ravel().astype(np.int64), minlength=256)
             bad = [v for v in np.nonzero(counts)[0].tolist() if v >= self.num_classes and v != IGNORE_INDEX]
@@ -218,7 +218,7 @@ class PredictionReader:
 
 
 def semantic_pairs(gt: GroundTruth, pred_dir: Path, reader: PredictionReader, workers: int = 2
-                   ) -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray]]:
+                   ) -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]]:
     """(image, prediction [H, W] uint8, ground truth [H, W] uint8, their `joint_histogram`) for every
     image of the split that has a semantic label PNG, in image-id order.
 
@@ -239,7 +239,7 @@ def semantic_pairs(gt: GroundTruth, pred_dir: Path, reader: PredictionReader, wo
 
     from mtlcli.metrics.segmentation import joint_histogram
 
-    def load(job: tuple[dict[str, Any], Path, Path]) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray]:
+    def load(job: tuple[dict[str, Any], Path, Path]) -> tuple[dict[str, Any], np.ndarray, np.ndarray, Any]:
         img, pred_path, gt_path = job
         target = read_png(gt_path)
         if target.dtype != np.uint8:
@@ -308,7 +308,8 @@ def instance_hits(gt: GroundTruth, image_id: int, class_index: dict[int, int], p
         idx = np.repeat(starts, lengths) + offsets
         c = class_index[a["category_id"]]
         classes.append(c)
-        tps.append(int(np.count_nonzero(pred[idx % H, idx // H] == c)))
+        rows, cols = np.divmod(idx, H)[::-1]
+        tps.append(int(np.count_nonzero(np.take(pred, rows * pred.shape[1] + cols) == c)))
         sizes.append(total)
     return classes, tps, sizes
 
