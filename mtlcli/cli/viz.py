@@ -22,7 +22,7 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Draw ground truth, predictions and training curves as PNGs.", no_args_is_help=True)
+app = typer.Typer(help="Draw ground truth, predictions, training curves, confusion matrices, features and adversarial examples as PNGs.", no_args_is_help=True)
 
 
 @app.command("dataset")

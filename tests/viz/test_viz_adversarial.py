@@ -87,3 +87,19 @@ def test_bad_input_is_one_line(seg_run: Path, image_file: Path, tmp_path: Path, 
     assert "out of range" in error_line(capsys)
     assert run_cli(["viz", "adversarial", "--run", str(tmp_path / "none"), "--image", str(image_file)]) == 2
     assert "does not exist" in error_line(capsys)
+
+
+def test_a_detection_only_model_is_refused():
+    from mtlcli.errors import UserError
+
+    class BoxesOnly(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 1, 1)
+
+        def forward(self, images):
+            return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+                    for _ in images]
+
+    with pytest.raises(UserError, match="no sem_seg output"):
+        attack(BoxesOnly(), torch.rand(3, 8, 8))
