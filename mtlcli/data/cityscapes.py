@@ -218,13 +218,16 @@ def encode_crop(crop: np.ndarray, origin: tuple[int, int], shape: tuple[int, int
 
     height, width = shape
     y0, x0 = origin
-    # runs in column-major order: per column, transitions of the crop padded with a zero above and below
-    padded = np.zeros((crop.shape[1], crop.shape[0] + 2), dtype=np.int8)
+    h, w = crop.shape
+    # runs in column-major order: walking the crop column by column with a zero above and below each
+    # column, a run starts or ends wherever two consecutive entries differ
+    padded = np.zeros((w, h + 2), dtype=bool)
     padded[:, 1:-1] = crop.T
-    col, row = np.nonzero(np.diff(padded, axis=1))
-    edges = (x0 + col).astype(np.int64) * height + y0 + row  # increasing: nonzero walks column by column
+    flat = padded.ravel()
+    col, row = np.divmod(np.flatnonzero(flat[1:] != flat[:-1]), h + 2)
+    edges = (x0 + col) * height + (y0 + row)  # pixel index in the image's column-major order, increasing
     # a run that ends at the bottom of a column and one that starts at the top of the next are one run
-    if y0 == 0 and y0 + crop.shape[0] == height:
+    if y0 == 0 and h == height:
         repeated = np.flatnonzero(edges[1:] == edges[:-1])
         edges = np.delete(edges, np.r_[repeated, repeated + 1])
     counts = np.diff(np.r_[0, edges, height * width]).tolist()
@@ -302,6 +305,28 @@ def _read_pngs(root: Path, gt: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
     return train_ids_from_label_ids(label_ids), instance_ids
 
 
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk (length 0, type, CRC) that closes every complete PNG
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image, read from its header; a truncated file is an OSError.
+
+    A PNG only has its header and its last bytes read: a download or copy cut short lacks the closing
+    IEND chunk. The pixels are not read (that would cost a read and CRC pass over every image, which
+    the official scripts never open); damage inside a complete file surfaces when the dataset reader
+    decodes the image, as a clear error naming it."""
+    with Image.open(path) as img:
+        size = img.size
+        if img.format != "PNG":
+            img.verify()
+            return size
+    with open(path, "rb") as f:
+        f.seek(max(f.seek(0, 2) - 4096, 0))  # tolerate bytes some tools append after IEND
+        if PNG_END not in f.read():
+            raise OSError(f"{path.name} is truncated (no IEND chunk at its end)")
+    return size
+
+
 def prepare_image(job: ImageJob, out: Path) -> ImageResult:
     """Prepare one Cityscapes image: write semantic/<stem>.png (trainIds, 255 = ignore) and
     dt/<stem>.png (bins 0..3), and return its COCO annotations (RLE, tight xywh boxes, crowd flags).
@@ -312,9 +337,7 @@ def prepare_image(job: ImageJob, out: Path) -> ImageResult:
     (or OSError from Pillow for a corrupt PNG)."""
     _keep_freed_memory()
     root = Path(job.payload["root"])
-    with Image.open(root / job.file_name) as img:
-        width, height = img.size
-        img.verify()  # checks every chunk's CRC without decoding: catches truncated or damaged images
+    width, height = _image_size(root / job.file_name)
     gt = job.payload["gt"]
     category = _instance_tables()[1]
     if "polygons" in gt:
