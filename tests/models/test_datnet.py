@@ -262,3 +262,20 @@ def test_shipped_two_stage_recipes_build():
         with torch.device("meta"):
             model = build_model(recipe["model"]["name"], **kwargs)
         assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_res5_head_starts_from_the_trunks_layer4(tmp_path):
+    """With MSPwA the pooled width (4 x FPN channels) equals layer4's input, so res5 is a copy of the
+    (ImageNet) layer4; with another width it is a fresh stage."""
+    import torchvision
+
+    torch.manual_seed(1)
+    weights = torchvision.models.resnet18().state_dict()
+    torch.save(weights, tmp_path / "r18.pth")
+    kw = {**TINY, "fpn_channels": 64, "res5_planes": 512, "pretrained_backbone": str(tmp_path / "r18.pth")}
+    model = build_datnet(num_det_classes=2, num_seg_classes=SEG_CLASSES, **kw)
+    res5 = model.roi_heads.box_head.res5
+    torch.testing.assert_close(res5[0].conv1.weight, weights["layer4.0.conv1.weight"])
+    assert res5 is not model.backbone.body.layer4  # its own weights, not shared with the trunk
+    fresh = build_datnet(num_det_classes=2, num_seg_classes=SEG_CLASSES, **{**kw, "mspwa": False}).roi_heads.box_head.res5
+    assert fresh[0].conv1.in_channels == 64 and isinstance(fresh[0].bn1, torch.nn.BatchNorm2d)

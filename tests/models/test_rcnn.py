@@ -148,3 +148,20 @@ def test_full_maskrcnn_matches_torchvision_parameter_count():
     count = sum(p.numel() for p in ours.parameters())
     assert count == sum(p.numel() for p in theirs.parameters())
     assert abs(count / 44.4e6 - 1) < 0.10
+
+
+def test_local_imagenet_weights_load_into_a_frozen_trunk(tmp_path):
+    torch.manual_seed(1)
+    weights = torchvision.models.resnet18().state_dict()
+    path = tmp_path / "resnet18.pth"
+    torch.save(weights, path)
+    model = tiny(pretrained_backbone=str(path))
+    body = model.backbone.body
+    torch.testing.assert_close(body.layer3[0].conv1.weight, weights["layer3.0.conv1.weight"])
+    torch.testing.assert_close(body.bn1.running_var, weights["bn1.running_var"])
+    assert isinstance(body.bn1, torchvision.ops.FrozenBatchNorm2d)
+    # as torchvision's detection builders: stem and layer1 frozen, layer2..4 trained
+    assert not body.conv1.weight.requires_grad and not body.layer1[0].conv1.weight.requires_grad
+    assert body.layer2[0].conv1.weight.requires_grad and body.layer4[0].conv1.weight.requires_grad
+    with pytest.raises(UserError, match="does not exist"):
+        tiny(pretrained_backbone=str(tmp_path / "missing.pth"))
