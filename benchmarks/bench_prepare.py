@@ -6,6 +6,8 @@ JSONs plus the official labelIds / instanceIds PNGs), then, in one process and a
 
   * ours, 1 worker and the default worker count (all cores, what `mtl prepare cityscapes` uses):
     `prepare_cityscapes` — trainIds, boxes and RLE masks for every instance, DT bins, COCO JSON;
+  * ours from PNGs only, 1 worker: the same tree without the polygon JSONs, so that the labelIds /
+    instanceIds PNGs are decoded instead of the polygons drawn (the JSON is used wherever it exists);
   * official: `createTrainIdLabelImgs.main()` — trainIds only, rasterised from the polygon JSONs,
     single-process as shipped, on a copy of gtFine/ with CITYSCAPES_DATASET pointing at it (it writes
     next to its input);
@@ -108,10 +110,15 @@ def main() -> None:
         shutil.rmtree(official_root, ignore_errors=True)
         shutil.copytree(src / "gtFine", official_root / "gtFine")  # the official script writes next to its input
 
-        def ours(workers: int) -> Callable[[], None]:
+        png_src = work / "src_pngs"  # the same ground truth without the polygon JSONs
+        shutil.rmtree(png_src, ignore_errors=True)
+        shutil.copytree(src / "gtFine", png_src / "gtFine", ignore=shutil.ignore_patterns("*_polygons.json"))
+        (png_src / "leftImg8bit").symlink_to(src / "leftImg8bit")
+
+        def ours(workers: int, root: Path = src) -> Callable[[], None]:
             def run() -> None:
                 out = work / "prepared"
-                summary = prepare_cityscapes(src, out, workers=workers, force=True, quiet=True)
+                summary = prepare_cityscapes(root, out, workers=workers, force=True, quiet=True)
                 assert summary["splits"]["train"]["images"] == args.images, summary["skipped"][:3]
                 shutil.rmtree(out)
             return run
@@ -123,7 +130,7 @@ def main() -> None:
                     f.unlink()
             return run
 
-        configs = {"ours_1": ours(1), "official_1": official(1)}
+        configs = {"ours_1": ours(1), "official_1": official(1), "ours_1_pngs": ours(1, png_src)}
         if many > 1:
             configs.update({f"ours_{many}": ours(many), f"official_{many}_pool": official(many)})
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in configs}
@@ -138,7 +145,7 @@ def main() -> None:
         result[name] = {"images_per_s": args.images / wall, "ms_per_image": 1000 * wall / args.images,
                         "cpu_ms_per_image": 1000 * cpu / args.images}
     labels = {"ours_1": "prepare_cityscapes, 1 worker", f"ours_{many}": f"prepare_cityscapes, {many} workers (default)",
-              "official_1": "createTrainIdLabelImgs (as shipped)", f"official_{many}_pool": f"json2labelImg on {many} processes"}
+              "official_1": "createTrainIdLabelImgs (as shipped)", "ours_1_pngs": "prepare_cityscapes, 1 worker, PNGs only", f"official_{many}_pool": f"json2labelImg on {many} processes"}
     print(f"\n{args.images} images of {args.size[0]}x{args.size[1]}, medians of {args.repeats} alternating runs")
     print(f"{'':44s} {'images/s':>9s} {'ms/image':>9s} {'CPU ms/image':>13s}")
     for name in times:
@@ -146,7 +153,7 @@ def main() -> None:
         print(f"{labels[name]:44s} {row['images_per_s']:9.2f} {row['ms_per_image']:9.1f} {row['cpu_ms_per_image']:13.1f}")
     ratios = {}
     for name in times:
-        if name.startswith("ours"):
+        if name.startswith("ours"):  # ours_1_pngs / official_1 too: the cost when a tree has no polygon JSONs
             ratios[f"{name}/official_1"] = result[name]["ms_per_image"] / result["official_1"]["ms_per_image"]
     if many > 1:
         ratios[f"ours_{many}/official_{many}_pool"] = result[f"ours_{many}"]["ms_per_image"] / result[f"official_{many}_pool"]["ms_per_image"]

@@ -8,11 +8,13 @@ Reads the official layout
     SRC/gtFine/<split>/<city>/<prefix>_gtFine_instanceIds.png     uint16 labelId*1000+k   } JSON is absent
 
 and writes, per image, the 19-class trainId map, the distance-transform bins and COCO annotations
-(RLE masks, tight boxes; group regions such as "cargroup" are iscrowd = 1). Polygons are rasterised in
-memory with cityscapesscripts' `createInstanceImage`, exactly as `json2instanceImg` draws the official
-instanceIds PNG, whose class part is the labelIds map. Work per instance is confined to the instance's
-region (RLE, distance transform), so an image costs about one rasterisation plus two PNG writes.
-Nothing under SRC is written.
+(RLE masks, tight boxes; group regions such as "cargroup" are iscrowd = 1). Where the JSON exists it
+is the source: one pass over its objects draws, with Pillow as json2labelImg / json2instanceImg draw
+them, an 8-bit trainId map and an 8-bit map of which instance object is on top (tests check both
+against the official PNGs); drawing is several times cheaper than decoding the 16-bit instanceIds PNG.
+Work per instance is confined to the instance's region (RLE, exact distance transform), so an image
+costs two 8-bit rasterisations, the per-instance distance transforms and two PNG writes (measured
+split: `benchmarks/bench_prepare.py`). Nothing under SRC is written.
 """
 
 from __future__ import annotations
@@ -104,19 +106,19 @@ def _read_polygons(path: Path) -> dict[str, Any]:
 def _keep_freed_memory() -> None:
     """Let this process reuse freed image-sized buffers instead of handing them back to the kernel.
 
-    Every image allocates and frees the same few 2-16 MB arrays (label maps, feature transforms, PNG
-    buffers). glibc serves blocks that large with mmap and unmaps them on free, so each image touches
-    fresh pages, and a first touch costs a page fault: ~10 µs per 4 KiB page in the VMs we measured,
-    over a third of the per-image time (benchmarks/bench_prepare.py). Raising the mmap and trim
-    thresholds keeps them in the heap; the process then holds its peak (~100 MB) until it exits.
-    A no-op outside glibc."""
+    Every image allocates and frees the same few 1-16 MB arrays (label maps, crops, feature
+    transforms). glibc serves blocks that large with mmap, or trims them off the heap, so each image
+    touches fresh pages, and a first touch costs a page fault: ~10 µs per 4 KiB page in the VMs we
+    measured, 10-20% of the CPU time per image (benchmarks/bench_prepare.py). These are the
+    thresholds glibc adopts by itself once it has freed a 32 MB block; setting them only skips its
+    warm-up and stops it from falling back. A no-op outside glibc."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    mallopt(m_mmap_threshold, 32 << 20)  # glibc's ceiling on 64-bit
-    mallopt(m_trim_threshold, 256 << 20)
+    mallopt(m_mmap_threshold, 32 << 20)  # glibc's ceiling for its dynamic threshold on 64-bit
+    mallopt(m_trim_threshold, 64 << 20)  # twice that, as glibc sets it
 
 
 @lru_cache(maxsize=1)

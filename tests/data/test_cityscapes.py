@@ -313,3 +313,20 @@ def test_dt_bins_are_the_float_rule_exactly() -> None:
         if crop.any():
             assert np.array_equal(_dt_bins_crop(crop, (0.2, 0.4)), reference_dt_bins(crop))
     assert np.array_equal(_dt_bins_crop(np.ones((4, 6), dtype=bool), (0.2, 0.4)), np.full((4, 6), 3))  # the whole image
+
+
+def test_complete_images_with_trailing_bytes_are_kept(tmp_path: Path) -> None:
+    """Images are checked by header and closing IEND chunk: bytes a tool appended after IEND are
+    harmless, a file cut short anywhere (even inside IEND) is skipped as unreadable."""
+    src = tmp_path / "src"
+    write_image(src, "train", "town", "town_000000_000019", SCENE)
+    write_image(src, "train", "town", "town_000001_000019", SCENE)
+    images = src / "leftImg8bit" / "train" / "town"
+    with open(images / "town_000000_000019_leftImg8bit.png", "ab") as f:
+        f.write(b"\0" * 100)
+    cut = images / "town_000001_000019_leftImg8bit.png"
+    cut.write_bytes(cut.read_bytes()[:-4])  # only the IEND chunk's CRC is missing
+    summary = prepare_cityscapes(src, tmp_path / "out", workers=1, quiet=True)
+    assert summary["splits"]["train"]["images"] == 1
+    assert [Path(r["file"]).name for r in summary["skipped"]] == ["town_000001_000019_leftImg8bit.png"]
+    assert "unreadable" in summary["skipped"][0]["reason"] and "truncated" in summary["skipped"][0]["reason"]
