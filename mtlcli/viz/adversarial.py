@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from rich.progress import Progress
 from torch import Tensor, nn
 
 from mtlcli.errors import UserError
@@ -31,8 +32,20 @@ def _sem_seg(model: nn.Module, image: Tensor) -> Tensor:
     return output["sem_seg"]
 
 
+def _step(model: nn.Module, x: Tensor, r: Tensor, goal: Tensor, alpha: float, eps: float, targeted: bool) -> Tensor:
+    """One projected signed-gradient step on the perturbation `r` (same shape as the image `x`)."""
+    r = r.detach().requires_grad_(True)
+    log_scores = _sem_seg(model, (x + r).clamp(0, 1)).clamp_min(1e-12).log()
+    ce = F.nll_loss(log_scores[None], goal[None])
+    # untargeted: move away from the clean prediction; targeted: towards class K
+    (grad,) = torch.autograd.grad(-ce if targeted else ce, r)
+    with torch.no_grad():
+        r = (r + alpha * grad.sign()).clamp(-eps, eps)
+        return (x + r).clamp(0, 1) - x  # stay a valid image
+
+
 def attack(model: nn.Module, image: Tensor, *, eps: float = 8 / 255, steps: int = 10, step_size: float | None = None,
-           target_class: int | None = None) -> dict[str, Any]:
+           target_class: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Attack `model`'s segmentation of `image` [3, H, W] float 0..1 (its own frame).
 
     Returns {"adversarial" [3, H, W] 0..1, "perturbation" [3, H, W] (adversarial - image, |r| <= eps),
@@ -59,16 +72,12 @@ def attack(model: nn.Module, image: Tensor, *, eps: float = 8 / 255, steps: int 
             raise UserError(f"--target-class {target_class} is out of range: the model has classes 0..{num_classes - 1}")
         goal = torch.full_like(before, target_class) if target_class is not None else before
         r = torch.zeros_like(x)
-        for _ in range(steps):
-            r.requires_grad_(True)
-            log_scores = _sem_seg(model, (x + r).clamp(0, 1)).clamp_min(1e-12).log()
-            ce = F.nll_loss(log_scores[None], goal[None])
-            # untargeted: move away from the clean prediction; targeted: towards class K
-            objective = -ce if target_class is not None else ce
-            (grad,) = torch.autograd.grad(objective, r)
-            with torch.no_grad():
-                r = (r + alpha * grad.sign()).clamp(-eps, eps)
-                r = (x + r).clamp(0, 1) - x  # stay a valid image
+        bar = Progress(transient=True, disable=not progress)
+        task = bar.add_task("adversarial attack", total=steps)
+        with bar:
+            for _ in range(steps):
+                r = _step(model, x, r, goal, alpha, eps, targeted=target_class is not None)
+                bar.advance(task)
         adversarial = (x + r).clamp(0, 1).detach()
         with torch.no_grad():
             after = _sem_seg(model, adversarial).argmax(0)
@@ -95,7 +104,7 @@ def render_attack(image: Tensor, result: dict[str, Any], palette: Sequence[Seque
 
 def render_adversarial(model: nn.Module, image_path: str | Path, out: str | Path, palette: Sequence[Sequence[int]], *,
                        eps: float = 8 / 255, steps: int = 10, target_class: int | None = None, force: bool = False,
-                       device: str = "cpu") -> dict[str, Any]:
+                       device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Attack the image file `image_path`, write the five panels to `out/adversarial_<stem>.png` (plus the
     adversarial image alone as `adversarial_<stem>_image.png`, to feed back to a model) and return the
     `attack` numbers with "path" and "image_path"."""
@@ -108,7 +117,7 @@ def render_adversarial(model: nn.Module, image_path: str | Path, out: str | Path
     panel_path = out / f"adversarial_{safe_name(Path(image_path).stem)}{tag}.png"
     image_out = panel_path.with_name(panel_path.stem + "_image.png")
     check_free([panel_path, image_out], force)
-    result = attack(model, image.to(device), eps=eps, steps=steps, target_class=target_class)
+    result = attack(model, image.to(device), eps=eps, steps=steps, target_class=target_class, progress=progress)
     save_png(render_attack(image, result, palette, eps), panel_path)
     save_png(result["adversarial"], image_out)
     return {**result, "path": panel_path, "image_path": image_out}
