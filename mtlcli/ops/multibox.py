@@ -162,6 +162,7 @@ def multibox_loss(
         ignore.append(matches == MATCHED_IGNORE)
     cls_t, box_t = torch.stack(cls_targets), torch.stack(box_targets)
     pos, ign = torch.stack(positive), torch.stack(ignore)
+    cls_logits, box_deltas = cls_logits.float(), box_deltas.float()  # fp32 losses under autocast
 
     num_classes = cls_logits.shape[-1]
     cls_loss = F.cross_entropy(cls_logits.reshape(-1, num_classes), cls_t.reshape(-1), reduction="none").view_as(cls_t)
@@ -191,8 +192,8 @@ def decode_detections(
     frame. Returns boxes [N, 4] xyxy clipped to that frame, scores [N] in 0..1 (descending),
     labels [N] int64 in 1..K.
     """
-    scores = cls_logits.softmax(-1)[:, 1:]  # [A, K]
-    boxes = clip_boxes_to_image(box_coder.decode_single(box_deltas, defaults), image_size)
+    scores = cls_logits.float().softmax(-1)[:, 1:]  # [A, K]
+    boxes = clip_boxes_to_image(box_coder.decode_single(box_deltas.float(), defaults.float()), image_size)
     k = min(topk_candidates, scores.shape[0])
     top_scores, top_idx = scores.topk(k, dim=0)  # [k, K]: the best default boxes of every class
     labels = torch.arange(1, scores.shape[1] + 1, device=scores.device).expand_as(top_idx)

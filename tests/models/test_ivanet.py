@@ -224,3 +224,17 @@ def test_loss_falls_on_the_synthetic_city(synthetic_prepared):
     assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
     assert sum(last.values()) < 0.6 * sum(first.values())
     assert last["loss_seg"] < 0.7 * first["loss_seg"] and last["loss_det_cls"] < 0.7 * first["loss_det_cls"]
+
+
+def test_the_tiny_synthetic_recipe_builds_for_rectangular_street_scenes():
+    from mtlcli.recipes import load_recipe
+
+    model_cfg = dict(load_recipe("ivanet-tiny-synthetic")["model"])
+    name = model_cfg.pop("name")
+    torch.manual_seed(0)
+    model = build_model(name, num_det_classes=8, num_seg_classes=19, **model_cfg).eval()
+    assert model.input_size == (128, 256)
+    with torch.no_grad():
+        (result,) = model([torch.rand(3, 256, 512)])
+    assert result["sem_seg"].shape == (19, 256, 512)
+    assert (result["boxes"][:, 2] <= 512).all() and (result["boxes"][:, 3] <= 256).all()
