@@ -115,19 +115,20 @@ def main() -> None:
         shutil.copytree(src / "gtFine", png_src / "gtFine", ignore=shutil.ignore_patterns("*_polygons.json"))
         (png_src / "leftImg8bit").symlink_to(src / "leftImg8bit")
 
+        def clean() -> None:  # between runs, untimed: every run writes all its files afresh
+            shutil.rmtree(work / "prepared", ignore_errors=True)
+            for f in official_root.glob("gtFine/*/*/*_labelTrainIds.png"):
+                f.unlink()
+
         def ours(workers: int, root: Path = src) -> Callable[[], None]:
             def run() -> None:
-                out = work / "prepared"
-                summary = prepare_cityscapes(root, out, workers=workers, force=True, quiet=True)
+                summary = prepare_cityscapes(root, work / "prepared", workers=workers, quiet=True)
                 assert summary["splits"]["train"]["images"] == args.images, summary["skipped"][:3]
-                shutil.rmtree(out)
             return run
 
         def official(workers: int) -> Callable[[], None]:
             def run() -> None:
                 assert official_train_ids(official_root, workers) == args.images
-                for f in official_root.glob("gtFine/*/*/*_labelTrainIds.png"):
-                    f.unlink()
             return run
 
         configs = {"ours_1": ours(1), "official_1": official(1), "ours_1_pngs": ours(1, png_src)}
@@ -136,6 +137,7 @@ def main() -> None:
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in configs}
         for r in range(args.repeats):
             for name, run in configs.items():  # alternating, so that load changes hit every configuration alike
+                clean()
                 times[name].append(timed(run))
             print(f"run {r + 1}: " + ", ".join(f"{name} {times[name][-1][0]:.2f} s" for name in configs))
 

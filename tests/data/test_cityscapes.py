@@ -330,3 +330,15 @@ def test_complete_images_with_trailing_bytes_are_kept(tmp_path: Path) -> None:
     assert summary["splits"]["train"]["images"] == 1
     assert [Path(r["file"]).name for r in summary["skipped"]] == ["town_000001_000019_leftImg8bit.png"]
     assert "unreadable" in summary["skipped"][0]["reason"] and "truncated" in summary["skipped"][0]["reason"]
+
+
+def test_packed_label_pngs_read_back_unchanged(tmp_path: Path) -> None:
+    from mtlcli.data.cityscapes import DT_PALETTE, save_indexed_png
+
+    bins = np.random.default_rng(0).integers(0, 4, size=(9, 13)).astype(np.uint8)
+    save_indexed_png(tmp_path / "dt.png", bins, DT_PALETTE, bits=2)
+    with Image.open(tmp_path / "dt.png") as img:
+        assert img.mode == "P" and img.getpalette()[:12] == sum(DT_PALETTE, [])
+    assert np.array_equal(read_label_png(tmp_path / "dt.png"), bins)
+    with pytest.raises(ValueError, match="2-bit PNG holds values below 4"):
+        save_indexed_png(tmp_path / "bad.png", bins + 1, DT_PALETTE, bits=2)
