@@ -3,9 +3,11 @@
     WORKDIR/synthetic/     the synthetic city in the Cityscapes layout (`mtl prepare synthetic`)
     WORKDIR/data/          its prepared dataset (`mtl prepare cityscapes`)
     WORKDIR/viz/dataset/   ground-truth overlays of a few val images (`mtl viz dataset`)
+    WORKDIR/runs/<recipe>/ the trained run (`mtl train`): recipe.toml, metrics.jsonl, checkpoints/,
+                           eval/val.json (`mtl eval`), viz/predictions/*.png and plots/*.png (`mtl viz`)
 
-A second run reuses what an earlier run with the same settings made; different settings over an
-existing WORKDIR need --force. (Training, evaluation and prediction overlays follow in later steps.)
+A second run reuses what an earlier run with the same settings made (an interrupted training resumes
+exactly where it stopped); different settings over an existing WORKDIR need --force.
 """
 
 from __future__ import annotations
@@ -46,10 +48,14 @@ def run_quickstart(
     num_viz: int = 4,
     force: bool = False,
     console: Console | None = None,
+    recipe: str | None = "ivanet-tiny-synthetic",
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Generate (or reuse) the synthetic city, prepare it and draw ground-truth overlays.
+    """Generate (or reuse) the synthetic city, prepare it, draw ground-truth overlays, then (unless
+    `recipe` is None) train, evaluate and draw predictions and curves (`train_eval_viz`).
 
-    Returns {"source", "data", "viz" (list of overlay PNG paths, [] when `mtl viz` is unavailable)}."""
+    Returns {"source", "data", "viz" (overlay PNG paths)} plus, after training, {"run", "metrics",
+    "predictions", "plots"}."""
     from mtlcli.data.cityscapes import prepare_cityscapes
     from mtlcli.data.prepared import DatasetMeta
     from mtlcli.data.synthetic import generate_synthetic
@@ -98,10 +104,113 @@ def run_quickstart(
             overlays = render_dataset(data, "val" if val else "train", viz_dir, num=num_viz, force=True)
             console.print(f"{len(overlays)} overlays in {viz_dir}")
 
+    if recipe is None:
+        console.rule("[bold green]done")
+        console.print(f"source   {src}\nprepared {data}\noverlays {viz_dir}")
+        return {"source": src, "data": data, "viz": overlays}
+
+    result = train_eval_viz(workdir, data, recipe, overrides or [], num_viz=num_viz, force=force, console=console)
+    return {"source": src, "data": data, "viz": overlays, **result}
+
+
+# The quickstart's promise on the synthetic validation split (README, issue #5).
+GOALS = {"miou": 0.70, "voc07": 0.50}
+
+
+def _run_state(run_dir: Path, marker: dict[str, Any], total: int) -> str:
+    """'new' (nothing there), 'done' (same settings, trained to the end), 'resume' (same settings,
+    interrupted) or 'other' (something else is in the folder)."""
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return "new"
+    try:
+        if json.loads((run_dir / "quickstart.json").read_text()) != marker:
+            return "other"
+    except (OSError, json.JSONDecodeError):
+        return "other"
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return "new"
+    import torch
+
+    iteration = int(torch.load(last, map_location="cpu", weights_only=True).get("iteration", 0))
+    return "done" if iteration >= total else "resume"
+
+
+def train_eval_viz(
+    workdir: Path,
+    data: Path,
+    recipe_name: str,
+    overrides: list[str],
+    *,
+    num_viz: int = 4,
+    force: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Train `recipe_name` on the prepared dataset, evaluate mIoU and VOC mAP@0.5 on its val split,
+    draw prediction overlays and training curves. Returns {"run", "metrics", "predictions", "plots"}."""
+    import shutil
+
+    from mtlcli.cli.eval import print_results, run_eval
+    from mtlcli.data.dataset import PreparedDataset
+    from mtlcli.engine.checkpoint import load_for_eval
+    from mtlcli.engine.train import train
+    from mtlcli.recipes import load_recipe, recipe_name as name_of, total_iterations
+    from mtlcli.viz.curves import plot_curves
+    from mtlcli.viz.predictions import render_predictions
+
+    console = console or Console()
+    overrides = [f"data.root={data}", *overrides]
+    recipe = load_recipe(recipe_name, overrides)
+    run_dir = workdir / "runs" / name_of(recipe_name)
+    marker = {"recipe": recipe_name, "overrides": overrides}
+    total = total_iterations(recipe)
+
+    console.rule(f"[bold]4. train {name_of(recipe_name)}")
+    state = _run_state(run_dir, marker, total)
+    if state == "other":
+        if not force:
+            raise UserError(f"{run_dir} holds another run; pass --force to train again, or choose another --workdir")
+        shutil.rmtree(run_dir)
+        state = "new"
+    if state == "done":
+        console.print(f"reusing the trained run {run_dir} ({total} iterations)")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "quickstart.json").write_text(json.dumps(marker))
+        if state == "resume":
+            console.print(f"resuming the interrupted run {run_dir}")
+        train(recipe, run_dir, resume=state == "resume", device="cpu")
+
+    console.rule("[bold]5. evaluate on the synthetic val split")
+    result = run_eval(run=run_dir, checkpoint=None, predictions=None, data=data, split="val",
+                      metric=list(GOALS), cityscapes_ids=False, out=None, save_predictions=None, force=False,
+                      batch_size=None, device="cpu", workers=0, quiet=False)
+    print_results(result)
+
+    console.rule("[bold]6. predictions and curves")
+    model, _, _ = load_for_eval(run=run_dir, device="cpu")
+    dataset = PreparedDataset(data, "val", label_map=recipe["data"].get("label_map") or None)
+    predictions = render_predictions(model, dataset, run_dir / "viz" / "predictions", num=num_viz, force=True)
+    plots = plot_curves([run_dir], force=True)
+
     console.rule("[bold green]done")
-    console.print(f"source  {src}\nprepared {data}\noverlays {viz_dir}")
-    console.print(f"next: mtl train --recipe ladderdensenet-tiny-synthetic --data {data}")
-    return {"source": src, "data": data, "viz": overlays}
+    from rich.table import Table
+
+    table = Table(title="quickstart result on the synthetic val split")
+    for col in ("metric", "value", "goal", ""):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name, goal in GOALS.items():
+        value = result["metrics"].get(name)
+        ok = value is not None and value >= goal
+        table.add_row({"miou": "mIoU", "voc07": "mAP@0.5 (VOC07)"}[name], f"{value:.3f}" if value is not None else "—",
+                      f">= {goal:.2f}", "[green]met" if ok else "[red]not met")
+    console.print(table)
+    console.print(f"run         {run_dir}\ncheckpoints {run_dir / 'checkpoints'}\n"
+                  f"predictions {run_dir / 'viz' / 'predictions'} ({len(predictions)} PNGs)\n"
+                  f"curves      {', '.join(str(p) for p in plots)}")
+    console.print(f"next: mtl eval --run {run_dir}   |   mtl viz predictions --run {run_dir}   |   "
+                  f"mtl train --recipe {name_of(recipe_name)} --data {data}")
+    return {"run": run_dir, "metrics": result["metrics"], "predictions": predictions, "plots": plots}
 
 
 def _only_ours(data: Path) -> bool:
@@ -125,6 +234,10 @@ def register(app: typer.Typer) -> None:
         workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help="Processes for drawing and preparing (default: all cores)."),
         num_viz: int = typer.Option(4, "--num-viz", min=1, help="Ground-truth overlays to draw."),
         force: bool = typer.Option(False, "--force", help="Redo steps whose output exists with other settings."),
+        recipe: str = typer.Option("ivanet-tiny-synthetic", "--recipe", help="Recipe to train (a *-tiny-synthetic one)."),
+        set_: Optional[list[str]] = typer.Option(None, "--set", help="Recipe override KEY=VALUE (repeatable), e.g. train.iterations=100."),
+        no_train: bool = typer.Option(False, "--no-train", help="Stop after the data steps."),
     ) -> None:
-        """Synthetic city -> prepared dataset -> overlays: the whole path, nothing to download."""
-        run_quickstart(workdir, train=train, val=val, size=size, seed=seed, workers=workers, num_viz=num_viz, force=force)
+        """Synthetic city -> prepare -> train -> eval -> viz: the whole path on a CPU, nothing to download."""
+        run_quickstart(workdir, train=train, val=val, size=size, seed=seed, workers=workers, num_viz=num_viz, force=force,
+                       recipe=None if no_train else recipe, overrides=list(set_ or []))

@@ -99,7 +99,8 @@ def test_nothing_prepared_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_quickstart_makes_and_reuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     work = tmp_path / "qs"
-    argv = ["quickstart", "--workdir", str(work), "--train", "2", "--val", "1", "--size", "48", "96", "-j", "1", "--num-viz", "1"]
+    argv = ["quickstart", "--workdir", str(work), "--train", "2", "--val", "1", "--size", "48", "96", "-j", "1", "--num-viz", "1",
+            "--no-train"]
     assert run(argv) == 0
     assert json.loads((work / "data" / "dataset.json").read_text())["source"] == str((work / "synthetic").resolve())
     stamp = (work / "data" / "val" / "instances.json").stat().st_mtime_ns
