@@ -17,7 +17,9 @@ JSONs plus the official labelIds / instanceIds PNGs), then, in one process and a
 Prints, per configuration, the median images/s, ms per image of wall time and of CPU time (user + sys
 of this process and its finished worker processes), and the cost ratios ours / official. The machine
 may be shared: read the ratios (measured side by side) rather than the absolute numbers, and the CPU
-times, which a busy machine inflates less than wall times.
+times, which a busy machine inflates less than wall times. Where other sessions keep the cores busy,
+Linux shares CPU time per session (autogroup scheduling), so extra workers cannot show their speed-up
+in wall time there: with the cores to itself, N workers take about CPU ms/image / N each.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_prepare.py
     .venv/bin/python benchmarks/bench_prepare.py --images 20 --size 512 1024 --repeats 5 --json out.json
@@ -146,8 +148,9 @@ def main() -> None:
         wall, cpu = statistics.median(t for t, _ in samples), statistics.median(c for _, c in samples)
         result[name] = {"images_per_s": args.images / wall, "ms_per_image": 1000 * wall / args.images,
                         "cpu_ms_per_image": 1000 * cpu / args.images}
-    labels = {"ours_1": "prepare_cityscapes, 1 worker", f"ours_{many}": f"prepare_cityscapes, {many} workers (default)",
-              "official_1": "createTrainIdLabelImgs (as shipped)", "ours_1_pngs": "prepare_cityscapes, 1 worker, PNGs only", f"official_{many}_pool": f"json2labelImg on {many} processes"}
+    labels = {"ours_1": "prepare_cityscapes, 1 worker", "official_1": "createTrainIdLabelImgs (as shipped)",
+              "ours_1_pngs": "prepare_cityscapes, 1 worker, PNGs only",
+              f"ours_{many}": f"prepare_cityscapes, {many} workers (default)", f"official_{many}_pool": f"json2labelImg on {many} processes"}
     print(f"\n{args.images} images of {args.size[0]}x{args.size[1]}, medians of {args.repeats} alternating runs")
     print(f"{'':44s} {'images/s':>9s} {'ms/image':>9s} {'CPU ms/image':>13s}")
     for name in times:
