@@ -97,6 +97,8 @@ def _read_polygons(path: Path) -> dict[str, Any]:
         raise SkipImage(f"{path.name} is not valid JSON ({exc})") from None
     if not isinstance(annotation, dict) or not {"imgHeight", "imgWidth", "objects"} <= annotation.keys():
         raise SkipImage(f"{path.name} lacks imgHeight/imgWidth/objects — not a Cityscapes polygon file")
+    if not isinstance(annotation["objects"], list) or not all(isinstance(obj, dict) for obj in annotation["objects"]):
+        raise SkipImage(f"{path.name}: 'objects' must be a list of {{\"label\": ..., \"polygon\": [[x, y], ...]}} objects")
     bad = unknown_labels(annotation)
     if bad:
         raise SkipImage(f"{path.name}: label {bad[0]!r} is not in the Cityscapes label table "

@@ -342,3 +342,21 @@ def test_packed_label_pngs_read_back_unchanged(tmp_path: Path) -> None:
     assert np.array_equal(read_label_png(tmp_path / "dt.png"), bins)
     with pytest.raises(ValueError, match="2-bit PNG holds values below 4"):
         save_indexed_png(tmp_path / "bad.png", bins + 1, DT_PALETTE, bits=2)
+
+
+@pytest.mark.parametrize("objects, reason", [
+    ({"label": "car"}, "'objects' must be a list"),
+    (["car"], "'objects' must be a list"),
+    ([{"label": "car", "polygon": [[3, 3]]}], "malformed polygon"),
+    ([{"label": "car"}], "malformed polygon"),
+    ([{"label": "car", "polygon": [["a", 1], [2, 2], [3, 1]]}], "malformed polygon"),
+])
+def test_malformed_polygon_files_are_skipped(tmp_path: Path, objects, reason: str) -> None:
+    src = tmp_path / "src"
+    write_image(src, "train", "town", "town_000000_000019", SCENE)
+    gt = src / "gtFine" / "train" / "town" / "town_000001_000019_gtFine_polygons.json"
+    write_image(src, "train", "town", "town_000001_000019", SCENE)
+    gt.write_text(json.dumps({"imgHeight": H, "imgWidth": W, "objects": objects}))
+    summary = prepare_cityscapes(src, tmp_path / "out", workers=1, quiet=True)
+    assert summary["splits"]["train"]["images"] == 1
+    assert len(summary["skipped"]) == 1 and reason in summary["skipped"][0]["reason"]
