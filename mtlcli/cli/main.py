@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     """
     from mtlcli.errors import UserError
 
+    if not sys.stdout.isatty():  # logs and pipes: rich would wrap tables at 80 columns
+        os.environ.setdefault("COLUMNS", "140")
     try:
         app(args=argv)
     except (UserError, FileNotFoundError, PermissionError) as exc:
