@@ -13,7 +13,10 @@ RoI heads, NMS, mask paste into the image, DATNet's sem_seg at full resolution).
 models are also timed on `model.network(batch)` alone (backbone, dense heads, RPN and RoI heads in the
 network frame; `batch = model.preprocess([image])[0]`, i.e. without resizing and mask pasting).
 Untrained weights give near-uniform class scores, so every model runs with a score threshold of 0: each
-returns its full 100 detections and the mask heads see as many RoIs as with trained weights.
+returns its full 100 detections and the mask heads see as many RoIs as with trained weights. Our Mask
+R-CNN gets torchvision's (random) weights, so the two give identical outputs and the same NMS / paste
+work; DATNet's own random weights make its NMS and paste work differ somewhat (`--network` shows
+the network without the paste).
 
 Goals: our Mask R-CNN within 5% of torchvision's; Light <= 2x and Heavy <= 3.5x our Mask R-CNN
 (the paper, P100 GPU: 91 / 220 / 391 ms, i.e. 2.4x and 4.3x).
@@ -48,6 +51,10 @@ def build_models(device: torch.device) -> dict[str, torch.nn.Module]:
             weights=None, weights_backbone=None, num_classes=81, box_score_thresh=0.0
         ),
     }
+    # One state dict for both Mask R-CNNs: with random weights the number and size of the boxes going
+    # through NMS and mask pasting differ from one initialisation to the next, so identical weights are
+    # what makes "ours vs torchvision" a comparison of the code alone (the two return the same output).
+    models["Mask R-CNN (ours)"].load_state_dict(models["Mask R-CNN (torchvision)"].state_dict())
     return {name: m.to(device).eval() for name, m in models.items()}
 
 

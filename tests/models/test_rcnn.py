@@ -165,3 +165,28 @@ def test_local_imagenet_weights_load_into_a_frozen_trunk(tmp_path):
     assert body.layer2[0].conv1.weight.requires_grad and body.layer4[0].conv1.weight.requires_grad
     with pytest.raises(UserError, match="does not exist"):
         tiny(pretrained_backbone=str(tmp_path / "missing.pth"))
+
+
+def test_same_weights_give_torchvisions_maskrcnn_outputs():
+    """The adapter changes nothing in inference: torchvision's MaskRCNN class assembled from copies of
+    our modules returns the same boxes, scores, labels and masks as our model (which adds proposals)."""
+    import copy
+
+    from torchvision.models.detection import MaskRCNN
+
+    ours = tiny(box_score_thresh=0.0).eval()
+    rh = copy.deepcopy(ours.roi_heads)
+    theirs = MaskRCNN(
+        copy.deepcopy(ours.backbone), num_classes=None, min_size=TINY["min_size"], max_size=TINY["max_size"],
+        rpn_anchor_generator=copy.deepcopy(ours.rpn.anchor_generator), rpn_head=copy.deepcopy(ours.rpn.head),
+        rpn_pre_nms_top_n_test=TINY["rpn_pre_nms_top_n_test"], rpn_post_nms_top_n_test=TINY["rpn_post_nms_top_n_test"],
+        box_roi_pool=rh.box_roi_pool, box_head=rh.box_head, box_predictor=rh.box_predictor, box_score_thresh=0.0,
+        mask_roi_pool=rh.mask_roi_pool, mask_head=rh.mask_head, mask_predictor=rh.mask_predictor,
+    ).eval()  # fmt: skip
+    images = [torch.rand(3, 90, 70), torch.rand(3, 50, 130)]
+    with torch.no_grad():
+        mine, ref = ours(images), theirs(images)
+    for a, b in zip(mine, ref):
+        assert set(a) == set(b) | {"proposals"}
+        for key in b:
+            torch.testing.assert_close(a[key], b[key])
