@@ -112,8 +112,9 @@ def test_without_semantic_head_there_is_no_sem_seg():
     assert "sem_seg" not in out and "seg" not in model.dense_heads
 
 
-def test_image_without_objects_trains_the_dense_heads_only_on_background():
-    model = tiny().train()
+@pytest.mark.parametrize("head", ["light", "heavy"])  # heavy: the shared res5 (batch norm) sees no positive RoI
+def test_image_without_objects_trains_the_dense_heads_only_on_background(head):
+    model = tiny(head=head).train()
     img, tgt = scene(objects=False)
     losses = model([img], [tgt])
     assert losses["loss_box_reg"].item() == 0.0 and losses["loss_mask"].item() == 0.0
