@@ -394,6 +394,8 @@ def validate_model(model: dict, source: str = "recipe") -> None:
             continue
         if isinstance(default, tuple) and isinstance(value, list):
             continue
+        if key == "pretrained_backbone" and isinstance(value, str):
+            continue  # a local weights file: true downloads from torchvision, a path reads it offline
         _check_type(value, default, f"{source}: model.{key}")
 
 

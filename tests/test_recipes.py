@@ -185,3 +185,11 @@ def test_cli_unknown_recipe_exits_2_with_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown recipe 'no-such-recipe'") and "\n" not in err
+
+
+def test_pretrained_backbone_may_be_a_local_weights_file():
+    # offline users point pretrained_backbone at a torchvision .pth instead of true (download)
+    recipe = load_recipe("ivanet300", ['model.pretrained_backbone="/weights/resnet50.pth"'])
+    assert recipe["model"]["pretrained_backbone"] == "/weights/resnet50.pth"
+    with pytest.raises(UserError, match="pretrained_backbone"):
+        load_recipe("ivanet300", ["model.pretrained_backbone=3"])
