@@ -1,7 +1,7 @@
 """DATNet Light / Heavy against Mask R-CNN: per-image inference latency side by side (papers/datnet.txt, Table 7).
 
 Four models, built without weights (80 COCO classes + background, R50-FPN), timed in one process in
-alternation (A B C D A B C D ...) on the same 800x1333 image, median over the timed rounds:
+alternation (A B C D, B C D A, C D A B, ...) on the same 800x1333 image, median over the timed rounds:
 
     ours Mask R-CNN         mtlcli.models.rcnn.build_maskrcnn
     DATNet Light            mtlcli.models.datnet.build_datnet(head="light")
@@ -93,13 +93,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     times: dict[str, list[float]] = {key: [] for key in calls}
     with torch.inference_mode():
+        first = {}
         for key, call in calls.items():
-            out = call()
+            out = first[key] = call()
             if key.endswith("full"):
                 print(f"{key.split(' |')[0]}: {len(out[0]['boxes'])} detections, keys {sorted(out[0])}", flush=True)
+        a, b = first["Mask R-CNN (ours) | full"][0], first["Mask R-CNN (torchvision) | full"][0]
+        same = all(torch.allclose(a[k], b[k]) for k in ("boxes", "scores", "masks")) and torch.equal(a["labels"], b["labels"])
+        print(f"our Mask R-CNN returns torchvision's outputs: {same}", flush=True)
+        keys = list(calls)
         for round_ in range(args.warmup + args.iterations):
-            for key, call in calls.items():  # alternation: machine noise falls on every model alike
-                t = timed(call, device)
+            # alternation, starting one model later each round: machine noise and whatever one model
+            # leaves behind (allocator, caches) fall on every model alike
+            for key in keys[round_ % len(keys):] + keys[: round_ % len(keys)]:
+                t = timed(calls[key], device)
                 if round_ >= args.warmup:
                     times[key].append(t)
             print(f"round {round_ + 1}/{args.warmup + args.iterations}: "
