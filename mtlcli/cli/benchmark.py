@@ -21,6 +21,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "recipes": ["maskrcnn-r50-coco", "datnet-light-r50-coco", "datnet-heavy-r50-coco"],
         "compare": ["tv:maskrcnn_resnet50_fpn"],
         "size": "800x1333",
+        # untrained heads score every class near 1/81: keep all 100 detections so the mask heads work
+        "score_threshold": 0.0,
     },
     "ladder-table1": {
         "recipes": ["densenet32x-cityscapes", "dilated8x-densenet-cityscapes", "ladderdensenet-cityscapes"],
@@ -35,6 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "recipes": ["maskrcnn-r50-coco", "safpn-r50-coco", "ejhead-r50-coco", "safpn-ejhead-r50-coco"],
         "compare": [],
         "size": "800x1333",
+        "score_threshold": 0.0,
     },
 }
 DEFAULT_COMPARE = [
@@ -47,7 +50,8 @@ DEFAULT_COMPARE = [
 ]
 
 
-def recipe_subject(name: str, size: tuple[int, int] | None, device, batch: int, train: bool):
+def recipe_subject(name: str, size: tuple[int, int] | None, device, batch: int, train: bool,
+                   overrides: list[str] | None = None, score_threshold: float | None = None):
     """Build a recipe's model (never with pretrained weights) as a benchmark Subject."""
     import torch
 
@@ -55,10 +59,16 @@ def recipe_subject(name: str, size: tuple[int, int] | None, device, batch: int, 
     from mtlcli.models import build_model
     from mtlcli.recipes import load_recipe
 
-    recipe = load_recipe(name)
+    recipe = load_recipe(name, overrides)
     kwargs = {k: v for k, v in recipe["model"].items() if k != "name"}
     if "pretrained_backbone" in kwargs:
         kwargs["pretrained_backbone"] = False
+    if score_threshold is not None:
+        from mtlcli.models import builder_arguments
+
+        key = next((k for k in ("box_score_thresh", "score_thresh") if k in builder_arguments(recipe["model"]["name"])), None)
+        if key is not None:
+            kwargs[key] = score_threshold
     model = build_model(recipe["model"]["name"], **kwargs).to(device).eval()
     if size is None:
         size = tuple(getattr(model, "input_size", None) or (512, 512))
@@ -113,6 +123,10 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, help="Write the results as JSON."),
         markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (for the README)."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+        set_: Optional[list[str]] = typer.Option(None, "--set", help="Recipe override for every recipe, e.g. model.width=256."),
+        score_threshold: Optional[float] = typer.Option(
+            None, "--score-threshold", help="Detection score threshold for every model (0 keeps all detections of untrained heads)."
+        ),
     ) -> None:
         """Measure parameters, FLOPs, latency (network alone and full predict path), images/s and
         peak memory of models, alternating runs so that ratios are fair."""
@@ -130,11 +144,14 @@ def register(app: typer.Typer) -> None:
         fixed = bm.parse_size(size) if size else None
         names = list(recipe or [])
         refs: list[str] = []
+        overrides = list(set_ or [])
         if preset:
             if preset not in PRESETS:
                 raise UserError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
             names += PRESETS[preset]["recipes"]
             refs += PRESETS[preset]["compare"]
+            if score_threshold is None:
+                score_threshold = PRESETS[preset].get("score_threshold")
             if fixed is None and "size" in PRESETS[preset]:
                 fixed = bm.parse_size(PRESETS[preset]["size"])
         if all_recipes:
@@ -151,10 +168,10 @@ def register(app: typer.Typer) -> None:
         if not names and not refs:
             raise UserError("nothing to benchmark: give --recipe NAME, --preset NAME or --all (see `mtl recipes list`)")
 
-        subjects = [recipe_subject(n, fixed, dev, batch, train) for n in names]
+        subjects = [recipe_subject(n, fixed, dev, batch, train, overrides, score_threshold) for n in names]
         ref_size = fixed or (subjects[0].size if subjects else (512, 512))
         for key in refs:
-            parts = [bm.reference_subject(k, ref_size, dev) for k in key.split("+")]
+            parts = [bm.reference_subject(k, ref_size, dev, score_threshold) for k in key.split("+")]
             subjects.append(parts[0] if len(parts) == 1 else bm.combined_subject(key, parts))
         for s in subjects:
             if channels_last:
@@ -171,7 +188,8 @@ def register(app: typer.Typer) -> None:
                 progress=lambda msg: status.update(f"benchmarking: {msg}"),
             )
         env = bm.environment(dev, amp)
-        result = {"environment": env, "iterations": iterations, "results": rows}
+        result = {"environment": env, "iterations": iterations,
+                  "settings": {"score_threshold": score_threshold, "overrides": overrides, "batch": batch}, "results": rows}
         print_table(result, markdown)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -291,9 +291,10 @@ def environment(device: torch.device, amp: str | None) -> dict[str, Any]:
     return env
 
 
-def reference_subject(key: str, size: tuple[int, int], device: torch.device) -> Subject:
+def reference_subject(key: str, size: tuple[int, int], device: torch.device, score_thresh: float | None = None) -> Subject:
     """A torchvision reference model (no weights) as a Subject; detection models get their transform's
-    min/max size set to the benchmark size so all models see the same pixels."""
+    min/max size set to the benchmark size so all models see the same pixels. `score_thresh` replaces
+    the detection score threshold (0 keeps every detection of an untrained model, like ours)."""
     import torchvision.models as tvm
     import torchvision.models.detection as tvd
     import torchvision.models.segmentation as tvs
@@ -306,6 +307,11 @@ def reference_subject(key: str, size: tuple[int, int], device: torch.device) -> 
         else:
             model.transform.min_size = (min(size),)
             model.transform.max_size = max(size)
+        if score_thresh is not None:
+            if hasattr(model, "roi_heads"):
+                model.roi_heads.score_thresh = score_thresh
+            else:
+                model.score_thresh = score_thresh
         model = model.to(device).eval()
 
         def predict(images: list[Tensor]) -> Any:

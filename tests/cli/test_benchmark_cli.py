@@ -21,12 +21,13 @@ def test_tiny_recipe_with_reference_and_train(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code, stdout, _ = run(
         ["benchmark", "--recipe", "ladderdensenet-tiny-synthetic", "--reference", "tv:fcn_resnet50",
-         "--size", "64x96", "--iterations", "2", "--warmup", "1", "--train", "--out", str(out)],
+         "--size", "64x96", "--iterations", "2", "--warmup", "1", "--train", "--out", str(out), "--score-threshold", "0"],
         capsys,
     )
     assert code in (0, None)
     result = json.loads(out.read_text())
     assert result["environment"]["device"] == "cpu" and result["environment"]["threads"] >= 1
+    assert result["settings"]["score_threshold"] == 0.0
     rows = {r["name"]: r for r in result["results"]}
     assert set(rows) == {"ladderdensenet-tiny-synthetic", "tv:fcn_resnet50"}
     ours = rows["ladderdensenet-tiny-synthetic"]
@@ -57,6 +58,7 @@ def test_markdown_table(capsys):
     "args, message",
     [
         (["--recipe", "no-such-recipe"], "no-such-recipe"),
+        (["--recipe", "ladderdensenet-tiny-synthetic", "--set", "model.no_such_arg=1"], "no_such_arg"),
         (["--recipe", "ladderdensenet-tiny-synthetic", "--size", "12x"], "--size"),
         (["--recipe", "ladderdensenet-tiny-synthetic", "--size", "0x64"], "--size"),
         (["--preset", "no-such-table"], "preset"),
