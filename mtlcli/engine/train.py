@@ -235,6 +235,9 @@ class Display:
                 TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
             )
             self.task = self.progress.add_task("train", total=total, completed=start, info="")
+            # in a log file or CI a live bar renders only at the end: print each logged step as a line
+            self.lines = not self.progress.console.is_terminal
+            self.total = total
 
     def __enter__(self) -> "Display":
         if self.progress is not None:
@@ -256,6 +259,8 @@ class Display:
                 f"data {100 * record['data_wait']:.0f}%  mem {record['memory_mb']:.0f}MB"
             )
         self.progress.update(self.task, completed=iteration, **fields)
+        if self.lines and fields:
+            self.progress.console.print(f"train {iteration}/{self.total}  {fields['info']}")
 
     def print(self, text: str) -> None:
         if self.progress is not None:
