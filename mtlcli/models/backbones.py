@@ -5,7 +5,7 @@ trains from scratch."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -13,17 +13,29 @@ from torch import nn
 from mtlcli.errors import UserError
 
 
-def load_pretrained(module: nn.Module, pretrained: bool | str | Path, weights: Any, strict: bool = False) -> None:
+def load_pretrained(
+    module: nn.Module,
+    pretrained: bool | str | Path,
+    weights: Any,
+    strict: bool = False,
+    rename: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+) -> None:
     """Load ImageNet weights into `module` (a torchvision classification network or part of it).
 
     pretrained: False (nothing), True (torchvision's `weights` enum entry, downloaded once into the
-    torch hub cache), or a path to a local state dict (`.pth`, as torchvision publishes them).
-    Keys the module lacks (e.g. `fc.*` of a trunk without its head) are ignored; shape mismatches are
-    an error.
+    torch hub cache; `weights=None` means torchvision publishes none for this network), or a path to a
+    local state dict (`.pth`, as torchvision publishes them). `rename` maps the loaded keys to the
+    module's names (e.g. old torchvision DenseNet keys). Keys the module lacks (e.g. `fc.*` of a trunk
+    without its head) are ignored; shape mismatches are an error.
     """
-    if pretrained is False or pretrained is None or pretrained == "":
+    if pretrained is False or pretrained is None or pretrained == "" or str(pretrained).lower() == "false":
         return
     if pretrained is True or str(pretrained).lower() == "true":
+        if weights is None:
+            raise UserError(
+                f"torchvision publishes no ImageNet weights for {type(module).__name__}; "
+                "pass pretrained_backbone=\"/path/to/weights.pth\" or set it to false"
+            )
         try:
             state = weights.get_state_dict(progress=False, check_hash=False)
         except Exception as exc:  # URLError, socket errors, ... — only the message matters to the user
@@ -41,6 +53,10 @@ def load_pretrained(module: nn.Module, pretrained: bool | str | Path, weights: A
             raise UserError(f"{path} is not a readable PyTorch state dict ({type(exc).__name__}: {exc})") from None
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]
+        if not isinstance(state, dict):
+            raise UserError(f"{path} does not hold a state dict — give a torchvision .pth file")
+    if rename is not None:
+        state = rename(state)
     own = module.state_dict()
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:

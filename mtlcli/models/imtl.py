@@ -28,6 +28,7 @@ from torchvision.ops import batched_nms, box_iou, sigmoid_focal_loss
 
 from mtlcli.errors import UserError
 from mtlcli.models.base import MultiTaskModel, boxes_to_original, semantic_to_original
+from mtlcli.models.backbones import load_pretrained
 
 IGNORE_INDEX = 255
 BRANCH_DILATIONS = (1, 2, 3)
@@ -515,30 +516,14 @@ def build_imtl(
         raise UserError(f"layers needs four block depths of at least 1, got {list(layers)}")
     anchor_t = load_anchors(anchors, size)
     encoder = Encoder(width, layers, multiscale_dilation, block4_dilation, dropout)
-    if pretrained_backbone not in (False, None, "", "false"):
-        _load_encoder_weights(encoder, pretrained_backbone)
+    if pretrained_backbone is True or str(pretrained_backbone).lower() == "true":
+        raise UserError("torchvision has no ImageNet pre-activation ResNet-50 — pass "
+                        "pretrained_backbone=\"/path/to/encoder.pth\" or false")
+    load_pretrained(encoder, pretrained_backbone, None,
+                    rename=lambda state: {k.removeprefix("encoder."): v for k, v in state.items()})
     bottleneck = EASPP(encoder.channels[2], aspp_width, aspp_rates)
     decoder = Decoder(aspp_width, encoder.channels[:2], num_seg_classes, decoder_width, skip_width)
     detector = Detector(decoder.out_channels, aspp_width, num_det_classes, len(anchor_t) // len(BRANCH_DILATIONS),
                         det_width, trident_width, trident_mid, trident_blocks, dropout)
     return InterdependentMTL(encoder, bottleneck, decoder, detector, anchor_t, size, seg_weight, det_weight,
                              tuple(aux_weights), score_thresh, nms_thresh, detections_per_img, ignore_iou)
-
-
-def _load_encoder_weights(encoder: Encoder, pretrained: bool | str) -> None:
-    if pretrained is True or str(pretrained).lower() == "true":
-        raise UserError("torchvision has no ImageNet pre-activation ResNet-50 — pass pretrained_backbone=\"/path/to/encoder.pth\" or false")
-    path = Path(str(pretrained)).expanduser()
-    if not path.is_file():
-        raise UserError(f"pretrained backbone file {path} does not exist — give the path of a state dict of the encoder")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path} is not a readable PyTorch state dict ({type(exc).__name__}: {exc})") from None
-    state = {k.removeprefix("encoder."): v for k, v in (state.get("model", state)).items()}
-    own = encoder.state_dict()
-    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    usable = {k: v for k, v in state.items() if k in own and k not in bad}
-    if bad or not usable:
-        raise UserError(f"{path} does not fit the encoder ({'shape mismatch in ' + bad[0] if bad else 'no matching keys'}) — check width/layers")
-    encoder.load_state_dict(usable, strict=False)

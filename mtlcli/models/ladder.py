@@ -203,41 +203,6 @@ def _rename_old_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-class _RenamedWeights:
-    """Duck-typed stand-in for a torchvision weights entry: `load_pretrained` calls `get_state_dict`."""
-
-    def __init__(self, weights: Any = None, state: dict[str, Tensor] | None = None) -> None:
-        self.weights, self.state = weights, state
-
-    def get_state_dict(self, progress: bool = False, check_hash: bool = False) -> dict[str, Tensor]:
-        if self.state is None:
-            self.state = self.weights.get_state_dict(progress=progress, check_hash=check_hash)
-        return _rename_old_keys(self.state)
-
-    def __str__(self) -> str:
-        return str(self.weights)
-
-
-def _load_densenet_weights(net: DenseNet, pretrained: bool | str | Path, weights: Any) -> None:
-    if pretrained is False or pretrained is None or pretrained == "":
-        return
-    if pretrained is True or str(pretrained).lower() == "true":
-        load_pretrained(net, True, _RenamedWeights(weights))
-        return
-    path = Path(str(pretrained)).expanduser()
-    if not path.is_file():
-        raise UserError(f"pretrained backbone file {path} does not exist — give the path of a torchvision .pth state dict")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path} is not a readable PyTorch state dict ({type(exc).__name__}: {exc})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise UserError(f"{path} does not hold a state dict — give a torchvision .pth file")
-    load_pretrained(net, True, _RenamedWeights(weights, state))
-
-
 def build_ladder_densenet(
     num_seg_classes: int = 19,
     variant: str = "ladder",
@@ -285,7 +250,7 @@ def build_ladder_densenet(
         num_init_features=num_init_features or init,
         memory_efficient=memory_efficient,
     )
-    _load_densenet_weights(net, pretrained_backbone, weights)
+    load_pretrained(net, pretrained_backbone, weights, rename=_rename_old_keys)
     trunk = DenseNetTrunk(net.features, dilated=variant == "dilated8x")
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
     return LadderDenseNet(

@@ -238,5 +238,5 @@ def test_encoder_weights_from_a_local_file(tmp_path):
         torch.testing.assert_close(model.encoder.state_dict()[key], value)
     with pytest.raises(UserError, match="pre-activation"):
         build_imtl(pretrained_backbone=True, **TINY)
-    with pytest.raises(UserError, match="does not fit"):
+    with pytest.raises(UserError, match="do not fit"):
         build_imtl(pretrained_backbone=str(path), **{**TINY, "width": 16})

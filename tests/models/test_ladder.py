@@ -155,10 +155,11 @@ def test_local_pretrained_file_with_torchvision_key_names(tmp_path):
     torch.save(state, path)
 
     import mtlcli.models.ladder as ladder
+    from mtlcli.models.backbones import load_pretrained
 
     net = DenseNet(growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16)
-    ladder._load_densenet_weights(net, str(path), weights=None)
+    load_pretrained(net, str(path), None, rename=ladder._rename_old_keys)
     for key, value in source.state_dict().items():
         torch.testing.assert_close(net.state_dict()[key], value)
     with pytest.raises(UserError, match="does not exist"):
-        ladder._load_densenet_weights(net, str(tmp_path / "missing.pth"), weights=None)
+        load_pretrained(net, str(tmp_path / "missing.pth"), None, rename=ladder._rename_old_keys)
