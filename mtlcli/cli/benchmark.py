@@ -56,20 +56,15 @@ def recipe_subject(name: str, size: tuple[int, int] | None, device, batch: int, 
     import torch
 
     from mtlcli.engine.benchmark import Subject, random_targets
-    from mtlcli.models import build_model
+    from mtlcli.models import build_from_recipe, builder_arguments
     from mtlcli.recipes import load_recipe
 
     recipe = load_recipe(name, overrides)
-    kwargs = {k: v for k, v in recipe["model"].items() if k != "name"}
-    if "pretrained_backbone" in kwargs:
-        kwargs["pretrained_backbone"] = False
+    extra = {}
     if score_threshold is not None:
-        from mtlcli.models import builder_arguments
-
-        key = next((k for k in ("box_score_thresh", "score_thresh") if k in builder_arguments(recipe["model"]["name"])), None)
-        if key is not None:
-            kwargs[key] = score_threshold
-    model = build_model(recipe["model"]["name"], **kwargs).to(device).eval()
+        valid = builder_arguments(recipe["model"]["name"])
+        extra = {k: score_threshold for k in ("box_score_thresh", "score_thresh") if k in valid}
+    model = build_from_recipe(recipe["model"], load_weights=False, **extra).to(device).eval()
     if size is None:
         size = tuple(getattr(model, "input_size", None) or (512, 512))
     has_net = hasattr(model, "network") and hasattr(model, "preprocess")
@@ -80,8 +75,8 @@ def recipe_subject(name: str, size: tuple[int, int] | None, device, batch: int, 
     step = None
     if train:
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-        num_det = int(kwargs.get("num_det_classes", getattr(model, "num_det_classes", 2)) or 2)
-        num_seg = int(kwargs.get("num_seg_classes", getattr(model, "num_seg_classes", 2)) or 2)
+        num_det = int(recipe["model"].get("num_det_classes", getattr(model, "num_det_classes", 2)) or 2)
+        num_seg = int(recipe["model"].get("num_seg_classes", getattr(model, "num_seg_classes", 2)) or 2)
 
         def step(images):
             targets = random_targets(images, num_det, num_seg)

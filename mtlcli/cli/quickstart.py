@@ -130,9 +130,9 @@ def _run_state(run_dir: Path, marker: dict[str, Any], total: int) -> str:
     last = run_dir / "checkpoints" / "last.pt"
     if not last.is_file():
         return "new"
-    import torch
+    from mtlcli.engine.checkpoint import load_checkpoint
 
-    iteration = int(torch.load(last, map_location="cpu", weights_only=True).get("iteration", 0))
+    iteration = int(load_checkpoint(last).get("iteration", 0))
     return "done" if iteration >= total else "resume"
 
 

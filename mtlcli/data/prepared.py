@@ -75,10 +75,6 @@ class DatasetMeta:
             raise UserError(f"split {split!r} is not in {root}; available splits: {', '.join(self.splits)}")
 
 
-def split_dir(root: str | Path, split: str) -> Path:
-    return Path(root) / split
-
-
 def instances_path(root: str | Path, split: str) -> Path:
     return Path(root) / split / "instances.json"
 

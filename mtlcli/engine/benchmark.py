@@ -295,7 +295,6 @@ def reference_subject(key: str, size: tuple[int, int], device: torch.device, sco
     """A torchvision reference model (no weights) as a Subject; detection models get their transform's
     min/max size set to the benchmark size so all models see the same pixels. `score_thresh` replaces
     the detection score threshold (0 keeps every detection of an untrained model, like ours)."""
-    import torchvision.models as tvm
     import torchvision.models.detection as tvd
     import torchvision.models.segmentation as tvs
 
@@ -331,7 +330,6 @@ def reference_subject(key: str, size: tuple[int, int], device: torch.device, sco
     def predict_seg(images: list[Tensor]) -> Any:
         return network(prepare(images)).softmax(1)
 
-    _ = tvm  # the classification zoo is not needed; keep the import surface explicit
     return Subject(key, model, size, predict_seg, network=network, prepare=prepare, kind="torchvision")
 
 

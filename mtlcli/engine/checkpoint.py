@@ -109,7 +109,7 @@ def load_for_eval(
     Returns (model on `device` in eval mode, the resolved recipe stored in the checkpoint, the prepared
     dataset root the recipe names, or None when that folder does not exist here).
     """
-    from mtlcli.models import build_model
+    from mtlcli.models import build_from_recipe
 
     if (run is None) == (checkpoint is None):
         raise UserError("give either a run directory (--run) or a checkpoint file (--checkpoint), not both")
@@ -118,11 +118,8 @@ def load_for_eval(
     recipe = state.get("recipe")
     if not isinstance(recipe, dict) or "model" not in recipe:
         raise UserError(f"checkpoint {path} carries no recipe — it was not written by `mtl train`")
-    kwargs = {k: v for k, v in recipe["model"].items() if k != "name"}
-    # Load the trained weights; skip downloading ImageNet weights the checkpoint replaces anyway.
-    if "pretrained_backbone" in kwargs:
-        kwargs["pretrained_backbone"] = False
-    model = build_model(recipe["model"]["name"], **kwargs)
+    # the trained weights replace ImageNet's: do not download them
+    model = build_from_recipe(recipe["model"], load_weights=False)
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
         raise UserError(

@@ -191,10 +191,9 @@ def with_class_counts(recipe: dict, dataset: Dataset) -> dict:
 
 
 def build(recipe: dict) -> nn.Module:
-    from mtlcli.models import build_model
+    from mtlcli.models import build_from_recipe
 
-    kwargs = {k: v for k, v in recipe["model"].items() if k != "name"}
-    return build_model(recipe["model"]["name"], **kwargs)
+    return build_from_recipe(recipe["model"])
 
 
 def per_process_batch(train_cfg: dict, world_size: int) -> int:

@@ -53,3 +53,16 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
             f"model {name!r} has no argument(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
         )
     return get_builder(name)(**kwargs)
+
+
+def build_from_recipe(model_table: dict[str, Any], *, load_weights: bool = True, **overrides: Any) -> nn.Module:
+    """Build the model of a recipe's `[model]` table (`name` + builder keyword arguments).
+
+    `load_weights=False` skips ImageNet weights (a checkpoint or a benchmark replaces them anyway);
+    `overrides` replace table entries.
+    """
+    kwargs = {k: v for k, v in model_table.items() if k != "name"}
+    if not load_weights and "pretrained_backbone" in kwargs:
+        kwargs["pretrained_backbone"] = False
+    kwargs.update(overrides)
+    return build_model(model_table["name"], **kwargs)
