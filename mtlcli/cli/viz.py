@@ -175,10 +175,16 @@ def confusion(
 def features(
     run: Optional[Path] = RUN_OPTION,
     checkpoint: Optional[Path] = CHECKPOINT_OPTION,
+    classifier: Optional[str] = typer.Option(None, "--classifier",
+                                             help="A torchvision classification network (e.g. densenet121) instead of a run; needs --weights."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="The --classifier's state dict (.pth), e.g. "
+                                           "torchvision's densenet121-a639ec97.pth or a fine-tuned copy."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Module name (see --list-layers) whose activation to maximise."),
     channel: Optional[int] = typer.Option(None, "--channel", min=0, help="One channel (feature map) of --layer."),
     seg_class: Optional[str] = typer.Option(None, "--class",
-                                            help="A segmentation class (index or name): its sem_seg score, or that channel of --layer."),
+                                            help="A class (index or name): its sem_seg score or classifier logit, or that channel of --layer."),
+    size: Optional[int] = typer.Option(None, "--size", min=8, help="Side of the square image to optimise [default: the "
+                                       "model's input size; 224 for a classifier]."),
     steps: int = typer.Option(100, "--steps", min=1, help="Gradient-ascent steps."),
     lr: float = typer.Option(0.05, "--lr", help="Step size (the gradient is normalised to mean magnitude 1)."),
     jitter: bool = typer.Option(True, "--jitter/--no-jitter", help="Shift the image up to 4 px between steps."),
@@ -190,26 +196,47 @@ def features(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNGs [default: RUN/viz/features]."),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Activation maximisation of a layer, channel or class, and the first-layer filters as a grid."""
     from rich.console import Console
 
-    from mtlcli.viz.features import layer_names, render_features
+    from mtlcli.errors import UserError
+    from mtlcli.viz.features import layer_names, load_classifier, render_features
     from mtlcli.viz.predictions import load_run, output_dir
 
-    loaded = load_run(run, checkpoint, device=_device(device))
+    if classifier is not None:
+        if run is not None or checkpoint is not None:
+            raise UserError("give --run/--checkpoint (our models) or --classifier NAME --weights FILE, not both")
+        if weights is None:
+            raise UserError(f"--classifier {classifier} needs --weights FILE (its .pth state dict; nothing is downloaded)")
+        side = size or 224
+        model = load_classifier(classifier, weights, input_size=(side, side), device=_device(device))
+        names: list[str] = list(model.class_names or [])
+        if out is None and not list_layers:
+            raise UserError("a --classifier has no run directory; say where the PNGs go with --out DIR")
+        target = out
+        num_classes = None
+    else:
+        if weights is not None:
+            raise UserError("--weights goes with --classifier NAME; a run's weights come from its checkpoint")
+        loaded = load_run(run, checkpoint, device=_device(device))
+        model = loaded.model
+        names = loaded.classes.seg_classes
+        target = None if list_layers else output_dir(out, loaded, "features")
+        num_classes = len(names) or None
     if list_layers:
-        for name in layer_names(loaded.model):
+        for name in layer_names(model):
             print(name)
         return
-    names = loaded.classes.seg_classes
     k = _class_index(seg_class, names, "--class")
-    result = render_features(loaded.model, output_dir(out, loaded, "features"), layer=layer, channel=channel, seg_class=k,
-                             class_name=names[k] if k is not None and 0 <= k < len(names) else None, steps=steps, lr=lr,
+    result = render_features(model, target, layer=layer, channel=channel, seg_class=k,
+                             class_name=names[k] if k is not None and 0 <= k < len(names) else None,
+                             size=(size, size) if size else None, steps=steps, lr=lr,
                              jitter=4 if jitter else 0, scale=scale, rotate=rotate, blur=blur, seed=seed,
-                             num_classes=len(names) or None, force=force)
-    Console().print(f"{result['unit']}: mean activation {result['before']:.4g} (noise) -> {result['after']:.4g}")
-    _print_paths("image(s)", [result["image"]] + ([result["filters"]] if result["filters"] else []))
+                             num_classes=num_classes, force=force, progress=not quiet)
+    Console().print(f"{result['unit']}: {result['titles'][1].splitlines()[0]}")
+    _print_paths("image(s)", [result["image"], result["raw"]] + ([result["filters"]] if result["filters"] else []))
     if result["filters"] is None:
         Console().print(f"kept the existing filter grid {result['filters_path']} (pass --force to redraw it)")
 
@@ -219,28 +246,63 @@ def adversarial(
     run: Optional[Path] = RUN_OPTION,
     checkpoint: Optional[Path] = CHECKPOINT_OPTION,
     image: Path = typer.Option(..., "--image", help="The image file to attack."),
+    norm: str = typer.Option("l2", "--norm", help="l2: the smallest L2 perturbation that flips the chosen pixels "
+                             "(the paper's problem); linf: a fixed per-value budget --eps."),
     target_class: Optional[str] = typer.Option(None, "--target-class",
-                                               help="Push every pixel towards this class (index or name) [default: away from its own]."),
-    eps: float = typer.Option(8 / 255, "--eps", help="Budget: the largest change of any pixel value, in 0..1 units."),
-    steps: int = typer.Option(10, "--steps", min=1, help="Gradient steps."),
+                                               help="Flip pixels to this class (index or name) [default: to any other class]."),
+    source_class: Optional[str] = typer.Option(None, "--source-class",
+                                               help="L2: flip only the pixels predicted as this class [default: every pixel]."),
+    flip_rate: float = typer.Option(0.95, "--flip-rate", min=0.0, max=1.0,
+                                    help="L2: the share of the chosen pixels that must flip."),
+    refine_steps: int = typer.Option(20, "--refine-steps", min=0,
+                                     help="L2: steps that shrink ||r||2 after the first flip."),
+    eps: Optional[float] = typer.Option(None, "--eps", help="Linf: the largest change of any pixel value, in 0..1 "
+                                        "units (e.g. 0.03) [default: 8/255]."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1,
+                                        help="L2: most steps until the flip [default: 100]; Linf: steps [default: 10]."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNGs [default: RUN/viz/adversarial]."),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """An iterative gradient attack on the segmentation: original, perturbation, adversarial, predictions."""
+    """Adversarial example of the segmentation: original, perturbation, adversarial image, both predictions."""
     from rich.console import Console
 
-    from mtlcli.viz.adversarial import render_adversarial
+    from mtlcli.errors import UserError
+    from mtlcli.viz.adversarial import NORMS, render_adversarial
     from mtlcli.viz.predictions import load_run, output_dir, read_image_file
 
+    norm = norm.lower()
+    if norm not in NORMS:
+        raise UserError(f"--norm {norm!r} is not one of {', '.join(NORMS)}")
+    if norm == "l2" and eps is not None:
+        raise UserError("--eps is the budget of the Linf attack; add --norm linf (the default L2 attack finds its own size)")
+    if norm == "linf" and source_class is not None:
+        raise UserError("--source-class belongs to the L2 attack; drop it or use --norm l2")
     read_image_file(image)  # an unreadable image fails before the model is built
     loaded = load_run(run, checkpoint, device=_device(device))
-    k = _class_index(target_class, loaded.classes.seg_classes, "--target-class")
+    names = loaded.classes.seg_classes
+    k = _class_index(target_class, names, "--target-class")
+    options = {} if norm == "linf" else {"flip_rate": flip_rate, "refine_steps": refine_steps,
+                                         "source_class": _class_index(source_class, names, "--source-class")}
+    budget = eps if eps is not None else 8 / 255
     result = render_adversarial(loaded.model, image, output_dir(out, loaded, "adversarial"), loaded.classes.palette,
-                                eps=eps, steps=steps, target_class=k, force=force, device=loaded.device)
-    line = (f"perturbation L2 {result['l2']:.4f}, Linf {result['linf']:.4f} (budget {eps:.4f}); "
-            f"{100 * result['changed']:.1f}% of pixels changed class")
-    if result["on_target"] is not None:
-        line += f", {100 * result['on_target']:.1f}% now predicted as class {k}"
-    Console().print(line)
+                                norm=norm, eps=budget, steps=steps, target_class=k, class_names=names, force=force,
+                                device=loaded.device, progress=not quiet, **options)
+    console = Console()
+    if norm == "l2":
+        chosen = f"pixels of {names[options['source_class']]}" if options["source_class"] is not None else "pixels"
+        line = (f"||r||2 {result['l2']:.4f} (||r||inf {result['linf']:.4f}); flipped {100 * result['flip_rate']:.1f}% "
+                f"of {result['chosen']} {chosen} (goal {100 * flip_rate:.0f}%) in {result['steps']} steps")
+        line += f", first flip after {result['first_flip']}" if result["first_flip"] is not None else ""
+        console.print(line)
+        if not result["flipped"]:
+            console.print(f"[yellow]not flipped[/]: the goal was not reached within --steps {result['steps']}; "
+                          "raise --steps or lower --flip-rate")
+    else:
+        line = (f"perturbation L2 {result['l2']:.4f}, Linf {result['linf']:.4f} (budget {budget:.4f}); "
+                f"{100 * result['changed']:.1f}% of pixels changed class")
+        if result["on_target"] is not None:
+            line += f", {100 * result['on_target']:.1f}% now predicted as class {k}"
+        console.print(line)
     _print_paths("image(s)", [result["path"], result["image_path"]])

@@ -169,3 +169,79 @@ def save_png(image: torch.Tensor, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(path)
     return path
+
+
+def font(size: int):  # type: ignore[no-untyped-def]
+    """A PIL font of `size` pixels: DejaVu Sans (from matplotlib) when found, else PIL's default one."""
+    from PIL import ImageFont
+
+    path = _font_path()
+    if path:
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError:
+            pass
+    return ImageFont.load_default(size=size)
+
+
+def titled_row(panels: Sequence[torch.Tensor], titles: Sequence[str], caption: str | None = None,
+               min_height: int = 192, gap: int = 4) -> torch.Tensor:
+    """Panels [3, H, W_i] side by side, each under its title, with optional caption lines ("\n") below.
+
+    Panels lower than `min_height` are enlarged by an integer factor (nearest neighbour, so pixels stay
+    visible); the font is at least 13 px and grows with the panel height. A title wraps onto a second
+    line where the panel is narrow; the canvas widens (panels centred) so that one-panel titles and the
+    caption lines fit. White background, `gap` pixels between panels. Returns uint8 [3, H', W'].
+    """
+    import textwrap
+
+    from PIL import Image, ImageDraw
+
+    if len(panels) != len(titles):
+        raise ValueError("one title per panel")
+    panels = [to_uint8(p) for p in panels]
+    h = max(int(p.shape[-2]) for p in panels)
+    factor = max(1, -(-min_height // h))  # ceil
+    scaled = [p.repeat_interleave(factor, -2).repeat_interleave(factor, -1) if factor > 1 else p for p in panels]
+    h *= factor
+    size = max(13, min(28, h // 14))
+    fnt = font(size)
+    line_h = int(size * 1.7)
+    pen = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = caption.split("\n") if caption else []
+    panels_w = sum(int(p.shape[-1]) for p in scaled) + gap * (len(scaled) - 1)
+    need = [pen.textlength(t, font=fnt) + 8 for t in lines]
+    if len(scaled) == 1:
+        need.append(pen.textlength(titles[0], font=fnt) + 8)
+    width = int(max([panels_w] + need))
+    wrapped = []
+    for panel, title in zip(scaled, titles):
+        room = max(int(panel.shape[-1]), width if len(scaled) == 1 else 0) - 4
+        chars = max(4, int(room / max(pen.textlength("n", font=fnt), 1)))
+        fits = pen.textlength(title, font=fnt) <= room
+        parts = [title] if fits else (textwrap.wrap(title, chars)[:2] or [""])
+        wrapped.append([_fit(pen, t, fnt, room) for t in parts])
+    band = line_h * max(len(w) for w in wrapped)
+    canvas = Image.new("RGB", (width, band + h + line_h * len(lines)), (255, 255, 255))
+    pen = ImageDraw.Draw(canvas)
+    x = (width - panels_w) // 2
+    for panel, title_lines in zip(scaled, wrapped):
+        pw = int(panel.shape[-1])
+        canvas.paste(Image.fromarray(panel.permute(1, 2, 0).numpy()), (x, band))
+        for i, text in enumerate(title_lines):
+            tw = pen.textlength(text, font=fnt)
+            pen.text((x + (pw - tw) / 2, i * line_h + (line_h - size) / 2), text, fill=(0, 0, 0), font=fnt)
+        x += pw + gap
+    for i, line in enumerate(lines):
+        pen.text((4, band + h + i * line_h + (line_h - size) / 2), _fit(pen, line, fnt, width - 8), fill=(0, 0, 0),
+                 font=fnt)
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).contiguous()
+
+
+def _fit(pen, text: str, fnt, width: float) -> str:  # type: ignore[no-untyped-def]
+    """`text`, shortened with an ellipsis until it fits `width` pixels."""
+    if pen.textlength(text, font=fnt) <= width:
+        return text
+    while len(text) > 1 and pen.textlength(text + "…", font=fnt) > width:
+        text = text[:-1]
+    return text + "…"
