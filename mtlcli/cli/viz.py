@@ -1,12 +1,14 @@
 """`mtl viz ...`: look at data and results as PNG overlays and plots.
 
-    mtl viz dataset DATA [--split S] --out DIR [--num N] [--force]
+    mtl viz dataset --data DATA [--split S] --out DIR [--num N] [--force]
     mtl viz predictions --run RUN | --checkpoint CKPT [--data DATA --split S | --images FILE|DIR ...] [--num N]
                         [--score-threshold T] [--out DIR]
-    mtl viz curves RUN [RUN ...] [--out DIR]
+    mtl viz curves --run RUN [--run RUN ...] [--out DIR]
     mtl viz confusion --run RUN [--data DATA --split S] [--out DIR]
     mtl viz features --run RUN (--layer NAME [--channel C | --class K] | --class K) [--steps S] [--no-jitter] ...
-    mtl viz adversarial --run RUN --image FILE [--target-class K] [--eps E] [--steps S]
+    mtl viz features --classifier densenet121 --weights FILE.pth --class K --out DIR
+    mtl viz adversarial --run RUN --image FILE [--source-class K] [--target-class K] [--flip-rate F]
+                        [--norm linf --eps E] [--steps S]
 
 Outputs go to RUN/viz/ (curves to RUN/plots/) unless --out says otherwise; existing PNGs are only
 replaced with --force.
@@ -25,42 +27,48 @@ import typer
 app = typer.Typer(help="Draw ground truth, predictions, training curves, confusion matrices, features and adversarial examples as PNGs.", no_args_is_help=True)
 
 
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar and no list of written files.")
+
+
 @app.command("dataset")
 def dataset(
-    data: Path = typer.Argument(..., help="Prepared dataset folder (the --out of `mtl prepare`)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset folder (the --out of `mtl prepare`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the overlay PNGs."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to draw [default: the dataset's first split]."),
     num: int = typer.Option(8, "--num", "-n", help="Number of images, spread evenly over the split."),
     force: bool = typer.Option(False, "--force", help="Overwrite overlay PNGs already in --out."),
+    quiet: bool = QUIET_OPTION,
+    data_arg: Optional[Path] = typer.Argument(None, hidden=True, help="Before 0.2: DATA as a positional argument."),
 ) -> None:
     """Ground-truth overlays: semantic map, boxes with class names and DT bins of N images."""
     from rich.console import Console
 
     from mtlcli.data.prepared import DatasetMeta
+    from mtlcli.errors import UserError
     from mtlcli.viz.dataset import render_dataset
 
+    if data is not None and data_arg is not None:
+        raise UserError("give the dataset once, with --data DATA")
+    data = data if data is not None else data_arg
+    if data is None:
+        raise UserError("say which prepared dataset to draw with --data DATA (the --out of `mtl prepare`)")
     if split is None:
         splits = DatasetMeta.load(data).splits
         split = splits[0] if splits else "train"  # an empty list: PreparedDataset reports it
     paths = render_dataset(data, split, out, num=num, force=force)
     from rich.markup import escape
 
-    Console().print(f"[green]wrote[/] {len(paths)} overlay(s) of {escape(str(data))}, split {escape(split)}, to {escape(str(out))}")
+    Console(quiet=quiet).print(f"[green]wrote[/] {len(paths)} overlay(s) of {escape(str(data))}, split {escape(split)}, "
+                               f"to {escape(str(out))}")
 
 
 # ------------------------------------------------------------------------------- model-based commands
 
 
 def _device(name: str) -> str:
-    import torch
+    from mtlcli.cli.common import resolve_device
 
-    from mtlcli.errors import UserError
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    return name
+    return resolve_device(name)
 
 
 def _class_index(value: Optional[str], names: list[str], option: str) -> Optional[int]:
@@ -89,7 +97,7 @@ def _print_paths(what: str, paths: list[Path]) -> None:
 
 RUN_OPTION = typer.Option(None, "--run", help="Run directory of `mtl train` (uses best.pt, else last.pt).")
 CHECKPOINT_OPTION = typer.Option(None, "--checkpoint", help="A checkpoint file written by `mtl train`.")
-DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ...")
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N.")
 FORCE_OPTION = typer.Option(False, "--force", help="Overwrite PNGs that already exist.")
 
 
@@ -105,6 +113,7 @@ def predictions(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNGs [default: RUN/viz/predictions]."),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Predictions over their images: semantic overlay, boxes with scores, masks; ground truth beside them."""
     from mtlcli.errors import UserError
@@ -127,19 +136,28 @@ def predictions(
     paths = render_predictions(loaded.model, source, out, num=num, score_threshold=score_threshold, palette=cls.palette,
                                seg_classes=cls.seg_classes, det_classes=cls.det_classes, force=force,
                                device=loaded.device)
-    _print_paths("prediction overlay(s)", paths)
+    if not quiet:
+        _print_paths("prediction overlay(s)", paths)
 
 
 @app.command("curves")
 def curves(
-    runs: list[Path] = typer.Argument(..., help="Run directories (several are overlaid)."),
+    run: list[Path] = typer.Option([], "--run", help="Run directory of `mtl train`; repeat to overlay several runs."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the plots [default: the first RUN/plots]."),
     force: bool = FORCE_OPTION,
+    quiet: bool = QUIET_OPTION,
+    runs_arg: Optional[list[Path]] = typer.Argument(None, hidden=True, help="Before 0.2: RUN... as positional arguments."),
 ) -> None:
     """Loss terms, learning rate and evaluation metrics over iterations, from RUN/metrics.jsonl."""
+    from mtlcli.errors import UserError
     from mtlcli.viz.curves import plot_curves
 
-    _print_paths("plot(s)", plot_curves(runs, out, force=force))
+    runs = list(run) + list(runs_arg or [])
+    if not runs:
+        raise UserError("say which run to plot with --run RUN (repeat --run to overlay several)")
+    paths = plot_curves(runs, out, force=force)
+    if not quiet:
+        _print_paths("plot(s)", paths)
 
 
 @app.command("confusion")

@@ -67,9 +67,10 @@ def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
 
     data = recipe["data"]
     if not (root / "dataset.json").is_file():
-        hint = "mtl prepare synthetic --out" if data["dataset"] == "synthetic" else f"mtl prepare {data['dataset']} SRC --out"
+        from mtlcli.hints import prepare_hint
+
         raise UserError(
-            f"no prepared dataset at {root} — run `{hint} {root}` first, or point to one with --data "
+            f"no prepared dataset at {root} — run {prepare_hint(data['dataset'], root)} first, or point to one with --data "
             f"(or data.root, or $MTL_DATA)"
         )
     options = {k: v for k, v in data.items() if k not in DATA_KEYS}
@@ -384,7 +385,9 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
             )
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.toml").write_text(dump_toml(recipe))
+        from mtlcli.provenance import header
+
+        (run_dir / "recipe.toml").write_text(header() + dump_toml(recipe))
     log = MetricsLog(run_dir, main, start if resume else None)
     loader = make_loader(train_ds, micro_batch=micro, workers=cfg["workers"], seed=cfg["seed"], info=info,
                          start=start * acc * micro, collate=collate_fn())
