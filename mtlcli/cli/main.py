@@ -32,6 +32,7 @@ _GROUPS = [
     ("mtlcli.cli.benchmark", None),
     ("mtlcli.cli.quickstart", None),
     ("mtlcli.cli.anchors", None),
+    ("mtlcli.cli.runs", None),
 ]
 
 
