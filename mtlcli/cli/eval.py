@@ -114,6 +114,12 @@ def _device(name: str) -> str:
     return resolve_device(name)
 
 
+def _single_process() -> bool:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) == 1
+
+
 def run_eval(
     run: Optional[Path], checkpoint: Optional[Path], predictions: Optional[Path], data: Optional[Path], split: Optional[str],
     metric: list[str], cityscapes_ids: bool, out: Optional[Path], save_predictions: Optional[Path], force: bool,
@@ -159,8 +165,18 @@ def run_eval(
         # no transforms: the model resizes its own inputs and answers in the original frame
         dataset = PreparedDataset(root, split, transforms=None, label_map=label_map)
         bs = batch_size or int(recipe.get("eval", {}).get("batch_size") or 4)
+        # a run keeps its predictions in RUN/eval/predictions-SPLIT (for the detection pictures and for
+        # `mtl viz confusion`), unless the user chose where results go (--out) or predictions go
+        keep = run is not None and out is None and save_predictions is None and _single_process()
+        target = Path(run) / "eval" / f"predictions-{split}" if keep else save_predictions
         result = evaluate(model, dataset, names, device=dev, batch_size=bs, progress=not quiet,
-                          save_predictions=save_predictions, force=force, workers=workers)
+                          save_predictions=target, force=force or keep, workers=workers)
+        if keep and (target / "detections.json").is_file() and dataset.meta.det_classes:
+            from mtlcli.viz.detection import plot_detection
+
+            detections = json.loads((target / "detections.json").read_text())
+            result["plots"] = [str(p) for p in plot_detection(dataset.coco, detections, dataset.meta.det_classes,
+                                                             Path(run) / "eval", split)]
         result = {"run": str(run) if run else None, "checkpoint": str(checkpoint) if checkpoint else None,
                   "data": str(root), "split": split, **result}
     from mtlcli.provenance import provenance

@@ -27,7 +27,7 @@ import typer
 app = typer.Typer(help="Draw ground truth, predictions, training curves, confusion matrices, features and adversarial examples as PNGs.", no_args_is_help=True)
 
 
-QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar and no list of written files.")
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar; only the final lines.")
 
 
 @app.command("dataset")
@@ -58,7 +58,7 @@ def dataset(
     paths = render_dataset(data, split, out, num=num, force=force)
     from rich.markup import escape
 
-    Console(quiet=quiet).print(f"[green]wrote[/] {len(paths)} overlay(s) of {escape(str(data))}, split {escape(split)}, "
+    Console().print(f"[green]wrote[/] {len(paths)} overlay(s) of {escape(str(data))}, split {escape(split)}, "
                                f"to {escape(str(out))}")
 
 
@@ -135,9 +135,8 @@ def predictions(
         source = PreparedDataset(loaded.root, split, label_map=loaded.recipe.get("data", {}).get("label_map") or None)
     paths = render_predictions(loaded.model, source, out, num=num, score_threshold=score_threshold, palette=cls.palette,
                                seg_classes=cls.seg_classes, det_classes=cls.det_classes, force=force,
-                               device=loaded.device)
-    if not quiet:
-        _print_paths("prediction overlay(s)", paths)
+                               device=loaded.device, progress=not quiet)
+    _print_paths("prediction overlay(s)", paths)
 
 
 @app.command("curves")
@@ -156,8 +155,7 @@ def curves(
     if not runs:
         raise UserError("say which run to plot with --run RUN (repeat --run to overlay several)")
     paths = plot_curves(runs, out, force=force)
-    if not quiet:
-        _print_paths("plot(s)", paths)
+    _print_paths("plot(s)", paths)
 
 
 @app.command("confusion")
@@ -178,6 +176,22 @@ def confusion(
     from mtlcli.viz.confusion import run_confusion
     from mtlcli.viz.predictions import load_run, output_dir
 
+    saved = _saved_predictions(run, checkpoint, data, split)
+    if saved is not None:  # `mtl eval --run RUN` kept its predictions: no need to run the model again
+        from mtlcli.metrics.predictions import evaluate_predictions
+        from mtlcli.viz.confusion import plot_confusion
+        from mtlcli.viz.predictions import check_free
+
+        pred_dir, root, split = saved
+        target = (out if out is not None else Path(run) / "viz") / f"confusion_{split}.png"  # type: ignore[arg-type]
+        check_free([target], force)
+        result = evaluate_predictions(root, split, pred_dir, ["miou"], progress=not quiet)
+        details = result["details"]["miou"]
+        title = f"{split}: mIoU {100 * result['metrics']['miou']:.1f}% over {details['images']} images (rows normalised)"
+        path = plot_confusion(details["confusion"], details["classes"], target, details["iou"], title)
+        _print_paths(f"confusion matrix (mIoU {100 * (details['miou'] or 0.0):.1f}%, from the predictions "
+                     f"saved in {pred_dir})", [path])
+        return
     loaded = load_run(run, checkpoint, data=data, device=_device(device))
     if loaded.root is None:
         raise UserError("the run's prepared dataset is not here; give it with --data DATA")
@@ -187,6 +201,32 @@ def confusion(
     path, details = run_confusion(loaded.model, dataset, target, device=loaded.device, batch_size=batch_size,
                                   force=force, progress=not quiet)
     _print_paths(f"confusion matrix (mIoU {100 * (details['miou'] or 0.0):.1f}%)", [path])
+
+
+def _saved_predictions(run: Optional[Path], checkpoint: Optional[Path], data: Optional[Path],
+                       split: Optional[str]) -> Optional[tuple[Path, Path, str]]:
+    """(predictions folder, prepared dataset, split) when `mtl eval --run RUN` saved semantic predictions of
+    the split that are newer than the run's checkpoints; None otherwise (then the model runs)."""
+    import tomllib
+
+    from mtlcli.engine.train import data_root
+
+    if run is None or checkpoint is not None or data is not None or not (run / "recipe.toml").is_file():
+        return None
+    try:
+        recipe = tomllib.loads((run / "recipe.toml").read_text())
+    except (tomllib.TOMLDecodeError, OSError):
+        return None
+    split = split or recipe.get("data", {}).get("val_split") or "val"
+    pred_dir = run / "eval" / f"predictions-{split}"
+    ckpts = [p.stat().st_mtime for p in (run / "checkpoints").glob("*.pt")] if (run / "checkpoints").is_dir() else []
+    if not (pred_dir / "semantic").is_dir() or (ckpts and pred_dir.stat().st_mtime < max(ckpts)):
+        return None
+    try:
+        root = data_root({"data": {"root": "", "dataset": "", **recipe.get("data", {})}})
+    except (KeyError, TypeError):
+        return None
+    return (pred_dir, root, split) if (root / "dataset.json").is_file() else None
 
 
 @app.command("features")
