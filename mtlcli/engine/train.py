@@ -222,18 +222,24 @@ def weigh(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> dict[st
 # --------------------------------------------------------------------------------------------- display
 
 
-class Display:
-    """The rich progress line (rank 0): iteration/total, ETA, loss terms, lr, images/s, data wait, memory."""
+from mtlcli.engine.console import bar_width  # noqa: E402  (the console helpers of the Display)
 
-    def __init__(self, enabled: bool, total: int, start: int) -> None:
+
+class Display:
+    """The rich progress line (rank 0): iteration/total, ETA, loss, images/s, then (as the width allows)
+    loss terms, lr, data wait and memory — in an 80-column terminal the detail goes first. Periodic
+    evaluation pauses the line for its own progress bar and prints its results as a line."""
+
+    def __init__(self, enabled: bool, total: int, start: int, console: Any = None) -> None:
         self.progress = None
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress = Progress(
-                TextColumn("[bold]train"), BarColumn(bar_width=24), MofNCompleteColumn(), TextColumn("eta"),
-                TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                TextColumn("[bold]train"), BarColumn(bar_width=None), MofNCompleteColumn(), TextColumn("eta"),
+                TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
             )
+            self.progress.columns[1].bar_width = bar_width(self.progress.console.width)
             self.task = self.progress.add_task("train", total=total, completed=start, info="")
             # in a log file or CI a live bar renders only at the end: print each logged step as a line
             self.lines = not self.progress.console.is_terminal
@@ -251,16 +257,21 @@ class Display:
     def update(self, iteration: int, record: dict | None = None) -> None:
         if self.progress is None:
             return
+        from mtlcli.engine.console import info_text
+
         fields = {}
         if record is not None:
-            terms = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in record["losses"].items())
-            fields["info"] = (
-                f"loss {record['loss']:.3f} ({terms})  lr {record['lr']:.2e}  {record['images_per_s']:.1f} img/s  "
-                f"data {100 * record['data_wait']:.0f}%  mem {record['memory_mb']:.0f}MB"
-            )
+            room = self.progress.console.width - (bar_width(self.progress.console.width) + 2 * len(str(self.total)) + 24)
+            fields["info"] = info_text(record, room if not self.lines else 10_000)
         self.progress.update(self.task, completed=iteration, **fields)
         if self.lines and fields:
             self.progress.console.print(f"train {iteration}/{self.total}  {fields['info']}")
+
+    def evaluating(self) -> Any:
+        """A context for periodic evaluation: the train line stops, evaluation shows its own bar."""
+        from mtlcli.engine.console import paused
+
+        return paused(self.progress)
 
     def print(self, text: str) -> None:
         if self.progress is not None:
@@ -416,13 +427,14 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     def evaluate_now(iteration: int) -> dict[str, float]:
         from mtlcli.engine.evaluate import evaluate
 
-        with preserved_rng():
+        with preserved_rng(), display.evaluating() as shown:
             result = evaluate(model, val_ds, ev["metrics"], device=device, batch_size=ev["batch_size"],
-                              progress=False)
+                              progress=shown)
         model.train()
         # Rank 0's numbers decide best.pt on every process, so that all take the same branch.
         metrics = broadcast_object({k: float(v) for k, v in result["metrics"].items()}, info)
         log.write({"type": "eval", "iteration": iteration, "metrics": metrics})
+        display.print(f"eval {iteration}/{total}  " + "  ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items()))
         return metrics
 
     stage, ddp = None, model
