@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         from mtlcli.recipes import load_recipe
 
         if resume and out is None:
-            raise UserError("--resume continues a run: say which with --out RUN (the run directory to continue)")
+            raise UserError("--resume needs --out RUN: the run directory to continue")
         if recipe is None:
             if not resume or out is None:
                 raise UserError("give a recipe with --recipe NAME|PATH (see `mtl recipes list`)")
