@@ -55,7 +55,7 @@ def dataset(
     if split is None:
         splits = DatasetMeta.load(data).splits
         split = splits[0] if splits else "train"  # an empty list: PreparedDataset reports it
-    paths = render_dataset(data, split, out, num=num, force=force)
+    paths = render_dataset(data, split, out, num=num, force=force, progress=not quiet)
     from rich.markup import escape
 
     Console().print(f"[green]wrote[/] {len(paths)} overlay(s) of {escape(str(data))}, split {escape(split)}, "
