@@ -71,6 +71,19 @@ def _device(name: str) -> str:
     return resolve_device(name)
 
 
+def _fraction(text: str, option: str) -> float:
+    """A number written as 0.03 or 8/255."""
+    from mtlcli.errors import UserError
+
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"{option} {text!r} is not a number; write e.g. 0.03 or 8/255") from None
+
+
 def _class_index(value: Optional[str], names: list[str], option: str) -> Optional[int]:
     """A class given as an index (0..C-1) or by name; None stays None."""
     from mtlcli.errors import UserError
@@ -314,8 +327,8 @@ def adversarial(
                                     help="L2: the share of the chosen pixels that must flip."),
     refine_steps: int = typer.Option(20, "--refine-steps", min=0,
                                      help="L2: steps that shrink ||r||2 after the first flip."),
-    eps: Optional[float] = typer.Option(None, "--eps", help="Linf: the largest change of any pixel value, in 0..1 "
-                                        "units (e.g. 0.03) [default: 8/255]."),
+    eps: Optional[str] = typer.Option(None, "--eps", metavar="EPS", help="Linf: the largest change of any pixel "
+                                      "value, in 0..1 units, as a number or a fraction (0.03, 8/255) [default: 8/255]."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1,
                                         help="L2: most steps until the flip [default: 100]; Linf: steps [default: 10]."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNGs [default: RUN/viz/adversarial]."),
@@ -343,7 +356,7 @@ def adversarial(
     k = _class_index(target_class, names, "--target-class")
     options = {} if norm == "linf" else {"flip_rate": flip_rate, "refine_steps": refine_steps,
                                          "source_class": _class_index(source_class, names, "--source-class")}
-    budget = eps if eps is not None else 8 / 255
+    budget = _fraction(eps, "--eps") if eps is not None else 8 / 255
     result = render_adversarial(loaded.model, image, output_dir(out, loaded, "adversarial"), loaded.classes.palette,
                                 norm=norm, eps=budget, steps=steps, target_class=k, class_names=names, force=force,
                                 device=loaded.device, progress=not quiet, **options)

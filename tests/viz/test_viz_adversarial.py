@@ -53,7 +53,7 @@ def test_targeted_attack_moves_pixels_to_the_target(model: torch.nn.Module, imag
 def test_cli_panels_and_numbers(seg_run: Path, image_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "adv"
     assert run_cli(["viz", "adversarial", "--run", str(seg_run), "--image", str(image_file), "--norm", "linf",
-                    "--eps", "0.02", "--steps", "2", "--out", str(out)]) == 0
+                    "--eps", "5.1/255", "--steps", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out.replace("\n", "")
     assert "L2 " in printed and "Linf " in printed and "(budget 0.0200)" in printed and "% of pixels changed class" in printed
     panels = out / f"adversarial_{image_file.stem}_linf.png"
@@ -90,6 +90,8 @@ def test_bad_input_is_one_line(seg_run: Path, image_file: Path, tmp_path: Path, 
     assert "does not exist" in error_line(capsys)
     assert run_cli(base + ["--image", str(image_file), "--norm", "linf", "--eps", "0"]) == 2
     assert "--eps must be positive" in error_line(capsys)
+    assert run_cli(base + ["--image", str(image_file), "--norm", "linf", "--eps", "8/0"]) == 2
+    assert "write e.g. 0.03 or 8/255" in error_line(capsys)
     assert run_cli(base + ["--image", str(image_file), "--target-class", "40"]) == 2
     assert "out of range" in error_line(capsys)
     assert run_cli(["viz", "adversarial", "--run", str(tmp_path / "none"), "--image", str(image_file)]) == 2
