@@ -81,6 +81,9 @@ MATS = {
 
 @pytest.fixture
 def voc(tmp_path: Path) -> dict[str, Path]:
+    """VOC2007 + VOC2012 + SBD in the real layouts. VOC2012 re-ships two VOC2007 images, as the real
+    VOC2012 does under `2007_*` names: 2007_000009 (a copy of VOC2007 trainval 000009) is in VOC2012 seg
+    val, 2007_000002 (a copy of VOC2007 test 000002) in VOC2012 Main trainval."""
     root = tmp_path / "src"
     v12 = root / "VOCdevkit" / "VOC2012"
     v07 = root / "VOCdevkit" / "VOC2007"
@@ -90,18 +93,24 @@ def voc(tmp_path: Path) -> dict[str, Path]:
         write_jpeg(v12 / "JPEGImages" / f"{n}.jpg", i)
         write_xml(v12 / "Annotations" / f"{n}.xml", [("car", (3, 3, 10, 12), 0)])
     write_xml(v12 / "Annotations" / "2008_000001.xml", [("dog", (5, 3, 20, 30), 0), ("person", (1, 1, 48, 32), 1), ("cat", (30, 20, 40, 28), 0)])
+    # a small box listed before the large box it lies on: the painted map must still show it
+    write_xml(v12 / "Annotations" / "2008_000006.xml", [("cat", (11, 11, 20, 20), 0), ("car", (4, 4, 40, 30), 0)])
     for n, lab in LABELS.items():
         write_palette_png(v12 / "SegmentationClass" / f"{n}.png", lab)
-    (v12 / "ImageSets" / "Main").mkdir(parents=True)
-    (v12 / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(names12) + "\n")
-    (v12 / "ImageSets" / "Segmentation").mkdir(parents=True)
-    (v12 / "ImageSets" / "Segmentation" / "train.txt").write_text("2008_000001\n2008_000004\n")
-    (v12 / "ImageSets" / "Segmentation" / "val.txt").write_text("2008_000002\n2008_000005\n")
-    for i, n in enumerate(["000001", "000002"]):
+    for i, n in enumerate(["000001", "000002", "000009"]):
         write_jpeg(v07 / "JPEGImages" / f"{n}.jpg", 10 + i)
         write_xml(v07 / "Annotations" / f"{n}.xml", [("horse", (2, 2, 30, 20), 0)])
+    for n in ("000002", "000009"):  # byte-identical copies under VOC2012's 2007_ names
+        (v12 / "JPEGImages" / f"2007_{n}.jpg").write_bytes((v07 / "JPEGImages" / f"{n}.jpg").read_bytes())
+        write_xml(v12 / "Annotations" / f"2007_{n}.xml", [("horse", (2, 2, 30, 20), 0)])
+    write_palette_png(v12 / "SegmentationClass" / "2007_000009.png", label_map(13, (1, 1, 29, 19)))
+    (v12 / "ImageSets" / "Main").mkdir(parents=True)
+    (v12 / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(["2007_000002", "2007_000009", *names12]) + "\n")
+    (v12 / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (v12 / "ImageSets" / "Segmentation" / "train.txt").write_text("2008_000001\n2008_000004\n")
+    (v12 / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000009\n2008_000002\n2008_000005\n")
     (v07 / "ImageSets" / "Main").mkdir(parents=True)
-    (v07 / "ImageSets" / "Main" / "trainval.txt").write_text("000001\n")
+    (v07 / "ImageSets" / "Main" / "trainval.txt").write_text("000001\n000009\n")
     (v07 / "ImageSets" / "Main" / "test.txt").write_text("000002\n")
     for n, lab in MATS.items():
         write_sbd_mat(sbd / "cls" / f"{n}.mat", lab)
@@ -134,14 +143,16 @@ def test_splits_boxes_difficult_and_labels(voc):
     assert tree_state(voc["root"]) == before  # the source is never written
 
     meta = DatasetMeta.load(out)
-    assert meta.splits == ["trainval", "test", "train", "val", "train_aug"]
+    assert meta.splits == ["trainval", "test", "train", "val", "train_aug", "trainval07_aug12"]
     assert meta.det_classes == VOC_CLASSES and meta.seg_classes[0] == "background" and len(meta.seg_classes) == 21
     assert meta.palette[:3] == [[0, 0, 0], [128, 0, 0], [0, 128, 0]] and meta.palette[20] == [0, 64, 128]
     assert Path(meta.source) == voc["root"].resolve()  # common parent of VOCdevkit and benchmark_RELEASE
 
     trainval = load_split(out, "trainval")
     stems = [im["stem"] for im in trainval["images"]]
-    assert sorted(stems) == ["000001", "2008_000001", "2008_000002", "2008_000003", "2008_000004", "2008_000005", "2008_000006"]
+    # VOC07 + VOC12 Main trainval, less 2007_000002: a copy of the VOC07 test image 000002
+    assert sorted(stems) == ["000001", "000009", "2007_000009", "2008_000001", "2008_000002", "2008_000003", "2008_000004",
+                             "2008_000005", "2008_000006"]
     files = {im["stem"]: im["file_name"] for im in trainval["images"]}
     assert files["000001"] == "VOCdevkit/VOC2007/JPEGImages/000001.jpg"
     assert all((Path(meta.source) / f).is_file() for f in files.values())
@@ -183,11 +194,10 @@ def test_splits_boxes_difficult_and_labels(voc):
     np.testing.assert_array_equal(sem("train_aug", "2008_000001"), LABELS["2008_000001"])  # 255 kept
     assert [a["bbox"] for a in anns_by_stem(aug)["2008_000003"]] == [[2.0, 2.0, 8.0, 10.0]]  # boxes from VOC2012 XML
 
-    # seg val: PNG labels; its labels never reach a training split
-    assert sorted(im["stem"] for im in load_split(out, "val")["images"]) == ["2008_000002", "2008_000005"]
+    # seg val: PNG labels; its labels never reach a training split (trainval's maps are painted from boxes)
+    assert sorted(im["stem"] for im in load_split(out, "val")["images"]) == ["2007_000009", "2008_000002", "2008_000005"]
     np.testing.assert_array_equal(sem("val", "2008_000005"), LABELS["2008_000005"])
-    labelled = {p.stem for p in (out / "trainval" / "semantic").glob("*.png")}
-    assert labelled == {"2008_000001", "2008_000003", "2008_000004"}
+    assert not (sem("trainval", "2008_000005") == 255).any()
     assert sorted(im["stem"] for im in load_split(out, "train")["images"]) == ["2008_000001", "2008_000004"]
 
 
@@ -197,9 +207,12 @@ def test_voc2012_alone_accepts_vocdevkit(voc):
     assert meta.splits == ["trainval", "train", "val"]
     assert Path(meta.source) == voc["voc2012"].parent.resolve()
     coco = load_split(voc["out"], "trainval")
-    assert coco["images"][0]["file_name"] == "VOC2012/JPEGImages/2008_000001.jpg"
-    # without SBD the semantic maps of trainval come from VOC2012 seg train only
-    assert {p.stem for p in (voc["out"] / "trainval" / "semantic").glob("*.png")} == {"2008_000001", "2008_000004"}
+    assert coco["images"][0]["file_name"] == "VOC2012/JPEGImages/2007_000002.jpg"  # no VOC2007 given: no copy to find
+    # trainval's semantic maps are painted from the boxes, for every image
+    stems = {im["stem"] for im in coco["images"]}
+    assert {p.stem for p in (voc["out"] / "trainval" / "semantic").glob("*.png")} == stems
+    assert DatasetMeta.load(voc["out"]).overlap == {"trainval": {"val": {"images": 3, "example": "VOC2012/JPEGImages/2007_000009.jpg"}},
+                                                   "train": {"val": {"images": 0}}}
 
 
 def test_per_file_problems_are_skipped_and_listed_or_stop_with_strict(voc):
@@ -213,7 +226,7 @@ def test_per_file_problems_are_skipped_and_listed_or_stop_with_strict(voc):
     assert ("VOCdevkit/VOC2012/JPEGImages/2008_000002.jpg", "corrupt") in reasons
     assert ("VOCdevkit/VOC2012/JPEGImages/2008_000003.jpg", "unreadable") in reasons
     assert "2008_000003" not in {im["stem"] for im in load_split(voc["out"], "train_aug")["images"]}
-    assert summary["splits"]["val"]["images"] == 1
+    assert summary["splits"]["val"]["images"] == 2
 
     with pytest.raises(UserError, match="--strict"):
         prepare_voc(voc["out"], voc2012=v12, sbd=voc["sbd"], workers=1, strict=True, force=True)
