@@ -68,7 +68,7 @@ def print_overlap(report: Mapping[str, Mapping[str, Mapping[str, Any]]], console
     evals = list(next(iter(report.values())))
     if not evals:
         return
-    table = Table(title="images shared by train and evaluation splits (by source file)")
+    table = Table(title="train/eval overlap", caption="images shared, by source file")
     table.add_column("train split")
     for ev in evals:
         table.add_column(ev, justify="right")
