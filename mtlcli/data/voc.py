@@ -8,7 +8,7 @@ Source layouts (each option accepts the year folder or the `VOCdevkit` that hold
     VOCdevkit/VOC2007/{JPEGImages, Annotations, ImageSets/Main/{trainval,test}.txt}
     benchmark_RELEASE/dataset/{img, cls/<name>.mat, train.txt, val.txt}
 
-Splits written (training splits first, then the evaluation splits test and val):
+Splits written (dataset.json lists them in this order; test and val are the evaluation splits):
     trainval          VOC2007 trainval ∪ VOC2012 Main trainval (whichever years are given; 16,551 images
                       with both): DATNet / Mask R-CNN / Faster R-CNN on VOC (papers/datnet.txt §4.4),
                       evaluated on `test`. Boxes from the XMLs and no extra annotation: the semantic map
