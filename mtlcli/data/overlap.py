@@ -110,10 +110,10 @@ def check_no_overlap(recipe: Mapping[str, Any], train_ds: Any, val_ds: Any = Non
     meta = DatasetMeta.load(root)
     train_split = data["train_split"]
     evals = list(dict.fromkeys(s for s in (data["val_split"], data.get("test_split", "")) if s))
-    missing = [s for s in evals if s not in meta.splits]
-    if missing and data.get("test_split") in missing:
+    if data.get("test_split") and data["test_split"] not in meta.splits:
         raise UserError(f"data.test_split {data['test_split']!r} is not a split of {root} (it has {', '.join(meta.splits)}) — "
                         f"prepare the dataset with that split or set --set data.test_split=''")
+    evals = [s for s in evals if s in meta.splits]  # a val_split that no metric reads may be absent
     train_images = _images_of(train_ds, root, train_split)
     counts: dict[str, int] = {}
     for split in evals:

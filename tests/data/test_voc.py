@@ -458,3 +458,13 @@ def test_train_refuses_a_train_split_that_shares_evaluation_images(voc, tmp_path
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: data.train_split 'trainval' shares 3 image(s)") and "\n" not in err
+
+
+def test_a_missing_test_split_is_named(voc, tmp_path, tiny_registered):
+    from mtlcli.engine.train import train
+    from tests.engine.tiny_model import tiny_recipe
+
+    prepare_voc(voc["out"], voc2012=voc["voc2012"], workers=1)  # no VOC2007: no test split
+    recipe = tiny_recipe(tmp_path, voc["out"], "data.dataset=voc", "data.train_split=train", "data.test_split=test")
+    with pytest.raises(UserError, match=r"data.test_split 'test' is not a split of .* --set data.test_split=''"):
+        train(recipe, tmp_path / "run", progress=False)
