@@ -92,8 +92,9 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed of the k-means++ initialisation (same seed, same anchors)."),
         recipe: Optional[str] = typer.Option(None, help="Recipe whose det label map and model input_size apply."),
         input_size: Optional[str] = typer.Option(None, "--input-size", help="Network input HxW (default: the recipe's, else 384x768)."),
-        out: Optional[Path] = typer.Option(None, help="Write the anchors as JSON to this file."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the anchors as JSON to this file."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the anchors line, no table."),
     ) -> None:
         """Cluster a split's box shapes into anchors (k-means, 1 - IoU), sorted by area."""
         from rich.console import Console
@@ -116,7 +117,7 @@ def register(app: typer.Typer) -> None:
             size = parse_size(input_size)
         result = compute_anchors(data, split, k, seed=seed, input_size=size, label_map=label_map)
 
-        console = Console()
+        console = Console(quiet=quiet)
         table = Table(title=f"{k} anchors of {data}/{split} in the {size[0]}x{size[1]} (HxW) network frame")
         for col in ("#", "branch", "width", "height", "area"):
             table.add_column(col, justify="right")

@@ -103,8 +103,9 @@ def register(app: typer.Typer) -> None:
         all_recipes: bool = typer.Option(False, "--all", help="Every recipe in recipes/ (full-size models: slow on a CPU)."),
         preset: Optional[str] = typer.Option(None, help=f"A paper table: {', '.join(PRESETS)}."),
         size: Optional[str] = typer.Option(None, help="Input HxW (default: each model's own input size)."),
-        batch: int = typer.Option(1, min=1, help="Images per forward."),
-        device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
+        batch: int = typer.Option(1, "--batch-size", min=1, help="Images per forward."),
+        batch_old: Optional[int] = typer.Option(None, "--batch", min=1, hidden=True),  # the name before 0.2
+        device: str = typer.Option("auto", "--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N."),
         amp: Optional[str] = typer.Option(None, help="bf16 or fp16 autocast (CUDA only)."),
         channels_last: bool = typer.Option(False, "--channels-last", help="Run convolutions in channels_last."),
         compile: bool = typer.Option(False, "--compile", help="torch.compile the network first."),
@@ -115,13 +116,14 @@ def register(app: typer.Typer) -> None:
         iterations: int = typer.Option(10, min=1, help="Timed runs per model."),
         warmup: int = typer.Option(2, min=0, help="Untimed runs per model first."),
         train: bool = typer.Option(False, "--train", help="Also time a full training step."),
-        out: Optional[Path] = typer.Option(None, help="Write the results as JSON."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results as JSON."),
         markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (for the README)."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
         set_: Optional[list[str]] = typer.Option(None, "--set", help="Recipe override for every recipe, e.g. model.width=256."),
         score_threshold: Optional[float] = typer.Option(
             None, "--score-threshold", help="Detection score threshold for every model (0 keeps all detections of untrained heads)."
         ),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display while measuring."),
     ) -> None:
         """Measure parameters, FLOPs, latency (network alone and full predict path), images/s and
         peak memory of models, alternating runs so that ratios are fair."""
@@ -131,9 +133,10 @@ def register(app: typer.Typer) -> None:
 
         if amp not in (None, "bf16", "fp16"):
             raise UserError(f"--amp {amp!r}: choose bf16 or fp16")
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+        from mtlcli.cli.common import resolve_device
+
+        dev = torch.device(resolve_device(device))
+        batch = batch_old if batch_old is not None else batch
         if out is not None and out.exists() and not force:
             raise UserError(f"--out {out} exists; choose another file or pass --force")
         fixed = bm.parse_size(size) if size else None
@@ -176,7 +179,7 @@ def register(app: typer.Typer) -> None:
 
         from rich.console import Console
 
-        console = Console(stderr=True)
+        console = Console(stderr=True, quiet=quiet)
         with console.status("benchmarking ...") as status:
             rows = bm.run_benchmark(
                 subjects, batch=batch, device=dev, iterations=iterations, warmup=warmup, amp=amp, train=train,

@@ -3,8 +3,9 @@
     mtl eval --run RUN | --checkpoint CKPT [--data DATA --split val] [--metric M ...] [--save-predictions DIR]
     mtl eval --predictions FILE|DIR --data DATA --split val [--metric M ...] [--cityscapes-ids]
 
-Prints a summary table and per-class tables; `--out FILE.json` saves everything (a run also keeps a copy
-in RUN/eval/).
+Prints a summary table and per-class tables (`-q`: one line); `--out FILE.json` saves everything there
+and nowhere else; without --out, `--run RUN` keeps the results in RUN/eval/SPLIT.json. The JSON's
+"provenance" names the mtl version, the command line and the git commit.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ def _table(title: str):
     from rich.table import Table
 
     return Table(title=title, min_width=len(title))  # a narrow table would wrap its title
+
+
+def result_line(result: dict[str, Any]) -> str:
+    """One line: `split: metric value% · metric value%` (what `eval -q` prints)."""
+    values = "  ".join(f"{name} {_fmt(value)}%" for name, value in result["metrics"].items())
+    return f"{result.get('split', '')}: {values}".strip()
 
 
 def print_results(result: dict[str, Any]) -> None:
@@ -102,13 +109,15 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _device(name: str) -> str:
-    import torch
+    from mtlcli.cli.common import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    return name
+    return resolve_device(name)
+
+
+def _single_process() -> bool:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) == 1
 
 
 def run_eval(
@@ -156,14 +165,27 @@ def run_eval(
         # no transforms: the model resizes its own inputs and answers in the original frame
         dataset = PreparedDataset(root, split, transforms=None, label_map=label_map)
         bs = batch_size or int(recipe.get("eval", {}).get("batch_size") or 4)
+        # a run keeps its predictions in RUN/eval/predictions-SPLIT (for the detection pictures and for
+        # `mtl viz confusion`), unless the user chose where results go (--out) or predictions go
+        keep = run is not None and out is None and save_predictions is None and _single_process()
+        target = Path(run) / "eval" / f"predictions-{split}" if keep else save_predictions
         result = evaluate(model, dataset, names, device=dev, batch_size=bs, progress=not quiet,
-                          save_predictions=save_predictions, force=force, workers=workers)
+                          save_predictions=target, force=force or keep, workers=workers)
+        if keep and (target / "detections.json").is_file() and dataset.meta.det_classes:
+            from mtlcli.viz.detection import plot_detection
+
+            detections = json.loads((target / "detections.json").read_text())
+            result["plots"] = [str(p) for p in plot_detection(dataset.coco, detections, dataset.meta.det_classes,
+                                                             Path(run) / "eval", split)]
         result = {"run": str(run) if run else None, "checkpoint": str(checkpoint) if checkpoint else None,
                   "data": str(root), "split": split, **result}
-        if run is not None:
-            write_json(_free_path(Path(run) / "eval" / f"{split}.json"), result)
-    if out is not None:
+    from mtlcli.provenance import provenance
+
+    result["provenance"] = provenance()
+    if out is not None:  # --out names the one file written
         write_json(out, result)
+    elif run is not None:
+        write_json(_free_path(Path(run) / "eval" / f"{split}.json"), result)
     return result
 
 
@@ -180,16 +202,19 @@ def register(app: typer.Typer) -> None:
         metric: list[str] = typer.Option([], "--metric", "-m",
                                          help="miou, voc07, voc12, coco-bbox, coco-segm, ar (repeat or comma-separate)."),
         cityscapes_ids: bool = typer.Option(False, "--cityscapes-ids", help="Prediction PNGs hold Cityscapes labelIds."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Save the results as JSON here."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Save the results as JSON here (only here) "
+                                           "[default: RUN/eval/SPLIT.json for --run, nothing otherwise]."),
         save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Write the model's predictions here."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out / --save-predictions."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per batch (default: the recipe's)."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+        device: str = typer.Option("auto", "--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N."),
         workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables: one line of results."),
     ) -> None:
         """Evaluate a trained model, or saved predictions, with the official metrics."""
         result = run_eval(run, checkpoint, predictions, data, split, metric, cityscapes_ids, out, save_predictions, force,
                           batch_size, device, workers, quiet)
-        if not quiet:
+        if quiet:
+            print(result_line(result))
+        else:
             print_results(result)

@@ -12,11 +12,13 @@ import sys
 
 import typer
 
+from mtlcli.cli.helpfmt import install as install_help_format
+
 app = typer.Typer(
     name="mtl",
     help="Multi-task computer vision: detect objects and segment the scene with one model.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
@@ -30,6 +32,7 @@ _GROUPS = [
     ("mtlcli.cli.benchmark", None),
     ("mtlcli.cli.quickstart", None),
     ("mtlcli.cli.anchors", None),
+    ("mtlcli.cli.runs", None),
 ]
 
 
@@ -48,6 +51,25 @@ def _register() -> None:
 
 
 _register()
+install_help_format()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from mtlcli import __version__
+        from mtlcli.provenance import git_commit
+
+        commit = git_commit()
+        print(f"mtl {__version__}" + (f" (git {commit})" if commit else ""))
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the mtl version (and git commit) and stop."),
+) -> None:
+    """Multi-task computer vision: detect objects and segment the scene with one model."""
 
 
 def error_line(exc: BaseException) -> str:
@@ -69,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     Usage errors (unknown option, missing argument) are Typer's own: a short message and status 2.
     """
     from mtlcli.errors import UserError
+    from mtlcli.provenance import set_command
 
+    set_command(argv)
     if not sys.stdout.isatty():  # logs and pipes: rich would wrap tables at 80 columns
         os.environ.setdefault("COLUMNS", "140")
     try:

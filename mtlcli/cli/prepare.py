@@ -14,6 +14,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from mtlcli.cli.common import QUIET_HELP, quiet_output
+
 app = typer.Typer(help="Prepare a dataset (or draw the synthetic city) into mtl's prepared format.", no_args_is_help=True)
 
 WORKERS_HELP = "Processes preparing images in parallel (default: all cores)."
@@ -41,12 +43,14 @@ def cityscapes(
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Cityscapes (gtFine polygons or labelIds/instanceIds PNGs): boxes and masks, 19 trainIds, DT bins."""
     from mtlcli.data.cityscapes import prepare_cityscapes
 
     out = out or default_out("cityscapes")
-    summary = prepare_cityscapes(src, out, workers=workers, strict=strict, force=force, splits=split or None)
+    with quiet_output(quiet):
+        summary = prepare_cityscapes(src, out, workers=workers, strict=strict, force=force, splits=split or None)
     _done(out, summary)
 
 
@@ -59,12 +63,14 @@ def voc(
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """PASCAL VOC 2007/2012 (+ SBD): the papers' splits (trainval, trainval07_aug12, train_aug, test, val), DT bins."""
     from mtlcli.data.voc import prepare_voc
 
     out = out or default_out("voc")
-    summary = prepare_voc(out, voc2012=voc2012, voc2007=voc2007, sbd=sbd, workers=workers, strict=strict, force=force)
+    with quiet_output(quiet):
+        summary = prepare_voc(out, voc2012=voc2012, voc2007=voc2007, sbd=sbd, workers=workers, strict=strict, force=force)
     _done(out, summary)
 
 
@@ -75,12 +81,14 @@ def coco(
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """COCO 2017: 80-class boxes and masks, a semantic map painted from the annotations, DT bins."""
     from mtlcli.data.coco import prepare_coco
 
     out = out or default_out("coco")
-    summary = prepare_coco(src, out, workers=workers, strict=strict, force=force)
+    with quiet_output(quiet):
+        summary = prepare_coco(src, out, workers=workers, strict=strict, force=force)
     _done(out, summary)
 
 
@@ -92,12 +100,14 @@ def mot15(
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """MOT15 pedestrians: boxes per frame, a time split per sequence, box-mask DT bins."""
     from mtlcli.data.mot15 import prepare_mot15
 
     out = out or default_out("mot15")
-    summary = prepare_mot15(src, out, val_fraction=val_fraction, workers=workers, strict=strict, force=force)
+    with quiet_output(quiet):
+        summary = prepare_mot15(src, out, val_fraction=val_fraction, workers=workers, strict=strict, force=force)
     _done(out, summary)
 
 
@@ -110,10 +120,13 @@ def synthetic(
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed and size give the same images."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help="Processes drawing images (default: all cores)."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Draw a synthetic street-scene dataset in the real Cityscapes layout, to prepare like Cityscapes."""
     from mtlcli.data.synthetic import generate_synthetic
+    from mtlcli.hints import after_synthetic
 
-    root = generate_synthetic(out, train=train, val=val, size=size, seed=seed, force=force, workers=workers)
+    with quiet_output(quiet):
+        root = generate_synthetic(out, train=train, val=val, size=size, seed=seed, force=force, workers=workers)
     Console().print(f"[green]synthetic city[/]: {train} train + {val} val images of {size[0]}x{size[1]} in {root}\n"
-                    f"next: mtl prepare cityscapes {out} --out {default_out('synthetic')}")
+                    f"next: {after_synthetic(out, default_out('synthetic'))}")

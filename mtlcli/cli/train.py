@@ -67,8 +67,8 @@ def register(app: typer.Typer) -> None:
                                        "(repeatable)."),
         resume: bool = typer.Option(False, "--resume", help="Continue RUN/checkpoints/last.pt exactly."),
         force: bool = typer.Option(False, "--force", help="Start over in a --out that already holds a run."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda if "
-                                             "available)."),
+        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [default: auto, "
+                                             "CUDA if available, else CPU]."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     ) -> None:
         """Train a model from a recipe; writes RUN/recipe.toml, metrics.jsonl and checkpoints/{last,best}.pt."""
@@ -76,12 +76,18 @@ def register(app: typer.Typer) -> None:
         from mtlcli.engine.train import train
         from mtlcli.recipes import load_recipe
 
+        if resume and out is None:
+            raise UserError("--resume needs --out RUN: the run directory to continue")
         if recipe is None:
             if not resume or out is None:
                 raise UserError("give a recipe with --recipe NAME|PATH (see `mtl recipes list`)")
             recipe = str(out / "recipe.toml")
             if not Path(recipe).is_file():
                 raise UserError(f"{out} has no recipe.toml — give the recipe with --recipe")
+        if device is not None:
+            from mtlcli.cli.common import resolve_device
+
+            device = resolve_device(device)
         resolved = load_recipe(recipe, set_)
         if data is not None:
             resolved["data"]["root"] = str(data.expanduser().resolve())

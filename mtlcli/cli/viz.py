@@ -1,12 +1,14 @@
 """`mtl viz ...`: look at data and results as PNG overlays and plots.
 
-    mtl viz dataset DATA [--split S] --out DIR [--num N] [--force]
+    mtl viz dataset --data DATA [--split S] --out DIR [--num N] [--force]
     mtl viz predictions --run RUN | --checkpoint CKPT [--data DATA --split S | --images FILE|DIR ...] [--num N]
                         [--score-threshold T] [--out DIR]
-    mtl viz curves RUN [RUN ...] [--out DIR]
+    mtl viz curves --run RUN [--run RUN ...] [--out DIR]
     mtl viz confusion --run RUN [--data DATA --split S] [--out DIR]
     mtl viz features --run RUN (--layer NAME [--channel C | --class K] | --class K) [--steps S] [--no-jitter] ...
-    mtl viz adversarial --run RUN --image FILE [--target-class K] [--eps E] [--steps S]
+    mtl viz features --classifier densenet121 --weights FILE.pth --class K --out DIR
+    mtl viz adversarial --run RUN --image FILE [--source-class K] [--target-class K] [--flip-rate F]
+                        [--norm linf --eps E] [--steps S]
 
 Outputs go to RUN/viz/ (curves to RUN/plots/) unless --out says otherwise; existing PNGs are only
 replaced with --force.
@@ -25,42 +27,61 @@ import typer
 app = typer.Typer(help="Draw ground truth, predictions, training curves, confusion matrices, features and adversarial examples as PNGs.", no_args_is_help=True)
 
 
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar; only the final lines.")
+
+
 @app.command("dataset")
 def dataset(
-    data: Path = typer.Argument(..., help="Prepared dataset folder (the --out of `mtl prepare`)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset folder (the --out of `mtl prepare`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the overlay PNGs."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to draw [default: the dataset's first split]."),
     num: int = typer.Option(8, "--num", "-n", help="Number of images, spread evenly over the split."),
     force: bool = typer.Option(False, "--force", help="Overwrite overlay PNGs already in --out."),
+    quiet: bool = QUIET_OPTION,
+    data_arg: Optional[Path] = typer.Argument(None, hidden=True, help="Before 0.2: DATA as a positional argument."),
 ) -> None:
     """Ground-truth overlays: semantic map, boxes with class names and DT bins of N images."""
     from rich.console import Console
 
     from mtlcli.data.prepared import DatasetMeta
+    from mtlcli.errors import UserError
     from mtlcli.viz.dataset import render_dataset
 
+    if data is not None and data_arg is not None:
+        raise UserError("give the dataset once, with --data DATA")
+    data = data if data is not None else data_arg
+    if data is None:
+        raise UserError("say which prepared dataset to draw with --data DATA (the --out of `mtl prepare`)")
     if split is None:
         splits = DatasetMeta.load(data).splits
         split = splits[0] if splits else "train"  # an empty list: PreparedDataset reports it
-    paths = render_dataset(data, split, out, num=num, force=force)
+    paths = render_dataset(data, split, out, num=num, force=force, progress=not quiet)
     from rich.markup import escape
 
-    Console().print(f"[green]wrote[/] {len(paths)} overlay(s) of {escape(str(data))}, split {escape(split)}, to {escape(str(out))}")
+    Console().print(f"[green]wrote[/] {len(paths)} overlay(s) of {escape(str(data))}, split {escape(split)}, "
+                               f"to {escape(str(out))}")
 
 
 # ------------------------------------------------------------------------------- model-based commands
 
 
 def _device(name: str) -> str:
-    import torch
+    from mtlcli.cli.common import resolve_device
 
+    return resolve_device(name)
+
+
+def _fraction(text: str, option: str) -> float:
+    """A number written as 0.03 or 8/255."""
     from mtlcli.errors import UserError
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    return name
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"{option} {text!r} is not a number; write e.g. 0.03 or 8/255") from None
 
 
 def _class_index(value: Optional[str], names: list[str], option: str) -> Optional[int]:
@@ -89,7 +110,7 @@ def _print_paths(what: str, paths: list[Path]) -> None:
 
 RUN_OPTION = typer.Option(None, "--run", help="Run directory of `mtl train` (uses best.pt, else last.pt).")
 CHECKPOINT_OPTION = typer.Option(None, "--checkpoint", help="A checkpoint file written by `mtl train`.")
-DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ...")
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N.")
 FORCE_OPTION = typer.Option(False, "--force", help="Overwrite PNGs that already exist.")
 
 
@@ -105,6 +126,7 @@ def predictions(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNGs [default: RUN/viz/predictions]."),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Predictions over their images: semantic overlay, boxes with scores, masks; ground truth beside them."""
     from mtlcli.errors import UserError
@@ -126,20 +148,27 @@ def predictions(
         source = PreparedDataset(loaded.root, split, label_map=loaded.recipe.get("data", {}).get("label_map") or None)
     paths = render_predictions(loaded.model, source, out, num=num, score_threshold=score_threshold, palette=cls.palette,
                                seg_classes=cls.seg_classes, det_classes=cls.det_classes, force=force,
-                               device=loaded.device)
+                               device=loaded.device, progress=not quiet)
     _print_paths("prediction overlay(s)", paths)
 
 
 @app.command("curves")
 def curves(
-    runs: list[Path] = typer.Argument(..., help="Run directories (several are overlaid)."),
+    run: list[Path] = typer.Option([], "--run", help="Run directory of `mtl train`; repeat to overlay several runs."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the plots [default: the first RUN/plots]."),
     force: bool = FORCE_OPTION,
+    quiet: bool = QUIET_OPTION,
+    runs_arg: Optional[list[Path]] = typer.Argument(None, hidden=True, help="Before 0.2: RUN... as positional arguments."),
 ) -> None:
     """Loss terms, learning rate and evaluation metrics over iterations, from RUN/metrics.jsonl."""
+    from mtlcli.errors import UserError
     from mtlcli.viz.curves import plot_curves
 
-    _print_paths("plot(s)", plot_curves(runs, out, force=force))
+    runs = list(run) + list(runs_arg or [])
+    if not runs:
+        raise UserError("say which run to plot with --run RUN (repeat --run to overlay several)")
+    paths = plot_curves(runs, out, force=force)
+    _print_paths("plot(s)", paths)
 
 
 @app.command("confusion")
@@ -160,6 +189,22 @@ def confusion(
     from mtlcli.viz.confusion import run_confusion
     from mtlcli.viz.predictions import load_run, output_dir
 
+    saved = _saved_predictions(run, checkpoint, data, split)
+    if saved is not None:  # `mtl eval --run RUN` kept its predictions: no need to run the model again
+        from mtlcli.metrics.predictions import evaluate_predictions
+        from mtlcli.viz.confusion import plot_confusion
+        from mtlcli.viz.predictions import check_free
+
+        pred_dir, root, split = saved
+        target = (out if out is not None else Path(run) / "viz") / f"confusion_{split}.png"  # type: ignore[arg-type]
+        check_free([target], force)
+        result = evaluate_predictions(root, split, pred_dir, ["miou"], progress=not quiet)
+        details = result["details"]["miou"]
+        title = f"{split}: mIoU {100 * result['metrics']['miou']:.1f}% over {details['images']} images (rows normalised)"
+        path = plot_confusion(details["confusion"], details["classes"], target, details["iou"], title)
+        _print_paths(f"confusion matrix (mIoU {100 * (details['miou'] or 0.0):.1f}%, from the predictions "
+                     f"saved in {pred_dir})", [path])
+        return
     loaded = load_run(run, checkpoint, data=data, device=_device(device))
     if loaded.root is None:
         raise UserError("the run's prepared dataset is not here; give it with --data DATA")
@@ -171,14 +216,46 @@ def confusion(
     _print_paths(f"confusion matrix (mIoU {100 * (details['miou'] or 0.0):.1f}%)", [path])
 
 
+def _saved_predictions(run: Optional[Path], checkpoint: Optional[Path], data: Optional[Path],
+                       split: Optional[str]) -> Optional[tuple[Path, Path, str]]:
+    """(predictions folder, prepared dataset, split) when `mtl eval --run RUN` saved semantic predictions of
+    the split that are newer than the run's checkpoints; None otherwise (then the model runs)."""
+    import tomllib
+
+    from mtlcli.engine.train import data_root
+
+    if run is None or checkpoint is not None or data is not None or not (run / "recipe.toml").is_file():
+        return None
+    try:
+        recipe = tomllib.loads((run / "recipe.toml").read_text())
+    except (tomllib.TOMLDecodeError, OSError):
+        return None
+    split = split or recipe.get("data", {}).get("val_split") or "val"
+    pred_dir = run / "eval" / f"predictions-{split}"
+    ckpts = [p.stat().st_mtime for p in (run / "checkpoints").glob("*.pt")] if (run / "checkpoints").is_dir() else []
+    if not (pred_dir / "semantic").is_dir() or (ckpts and pred_dir.stat().st_mtime < max(ckpts)):
+        return None
+    try:
+        root = data_root({"data": {"root": "", "dataset": "", **recipe.get("data", {})}})
+    except (KeyError, TypeError):
+        return None
+    return (pred_dir, root, split) if (root / "dataset.json").is_file() else None
+
+
 @app.command("features")
 def features(
     run: Optional[Path] = RUN_OPTION,
     checkpoint: Optional[Path] = CHECKPOINT_OPTION,
+    classifier: Optional[str] = typer.Option(None, "--classifier",
+                                             help="A torchvision classification network (e.g. densenet121) instead of a run; needs --weights."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="The --classifier's state dict (.pth), e.g. "
+                                           "torchvision's densenet121-a639ec97.pth or a fine-tuned copy."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Module name (see --list-layers) whose activation to maximise."),
     channel: Optional[int] = typer.Option(None, "--channel", min=0, help="One channel (feature map) of --layer."),
     seg_class: Optional[str] = typer.Option(None, "--class",
-                                            help="A segmentation class (index or name): its sem_seg score, or that channel of --layer."),
+                                            help="A class (index or name): its sem_seg score or classifier logit, or that channel of --layer."),
+    size: Optional[int] = typer.Option(None, "--size", min=8, help="Side of the square image to optimise [default: the "
+                                       "model's input size; 224 for a classifier]."),
     steps: int = typer.Option(100, "--steps", min=1, help="Gradient-ascent steps."),
     lr: float = typer.Option(0.05, "--lr", help="Step size (the gradient is normalised to mean magnitude 1)."),
     jitter: bool = typer.Option(True, "--jitter/--no-jitter", help="Shift the image up to 4 px between steps."),
@@ -190,26 +267,47 @@ def features(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNGs [default: RUN/viz/features]."),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Activation maximisation of a layer, channel or class, and the first-layer filters as a grid."""
     from rich.console import Console
 
-    from mtlcli.viz.features import layer_names, render_features
+    from mtlcli.errors import UserError
+    from mtlcli.viz.features import layer_names, load_classifier, render_features
     from mtlcli.viz.predictions import load_run, output_dir
 
-    loaded = load_run(run, checkpoint, device=_device(device))
+    if classifier is not None:
+        if run is not None or checkpoint is not None:
+            raise UserError("give --run/--checkpoint (our models) or --classifier NAME --weights FILE, not both")
+        if weights is None:
+            raise UserError(f"--classifier {classifier} needs --weights FILE (its .pth state dict; nothing is downloaded)")
+        side = size or 224
+        model = load_classifier(classifier, weights, input_size=(side, side), device=_device(device))
+        names: list[str] = list(model.class_names or [])
+        if out is None and not list_layers:
+            raise UserError("a --classifier has no run directory; say where the PNGs go with --out DIR")
+        target = out
+        num_classes = None
+    else:
+        if weights is not None:
+            raise UserError("--weights goes with --classifier NAME; a run's weights come from its checkpoint")
+        loaded = load_run(run, checkpoint, device=_device(device))
+        model = loaded.model
+        names = loaded.classes.seg_classes
+        target = None if list_layers else output_dir(out, loaded, "features")
+        num_classes = len(names) or None
     if list_layers:
-        for name in layer_names(loaded.model):
+        for name in layer_names(model):
             print(name)
         return
-    names = loaded.classes.seg_classes
     k = _class_index(seg_class, names, "--class")
-    result = render_features(loaded.model, output_dir(out, loaded, "features"), layer=layer, channel=channel, seg_class=k,
-                             class_name=names[k] if k is not None and 0 <= k < len(names) else None, steps=steps, lr=lr,
+    result = render_features(model, target, layer=layer, channel=channel, seg_class=k,
+                             class_name=names[k] if k is not None and 0 <= k < len(names) else None,
+                             size=(size, size) if size else None, steps=steps, lr=lr,
                              jitter=4 if jitter else 0, scale=scale, rotate=rotate, blur=blur, seed=seed,
-                             num_classes=len(names) or None, force=force)
-    Console().print(f"{result['unit']}: mean activation {result['before']:.4g} (noise) -> {result['after']:.4g}")
-    _print_paths("image(s)", [result["image"]] + ([result["filters"]] if result["filters"] else []))
+                             num_classes=num_classes, force=force, progress=not quiet)
+    Console().print(f"{result['unit']}: {result['titles'][1].splitlines()[0]}")
+    _print_paths("image(s)", [result["image"], result["raw"]] + ([result["filters"]] if result["filters"] else []))
     if result["filters"] is None:
         Console().print(f"kept the existing filter grid {result['filters_path']} (pass --force to redraw it)")
 
@@ -219,28 +317,63 @@ def adversarial(
     run: Optional[Path] = RUN_OPTION,
     checkpoint: Optional[Path] = CHECKPOINT_OPTION,
     image: Path = typer.Option(..., "--image", help="The image file to attack."),
+    norm: str = typer.Option("l2", "--norm", help="l2: the smallest L2 perturbation that flips the chosen pixels "
+                             "(the paper's problem); linf: a fixed per-value budget --eps."),
     target_class: Optional[str] = typer.Option(None, "--target-class",
-                                               help="Push every pixel towards this class (index or name) [default: away from its own]."),
-    eps: float = typer.Option(8 / 255, "--eps", help="Budget: the largest change of any pixel value, in 0..1 units."),
-    steps: int = typer.Option(10, "--steps", min=1, help="Gradient steps."),
+                                               help="Flip pixels to this class (index or name) [default: to any other class]."),
+    source_class: Optional[str] = typer.Option(None, "--source-class",
+                                               help="L2: flip only the pixels predicted as this class [default: every pixel]."),
+    flip_rate: float = typer.Option(0.95, "--flip-rate", min=0.0, max=1.0,
+                                    help="L2: the share of the chosen pixels that must flip."),
+    refine_steps: int = typer.Option(20, "--refine-steps", min=0,
+                                     help="L2: steps that shrink ||r||2 after the first flip."),
+    eps: Optional[str] = typer.Option(None, "--eps", metavar="EPS", help="Linf: the largest change of any pixel "
+                                      "value, in 0..1 units, as a number or a fraction (0.03, 8/255) [default: 8/255]."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1,
+                                        help="L2: most steps until the flip [default: 100]; Linf: steps [default: 10]."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNGs [default: RUN/viz/adversarial]."),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """An iterative gradient attack on the segmentation: original, perturbation, adversarial, predictions."""
+    """Adversarial example of the segmentation: original, perturbation, adversarial image, both predictions."""
     from rich.console import Console
 
-    from mtlcli.viz.adversarial import render_adversarial
+    from mtlcli.errors import UserError
+    from mtlcli.viz.adversarial import NORMS, render_adversarial
     from mtlcli.viz.predictions import load_run, output_dir, read_image_file
 
+    norm = norm.lower()
+    if norm not in NORMS:
+        raise UserError(f"--norm {norm!r} is not one of {', '.join(NORMS)}")
+    if norm == "l2" and eps is not None:
+        raise UserError("--eps is the budget of the Linf attack; add --norm linf (the default L2 attack finds its own size)")
+    if norm == "linf" and source_class is not None:
+        raise UserError("--source-class belongs to the L2 attack; drop it or use --norm l2")
     read_image_file(image)  # an unreadable image fails before the model is built
     loaded = load_run(run, checkpoint, device=_device(device))
-    k = _class_index(target_class, loaded.classes.seg_classes, "--target-class")
+    names = loaded.classes.seg_classes
+    k = _class_index(target_class, names, "--target-class")
+    options = {} if norm == "linf" else {"flip_rate": flip_rate, "refine_steps": refine_steps,
+                                         "source_class": _class_index(source_class, names, "--source-class")}
+    budget = _fraction(eps, "--eps") if eps is not None else 8 / 255
     result = render_adversarial(loaded.model, image, output_dir(out, loaded, "adversarial"), loaded.classes.palette,
-                                eps=eps, steps=steps, target_class=k, force=force, device=loaded.device)
-    line = (f"perturbation L2 {result['l2']:.4f}, Linf {result['linf']:.4f} (budget {eps:.4f}); "
-            f"{100 * result['changed']:.1f}% of pixels changed class")
-    if result["on_target"] is not None:
-        line += f", {100 * result['on_target']:.1f}% now predicted as class {k}"
-    Console().print(line)
+                                norm=norm, eps=budget, steps=steps, target_class=k, class_names=names, force=force,
+                                device=loaded.device, progress=not quiet, **options)
+    console = Console()
+    if norm == "l2":
+        chosen = f"pixels of {names[options['source_class']]}" if options["source_class"] is not None else "pixels"
+        line = (f"||r||2 {result['l2']:.4f} (||r||inf {result['linf']:.4f}); flipped {100 * result['flip_rate']:.1f}% "
+                f"of {result['chosen']} {chosen} (goal {100 * flip_rate:.0f}%) in {result['steps']} steps")
+        line += f", first flip after {result['first_flip']}" if result["first_flip"] is not None else ""
+        console.print(line)
+        if not result["flipped"]:
+            console.print(f"[yellow]not flipped[/]: the goal was not reached within --steps {result['steps']}; "
+                          "raise --steps or lower --flip-rate")
+    else:
+        line = (f"perturbation L2 {result['l2']:.4f}, Linf {result['linf']:.4f} (budget {budget:.4f}); "
+                f"{100 * result['changed']:.1f}% of pixels changed class")
+        if result["on_target"] is not None:
+            line += f", {100 * result['on_target']:.1f}% now predicted as class {k}"
+        console.print(line)
     _print_paths("image(s)", [result["path"], result["image_path"]])

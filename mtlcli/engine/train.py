@@ -68,9 +68,10 @@ def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
 
     data = recipe["data"]
     if not (root / "dataset.json").is_file():
-        hint = "mtl prepare synthetic --out" if data["dataset"] == "synthetic" else f"mtl prepare {data['dataset']} SRC --out"
+        from mtlcli.hints import prepare_hint
+
         raise UserError(
-            f"no prepared dataset at {root} — run `{hint} {root}` first, or point to one with --data "
+            f"no prepared dataset at {root} — run {prepare_hint(data['dataset'], root)} first, or point to one with --data "
             f"(or data.root, or $MTL_DATA)"
         )
     options = {k: v for k, v in data.items() if k not in DATA_KEYS}
@@ -222,18 +223,24 @@ def weigh(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> dict[st
 # --------------------------------------------------------------------------------------------- display
 
 
-class Display:
-    """The rich progress line (rank 0): iteration/total, ETA, loss terms, lr, images/s, data wait, memory."""
+from mtlcli.engine.console import bar_width  # noqa: E402  (the console helpers of the Display)
 
-    def __init__(self, enabled: bool, total: int, start: int) -> None:
+
+class Display:
+    """The rich progress line (rank 0): iteration/total, ETA, loss, images/s, then (as the width allows)
+    loss terms, lr, data wait and memory — in an 80-column terminal the detail goes first. Periodic
+    evaluation pauses the line for its own progress bar and prints its results as a line."""
+
+    def __init__(self, enabled: bool, total: int, start: int, console: Any = None) -> None:
         self.progress = None
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress = Progress(
-                TextColumn("[bold]train"), BarColumn(bar_width=24), MofNCompleteColumn(), TextColumn("eta"),
-                TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                TextColumn("[bold]train"), BarColumn(bar_width=None), MofNCompleteColumn(), TextColumn("eta"),
+                TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
             )
+            self.progress.columns[1].bar_width = bar_width(self.progress.console.width)
             self.task = self.progress.add_task("train", total=total, completed=start, info="")
             # in a log file or CI a live bar renders only at the end: print each logged step as a line
             self.lines = not self.progress.console.is_terminal
@@ -251,16 +258,21 @@ class Display:
     def update(self, iteration: int, record: dict | None = None) -> None:
         if self.progress is None:
             return
+        from mtlcli.engine.console import info_text
+
         fields = {}
         if record is not None:
-            terms = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in record["losses"].items())
-            fields["info"] = (
-                f"loss {record['loss']:.3f} ({terms})  lr {record['lr']:.2e}  {record['images_per_s']:.1f} img/s  "
-                f"data {100 * record['data_wait']:.0f}%  mem {record['memory_mb']:.0f}MB"
-            )
+            room = self.progress.console.width - (bar_width(self.progress.console.width) + 2 * len(str(self.total)) + 24)
+            fields["info"] = info_text(record, room if not self.lines else 10_000)
         self.progress.update(self.task, completed=iteration, **fields)
         if self.lines and fields:
             self.progress.console.print(f"train {iteration}/{self.total}  {fields['info']}")
+
+    def evaluating(self) -> Any:
+        """A context for periodic evaluation: the train line stops, evaluation shows its own bar."""
+        from mtlcli.engine.console import paused
+
+        return paused(self.progress)
 
     def print(self, text: str) -> None:
         if self.progress is not None:
@@ -386,7 +398,9 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
             )
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.toml").write_text(dump_toml(recipe))
+        from mtlcli.provenance import header
+
+        (run_dir / "recipe.toml").write_text(header() + dump_toml(recipe))
     log = MetricsLog(run_dir, main, start if resume else None)
     loader = make_loader(train_ds, micro_batch=micro, workers=cfg["workers"], seed=cfg["seed"], info=info,
                          start=start * acc * micro, collate=collate_fn())
@@ -415,13 +429,14 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     def evaluate_now(iteration: int) -> dict[str, float]:
         from mtlcli.engine.evaluate import evaluate
 
-        with preserved_rng():
+        with preserved_rng(), display.evaluating() as shown:
             result = evaluate(model, val_ds, ev["metrics"], device=device, batch_size=ev["batch_size"],
-                              progress=False)
+                              progress=shown)
         model.train()
         # Rank 0's numbers decide best.pt on every process, so that all take the same branch.
         metrics = broadcast_object({k: float(v) for k, v in result["metrics"].items()}, info)
         log.write({"type": "eval", "iteration": iteration, "metrics": metrics})
+        display.print(f"eval {iteration}/{total}  " + "  ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items()))
         return metrics
 
     stage, ddp = None, model

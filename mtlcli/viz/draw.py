@@ -143,11 +143,50 @@ def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor | 
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h - 1)
     boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2])
     short = min(h, w)
-    font = _font_path()
-    return draw_bounding_boxes(image, boxes, labels=captions, colors=box_colors,
-                               width=width or max(1, short // 200 + 1), font=font,
-                               font_size=(font_size or max(9, short // 40)) if font else None,
-                               label_colors=[_text_color(c) for c in box_colors], fill_labels=True)
+    image = draw_bounding_boxes(image, boxes, colors=box_colors, width=width or max(1, short // 200 + 1))
+    order = (sorted(range(len(captions)), key=lambda k: -float(scores[k])) if scores is not None  # type: ignore[index]
+             else sorted(range(len(captions)), key=lambda k: -float((boxes[k, 2] - boxes[k, 0]) * (boxes[k, 3] - boxes[k, 1]))))
+    return place_captions(image, boxes, captions, box_colors, order, font_size or max(12, short // 40))
+
+
+def place_captions(image: torch.Tensor, boxes: torch.Tensor, captions: Sequence[str], colors: Sequence[Sequence[int]],
+                   order: Sequence[int], font_size: int) -> torch.Tensor:
+    """Caption boxes without hiding one caption under another: in `order` (most important first) each
+    caption goes above its box, else inside its top edge, else below it; one that would overlap a placed
+    caption in all three places is dropped (the box stays). Filled caption backgrounds in the box colour."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy())
+    pen = ImageDraw.Draw(canvas)
+    fnt = font(font_size)
+    widths = [pen.textlength(text, font=fnt) + 4 for text in captions]
+    slots = caption_slots(boxes, widths, order, canvas.height, canvas.width, font_size + 3)
+    for k, rect in slots.items():
+        color = tuple(int(c) for c in colors[k])
+        pen.rectangle(rect, fill=color)
+        pen.text((rect[0] + 2, rect[1] + 1), captions[k], fill=_text_color(color), font=fnt)
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).contiguous()
+
+
+def caption_slots(boxes: torch.Tensor, widths: Sequence[float], order: Sequence[int], h: int, w: int,
+                  th: int) -> dict[int, tuple[float, float, float, float]]:
+    """Where each caption goes (x0, y0, x1, y1), by box index; captions that find no free place are absent.
+    Tried in `order`: above the box, inside its top edge, below it; inside the picture, no overlaps."""
+    placed: dict[int, tuple[float, float, float, float]] = {}
+
+    def free(r: tuple[float, float, float, float]) -> bool:
+        return all(r[2] <= q[0] or q[2] <= r[0] or r[3] <= q[1] or q[3] <= r[1] for q in placed.values())
+
+    for k in order:
+        tw = widths[k]
+        x1, y1, _, y2 = (float(v) for v in boxes[k])
+        x = min(max(0.0, x1), max(0.0, w - tw))
+        for y in (y1 - th, y1, y2):
+            rect = (x, y, x + tw, y + th)
+            if y >= 0 and y + th <= h and free(rect):
+                placed[k] = rect
+                break
+    return placed
 
 
 def _text_color(background: Sequence[int]) -> tuple[int, int, int]:
@@ -169,3 +208,132 @@ def save_png(image: torch.Tensor, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(path)
     return path
+
+
+def font(size: int):  # type: ignore[no-untyped-def]
+    """A PIL font of `size` pixels: DejaVu Sans (from matplotlib) when found, else PIL's default one."""
+    from PIL import ImageFont
+
+    path = _font_path()
+    if path:
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError:
+            pass
+    return ImageFont.load_default(size=size)
+
+
+def titled_row(panels: Sequence[torch.Tensor], titles: Sequence[str], caption: str | None = None,
+               min_height: int = 192, gap: int = 4) -> torch.Tensor:
+    """Panels [3, H, W_i] side by side, each under its title, with optional caption lines ("\n") below.
+
+    Panels lower than `min_height` are enlarged by an integer factor (nearest neighbour, so pixels stay
+    visible); the font is at least 13 px and grows with the panel height. A title wraps onto a second
+    line where the panel is narrow; the canvas widens (panels centred) so that one-panel titles and the
+    caption lines fit. White background, `gap` pixels between panels. Returns uint8 [3, H', W'].
+    """
+    import textwrap
+
+    from PIL import Image, ImageDraw
+
+    if len(panels) != len(titles):
+        raise ValueError("one title per panel")
+    panels = [to_uint8(p) for p in panels]
+    h = max(int(p.shape[-2]) for p in panels)
+    factor, line_h = titled_geometry(h, min_height)
+    scaled = [p.repeat_interleave(factor, -2).repeat_interleave(factor, -1) if factor > 1 else p for p in panels]
+    h *= factor
+    size = font_size_for(h)
+    fnt = font(size)
+    pen = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = caption.split("\n") if caption else []
+    panels_w = sum(int(p.shape[-1]) for p in scaled) + gap * (len(scaled) - 1)
+    need = [pen.textlength(t, font=fnt) + 8 for t in lines]
+    if len(scaled) == 1:
+        need.append(pen.textlength(titles[0], font=fnt) + 8)
+    width = int(max([panels_w] + need))
+    wrapped = []
+    for panel, title in zip(scaled, titles):
+        room = max(int(panel.shape[-1]), width if len(scaled) == 1 else 0) - 4
+        chars = max(4, int(room / max(pen.textlength("n", font=fnt), 1)))
+        fits = pen.textlength(title, font=fnt) <= room
+        parts = [title] if fits else (textwrap.wrap(title, chars)[:2] or [""])
+        wrapped.append([_fit(pen, t, fnt, room) for t in parts])
+    band = line_h * max(len(w) for w in wrapped)
+    canvas = Image.new("RGB", (width, band + h + line_h * len(lines)), (255, 255, 255))
+    pen = ImageDraw.Draw(canvas)
+    x = (width - panels_w) // 2
+    for panel, title_lines in zip(scaled, wrapped):
+        pw = int(panel.shape[-1])
+        canvas.paste(Image.fromarray(panel.permute(1, 2, 0).numpy()), (x, band))
+        for i, text in enumerate(title_lines):
+            tw = pen.textlength(text, font=fnt)
+            pen.text((x + (pw - tw) / 2, i * line_h + (line_h - size) / 2), text, fill=(0, 0, 0), font=fnt)
+        x += pw + gap
+    for i, line in enumerate(lines):
+        pen.text((4, band + h + i * line_h + (line_h - size) / 2), _fit(pen, line, fnt, width - 8), fill=(0, 0, 0),
+                 font=fnt)
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).contiguous()
+
+
+def font_size_for(height: int) -> int:
+    """The caption font size of a picture `height` pixels high: 13..28 px."""
+    return max(13, min(28, int(height) // 14))
+
+
+def titled_geometry(height: int, min_height: int = 192) -> tuple[int, int]:
+    """(enlargement factor, height of one title line) that `titled_row` uses for panels `height` high."""
+    factor = enlarge_factor(height, min_height)
+    return factor, int(font_size_for(height * factor) * 1.7)
+
+
+def _fit(pen, text: str, fnt, width: float) -> str:  # type: ignore[no-untyped-def]
+    """`text`, shortened with an ellipsis until it fits `width` pixels."""
+    if pen.textlength(text, font=fnt) <= width:
+        return text
+    while len(text) > 1 and pen.textlength(text + "…", font=fnt) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def enlarge_factor(height: int, min_height: int) -> int:
+    """The integer factor that brings `height` to at least `min_height` (1 when it is already there)."""
+    return max(1, -(-min_height // max(int(height), 1)))
+
+
+def legend(entries: Sequence[tuple[str, Sequence[int], bool]], width: int, font_size: int = 13) -> torch.Tensor:
+    """A colour legend as uint8 [3, H, width]: one swatch + name per entry (filled square for a
+    segmentation class, hollow square for a box class when the flag is False), wrapped into rows."""
+    from PIL import Image, ImageDraw
+
+    fnt = font(font_size)
+    pen = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    sw, pad, line_h = font_size, 6, int(font_size * 1.6)
+    rows: list[list[tuple[float, tuple[str, Sequence[int], bool]]]] = [[]]
+    x = pad
+    for entry in entries:
+        need = sw + 4 + pen.textlength(entry[0], font=fnt) + 2 * pad
+        if rows[-1] and x + need > width:
+            rows.append([])
+            x = pad
+        rows[-1].append((x, entry))
+        x += need
+    canvas = Image.new("RGB", (width, line_h * len(rows) + 4), (255, 255, 255))
+    pen = ImageDraw.Draw(canvas)
+    for r, row in enumerate(rows):
+        y = 2 + r * line_h + (line_h - sw) / 2
+        for x, (name, color, filled) in row:
+            c = tuple(int(v) for v in color)
+            if filled:
+                pen.rectangle((x, y, x + sw, y + sw), fill=c, outline=(0, 0, 0))
+            else:
+                pen.rectangle((x, y, x + sw, y + sw), outline=c, width=3)
+            pen.text((x + sw + 4, y - 1), name, fill=(0, 0, 0), font=fnt)
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).contiguous()
+
+
+def stack(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """uint8 images [3, H_i, W_i] one under the other, padded with white to the widest."""
+    width = max(int(r.shape[-1]) for r in rows)
+    padded = [torch.nn.functional.pad(to_uint8(r), (0, width - int(r.shape[-1])), value=255) for r in rows]
+    return torch.cat(padded, dim=1)

@@ -1,11 +1,13 @@
 """`mtl viz predictions`: what a trained model sees, drawn over its input.
 
-Each PNG shows one image in its own pixel frame:
+Each PNG shows one image in its own pixel frame (enlarged by an integer factor when it is less than
+256 pixels high), titled panels above a colour legend of the classes present:
   prediction panel  the colourised `sem_seg` argmax blended over the image (dataset palette), instance
                     masks where the model gives them, boxes with "class score" captions (score >= T)
   ground truth      when the image comes from a prepared split with labels: the same drawing of the
-                    ground truth on the left, the prediction on the right ([3, H, 2W])
-Plain images (no dataset) give the prediction panel alone ([3, H, W]).
+                    ground truth on the left, the prediction on the right
+Plain images (no dataset) give the prediction panel alone. Captions that would hide each other are
+moved (above, inside or below their box) or dropped, the most confident first.
 
 Also home of what every model-based `mtl viz` command shares: loading a run (`load_run`), the class
 names and palette of a run (`class_info`), reading an image file (`read_image_file`) and the guard
@@ -24,7 +26,10 @@ import torch
 from torch import nn
 
 from mtlcli.errors import UserError
-from mtlcli.viz.draw import class_colors, draw_boxes, overlay_masks, overlay_semantic, save_png, side_by_side, to_uint8
+from mtlcli.viz.draw import (class_colors, draw_boxes, font_size_for, legend, overlay_masks, overlay_semantic, save_png,
+                             stack, titled_geometry, titled_row, to_uint8)
+
+MIN_HEIGHT = 256  # smaller images are enlarged so that captions and titles stay readable
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -163,39 +168,63 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
 # ----------------------------------------------------------------------------------------- drawing
 
 
+def _enlarge(t: torch.Tensor, scale: int) -> torch.Tensor:
+    """Nearest-neighbour enlargement of the last two dimensions by an integer factor."""
+    return t.repeat_interleave(scale, -2).repeat_interleave(scale, -1) if scale > 1 else t
+
+
 def render_prediction(image: torch.Tensor, output: dict[str, torch.Tensor], det_classes: Sequence[str],
-                      palette: Sequence[Sequence[int]], score_threshold: float = 0.3, alpha: float = 0.5) -> torch.Tensor:
-    """One prediction panel: uint8 [3, H, W] for an image [3, H, W] (float 0..1 or uint8) and the model's
-    output for it (DESIGN.md §4, same pixel frame): sem_seg argmax in `palette` blended with `alpha`,
-    instance masks (> 0.5) in their class colours, then boxes with "name score" captions, keeping the
-    detections with score >= `score_threshold`."""
-    panel = to_uint8(image)
+                      palette: Sequence[Sequence[int]], score_threshold: float = 0.3, alpha: float = 0.5,
+                      scale: int = 1) -> torch.Tensor:
+    """One prediction panel: uint8 [3, scale H, scale W] for an image [3, H, W] (float 0..1 or uint8) and the
+    model's output for it (DESIGN.md §4, same pixel frame): sem_seg argmax in `palette` blended with
+    `alpha`, instance masks (> 0.5) in their class colours, then boxes with "name score" captions that do
+    not hide each other, keeping the detections with score >= `score_threshold`. `scale` enlarges a small
+    image first (nearest neighbour) so that captions are drawn at a readable size."""
+    panel = _enlarge(to_uint8(image), scale)
     if "sem_seg" in output:
-        panel = overlay_semantic(panel, output["sem_seg"].detach().argmax(0).cpu(), palette, alpha=alpha)
+        panel = overlay_semantic(panel, _enlarge(output["sem_seg"].detach().argmax(0).cpu(), scale), palette, alpha=alpha)
     if "boxes" in output and len(output["boxes"]):
         keep = output["scores"].detach().cpu() >= score_threshold
-        boxes, labels = output["boxes"].detach().cpu()[keep], output["labels"].detach().cpu()[keep]
+        boxes, labels = output["boxes"].detach().cpu()[keep] * scale, output["labels"].detach().cpu()[keep]
         colors = class_colors(max(len(det_classes), 1))
         if "masks" in output and keep.any():
-            masks = output["masks"].detach().cpu()[keep]
+            masks = _enlarge(output["masks"].detach().cpu()[keep], scale)
             panel = overlay_masks(panel, masks, colors=[colors[(int(k) - 1) % len(colors)] for k in labels], alpha=alpha)
         panel = draw_boxes(panel, boxes, labels, det_classes, scores=output["scores"].detach().cpu()[keep])
     return panel
 
 
+def legend_entries(semantic_maps: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], seg_classes: Sequence[str],
+                   det_classes: Sequence[str], palette: Sequence[Sequence[int]]) -> list[tuple[str, Sequence[int], bool]]:
+    """The classes present in the drawn class maps (filled swatches, palette colours) and boxes (hollow
+    swatches, box colours), each once, in class order."""
+    seg = sorted({int(c) for m in semantic_maps for c in torch.unique(torch.as_tensor(m)) if 0 <= int(c) < len(palette)})
+    det = sorted({int(k) for ls in labels for k in torch.as_tensor(ls).flatten().tolist()})
+    colors = class_colors(max(len(det_classes), 1))
+    entries: list[tuple[str, Sequence[int], bool]] = [
+        (seg_classes[c] if c < len(seg_classes) else f"class {c}", palette[c], True) for c in seg]
+    entries += [(f"{det_classes[k - 1] if 1 <= k <= len(det_classes) else f'class {k}'} (box)",
+                 colors[(k - 1) % len(colors)], False) for k in det]
+    return entries
+
+
 def render_ground_truth(image: torch.Tensor, target: dict[str, Any], det_classes: Sequence[str],
-                        palette: Sequence[Sequence[int]], alpha: float = 0.5) -> torch.Tensor:
+                        palette: Sequence[Sequence[int]], alpha: float = 0.5, scale: int = 1) -> torch.Tensor:
     """The ground-truth panel drawn like `render_prediction`: semantic map, instance masks of non-crowd
-    objects, boxes with names (crowd grey). uint8 [3, H, W]."""
-    panel = overlay_semantic(to_uint8(image), target["semantic"], palette, alpha=alpha)
+    objects, boxes with names (crowd grey). uint8 [3, scale H, scale W]."""
+    semantic = _enlarge(torch.as_tensor(target["semantic"]).as_subclass(torch.Tensor), scale)
+    panel = overlay_semantic(_enlarge(to_uint8(image), scale), semantic, palette, alpha=alpha)
     labels, crowd = target["labels"], target["iscrowd"]
     masks = target.get("masks")
     if masks is not None and len(masks) and (crowd == 0).any():
         colors = class_colors(max(len(det_classes), 1))
         keep = crowd == 0
-        panel = overlay_masks(panel, masks[keep], colors=[colors[(int(k) - 1) % len(colors)] for k in labels[keep]],
-                              alpha=alpha)
-    return draw_boxes(panel, target["boxes"], labels, det_classes, iscrowd=crowd)
+        panel = overlay_masks(panel, _enlarge(masks.as_subclass(torch.Tensor)[keep], scale),
+                              colors=[colors[(int(k) - 1) % len(colors)] for k in labels[keep]], alpha=alpha)
+    boxes = torch.as_tensor(target["boxes"].as_subclass(torch.Tensor) if isinstance(target["boxes"], torch.Tensor)
+                            else target["boxes"], dtype=torch.float32) * scale
+    return draw_boxes(panel, boxes, labels, det_classes, iscrowd=crowd)
 
 
 def _has_ground_truth(target: dict[str, Any]) -> bool:
@@ -267,10 +296,22 @@ def render_predictions(model: nn.Module, source: Any, out: str | Path, num: int 
                 else:
                     image, target = read_image_file(files[i]), None
                 output = model([image.to(device)])[0]
-                panel = render_prediction(image, output, det_classes, palette, score_threshold)
+                scale, _ = titled_geometry(int(image.shape[-2]), MIN_HEIGHT)
+                panels = [render_prediction(image, output, det_classes, palette, score_threshold, scale=scale)]
+                titles = [f"prediction (score >= {score_threshold:g})" if "boxes" in output else "prediction"]
+                maps = [output["sem_seg"].detach().argmax(0).cpu()] if "sem_seg" in output else []
+                drawn = [output["labels"].detach().cpu()[output["scores"].detach().cpu() >= score_threshold]] \
+                    if "boxes" in output else []
                 if target is not None and _has_ground_truth(target):
-                    panel = side_by_side([render_ground_truth(image, target, det_classes, palette), panel])
-                paths.append(save_png(panel, path))
+                    panels.insert(0, render_ground_truth(image, target, det_classes, palette, scale=scale))
+                    titles.insert(0, "ground truth")
+                    maps.append(torch.as_tensor(target["semantic"]).as_subclass(torch.Tensor))
+                    drawn.append(torch.as_tensor(target["labels"]).as_subclass(torch.Tensor))
+                row = titled_row(panels, titles, min_height=MIN_HEIGHT)
+                entries = legend_entries(maps, drawn, list(seg_classes or []), det_classes, palette)
+                picture = stack([row, legend(entries, int(row.shape[-1]), font_size_for(int(panels[0].shape[-2])))]) \
+                    if entries else row
+                paths.append(save_png(picture, path))
                 bar.advance(task)
     finally:
         model.train(was_training)

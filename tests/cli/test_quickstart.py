@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from mtlcli.cli.main import main
+from mtlcli.viz.draw import titled_geometry
 
 TINY = ["--train", "4", "--val", "2", "--size", "64", "128", "-j", "1", "--num-viz", "2",
         "--set", "train.iterations=4", "--set", "train.batch_size=2", "--set", "eval.interval=4",
@@ -31,8 +32,9 @@ def test_quickstart_trains_evaluates_and_draws(tmp_path: Path, capsys: pytest.Ca
         assert 0.0 <= result["metrics"][name] <= 1.0
     preds = sorted((run_dir / "viz" / "predictions").glob("*.png"))
     assert len(preds) == 2
+    f, band = titled_geometry(64, 256)  # 64x128 images enlarged 4x for readable captions
     with Image.open(preds[0]) as img:
-        assert img.size == (2 * 128, 64)  # ground truth | prediction, at the image's size
+        assert img.size[0] == 2 * f * 128 + 4 and img.size[1] > band + f * 64  # ground truth | prediction, legend
     assert {p.name for p in (run_dir / "plots").glob("*.png")} >= {"losses.png", "lr.png"}
     assert "quickstart result on the synthetic val split" in out and "mIoU" in out
 

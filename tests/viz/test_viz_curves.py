@@ -73,12 +73,13 @@ def test_plot_curves_sizes_and_overwrite(tmp_path: Path, capsys: pytest.CaptureF
     assert run_cli(["viz", "curves", str(run)]) == 2
     assert "already exists" in error_line(capsys)
     out = tmp_path / "cmp"
-    assert run_cli(["viz", "curves", str(run), str(_write(tmp_path / "other", RUN_B)), "--out", str(out)]) == 0
+    assert run_cli(["viz", "curves", "--run", str(run), "--run", str(_write(tmp_path / "other", RUN_B)), "--out",
+                    str(out)]) == 0
     assert "wrote 3 plot(s)" in capsys.readouterr().out and len(list(out.glob("*.png"))) == 3
 
 
 def test_curves_of_a_trained_run(seg_run: Path, tmp_path: Path):
-    assert run_cli(["viz", "curves", str(seg_run), "--out", str(tmp_path)]) == 0
+    assert run_cli(["viz", "curves", "--run", str(seg_run), "--out", str(tmp_path)]) == 0
     series = read_metrics(seg_run)
     assert series["train"]["loss"][0] == [2.0, 4.0] and series["eval"]["miou"][0] == [2.0, 4.0]
     assert {"loss_seg", "loss_seg_aux", "lr"} <= set(series["train"])

@@ -74,7 +74,7 @@ def test_render_dataset_writes_overlays(tiny: Path, tmp_path: Path):
 
 def test_cli_on_synthetic_dataset(synthetic_prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "viz"
-    assert run(["viz", "dataset", str(synthetic_prepared), "--split", "val", "--out", str(out), "--num", "2"]) == 0
+    assert run(["viz", "dataset", "--data", str(synthetic_prepared), "--split", "val", "--out", str(out), "--num", "2"]) == 0
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == 2 and "wrote 2 overlay(s)" in capsys.readouterr().out
     for p in pngs:

@@ -13,7 +13,8 @@ from PIL import Image
 from mtlcli.data.dataset import PreparedDataset
 from mtlcli.data.targets import cityscapes_tables
 from mtlcli.viz.draw import class_colors
-from mtlcli.viz.predictions import class_info, load_run, render_prediction, render_predictions
+from mtlcli.viz.draw import caption_slots, titled_geometry
+from mtlcli.viz.predictions import class_info, legend_entries, load_run, render_prediction, render_predictions
 from tests.viz.conftest import error_line, run_cli
 
 
@@ -34,10 +35,13 @@ def test_cli_draws_ground_truth_beside_predictions(det_run: Path, synthetic_prep
     assert all(p.name in printed.replace("\n", "") for p in pngs)
     ds = PreparedDataset(synthetic_prepared, "val")
     h, w = ds[0][0].shape[-2:]
+    f, band = titled_geometry(h, 256)  # 64-pixel images are enlarged to 256 for readable captions
     for p in pngs:
         a = _png(p)
-        assert a.shape == (h, 2 * w, 3)  # ground truth | prediction
-        assert np.abs(a[:, :w] - a[:, w:]).mean() > 1  # the untrained model does not reproduce the ground truth
+        assert a.shape[1] == 2 * f * w + 4 and a.shape[0] > band + f * h  # ground truth | prediction, legend below
+        gt, pred = a[band:band + f * h, :f * w], a[band:band + f * h, f * w + 4:]
+        assert np.abs(gt - pred).mean() > 1  # the untrained model does not reproduce the ground truth
+        assert (a[:band] < 100).any() and (a[band + f * h:] < 100).any()  # titles above, legend below
     # existing overlays are kept unless --force
     assert run_cli(["viz", "predictions", "--run", str(det_run), "--num", "1", "--out", str(out)]) == 2
     line = error_line(capsys)
@@ -62,7 +66,9 @@ def test_plain_image_folder_and_default_output(seg_run: Path, synthetic_source: 
     assert [p.name for p in pngs] == ["img0.png", "img1.png"]
     with Image.open(sources[0]) as src:
         size = src.size
-    assert _png(pngs[0]).shape == (size[1], size[0], 3)  # no ground truth: the prediction panel alone
+    f, band = titled_geometry(size[1], 256)
+    a = _png(pngs[0])
+    assert a.shape[1] == f * size[0] and a.shape[0] > band + f * size[1]  # no ground truth: the prediction alone
 
 
 def test_overlay_follows_the_prediction(seg_run: Path, synthetic_prepared: Path, tmp_path: Path):
@@ -77,12 +83,14 @@ def test_overlay_follows_the_prediction(seg_run: Path, synthetic_prepared: Path,
     finally:
         handle.remove()
     a, b = _png(first), _png(forced)
-    w = a.shape[1] // 2
-    assert np.array_equal(a[:, :w], b[:, :w])          # the ground-truth panel does not depend on the model
-    assert np.abs(a[:, w:] - b[:, w:]).mean() > 5      # the prediction panel does
-    image = (ds[0][0].numpy().transpose(1, 2, 0) * 255).round()
+    h, w = ds[0][0].shape[-2:]
+    f, band = titled_geometry(h, 256)
+    rows, fw = slice(band, band + f * h), f * w
+    assert np.array_equal(a[rows, :fw], b[rows, :fw])                          # the ground truth does not depend on the model
+    assert np.abs(a[rows, fw + 4:2 * fw + 4] - b[rows, fw + 4:2 * fw + 4]).mean() > 5  # the prediction does
+    image = (ds[0][0].numpy().transpose(1, 2, 0) * 255).round().repeat(f, 0).repeat(f, 1)
     expected = 0.5 * image + 0.5 * np.array(palette[k])  # alpha 0.5 blend of the class colour
-    assert np.abs(b[:, w:] - expected).max() <= 1.5
+    assert np.abs(b[rows, fw + 4:2 * fw + 4] - expected).max() <= 1.5
 
 
 def test_render_prediction_keeps_confident_boxes_and_draws_masks():
@@ -130,3 +138,23 @@ def test_bad_input_is_one_line(seg_run: Path, tmp_path: Path, capsys: pytest.Cap
     assert "does not exist" in error_line(capsys)
     assert run_cli(["viz", "predictions", "--run", str(seg_run), "--score-threshold", "2", "--out", str(tmp_path / "o")]) == 2
     assert "0..1" in error_line(capsys)
+
+
+def test_captions_never_hide_each_other():
+    boxes = torch.tensor([[10.0, 30.0, 60.0, 70.0]] * 4)  # four detections of one object
+    slots = caption_slots(boxes, [40.0] * 4, order=[2, 0, 1, 3], h=100, w=100, th=12)
+    assert list(slots) == [2, 0, 1]  # above, inside, below; the fourth finds no free place and is dropped
+    assert [r[1] for r in slots.values()] == [18.0, 30.0, 70.0]
+    rects = list(slots.values())
+    for i, r in enumerate(rects):
+        for q in rects[i + 1:]:
+            assert r[2] <= q[0] or q[2] <= r[0] or r[3] <= q[1] or q[3] <= r[1]
+    edge = caption_slots(torch.tensor([[90.0, 0.0, 99.0, 10.0]]), [40.0], [0], h=100, w=100, th=12)
+    assert edge[0][0] == 60.0 and edge[0][1] == 0.0  # kept inside the picture
+
+
+def test_legend_names_the_classes_present():
+    sem = torch.tensor([[0, 0], [2, 255]])
+    entries = legend_entries([sem], [torch.tensor([1])], ["road", "sidewalk", "building"], ["person", "car"],
+                             [[1, 1, 1], [2, 2, 2], [3, 3, 3]])
+    assert [(n, filled) for n, _, filled in entries] == [("road", True), ("building", True), ("person (box)", False)]

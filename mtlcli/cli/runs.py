@@ -1,0 +1,157 @@
+"""`mtl runs [DIR]`: the training runs under DIR as a table, or chosen runs side by side.
+
+    mtl runs                      every run under ./runs (folders holding recipe.toml and metrics.jsonl)
+    mtl runs DIR                  every run under DIR
+    mtl runs --compare RUN --compare RUN ...   one column per run: recipe, progress, metrics, recipe keys that differ
+
+Read from the files alone (recipe.toml, metrics.jsonl), without torch:
+    recipe      the --recipe of the command in recipe.toml's header, else the model name
+    iterations  last logged iteration / the recipe's total
+    best        the best value of the recipe's first eval metric in metrics.jsonl, with its iteration
+    status      finished (last iteration = total), running (metrics.jsonl written in the last
+                `RUNNING_SECONDS`; inferred), else interrupted
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from mtlcli.errors import UserError
+
+RUNNING_SECONDS = 120
+
+
+def find_runs(root: Path, depth: int = 4) -> list[Path]:
+    """Run directories (recipe.toml + metrics.jsonl) under `root` (itself included), sorted."""
+    if not root.exists():
+        raise UserError(f"{root} does not exist — give the folder your runs are in (the default is ./runs)")
+    patterns = ["recipe.toml"] + ["/".join(["*"] * d) + "/recipe.toml" for d in range(1, depth + 1)]
+    found = {m.parent for pattern in patterns for m in root.glob(pattern) if (m.parent / "metrics.jsonl").is_file()}
+    return sorted(found)
+
+
+def summarize(run: Path) -> dict[str, Any]:
+    """What the runs table shows for one run directory (see the module docstring)."""
+    from mtlcli.recipes import total_iterations
+
+    text = (run / "recipe.toml").read_text()
+    try:
+        recipe = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{run}/recipe.toml is not valid TOML ({exc})") from None
+    name = str(recipe.get("model", {}).get("name", "?"))
+    match = re.search(r"^# command: (.*)$", text, flags=re.M)
+    if match:
+        words = shlex.split(match.group(1))
+        for flag in ("--recipe", "-r"):
+            if flag in words and words.index(flag) + 1 < len(words):
+                name = Path(words[words.index(flag) + 1]).stem
+    try:
+        total = total_iterations(recipe)
+    except (KeyError, TypeError, ValueError):
+        total = None
+    metrics_path = run / "metrics.jsonl"
+    last_it, last_train, evals = 0, {}, []
+    for line in metrics_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("type") == "train":
+            last_it, last_train = max(last_it, int(record.get("iteration", 0))), record
+        elif record.get("type") == "eval":
+            evals.append(record)
+    wanted = list(recipe.get("eval", {}).get("metrics") or [])
+    metric = wanted[0] if wanted else (next(iter(evals[-1]["metrics"]), None) if evals else None)
+    best = None
+    for record in evals:
+        value = record.get("metrics", {}).get(metric)
+        if isinstance(value, (int, float)) and (best is None or value > best[0]):
+            best = (float(value), int(record.get("iteration", 0)))
+    if total is not None and last_it >= total:
+        status = "finished"
+    elif time.time() - metrics_path.stat().st_mtime < RUNNING_SECONDS:
+        status = "running"
+    else:
+        status = "interrupted"
+    return {"run": run, "recipe": name, "iteration": last_it, "total": total, "metric": metric, "best": best,
+            "status": status, "last_eval": evals[-1].get("metrics", {}) if evals else {},
+            "loss": last_train.get("loss"), "images_per_s": last_train.get("images_per_s"), "config": recipe}
+
+
+def _flat(recipe: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for section, table in recipe.items():
+        if isinstance(table, dict):
+            for key, value in table.items():
+                out[f"{section}.{key}"] = value
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("runs")
+    def runs(
+        root: Optional[Path] = typer.Argument(None, metavar="DIR", help="Folder holding runs [default: runs]."),
+        compare: list[Path] = typer.Option([], "--compare", "-c", help="A run to compare side by side (repeat)."),
+    ) -> None:
+        """List training runs (recipe, iterations, best metric, status), or compare chosen runs side by side."""
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console()
+        if compare:
+            missing = [c for c in compare if not (c / "recipe.toml").is_file()]
+            if missing:
+                raise UserError(f"{missing[0]} is not a run directory (no recipe.toml) — see `mtl runs` for the runs")
+            rows = [summarize(c) for c in compare]
+            table = Table(title="runs side by side")
+            table.add_column("")
+            for r in rows:
+                table.add_column(str(r["run"]), justify="right")
+            table.add_row("recipe", *[r["recipe"] for r in rows])
+            table.add_row("status", *[r["status"] for r in rows])
+            table.add_row("iterations", *[f"{r['iteration']}/{r['total'] or '?'}" for r in rows])
+            for m in sorted({m for r in rows for m in r["last_eval"]}):
+                table.add_row(f"{m} (last eval)", *[_pct(r["last_eval"].get(m)) for r in rows])
+                table.add_row(f"{m} (best)", *[_pct(r["best"][0]) if r["best"] and r["metric"] == m else "—"
+                                               for r in rows])
+            table.add_row("loss (last)", *[_num(r["loss"]) for r in rows])
+            table.add_row("img/s (last)", *[_num(r["images_per_s"]) for r in rows])
+            flats = [_flat(r["config"]) for r in rows]
+            for key in sorted({k for f in flats for k in f}):
+                values = [json.dumps(f.get(key), default=str) for f in flats]
+                if len(set(values)) > 1:
+                    table.add_row(key, *values)
+            console.print(table)
+            return
+        root = root if root is not None else Path("runs")
+        found = find_runs(root)
+        if not found:
+            console.print(f"no runs under {root} — train one with `mtl train --recipe NAME`")
+            return
+        table = Table(title=f"runs under {root}")
+        for col in ("run", "recipe", "iterations", "best", "status"):
+            table.add_column(col, justify="right" if col == "iterations" else "left")
+        for run in found:
+            r = summarize(run)
+            best = f"{r['metric']} {_pct(r['best'][0])} @ {r['best'][1]}" if r["best"] else "—"
+            colour = {"finished": "green", "running": "yellow", "interrupted": "red"}[r["status"]]
+            table.add_row(str(run), r["recipe"], f"{r['iteration']}/{r['total'] or '?'}", best,
+                          f"[{colour}]{r['status']}[/]")
+        console.print(table)
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * float(value):.2f}%" if isinstance(value, (int, float)) else "—"
+
+
+def _num(value: Any) -> str:
+    return f"{float(value):.4g}" if isinstance(value, (int, float)) else "—"
