@@ -149,6 +149,41 @@ class ScaleCrop(v2.Transform):
         return out
 
 
+def iou_crop_params(iou: v2.RandomIoUCrop, boxes: tv_tensors.BoundingBoxes) -> dict[str, Any]:
+    """`v2.RandomIoUCrop.make_params` on XYXY boxes with each option's `trials` drawn at once: the
+    same distribution (the first acceptable of independent trials), without a Python loop of up to 40
+    trials, each with its own box_iou, per option draw."""
+    from torchvision.ops import box_iou
+
+    h, w = boxes.canvas_size
+    xyxy = boxes.as_subclass(torch.Tensor).float()
+    cx, cy = 0.5 * (xyxy[:, 0] + xyxy[:, 2]), 0.5 * (xyxy[:, 1] + xyxy[:, 3])
+    n = iou.trials
+    while True:
+        min_iou = iou.options[int(torch.randint(low=0, high=len(iou.options), size=(1,)))]
+        if min_iou >= 1.0:
+            return {}
+        r = iou.min_scale + (iou.max_scale - iou.min_scale) * torch.rand(n, 2)
+        new_w, new_h = (w * r[:, 0]).long(), (h * r[:, 1]).long()  # int() truncation, as in v2
+        pos = torch.rand(n, 2)
+        left, top = ((w - new_w) * pos[:, 0]).long(), ((h - new_h) * pos[:, 1]).long()
+        right, bottom = left + new_w, top + new_h
+        aspect = new_w / new_h.clamp(min=1)
+        ok = (new_h > 0) & (aspect >= iou.min_aspect_ratio) & (aspect <= iou.max_aspect_ratio)
+        ok &= (left != right) & (top != bottom)
+        within = ((left[:, None] < cx) & (cx < right[:, None]) & (top[:, None] < cy) & (cy < bottom[:, None]))
+        ok &= within.any(1)
+        if not ok.any():
+            continue
+        windows = torch.stack([left, top, right, bottom], 1).float()
+        ious = box_iou(xyxy, windows).T.masked_fill(~within, -1.0)  # [trials, boxes], boxes inside only
+        ok &= ious.max(1).values >= min_iou
+        if ok.any():
+            i = int(ok.nonzero()[0])
+            return {"top": int(top[i]), "left": int(left[i]), "height": int(new_h[i]), "width": int(new_w[i]),
+                    "is_within_crop_area": within[i]}
+
+
 class SSDGeometry(v2.Transform):
     """SSD's zoom-out (probability 0.5), IoU-constrained crop and resize to `size`, planned on the boxes
     and carried out as one crop of the source and one resampling of it, then padding with the mean
@@ -185,7 +220,7 @@ class SSDGeometry(v2.Transform):
                                                  new_format=tv_tensors.BoundingBoxFormat.XYXY)
             shifted = tv_tensors.BoundingBoxes(xyxy + torch.tensor([left, top, left, top], dtype=xyxy.dtype),
                                                format="XYXY", canvas_size=(ch, cw))
-            crop = self.iou.make_params([shifted]) if len(shifted) else {}
+            crop = iou_crop_params(self.iou, shifted) if len(shifted) else {}
             if crop:
                 window, within = (crop["top"], crop["left"], crop["height"], crop["width"]), crop["is_within_crop_area"]
         wt, wl, wh, ww = window
@@ -206,7 +241,10 @@ class SSDGeometry(v2.Transform):
         out = self._call_kernel(F.crop, inpt, *params["window"])
         out = self._call_kernel(F.resize, out, size=params["size"], interpolation=_interpolation(out), antialias=True)
         if self.photometric is not None and isinstance(out, tv_tensors.Image):
-            out = self.photometric(out)
+            # in float32 once: on uint8 every colour op would convert to float and back
+            plain = F.to_dtype(out.as_subclass(torch.Tensor), torch.float32, scale=True)
+            plain = self.photometric(tv_tensors.Image(plain)).as_subclass(torch.Tensor)
+            out = tv_tensors.wrap(F.to_dtype(plain, out.dtype, scale=True), like=out)
         if any(params["padding"]):
             out = self._call_kernel(F.pad, out, padding=params["padding"], fill=FILL.get(type(inpt), 0))
         if isinstance(out, tv_tensors.BoundingBoxes) and params["within"] is not None:
@@ -253,8 +291,8 @@ class SanitizeBoxes(v2.SanitizeBoundingBoxes):
         super().__init__(min_size=min_size, labels_getter=_labels_and_crowd)
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if isinstance(inpt, (SemanticMap, DistanceMap)):
-            return inpt
+        if isinstance(inpt, (SemanticMap, DistanceMap)) or bool(params["valid"].all()):
+            return inpt  # indexing by an all-true mask would still copy every instance mask
         return super().transform(inpt, params)
 
 
