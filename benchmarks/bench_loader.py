@@ -185,7 +185,8 @@ def main() -> None:
         f = group["figures"]
         ok = "green" if f["ratio"] <= args.goal else "red"
         table.add_row(
-            "\n".join(group["names"]), group["recipe"]["data"]["augmentation"],
+            ", ".join(group["names"][:3]) + (f" +{len(group['names']) - 3}" if len(group["names"]) > 3 else ""),
+            group["recipe"]["data"]["augmentation"],
             ", ".join(group["targets"]) or "boxes",
             f"{f['floor_ms']:.1f}", f"{f['item_ms']:.1f}", f"{1000 / f['item_ms']:.1f}", f"{1000 / f['floor_ms']:.1f}",
             f"[{ok}]{f['ratio']:.2f}x[/{ok}]", f"{f.get('loader_images_per_s_per_core', float('nan')):.1f}",
