@@ -155,10 +155,12 @@ def ours_in_memory(prep: Path, pred: Path, origin: dict[str, str], inst_level: b
     for img in gt.images():
         target = array(prep / "val" / "semantic" / f"{img['stem']}.png")
         raw = array(pred / f"{img['stem']}.png")
+        if not sizes:  # mIoU only: the labelId -> class map applies to the histogram's keys, not the pixels
+            metric.update(raw, target, histogram=joint_histogram(raw, target, pred_lut=reader.lut))
+            continue
         p = np.take(reader.lut, raw)
         metric.update(p, target, histogram=joint_histogram(p, target))
-        if sizes:
-            metric.add_instances(*instance_hits(gt, img["id"], class_index, p))
+        metric.add_instances(*instance_hits(gt, img["id"], class_index, p))
     return metric.compute()["details"]
 
 

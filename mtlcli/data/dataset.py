@@ -15,19 +15,28 @@ import contextlib
 import dataclasses
 import io
 import json
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision import tv_tensors
+from torchvision.io import ImageReadMode, decode_image, decode_png, read_file
 from torchvision.transforms.v2 import functional as F
 
 from mtlcli.data.prepared import IGNORE_INDEX, DatasetMeta, dt_path, instances_path, read_label_png, semantic_path
 from mtlcli.errors import UserError
 
+# torchvision 0.29 flags its image codecs as deprecated in favour of TorchCodec (not a dependency here);
+# they are the fastest decoders available to this project, so the per-call warning is silenced.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+
 Sample = tuple[tv_tensors.Image, dict[str, Any]]
+# The targets that cost decoding work (boxes, labels and crowd flags are read from the JSON, always).
+DENSE_TARGETS = ("masks", "semantic", "dt")
 Transform = Callable[[tv_tensors.Image, dict[str, Any]], Sample]
 
 
@@ -125,7 +134,14 @@ class PreparedDataset(torch.utils.data.Dataset):
       dt       tv_tensors.Mask int64 [H, W], distance-transform bins 0..len(dt_thresholds)+1 (all 0 when
                the split has no dt PNG for the image)
       image_id int (the COCO image id);  stem str;  orig_size (H, W) of the source image
-    `transforms(image, target)`, when given, is applied last.
+    `transforms(image, target)`, when given, is applied last (on uint8 image and maps).
+
+    `targets` names the dense targets to decode, a subset of `DENSE_TARGETS` = (masks, semantic, dt);
+    None (the default) decodes all three, a training loader passes what the model's loss reads
+    (`loss_targets`), so that e.g. a segmentation network never pays for instance masks. Boxes, labels
+    and crowd flags come from the JSON and are always there. `compact=True` keeps the image uint8 (0..255)
+    and `semantic` / `dt` uint8, 4-8x less to copy between loader processes and to the device; the
+    training loop converts the image on the device (`mtlcli.engine.train.to_device`).
 
     `label_map` merges or drops classes: `{"seg": {src: dst}, "det": {src: dst}}` (see
     `resolve_label_map`). `ds.meta`, `ds.det_classes`, `ds.seg_classes`, `ds.palette` and `ds.coco`
@@ -133,10 +149,13 @@ class PreparedDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | Path, split: str, transforms: Transform | None = None,
-                 label_map: Mapping[str, Any] | None = None) -> None:
+                 label_map: Mapping[str, Any] | None = None, targets: Iterable[str] | None = None,
+                 compact: bool = False) -> None:
         self.root = Path(root)
         self.split = split
         self.transforms = transforms
+        self.targets = check_targets(targets)
+        self.compact = compact
         source_meta = DatasetMeta.load(self.root)
         source_meta.check_split(self.root, split)
         self.source = Path(source_meta.source)
@@ -149,6 +168,8 @@ class PreparedDataset(torch.utils.data.Dataset):
         # pycocotools COCO of the split with the mapped category ids (1..K in `det_classes` order)
         self.coco = _quiet_coco(self._load_instances())
         self.ids: list[int] = [img["id"] for img in self.coco.dataset["images"]]
+        lut = self.label_map.seg_lut
+        self._seg_lut_u8 = lut.to(torch.uint8) if lut is not None else None
 
     @property
     def det_classes(self) -> list[str]:
@@ -187,71 +208,192 @@ class PreparedDataset(torch.utils.data.Dataset):
         """The COCO `images` entry of sample `index` (id, file_name, height, width, stem, ...)."""
         return self.coco.imgs[self.ids[index]]
 
-    def read_image(self, info: dict[str, Any]) -> tv_tensors.Image:
+    def read_image(self, info: dict[str, Any], dtype: torch.dtype | None = None) -> tv_tensors.Image:
+        """The image of a COCO `images` entry as RGB [3, H, W]: float32 in 0..1 (or `dtype`; uint8 keeps 0..255).
+
+        Decoded with torchvision.io (libjpeg-turbo / libpng, no PIL conversion); files it cannot decode
+        (exotic modes) go through PIL.
+        """
         path = self.source / info["file_name"]
         try:
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+            if image.dtype != torch.uint8:  # 16-bit PNG
+                raise RuntimeError("not 8-bit")
+        except (RuntimeError, OSError, ValueError):
+            image = self._read_image_pil(path)
+        h, w = info.get("height") or image.shape[-2], info.get("width") or image.shape[-1]
+        if tuple(image.shape[-2:]) != (h, w):
+            raise UserError(f"{path} is {image.shape[-2]}x{image.shape[-1]} but instances.json says {h}x{w} — the "
+                            "source changed since `mtl prepare`; prepare the dataset again")
+        dtype = dtype or torch.float32
+        return tv_tensors.Image(image if dtype == torch.uint8 else F.to_dtype(image, dtype, scale=True))
+
+    @staticmethod
+    def _read_image_pil(path: Path) -> torch.Tensor:
+        try:
             with Image.open(path) as img:
-                rgb = img.convert("RGB")
+                return F.pil_to_tensor(img.convert("RGB"))
         except (OSError, ValueError, SyntaxError) as exc:  # missing, truncated or not an image
             raise UserError(f"{path}: cannot read image ({type(exc).__name__}: {exc}) — restore the file or prepare "
                             "the dataset again without it") from None
-        h, w = info.get("height") or rgb.height, info.get("width") or rgb.width
-        if (rgb.height, rgb.width) != (h, w):
-            raise UserError(f"{path} is {rgb.height}x{rgb.width} but instances.json says {h}x{w} — the source changed "
-                            "since `mtl prepare`; prepare the dataset again")
-        return tv_tensors.Image(F.to_dtype(F.pil_to_tensor(rgb), torch.float32, scale=True))
 
     def _read_map(self, path: Path, shape: tuple[int, int], what: str) -> torch.Tensor | None:
+        """A uint8 label PNG as uint8 [H, W] (torchvision.io; 16-bit or palette files through PIL)."""
         if not path.is_file():
             return None
         try:
-            array = read_label_png(path)
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise UserError(f"{path}: cannot read {what} PNG ({exc}) — prepare the dataset again") from None
-        if array.shape != shape:
-            raise UserError(f"{path} is {array.shape} but its image is {shape} — prepare the dataset again")
-        return torch.from_numpy(array.astype(np.int64))
+            data = read_file(str(path))
+            # IHDR: bit depth at byte 24, colour type at 25. libpng hands palette maps of 1/2/4 bits (the dt
+            # maps) to torchvision still packed: only 8-bit grey (0) or palette (3) maps take this path.
+            if data.numel() < 26 or int(data[24]) != 8 or int(data[25]) not in (0, 3):
+                raise RuntimeError("not an 8-bit one-channel PNG")
+            array = decode_png(data, mode=ImageReadMode.UNCHANGED)[0]
+        except RuntimeError:
+            try:
+                array = torch.from_numpy(read_label_png(path))
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise UserError(f"{path}: cannot read {what} PNG ({exc}) — prepare the dataset again") from None
+        if tuple(array.shape) != tuple(shape):
+            raise UserError(f"{path} is {tuple(array.shape)} but its image is {shape} — prepare the dataset again")
+        return array
+
+    def _masks(self, anns: list[dict[str, Any]], h: int, w: int) -> torch.Tensor:
+        masks = torch.zeros((len(anns), h, w), dtype=torch.uint8)
+        for i, ann in enumerate(anns):
+            seg = ann.get("segmentation")
+            if isinstance(seg, dict) and isinstance(seg.get("counts"), str) and list(seg.get("size", ())) == [h, w]:
+                decode_rle_into(seg["counts"], masks[i].numpy())
+            else:  # polygons or uncompressed RLE: pycocotools
+                from pycocotools import mask as mask_utils
+
+                masks[i] = torch.from_numpy(mask_utils.decode(self.coco.annToRLE(ann)))
+        return masks
 
     def __getitem__(self, index: int) -> Sample:
         info = self.image_info(index)
-        image = self.read_image(info)
+        wanted = self.targets
+        image = self.read_image(info, torch.uint8)
         h, w = image.shape[-2:]
         stem = info.get("stem") or Path(info["file_name"]).stem
         anns = self.coco.imgToAnns.get(info["id"], [])
 
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]  # COCO [x, y, w, h] -> [x1, y1, x2, y2]
-        if anns:
-            from pycocotools import mask as mask_utils
-
-            # one mask at a time: decoding all at once gives [H, W, N] whose copy to [N, H, W] costs more
-            masks = torch.from_numpy(np.stack([mask_utils.decode(self.coco.annToRLE(a)) for a in anns]))
-        else:
-            masks = torch.zeros((0, h, w), dtype=torch.uint8)
-
-        semantic = self._read_map(semantic_path(self.root, self.split, stem), (h, w), "semantic")
-        if semantic is None:
-            semantic = torch.full((h, w), IGNORE_INDEX, dtype=torch.int64)
-        elif self.label_map.seg_lut is not None:
-            semantic = self.label_map.seg_lut[semantic]
-        dt = self._read_map(dt_path(self.root, self.split, stem), (h, w), "dt")
-        if dt is None:
-            dt = torch.zeros((h, w), dtype=torch.int64)
-
-        target = {
+        target: dict[str, Any] = {
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
             "labels": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
-            "masks": tv_tensors.Mask(masks),
             "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in anns], dtype=torch.int64),
-            "semantic": tv_tensors.Mask(semantic),
-            "dt": tv_tensors.Mask(dt),
-            "image_id": int(info["id"]),
-            "stem": stem,
-            "orig_size": (int(h), int(w)),
         }
+        if "masks" in wanted:
+            target["masks"] = tv_tensors.Mask(self._masks(anns, h, w))
+        if "semantic" in wanted:
+            semantic = self._read_map(semantic_path(self.root, self.split, stem), (h, w), "semantic")
+            if semantic is None:
+                semantic = torch.full((h, w), IGNORE_INDEX, dtype=torch.uint8)
+            elif self.label_map.seg_lut is not None:
+                semantic = self._seg_lut_u8[semantic.long()] if semantic.dtype != torch.uint8 else \
+                    torch.from_numpy(self._seg_lut_u8.numpy()[semantic.numpy()])
+            target["semantic"] = tv_tensors.Mask(semantic)
+        if "dt" in wanted:
+            dt = self._read_map(dt_path(self.root, self.split, stem), (h, w), "dt")
+            target["dt"] = tv_tensors.Mask(dt if dt is not None else torch.zeros((h, w), dtype=torch.uint8))
+        target.update({"image_id": int(info["id"]), "stem": stem, "orig_size": (int(h), int(w))})
         if self.transforms is not None:
             image, target = self.transforms(image, target)
+        # The transforms work on uint8 (8-bit sources); the contract's types are restored last.
+        if not self.compact:
+            image = tv_tensors.Image(F.to_dtype(image.as_subclass(torch.Tensor), torch.float32, scale=True))
+            for key in ("semantic", "dt"):
+                if key in target:
+                    target[key] = tv_tensors.Mask(target[key].as_subclass(torch.Tensor).to(torch.int64))
         return image, target
+
+
+def check_targets(targets: Iterable[str] | None) -> frozenset[str]:
+    """The dense targets to decode: None = all of `DENSE_TARGETS`; unknown names are a UserError.
+    ("boxes" / "labels" are accepted and ignored: they are always there.)"""
+    if targets is None:
+        return frozenset(DENSE_TARGETS)
+    if isinstance(targets, str):
+        targets = [targets]
+    names = set(targets) - {"boxes", "labels"}
+    unknown = sorted(names - set(DENSE_TARGETS))
+    if unknown:
+        raise UserError(f"unknown target(s) {', '.join(unknown)} in data.targets; valid: {', '.join(DENSE_TARGETS)} "
+                        "(boxes and labels are always loaded)")
+    return frozenset(names)
+
+
+def loss_targets(model: torch.nn.Module) -> frozenset[str]:
+    """The dense targets (`DENSE_TARGETS` subset) that `model`'s training loss reads.
+
+    A model may declare them as an attribute `loss_targets` (names); otherwise the family decides:
+    a two-stage detector reads instance masks when it has a mask head that does not train on filled
+    boxes, plus the dense maps of its auxiliary heads (DATNet: `dt` / `semantic` where the head
+    exists); a single-shot model reads `semantic` where it has a segmentation head; LadderDenseNet and
+    the interdependent MTL model read `semantic`. An unknown model gets everything (safe, slower).
+    """
+    model = getattr(model, "module", model)  # DDP
+    declared = getattr(model, "loss_targets", None)
+    if declared is not None:
+        return check_targets(declared)
+    from mtlcli.models.rcnn import TwoStageDetector
+
+    if isinstance(model, TwoStageDetector):
+        keys = set()
+        if model.has_masks and not model.boxes_as_masks:
+            keys.add("masks")
+        heads = getattr(model, "dense_heads", None)
+        if heads is not None:  # DATNet: a dense key only where its head exists ("seg" reads "semantic")
+            keys |= {"semantic" if name == "seg" else name for name in heads}
+        else:
+            keys |= set(model.dense_keys)
+        return check_targets(keys)
+    if hasattr(model, "seg_head") and hasattr(model, "det_head"):  # SSDMultiTask (IvaNet, BlitzNet, SSD300)
+        return frozenset({"semantic"} if model.seg_head is not None else set())
+    from mtlcli.models.imtl import InterdependentMTL
+    from mtlcli.models.ladder import LadderDenseNet
+
+    if isinstance(model, (LadderDenseNet, InterdependentMTL)):
+        return frozenset({"semantic"})
+    return frozenset(DENSE_TARGETS)
+
+
+def rle_counts(counts: str | bytes) -> np.ndarray:
+    """The run lengths [n] int64 of a compressed COCO RLE string (pycocotools' `rleFrString`, vectorised)."""
+    raw = counts.encode("ascii") if isinstance(counts, str) else counts
+    c = np.frombuffer(raw, dtype=np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.flatnonzero((c & 0x20) == 0)  # the last character of each number
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    k = ends - starts + 1  # characters per number
+    shift = 5 * (np.arange(c.size) - np.repeat(starts, k))
+    x = np.add.reduceat((c & 0x1F) << shift, starts)
+    negative = (c[ends] & 0x10) != 0
+    x = np.where(negative, x | (-1 << (5 * k)), x)
+    # counts[m] += counts[m - 2] for m > 2: running sums over the odd and the even (from 2) positions
+    out = x.copy()
+    out[1::2] = np.cumsum(x[1::2])
+    out[2::2] = np.cumsum(x[2::2])
+    return out
+
+
+def decode_rle_into(counts: str | bytes, out: np.ndarray) -> None:
+    """Decode a compressed COCO RLE into the zero-filled uint8 array `out` [H, W], touching only the
+    columns that hold foreground (RLE runs go down columns): the cost follows the instance's extent,
+    not the image's, which is what makes masks cheap on 2048x1024 frames."""
+    h, w = out.shape
+    runs = rle_counts(counts)
+    bounds = np.concatenate(([0], np.cumsum(runs)))
+    ones = np.flatnonzero(runs[1::2]) * 2 + 1  # foreground runs (odd positions) of nonzero length
+    if ones.size == 0:
+        return
+    lo = int(bounds[ones[0]]) // h * h  # first and past-the-last foreground column, in flat units
+    hi = min(-(-int(bounds[ones[-1] + 1]) // h) * h, h * w)
+    lengths = np.diff(np.clip(bounds, lo, hi))
+    flat = np.repeat((np.arange(runs.size) & 1).astype(np.uint8), lengths)
+    out[:, lo // h:hi // h] = flat.reshape(-1, h).T
 
 
 def collate(batch: list[Sample]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:

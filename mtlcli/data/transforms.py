@@ -43,6 +43,7 @@ OPTIONS: dict[str, Any] = {
     "zoom_out": 4.0,
     "iou_crop": True,
     "min_box_size": 1.0,
+    "targets": [],
 }
 # Other [data] keys, accepted and ignored so that the whole table can be passed through.
 RECIPE_KEYS = frozenset({"dataset", "root", "train_split", "val_split", "augmentation", "label_map"})
@@ -104,6 +105,153 @@ class RandomScale(v2.Transform):
         return self._call_kernel(F.resize, inpt, size=params["size"], interpolation=_interpolation(inpt), antialias=True)
 
 
+def _axis(n_src: int, n_scaled: int, n_crop: int) -> tuple[int, int, int, int]:
+    """One axis of ScaleCrop: (source start, source length, resized length, padding before)."""
+    if n_scaled >= n_crop:
+        off = int(torch.randint(0, n_scaled - n_crop + 1, ()))
+        a = min(n_src - 1, round(off * n_src / n_scaled))
+        b = min(n_src, max(a + 1, round((off + n_crop) * n_src / n_scaled)))
+        return a, b - a, n_crop, 0
+    # smaller than the crop: the whole side, at a uniform offset in the padded crop (v2.RandomCrop's
+    # pad_if_needed gives the same distribution)
+    return 0, n_src, n_scaled, int(torch.randint(0, n_crop - n_scaled + 1, ()))
+
+
+class ScaleCrop(v2.Transform):
+    """`RandomScale` followed by a random `crop_size` crop, computed as one crop of the source and one
+    resampling of only that region (then padding with the type's fill where the scaled image is smaller
+    than the crop). Resizing a whole 2048x1024 frame to throw most of it away costs several times more.
+
+    The source window is rounded to whole pixels, so the scale actually applied differs from the drawn
+    one by less than one source pixel over the window (inferred: immaterial for a random scale). Boxes
+    keep their clamping mode (run it on unclipped boxes and follow with DropBoxesOutsideCrop).
+    """
+
+    def __init__(self, crop_size: Sequence[int], scale_range: Sequence[float] = (1.0, 1.0), min_size: int = 0,
+                 max_size: int = 0) -> None:
+        super().__init__()
+        self.scale = RandomScale(scale_range, min_size=min_size, max_size=max_size)
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        sh, sw = self.scale.make_params(flat_inputs)["size"]
+        top, height, out_h, pad_top = _axis(h, sh, self.crop_size[0])
+        left, width, out_w, pad_left = _axis(w, sw, self.crop_size[1])
+        padding = [pad_left, pad_top, self.crop_size[1] - out_w - pad_left, self.crop_size[0] - out_h - pad_top]
+        return {"window": (top, left, height, width), "size": [out_h, out_w], "padding": padding}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        out = self._call_kernel(F.crop, inpt, *params["window"])
+        out = self._call_kernel(F.resize, out, size=params["size"], interpolation=_interpolation(out), antialias=True)
+        if any(params["padding"]):
+            out = self._call_kernel(F.pad, out, padding=params["padding"], fill=FILL.get(type(inpt), 0))
+        return out
+
+
+def iou_crop_params(iou: v2.RandomIoUCrop, boxes: tv_tensors.BoundingBoxes) -> dict[str, Any]:
+    """`v2.RandomIoUCrop.make_params` on XYXY boxes with each option's `trials` drawn at once: the
+    same distribution (the first acceptable of independent trials), without a Python loop of up to 40
+    trials, each with its own box_iou, per option draw."""
+    from torchvision.ops import box_iou
+
+    h, w = boxes.canvas_size
+    xyxy = boxes.as_subclass(torch.Tensor).float()
+    cx, cy = 0.5 * (xyxy[:, 0] + xyxy[:, 2]), 0.5 * (xyxy[:, 1] + xyxy[:, 3])
+    n = iou.trials
+    while True:
+        min_iou = iou.options[int(torch.randint(low=0, high=len(iou.options), size=(1,)))]
+        if min_iou >= 1.0:
+            return {}
+        r = iou.min_scale + (iou.max_scale - iou.min_scale) * torch.rand(n, 2)
+        new_w, new_h = (w * r[:, 0]).long(), (h * r[:, 1]).long()  # int() truncation, as in v2
+        pos = torch.rand(n, 2)
+        left, top = ((w - new_w) * pos[:, 0]).long(), ((h - new_h) * pos[:, 1]).long()
+        right, bottom = left + new_w, top + new_h
+        aspect = new_w / new_h.clamp(min=1)
+        ok = (new_h > 0) & (aspect >= iou.min_aspect_ratio) & (aspect <= iou.max_aspect_ratio)
+        ok &= (left != right) & (top != bottom)
+        within = ((left[:, None] < cx) & (cx < right[:, None]) & (top[:, None] < cy) & (cy < bottom[:, None]))
+        ok &= within.any(1)
+        if not ok.any():
+            continue
+        windows = torch.stack([left, top, right, bottom], 1).float()
+        ious = box_iou(xyxy, windows).T.masked_fill(~within, -1.0)  # [trials, boxes], boxes inside only
+        ok &= ious.max(1).values >= min_iou
+        if ok.any():
+            i = int(ok.nonzero()[0])
+            return {"top": int(top[i]), "left": int(left[i]), "height": int(new_h[i]), "width": int(new_w[i]),
+                    "is_within_crop_area": within[i]}
+
+
+class SSDGeometry(v2.Transform):
+    """SSD's zoom-out (probability 0.5), IoU-constrained crop and resize to `size`, planned on the boxes
+    and carried out as one crop of the source and one resampling of it, then padding with the mean
+    pixel where the crop reaches into the zoom-out canvas. Doing the three steps literally builds a
+    canvas of up to `zoom_out`^2 times the image (64 MB for a 2048x1024 frame at 4x) to keep a fraction
+    of it. The random draws are those of v2.RandomZoomOut and v2.RandomIoUCrop.
+
+    `photometric` (a transform, e.g. v2.RandomPhotometricDistort) is applied to the image's visible
+    region after resampling and before padding, so the canvas keeps the exact mean pixel as in SSD;
+    its contrast step therefore averages over the visible region rather than the whole source
+    (inferred: SSD's order distorts the source first). `size` None keeps the crop's size.
+    """
+
+    def __init__(self, size: tuple[int, int] | None, zoom_out: float = 4.0, iou_crop: bool = True,
+                 photometric: Callable | None = None) -> None:
+        super().__init__()
+        self.size = size
+        self.zoom_out = float(zoom_out)
+        self.iou = v2.RandomIoUCrop() if iou_crop else None
+        self.photometric = photometric
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        ch, cw, top, left = h, w, 0, 0  # the zoom-out canvas and where the image sits on it
+        if self.zoom_out > 1.0 and float(torch.rand(())) < 0.5:
+            r = 1.0 + float(torch.rand(1)) * (self.zoom_out - 1.0)
+            cw, ch = int(w * r), int(h * r)
+            r2 = torch.rand(2)
+            left, top = int((cw - w) * r2[0]), int((ch - h) * r2[1])
+        window, within = (0, 0, ch, cw), None  # the crop on the canvas
+        if self.iou is not None:
+            src = next(x for x in flat_inputs if isinstance(x, tv_tensors.BoundingBoxes))
+            xyxy = F.convert_bounding_box_format(src.as_subclass(torch.Tensor), old_format=src.format,
+                                                 new_format=tv_tensors.BoundingBoxFormat.XYXY)
+            shifted = tv_tensors.BoundingBoxes(xyxy + torch.tensor([left, top, left, top], dtype=xyxy.dtype),
+                                               format="XYXY", canvas_size=(ch, cw))
+            crop = iou_crop_params(self.iou, shifted) if len(shifted) else {}
+            if crop:
+                window, within = (crop["top"], crop["left"], crop["height"], crop["width"]), crop["is_within_crop_area"]
+        wt, wl, wh, ww = window
+        out_h, out_w = self.size if self.size else (wh, ww)
+        # the visible part of the source inside the window, and where it lands in the output
+        y0, y1 = max(wt - top, 0), min(wt - top + wh, h)
+        x0, x1 = max(wl - left, 0), min(wl - left + ww, w)
+        if y1 <= y0 or x1 <= x0:  # cannot happen with boxes inside the image; keep a valid plan anyway
+            y0, y1, x0, x1 = 0, h, 0, w
+        oy0, oy1 = round((y0 - (wt - top)) * out_h / wh), round((y1 - (wt - top)) * out_h / wh)
+        ox0, ox1 = round((x0 - (wl - left)) * out_w / ww), round((x1 - (wl - left)) * out_w / ww)
+        oy1, ox1 = min(max(oy1, oy0 + 1), out_h), min(max(ox1, ox0 + 1), out_w)
+        oy0, ox0 = min(oy0, oy1 - 1), min(ox0, ox1 - 1)
+        return {"window": (y0, x0, y1 - y0, x1 - x0), "size": [oy1 - oy0, ox1 - ox0],
+                "padding": [ox0, oy0, out_w - ox1, out_h - oy1], "within": within}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        out = self._call_kernel(F.crop, inpt, *params["window"])
+        out = self._call_kernel(F.resize, out, size=params["size"], interpolation=_interpolation(out), antialias=True)
+        if self.photometric is not None and isinstance(out, tv_tensors.Image):
+            # in float32 once: on uint8 every colour op would convert to float and back
+            plain = F.to_dtype(out.as_subclass(torch.Tensor), torch.float32, scale=True)
+            plain = self.photometric(tv_tensors.Image(plain)).as_subclass(torch.Tensor)
+            out = tv_tensors.wrap(F.to_dtype(plain, out.dtype, scale=True), like=out)
+        if any(params["padding"]):
+            out = self._call_kernel(F.pad, out, padding=params["padding"], fill=FILL.get(type(inpt), 0))
+        if isinstance(out, tv_tensors.BoundingBoxes) and params["within"] is not None:
+            out[~params["within"]] = 0  # outside the crop: emptied, then removed by SanitizeBoxes
+        return out
+
+
 class DropBoxesOutsideCrop(v2.Transform):
     """Mark boxes whose centre lies outside the canvas as empty, then clip all boxes to the canvas.
 
@@ -143,8 +291,8 @@ class SanitizeBoxes(v2.SanitizeBoundingBoxes):
         super().__init__(min_size=min_size, labels_getter=_labels_and_crowd)
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if isinstance(inpt, (SemanticMap, DistanceMap)):
-            return inpt
+        if isinstance(inpt, (SemanticMap, DistanceMap)) or bool(params["valid"].all()):
+            return inpt  # indexing by an all-true mask would still copy every instance mask
         return super().transform(inpt, params)
 
 
@@ -174,7 +322,7 @@ class Pipeline:
             if key in target:
                 dense = target[key].as_subclass(torch.Tensor)
                 dtypes[key] = dense.dtype
-                if dense.numel() and 0 <= int(dense.min()) and int(dense.max()) <= 255:
+                if dense.dtype != torch.uint8 and dense.numel() and 0 <= int(dense.min()) and int(dense.max()) <= 255:
                     dense = dense.to(torch.uint8)
                 target[key] = kind(dense)
         image, target = self.compose(image, target)
@@ -246,6 +394,9 @@ def build_transforms(name: str, train: bool, **options: Any) -> Pipeline:
       iou_crop      bool, default true. ssd: RandomIoUCrop.
       min_box_size  float >= 1, default 1. Boxes narrower or shorter than this (pixels) after augmenting
                     are dropped with their labels, crowd flags and masks.
+      targets       list of names, default [] = what the model's loss reads (`dataset.loss_targets`):
+                    the dense targets the training loader decodes, among masks, semantic, dt. Not an
+                    augmentation: read by the training loop, accepted here so that [data] passes whole.
     """
     if name not in NAMES:
         raise UserError(f"unknown augmentation {name!r}; choose one of: {', '.join(NAMES)}")
@@ -268,22 +419,22 @@ def build_transforms(name: str, train: bool, **options: Any) -> Pipeline:
         return Pipeline(name, [])
     steps: list[Callable] = []
     if name == "ssd":
-        if photometric:
+        size = (min_size, min_size) if min_size else None
+        if zoom_out > 1.0 or iou_crop or size:
+            steps.append(SSDGeometry(size, zoom_out=zoom_out, iou_crop=iou_crop,
+                                     photometric=v2.RandomPhotometricDistort(p=0.5) if photometric else None))
+        elif photometric:
             steps.append(v2.RandomPhotometricDistort(p=0.5))
-        if zoom_out > 1.0:
-            steps.append(v2.RandomZoomOut(fill=FILL, side_range=(1.0, zoom_out), p=0.5))
-        if iou_crop:
-            steps.append(v2.RandomIoUCrop())
         if flip:
             steps.append(v2.RandomHorizontalFlip(p=0.5))
-        if min_size:
-            steps.append(Resize((min_size, min_size), antialias=True))
     else:  # cityscapes
-        if min_size or max_size or scale != (1.0, 1.0):
-            steps.append(RandomScale(scale, min_size=min_size, max_size=max_size))
+        scaled = min_size or max_size or scale != (1.0, 1.0)
         if crop[0]:
             # unclipped boxes through the crop, so that DropBoxesOutsideCrop sees their true centres
-            steps += [v2.SetClampingMode(None), v2.RandomCrop(crop, pad_if_needed=True, fill=FILL), DropBoxesOutsideCrop()]
+            steps += [v2.SetClampingMode(None), ScaleCrop(crop, scale, min_size=min_size, max_size=max_size),
+                      DropBoxesOutsideCrop()]
+        elif scaled:
+            steps.append(RandomScale(scale, min_size=min_size, max_size=max_size))
         if flip:
             steps.append(v2.RandomHorizontalFlip(p=0.5))
     steps.append(SanitizeBoxes(min_size=min_box_size))

@@ -85,6 +85,13 @@ def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
     return train_ds, val_ds
 
 
+def training_targets(recipe: dict, model: nn.Module) -> frozenset[str]:
+    """The dense targets the training loader decodes: `data.targets` if set, else the model's."""
+    from mtlcli.data.dataset import check_targets, loss_targets
+
+    return check_targets(recipe["data"]["targets"]) if recipe["data"].get("targets") else loss_targets(model)
+
+
 def collate_fn():
     from mtlcli.data.dataset import collate
 
@@ -140,7 +147,9 @@ def _seed_worker(worker_id: int) -> None:
 
 def to_device(images: list, targets: list[dict], device: torch.device) -> tuple[list, list[dict]]:
     nb = device.type == "cuda"
+    # a compact loader ships uint8 images (mtlcli.data.dataset): 0..1 floats are made on the device
     images = [img.to(device, non_blocking=nb) for img in images]
+    images = [img.float().div_(255) if img.dtype == torch.uint8 else img for img in images]
     targets = [{k: v.to(device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
     return images, targets
 
@@ -364,6 +373,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     check_no_overlap(recipe, train_ds, val_ds)  # refuse to train on evaluation images
     recipe = with_class_counts(recipe, train_ds)
     model = build(recipe)
+    train_ds.targets, train_ds.compact = training_targets(recipe, model), True  # decode only what the loss reads
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     if cfg["sync_bn"] and info.distributed and device.type == "cpu":
         raise UserError("train.sync_bn = true needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel) — "

@@ -232,3 +232,22 @@ def test_rle_runs_decode_like_pycocotools():
         assert runs.sum() == m.size
         flat = np.repeat(np.arange(len(runs)) % 2, runs).astype(np.uint8)
         assert np.array_equal(flat.reshape(shape[::-1]).T, m)
+
+
+def test_joint_histogram_counts_every_pair_by_runs_or_by_sort():
+    from mtlcli.metrics.segmentation import joint_histogram
+
+    rng = np.random.default_rng(3)
+    blocky = [np.kron(rng.integers(0, n, (6, 9)), np.ones((7, 11), dtype=np.int64)).astype(np.uint8) for n in (5, 40)]
+    noisy = [rng.integers(0, 256, (40, 60)).astype(np.uint8) for _ in range(2)]
+    lut = rng.integers(0, 256, 256).astype(np.uint8)
+    for pred, target in (blocky, noisy):  # the run-length path and the np.unique path
+        keys, counts = joint_histogram(pred, target)
+        ref_keys, ref_counts = np.unique(target.astype(np.uint16) << 8 | pred, return_counts=True)
+        assert np.array_equal(keys, ref_keys) and np.array_equal(counts, ref_counts) and counts.sum() == pred.size
+        # a prediction LUT applied to the keys gives the histogram of the mapped pixels (keys may repeat)
+        keys, counts = joint_histogram(pred, target, pred_lut=lut)
+        mapped = np.zeros(1 << 16, dtype=np.int64)
+        np.add.at(mapped, keys, counts)
+        ref = np.bincount((target.astype(np.intp) << 8 | lut[pred]).ravel(), minlength=1 << 16)
+        assert np.array_equal(mapped, ref)
