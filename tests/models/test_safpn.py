@@ -24,6 +24,7 @@ from mtlcli.models.safpn import (
     build_safpn,
     interleaved_mask_rois,
 )
+from tests.models.training import short_run
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 LOSSES = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
@@ -312,21 +313,7 @@ def test_short_run_on_synthetic_data_lowers_the_loss(synthetic_prepared):
     images, targets = collate([ds[i] for i in range(2)])
     torch.manual_seed(0)
     model = build_safpn(num_det_classes=len(ds.det_classes), **{**TINY, "min_size": 64, "max_size": 128}).train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-
-    def total(step: bool) -> float:
-        torch.manual_seed(0)  # the same anchors / RoIs are sampled at every measurement
-        loss = sum(model(images, targets).values())
-        if step:
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return loss.item()
-
-    before = total(step=False)
-    for _ in range(12):
-        total(step=True)
-    after = total(step=False)
+    before, after = short_run(model, images, targets, 12, lr=0.01, measure=True)
     assert after < 0.8 * before, (before, after)
 
 
