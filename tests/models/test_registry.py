@@ -1,6 +1,7 @@
 """One test over the whole registry (as torchvision's test_models_detection does): every registered
 model in its tiny configuration trains one step on real prepared samples (one of them without
-objects) and predicts in the DESIGN.md §4 format, in each image's original frame."""
+objects) and predicts in the DESIGN.md §4 format, in each image's original frame; and overfits two
+images (the standard check that the targets reach the losses in the right frame and coding)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ TWO_STAGE_TINY = {"backbone": "resnet18", "fpn_channels": 32, "representation_si
 # name -> (tiny recipe or kwargs, has detection, has segmentation, has instance masks)
 TINY = {
     "ivanet": ("ivanet-tiny-synthetic", True, True, False),
+    "ssd300_vgg16": ("ssd300-tiny-synthetic", True, False, False),
     "ladder_densenet": ("ladderdensenet-tiny-synthetic", False, True, False),
     "imtl": ("imtl-tiny-synthetic", True, True, False),
     "datnet": ("datnet-tiny-synthetic", True, True, True),
@@ -28,13 +30,10 @@ TINY = {
     "maskrcnn": (TWO_STAGE_TINY, True, False, True),
     "fasterrcnn": ({k: v for k, v in TWO_STAGE_TINY.items() if k != "mask_channels"}, True, False, False),
 }
-# SSD300-VGG16 is a fixed 300x300 VGG network with no tiny form; tests/models/test_ivanet.py trains and
-# evaluates it at full size.
-FULL_SIZE_ONLY = {"ssd300_vgg16"}
 
 
 def test_every_registered_model_is_swept():
-    assert set(MODELS) == set(TINY) | FULL_SIZE_ONLY
+    assert set(MODELS) == set(TINY) == set(OVERFIT)
 
 
 def _tiny_kwargs(spec: str | dict) -> dict:
@@ -116,3 +115,69 @@ def test_tiny_model_trains_and_predicts(name, samples):
             assert out["masks"].shape[1:] == (1, h, w)
             if out["masks"].numel():
                 assert 0.0 <= float(out["masks"].min()) and float(out["masks"].max()) <= 1.0
+
+
+# name -> (Adam steps, learning rate) for the tiny configuration to overfit two images
+OVERFIT = {
+    "ivanet": (100, 5e-3),
+    "ssd300_vgg16": (100, 2e-3),
+    "ladder_densenet": (100, 5e-3),
+    "imtl": (100, 5e-3),
+    "datnet": (100, 1e-3),
+    "safpn": (100, 1e-3),
+    "maskrcnn": (100, 1e-3),
+    "fasterrcnn": (100, 1e-3),
+}
+SEMANTIC_IOU, BOX_IOU = 0.9, 0.5
+
+
+def semantic_iou(scores: torch.Tensor, target: torch.Tensor) -> float:
+    """Frequency-weighted IoU of the argmax of `scores` [C, H, W] against `target` [H, W] (255 ignored):
+    the IoU of each labelled class weighted by its share of the labelled pixels."""
+    pred, labelled = scores.argmax(0), target != 255
+    total = 0.0
+    for c in target[labelled].unique():
+        p, t = (pred == c) & labelled, target == c
+        total += float((p & t).sum() / (p | t).sum()) * float(t.sum() / labelled.sum())
+    return total
+
+
+def boxes_missed(output: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> int:
+    """How many non-crowd ground-truth boxes no detection of the same class covers at IoU >= 0.5 among
+    the top-N scores, N = the number of those boxes."""
+    from torchvision.ops import box_iou
+
+    keep = target["iscrowd"] == 0
+    boxes, labels = target["boxes"][keep], target["labels"][keep]
+    top = output["scores"].argsort(descending=True)[: len(boxes)]
+    if len(top) == 0:
+        return len(boxes)
+    iou = box_iou(boxes, output["boxes"][top]) * (labels[:, None] == output["labels"][top][None])
+    return int((iou.max(dim=1).values < BOX_IOU).sum())
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_tiny_model_overfits_two_images(name, samples):
+    """A short Adam run on two images makes the outputs on those images agree with their targets: the
+    semantic map (frequency-weighted IoU >= 0.9) and every box (found at IoU >= 0.5 by the top scores)."""
+    from tests.models.training import short_run
+
+    ds, _ = samples
+    pairs = [(img, t) for img, t in (ds[i] for i in range(len(ds))) if len(t["boxes"]) > 0][:2]
+    images = [img.as_subclass(torch.Tensor) for img, _ in pairs]
+    targets = [{k: (v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
+               for _, t in pairs]
+    _, det, seg, _ = TINY[name]
+    steps, lr = OVERFIT[name]
+    torch.manual_seed(0)
+    model = build_model(name, **_kwargs_for(name, len(ds.det_classes), len(ds.seg_classes)))
+    before, after = short_run(model, images, targets, steps, lr=lr, optimizer="adam")
+    assert after < 0.5 * before, (before, after)
+    model.eval()
+    with torch.no_grad():
+        outputs = model(images)
+    for out, target in zip(outputs, targets):
+        if seg:
+            assert semantic_iou(out["sem_seg"], target["semantic"]) >= SEMANTIC_IOU
+        if det:
+            assert boxes_missed(out, target) == 0, (len(target["boxes"]), out["scores"][:10])
