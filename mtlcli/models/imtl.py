@@ -495,6 +495,82 @@ def load_anchors(anchors: Any, input_size: tuple[int, int]) -> Tensor:
     return t[torch.argsort(t.prod(1), stable=True)]
 
 
+def timm_resnetv2_to_encoder(state: dict[str, Tensor], encoder: Encoder) -> dict[str, Tensor]:
+    """timm `resnetv2_50` state-dict keys -> `Encoder` keys (a full pre-activation ResNet-50 both).
+
+        stem.conv                          -> stem.0
+        stages.{s}.blocks.{i}.norm{1,2,3}  -> block{s+1}.{i}.bn{1,2,3}   (BN + ReLU in both)
+        stages.{s}.blocks.{i}.conv{1,3}    -> block{s+1}.{i}.conv{1,3}
+        stages.{s}.blocks.{i}.conv2        -> block{s+1}.{i}.conv2.0 (.1): a multiscale unit's two halves
+                                              are the first and last output channels of the 3x3 kernel,
+                                              as AdapNet++'s split_conv2d takes them
+        stages.{s}.blocks.{i}.downsample.conv -> block{s+1}.{i}.shortcut
+        norm                               -> post.0 (the final BN-ReLU); head.* is dropped
+    Stage 4's stride 2 becomes block4's dilation (the weights do not depend on it). Keys already in
+    this encoder's own names (optionally prefixed "encoder.") pass through.
+    """
+    if not any(k.startswith("stages.") for k in state):
+        return {k.removeprefix("encoder."): v for k, v in state.items()}
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "stem" and parts[1] == "conv":
+            out["stem.0." + ".".join(parts[2:])] = value
+        elif parts[0] == "norm":
+            out["post.0." + ".".join(parts[1:])] = value
+        elif parts[0] == "stages" and parts[2] == "blocks":
+            stage, unit, layer, rest = int(parts[1]), int(parts[3]), parts[4], parts[5:]
+            prefix = f"block{stage + 1}.{unit}."
+            if layer.startswith("norm"):
+                out[prefix + "bn" + layer[4:] + "." + ".".join(rest)] = value
+            elif layer in ("conv1", "conv3"):
+                out[prefix + layer + "." + ".".join(rest)] = value
+            elif layer == "downsample":
+                out[prefix + "shortcut." + ".".join(rest[1:])] = value
+            elif layer == "conv2":
+                blocks = getattr(encoder, f"block{stage + 1}", None)
+                halves = len(blocks[unit].conv2) if blocks is not None and unit < len(blocks) else 1
+                if halves == 1:
+                    out[prefix + "conv2.0.weight"] = value
+                else:
+                    first = blocks[unit].conv2[0].out_channels
+                    out[prefix + "conv2.0.weight"], out[prefix + "conv2.1.weight"] = value[:first], value[first:]
+    return out
+
+
+def load_encoder_weights(encoder: Encoder, pretrained: bool | str) -> None:
+    """ImageNet weights for the pre-activation encoder (the paper starts from them).
+
+    pretrained: false; a local state dict (`.pth` or `.safetensors`) of timm's `resnetv2_50` (mapped by
+    `timm_resnetv2_to_encoder`) or of this encoder (`encoder.*` keys or bare); or true: timm's
+    `resnetv2_50` ImageNet weights through timm (`pip install timm`; its download cache, so offline
+    once fetched). Shape mismatches (another width or depth) are an error.
+    """
+    if pretrained is True or str(pretrained).lower() == "true":
+        try:
+            import timm
+        except ImportError:
+            raise UserError(
+                "pretrained_backbone = true takes timm's resnetv2_50 ImageNet weights: `pip install timm`, "
+                "or pass pretrained_backbone=\"/path/to/resnetv2_50.pth\" (its state dict) or false"
+            ) from None
+        try:
+            state = timm.create_model("resnetv2_50", pretrained=True).state_dict()
+        except Exception as exc:  # no network and no cache
+            raise UserError(
+                f"could not get timm's resnetv2_50 ImageNet weights ({type(exc).__name__}: {exc}); without "
+                "network, pass pretrained_backbone=\"/path/to/resnetv2_50.pth\" or set it to false"
+            ) from None
+        mapped = timm_resnetv2_to_encoder(state, encoder)
+        own = encoder.state_dict()
+        bad = [k for k, v in mapped.items() if k not in own or own[k].shape != v.shape]
+        if bad:
+            raise UserError(f"timm's resnetv2_50 does not fit this encoder (e.g. {bad[0]}) — use width 64, layers 3,4,6,3")
+        encoder.load_state_dict({**own, **mapped})
+        return
+    load_pretrained(encoder, pretrained, None, rename=lambda state: timm_resnetv2_to_encoder(state, encoder))
+
+
 def build_imtl(
     num_det_classes: int = 3,
     num_seg_classes: int = 11,
@@ -554,11 +630,7 @@ def build_imtl(
         raise UserError(f"layers needs four block depths of at least 1, got {list(layers)}")
     anchor_t = load_anchors(anchors, size)
     encoder = Encoder(width, layers, multiscale_dilation, block4_dilation, dropout, stem_norm)
-    if pretrained_backbone is True or str(pretrained_backbone).lower() == "true":
-        raise UserError("torchvision has no ImageNet pre-activation ResNet-50 — pass "
-                        "pretrained_backbone=\"/path/to/encoder.pth\" or false")
-    load_pretrained(encoder, pretrained_backbone, None,
-                    rename=lambda state: {k.removeprefix("encoder."): v for k, v in state.items()})
+    load_encoder_weights(encoder, pretrained_backbone)
     bottleneck = EASPP(encoder.channels[2], aspp_width, aspp_rates)
     decoder = Decoder(aspp_width, encoder.channels[:2], num_seg_classes, decoder_width, skip_width)
     detector = Detector(decoder.out_channels, aspp_width, num_det_classes, len(anchor_t) // len(BRANCH_DILATIONS),

@@ -263,7 +263,7 @@ def test_anchors_from_file_rescaled_and_sorted(tmp_path):
         load_anchors([[1, 2], [3, 4]], (64, 128))
 
 
-def test_encoder_weights_from_a_local_file(tmp_path):
+def test_encoder_weights_from_a_local_file(tmp_path, monkeypatch):
     source = tiny()
     path = tmp_path / "encoder.pth"
     torch.save({f"encoder.{k}": v for k, v in source.encoder.state_dict().items()}, path)
@@ -272,7 +272,36 @@ def test_encoder_weights_from_a_local_file(tmp_path):
                        **{k: v for k, v in TINY.items()})
     for key, value in source.encoder.state_dict().items():
         torch.testing.assert_close(model.encoder.state_dict()[key], value)
-    with pytest.raises(UserError, match="pre-activation"):
+    monkeypatch.setitem(__import__("sys").modules, "timm", None)  # timm not installed: one clear line
+    with pytest.raises(UserError, match="pip install timm"):
         build_imtl(pretrained_backbone=True, **TINY)
     with pytest.raises(UserError, match="do not fit"):
         build_imtl(pretrained_backbone=str(path), **{**TINY, "width": 16})
+
+
+def test_timm_resnetv2_50_keys_map_onto_the_encoder(tmp_path):
+    """timm's resnetv2_50 (randomly initialised: no download) saved to a local file loads into the
+    full-size encoder: every tensor lands, a multiscale unit's 3x3 is the two halves of timm's, and
+    with the multiscale dilation set to 1 the first two blocks compute exactly what timm's stages do."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    ref = timm.create_model("resnetv2_50", pretrained=False).eval()
+    path = tmp_path / "resnetv2_50.pth"
+    torch.save(ref.state_dict(), path)
+    model = build_imtl(anchors=ANCHORS, pretrained_backbone=str(path), multiscale_dilation=1).eval()
+    enc, sd = model.encoder.state_dict(), ref.state_dict()
+    torch.testing.assert_close(enc["stem.0.weight"], sd["stem.conv.weight"])
+    torch.testing.assert_close(enc["post.0.running_var"], sd["norm.running_var"])
+    torch.testing.assert_close(enc["block4.0.shortcut.weight"], sd["stages.3.blocks.0.downsample.conv.weight"])
+    multi = torch.cat([enc["block3.4.conv2.0.weight"], enc["block3.4.conv2.1.weight"]])
+    torch.testing.assert_close(multi, sd["stages.2.blocks.4.conv2.weight"])
+    mapped = sum(v.numel() for k, v in sd.items() if not k.startswith("head."))
+    assert mapped == sum(v.numel() for v in enc.values())  # nothing left at its initialisation
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        s1, s2, _ = model.encoder(x)
+        t = ref.stem(x)
+        t1 = ref.stages[0](t)
+        t2 = ref.stages[1](t1)
+    torch.testing.assert_close(s1, t1)
+    torch.testing.assert_close(s2, t2)
