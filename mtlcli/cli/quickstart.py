@@ -137,10 +137,14 @@ TINY_SUFFIX = "-tiny-synthetic"
 
 
 def tiny_recipes() -> list[str]:
-    """Every shipped `*-tiny-synthetic` recipe, in name order (what `mtl quickstart --all` trains)."""
-    from mtlcli.recipes import available_recipes
+    """Every shipped `*-tiny-synthetic` recipe (what `mtl quickstart --all` trains): the families of
+    FLOORS in its order, then any other in name order."""
+    from mtlcli.recipes import available_recipes, load_recipe
 
-    return sorted(r for r in available_recipes() if r.endswith(TINY_SUFFIX))
+    names = sorted(r for r in available_recipes() if r.endswith(TINY_SUFFIX))
+    order = list(FLOORS)
+    family = {n: load_recipe(n, check_model=False)["model"].get("name") for n in names}
+    return sorted(names, key=lambda n: (order.index(family[n]) if family[n] in order else len(order), n))
 
 
 def supported_metrics(output: dict[str, Any]) -> list[str]:
