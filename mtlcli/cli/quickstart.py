@@ -271,7 +271,7 @@ def train_eval_viz(
     from rich.table import Table
 
     floors = FLOORS.get(family, {})
-    table = Table(title=f"quickstart result of {name} on the synthetic val split")
+    table = Table(title=f"quickstart result on the synthetic val split: {name}")
     for col in ("metric", "value", "goal", ""):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for metric in metrics:
