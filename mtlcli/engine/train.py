@@ -40,7 +40,7 @@ from mtlcli.engine.distributed import (
     gather_objects,
     init_distributed,
 )
-from mtlcli.engine.optim import LRSchedule, apply_freeze, build_optimizer
+from mtlcli.engine.optim import LRSchedule, apply_freeze, build_optimizer, frozen_modules, train_mode
 from mtlcli.errors import UserError
 from mtlcli.recipes import DATA_KEYS, dump_toml, total_iterations
 
@@ -416,13 +416,14 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
         with preserved_rng():
             result = evaluate(model, val_ds, ev["metrics"], device=device, batch_size=ev["batch_size"],
                               progress=False)
-        model.train()
+        train_mode(model, frozen_mods)
         # Rank 0's numbers decide best.pt on every process, so that all take the same branch.
         metrics = broadcast_object({k: float(v) for k, v in result["metrics"].items()}, info)
         log.write({"type": "eval", "iteration": iteration, "metrics": metrics})
         return metrics
 
     stage, ddp = None, model
+    frozen_mods: list[nn.Module] = []  # the stage's frozen modules run in eval mode (BN statistics fixed)
     window = defaultdict(float)
     window_iters, wait, t_window = 0, 0.0, time.perf_counter()
     last_record: dict[str, Any] = {}
@@ -436,6 +437,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                 if current is not stage:
                     stage = current
                     frozen = apply_freeze(model, stage.freeze, trainable)
+                    frozen_mods[:] = frozen_modules(model, frozen)
                     if not any(p.requires_grad for p in model.parameters()):
                         raise UserError(f"stage {stage.name!r} freezes every parameter — nothing would train; "
                                         "narrow its freeze patterns")
@@ -448,7 +450,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                         display.print(f"stage {stage.name}: {stage.iterations} iterations, lr {stage.lr:g}, "
                                       f"{len(frozen)} frozen parameter tensors")
                 lr = schedule.step(optimizer, it)
-                model.train()
+                train_mode(model, frozen_mods)
                 terms: dict[str, torch.Tensor] = {}
                 for m in range(acc):
                     t0 = time.perf_counter()
