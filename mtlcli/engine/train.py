@@ -40,6 +40,7 @@ from mtlcli.engine.distributed import (
     gather_objects,
     init_distributed,
 )
+from mtlcli.engine.anchors import with_kmeans_anchors
 from mtlcli.engine.optim import LRSchedule, apply_freeze, build_optimizer, frozen_modules, train_mode
 from mtlcli.errors import UserError
 from mtlcli.recipes import DATA_KEYS, dump_toml, total_iterations
@@ -349,6 +350,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
 
     train_ds, val_ds = build_datasets(recipe, data_root(recipe))
     recipe = with_class_counts(recipe, train_ds)
+    recipe = with_kmeans_anchors(recipe, data_root(recipe))  # anchors = "kmeans": from the train split
     model = build(recipe)
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     if cfg["sync_bn"] and info.distributed and device.type == "cpu":

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import tomllib
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from mtlcli.cli.anchors import compute_anchors
 from mtlcli.engine import train as train_mod
+from mtlcli.engine.anchors import with_kmeans_anchors
 from mtlcli.engine.optim import apply_freeze, frozen_modules, train_mode
 from mtlcli.recipes import load_recipe, read_toml
 
@@ -50,6 +53,13 @@ def test_frozen_modules_keep_parameters_and_buffers_across_each_stage(name, tmp_
                         or real_save(path, state))
     train_mod.train(recipe, tmp_path / "run", progress=False)
 
+    # anchors = "kmeans" (the paper recipe's): clustered from the train split, written into recipe.toml
+    assert recipe["model"]["anchors"] == "kmeans"
+    written = tomllib.loads((tmp_path / "run" / "recipe.toml").read_text())["model"]["anchors"]
+    expected = compute_anchors(synthetic_prepared, "train", 9, input_size=tuple(recipe["model"]["input_size"]),
+                               label_map=recipe["data"]["label_map"] or None)["anchors"]
+    assert written == expected and len(written) == 9
+
     checked = 0
     for i, stage in enumerate(recipe["train"]["stages"]):
         if not stage["freeze"] or i == 0:
@@ -73,3 +83,13 @@ def test_train_mode_keeps_frozen_modules_in_eval():
     assert mods == [model[1]]
     train_mode(model, mods)
     assert not model[1].training and model[0].training and model[2][1].training  # dropout elsewhere stays on
+
+
+def test_kmeans_anchors_only_where_the_recipe_asks(synthetic_prepared):
+    recipe = load_recipe("imtl-tiny-synthetic", [f"data.root={synthetic_prepared}"])
+    out = with_kmeans_anchors(recipe, synthetic_prepared)
+    assert recipe["model"]["anchors"] == "kmeans"  # the caller's recipe is not modified
+    anchors = out["model"]["anchors"]
+    assert len(anchors) == 9 and all(a[0] * a[1] <= b[0] * b[1] for a, b in zip(anchors, anchors[1:]))
+    fixed = {**recipe, "model": {**recipe["model"], "anchors": [[1, 2]] * 9}}
+    assert with_kmeans_anchors(fixed, synthetic_prepared) is fixed
