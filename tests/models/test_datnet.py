@@ -210,7 +210,18 @@ def test_full_configuration_parameter_counts(kw, paper):
     with torch.device("meta"):
         model = build_datnet(num_det_classes=80, num_seg_classes=81, **kw)
     count = sum(p.numel() for p in model.parameters())
-    assert abs(count / paper - 1) < 0.10, f"{count / 1e6:.1f}M vs the paper's {paper / 1e6:.1f}M"
+    assert abs(count / paper - 1) < 0.01, f"{count / 1e6:.2f}M vs the paper's {paper / 1e6:.1f}M"
+
+
+def test_heavy_mask_head_is_the_c4_predictor_with_14x14_masks():
+    """Mask R-CNN's C4 predictor after the shared res5: deconv 2x2 stride 2 + ReLU, then a 1x1 conv."""
+    model = tiny(head="heavy").eval()
+    kinds = [type(m).__name__ for m in model.roi_heads.mask_predictor]
+    assert kinds == ["ConvTranspose2d", "ReLU", "Conv2d"]
+    deconv, last = model.roi_heads.mask_predictor[0], model.roi_heads.mask_predictor[2]
+    assert deconv.kernel_size == (2, 2) and deconv.stride == (2, 2) and last.kernel_size == (1, 1)
+    x = torch.rand(3, model.roi_heads.box_head.out_channels, 7, 7)
+    assert tuple(model.roi_heads.mask_predictor(x).shape) == (3, 3, 14, 14)
 
 
 def test_heavy_shares_res5_between_box_and_mask():
@@ -266,8 +277,9 @@ def test_shipped_two_stage_recipes_build():
 
 
 def test_res5_head_starts_from_the_trunks_layer4(tmp_path):
-    """With MSPwA the pooled width (4 x FPN channels) equals layer4's input, so res5 is a copy of the
-    (ImageNet) layer4; with another width it is a fresh stage."""
+    """Table 3's res5 rows: with MSPwA (pooled width 4 x FPN channels = layer4's input) and without it
+    (FPN width) the res5 head is the same ImageNet layer4; only the convs reading the RoI features (the
+    first block's conv1 and downsample conv) differ, by their input width."""
     import torchvision
 
     torch.manual_seed(1)
@@ -278,5 +290,12 @@ def test_res5_head_starts_from_the_trunks_layer4(tmp_path):
     res5 = model.roi_heads.box_head.res5
     torch.testing.assert_close(res5[0].conv1.weight, weights["layer4.0.conv1.weight"])
     assert res5 is not model.backbone.body.layer4  # its own weights, not shared with the trunk
-    fresh = build_datnet(num_det_classes=2, num_seg_classes=SEG_CLASSES, **{**kw, "mspwa": False}).roi_heads.box_head.res5
-    assert fresh[0].conv1.in_channels == 64 and isinstance(fresh[0].bn1, torch.nn.BatchNorm2d)
+    plain = build_datnet(num_det_classes=2, num_seg_classes=SEG_CLASSES, **{**kw, "mspwa": False}).roi_heads.box_head.res5
+    assert plain[0].conv1.in_channels == 64 and plain[0].downsample[0].in_channels == 64
+    a, b = res5.state_dict(), plain.state_dict()
+    assert a.keys() == b.keys()
+    differ = {k for k in a if a[k].shape != b[k].shape or not torch.equal(a[k], b[k])}
+    assert differ == {"0.conv1.weight", "0.downsample.0.weight"}
+    for k in a.keys() - differ:  # the same ImageNet weights and frozen statistics, in both
+        torch.testing.assert_close(a[k], weights[f"layer4.{k}"])
+    assert type(plain[0].bn1) is type(res5[0].bn1)  # the trunk's (frozen) norm, not a fresh trainable BN
