@@ -396,6 +396,8 @@ def validate_model(model: dict, source: str = "recipe") -> None:
             continue
         if key == "pretrained_backbone" and isinstance(value, str):
             continue  # a local weights file: true downloads from torchvision, a path reads it offline
+        if key == "min_size" and isinstance(value, str):
+            continue  # a continuous range "LO-HI" of training sizes (the two-stage models check it)
         _check_type(value, default, f"{source}: model.{key}")
 
 

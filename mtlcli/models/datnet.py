@@ -248,8 +248,9 @@ def _res5_for(body: nn.Module, in_channels: int, planes: int | None) -> nn.Seque
     another bottleneck width (`planes`, the tiny configuration) is a fresh stage."""
     layer4 = body.body["layer4"]
     block = type(layer4[0])
-    planes = planes or layer4[0].conv1.out_channels
-    if planes != layer4[0].conv1.out_channels:
+    trunk_planes = layer4[-1].conv1.in_channels // block.expansion  # 512 for R50, R101 and X101 32x8d
+    planes = planes or trunk_planes
+    if planes != trunk_planes:
         return make_res5(in_channels, block, planes, len(layer4))
     res5 = copy.deepcopy(layer4)
     first = res5[0]

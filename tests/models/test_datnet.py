@@ -204,7 +204,10 @@ def test_bad_arguments_are_user_errors():
 @pytest.mark.parametrize(
     "kw,paper",
     [(dict(head="light"), 62.3e6), (dict(head="heavy"), 59.9e6),
-     (dict(head="standard", mspwa=False, dt_weight=0.0, seg_weight=0.0), 44.4e6)],
+     (dict(head="standard", mspwa=False, dt_weight=0.0, seg_weight=0.0), 44.4e6),
+     # Table 7's ResNeXt-101 32x8d rows
+     (dict(head="light", backbone="resnext101_32x8d"), 139.2e6), (dict(head="heavy", backbone="resnext101_32x8d"), 136.8e6),
+     (dict(head="standard", mspwa=False, dt_weight=0.0, seg_weight=0.0, backbone="resnext101_32x8d"), 107.4e6)],
 )  # fmt: skip
 def test_full_configuration_parameter_counts(kw, paper):
     with torch.device("meta"):
@@ -258,13 +261,33 @@ def test_short_run_on_synthetic_data_lowers_the_loss(synthetic_prepared):
     assert after < 0.8 * before, (before, after)
 
 
+def test_continuous_multi_scale_training_sizes():
+    """min_size = "LO-HI" draws any short side in the range during training (DATNet's MST); evaluation
+    keeps its own scale."""
+    from mtlcli.models.rcnn import RCNNTransform
+
+    t = RCNNTransform("400-1200", 1400, 800, 1333).train()
+    torch.manual_seed(0)
+    sizes = {t.torch_choice(t.min_size) for _ in range(200)}
+    assert min(sizes) >= 400 and max(sizes) <= 1200 and len(sizes) > 100  # not a 9-value list
+    img = torch.rand(3, 100, 120)
+    torch.manual_seed(1)
+    out, _ = t.resize(img, None)
+    assert 400 <= min(out.shape[-2:]) <= 1200
+    t.eval()
+    assert min(t.resize(img, None)[0].shape[-2:]) == 800
+    with pytest.raises(UserError, match="LO-HI"):
+        RCNNTransform("400-x", 1400, 800, 1333)
+
+
 def test_shipped_two_stage_recipes_build():
     """Every DATNet / baseline recipe loads (schema, one level of extends) and builds its model."""
     from mtlcli.recipes import load_recipe
 
     names = sorted(p.stem for pattern in ("datnet*.toml", "maskrcnn*.toml", "fasterrcnn*.toml") for p in RECIPES.glob(pattern))
     assert {"datnet-light-r50-coco", "datnet-heavy-r50-coco-mst", "datnet-light-r50-voc", "maskrcnn-r50-coco",
-            "fasterrcnn-r50-voc", "datnet-tiny-synthetic", "datnet-t5-heavy-sum4conv-r50-coco"} <= set(names)
+            "fasterrcnn-r50-voc", "datnet-tiny-synthetic", "datnet-t5-heavy-sum4conv-r50-coco",
+            "datnet-light-x101-coco", "datnet-heavy-x101-coco", "maskrcnn-x101-coco"} <= set(names)
     for name in names:
         recipe = load_recipe(name)
         kwargs = {k: v for k, v in recipe["model"].items() if k != "name"}
