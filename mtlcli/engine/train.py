@@ -79,8 +79,10 @@ def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
                                label_map=label_map)
     val_ds = None
     if recipe["eval"]["metrics"]:
-        val_ds = PreparedDataset(root, data["val_split"], transforms=build_transforms(data["augmentation"], False, **options),
-                                 label_map=label_map)
+        from mtlcli.engine.resolution import eval_transforms  # [eval] resolution: the paper's scoring size
+
+        val_ds = PreparedDataset(root, data["val_split"], label_map=label_map,
+                                 transforms=eval_transforms(recipe) or build_transforms(data["augmentation"], False, **options))
     return train_ds, val_ds
 
 
