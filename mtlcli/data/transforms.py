@@ -43,6 +43,7 @@ OPTIONS: dict[str, Any] = {
     "zoom_out": 4.0,
     "iou_crop": True,
     "min_box_size": 1.0,
+    "color_jitter": 0.0,
 }
 # Other [data] keys, accepted and ignored so that the whole table can be passed through.
 RECIPE_KEYS = frozenset({"dataset", "root", "train_split", "val_split", "augmentation", "label_map"})
@@ -246,6 +247,8 @@ def build_transforms(name: str, train: bool, **options: Any) -> Pipeline:
       iou_crop      bool, default true. ssd: RandomIoUCrop.
       min_box_size  float >= 1, default 1. Boxes narrower or shorter than this (pixels) after augmenting
                     are dropped with their labels, crowd flags and masks.
+      color_jitter  float >= 0, default 0 = off. cityscapes: random brightness, contrast and saturation
+                    factors in [1 - j, 1 + j] (v2.ColorJitter), before the geometric steps.
     """
     if name not in NAMES:
         raise UserError(f"unknown augmentation {name!r}; choose one of: {', '.join(NAMES)}")
@@ -259,6 +262,7 @@ def build_transforms(name: str, train: bool, **options: Any) -> Pipeline:
     flip, photometric, iou_crop = _bool(opts, "flip"), _bool(opts, "photometric"), _bool(opts, "iou_crop")
     zoom_out = _float(opts, "zoom_out", 1.0)
     min_box_size = _float(opts, "min_box_size", 1.0)
+    jitter = _float(opts, "color_jitter", 0.0)
     if scale[0] <= 0 or scale[0] > scale[1]:
         raise UserError(f"data.scale_range must be [lo, hi] with 0 < lo <= hi, got {list(scale)}")
     if (crop[0] == 0) != (crop[1] == 0):
@@ -279,6 +283,8 @@ def build_transforms(name: str, train: bool, **options: Any) -> Pipeline:
         if min_size:
             steps.append(Resize((min_size, min_size), antialias=True))
     else:  # cityscapes
+        if jitter > 0:
+            steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
         if min_size or max_size or scale != (1.0, 1.0):
             steps.append(RandomScale(scale, min_size=min_size, max_size=max_size))
         if crop[0]:

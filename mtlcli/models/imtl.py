@@ -467,12 +467,14 @@ def _seg_ce(logits: Tensor, semantic: Tensor) -> Tensor:
 def load_anchors(anchors: Any, input_size: tuple[int, int]) -> Tensor:
     """Anchors as [9, 2] (w, h) in the network frame `input_size` (H, W).
 
-    anchors: None (DEFAULT_ANCHORS, inferred, scaled from 768x384), a list of [w, h] pairs already in the
+    anchors: None (DEFAULT_ANCHORS, inferred, scaled from 768x384); "kmeans" (the paper's: `mtl train`
+    clusters the train split's boxes before building and writes them into the run's recipe.toml; a model
+    built outside training, e.g. by a benchmark, gets the placeholders); a list of [w, h] pairs already in the
     network frame, or the path of a JSON file written by `mtl anchors` ({"anchors": [[w, h], ...],
     "input_size": [H, W]}; rescaled when its frame differs). Sorted by area: three per branch.
     """
     frame = tuple(input_size)
-    if anchors is None or anchors == "":
+    if anchors is None or anchors == "" or (isinstance(anchors, str) and anchors.lower() == "kmeans"):
         values, frame = DEFAULT_ANCHORS, DEFAULT_ANCHOR_FRAME
     elif isinstance(anchors, (str, Path)):
         path = Path(anchors).expanduser()

@@ -7,7 +7,7 @@ Read top to bottom like the paper's Figure 1(b):
                                                                   S6 = S5 subsampled (RPN only)
     S2..S6 -> RPN -> proposals -> EJ-Head
         joint path   RoIAlign 14x14 (Enriched Feature) -> Boundary Refinement x + conv3x3(ReLU(conv3x3(x)))
-        box branch   2 conv3x3 at 14x14 -> 2x2 max-pool -> fc 1024 -> fc 1024 -> class scores + boxes
+        box branch   conv3x3 stride 2 (14x14 -> 7x7) -> fc 1024 -> fc 1024 -> class scores + boxes
         mask branch  training: the box branch's refined boxes with IoU >= 0.5 to a ground truth
                      (Interleaving); testing: the detections -> joint path -> 4 conv3x3 -> deconv -> 28x28
 
@@ -53,7 +53,7 @@ TINY: dict[str, Any] = dict(RCNN_TINY)
 NECKS = ("safpn", "td", "bu", "buf")
 FUSES = ("concat", "add")
 REFINES = ("residual", "stacked", "none")
-BOX_HEADS = ("conv", "flatten", "pool")  # how the box branch reads the 14x14 joint features
+BOX_HEADS = ("strided", "conv", "flatten", "pool")  # how the box branch reads the 14x14 joint features
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
@@ -215,25 +215,31 @@ class JointRoIPath(nn.Module):
 class EnrichedBoxHead(nn.Module):
     """Box branch that reads the 14x14 joint features (Enriched Feature), [R, C, 14, 14] -> [R, representation_size].
 
-    form "conv" (default): `convs` 3x3 convs C -> C + ReLU at 14x14 (default 2), then 2x2 max-pool to
-    7x7 and Mask R-CNN's two FC layers (fc6 on C x 7 x 7, fc7). "flatten": fc6 straight on the flattened
-    C x 14 x 14 map (4x fc6: +38.5M parameters at C = 256, R50). "pool": the 2x2 max-pool alone, no
-    learned layer at 14x14 (the earlier form; kept for comparison).
-    Inferred: the paper says only that the enlarged 14x14 RoI features feed both predictions through
-    one unified path; a conv stack at 14x14 before the FC head lets the box prediction use them at full
-    resolution for +2 x (9 C^2 + C) parameters (1.18M at C = 256), where fc6 on 14x14 would add 38.5M.
-    fc6 / fc7 keep TwoMLPHead's names and shapes in "conv" and "pool" forms.
+    form "strided" (default): `convs` 3x3 convs C -> C + ReLU (default 1), the last with stride 2, so the
+    learned layer sees every position of the 14x14 map and hands 7x7 to Mask R-CNN's two FC layers
+    (fc6 on C x 7 x 7, fc7). "conv": `convs` 3x3 convs at 14x14, then 2x2 max-pool to 7x7 and fc6 / fc7.
+    "flatten": fc6 straight on the flattened C x 14 x 14 map (4x fc6). "pool": the 2x2 max-pool alone,
+    no learned layer at 14x14 (the earlier form; kept for comparison).
+    Inferred: the paper says only that the enlarged 14x14 RoI features feed both predictions through one
+    unified path, at a slightly higher cost for the box branch. Costs at C = 256, R50, per RoI (the box
+    branch sees all 1000 test proposals; benchmarks/bench_ejhead_box.py): strided +0.59M parameters,
+    +0.029 GMAC; conv (2 convs) +1.18M, +0.231 GMAC; flatten +38.5M, +0.038 GMAC.
+    fc6 / fc7 keep TwoMLPHead's names and shapes except in "flatten".
     """
 
-    def __init__(self, channels: int, representation_size: int, form: str = "conv", convs: int = 2) -> None:
+    def __init__(self, channels: int, representation_size: int, form: str = "strided", convs: int = 1) -> None:
         super().__init__()
         if form not in BOX_HEADS:
             raise UserError(f"unknown enriched box head {form!r}; valid: {', '.join(BOX_HEADS)}")
         self.form = form
         self.convs = nn.ModuleList()
-        if form == "conv":
-            for _ in range(int(convs)):
-                conv = nn.Conv2d(channels, channels, 3, padding=1)
+        if form in ("conv", "strided"):
+            n = int(convs)
+            if n < 1:
+                raise UserError(f"box_convs must be at least 1 for box_head = {form!r}, got {convs}")
+            for i in range(n):
+                stride = 2 if form == "strided" and i == n - 1 else 1
+                conv = nn.Conv2d(channels, channels, 3, stride=stride, padding=1)
                 nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.constant_(conv.bias, 0)
                 self.convs.append(conv)
@@ -244,7 +250,7 @@ class EnrichedBoxHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         for conv in self.convs:
             x = F.relu(conv(x))
-        if self.form != "flatten":
+        if self.form in ("conv", "pool"):
             x = F.max_pool2d(x, 2)
         x = F.relu(self.fc6(x.flatten(start_dim=1)))
         return F.relu(self.fc7(x))
@@ -377,7 +383,7 @@ class EJRoIHeads(RoIHeads):
 def build_ej_head(
     channels: int, num_classes: int, *, interleave: bool = True, enriched: bool = True, refine: str = "residual",
     interleave_iou: float = 0.5, representation_size: int = 1024, mask_channels: int = 256,
-    refine_convs: int = 2, box_head: str = "conv", box_convs: int = 2, **sampling: Any,
+    refine_convs: int = 2, box_head: str = "strided", box_convs: int = 1, **sampling: Any,
 ) -> EJRoIHeads:  # fmt: skip
     """EJ-Head for `num_classes` (background included) on `channels`-wide pyramid levels.
 
@@ -385,8 +391,8 @@ def build_ej_head(
     without it the joint path is the box branch's 7x7 one and the mask branch keeps Mask R-CNN's own
     14x14 pooler (inferred: Boundary Refinement then refines the box path only). With every switch off
     this is Mask R-CNN's head, parameter for parameter. With `enriched` the box branch reads the 14x14
-    joint features through `EnrichedBoxHead` (`box_head` = "conv" with `box_convs` 3x3 convs at 14x14,
-    "flatten" or "pool"); `refine_convs` is the depth of the refinement block (Table 5's deeper stacks).
+    joint features through `EnrichedBoxHead` (`box_head` = "strided" | "conv" with `box_convs` 3x3
+    convs, "flatten" or "pool"); `refine_convs` is the depth of the refinement block (Table 5's deeper stacks).
     """
     size = 14 if enriched else 7
     joint = JointRoIPath(channels, size, refine, refine_convs)
@@ -417,8 +423,8 @@ def build_safpn(
     refine: str = "residual",
     interleave_iou: float = 0.5,
     refine_convs: int = 2,
-    box_head: str = "conv",
-    box_convs: int = 2,
+    box_head: str = "strided",
+    box_convs: int = 1,
     trainable_layers: int | None = None,
     fpn_channels: int = 256,
     representation_size: int = 1024,
@@ -448,14 +454,15 @@ def build_safpn(
     a ground truth; enriched: 14x14 joint RoI features shared by both branches; refine: "residual"
     (Boundary Refinement) | "stacked" (plain convs, Table 5) | "none"; refine_convs: the depth of that block
     (2; Table 5's deeper plain stacks: 4, inferred). box_head: how the box branch reads the 14x14 joint
-    features with `enriched` — "conv" (`box_convs` 3x3 convs at 14x14, then 2x2 max-pool and fc6/fc7),
-    "flatten" (fc6 on 14x14) or "pool" (max-pool to 7x7 only).
+    features with `enriched` — "strided" (`box_convs` 3x3 convs, the last stride 2, 14x14 -> 7x7, then
+    fc6/fc7), "conv" (`box_convs` 3x3 convs at 14x14, then 2x2 max-pool), "flatten" (fc6 on 14x14) or
+    "pool" (max-pool to 7x7 only).
     Inferred (the paper gives figures, not layer lists): BU/BUF-FPN start from their own lateral 1x1
     convs and end each level with a 3x3 conv; BUF's deeper neighbour is its lateral map; SA-FPN reduces
-    per level; the box branch runs two 3x3 convs on the 14x14 joint features before pooling to fc6;
+    per level; the box branch reads the 14x14 joint features through a 3x3 stride-2 conv before fc6;
     without Enriched Feature the mask branch keeps its own pooler; interleaved RoIs are capped at the
     positives' quota (128 of 512). Parameters (COCO, R50): Mask R-CNN 44.4M, +SA-FPN 50.0M, +EJ-Head
-    46.8M, both 52.4M (the paper reports none).
+    46.2M, both 51.8M (the paper reports none).
     Tiny configuration: `build_safpn(**safpn.TINY)`.
     """
     if neck not in NECKS:
@@ -466,8 +473,8 @@ def build_safpn(
         raise UserError(f"unknown boundary refinement {refine!r}; valid: {', '.join(REFINES)}")
     if box_head not in BOX_HEADS:
         raise UserError(f"unknown enriched box head {box_head!r}; valid: {', '.join(BOX_HEADS)}")
-    if int(box_convs) < 0 or int(refine_convs) < 1:
-        raise UserError(f"box_convs must be at least 0 and refine_convs at least 1, got {box_convs} and {refine_convs}")
+    if int(box_convs) < 1 or int(refine_convs) < 1:
+        raise UserError(f"box_convs and refine_convs must be at least 1, got {box_convs} and {refine_convs}")
     if int(num_det_classes) < 1:
         raise UserError(f"num_det_classes must be at least 1, got {num_det_classes}")
     if not 0.0 < interleave_iou <= 1.0:

@@ -287,14 +287,16 @@ def test_switches_add_the_parameters_they_describe():
         mask_rcnn = sum(p.numel() for p in build_maskrcnn().parameters())
     assert count(neck="td", ej_head=False) == mask_rcnn  # 44.4M
     conv3 = 9 * c * c + c
-    # Int is free; EF's box branch adds two 3x3 convs at 14x14 (or nothing when it only max-pools)
-    assert count(neck="td", interleave=True, enriched=True, refine="none") == mask_rcnn + 2 * conv3
+    # Int is free; EF's box branch adds one 3x3 stride-2 conv (two 3x3 convs in the "conv" form, nothing
+    # when it only max-pools)
+    assert count(neck="td", interleave=True, enriched=True, refine="none") == mask_rcnn + conv3
+    assert count(neck="td", refine="none", box_head="conv", box_convs=2) == mask_rcnn + 2 * conv3
     assert count(neck="td", enriched=True, refine="none", box_head="pool") == mask_rcnn
     fc6_14 = (c * 14 * 14 - c * 7 * 7) * 1024  # fc6 on the flattened 14x14 map instead of 7x7
     assert count(neck="td", refine="none", box_head="flatten") == mask_rcnn + fc6_14
-    assert count(neck="td", refine="residual") - mask_rcnn == 4 * conv3  # + BR: two 3x3 convs
+    assert count(neck="td", refine="residual") - mask_rcnn == 3 * conv3  # + BR: two 3x3 convs
     assert count(neck="td", refine="stacked") == count(neck="td", refine="residual")
-    assert count(neck="td", refine="stacked", refine_convs=4) - mask_rcnn == 6 * conv3  # Table 5's deeper stack
+    assert count(neck="td", refine="stacked", refine_convs=4) - mask_rcnn == 5 * conv3  # Table 5's deeper stack
     lateral = sum(cin * c + c for cin in (256, 512, 1024, 2048))
     bottom_up = lateral + 3 * conv3 + 4 * conv3  # laterals, three stride-2 convs, four output convs
     assert count(neck="buf", ej_head=False) == mask_rcnn - (lateral + 4 * conv3) + bottom_up  # replaces TD
@@ -315,6 +317,7 @@ def test_box_branch_reads_the_14x14_joint_features():
     with torch.no_grad():
         model([img])
     assert seen and seen[0] == (14, 14)
+    assert head.convs[0].stride == (2, 2)
     x = torch.rand(2, TINY["fpn_channels"], 14, 14)
     y = x.clone()
     y[:, :, 0, 0], y[:, :, 0, 1] = x[:, :, 0, 1], x[:, :, 0, 0]  # swap two pixels of one 2x2 cell
@@ -322,6 +325,9 @@ def test_box_branch_reads_the_14x14_joint_features():
     with torch.no_grad():
         torch.testing.assert_close(pooled(x), pooled(y))  # the old form cannot see it
         assert not torch.allclose(head(x), head(y))
+        for form in ("conv", "flatten"):
+            other = build_safpn(num_det_classes=2, **{**TINY, "box_head": form}).roi_heads.box_head
+            assert not torch.allclose(other(x), other(y))
 
 
 def test_deeper_plain_stacks_of_table5():
@@ -338,7 +344,7 @@ def test_deeper_plain_stacks_of_table5():
 
 def test_bad_arguments_are_user_errors():
     for kw, word in [(dict(neck="bifpn"), "neck"), (dict(fuse="mul"), "fusion"), (dict(refine="deep"), "refinement"),
-                     (dict(box_head="mlp"), "box head"), (dict(refine_convs=0), "refine_convs"),
+                     (dict(box_head="mlp"), "box head"), (dict(refine_convs=0), "refine_convs"), (dict(box_convs=0), "box_convs"),
                      (dict(num_det_classes=0), "num_det_classes"), (dict(interleave_iou=1.5), "interleave_iou")]:  # fmt: skip
         with pytest.raises(UserError, match=word):
             build_safpn(**kw)
