@@ -84,7 +84,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "loss_weights": {},
         "stages": [],
     },
-    "eval": {"metrics": [], "interval": 1000, "best_metric": "", "batch_size": 8},
+    "eval": {"metrics": [], "interval": 1000, "best_metric": "", "batch_size": 8, "resolution": [0, 0]},
 }
 
 STAGE_DEFAULTS: dict[str, Any] = {"name": "", "iterations": 0, "lr": 0.0, "loss_weights": {}, "freeze": []}
@@ -110,6 +110,7 @@ def section_keys(section: str) -> dict[str, Any]:
 # Element types of list-valued keys (for type checks and `--set` parsing).
 _LIST_ITEMS = {
     "betas": float, "steps": int, "scale_range": float, "crop_size": int, "metrics": str, "freeze": str,
+    "resolution": int,
 }
 _PAIRS = ("betas", "scale_range", "crop_size")
 
@@ -335,6 +336,8 @@ def validate(recipe: dict, *, source: str = "recipe", check_model: bool = True) 
         table = train if key == "betas" else data
         if isinstance(table[key], list) and len(table[key]) != 2:
             raise UserError(f"{source}: {key} must have two values, got {table[key]!r}")
+    if len(ev["resolution"]) != 2 or min(ev["resolution"]) < 0:
+        raise UserError(f"{source}: eval.resolution must be [H, W] (or [0, 0]: the source resolution), got {ev['resolution']!r}")
     for key in ("iterations", "batch_size", "accumulate", "log_interval", "checkpoint_interval"):
         if train[key] < 1:
             raise UserError(f"{source}: train.{key} must be at least 1, got {train[key]}")
@@ -401,6 +404,8 @@ def validate_model(model: dict, source: str = "recipe") -> None:
             continue
         if key == "pretrained_backbone" and isinstance(value, str):
             continue  # a local weights file: true downloads from torchvision, a path reads it offline
+        if key == "min_size" and isinstance(value, str):
+            continue  # a continuous range "LO-HI" of training sizes (the two-stage models check it)
         _check_type(value, default, f"{source}: model.{key}")
 
 

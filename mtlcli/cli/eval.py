@@ -162,8 +162,11 @@ def run_eval(
         if not names:
             raise UserError("the recipe's [eval] names no metrics; pass --metric (miou, voc07, voc12, coco-bbox, coco-segm, ar)")
         label_map = recipe.get("data", {}).get("label_map") or None
-        # no transforms: the model resizes its own inputs and answers in the original frame
-        dataset = PreparedDataset(root, split, transforms=None, label_map=label_map)
+        # no transforms: the model resizes its own inputs and answers in the original frame — unless the
+        # recipe scores at the paper's resolution ([eval] resolution)
+        from mtlcli.engine.resolution import eval_transforms
+
+        dataset = PreparedDataset(root, split, transforms=eval_transforms(recipe), label_map=label_map)
         bs = batch_size or int(recipe.get("eval", {}).get("batch_size") or 4)
         # a run keeps its predictions in RUN/eval/predictions-SPLIT (for the detection pictures and for
         # `mtl viz confusion`), unless the user chose where results go (--out) or predictions go

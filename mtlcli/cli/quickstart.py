@@ -48,14 +48,15 @@ def run_quickstart(
     num_viz: int = 4,
     force: bool = False,
     console: Console | None = None,
-    recipe: str | None = "ivanet-tiny-synthetic",
+    recipe: str | list[str] | None = "ivanet-tiny-synthetic",
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Generate (or reuse) the synthetic city, prepare it, draw ground-truth overlays, then (unless
-    `recipe` is None) train, evaluate and draw predictions and curves (`train_eval_viz`).
+    `recipe` is None) train, evaluate and draw predictions and curves (`train_eval_viz`). A list of
+    recipes is trained one after another and summed up in one `learning_table`.
 
-    Returns {"source", "data", "viz" (overlay PNG paths)} plus, after training, {"run", "metrics",
-    "predictions", "plots"}."""
+    Returns {"source", "data", "viz" (overlay PNG paths)} plus, after training one recipe, what
+    `train_eval_viz` returns, or after a list {"results": [one such dict per recipe]}."""
     from mtlcli.data.cityscapes import prepare_cityscapes
     from mtlcli.data.prepared import DatasetMeta
     from mtlcli.data.synthetic import generate_synthetic
@@ -109,12 +110,62 @@ def run_quickstart(
         console.print(f"source   {src}\nprepared {data}\noverlays {viz_dir}")
         return {"source": src, "data": data, "viz": overlays}
 
-    result = train_eval_viz(workdir, data, recipe, overrides or [], num_viz=num_viz, force=force, console=console)
-    return {"source": src, "data": data, "viz": overlays, **result}
+    if isinstance(recipe, str):
+        result = train_eval_viz(workdir, data, recipe, overrides or [], num_viz=num_viz, force=force, console=console)
+        return {"source": src, "data": data, "viz": overlays, **result}
+    results = [train_eval_viz(workdir, data, r, overrides or [], num_viz=num_viz, force=force, console=console)
+               for r in recipe]
+    console.rule("[bold green]all recipes")
+    console.print(learning_table(results))
+    (workdir / "learning.json").write_text(json.dumps(
+        [{k: r[k] for k in ("recipe", "family", "metrics", "floors", "timing")} for r in results], indent=1))
+    return {"source": src, "data": data, "viz": overlays, "results": results}
 
 
-# The quickstart's promise on the synthetic validation split (README, issue #5).
-GOALS = {"miou": 0.70, "voc07": 0.50}
+# Floors on the synthetic validation split, per model family (issue 15; the IvaNet one is the
+# quickstart's promise of issue 5). A metric a family gives without a floor is shown without a goal.
+FLOORS: dict[str, dict[str, float]] = {
+    "ivanet": {"miou": 0.70, "voc07": 0.50},
+    "ssd300_vgg16": {"voc07": 0.50},
+    "ladder_densenet": {"miou": 0.70},
+    "imtl": {"miou": 0.65, "voc07": 0.45},
+    "datnet": {"voc07": 0.50, "coco-segm": 0.25},
+    "safpn": {"voc07": 0.50, "coco-segm": 0.25},
+}
+METRIC_LABELS = {"miou": "mIoU", "voc07": "mAP@0.5 (VOC07)", "coco-bbox": "box AP (COCO)", "coco-segm": "mask AP (COCO)"}
+TINY_SUFFIX = "-tiny-synthetic"
+
+
+def tiny_recipes() -> list[str]:
+    """Every shipped `*-tiny-synthetic` recipe (what `mtl quickstart --all` trains): the families of
+    FLOORS in its order, then any other in name order."""
+    from mtlcli.recipes import available_recipes, load_recipe
+
+    names = sorted(r for r in available_recipes() if r.endswith(TINY_SUFFIX))
+    order = list(FLOORS)
+    family = {n: load_recipe(n, check_model=False)["model"].get("name") for n in names}
+    return sorted(names, key=lambda n: (order.index(family[n]) if family[n] in order else len(order), n))
+
+
+def supported_metrics(output: dict[str, Any]) -> list[str]:
+    """The quickstart's metrics for a model's eval output: mIoU for `sem_seg`, VOC07 mAP@0.5 for
+    `boxes`, COCO box and mask AP where there are `masks`."""
+    names = []
+    if "sem_seg" in output:
+        names.append("miou")
+    if "boxes" in output:
+        names.append("voc07")
+    if "masks" in output:
+        names += ["coco-bbox", "coco-segm"]
+    return names
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (all its threads) and its finished children."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _run_state(run_dir: Path, marker: dict[str, Any], total: int) -> str:
@@ -146,9 +197,14 @@ def train_eval_viz(
     force: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Train `recipe_name` on the prepared dataset, evaluate mIoU and VOC mAP@0.5 on its val split,
-    draw prediction overlays and training curves. Returns {"run", "metrics", "predictions", "plots"}."""
+    """Train `recipe_name` on the prepared dataset, evaluate on its val split the metrics its outputs
+    support (`supported_metrics`), draw prediction overlays and training curves, print the goal table.
+    Returns {"run", "recipe", "family", "metrics", "floors", "timing", "predictions", "plots"}; timing
+    is {"iterations", "wall_s", "cpu_s"} of the training (summed over resumed parts)."""
     import shutil
+    import time
+
+    import torch
 
     from mtlcli.cli.eval import print_results, run_eval
     from mtlcli.data.dataset import PreparedDataset
@@ -161,17 +217,26 @@ def train_eval_viz(
     console = console or Console()
     overrides = [f"data.root={data}", *overrides]
     recipe = load_recipe(recipe_name, overrides)
-    run_dir = workdir / "runs" / name_of(recipe_name)
+    name = name_of(recipe_name)
+    family = recipe["model"]["name"]
+    run_dir = workdir / "runs" / name
     marker = {"recipe": recipe_name, "overrides": overrides}
     total = total_iterations(recipe)
+    timing_file = run_dir / "timing.json"
 
-    console.rule(f"[bold]4. train {name_of(recipe_name)}")
+    console.rule(f"[bold]4. train {name}")
     state = _run_state(run_dir, marker, total)
     if state == "other":
         if not force:
             raise UserError(f"{run_dir} holds another run; pass --force to train again, or choose another --workdir")
         shutil.rmtree(run_dir)
         state = "new"
+    timing = {"iterations": total, "wall_s": 0.0, "cpu_s": 0.0}
+    if state != "new":
+        try:
+            timing.update(json.loads(timing_file.read_text()))
+        except (OSError, json.JSONDecodeError):
+            pass
     if state == "done":
         console.print(f"reusing the trained run {run_dir} ({total} iterations)")
     else:
@@ -179,38 +244,84 @@ def train_eval_viz(
         (run_dir / "quickstart.json").write_text(json.dumps(marker))
         if state == "resume":
             console.print(f"resuming the interrupted run {run_dir}")
-        train(recipe, run_dir, resume=state == "resume", device="cpu")
+        wall, cpu = time.perf_counter(), _cpu_seconds()
+        try:
+            train(recipe, run_dir, resume=state == "resume", device="cpu")
+        finally:
+            timing["wall_s"] += time.perf_counter() - wall
+            timing["cpu_s"] += _cpu_seconds() - cpu
+            timing_file.write_text(json.dumps(timing))
 
     console.rule("[bold]5. evaluate on the synthetic val split")
+    model, _, _ = load_for_eval(run=run_dir, device="cpu")
+    dataset = PreparedDataset(data, "val", label_map=recipe["data"].get("label_map") or None)
+    with torch.inference_mode():  # one val image tells which outputs (and so which metrics) there are
+        probe = model([dataset[0][0].as_subclass(torch.Tensor)])[0]
+    metrics = supported_metrics(probe)
     result = run_eval(run=run_dir, checkpoint=None, predictions=None, data=data, split="val",
-                      metric=list(GOALS), cityscapes_ids=False, out=None, save_predictions=None, force=False,
+                      metric=metrics, cityscapes_ids=False, out=None, save_predictions=None, force=False,
                       batch_size=None, device="cpu", workers=0, quiet=False)
     print_results(result)
 
     console.rule("[bold]6. predictions and curves")
-    model, _, _ = load_for_eval(run=run_dir, device="cpu")
-    dataset = PreparedDataset(data, "val", label_map=recipe["data"].get("label_map") or None)
     predictions = render_predictions(model, dataset, run_dir / "viz" / "predictions", num=num_viz, force=True)
     plots = plot_curves([run_dir], force=True)
 
     console.rule("[bold green]done")
     from rich.table import Table
 
-    table = Table(title="quickstart result on the synthetic val split")
+    floors = FLOORS.get(family, {})
+    table = Table(title=f"quickstart result on the synthetic val split: {name}")
     for col in ("metric", "value", "goal", ""):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    for name, goal in GOALS.items():
-        value = result["metrics"].get(name)
-        ok = value is not None and value >= goal
-        table.add_row({"miou": "mIoU", "voc07": "mAP@0.5 (VOC07)"}[name], f"{value:.3f}" if value is not None else "—",
-                      f">= {goal:.2f}", "[green]met" if ok else "[red]not met")
+    for metric in metrics:
+        value, goal = result["metrics"].get(metric), floors.get(metric)
+        table.add_row(METRIC_LABELS[metric], _fmt(value), f">= {goal:.2f}" if goal is not None else "—", _verdict(value, goal))
     console.print(table)
+    console.print(f"trained {timing['iterations']} iterations in {timing['wall_s'] / 60:.1f} min wall, "
+                  f"{timing['cpu_s'] / 60:.1f} CPU min")
     console.print(f"run         {run_dir}\ncheckpoints {run_dir / 'checkpoints'}\n"
                   f"predictions {run_dir / 'viz' / 'predictions'} ({len(predictions)} PNGs)\n"
                   f"curves      {', '.join(str(p) for p in plots)}")
     console.print(f"next: mtl eval --run {run_dir}   |   mtl viz predictions --run {run_dir}   |   "
-                  f"mtl train --recipe {name_of(recipe_name)} --data {data}")
-    return {"run": run_dir, "metrics": result["metrics"], "predictions": predictions, "plots": plots}
+                  f"mtl train --recipe {name} --data {data}")
+    return {"run": run_dir, "recipe": name, "family": family, "metrics": result["metrics"], "floors": floors,
+            "timing": timing, "predictions": predictions, "plots": plots}
+
+
+def _fmt(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else "—"
+
+
+def _verdict(value: float | None, goal: float | None) -> str:
+    if goal is None:
+        return ""
+    return "[green]met" if value is not None and value >= goal else "[red]not met"
+
+
+def met_all(result: dict[str, Any]) -> bool:
+    """Every floor of the run's family reached."""
+    return all((result["metrics"].get(m) or 0.0) >= g for m, g in result["floors"].items())
+
+
+def learning_table(results: list[dict[str, Any]]):
+    """One rich Table for several quickstart results: recipe, iterations, wall / CPU minutes of the
+    training, each metric (with its floor) and whether every floor was met."""
+    from rich.table import Table
+
+    table = Table(title="quickstart --all: every tiny recipe on the synthetic val split (value / floor)")
+    table.add_column("recipe")
+    for col in ("iters", "wall min", "CPU min", *(METRIC_LABELS[m] for m in METRIC_LABELS), "floors"):
+        table.add_column(col, justify="right")
+    for r in results:
+        cells = []
+        for m in METRIC_LABELS:
+            value, goal = r["metrics"].get(m), r["floors"].get(m)
+            cells.append("—" if m not in r["metrics"] else _fmt(value) + (f" / {goal:.2f}" if goal is not None else ""))
+        t = r["timing"]
+        table.add_row(r["recipe"], str(t["iterations"]), f"{t['wall_s'] / 60:.1f}", f"{t['cpu_s'] / 60:.1f}", *cells,
+                      "[green]met" if met_all(r) else "[red]not met")
+    return table
 
 
 def _only_ours(data: Path) -> bool:
@@ -234,10 +345,14 @@ def register(app: typer.Typer) -> None:
         workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help="Processes for drawing and preparing (default: all cores)."),
         num_viz: int = typer.Option(4, "--num-viz", min=1, help="Ground-truth overlays to draw."),
         force: bool = typer.Option(False, "--force", help="Redo steps whose output exists with other settings."),
-        recipe: str = typer.Option("ivanet-tiny-synthetic", "--recipe", help="Recipe to train (a *-tiny-synthetic one)."),
+        recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe to train (a *-tiny-synthetic one; default ivanet-tiny-synthetic)."),
+        all_: bool = typer.Option(False, "--all", help="Train every *-tiny-synthetic recipe, one after another, and print one table."),
         set_: Optional[list[str]] = typer.Option(None, "--set", help="Recipe override KEY=VALUE (repeatable), e.g. train.iterations=100."),
         no_train: bool = typer.Option(False, "--no-train", help="Stop after the data steps."),
     ) -> None:
         """Synthetic city -> prepare -> train -> eval -> viz: the whole path on a CPU, nothing to download."""
+        if all_ and recipe:
+            raise UserError("give either --recipe NAME or --all, not both")
+        chosen: str | list[str] | None = tiny_recipes() if all_ else recipe or "ivanet-tiny-synthetic"
         run_quickstart(workdir, train=train, val=val, size=size, seed=seed, workers=workers, num_viz=num_viz, force=force,
-                       recipe=None if no_train else recipe, overrides=list(set_ or []))
+                       recipe=None if no_train else chosen, overrides=list(set_ or []))

@@ -44,6 +44,7 @@ OPTIONS: dict[str, Any] = {
     "iou_crop": True,
     "min_box_size": 1.0,
     "targets": [],
+    "color_jitter": 0.0,
 }
 # Other [data] keys, accepted and ignored so that the whole table can be passed through.
 RECIPE_KEYS = frozenset({"dataset", "root", "train_split", "val_split", "augmentation", "label_map"})
@@ -397,6 +398,8 @@ def build_transforms(name: str, train: bool, **options: Any) -> Pipeline:
       targets       list of names, default [] = what the model's loss reads (`dataset.loss_targets`):
                     the dense targets the training loader decodes, among masks, semantic, dt. Not an
                     augmentation: read by the training loop, accepted here so that [data] passes whole.
+      color_jitter  float >= 0, default 0 = off. cityscapes: random brightness, contrast and saturation
+                    factors in [1 - j, 1 + j] (v2.ColorJitter), before the geometric steps.
     """
     if name not in NAMES:
         raise UserError(f"unknown augmentation {name!r}; choose one of: {', '.join(NAMES)}")
@@ -410,6 +413,7 @@ def build_transforms(name: str, train: bool, **options: Any) -> Pipeline:
     flip, photometric, iou_crop = _bool(opts, "flip"), _bool(opts, "photometric"), _bool(opts, "iou_crop")
     zoom_out = _float(opts, "zoom_out", 1.0)
     min_box_size = _float(opts, "min_box_size", 1.0)
+    jitter = _float(opts, "color_jitter", 0.0)
     if scale[0] <= 0 or scale[0] > scale[1]:
         raise UserError(f"data.scale_range must be [lo, hi] with 0 < lo <= hi, got {list(scale)}")
     if (crop[0] == 0) != (crop[1] == 0):
@@ -428,6 +432,8 @@ def build_transforms(name: str, train: bool, **options: Any) -> Pipeline:
         if flip:
             steps.append(v2.RandomHorizontalFlip(p=0.5))
     else:  # cityscapes
+        if jitter > 0:
+            steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
         scaled = min_size or max_size or scale != (1.0, 1.0)
         if crop[0]:
             # unclipped boxes through the crop, so that DropBoxesOutsideCrop sees their true centres

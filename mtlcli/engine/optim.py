@@ -132,8 +132,9 @@ def apply_freeze(model: nn.Module, patterns: list[str], trainable: dict[str, boo
 
     `trainable` holds each parameter's `requires_grad` as the model was built (what the model froze
     itself stays frozen). Returns the frozen names; a pattern that matches nothing is a UserError
-    naming the model's top-level modules, since it is almost always a typo. BatchNorm running statistics
-    of frozen modules still update in train mode; only parameters are frozen.
+    naming the model's top-level modules, since it is almost always a typo. Parameters only: run the
+    modules of `frozen_modules` in eval mode (`train_mode`) so that their BatchNorm statistics and
+    dropout stay fixed too.
     """
     names = [n for n, _ in model.named_parameters()]
     for pattern in patterns:
@@ -150,3 +151,25 @@ def apply_freeze(model: nn.Module, patterns: list[str], trainable: dict[str, boo
         if hit:
             frozen.append(name)
     return frozen
+
+
+def frozen_modules(model: nn.Module, frozen: list[str]) -> list[nn.Module]:
+    """The modules all of whose parameters (one at least) are named in `frozen`: a frozen stage's modules.
+
+    They run in eval mode for the stage (`train_mode`): no BatchNorm statistic moves and no dropout
+    fires, so neither parameters nor buffers of a frozen module change across the stage.
+    """
+    names = set(frozen)
+    out = []
+    for prefix, module in model.named_modules():
+        params = [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters()]
+        if params and all(n in names for n in params):
+            out.append(module)
+    return out
+
+
+def train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
+    """`model.train()`, then the frozen modules back to eval mode."""
+    model.train()
+    for module in frozen:
+        module.eval()

@@ -41,7 +41,8 @@ from mtlcli.engine.distributed import (
     gather_objects,
     init_distributed,
 )
-from mtlcli.engine.optim import LRSchedule, apply_freeze, build_optimizer
+from mtlcli.engine.anchors import with_kmeans_anchors
+from mtlcli.engine.optim import LRSchedule, apply_freeze, build_optimizer, frozen_modules, train_mode
 from mtlcli.errors import UserError
 from mtlcli.recipes import DATA_KEYS, dump_toml, total_iterations
 
@@ -80,8 +81,10 @@ def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
                                label_map=label_map)
     val_ds = None
     if recipe["eval"]["metrics"]:
-        val_ds = PreparedDataset(root, data["val_split"], transforms=build_transforms(data["augmentation"], False, **options),
-                                 label_map=label_map)
+        from mtlcli.engine.resolution import eval_transforms  # [eval] resolution: the paper's scoring size
+
+        val_ds = PreparedDataset(root, data["val_split"], label_map=label_map,
+                                 transforms=eval_transforms(recipe) or build_transforms(data["augmentation"], False, **options))
     return train_ds, val_ds
 
 
@@ -372,6 +375,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     train_ds, val_ds = build_datasets(recipe, data_root(recipe))
     check_no_overlap(recipe, train_ds, val_ds)  # refuse to train on evaluation images
     recipe = with_class_counts(recipe, train_ds)
+    recipe = with_kmeans_anchors(recipe, data_root(recipe))  # anchors = "kmeans": from the train split
     model = build(recipe)
     train_ds.targets, train_ds.compact = training_targets(recipe, model), True  # decode only what the loss reads
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -442,7 +446,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
         with preserved_rng(), display.evaluating() as shown:
             result = evaluate(model, val_ds, ev["metrics"], device=device, batch_size=ev["batch_size"],
                               progress=shown)
-        model.train()
+        train_mode(model, frozen_mods)
         # Rank 0's numbers decide best.pt on every process, so that all take the same branch.
         metrics = broadcast_object({k: float(v) for k, v in result["metrics"].items()}, info)
         log.write({"type": "eval", "iteration": iteration, "metrics": metrics})
@@ -450,6 +454,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
         return metrics
 
     stage, ddp = None, model
+    frozen_mods: list[nn.Module] = []  # the stage's frozen modules run in eval mode (BN statistics fixed)
     window = defaultdict(float)
     window_iters, wait, t_window = 0, 0.0, time.perf_counter()
     last_record: dict[str, Any] = {}
@@ -463,6 +468,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                 if current is not stage:
                     stage = current
                     frozen = apply_freeze(model, stage.freeze, trainable)
+                    frozen_mods[:] = frozen_modules(model, frozen)
                     if not any(p.requires_grad for p in model.parameters()):
                         raise UserError(f"stage {stage.name!r} freezes every parameter — nothing would train; "
                                         "narrow its freeze patterns")
@@ -475,7 +481,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                         display.print(f"stage {stage.name}: {stage.iterations} iterations, lr {stage.lr:g}, "
                                       f"{len(frozen)} frozen parameter tensors")
                 lr = schedule.step(optimizer, it)
-                model.train()
+                train_mode(model, frozen_mods)
                 terms: dict[str, torch.Tensor] = {}
                 for m in range(acc):
                     t0 = time.perf_counter()

@@ -48,7 +48,12 @@ def load_pretrained(
         if not path.is_file():
             raise UserError(f"pretrained backbone file {path} does not exist — give the path of a torchvision .pth state dict")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            if path.suffix == ".safetensors":  # timm / Hugging Face checkpoints
+                from safetensors.torch import load_file
+
+                state = load_file(str(path), device="cpu")
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise UserError(f"{path} is not a readable PyTorch state dict ({type(exc).__name__}: {exc})") from None
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):

@@ -226,12 +226,12 @@ class Res5BoxHead(nn.Module):
 
 
 class HeavyMaskPredictor(nn.Sequential):
-    """Heavy mask branch after the shared res5: deconv x2, 3x3 conv, 1x1 conv -> [R, K+1, 2k', 2k'] logits."""
+    """Heavy mask branch after the shared res5: Mask R-CNN's C4 predictor ("consistent with [10]"),
+    deconv 2x2 stride 2 + ReLU, 1x1 conv -> [R, K+1, 2k', 2k'] logits (14x14 from the 7x7 res5 output)."""
 
     def __init__(self, in_channels: int, channels: int, num_classes: int) -> None:
         super().__init__(
             nn.ConvTranspose2d(in_channels, channels, 2, stride=2), nn.ReLU(inplace=True),
-            _conv3x3(channels, channels), nn.ReLU(inplace=True),
             nn.Conv2d(channels, num_classes, 1),
         )  # fmt: skip
         for m in self.modules():
@@ -240,15 +240,32 @@ class HeavyMaskPredictor(nn.Sequential):
 
 
 def _res5_for(body: nn.Module, in_channels: int, planes: int | None) -> nn.Sequential:
-    """The RoI head's res5: a copy of the trunk's layer4 (ImageNet-initialised when the trunk is) when the
-    pooled features have its input width, else a fresh stage of the same block type."""
+    """The RoI head's res5: a copy of the trunk's layer4 (ImageNet-initialised, with the trunk's norm,
+    when the trunk is). When the pooled features are narrower or wider than layer4's input (no MSPwA:
+    C = 256 instead of 1024), only the two convs that read them — the first block's conv1 and its
+    downsample conv — are new (same shapes but the input width, kaiming-initialised); everything else is
+    the same ImageNet res5, so Table 3's rows with and without MSPwA differ by MSPwA alone. A res5 of
+    another bottleneck width (`planes`, the tiny configuration) is a fresh stage."""
     layer4 = body.body["layer4"]
     block = type(layer4[0])
-    trunk_in = layer4[0].conv1.in_channels
-    planes = planes or layer4[0].conv1.out_channels
-    if in_channels == trunk_in and planes == layer4[0].conv1.out_channels:
-        return copy.deepcopy(layer4)
-    return make_res5(in_channels, block, planes, len(layer4))
+    trunk_planes = layer4[-1].conv1.in_channels // block.expansion  # 512 for R50, R101 and X101 32x8d
+    planes = planes or trunk_planes
+    if planes != trunk_planes:
+        return make_res5(in_channels, block, planes, len(layer4))
+    res5 = copy.deepcopy(layer4)
+    first = res5[0]
+    if in_channels != first.conv1.in_channels:
+        first.conv1 = _rewidth(first.conv1, in_channels)
+        first.downsample[0] = _rewidth(first.downsample[0], in_channels)
+    return res5
+
+
+def _rewidth(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """`conv` with another input width: a new kaiming-initialised conv of the same kind."""
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    new.weight.requires_grad_(conv.weight.requires_grad)
+    return new.to(conv.weight.device)
 
 
 def build_datnet_roi_heads(
@@ -414,10 +431,12 @@ def build_datnet(
     head: "light" | "heavy" | "standard" (2fc, Mask R-CNN) | "4conv1fc"; fusion: "sum" | "sum2conv" |
     "sum4conv" | "none" (auxiliary losses only). A weight of 0 removes that head. seg_background_index:
     the seg class that gets `background_alpha` (-1: none, e.g. Cityscapes). res5_planes: bottleneck width
-    of the res5 head (512 -> 2048 out). Inferred (MODELS.md): P'6 = subsampled P'5; a res5 that cannot
-    reuse the trunk's layer4 (other input width) starts fresh with ordinary batch norm; Heavy's mask
-    branch reruns the shared res5 on the positive RoIs. Tiny configuration: `build_datnet(**datnet.TINY)`.
-    Parameters (COCO, R50): Light 62.3M, Heavy 60.4M (paper: 62.3M / 59.9M).
+    of the res5 head (512 -> 2048 out). The res5 head is a copy of the trunk's layer4 (ImageNet when the
+    trunk is); without MSPwA only its first block's input convs are new (`_res5_for`). Heavy's mask
+    predictor is Mask R-CNN's C4 one (deconv 2x2 + ReLU, 1x1 conv, 14x14 masks). Inferred (MODELS.md):
+    P'6 = subsampled P'5; Heavy's mask branch reruns the shared res5 on the positive RoIs.
+    Tiny configuration: `build_datnet(**datnet.TINY)`.
+    Parameters (COCO, R50): Light 62.3M, Heavy 59.85M (paper: 62.3M / 59.9M).
     """
     if head not in HEADS:
         raise UserError(f"unknown DATNet head {head!r}; valid: {', '.join(HEADS)}")

@@ -4,9 +4,10 @@ YOLO-style detector (papers/interdependent-mtl.txt, MODELS.md §6).
     image -> encoder (full pre-activation ResNet-50, multiscale units, dilated block4, stride 16)
           -> bottleneck (eASPP, 256)
           -> decoder: up x2 (+ block2 skip) -> up x2 (+ block1 skip) -> classes -> up x4   (sem_seg)
-                      aux1 after the first up-step, aux2 after the second
-          -> detector: [up2, block1 skip] (stride 4) -> 3x3/2, 1x1, 3x3/2, 1x1 -> stride 16
-                       concat bottleneck -> trident blocks (shared weights, dilations 1, 2, 3)
+                      aux2 (0.5) after the first up-step, aux1 (0.6) after the second (AdapNet++)
+          -> detector: [up2, block1 skip] (stride 4) -> 3x3/2, 1x1 -> concat [up1, block2 skip] (stride 8)
+                       -> 3x3/2, 1x1 -> stride 16, concat bottleneck -> 1x1 -> dropout
+                       -> trident blocks (shared weights, dilations 1, 2, 3)
                        -> per branch 3 anchors x (4 + 1 + classes), YOLOv2 box coding  (boxes)
 
 Submodules are named `encoder`, `bottleneck`, `decoder`, `detector` so that the staged recipe can freeze
@@ -57,10 +58,12 @@ class PreActBottleneck(nn.Module):
     """Full pre-activation bottleneck (He et al. 2016): BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1, + shortcut.
 
     A multiscale unit (AdapNet++) splits the 3x3 into two halves of the channels, one at `dilation`
-    and one at `multiscale`, concatenated. [B, cin, H, W] -> [B, 4 mid, H/stride, W/stride].
+    and one at `multiscale`, concatenated. `dropout` drops the residual branch's output before the sum
+    (AdapNet++'s block4 unit). [B, cin, H, W] -> [B, 4 mid, H/stride, W/stride].
     """
 
-    def __init__(self, cin: int, mid: int, stride: int = 1, dilation: int = 1, multiscale: int = 0) -> None:
+    def __init__(self, cin: int, mid: int, stride: int = 1, dilation: int = 1, multiscale: int = 0,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         cout = 4 * mid
         self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, mid, 1, bias=False)
@@ -75,40 +78,44 @@ class PreActBottleneck(nn.Module):
             self.conv2 = nn.ModuleList([nn.Conv2d(mid, mid, 3, stride, padding=dilation, dilation=dilation, bias=False)])
         self.bn3, self.conv3 = nn.BatchNorm2d(mid), nn.Conv2d(mid, cout, 1, bias=False)
         self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if (cin != cout or stride != 1) else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         pre = F.relu(self.bn1(x))
         shortcut = self.shortcut(pre) if self.shortcut is not None else x
         y = F.relu(self.bn2(self.conv1(pre)))
         y = torch.cat([conv(y) for conv in self.conv2], dim=1)
-        y = self.conv3(F.relu(self.bn3(y)))
+        y = self.dropout(self.conv3(F.relu(self.bn3(y))))
         return y + shortcut
 
 
 class Encoder(nn.Module):
     """Pre-activation ResNet-50 of AdapNet++: stem (7x7/2, max pool), block1 (stride 4), block2 (8, last
-    unit multiscale), block3 (16, units 3.. multiscale), block4 (16, dilated), final BN-ReLU, dropout.
+    unit multiscale), block3 (16, units 3.. multiscale), block4 (16, dilated; dropout on the residual
+    branch of its third unit, as AdapNet++'s code, i.e. its last at the paper's depth), final BN-ReLU.
     forward [B, 3, H, W] -> (block1 [B, 4w, H/4, W/4], block2 [B, 8w, H/8, W/8], block4 [B, 32w, H/16, W/16]).
+    `stem_norm`: BN-ReLU after the 7x7 conv (AdapNet++'s own stem); without it the stem is the full
+    pre-activation ResNet's (conv, max pool: the first unit normalises), which ImageNet weights expect.
     """
 
     def __init__(self, width: int = 64, layers: Sequence[int] = (3, 4, 6, 3), multiscale: int = 2,
-                 block4_dilation: int = 2, dropout: float = 0.5) -> None:
+                 block4_dilation: int = 2, dropout: float = 0.5, stem_norm: bool = False) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2, 1),
-        )
+        norm = [nn.BatchNorm2d(width), nn.ReLU(inplace=True)] if stem_norm else []
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), *norm, nn.MaxPool2d(3, 2, 1))
 
-        def block(cin: int, mid: int, n: int, stride: int, dilation: int, multi: set[int]) -> nn.Sequential:
+        def block(cin: int, mid: int, n: int, stride: int, dilation: int, multi: set[int],
+                  drop: dict[int, float] | None = None) -> nn.Sequential:
             units = [PreActBottleneck(cin if i == 0 else 4 * mid, mid, stride if i == 0 else 1, dilation,
-                                      multiscale if i in multi else 0) for i in range(n)]
+                                      multiscale if i in multi else 0, (drop or {}).get(i, 0.0)) for i in range(n)]
             return nn.Sequential(*units)
 
         self.block1 = block(width, width, layers[0], 1, 1, set())
         self.block2 = block(4 * width, 2 * width, layers[1], 2, 1, {layers[1] - 1})
         self.block3 = block(8 * width, 4 * width, layers[2], 2, 1, set(range(2, layers[2])))
-        self.block4 = block(16 * width, 8 * width, layers[3], 1, block4_dilation, set())
-        self.post = nn.Sequential(nn.BatchNorm2d(32 * width), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.block4 = block(16 * width, 8 * width, layers[3], 1, block4_dilation, set(),
+                            {min(2, layers[3] - 1): dropout})
+        self.post = nn.Sequential(nn.BatchNorm2d(32 * width), nn.ReLU(inplace=True))
         self.channels = (4 * width, 8 * width, 32 * width)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -157,8 +164,12 @@ def up_conv(cin: int, cout: int, factor: int) -> nn.ConvTranspose2d:
 
 class Decoder(nn.Module):
     """AdapNet++ decoder. forward(bottleneck [B, w, H/16, W/16], block1, block2) ->
-    {"up2_skip": [B, w + skip, H/4, W/4] (the detector's input), "aux1" [B, C, H/8, W/8],
-    "aux2" [B, C, H/4, W/4], "logits" [B, C, H, W]}."""
+    {"up2_skip": [B, w + skip, H/4, W/4] and "up1_skip": [B, w + skip, H/8, W/8] (each up-step's
+    output concatenated with its skip refinement: the detector's multi-level input),
+    "aux1" [B, C, H/4, W/4], "aux2" [B, C, H/8, W/8], "logits" [B, C, H, W]}.
+    The auxiliary heads sit where AdapNet++'s code puts them: aux1 (weight 0.6) on the second up-step
+    (stride 4), aux2 (0.5) on the first (stride 8); they read the up-step after its BN-ReLU (inferred;
+    the reference reads it before the ReLU)."""
 
     def __init__(self, cin: int, skip_channels: tuple[int, int], num_classes: int, width: int = 256,
                  skip_width: int = 24) -> None:
@@ -178,11 +189,13 @@ class Decoder(nn.Module):
     def forward(self, x: Tensor, s1: Tensor, s2: Tensor) -> dict[str, Tensor]:
         u1 = self.up1(x)
         u1 = _match(u1, s2)
-        y = self.fuse1(torch.cat([u1, self.skip2(s2)], dim=1))
+        up1_skip = torch.cat([u1, self.skip2(s2)], dim=1)
+        y = self.fuse1(up1_skip)
         u2 = _match(self.up2(y), s1)
         up2_skip = torch.cat([u2, self.skip1(s1)], dim=1)
         logits = self.up3(self.classifier(self.fuse2(up2_skip)))
-        return {"up2_skip": up2_skip, "aux1": self.aux1(u1), "aux2": self.aux2(u2), "logits": logits}
+        return {"up2_skip": up2_skip, "up1_skip": up1_skip, "aux1": self.aux1(u2), "aux2": self.aux2(u1),
+                "logits": logits}
 
 
 def _match(x: Tensor, ref: Tensor) -> Tensor:
@@ -212,16 +225,29 @@ class TridentBottleneck(nn.Module):
 
 
 class Detector(nn.Module):
-    """forward(up2_skip [B, c4, H/4, W/4], bottleneck [B, b, H/16, W/16]) -> list over the three branches
-    (dilations 1, 2, 3) of raw predictions [B, A, 5 + K, H/16, W/16]: tx, ty, tw, th, objectness, classes."""
+    """forward(up2_skip [B, c4, H/4, W/4], bottleneck [B, b, H/16, W/16], up1_skip [B, c8, H/8, W/8]) ->
+    list over the three branches (dilations 1, 2, 3) of raw predictions [B, A, 5 + K, H/16, W/16]:
+    tx, ty, tw, th, objectness, classes.
+
+    Rapid downsampling (3x3/2 and 1x1 convs, no max pool) of the multi-level decoder features: the
+    stride-4 map goes 3x3/2 -> 1x1 to stride 8, where (`levels` = 2) the stride-8 up-step + skip map is
+    concatenated ("Multi-Level Features ... from both segmentation decoder and skip refinement stage",
+    the PANet-like path of the paper's Figure 2), then 3x3/2 -> 1x1 to the bottleneck's stride 16;
+    concat with the bottleneck, 1x1 entry, dropout, trident blocks. `levels` = 1 reads the stride-4 map
+    only (the earlier form, 1.29M parameters fewer at full size).
+    """
 
     def __init__(self, cin: int, bottleneck_channels: int, num_classes: int, anchors_per_branch: int = 3,
                  width: int = 256, trident_width: int = 1024, trident_mid: int = 256, trident_blocks: int = 3,
-                 dropout: float = 0.5) -> None:
+                 dropout: float = 0.5, levels: int = 2, cin8: int | None = None) -> None:
         super().__init__()
+        if levels not in (1, 2):
+            raise UserError(f"detector_levels must be 1 or 2, got {levels}")
+        self.levels = levels
+        extra = (cin if cin8 is None else cin8) if levels == 2 else 0
         self.down = nn.Sequential(
             conv_bn_act(cin, width, 3, stride=2, act="leaky"), conv_bn_act(width, width, 1, act="leaky"),
-            conv_bn_act(width, 2 * width, 3, stride=2, act="leaky"), conv_bn_act(2 * width, width, 1, act="leaky"),
+            conv_bn_act(width + extra, 2 * width, 3, stride=2, act="leaky"), conv_bn_act(2 * width, width, 1, act="leaky"),
         )
         self.dropout = nn.Dropout(dropout)
         self.entry = conv_bn_act(width + bottleneck_channels, trident_width, 1, act="leaky")
@@ -233,9 +259,14 @@ class Detector(nn.Module):
         with torch.no_grad():
             self.head.bias.view(anchors_per_branch, 5 + num_classes)[:, 4:] = -math.log(99.0)
 
-    def forward(self, up2_skip: Tensor, bottleneck: Tensor) -> list[Tensor]:
-        x = _match(self.down(up2_skip), bottleneck)
-        x = self.entry(self.dropout(torch.cat([x, bottleneck], dim=1)))
+    def forward(self, up2_skip: Tensor, bottleneck: Tensor, up1_skip: Tensor | None = None) -> list[Tensor]:
+        x = self.down[1](self.down[0](up2_skip))
+        if self.levels == 2:
+            if up1_skip is None:
+                raise ValueError("a two-level detector needs the stride-8 map")
+            x = torch.cat([_match(x, up1_skip), up1_skip], dim=1)
+        x = _match(self.down[3](self.down[2](x)), bottleneck)
+        x = self.dropout(self.entry(torch.cat([x, bottleneck], dim=1)))  # dropout just before the trident
         outs = []
         for d in BRANCH_DILATIONS:
             y = x
@@ -316,7 +347,7 @@ class InterdependentMTL(MultiTaskModel):
             semantic [H, W] int64 (255 = ignore), optional iscrowd [N])
     train -> {loss_seg, loss_seg_aux1, loss_seg_aux2 (x W_seg), loss_det_box, loss_det_obj, loss_det_cls (x W_det)}
     eval  -> [{"boxes" [N, 4] xyxy, "scores" [N], "labels" [N] 1..K, "sem_seg" [C, H, W]}] in the original frame
-    `network(batch [B, 3, h, w])` -> {"logits" [B, C, h, w], "aux1" [B, C, h/8, w/8], "aux2" [B, C, h/4, w/4],
+    `network(batch [B, 3, h, w])` -> {"logits" [B, C, h, w], "aux1" [B, C, h/4, w/4], "aux2" [B, C, h/8, w/8],
     "det": three tensors [B, A, 5 + K, h/16, w/16]}.
     """
 
@@ -336,7 +367,7 @@ class InterdependentMTL(MultiTaskModel):
         s1, s2, s4 = self.encoder(batch)
         b = self.bottleneck(s4)
         seg = self.decoder(b, s1, s2)
-        det = self.detector(seg.pop("up2_skip"), b)
+        det = self.detector(seg.pop("up2_skip"), b, seg.pop("up1_skip"))
         return {**seg, "det": det}
 
     def _strides(self, det: list[Tensor]) -> tuple[float, float]:
@@ -436,12 +467,14 @@ def _seg_ce(logits: Tensor, semantic: Tensor) -> Tensor:
 def load_anchors(anchors: Any, input_size: tuple[int, int]) -> Tensor:
     """Anchors as [9, 2] (w, h) in the network frame `input_size` (H, W).
 
-    anchors: None (DEFAULT_ANCHORS, inferred, scaled from 768x384), a list of [w, h] pairs already in the
+    anchors: None (DEFAULT_ANCHORS, inferred, scaled from 768x384); "kmeans" (the paper's: `mtl train`
+    clusters the train split's boxes before building and writes them into the run's recipe.toml; a model
+    built outside training, e.g. by a benchmark, gets the placeholders); a list of [w, h] pairs already in the
     network frame, or the path of a JSON file written by `mtl anchors` ({"anchors": [[w, h], ...],
     "input_size": [H, W]}; rescaled when its frame differs). Sorted by area: three per branch.
     """
     frame = tuple(input_size)
-    if anchors is None or anchors == "":
+    if anchors is None or anchors == "" or (isinstance(anchors, str) and anchors.lower() == "kmeans"):
         values, frame = DEFAULT_ANCHORS, DEFAULT_ANCHOR_FRAME
     elif isinstance(anchors, (str, Path)):
         path = Path(anchors).expanduser()
@@ -455,13 +488,89 @@ def load_anchors(anchors: Any, input_size: tuple[int, int]) -> Tensor:
     else:
         values = anchors
     try:
-        t = torch.tensor(values, dtype=torch.float32)
+        t = torch.tensor(values, dtype=torch.float32, device="cpu")  # also under a meta-device build
     except (TypeError, ValueError):
         raise UserError(f"anchors must be a list of [w, h] pairs, got {values!r}") from None
     if t.ndim != 2 or t.shape[1] != 2 or len(t) % len(BRANCH_DILATIONS) or not bool((t > 0).all()):
         raise UserError(f"anchors must be a multiple of 3 positive [w, h] pairs (three branches), got {values!r}")
-    t = t * torch.tensor([input_size[1] / frame[1], input_size[0] / frame[0]])
+    t = t * torch.tensor([input_size[1] / frame[1], input_size[0] / frame[0]], device="cpu")
     return t[torch.argsort(t.prod(1), stable=True)]
+
+
+def timm_resnetv2_to_encoder(state: dict[str, Tensor], encoder: Encoder) -> dict[str, Tensor]:
+    """timm `resnetv2_50` state-dict keys -> `Encoder` keys (a full pre-activation ResNet-50 both).
+
+        stem.conv                          -> stem.0
+        stages.{s}.blocks.{i}.norm{1,2,3}  -> block{s+1}.{i}.bn{1,2,3}   (BN + ReLU in both)
+        stages.{s}.blocks.{i}.conv{1,3}    -> block{s+1}.{i}.conv{1,3}
+        stages.{s}.blocks.{i}.conv2        -> block{s+1}.{i}.conv2.0 (.1): a multiscale unit's two halves
+                                              are the first and last output channels of the 3x3 kernel,
+                                              as AdapNet++'s split_conv2d takes them
+        stages.{s}.blocks.{i}.downsample.conv -> block{s+1}.{i}.shortcut
+        norm                               -> post.0 (the final BN-ReLU); head.* is dropped
+    Stage 4's stride 2 becomes block4's dilation (the weights do not depend on it). Keys already in
+    this encoder's own names (optionally prefixed "encoder.") pass through.
+    """
+    if not any(k.startswith("stages.") for k in state):
+        return {k.removeprefix("encoder."): v for k, v in state.items()}
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "stem" and parts[1] == "conv":
+            out["stem.0." + ".".join(parts[2:])] = value
+        elif parts[0] == "norm":
+            out["post.0." + ".".join(parts[1:])] = value
+        elif parts[0] == "stages" and parts[2] == "blocks":
+            stage, unit, layer, rest = int(parts[1]), int(parts[3]), parts[4], parts[5:]
+            prefix = f"block{stage + 1}.{unit}."
+            if layer.startswith("norm"):
+                out[prefix + "bn" + layer[4:] + "." + ".".join(rest)] = value
+            elif layer in ("conv1", "conv3"):
+                out[prefix + layer + "." + ".".join(rest)] = value
+            elif layer == "downsample":
+                out[prefix + "shortcut." + ".".join(rest[1:])] = value
+            elif layer == "conv2":
+                blocks = getattr(encoder, f"block{stage + 1}", None)
+                halves = len(blocks[unit].conv2) if blocks is not None and unit < len(blocks) else 1
+                if halves == 1:
+                    out[prefix + "conv2.0.weight"] = value
+                else:
+                    first = blocks[unit].conv2[0].out_channels
+                    out[prefix + "conv2.0.weight"], out[prefix + "conv2.1.weight"] = value[:first], value[first:]
+    return out
+
+
+def load_encoder_weights(encoder: Encoder, pretrained: bool | str) -> None:
+    """ImageNet weights for the pre-activation encoder (the paper starts from them).
+
+    pretrained: false; a local state dict (`.pth` or `.safetensors`) of timm's `resnetv2_50` (mapped by
+    `timm_resnetv2_to_encoder`) or of this encoder (`encoder.*` keys or bare); or true: timm's
+    `resnetv2_50` ImageNet weights through timm (`pip install timm`; its download cache, so offline
+    once fetched). Shape mismatches (another width or depth) are an error.
+    """
+    if pretrained is True or str(pretrained).lower() == "true":
+        try:
+            import timm
+        except ImportError:
+            raise UserError(
+                "pretrained_backbone = true takes timm's resnetv2_50 ImageNet weights: `pip install timm`, "
+                "or pass pretrained_backbone=\"/path/to/resnetv2_50.pth\" (its state dict) or false"
+            ) from None
+        try:
+            state = timm.create_model("resnetv2_50", pretrained=True).state_dict()
+        except Exception as exc:  # no network and no cache
+            raise UserError(
+                f"could not get timm's resnetv2_50 ImageNet weights ({type(exc).__name__}: {exc}); without "
+                "network, pass pretrained_backbone=\"/path/to/resnetv2_50.pth\" or set it to false"
+            ) from None
+        mapped = timm_resnetv2_to_encoder(state, encoder)
+        own = encoder.state_dict()
+        bad = [k for k, v in mapped.items() if k not in own or own[k].shape != v.shape]
+        if bad:
+            raise UserError(f"timm's resnetv2_50 does not fit this encoder (e.g. {bad[0]}) — use width 64, layers 3,4,6,3")
+        encoder.load_state_dict({**own, **mapped})
+        return
+    load_pretrained(encoder, pretrained, None, rename=lambda state: timm_resnetv2_to_encoder(state, encoder))
 
 
 def build_imtl(
@@ -483,6 +592,8 @@ def build_imtl(
     trident_mid: int = 256,
     trident_blocks: int = 3,
     dropout: float = 0.5,
+    detector_levels: int = 2,
+    stem_norm: bool = False,
     seg_weight: float = 40.0,
     det_weight: float = 1.0,
     aux_weights: Sequence[float] = (0.6, 0.5),
@@ -491,21 +602,26 @@ def build_imtl(
     detections_per_img: int = 100,
     ignore_iou: float = 0.6,
 ) -> InterdependentMTL:
-    """The interdependent multi-task network with the paper's defaults (36.1M parameters at full size;
-    the paper reports 37.9M).
+    """The interdependent multi-task network with the paper's defaults (37.37M parameters at full size;
+    the paper reports 37.9M, -1.4%).
 
     input_size (H, W): 384x768 in the paper; multiples of 16. anchors: see `load_anchors` (9 anchors,
-    three per trident branch, smallest to dilation 1). pretrained_backbone: the paper starts the encoder
-    from ImageNet weights of a *pre-activation* ResNet-50, which torchvision does not publish, so only a
-    local state dict of this encoder (`encoder.*` keys or bare) is accepted.
+    three per trident branch, smallest to dilation 1). pretrained_backbone: see `load_encoder_weights`
+    (timm's `resnetv2_50` ImageNet state dict, or this encoder's own). detector_levels: 2 = the
+    detector reads both decoder levels (stride 4 and 8, each up-step + skip refinement, the paper's
+    "Multi-Level Features"), 1 = stride 4 only. stem_norm: AdapNet++'s BN-ReLU after the stem conv
+    (false: the pre-activation ResNet's stem, which its ImageNet weights expect).
     Tiny configuration: width=8, layers=(1, 2, 3, 1), aspp_width=32, decoder_width=32, skip_width=8,
     det_width=32, trident_width=64, trident_mid=16, trident_blocks=1.
-    Inferred (MODELS.md §6 leaves them open): block4 dilation 2; multiscale halves at dilation 1 and 2;
-    bilinear-initialised deconvolutions with BN-ReLU; auxiliary heads on the up-sampled maps; detector
-    widths 256/512, a 1x1 entry to 1024 and 3 stacked trident bottlenecks (1024 -> 256 -> 1024; the
-    paper's count is unknown: 3 lands within 5% of its 37.9M and below half of deeplabv3_resnet50 +
-    retinanet_resnet50_fpn, 73.7M, its stated aim); one head shared by the branches; ignore IoU 0.6 for
-    objectness negatives; focal alpha 0.25, gamma 2; smooth L1 box loss.
+    From AdapNet++'s public code (the paper defers to it): aux1 (0.6) on the stride-4 up-step, aux2 (0.5)
+    on the stride-8 one; dropout inside block4 (on the residual branch of its third unit) and just
+    before the trident block. Inferred (MODELS.md §6 leaves them open): block4 dilation 2; multiscale
+    halves at dilation 1 and 2; bilinear-initialised deconvolutions with BN-ReLU; auxiliary heads after
+    the up-steps' ReLU; the stride-8 level joins the rapid downsampling by concatenation before its
+    second 3x3/2 conv; detector widths 256/512, a 1x1 entry to 1024 and 3 stacked trident bottlenecks
+    (1024 -> 256 -> 1024; the paper's count is unknown: 3 lands within 1.5% of its 37.9M and below half
+    of deeplabv3_resnet50 + retinanet_resnet50_fpn, 73.7M, its stated aim); one head shared by the
+    branches; ignore IoU 0.6 for objectness negatives; focal alpha 0.25, gamma 2; smooth L1 box loss.
     """
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
     if len(size) != 2 or min(size) < 16:
@@ -515,15 +631,12 @@ def build_imtl(
     if len(layers) != 4 or min(layers) < 1:
         raise UserError(f"layers needs four block depths of at least 1, got {list(layers)}")
     anchor_t = load_anchors(anchors, size)
-    encoder = Encoder(width, layers, multiscale_dilation, block4_dilation, dropout)
-    if pretrained_backbone is True or str(pretrained_backbone).lower() == "true":
-        raise UserError("torchvision has no ImageNet pre-activation ResNet-50 — pass "
-                        "pretrained_backbone=\"/path/to/encoder.pth\" or false")
-    load_pretrained(encoder, pretrained_backbone, None,
-                    rename=lambda state: {k.removeprefix("encoder."): v for k, v in state.items()})
+    encoder = Encoder(width, layers, multiscale_dilation, block4_dilation, dropout, stem_norm)
+    load_encoder_weights(encoder, pretrained_backbone)
     bottleneck = EASPP(encoder.channels[2], aspp_width, aspp_rates)
     decoder = Decoder(aspp_width, encoder.channels[:2], num_seg_classes, decoder_width, skip_width)
     detector = Detector(decoder.out_channels, aspp_width, num_det_classes, len(anchor_t) // len(BRANCH_DILATIONS),
-                        det_width, trident_width, trident_mid, trident_blocks, dropout)
+                        det_width, trident_width, trident_mid, trident_blocks, dropout, detector_levels,
+                        decoder.out_channels)
     return InterdependentMTL(encoder, bottleneck, decoder, detector, anchor_t, size, seg_weight, det_weight,
                              tuple(aux_weights), score_thresh, nms_thresh, detections_per_img, ignore_iou)

@@ -438,10 +438,34 @@ class VGGFeatures(nn.Module):
                 nn.init.zeros_(m.bias)
 
 
+def narrow_convs(module: nn.Module, divisor: int) -> None:
+    """Replace, in place, every Conv2d under `module` by one with 1/`divisor` of its channels (an RGB
+    input stays 3), initialised like the one it replaces: Kaiming (fan out) in VGG's `features`,
+    Xavier in SSD's fc6/fc7 and extra layers."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv2d):
+            cin = child.in_channels if child.in_channels == 3 else child.in_channels // divisor
+            conv = nn.Conv2d(cin, child.out_channels // divisor, child.kernel_size, child.stride, child.padding,
+                             child.dilation, bias=child.bias is not None)
+            if child.kernel_size == (3, 3) and child.dilation == (1, 1) and child.stride == (1, 1) and child.padding == (1, 1):
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                nn.init.xavier_uniform_(conv.weight)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+            setattr(module, name, conv)
+        else:
+            narrow_convs(child, divisor)
+
+
+SSD300_CHANNELS = (512, 1024, 512, 256, 256, 256)
+
+
 def build_ssd300_vgg16(
     num_det_classes: int = 1,
     pretrained_backbone: bool | str = False,
     trainable_backbone_layers: int = 4,
+    width_divisor: int = 1,
     iou_threshold: float = 0.5,
     neg_pos_ratio: int = 3,
     score_thresh: float = 0.01,
@@ -458,18 +482,28 @@ def build_ssd300_vgg16(
     extra layers are unpadded 3x3 convs (3 -> 1), so there is no smaller configuration.
     pretrained_backbone loads torchvision's `VGG16_Weights.IMAGENET1K_FEATURES` (or a local file);
     the first `5 - trainable_backbone_layers` VGG stages are then frozen, as torchvision does.
+    width_divisor (inferred, the tiny configuration: 8): every conv of the body keeps its kernel,
+    stride, padding and dilation, hence the 300x300 input and the 8732 default boxes, with 1/divisor of
+    its channels; it trains from scratch (ImageNet weights fit only the full width).
     """
     weights = torchvision.models.VGG16_Weights.IMAGENET1K_FEATURES
+    if width_divisor < 1 or any(c % width_divisor for c in SSD300_CHANNELS):
+        raise UserError(f"width_divisor must be a positive divisor of 256 (1, 2, 4, 8, ...), got {width_divisor}")
+    if width_divisor > 1 and pretrained_backbone:
+        raise UserError("pretrained_backbone needs the full VGG16 (width_divisor = 1): ImageNet weights fit only it")
     vgg = VGGFeatures()
     load_pretrained(vgg, pretrained_backbone, weights)
     if not 0 <= trainable_backbone_layers <= 5:
         raise UserError(f"trainable_backbone_layers must be 0..5, got {trainable_backbone_layers}")
     # Freezing stages only makes sense on ImageNet weights; from scratch everything trains.
     body = _vgg_extractor(vgg, False, trainable_backbone_layers if pretrained_backbone else 5)
+    if width_divisor > 1:
+        narrow_convs(body, width_divisor)
+        body.scale_weight = nn.Parameter(torch.full((512 // width_divisor,), 20.0))
     ratios, scales = multibox.SSD300_ASPECT_RATIOS, multibox.SSD300_SCALES
     sizes = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
     defaults = multibox.default_boxes((300, 300), sizes, ratios, scales, multibox.SSD300_STEPS, clip=False)
-    head = SSDHead([512, 1024, 512, 256, 256, 256], multibox.num_boxes_per_location(ratios), num_det_classes + 1)
+    head = SSDHead([c // width_divisor for c in SSD300_CHANNELS], multibox.num_boxes_per_location(ratios), num_det_classes + 1)
     return SSDMultiTask(
         body, head, None, defaults, 300, iou_threshold=iou_threshold, neg_pos_ratio=neg_pos_ratio,
         score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,

@@ -58,6 +58,8 @@ RESNET_WEIGHTS = {
     "resnet34": resnet.ResNet34_Weights.IMAGENET1K_V1,
     "resnet50": resnet.ResNet50_Weights.IMAGENET1K_V1,
     "resnet101": resnet.ResNet101_Weights.IMAGENET1K_V1,
+    # DATNet Tables 1 and 7: torchvision's ResNeXt-101 32x8d (local weights: its .pth state dict)
+    "resnext101_32x8d": resnet.ResNeXt101_32X8D_Weights.IMAGENET1K_V1,
 }
 
 # The tiny configuration used by tests, the quickstart and `*-tiny-synthetic` recipes: a resnet18
@@ -188,18 +190,29 @@ def standard_mask_branch(channels: int, num_classes: int, mask_channels: int = 2
 
 
 class RCNNTransform(GeneralizedRCNNTransform):
-    """`GeneralizedRCNNTransform` with a separate test scale.
+    """`GeneralizedRCNNTransform` with a separate test scale and continuous multi-scale training.
 
     Training picks the short side at random from `min_size` (multi-scale training) with the long side at
-    most `max_size`; evaluation always uses `test_min_size` / `test_max_size` (torchvision would use the
-    last training scale instead).
+    most `max_size`: a list is a set of choices, a string "LO-HI" (e.g. "400-1200") any integer in that
+    range, uniformly (the DATNet paper's MST: "randomly chosen between 400 and 1200"). Evaluation always
+    uses `test_min_size` / `test_max_size` (torchvision would use the last training scale instead).
     """
 
-    def __init__(self, min_size: int | Sequence[int], max_size: int, test_min_size: int, test_max_size: int) -> None:
-        sizes = (int(min_size),) if isinstance(min_size, (int, float)) else tuple(int(s) for s in min_size)
+    def __init__(self, min_size: int | str | Sequence[int], max_size: int, test_min_size: int, test_max_size: int) -> None:
+        self.size_range = parse_size_range(min_size)
+        if self.size_range is not None:
+            sizes: tuple[int, ...] = (self.size_range[0],)
+        else:
+            sizes = (int(min_size),) if isinstance(min_size, (int, float)) else tuple(int(s) for s in min_size)
         super().__init__(sizes, int(max_size), list(IMAGENET_MEAN), list(IMAGENET_STD), size_divisible=32)
         self.test_min_size = int(test_min_size)
         self.test_max_size = int(test_max_size)
+
+    def torch_choice(self, k: list[int]) -> int:
+        if self.size_range is not None:
+            lo, hi = self.size_range
+            return int(torch.randint(lo, hi + 1, (1,)).item())
+        return super().torch_choice(k)
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
         if self.training:
@@ -209,6 +222,20 @@ class RCNNTransform(GeneralizedRCNNTransform):
         if target is not None:
             target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
         return image, target
+
+
+def parse_size_range(min_size: Any) -> tuple[int, int] | None:
+    """"LO-HI" -> (LO, HI) (a continuous range of training short sides); anything else -> None."""
+    if not isinstance(min_size, str):
+        return None
+    parts = min_size.replace(" ", "").split("-")
+    try:
+        lo, hi = (int(x) for x in parts)
+    except ValueError:
+        raise UserError(f"min_size {min_size!r}: give an int, a list of ints or a range \"LO-HI\" such as \"400-1200\"") from None
+    if not 0 < lo <= hi:
+        raise UserError(f"min_size range {min_size!r} needs 0 < LO <= HI")
+    return lo, hi
 
 
 # ------------------------------------------------------------------------------------------- adapter
@@ -257,7 +284,7 @@ class TwoStageDetector(nn.Module):
     ) -> None:
         super().__init__()
         if test_min_size is None:
-            test_min_size = min_size if isinstance(min_size, (int, float)) else 800
+            test_min_size = min_size if isinstance(min_size, (int, float)) else 800  # a list or a range: 800
         self.transform = RCNNTransform(min_size, max_size, test_min_size, test_max_size or max_size)
         self.backbone = backbone
         self.rpn = rpn

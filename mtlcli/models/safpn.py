@@ -7,7 +7,7 @@ Read top to bottom like the paper's Figure 1(b):
                                                                   S6 = S5 subsampled (RPN only)
     S2..S6 -> RPN -> proposals -> EJ-Head
         joint path   RoIAlign 14x14 (Enriched Feature) -> Boundary Refinement x + conv3x3(ReLU(conv3x3(x)))
-        box branch   2x2 max-pool -> 7x7 -> fc 1024 -> fc 1024 -> class scores + class-specific boxes
+        box branch   conv3x3 stride 2 (14x14 -> 7x7) -> fc 1024 -> fc 1024 -> class scores + boxes
         mask branch  training: the box branch's refined boxes with IoU >= 0.5 to a ground truth
                      (Interleaving); testing: the detections -> joint path -> 4 conv3x3 -> deconv -> 28x28
 
@@ -53,6 +53,7 @@ TINY: dict[str, Any] = dict(RCNN_TINY)
 NECKS = ("safpn", "td", "bu", "buf")
 FUSES = ("concat", "add")
 REFINES = ("residual", "stacked", "none")
+BOX_HEADS = ("strided", "conv", "flatten", "pool")  # how the box branch reads the 14x14 joint features
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
@@ -168,23 +169,29 @@ def build_neck_backbone(
 
 # ------------------------------------------------------------------------------------------ EJ-Head
 class BoundaryRefinement(nn.Module):
-    """Two 3x3 convs on RoI features [R, C, k, k] -> [R, C, k, k].
+    """`convs` 3x3 convs (default 2) on RoI features [R, C, k, k] -> [R, C, k, k].
 
     "residual" (Figure 3): x + conv3x3(ReLU(conv3x3(x))); "stacked" (Table 5's "Simple Conv"):
-    ReLU(conv3x3(ReLU(conv3x3(x)))).
+    ReLU(conv3x3(ReLU(conv3x3(x)))). `convs` > 2 gives Table 5's deeper plain stacks (the paper names no
+    depth: 4 in the shipped recipe is inferred); with "residual" the shortcut spans the whole stack.
     """
 
-    def __init__(self, channels: int, mode: str = "residual") -> None:
+    def __init__(self, channels: int, mode: str = "residual", convs: int = 2) -> None:
         super().__init__()
+        if int(convs) < 1:
+            raise UserError(f"refine_convs must be at least 1, got {convs}")
         self.residual = mode == "residual"
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-        for conv in (self.conv1, self.conv2):
+        self.depth = int(convs)
+        for i in range(self.depth):  # conv1, conv2, ... (the names of the two-conv block's checkpoints)
+            conv = nn.Conv2d(channels, channels, 3, padding=1)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.constant_(conv.bias, 0)
+            setattr(self, f"conv{i + 1}", conv)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.conv2(F.relu(self.conv1(x)))
+        y = x
+        for i in range(self.depth):
+            y = getattr(self, f"conv{i + 1}")(y if i == 0 else F.relu(y))
         return x + y if self.residual else F.relu(y)
 
 
@@ -196,25 +203,57 @@ class JointRoIPath(nn.Module):
     frame, image_shapes) -> [sum R_i, C, k, k].
     """
 
-    def __init__(self, channels: int, output_size: int, refine: str = "residual") -> None:
+    def __init__(self, channels: int, output_size: int, refine: str = "residual", refine_convs: int = 2) -> None:
         super().__init__()
         self.pool = MultiScaleRoIAlign(FPN_LEVELS, output_size=output_size, sampling_ratio=2)
-        self.refine = BoundaryRefinement(channels, refine) if refine != "none" else nn.Identity()
+        self.refine = BoundaryRefinement(channels, refine, refine_convs) if refine != "none" else nn.Identity()
 
     def forward(self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         return self.refine(self.pool(features, boxes, image_shapes))
 
 
-class EnrichedBoxHead(TwoMLPHead):
-    """Box branch on the 14x14 joint features: 2x2 max-pool to 7x7, then Mask R-CNN's two FC layers.
+class EnrichedBoxHead(nn.Module):
+    """Box branch that reads the 14x14 joint features (Enriched Feature), [R, C, 14, 14] -> [R, representation_size].
 
-    [R, C, 14, 14] -> [R, representation_size]. Inferred: the paper does not say how the box branch reads
-    14x14 features; flattening them would quadruple fc6 (+38.5M parameters at C = 256), so the refined
-    map is max-pooled back to 7x7 and fc6/fc7 keep Mask R-CNN's shapes (and state-dict names).
+    form "strided" (default): `convs` 3x3 convs C -> C + ReLU (default 1), the last with stride 2, so the
+    learned layer sees every position of the 14x14 map and hands 7x7 to Mask R-CNN's two FC layers
+    (fc6 on C x 7 x 7, fc7). "conv": `convs` 3x3 convs at 14x14, then 2x2 max-pool to 7x7 and fc6 / fc7.
+    "flatten": fc6 straight on the flattened C x 14 x 14 map (4x fc6). "pool": the 2x2 max-pool alone,
+    no learned layer at 14x14 (the earlier form; kept for comparison).
+    Inferred: the paper says only that the enlarged 14x14 RoI features feed both predictions through one
+    unified path, at a slightly higher cost for the box branch. Costs at C = 256, R50, per RoI (the box
+    branch sees all 1000 test proposals; benchmarks/bench_ejhead_box.py): strided +0.59M parameters,
+    +0.029 GMAC; conv (2 convs) +1.18M, +0.231 GMAC; flatten +38.5M, +0.038 GMAC.
+    fc6 / fc7 keep TwoMLPHead's names and shapes except in "flatten".
     """
 
+    def __init__(self, channels: int, representation_size: int, form: str = "strided", convs: int = 1) -> None:
+        super().__init__()
+        if form not in BOX_HEADS:
+            raise UserError(f"unknown enriched box head {form!r}; valid: {', '.join(BOX_HEADS)}")
+        self.form = form
+        self.convs = nn.ModuleList()
+        if form in ("conv", "strided"):
+            n = int(convs)
+            if n < 1:
+                raise UserError(f"box_convs must be at least 1 for box_head = {form!r}, got {convs}")
+            for i in range(n):
+                stride = 2 if form == "strided" and i == n - 1 else 1
+                conv = nn.Conv2d(channels, channels, 3, stride=stride, padding=1)
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.constant_(conv.bias, 0)
+                self.convs.append(conv)
+        side = 14 if form == "flatten" else 7
+        self.fc6 = nn.Linear(channels * side * side, representation_size)
+        self.fc7 = nn.Linear(representation_size, representation_size)
+
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(F.max_pool2d(x, 2))
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        if self.form in ("conv", "pool"):
+            x = F.max_pool2d(x, 2)
+        x = F.relu(self.fc6(x.flatten(start_dim=1)))
+        return F.relu(self.fc7(x))
 
 
 def interleaved_mask_rois(
@@ -343,24 +382,30 @@ class EJRoIHeads(RoIHeads):
 
 def build_ej_head(
     channels: int, num_classes: int, *, interleave: bool = True, enriched: bool = True, refine: str = "residual",
-    interleave_iou: float = 0.5, representation_size: int = 1024, mask_channels: int = 256, **sampling: Any,
+    interleave_iou: float = 0.5, representation_size: int = 1024, mask_channels: int = 256,
+    refine_convs: int = 2, box_head: str = "strided", box_convs: int = 1, **sampling: Any,
 ) -> EJRoIHeads:  # fmt: skip
     """EJ-Head for `num_classes` (background included) on `channels`-wide pyramid levels.
 
     With `enriched` one 14x14 joint path (pooler + refinement) feeds both branches — the "unified path";
     without it the joint path is the box branch's 7x7 one and the mask branch keeps Mask R-CNN's own
     14x14 pooler (inferred: Boundary Refinement then refines the box path only). With every switch off
-    this is Mask R-CNN's head, parameter for parameter.
+    this is Mask R-CNN's head, parameter for parameter. With `enriched` the box branch reads the 14x14
+    joint features through `EnrichedBoxHead` (`box_head` = "strided" | "conv" with `box_convs` 3x3
+    convs, "flatten" or "pool"); `refine_convs` is the depth of the refinement block (Table 5's deeper stacks).
     """
     size = 14 if enriched else 7
-    joint = JointRoIPath(channels, size, refine)
-    box_head = (EnrichedBoxHead if enriched else TwoMLPHead)(channels * 7 * 7, representation_size)
+    joint = JointRoIPath(channels, size, refine, refine_convs)
+    if enriched:
+        head: nn.Module = EnrichedBoxHead(channels, representation_size, box_head, box_convs)
+    else:
+        head = TwoMLPHead(channels * 7 * 7, representation_size)
     if enriched:
         mask = (joint, MaskRCNNHeads(channels, [mask_channels] * 4, 1), MaskRCNNPredictor(mask_channels, mask_channels, num_classes))
     else:
         mask = standard_mask_branch(channels, num_classes, mask_channels)
     return EJRoIHeads(
-        joint, box_head, FastRCNNPredictor(representation_size, num_classes), *mask,
+        joint, head, FastRCNNPredictor(representation_size, num_classes), *mask,
         interleave=interleave, interleave_iou=interleave_iou, **sampling,
     )  # fmt: skip
 
@@ -377,6 +422,9 @@ def build_safpn(
     enriched: bool = True,
     refine: str = "residual",
     interleave_iou: float = 0.5,
+    refine_convs: int = 2,
+    box_head: str = "strided",
+    box_convs: int = 1,
     trainable_layers: int | None = None,
     fpn_channels: int = 256,
     representation_size: int = 1024,
@@ -404,12 +452,17 @@ def build_safpn(
     "concat" | "add" (SA-FPN only). ej_head = false: Mask R-CNN's box and mask heads (the three switches
     below are then unused). interleave: mask RoIs in training = refined boxes with IoU >= interleave_iou to
     a ground truth; enriched: 14x14 joint RoI features shared by both branches; refine: "residual"
-    (Boundary Refinement) | "stacked" (two plain convs, Table 5) | "none".
+    (Boundary Refinement) | "stacked" (plain convs, Table 5) | "none"; refine_convs: the depth of that block
+    (2; Table 5's deeper plain stacks: 4, inferred). box_head: how the box branch reads the 14x14 joint
+    features with `enriched` — "strided" (`box_convs` 3x3 convs, the last stride 2, 14x14 -> 7x7, then
+    fc6/fc7), "conv" (`box_convs` 3x3 convs at 14x14, then 2x2 max-pool), "flatten" (fc6 on 14x14) or
+    "pool" (max-pool to 7x7 only).
     Inferred (the paper gives figures, not layer lists): BU/BUF-FPN start from their own lateral 1x1
     convs and end each level with a 3x3 conv; BUF's deeper neighbour is its lateral map; SA-FPN reduces
-    per level; the box branch max-pools the 14x14 joint features to 7x7 before fc6; without Enriched
-    Feature the mask branch keeps its own pooler; interleaved RoIs are capped at the positives' quota
-    (128 of 512). Parameters (COCO, R50): Mask R-CNN 44.4M, +SA-FPN 50.0M, +EJ-Head 45.6M, both 51.2M.
+    per level; the box branch reads the 14x14 joint features through a 3x3 stride-2 conv before fc6;
+    without Enriched Feature the mask branch keeps its own pooler; interleaved RoIs are capped at the
+    positives' quota (128 of 512). Parameters (COCO, R50): Mask R-CNN 44.4M, +SA-FPN 50.0M, +EJ-Head
+    46.2M, both 51.8M (the paper reports none).
     Tiny configuration: `build_safpn(**safpn.TINY)`.
     """
     if neck not in NECKS:
@@ -418,6 +471,10 @@ def build_safpn(
         raise UserError(f"unknown SA-FPN fusion {fuse!r}; valid: {', '.join(FUSES)}")
     if refine not in REFINES:
         raise UserError(f"unknown boundary refinement {refine!r}; valid: {', '.join(REFINES)}")
+    if box_head not in BOX_HEADS:
+        raise UserError(f"unknown enriched box head {box_head!r}; valid: {', '.join(BOX_HEADS)}")
+    if int(box_convs) < 1 or int(refine_convs) < 1:
+        raise UserError(f"box_convs and refine_convs must be at least 1, got {box_convs} and {refine_convs}")
     if int(num_det_classes) < 1:
         raise UserError(f"num_det_classes must be at least 1, got {num_det_classes}")
     if not 0.0 < interleave_iou <= 1.0:
@@ -437,7 +494,7 @@ def build_safpn(
         roi_heads: RoIHeads = build_ej_head(
             fpn_channels, num_classes, interleave=interleave, enriched=enriched, refine=refine,
             interleave_iou=interleave_iou, representation_size=representation_size, mask_channels=mask_channels,
-            **sampling,
+            refine_convs=refine_convs, box_head=box_head, box_convs=box_convs, **sampling,
         )  # fmt: skip
     else:
         roi_heads = build_roi_heads(

@@ -59,3 +59,45 @@ def test_quickstart_trains_evaluates_and_draws(tmp_path: Path, capsys: pytest.Ca
     assert run(["quickstart", "--workdir", str(work), *TINY, "--set", "train.lr=0.01"]) == 2
     assert "--force" in capsys.readouterr().err
     assert last.stat().st_mtime_ns == stamp
+
+
+def test_quickstart_evaluates_only_what_the_model_gives(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A segmentation-only family gets mIoU and no detection metric (it used to fail on voc07)."""
+    work = tmp_path / "qs"
+    assert run(["quickstart", "--workdir", str(work), *TINY, "--recipe", "ladderdensenet-tiny-synthetic"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((work / "runs" / "ladderdensenet-tiny-synthetic" / "eval" / "val.json").read_text())
+    assert list(result["metrics"]) == ["miou"]
+    assert "mIoU" in out and "mAP@0.5" not in out and ">= 0.70" in out
+    timing = json.loads((work / "runs" / "ladderdensenet-tiny-synthetic" / "timing.json").read_text())
+    assert timing["iterations"] == 4 and timing["cpu_s"] > 0 and timing["wall_s"] > 0
+
+
+def test_quickstart_all_trains_each_tiny_recipe_and_prints_one_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mtlcli.cli.quickstart as qs
+
+    assert {"ivanet-tiny-synthetic", "ssd300-tiny-synthetic", "ladderdensenet-tiny-synthetic", "imtl-tiny-synthetic",
+            "datnet-tiny-synthetic", "safpn-ejhead-tiny-synthetic"} <= set(qs.tiny_recipes())
+    monkeypatch.setattr(qs, "tiny_recipes", lambda: ["ivanet-tiny-synthetic", "ladderdensenet-tiny-synthetic"])
+    work = tmp_path / "qs"
+    assert run(["quickstart", "--workdir", str(work), *TINY, "--all"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("quickstart --all"):]
+    assert "ivanet-tiny-synthetic" in table and "ladderdensenet-tiny-synthetic" in table and "CPU min" in table
+    rows = json.loads((work / "learning.json").read_text())
+    assert [r["recipe"] for r in rows] == ["ivanet-tiny-synthetic", "ladderdensenet-tiny-synthetic"]
+    assert set(rows[0]["metrics"]) == {"miou", "voc07"} and set(rows[1]["metrics"]) == {"miou"}
+    assert rows[1]["floors"] == {"miou": 0.70}
+
+    assert run(["quickstart", "--workdir", str(work), *TINY, "--all", "--recipe", "ivanet-tiny-synthetic"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_supported_metrics_follow_the_outputs() -> None:
+    from mtlcli.cli.quickstart import supported_metrics
+
+    assert supported_metrics({"sem_seg": 0}) == ["miou"]
+    assert supported_metrics({"boxes": 0, "scores": 0, "labels": 0}) == ["voc07"]
+    assert supported_metrics({"boxes": 0, "masks": 0, "sem_seg": 0}) == ["miou", "voc07", "coco-bbox", "coco-segm"]

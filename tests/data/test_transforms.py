@@ -214,3 +214,21 @@ def test_pipelines_on_prepared_cityscapes(synthetic_prepared: Path, name: str, o
             if not crowd:
                 under = t["semantic"][mask.bool()]
                 assert (under == ds.seg_classes.index(ds.det_classes[label - 1])).float().mean() > 0.8
+
+
+def test_color_jitter_changes_colours_not_geometry():
+    """color_jitter (DATNet's "random color jitter") changes the pixels, never the boxes or the size."""
+    from torchvision import tv_tensors
+
+    from mtlcli.data.transforms import build_transforms
+
+    torch.manual_seed(0)
+    img = tv_tensors.Image(torch.rand(3, 40, 60))
+    target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor([[5.0, 5.0, 30.0, 25.0]]), format="XYXY", canvas_size=(40, 60)),
+              "labels": torch.tensor([1])}
+    jitter = build_transforms("cityscapes", True, flip=False, color_jitter=0.4)
+    out, t = jitter(img, dict(target))
+    assert out.shape == img.shape and torch.equal(t["boxes"], target["boxes"])
+    assert not torch.allclose(out, img, atol=1e-2)
+    plain, _ = build_transforms("cityscapes", True, flip=False)(img, dict(target))
+    torch.testing.assert_close(plain, img, atol=1 / 255, rtol=0)

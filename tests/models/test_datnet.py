@@ -20,6 +20,7 @@ from mtlcli.models.datnet import (
     dense_focal_loss,
     logits_to_original,
 )
+from tests.models.training import short_run
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 MASK_RCNN_LOSSES = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
@@ -204,13 +205,27 @@ def test_bad_arguments_are_user_errors():
 @pytest.mark.parametrize(
     "kw,paper",
     [(dict(head="light"), 62.3e6), (dict(head="heavy"), 59.9e6),
-     (dict(head="standard", mspwa=False, dt_weight=0.0, seg_weight=0.0), 44.4e6)],
+     (dict(head="standard", mspwa=False, dt_weight=0.0, seg_weight=0.0), 44.4e6),
+     # Table 7's ResNeXt-101 32x8d rows
+     (dict(head="light", backbone="resnext101_32x8d"), 139.2e6), (dict(head="heavy", backbone="resnext101_32x8d"), 136.8e6),
+     (dict(head="standard", mspwa=False, dt_weight=0.0, seg_weight=0.0, backbone="resnext101_32x8d"), 107.4e6)],
 )  # fmt: skip
 def test_full_configuration_parameter_counts(kw, paper):
     with torch.device("meta"):
         model = build_datnet(num_det_classes=80, num_seg_classes=81, **kw)
     count = sum(p.numel() for p in model.parameters())
-    assert abs(count / paper - 1) < 0.10, f"{count / 1e6:.1f}M vs the paper's {paper / 1e6:.1f}M"
+    assert abs(count / paper - 1) < 0.01, f"{count / 1e6:.2f}M vs the paper's {paper / 1e6:.1f}M"
+
+
+def test_heavy_mask_head_is_the_c4_predictor_with_14x14_masks():
+    """Mask R-CNN's C4 predictor after the shared res5: deconv 2x2 stride 2 + ReLU, then a 1x1 conv."""
+    model = tiny(head="heavy").eval()
+    kinds = [type(m).__name__ for m in model.roi_heads.mask_predictor]
+    assert kinds == ["ConvTranspose2d", "ReLU", "Conv2d"]
+    deconv, last = model.roi_heads.mask_predictor[0], model.roi_heads.mask_predictor[2]
+    assert deconv.kernel_size == (2, 2) and deconv.stride == (2, 2) and last.kernel_size == (1, 1)
+    x = torch.rand(3, model.roi_heads.box_head.out_channels, 7, 7)
+    assert tuple(model.roi_heads.mask_predictor(x).shape) == (3, 3, 14, 14)
 
 
 def test_heavy_shares_res5_between_box_and_mask():
@@ -228,23 +243,27 @@ def test_short_run_on_synthetic_data_lowers_the_loss(synthetic_prepared):
         num_det_classes=len(ds.det_classes), num_seg_classes=len(ds.seg_classes), seg_background_index=-1,
         **{**TINY, "min_size": 64, "max_size": 128},
     ).train()  # fmt: skip
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-
-    def total(step: bool) -> float:
-        torch.manual_seed(0)  # the same anchors / RoIs are sampled at every measurement
-        loss = sum(model(images, targets).values())
-        if step:
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return loss.item()
-
-    torch.manual_seed(0)
-    before = total(step=False)
-    for _ in range(12):
-        total(step=True)
-    after = total(step=False)
+    before, after = short_run(model, images, targets, 12, lr=0.01, measure=True)
     assert after < 0.8 * before, (before, after)
+
+
+def test_continuous_multi_scale_training_sizes():
+    """min_size = "LO-HI" draws any short side in the range during training (DATNet's MST); evaluation
+    keeps its own scale."""
+    from mtlcli.models.rcnn import RCNNTransform
+
+    t = RCNNTransform("400-1200", 1400, 800, 1333).train()
+    torch.manual_seed(0)
+    sizes = {t.torch_choice(t.min_size) for _ in range(200)}
+    assert min(sizes) >= 400 and max(sizes) <= 1200 and len(sizes) > 100  # not a 9-value list
+    img = torch.rand(3, 100, 120)
+    torch.manual_seed(1)
+    out, _ = t.resize(img, None)
+    assert 400 <= min(out.shape[-2:]) <= 1200
+    t.eval()
+    assert min(t.resize(img, None)[0].shape[-2:]) == 800
+    with pytest.raises(UserError, match="LO-HI"):
+        RCNNTransform("400-x", 1400, 800, 1333)
 
 
 def test_shipped_two_stage_recipes_build():
@@ -253,7 +272,8 @@ def test_shipped_two_stage_recipes_build():
 
     names = sorted(p.stem for pattern in ("datnet*.toml", "maskrcnn*.toml", "fasterrcnn*.toml") for p in RECIPES.glob(pattern))
     assert {"datnet-light-r50-coco", "datnet-heavy-r50-coco-mst", "datnet-light-r50-voc", "maskrcnn-r50-coco",
-            "fasterrcnn-r50-voc", "datnet-tiny-synthetic", "datnet-t5-heavy-sum4conv-r50-coco"} <= set(names)
+            "fasterrcnn-r50-voc", "datnet-tiny-synthetic", "datnet-t5-heavy-sum4conv-r50-coco",
+            "datnet-light-x101-coco", "datnet-heavy-x101-coco", "maskrcnn-x101-coco"} <= set(names)
     for name in names:
         recipe = load_recipe(name)
         kwargs = {k: v for k, v in recipe["model"].items() if k != "name"}
@@ -266,8 +286,9 @@ def test_shipped_two_stage_recipes_build():
 
 
 def test_res5_head_starts_from_the_trunks_layer4(tmp_path):
-    """With MSPwA the pooled width (4 x FPN channels) equals layer4's input, so res5 is a copy of the
-    (ImageNet) layer4; with another width it is a fresh stage."""
+    """Table 3's res5 rows: with MSPwA (pooled width 4 x FPN channels = layer4's input) and without it
+    (FPN width) the res5 head is the same ImageNet layer4; only the convs reading the RoI features (the
+    first block's conv1 and downsample conv) differ, by their input width."""
     import torchvision
 
     torch.manual_seed(1)
@@ -278,5 +299,12 @@ def test_res5_head_starts_from_the_trunks_layer4(tmp_path):
     res5 = model.roi_heads.box_head.res5
     torch.testing.assert_close(res5[0].conv1.weight, weights["layer4.0.conv1.weight"])
     assert res5 is not model.backbone.body.layer4  # its own weights, not shared with the trunk
-    fresh = build_datnet(num_det_classes=2, num_seg_classes=SEG_CLASSES, **{**kw, "mspwa": False}).roi_heads.box_head.res5
-    assert fresh[0].conv1.in_channels == 64 and isinstance(fresh[0].bn1, torch.nn.BatchNorm2d)
+    plain = build_datnet(num_det_classes=2, num_seg_classes=SEG_CLASSES, **{**kw, "mspwa": False}).roi_heads.box_head.res5
+    assert plain[0].conv1.in_channels == 64 and plain[0].downsample[0].in_channels == 64
+    a, b = res5.state_dict(), plain.state_dict()
+    assert a.keys() == b.keys()
+    differ = {k for k in a if a[k].shape != b[k].shape or not torch.equal(a[k], b[k])}
+    assert differ == {"0.conv1.weight", "0.downsample.0.weight"}
+    for k in a.keys() - differ:  # the same ImageNet weights and frozen statistics, in both
+        torch.testing.assert_close(a[k], weights[f"layer4.{k}"])
+    assert type(plain[0].bn1) is type(res5[0].bn1)  # the trunk's (frozen) norm, not a fresh trainable BN

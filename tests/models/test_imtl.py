@@ -81,8 +81,9 @@ def test_network_shapes_and_strides():
     with torch.no_grad():
         raw = model.network(torch.zeros(2, 3, 64, 128))
     assert tuple(raw["logits"].shape) == (2, 5, 64, 128)
-    assert tuple(raw["aux1"].shape) == (2, 5, 8, 16)
-    assert tuple(raw["aux2"].shape) == (2, 5, 16, 32)
+    assert tuple(raw["aux1"].shape) == (2, 5, 16, 32)  # AdapNet++: aux1 (weight 0.6) at stride 4
+    assert tuple(raw["aux2"].shape) == (2, 5, 8, 16)  # aux2 (0.5) at stride 8
+    assert model.aux_weights == (0.6, 0.5)
     assert [tuple(d.shape) for d in raw["det"]] == [(2, 3, 8, 4, 8)] * 3  # 3 anchors x (4 + 1 + 3) at stride 16
 
 
@@ -211,8 +212,43 @@ def test_recipe_label_map_gives_the_papers_classes():
 
 
 def test_full_model_parameter_count_matches_the_paper():
-    n = sum(p.numel() for p in build_model("imtl").parameters())
-    assert abs(n - 37.9e6) <= 0.1 * 37.9e6, n
+    with torch.device("meta"):
+        n = sum(p.numel() for p in build_model("imtl", anchors=ANCHORS).parameters())
+    assert abs(n - 37.9e6) <= 0.03 * 37.9e6, n
+
+
+def test_detector_reads_both_decoder_levels():
+    """The paper's multi-level features: the detector's output depends on the stride-8 up-step + skip
+    map as well as the stride-4 one (the single-level form does not read it)."""
+    model = tiny().eval()
+    feats = {}
+    with torch.no_grad():
+        s1, s2, s4 = model.encoder(torch.rand(1, 3, 64, 128))
+        b = model.bottleneck(s4)
+        seg = model.decoder(b, s1, s2)
+        assert tuple(seg["up1_skip"].shape[-2:]) == (8, 16) and tuple(seg["up2_skip"].shape[-2:]) == (16, 32)
+        base = model.detector(seg["up2_skip"], b, seg["up1_skip"])
+        other = model.detector(seg["up2_skip"], b, torch.rand_like(seg["up1_skip"]))
+    assert not torch.allclose(base[0], other[0])
+    single = tiny(detector_levels=1)
+    assert sum(p.numel() for p in single.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_dropout_in_block4_and_just_before_the_trident_block():
+    model = build_imtl(num_det_classes=3, num_seg_classes=5, anchors=ANCHORS, **{**TINY, "dropout": 0.5})
+    block4_drops = [m.p for m in model.encoder.block4.modules() if isinstance(m, torch.nn.Dropout)]
+    assert block4_drops == [0.5]
+    order = []
+    for name, m in model.detector.named_modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.register_forward_hook(lambda *_: order.append("dropout"))
+    model.detector.trident[0].register_forward_pre_hook(lambda *_: order.append("trident"))
+    model.detector.entry.register_forward_hook(lambda *_: order.append("entry"))
+    with torch.no_grad():
+        model.eval().network(torch.rand(1, 3, 64, 128))
+    assert order[:3] == ["entry", "dropout", "trident"]
+    full = [m.p for m in build_imtl(anchors=ANCHORS, width=8).encoder.block4.modules() if isinstance(m, torch.nn.Dropout)]
+    assert full == [0.5] and isinstance(build_imtl(anchors=ANCHORS, width=8).encoder.block4[2].dropout, torch.nn.Dropout)
 
 
 def test_anchors_from_file_rescaled_and_sorted(tmp_path):
@@ -227,7 +263,7 @@ def test_anchors_from_file_rescaled_and_sorted(tmp_path):
         load_anchors([[1, 2], [3, 4]], (64, 128))
 
 
-def test_encoder_weights_from_a_local_file(tmp_path):
+def test_encoder_weights_from_a_local_file(tmp_path, monkeypatch):
     source = tiny()
     path = tmp_path / "encoder.pth"
     torch.save({f"encoder.{k}": v for k, v in source.encoder.state_dict().items()}, path)
@@ -236,7 +272,36 @@ def test_encoder_weights_from_a_local_file(tmp_path):
                        **{k: v for k, v in TINY.items()})
     for key, value in source.encoder.state_dict().items():
         torch.testing.assert_close(model.encoder.state_dict()[key], value)
-    with pytest.raises(UserError, match="pre-activation"):
+    monkeypatch.setitem(__import__("sys").modules, "timm", None)  # timm not installed: one clear line
+    with pytest.raises(UserError, match="pip install timm"):
         build_imtl(pretrained_backbone=True, **TINY)
     with pytest.raises(UserError, match="do not fit"):
         build_imtl(pretrained_backbone=str(path), **{**TINY, "width": 16})
+
+
+def test_timm_resnetv2_50_keys_map_onto_the_encoder(tmp_path):
+    """timm's resnetv2_50 (randomly initialised: no download) saved to a local file loads into the
+    full-size encoder: every tensor lands, a multiscale unit's 3x3 is the two halves of timm's, and
+    with the multiscale dilation set to 1 the first two blocks compute exactly what timm's stages do."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    ref = timm.create_model("resnetv2_50", pretrained=False).eval()
+    path = tmp_path / "resnetv2_50.pth"
+    torch.save(ref.state_dict(), path)
+    model = build_imtl(anchors=ANCHORS, pretrained_backbone=str(path), multiscale_dilation=1).eval()
+    enc, sd = model.encoder.state_dict(), ref.state_dict()
+    torch.testing.assert_close(enc["stem.0.weight"], sd["stem.conv.weight"])
+    torch.testing.assert_close(enc["post.0.running_var"], sd["norm.running_var"])
+    torch.testing.assert_close(enc["block4.0.shortcut.weight"], sd["stages.3.blocks.0.downsample.conv.weight"])
+    multi = torch.cat([enc["block3.4.conv2.0.weight"], enc["block3.4.conv2.1.weight"]])
+    torch.testing.assert_close(multi, sd["stages.2.blocks.4.conv2.weight"])
+    mapped = sum(v.numel() for k, v in sd.items() if not k.startswith("head."))
+    assert mapped == sum(v.numel() for v in enc.values())  # nothing left at its initialisation
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        s1, s2, _ = model.encoder(x)
+        t = ref.stem(x)
+        t1 = ref.stages[0](t)
+        t2 = ref.stages[1](t1)
+    torch.testing.assert_close(s1, t1)
+    torch.testing.assert_close(s2, t2)

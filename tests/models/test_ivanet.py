@@ -238,3 +238,17 @@ def test_the_tiny_synthetic_recipe_builds_for_rectangular_street_scenes():
         (result,) = model([torch.rand(3, 256, 512)])
     assert result["sem_seg"].shape == (19, 256, 512)
     assert (result["boxes"][:, 2] <= 512).all() and (result["boxes"][:, 3] <= 256).all()
+
+
+def test_tiny_ssd300_keeps_the_default_boxes_with_narrow_convs():
+    torch.manual_seed(0)
+    model = build_ssd300_vgg16(num_det_classes=2, width_divisor=8).eval()
+    assert model.default_boxes.shape == (8732, 4)  # SSD300's, as at full width
+    assert model.body.scale_weight.shape == (64,)
+    assert max(m.out_channels for m in model.body.modules() if isinstance(m, torch.nn.Conv2d)) == 128
+    with torch.no_grad():
+        (out,) = model([torch.rand(3, 90, 160)])
+    assert out["boxes"].shape[1] == 4 and (out["boxes"][:, 2] <= 160 + 1e-3).all()
+    for kw, message in [({"width_divisor": 3}, "width_divisor"), ({"width_divisor": 8, "pretrained_backbone": True}, "full VGG16")]:
+        with pytest.raises(UserError, match=message):
+            build_ssd300_vgg16(**kw)

@@ -24,6 +24,7 @@ from mtlcli.models.safpn import (
     build_safpn,
     interleaved_mask_rois,
 )
+from tests.models.training import short_run
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 LOSSES = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
@@ -286,9 +287,16 @@ def test_switches_add_the_parameters_they_describe():
         mask_rcnn = sum(p.numel() for p in build_maskrcnn().parameters())
     assert count(neck="td", ej_head=False) == mask_rcnn  # 44.4M
     conv3 = 9 * c * c + c
-    assert count(neck="td", interleave=True, enriched=True, refine="none") == mask_rcnn  # Int and EF are free
-    assert count(neck="td", refine="residual") - mask_rcnn == 2 * conv3  # BR: two 3x3 convs
+    # Int is free; EF's box branch adds one 3x3 stride-2 conv (two 3x3 convs in the "conv" form, nothing
+    # when it only max-pools)
+    assert count(neck="td", interleave=True, enriched=True, refine="none") == mask_rcnn + conv3
+    assert count(neck="td", refine="none", box_head="conv", box_convs=2) == mask_rcnn + 2 * conv3
+    assert count(neck="td", enriched=True, refine="none", box_head="pool") == mask_rcnn
+    fc6_14 = (c * 14 * 14 - c * 7 * 7) * 1024  # fc6 on the flattened 14x14 map instead of 7x7
+    assert count(neck="td", refine="none", box_head="flatten") == mask_rcnn + fc6_14
+    assert count(neck="td", refine="residual") - mask_rcnn == 3 * conv3  # + BR: two 3x3 convs
     assert count(neck="td", refine="stacked") == count(neck="td", refine="residual")
+    assert count(neck="td", refine="stacked", refine_convs=4) - mask_rcnn == 5 * conv3  # Table 5's deeper stack
     lateral = sum(cin * c + c for cin in (256, 512, 1024, 2048))
     bottom_up = lateral + 3 * conv3 + 4 * conv3  # laterals, three stride-2 convs, four output convs
     assert count(neck="buf", ej_head=False) == mask_rcnn - (lateral + 4 * conv3) + bottom_up  # replaces TD
@@ -296,8 +304,47 @@ def test_switches_add_the_parameters_they_describe():
     assert count(neck="safpn", ej_head=False) == mask_rcnn + bottom_up + 4 * (2 * c * c + c)
 
 
+def test_box_branch_reads_the_14x14_joint_features():
+    """Enriched Feature: the box branch's first learned layer sees the joint path's 14x14 RoI features
+    (not a 7x7 max-pool of them), and its output changes when only the 14x14 detail inside a 2x2 cell
+    changes (a max-pool to 7x7 first would be blind to it)."""
+    model = tiny(neck="td").eval()
+    head = model.roi_heads.box_head
+    seen = []
+    first = head.convs[0]
+    first.register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape[-2:])))
+    img, _ = scene()
+    with torch.no_grad():
+        model([img])
+    assert seen and seen[0] == (14, 14)
+    assert head.convs[0].stride == (2, 2)
+    x = torch.rand(2, TINY["fpn_channels"], 14, 14)
+    y = x.clone()
+    y[:, :, 0, 0], y[:, :, 0, 1] = x[:, :, 0, 1], x[:, :, 0, 0]  # swap two pixels of one 2x2 cell
+    pooled = build_safpn(num_det_classes=2, **{**TINY, "box_head": "pool"}).roi_heads.box_head
+    with torch.no_grad():
+        torch.testing.assert_close(pooled(x), pooled(y))  # the old form cannot see it
+        assert not torch.allclose(head(x), head(y))
+        for form in ("conv", "flatten"):
+            other = build_safpn(num_det_classes=2, **{**TINY, "box_head": form}).roi_heads.box_head
+            assert not torch.allclose(other(x), other(y))
+
+
+def test_deeper_plain_stacks_of_table5():
+    torch.manual_seed(0)
+    block = BoundaryRefinement(4, "stacked", convs=4)
+    x = torch.randn(2, 4, 14, 14)
+    with torch.no_grad():
+        y = x
+        for conv in (block.conv1, block.conv2, block.conv3, block.conv4):
+            y = torch.relu(conv(y))
+        torch.testing.assert_close(block(x), y)
+    assert set(BoundaryRefinement(4, "residual").state_dict()) == {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"}
+
+
 def test_bad_arguments_are_user_errors():
     for kw, word in [(dict(neck="bifpn"), "neck"), (dict(fuse="mul"), "fusion"), (dict(refine="deep"), "refinement"),
+                     (dict(box_head="mlp"), "box head"), (dict(refine_convs=0), "refine_convs"), (dict(box_convs=0), "box_convs"),
                      (dict(num_det_classes=0), "num_det_classes"), (dict(interleave_iou=1.5), "interleave_iou")]:  # fmt: skip
         with pytest.raises(UserError, match=word):
             build_safpn(**kw)
@@ -312,21 +359,7 @@ def test_short_run_on_synthetic_data_lowers_the_loss(synthetic_prepared):
     images, targets = collate([ds[i] for i in range(2)])
     torch.manual_seed(0)
     model = build_safpn(num_det_classes=len(ds.det_classes), **{**TINY, "min_size": 64, "max_size": 128}).train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-
-    def total(step: bool) -> float:
-        torch.manual_seed(0)  # the same anchors / RoIs are sampled at every measurement
-        loss = sum(model(images, targets).values())
-        if step:
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return loss.item()
-
-    before = total(step=False)
-    for _ in range(12):
-        total(step=True)
-    after = total(step=False)
+    before, after = short_run(model, images, targets, 12, lr=0.01, measure=True)
     assert after < 0.8 * before, (before, after)
 
 
