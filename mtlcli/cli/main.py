@@ -30,6 +30,8 @@ _GROUPS = [
     ("mtlcli.cli.benchmark", None),
     ("mtlcli.cli.quickstart", None),
     ("mtlcli.cli.anchors", None),
+    ("mtlcli.cli.predict", None),
+    ("mtlcli.cli.export", None),
 ]
 
 

@@ -350,6 +350,13 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     train_ds, val_ds = build_datasets(recipe, data_root(recipe))
     recipe = with_class_counts(recipe, train_ds)
     model = build(recipe)
+    from mtlcli.engine.finetune import check_class_counts, init_weights
+    from mtlcli.engine.modelcard import model_card, weights_only_state
+
+    card = model_card(train_ds)
+    check_class_counts(recipe, card)
+    if not resume:
+        init_weights(model, recipe, card, print if main and progress else None)
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     if cfg["sync_bn"] and info.distributed and device.type == "cpu":
         raise UserError("train.sync_bn = true needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel) — "
@@ -405,9 +412,10 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
         state = {
             "model": core.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict(), "iteration": iteration, "rng": rngs, "best": best, "recipe": recipe,
+            "classes": card,
         }
-        for name in names:
-            save_checkpoint(ckpt_dir / name, state)
+        for name in names:  # best.pt: weights only; last.pt: everything --resume needs
+            save_checkpoint(ckpt_dir / name, weights_only_state(state) if name == "best.pt" else state)
         state_at["iteration"] = iteration
 
     def evaluate_now(iteration: int) -> dict[str, float]:
