@@ -113,6 +113,9 @@ def export_size(model: nn.Module, size: tuple[int, int] | None) -> tuple[int, in
         raise UserError("give the export size with --size HxW")
     if h < 16 or w < 16 or h > 8192 or w > 8192:
         raise UserError(f"--size {h}x{w} is out of range; give HxW between 16 and 8192 pixels")
+    if hasattr(model, "default_boxes") and (h, w) != tuple(model.input_size):
+        raise UserError(f"--size {h}x{w}: this model's default boxes are laid out for {model.input_size[0]}x"
+                        f"{model.input_size[1]}; export it at that size (drop --size)")
     if hasattr(model, "transform") and (h % 32 or w % 32):
         raise UserError(f"--size {h}x{w}: two-stage models need sides that are multiples of 32")
     return int(h), int(w)
