@@ -25,6 +25,14 @@ def ivanet_run(synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactor
     return run
 
 
+@pytest.fixture(scope="session")
+def ivanet_model(ivanet_run: Path):
+    """`load_model(ivanet_run)` (read-only)."""
+    from mtlcli import load_model
+
+    return load_model(ivanet_run)
+
+
 def write_image(path: Path, size: tuple[int, int], mode: str = "RGB", seed: int = 0) -> Path:
     """A random image of `size` (H, W) in `mode`, in the format of the file's suffix."""
     rng = np.random.default_rng(seed)
