@@ -45,8 +45,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise UserError(f"--weights {path} does not exist — give a checkpoint (RUN/checkpoints/best.pt) or a state dict file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, KeyError, IndexError,
+            TypeError, AttributeError) as exc:  # a file that is no pickle fails in many ways
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0] if not isinstance(exc, KeyError) else "not a pickle"
         raise UserError(f"--weights {path} cannot be read ({first}) — give a PyTorch state dict or an mtl checkpoint") from None
     card = None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):

@@ -356,7 +356,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     card = model_card(train_ds)
     check_class_counts(recipe, card)
     if not resume:
-        init_weights(model, recipe, card, print if main and progress else None)
+        init_weights(model, recipe, card, print if main else None)
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     if cfg["sync_bn"] and info.distributed and device.type == "cpu":
         raise UserError("train.sync_bn = true needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel) — "
