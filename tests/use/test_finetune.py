@@ -71,6 +71,19 @@ def test_finetune_19_classes_to_3_and_predict(ivanet_run, custom_data, tmp_path,
     names = {c["id"]: c["name"] for c in images["categories"]}
     assert dets and all(names[d["category_id"]] == d["category_name"] for d in dets)  # original ids
 
+    # eval --save-predictions writes the source's image and category ids; --predictions reads them back
+    saved = tmp_path / "saved"
+    assert run_cli(["eval", "--run", str(run), "--data", str(custom_data), "--metric", "coco-bbox",
+                    "--save-predictions", str(saved), "-q"]) == 0
+    results = json.loads((saved / "detections.json").read_text())
+    assert results and {r["image_id"] for r in results} <= {101, 205} and {r["category_id"] for r in results} <= {3, 7, 12}
+    capsys.readouterr()
+    assert run_cli(["eval", "--predictions", str(saved), "--data", str(custom_data), "--metric", "coco-bbox",
+                    "--out", str(tmp_path / "again.json"), "-q"]) == 0
+    first = json.loads(next((run / "eval").glob("*.json")).read_text())["metrics"]["coco-bbox"]
+    again = json.loads((tmp_path / "again.json").read_text())["metrics"]["coco-bbox"]
+    assert again == pytest.approx(first)
+
 
 def test_class_count_mismatch_is_one_line(custom_data, capsys, tmp_path):
     assert run_cli(["train", "--recipe", "ivanet-tiny-synthetic", "--data", str(custom_data), "--out", str(tmp_path / "r"),
