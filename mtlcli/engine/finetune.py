@@ -24,17 +24,20 @@ from mtlcli.errors import UserError
 RECIPE_ONLY_MODEL_KEYS = ("init_weights",)
 
 
-def check_class_counts(recipe: dict[str, Any], card: dict[str, Any]) -> None:
-    """A recipe that fixes num_det_classes / num_seg_classes must agree with the data it trains on."""
+def check_class_counts(recipe: dict[str, Any], card: dict[str, Any], whose: str = "the recipe's") -> None:
+    """A recipe (or a checkpoint's recipe: `whose`) that fixes num_det_classes / num_seg_classes must agree
+    with the data it trains on or is evaluated on (`card`: `modelcard.model_card` of that data)."""
     model = recipe["model"]
     for key, what in (("num_det_classes", "det_classes"), ("num_seg_classes", "seg_classes")):
         if key in model and isinstance(model[key], int) and model[key] != len(card[what]):
             names = card[what]
             shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
             raise UserError(
-                f"the recipe's model.{key} = {model[key]} but dataset {card['dataset']!r} has {len(names)} "
-                f"{what.replace('_', ' ')} ({shown}) — drop model.{key} from the recipe (it is then taken from the "
-                f"data) or map the data's classes with [data.label_map]"
+                f"{whose} model.{key} = {model[key]} but dataset {card['dataset']!r} has {len(names)} "
+                f"{what.replace('_', ' ')} ({shown}) — "
+                + ("drop model.{key} from the recipe (it is then taken from the data) or map the data's classes "
+                   "with [data.label_map]".format(key=key) if whose == "the recipe's" else
+                   "evaluate it on the data it was trained for (--data), or fine-tune it with `mtl train --weights`")
             )
 
 

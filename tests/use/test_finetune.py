@@ -103,3 +103,9 @@ def test_weights_that_fit_nothing_or_are_not_weights(custom_data, tmp_path, caps
     with pytest.raises(UserError, match="cannot be read"):
         read_state_dict(text)
     shutil.rmtree(tmp_path / "r", ignore_errors=True)
+
+
+def test_eval_on_data_with_another_class_count_is_one_line(ivanet_run, custom_data, capsys):
+    assert run_cli(["eval", "--run", str(ivanet_run), "--data", str(custom_data), "--metric", "miou", "-q"]) == 2
+    line = error_line(capsys)
+    assert "the checkpoint's model.num_det_classes = 8" in line and "dog, cat, bird" in line
