@@ -97,3 +97,25 @@ def test_docs_example_runs(ivanet_run, tmp_path, monkeypatch, capsys):
     exec(compile(code, "docs/use.md", "exec"), {})
     out = capsys.readouterr().out
     assert "semantic map (64, 128)" in out
+
+
+def test_result_with_masks_to_coco_and_overlay():
+    """Mask models: RLE per detection in the image frame, the original category id, masks drawn."""
+    from pycocotools import mask as mask_utils
+
+    from mtlcli.api import output_to_result
+    from mtlcli.engine.predict import render_result
+
+    h, w = 20, 30
+    masks = torch.zeros(2, 1, h, w)
+    masks[0, 0, 2:8, 3:9] = 0.9
+    masks[1, 0, 10:15, 20:28] = 0.2  # below 0.5: an empty mask
+    output = {"boxes": torch.tensor([[3.0, 2, 9, 8], [20, 10, 28, 15]]), "scores": torch.tensor([0.8, 0.5]),
+              "labels": torch.tensor([2, 1]), "masks": masks, "sem_seg": torch.rand(3, h, w)}
+    result = output_to_result(output, ["cat", "dog"], ["bg", "cat", "dog"], (h, w), score_threshold=0.6)
+    assert len(result) == 1 and result.class_names == ["dog"] and result.masks.shape == (1, h, w)
+    (coco,) = result.to_coco(5, category_ids=[17, 42])
+    assert coco["category_id"] == 42 and coco["bbox"] == [3.0, 2.0, 6.0, 6.0]
+    assert mask_utils.decode(coco["segmentation"]).sum() == 36
+    panel = render_result(torch.zeros(3, h, w), result, ["cat", "dog"], [[0, 0, 0], [255, 0, 0], [0, 255, 0]])
+    assert panel.shape[1] > h and panel[:, 4, 5].sum() > 0  # a legend below; the mask is drawn
