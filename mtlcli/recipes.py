@@ -2,7 +2,8 @@
 
     extends = "ivanet300"        # optional: a recipe name (recipes/<name>.toml) or a path
     [model]  name = registry name; every other key is a builder keyword argument
-    [data]   dataset, root, train_split, val_split, augmentation + options, [data.label_map]
+    [data]   dataset, root, train_split, val_split, test_split, allow_overlap, augmentation + options,
+             [data.label_map]
     [train]  optimiser, schedule, iterations, batch_size, stages, ...
     [eval]   metrics, interval, best_metric, batch_size
 
@@ -50,6 +51,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "crop_size": [0, 0],
         "flip": True,
         "label_map": {},
+        "test_split": "",
+        "allow_overlap": False,
     },
     "train": {
         "optimizer": "sgd",
@@ -86,7 +89,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 STAGE_DEFAULTS: dict[str, Any] = {"name": "", "iterations": 0, "lr": 0.0, "loss_weights": {}, "freeze": []}
 # [data] keys that describe the dataset; every other [data] key is an option of `build_transforms`.
-DATA_KEYS = ("dataset", "root", "train_split", "val_split", "augmentation", "label_map")
+# test_split: a second evaluation split (the paper's test set) that `mtl train` checks for overlap with
+# train_split like val_split; allow_overlap = true lets a train split share images with them.
+DATA_KEYS = ("dataset", "root", "train_split", "val_split", "augmentation", "label_map", "test_split", "allow_overlap")
 
 
 def augmentation_defaults() -> dict[str, Any]:

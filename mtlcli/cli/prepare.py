@@ -53,14 +53,14 @@ def cityscapes(
 @app.command("voc")
 def voc(
     voc2012: Path = typer.Option(..., "--voc2012", help="VOCdevkit/VOC2012 folder (or the VOCdevkit holding it)."),
-    voc2007: Optional[Path] = typer.Option(None, "--voc2007", help="VOCdevkit/VOC2007 folder, for 07+12 detection training."),
-    sbd: Optional[Path] = typer.Option(None, "--sbd", help="SBD benchmark_RELEASE/dataset folder, for the train_aug split."),
+    voc2007: Optional[Path] = typer.Option(None, "--voc2007", help="VOCdevkit/VOC2007 folder, for 07+12 training and the VOC07 test split."),
+    sbd: Optional[Path] = typer.Option(None, "--sbd", help="SBD benchmark_RELEASE/dataset folder, for train_aug and trainval07_aug12 (IvaNet)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Prepared dataset folder [default: $MTL_DATA/voc]."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
-    """PASCAL VOC 2007/2012 (+ SBD): 20-class boxes, segmentation (train_aug with SBD), DT bins."""
+    """PASCAL VOC 2007/2012 (+ SBD): the papers' splits (trainval, trainval07_aug12, train_aug, test, val), DT bins."""
     from mtlcli.data.voc import prepare_voc
 
     out = out or default_out("voc")

@@ -46,6 +46,8 @@ class DatasetMeta:
     format_version: int = FORMAT_VERSION
     # the source annotations' own category id of each det class (COCO-format data); empty = 1..K
     det_category_ids: list[int] = field(default_factory=list)
+    # {train split: {eval split: {"images": shared count, "example": file}}} (mtlcli.data.overlap)
+    overlap: dict[str, Any] = field(default_factory=dict)
 
     def save(self, root: str | Path) -> None:
         data = {"format_version": self.format_version, **{k: v for k, v in asdict(self).items() if k != "format_version"}}
@@ -185,6 +187,8 @@ def run_prepare(
     strict: bool = False,
     pre_skipped: Iterable[ImageResult] = (),
     quiet: bool = False,
+    eval_splits: Iterable[str] | None = None,
+    excluded: Iterable[dict[str, str]] = (),
 ) -> dict[str, Any]:
     """Run `fn(job, out)` over all jobs (in parallel when workers > 1), write instances.json per split
     and dataset.json, print a summary table, and return the summary dict.
@@ -192,7 +196,12 @@ def run_prepare(
     `fn` must be a picklable module-level function (or functools.partial of one) that writes the
     semantic/dt PNGs of its image and returns an ImageResult with COCO annotations from
     `encode_instance`. `pre_skipped` carries files the reader already rejected (e.g. no ground truth).
+    The summary and dataset.json get the train/evaluation overlap ("overlap", `mtlcli.data.overlap`;
+    `eval_splits` defaults to the splits named val*/test*); `excluded` lists images a reader kept out of
+    a training split on purpose ({"file", "split", "reason"}), shown under the summary.
     """
+    from mtlcli.data.overlap import overlap_report
+
     from functools import partial
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -219,7 +228,9 @@ def run_prepare(
         first = skipped[0]
         raise UserError(f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such files)")
 
-    summary: dict[str, Any] = {"name": meta.name, "splits": {}, "skipped": [{"file": r.file_name, "reason": r.skipped} for r in skipped]}
+    summary: dict[str, Any] = {"name": meta.name, "splits": {}, "skipped": [{"file": r.file_name, "reason": r.skipped} for r in skipped],
+                               "excluded": list(excluded)}
+    split_images: dict[str, list[dict[str, Any]]] = {}
     categories = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(meta.det_classes)]
     for split in meta.splits:
         good = sorted((r for r in results if r.split == split and not r.skipped), key=lambda r: r.file_name)
@@ -236,8 +247,10 @@ def run_prepare(
                     per_class[meta.det_classes[a["category_id"] - 1]] += 1
         coco = {"info": {"description": f"{meta.name} {split} prepared by mtl"}, "images": images, "annotations": anns, "categories": categories}
         atomic_write_text(instances_path(out, split), json.dumps(coco))
+        split_images[split] = images
         summary["splits"][split] = {"images": len(images), "instances": per_class, "crowd": crowd,
                                     "skipped": sum(1 for r in skipped if r.split == split)}
+    meta.overlap = summary["overlap"] = overlap_report(split_images, eval_splits)
     meta.save(out)
     if not quiet:
         print_summary(summary, meta)
@@ -268,3 +281,15 @@ def print_summary(summary: dict[str, Any], meta: DatasetMeta) -> None:
         if len(summary["skipped"]) > 50:
             skipped.add_row("...", f"{len(summary['skipped']) - 50} more")
         console.print(skipped)
+    if summary.get("excluded"):
+        excluded = Table(title="kept out of training splits on purpose")
+        for col in ("split", "file", "reason"):
+            excluded.add_column(col)
+        for row in summary["excluded"][:50]:
+            excluded.add_row(row["split"], row["file"], row["reason"])
+        if len(summary["excluded"]) > 50:
+            excluded.add_row("...", f"{len(summary['excluded']) - 50} more", "")
+        console.print(excluded)
+    from mtlcli.data.overlap import print_overlap
+
+    print_overlap(summary.get("overlap", {}), console)

@@ -1,4 +1,4 @@
-"""PASCAL VOC 2007/2012 (+ SBD) -> the prepared format (DESIGN.md §3).
+"""PASCAL VOC 2007/2012 (+ SBD) -> the prepared format (DESIGN.md §3), with the papers' splits.
 
 Source layouts (each option accepts the year folder or the `VOCdevkit` that holds it; `--sbd` accepts
 `benchmark_RELEASE/dataset` or `benchmark_RELEASE`):
@@ -8,15 +8,31 @@ Source layouts (each option accepts the year folder or the `VOCdevkit` that hold
     VOCdevkit/VOC2007/{JPEGImages, Annotations, ImageSets/Main/{trainval,test}.txt}
     benchmark_RELEASE/dataset/{img, cls/<name>.mat, train.txt, val.txt}
 
-Splits written:
-    trainval   detection: VOC2007 trainval ∪ VOC2012 trainval (whichever years are given). Images that
-               belong to the segmentation training set (train_aug with --sbd, else VOC2012 seg train)
-               also get their semantic map; VOC2012 seg val labels are never put in a training split.
-    test       detection: VOC2007 test (when --voc2007 holds ImageSets/Main/test.txt).
-    train      segmentation: VOC2012 seg train (1464 images), boxes from the XML.
-    val        segmentation: VOC2012 seg val (1449 images), boxes from the XML.
-    train_aug  segmentation (with --sbd): (SBD train ∪ SBD val ∪ VOC2012 seg train) minus VOC2012 seg
-               val; label = VOC2012 SegmentationClass PNG where one exists, else SBD `cls/<name>.mat`.
+Splits written (dataset.json lists them in this order; test and val are the evaluation splits):
+    trainval          VOC2007 trainval ∪ VOC2012 Main trainval (whichever years are given; 16,551 images
+                      with both): DATNet / Mask R-CNN / Faster R-CNN on VOC (papers/datnet.txt §4.4),
+                      evaluated on `test`. Boxes from the XMLs and no extra annotation: the semantic map
+                      is painted from the same boxes (`paint_boxes`: larger boxes first, difficult ones
+                      as ignore), as the DT bins and the boxes-as-masks are. It contains VOC2012 seg val,
+                      so it must not be evaluated on `val` (the overlap report shows it; `mtl train`
+                      refuses it).
+    trainval07_aug12  (with --voc2007 and --sbd) VOC2007 trainval ∪ VOC2012 train_aug (15,593 images
+                      with the full sets): IvaNet / BlitzNet (papers/ivanet.txt §4.2), evaluated on
+                      `test` (detection) and `val` (segmentation). Boxes from the XMLs; the pixel labels
+                      of train_aug; VOC2007 images have none (all-ignore).
+    train             VOC2012 seg train (1464 images), boxes from the XMLs.
+    train_aug         (with --sbd) (SBD train ∪ SBD val ∪ VOC2012 seg train) minus VOC2012 seg val
+                      (10,582 images); label = VOC2012 SegmentationClass PNG where one exists, else SBD
+                      `cls/<name>.mat`.
+    test              (with --voc2007 holding ImageSets/Main/test.txt) VOC2007 test, boxes only.
+    val               VOC2012 seg val (1449 images): labels and boxes from the XMLs.
+
+No training split holds an image of an evaluation split it is meant for (trainval: test;
+trainval07_aug12: test and val; train, train_aug: val). VOC2012 ships some VOC2007 images again under
+`2007_<name>`: where such a file is byte-identical to VOC2007's `<name>`, both count as one image
+(`same_as` in instances.json), and a copy that would put an evaluation image into a training split is
+kept out of it (listed under "kept out of training splits" in the summary). The summary and
+dataset.json report the images shared by every training and evaluation split (`mtlcli.data.overlap`).
 
 Boxes: VOC XML coordinates are 1-based and inclusive, so the object covers 0-based pixel columns
 xmin - 1 .. xmax - 1. We fill exactly those pixels (box_mask of [xmin - 1, ymin - 1, xmax, ymax], an
@@ -128,6 +144,23 @@ def box_dt_bins(boxes: list[list[float]], shape: tuple[int, int], thresholds: tu
     return bins
 
 
+def paint_boxes(objects: list[tuple[int, list[float], bool]], shape: tuple[int, int], *,
+                difficult: int = IGNORE_INDEX) -> np.ndarray:
+    """A semantic map [H, W] uint8 painted from filled boxes: 0 = background, the box's class index
+    (1..20) inside it, larger boxes first so that a smaller box lying on a larger one stays visible
+    (DESIGN.md §3; papers/datnet.txt §4.4 uses the boxes "rather than making use of extra annotation").
+
+    objects: (class index 1..20, box [x0, y0, x1, y1] as `parse_voc_xml` gives, difficult). Inferred
+    (the paper is silent): a difficult object is painted with `difficult` (default the ignore index
+    255, as its box is left out of the detector's positives); the fill is the pixels `box_mask` fills."""
+    sem = np.zeros(shape, dtype=np.uint8)
+    boxes = [(pixel_box(box, shape), cls, diff) for cls, box, diff in objects]
+    for (x0, y0, x1, y1), cls, diff in sorted(boxes, key=lambda b: -max(b[0][2] - b[0][0], 0) * max(b[0][3] - b[0][1], 0)):
+        if x1 > x0 and y1 > y0:
+            sem[y0:y1, x0:x1] = difficult if diff else cls
+    return sem
+
+
 # --------------------------------------------------------------------------- reading one image
 
 def read_image_size(path: str | Path) -> tuple[int, int]:
@@ -206,24 +239,29 @@ def prepare_voc_image(job: ImageJob, out: Path) -> ImageResult:
 
     payload: image (absolute path), xml (path or None), png / mat (label path or None),
     need_boxes (detection split: an image without XML is skipped), need_seg (segmentation split:
-    an image without a label is skipped)."""
+    an image without a label is skipped), boxes_semantic (the semantic map is painted from the boxes,
+    `paint_boxes`), same_as (the file this image is a byte-identical copy of, kept in instances.json)."""
     p = job.payload
     h, w = read_image_size(p["image"])
     annotations: list[dict[str, Any]] = []
     dt_boxes = []
+    objects = []
     if p.get("xml"):
         for name, box, difficult in parse_voc_xml(p["xml"]):
             mask = box_mask(box, (h, w))
             if not mask.any():  # box entirely outside the image: nothing to learn from
                 continue
             annotations.append(encode_instance(mask, VOC_CLASSES.index(name) + 1, int(difficult)))
+            objects.append((VOC_CLASSES.index(name) + 1, box, difficult))
             if not difficult:
                 dt_boxes.append(box)
     elif p.get("need_boxes"):
         raise SkipImage("no ground truth: Annotations/<name>.xml is missing")
 
     label = None
-    if p.get("png"):
+    if p.get("boxes_semantic"):
+        label = paint_boxes(objects, (h, w))
+    elif p.get("png"):
         label = read_voc_label_png(p["png"], (h, w))
     elif p.get("mat"):
         label = read_sbd_mat(p["mat"], (h, w))
@@ -232,7 +270,8 @@ def prepare_voc_image(job: ImageJob, out: Path) -> ImageResult:
     if label is not None:
         save_indexed_png(semantic_path(out, job.split, job.stem), label, VOC_PALETTE)
     save_indexed_png(dt_path(out, job.split, job.stem), box_dt_bins(dt_boxes, (h, w)), DT_PALETTE)
-    return ImageResult(job.split, job.file_name, job.stem, height=h, width=w, annotations=annotations)
+    extra = {"same_as": p["same_as"]} if p.get("same_as") else {}
+    return ImageResult(job.split, job.file_name, job.stem, height=h, width=w, annotations=annotations, extra=extra)
 
 
 # --------------------------------------------------------------------------- source layout
@@ -283,6 +322,26 @@ def refuse_out_inside(out: str | Path, sources: list[Path]) -> None:
             raise UserError(f"--out {o} lies inside the source {src}; choose a folder outside it (the source is never written)")
 
 
+def voc2007_copies(v12: Path, v07: Path, names: set[str], image_of) -> dict[str, Path]:
+    """VOC2012 names `2007_<n>` whose image is byte-identical to VOC2007's `<n>.jpg` -> that VOC2007 file.
+
+    VOC2012 re-ships some VOC2007 images under the `2007_` prefix; by file name they would look like
+    two images. Only the few hundred `2007_*` names are compared (sizes first, then bytes)."""
+    import filecmp
+
+    copies = {}
+    for name in sorted(n for n in names if n.startswith("2007_")):
+        old = v07 / "JPEGImages" / f"{name[5:]}.jpg"
+        new = image_of(name)
+        if old.is_file() and new.is_file() and filecmp.cmp(old, new, shallow=False):
+            copies[name] = old
+    return copies
+
+
+# Evaluation splits each training split is meant for: a copy of one of their images is kept out of it.
+EVALUATED_ON = {"trainval": ("test",), "trainval07_aug12": ("test", "val"), "train": ("val",), "train_aug": ("val",)}
+
+
 def prepare_voc(
     out: str | Path,
     *,
@@ -302,9 +361,10 @@ def prepare_voc(
 
     seg_train = read_list(v12 / "ImageSets" / "Segmentation" / "train.txt", "--voc2012")
     seg_val = read_list(v12 / "ImageSets" / "Segmentation" / "val.txt", "--voc2012")
-    det_lists = [(v, read_list(v / "ImageSets" / "Main" / "trainval.txt", f"--voc{y}")) for v, y in ((v07, "2007"), (v12, "2012")) if v]
+    main07 = read_list(v07 / "ImageSets" / "Main" / "trainval.txt", "--voc2007") if v07 else []
+    main12 = read_list(v12 / "ImageSets" / "Main" / "trainval.txt", "--voc2012")
     test_list = v07 / "ImageSets" / "Main" / "test.txt" if v07 else None
-    has_test = test_list is not None and test_list.is_file()
+    test07 = read_list(test_list, "--voc2007") if test_list is not None and test_list.is_file() else None
 
     # one listing per folder; the per-image function re-checks existence where it matters
     jpgs = {v: _listing(v / "JPEGImages", ".jpg") for v in roots if v is not sb}
@@ -318,7 +378,6 @@ def prepare_voc(
         train_aug = sorted((set(read_list(sb / "train.txt", "--sbd")) | set(read_list(sb / "val.txt", "--sbd")) | set(seg_train)) - seg_val_set)
     else:
         train_aug = []
-    seg_train_set = set(train_aug) if sb else set(seg_train) - seg_val_set
 
     def rel(p: Path) -> str:
         return p.relative_to(source).as_posix()
@@ -330,37 +389,61 @@ def prepare_voc(
             return {"mat": str(sb / "cls" / f"{name}.mat")}
         return {}
 
+    def image_of(year_dir: Path, name: str) -> Path:
+        if year_dir == v12 and name not in jpgs[v12] and name in sbd_imgs:  # a train_aug image only SBD ships
+            return sb / "img" / f"{name}.jpg"
+        return year_dir / "JPEGImages" / f"{name}.jpg"
+
+    copies = voc2007_copies(v12, v07, set(main12) | set(seg_train) | set(seg_val) | set(train_aug),
+                            lambda n: image_of(v12, n)) if v07 else {}
+
+    def identity(year_dir: Path, name: str) -> str:
+        """The image's source file, or the VOC2007 file a VOC2012 `2007_*` image is a copy of."""
+        return rel(copies[name]) if year_dir == v12 and name in copies else rel(image_of(year_dir, name))
+
     def job(split: str, year_dir: Path, name: str, **payload: Any) -> ImageJob:
-        image = year_dir / "JPEGImages" / f"{name}.jpg"
-        if name not in jpgs[year_dir] and name in sbd_imgs:  # a train_aug image only SBD ships
-            image = sb / "img" / f"{name}.jpg"
+        image = image_of(year_dir, name)
         xml = year_dir / "Annotations" / f"{name}.xml" if name in xmls[year_dir] else None
+        if year_dir == v12 and name in copies:
+            payload["same_as"] = rel(copies[name])
         return ImageJob(split, rel(image), name, {"image": str(image), "xml": str(xml) if xml else None, **payload})
+
+    # split -> [(year folder, image name, payload)], in the order of dataset.json's "splits"
+    members: dict[str, list[tuple[Path, str, dict[str, Any]]]] = {}
+    det = {"need_boxes": True}
+    members["trainval"] = [(v, n, {**det, "boxes_semantic": True}) for v, names in ((v07, main07), (v12, main12)) if v for n in names]
+    if test07 is not None:
+        members["test"] = [(v07, n, det) for n in test07]
+    members["train"] = [(v12, n, {"need_seg": True, **label_of(n)}) for n in seg_train]
+    members["val"] = [(v12, n, {"need_seg": True, **label_of(n)}) for n in seg_val]
+    if sb:
+        members["train_aug"] = [(v12, n, {"need_seg": True, **label_of(n)}) for n in train_aug]
+        if v07:
+            members["trainval07_aug12"] = ([(v07, n, det) for n in main07]
+                                           + [(v12, n, {**det, "need_seg": True, **label_of(n)}) for n in train_aug])
 
     jobs: list[ImageJob] = []
     pre_skipped: list[ImageResult] = []
-    splits = ["trainval"]
-    seen: dict[str, str] = {}
-    for year_dir, names in det_lists:
-        for name in names:
-            j = job("trainval", year_dir, name, need_boxes=True, **(label_of(name) if year_dir == v12 and name in seg_train_set else {}))
+    excluded: list[dict[str, str]] = []
+    for split, entries in members.items():
+        held_out = {identity(v, n): (ev, rel(image_of(v, n)))
+                    for ev in EVALUATED_ON.get(split, ()) for v, n, _ in members.get(ev, [])}
+        seen: dict[str, str] = {}
+        for year_dir, name, payload in entries:
+            j = job(split, year_dir, name, **payload)
             if name in seen:  # VOC2007 and VOC2012 names never collide; a hand-made copy might
-                pre_skipped.append(ImageResult("trainval", j.file_name, name, skipped=f"duplicate image name (already taken from {seen[name]})"))
+                pre_skipped.append(ImageResult(split, j.file_name, name, skipped=f"duplicate image name (already taken from {seen[name]})"))
+                continue
+            hit = held_out.get(identity(year_dir, name))
+            if hit is not None:
+                excluded.append({"split": split, "file": j.file_name, "reason": f"same image as {hit[1]} of the evaluation split {hit[0]}"})
                 continue
             seen[name] = j.file_name
             jobs.append(j)
-    if has_test:
-        splits.append("test")
-        jobs += [job("test", v07, name, need_boxes=True) for name in read_list(test_list, "--voc2007")]
-    splits += ["train", "val"]
-    jobs += [job("train", v12, name, need_seg=True, **label_of(name)) for name in seg_train]
-    jobs += [job("val", v12, name, need_seg=True, **label_of(name)) for name in seg_val]
-    if sb:
-        splits.append("train_aug")
-        jobs += [job("train_aug", v12, name, need_seg=True, **label_of(name)) for name in train_aug]
 
     refuse_out_inside(out, roots)
     out = check_out_dir(out, force)
-    meta = DatasetMeta(name="voc", source=str(source), splits=splits, det_classes=list(VOC_CLASSES),
+    meta = DatasetMeta(name="voc", source=str(source), splits=list(members), det_classes=list(VOC_CLASSES),
                        seg_classes=list(VOC_SEG_CLASSES), palette=VOC_PALETTE)
-    return run_prepare(out, meta, jobs, prepare_voc_image, workers=workers, strict=strict, pre_skipped=pre_skipped)
+    return run_prepare(out, meta, jobs, prepare_voc_image, workers=workers, strict=strict, pre_skipped=pre_skipped,
+                       eval_splits=[s for s in ("test", "val") if s in members], excluded=excluded)

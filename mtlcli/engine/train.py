@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
+from mtlcli.data.overlap import check_no_overlap
 from mtlcli.engine.checkpoint import checkpoint_dir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mtlcli.engine.distributed import (
     DistInfo,
@@ -348,6 +349,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     seed_everything(cfg["seed"] + info.rank)
 
     train_ds, val_ds = build_datasets(recipe, data_root(recipe))
+    check_no_overlap(recipe, train_ds, val_ds)  # refuse to train on evaluation images
     recipe = with_class_counts(recipe, train_ds)
     model = build(recipe)
     from mtlcli.engine.finetune import check_class_counts, init_weights

@@ -17,6 +17,7 @@ from mtlcli.data.prepared import DatasetMeta, read_label_png
 from mtlcli.data.targets import box_mask, dt_bins
 from mtlcli.data.voc import VOC_CLASSES, box_dt_bins, prepare_voc, voc_colormap
 from mtlcli.errors import UserError
+from tests.engine.tiny_model import tiny_registered  # noqa: F401 (fixture)
 
 H, W = 32, 48
 
@@ -81,6 +82,9 @@ MATS = {
 
 @pytest.fixture
 def voc(tmp_path: Path) -> dict[str, Path]:
+    """VOC2007 + VOC2012 + SBD in the real layouts. VOC2012 re-ships two VOC2007 images, as the real
+    VOC2012 does under `2007_*` names: 2007_000009 (a copy of VOC2007 trainval 000009) is in VOC2012 seg
+    val, 2007_000002 (a copy of VOC2007 test 000002) in VOC2012 Main trainval."""
     root = tmp_path / "src"
     v12 = root / "VOCdevkit" / "VOC2012"
     v07 = root / "VOCdevkit" / "VOC2007"
@@ -90,18 +94,24 @@ def voc(tmp_path: Path) -> dict[str, Path]:
         write_jpeg(v12 / "JPEGImages" / f"{n}.jpg", i)
         write_xml(v12 / "Annotations" / f"{n}.xml", [("car", (3, 3, 10, 12), 0)])
     write_xml(v12 / "Annotations" / "2008_000001.xml", [("dog", (5, 3, 20, 30), 0), ("person", (1, 1, 48, 32), 1), ("cat", (30, 20, 40, 28), 0)])
+    # a small box listed before the large box it lies on: the painted map must still show it
+    write_xml(v12 / "Annotations" / "2008_000006.xml", [("cat", (11, 11, 20, 20), 0), ("car", (4, 4, 40, 30), 0)])
     for n, lab in LABELS.items():
         write_palette_png(v12 / "SegmentationClass" / f"{n}.png", lab)
-    (v12 / "ImageSets" / "Main").mkdir(parents=True)
-    (v12 / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(names12) + "\n")
-    (v12 / "ImageSets" / "Segmentation").mkdir(parents=True)
-    (v12 / "ImageSets" / "Segmentation" / "train.txt").write_text("2008_000001\n2008_000004\n")
-    (v12 / "ImageSets" / "Segmentation" / "val.txt").write_text("2008_000002\n2008_000005\n")
-    for i, n in enumerate(["000001", "000002"]):
+    for i, n in enumerate(["000001", "000002", "000009"]):
         write_jpeg(v07 / "JPEGImages" / f"{n}.jpg", 10 + i)
         write_xml(v07 / "Annotations" / f"{n}.xml", [("horse", (2, 2, 30, 20), 0)])
+    for n in ("000002", "000009"):  # byte-identical copies under VOC2012's 2007_ names
+        (v12 / "JPEGImages" / f"2007_{n}.jpg").write_bytes((v07 / "JPEGImages" / f"{n}.jpg").read_bytes())
+        write_xml(v12 / "Annotations" / f"2007_{n}.xml", [("horse", (2, 2, 30, 20), 0)])
+    write_palette_png(v12 / "SegmentationClass" / "2007_000009.png", label_map(13, (1, 1, 29, 19)))
+    (v12 / "ImageSets" / "Main").mkdir(parents=True)
+    (v12 / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(["2007_000002", "2007_000009", *names12]) + "\n")
+    (v12 / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (v12 / "ImageSets" / "Segmentation" / "train.txt").write_text("2008_000001\n2008_000004\n")
+    (v12 / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000009\n2008_000002\n2008_000005\n")
     (v07 / "ImageSets" / "Main").mkdir(parents=True)
-    (v07 / "ImageSets" / "Main" / "trainval.txt").write_text("000001\n")
+    (v07 / "ImageSets" / "Main" / "trainval.txt").write_text("000001\n000009\n")
     (v07 / "ImageSets" / "Main" / "test.txt").write_text("000002\n")
     for n, lab in MATS.items():
         write_sbd_mat(sbd / "cls" / f"{n}.mat", lab)
@@ -134,14 +144,16 @@ def test_splits_boxes_difficult_and_labels(voc):
     assert tree_state(voc["root"]) == before  # the source is never written
 
     meta = DatasetMeta.load(out)
-    assert meta.splits == ["trainval", "test", "train", "val", "train_aug"]
+    assert meta.splits == ["trainval", "test", "train", "val", "train_aug", "trainval07_aug12"]
     assert meta.det_classes == VOC_CLASSES and meta.seg_classes[0] == "background" and len(meta.seg_classes) == 21
     assert meta.palette[:3] == [[0, 0, 0], [128, 0, 0], [0, 128, 0]] and meta.palette[20] == [0, 64, 128]
     assert Path(meta.source) == voc["root"].resolve()  # common parent of VOCdevkit and benchmark_RELEASE
 
     trainval = load_split(out, "trainval")
     stems = [im["stem"] for im in trainval["images"]]
-    assert sorted(stems) == ["000001", "2008_000001", "2008_000002", "2008_000003", "2008_000004", "2008_000005", "2008_000006"]
+    # VOC07 + VOC12 Main trainval, less 2007_000002: a copy of the VOC07 test image 000002
+    assert sorted(stems) == ["000001", "000009", "2007_000009", "2008_000001", "2008_000002", "2008_000003", "2008_000004",
+                             "2008_000005", "2008_000006"]
     files = {im["stem"]: im["file_name"] for im in trainval["images"]}
     assert files["000001"] == "VOCdevkit/VOC2007/JPEGImages/000001.jpg"
     assert all((Path(meta.source) / f).is_file() for f in files.values())
@@ -183,11 +195,10 @@ def test_splits_boxes_difficult_and_labels(voc):
     np.testing.assert_array_equal(sem("train_aug", "2008_000001"), LABELS["2008_000001"])  # 255 kept
     assert [a["bbox"] for a in anns_by_stem(aug)["2008_000003"]] == [[2.0, 2.0, 8.0, 10.0]]  # boxes from VOC2012 XML
 
-    # seg val: PNG labels; its labels never reach a training split
-    assert sorted(im["stem"] for im in load_split(out, "val")["images"]) == ["2008_000002", "2008_000005"]
+    # seg val: PNG labels; its labels never reach a training split (trainval's maps are painted from boxes)
+    assert sorted(im["stem"] for im in load_split(out, "val")["images"]) == ["2007_000009", "2008_000002", "2008_000005"]
     np.testing.assert_array_equal(sem("val", "2008_000005"), LABELS["2008_000005"])
-    labelled = {p.stem for p in (out / "trainval" / "semantic").glob("*.png")}
-    assert labelled == {"2008_000001", "2008_000003", "2008_000004"}
+    assert not (sem("trainval", "2008_000005") == 255).any()
     assert sorted(im["stem"] for im in load_split(out, "train")["images"]) == ["2008_000001", "2008_000004"]
 
 
@@ -197,9 +208,12 @@ def test_voc2012_alone_accepts_vocdevkit(voc):
     assert meta.splits == ["trainval", "train", "val"]
     assert Path(meta.source) == voc["voc2012"].parent.resolve()
     coco = load_split(voc["out"], "trainval")
-    assert coco["images"][0]["file_name"] == "VOC2012/JPEGImages/2008_000001.jpg"
-    # without SBD the semantic maps of trainval come from VOC2012 seg train only
-    assert {p.stem for p in (voc["out"] / "trainval" / "semantic").glob("*.png")} == {"2008_000001", "2008_000004"}
+    assert coco["images"][0]["file_name"] == "VOC2012/JPEGImages/2007_000002.jpg"  # no VOC2007 given: no copy to find
+    # trainval's semantic maps are painted from the boxes, for every image
+    stems = {im["stem"] for im in coco["images"]}
+    assert {p.stem for p in (voc["out"] / "trainval" / "semantic").glob("*.png")} == stems
+    assert DatasetMeta.load(voc["out"]).overlap == {"trainval": {"val": {"images": 3, "example": "VOC2012/JPEGImages/2007_000009.jpg"}},
+                                                   "train": {"val": {"images": 0}}}
 
 
 def test_per_file_problems_are_skipped_and_listed_or_stop_with_strict(voc):
@@ -213,7 +227,7 @@ def test_per_file_problems_are_skipped_and_listed_or_stop_with_strict(voc):
     assert ("VOCdevkit/VOC2012/JPEGImages/2008_000002.jpg", "corrupt") in reasons
     assert ("VOCdevkit/VOC2012/JPEGImages/2008_000003.jpg", "unreadable") in reasons
     assert "2008_000003" not in {im["stem"] for im in load_split(voc["out"], "train_aug")["images"]}
-    assert summary["splits"]["val"]["images"] == 1
+    assert summary["splits"]["val"]["images"] == 2
 
     with pytest.raises(UserError, match="--strict"):
         prepare_voc(voc["out"], voc2012=v12, sbd=voc["sbd"], workers=1, strict=True, force=True)
@@ -287,3 +301,170 @@ def test_prepared_voc_reads_back_through_prepared_dataset(voc):
     assert target["boxes"].tolist() == [[2.0, 2.0, 10.0, 12.0]] and target["labels"].tolist() == [VOC_CLASSES.index("car") + 1]
     assert int(target["masks"][0].sum()) == 8 * 10
     np.testing.assert_array_equal(target["semantic"].numpy(), LABELS["2008_000004"])
+
+
+# --------------------------------------------------------------------------- the papers' splits, overlap
+
+def prepare_all(voc, **kw) -> dict:
+    return prepare_voc(voc["out"], voc2012=voc["voc2012"], voc2007=voc["voc2007"], sbd=voc["sbd"], workers=1, **kw)
+
+
+def test_ivanet_split_is_voc07_trainval_plus_train_aug_without_evaluation_images(voc):
+    summary = prepare_all(voc)
+    out = voc["out"]
+    paper = load_split(out, "trainval07_aug12")
+    # VOC07 trainval {000001, 000009} + train_aug {2008_000001, 2008_000003, 2008_000004, 2008_000007};
+    # 000009 is kept out (VOC2012 seg val holds a copy of it), 2008_000007 has no XML (no boxes)
+    assert sorted(im["stem"] for im in paper["images"]) == ["000001", "2008_000001", "2008_000003", "2008_000004"]
+    assert {"split": "trainval07_aug12", "file": "VOCdevkit/VOC2007/JPEGImages/000009.jpg",
+            "reason": "same image as VOCdevkit/VOC2012/JPEGImages/2007_000009.jpg of the evaluation split val"} in summary["excluded"]
+    assert {"split": "trainval", "file": "VOCdevkit/VOC2012/JPEGImages/2007_000002.jpg",
+            "reason": "same image as VOCdevkit/VOC2007/JPEGImages/000002.jpg of the evaluation split test"} in summary["excluded"]
+    assert len(summary["excluded"]) == 2
+    assert [s["file"] for s in summary["skipped"]] == ["benchmark_RELEASE/dataset/img/2008_000007.jpg"]
+    # boxes from the XMLs (VOC07's and VOC12's), pixel labels where they exist (train_aug), none for VOC07
+    anns = anns_by_stem(paper)
+    assert [a["bbox"] for a in anns["000001"]] == [[1.0, 1.0, 29.0, 19.0]]
+    assert [a["bbox"] for a in anns["2008_000003"]] == [[2.0, 2.0, 8.0, 10.0]]
+    np.testing.assert_array_equal(read_label_png(out / "trainval07_aug12" / "semantic" / "2008_000004.png"), LABELS["2008_000004"])
+    np.testing.assert_array_equal(read_label_png(out / "trainval07_aug12" / "semantic" / "2008_000003.png"), MATS["2008_000003"])
+    assert not (out / "trainval07_aug12" / "semantic" / "000001.png").exists()
+    # the copy is one image for the overlap: instances.json says which file it duplicates
+    val = {im["stem"]: im for im in load_split(out, "val")["images"]}
+    assert val["2007_000009"]["same_as"] == "VOCdevkit/VOC2007/JPEGImages/000009.jpg" and "same_as" not in val["2008_000002"]
+
+
+def test_overlap_of_every_train_and_evaluation_split_is_reported(voc, capsys):
+    summary = prepare_all(voc)
+    expected = {
+        # DATNet's VOC07+12 trainval contains VOC12 seg val (2008_000002, 2008_000005, 2007_000009): it is
+        # evaluated on VOC07 test only
+        "trainval": {"test": {"images": 0}, "val": {"images": 3, "example": "VOCdevkit/VOC2012/JPEGImages/2007_000009.jpg"}},
+        "train": {"test": {"images": 0}, "val": {"images": 0}},
+        "train_aug": {"test": {"images": 0}, "val": {"images": 0}},
+        "trainval07_aug12": {"test": {"images": 0}, "val": {"images": 0}},
+    }
+    assert summary["overlap"] == expected
+    assert json.loads((voc["out"] / "dataset.json").read_text())["overlap"] == expected
+    assert DatasetMeta.load(voc["out"]).overlap == expected
+    printed = capsys.readouterr().out
+    assert "train/eval overlap" in printed and "trainval07_aug12 │    0 │   0" in printed
+    assert "trainval shares 3 image(s) with val" in printed
+
+
+def test_overlap_counts_byte_identical_copies_and_shared_files():
+    from mtlcli.data.overlap import overlap_report
+
+    images = {
+        "train": [{"file_name": "a.jpg"}, {"file_name": "VOC2012/2007_1.jpg", "same_as": "VOC2007/1.jpg"}, {"file_name": "b.jpg"}],
+        "val": [{"file_name": "b.jpg"}, {"file_name": "c.jpg"}],
+        "test": [{"file_name": "VOC2007/1.jpg"}, {"file_name": "d.jpg"}],
+    }
+    assert overlap_report(images) == {"train": {"val": {"images": 1, "example": "b.jpg"},
+                                                "test": {"images": 1, "example": "VOC2007/1.jpg"}}}
+
+
+def test_trainval_semantic_target_is_painted_from_the_boxes(voc):
+    """DATNet on VOC uses no extra annotation: trainval's semantic map comes from its XML boxes, larger
+    boxes first, difficult ones as ignore — never from the VOC12/SBD pixel labels."""
+    prepare_all(voc)
+    sem = lambda stem: read_label_png(voc["out"] / "trainval" / "semantic" / f"{stem}.png")
+    idx = lambda name: VOC_CLASSES.index(name) + 1
+    # 2008_000001: dog (5, 3, 20, 30), a difficult person over the whole image, cat (30, 20, 40, 28)
+    expected = np.full((H, W), 255, np.uint8)       # the difficult person is the largest box: painted first
+    expected[2:30, 4:20] = idx("dog")
+    expected[19:28, 29:40] = idx("cat")
+    np.testing.assert_array_equal(sem("2008_000001"), expected)
+    # 2008_000006: a cat listed before the car box it lies on stays visible
+    expected = np.zeros((H, W), np.uint8)
+    expected[3:30, 3:40] = idx("car")
+    expected[10:20, 10:20] = idx("cat")
+    np.testing.assert_array_equal(sem("2008_000006"), expected)
+    # 2008_000004 has a pixel label (PNG and .mat): trainval still paints its box
+    expected = np.zeros((H, W), np.uint8)
+    expected[2:12, 2:10] = idx("car")
+    np.testing.assert_array_equal(sem("2008_000004"), expected)
+    # a VOC07 image gets its box-painted map too
+    expected = np.zeros((H, W), np.uint8)
+    expected[1:20, 1:30] = idx("horse")
+    np.testing.assert_array_equal(sem("000001"), expected)
+
+
+VOC_RECIPES = ["ivanet300", "ivanet300-det", "ivanet300-seg", "ivanet300-noltd", "ivanet512", "ivanet512-det",
+               "ivanet512-seg", "ivanet512-noltd", "blitznet300", "datnet-light-r50-voc", "maskrcnn-r50-voc",
+               "fasterrcnn-r50-voc"]
+
+
+def test_every_voc_recipe_uses_the_papers_splits_without_overlap(voc):
+    from types import SimpleNamespace
+
+    from mtlcli.data.overlap import check_no_overlap
+    from mtlcli.recipes import available_recipes, load_recipe
+
+    shipped = [n for n in available_recipes() if load_recipe(n)["data"]["dataset"] == "voc"]
+    assert sorted(shipped) == sorted(VOC_RECIPES)
+    prepare_all(voc)
+    meta = DatasetMeta.load(voc["out"])
+    for name in VOC_RECIPES:
+        recipe = load_recipe(name)
+        data = recipe["data"]
+        assert not data["allow_overlap"], name
+        evals = [s for s in (data["val_split"], data["test_split"]) if s]
+        assert all(s in meta.splits for s in [data["train_split"], *evals]), name
+        if name.startswith(("ivanet", "blitznet")):
+            # VOC07 trainval + VOC12 train_aug (the segmentation-only variant: train_aug), tested on
+            # VOC07 test and VOC12 seg val; best.pt on seg val, which it never trains on
+            assert data["train_split"] == ("train_aug" if name.endswith("-seg") else "trainval07_aug12"), name
+            assert data["val_split"] == "val" and data["test_split"] in ("test", "") and recipe["eval"]["best_metric"], name
+        else:  # DATNet / Mask R-CNN / Faster R-CNN: VOC07+12 trainval -> VOC07 test
+            assert (data["train_split"], data["val_split"]) == ("trainval", "test"), name
+        counts = check_no_overlap(recipe, SimpleNamespace(root=voc["out"], split=data["train_split"]))
+        assert counts == {s: 0 for s in evals}, name
+
+
+def test_train_refuses_a_train_split_that_shares_evaluation_images(voc, tmp_path, tiny_registered, capsys):
+    from mtlcli.cli.main import main
+    from mtlcli.engine.train import train
+    from tests.engine.tiny_model import tiny_recipe
+
+    prepare_all(voc)
+    common = ["data.dataset=voc", "train.iterations=1", "train.batch_size=2", "model.num_det_classes=20",
+              "model.num_seg_classes=21", "eval.metrics=voc07", "eval.batch_size=2"]
+    recipe = tiny_recipe(tmp_path, voc["out"], *common, "data.train_split=trainval", "data.val_split=val")
+    with pytest.raises(UserError, match=r"data.train_split 'trainval' shares 3 image\(s\) with data.val_split 'val' .*"
+                                        r"e.g. VOCdevkit/VOC2012/JPEGImages/2007_000009.jpg.*--set data.allow_overlap=true"):
+        train(recipe, tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused" / "checkpoints").exists()
+    # the VOC07 test copy was kept out of trainval: trainval -> test is allowed
+    recipe = tiny_recipe(tmp_path, voc["out"], *common, "data.train_split=trainval", "data.val_split=test")
+    assert train(recipe, tmp_path / "datnet", progress=False)["iteration"] == 1
+    # a test_split is checked like the val_split
+    recipe = tiny_recipe(tmp_path, voc["out"], *common, "data.train_split=trainval", "data.val_split=test", "data.test_split=val")
+    with pytest.raises(UserError, match=r"shares 3 image\(s\) with data.test_split 'val'"):
+        train(recipe, tmp_path / "refused2", progress=False)
+    # a deliberate overlap
+    recipe = tiny_recipe(tmp_path, voc["out"], *common, "data.train_split=trainval", "data.val_split=val", "data.allow_overlap=true")
+    assert train(recipe, tmp_path / "allowed", progress=False)["iteration"] == 1
+    # the paper's IvaNet protocol trains
+    recipe = tiny_recipe(tmp_path, voc["out"], *common, "data.train_split=trainval07_aug12", "data.val_split=val", "data.test_split=test")
+    assert train(recipe, tmp_path / "ivanet", progress=False)["iteration"] == 1
+
+    # `mtl train`: one line on stderr, exit status 2
+    sets = [a for item in [*common, "data.train_split=trainval", "data.val_split=val"] for a in ("--set", item)]
+    args = ["train", "--recipe", str(tmp_path / "tiny.toml"), "--data", str(voc["out"]), "--out", str(tmp_path / "cli"), "--quiet", *sets]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: data.train_split 'trainval' shares 3 image(s)") and "\n" not in err
+
+
+def test_a_missing_test_split_is_named(voc, tmp_path, tiny_registered):
+    from mtlcli.engine.train import train
+    from tests.engine.tiny_model import tiny_recipe
+
+    prepare_voc(voc["out"], voc2012=voc["voc2012"], workers=1)  # no VOC2007: no test split
+    recipe = tiny_recipe(tmp_path, voc["out"], "data.dataset=voc", "data.train_split=train", "data.test_split=test")
+    with pytest.raises(UserError, match=r"data.test_split 'test' is not a split of .* --set data.test_split=''"):
+        train(recipe, tmp_path / "run", progress=False)
