@@ -29,7 +29,14 @@ def custom_data(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("custom")
     c = custom_coco(tmp, [ann(1, 101, 12, PERSON_POLY), ann(2, 205, 3, compressed_rle(CAR)),
                           ann(3, 205, 7, [[30, 2, 44, 2, 44, 12, 30, 12]])])
-    prepare_coco(None, c["out"], workers=1, train_json=c["json"], train_images=c["images"], val_json=c["json"],
+    # a val split of its own images (training refuses evaluation images in its train split)
+    val = json.loads(c["json"].read_text())
+    val["images"] = [{"id": 300, "file_name": "c/y.png", "height": 32, "width": 48}]
+    val["annotations"] = [ann(4, 300, 7, [[30, 2, 44, 2, 44, 12, 30, 12]])]
+    write_image(c["images"] / "c" / "y.png", (32, 48), seed=3)
+    val_json = c["json"].with_name("val.json")
+    val_json.write_text(json.dumps(val))
+    prepare_coco(None, c["out"], workers=1, train_json=c["json"], train_images=c["images"], val_json=val_json,
                  val_images=c["images"], quiet=True)
     return c["out"]
 
@@ -76,7 +83,7 @@ def test_finetune_19_classes_to_3_and_predict(ivanet_run, custom_data, tmp_path,
     assert run_cli(["eval", "--run", str(run), "--data", str(custom_data), "--metric", "coco-bbox",
                     "--save-predictions", str(saved), "-q"]) == 0
     results = json.loads((saved / "detections.json").read_text())
-    assert results and {r["image_id"] for r in results} <= {101, 205} and {r["category_id"] for r in results} <= {3, 7, 12}
+    assert results and {r["image_id"] for r in results} <= {300} and {r["category_id"] for r in results} <= {3, 7, 12}
     capsys.readouterr()
     assert run_cli(["eval", "--predictions", str(saved), "--data", str(custom_data), "--metric", "coco-bbox",
                     "--out", str(tmp_path / "again.json"), "-q"]) == 0
