@@ -392,6 +392,10 @@ def validate_model(model: dict, source: str = "recipe") -> None:
     for key, value in model.items():
         if key == "name":
             continue
+        if key == "init_weights":  # a weights file to start from (mtlcli.engine.finetune), not a builder argument
+            if not isinstance(value, str):
+                raise UserError(f"{source}: model.init_weights must be a path (a string), got {value!r}")
+            continue
         if key not in valid:
             raise UserError(f"{source}: model {name!r} has no argument {key!r}; valid: {', '.join(sorted(valid))}")
         default = valid[key]

@@ -164,9 +164,12 @@ def run_eval(
         label_map = recipe.get("data", {}).get("label_map") or None
         # no transforms: the model resizes its own inputs and answers in the original frame — unless the
         # recipe scores at the paper's resolution ([eval] resolution)
+        from mtlcli.engine.finetune import check_class_counts
+        from mtlcli.engine.modelcard import model_card
         from mtlcli.engine.resolution import eval_transforms
 
         dataset = PreparedDataset(root, split, transforms=eval_transforms(recipe), label_map=label_map)
+        check_class_counts(recipe, model_card(dataset), whose="the checkpoint's")
         bs = batch_size or int(recipe.get("eval", {}).get("batch_size") or 4)
         # a run keeps its predictions in RUN/eval/predictions-SPLIT (for the detection pictures and for
         # `mtl viz confusion`), unless the user chose where results go (--out) or predictions go

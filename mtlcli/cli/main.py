@@ -33,6 +33,8 @@ _GROUPS = [
     ("mtlcli.cli.quickstart", None),
     ("mtlcli.cli.anchors", None),
     ("mtlcli.cli.runs", None),
+    ("mtlcli.cli.predict", None),
+    ("mtlcli.cli.export", None),
 ]
 
 

@@ -76,20 +76,31 @@ def voc(
 
 @app.command("coco")
 def coco(
-    src: Path = typer.Argument(..., help="COCO root holding annotations/ and train2017/, val2017/."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Prepared dataset folder [default: $MTL_DATA/coco]."),
+    src: Optional[Path] = typer.Argument(None, help="COCO 2017 root holding annotations/ and train2017/, val2017/ "
+                                         "(or give your own files with --train-json/--train-images)."),
+    train_json: Optional[Path] = typer.Option(None, "--train-json", help="A COCO-format annotation file for the train split."),
+    train_images: Optional[Path] = typer.Option(None, "--train-images", help="Folder its file_names are relative to."),
+    val_json: Optional[Path] = typer.Option(None, "--val-json", help="A COCO-format annotation file for the val split."),
+    val_images: Optional[Path] = typer.Option(None, "--val-images", help="Folder its file_names are relative to."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Prepared dataset folder [default: $MTL_DATA/coco, "
+                                       "or $MTL_DATA/custom for your own files]."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
-    """COCO 2017: 80-class boxes and masks, a semantic map painted from the annotations, DT bins."""
+    """COCO 2017 or any COCO-format JSON: the dataset's own classes, boxes and masks, a painted semantic map, DT bins."""
     from mtlcli.data.coco import prepare_coco
 
-    out = out or default_out("coco")
+    custom = any(v is not None for v in (train_json, train_images, val_json, val_images))
+    out = out or default_out("custom" if custom else "coco")
     with quiet_output(quiet):
-        summary = prepare_coco(src, out, workers=workers, strict=strict, force=force)
+        summary = prepare_coco(src, out, workers=workers, strict=strict, force=force, train_json=train_json,
+                               train_images=train_images, val_json=val_json, val_images=val_images)
     _done(out, summary)
+    if custom:
+        Console().print(f"next: mtl train --recipe ivanet-custom --data {out}  (or datnet-custom, safpn-custom, "
+                        f"ladderdensenet-custom, imtl-custom)")
 
 
 @app.command("mot15")

@@ -1,4 +1,4 @@
-"""`mtl train --recipe NAME|PATH [--data DATA] [--out RUN] [--set k=v ...] [--resume] [--force] [--device D]`.
+"""`mtl train --recipe NAME|PATH [--data DATA] [--out RUN] [--set k=v ...] [--weights CKPT] [--resume] [--force] [--device D]`.
 
 A thin wrapper around `mtlcli.engine.train.train`: resolve the recipe and the run directory, call, print
 a summary. Under `torchrun --nproc_per_node N -m mtlcli train ...` every process runs this; rank 0
@@ -65,6 +65,9 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<recipe>/expN)."),
         set_: list[str] = typer.Option([], "--set", help="Override a recipe key, e.g. --set train.lr=0.001 "
                                        "(repeatable)."),
+        weights: Optional[Path] = typer.Option(
+            None, "--weights", help="Start from these weights (a checkpoint or state dict): matching tensors load, "
+            "heads whose class count differs are re-initialised (sets model.init_weights)."),
         resume: bool = typer.Option(False, "--resume", help="Continue RUN/checkpoints/last.pt exactly."),
         force: bool = typer.Option(False, "--force", help="Start over in a --out that already holds a run."),
         device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [default: auto, "
@@ -91,6 +94,10 @@ def register(app: typer.Typer) -> None:
         resolved = load_recipe(recipe, set_)
         if data is not None:
             resolved["data"]["root"] = str(data.expanduser().resolve())
+        if weights is not None:
+            if resume:
+                raise UserError("--weights starts a new run from other weights; --resume continues this run's own — give one")
+            resolved["model"]["init_weights"] = str(weights.expanduser().resolve())
 
         info = init_distributed(device)
         try:

@@ -1,25 +1,36 @@
-"""COCO 2017 -> the prepared format (DESIGN.md §3).
+"""COCO-format data -> the prepared format (DESIGN.md §3): COCO 2017, or any COCO-format JSON.
 
-Source layout:
+Source layouts:
 
-    SRC/annotations/instances_train2017.json   SRC/train2017/*.jpg
+    SRC/annotations/instances_train2017.json   SRC/train2017/*.jpg      (mtl prepare coco SRC)
     SRC/annotations/instances_val2017.json     SRC/val2017/*.jpg
 
-Each annotation file present (with its image folder) becomes a split, `train` or `val`. The 80
-categories map to contiguous ids 1..80 in increasing COCO category id (det_classes in that order; the
-original id of each image is kept as `coco_id`). Masks are decoded from polygons, uncompressed RLE
+    --train-json F --train-images DIR [--val-json F --val-images DIR]    (any COCO-format files; the
+                                                file_names are relative to the image folders)
+
+Each annotation file present (with its image folder) becomes a split, `train` or `val`. The dataset's
+own categories map to contiguous ids 1..K in increasing original category id (det_classes in that
+order, their original ids kept in dataset.json's `det_category_ids`; the original id of each image is
+kept as `coco_id`), so saved results map back to the source ids. Label PNGs are named after the image's
+path below its folder (`a/x.jpg` -> semantic/a/x.png), so two images never share one. Malformed entries
+(a polygon with fewer than 6 or an odd number of coordinates, a segmentation that is neither polygons nor
+RLE, an image without height/width, a category without a name, a box of zero width) are left out with
+their reason in the summary, or stop the run under --strict. Masks are decoded from polygons, uncompressed RLE
 (crowd) or compressed RLE with pycocotools, and written back as compressed RLE with the tight bbox of
 their pixels; an annotation without a segmentation falls back to its filled bbox. The semantic map paints
 every annotation, crowd included, with its contiguous id in annotation-file order (later over earlier),
 0 = background; distance-transform bins come from the non-crowd masks. Images without annotations are
-kept (all background), as COCO evaluation counts them. `dataset.json` "source" is SRC; file names read
-like `val2017/000000000139.jpg`.
+kept (all background), as COCO evaluation counts them. `dataset.json` "source" is SRC (for custom files,
+the deepest folder holding every image folder); file names read like `val2017/000000000139.jpg`.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,70 +113,255 @@ def prepare_coco_image(job: ImageJob, out: Path) -> ImageResult:
 def load_instances(path: Path) -> dict[str, Any]:
     """A COCO instances JSON, checked for the keys we use; UserError when it is not one."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}) — download the COCO annotations again") from None
+        raise UserError(f"{path} is not valid JSON ({exc}) — give a COCO instances file (download it again)") from None
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]
     if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)}: not a COCO instances file — use annotations/instances_<split>2017.json")
+        raise UserError(f"{path} lacks {', '.join(missing)}: not a COCO instances file — give one with images, "
+                        "annotations and categories (e.g. annotations/instances_<split>2017.json)")
+    bad = [k for k in ("images", "annotations", "categories") if not isinstance(data[k], list)]
+    if bad:
+        raise UserError(f"{path}: {bad[0]} must be a list — the file is not in COCO format")
     return data
 
 
-def coco_jobs(src: Path, split: str, data: dict[str, Any], cat_map: dict[int, int], path: Path) -> list[ImageJob]:
-    """One ImageJob per image of a split, carrying its annotations (file order) with contiguous ids."""
+# ------------------------------------------------------------------------------------ checking entries
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def category_problem(c: Any) -> str | None:
+    """Why a `categories` entry cannot be used, or None."""
+    if not isinstance(c, dict):
+        return f"category entry {c!r} is not an object"
+    if not isinstance(c.get("id"), int) or isinstance(c.get("id"), bool):
+        return f"category {c.get('name', '?')!r} has no integer id"
+    if not isinstance(c.get("name"), str) or not c["name"].strip():
+        return f"category {c['id']} has no name"
+    return None
+
+
+def image_problem(im: Any) -> str | None:
+    """Why an `images` entry cannot be used, or None."""
+    if not isinstance(im, dict):
+        return f"image entry {im!r} is not an object"
+    name = im.get("file_name")
+    if not isinstance(name, str) or not name:
+        return f"image {im.get('id')!r} has no file_name"
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        return f"image {im.get('id')!r}: file_name {name!r} leaves the image folder"
+    if "id" not in im or isinstance(im["id"], (dict, list, float)):
+        return f"image {name} has no id"
+    for key in ("height", "width"):
+        if not isinstance(im.get(key), int) or isinstance(im.get(key), bool) or im[key] < 1:
+            return f"image {name} has no valid {key} ({im.get(key)!r})"
+    return None
+
+
+def annotation_problem(a: Any, height: int, width: int) -> str | None:
+    """Why an `annotations` entry cannot be used, or None (checked before any decoding)."""
+    if not isinstance(a, dict):
+        return f"annotation entry {a!r} is not an object"
+    where = f"annotation {a.get('id')!r}"
+    bbox = a.get("bbox")
+    if bbox is not None:
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_number(v) for v in bbox):
+            return f"{where}: bbox {bbox!r} is not [x, y, w, h]"
+        if bbox[2] <= 0 or bbox[3] <= 0:
+            return f"{where}: bbox {bbox!r} has zero width or height"
+    seg = a.get("segmentation")
+    if seg is None or seg == []:
+        if bbox is None:
+            return f"{where} has neither a segmentation nor a bbox"
+        return None
+    if isinstance(seg, list):
+        for poly in seg:
+            if not isinstance(poly, list) or not all(_number(v) for v in poly):
+                return f"{where}: segmentation {str(seg)[:40]} is not a list of polygons [x0, y0, x1, y1, ...]"
+            if len(poly) < 6 or len(poly) % 2:
+                return f"{where}: a polygon with {len(poly)} coordinates (a polygon needs an even number, at least 6)"
+        return None
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not isinstance(size, list) or len(size) != 2 or not isinstance(counts, (str, list)):
+            return f"{where}: segmentation is not an RLE {{size: [H, W], counts}}"
+        if [int(v) if _number(v) else v for v in size] != [height, width]:
+            return f"{where}: an RLE of size {size} does not match the image ({height}x{width})"
+        return None
+    return f"{where}: segmentation is a {type(seg).__name__}, not a polygon list or an RLE"
+
+
+# ------------------------------------------------------------------------------------------------- jobs
+
+
+@dataclass
+class Split:
+    """One split to prepare: its annotation file and the folder its images' file_names are relative to."""
+
+    name: str
+    json: Path
+    images: Path
+
+
+def coco_categories(data: dict[str, Any], path: Path) -> tuple[list[tuple[int, str]], list[str]]:
+    """((original id, name) in increasing id, reasons for skipped category entries)."""
+    cats, problems, seen = [], [], set()
+    for c in data["categories"]:
+        why = category_problem(c)
+        if why:
+            problems.append(why)
+            continue
+        if c["id"] in seen:
+            raise UserError(f"{path}: category id {c['id']} is listed twice — the file is damaged; fix its categories")
+        seen.add(c["id"])
+        cats.append((c["id"], c["name"].strip()))
+    if not cats:
+        raise UserError(f"{path} has no usable categories (each needs an integer id and a name)")
+    return sorted(cats), problems
+
+
+def coco_jobs(split: Split, data: dict[str, Any], cat_map: dict[int, int], skipped_cats: set[Any], rel_to: Path,
+              path: Path) -> tuple[list[ImageJob], list[ImageResult]]:
+    """One ImageJob per usable image of a split, carrying its usable annotations (file order) with
+    contiguous category ids; and an ImageResult with the reason for each entry left out.
+
+    file_name in the prepared format is relative to `rel_to` (the dataset's "source"); the stem keeps the
+    path below the image folder, so `a/x.jpg` and `b/x.jpg` get different label PNGs."""
+    skipped: list[ImageResult] = []
+
+    def skip(file: str, reason: str) -> None:
+        skipped.append(ImageResult(split.name, file, "", skipped=reason))
+
+    images: dict[Any, dict[str, Any]] = {}
+    for im in data["images"]:
+        why = image_problem(im)
+        if why is None and im["id"] in images:
+            why = f"image id {im['id']!r} is listed twice ({images[im['id']]['file_name']} and {im['file_name']})"
+        if why:
+            skip(f"{path.name}: image", why)
+            continue
+        images[im["id"]] = im
+    listed = {im.get("id") for im in data["images"] if isinstance(im, dict) and isinstance(im.get("id"), (int, str))}
     per_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
-    image_ids = {im["id"] for im in data["images"]}
     for a in data["annotations"]:
-        if a.get("category_id") not in cat_map:
+        image = images.get(a.get("image_id")) if isinstance(a, dict) else None
+        if isinstance(a, dict) and a.get("category_id") in skipped_cats:
+            skip(f"{path.name}: annotation {a.get('id')!r}", f"its category {a.get('category_id')} was skipped")
+            continue
+        if isinstance(a, dict) and a.get("category_id") not in cat_map:
             raise UserError(f"{path}: annotation {a.get('id')} has category_id {a.get('category_id')}, which is not in "
-                            f"its categories — the file is damaged; download it again")
-        if a.get("image_id") not in image_ids:
+                            f"its categories — the file is damaged; fix or download it again")
+        if isinstance(a, dict) and image is None and a.get("image_id") not in listed:
             raise UserError(f"{path}: annotation {a.get('id')} refers to image_id {a.get('image_id')}, which is not in "
-                            f"its images — the file is damaged; download it again")
+                            f"its images — the file is damaged; fix or download it again")
+        if image is None:
+            continue  # its image was skipped above, with the reason
+        why = annotation_problem(a, image["height"], image["width"])
+        if why:
+            skip(f"{image['file_name']}", why)
+            continue
         per_image[a["image_id"]].append({"id": a.get("id"), "segmentation": a.get("segmentation"), "bbox": a.get("bbox"),
                                          "category_id": cat_map[a["category_id"]], "iscrowd": a.get("iscrowd", 0)})
-    jobs = []
-    for im in data["images"]:
-        file_name = f"{split}2017/{im['file_name']}"
-        payload = {"image": str(src / file_name), "height": int(im["height"]), "width": int(im["width"]),
+    jobs, stems = [], {}
+    for im in images.values():
+        file = split.images / im["file_name"]
+        stem = Path(im["file_name"]).with_suffix("").as_posix()
+        if stem.lower() in stems:
+            raise UserError(f"{path}: images {stems[stem.lower()]} and {im['file_name']} would write the same label "
+                            f"file {stem}.png — rename one of them")
+        stems[stem.lower()] = im["file_name"]
+        payload = {"image": str(file), "height": int(im["height"]), "width": int(im["width"]),
                    "coco_id": im["id"], "anns": per_image.get(im["id"], [])}
-        jobs.append(ImageJob(split, file_name, Path(im["file_name"]).stem, payload))
-    return jobs
+        jobs.append(ImageJob(split.name, file.relative_to(rel_to).as_posix(), stem, payload))
+    return jobs, skipped
 
 
-def prepare_coco(src: str | Path, out: str | Path, *, workers: int | None = None, strict: bool = False, force: bool = False) -> dict:
-    """Write the prepared COCO dataset (module docstring) to `out`; returns run_prepare's summary."""
-    src = Path(src).expanduser()
-    if not src.is_dir():
-        raise UserError(f"{src}: no such folder — give the COCO root holding annotations/ and train2017/, val2017/")
-    src = src.resolve()
+def coco2017_splits(src: Path) -> list[Split]:
+    """The splits of a COCO 2017 tree (SRC/annotations/instances_<split>2017.json + SRC/<split>2017/)."""
     ann_dir = src / "annotations"
     found = [s for s in COCO_SPLITS if (ann_dir / f"instances_{s}2017.json").is_file()]
     if not found:
         raise UserError(f"{src} has no annotations/instances_train2017.json or annotations/instances_val2017.json — "
-                        f"give the COCO root (extract annotations_trainval2017.zip into it)")
+                        f"give the COCO root (extract annotations_trainval2017.zip into it), or give your own files "
+                        f"with --train-json/--train-images")
     for s in found:
         if not (src / f"{s}2017").is_dir():
             raise UserError(f"{src / f'{s}2017'} is missing but annotations/instances_{s}2017.json is there — "
                             f"extract {s}2017.zip into {src}")
+    return [Split(s, ann_dir / f"instances_{s}2017.json", src / f"{s}2017") for s in found]
+
+
+def custom_splits(train_json: Path | None, train_images: Path | None, val_json: Path | None,
+                  val_images: Path | None) -> list[Split]:
+    """Splits given as (annotation file, image folder) pairs; each file needs its folder."""
+    splits = []
+    for name, js, im in (("train", train_json, train_images), ("val", val_json, val_images)):
+        if js is None and im is None:
+            continue
+        if js is None or im is None:
+            raise UserError(f"--{name}-json and --{name}-images go together: give both (the annotation file and the "
+                            "folder its file_names are relative to)")
+        js, im = Path(js).expanduser(), Path(im).expanduser()
+        if not js.is_file():
+            raise UserError(f"--{name}-json {js}: no such file — give a COCO-format annotation JSON")
+        if not im.is_dir():
+            raise UserError(f"--{name}-images {im}: no such folder — give the folder holding the images")
+        splits.append(Split(name, js.resolve(), im.resolve()))
+    if not any(s.name == "train" for s in splits):
+        raise UserError("give --train-json FILE and --train-images DIR (and --val-json/--val-images for a val split)")
+    return splits
+
+
+def prepare_coco(src: str | Path | None, out: str | Path, *, workers: int | None = None, strict: bool = False,
+                 force: bool = False, train_json: str | Path | None = None, train_images: str | Path | None = None,
+                 val_json: str | Path | None = None, val_images: str | Path | None = None, quiet: bool = False) -> dict:
+    """Write the prepared dataset (module docstring) to `out`; returns run_prepare's summary.
+
+    Either `src`, a COCO 2017 root (dataset name "coco"), or `train_json` + `train_images` [+ `val_json` +
+    `val_images`], any COCO-format files (dataset name "custom"; "source" is the deepest folder holding
+    both image folders). The categories (id + name) must be the same in every split."""
+    custom = any(v is not None for v in (train_json, train_images, val_json, val_images))
+    if custom and src is not None:
+        raise UserError("give either a COCO 2017 root or --train-json/--train-images, not both")
+    if custom:
+        splits = custom_splits(*(Path(v) if v is not None else None for v in (train_json, train_images, val_json, val_images)))
+        source = Path(os.path.commonpath([str(s.images) for s in splits]))
+    else:
+        if src is None:
+            raise UserError("give the COCO 2017 root, or your own files with --train-json FILE --train-images DIR")
+        src = Path(src).expanduser()
+        if not src.is_dir():
+            raise UserError(f"{src}: no such folder — give the COCO root holding annotations/ and train2017/, val2017/")
+        source = src.resolve()
+        splits = coco2017_splits(source)
 
     jobs: list[ImageJob] = []
+    skipped: list[ImageResult] = []
     categories = None
-    for s in found:
-        path = ann_dir / f"instances_{s}2017.json"
-        data = load_instances(path)
-        cats = sorted(((c["id"], c["name"]) for c in data["categories"]), key=lambda c: c[0])
+    for split in splits:
+        data = load_instances(split.json)
+        cats, problems = coco_categories(data, split.json)
         if categories is None:
             categories = cats
         elif cats != categories:
-            raise UserError(f"{path} has other categories than instances_{found[0]}2017.json — use one COCO release")
+            raise UserError(f"{split.json} has other categories than {splits[0].json} ({len(cats)} vs {len(categories)}, "
+                            "or other ids or names) — every split must use the same categories")
+        skipped += [ImageResult(split.name, f"{split.json.name}: category", "", skipped=why) for why in problems]
+        skipped_cats = {c.get("id") for c in data["categories"] if isinstance(c, dict) and category_problem(c)}
         cat_map = {cid: i + 1 for i, (cid, _) in enumerate(cats)}
-        jobs += coco_jobs(src, s, data, cat_map, path)
+        split_jobs, split_skipped = coco_jobs(split, data, cat_map, skipped_cats, source, split.json)
+        jobs += split_jobs
+        skipped += split_skipped
         del data  # the train file is large; keep only what the jobs carry
 
-    refuse_out_inside(out, [src])
+    refuse_out_inside(out, [source] + [s.json.parent for s in splits if custom])
     out = check_out_dir(out, force)
     names = [n for _, n in categories]
-    meta = DatasetMeta(name="coco", source=str(src), splits=list(found), det_classes=names,
-                       seg_classes=["background", *names], palette=voc_colormap(len(names) + 1))
-    return run_prepare(out, meta, jobs, prepare_coco_image, workers=workers, strict=strict)
+    meta = DatasetMeta(name="custom" if custom else "coco", source=str(source), splits=[s.name for s in splits],
+                       det_classes=names, seg_classes=["background", *names], palette=voc_colormap(len(names) + 1),
+                       det_category_ids=[cid for cid, _ in categories])
+    return run_prepare(out, meta, jobs, prepare_coco_image, workers=workers, strict=strict, pre_skipped=skipped,
+                       quiet=quiet)

@@ -44,6 +44,8 @@ class DatasetMeta:
     ignore_index: int = IGNORE_INDEX
     dt_thresholds: list[float] = field(default_factory=lambda: [0.2, 0.4])
     format_version: int = FORMAT_VERSION
+    # the source annotations' own category id of each det class (COCO-format data); empty = 1..K
+    det_category_ids: list[int] = field(default_factory=list)
     # {train split: {eval split: {"images": shared count, "example": file}}} (mtlcli.data.overlap)
     overlap: dict[str, Any] = field(default_factory=dict)
 

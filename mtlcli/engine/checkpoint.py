@@ -101,20 +101,10 @@ def find_run_checkpoint(run: Path) -> Path:
     raise UserError(f"{run} has no checkpoints/best.pt or checkpoints/last.pt — train it first with `mtl train`")
 
 
-def load_for_eval(
-    run: Path | None = None, checkpoint: Path | None = None, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any], Path | None]:
-    """Build the model of a run (or of one checkpoint file) with its weights, in eval mode.
-
-    Returns (model on `device` in eval mode, the resolved recipe stored in the checkpoint, the prepared
-    dataset root the recipe names, or None when that folder does not exist here).
-    """
+def model_from_checkpoint(state: dict[str, Any], path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """(the model of a loaded checkpoint with its weights, on the CPU, in train mode; its recipe)."""
     from mtlcli.models import build_from_recipe
 
-    if (run is None) == (checkpoint is None):
-        raise UserError("give either a run directory (--run) or a checkpoint file (--checkpoint), not both")
-    path = find_run_checkpoint(Path(run)) if run is not None else Path(checkpoint)
-    state = load_checkpoint(path)
     recipe = state.get("recipe")
     if not isinstance(recipe, dict) or "model" not in recipe:
         raise UserError(f"checkpoint {path} carries no recipe — it was not written by `mtl train`")
@@ -127,6 +117,22 @@ def load_for_eval(
             f"(missing {len(missing)}, unexpected {len(unexpected)} keys, e.g. {(missing or unexpected)[0]}) — "
             "was it written by a different version of the model?"
         )
+    return model, recipe
+
+
+def load_for_eval(
+    run: Path | None = None, checkpoint: Path | None = None, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any], Path | None]:
+    """Build the model of a run (or of one checkpoint file) with its weights, in eval mode.
+
+    Returns (model on `device` in eval mode, the resolved recipe stored in the checkpoint, the prepared
+    dataset root the recipe names, or None when that folder does not exist here).
+    """
+    if (run is None) == (checkpoint is None):
+        raise UserError("give either a run directory (--run) or a checkpoint file (--checkpoint), not both")
+    path = find_run_checkpoint(Path(run)) if run is not None else Path(checkpoint)
+    state = load_checkpoint(path)
+    model, recipe = model_from_checkpoint(state, path)
     model.to(device).eval()
     from mtlcli.engine.train import data_root
 

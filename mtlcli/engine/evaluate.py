@@ -100,7 +100,14 @@ def evaluate(model: nn.Module, dataset: Any, metrics: list[str], *, device: str 
     rank, world = _dist_info()
     if save_predictions and world > 1:
         raise UserError("--save-predictions works in one process; run `mtl eval` without torchrun to save predictions")
-    writer = PredictionWriter(save_predictions, dataset.meta, force=force) if save_predictions else None
+    writer = None
+    if save_predictions:
+        from mtlcli.metrics.predictions import source_id_maps
+
+        identity = getattr(getattr(dataset, "label_map", None), "det_ids", None)
+        identity = identity is None or identity == {k: k for k in range(1, len(dataset.det_classes) + 1)}
+        maps = source_id_maps(dataset.meta, dataset.coco.dataset["images"], identity)
+        writer = PredictionWriter(save_predictions, dataset.meta, force=force, id_maps=maps)
     # under torch.distributed each rank takes every world-th image; sync() below gathers the counts
     part = dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
 

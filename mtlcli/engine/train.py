@@ -377,6 +377,13 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     recipe = with_class_counts(recipe, train_ds)
     recipe = with_kmeans_anchors(recipe, data_root(recipe))  # anchors = "kmeans": from the train split
     model = build(recipe)
+    from mtlcli.engine.finetune import check_class_counts, init_weights
+    from mtlcli.engine.modelcard import model_card, weights_only_state
+
+    card = model_card(train_ds)
+    check_class_counts(recipe, card)
+    if not resume:
+        init_weights(model, recipe, card, print if main else None)
     train_ds.targets, train_ds.compact = training_targets(recipe, model), True  # decode only what the loss reads
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     if cfg["sync_bn"] and info.distributed and device.type == "cpu":
@@ -435,9 +442,10 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
         state = {
             "model": core.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict(), "iteration": iteration, "rng": rngs, "best": best, "recipe": recipe,
+            "classes": card,
         }
-        for name in names:
-            save_checkpoint(ckpt_dir / name, state)
+        for name in names:  # best.pt: weights only; last.pt: everything --resume needs
+            save_checkpoint(ckpt_dir / name, weights_only_state(state) if name == "best.pt" else state)
         state_at["iteration"] = iteration
 
     def evaluate_now(iteration: int) -> dict[str, float]:

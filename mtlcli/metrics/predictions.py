@@ -3,7 +3,9 @@
 Formats (what `mtl eval --save-predictions DIR` writes and `mtl eval --predictions` reads):
 
     DIR/detections.json         COCO results [{image_id, category_id, bbox [x, y, w, h], score,
-                                segmentation? (RLE)}] with the prepared split's image ids, ids 1..K
+                                segmentation? (RLE)}] with the prepared split's image ids, ids 1..K; for
+                                data prepared from COCO-format files, the source file's own image and
+                                category ids (`source_id_maps`), ready for the COCO evaluation server
     DIR/semantic/<stem>.png     uint8 class indices of the dataset (255 = no prediction)
     DIR/labelIds/<stem>.png     Cityscapes labelIds (datasets whose classes are Cityscapes trainIds);
                                 the official cityscapesscripts evaluation accepts this folder
@@ -68,6 +70,17 @@ def image_stem(image: dict[str, Any]) -> str:
     return image.get("stem") or Path(image["file_name"]).stem
 
 
+def source_id_maps(meta: DatasetMeta, images: list[dict[str, Any]], identity_labels: bool = True
+                   ) -> tuple[dict[int, Any], dict[int, int]] | None:
+    """(prepared image id -> the source's image id, contiguous category id -> the source's category id)
+    for datasets prepared from COCO-format files (dataset.json `det_category_ids`, images' `coco_id`), so
+    that saved results use the ids of the original annotation file; None for other datasets."""
+    ids = list(getattr(meta, "det_category_ids", None) or [])
+    if not identity_labels or len(ids) != len(meta.det_classes) or not images or "coco_id" not in images[0]:
+        return None
+    return {im["id"]: im["coco_id"] for im in images}, {k: int(c) for k, c in enumerate(ids, start=1)}
+
+
 def read_png(path: Path) -> np.ndarray:
     """A label PNG as an array: grayscale files through torchvision's libpng decoder (several times
     faster than PIL on 2-megapixel maps), palette and other files through PIL (palette indices kept)."""
@@ -117,6 +130,15 @@ def load_detections(path: Path, gt: GroundTruth, need_masks: bool = False) -> li
     if not results:
         raise UserError(f"{path} holds no detections — nothing to evaluate")
     num_classes = len(gt.meta.det_classes)
+    maps = source_id_maps(gt.meta, gt.images())
+    if maps is not None:  # the file holds the source's ids (what --save-predictions writes): back to ours
+        to_image = {v: k for k, v in maps[0].items()}
+        to_cat = {v: k for k, v in maps[1].items()}
+        results = [{**r, "image_id": to_image.get(r["image_id"], f"{r['image_id']} (source id)"),
+                    "category_id": to_cat.get(r["category_id"], f"{r['category_id']} (source id)")}
+                   if isinstance(r, dict) and "image_id" in r and "category_id" in r and
+                   isinstance(r["image_id"], (int, str)) and isinstance(r["category_id"], int) else r
+                   for r in results]
     for i, r in enumerate(results):
         where = f"{path}: entry {i}"
         if not isinstance(r, dict) or any(k not in r for k in ("image_id", "category_id", "bbox", "score")):
@@ -380,7 +402,8 @@ def evaluate_predictions(root: str | Path, split: str, predictions: str | Path, 
 class PredictionWriter:
     """Writes predictions in the formats above while a model runs over a split."""
 
-    def __init__(self, out_dir: str | Path, meta: DatasetMeta, force: bool = False) -> None:
+    def __init__(self, out_dir: str | Path, meta: DatasetMeta, force: bool = False,
+                 id_maps: tuple[dict[int, Any], dict[int, int]] | None = None) -> None:
         from mtlcli.metrics.segmentation import cityscapes_label_luts
 
         self.out = Path(out_dir)
@@ -394,6 +417,7 @@ class PredictionWriter:
         mapped = set(np.nonzero(lut_in != IGNORE_INDEX)[0].tolist())
         self.label_ids = lut_out if meta.seg_classes and len(mapped) == len(meta.seg_classes) else None
         self.results: list[dict[str, Any]] = []
+        self.id_maps = id_maps  # detections.json gets the source's image and category ids
 
     def add(self, stem: str, semantic: np.ndarray | None, results: list[dict[str, Any]]) -> None:
         """One image: class-index map [H, W] uint8 (or None) and its COCO results."""
@@ -407,4 +431,9 @@ class PredictionWriter:
         if write_detections:
             from mtlcli.data.prepared import atomic_write_text
 
-            atomic_write_text(self.out / "detections.json", json.dumps(self.results))
+            results = self.results
+            if self.id_maps is not None:
+                images, cats = self.id_maps
+                results = [{**r, "image_id": images[r["image_id"]], "category_id": cats.get(r["category_id"], r["category_id"])}
+                           for r in results]
+            atomic_write_text(self.out / "detections.json", json.dumps(results))

@@ -182,3 +182,101 @@ def test_cli_prepare_coco(coco, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "instances_train2017.json" in err and "\n" not in err
+
+
+# ------------------------------------------------------------------------- any COCO-format JSON (custom)
+
+
+def custom_coco(tmp_path: Path, anns: list[dict], images: list[dict] | None = None,
+                categories: list[dict] | None = None) -> dict[str, Path]:
+    """Images in sub-folders of tmp/images (two share the stem x), one annotation file tmp/ann/train.json."""
+    rng = np.random.default_rng(1)
+    img_dir = tmp_path / "images"
+    images = images if images is not None else [
+        {"id": 101, "file_name": "a/x.jpg", "height": H, "width": W},
+        {"id": 205, "file_name": "b/x.png", "height": H, "width": W},
+    ]
+    for im in images:
+        name = im.get("file_name")
+        if isinstance(name, str) and not name.startswith(("/", "..")):
+            (img_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(img_dir / name)
+    cats = categories if categories is not None else [{"id": 7, "name": "cat"}, {"id": 3, "name": "dog"},
+                                                      {"id": 12, "name": "bird"}]
+    (tmp_path / "ann").mkdir(exist_ok=True)
+    path = tmp_path / "ann" / "train.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return {"json": path, "images": img_dir, "out": tmp_path / "out"}
+
+
+def test_custom_json_keeps_its_classes_ids_and_relative_paths(tmp_path):
+    c = custom_coco(tmp_path, [ann(1, 101, 12, PERSON_POLY), ann(2, 205, 3, compressed_rle(CAR))])
+    summary = prepare_coco(None, c["out"], workers=1, train_json=c["json"], train_images=c["images"], quiet=True)
+    meta = DatasetMeta.load(c["out"])
+    assert meta.name == "custom" and meta.splits == ["train"]
+    assert meta.det_classes == ["dog", "cat", "bird"] and meta.det_category_ids == [3, 7, 12]  # by original id
+    assert meta.seg_classes == ["background", "dog", "cat", "bird"]
+    prepared = json.loads((c["out"] / "train" / "instances.json").read_text())
+    by_stem = {im["stem"]: im for im in prepared["images"]}
+    assert set(by_stem) == {"a/x", "b/x"}  # the same file stem in two folders: two label files
+    assert by_stem["a/x"]["coco_id"] == 101 and by_stem["b/x"]["coco_id"] == 205
+    assert (Path(meta.source) / by_stem["a/x"]["file_name"]).is_file()
+    sem_a = read_label_png(c["out"] / "train" / "semantic" / "a" / "x.png")
+    sem_b = read_label_png(c["out"] / "train" / "semantic" / "b" / "x.png")
+    assert set(np.unique(sem_a)) == {0, 3} and set(np.unique(sem_b)) == {0, 1}  # bird = 3, dog = 1
+    assert summary["skipped"] == []
+
+
+def test_custom_json_name_clash_is_refused_with_both_names(tmp_path):
+    images = [{"id": 1, "file_name": "a/x.jpg", "height": H, "width": W},
+              {"id": 2, "file_name": "a/x.png", "height": H, "width": W}]
+    c = custom_coco(tmp_path, [], images=images)
+    with pytest.raises(UserError, match="a/x.jpg and a/x.png"):
+        prepare_coco(None, c["out"], workers=1, train_json=c["json"], train_images=c["images"], quiet=True)
+
+
+MALFORMED = {
+    "short polygon": (ann(1, 101, 7, [[5, 5, 25]]), "polygon with 3 coordinates"),
+    "string segmentation": (ann(1, 101, 7, "5 5 25 5 25 25"), "segmentation is a str"),
+    "zero-width box": ({"id": 1, "image_id": 101, "category_id": 7, "bbox": [3, 3, 0, 5], "iscrowd": 0},
+                       "zero width or height"),
+}
+
+
+@pytest.mark.parametrize("case", [*MALFORMED, "image without height", "category without name"])
+def test_malformed_entries_are_skipped_with_a_reason_or_refused_under_strict(tmp_path, case):
+    good = ann(9, 205, 3, compressed_rle(CAR))
+    images, categories, anns = None, None, [good]
+    if case in MALFORMED:
+        bad, reason = MALFORMED[case]
+        anns = [bad, good]
+    elif case == "image without height":
+        images = [{"id": 101, "file_name": "a/x.jpg", "width": W}, {"id": 205, "file_name": "b/x.png", "height": H, "width": W}]
+        reason = "no valid height"
+    else:
+        categories = [{"id": 7}, {"id": 3, "name": "dog"}]
+        anns = [ann(1, 101, 7, PERSON_POLY), good]
+        reason = "category 7 has no name"
+    c = custom_coco(tmp_path, anns, images=images, categories=categories)
+    summary = prepare_coco(None, c["out"], workers=1, train_json=c["json"], train_images=c["images"], quiet=True)
+    assert any(reason in s["reason"] for s in summary["skipped"]), summary["skipped"]
+    prepared = json.loads((c["out"] / "train" / "instances.json").read_text())
+    assert len(prepared["annotations"]) == 1  # the good annotation survives
+    with pytest.raises(UserError, match="--strict"):
+        prepare_coco(None, c["out"], workers=1, strict=True, force=True, train_json=c["json"],
+                     train_images=c["images"], quiet=True)
+
+
+def test_cli_prepare_custom_json(tmp_path, capsys):
+    from mtlcli.cli.main import main
+
+    c = custom_coco(tmp_path, [ann(1, 101, 12, PERSON_POLY)])
+    with pytest.raises(SystemExit) as exc:
+        main(["prepare", "coco", "--train-json", str(c["json"]), "--train-images", str(c["images"]), "--out",
+              str(c["out"]), "--workers", "1"])
+    assert exc.value.code == 0
+    assert "ivanet-custom" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["prepare", "coco", "--train-json", str(c["json"]), "--out", str(tmp_path / "o2")])
+    assert exc.value.code == 2
+    assert "--train-images" in capsys.readouterr().err

@@ -1,0 +1,222 @@
+"""The Python API: a trained model in three lines.
+
+    from mtlcli import load_model
+    model = load_model("runs/ivanet-tiny-synthetic/exp1")      # a run directory or a checkpoint file
+    result = model.predict("street.jpg")                        # path, PIL image, HxWx3 uint8 array, tensor
+    results = model.predict(["a.jpg", "b.png"])                 # a list is run in batches
+
+A `Result` holds, in the image's own pixel frame, what the model outputs: `boxes` [N, 4] xyxy float,
+`scores` [N], `labels` [N] int64 (1..K) and their `class_names`, `masks` [N, H, W] bool (models with an
+instance-mask head), `semantic` [H, W] int64 class indices (the argmax of the segmentation scores) with
+`seg_classes` naming them. Everything the model needs (weights, recipe, class names, palette) comes from
+the checkpoint: no dataset folder is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtlcli.errors import UserError
+
+ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray | torch.Tensor
+
+
+@dataclasses.dataclass
+class Result:
+    """One image's predictions (detections with score >= the threshold), on the CPU.
+
+    boxes [N, 4] float32 xyxy pixels; scores [N]; labels [N] int64 1..K; class_names [N] str;
+    masks [N, H, W] bool or None; semantic [H, W] int64 indices into `seg_classes` or None;
+    size (H, W) of the image; source: the file it came from, if any.
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    masks: torch.Tensor | None
+    semantic: torch.Tensor | None
+    size: tuple[int, int]
+    seg_classes: list[str]
+    source: str | None = None
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def to_coco(self, image_id: int, category_ids: Sequence[int] | None = None, with_masks: bool = True
+                ) -> list[dict[str, Any]]:
+        """COCO results [{image_id, category_id, category_name, bbox [x, y, w, h], score, segmentation?}];
+        `category_ids[k - 1]` is the id written for label k (default: k)."""
+        rles = None
+        if with_masks and self.masks is not None and len(self):
+            from pycocotools import mask as mask_utils
+
+            rles = mask_utils.encode(np.asfortranarray(self.masks.numpy().astype(np.uint8).transpose(1, 2, 0)))
+        out = []
+        for k, ((x1, y1, x2, y2), score, label) in enumerate(zip(self.boxes.tolist(), self.scores.tolist(),
+                                                                  self.labels.tolist())):
+            cat = category_ids[label - 1] if category_ids is not None and 1 <= label <= len(category_ids) else label
+            r = {"image_id": image_id, "category_id": int(cat), "category_name": self.class_names[k],
+                 "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)], "score": round(score, 5)}
+            if rles is not None:
+                r["segmentation"] = {"size": [int(s) for s in rles[k]["size"]], "counts": rles[k]["counts"].decode("ascii")}
+            out.append(r)
+        return out
+
+
+def to_image_tensor(image: ImageLike) -> torch.Tensor:
+    """Any supported image as float32 [3, H, W] RGB in 0..1 on the CPU.
+
+    path (str / Path) · PIL image (any mode) · numpy HxWx3 (or HxW, HxWx4) uint8, or float in 0..1 ·
+    tensor [3, H, W] uint8 or float in 0..1."""
+    if isinstance(image, (str, Path)):
+        from mtlcli.viz.predictions import read_image_file
+
+        return read_image_file(image)
+    try:
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            image = np.asarray(image.convert("RGB"))
+    except ImportError:  # pragma: no cover - PIL is a dependency
+        pass
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise UserError(f"a numpy image must be HxWx3 (RGB), got shape {image.shape}")
+        image = torch.from_numpy(np.array(image[..., :3], copy=True)).permute(2, 0, 1)
+    if not torch.is_tensor(image):
+        raise UserError(f"cannot read an image from a {type(image).__name__}; give a path, a PIL image, a numpy "
+                        "HxWx3 uint8 array or a [3, H, W] tensor")
+    image = image.detach().cpu().as_subclass(torch.Tensor)
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise UserError(f"an image tensor must be [3, H, W], got {list(image.shape)}")
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    if image.dtype == torch.uint8:
+        return image.float() / 255.0
+    return image.float()
+
+
+def output_to_result(output: dict[str, torch.Tensor], class_names: Sequence[str], seg_classes: Sequence[str],
+                     size: tuple[int, int], score_threshold: float, source: str | None = None) -> Result:
+    """A model's eval output for one image (DESIGN.md §4) as a Result on the CPU."""
+    if "boxes" in output:
+        keep = output["scores"].detach() >= score_threshold
+        boxes = output["boxes"].detach()[keep].float().cpu()
+        scores = output["scores"].detach()[keep].float().cpu()
+        labels = output["labels"].detach()[keep].long().cpu()
+        masks = output["masks"].detach()[keep][:, 0].cpu() > 0.5 if "masks" in output else None
+    else:
+        boxes, scores, labels, masks = torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.long), None
+    names = [class_names[k - 1] if 1 <= k <= len(class_names) else f"class {k}" for k in labels.tolist()]
+    semantic = output["sem_seg"].detach().argmax(0).cpu() if "sem_seg" in output else None
+    return Result(boxes, scores, labels, names, masks, semantic, tuple(size), list(seg_classes), source)
+
+
+class Predictor:
+    """A trained model with its classes: `predict(image or list)`. Build it with `load_model`.
+
+    Attributes: network (the nn.Module, eval mode), recipe (resolved recipe), det_classes, seg_classes,
+    palette, det_category_ids (original ids of the training data), device, checkpoint (path).
+    """
+
+    def __init__(self, network: nn.Module, recipe: dict[str, Any], card: dict[str, Any], device: str,
+                 checkpoint: Path | None = None) -> None:
+        self.network, self.recipe, self.card = network.eval(), recipe, card
+        self.det_classes: list[str] = list(card["det_classes"])
+        self.seg_classes: list[str] = list(card["seg_classes"])
+        self.palette: list[list[int]] = [list(c) for c in card["palette"]]
+        self.det_category_ids: list[int] = list(card.get("det_category_ids") or range(1, len(self.det_classes) + 1))
+        self.device, self.checkpoint = device, checkpoint
+
+    def __repr__(self) -> str:
+        return (f"Predictor({self.recipe['model'].get('name')!r}, {len(self.det_classes)} det classes, "
+                f"{len(self.seg_classes)} seg classes, device={self.device!r})")
+
+    @torch.inference_mode()
+    def raw(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """The model's own outputs (DESIGN.md §4) for float [3, H, W] images, on the model's device."""
+        return self.network([img.to(self.device, non_blocking=True) for img in images])
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], *, score_threshold: float = 0.3,
+                batch_size: int = 8) -> Result | list[Result]:
+        """Predictions for one image (-> Result) or a list of them (-> list[Result], run in batches of
+        `batch_size`). Detections below `score_threshold` are dropped."""
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        if not 0.0 <= score_threshold <= 1.0:
+            raise UserError(f"score_threshold must lie in 0..1, got {score_threshold}")
+        results: list[Result] = []
+        for start in range(0, len(items), max(1, batch_size)):
+            chunk = items[start:start + batch_size]
+            tensors = [to_image_tensor(x) for x in chunk]
+            outputs = self.raw(tensors)
+            for item, img, out in zip(chunk, tensors, outputs):
+                results.append(output_to_result(out, self.det_classes, self.seg_classes, tuple(img.shape[-2:]),
+                                                score_threshold, str(item) if isinstance(item, (str, Path)) else None))
+        return results[0] if single else results
+
+    __call__ = predict
+
+    def draw(self, image: ImageLike, result: Result, alpha: float = 0.5) -> torch.Tensor:
+        """The overlay of `result` on `image`: uint8 [3, H, W] (semantic map, masks, boxes with captions)."""
+        from mtlcli.engine.predict import render_result
+
+        return render_result(to_image_tensor(image), result, self.det_classes, self.palette, alpha=alpha)
+
+
+def resolve_checkpoint(source: str | Path) -> Path:
+    """A run directory (its best.pt, else last.pt) or a checkpoint file."""
+    from mtlcli.engine.checkpoint import find_run_checkpoint
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return find_run_checkpoint(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist — give a run directory of `mtl train` or a checkpoint file")
+    return path
+
+
+def load_model(source: str | Path, *, device: str = "cpu") -> Predictor:
+    """The model of a run directory (`RUN/checkpoints/best.pt`, else last.pt) or of a checkpoint file,
+    on `device` ("cpu", "cuda", "cuda:1", "auto"), in eval mode, with its class names and palette."""
+    from mtlcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from mtlcli.engine.modelcard import card_of
+
+    device = resolve_device(device)
+    path = resolve_checkpoint(source)
+    state = load_checkpoint(path)
+    network, recipe = model_from_checkpoint(state, path)
+    root = None
+    if not isinstance(state.get("classes"), dict):  # an older checkpoint: its dataset may say
+        from mtlcli.engine.train import data_root
+
+        root = data_root(recipe)
+        root = root if (root / "dataset.json").is_file() else None
+    return Predictor(network.to(device), recipe, card_of(state, recipe, root), device, path)
+
+
+def resolve_device(name: str | None) -> str:
+    """"auto" (or None) -> cuda when available, else cpu; an unavailable device is a UserError."""
+    if name in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type != "cpu":
+        raise UserError(f"--device {name}: only cpu and cuda devices are supported")
+    return str(dev)

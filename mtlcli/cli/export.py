@@ -1,0 +1,56 @@
+"""`mtl export (--run RUN | --checkpoint CKPT) --format onnx|torchscript [--out FILE] [--size HxW]
+[--dynamic-batch]`: write the model for deployment and check the file against PyTorch (`mtlcli.export`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mtlcli.errors import UserError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    def export_command(
+        run: Optional[Path] = typer.Option(None, "--run", help="Run directory of `mtl train` (uses best.pt, else last.pt)."),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file written by `mtl train`."),
+        fmt: str = typer.Option(..., "--format", "-f", help="onnx or torchscript."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file [default: RUN/export/model.onnx|.pt, "
+                                           "or next to the checkpoint]."),
+        size: Optional[str] = typer.Option(None, "--size", help="Input size HxW [default: the model's input size]."),
+        dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size (ONNX: a symbolic batch axis)."),
+        force: bool = typer.Option(False, "--force", help="Overwrite an existing --out."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output file."),
+    ) -> None:
+        """Export a trained model to ONNX or TorchScript; the written file is checked against PyTorch."""
+        from mtlcli.api import load_model
+        from mtlcli.export import export_model, parse_size
+
+        if (run is None) == (checkpoint is None):
+            raise UserError("give either a run directory (--run) or a checkpoint file (--checkpoint)")
+        fmt = fmt.lower()
+        if fmt not in ("onnx", "torchscript"):
+            raise UserError(f"--format {fmt!r}: choose onnx or torchscript")
+        suffix = ".onnx" if fmt == "onnx" else ".pt"
+        model = load_model(run if run is not None else checkpoint, device="cpu")
+        if out is None:
+            ckpt = Path(model.checkpoint)
+            base = Path(run) / "export" if run is not None else ckpt.parent
+            if base.name == "checkpoints":  # never beside the run's own checkpoints
+                base = base.parent / "export"
+            out = base / f"{ckpt.stem}{suffix}"
+        if out.exists() and not force:
+            raise UserError(f"--out {out} exists; choose another file or pass --force to overwrite it")
+        if out.is_dir():
+            raise UserError(f"--out {out} is a folder; give a file name")
+        info = export_model(model.network, fmt, out, size=parse_size(size), dynamic_batch=dynamic_batch, card=model.card)
+        if quiet:
+            print(out)
+            return
+        p = info["parity"]
+        shape = "x".join(str(v) for v in info["input"]["shape"])
+        print(f"exported {info['model']} to {out} ({fmt}, input images {shape}, {len(info['outputs'])} outputs); "
+              f"parity with PyTorch: max |diff| {p['max_abs_diff']:.2e} (tolerance {p['atol']} + {p['rtol']} x |value|)"
+              f"; details in {out}.json")

@@ -1,0 +1,438 @@
+"""`mtl predict`: run a trained model over image files, folders, glob patterns and videos.
+
+    OUT/overlays/<rel>.png     the image with the semantic map (legend below), masks and captioned boxes
+    OUT/semantic/<rel>.png     uint8 class indices of the model's seg classes (255 = none)
+    OUT/labelIds/<rel>.png     the same as Cityscapes labelIds (models trained on Cityscapes classes)
+    OUT/detections.json        COCO results [{image_id, file_name, category_id, category_name, bbox
+                               [x, y, w, h], score, segmentation (RLE, with --save-masks)}], category ids
+                               those of the training data (its original ids for COCO-format data)
+    OUT/images.json            {"images": [{id, file_name, height, width}], "categories": [{id, name}]}
+    OUT/<rel>.mp4 + .jsonl     a video: the annotated video, and one JSON line per frame
+                               {"frame", "time", "detections": [...]} (boxes in the frame's pixels)
+
+`<rel>` is an image's path relative to the folder (or the glob's fixed part) it was found under, so
+`a/x.jpg` and `b/x.jpg` never share an output. Images are decoded on DataLoader workers, run through the
+model in batches on the device, and drawn and written by a small thread pool while the next batch runs.
+Every output file goes through `Outputs.path`, the one place that decides where a file may be written.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from mtlcli.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+@dataclass
+class Source:
+    path: Path
+    rel: Path  # output name without suffix, unique over the run
+
+    @property
+    def is_video(self) -> bool:
+        return self.path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def _media(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
+
+
+def expand_sources(sources: Sequence[str | Path]) -> list[Source]:
+    """Files as given, folders recursively (sorted), glob patterns (`**` allowed); each with a unique
+    relative output name. Nothing found, or a path that does not exist, is a UserError."""
+    found: list[tuple[Path, Path]] = []
+    for text in map(str, sources):
+        p = Path(text).expanduser()
+        if p.is_dir():
+            found += [(f, f.relative_to(p)) for f in sorted(p.rglob("*")) if _media(f)]
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+                raise UserError(f"{p} is neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a video "
+                                f"({', '.join(VIDEO_SUFFIXES)})")
+            found.append((p, Path(p.name)))
+        elif glob.has_magic(text):
+            base = Path(text.split("*")[0].split("?")[0].split("[")[0])
+            base = base if text.endswith(os.sep) or base.is_dir() else base.parent
+            matches = [Path(m) for m in sorted(glob.glob(os.path.expanduser(text), recursive=True))]
+            files = [m for m in matches if _media(m)]
+            if not files:
+                raise UserError(f"the pattern {text!r} matches no image or video file")
+            found += [(f, f.relative_to(base) if base in f.parents else Path(f.name)) for f in files]
+        else:
+            raise UserError(f"{text} does not exist — give image files, folders, glob patterns or videos")
+    if not found:
+        raise UserError(f"no image or video files in {', '.join(map(str, sources))}")
+    out: list[Source] = []
+    taken: set[str] = set()
+    seen: set[Path] = set()
+    for path, rel in found:
+        resolved = path.resolve()
+        if resolved in seen:  # the same file through two arguments
+            continue
+        seen.add(resolved)
+        stem = rel.with_suffix("")
+        name, k = stem, 2
+        while str(name).lower() in taken:
+            name = stem.with_name(f"{stem.name}-{k}")
+            k += 1
+        taken.add(str(name).lower())
+        out.append(Source(path, name))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+class Outputs:
+    """The output folder: every file the command writes is named through `path`, which refuses names
+    outside the folder (and is where a guard against writing into datasets or runs plugs in)."""
+
+    def __init__(self, root: Path, force: bool = False) -> None:
+        root = Path(root).expanduser()
+        if root.exists() and not root.is_dir():
+            raise UserError(f"--out {root} exists and is not a folder; choose another path")
+        if root.is_dir() and any(root.iterdir()) and not force:
+            raise UserError(f"--out {root} is not empty; choose another folder or pass --force to overwrite files in it")
+        guard = _output_guard()
+        if guard is not None:
+            guard(root)
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root.resolve()
+
+    def path(self, *parts: str | Path) -> Path:
+        p = self.root.joinpath(*map(str, parts)).resolve()
+        if self.root not in p.parents:
+            raise UserError(f"refusing to write {p}: outside --out {self.root}")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+def _output_guard() -> Callable[[Path], None] | None:
+    """The shared guard against writing into a prepared dataset or a run's checkpoints/, where present."""
+    try:
+        from mtlcli.safety import refuse_protected_output  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return refuse_protected_output
+
+
+def default_out() -> Path:
+    """runs/predict/expN, N one past the highest existing."""
+    from mtlcli.cli.train import next_run_dir
+
+    return next_run_dir(Path("runs") / "predict")
+
+
+# --------------------------------------------------------------------------------------------- drawing
+
+
+def render_result(image: torch.Tensor, result: Any, det_classes: Sequence[str], palette: Sequence[Sequence[int]],
+                  alpha: float = 0.5, legend: bool = True) -> torch.Tensor:
+    """uint8 [3, H(+legend), W]: semantic map blended over the image, instance masks in class colours,
+    boxes with "name score" captions, and a legend of the seg classes present below the image."""
+    from mtlcli.viz.draw import class_colors, draw_boxes, overlay_masks, overlay_semantic, to_uint8
+
+    panel = to_uint8(image)
+    present: list[int] = []
+    if result.semantic is not None:
+        panel = overlay_semantic(panel, result.semantic, palette, alpha=alpha)
+        present = [int(c) for c in torch.unique(result.semantic).tolist() if 0 <= int(c) < len(palette)]
+    if len(result):
+        colors = class_colors(max(len(det_classes), 1))
+        if result.masks is not None:
+            panel = overlay_masks(panel, result.masks, colors=[colors[(int(k) - 1) % len(colors)] for k in result.labels],
+                                  alpha=alpha)
+        panel = draw_boxes(panel, result.boxes, result.labels, det_classes, scores=result.scores)
+    if legend and present:
+        panel = _with_legend(panel, [(result.seg_classes[c] if c < len(result.seg_classes) else f"class {c}",
+                                      tuple(palette[c])) for c in present])
+    return panel
+
+
+def _with_legend(panel: torch.Tensor, entries: list[tuple[str, tuple[int, ...]]]) -> torch.Tensor:
+    """Append rows of colour swatches with class names below `panel` (uint8 [3, H, W])."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from mtlcli.viz.draw import _font_path
+
+    h, w = panel.shape[-2:]
+    size = max(10, min(h, w) // 30)
+    font_path = _font_path()
+    font = ImageFont.truetype(font_path, size) if font_path else ImageFont.load_default()
+    pad, sw = size // 2, size
+    widths = [sw + pad + int(font.getlength(name)) + 2 * pad for name, _ in entries]
+    rows, x = 1, 0
+    for wd in widths:
+        if x and x + wd > w:
+            rows, x = rows + 1, 0
+        x += wd
+    band = Image.new("RGB", (w, rows * (size + 2 * pad)), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    x, y = pad, pad
+    for (name, color), wd in zip(entries, widths):
+        if x > pad and x + wd > w:
+            x, y = pad, y + size + 2 * pad
+        draw.rectangle([x, y, x + sw, y + size], fill=tuple(int(c) for c in color[:3]), outline=(0, 0, 0))
+        draw.text((x + sw + pad, y), name, fill=(0, 0, 0), font=font)
+        x += wd
+    legend = torch.from_numpy(np.asarray(band).copy()).permute(2, 0, 1)
+    return torch.cat([panel, legend], dim=1)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """(index, uint8 [3, H, W] or None, error text) per image file, decoded in a loader worker."""
+
+    def __init__(self, files: Sequence[Path]) -> None:
+        self.files = list(files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        try:
+            with Image.open(self.files[i]) as img:
+                rgb = np.asarray(img.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as exc:
+            return i, None, f"{type(exc).__name__}: {exc}"
+        return i, torch.from_numpy(rgb.copy()).permute(2, 0, 1), ""
+
+
+def _collate(batch):
+    return batch
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+@dataclass
+class PredictOptions:
+    score_threshold: float = 0.3
+    batch_size: int = 8
+    workers: int = 2
+    save_json: bool = True
+    save_images: bool = True
+    save_masks: bool = False
+    progress: bool = True
+
+
+@dataclass
+class PredictSummary:
+    images: int = 0
+    frames: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    model_seconds: float = 0.0
+    out: Path | None = None
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.images + self.frames) / self.seconds if self.seconds else 0.0
+
+
+class _Writer:
+    """Draws and writes one image's outputs off the main thread; collects the JSON results."""
+
+    def __init__(self, model: Any, outputs: Outputs, opts: PredictOptions) -> None:
+        self.model, self.outputs, self.opts = model, outputs, opts
+        self.pool = ThreadPoolExecutor(max_workers=2)
+        self.pending: list[Future] = []
+        self.results: list[dict[str, Any]] = []
+        self.images: list[dict[str, Any]] = []
+        self.label_ids = None
+        if model.card.get("cityscapes"):
+            from mtlcli.metrics.segmentation import cityscapes_label_luts
+
+            self.label_ids = cityscapes_label_luts(model.seg_classes)[1]
+
+    def add(self, source: Source, image: torch.Tensor, result: Any) -> None:
+        image_id = len(self.images) + 1
+        h, w = result.size
+        self.images.append({"id": image_id, "file_name": str(source.path), "height": h, "width": w})
+        if self.opts.save_json:
+            for r in result.to_coco(image_id, self.model.det_category_ids, with_masks=self.opts.save_masks):
+                self.results.append({**r, "file_name": str(source.path)})
+        self.pending.append(self.pool.submit(self._write, source, image, result))
+        if len(self.pending) > 4 * self.opts.batch_size:
+            self.pending.pop(0).result()
+
+    def _write(self, source: Source, image: torch.Tensor, result: Any) -> None:
+        from PIL import Image
+
+        rel = f"{source.rel}.png"
+        if self.opts.save_images:
+            panel = render_result(image, result, self.model.det_classes, self.model.palette)
+            Image.fromarray(panel.permute(1, 2, 0).numpy()).save(self.outputs.path("overlays", rel))
+        if self.opts.save_json and result.semantic is not None:
+            sem = result.semantic.clamp(0, 255).to(torch.uint8).numpy()
+            Image.fromarray(sem).save(self.outputs.path("semantic", rel))
+            if self.label_ids is not None:
+                Image.fromarray(self.label_ids[sem]).save(self.outputs.path("labelIds", rel))
+
+    def close(self) -> None:
+        for f in self.pending:
+            f.result()
+        self.pool.shutdown()
+        if self.opts.save_json and self.images:
+            from mtlcli.data.prepared import atomic_write_text
+
+            atomic_write_text(self.outputs.path("detections.json"), json.dumps(self.results))
+            categories = [{"id": int(i), "name": n} for i, n in zip(self.model.det_category_ids, self.model.det_classes)]
+            atomic_write_text(self.outputs.path("images.json"),
+                              json.dumps({"images": self.images, "categories": categories}, indent=1))
+
+
+def predict_sources(model: Any, sources: Sequence[str | Path], out: Path, opts: PredictOptions,
+                    force: bool = False) -> PredictSummary:
+    """Run `model` (an `mtlcli.api.Predictor`) over the sources into `out`; returns the summary."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mtlcli.api import output_to_result
+
+    if not 0.0 <= opts.score_threshold <= 1.0:
+        raise UserError(f"--score-threshold must lie in 0..1, got {opts.score_threshold}")
+    items = expand_sources(sources)
+    outputs = Outputs(out, force=force)
+    images = [s for s in items if not s.is_video]
+    videos = [s for s in items if s.is_video]
+    summary = PredictSummary(out=outputs.root)
+    writer = _Writer(model, outputs, opts)
+    columns = [TextColumn("[bold]predict[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[rate]}")]
+    t0 = time.perf_counter()
+    with Progress(*columns, disable=not opts.progress, transient=False) as bar:
+        if images:
+            task = bar.add_task("images", total=len(images), rate="")
+            loader = torch.utils.data.DataLoader(
+                ImageFiles([s.path for s in images]), batch_size=opts.batch_size, num_workers=opts.workers,
+                collate_fn=_collate, pin_memory=str(model.device).startswith("cuda"))
+            for batch in loader:
+                good = [(i, img) for i, img, err in batch if img is not None]
+                for i, img, err in batch:
+                    if img is None:
+                        summary.skipped.append((str(images[i].path), err))
+                if good:
+                    t_model = time.perf_counter()
+                    floats = [img.to(model.device, non_blocking=True).float().div_(255) for _, img in good]
+                    raw = model.raw(floats)
+                    results = [output_to_result(o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]),
+                                                opts.score_threshold) for (_, img), o in zip(good, raw)]
+                    summary.model_seconds += time.perf_counter() - t_model
+                    for (i, img), result in zip(good, results):
+                        writer.add(images[i], img, result)
+                    summary.images += len(good)
+                done = summary.images + len(summary.skipped)
+                bar.update(task, completed=done,
+                           rate=f"{summary.images / (time.perf_counter() - t0):.1f} images/s")
+        for video in videos:
+            summary.frames += _predict_video(model, video, outputs, opts, bar, summary)
+        writer.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- video
+
+
+def _predict_video(model: Any, source: Source, outputs: Outputs, opts: PredictOptions, bar: Any,
+                   summary: PredictSummary) -> int:
+    """Decode a video with PyAV, predict its frames in batches, write the annotated video and one JSON
+    line per frame. Returns the number of frames."""
+    try:
+        import av
+    except ImportError:
+        raise UserError("reading videos needs PyAV: pip install av") from None
+    from mtlcli.api import output_to_result
+
+    try:
+        container = av.open(str(source.path))
+    except (av.error.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
+        summary.skipped.append((str(source.path), f"cannot open video ({exc})"))
+        return 0
+    with container:
+        if not container.streams.video:
+            summary.skipped.append((str(source.path), "no video stream"))
+            return 0
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or 25
+        total = stream.frames or None
+        task = bar.add_task(source.path.name, total=total, rate="")
+        video_path = outputs.path(f"{source.rel}.mp4")
+        lines_path = outputs.path(f"{source.rel}.jsonl")
+        out_container = None
+        frames, t0 = 0, time.perf_counter()
+        try:
+            with open(lines_path, "w") as lines:
+                batch: list[tuple[int, float, torch.Tensor]] = []
+
+                def flush() -> None:
+                    nonlocal out_container
+                    floats = [img.to(model.device).float().div_(255) for _, _, img in batch]
+                    raw = model.raw(floats)
+                    for (index, t, img), o in zip(batch, raw):
+                        result = output_to_result(o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]),
+                                                  opts.score_threshold)
+                        dets = result.to_coco(index, model.det_category_ids, with_masks=opts.save_masks)
+                        for d in dets:
+                            d.pop("image_id")
+                        lines.write(json.dumps({"frame": index, "time": round(t, 4), "detections": dets}) + "\n")
+                        if opts.save_images:
+                            panel = render_result(img, result, model.det_classes, model.palette, legend=False)
+                            if out_container is None:
+                                out_container, out_stream = _open_writer(video_path, rate, panel.shape[-1], panel.shape[-2])
+                            stream_out = out_container.streams.video[0]
+                            frame = av.VideoFrame.from_ndarray(panel.permute(1, 2, 0).numpy(), format="rgb24")
+                            for packet in stream_out.encode(frame):
+                                out_container.mux(packet)
+                    batch.clear()
+
+                for frame in container.decode(stream):
+                    t = float(frame.time) if frame.time is not None else frames / float(rate)
+                    rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+                    batch.append((frames, t, rgb))
+                    frames += 1
+                    if len(batch) == opts.batch_size:
+                        flush()
+                        bar.update(task, completed=frames, rate=f"{frames / (time.perf_counter() - t0):.1f} frames/s")
+                if batch:
+                    flush()
+                bar.update(task, completed=frames, total=frames, rate=f"{frames / (time.perf_counter() - t0):.1f} frames/s")
+        finally:
+            if out_container is not None:
+                for packet in out_container.streams.video[0].encode():
+                    out_container.mux(packet)
+                out_container.close()
+    return frames
+
+
+def _open_writer(path: Path, rate: Any, width: int, height: int):
+    import av
+
+    container = av.open(str(path), mode="w")
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    stream = container.add_stream(codec, rate=rate)
+    # yuv420p needs even sides
+    stream.width, stream.height = width - width % 2, height - height % 2
+    stream.pix_fmt = "yuv420p"
+    return container, stream
