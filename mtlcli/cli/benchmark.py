@@ -131,9 +131,15 @@ def register(app: typer.Typer) -> None:
 
         if amp not in (None, "bf16", "fp16"):
             raise UserError(f"--amp {amp!r}: choose bf16 or fp16")
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+        from mtlcli.engine.distributed import resolve_device
+
+        dev = resolve_device(device)
+        if amp is not None and dev.type != "cuda":
+            raise UserError(f"--amp {amp} needs a CUDA device (autocast is not timed on {dev.type}); drop --amp or use --device cuda")
+        if out is not None:
+            from mtlcli.safety import refuse_protected_output
+
+            refuse_protected_output(out, "--out")
         if out is not None and out.exists() and not force:
             raise UserError(f"--out {out} exists; choose another file or pass --force")
         fixed = bm.parse_size(size) if size else None
@@ -187,8 +193,9 @@ def register(app: typer.Typer) -> None:
                   "settings": {"score_threshold": score_threshold, "overrides": overrides, "batch": batch}, "results": rows}
         print_table(result, markdown)
         if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result, indent=2))
+            from mtlcli.safety import atomic_write_text
+
+            atomic_write_text(out, json.dumps(result, indent=2))
             Console().print(f"saved {out}")
 
 

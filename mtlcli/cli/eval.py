@@ -102,13 +102,10 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _device(name: str) -> str:
-    import torch
+    """--device auto | cpu | cuda | cuda:N, checked (`resolve_device`): a bad name is one line, not a crash."""
+    from mtlcli.engine.distributed import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    return name
+    return str(resolve_device(None if name == "auto" else name))
 
 
 def run_eval(
@@ -119,9 +116,15 @@ def run_eval(
     """Everything `mtl eval` does except printing; returns the result dict that is saved."""
     from mtlcli.metrics import check_metric_names
 
+    from mtlcli.safety import refuse_protected_output
+
     sources = [s for s in (run, checkpoint, predictions) if s is not None]
     if len(sources) != 1:
         raise UserError("give exactly one of --run RUN, --checkpoint CKPT or --predictions FILE|DIR")
+    for path, option in ((out, "--out"), (save_predictions, "--save-predictions")):
+        if path is not None:
+            refuse_protected_output(path, option)
+    _device(device)  # a bad --device is one line whatever the source
     if out is not None and out.exists() and not force:
         raise UserError(f"--out {out} exists; choose another file or pass --force to overwrite it")
     names = check_metric_names(metric)

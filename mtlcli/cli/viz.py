@@ -37,8 +37,10 @@ def dataset(
     from rich.console import Console
 
     from mtlcli.data.prepared import DatasetMeta
+    from mtlcli.safety import refuse_protected_output
     from mtlcli.viz.dataset import render_dataset
 
+    refuse_protected_output(out, "--out")
     if split is None:
         splits = DatasetMeta.load(data).splits
         split = splits[0] if splits else "train"  # an empty list: PreparedDataset reports it
@@ -52,15 +54,10 @@ def dataset(
 
 
 def _device(name: str) -> str:
-    import torch
+    """--device auto | cpu | cuda | cuda:N, checked (`resolve_device`): a bad name is one line, not a crash."""
+    from mtlcli.engine.distributed import resolve_device
 
-    from mtlcli.errors import UserError
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    return name
+    return str(resolve_device(None if name == "auto" else name))
 
 
 def _class_index(value: Optional[str], names: list[str], option: str) -> Optional[int]:
@@ -137,8 +134,10 @@ def curves(
     force: bool = FORCE_OPTION,
 ) -> None:
     """Loss terms, learning rate and evaluation metrics over iterations, from RUN/metrics.jsonl."""
+    from mtlcli.safety import refuse_protected_output
     from mtlcli.viz.curves import plot_curves
 
+    refuse_protected_output(out if out is not None else Path(runs[0]) / "plots", "--out")
     _print_paths("plot(s)", plot_curves(runs, out, force=force))
 
 

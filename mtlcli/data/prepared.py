@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,11 +87,10 @@ def dt_path(root: str | Path, split: str, stem: str) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write a text file atomically: fsynced, the user's umask, renamed into place (`mtlcli.safety`)."""
+    from mtlcli.safety import atomic_write_text as write
+
+    write(path, text)
 
 
 def save_png(path: Path, array: np.ndarray) -> None:
@@ -155,6 +153,11 @@ def check_out_dir(out: str | Path, force: bool, source: str | Path | None = None
             raise UserError(f"--out {out} lies inside the source {src}; choose a folder outside it (the source is never written)")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder; choose another path")
+    from mtlcli.safety import protected_owner, refuse_protected_output
+
+    owner = protected_owner(out)
+    if owner is not None and owner[1] != out:  # preparing again over a prepared dataset is fine; inside one is not
+        refuse_protected_output(out, "--out")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"--out {out} exists and is not empty; choose another folder or pass --force to overwrite it")
     out.mkdir(parents=True, exist_ok=True)

@@ -11,10 +11,8 @@ A checkpoint is a plain dict saved with `torch.save` and read with `torch.load(w
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,19 +29,39 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` atomically: a temporary file in the same folder, then a rename, so an
-    interrupted write never leaves a truncated checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write `state` to `path` atomically (`mtlcli.safety.atomic_save`: a temporary file in the same
+    folder, fsynced, the user's umask, then a rename), so an interrupted write never leaves a truncated
+    checkpoint behind. A failed write (disk full, read-only file system) is the OSError it was, which
+    `mtl` reports as one line, not torch's "[enforce fail at inline_container.cc]"."""
+    from mtlcli.safety import atomic_save
+
+    def write(f) -> None:
+        recorder = _WriteRecorder(f)
+        try:
+            torch.save(state, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
+
+    atomic_save(Path(path), write)
+
+
+class _WriteRecorder:
+    """A file wrapper that remembers the OSError of a failed write: torch.save turns it into a RuntimeError."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
