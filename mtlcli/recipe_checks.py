@@ -50,7 +50,7 @@ def check_model_ranges(model: dict[str, Any], source: str = "recipe") -> None:
         if value is None or key in ("name", "anchors", "pretrained_backbone") or isinstance(value, (str, bool)):
             continue
         if key in ("input_size", "min_size", "max_size", "test_min_size", "test_max_size"):
-            _size(where, value)
+            _size(where, value, pair=key == "input_size")  # min_size may list several scales
             continue
         items = value if isinstance(value, (list, tuple)) else [value]
         if not all(_num(v) for v in items):
