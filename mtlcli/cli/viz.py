@@ -60,6 +60,14 @@ def _device(name: str) -> str:
     return str(resolve_device(None if name == "auto" else name))
 
 
+def _check_labels(loaded, dataset, source) -> None:
+    """Data of another label set than the checkpoint's is one line, not silent nonsense."""
+    from mtlcli.engine.compat import check_label_set
+
+    check_label_set(getattr(loaded.model, "trained_classes", None), loaded.recipe["model"], dataset,
+                    checkpoint=source, data=loaded.root, action="viz")
+
+
 def _class_index(value: Optional[str], names: list[str], option: str) -> Optional[int]:
     """A class given as an index (0..C-1) or by name; None stays None."""
     from mtlcli.errors import UserError
@@ -121,6 +129,7 @@ def predictions(
             raise UserError("the run's prepared dataset is not here; give it with --data DATA, or draw --images FILE|DIR")
         split = split or loaded.recipe.get("data", {}).get("val_split") or "val"
         source = PreparedDataset(loaded.root, split, label_map=loaded.recipe.get("data", {}).get("label_map") or None)
+        _check_labels(loaded, source, run or checkpoint)
     paths = render_predictions(loaded.model, source, out, num=num, score_threshold=score_threshold, palette=cls.palette,
                                seg_classes=cls.seg_classes, det_classes=cls.det_classes, force=force,
                                device=loaded.device)
@@ -164,6 +173,7 @@ def confusion(
         raise UserError("the run's prepared dataset is not here; give it with --data DATA")
     split = split or loaded.recipe.get("data", {}).get("val_split") or "val"
     dataset = PreparedDataset(loaded.root, split, label_map=loaded.recipe.get("data", {}).get("label_map") or None)
+    _check_labels(loaded, dataset, run or checkpoint)
     target = output_dir(out, loaded) / f"confusion_{split}.png"
     path, details = run_confusion(loaded.model, dataset, target, device=loaded.device, batch_size=batch_size,
                                   force=force, progress=not quiet)

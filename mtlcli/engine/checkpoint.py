@@ -125,7 +125,8 @@ def load_for_eval(
     """Build the model of a run (or of one checkpoint file) with its weights, in eval mode.
 
     Returns (model on `device` in eval mode, the resolved recipe stored in the checkpoint, the prepared
-    dataset root the recipe names, or None when that folder does not exist here).
+    dataset root the recipe names, or None when that folder does not exist here). The model carries
+    `trained_classes`, the checkpoint's class names (None for checkpoints older than that entry).
     """
     from mtlcli.models import build_from_recipe
 
@@ -138,6 +139,9 @@ def load_for_eval(
         raise UserError(f"checkpoint {path} carries no recipe — it was not written by `mtl train`")
     # the trained weights replace ImageNet's: do not download them
     model = build_from_recipe(recipe["model"], load_weights=False)
+    from mtlcli.engine.compat import check_state_shapes
+
+    check_state_shapes(model, state["model"], path, recipe["model"])
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
         raise UserError(
@@ -146,6 +150,9 @@ def load_for_eval(
             "was it written by a different version of the model?"
         )
     model.to(device).eval()
+    # the class names it was trained on ({"det": [...], "seg": [...]}; None before they were stored),
+    # for `mtlcli.engine.compat.check_label_set`
+    model.trained_classes = state.get("classes")
     from mtlcli.engine.train import data_root
 
     root = data_root(recipe)

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from mtlcli.engine.checkpoint import checkpoint_dir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mtlcli.engine.compat import check_resume, dataset_classes
 from mtlcli.engine.distributed import (
     DistInfo,
     TrainSampler,
@@ -64,6 +65,7 @@ def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
     """(train split with training transforms, val split with eval transforms or None without metrics)."""
     from mtlcli.data.dataset import PreparedDataset
     from mtlcli.data.transforms import build_transforms
+    from mtlcli.data.unreadable import SkipUnreadable
 
     data = recipe["data"]
     if not (root / "dataset.json").is_file():
@@ -76,6 +78,7 @@ def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
     label_map = data["label_map"] or None
     train_ds = PreparedDataset(root, data["train_split"], transforms=build_transforms(data["augmentation"], True, **options),
                                label_map=label_map)
+    train_ds = SkipUnreadable(train_ds)  # a corrupt image is named once and skipped, not the end of the run
     val_ds = None
     if recipe["eval"]["metrics"]:
         val_ds = PreparedDataset(root, data["val_split"], transforms=build_transforms(data["augmentation"], False, **options),
@@ -370,6 +373,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     start, best, rng = 0, {}, None
     if resume:
         state = load_checkpoint(ckpt_dir / "last.pt")
+        check_resume(state, recipe, train_ds, ckpt_dir / "last.pt", data_root(recipe), model)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -405,6 +409,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
         state = {
             "model": core.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict(), "iteration": iteration, "rng": rngs, "best": best, "recipe": recipe,
+            "classes": dataset_classes(train_ds),
         }
         for name in names:
             save_checkpoint(ckpt_dir / name, state)
