@@ -14,6 +14,7 @@ source is ever written.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -164,12 +165,21 @@ def check_out_dir(out: str | Path, force: bool, source: str | Path | None = None
     return out
 
 
+# Errors of the output side (disk full, read-only, quota, too many files): they would skip every image
+# as "unreadable"; they stop the command instead, as one line.
+WRITE_FAULTS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EMFILE, errno.ENFILE}
+
+
 def _run_one(fn: Callable[[ImageJob, Path], ImageResult], out: Path, job: ImageJob) -> ImageResult:
     try:
         return fn(job, out)
     except SkipImage as exc:
         return ImageResult(job.split, job.file_name, job.stem, skipped=str(exc))
-    except (OSError, ValueError, SyntaxError) as exc:  # PIL raises these for corrupt or truncated files
+    except OSError as exc:
+        if exc.errno in WRITE_FAULTS:
+            raise
+        return ImageResult(job.split, job.file_name, job.stem, skipped=f"unreadable: {type(exc).__name__}: {exc}")
+    except (ValueError, SyntaxError) as exc:  # PIL raises these for corrupt or truncated files
         return ImageResult(job.split, job.file_name, job.stem, skipped=f"unreadable: {type(exc).__name__}: {exc}")
 
 
@@ -186,6 +196,7 @@ def run_prepare(
     strict: bool = False,
     pre_skipped: Iterable[ImageResult] = (),
     quiet: bool = False,
+    verify: bool = False,
 ) -> dict[str, Any]:
     """Run `fn(job, out)` over all jobs (in parallel when workers > 1), write instances.json per split
     and dataset.json, print a summary table, and return the summary dict.
@@ -193,12 +204,17 @@ def run_prepare(
     `fn` must be a picklable module-level function (or functools.partial of one) that writes the
     semantic/dt PNGs of its image and returns an ImageResult with COCO annotations from
     `encode_instance`. `pre_skipped` carries files the reader already rejected (e.g. no ground truth).
+    `verify` sets payload["verify"] on every job: the reader decodes each image fully instead of
+    checking its header and end (`mtlcli.data.integrity.check_image`).
     """
     from functools import partial
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     jobs = list(jobs)
+    if verify:
+        for job in jobs:
+            job.payload["verify"] = True
     results: list[ImageResult] = list(pre_skipped)
     workers = workers or default_workers()
     run = partial(_run_one, fn, out)

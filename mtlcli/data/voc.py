@@ -130,14 +130,16 @@ def box_dt_bins(boxes: list[list[float]], shape: tuple[int, int], thresholds: tu
 
 # --------------------------------------------------------------------------- reading one image
 
-def read_image_size(path: str | Path) -> tuple[int, int]:
-    """(H, W) of an image file, decoding it fully so that corrupt or truncated files are caught."""
+def read_image_size(path: str | Path, verify: bool = False) -> tuple[int, int]:
+    """(H, W) of an image file whose header parses and whose stream ends as it should (a truncated
+    file is skipped); `verify` decodes it fully as well (`mtlcli.data.integrity.check_image`)."""
+    from mtlcli.data.integrity import check_image
+
     if not os.path.isfile(path):
         raise SkipImage(f"image file {path} is missing")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.height, img.width
+        w, h = check_image(path, verify)
+        return h, w
     except (OSError, ValueError, SyntaxError) as exc:
         raise SkipImage(f"corrupt image {path} ({exc})") from None
 
@@ -208,7 +210,7 @@ def prepare_voc_image(job: ImageJob, out: Path) -> ImageResult:
     need_boxes (detection split: an image without XML is skipped), need_seg (segmentation split:
     an image without a label is skipped)."""
     p = job.payload
-    h, w = read_image_size(p["image"])
+    h, w = read_image_size(p["image"], p.get("verify", False))
     annotations: list[dict[str, Any]] = []
     dt_boxes = []
     if p.get("xml"):
@@ -292,8 +294,10 @@ def prepare_voc(
     workers: int | None = None,
     strict: bool = False,
     force: bool = False,
+    verify: bool = False,
 ) -> dict:
-    """Write the prepared VOC dataset (splits in the module docstring) to `out`; returns run_prepare's summary."""
+    """Write the prepared VOC dataset (splits in the module docstring) to `out`; returns run_prepare's summary.
+    `verify`: decode every image fully (default: header and end-of-stream checks only)."""
     v12 = find_voc_year(voc2012, "2012", "--voc2012")
     v07 = find_voc_year(voc2007, "2007", "--voc2007") if voc2007 is not None else None
     sb = find_sbd(sbd) if sbd is not None else None
@@ -363,4 +367,5 @@ def prepare_voc(
     out = check_out_dir(out, force)
     meta = DatasetMeta(name="voc", source=str(source), splits=splits, det_classes=list(VOC_CLASSES),
                        seg_classes=list(VOC_SEG_CLASSES), palette=VOC_PALETTE)
-    return run_prepare(out, meta, jobs, prepare_voc_image, workers=workers, strict=strict, pre_skipped=pre_skipped)
+    return run_prepare(out, meta, jobs, prepare_voc_image, workers=workers, strict=strict, pre_skipped=pre_skipped,
+                       verify=verify)
