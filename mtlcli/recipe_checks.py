@@ -107,8 +107,9 @@ def check_ranges(recipe: dict[str, Any], source: str = "recipe") -> None:
 def scale_stages(train: dict[str, Any], iterations: int) -> None:
     """Make [[train.stages]] last `iterations` in all, keeping their proportions (in place).
 
-    Each stage gets round(iterations * its share), at least 1; the last stage takes what rounding
-    leaves, so the sum is exactly `iterations`. Fewer iterations than stages is a UserError."""
+    Every stage boundary moves to the same fraction of the run (rounded), each stage keeps at least
+    one iteration, and the sum is exactly `iterations`: 40/40/40/40 scaled to 10 is 2/3/3/2. Fewer
+    iterations than stages is a UserError."""
     stages = train["stages"]
     if not stages:
         train["iterations"] = iterations
@@ -117,11 +118,12 @@ def scale_stages(train: dict[str, Any], iterations: int) -> None:
         raise UserError(f"train.iterations = {iterations} cannot cover the recipe's {len(stages)} stages "
                         f"(at least one iteration each) — give at least {len(stages)}")
     old = sum(s["iterations"] for s in stages)
-    done = 0
+    cum, end = 0, 0
     for i, stage in enumerate(stages):
+        cum += stage["iterations"]
         left = len(stages) - i - 1
-        n = iterations - done if left == 0 else max(1, min(round(iterations * stage["iterations"] / old),
-                                                            iterations - done - left))
-        stage["iterations"] = n
-        done += n
+        # stage boundaries at the same fractions of the run, at least one iteration per stage
+        new_end = min(max(round(iterations * cum / old), end + 1), iterations - left)
+        stage["iterations"] = new_end - end
+        end = new_end
     train["iterations"] = iterations
