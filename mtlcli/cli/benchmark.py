@@ -169,7 +169,13 @@ def register(app: typer.Typer) -> None:
         if not names and not refs:
             raise UserError("nothing to benchmark: give --recipe NAME, --preset NAME or --all (see `mtl recipes list`)")
 
-        subjects = [recipe_subject(n, fixed, dev, batch, train, overrides, score_threshold) for n in names]
+        from mtlcli.engine.limits import check_batch_fits
+
+        check_batch_fits(batch, fixed, dev, "--batch")
+        subjects = []
+        for n in names:
+            subjects.append(recipe_subject(n, fixed, dev, batch, train, overrides, score_threshold))
+            check_batch_fits(batch, subjects[-1].size, dev, "--batch")
         ref_size = fixed or (subjects[0].size if subjects else (512, 512))
         for key in refs:
             parts = [bm.reference_subject(k, ref_size, dev, score_threshold) for k in key.split("+")]

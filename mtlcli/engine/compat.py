@@ -57,11 +57,20 @@ def check_label_set(trained: Mapping[str, list[str]] | None, model_table: Mappin
         )
 
 
+class _Unset:
+    def __repr__(self) -> str:
+        return "unset (the builder's default)"
+
+
+UNSET = _Unset()
+
+
 def changed_model_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, value in the checkpoint, value now) for every [model] key that differs ("name" first)."""
+    """(key, value in the checkpoint, value now) for every [model] key that differs ("name" first);
+    a key one side does not set is UNSET."""
     keys = sorted(set(saved) | set(current), key=lambda k: (k != "name", k))
-    return [(k, saved.get(k, "(unset)"), current.get(k, "(unset)")) for k in keys
-            if _norm(saved.get(k, "(unset)")) != _norm(current.get(k, "(unset)"))]
+    return [(k, saved.get(k, UNSET), current.get(k, UNSET)) for k in keys
+            if _norm(saved.get(k, UNSET)) != _norm(current.get(k, UNSET))]
 
 
 def check_resume_model(saved: Mapping[str, Any], current: Mapping[str, Any], checkpoint: str | Path,

@@ -32,6 +32,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from mtlcli.engine.checkpoint import checkpoint_dir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mtlcli.engine.compat import check_resume, dataset_classes
+from mtlcli.engine.limits import check_batch_fits
 from mtlcli.engine.distributed import (
     DistInfo,
     TrainSampler,
@@ -353,6 +354,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     train_ds, val_ds = build_datasets(recipe, data_root(recipe))
     recipe = with_class_counts(recipe, train_ds)
     model = build(recipe)
+    check_batch_fits(micro, getattr(model, "input_size", None), device, "train.batch_size per micro-batch")
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     if cfg["sync_bn"] and info.distributed and device.type == "cpu":
         raise UserError("train.sync_bn = true needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel) — "
