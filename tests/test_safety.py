@@ -227,3 +227,14 @@ def test_unreadable_training_samples_are_named_once_and_replaced(capsys):
     assert ds.det_classes == ["car"]
     with pytest.raises(UserError, match="cannot read"):
         SkipUnreadable(_Flaky({0, 1, 2, 3}))[0]
+
+
+def test_prepare_cleans_orphaned_temporary_files(tmp_path):
+    from mtlcli.data.prepared import check_out_dir
+
+    (tmp_path / "out" / "train").mkdir(parents=True)
+    (tmp_path / "out" / ".dataset.json.x.tmp").write_text("half")
+    (tmp_path / "out" / "train" / ".instances.json.y.tmp").write_text("half")
+    (tmp_path / "out" / "train" / "keep.json").write_text("{}")
+    check_out_dir(tmp_path / "out", force=True)
+    assert [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()] == ["keep.json"]

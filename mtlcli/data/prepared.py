@@ -162,6 +162,10 @@ def check_out_dir(out: str | Path, force: bool, source: str | Path | None = None
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"--out {out} exists and is not empty; choose another folder or pass --force to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
+    from mtlcli.safety import clean_orphans
+
+    for folder in (out, *(p for p in out.iterdir() if p.is_dir())):  # half-written JSON of a killed prepare
+        clean_orphans(folder)
     return out
 
 

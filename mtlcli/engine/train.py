@@ -19,6 +19,7 @@ import json
 import os
 import random
 import resource
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -367,6 +368,8 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     optimizer = build_optimizer(model, cfg)
     schedule = LRSchedule(cfg)
     use_cuda_amp = device.type == "cuda" and cfg["amp"] != "none"
+    if cfg["amp"] != "none" and not use_cuda_amp and main:  # documented as a no-op on a CPU: say so
+        print(f"note: train.amp = {cfg['amp']} works on CUDA only; training in float32 on {device}", file=sys.stderr)
     scaler = torch.amp.GradScaler(device.type, enabled=use_cuda_amp and cfg["amp"] == "fp16")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16 if cfg["amp"] == "bf16" else torch.float16)) \
         if use_cuda_amp else contextlib.nullcontext
