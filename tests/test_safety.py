@@ -225,6 +225,8 @@ def test_unreadable_training_samples_are_named_once_and_replaced(capsys):
     assert err.count("warning: skipping unreadable img1.png") == 1 and "broken data stream" in err
     assert ds.dataset.reads.count(1) == 1  # not read again
     assert ds.det_classes == ["car"]
+    ds.targets = frozenset({"semantic"})  # a setting reaches the wrapped dataset
+    assert ds.dataset.targets == frozenset({"semantic"}) and "targets" not in vars(ds)
     with pytest.raises(UserError, match="cannot read"):
         SkipUnreadable(_Flaky({0, 1, 2, 3}))[0]
 

@@ -42,6 +42,13 @@ class SkipUnreadable(Dataset):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # settings such as `targets` are the wrapped dataset's: set them there
+        if name in ("dataset", "bad"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.dataset, name, value)
+
     def _name(self, index: int) -> str:
         info = getattr(self.dataset, "image_info", None)
         try:

@@ -125,8 +125,7 @@ def load_for_eval(
     """Build the model of a run (or of one checkpoint file) with its weights, in eval mode.
 
     Returns (model on `device` in eval mode, the resolved recipe stored in the checkpoint, the prepared
-    dataset root the recipe names, or None when that folder does not exist here). The model carries
-    `trained_classes`, the checkpoint's class names (None for checkpoints older than that entry).
+    dataset root the recipe names, or None when that folder does not exist here).
     """
     from mtlcli.models import build_from_recipe
 
@@ -150,10 +149,10 @@ def load_for_eval(
             "was it written by a different version of the model?"
         )
     model.to(device).eval()
-    # the class names it was trained on ({"det": [...], "seg": [...]}; None before they were stored),
-    # for `mtlcli.engine.compat.check_label_set`
-    model.trained_classes = state.get("classes")
     from mtlcli.engine.train import data_root
 
     root = data_root(recipe)
+    # model.trained_classes: the class names it was trained on ({"det": [...], "seg": [...]}; None for
+    # checkpoints older than that entry), for `mtlcli.engine.compat.check_label_set`
+    model.trained_classes = state.get("classes")
     return model, recipe, root if (root / "dataset.json").is_file() else None

@@ -355,7 +355,6 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     train_ds, val_ds = build_datasets(recipe, data_root(recipe))
     recipe = with_class_counts(recipe, train_ds)
     model = build(recipe)
-    check_batch_fits(micro, getattr(model, "input_size", None), device, "train.batch_size per micro-batch")
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     if cfg["sync_bn"] and info.distributed and device.type == "cpu":
         raise UserError("train.sync_bn = true needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel) — "
@@ -365,6 +364,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     model.to(device)
     if cfg["channels_last"]:
         model.to(memory_format=torch.channels_last)
+    check_batch_fits(micro, getattr(model, "input_size", None), device, "train.batch_size per micro-batch")
     optimizer = build_optimizer(model, cfg)
     schedule = LRSchedule(cfg)
     use_cuda_amp = device.type == "cuda" and cfg["amp"] != "none"
