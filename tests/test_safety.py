@@ -173,11 +173,11 @@ class _Data:
 
 def test_label_set_checks_name_both_sides():
     model = {"name": "m", "num_det_classes": 2, "num_seg_classes": 3}
-    check_label_set({"det": ["car", "person"], "seg": ["road", "car", "sky"]}, model, _Data(), checkpoint="c", data="d",
+    check_label_set({"det_classes": ["car", "person"], "seg_classes": ["road", "car", "sky"]}, model, _Data(), checkpoint="c", data="d",
                     action="eval")
     with pytest.raises(UserError, match=r"c was trained on 3 \(road, car, grass\) segmentation classes but d has 3 "
                                         r"\(road, car, sky\)"):
-        check_label_set({"det": ["car", "person"], "seg": ["road", "car", "grass"]}, model, _Data(), checkpoint="c",
+        check_label_set({"det_classes": ["car", "person"], "seg_classes": ["road", "car", "grass"]}, model, _Data(), checkpoint="c",
                         data="d", action="eval")
     with pytest.raises(UserError, match="trained on 19 segmentation classes but d has 3"):  # an older checkpoint
         check_label_set(None, {**model, "num_seg_classes": 19}, _Data(), checkpoint="c", data="d", action="eval")

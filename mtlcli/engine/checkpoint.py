@@ -152,7 +152,7 @@ def load_for_eval(
     from mtlcli.engine.train import data_root
 
     root = data_root(recipe)
-    # model.trained_classes: the class names it was trained on ({"det": [...], "seg": [...]}; None for
+    # model.trained_classes: the class names it was trained on ({"det_classes": [...], "seg_classes": [...], ...}; None for
     # checkpoints older than that entry), for `mtlcli.engine.compat.check_label_set`
     model.trained_classes = state.get("classes")
     return model, recipe, root if (root / "dataset.json").is_file() else None

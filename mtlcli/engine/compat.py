@@ -22,8 +22,9 @@ COUNT_KEYS = {"num_det_classes": ("det_classes", "detection"), "num_seg_classes"
 
 
 def dataset_classes(dataset: Any) -> dict[str, list[str]]:
-    """{"det": [...], "seg": [...]}: the class names a model trains on (after the label map); stored in checkpoints."""
-    return {"det": list(getattr(dataset, "det_classes", []) or []), "seg": list(getattr(dataset, "seg_classes", []) or [])}
+    """{"det_classes": [...], "seg_classes": [...]}: the class names a model trains on (after the label
+    map), stored as a checkpoint's "classes" entry (the keys a fuller model card may share)."""
+    return {attr: list(getattr(dataset, attr, []) or []) for attr in ("det_classes", "seg_classes")}
 
 
 def _preview(names: list[str]) -> str:
@@ -35,14 +36,15 @@ def check_label_set(trained: Mapping[str, list[str]] | None, model_table: Mappin
                     checkpoint: str | Path, data: str | Path, action: str) -> None:
     """Refuse when the dataset's classes are not the ones the checkpoint was trained on.
 
-    `trained`: the checkpoint's "classes" entry (None for older checkpoints: then the class counts of
+    `trained`: the checkpoint's "classes" entry, {"det_classes": [...], "seg_classes": [...], ...}
+    (None for older checkpoints: then the class counts of
     its [model] table are compared). Only the kinds the model predicts (its num_*_classes keys) count.
     `action` starts the message, e.g. "eval" or "--resume"."""
     for key, (attr, what) in COUNT_KEYS.items():
         if key not in model_table or not hasattr(dataset, attr):
             continue
         names = list(getattr(dataset, attr))
-        known = (trained or {}).get(attr[:3])
+        known = (trained or {}).get(attr) if isinstance(trained, Mapping) else None
         if known:
             if list(known) == names:
                 continue
