@@ -240,3 +240,24 @@ def test_prepare_cleans_orphaned_temporary_files(tmp_path):
     (tmp_path / "out" / "train" / "keep.json").write_text("{}")
     check_out_dir(tmp_path / "out", force=True)
     assert [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()] == ["keep.json"]
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_check_image_finds_files_cut_short_cheaply(tmp_path, fmt):
+    import numpy as np
+    from PIL import Image
+
+    from mtlcli.data.integrity import check_image
+
+    path = tmp_path / f"x.{fmt.lower()}"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(path, fmt)
+    assert check_image(path) == (96, 64) and check_image(path, verify=True) == (96, 64)
+    data = path.read_bytes()
+    path.write_bytes(data + b"\0" * 100)  # bytes some tools append after the end marker are tolerated
+    assert check_image(path) == (96, 64)
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(OSError, match="truncated"):
+        check_image(path)
+    with pytest.raises((OSError, SyntaxError, ValueError)):
+        check_image(path, verify=True)

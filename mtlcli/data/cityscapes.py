@@ -457,8 +457,11 @@ def prepare_cityscapes(
         first = skipped[0]
         raise UserError(f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such files)")
     out = check_out_dir(out, force, source=src)
+    from mtlcli.data.integrity import mark_verify
+
+    mark_verify(jobs, verify)
     summary = run_prepare(out, cityscapes_meta(src, split_list), jobs, prepare_image, workers=workers,
-                          strict=strict, pre_skipped=skipped, quiet=quiet, verify=verify)
+                          strict=strict, pre_skipped=skipped, quiet=quiet)
     if not any(s["images"] for s in summary["splits"].values()):
         raise UserError(f"none of the {len(summary['skipped'])} images could be prepared (reasons in the table above; "
                         f"first: {summary['skipped'][0]['reason']}) — check {src}")

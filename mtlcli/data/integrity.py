@@ -13,6 +13,7 @@ Formats other than PNG and JPEG are always decoded in full.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Iterable
 
 from PIL import Image
 
@@ -42,3 +43,10 @@ def check_image(path: str | Path, verify: bool = False) -> tuple[int, int]:
                 marker = "IEND chunk" if fmt == "PNG" else "end-of-image marker"
                 raise OSError(f"{path.name} is truncated (no {marker} at its end)")
     return size
+
+
+def mark_verify(jobs: Iterable[Any], verify: bool) -> None:
+    """Ask every ImageJob's per-image function for a full decode (payload["verify"]) when `verify`."""
+    if verify:
+        for job in jobs:
+            job.payload["verify"] = True

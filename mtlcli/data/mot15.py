@@ -155,5 +155,7 @@ def prepare_mot15(
     out = check_out_dir(out, force)
     splits = ["train", "val"] if val_fraction > 0 else ["train"]
     meta = DatasetMeta(name="mot15", source=str(src), splits=splits, det_classes=list(MOT_CLASSES), seg_classes=[], palette=[])
-    return run_prepare(out, meta, jobs, prepare_mot15_image, workers=workers, strict=strict, pre_skipped=skipped,
-                       verify=verify)
+    from mtlcli.data.integrity import mark_verify
+
+    mark_verify(jobs, verify)
+    return run_prepare(out, meta, jobs, prepare_mot15_image, workers=workers, strict=strict, pre_skipped=skipped)

@@ -200,7 +200,6 @@ def run_prepare(
     strict: bool = False,
     pre_skipped: Iterable[ImageResult] = (),
     quiet: bool = False,
-    verify: bool = False,
 ) -> dict[str, Any]:
     """Run `fn(job, out)` over all jobs (in parallel when workers > 1), write instances.json per split
     and dataset.json, print a summary table, and return the summary dict.
@@ -208,17 +207,12 @@ def run_prepare(
     `fn` must be a picklable module-level function (or functools.partial of one) that writes the
     semantic/dt PNGs of its image and returns an ImageResult with COCO annotations from
     `encode_instance`. `pre_skipped` carries files the reader already rejected (e.g. no ground truth).
-    `verify` sets payload["verify"] on every job: the reader decodes each image fully instead of
-    checking its header and end (`mtlcli.data.integrity.check_image`).
     """
     from functools import partial
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     jobs = list(jobs)
-    if verify:
-        for job in jobs:
-            job.payload["verify"] = True
     results: list[ImageResult] = list(pre_skipped)
     workers = workers or default_workers()
     run = partial(_run_one, fn, out)

@@ -367,5 +367,7 @@ def prepare_voc(
     out = check_out_dir(out, force)
     meta = DatasetMeta(name="voc", source=str(source), splits=splits, det_classes=list(VOC_CLASSES),
                        seg_classes=list(VOC_SEG_CLASSES), palette=VOC_PALETTE)
-    return run_prepare(out, meta, jobs, prepare_voc_image, workers=workers, strict=strict, pre_skipped=pre_skipped,
-                       verify=verify)
+    from mtlcli.data.integrity import mark_verify
+
+    mark_verify(jobs, verify)
+    return run_prepare(out, meta, jobs, prepare_voc_image, workers=workers, strict=strict, pre_skipped=pre_skipped)
