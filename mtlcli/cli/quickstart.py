@@ -179,10 +179,7 @@ def train_eval_viz(
         (run_dir / "quickstart.json").write_text(json.dumps(marker))
         if state == "resume":
             console.print(f"resuming the interrupted run {run_dir}")
-        from mtlcli.engine.rundir import RunLock
-
-        with RunLock(run_dir):  # a second quickstart in the same --workdir is refused, not interleaved
-            train(recipe, run_dir, resume=state == "resume", device="cpu")
+        train(recipe, run_dir, resume=state == "resume", device="cpu")
 
     console.rule("[bold]5. evaluate on the synthetic val split")
     result = run_eval(run=run_dir, checkpoint=None, predictions=None, data=data, split="val",

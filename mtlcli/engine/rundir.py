@@ -47,7 +47,8 @@ def _alive(pid: int) -> bool:
 
 
 class RunLock:
-    """`with RunLock(run_dir):` — hold RUN/.mtl.lock while training; a second holder is a UserError.
+    """`with RunLock(run_dir):` — hold RUN/.mtl.lock while training; another process holding it is a
+    UserError. Re-entrant within a process: an inner `with` neither takes nor releases it.
 
     `what` names the action in the refusal ("train into", "--force on")."""
 
@@ -55,6 +56,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_NAME
         self.what = what
         self.held = False
+        self.created_dir = False
         self.took_over: dict | None = None
 
     def _read(self) -> dict | None:
@@ -67,6 +69,7 @@ class RunLock:
             return {}  # half written or garbage: treated as stale below only if old
 
     def acquire(self) -> "RunLock":
+        self.created_dir = not self.path.parent.exists()  # an empty folder made for the lock goes with it
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         for _ in range(3):
@@ -76,6 +79,8 @@ class RunLock:
                 holder = self._read()
                 if holder is None:
                     continue  # released meanwhile: try again
+                if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
+                    return self  # this process holds it already (the command, then the engine): re-entrant
                 if self._stale(holder):
                     self.took_over = holder
                     self.path.unlink(missing_ok=True)
@@ -109,6 +114,8 @@ class RunLock:
             if holder is not None and holder.get("pid") == os.getpid():
                 self.path.unlink(missing_ok=True)
             self.held = False
+            if self.created_dir:
+                _rmdir_if_empty(self.path.parent)  # a run that failed before writing anything leaves no folder
 
     def __enter__(self) -> "RunLock":
         return self.acquire() if not self.held else self

@@ -34,6 +34,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 from mtlcli.engine.checkpoint import checkpoint_dir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mtlcli.engine.compat import check_resume, dataset_classes
 from mtlcli.engine.limits import check_batch_fits
+from mtlcli.engine.rundir import RunLock
 from mtlcli.engine.distributed import (
     DistInfo,
     TrainSampler,
@@ -336,7 +337,8 @@ def train(recipe: dict, run_dir: Path, *, resume: bool = False, device: str | No
     flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
-        return _train(recipe, Path(run_dir), resume, info, progress)
+        with RunLock(run_dir) if info.is_main else contextlib.nullcontext():  # one process per run directory
+            return _train(recipe, Path(run_dir), resume, info, progress)
     finally:
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2], flags[3]
