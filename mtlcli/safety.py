@@ -35,9 +35,9 @@ TMP_SUFFIX = ".tmp"
 def _is_prepared_dataset(folder: Path) -> bool:
     """A folder whose dataset.json is mtl's DatasetMeta (not any file that happens to be called so)."""
     meta = folder / "dataset.json"
-    if not meta.is_file():
-        return False
     try:
+        if not meta.is_file():
+            return False
         data = json.loads(meta.read_text())
     except (OSError, ValueError):
         return False
@@ -48,7 +48,10 @@ def _is_run_checkpoints(folder: Path) -> bool:
     """RUN/checkpoints of an `mtl train` run (beside recipe.toml, or holding last.pt / best.pt)."""
     if folder.name != "checkpoints":
         return False
-    return (folder.parent / "recipe.toml").is_file() or (folder / "last.pt").is_file() or (folder / "best.pt").is_file()
+    try:
+        return (folder.parent / "recipe.toml").is_file() or (folder / "last.pt").is_file() or (folder / "best.pt").is_file()
+    except OSError:  # a name too long, ...: not a run; the write itself reports it
+        return False
 
 
 def protected_owner(path: str | Path) -> tuple[str, Path] | None:

@@ -262,3 +262,12 @@ def test_check_image_finds_files_cut_short_cheaply(tmp_path, fmt):
         check_image(path)
     with pytest.raises((OSError, SyntaxError, ValueError)):
         check_image(path, verify=True)
+
+
+def test_resume_with_another_label_map_names_both_sides():
+    from mtlcli.engine.compat import check_resume
+
+    state = {"recipe": {"model": {"name": "m"}, "data": {"label_map": {}}}, "model": {}}
+    recipe = {"model": {"name": "m"}, "data": {"label_map": {"seg": {"road": "flat", "sidewalk": "flat"}}}}
+    with pytest.raises(UserError, match=r"data.label_map is \{none\} in c but \{seg: 2 entries\} now"):
+        check_resume(state, recipe, _Data(), "c", "d")

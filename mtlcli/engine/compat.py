@@ -123,6 +123,14 @@ def check_resume(state: Mapping[str, Any], recipe: Mapping[str, Any], dataset: A
     import sys
 
     saved = (state.get("recipe") or {}).get("model") or {}
+    old_map = ((state.get("recipe") or {}).get("data") or {}).get("label_map") or {}
+    new_map = (recipe.get("data") or {}).get("label_map") or {}
+    if old_map != new_map:
+        def shown(m):
+            return ", ".join(f"{k}: {len(v)} entries" for k, v in m.items()) or "none"
+
+        raise UserError(f"--resume: data.label_map is {{{shown(old_map)}}} in {checkpoint} but {{{shown(new_map)}}} now "
+                        "(another recipe?) — resume with the run's own recipe (drop --recipe), or start a new run")
     check_label_set(state.get("classes"), saved, dataset, checkpoint=checkpoint, data=data, action="--resume")
     fits = model is not None and state_fits(model, state.get("model") or {})
     for key, a, b in check_resume_model(saved, recipe["model"], checkpoint, fits=fits):
