@@ -35,6 +35,7 @@ from mtlcli.engine.checkpoint import checkpoint_dir, load_checkpoint, rng_state,
 from mtlcli.engine.compat import check_resume, dataset_classes
 from mtlcli.engine.limits import check_batch_fits
 from mtlcli.engine.rundir import RunLock
+from mtlcli.safety import atomic_write_text
 from mtlcli.engine.distributed import (
     DistInfo,
     TrainSampler,
@@ -395,7 +396,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
             )
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.toml").write_text(dump_toml(recipe))
+        atomic_write_text(run_dir / "recipe.toml", dump_toml(recipe))  # what this run does, whole or not at all
     log = MetricsLog(run_dir, main, start if resume else None)
     loader = make_loader(train_ds, micro_batch=micro, workers=cfg["workers"], seed=cfg["seed"], info=info,
                          start=start * acc * micro, collate=collate_fn())
