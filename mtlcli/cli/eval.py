@@ -158,11 +158,11 @@ def run_eval(
         label_map = recipe.get("data", {}).get("label_map") or None
         # no transforms: the model resizes its own inputs and answers in the original frame
         dataset = PreparedDataset(root, split, transforms=None, label_map=label_map)
-        from mtlcli.engine.compat import check_label_set
+        bs = batch_size or int(recipe.get("eval", {}).get("batch_size") or 4)
+        from mtlcli.engine.compat import check_label_set  # before any work: data of another label set
 
         check_label_set(getattr(model, "trained_classes", None), recipe["model"], dataset,
                         checkpoint=run or checkpoint, data=root, action="eval")
-        bs = batch_size or int(recipe.get("eval", {}).get("batch_size") or 4)
         result = evaluate(model, dataset, names, device=dev, batch_size=bs, progress=not quiet,
                           save_predictions=save_predictions, force=force, workers=workers)
         result = {"run": str(run) if run else None, "checkpoint": str(checkpoint) if checkpoint else None,
