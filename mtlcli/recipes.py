@@ -176,11 +176,33 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None, *,
                 "only one level of extends is allowed — copy the keys into one recipe"
             )
         raw = merge(base, raw)
+    explicit_iterations = False  # in a recipe file, stages decide; `--set train.iterations` scales them
     recipe = resolve(raw, source=str(path))
     for item in overrides or []:
         apply_override(recipe, item)
+        explicit_iterations |= item.split("=", 1)[0].strip() == "train.iterations"
     validate(recipe, source=str(path), check_model=check_model)
+    settle_iterations(recipe, explicit_iterations)
     return recipe
+
+
+def settle_iterations(recipe: dict, explicit: bool) -> None:
+    """Make train.iterations and [[train.stages]] agree, so that recipe.toml says what the run does.
+
+    With stages, a `--set train.iterations=N` that differs from the stages' sum scales every stage by
+    the same factor (`mtlcli.recipe_checks.scale_stages`: rounded, at least
+    one iteration each, the last stage takes the remainder); otherwise (a recipe file's own
+    train.iterations included) train.iterations becomes the stages' sum."""
+    from mtlcli.recipe_checks import scale_stages
+
+    train = recipe["train"]
+    if not train["stages"]:
+        return
+    total = sum(s["iterations"] for s in train["stages"])
+    if explicit and train["iterations"] != total:
+        scale_stages(train, train["iterations"])
+    else:
+        train["iterations"] = total
 
 
 def merge(base: dict, child: dict) -> dict:
@@ -375,6 +397,9 @@ def validate(recipe: dict, *, source: str = "recipe", check_model: bool = True) 
             raise UserError(f"{where}: iterations and lr must be positive")
         for name, w in stage["loss_weights"].items():
             _check_type(w, 1.0, f"{where}.loss_weights.{name}")
+    from mtlcli.recipe_checks import check_ranges
+
+    check_ranges(recipe, source)
     if check_model:
         validate_model(recipe["model"], source)
 
@@ -411,10 +436,14 @@ def validate_model(model: dict, source: str = "recipe") -> None:
         if key == "min_size" and isinstance(value, str):
             continue  # a continuous range "LO-HI" of training sizes (the two-stage models check it)
         _check_type(value, default, f"{source}: model.{key}")
+    from mtlcli.recipe_checks import check_model_ranges
+
+    check_model_ranges(model, source)
 
 
 def total_iterations(recipe: dict) -> int:
-    """Iterations of the whole run: the sum over stages, or train.iterations without stages."""
+    """Iterations of the whole run: the sum over stages, or train.iterations without stages (a loaded
+    recipe has both equal: `settle_iterations`)."""
     stages = recipe["train"]["stages"]
     return sum(s["iterations"] for s in stages) if stages else recipe["train"]["iterations"]
 

@@ -100,6 +100,10 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        if out is not None:
+            from mtlcli.safety import refuse_protected_output
+
+            refuse_protected_output(out, "--out")
         if out is not None and out.exists() and not force:
             raise UserError(f"--out {out} exists; choose another file or pass --force")
         label_map, size = None, DEFAULT_INPUT_SIZE
@@ -130,6 +134,7 @@ def register(app: typer.Typer) -> None:
         snippet = "anchors = [" + ", ".join(f"[{aw:g}, {ah:g}]" for aw, ah in result["anchors"]) + "]"
         print(snippet)
         if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result, indent=2) + "\n")
+            from mtlcli.safety import atomic_write_text
+
+            atomic_write_text(out, json.dumps(result, indent=2) + "\n")
             print(f"wrote {out} — train with: --set model.anchors={out}")  # plain print: no wrapping

@@ -137,6 +137,12 @@ def register(app: typer.Typer) -> None:
 
         dev = torch.device(resolve_device(device))
         batch = batch_old if batch_old is not None else batch
+        if amp is not None and dev.type != "cuda":
+            raise UserError(f"--amp {amp} needs a CUDA device (autocast is not timed on {dev.type}); drop --amp or use --device cuda")
+        if out is not None:
+            from mtlcli.safety import refuse_protected_output
+
+            refuse_protected_output(out, "--out")
         if out is not None and out.exists() and not force:
             raise UserError(f"--out {out} exists; choose another file or pass --force")
         fixed = bm.parse_size(size) if size else None
@@ -166,7 +172,13 @@ def register(app: typer.Typer) -> None:
         if not names and not refs:
             raise UserError("nothing to benchmark: give --recipe NAME, --preset NAME or --all (see `mtl recipes list`)")
 
-        subjects = [recipe_subject(n, fixed, dev, batch, train, overrides, score_threshold) for n in names]
+        from mtlcli.engine.limits import check_batch_fits
+
+        check_batch_fits(batch, fixed, dev, "--batch")
+        subjects = []
+        for n in names:
+            subjects.append(recipe_subject(n, fixed, dev, batch, train, overrides, score_threshold))
+            check_batch_fits(batch, subjects[-1].size, dev, "--batch")
         ref_size = fixed or (subjects[0].size if subjects else (512, 512))
         for key in refs:
             parts = [bm.reference_subject(k, ref_size, dev, score_threshold) for k in key.split("+")]
@@ -190,8 +202,9 @@ def register(app: typer.Typer) -> None:
                   "settings": {"score_threshold": score_threshold, "overrides": overrides, "batch": batch}, "results": rows}
         print_table(result, markdown)
         if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result, indent=2))
+            from mtlcli.safety import atomic_write_text
+
+            atomic_write_text(out, json.dumps(result, indent=2))
             Console().print(f"saved {out}")
 
 

@@ -128,9 +128,15 @@ def run_eval(
     """Everything `mtl eval` does except printing; returns the result dict that is saved."""
     from mtlcli.metrics import check_metric_names
 
+    from mtlcli.safety import refuse_protected_output
+
     sources = [s for s in (run, checkpoint, predictions) if s is not None]
     if len(sources) != 1:
         raise UserError("give exactly one of --run RUN, --checkpoint CKPT or --predictions FILE|DIR")
+    for path, option in ((out, "--out"), (save_predictions, "--save-predictions")):
+        if path is not None:
+            refuse_protected_output(path, option)
+    _device(device)  # a bad --device is one line whatever the source
     if out is not None and out.exists() and not force:
         raise UserError(f"--out {out} exists; choose another file or pass --force to overwrite it")
     names = check_metric_names(metric)
@@ -171,6 +177,10 @@ def run_eval(
         dataset = PreparedDataset(root, split, transforms=eval_transforms(recipe), label_map=label_map)
         check_class_counts(recipe, model_card(dataset), whose="the checkpoint's")
         bs = batch_size or int(recipe.get("eval", {}).get("batch_size") or 4)
+        from mtlcli.engine.compat import check_label_set  # before any work: data of another label set
+
+        check_label_set(getattr(model, "trained_classes", None), recipe["model"], dataset,
+                        checkpoint=run or checkpoint, data=root, action="eval")
         # a run keeps its predictions in RUN/eval/predictions-SPLIT (for the detection pictures and for
         # `mtl viz confusion`), unless the user chose where results go (--out) or predictions go
         keep = run is not None and out is None and save_predictions is None and _single_process()

@@ -41,6 +41,9 @@ def register(app: typer.Typer) -> None:
             if base.name == "checkpoints":  # never beside the run's own checkpoints
                 base = base.parent / "export"
             out = base / f"{ckpt.stem}{suffix}"
+        from mtlcli.safety import refuse_protected_output
+
+        refuse_protected_output(out, "--out")  # never inside a prepared dataset or a run's checkpoints/
         if out.exists() and not force:
             raise UserError(f"--out {out} exists; choose another file or pass --force to overwrite it")
         if out.is_dir():

@@ -1,7 +1,7 @@
 """The `mtl` command: a Typer app whose command groups live one per module in this package.
 
 Every command is a thin wrapper: parse, call a plain function, print. User errors (`UserError`,
-missing files) become one line on stderr and exit status 2; `MTL_DEBUG=1` shows the traceback.
+and every `OSError`: missing files, read-only or full file systems, ...) become one line on stderr and exit status 2; `MTL_DEBUG=1` shows the traceback.
 """
 
 from __future__ import annotations
@@ -84,6 +84,10 @@ def error_line(exc: BaseException) -> str:
         return f"error: {name}: no such file or directory — check the path"
     if isinstance(exc, PermissionError):
         return f"error: {exc.filename}: permission denied — choose a location you can write to"
+    if isinstance(exc, OSError):  # read-only file system, disk full, name too long, not a directory, ...
+        from mtlcli.safety import write_error_line
+
+        return write_error_line(exc)
     return f"error: {exc}"
 
 
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.setdefault("COLUMNS", "140")
     try:
         app(args=argv)
-    except (UserError, FileNotFoundError, PermissionError) as exc:
+    except (UserError, OSError) as exc:
         if os.environ.get("MTL_DEBUG"):
             raise
         print(error_line(exc), file=sys.stderr)

@@ -20,6 +20,7 @@ app = typer.Typer(help="Prepare a dataset (or draw the synthetic city) into mtl'
 
 WORKERS_HELP = "Processes preparing images in parallel (default: all cores)."
 STRICT_HELP = "Stop at the first problem file instead of skipping it and listing it in the summary."
+VERIFY_HELP = "Decode every image fully to find damage inside complete files (default: check headers and ends only)."
 FORCE_HELP = "Write into --out even if it is not empty (files there may be overwritten)."
 
 
@@ -44,13 +45,15 @@ def cityscapes(
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    verify: bool = typer.Option(False, "--verify", help=VERIFY_HELP),
 ) -> None:
     """Cityscapes (gtFine polygons or labelIds/instanceIds PNGs): boxes and masks, 19 trainIds, DT bins."""
     from mtlcli.data.cityscapes import prepare_cityscapes
 
     out = out or default_out("cityscapes")
     with quiet_output(quiet):
-        summary = prepare_cityscapes(src, out, workers=workers, strict=strict, force=force, splits=split or None)
+        summary = prepare_cityscapes(src, out, workers=workers, strict=strict, force=force, splits=split or None,
+                                     verify=verify)
     _done(out, summary)
 
 
@@ -64,13 +67,15 @@ def voc(
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    verify: bool = typer.Option(False, "--verify", help=VERIFY_HELP),
 ) -> None:
     """PASCAL VOC 2007/2012 (+ SBD): the papers' splits (trainval, trainval07_aug12, train_aug, test, val), DT bins."""
     from mtlcli.data.voc import prepare_voc
 
     out = out or default_out("voc")
     with quiet_output(quiet):
-        summary = prepare_voc(out, voc2012=voc2012, voc2007=voc2007, sbd=sbd, workers=workers, strict=strict, force=force)
+        summary = prepare_voc(out, voc2012=voc2012, voc2007=voc2007, sbd=sbd, workers=workers, strict=strict,
+                              force=force, verify=verify)
     _done(out, summary)
 
 
@@ -112,13 +117,15 @@ def mot15(
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    verify: bool = typer.Option(False, "--verify", help=VERIFY_HELP),
 ) -> None:
     """MOT15 pedestrians: boxes per frame, a time split per sequence, box-mask DT bins."""
     from mtlcli.data.mot15 import prepare_mot15
 
     out = out or default_out("mot15")
     with quiet_output(quiet):
-        summary = prepare_mot15(src, out, val_fraction=val_fraction, workers=workers, strict=strict, force=force)
+        summary = prepare_mot15(src, out, val_fraction=val_fraction, workers=workers, strict=strict, force=force,
+                                verify=verify)
     _done(out, summary)
 
 

@@ -16,7 +16,8 @@ import typer
 
 from mtlcli.errors import UserError
 
-# What a run directory holds (DESIGN.md §5): the only entries `--force` removes.
+# What a run directory holds (DESIGN.md §5); `--force` removes only the files mtl wrote in them
+# (mtlcli.engine.rundir.RUN_FILES).
 RUN_ENTRIES = ("recipe.toml", "metrics.jsonl", "checkpoints", "eval", "viz", "plots", "tensorboard")
 
 
@@ -27,7 +28,11 @@ def next_run_dir(base: Path) -> Path:
 
 
 def choose_run_dir(recipe_ref: str, out: Path | None, *, resume: bool, force: bool) -> Path:
-    """The run directory to write, refusing to clobber an existing run without --resume or --force."""
+    """The run directory to write, refusing to clobber an existing run without --resume or --force.
+
+    --force removes only what a run writes (`mtlcli.engine.rundir.clear_run`), never a user's own file,
+    and is refused while another process trains there."""
+    from mtlcli.engine.rundir import LOCK_NAME, check_unlocked, clear_run
     from mtlcli.recipes import recipe_name
 
     if out is None:
@@ -40,19 +45,44 @@ def choose_run_dir(recipe_ref: str, out: Path | None, *, resume: bool, force: bo
         return out
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file — give a directory for the run")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
         if not force:
             raise UserError(
                 f"{out} already holds files — continue that run with --resume, start over with --force, "
                 "or choose another --out"
             )
-        for name in RUN_ENTRIES:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        check_unlocked(out, "--force on")
+        kept = clear_run(out)
+        if kept:
+            print(f"--force kept {len(kept)} file(s) that mtl did not write, e.g. {kept[0]}")
     return out
+
+
+def lock_run_dir(recipe_ref: str, out: Path | None, *, resume: bool, force: bool):
+    """(run directory, held RunLock): `choose_run_dir` under the run's lock, so that a second `train`
+    into the same directory, or --force on a live run, is refused instead of interleaving two runs."""
+    from mtlcli.engine.rundir import RunLock
+    from mtlcli.safety import clean_orphans, refuse_protected_output
+
+    if out is not None:
+        refuse_protected_output(out, "--out")
+    run_dir = choose_run_dir(recipe_ref, out, resume=resume, force=False) if out is None else out
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file — give a directory for the run")
+    created = not run_dir.exists()
+    lock = RunLock(run_dir, "--force on" if force else "train into").acquire()
+    try:
+        if out is not None:
+            choose_run_dir(recipe_ref, out, resume=resume, force=force)
+        # temporary files of a write that a killed run left behind
+        clean_orphans(run_dir / "checkpoints")
+        clean_orphans(run_dir)
+    except BaseException:
+        lock.release()
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return run_dir, lock
 
 
 def register(app: typer.Typer) -> None:
@@ -103,9 +133,11 @@ def register(app: typer.Typer) -> None:
         try:
             # Rank 0 alone looks at the file system, so that all processes agree on one directory.
             decision: tuple[str, str] = ("", "")
+            lock = None
             if info.is_main:
                 try:
-                    decision = ("ok", str(choose_run_dir(recipe, out, resume=resume, force=force)))
+                    run_dir, lock = lock_run_dir(recipe, out, resume=resume, force=force)
+                    decision = ("ok", str(run_dir))
                 except UserError as exc:
                     decision = ("error", str(exc))
             decision = broadcast_object(decision, info)
@@ -119,6 +151,9 @@ def register(app: typer.Typer) -> None:
                 result = train(resolved, run_dir, resume=resume, device=device, progress=not quiet)
             except KeyboardInterrupt:
                 raise typer.Exit(130) from None
+            finally:
+                if lock is not None:
+                    lock.release()
             if info.is_main:
                 _summary(result, run_dir)
         finally:

@@ -45,6 +45,7 @@ def dataset(
 
     from mtlcli.data.prepared import DatasetMeta
     from mtlcli.errors import UserError
+    from mtlcli.safety import refuse_protected_output
     from mtlcli.viz.dataset import render_dataset
 
     if data is not None and data_arg is not None:
@@ -52,6 +53,7 @@ def dataset(
     data = data if data is not None else data_arg
     if data is None:
         raise UserError("say which prepared dataset to draw with --data DATA (the --out of `mtl prepare`)")
+    refuse_protected_output(out, "--out")
     if split is None:
         splits = DatasetMeta.load(data).splits
         split = splits[0] if splits else "train"  # an empty list: PreparedDataset reports it
@@ -82,6 +84,14 @@ def _fraction(text: str, option: str) -> float:
         return float(text)
     except (ValueError, ZeroDivisionError):
         raise UserError(f"{option} {text!r} is not a number; write e.g. 0.03 or 8/255") from None
+
+
+def _check_labels(loaded, dataset, source) -> None:
+    """Data of another label set than the checkpoint's is one line, not silent nonsense."""
+    from mtlcli.engine.compat import check_label_set
+
+    check_label_set(getattr(loaded.model, "trained_classes", None), loaded.recipe["model"], dataset,
+                    checkpoint=source, data=loaded.root, action="viz")
 
 
 def _class_index(value: Optional[str], names: list[str], option: str) -> Optional[int]:
@@ -146,6 +156,7 @@ def predictions(
             raise UserError("the run's prepared dataset is not here; give it with --data DATA, or draw --images FILE|DIR")
         split = split or loaded.recipe.get("data", {}).get("val_split") or "val"
         source = PreparedDataset(loaded.root, split, label_map=loaded.recipe.get("data", {}).get("label_map") or None)
+        _check_labels(loaded, source, run or checkpoint)
     paths = render_predictions(loaded.model, source, out, num=num, score_threshold=score_threshold, palette=cls.palette,
                                seg_classes=cls.seg_classes, det_classes=cls.det_classes, force=force,
                                device=loaded.device, progress=not quiet)
@@ -162,13 +173,14 @@ def curves(
 ) -> None:
     """Loss terms, learning rate and evaluation metrics over iterations, from RUN/metrics.jsonl."""
     from mtlcli.errors import UserError
+    from mtlcli.safety import refuse_protected_output
     from mtlcli.viz.curves import plot_curves
 
     runs = list(run) + list(runs_arg or [])
     if not runs:
         raise UserError("say which run to plot with --run RUN (repeat --run to overlay several)")
-    paths = plot_curves(runs, out, force=force)
-    _print_paths("plot(s)", paths)
+    refuse_protected_output(out if out is not None else Path(runs[0]) / "plots", "--out")
+    _print_paths("plot(s)", plot_curves(runs, out, force=force))
 
 
 @app.command("confusion")
@@ -210,6 +222,7 @@ def confusion(
         raise UserError("the run's prepared dataset is not here; give it with --data DATA")
     split = split or loaded.recipe.get("data", {}).get("val_split") or "val"
     dataset = PreparedDataset(loaded.root, split, label_map=loaded.recipe.get("data", {}).get("label_map") or None)
+    _check_labels(loaded, dataset, run or checkpoint)
     target = output_dir(out, loaded) / f"confusion_{split}.png"
     path, details = run_confusion(loaded.model, dataset, target, device=loaded.device, batch_size=batch_size,
                                   force=force, progress=not quiet)

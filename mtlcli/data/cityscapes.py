@@ -308,34 +308,34 @@ def _read_pngs(root: Path, gt: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
     instance_ids = read_label_png(root / gt["instance_ids"])
     if label_ids.ndim != 2 or label_ids.dtype != np.uint8:
         raise SkipImage(f"{Path(gt['label_ids']).name} is not an 8-bit single-channel labelIds PNG")
+    name = Path(gt["instance_ids"]).name
     if instance_ids.ndim != 2 or instance_ids.dtype.kind not in "ui":
-        raise SkipImage(f"{Path(gt['instance_ids']).name} is not a 16-bit single-channel instanceIds PNG")
+        raise SkipImage(f"{name} is not a 16-bit single-channel instanceIds PNG")
+    if instance_ids.dtype.itemsize < 2:
+        # an 8-bit export cannot hold labelId * 1000 + k: every instance would be lost without a word
+        raise SkipImage(f"{name} is an 8-bit PNG; Cityscapes instanceIds are 16-bit (labelId * 1000 + k) — "
+                        "export them as 16-bit PNGs (cityscapesscripts' csCreateInstanceImgs)")
     if label_ids.shape != instance_ids.shape:
         raise SkipImage(f"labelIds is {label_ids.shape[0]}x{label_ids.shape[1]} but instanceIds is "
                         f"{instance_ids.shape[0]}x{instance_ids.shape[1]}")
+    class_part = np.where(instance_ids >= 1000, instance_ids // 1000, instance_ids)
+    if instance_ids.min() < 0 or not np.array_equal(class_part, label_ids):
+        bad = int(np.count_nonzero(class_part != label_ids))
+        raise SkipImage(f"{name}: {bad} pixel value(s) cannot be instance ids of its labelIds (a pixel holds "
+                        "labelId * 1000 + k or the plain labelId) — export the instanceIds again")
     return train_ids_from_label_ids(label_ids), instance_ids
 
 
-PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk (length 0, type, CRC) that closes every complete PNG
+def _image_size(path: Path, verify: bool = False) -> tuple[int, int]:
+    """(width, height) of an image, from its header; a truncated file is an OSError.
 
+    Only the header and the last bytes are read (`mtlcli.data.integrity.check_image`): a download or
+    copy cut short lacks the closing IEND chunk. With `verify` (prepare --verify) the pixels are
+    decoded too, which finds damage inside a complete file; without it such damage surfaces in
+    training, where the file is named and skipped."""
+    from mtlcli.data.integrity import check_image
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image, read from its header; a truncated file is an OSError.
-
-    A PNG only has its header and its last bytes read: a download or copy cut short lacks the closing
-    IEND chunk. The pixels are not read (that would cost a read and CRC pass over every image, which
-    the official scripts never open); damage inside a complete file surfaces when the dataset reader
-    decodes the image, as a clear error naming it."""
-    with Image.open(path) as img:
-        size = img.size
-        if img.format != "PNG":
-            img.verify()
-            return size
-    with open(path, "rb") as f:
-        f.seek(max(f.seek(0, 2) - 4096, 0))  # tolerate bytes some tools append after IEND
-        if PNG_END not in f.read():
-            raise OSError(f"{path.name} is truncated (no IEND chunk at its end)")
-    return size
+    return check_image(path, verify)
 
 
 def prepare_image(job: ImageJob, out: Path) -> ImageResult:
@@ -348,7 +348,7 @@ def prepare_image(job: ImageJob, out: Path) -> ImageResult:
     (or OSError from Pillow for a corrupt PNG)."""
     _keep_freed_memory()
     root = Path(job.payload["root"])
-    width, height = _image_size(root / job.file_name)
+    width, height = _image_size(root / job.file_name, job.payload.get("verify", False))
     gt = job.payload["gt"]
     category = _instance_tables()[1]
     if "polygons" in gt:
@@ -442,12 +442,14 @@ def prepare_cityscapes(
     force: bool = False,
     splits: Sequence[str] | None = None,
     quiet: bool = False,
+    verify: bool = False,
 ) -> dict[str, Any]:
     """Prepare a Cityscapes tree (or the synthetic city) into `out`; returns run_prepare's summary
     {"name", "splits": {split: {"images", "instances", "crowd", "skipped"}}, "skipped": [{"file", "reason"}]}.
 
     workers: processes (default: all cores). strict: stop with a UserError at the first problem file
-    instead of skipping it. force: allow a non-empty `out`. splits: default train and val.
+    instead of skipping it. force: allow a non-empty `out`. splits: default train and val. verify: decode
+    every image fully (default: header and end-of-stream checks only).
     """
     src = Path(src).expanduser().resolve()
     split_list, jobs, skipped = find_images(src, splits)
@@ -455,6 +457,9 @@ def prepare_cityscapes(
         first = skipped[0]
         raise UserError(f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such files)")
     out = check_out_dir(out, force, source=src)
+    from mtlcli.data.integrity import mark_verify
+
+    mark_verify(jobs, verify)
     summary = run_prepare(out, cityscapes_meta(src, split_list), jobs, prepare_image, workers=workers,
                           strict=strict, pre_skipped=skipped, quiet=quiet)
     if not any(s["images"] for s in summary["splits"].values()):

@@ -58,7 +58,7 @@ def prepare_mot15_image(job: ImageJob, out: Path) -> ImageResult:
     """Per-image work (runs in a worker). payload: image (absolute path), boxes ([[x0, y0, x1, y1]] as
     read_gt gives them), sequence, frame."""
     p = job.payload
-    h, w = read_image_size(p["image"])
+    h, w = read_image_size(p["image"], p.get("verify", False))
     annotations: list[dict[str, Any]] = []
     boxes = []
     for box in p["boxes"]:
@@ -128,8 +128,10 @@ def prepare_mot15(
     workers: int | None = None,
     strict: bool = False,
     force: bool = False,
+    verify: bool = False,
 ) -> dict:
-    """Write the prepared MOT15 dataset (module docstring) to `out`; returns run_prepare's summary."""
+    """Write the prepared MOT15 dataset (module docstring) to `out`; returns run_prepare's summary.
+    `verify`: decode every image fully (default: header and end-of-stream checks only)."""
     src = Path(src).expanduser()
     if not src.is_dir():
         raise UserError(f"{src}: no such folder — give the MOT15 root that holds train/<sequence>/")
@@ -153,4 +155,7 @@ def prepare_mot15(
     out = check_out_dir(out, force)
     splits = ["train", "val"] if val_fraction > 0 else ["train"]
     meta = DatasetMeta(name="mot15", source=str(src), splits=splits, det_classes=list(MOT_CLASSES), seg_classes=[], palette=[])
+    from mtlcli.data.integrity import mark_verify
+
+    mark_verify(jobs, verify)
     return run_prepare(out, meta, jobs, prepare_mot15_image, workers=workers, strict=strict, pre_skipped=skipped)

@@ -14,9 +14,9 @@ source is ever written.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,11 +92,10 @@ def dt_path(root: str | Path, split: str, stem: str) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write a text file atomically: fsynced, the user's umask, renamed into place (`mtlcli.safety`)."""
+    from mtlcli.safety import atomic_write_text as write
+
+    write(path, text)
 
 
 def save_png(path: Path, array: np.ndarray) -> None:
@@ -159,10 +158,24 @@ def check_out_dir(out: str | Path, force: bool, source: str | Path | None = None
             raise UserError(f"--out {out} lies inside the source {src}; choose a folder outside it (the source is never written)")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder; choose another path")
+    from mtlcli.safety import protected_owner, refuse_protected_output
+
+    owner = protected_owner(out)
+    if owner is not None and owner[1] != out:  # preparing again over a prepared dataset is fine; inside one is not
+        refuse_protected_output(out, "--out")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"--out {out} exists and is not empty; choose another folder or pass --force to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
+    from mtlcli.safety import clean_orphans
+
+    for folder in (out, *(p for p in out.iterdir() if p.is_dir())):  # half-written JSON of a killed prepare
+        clean_orphans(folder)
     return out
+
+
+# Errors of the output side (disk full, read-only, quota, too many files): they would skip every image
+# as "unreadable"; they stop the command instead, as one line.
+WRITE_FAULTS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EMFILE, errno.ENFILE}
 
 
 def _run_one(fn: Callable[[ImageJob, Path], ImageResult], out: Path, job: ImageJob) -> ImageResult:
@@ -170,7 +183,11 @@ def _run_one(fn: Callable[[ImageJob, Path], ImageResult], out: Path, job: ImageJ
         return fn(job, out)
     except SkipImage as exc:
         return ImageResult(job.split, job.file_name, job.stem, skipped=str(exc))
-    except (OSError, ValueError, SyntaxError) as exc:  # PIL raises these for corrupt or truncated files
+    except OSError as exc:
+        if exc.errno in WRITE_FAULTS:
+            raise
+        return ImageResult(job.split, job.file_name, job.stem, skipped=f"unreadable: {type(exc).__name__}: {exc}")
+    except (ValueError, SyntaxError) as exc:  # PIL raises these for corrupt or truncated files
         return ImageResult(job.split, job.file_name, job.stem, skipped=f"unreadable: {type(exc).__name__}: {exc}")
 
 

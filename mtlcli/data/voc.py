@@ -163,14 +163,16 @@ def paint_boxes(objects: list[tuple[int, list[float], bool]], shape: tuple[int, 
 
 # --------------------------------------------------------------------------- reading one image
 
-def read_image_size(path: str | Path) -> tuple[int, int]:
-    """(H, W) of an image file, decoding it fully so that corrupt or truncated files are caught."""
+def read_image_size(path: str | Path, verify: bool = False) -> tuple[int, int]:
+    """(H, W) of an image file whose header parses and whose stream ends as it should (a truncated
+    file is skipped); `verify` decodes it fully as well (`mtlcli.data.integrity.check_image`)."""
+    from mtlcli.data.integrity import check_image
+
     if not os.path.isfile(path):
         raise SkipImage(f"image file {path} is missing")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.height, img.width
+        w, h = check_image(path, verify)
+        return h, w
     except (OSError, ValueError, SyntaxError) as exc:
         raise SkipImage(f"corrupt image {path} ({exc})") from None
 
@@ -242,7 +244,7 @@ def prepare_voc_image(job: ImageJob, out: Path) -> ImageResult:
     an image without a label is skipped), boxes_semantic (the semantic map is painted from the boxes,
     `paint_boxes`), same_as (the file this image is a byte-identical copy of, kept in instances.json)."""
     p = job.payload
-    h, w = read_image_size(p["image"])
+    h, w = read_image_size(p["image"], p.get("verify", False))
     annotations: list[dict[str, Any]] = []
     dt_boxes = []
     objects = []
@@ -351,8 +353,10 @@ def prepare_voc(
     workers: int | None = None,
     strict: bool = False,
     force: bool = False,
+    verify: bool = False,
 ) -> dict:
-    """Write the prepared VOC dataset (splits in the module docstring) to `out`; returns run_prepare's summary."""
+    """Write the prepared VOC dataset (splits in the module docstring) to `out`; returns run_prepare's summary.
+    `verify`: decode every image fully (default: header and end-of-stream checks only)."""
     v12 = find_voc_year(voc2012, "2012", "--voc2012")
     v07 = find_voc_year(voc2007, "2007", "--voc2007") if voc2007 is not None else None
     sb = find_sbd(sbd) if sbd is not None else None
@@ -445,5 +449,8 @@ def prepare_voc(
     out = check_out_dir(out, force)
     meta = DatasetMeta(name="voc", source=str(source), splits=list(members), det_classes=list(VOC_CLASSES),
                        seg_classes=list(VOC_SEG_CLASSES), palette=VOC_PALETTE)
+    from mtlcli.data.integrity import mark_verify
+
+    mark_verify(jobs, verify)
     return run_prepare(out, meta, jobs, prepare_voc_image, workers=workers, strict=strict, pre_skipped=pre_skipped,
                        eval_splits=[s for s in ("test", "val") if s in members], excluded=excluded)

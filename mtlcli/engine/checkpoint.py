@@ -11,10 +11,8 @@ A checkpoint is a plain dict saved with `torch.save` and read with `torch.load(w
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,19 +29,39 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` atomically: a temporary file in the same folder, then a rename, so an
-    interrupted write never leaves a truncated checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write `state` to `path` atomically (`mtlcli.safety.atomic_save`: a temporary file in the same
+    folder, fsynced, the user's umask, then a rename), so an interrupted write never leaves a truncated
+    checkpoint behind. A failed write (disk full, read-only file system) is the OSError it was, which
+    `mtl` reports as one line, not torch's "[enforce fail at inline_container.cc]"."""
+    from mtlcli.safety import atomic_save
+
+    def write(f) -> None:
+        recorder = _WriteRecorder(f)
+        try:
+            torch.save(state, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
+
+    atomic_save(Path(path), write)
+
+
+class _WriteRecorder:
+    """A file wrapper that remembers the OSError of a failed write: torch.save turns it into a RuntimeError."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -110,6 +128,9 @@ def model_from_checkpoint(state: dict[str, Any], path: Path) -> tuple[nn.Module,
         raise UserError(f"checkpoint {path} carries no recipe — it was not written by `mtl train`")
     # the trained weights replace ImageNet's: do not download them
     model = build_from_recipe(recipe["model"], load_weights=False)
+    from mtlcli.engine.compat import check_state_shapes
+
+    check_state_shapes(model, state["model"], path, recipe["model"])
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
         raise UserError(
@@ -137,4 +158,7 @@ def load_for_eval(
     from mtlcli.engine.train import data_root
 
     root = data_root(recipe)
+    # model.trained_classes: the class names it was trained on ({"det_classes": [...], "seg_classes": [...], ...}; None for
+    # checkpoints older than that entry), for `mtlcli.engine.compat.check_label_set`
+    model.trained_classes = state.get("classes")
     return model, recipe, root if (root / "dataset.json").is_file() else None

@@ -44,8 +44,10 @@ def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
-    except RuntimeError:
+    except (RuntimeError, ValueError, TypeError):
         raise UserError(f"unknown device {device!r} — use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"device {device!r} is not supported — use cpu, cuda or cuda:N")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"device {device!r} asked for, but no CUDA GPU is available — use --device cpu")

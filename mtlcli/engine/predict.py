@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from mtlcli.safety import refuse_protected_output
 import torch
 
 from mtlcli.errors import UserError
@@ -109,9 +111,7 @@ class Outputs:
             raise UserError(f"--out {root} exists and is not a folder; choose another path")
         if root.is_dir() and any(root.iterdir()) and not force:
             raise UserError(f"--out {root} is not empty; choose another folder or pass --force to overwrite files in it")
-        guard = _output_guard()
-        if guard is not None:
-            guard(root)
+        refuse_protected_output(root, "--out")  # never inside a prepared dataset or a run's checkpoints/
         root.mkdir(parents=True, exist_ok=True)
         self.root = root.resolve()
 
@@ -121,15 +121,6 @@ class Outputs:
             raise UserError(f"refusing to write {p}: outside --out {self.root}")
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
-
-
-def _output_guard() -> Callable[[Path], None] | None:
-    """The shared guard against writing into a prepared dataset or a run's checkpoints/, where present."""
-    try:
-        from mtlcli.safety import refuse_protected_output  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return refuse_protected_output
 
 
 def default_out() -> Path:

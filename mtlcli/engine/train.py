@@ -19,6 +19,7 @@ import json
 import os
 import random
 import resource
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -32,6 +33,10 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from mtlcli.data.overlap import check_no_overlap
 from mtlcli.engine.checkpoint import checkpoint_dir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mtlcli.engine.compat import check_resume
+from mtlcli.engine.limits import check_batch_fits
+from mtlcli.engine.rundir import RunLock
+from mtlcli.safety import atomic_write_text
 from mtlcli.engine.distributed import (
     DistInfo,
     TrainSampler,
@@ -66,6 +71,7 @@ def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
     """(train split with training transforms, val split with eval transforms or None without metrics)."""
     from mtlcli.data.dataset import PreparedDataset
     from mtlcli.data.transforms import build_transforms
+    from mtlcli.data.unreadable import SkipUnreadable
 
     data = recipe["data"]
     if not (root / "dataset.json").is_file():
@@ -79,6 +85,7 @@ def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
     label_map = data["label_map"] or None
     train_ds = PreparedDataset(root, data["train_split"], transforms=build_transforms(data["augmentation"], True, **options),
                                label_map=label_map)
+    train_ds = SkipUnreadable(train_ds)  # a corrupt image is named once and skipped, not the end of the run
     val_ds = None
     if recipe["eval"]["metrics"]:
         from mtlcli.engine.resolution import eval_transforms  # [eval] resolution: the paper's scoring size
@@ -356,7 +363,8 @@ def train(recipe: dict, run_dir: Path, *, resume: bool = False, device: str | No
     flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
-        return _train(recipe, Path(run_dir), resume, info, progress)
+        with RunLock(run_dir) if info.is_main else contextlib.nullcontext():  # one process per run directory
+            return _train(recipe, Path(run_dir), resume, info, progress)
     finally:
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2], flags[3]
@@ -394,9 +402,12 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     model.to(device)
     if cfg["channels_last"]:
         model.to(memory_format=torch.channels_last)
+    check_batch_fits(micro, getattr(model, "input_size", None), device, "train.batch_size per micro-batch")
     optimizer = build_optimizer(model, cfg)
     schedule = LRSchedule(cfg)
     use_cuda_amp = device.type == "cuda" and cfg["amp"] != "none"
+    if cfg["amp"] != "none" and not use_cuda_amp and main:  # documented as a no-op on a CPU: say so
+        print(f"note: train.amp = {cfg['amp']} works on CUDA only; training in float32 on {device}", file=sys.stderr)
     scaler = torch.amp.GradScaler(device.type, enabled=use_cuda_amp and cfg["amp"] == "fp16")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16 if cfg["amp"] == "bf16" else torch.float16)) \
         if use_cuda_amp else contextlib.nullcontext
@@ -405,6 +416,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     start, best, rng = 0, {}, None
     if resume:
         state = load_checkpoint(ckpt_dir / "last.pt")
+        check_resume(state, recipe, train_ds, ckpt_dir / "last.pt", data_root(recipe), model)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -421,7 +433,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
         run_dir.mkdir(parents=True, exist_ok=True)
         from mtlcli.provenance import header
 
-        (run_dir / "recipe.toml").write_text(header() + dump_toml(recipe))
+        atomic_write_text(run_dir / "recipe.toml", header() + dump_toml(recipe))  # whole or not at all
     log = MetricsLog(run_dir, main, start if resume else None)
     loader = make_loader(train_ds, micro_batch=micro, workers=cfg["workers"], seed=cfg["seed"], info=info,
                          start=start * acc * micro, collate=collate_fn())

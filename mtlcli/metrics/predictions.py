@@ -406,7 +406,10 @@ class PredictionWriter:
                  id_maps: tuple[dict[int, Any], dict[int, int]] | None = None) -> None:
         from mtlcli.metrics.segmentation import cityscapes_label_luts
 
+        from mtlcli.safety import refuse_protected_output
+
         self.out = Path(out_dir)
+        refuse_protected_output(self.out, "--save-predictions")  # never over ground truth, even with force
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--save-predictions {self.out} exists and is not a folder; choose another path")
         if self.out.is_dir() and any(self.out.iterdir()) and not force:

@@ -117,6 +117,9 @@ def output_dir(out: Path | None, loaded: LoadedRun, sub: str = "") -> Path:
         out = loaded.viz_dir / sub if sub else loaded.viz_dir
     else:
         raise UserError("the checkpoint is not inside a run directory; say where the PNGs go with --out DIR")
+    from mtlcli.safety import refuse_protected_output
+
+    refuse_protected_output(out, "--out")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder; choose another path")
     return out

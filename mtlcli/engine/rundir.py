@@ -1,0 +1,163 @@
+"""A run directory's lock, and what `--force` may remove from it.
+
+`RunLock(run_dir)`: an advisory lock file `RUN/.mtl.lock` holding the pid, host and start time of
+the process that trains there. It is created with O_CREAT | O_EXCL (two processes cannot both take
+it) and removed when the process leaves the `with` block, however it leaves. A lock left by a killed
+process is stale: on the same host its pid no longer runs, and it is taken over with a note. A lock
+of another host cannot be checked from here: it is refused, naming the host and the file to delete
+once that run is known to be gone.
+
+`clear_run(run_dir)`: what `mtl train --force` removes — only what a run writes (recipe.toml,
+metrics.jsonl, checkpoints/{last,best}.pt and their temporary files, TensorBoard event files,
+eval/*.json, viz/ and plots/ PNGs), never a file of the user's own, which is kept and listed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from mtlcli.errors import UserError
+
+LOCK_NAME = ".mtl.lock"
+
+# (folder relative to RUN ("" = RUN itself), glob patterns of what mtl writes there, recursive)
+RUN_FILES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
+    ("", ("recipe.toml", "metrics.jsonl", ".*.tmp"), False),
+    ("checkpoints", ("last.pt", "best.pt", ".last.pt.*.tmp", ".best.pt.*.tmp", ".*.pt.*"), False),
+    ("tensorboard", ("events.out.tfevents.*",), True),
+    ("eval", ("*.json", ".*.tmp"), False),
+    ("viz", ("*.png", ".*.tmp"), True),
+    ("plots", ("*.png", ".*.tmp"), True),
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """`with RunLock(run_dir):` — hold RUN/.mtl.lock while training; another process holding it is a
+    UserError. Re-entrant within a process: an inner `with` neither takes nor releases it.
+
+    `what` names the action in the refusal ("train into", "--force on")."""
+
+    def __init__(self, run_dir: str | Path, what: str = "train into") -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self.what = what
+        self.held = False
+        self.created_dir = False
+        self.took_over: dict | None = None
+
+    def _read(self) -> dict | None:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # half written or garbage: treated as stale below only if old
+
+    def acquire(self) -> "RunLock":
+        self.created_dir = not self.path.parent.exists()  # an empty folder made for the lock goes with it
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                holder = self._read()
+                if holder is None:
+                    continue  # released meanwhile: try again
+                if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
+                    return self  # this process holds it already (the command, then the engine): re-entrant
+                if self._stale(holder):
+                    self.took_over = holder
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise UserError(
+                    f"cannot {self.what} {self.path.parent}: it is locked by process {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')} (since {holder.get('started', '?')}), which is training there — wait "
+                    f"for it, stop it, or choose another --out; delete {self.path} only if that process is gone"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise UserError(f"cannot take the lock {self.path}: other processes keep taking it — retry")
+
+    def _stale(self, holder: dict) -> bool:
+        pid, host = holder.get("pid"), holder.get("host")
+        if not holder:
+            # unreadable content: stale once it is older than a minute (a writer needs microseconds)
+            try:
+                return time.time() - self.path.stat().st_mtime > 60
+            except OSError:
+                return True
+        if host != socket.gethostname() or not isinstance(pid, int):
+            return False
+        return pid != os.getpid() and not _alive(pid)
+
+    def release(self) -> None:
+        if self.held:
+            holder = self._read()
+            if holder is not None and holder.get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+            if self.created_dir:
+                _rmdir_if_empty(self.path.parent)  # a run that failed before writing anything leaves no folder
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire() if not self.held else self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def check_unlocked(run_dir: str | Path, what: str) -> None:
+    """Refuse `what` (e.g. "--force on") while another live process holds the run's lock."""
+    lock = RunLock(run_dir, what)
+    holder = lock._read() if lock.path.exists() else None
+    if holder is not None and not lock._stale(holder) and holder.get("pid") != os.getpid():
+        raise UserError(
+            f"cannot {what} {Path(run_dir)}: process {holder.get('pid', '?')} on {holder.get('host', '?')} is training "
+            f"there (lock {lock.path}) — wait for it or stop it first"
+        )
+
+
+def clear_run(run_dir: str | Path) -> list[Path]:
+    """Remove what a run wrote in `run_dir` (see RUN_FILES) and the folders this leaves empty.
+    Returns the files kept: anything else, such as a user's own file in checkpoints/."""
+    run_dir = Path(run_dir)
+    for sub, patterns, recursive in RUN_FILES:
+        folder = run_dir / sub if sub else run_dir
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        for pattern in patterns:
+            for p in (folder.rglob(pattern) if recursive else folder.glob(pattern)):
+                if p.is_file() or p.is_symlink():
+                    p.unlink(missing_ok=True)
+        if sub:
+            for d in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                _rmdir_if_empty(d)
+            _rmdir_if_empty(folder)
+    kept = [p for p in run_dir.rglob("*") if p.is_file() and p.name != LOCK_NAME]
+    return sorted(kept)
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            raise

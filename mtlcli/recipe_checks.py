@@ -1,0 +1,129 @@
+"""Range checks of recipe values, and `train.iterations` over staged recipes.
+
+`mtlcli.recipes.validate` checks types; the functions here check that values make sense where a
+builder, the optimiser or the data pipeline would otherwise fail deep inside (an `IndexError` in a
+head, a 120 GB allocation for `model.input_size = [100000, 100000]`, a negative momentum):
+    check_ranges(recipe, source)        [data], [train], [eval] values
+    check_model_ranges(model, source)   [model] keys, by what their names mean in every builder
+    scale_stages(train, iterations)     how `--set train.iterations=N` acts on [[train.stages]]
+
+The limits are inferred (the papers set none): sizes from 16 to 8192 pixels a side (MAX_SIDE), class
+counts and widths at least 1, thresholds and probabilities in [0, 1], weights finite and >= 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mtlcli.errors import UserError
+
+MIN_SIDE, MAX_SIDE = 16, 8192  # inferred: the smallest input the tiny models take, 4x a Cityscapes image
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _fail(where: str, value: Any, rule: str) -> None:
+    raise UserError(f"{where} = {value!r} is out of range: {rule}")
+
+
+def _size(where: str, value: Any, *, allow_zero: bool = False, pair: bool = True) -> None:
+    """An image side or (H, W) pair: integers in MIN_SIDE..MAX_SIDE (0 = off where allowed)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if pair and isinstance(value, (list, tuple)) and len(value) != 2:
+        _fail(where, value, "give one size or an [H, W] pair")
+    for v in values:
+        if not _num(v) or v != int(v):
+            _fail(where, value, "sizes are whole numbers of pixels")
+        if allow_zero and v == 0:
+            continue
+        if not MIN_SIDE <= v <= MAX_SIDE:
+            _fail(where, value, f"each side must be {MIN_SIDE}..{MAX_SIDE} pixels" + (" (or 0 for off)" if allow_zero else ""))
+
+
+def check_model_ranges(model: dict[str, Any], source: str = "recipe") -> None:
+    """Ranges of [model] keys, by name (the same names mean the same thing in every builder)."""
+    for key, value in model.items():
+        where = f"{source}: model.{key}"
+        if value is None or key in ("name", "anchors", "pretrained_backbone") or isinstance(value, (str, bool)):
+            continue
+        if key in ("input_size", "min_size", "max_size", "test_min_size", "test_max_size"):
+            _size(where, value, pair=key == "input_size")  # min_size may list several scales
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not all(_num(v) for v in items):
+            continue  # types are validate_model's
+        if not all(math.isfinite(v) for v in items):
+            _fail(where, value, "must be a finite number")
+        if "thresh" in key or key.endswith("_iou") or key in ("dropout", "background_alpha"):
+            if not all(0 <= v <= 1 for v in items):
+                _fail(where, value, "a threshold or probability lies in [0, 1]")
+        elif "weight" in key:
+            if not all(v >= 0 for v in items):
+                _fail(where, value, "loss weights are >= 0")
+        elif key.startswith("num_") or any(w in key for w in ("width", "channels", "size", "planes", "rate",
+                                                              "blocks", "layers", "bins", "top_n", "per_im",
+                                                              "ratio", "reduc", "dilation", "config")):
+            lowest = 0 if key == "trainable_layers" or key == "trainable_backbone_layers" else 1
+            if not all(v >= lowest for v in items):
+                _fail(where, value, f"must be at least {lowest}")
+
+
+def check_ranges(recipe: dict[str, Any], source: str = "recipe") -> None:
+    """Ranges of [data], [train] and [eval] values that the type checks let through."""
+    data, train = recipe["data"], recipe["train"]
+    for key in ("min_size", "max_size"):
+        if _num(data.get(key)):
+            _size(f"{source}: data.{key}", data[key], allow_zero=True)
+    if "crop_size" in data:
+        _size(f"{source}: data.crop_size", data["crop_size"], allow_zero=True)
+    scale = data.get("scale_range")
+    scales = scale if isinstance(scale, list) else [scale]
+    if all(_num(v) for v in scales) and (not all(0 < v <= 16 for v in scales) or scales != sorted(scales)):
+        _fail(f"{source}: data.scale_range", scale, "scales lie in (0, 16], low before high")
+    rules = {
+        "momentum": (0.0, 1.0), "gamma": (0.0, None), "power": (0.0, None), "weight_decay": (0.0, None),
+        "grad_clip": (0.0, None), "warmup_iters": (0, None), "restart_every": (0, None), "seed": (0, 2**63 - 1),
+    }
+    for key, (lo, hi) in rules.items():
+        v = train[key]
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            _fail(f"{source}: train.{key}", v, f"must be >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
+    if not 0 < train["warmup_factor"] <= 1:
+        _fail(f"{source}: train.warmup_factor", train["warmup_factor"], "the warm-up starts at a fraction in (0, 1] of lr")
+    if not train["eps"] > 0:
+        _fail(f"{source}: train.eps", train["eps"], "must be > 0")
+    if not all(0 <= b < 1 for b in train["betas"]):
+        _fail(f"{source}: train.betas", train["betas"], "Adam's betas lie in [0, 1)")
+    if any(s < 1 for s in train["steps"]):
+        _fail(f"{source}: train.steps", train["steps"], "steps are iterations >= 1")
+    for name, w in train["loss_weights"].items():
+        if not (math.isfinite(w) and w >= 0):
+            _fail(f"{source}: train.loss_weights.{name}", w, "loss weights are finite and >= 0")
+
+
+def scale_stages(train: dict[str, Any], iterations: int) -> None:
+    """Make [[train.stages]] last `iterations` in all, keeping their proportions (in place).
+
+    Every stage boundary moves to the same fraction of the run (rounded), each stage keeps at least
+    one iteration, and the sum is exactly `iterations`: 40/40/40/40 scaled to 10 is 2/3/3/2. Fewer
+    iterations than stages is a UserError."""
+    stages = train["stages"]
+    if not stages:
+        train["iterations"] = iterations
+        return
+    if iterations < len(stages):
+        raise UserError(f"train.iterations = {iterations} cannot cover the recipe's {len(stages)} stages "
+                        f"(at least one iteration each) — give at least {len(stages)}")
+    old = sum(s["iterations"] for s in stages)
+    cum, end = 0, 0
+    for i, stage in enumerate(stages):
+        cum += stage["iterations"]
+        left = len(stages) - i - 1
+        # stage boundaries at the same fractions of the run, at least one iteration per stage
+        new_end = min(max(round(iterations * cum / old), end + 1), iterations - left)
+        stage["iterations"] = new_end - end
+        end = new_end
+    train["iterations"] = iterations
