@@ -26,6 +26,7 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, decode_png, read_file
 from torchvision.transforms.v2 import functional as F
 
+from mtlcli.data.integrity import png_chunks_intact
 from mtlcli.data.prepared import IGNORE_INDEX, DatasetMeta, dt_path, instances_path, read_label_png, semantic_path
 from mtlcli.errors import UserError
 
@@ -216,7 +217,10 @@ class PreparedDataset(torch.utils.data.Dataset):
         """
         path = self.source / info["file_name"]
         try:
-            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+            data = read_file(str(path))
+            if int(data[0]) == 0x89 and not png_chunks_intact(data):  # libpng would crash the process
+                raise RuntimeError("damaged PNG")
+            image = decode_image(data, mode=ImageReadMode.RGB)
             if image.dtype != torch.uint8:  # 16-bit PNG
                 raise RuntimeError("not 8-bit")
         except (RuntimeError, OSError, ValueError):
@@ -247,6 +251,8 @@ class PreparedDataset(torch.utils.data.Dataset):
             # maps) to torchvision still packed: only 8-bit grey (0) or palette (3) maps take this path.
             if data.numel() < 26 or int(data[24]) != 8 or int(data[25]) not in (0, 3):
                 raise RuntimeError("not an 8-bit one-channel PNG")
+            if not png_chunks_intact(data):  # damaged: PIL raises where libpng would crash the process
+                raise RuntimeError("damaged PNG")
             array = decode_png(data, mode=ImageReadMode.UNCHANGED)[0]
         except RuntimeError:
             try:

@@ -104,6 +104,10 @@ def read_png(path: Path) -> np.ndarray:
 
 
 def _decode_gray_png(data: bytes) -> np.ndarray | None:
+    from mtlcli.data.integrity import png_chunks_intact
+
+    if not png_chunks_intact(data):  # damaged: PIL raises where libpng would crash the process
+        return None
     try:
         import warnings
 
