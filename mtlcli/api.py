@@ -205,18 +205,8 @@ def load_model(source: str | Path, *, device: str = "cpu") -> Predictor:
 
 
 def resolve_device(name: str | None) -> str:
-    """"auto" (or None) -> cuda when available, else cpu; an unavailable device is a UserError."""
-    if name in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UserError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif dev.type != "cpu":
-        raise UserError(f"--device {name}: only cpu and cuda devices are supported")
-    return str(dev)
+    """"auto" (or None) -> cuda when available, else cpu; an unknown or unavailable device is a UserError
+    (the one rule every command uses: `mtlcli.cli.common.resolve_device`)."""
+    from mtlcli.cli.common import resolve_device as resolve
+
+    return resolve(None if name == "" else name)

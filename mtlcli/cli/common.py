@@ -28,7 +28,7 @@ def resolve_device(name: str | None) -> str:
         return "cpu"
     match = _CUDA.match(text)
     if not match:
-        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N")
+        raise UserError(f"unknown device {name!r} for --device; use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu (or auto)")
     index = int(match.group(1) or 0)

@@ -71,7 +71,7 @@ def test_option_names_are_the_canonical_ones(path, cmd):
         if p.name in ("run", "runs", "data"):
             assert _is_option(p), f"{where} must be an option (--run RUN / --data DATA), not positional"
             assert f"--{p.name.rstrip('s')}" in opts, where
-        if "batch" in p.name:
+        if p.name in ("batch", "batch_size"):  # a batch size (not e.g. export's --dynamic-batch flag)
             assert "--batch-size" in opts, where
         if p.name == "device":
             assert opts == {"--device"} and p.default in ("auto", None), where

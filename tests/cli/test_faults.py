@@ -245,7 +245,7 @@ def test_bad_devices_amp_and_sizes_are_one_line(run, tmp_path, synthetic_prepare
     cases = [
         (["eval", "--run", run, "--device", "gpu", "-q"], "unknown device 'gpu'"),
         (["eval", "--run", run, "--device", "cuda:7", "-q"], "cuda"),
-        (["eval", "--run", run, "--device", "meta", "-q"], "not supported"),
+        (["eval", "--run", run, "--device", "meta", "-q"], "unknown device"),
         (["viz", "predictions", "--run", run, "--device", "tpu"], "unknown device"),
         (["viz", "confusion", "--run", run, "--device", "cuda:x"], "unknown device"),
         (["benchmark", "--recipe", recipe, "--device", "gpu"], "unknown device"),
