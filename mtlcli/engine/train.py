@@ -39,6 +39,7 @@ from mtlcli.engine.rundir import RunLock
 from mtlcli.safety import atomic_write_text
 from mtlcli.engine.distributed import (
     DistInfo,
+    barrier,
     TrainSampler,
     all_reduce_mean,
     broadcast_object,
@@ -364,7 +365,9 @@ def train(recipe: dict, run_dir: Path, *, resume: bool = False, device: str | No
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
         with RunLock(run_dir) if info.is_main else contextlib.nullcontext():  # one process per run directory
-            return _train(recipe, Path(run_dir), resume, info, progress)
+            result = _train(recipe, Path(run_dir), resume, info, progress)
+        barrier(info)  # no rank tears the process group down while another still uses it (gloo aborts then)
+        return result
     finally:
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2], flags[3]

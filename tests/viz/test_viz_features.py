@@ -22,7 +22,7 @@ def model(seg_run: Path) -> torch.nn.Module:
 @pytest.mark.parametrize("perturb", [True, False], ids=["jitter-scale-rotate-blur", "plain"])
 def test_ascent_raises_a_channel(model: torch.nn.Module, perturb: bool):
     objective = layer_objective(model, "context", channel=2)
-    result = maximize_activation(objective, model.input_size, steps=8, jitter=4 if perturb else 0, scale=perturb,
+    result = maximize_activation(objective, model.input_size, steps=24 if perturb else 8, jitter=4 if perturb else 0, scale=perturb,
                                  rotate=perturb, blur=perturb)
     assert result["after"] > result["before"] + 0.1 * abs(result["before"])
     image = result["image"]
