@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Any
 
 import torch
@@ -111,3 +113,14 @@ def boxes_to_original(boxes: Tensor, net_size: tuple[int, int], size: tuple[int,
     out[:, 0::2] = out[:, 0::2].clamp(0, W)
     out[:, 1::2] = out[:, 1::2].clamp(0, H)
     return out
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):  # type: ignore[no-untyped-def]
+    """Run a block with `model` in eval mode, then give it back the mode it had (train or eval)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -36,6 +36,7 @@ from rich.progress import Progress
 from torch import Tensor, nn
 
 from mtlcli.errors import UserError
+from mtlcli.models.base import eval_mode
 
 NORMS = ("l2", "linf")
 
@@ -115,9 +116,7 @@ def attack_l2(model: nn.Module, image: Tensor, *, steps: int = 100, refine_steps
         raise UserError(f"--flip-rate is a share of the chosen pixels, in (0, 1], got {flip_rate}")
     if not step_rms > 0:
         raise UserError(f"the step size must be positive, got {step_rms}")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x = image.detach().float()
         with torch.no_grad():
             scores = _sem_seg(model, x)
@@ -181,8 +180,6 @@ def attack_l2(model: nn.Module, image: Tensor, *, steps: int = 100, refine_steps
         adversarial = (x + final).clamp(0, 1).detach()
         with torch.no_grad():
             after = _sem_seg(model, adversarial).argmax(0)
-    finally:
-        model.train(was_training)
     result = _numbers(x, adversarial, before, after, chosen, target_class)
     result.update(norm="l2", flipped=result["flip_rate"] >= flip_rate - 1e-9, goal=flip_rate, steps=taken,
                   first_flip=first_flip, source_class=source_class)
@@ -205,9 +202,7 @@ def attack_linf(model: nn.Module, image: Tensor, *, eps: float = 8 / 255, steps:
     if steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}")
     alpha = step_size if step_size is not None else 2.5 * eps / steps
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x = image.detach().float()
         with torch.no_grad():
             scores = _sem_seg(model, x)
@@ -225,8 +220,6 @@ def attack_linf(model: nn.Module, image: Tensor, *, eps: float = 8 / 255, steps:
         adversarial = (x + r).clamp(0, 1).detach()
         with torch.no_grad():
             after = _sem_seg(model, adversarial).argmax(0)
-    finally:
-        model.train(was_training)
     result = _numbers(x, adversarial, before, after, chosen, target_class)
     result.update(norm="linf", eps=eps, flipped=True, goal=None, steps=steps, first_flip=None, source_class=None)
     return result
