@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from mtlcli.errors import UserError
+from mtlcli.models.base import eval_mode
 from mtlcli.viz.draw import (class_colors, draw_boxes, font_size_for, legend, overlay_masks, overlay_semantic, save_png,
                              stack, titled_geometry, titled_row, to_uint8)
 
@@ -286,10 +287,8 @@ def render_predictions(model: nn.Module, source: Any, out: str | Path, num: int 
         names.append(name)
     check_free(names, force)
 
-    was_training = model.training
-    model.eval()
     paths: list[Path] = []
-    try:
+    with eval_mode(model):
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task("drawing predictions", total=len(indices))
             for i, path in zip(indices, names):
@@ -316,6 +315,4 @@ def render_predictions(model: nn.Module, source: Any, out: str | Path, num: int 
                     if entries else row
                 paths.append(save_png(picture, path))
                 bar.advance(task)
-    finally:
-        model.train(was_training)
     return paths
