@@ -1,4 +1,5 @@
-"""`mtl train --recipe NAME|PATH [--data DATA] [--out RUN] [--set k=v ...] [--weights CKPT] [--resume] [--force] [--device D]`.
+"""`mtl train --recipe NAME|PATH [--data DATA] [--out RUN] [--set k=v ...] [--weights CKPT] [--resume] [--force] [--device D]
+[--tensorboard]`.
 
 A thin wrapper around `mtlcli.engine.train.train`: resolve the recipe and the run directory, call, print
 a summary. Under `torchrun --nproc_per_node N -m mtlcli train ...` every process runs this; rank 0
@@ -102,11 +103,14 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Start over in a --out that already holds a run."),
         device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [default: auto, "
                                              "CUDA if available, else CPU]."),
+        tensorboard: bool = typer.Option(
+            False, "--tensorboard", help="Also write the logged scalars to RUN/tensorboard/ (needs `pip install "
+            "tensorboard`; sets train.tensorboard). RUN/metrics.jsonl is written either way."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     ) -> None:
         """Train a model from a recipe; writes RUN/recipe.toml, metrics.jsonl and checkpoints/{last,best}.pt."""
         from mtlcli.engine.distributed import broadcast_object, cleanup, init_distributed
-        from mtlcli.engine.train import train
+        from mtlcli.engine.train import tensorboard_writer, train
         from mtlcli.recipes import load_recipe
 
         if resume and out is None:
@@ -128,6 +132,10 @@ def register(app: typer.Typer) -> None:
             if resume:
                 raise UserError("--weights starts a new run from other weights; --resume continues this run's own — give one")
             resolved["model"]["init_weights"] = str(weights.expanduser().resolve())
+        if tensorboard:
+            resolved["train"]["tensorboard"] = True
+        if resolved["train"]["tensorboard"]:
+            tensorboard_writer()  # not installed: one line before any folder is made
 
         info = init_distributed(device)
         try:

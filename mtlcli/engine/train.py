@@ -307,9 +307,10 @@ def memory_mb(device: torch.device) -> float:
 
 
 class MetricsLog:
-    """`RUN/metrics.jsonl` (rank 0) plus TensorBoard scalars when tensorboard is installed."""
+    """`RUN/metrics.jsonl` (rank 0), the record of every logged step and evaluation; with `tensorboard`,
+    the same scalars in RUN/tensorboard/ too (`tensorboard_writer`)."""
 
-    def __init__(self, run_dir: Path, enabled: bool, resume_from: int | None) -> None:
+    def __init__(self, run_dir: Path, enabled: bool, resume_from: int | None, tensorboard: bool = False) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.enabled, self.tb = enabled, None
         if not enabled:
@@ -321,12 +322,9 @@ class MetricsLog:
             self.path.write_text("".join(ln + "\n" for ln in keep))
         elif resume_from is None:
             self.path.write_text("")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        except ImportError:  # optional
-            self.tb = None
+        if tensorboard:
+            self.tb = tensorboard_writer()(str(run_dir / "tensorboard"),
+                                           purge_step=resume_from + 1 if resume_from is not None else None)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -344,6 +342,17 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def tensorboard_writer():  # type: ignore[no-untyped-def]
+    """torch's `SummaryWriter` class; without the tensorboard package, a UserError that says how to get it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard (train.tensorboard = true) needs the tensorboard package, which is not "
+                        "installed — pip install tensorboard, or train without it (RUN/metrics.jsonl has every "
+                        "logged value)") from None
+    return SummaryWriter
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -380,6 +389,8 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     total = total_iterations(recipe)
     acc = cfg["accumulate"]
     micro = per_process_batch(cfg, info.world_size)
+    if cfg["tensorboard"]:
+        tensorboard_writer()  # missing: refused before anything is built or written
     configure_determinism(cfg["deterministic"], device)
     seed_everything(cfg["seed"] + info.rank)
 
@@ -437,7 +448,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
         from mtlcli.provenance import header
 
         atomic_write_text(run_dir / "recipe.toml", header() + dump_toml(recipe))  # whole or not at all
-    log = MetricsLog(run_dir, main, start if resume else None)
+    log = MetricsLog(run_dir, main, start if resume else None, tensorboard=cfg["tensorboard"])
     loader = make_loader(train_ds, micro_batch=micro, workers=cfg["workers"], seed=cfg["seed"], info=info,
                          start=start * acc * micro, collate=collate_fn())
     if rng is not None:
