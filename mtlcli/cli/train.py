@@ -48,10 +48,11 @@ def choose_run_dir(recipe_ref: str, out: Path | None, *, resume: bool, force: bo
         raise UserError(f"--out {out} is a file — give a directory for the run")
     if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
         if not force:
-            raise UserError(
-                f"{out} already holds files — continue that run with --resume, start over with --force, "
-                "or choose another --out"
-            )
+            from mtlcli.hints import resume_command
+
+            go_on = (f"continue that run with --resume (`{resume_command(out)}`), "
+                     if (out / "checkpoints" / "last.pt").is_file() else "")
+            raise UserError(f"{out} already holds files — {go_on}start over with --force, or choose another --out")
         check_unlocked(out, "--force on")
         kept = clear_run(out)
         if kept:
@@ -163,12 +164,12 @@ def register(app: typer.Typer) -> None:
                 if lock is not None:
                     lock.release()
             if info.is_main:
-                _summary(result, run_dir)
+                _summary(result, run_dir, resolved)
         finally:
             cleanup(info)
 
 
-def _summary(result: dict, run_dir: Path) -> None:
+def _summary(result: dict, run_dir: Path, recipe: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -183,4 +184,6 @@ def _summary(result: dict, run_dir: Path) -> None:
         b = result["best"]
         table.add_row(f"best {b['metric']}", f"{b['value']:.4f} at iteration {b['iteration']}")
     Console().print(table)
-    print(f"checkpoints: {run_dir / 'checkpoints'}  ·  evaluate with `mtl eval --run {run_dir}`")
+    from mtlcli.hints import eval_hint
+
+    print(f"checkpoints: {run_dir / 'checkpoints'}  ·  {eval_hint(run_dir, recipe)}")

@@ -47,8 +47,8 @@ def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
     if name != "cuda":
         return torch.device(name)
     if local_rank >= torch.cuda.device_count():
-        raise UserError(f"LOCAL_RANK {local_rank} has no GPU: this machine has CUDA devices 0..{torch.cuda.device_count() - 1} "
-                        "— start at most that many processes per node")
+        raise UserError(f"LOCAL_RANK {local_rank} has no GPU: this machine has CUDA devices "
+                        f"0..{torch.cuda.device_count() - 1} — start at most that many processes per node")
     return torch.device("cuda", local_rank)
 
 

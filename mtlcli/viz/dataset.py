@@ -38,7 +38,8 @@ def dt_bin_names(dt_thresholds: Sequence[float]) -> list[str]:
 
 
 def ground_truth_legend(target: dict[str, Any], det_classes: Sequence[str], seg_classes: Sequence[str],
-                        palette: Sequence[Sequence[int]], dt_thresholds: Sequence[float]) -> list[tuple[str, Sequence[int], bool]]:
+                        palette: Sequence[Sequence[int]],
+                        dt_thresholds: Sequence[float]) -> list[tuple[str, Sequence[int], bool]]:
     """(name, RGB, filled) of what `render_sample` draws for `target`: the segmentation classes in its
     semantic map, the classes of its non-crowd boxes, "crowd region" when it has one, its DT bins."""
     crowd = torch.as_tensor(target["iscrowd"]).bool()
@@ -55,7 +56,8 @@ def ground_truth_legend(target: dict[str, Any], det_classes: Sequence[str], seg_
 
 
 def render_sample(image: torch.Tensor, target: dict[str, Any], det_classes: Sequence[str], seg_classes: Sequence[str],
-                  palette: Sequence[Sequence[int]], dt_thresholds: Sequence[float], caption: str | None = None) -> torch.Tensor:
+                  palette: Sequence[Sequence[int]], dt_thresholds: Sequence[float],
+                  caption: str | None = None) -> torch.Tensor:
     """One ground-truth picture (module docstring) for an image [3, H, W] (float 0..1 or uint8) and its
     PreparedDataset target: uint8 [3, H', W'], the panels enlarged by `titled_geometry(H, MIN_HEIGHT)`'s factor."""
     scale, _ = titled_geometry(int(image.shape[-2]), MIN_HEIGHT)
