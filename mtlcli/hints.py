@@ -1,5 +1,5 @@
-"""The commands `mtl` suggests when something is missing, built in one place so that each works as printed
-(tests/cli/test_hints.py runs them from a fresh directory).
+"""The commands `mtl` suggests when something is missing or what to do next, built in one place so that
+each works as printed (tests/cli/test_hints.py runs them from a fresh directory). Paths are shell-quoted.
 
 `prepare_commands(dataset, root)` lists the commands that make a prepared dataset at `root`: the synthetic
 city is drawn into a separate source folder first (`mtl prepare cityscapes` refuses an --out inside its
@@ -51,3 +51,46 @@ def after_synthetic(src: str | Path, default_root: str | Path) -> str:
         root = src.with_name(src.name + "-prepared")
     cmd = shlex.join(["mtl", "prepare", "cityscapes", str(src), "--out", str(root)])
     return cmd + (f"   (then train with --data {shlex.quote(str(root))})" if inside else "")
+
+
+def custom_train_hint(data: str | Path, has_val: bool) -> str:
+    """The `next:` line of `mtl prepare coco --train-json ...`: a *-custom recipe on the prepared data; without
+    a val split, training without evaluation (the recipes evaluate on "val")."""
+    cmd = ["mtl", "train", "--recipe", "ivanet-custom", "--data", str(data)]
+    if not has_val:
+        cmd += ["--set", "eval.metrics=[]", "--set", "eval.best_metric="]
+    others = "or datnet-custom, safpn-custom, ladderdensenet-custom, imtl-custom"
+    return f"next: {shlex.join(cmd)}   ({others}" + ("; no val split, so no evaluation)" if not has_val else ")")
+
+
+def eval_hint(run_dir: str | Path, recipe: dict) -> str:
+    """The end of `mtl train`: how to evaluate the run — `mtl eval --run RUN` where the recipe names metrics and
+    its dataset has the val split, else why there is nothing to run as it stands."""
+    from mtlcli.data.prepared import DatasetMeta
+    from mtlcli.engine.train import data_root
+    from mtlcli.errors import UserError
+
+    if not recipe["eval"]["metrics"]:
+        return "the recipe names no [eval] metrics: evaluate with mtl eval --run RUN --metric NAME ..."
+    root, split = data_root(recipe), recipe["data"]["val_split"]
+    try:
+        splits = DatasetMeta.load(root).splits
+    except UserError:  # moved or removed meanwhile: `mtl eval` names what is missing
+        splits = [split]
+    if split not in splits:
+        return f"{root} has no {split} split to evaluate on: mtl eval --run RUN --data DATA with one"
+    return f"evaluate with `{shlex.join(['mtl', 'eval', '--run', str(run_dir)])}`"
+
+
+def resume_command(run_dir: str | Path, *extra: str) -> str:
+    """The command that continues the run in `run_dir` from its last.pt (its own recipe.toml)."""
+    return shlex.join(["mtl", "train", "--resume", "--out", str(run_dir), *extra])
+
+
+def quickstart_next(run_dir: str | Path, recipe: str, data: str | Path, viz_out: str | Path) -> str:
+    """The quickstart's last line: evaluate its run, draw more of its predictions (beside the quickstart's
+    own overlays, not over them), train the recipe with the default settings."""
+    commands = [["mtl", "eval", "--run", str(run_dir)],
+                ["mtl", "viz", "predictions", "--run", str(run_dir), "--num", "16", "--out", str(viz_out)],
+                ["mtl", "train", "--recipe", recipe, "--data", str(data)]]
+    return "next: " + "   |   ".join(shlex.join(c) for c in commands)

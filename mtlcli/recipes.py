@@ -81,6 +81,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "deterministic": False,
         "log_interval": 20,
         "checkpoint_interval": 1000,
+        "tensorboard": False,
         "loss_weights": {},
         "stages": [],
     },

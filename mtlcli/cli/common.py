@@ -1,4 +1,5 @@
-"""What every `mtl` command means the same way by: `--device` (`resolve_device`), and the option names
+"""What every `mtl` command means the same way by: `--device` (`resolve_device`), the options that name a
+trained model (`RUN_OPTION`, `CHECKPOINT_OPTION`, `DEVICE_OPTION`, `model_source`), and the option names
 checked across the whole command line by tests/cli/test_consistency.py:
 
     --run RUN         a run directory of `mtl train`      --data DATA     a prepared dataset
@@ -9,10 +10,26 @@ checked across the whole command line by tests/cli/test_consistency.py:
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Optional
+
+import typer
 
 from mtlcli.errors import UserError
 
 DEVICE_HELP = "auto (CUDA if available, else CPU), cpu, cuda or cuda:N."
+
+# A trained model: one run directory or one checkpoint file, and the device it runs on.
+RUN_OPTION = typer.Option(None, "--run", help="Run directory of `mtl train` (uses best.pt, else last.pt).")
+CHECKPOINT_OPTION = typer.Option(None, "--checkpoint", help="A checkpoint file written by `mtl train`.")
+DEVICE_OPTION = typer.Option("auto", "--device", help=DEVICE_HELP)
+
+
+def model_source(run: Optional[Path], checkpoint: Optional[Path]) -> Path:
+    """The run directory or checkpoint file of `--run RUN | --checkpoint CKPT`; both or neither is a UserError."""
+    if (run is None) == (checkpoint is None):
+        raise UserError("give either a run directory (--run) or a checkpoint file (--checkpoint)")
+    return run if run is not None else checkpoint  # type: ignore[return-value]
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 
 

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import typer
 
+from mtlcli.cli.common import CHECKPOINT_OPTION, DEVICE_OPTION, RUN_OPTION
 from mtlcli.errors import UserError
 
 
@@ -208,8 +209,8 @@ def run_eval(
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_command(
-        run: Optional[Path] = typer.Option(None, "--run", help="Run directory of `mtl train` (uses best.pt, else last.pt)."),
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file written by `mtl train`."),
+        run: Optional[Path] = RUN_OPTION,
+        checkpoint: Optional[Path] = CHECKPOINT_OPTION,
         predictions: Optional[Path] = typer.Option(
             None, "--predictions",
             help="Saved predictions: a COCO results .json, or a folder with detections.json and/or <stem>.png maps."),
@@ -223,7 +224,7 @@ def register(app: typer.Typer) -> None:
         save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Write the model's predictions here."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out / --save-predictions."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per batch (default: the recipe's)."),
-        device: str = typer.Option("auto", "--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N."),
+        device: str = DEVICE_OPTION,
         workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables: one line of results."),
     ) -> None:

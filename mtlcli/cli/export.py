@@ -8,14 +8,15 @@ from typing import Optional
 
 import typer
 
+from mtlcli.cli.common import CHECKPOINT_OPTION, RUN_OPTION, model_source
 from mtlcli.errors import UserError
 
 
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_command(
-        run: Optional[Path] = typer.Option(None, "--run", help="Run directory of `mtl train` (uses best.pt, else last.pt)."),
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file written by `mtl train`."),
+        run: Optional[Path] = RUN_OPTION,
+        checkpoint: Optional[Path] = CHECKPOINT_OPTION,
         fmt: str = typer.Option(..., "--format", "-f", help="onnx or torchscript."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file [default: RUN/export/model.onnx|.pt, "
                                            "or next to the checkpoint]."),
@@ -28,13 +29,12 @@ def register(app: typer.Typer) -> None:
         from mtlcli.api import load_model
         from mtlcli.export import export_model, parse_size
 
-        if (run is None) == (checkpoint is None):
-            raise UserError("give either a run directory (--run) or a checkpoint file (--checkpoint)")
+        source = model_source(run, checkpoint)
         fmt = fmt.lower()
         if fmt not in ("onnx", "torchscript"):
             raise UserError(f"--format {fmt!r}: choose onnx or torchscript")
         suffix = ".onnx" if fmt == "onnx" else ".pt"
-        model = load_model(run if run is not None else checkpoint, device="cpu")
+        model = load_model(source, device="cpu")
         if out is None:
             ckpt = Path(model.checkpoint)
             base = Path(run) / "export" if run is not None else ckpt.parent

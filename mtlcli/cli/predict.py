@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from mtlcli.errors import UserError
+from mtlcli.cli.common import CHECKPOINT_OPTION, DEVICE_OPTION, RUN_OPTION, model_source
 
 
 def register(app: typer.Typer) -> None:
@@ -16,10 +16,10 @@ def register(app: typer.Typer) -> None:
     def predict_command(
         sources: list[str] = typer.Argument(..., help="Image files, folders (searched recursively), glob patterns "
                                             "(quote them) and video files."),
-        run: Optional[Path] = typer.Option(None, "--run", help="Run directory of `mtl train` (uses best.pt, else last.pt)."),
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint file written by `mtl train`."),
+        run: Optional[Path] = RUN_OPTION,
+        checkpoint: Optional[Path] = CHECKPOINT_OPTION,
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: runs/predict/expN]."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+        device: str = DEVICE_OPTION,
         score_threshold: float = typer.Option(0.3, "--score-threshold", min=0.0, max=1.0,
                                               help="Keep detections scoring at least this."),
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per batch on the device."),
@@ -36,9 +36,7 @@ def register(app: typer.Typer) -> None:
         from mtlcli.api import load_model
         from mtlcli.engine.predict import PredictOptions, default_out, predict_sources
 
-        if (run is None) == (checkpoint is None):
-            raise UserError("give either a run directory (--run) or a checkpoint file (--checkpoint)")
-        model = load_model(run if run is not None else checkpoint, device=device)
+        model = load_model(model_source(run, checkpoint), device=device)
         opts = PredictOptions(score_threshold=score_threshold, batch_size=batch_size, workers=workers,
                               save_json=save_json, save_images=save_images, save_masks=save_masks, progress=not quiet)
         summary = predict_sources(model, sources, out or default_out(), opts, force=force)

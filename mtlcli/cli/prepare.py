@@ -104,8 +104,11 @@ def coco(
                                train_images=train_images, val_json=val_json, val_images=val_images)
     _done(out, summary)
     if custom:
-        Console().print(f"next: mtl train --recipe ivanet-custom --data {out}  (or datnet-custom, safpn-custom, "
-                        f"ladderdensenet-custom, imtl-custom)")
+        from mtlcli.data.prepared import DatasetMeta
+        from mtlcli.hints import custom_train_hint
+
+        has_val = "val" in DatasetMeta.load(out).splits
+        Console().print(custom_train_hint(out, has_val), soft_wrap=True, markup=False)
 
 
 @app.command("mot15")

@@ -283,8 +283,9 @@ def train_eval_viz(
     console.print(f"run         {run_dir}\ncheckpoints {run_dir / 'checkpoints'}\n"
                   f"predictions {run_dir / 'viz' / 'predictions'} ({len(predictions)} PNGs)\n"
                   f"curves      {', '.join(str(p) for p in plots)}")
-    console.print(f"next: mtl eval --run {run_dir}   |   mtl viz predictions --run {run_dir}   |   "
-                  f"mtl train --recipe {name} --data {data}")
+    from mtlcli.hints import quickstart_next
+
+    console.print(quickstart_next(run_dir, name, data, workdir / "viz" / "predictions"), soft_wrap=True, markup=False)
     return {"run": run_dir, "recipe": name, "family": family, "metrics": result["metrics"], "floors": floors,
             "timing": timing, "predictions": predictions, "plots": plots}
 

@@ -1,4 +1,5 @@
-"""`mtl train --recipe NAME|PATH [--data DATA] [--out RUN] [--set k=v ...] [--weights CKPT] [--resume] [--force] [--device D]`.
+"""`mtl train --recipe NAME|PATH [--data DATA] [--out RUN] [--set k=v ...] [--weights CKPT] [--resume] [--force] [--device D]
+[--tensorboard]`.
 
 A thin wrapper around `mtlcli.engine.train.train`: resolve the recipe and the run directory, call, print
 a summary. Under `torchrun --nproc_per_node N -m mtlcli train ...` every process runs this; rank 0
@@ -47,10 +48,11 @@ def choose_run_dir(recipe_ref: str, out: Path | None, *, resume: bool, force: bo
         raise UserError(f"--out {out} is a file — give a directory for the run")
     if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
         if not force:
-            raise UserError(
-                f"{out} already holds files — continue that run with --resume, start over with --force, "
-                "or choose another --out"
-            )
+            from mtlcli.hints import resume_command
+
+            go_on = (f"continue that run with --resume (`{resume_command(out)}`), "
+                     if (out / "checkpoints" / "last.pt").is_file() else "")
+            raise UserError(f"{out} already holds files — {go_on}start over with --force, or choose another --out")
         check_unlocked(out, "--force on")
         kept = clear_run(out)
         if kept:
@@ -102,11 +104,14 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Start over in a --out that already holds a run."),
         device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [default: auto, "
                                              "CUDA if available, else CPU]."),
+        tensorboard: bool = typer.Option(
+            False, "--tensorboard", help="Also write the logged scalars to RUN/tensorboard/ (needs `pip install "
+            "tensorboard`; sets train.tensorboard). RUN/metrics.jsonl is written either way."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     ) -> None:
         """Train a model from a recipe; writes RUN/recipe.toml, metrics.jsonl and checkpoints/{last,best}.pt."""
         from mtlcli.engine.distributed import broadcast_object, cleanup, init_distributed
-        from mtlcli.engine.train import train
+        from mtlcli.engine.train import tensorboard_writer, train
         from mtlcli.recipes import load_recipe
 
         if resume and out is None:
@@ -128,6 +133,10 @@ def register(app: typer.Typer) -> None:
             if resume:
                 raise UserError("--weights starts a new run from other weights; --resume continues this run's own — give one")
             resolved["model"]["init_weights"] = str(weights.expanduser().resolve())
+        if tensorboard:
+            resolved["train"]["tensorboard"] = True
+        if resolved["train"]["tensorboard"]:
+            tensorboard_writer()  # not installed: one line before any folder is made
 
         info = init_distributed(device)
         try:
@@ -155,12 +164,12 @@ def register(app: typer.Typer) -> None:
                 if lock is not None:
                     lock.release()
             if info.is_main:
-                _summary(result, run_dir)
+                _summary(result, run_dir, resolved)
         finally:
             cleanup(info)
 
 
-def _summary(result: dict, run_dir: Path) -> None:
+def _summary(result: dict, run_dir: Path, recipe: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -175,4 +184,6 @@ def _summary(result: dict, run_dir: Path) -> None:
         b = result["best"]
         table.add_row(f"best {b['metric']}", f"{b['value']:.4f} at iteration {b['iteration']}")
     Console().print(table)
-    print(f"checkpoints: {run_dir / 'checkpoints'}  ·  evaluate with `mtl eval --run {run_dir}`")
+    from mtlcli.hints import eval_hint
+
+    print(f"checkpoints: {run_dir / 'checkpoints'}  ·  {eval_hint(run_dir, recipe)}")

@@ -24,6 +24,8 @@ from typing import Optional
 
 import typer
 
+from mtlcli.cli.common import CHECKPOINT_OPTION, DEVICE_OPTION, RUN_OPTION
+
 app = typer.Typer(help="Draw ground truth, predictions, training curves, confusion matrices, features and adversarial examples as PNGs.", no_args_is_help=True)
 
 
@@ -118,9 +120,6 @@ def _print_paths(what: str, paths: list[Path]) -> None:
         console.print(f"  {escape(str(p))}", soft_wrap=True)
 
 
-RUN_OPTION = typer.Option(None, "--run", help="Run directory of `mtl train` (uses best.pt, else last.pt).")
-CHECKPOINT_OPTION = typer.Option(None, "--checkpoint", help="A checkpoint file written by `mtl train`.")
-DEVICE_OPTION = typer.Option("auto", "--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N.")
 FORCE_OPTION = typer.Option(False, "--force", help="Overwrite PNGs that already exist.")
 
 

@@ -39,23 +39,17 @@ class DistInfo:
 
 
 def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
-    """`None` -> CUDA when available, else CPU; "cuda" under torchrun -> this process's GPU."""
-    if device is None or device == "":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise UserError(f"unknown device {device!r} — use cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"device {device!r} is not supported — use cpu, cuda or cuda:N")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {device!r} asked for, but no CUDA GPU is available — use --device cpu")
-        index = dev.index if dev.index is not None else local_rank
-        if index >= torch.cuda.device_count():
-            raise UserError(f"device cuda:{index} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
-        dev = torch.device("cuda", index)
-    return dev
+    """The user's --device rule (`mtlcli.cli.common.resolve_device`: auto / cpu / cuda / cuda:N, one message for
+    a bad one); plain "cuda", or auto choosing CUDA, is this process's GPU, cuda:`local_rank`, under torchrun."""
+    from mtlcli.cli.common import resolve_device as resolve
+
+    name = resolve(device or None)
+    if name != "cuda":
+        return torch.device(name)
+    if local_rank >= torch.cuda.device_count():
+        raise UserError(f"LOCAL_RANK {local_rank} has no GPU: this machine has CUDA devices "
+                        f"0..{torch.cuda.device_count() - 1} — start at most that many processes per node")
+    return torch.device("cuda", local_rank)
 
 
 def init_distributed(device: str | None = None) -> DistInfo:

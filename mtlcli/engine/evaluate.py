@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mtlcli.errors import UserError
+from mtlcli.models.base import eval_mode
 from mtlcli.metrics import SEMANTIC_METRICS, build_metric, check_metric_names
 from mtlcli.metrics.predictions import PredictionWriter, det_to_seg_index, output_to_results
 
@@ -111,13 +112,12 @@ def evaluate(model: nn.Module, dataset: Any, metrics: list[str], *, device: str 
     # under torch.distributed each rank takes every world-th image; sync() below gathers the counts
     part = dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
 
-    was_training = model.training
-    model.eval().to(device)
+    model.to(device)
     loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
     columns = [TextColumn("[bold]eval[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     checked = False
     any_det = False
-    try:
+    with eval_mode(model):
         with Progress(*columns, disable=not progress, transient=False) as bar:
             task = bar.add_task("eval", total=len(part))
             for images, targets in loader:
@@ -157,8 +157,6 @@ def evaluate(model: nn.Module, dataset: Any, metrics: list[str], *, device: str 
                     if writer is not None:
                         writer.add(str(target["stem"]), semantic, results)
                 bar.advance(task, len(images))
-    finally:
-        model.train(was_training)
     if writer is not None:
         writer.close(write_detections=any_det)
 

@@ -56,7 +56,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_NAME
         self.what = what
         self.held = False
-        self.created_dir = False
+        self.created: list[Path] = []  # the folders acquire() made for the lock, deepest first
         self.took_over: dict | None = None
 
     def _read(self) -> dict | None:
@@ -69,7 +69,8 @@ class RunLock:
             return {}  # half written or garbage: treated as stale below only if old
 
     def acquire(self) -> "RunLock":
-        self.created_dir = not self.path.parent.exists()  # an empty folder made for the lock goes with it
+        # the run folder and its parents (runs/<recipe>/) made here go with the lock if they stay empty
+        self.created = _missing_folders(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         for _ in range(3):
@@ -114,8 +115,9 @@ class RunLock:
             if holder is not None and holder.get("pid") == os.getpid():
                 self.path.unlink(missing_ok=True)
             self.held = False
-            if self.created_dir:
-                _rmdir_if_empty(self.path.parent)  # a run that failed before writing anything leaves no folder
+            for folder in self.created:  # a run that failed before writing anything leaves no folder
+                _rmdir_if_empty(folder)
+            self.created = []
 
     def __enter__(self) -> "RunLock":
         return self.acquire() if not self.held else self
@@ -153,6 +155,15 @@ def clear_run(run_dir: str | Path) -> list[Path]:
             _rmdir_if_empty(folder)
     kept = [p for p in run_dir.rglob("*") if p.is_file() and p.name != LOCK_NAME]
     return sorted(kept)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _rmdir_if_empty(folder: Path) -> None:

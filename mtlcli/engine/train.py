@@ -50,6 +50,7 @@ from mtlcli.engine.distributed import (
 from mtlcli.engine.anchors import with_kmeans_anchors
 from mtlcli.engine.optim import LRSchedule, apply_freeze, build_optimizer, frozen_modules, train_mode
 from mtlcli.errors import UserError
+from mtlcli.hints import resume_command
 from mtlcli.recipes import DATA_KEYS, dump_toml, total_iterations
 
 
@@ -298,6 +299,14 @@ class Display:
         if self.progress is not None:
             self.progress.console.print(text)
 
+    def note(self, text: str) -> None:
+        """A line the user needs even without the display (then on stderr), never wrapped, so that a
+        command in it can be copied."""
+        if self.progress is not None:
+            self.progress.console.print(text, soft_wrap=True, markup=False)
+        else:
+            print(text, file=sys.stderr)
+
 
 def memory_mb(device: torch.device) -> float:
     """Peak memory: CUDA allocator peak on a GPU, the process's peak resident size on a CPU."""
@@ -307,9 +316,10 @@ def memory_mb(device: torch.device) -> float:
 
 
 class MetricsLog:
-    """`RUN/metrics.jsonl` (rank 0) plus TensorBoard scalars when tensorboard is installed."""
+    """`RUN/metrics.jsonl` (rank 0), the record of every logged step and evaluation; with `tensorboard`,
+    the same scalars in RUN/tensorboard/ too (`tensorboard_writer`)."""
 
-    def __init__(self, run_dir: Path, enabled: bool, resume_from: int | None) -> None:
+    def __init__(self, run_dir: Path, enabled: bool, resume_from: int | None, tensorboard: bool = False) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.enabled, self.tb = enabled, None
         if not enabled:
@@ -321,12 +331,9 @@ class MetricsLog:
             self.path.write_text("".join(ln + "\n" for ln in keep))
         elif resume_from is None:
             self.path.write_text("")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        except ImportError:  # optional
-            self.tb = None
+        if tensorboard:
+            self.tb = tensorboard_writer()(str(run_dir / "tensorboard"),
+                                           purge_step=resume_from + 1 if resume_from is not None else None)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -344,6 +351,17 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def tensorboard_writer():  # type: ignore[no-untyped-def]
+    """torch's `SummaryWriter` class; without the tensorboard package, a UserError that says how to get it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard (train.tensorboard = true) needs the tensorboard package, which is not "
+                        "installed — pip install tensorboard, or train without it (RUN/metrics.jsonl has every "
+                        "logged value)") from None
+    return SummaryWriter
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -380,6 +398,8 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     total = total_iterations(recipe)
     acc = cfg["accumulate"]
     micro = per_process_batch(cfg, info.world_size)
+    if cfg["tensorboard"]:
+        tensorboard_writer()  # missing: refused before anything is built or written
     configure_determinism(cfg["deterministic"], device)
     seed_everything(cfg["seed"] + info.rank)
 
@@ -429,15 +449,15 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
         rng = rngs[info.rank] if len(rngs) == info.world_size else None
         if start >= total:
             raise UserError(
-                f"{run_dir} already finished {start} of {total} iterations — raise train.iterations "
-                "(e.g. --set train.iterations=...) to train longer"
+                f"{run_dir} already finished {start} of {total} iterations — raise train.iterations to train "
+                f"longer, e.g. `{resume_command(run_dir, '--set', f'train.iterations={2 * total}')}`"
             )
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         from mtlcli.provenance import header
 
         atomic_write_text(run_dir / "recipe.toml", header() + dump_toml(recipe))  # whole or not at all
-    log = MetricsLog(run_dir, main, start if resume else None)
+    log = MetricsLog(run_dir, main, start if resume else None, tensorboard=cfg["tensorboard"])
     loader = make_loader(train_ds, micro_batch=micro, workers=cfg["workers"], seed=cfg["seed"], info=info,
                          start=start * acc * micro, collate=collate_fn())
     if rng is not None:
@@ -527,7 +547,8 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                 values = all_reduce_mean(torch.stack(list(terms.values())), info).cpu()
                 if not torch.isfinite(values).all():
                     optimizer.zero_grad(set_to_none=True)
-                    raise _diverged(it + 1, dict(zip(terms, values.tolist())), ckpt_dir, state_at["iteration"])
+                    raise _diverged(it + 1, dict(zip(terms, values.tolist())), ckpt_dir, state_at["iteration"],
+                                    cfg["lr"])
                 if cfg["grad_clip"] > 0:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg["grad_clip"])
@@ -565,23 +586,25 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                     checkpoint(it)
         except KeyboardInterrupt:
             checkpoint(it, rng=rng_at_start)
-            if main:
-                display.print(f"interrupted at iteration {it}: saved {ckpt_dir / 'last.pt'} — continue with "
-                              f"`mtl train --resume --out {run_dir}`")
+            if main:  # shown with --quiet too: it says how to go on
+                display.note(f"interrupted at iteration {it}: saved {ckpt_dir / 'last.pt'} — continue with "
+                             f"`{resume_command(run_dir)}`")
             raise
         finally:
             log.close()
     return {"iteration": it, "losses": last_record.get("losses", {}), "metrics": last_metrics, "best": best}
 
 
-def _diverged(iteration: int, terms: dict[str, float], ckpt_dir: Path, last_good: int) -> TrainingDiverged:
+def _diverged(iteration: int, terms: dict[str, float], ckpt_dir: Path, last_good: int, lr: float) -> TrainingDiverged:
     shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
-    where = (f"last good checkpoint: {ckpt_dir / 'last.pt'} (iteration {last_good})"
-             if (ckpt_dir / "last.pt").is_file() else "no checkpoint was written yet")
-    return TrainingDiverged(
-        f"non-finite loss at iteration {iteration} ({shown}); training stopped — {where}; "
-        "lower train.lr, add train.warmup_iters or train.grad_clip, then resume with --resume"
-    )
+    fixes = "lower train.lr, add train.warmup_iters or train.grad_clip"
+    if (ckpt_dir / "last.pt").is_file():
+        lower = resume_command(ckpt_dir.parent, "--set", f"train.lr={lr / 10:g}")
+        what = (f"last good checkpoint: {ckpt_dir / 'last.pt'} (iteration {last_good}); {fixes} and resume from it, "
+                f"e.g. `{lower}`")
+    else:
+        what = f"no checkpoint was written yet; {fixes} and start again"
+    return TrainingDiverged(f"non-finite loss at iteration {iteration} ({shown}); training stopped — {what}")
 
 
 def _oom_error(cfg: dict, micro: int, images: list, model: nn.Module, device: torch.device, it: int) -> UserError:

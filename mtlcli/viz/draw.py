@@ -18,6 +18,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 IGNORE_INDEX = 255
 CROWD_COLOR = (160, 160, 160)
+MIN_HEIGHT = 256  # overlays of smaller images are enlarged so that captions, titles and legends stay readable
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -241,7 +242,7 @@ def titled_row(panels: Sequence[torch.Tensor], titles: Sequence[str], caption: s
     panels = [to_uint8(p) for p in panels]
     h = max(int(p.shape[-2]) for p in panels)
     factor, line_h = titled_geometry(h, min_height)
-    scaled = [p.repeat_interleave(factor, -2).repeat_interleave(factor, -1) if factor > 1 else p for p in panels]
+    scaled = [enlarge(p, factor) for p in panels]
     h *= factor
     size = font_size_for(h)
     fnt = font(size)
@@ -296,6 +297,11 @@ def _fit(pen, text: str, fnt, width: float) -> str:  # type: ignore[no-untyped-d
     return text + "…"
 
 
+def enlarge(t: torch.Tensor, scale: int) -> torch.Tensor:
+    """Nearest-neighbour enlargement of the last two dimensions by an integer factor (pixels stay visible)."""
+    return t.repeat_interleave(scale, -2).repeat_interleave(scale, -1) if scale > 1 else t
+
+
 def enlarge_factor(height: int, min_height: int) -> int:
     """The integer factor that brings `height` to at least `min_height` (1 when it is already there)."""
     return max(1, -(-min_height // max(int(height), 1)))
@@ -337,3 +343,28 @@ def stack(rows: Sequence[torch.Tensor]) -> torch.Tensor:
     width = max(int(r.shape[-1]) for r in rows)
     padded = [torch.nn.functional.pad(to_uint8(r), (0, width - int(r.shape[-1])), value=255) for r in rows]
     return torch.cat(padded, dim=1)
+
+
+def legend_entries(semantic_maps: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], seg_classes: Sequence[str],
+                   det_classes: Sequence[str], palette: Sequence[Sequence[int]]) -> list[tuple[str, Sequence[int], bool]]:
+    """The classes present in the drawn class maps (filled swatches, palette colours) and boxes (hollow
+    swatches, box colours), each once, in class order."""
+    seg = sorted({int(c) for m in semantic_maps for c in torch.unique(torch.as_tensor(m)) if 0 <= int(c) < len(palette)})
+    det = sorted({int(k) for ls in labels for k in torch.as_tensor(ls).flatten().tolist()})
+    colors = class_colors(max(len(det_classes), 1))
+    entries: list[tuple[str, Sequence[int], bool]] = [
+        (seg_classes[c] if c < len(seg_classes) else f"class {c}", palette[c], True) for c in seg]
+    entries += [(f"{det_classes[k - 1] if 1 <= k <= len(det_classes) else f'class {k}'} (box)",
+                 colors[(k - 1) % len(colors)], False) for k in det]
+    return entries
+
+
+def titled_picture(panels: Sequence[torch.Tensor], titles: Sequence[str],
+                   entries: Sequence[tuple[str, Sequence[int], bool]], caption: str | None = None) -> torch.Tensor:
+    """The layout of every overlay PNG: `titled_row` of the panels (drawn at a readable size: `enlarge` an
+    image lower than MIN_HEIGHT before drawing on it), then the `legend` of `entries` in the captions' font
+    size (no legend without entries). uint8 [3, H', W']."""
+    row = titled_row(panels, titles, caption, min_height=MIN_HEIGHT)
+    if not entries:
+        return row
+    return stack([row, legend(entries, int(row.shape[-1]), font_size_for(max(int(p.shape[-2]) for p in panels)))])

@@ -36,6 +36,7 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import make_grid
 
 from mtlcli.errors import UserError
+from mtlcli.models.base import eval_mode
 
 Objective = Callable[[Tensor], Tensor]  # image [3, H, W] float 0..1 -> scalar to maximise
 
@@ -353,13 +354,9 @@ def render_features(model: nn.Module, out: str | Path, *, layer: str | None = No
     conv_name, conv = first_conv(model)
     filters_path = out / f"filters_{safe_name(conv_name)}.png"
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         result = maximize_activation(objective, size, steps=steps, lr=lr, jitter=jitter, scale=scale, rotate=rotate,
                                      blur=blur, device=_device_of(model), seed=seed, progress=progress)
-    finally:
-        model.train(was_training)
     regularised = [n for n, on in (("jitter", jitter > 0), ("scale", scale), ("rotate", rotate), ("blur", blur)) if on]
     title = f"{type(model.net if is_classifier else model).__name__}: {unit}"  # type: ignore[union-attr]
     caption = (f"{measure} {result['before']:.3g} (noise) -> {result['after']:.3g}\n{steps} steps, "

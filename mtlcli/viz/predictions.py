@@ -26,10 +26,9 @@ import torch
 from torch import nn
 
 from mtlcli.errors import UserError
-from mtlcli.viz.draw import (class_colors, draw_boxes, font_size_for, legend, overlay_masks, overlay_semantic, save_png,
-                             stack, titled_geometry, titled_row, to_uint8)
-
-MIN_HEIGHT = 256  # smaller images are enlarged so that captions and titles stay readable
+from mtlcli.models.base import eval_mode
+from mtlcli.viz.draw import (MIN_HEIGHT, class_colors, draw_boxes, enlarge, legend_entries, overlay_masks,
+                             overlay_semantic, save_png, titled_geometry, titled_picture, to_uint8)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -171,11 +170,6 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
 # ----------------------------------------------------------------------------------------- drawing
 
 
-def _enlarge(t: torch.Tensor, scale: int) -> torch.Tensor:
-    """Nearest-neighbour enlargement of the last two dimensions by an integer factor."""
-    return t.repeat_interleave(scale, -2).repeat_interleave(scale, -1) if scale > 1 else t
-
-
 def render_prediction(image: torch.Tensor, output: dict[str, torch.Tensor], det_classes: Sequence[str],
                       palette: Sequence[Sequence[int]], score_threshold: float = 0.3, alpha: float = 0.5,
                       scale: int = 1) -> torch.Tensor:
@@ -184,46 +178,32 @@ def render_prediction(image: torch.Tensor, output: dict[str, torch.Tensor], det_
     `alpha`, instance masks (> 0.5) in their class colours, then boxes with "name score" captions that do
     not hide each other, keeping the detections with score >= `score_threshold`. `scale` enlarges a small
     image first (nearest neighbour) so that captions are drawn at a readable size."""
-    panel = _enlarge(to_uint8(image), scale)
+    panel = enlarge(to_uint8(image), scale)
     if "sem_seg" in output:
-        panel = overlay_semantic(panel, _enlarge(output["sem_seg"].detach().argmax(0).cpu(), scale), palette, alpha=alpha)
+        panel = overlay_semantic(panel, enlarge(output["sem_seg"].detach().argmax(0).cpu(), scale), palette, alpha=alpha)
     if "boxes" in output and len(output["boxes"]):
         keep = output["scores"].detach().cpu() >= score_threshold
         boxes, labels = output["boxes"].detach().cpu()[keep] * scale, output["labels"].detach().cpu()[keep]
         colors = class_colors(max(len(det_classes), 1))
         if "masks" in output and keep.any():
-            masks = _enlarge(output["masks"].detach().cpu()[keep], scale)
+            masks = enlarge(output["masks"].detach().cpu()[keep], scale)
             panel = overlay_masks(panel, masks, colors=[colors[(int(k) - 1) % len(colors)] for k in labels], alpha=alpha)
         panel = draw_boxes(panel, boxes, labels, det_classes, scores=output["scores"].detach().cpu()[keep])
     return panel
-
-
-def legend_entries(semantic_maps: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], seg_classes: Sequence[str],
-                   det_classes: Sequence[str], palette: Sequence[Sequence[int]]) -> list[tuple[str, Sequence[int], bool]]:
-    """The classes present in the drawn class maps (filled swatches, palette colours) and boxes (hollow
-    swatches, box colours), each once, in class order."""
-    seg = sorted({int(c) for m in semantic_maps for c in torch.unique(torch.as_tensor(m)) if 0 <= int(c) < len(palette)})
-    det = sorted({int(k) for ls in labels for k in torch.as_tensor(ls).flatten().tolist()})
-    colors = class_colors(max(len(det_classes), 1))
-    entries: list[tuple[str, Sequence[int], bool]] = [
-        (seg_classes[c] if c < len(seg_classes) else f"class {c}", palette[c], True) for c in seg]
-    entries += [(f"{det_classes[k - 1] if 1 <= k <= len(det_classes) else f'class {k}'} (box)",
-                 colors[(k - 1) % len(colors)], False) for k in det]
-    return entries
 
 
 def render_ground_truth(image: torch.Tensor, target: dict[str, Any], det_classes: Sequence[str],
                         palette: Sequence[Sequence[int]], alpha: float = 0.5, scale: int = 1) -> torch.Tensor:
     """The ground-truth panel drawn like `render_prediction`: semantic map, instance masks of non-crowd
     objects, boxes with names (crowd grey). uint8 [3, scale H, scale W]."""
-    semantic = _enlarge(torch.as_tensor(target["semantic"]).as_subclass(torch.Tensor), scale)
-    panel = overlay_semantic(_enlarge(to_uint8(image), scale), semantic, palette, alpha=alpha)
+    semantic = enlarge(torch.as_tensor(target["semantic"]).as_subclass(torch.Tensor), scale)
+    panel = overlay_semantic(enlarge(to_uint8(image), scale), semantic, palette, alpha=alpha)
     labels, crowd = target["labels"], target["iscrowd"]
     masks = target.get("masks")
     if masks is not None and len(masks) and (crowd == 0).any():
         colors = class_colors(max(len(det_classes), 1))
         keep = crowd == 0
-        panel = overlay_masks(panel, _enlarge(masks.as_subclass(torch.Tensor)[keep], scale),
+        panel = overlay_masks(panel, enlarge(masks.as_subclass(torch.Tensor)[keep], scale),
                               colors=[colors[(int(k) - 1) % len(colors)] for k in labels[keep]], alpha=alpha)
     boxes = torch.as_tensor(target["boxes"].as_subclass(torch.Tensor) if isinstance(target["boxes"], torch.Tensor)
                             else target["boxes"], dtype=torch.float32) * scale
@@ -286,10 +266,8 @@ def render_predictions(model: nn.Module, source: Any, out: str | Path, num: int 
         names.append(name)
     check_free(names, force)
 
-    was_training = model.training
-    model.eval()
     paths: list[Path] = []
-    try:
+    with eval_mode(model):
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task("drawing predictions", total=len(indices))
             for i, path in zip(indices, names):
@@ -310,12 +288,7 @@ def render_predictions(model: nn.Module, source: Any, out: str | Path, num: int 
                     titles.insert(0, "ground truth")
                     maps.append(torch.as_tensor(target["semantic"]).as_subclass(torch.Tensor))
                     drawn.append(torch.as_tensor(target["labels"]).as_subclass(torch.Tensor))
-                row = titled_row(panels, titles, min_height=MIN_HEIGHT)
                 entries = legend_entries(maps, drawn, list(seg_classes or []), det_classes, palette)
-                picture = stack([row, legend(entries, int(row.shape[-1]), font_size_for(int(panels[0].shape[-2])))]) \
-                    if entries else row
-                paths.append(save_png(picture, path))
+                paths.append(save_png(titled_picture(panels, titles, entries), path))
                 bar.advance(task)
-    finally:
-        model.train(was_training)
     return paths

@@ -307,3 +307,20 @@ def test_real_path_faults_are_one_line(run, tmp_path, capsys):
     for args in cases:
         assert cli(args) == 2, args
         one_line(capsys)
+
+
+def test_a_train_that_fails_before_writing_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """No data: the default runs/<recipe>/expN and a fresh --out (with the parents made for it) are gone again;
+    folders that were there before stay, even empty."""
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path)
+    before = {"tiny.toml"}
+    for step in ("fresh", "with a runs/ folder of the user's"):
+        for out in ([], ["--out", "a/b/run"], ["--out", "mine"]):
+            assert cli(["train", "--recipe", recipe, "--data", tmp_path / "nowhere", "-q", "--device", "cpu", *out]) == 2
+            assert "no prepared dataset" in one_line(capsys)
+            assert {p.name for p in tmp_path.iterdir()} == before, (step, out)
+        for folder in ("runs", "mine"):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            before.add(folder)
+    assert not any((tmp_path / "runs").iterdir()) and not any((tmp_path / "mine").iterdir())

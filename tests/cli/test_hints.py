@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from mtlcli.cli.main import main
+from mtlcli.engine.checkpoint import load_checkpoint
+from tests.engine.tiny_model import tiny_registered, train_losses, write_recipe  # noqa: F401 (fixture)
 
 # drawing the default synthetic city (360 images of 256x512) takes minutes on a CPU: the test appends
 # options that only make it smaller to the command it was told to run
@@ -104,3 +106,120 @@ def test_voc_hint_uses_the_options_prepare_voc_takes(fresh: Path, capsys: pytest
 def test_resume_without_out_names_it(fresh: Path, capsys: pytest.CaptureFixture[str]):
     code, _, err = _run(["train", "--recipe", "ivanet-tiny-synthetic", "--resume"], capsys)
     assert code == 2 and "--out RUN" in err
+
+
+# the quickstart kept small: a 3-image city at 64x128 and two training iterations
+QUICKSTART = ["quickstart", "--workdir", "qs", *SMALL_CITY, "--num-viz", "1", "--set", "train.iterations=2",
+              "--set", "train.batch_size=1", "--set", "eval.interval=2", "--set", "model.input_size=[64,128]"]
+SHORT_TRAIN = ["--set", "train.iterations=1", "--set", "train.batch_size=1", "-q", "--device", "cpu"]
+
+
+def test_quickstart_next_line_works_as_printed(fresh: Path, capsys: pytest.CaptureFixture[str]):
+    code, out, err = _run(QUICKSTART, capsys)
+    assert code == 0, err
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("next: ")]
+    commands = [shlex.split(c) for c in line.removeprefix("next: ").split(" | ")]
+    assert [c[:2] for c in commands] == [["mtl", "eval"], ["mtl", "viz"], ["mtl", "train"]], line
+    run_dir = fresh / "qs" / "runs" / "ivanet-tiny-synthetic"
+    code, out, err = _run(commands[0][1:] + ["-q"], capsys)
+    assert code == 0, err
+    assert "miou" in out
+    code, out, err = _run(commands[1][1:], capsys)
+    assert code == 0, err
+    assert "wrote 1 prediction overlay(s)" in out
+    code, out, err = _run(commands[2][1:] + SHORT_TRAIN, capsys)  # the hint's training, one iteration long
+    assert code == 0, err
+    assert (fresh / "runs" / "ivanet-tiny-synthetic" / "exp1" / "checkpoints" / "last.pt").is_file()
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.fixture()
+def tiny_train(fresh: Path, synthetic_prepared: Path, tiny_registered: str) -> list[str]:
+    """`mtl train` of the engine tests' tiny model (4 iterations) into ./run, as a user would type it."""
+    return ["train", "--recipe", str(write_recipe(fresh)), "--data", str(synthetic_prepared), "--out", "run", "-q",
+            "--device", "cpu", "--set", "train.iterations=4", "--set", "train.checkpoint_interval=2"]
+
+
+def test_interrupted_train_resumes_as_printed(fresh: Path, tiny_train: list[str], capsys: pytest.CaptureFixture[str]):
+    code, _, err = _run(tiny_train + ["--set", "model.fail_at=3", "--set", "model.failure=interrupt"], capsys)
+    assert code == 130
+    (resume,) = _commands(err)  # printed with -q too
+    assert resume == ["train", "--resume", "--out", "run"], err
+    # the same train command again names the same way on
+    code, _, err = _run(tiny_train, capsys)
+    assert code == 2 and _commands(err) == [resume], err
+    code, _, err = _run(resume, capsys)  # the run's own recipe.toml: the injected interrupt comes at call 3 again,
+    assert code == 0, err                 # after the two iterations that were left
+    assert load_checkpoint(fresh / "run" / "checkpoints" / "last.pt")["iteration"] == 4
+    assert [r["iteration"] for r in train_losses(fresh / "run")] == [1, 2, 3, 4]
+
+
+def test_finished_run_hints_lead_to_a_longer_run(fresh: Path, tiny_train: list[str], capsys: pytest.CaptureFixture[str]):
+    code, _, err = _run(tiny_train, capsys)
+    assert code == 0, err
+    code, _, err = _run(tiny_train, capsys)
+    assert code == 2
+    (resume,) = _commands(err)
+    code, _, err = _run(resume, capsys)
+    assert code == 2 and "already finished 4 of 4 iterations" in err
+    (longer,) = _commands(err)
+    assert longer == ["train", "--resume", "--out", "run", "--set", "train.iterations=8"], err
+    code, _, err = _run(longer, capsys)
+    assert code == 0, err
+    assert load_checkpoint(fresh / "run" / "checkpoints" / "last.pt")["iteration"] == 8
+
+
+def test_diverged_run_resumes_with_a_lower_lr_as_printed(fresh: Path, tiny_train: list[str],
+                                                        capsys: pytest.CaptureFixture[str]):
+    code, _, err = _run(tiny_train + ["--set", "model.fail_at=3", "--set", "model.failure=nan"], capsys)
+    assert code == 2 and "non-finite loss at iteration 3" in err
+    (lower,) = _commands(err)
+    assert lower == ["train", "--resume", "--out", "run", "--set", "train.lr=0.005"], err
+    code, _, err = _run(lower, capsys)
+    assert code == 0, err
+    import tomllib
+
+    assert tomllib.loads((fresh / "run" / "recipe.toml").read_text())["train"]["lr"] == 0.005
+    assert load_checkpoint(fresh / "run" / "checkpoints" / "last.pt")["iteration"] == 4
+
+
+def test_custom_coco_next_line_trains_as_printed(fresh: Path, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch):
+    from urllib.error import URLError
+
+    from torchvision.models._api import WeightsEnum
+
+    from tests.data.test_coco import CAR, PERSON_POLY, ann, compressed_rle, custom_coco
+
+    c = custom_coco(Path("."), [ann(1, 101, 12, PERSON_POLY), ann(2, 205, 3, compressed_rle(CAR))])
+    code, out, err = _run(["prepare", "coco", "--train-json", str(c["json"]), "--train-images", str(c["images"]),
+                           "--out", "mine", "-q"], capsys)
+    assert code == 0, err
+    (train,) = _commands(out)
+    assert train[:5] == ["train", "--recipe", "ivanet-custom", "--data", "mine"] and "no val split" in out, out
+
+    def offline(*args, **kwargs):
+        raise URLError("no network in the test")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)  # never downloads; as on a machine offline
+    code, _, err = _run(train + SHORT_TRAIN + ["--set", "train.workers=0"], capsys)  # one iteration
+    assert code == 2 and "could not download the ImageNet weights" in err and "set it to false" in err, err
+    assert not (fresh / "runs").exists()  # nothing left behind
+    code, out, err = _run(train + SHORT_TRAIN + ["--set", "train.workers=0", "--set", "model.pretrained_backbone=false"],
+                          capsys)
+    assert code == 0, err
+    assert (fresh / "runs" / "ivanet-custom" / "exp1" / "checkpoints" / "last.pt").is_file()
+    assert "no [eval] metrics" in out and _commands(out) == []  # no evaluation command that would fail
+
+
+def test_train_names_an_eval_command_only_where_it_runs(synthetic_prepared: Path, tmp_path: Path):
+    from mtlcli.hints import eval_hint
+    from mtlcli.recipes import load_recipe
+    from tests.data.test_dataset import build_tiny_prepared
+
+    recipe = load_recipe("ivanet-tiny-synthetic", [f"data.root={synthetic_prepared}"])
+    assert _commands(eval_hint("my run", recipe)) == [["eval", "--run", "my run"]]
+    recipe["data"]["root"] = str(build_tiny_prepared(tmp_path))  # a train split only
+    assert "has no val split" in eval_hint("my run", recipe) and _commands(eval_hint("my run", recipe)) == []
+    recipe["eval"]["metrics"] = []
+    assert "no [eval] metrics" in eval_hint("my run", recipe) and _commands(eval_hint("my run", recipe)) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from pathlib import Path
 
 import pytest
 import torch
@@ -238,3 +239,70 @@ def test_resume_without_a_checkpoint_exits_2(tmp_path, capsys):
     assert run_cli(["train", "--recipe", str(write_recipe(tmp_path)), "--out", str(tmp_path / "empty"),
                     "--resume"]) == 2
     assert "has no checkpoints/last.pt to resume from — drop --resume" in capsys.readouterr().err
+
+
+class FakeSummaryWriter:
+    """Stands in for torch.utils.tensorboard.SummaryWriter: makes its folder, keeps the scalars."""
+
+    made: list["FakeSummaryWriter"] = []
+
+    def __init__(self, log_dir: str, purge_step: int | None = None) -> None:
+        Path(log_dir).mkdir(parents=True)
+        self.scalars: list[tuple[str, float, int]] = []
+        self.closed = False
+        FakeSummaryWriter.made.append(self)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars.append((tag, value, step))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_tensorboard_only_when_asked(tmp_path, synthetic_prepared, capsys, monkeypatch):
+    """metrics.jsonl always; RUN/tensorboard/ only with --tensorboard (or train.tensorboard = true), and without
+    the tensorboard package that is one line and exit 2 before any folder is made."""
+    import sys
+    import types
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = FakeSummaryWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)  # installed or not, the test sees the calls
+    monkeypatch.setattr(FakeSummaryWriter, "made", [])
+    recipe = write_recipe(tmp_path)
+    args = ["train", "--recipe", str(recipe), "--data", str(synthetic_prepared), "--quiet", "--device", "cpu",
+            "--set", "train.iterations=2"]
+    assert run_cli([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert (tmp_path / "plain" / "metrics.jsonl").is_file() and not (tmp_path / "plain" / "tensorboard").exists()
+    assert FakeSummaryWriter.made == []
+    assert run_cli([*args, "--out", str(tmp_path / "on"), "--tensorboard"]) == 0
+    (writer,) = FakeSummaryWriter.made
+    assert (tmp_path / "on" / "tensorboard").is_dir() and writer.closed
+    logged = train_losses(tmp_path / "on")
+    assert [(step, value) for tag, value, step in writer.scalars if tag == "train/loss"] == \
+        [(r["iteration"], r["loss"]) for r in logged] == [(1, logged[0]["loss"]), (2, logged[1]["loss"])]
+    capsys.readouterr()
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    for asked in (["--tensorboard"], ["--set", "train.tensorboard=true"]):
+        assert run_cli([*args, "--out", str(tmp_path / "tb"), *asked]) == 2
+        captured = capsys.readouterr()
+        lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "pip install tensorboard" in lines[0], lines
+        assert "Traceback" not in captured.err and not (tmp_path / "tb").exists()
+    with pytest.raises(UserError, match="pip install tensorboard"):  # the engine refuses it the same way
+        train(tiny_recipe(tmp_path, synthetic_prepared, "train.tensorboard=true"), tmp_path / "api", progress=False)
+    assert not (tmp_path / "api").exists()
+
+
+def test_tensorboard_events_hold_the_logged_scalars(tmp_path, synthetic_prepared):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train(tiny_recipe(tmp_path, synthetic_prepared, "train.iterations=4", "train.log_interval=2",
+                      "train.tensorboard=true"), run, progress=False)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [r["iteration"] for r in train_losses(run)] == [2, 4]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in train_losses(run)])
