@@ -475,7 +475,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
 
         atomic_write_text(run_dir / "recipe.toml", header() + dump_toml(recipe))  # whole or not at all
     log = MetricsLog(run_dir, main, start if resume else None, tensorboard=cfg["tensorboard"])
-    if recipe["data"]["cache"] == "ram":  # filled before the loader forks its workers, which then share it
+    if recipe["data"].get("cache") == "ram":  # filled before the loader forks its workers, which then share it
         train_ds.ram = ram_cache(train_ds, main, progress)
     loader = make_loader(train_ds, micro_batch=micro, workers=cfg["workers"], seed=cfg["seed"], info=info,
                          start=start * acc * micro, collate=collate_fn())
