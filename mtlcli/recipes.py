@@ -2,7 +2,7 @@
 
     extends = "ivanet300"        # optional: a recipe name (recipes/<name>.toml) or a path
     [model]  name = registry name; every other key is a builder keyword argument
-    [data]   dataset, root, train_split, val_split, test_split, allow_overlap, augmentation + options,
+    [data]   dataset, root, train_split, val_split, test_split, allow_overlap, cache, augmentation + options,
              [data.label_map]
     [train]  optimiser, schedule, iterations, batch_size, stages, ...
     [eval]   metrics, interval, best_metric, batch_size
@@ -36,6 +36,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("train", "optimizer"): ("sgd", "adam", "adamw"),
     ("train", "schedule"): ("multistep", "poly", "cosine", "constant"),
     ("train", "amp"): ("none", "bf16", "fp16"),
+    ("data", "cache"): ("none", "ram"),  # mtlcli.data.cache.MODES
 }
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -53,6 +54,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "label_map": {},
         "test_split": "",
         "allow_overlap": False,
+        "cache": "none",
     },
     "train": {
         "optimizer": "sgd",
@@ -92,7 +94,9 @@ STAGE_DEFAULTS: dict[str, Any] = {"name": "", "iterations": 0, "lr": 0.0, "loss_
 # [data] keys that describe the dataset; every other [data] key is an option of `build_transforms`.
 # test_split: a second evaluation split (the paper's test set) that `mtl train` checks for overlap with
 # train_split like val_split; allow_overlap = true lets a train split share images with them.
-DATA_KEYS = ("dataset", "root", "train_split", "val_split", "augmentation", "label_map", "test_split", "allow_overlap")
+# cache = "ram" keeps the decoded training images and label maps in memory (mtlcli.data.cache).
+DATA_KEYS = ("dataset", "root", "train_split", "val_split", "augmentation", "label_map", "test_split", "allow_overlap",
+             "cache")
 
 
 def augmentation_defaults() -> dict[str, Any]:
@@ -348,6 +352,9 @@ def validate(recipe: dict, *, source: str = "recipe", check_model: bool = True) 
             if key in ("scale_range", "crop_size") and isinstance(value, (int, float)) and not isinstance(value, bool):
                 continue  # one number stands for both sides
             if key in recipe[section]:
+                choices = CHOICES.get((section, key))
+                if choices and not isinstance(value, str):  # e.g. cache = true: say what is valid
+                    raise UserError(f"{source}: {section}.{key} = {value!r}; valid: {', '.join(choices)}")
                 _check_type(recipe[section][key], default, f"{source}: {section}.{key}", _LIST_ITEMS.get(key))
     for (section, key), choices in CHOICES.items():
         if recipe[section][key] not in choices:

@@ -1,5 +1,5 @@
 """`mtl train --recipe NAME|PATH [--data DATA] [--out RUN] [--set k=v ...] [--weights CKPT] [--resume] [--force] [--device D]
-[--tensorboard]`.
+[--tensorboard] [--cache ram]`.
 
 A thin wrapper around `mtlcli.engine.train.train`: resolve the recipe and the run directory, call, print
 a summary. Under `torchrun --nproc_per_node N -m mtlcli train ...` every process runs this; rank 0
@@ -108,6 +108,10 @@ def register(app: typer.Typer) -> None:
             False, "--tensorboard", help="Also write the logged scalars to RUN/tensorboard/ (needs `pip install "
             "tensorboard`; sets train.tensorboard). RUN/metrics.jsonl is written either way."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+        cache: Optional[str] = typer.Option(
+            None, "--cache", help="ram: decode the training images and label maps into memory once, before "
+            "training (falls back, with a note, when they would not fit); none: read every sample from its files "
+            "(sets data.cache)."),
     ) -> None:
         """Train a model from a recipe; writes RUN/recipe.toml, metrics.jsonl and checkpoints/{last,best}.pt."""
         from mtlcli.engine.distributed import broadcast_object, cleanup, init_distributed
@@ -126,6 +130,12 @@ def register(app: typer.Typer) -> None:
             from mtlcli.cli.common import resolve_device
 
             device = resolve_device(device)
+        if cache is not None:
+            from mtlcli.data.cache import MODES
+
+            if cache not in MODES:
+                raise UserError(f"--cache {cache}: valid values are {', '.join(MODES)}")
+            set_ = [*set_, f"data.cache={cache}"]
         resolved = load_recipe(recipe, set_)
         if data is not None:
             resolved["data"]["root"] = str(data.expanduser().resolve())

@@ -26,6 +26,7 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, decode_png, read_file
 from torchvision.transforms.v2 import functional as F
 
+from mtlcli.data.cache import RamCache, cache_keys
 from mtlcli.data.integrity import png_chunks_intact
 from mtlcli.data.prepared import IGNORE_INDEX, DatasetMeta, dt_path, instances_path, read_label_png, semantic_path
 from mtlcli.errors import UserError
@@ -142,7 +143,9 @@ class PreparedDataset(torch.utils.data.Dataset):
     (`loss_targets`), so that e.g. a segmentation network never pays for instance masks. Boxes, labels
     and crowd flags come from the JSON and are always there. `compact=True` keeps the image uint8 (0..255)
     and `semantic` / `dt` uint8, 4-8x less to copy between loader processes and to the device; the
-    training loop converts the image on the device (`mtlcli.engine.train.to_device`).
+    training loop converts the image on the device (`mtlcli.engine.train.to_device`). With `ds.ram` set
+    (`mtlcli.data.cache.fill_ram_cache`) the image and the dense maps are copied from memory instead of
+    decoded from their files: the same tensors, then the same transforms.
 
     `label_map` merges or drops classes: `{"seg": {src: dst}, "det": {src: dst}}` (see
     `resolve_label_map`). `ds.meta`, `ds.det_classes`, `ds.seg_classes`, `ds.palette` and `ds.coco`
@@ -171,6 +174,7 @@ class PreparedDataset(torch.utils.data.Dataset):
         self.ids: list[int] = [img["id"] for img in self.coco.dataset["images"]]
         lut = self.label_map.seg_lut
         self._seg_lut_u8 = lut.to(torch.uint8) if lut is not None else None
+        self.ram: RamCache | None = None  # decoded pixels in memory (data.cache = "ram"; mtlcli.data.cache)
 
     @property
     def det_classes(self) -> list[str]:
@@ -275,10 +279,36 @@ class PreparedDataset(torch.utils.data.Dataset):
                 masks[i] = torch.from_numpy(mask_utils.decode(self.coco.annToRLE(ann)))
         return masks
 
+    def decode(self, index: int) -> dict[str, torch.Tensor]:
+        """The pixels of sample `index` as decoded from its files, before any transform: "image" uint8
+        [3, H, W] and, among `targets`, "semantic" (label map applied; all 255 without a PNG) and "dt"
+        (all 0 without a PNG), uint8 [H, W]. What `data.cache = "ram"` keeps (`mtlcli.data.cache`)."""
+        info = self.image_info(index)
+        image = self.read_image(info, torch.uint8).as_subclass(torch.Tensor)
+        h, w = image.shape[-2:]
+        stem = info.get("stem") or Path(info["file_name"]).stem
+        out = {"image": image}
+        if "semantic" in self.targets:
+            semantic = self._read_map(semantic_path(self.root, self.split, stem), (h, w), "semantic")
+            if semantic is None:
+                semantic = torch.full((h, w), IGNORE_INDEX, dtype=torch.uint8)
+            elif self.label_map.seg_lut is not None:
+                semantic = self._seg_lut_u8[semantic.long()] if semantic.dtype != torch.uint8 else \
+                    torch.from_numpy(self._seg_lut_u8.numpy()[semantic.numpy()])
+            out["semantic"] = semantic
+        if "dt" in self.targets:
+            dt = self._read_map(dt_path(self.root, self.split, stem), (h, w), "dt")
+            out["dt"] = dt if dt is not None else torch.zeros((h, w), dtype=torch.uint8)
+        return out
+
     def __getitem__(self, index: int) -> Sample:
         info = self.image_info(index)
         wanted = self.targets
-        image = self.read_image(info, torch.uint8)
+        dense = cache_keys(wanted)
+        pixels = self.ram.get(index, dense) if self.ram is not None else None
+        if pixels is None:
+            pixels = self.decode(index)
+        image = tv_tensors.Image(pixels["image"])
         h, w = image.shape[-2:]
         stem = info.get("stem") or Path(info["file_name"]).stem
         anns = self.coco.imgToAnns.get(info["id"], [])
@@ -292,17 +322,8 @@ class PreparedDataset(torch.utils.data.Dataset):
         }
         if "masks" in wanted:
             target["masks"] = tv_tensors.Mask(self._masks(anns, h, w))
-        if "semantic" in wanted:
-            semantic = self._read_map(semantic_path(self.root, self.split, stem), (h, w), "semantic")
-            if semantic is None:
-                semantic = torch.full((h, w), IGNORE_INDEX, dtype=torch.uint8)
-            elif self.label_map.seg_lut is not None:
-                semantic = self._seg_lut_u8[semantic.long()] if semantic.dtype != torch.uint8 else \
-                    torch.from_numpy(self._seg_lut_u8.numpy()[semantic.numpy()])
-            target["semantic"] = tv_tensors.Mask(semantic)
-        if "dt" in wanted:
-            dt = self._read_map(dt_path(self.root, self.split, stem), (h, w), "dt")
-            target["dt"] = tv_tensors.Mask(dt if dt is not None else torch.zeros((h, w), dtype=torch.uint8))
+        for key in dense:
+            target[key] = tv_tensors.Mask(pixels[key])
         target.update({"image_id": int(info["id"]), "stem": stem, "orig_size": (int(h), int(w))})
         if self.transforms is not None:
             image, target = self.transforms(image, target)

@@ -2,7 +2,7 @@
 
 `check_batch_fits(batch, size, device, option)`: the input tensor alone of `batch` images of
 `size` (H, W), 3 channels of float32, must stay under a quarter of the memory available on `device`
-(free RAM on a CPU, free GPU memory on CUDA). Activations take many times the input, so a batch that
+(available RAM on a CPU, free GPU memory on CUDA). Activations take many times the input, so a batch that
 fails this cannot run; one that passes may still run out of memory, which training reports as its
 own one-line error. The quarter is inferred, not measured.
 """
@@ -26,6 +26,13 @@ def available_bytes(device: torch.device) -> int | None:
             return int(torch.cuda.mem_get_info(device)[0])
         except (RuntimeError, AssertionError):
             return None
+    try:  # Linux: MemAvailable counts the page cache the kernel would give back; free pages alone do not
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):

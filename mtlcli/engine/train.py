@@ -10,6 +10,10 @@ Exact resume: the data order is a pure function of (seed, sample position) (`Tra
 sample's augmentation is seeded by its global position, the DataLoader draws its worker seeds from a
 private generator, evaluation runs inside a saved-and-restored RNG state, and checkpoints hold model,
 optimiser, schedule, scaler, iteration and every process's RNG state.
+
+Each logged record's `data_wait` is the share of the window's wall time (evaluation and checkpoint
+writing left out, as from `images_per_s`) that the loop spent blocked in `next(loader)`; moving the
+batch to the device and making its floats count as step time.
 """
 
 from __future__ import annotations
@@ -150,6 +154,19 @@ def make_loader(dataset: Dataset, *, micro_batch: int, workers: int, seed: int, 
         persistent_workers=False,
     )
     return iter(loader)
+
+
+def ram_cache(train_ds: Dataset, main: bool, progress: bool):
+    """`data.cache = "ram"`: the training split decoded into memory (`mtlcli.data.cache`), or None (with a
+    note) when the caches of this machine's training processes would not fit beside the training."""
+    from mtlcli.data.cache import fill_ram_cache, local_processes
+    from mtlcli.engine.limits import available_bytes
+
+    def note(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    return fill_ram_cache(train_ds, available_bytes(torch.device("cpu")), copies=local_processes(),
+                          note=note if main else None, progress=progress and main)
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -458,6 +475,8 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
 
         atomic_write_text(run_dir / "recipe.toml", header() + dump_toml(recipe))  # whole or not at all
     log = MetricsLog(run_dir, main, start if resume else None, tensorboard=cfg["tensorboard"])
+    if recipe["data"].get("cache") == "ram":  # filled before the loader forks its workers, which then share it
+        train_ds.ram = ram_cache(train_ds, main, progress)
     loader = make_loader(train_ds, micro_batch=micro, workers=cfg["workers"], seed=cfg["seed"], info=info,
                          start=start * acc * micro, collate=collate_fn())
     if rng is not None:
@@ -575,15 +594,17 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                     window_iters, wait, t_window = 0, 0.0, time.perf_counter()
                 else:
                     display.update(it)
+                t_pause = time.perf_counter()
                 if val_ds is not None and ((ev["interval"] and it % ev["interval"] == 0) or it == total):
                     last_metrics = evaluate_now(it)
                     value = last_metrics.get(best_metric)
                     if value is not None and (not best or value > best["value"]):
                         best = {"metric": best_metric, "value": value, "iteration": it}
                         checkpoint(it, names=("best.pt",))
-                    t_window = time.perf_counter()  # keep evaluation out of the images/s figure
                 if it % cfg["checkpoint_interval"] == 0 or it == total:
                     checkpoint(it)
+                # evaluation and checkpoints stay out of the window's images/s and data-wait share
+                t_window += time.perf_counter() - t_pause
         except KeyboardInterrupt:
             checkpoint(it, rng=rng_at_start)
             if main:  # shown with --quiet too: it says how to go on

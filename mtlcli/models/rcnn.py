@@ -326,12 +326,14 @@ class TwoStageDetector(nn.Module):
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # augmentation can flatten boxes
         if "iscrowd" in t:
             keep &= t["iscrowd"].reshape(-1) == 0  # crowd regions are not objects to match
-        out = {"boxes": boxes[keep], "labels": labels[keep]}
+        # Usually nothing is dropped: then no copies (the masks are an image plane per instance).
+        everything = bool(keep.all())
+        out = {"boxes": boxes, "labels": labels} if everything else {"boxes": boxes[keep], "labels": labels[keep]}
         if self.has_masks:
             if self.boxes_as_masks:
                 out["masks"] = boxes_to_masks(out["boxes"], size)
             elif "masks" in t:
-                out["masks"] = t["masks"][keep].to(torch.uint8)
+                out["masks"] = (t["masks"] if everything else t["masks"][keep]).to(torch.uint8)
             else:
                 raise UserError(
                     "this model has a mask head but the targets carry no instance 'masks'; "

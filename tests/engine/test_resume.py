@@ -47,6 +47,25 @@ def test_interrupted_and_resumed_run_equals_the_straight_run(tmp_path, synthetic
     assert torch.equal(sa["rng"][0]["torch"], sb["rng"][0]["torch"])
 
 
+def test_a_cached_run_equals_the_uncached_run_and_resumes_exactly(tmp_path, synthetic_prepared):
+    # data.cache = "ram" changes where the pixels come from, not the data order, the augmentation
+    # draws or the training RNG: the same losses and weights, through an interrupt and a resume with
+    # loader workers (which read the cache the main process filled before forking them).
+    straight = tmp_path / "straight"
+    train(tiny_recipe(tmp_path, synthetic_prepared, *RANDOM), straight, progress=False)
+    cached = tmp_path / "cached"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_recipe(tmp_path, synthetic_prepared, *RANDOM, "data.cache=ram", "model.fail_at=5",
+                          "model.failure=interrupt"), cached, progress=False)
+    train(tiny_recipe(tmp_path, synthetic_prepared, *RANDOM, "data.cache=ram", "train.workers=2"), cached,
+          resume=True, progress=False)
+    assert [r["losses"] for r in train_losses(straight)] == [r["losses"] for r in train_losses(cached)]
+    sa = load_checkpoint(straight / "checkpoints" / "last.pt")
+    sb = load_checkpoint(cached / "checkpoints" / "last.pt")
+    for k, v in sa["model"].items():
+        assert torch.equal(v, sb["model"][k]), k
+
+
 def test_resume_from_a_periodic_checkpoint_and_nothing_left_to_do(tmp_path, synthetic_prepared):
     run = tmp_path / "run"
     base = ["train.iterations=6", "train.checkpoint_interval=3"]
