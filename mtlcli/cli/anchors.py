@@ -40,7 +40,7 @@ def split_boxes(data: Path, split: str, label_map: dict | None = None) -> tuple[
     keep = set(resolve_label_map(meta, label_map).det_ids)
     path = instances_path(data, split)
     if not path.is_file():
-        raise UserError(f"{path} is missing — prepare the dataset again with `mtl prepare ...`")
+        raise UserError(f"{path} is missing — prepare the dataset again with mtl prepare (`mtl prepare --help`)")
     try:
         coco = json.loads(path.read_text())
         sizes = {img["id"]: (img["height"], img["width"]) for img in coco["images"]}

@@ -58,9 +58,9 @@ class DatasetMeta:
         """Read and validate `root/dataset.json`; a missing or malformed file is a UserError."""
         path = Path(root) / "dataset.json"
         if not Path(root).is_dir():
-            raise UserError(f"{root}: no such prepared dataset — create one with `mtl prepare ...`")
+            raise UserError(f"{root}: no such prepared dataset — create one with mtl prepare (`mtl prepare --help` lists the datasets it reads)")
         if not path.is_file():
-            raise UserError(f"{path} is missing: {root} is not a prepared dataset — run `mtl prepare ...` first")
+            raise UserError(f"{path} is missing: {root} is not a prepared dataset — prepare it with mtl prepare first (`mtl prepare --help`)")
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -52,7 +52,7 @@ class GroundTruth:
         meta.check_split(root, split)
         path = instances_path(root, split)
         if not path.is_file():
-            raise UserError(f"{path} is missing — prepare the dataset again with `mtl prepare ...`")
+            raise UserError(f"{path} is missing — prepare the dataset again with mtl prepare (`mtl prepare --help`)")
         coco = COCO()
         try:
             coco.dataset = json.loads(path.read_text())

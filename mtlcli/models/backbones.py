@@ -4,6 +4,8 @@ trains from scratch."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,7 +39,10 @@ def load_pretrained(
                 "pass pretrained_backbone=\"/path/to/weights.pth\" or set it to false"
             )
         try:
-            state = weights.get_state_dict(progress=False, check_hash=False)
+            # torch hub announces a download on stderr ("Downloading: ..."): offline that line would come
+            # before our own one-line error, so it is held back
+            with contextlib.redirect_stderr(io.StringIO()):
+                state = weights.get_state_dict(progress=False, check_hash=False)
         except Exception as exc:  # URLError, socket errors, ... — only the message matters to the user
             raise UserError(
                 f"could not download the ImageNet weights {weights} ({type(exc).__name__}: {exc}); "
