@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from mtlcli.errors import UserError
+from mtlcli.metrics import METRIC_NAMES as METRICS  # names only: listing recipes imports no model
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
-METRICS = ("miou", "voc07", "voc12", "coco-bbox", "coco-segm", "ar")
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("train", "optimizer"): ("sgd", "adam", "adamw"),
     ("train", "schedule"): ("multistep", "poly", "cosine", "constant"),

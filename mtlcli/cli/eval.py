@@ -51,6 +51,8 @@ def print_results(result: dict[str, Any]) -> None:
         if name == "miou":
             extra = f"pixel acc {_fmt(d.get('pixel_accuracy'))}  mean acc {_fmt(d.get('mean_accuracy'))}"
             extra += f"  iIoU {_fmt(d.get('miiou'))}" if "miiou" in d else ""
+        elif name == "dt":
+            extra = f"DT-bin pixel accuracy; mIoU of the bins {_fmt(d.get('miou'))}"
         elif name.startswith("coco"):
             s = d.get("stats", {})
             extra = "  ".join(f"{k} {_fmt(s.get(k))}" for k in ("AP50", "AP75", "APs", "APm", "APl", "AR100"))
@@ -63,8 +65,8 @@ def print_results(result: dict[str, Any]) -> None:
     console.print(summary)
 
     for name, d in details.items():
-        if name == "miou":
-            table = _table("miou: per class (%)")
+        if name in ("miou", "dt"):
+            table = _table("miou: per class (%)" if name == "miou" else "dt: per distance-transform bin (%)")
             cols = ["class", "IoU"] + (["iIoU"] if "iiou" in d else []) + ["accuracy"]
             for c in cols:
                 table.add_column(c, justify="left" if c == "class" else "right")
@@ -127,7 +129,7 @@ def run_eval(
     batch_size: Optional[int], device: str, workers: int, quiet: bool,
 ) -> dict[str, Any]:
     """Everything `mtl eval` does except printing; returns the result dict that is saved."""
-    from mtlcli.metrics import check_metric_names
+    from mtlcli.metrics import METRIC_NAMES, check_metric_names
 
     from mtlcli.safety import refuse_protected_output
 
@@ -167,7 +169,7 @@ def run_eval(
         split = split or recipe.get("data", {}).get("val_split") or "val"
         names = names or list(recipe.get("eval", {}).get("metrics") or [])
         if not names:
-            raise UserError("the recipe's [eval] names no metrics; pass --metric (miou, voc07, voc12, coco-bbox, coco-segm, ar)")
+            raise UserError(f"the recipe's [eval] names no metrics; pass --metric ({', '.join(METRIC_NAMES)})")
         label_map = recipe.get("data", {}).get("label_map") or None
         # no transforms: the model resizes its own inputs and answers in the original frame — unless the
         # recipe scores at the paper's resolution ([eval] resolution)
@@ -217,7 +219,7 @@ def register(app: typer.Typer) -> None:
         data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset (default: the recipe's)."),
         split: Optional[str] = typer.Option(None, "--split", help="Split to evaluate (default: val / the recipe's val_split)."),
         metric: list[str] = typer.Option([], "--metric", "-m",
-                                         help="miou, voc07, voc12, coco-bbox, coco-segm, ar (repeat or comma-separate)."),
+                                         help="miou, dt, voc07, voc12, coco-bbox, coco-segm, ar (repeat or comma-separate)."),
         cityscapes_ids: bool = typer.Option(False, "--cityscapes-ids", help="Prediction PNGs hold Cityscapes labelIds."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Save the results as JSON here (only here) "
                                            "[default: RUN/eval/SPLIT.json for --run, nothing otherwise]."),

@@ -132,7 +132,7 @@ FLOORS: dict[str, dict[str, float]] = {
     "datnet": {"voc07": 0.50, "coco-segm": 0.25},
     "safpn": {"voc07": 0.50, "coco-segm": 0.25},
 }
-METRIC_LABELS = {"miou": "mIoU", "voc07": "mAP@0.5 (VOC07)", "coco-bbox": "box AP (COCO)", "coco-segm": "mask AP (COCO)"}
+METRIC_LABELS = {"miou": "mIoU", "dt": "DT accuracy", "voc07": "mAP@0.5 (VOC07)", "coco-bbox": "box AP (COCO)", "coco-segm": "mask AP (COCO)"}
 TINY_SUFFIX = "-tiny-synthetic"
 
 
@@ -148,11 +148,13 @@ def tiny_recipes() -> list[str]:
 
 
 def supported_metrics(output: dict[str, Any]) -> list[str]:
-    """The quickstart's metrics for a model's eval output: mIoU for `sem_seg`, VOC07 mAP@0.5 for
-    `boxes`, COCO box and mask AP where there are `masks`."""
+    """The quickstart's metrics for a model's eval output: mIoU for `sem_seg`, the DT-bin accuracy for
+    `dt` (DATNet's auxiliary head), VOC07 mAP@0.5 for `boxes`, COCO box and mask AP where there are `masks`."""
     names = []
     if "sem_seg" in output:
         names.append("miou")
+    if "dt" in output:
+        names.append("dt")
     if "boxes" in output:
         names.append("voc07")
     if "masks" in output:

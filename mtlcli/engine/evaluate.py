@@ -4,6 +4,7 @@ The model (DESIGN.md §4 contract, eval mode) sees batches of original-size imag
 image's original pixel frame, so its outputs meet the ground truth directly:
 - `sem_seg` [C, H, W] scores -> argmax -> confusion matrix (and Cityscapes iIoU from the target's
   instance masks where the dataset has Cityscapes classes);
+- `dt` [K, H, W] distance-transform bin scores (DATNet) -> argmax -> confusion matrix against `dt/`;
 - `boxes` / `scores` / `labels` (+ `masks`) -> COCO results with the dataset's image ids -> VOC / COCO;
 - `proposals` [P, 4] xyxy (+ `proposal_scores` [P]) where a model has them, else its boxes -> AR.
 """
@@ -18,7 +19,7 @@ from torch import nn
 
 from mtlcli.errors import UserError
 from mtlcli.models.base import eval_mode
-from mtlcli.metrics import SEMANTIC_METRICS, build_metric, check_metric_names
+from mtlcli.metrics import METRIC_NAMES, SEMANTIC_METRICS, build_metric, check_metric_names
 from mtlcli.metrics.predictions import PredictionWriter, det_to_seg_index, output_to_results
 
 
@@ -61,7 +62,7 @@ def _dist_info() -> tuple[int, int]:
 
 
 def _check_outputs(output: dict[str, Any], names: list[str], model: nn.Module) -> None:
-    needs = {"miou": "sem_seg", "coco-segm": "masks"}
+    needs = {"miou": "sem_seg", "dt": "dt", "coco-segm": "masks"}
     for name in names:
         key = needs.get(name, "boxes")
         if name == "ar" and "proposals" in output:
@@ -89,11 +90,12 @@ def evaluate(model: nn.Module, dataset: Any, metrics: list[str], *, device: str 
 
     names = check_metric_names(metrics)
     if not names:
-        raise UserError("no metric to compute; name at least one of miou, voc07, voc12, coco-bbox, coco-segm, ar")
+        raise UserError(f"no metric to compute; name at least one of {', '.join(METRIC_NAMES)}")
     if len(dataset) == 0:
         raise UserError("the split has no images; nothing to evaluate")
     built = {name: build_metric(name, dataset) for name in names}
-    sem = [m for n, m in built.items() if n in SEMANTIC_METRICS]
+    sem = [m for n, m in built.items() if n == "miou"]
+    dt_metric = built.get("dt")
     det = {n: m for n, m in built.items() if n not in SEMANTIC_METRICS}
     needs_masks = "coco-segm" in det
     class_index = det_to_seg_index(dataset.meta)
@@ -145,6 +147,9 @@ def evaluate(model: nn.Module, dataset: Any, metrics: list[str], *, device: str 
                         for m in sem:
                             m.update(pred, gt.to(pred.device), instances)
                         semantic = pred.cpu().numpy()
+                    if dt_metric is not None:
+                        gt_dt = torch.as_tensor(target["dt"])
+                        dt_metric.update(output["dt"].argmax(0).to(torch.uint8).cpu(), gt_dt.to(torch.uint8).cpu())
                     results = []
                     if "boxes" in output and (det or writer):
                         any_det = True

@@ -1,6 +1,7 @@
 """Evaluation metrics that agree with the official tools, streaming over images.
 
     miou       semantic segmentation: confusion matrix, IoU / mIoU, accuracies, Cityscapes iIoU
+    dt         DATNet's distance-transform head: pixel accuracy of the DT bins (and their IoU / mIoU)
     voc07      VOC mAP@0.5, 11-point rule          voc12      VOC mAP@0.5, area rule (2010+)
     coco-bbox  COCO box AP@[.5:.95] (COCOeval)     coco-segm  COCO mask AP@[.5:.95] (COCOeval)
     ar         class-agnostic proposal recall AR@100 / AR@1000 (COCOeval, useCats = 0)
@@ -17,8 +18,8 @@ from typing import Any
 
 from mtlcli.errors import UserError
 
-METRIC_NAMES = ("miou", "voc07", "voc12", "coco-bbox", "coco-segm", "ar")
-SEMANTIC_METRICS = ("miou",)
+METRIC_NAMES = ("miou", "dt", "voc07", "voc12", "coco-bbox", "coco-segm", "ar")
+SEMANTIC_METRICS = ("miou", "dt")
 DETECTION_METRICS = ("voc07", "voc12", "coco-bbox", "coco-segm", "ar")
 
 
@@ -40,7 +41,7 @@ def build_metric(name: str, dataset: Any) -> Any:
     """The metric `name` for a dataset with `.meta` (DatasetMeta) and `.coco` (pycocotools COCO of the
     split) — a PreparedDataset or `mtlcli.metrics.predictions.GroundTruth`."""
     from mtlcli.metrics.coco import COCOMetric, ProposalRecall
-    from mtlcli.metrics.segmentation import SegmentationMetric, cityscapes_instance_sizes
+    from mtlcli.metrics.segmentation import DTMetric, SegmentationMetric, cityscapes_instance_sizes
     from mtlcli.metrics.voc import VOCMetric
 
     meta = dataset.meta
@@ -49,6 +50,10 @@ def build_metric(name: str, dataset: Any) -> Any:
             raise UserError(f"dataset {meta.name!r} has no segmentation classes; miou cannot be computed — choose a detection metric")
         sizes = cityscapes_instance_sizes(meta.seg_classes, meta.det_classes)
         return SegmentationMetric(meta.seg_classes, meta.ignore_index, instance_sizes=sizes)
+    if name == "dt":
+        if not meta.det_classes:
+            raise UserError(f"dataset {meta.name!r} has no objects, so no distance-transform bins; dt cannot be computed")
+        return DTMetric(meta.dt_thresholds)
     if name in DETECTION_METRICS and not meta.det_classes:
         raise UserError(f"dataset {meta.name!r} has no detection classes; {name} cannot be computed — use miou")
     if name in ("voc07", "voc12"):

@@ -249,6 +249,23 @@ class SegmentationMetric:
         return {"value": miou, "details": details}
 
 
+class DTMetric(SegmentationMetric):
+    """DATNet's distance-transform head scored against the prepared `dt/` bins (DESIGN.md §3): the bins
+    0 (off every object), 1 (DT <= t1, the boundary) .. K+1 (the centre) are the classes of a confusion
+    matrix. Headline: pixel accuracy ("DT accuracy"); the details carry each bin's IoU and their mIoU."""
+
+    def __init__(self, thresholds: Sequence[float] = (0.2, 0.4)) -> None:
+        t = [f"{float(v):g}" for v in thresholds]
+        names = ["background"] + ([f"DT <= {t[0]}"] + [f"DT {a}-{b}" for a, b in zip(t, t[1:])] + [f"DT > {t[-1]}"]
+                                  if t else ["DT > 0"])
+        super().__init__(names, IGNORE_INDEX)
+
+    def compute(self) -> dict[str, Any]:
+        res = super().compute()
+        acc = res["details"]["pixel_accuracy"]
+        return {"value": float("nan") if acc is None else acc, "details": res["details"]}
+
+
 def _as_uint8(a: np.ndarray | torch.Tensor) -> np.ndarray | None:
     """A CPU map as a uint8 numpy array when its values allow it without change, else None."""
     if isinstance(a, torch.Tensor):

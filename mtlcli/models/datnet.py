@@ -309,7 +309,8 @@ class DATNet(TwoStageDetector):
 
     train -> also loss_dt (DT head) and loss_seg (semantic head), already multiplied by their weights;
              targets need `dt` [H, W] int64 bins 0..3 and `semantic` [H, W] int64 (255 = ignore)
-    eval  -> also sem_seg [C, H, W] float softmax scores in the original frame (with a semantic head)
+    eval  -> also sem_seg [C, H, W] float softmax scores in the original frame (with a semantic head) and
+             dt [K, H, W] softmax scores of the distance-transform bins (with a DT head; `mtl eval --metric dt`)
     """
 
     dense_keys = ("dt", "semantic")
@@ -365,13 +366,13 @@ class DATNet(TwoStageDetector):
     def dense_outputs(
         self, dense: dict[str, Tensor], image_sizes: list[tuple[int, int]], original_sizes: list[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
-        if "seg" not in dense or not self.output_sem_seg:
-            return [{} for _ in original_sizes]
-        logits = dense["seg"]
-        return [
-            {"sem_seg": logits_to_original(logits[i], size, orig, stride=4).softmax(0)}
-            for i, (size, orig) in enumerate(zip(image_sizes, original_sizes))
-        ]
+        outs: list[dict[str, Tensor]] = [{} for _ in original_sizes]
+        for name, key in (("seg", "sem_seg"), ("dt", "dt")):
+            if name not in dense or (name == "seg" and not self.output_sem_seg):
+                continue
+            for i, (size, orig) in enumerate(zip(image_sizes, original_sizes)):
+                outs[i][key] = logits_to_original(dense[name][i], size, orig, stride=4).softmax(0)
+        return outs
 
 
 def logits_to_original(logits: Tensor, size: tuple[int, int], original: tuple[int, int], stride: int = 4) -> Tensor:

@@ -107,6 +107,30 @@ def test_saved_predictions_agree_with_evaluate_and_the_official_script(synthetic
         assert (iou is None) if math.isnan(ref) else iou == pytest.approx(ref, abs=1e-9), name
 
 
+def test_dt_metric_scores_the_distance_transform_bins(synthetic_prepared):
+    """`dt` (DATNet's auxiliary head): pixel accuracy of the DT bins against the prepared dt/ maps, and
+    each bin's IoU, equal to a direct count over the split; perfect bins score 1."""
+    ds = PreparedDataset(synthetic_prepared, "val")
+    perfect, shifted, direct = {}, {}, np.zeros((4, 4), dtype=np.int64)
+    for i in range(len(ds)):
+        image, t = ds[i]
+        dt = t["dt"].as_subclass(torch.Tensor).long()
+        assert int(dt.max()) > 0
+        moved = dt.roll(3, dims=-1)
+        perfect[_key(image)] = {"dt": F.one_hot(dt, 4).permute(2, 0, 1).float()}
+        shifted[_key(image)] = {"dt": F.one_hot(moved, 4).permute(2, 0, 1).float()}
+        np.add.at(direct, (dt.numpy().ravel(), moved.numpy().ravel()), 1)
+    assert evaluate(FixedModel(perfect), ds, ["dt"], progress=False)["metrics"]["dt"] == pytest.approx(1.0)
+    res = evaluate(FixedModel(shifted), ds, ["dt"], batch_size=2, progress=False)
+    tp = np.diag(direct)
+    assert res["metrics"]["dt"] == pytest.approx(tp.sum() / direct.sum(), abs=1e-12) and res["metrics"]["dt"] < 0.99
+    iou = tp / (direct.sum(0) + direct.sum(1) - tp)
+    assert res["details"]["dt"]["iou"] == pytest.approx(iou.tolist(), abs=1e-12)
+    assert res["details"]["dt"]["classes"] == ["background", "DT <= 0.2", "DT 0.2-0.4", "DT > 0.4"]
+    with pytest.raises(UserError, match="'dt'"):
+        evaluate(FixedModel(_outputs(ds, False)), ds, ["dt"], progress=False)
+
+
 def test_missing_output_and_occupied_folder_are_user_errors(synthetic_prepared, tmp_path):
     ds = PreparedDataset(synthetic_prepared, "val")
     with pytest.raises(UserError, match="sem_seg"):

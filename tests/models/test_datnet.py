@@ -103,6 +103,8 @@ def test_eval_outputs_in_original_frame(head):
         assert o["masks"].shape == (n, 1, h, w) and 0 <= o["masks"].min() and o["masks"].max() <= 1
         assert o["sem_seg"].shape == (SEG_CLASSES, h, w)
         torch.testing.assert_close(o["sem_seg"].sum(0), torch.ones(h, w))
+        assert o["dt"].shape == (4, h, w)  # the DT head's bins, for `mtl eval --metric dt`
+        torch.testing.assert_close(o["dt"].sum(0), torch.ones(h, w))
         assert o["proposals"].shape[1] == 4 and (o["proposals"][:, 2] <= w).all()
 
 
@@ -111,6 +113,10 @@ def test_without_semantic_head_there_is_no_sem_seg():
     with torch.no_grad():
         (out,) = model([torch.rand(3, 64, 64)])
     assert "sem_seg" not in out and "seg" not in model.dense_heads
+    model = tiny(dt_weight=0.0).eval()
+    with torch.no_grad():
+        (out,) = model([torch.rand(3, 64, 64)])
+    assert "dt" not in out and "sem_seg" in out
 
 
 @pytest.mark.parametrize("head", ["light", "heavy"])  # heavy: the shared res5 (batch norm) sees no positive RoI
