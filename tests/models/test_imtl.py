@@ -133,6 +133,23 @@ def test_yolo_assignment_on_a_hand_built_case():
     torch.testing.assert_close(decode_boxes(raw, anchors, (16.0, 16.0))[3, 0, 1], boxes[0])
 
 
+def test_each_branch_has_its_own_head_unless_shared():
+    """The trident branches share their blocks' weights (the paper); the output convs are per branch by
+    default (inferred), so the small-object branch can score objects the large one must not."""
+    per_branch, shared = tiny(), tiny(shared_head=True)
+    assert len(per_branch.detector.heads) == 3 and len(shared.detector.heads) == 1
+    extra = sum(p.numel() for p in per_branch.parameters()) - sum(p.numel() for p in shared.parameters())
+    assert extra == 2 * sum(p.numel() for p in shared.detector.heads[0].parameters())
+    # a checkpoint of the shared form (`detector.head.*`, before per-branch heads) loads into the
+    # per-branch model and predicts exactly as before
+    old = {k.replace("detector.heads.0.", "detector.head."): v for k, v in shared.state_dict().items()}
+    per_branch.load_state_dict(old)
+    x = torch.rand(1, 3, 64, 128)
+    with torch.no_grad():
+        for a, b in zip(shared.eval().network(x)["det"], per_branch.eval().network(x)["det"]):
+            torch.testing.assert_close(a, b)
+
+
 def test_focal_losses_on_a_hand_built_case():
     """All-zero logits, one object: objectness and class losses are torchvision's focal loss summed and
     divided by one positive; the box loss is the smooth L1 of the offsets."""
