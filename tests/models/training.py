@@ -15,7 +15,7 @@ def short_run(model: nn.Module, images: list[Tensor], targets: list[dict[str, Te
     same seed (so a two-stage model samples the same anchors / RoIs each time); otherwise they are the
     losses of the first and the last step."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt: torch.optim.Optimizer = (torch.optim.Adam(params, lr=lr) if optimizer == "adam"
+    opt: torch.optim.Optimizer = (torch.optim.Adam(params, lr=lr, fused=True) if optimizer == "adam"
                                   else torch.optim.SGD(params, lr=lr, momentum=0.9))
     model.train()
 
