@@ -119,28 +119,33 @@ def test_tiny_model_trains_and_predicts(name, samples):
                 assert 0.0 <= float(out["masks"].min()) and float(out["masks"].max()) <= 1.0
 
 
-# name -> (Adam steps, learning rate) for the tiny configuration to overfit two images
+# name -> (Adam steps, learning rate, output stride of the semantic map) for the tiny configuration
+# to overfit two images; the steps are about 1.5x what the family needed on these images
 OVERFIT = {
-    "ivanet": (150, 5e-3),
-    "ssd300_vgg16": (100, 2e-3),
-    "ladder_densenet": (120, 5e-3),
-    "imtl": (100, 5e-3),
-    "datnet": (100, 1e-3),
-    "safpn": (100, 1e-3),
-    "maskrcnn": (100, 1e-3),
-    "fasterrcnn": (100, 1e-3),
+    "ivanet": (60, 5e-3, 8),
+    "ssd300_vgg16": (110, 2e-3, 1),
+    "ladder_densenet": (80, 5e-3, 4),
+    "imtl": (70, 5e-3, 1),
+    "datnet": (80, 2e-3, 4),
+    "safpn": (70, 2e-3, 1),
+    "maskrcnn": (70, 2e-3, 1),
+    "fasterrcnn": (70, 2e-3, 1),
 }
-# Agreement after the short run. Measured on these two images (7 and 11 boxes): the semantic maps reach
-# 0.85-0.98; the top-N scores hold all boxes or all but one (a box that shares its anchor / cell with
-# another one in a 64x128 image), the two-stage ones all but 2-3 (duplicates), all or all but two of
-# 11 in the top-2N (Faster R-CNN: 9 of 11); a broken target pipeline stays far below both.
-SEMANTIC_IOU, BOX_IOU, BOXES_FOUND = 0.8, 0.5, 0.8
+# Near-perfect agreement after the short run (issue 15): the semantic map (frequency-weighted IoU, on the
+# grid of the stride the model predicts at), and every box the model's target coding holds found by a
+# detection of its class at IoU >= 0.5 among the top-2N scores (N boxes: a short run keeps a few
+# duplicates near the top, which class-wise NMS at 0.5 does not remove).
+SEMANTIC_IOU, BOX_IOU = 0.9, 0.5
 
 
-def semantic_iou(scores: torch.Tensor, target: torch.Tensor) -> float:
+def semantic_iou(scores: torch.Tensor, target: torch.Tensor, stride: int = 1) -> float:
     """Frequency-weighted IoU of the argmax of `scores` [C, H, W] against `target` [H, W] (255 ignored):
-    the IoU of each labelled class weighted by its share of the labelled pixels."""
-    pred, labelled = scores.argmax(0), target != 255
+    the IoU of each labelled class weighted by its share of the labelled pixels. With `stride` > 1 both
+    maps are read at the centres of the stride x stride cells, the resolution the model predicts at."""
+    pred = scores.argmax(0)
+    if stride > 1:
+        pred, target = pred[stride // 2::stride, stride // 2::stride], target[stride // 2::stride, stride // 2::stride]
+    labelled = target != 255
     total = 0.0
     for c in target[labelled].unique():
         p, t = (pred == c) & labelled, target == c
@@ -148,26 +153,56 @@ def semantic_iou(scores: torch.Tensor, target: torch.Tensor) -> float:
     return total
 
 
-def boxes_found(output: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> float:
-    """The share of non-crowd ground-truth boxes that a detection of the same class covers at IoU >= 0.5
-    among the top-2N scores, N = the number of those boxes (a short run still leaves a few duplicates
-    that class-wise NMS at 0.5 keeps near the top)."""
+def held_boxes(name: str, model: torch.nn.Module, target: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Which non-crowd ground-truth boxes the family's target coding can train as a positive, [N] bool.
+
+    Two-stage models: every box (the RPN matches each to its best anchors, RoIs are sampled around it).
+    SSD-style models (IvaNet, SSD300): the boxes that SSD matching gives at least one default box (two
+    boxes whose only good default box is the same one: the later takes it). The interdependent network:
+    the boxes YOLO assignment keeps (one object per anchor and cell of the stride-16 grid)."""
+    from mtlcli.models.base import resize_target
+
+    keep = target["iscrowd"] == 0
+    boxes, labels = target["boxes"][keep].float(), target["labels"][keep]
+    if name in ("ivanet", "ssd300_vgg16", "imtl"):
+        frame = resize_target({"boxes": boxes}, tuple(target["semantic"].shape[-2:]), tuple(model.input_size))["boxes"]
+    if name in ("ivanet", "ssd300_vgg16"):
+        from mtlcli.ops.multibox import match_default_boxes
+
+        matched = match_default_boxes(model.default_boxes, frame)
+        return torch.isin(torch.arange(len(boxes)), matched[matched >= 0])
+    if name == "imtl":
+        from mtlcli.models.imtl import assign_targets
+
+        h, w = model.input_size[0] // 16, model.input_size[1] // 16
+        anchors = model.anchors.reshape(-1, 2)
+        # each box's own slot (anchor, cell); assign_targets keeps the first box claiming a slot
+        slots = [int(assign_targets(frame[i:i + 1], labels[i:i + 1], anchors, (h, w), (16.0, 16.0),
+                                    model.anchors.shape[1])["index"]) for i in range(len(boxes))]
+        return torch.tensor([slot not in slots[:i] for i, slot in enumerate(slots)])
+    return torch.ones(len(boxes), dtype=torch.bool)
+
+
+def boxes_found(output: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[N] bool over the non-crowd ground-truth boxes: a detection of the same class covers the box at
+    IoU >= 0.5 among the top-2N scores."""
     from torchvision.ops import box_iou
 
     keep = target["iscrowd"] == 0
     boxes, labels = target["boxes"][keep], target["labels"][keep]
     top = output["scores"].argsort(descending=True)[: 2 * len(boxes)]
     if len(top) == 0:
-        return 0.0
+        return torch.zeros(len(boxes), dtype=torch.bool)
     iou = box_iou(boxes, output["boxes"][top]) * (labels[:, None] == output["labels"][top][None])
-    return float((iou.max(dim=1).values >= BOX_IOU).float().mean())
+    return iou.max(dim=1).values >= BOX_IOU
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_tiny_model_overfits_two_images(name, samples):
     """A short Adam run on two images makes the outputs on those images agree with their targets: the
-    semantic map (frequency-weighted IoU >= 0.8) and the boxes (>= 80% found at IoU >= 0.5 by the top
-    scores)."""
+    semantic map (frequency-weighted IoU >= 0.9 at the model's output stride) and the boxes (every box
+    the target coding holds found at IoU >= 0.5 by the top scores). A broken target pipeline (frame,
+    box coding, label offset, matching) fails this."""
     from tests.models.training import short_run
 
     ds, _ = samples
@@ -176,7 +211,7 @@ def test_tiny_model_overfits_two_images(name, samples):
     targets = [{k: (v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
                for _, t in pairs]
     _, det, seg, _ = TINY[name]
-    steps, lr = OVERFIT[name]
+    steps, lr, stride = OVERFIT[name]
     torch.manual_seed(0)
     model = build_model(name, **_kwargs_for(name, len(ds.det_classes), len(ds.seg_classes)))
     before, after = short_run(model, images, targets, steps, lr=lr, optimizer="adam")
@@ -186,8 +221,10 @@ def test_tiny_model_overfits_two_images(name, samples):
         outputs = model(images)
     for out, target in zip(outputs, targets):
         if seg:
-            iou = semantic_iou(out["sem_seg"], target["semantic"])
+            iou = semantic_iou(out["sem_seg"], target["semantic"], stride)
             assert iou >= SEMANTIC_IOU, f"semantic IoU {iou:.3f}"
         if det:
-            found = boxes_found(out, target)
-            assert found >= BOXES_FOUND, f"{found:.0%} of {len(target['boxes'])} boxes found"
+            held, found = held_boxes(name, model, target), boxes_found(out, target)
+            assert held.sum() >= 0.75 * len(held), f"the coding holds only {int(held.sum())} of {len(held)} boxes"
+            missed = (held & ~found).nonzero().flatten().tolist()
+            assert not missed, f"boxes {missed} of {len(held)} not found ({int(held.sum())} held by the coding)"
