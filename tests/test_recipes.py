@@ -79,7 +79,7 @@ def test_overrides_are_parsed_to_the_type_of_their_key(tmp_path):
         ("train.lr=fast", "train.lr must be a number, got 'fast'"),
         ("train.optimizer=rmsprop", "train.optimizer = 'rmsprop'; valid: sgd, adam, adamw"),
         ("train.batch_size=2.5", "train.batch_size must be an integer"),
-        ("eval.metrics=miou,map", "unknown metric(s) map in eval.metrics; valid: miou, voc07"),
+        ("eval.metrics=miou,map", "unknown metric(s) map in eval.metrics; valid: miou, dt, voc07"),
         ("model.depth=3", "model 'tiny_test' has no argument 'depth'; valid: dropout, fail_at"),
         ("model.width=wide", "model.width must be an integer"),
         ("nothing", "expected section.key=value"),

@@ -314,11 +314,12 @@ def learning_table(results: list[dict[str, Any]]):
 
     table = Table(title="quickstart --all: every tiny recipe on the synthetic val split (value / floor)")
     table.add_column("recipe")
-    for col in ("iters", "wall min", "CPU min", *(METRIC_LABELS[m] for m in METRIC_LABELS), "floors"):
+    shown = [m for m in METRIC_LABELS if any(m in r["metrics"] for r in results)]  # metrics some model gives
+    for col in ("iters", "wall min", "CPU min", *(METRIC_LABELS[m] for m in shown), "floors"):
         table.add_column(col, justify="right")
     for r in results:
         cells = []
-        for m in METRIC_LABELS:
+        for m in shown:
             value, goal = r["metrics"].get(m), r["floors"].get(m)
             cells.append("—" if m not in r["metrics"] else _fmt(value) + (f" / {goal:.2f}" if goal is not None else ""))
         t = r["timing"]
