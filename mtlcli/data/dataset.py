@@ -326,7 +326,9 @@ class PreparedDataset(torch.utils.data.Dataset):
             target[key] = tv_tensors.Mask(pixels[key])
         target.update({"image_id": int(info["id"]), "stem": stem, "orig_size": (int(h), int(w))})
         if self.transforms is not None:
-            image, target = self.transforms(image, target)
+            # the compact (training) form leaves a colour jitter to the device, with the float conversion
+            defer = {"defer_color": True} if self.compact and getattr(self.transforms, "defers_color", False) else {}
+            image, target = self.transforms(image, target, **defer)
         # The transforms work on uint8 (8-bit sources); the contract's types are restored last.
         if not self.compact:
             image = tv_tensors.Image(F.to_dtype(image.as_subclass(torch.Tensor), torch.float32, scale=True))

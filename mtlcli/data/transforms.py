@@ -307,12 +307,34 @@ class Pipeline:
     (image_id, stem, orig_size) pass through untouched.
     """
 
-    def __init__(self, name: str, transforms: Sequence[Callable]) -> None:
+    defers_color = True  # the training loader may leave the colour jitter to the device (`apply_color_jitter`)
+
+    def __init__(self, name: str, transforms: Sequence[Callable], color_jitter: v2.ColorJitter | None = None) -> None:
         self.name = name
         self.transforms = list(transforms)
         self.compose = v2.Compose(self.transforms) if self.transforms else None
+        self.color_jitter = color_jitter
 
-    def __call__(self, image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def __call__(self, image: torch.Tensor, target: dict[str, Any], *,
+                 defer_color: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+        """`defer_color`: draw the colour jitter's factors but leave them in target["color_jitter"] for
+        `apply_color_jitter` to apply on the device, batched with the uint8 -> float conversion there,
+        instead of three float round trips of the image on a loader core."""
+        if self.compose is None and self.color_jitter is None:
+            return image, target
+        image, target = self._geometry(image, target)
+        if self.color_jitter is not None:
+            p = self.color_jitter.make_params([image])
+            target = {**target, "color_jitter": torch.tensor(
+                [*p["fn_idx"].tolist(), p["brightness_factor"], p["contrast_factor"], p["saturation_factor"]])}
+            if not defer_color:
+                jittered = apply_color_jitter(image.as_subclass(torch.Tensor).float() / 255 if image.dtype == torch.uint8
+                                              else image.as_subclass(torch.Tensor), target.pop("color_jitter"))
+                image = tv_tensors.Image(F.to_dtype(jittered, image.dtype, scale=True) if image.dtype == torch.uint8
+                                         else jittered)
+        return image, target
+
+    def _geometry(self, image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         if self.compose is None:
             return image, target
         image_dtype = image.dtype
@@ -334,7 +356,21 @@ class Pipeline:
 
     def __repr__(self) -> str:
         inner = ", ".join(type(t).__name__ for t in self.transforms) or "identity"
+        if self.color_jitter is not None:
+            inner += ", ColorJitter"
         return f"Pipeline({self.name!r}: {inner})"
+
+
+def apply_color_jitter(image: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """torchvision's ColorJitter on a float 0..1 image [3, H, W] (any device) with the factors a
+    `Pipeline` drew: params [7] = the order of the four adjustments (0 brightness, 1 contrast, 2
+    saturation, 3 hue: not used), then the brightness, contrast and saturation factors."""
+    order, factors = params[:4].long().tolist(), params[4:].tolist()
+    adjust = {0: F.adjust_brightness, 1: F.adjust_contrast, 2: F.adjust_saturation}
+    for fn in order:
+        if fn in adjust:
+            image = adjust[fn](image, factors[fn])
+    return image
 
 
 def _int(options: dict[str, Any], key: str) -> int:
@@ -399,7 +435,8 @@ def build_transforms(name: str, train: bool, **options: Any) -> Pipeline:
                     the dense targets the training loader decodes, among masks, semantic, dt. Not an
                     augmentation: read by the training loop, accepted here so that [data] passes whole.
       color_jitter  float >= 0, default 0 = off. cityscapes: random brightness, contrast and saturation
-                    factors in [1 - j, 1 + j] (v2.ColorJitter), before the geometric steps.
+                    factors in [1 - j, 1 + j] (v2.ColorJitter), after the geometric steps; in the training
+                    loader the factors are drawn per sample and applied on the device (`to_device`).
     """
     if name not in NAMES:
         raise UserError(f"unknown augmentation {name!r}; choose one of: {', '.join(NAMES)}")
@@ -432,8 +469,6 @@ def build_transforms(name: str, train: bool, **options: Any) -> Pipeline:
         if flip:
             steps.append(v2.RandomHorizontalFlip(p=0.5))
     else:  # cityscapes
-        if jitter > 0:
-            steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
         scaled = min_size or max_size or scale != (1.0, 1.0)
         if crop[0]:
             # unclipped boxes through the crop, so that DropBoxesOutsideCrop sees their true centres
@@ -444,4 +479,7 @@ def build_transforms(name: str, train: bool, **options: Any) -> Pipeline:
         if flip:
             steps.append(v2.RandomHorizontalFlip(p=0.5))
     steps.append(SanitizeBoxes(min_size=min_box_size))
-    return Pipeline(name, steps)
+    # colour jitter after the geometric steps: on the (usually smaller) crop, and, in the training loader,
+    # on the device (`apply_color_jitter`)
+    jitter_step = v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter) if name == "cityscapes" and jitter > 0 else None
+    return Pipeline(name, steps, color_jitter=jitter_step)

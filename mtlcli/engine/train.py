@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from mtlcli.data.overlap import check_no_overlap
+from mtlcli.data.transforms import apply_color_jitter
 from mtlcli.engine.checkpoint import checkpoint_dir, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mtlcli.engine.compat import check_resume
 from mtlcli.engine.limits import check_batch_fits
@@ -179,7 +180,12 @@ def to_device(images: list, targets: list[dict], device: torch.device) -> tuple[
     # a compact loader ships uint8 images (mtlcli.data.dataset): 0..1 floats are made on the device
     images = [img.to(device, non_blocking=nb) for img in images]
     images = [img.float().div_(255) if img.dtype == torch.uint8 else img for img in images]
-    targets = [{k: v.to(device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+    # a colour jitter the loader drew but left to the device (mtlcli.data.transforms.Pipeline); its
+    # factors stay on the host (read as python numbers, no device sync)
+    images = [apply_color_jitter(img, t["color_jitter"]) if "color_jitter" in t else img
+              for img, t in zip(images, targets)]
+    targets = [{k: v.to(device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in t.items() if k != "color_jitter"}
+               for t in targets]
     return images, targets
 
 

@@ -232,3 +232,26 @@ def test_color_jitter_changes_colours_not_geometry():
     assert not torch.allclose(out, img, atol=1e-2)
     plain, _ = build_transforms("cityscapes", True, flip=False)(img, dict(target))
     torch.testing.assert_close(plain, img, atol=1 / 255, rtol=0)
+
+
+def test_deferred_color_jitter_on_the_device_equals_the_loader_one(synthetic_prepared):
+    """In the training loader (compact samples) the jitter's factors are drawn per sample and applied by
+    `to_device` after the float conversion: the same pixels (to uint8 rounding) as a jitter applied in
+    the loader, the same draws, and nothing of it reaches the model's targets."""
+    from mtlcli.data.dataset import PreparedDataset
+    from mtlcli.data.transforms import build_transforms
+    from mtlcli.engine.train import to_device
+
+    aug = build_transforms("cityscapes", True, flip=False, min_size=48, crop_size=[40, 72], color_jitter=0.4)
+    here = PreparedDataset(synthetic_prepared, "train", transforms=aug, compact=False)
+    deferred = PreparedDataset(synthetic_prepared, "train", transforms=aug, compact=True)
+    for i in range(3):
+        torch.manual_seed(i)
+        img, t = here[i]
+        torch.manual_seed(i)
+        raw, td = deferred[i]
+        assert raw.dtype == torch.uint8 and td["color_jitter"].shape == (7,) and "color_jitter" not in t
+        (out,), (moved,) = to_device([raw], [td], torch.device("cpu"))
+        assert "color_jitter" not in moved and torch.equal(moved["boxes"], t["boxes"])
+        torch.testing.assert_close(out, img.as_subclass(torch.Tensor), atol=1.01 / 255, rtol=0)
+        assert not torch.allclose(out, raw.float() / 255, atol=2 / 255)  # the jitter did happen
