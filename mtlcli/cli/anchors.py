@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import numpy as np
 import typer
 
 from mtlcli.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_INPUT_SIZE = (384, 768)
 
@@ -32,6 +34,8 @@ def split_boxes(data: Path, split: str, label_map: dict | None = None) -> tuple[
 
     `label_map` is a recipe's [data.label_map]; its `det` table keeps only the listed classes.
     """
+    import numpy as np
+
     from mtlcli.data.dataset import resolve_label_map
     from mtlcli.data.prepared import DatasetMeta, instances_path
 
@@ -63,6 +67,8 @@ def compute_anchors(data: Path, split: str = "train", k: int = 9, *, seed: int =
     Returns {"anchors": [[w, h], ...] sorted by area, "input_size": [H, W], "k", "seed", "split",
     "num_boxes", "mean_iou"} (mean IoU of each box with its best anchor, 0..1).
     """
+    import numpy as np
+
     from mtlcli.ops.kmeans import kmeans_anchors
 
     wh, sizes = split_boxes(data, split, label_map)
@@ -92,7 +98,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed of the k-means++ initialisation (same seed, same anchors)."),
         recipe: Optional[str] = typer.Option(None, help="Recipe whose det label map and model input_size apply."),
         input_size: Optional[str] = typer.Option(None, "--input-size", help="Network input HxW (default: the recipe's, else 384x768)."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the anchors as JSON to this file."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE", help="Write the anchors as JSON to this file."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the anchors line, no table."),
     ) -> None:

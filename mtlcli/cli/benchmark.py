@@ -102,11 +102,12 @@ def register(app: typer.Typer) -> None:
         recipe: Optional[list[str]] = typer.Option(None, "--recipe", "-r", help="Recipe name or path (repeatable)."),
         all_recipes: bool = typer.Option(False, "--all", help="Every recipe in recipes/ (full-size models: slow on a CPU)."),
         preset: Optional[str] = typer.Option(None, help=f"A paper table: {', '.join(PRESETS)}."),
-        size: Optional[str] = typer.Option(None, help="Input HxW (default: each model's own input size)."),
+        size: Optional[str] = typer.Option(None, "--size", metavar="HxW", help="Input HxW (default: each model's own input size)."),
         batch: int = typer.Option(1, "--batch-size", min=1, help="Images per forward."),
         batch_old: Optional[int] = typer.Option(None, "--batch", min=1, hidden=True),  # the name before 0.2
         device: str = typer.Option("auto", "--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N."),
-        amp: Optional[str] = typer.Option(None, help="bf16 or fp16 autocast (CUDA only)."),
+        amp: Optional[str] = typer.Option(None, "--amp", metavar="bf16|fp16",
+                                          help="bf16 or fp16 autocast (CUDA only) [default: off, fp32]."),
         channels_last: bool = typer.Option(False, "--channels-last", help="Run convolutions in channels_last."),
         compile: bool = typer.Option(False, "--compile", help="torch.compile the network first."),
         compare: bool = typer.Option(False, "--compare", help="Add torchvision's reference models at the same size."),
@@ -115,18 +116,21 @@ def register(app: typer.Typer) -> None:
         ),
         iterations: int = typer.Option(10, min=1, help="Timed runs per model."),
         warmup: int = typer.Option(2, min=0, help="Untimed runs per model first."),
-        train: bool = typer.Option(False, "--train", help="Also time a full training step."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results as JSON."),
+        train: bool = typer.Option(False, "--train-step", help="Also time a full training step."),
+        train_old: bool = typer.Option(False, "--train", hidden=True),  # the name before 0.2 (--train N counts images elsewhere)
+        out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE", help="Write the results as JSON."),
         markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (for the README)."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
         set_: Optional[list[str]] = typer.Option(None, "--set", help="Recipe override for every recipe, e.g. model.width=256."),
         score_threshold: Optional[float] = typer.Option(
-            None, "--score-threshold", help="Detection score threshold for every model (0 keeps all detections of untrained heads)."
+            None, "--score-threshold", help="Detection score threshold for every model (0 keeps all detections of untrained heads) "
+            "[default: each recipe's; a --preset's own]."
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display while measuring."),
     ) -> None:
-        """Measure parameters, FLOPs, latency (network alone and full predict path), images/s and
-        peak memory of models, alternating runs so that ratios are fair."""
+        """Measure parameters, FLOPs, latency, images/s and peak memory of models, alternating runs so that ratios are fair.
+
+        Latency is timed twice: the network alone and the full predict path (resize, network, postprocess)."""
         import torch
 
         from mtlcli.engine import benchmark as bm
@@ -137,6 +141,7 @@ def register(app: typer.Typer) -> None:
 
         dev = torch.device(resolve_device(device))
         batch = batch_old if batch_old is not None else batch
+        train = train or train_old
         if amp is not None and dev.type != "cuda":
             raise UserError(f"--amp {amp} needs a CUDA device (autocast is not timed on {dev.type}); drop --amp or use --device cuda")
         if out is not None:

@@ -17,10 +17,10 @@ def register(app: typer.Typer) -> None:
     def export_command(
         run: Optional[Path] = RUN_OPTION,
         checkpoint: Optional[Path] = CHECKPOINT_OPTION,
-        fmt: str = typer.Option(..., "--format", "-f", help="onnx or torchscript."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file [default: RUN/export/model.onnx|.pt, "
+        fmt: str = typer.Option(..., "--format", "-f", metavar="onnx|torchscript", help="onnx or torchscript."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE", help="Output file [default: RUN/export/model.onnx|.pt, "
                                            "or next to the checkpoint]."),
-        size: Optional[str] = typer.Option(None, "--size", help="Input size HxW [default: the model's input size]."),
+        size: Optional[str] = typer.Option(None, "--size", metavar="HxW", help="Input size HxW [default: the model's input size]."),
         dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size (ONNX: a symbolic batch axis)."),
         force: bool = typer.Option(False, "--force", help="Overwrite an existing --out."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output file."),

@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
                                             "(quote them) and video files."),
         run: Optional[Path] = RUN_OPTION,
         checkpoint: Optional[Path] = CHECKPOINT_OPTION,
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: runs/predict/expN]."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Output folder [default: runs/predict/expN]."),
         device: str = DEVICE_OPTION,
         score_threshold: float = typer.Option(0.3, "--score-threshold", min=0.0, max=1.0,
                                               help="Keep detections scoring at least this."),

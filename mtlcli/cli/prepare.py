@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from mtlcli.cli.common import QUIET_HELP, quiet_output
 
@@ -24,6 +23,12 @@ VERIFY_HELP = "Decode every image fully to find damage inside complete files (de
 FORCE_HELP = "Write into --out even if it is not empty (files there may be overwritten)."
 
 
+def _console():  # type: ignore[no-untyped-def]
+    from rich.console import Console  # imported when printing: `mtl --help` and `mtl recipes list` stay quick
+
+    return Console()
+
+
 def default_out(name: str) -> Path:
     """$MTL_DATA/<name> (MTL_DATA defaults to ./data): where recipes look for a prepared dataset."""
     return Path(os.environ.get("MTL_DATA", "data")) / name
@@ -33,13 +38,13 @@ def _done(out: Path, summary: dict) -> None:
     images = sum(s["images"] for s in summary["splits"].values())
     skipped = len(summary["skipped"])
     note = f", {skipped} file(s) skipped (listed above)" if skipped else ""
-    Console().print(f"[green]prepared[/] {summary['name']}: {images} images in {out}{note}")
+    _console().print(f"[green]prepared[/] {summary['name']}: {images} images in {out}{note}")
 
 
 @app.command("cityscapes")
 def cityscapes(
     src: Path = typer.Argument(..., help="Cityscapes root holding leftImg8bit/ and gtFine/ (or a synthetic city)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Prepared dataset folder [default: $MTL_DATA/cityscapes]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/cityscapes]."),
     split: Optional[list[str]] = typer.Option(None, "--split", help="Split to prepare; repeat for several [default: train and val]."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
@@ -62,7 +67,7 @@ def voc(
     voc2012: Path = typer.Option(..., "--voc2012", help="VOCdevkit/VOC2012 folder (or the VOCdevkit holding it)."),
     voc2007: Optional[Path] = typer.Option(None, "--voc2007", help="VOCdevkit/VOC2007 folder, for 07+12 training and the VOC07 test split."),
     sbd: Optional[Path] = typer.Option(None, "--sbd", help="SBD benchmark_RELEASE/dataset folder, for train_aug and trainval07_aug12 (IvaNet)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Prepared dataset folder [default: $MTL_DATA/voc]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/voc]."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
@@ -87,7 +92,7 @@ def coco(
     train_images: Optional[Path] = typer.Option(None, "--train-images", help="Folder its file_names are relative to."),
     val_json: Optional[Path] = typer.Option(None, "--val-json", help="A COCO-format annotation file for the val split."),
     val_images: Optional[Path] = typer.Option(None, "--val-images", help="Folder its file_names are relative to."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Prepared dataset folder [default: $MTL_DATA/coco, "
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/coco, "
                                        "or $MTL_DATA/custom for your own files]."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
@@ -108,13 +113,13 @@ def coco(
         from mtlcli.hints import custom_train_hint
 
         has_val = "val" in DatasetMeta.load(out).splits
-        Console().print(custom_train_hint(out, has_val), soft_wrap=True, markup=False)
+        _console().print(custom_train_hint(out, has_val), soft_wrap=True, markup=False)
 
 
 @app.command("mot15")
 def mot15(
     src: Path = typer.Argument(..., help="2DMOT2015 root holding train/<sequence>/{img1,gt}."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Prepared dataset folder [default: $MTL_DATA/mot15]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/mot15]."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9, help="Last part of each sequence used for val."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
@@ -134,10 +139,10 @@ def mot15(
 
 @app.command("synthetic")
 def synthetic(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the synthetic Cityscapes tree (a source, not a prepared dataset)."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder for the synthetic Cityscapes tree (a source, not a prepared dataset)."),
     train: int = typer.Option(300, "--train", min=0, help="Number of train images."),
     val: int = typer.Option(60, "--val", min=0, help="Number of val images."),
-    size: tuple[int, int] = typer.Option((256, 512), "--size", help="Image height and width in pixels (H W)."),
+    size: tuple[int, int] = typer.Option((256, 512), "--size", metavar="H W", help="Image height and width in pixels (H W)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed and size give the same images."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help="Processes drawing images (default: all cores)."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
@@ -149,5 +154,5 @@ def synthetic(
 
     with quiet_output(quiet):
         root = generate_synthetic(out, train=train, val=val, size=size, seed=seed, force=force, workers=workers)
-    Console().print(f"[green]synthetic city[/]: {train} train + {val} val images of {size[0]}x{size[1]} in {root}\n"
+    _console().print(f"[green]synthetic city[/]: {train} train + {val} val images of {size[0]}x{size[1]} in {root}\n"
                     f"next: {after_synthetic(out, default_out('synthetic'))}")

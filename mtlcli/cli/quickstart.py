@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
-from rich.console import Console
 
 from mtlcli.errors import UserError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _synthetic_params(train: int, val: int, size: tuple[int, int], seed: int) -> dict[str, Any]:
@@ -60,6 +62,8 @@ def run_quickstart(
     from mtlcli.data.cityscapes import prepare_cityscapes
     from mtlcli.data.prepared import DatasetMeta
     from mtlcli.data.synthetic import generate_synthetic
+
+    from rich.console import Console
 
     console = console or Console()
     workdir = Path(workdir).expanduser().resolve()
@@ -216,6 +220,8 @@ def train_eval_viz(
     from mtlcli.viz.curves import plot_curves
     from mtlcli.viz.predictions import render_predictions
 
+    from rich.console import Console
+
     console = console or Console()
     overrides = [f"data.root={data}", *overrides]
     recipe = load_recipe(recipe_name, overrides)
@@ -353,7 +359,7 @@ def register(app: typer.Typer) -> None:
         workdir: Path = typer.Option(Path("mtl-quickstart"), "--workdir", help="Folder for everything the quickstart makes."),
         train: int = typer.Option(300, "--train", min=1, help="Synthetic train images."),
         val: int = typer.Option(60, "--val", min=1, help="Synthetic val images."),
-        size: tuple[int, int] = typer.Option((256, 512), "--size", help="Synthetic image height and width (H W)."),
+        size: tuple[int, int] = typer.Option((256, 512), "--size", metavar="H W", help="Synthetic image height and width (H W)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the synthetic city."),
         workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help="Processes for drawing and preparing (default: all cores)."),
         num_viz: int = typer.Option(4, "--num-viz", min=1, help="Ground-truth overlays to draw."),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+from typing import Callable
+
 import typer
 
 from mtlcli.errors import UserError
@@ -20,18 +24,20 @@ def schedule_summary(recipe: dict) -> str:
     return text
 
 
-def quick_recipe(name: str) -> dict:
+def quick_recipe(name: str, read: Callable[[Path], dict] | None = None) -> dict:
     """A shipped recipe merged with its base and [data]/[train]/[eval] defaults, without validation: what
-    `recipes list` needs, read from the TOML files alone (no torch import: listing stays well under a second)."""
+    `recipes list` needs, read from the TOML files alone (no torch import: listing stays well under a second).
+    `read` reads one TOML file (default `mtlcli.recipes.read_toml`; `recipes list` reads each base once)."""
     import copy
 
     from mtlcli.recipes import DEFAULTS, STAGE_DEFAULTS, find_recipe, merge, read_toml
 
+    read = read or read_toml
     path = find_recipe(name)
-    raw = read_toml(path)
+    raw = copy.deepcopy(read(path))
     base_ref = raw.pop("extends", None)
     if isinstance(base_ref, str):
-        raw = merge(read_toml(find_recipe(base_ref, relative_to=path.parent)), raw)
+        raw = merge(copy.deepcopy(read(find_recipe(base_ref, relative_to=path.parent))), raw)
     recipe: dict = {"model": dict(raw.get("model", {}))}
     for section, defaults in DEFAULTS.items():
         table = raw.get(section, {})
@@ -50,14 +56,15 @@ def list_recipes(
     from rich.console import Console
     from rich.table import Table
 
-    from mtlcli.recipes import available_recipes, load_recipe
+    from mtlcli.recipes import available_recipes, load_recipe, read_toml
 
+    read = functools.lru_cache(maxsize=None)(read_toml)  # a base recipe is read once, not once per child
     table = Table(show_header=True)
     for column in ("recipe", "model", "dataset", "schedule"):
         table.add_column(column)
     for name in available_recipes():
         try:
-            r = load_recipe(name) if check else quick_recipe(name)
+            r = load_recipe(name) if check else quick_recipe(name, read)
             summary = schedule_summary(r)
         except (UserError, KeyError, TypeError, ValueError) as exc:
             table.add_row(name, "", "", f"[red]invalid: {exc}[/red]")

@@ -6,7 +6,9 @@ The rules are checked by walking the whole Typer app, so a command added later i
   --device                    auto (default) | cpu | cuda | cuda:N, one meaning everywhere
   -o/--out, -q/--quiet        on every command that writes files or shows progress; -o and -q mean nothing else
   help                        every visible option has help, shows its default, flags read as flags, numbers as
-                              people write them; usage names arguments in capitals
+                              people write them; values are named (RUN, DATA, KEY=VALUE, N), not typed
+                              ("<path>", "<list[str]>"); usage names arguments in capitals, hidden ones not at all
+  one kind per name           a long option is a flag in every command or takes a value in every command
 Hidden options and arguments (old spellings kept for compatibility) are exempt.
 """
 
@@ -19,7 +21,13 @@ import re
 import pytest
 import typer
 
+from mtlcli.cli.helpfmt import metavar_of
 from mtlcli.cli.main import app, main
+
+# what Typer prints for an option's value when nobody named it: "<path>", "<list[str]>", "<int range>", "{src}"
+TYPE_NAMES = re.compile(r"<(path|str|text|int|float|bool|list|tuple|file|dir|datetime|choice)\b[^>]*>|\{[a-z_]+\}")
+# a named value: RUN, DATA, KEY=VALUE, N, HxW, H W, or the choices (onnx|torchscript)
+METAVAR = re.compile(r"[A-Z][A-Z0-9_]*(=[A-Z]+)?|HxW|H W|[a-z0-9]+(\|[a-z0-9]+)+")
 
 # old or competing spellings of the canonical options
 FORBIDDEN = {"--batch", "--bs", "--output", "--outdir", "--out-dir", "--output-dir", "--run-dir", "--gpu", "--cuda",
@@ -121,6 +129,39 @@ def test_help_is_complete_and_readable(path, cmd, capsys):
     assert "<bool>" not in text
     flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
     assert not re.search(r"\w \.( |$)", flat), f"a help string lost its default: {flat}"
+    # values named by what they are (RUN, DATA, KEY=VALUE, N), never by a Python type
+    assert not TYPE_NAMES.search(flat), f"mtl {' '.join(path)} --help shows {TYPE_NAMES.search(flat).group()!r}"
+    assert not re.search(r"x ?[<>]=|[<>]= ?x", flat), f"mtl {' '.join(path)}: a range not as people write it"
+    for p in _visible(cmd):
+        if _is_option(p) and not p.is_flag:
+            assert METAVAR.fullmatch(metavar_of(p)), f"mtl {' '.join(path)} {p.opts[0]} {metavar_of(p)}"
+    # usage: [OPTIONS], then the visible arguments in capitals; old spellings (hidden) stay out of it
+    words = usage.split(" ".join(path), 1)[1].split()
+    assert words[:1] == ["[OPTIONS]"] and all(w.strip("[].").isupper() for w in words[1:]), usage
+    assert [w.strip("[].") for w in words[1:]] == [(p.metavar or p.name).upper() for p in _visible(cmd)
+                                                   if not _is_option(p)], usage
+
+
+def test_one_option_name_is_one_kind_of_value():
+    """A long option is a flag everywhere or takes a value everywhere (`--train N` images is not `--train` the
+    flag of another command)."""
+    kinds: dict[str, dict[bool, list[str]]] = {}
+    for path, cmd in COMMANDS:
+        for p in _visible(cmd):
+            if _is_option(p):
+                for opt in [o for o in p.opts if o.startswith("--")]:
+                    kinds.setdefault(opt, {}).setdefault(bool(p.is_flag), []).append(" ".join(path))
+    mixed = {opt: k for opt, k in kinds.items() if len(k) > 1}
+    assert not mixed, f"flag in one command, value in another: {mixed}"
+
+
+def test_help_formatting_rules():
+    from mtlcli.cli.helpfmt import number_range
+
+    assert number_range(1, None) == "≥1" and number_range(0.0, 0.9) == "0–0.9" and number_range(None, 5) == "≤5"
+    opt = typer.main.get_command(app).commands["runs"]
+    (run,) = [p for p in opt.params if p.name == "run"]
+    assert metavar_of(run) == "RUN"
 
 
 def test_rendered_help_keeps_defaults_and_flags(capsys):
@@ -161,8 +202,11 @@ def test_recipes_list_is_quick(capsys):
     # in a fresh interpreter: nothing else has imported torch yet
     code = ("import sys, time; t = time.perf_counter(); from mtlcli.cli.main import main\n"
             "try: main(['recipes', 'list'])\nexcept SystemExit: pass\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
+            "print('heavy:', [m for m in ('numpy', 'matplotlib', 'PIL', 'typer.rich_utils') if m in sys.modules], "
+            "file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "NO-TORCH" in done.stderr  # listing TOML files imports no model code
+    assert "heavy: []" in done.stderr  # nor numpy or the help renderer (about 0.3 s in all on an idle CPU)
     assert "ivanet-tiny-synthetic" in done.stdout
