@@ -2,10 +2,12 @@
 
     mtl runs                      every run under ./runs (folders holding recipe.toml and metrics.jsonl)
     mtl runs DIR                  every run under DIR
-    mtl runs --compare RUN --compare RUN ...   one column per run: recipe, progress, metrics, recipe keys that differ
+    mtl runs --run RUN --run RUN ...   one column per run: recipe, progress, metrics, recipe keys that differ
 
 Read from the files alone (recipe.toml, metrics.jsonl), without torch:
-    recipe      the --recipe of the command in recipe.toml's header, else the model name
+    run         the run directory as you would type it (DIR/<recipe>/expN)
+    recipe      the --recipe of the command in recipe.toml's header, else the model name (a column of its own
+                only where some run's path does not name its recipe)
     iterations  last logged iteration / the recipe's total
     best        the best value of the recipe's first eval metric in metrics.jsonl, with its iteration
     status      finished (last iteration = total), running (metrics.jsonl written in the last
@@ -100,22 +102,27 @@ def register(app: typer.Typer) -> None:
     @app.command("runs")
     def runs(
         root: Optional[Path] = typer.Argument(None, metavar="DIR", help="Folder holding runs [default: runs]."),
-        compare: list[Path] = typer.Option([], "--compare", "-c", help="A run to compare side by side (repeat)."),
+        run: list[Path] = typer.Option([], "--run", help="A run to show side by side with the other --run ones "
+                                       "(repeat: mtl runs --run A --run B)."),
+        compare: list[Path] = typer.Option([], "--compare", "-c", hidden=True),  # the name before --run
     ) -> None:
         """List training runs (recipe, iterations, best metric, status), or compare chosen runs side by side."""
         from rich.console import Console
         from rich.table import Table
 
         console = Console()
-        if compare:
-            missing = [c for c in compare if not (c / "recipe.toml").is_file()]
+        chosen = [*run, *compare]
+        if chosen and root is not None:
+            raise UserError("give a folder to list (DIR) or runs to compare (--run RUN ...), not both")
+        if chosen:
+            missing = [c for c in chosen if not (c / "recipe.toml").is_file()]
             if missing:
                 raise UserError(f"{missing[0]} is not a run directory (no recipe.toml) — see `mtl runs` for the runs")
-            rows = [summarize(c) for c in compare]
+            rows = [summarize(c) for c in chosen]
             table = Table(title="runs side by side")
-            table.add_column("")
+            table.add_column("", no_wrap=True)
             for r in rows:
-                table.add_column(str(r["run"]), justify="right")
+                table.add_column(str(r["run"]), justify="right", overflow="fold")
             table.add_row("recipe", *[r["recipe"] for r in rows])
             table.add_row("status", *[r["status"] for r in rows])
             table.add_row("iterations", *[f"{r['iteration']}/{r['total'] or '?'}" for r in rows])
@@ -137,15 +144,21 @@ def register(app: typer.Typer) -> None:
         if not found:
             console.print(f"no runs under {root} — train one with `mtl train --recipe NAME`")
             return
+        rows = [summarize(found_run) for found_run in found]
+        # the recipe column only where a run's path does not already name its recipe (runs/<recipe>/expN)
+        named = all(r["recipe"] in r["run"].parts for r in rows)
         table = Table(title=f"runs under {root}")
-        for col in ("run", "recipe", "iterations", "best", "status"):
-            table.add_column(col, justify="right" if col == "iterations" else "left")
-        for run in found:
-            r = summarize(run)
+        table.add_column("run", overflow="fold")
+        if not named:
+            table.add_column("recipe", overflow="fold")
+        table.add_column("iterations", justify="right", no_wrap=True)
+        table.add_column("best", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        for r in rows:
             best = f"{r['metric']} {_pct(r['best'][0])} @ {r['best'][1]}" if r["best"] else "—"
             colour = {"finished": "green", "running": "yellow", "interrupted": "red"}[r["status"]]
-            table.add_row(str(run), r["recipe"], f"{r['iteration']}/{r['total'] or '?'}", best,
-                          f"[{colour}]{r['status']}[/]")
+            table.add_row(str(r["run"]), *([] if named else [r["recipe"]]), f"{r['iteration']}/{r['total'] or '?'}",
+                          best, f"[{colour}]{r['status']}[/]")
         console.print(table)
 
 

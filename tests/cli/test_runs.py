@@ -53,9 +53,27 @@ def test_table_lists_status_and_best(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_compare_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     a = _run(tmp_path, "a", 10, [0.2, 0.5], lr=0.01)
     b = _run(tmp_path, "b", 10, [0.6], lr=0.02)
-    code, out = _cli(["runs", "--compare", str(a), "--compare", str(b)], capsys)
+    code, out = _cli(["runs", "--run", str(a), "--run", str(b)], capsys)  # a run is --run RUN, as everywhere
     assert code == 0
     assert "miou (best) 50.00% 60.00%" in out and "train.lr 0.01 0.02" in out
     assert "model.name" not in out  # only the keys that differ
-    code, _ = _cli(["runs", "--compare", str(tmp_path / "none")], capsys)
+    assert _cli(["runs", "--compare", str(a), "-c", str(b)], capsys) == (0, out)  # the old spelling still works
+    code, _ = _cli(["runs", "--run", str(tmp_path / "none")], capsys)
     assert code == 2
+    code, _ = _cli(["runs", str(tmp_path), "--run", str(a)], capsys)
+    assert code == 2  # list a folder or compare runs, not both
+
+
+def test_table_names_runs_as_typed_and_fits_80_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "80")
+    _run(Path("runs"), "ivanet-tiny-synthetic/exp1", 10, [0.2])  # the default layout runs/<recipe>/expN
+    try:
+        main(["runs"])
+    except SystemExit:
+        pass
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    row = next(line for line in lines if "exp1" in line)
+    assert "runs/ivanet-tiny-synthetic/exp1" in row and "10/10" in row and "finished" in row  # whole, on one line
