@@ -93,8 +93,9 @@ def register(app: typer.Typer) -> None:
         recipe: Optional[str] = typer.Option(
             None, "--recipe", "-r", help="Recipe name (see `mtl recipes list`) or path to a .toml file. "
             "With --resume, defaults to RUN/recipe.toml."),
-        data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset (overrides \\[data].root)."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<recipe>/expN)."),
+        data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset (overrides \\[data].root) "
+                                            "[default: the recipe's data.root, else $MTL_DATA/<dataset>, else data/<dataset>]."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="RUN", help="Run directory [default: runs/<recipe>/expN]."),
         set_: list[str] = typer.Option([], "--set", help="Override a recipe key, e.g. --set train.lr=0.001 "
                                        "(repeatable)."),
         weights: Optional[Path] = typer.Option(
@@ -109,13 +110,13 @@ def register(app: typer.Typer) -> None:
             "tensorboard`; sets train.tensorboard). RUN/metrics.jsonl is written either way."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
         cache: Optional[str] = typer.Option(
-            None, "--cache", help="ram: decode the training images and label maps into memory once, before "
+            None, "--cache", metavar="ram|none", help="ram: decode the training images and label maps into memory once, before "
             "training (falls back, with a note, when they would not fit); none: read every sample from its files "
-            "(sets data.cache)."),
+            "(sets data.cache) [default: the recipe's data.cache]."),
     ) -> None:
         """Train a model from a recipe; writes RUN/recipe.toml, metrics.jsonl and checkpoints/{last,best}.pt."""
         from mtlcli.engine.distributed import broadcast_object, cleanup, init_distributed
-        from mtlcli.engine.train import tensorboard_writer, train
+        from mtlcli.engine.train import build_datasets, data_root, tensorboard_writer, train
         from mtlcli.recipes import load_recipe
 
         if resume and out is None:
@@ -147,6 +148,9 @@ def register(app: typer.Typer) -> None:
             resolved["train"]["tensorboard"] = True
         if resolved["train"]["tensorboard"]:
             tensorboard_writer()  # not installed: one line before any folder is made
+        root = data_root(resolved)
+        if not (root / "dataset.json").is_file():
+            build_datasets(resolved, root)  # the one line that names the commands preparing it, before "training ..."
 
         info = init_distributed(device)
         try:

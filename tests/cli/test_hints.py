@@ -44,8 +44,9 @@ def fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_train_without_data_leads_to_a_trained_run(fresh: Path, capsys: pytest.CaptureFixture[str]):
     train = ["train", "--recipe", "ivanet-tiny-synthetic", "--out", "run", "-q", "--device", "cpu",
              "--set", "train.iterations=1", "--set", "train.batch_size=1", "--set", "eval.interval=1"]
-    code, _, err = _run(train, capsys)
-    assert code == 2
+    code, out, err = _run(train, capsys)
+    assert code == 2 and out == ""  # no "training ... into RUN" before the data is found
+    assert len(err.strip().splitlines()) == 1
     hinted = _commands(err)
     assert [c[:2] for c in hinted] == [["prepare", "synthetic"], ["prepare", "cityscapes"]], err
     code, out, err = _run(hinted[0] + SMALL_CITY, capsys)
