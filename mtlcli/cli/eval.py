@@ -36,6 +36,16 @@ def result_line(result: dict[str, Any]) -> str:
     return f"{result.get('split', '')}: {values}".strip()
 
 
+def saved_line(written: list[Path]) -> str:
+    """Where `mtl eval` put its results: "saved RUN/eval/val.json; pictures in RUN/eval: pr_val.png, ..."."""
+    json_files = [p for p in written if p.suffix == ".json"]
+    pictures = [p for p in written if p.suffix == ".png"]
+    parts = [f"saved {json_files[0]}"] if json_files else ["not saved (give --out FILE.json to keep the results)"]
+    if pictures:
+        parts.append(f"pictures in {pictures[0].parent}: {', '.join(p.name for p in pictures)}")
+    return "; ".join(parts)
+
+
 def print_results(result: dict[str, Any]) -> None:
     """Rich tables: one summary row per metric, then each metric's per-class table (values in %)."""
     from rich.console import Console
@@ -126,9 +136,11 @@ def _single_process() -> bool:
 def run_eval(
     run: Optional[Path], checkpoint: Optional[Path], predictions: Optional[Path], data: Optional[Path], split: Optional[str],
     metric: list[str], cityscapes_ids: bool, out: Optional[Path], save_predictions: Optional[Path], force: bool,
-    batch_size: Optional[int], device: str, workers: int, quiet: bool,
+    batch_size: Optional[int], device: str, workers: int, quiet: bool, written: list[Path] | None = None,
 ) -> dict[str, Any]:
-    """Everything `mtl eval` does except printing; returns the result dict that is saved."""
+    """Everything `mtl eval` does except printing; returns the result dict that is saved. The files written
+    (the JSON, the detection pictures) are appended to `written` when given."""
+    written = [] if written is None else written
     from mtlcli.metrics import METRIC_NAMES, check_metric_names
 
     from mtlcli.safety import refuse_protected_output
@@ -194,17 +206,19 @@ def run_eval(
             from mtlcli.viz.detection import plot_detection
 
             detections = json.loads((target / "detections.json").read_text())
+            use_07 = "voc07" in names and "voc12" not in names  # the legend's AP as the table's
             result["plots"] = [str(p) for p in plot_detection(dataset.coco, detections, dataset.meta.det_classes,
-                                                             Path(run) / "eval", split)]
+                                                             Path(run) / "eval", split, use_07=use_07)]
         result = {"run": str(run) if run else None, "checkpoint": str(checkpoint) if checkpoint else None,
                   "data": str(root), "split": split, **result}
     from mtlcli.provenance import provenance
 
     result["provenance"] = provenance()
-    if out is not None:  # --out names the one file written
-        write_json(out, result)
-    elif run is not None:
-        write_json(_free_path(Path(run) / "eval" / f"{split}.json"), result)
+    saved = out if out is not None else _free_path(Path(run) / "eval" / f"{split}.json") if run is not None else None
+    if saved is not None:  # --out names the one file written
+        write_json(saved, result)
+        written.append(saved)
+    written += [Path(p) for p in result.get("plots", [])]
     return result
 
 
@@ -221,7 +235,7 @@ def register(app: typer.Typer) -> None:
         metric: list[str] = typer.Option([], "--metric", "-m",
                                          help="miou, dt, voc07, voc12, coco-bbox, coco-segm, ar (repeat or comma-separate)."),
         cityscapes_ids: bool = typer.Option(False, "--cityscapes-ids", help="Prediction PNGs hold Cityscapes labelIds."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Save the results as JSON here (only here) "
+        out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE", help="Save the results as JSON here (only here) "
                                            "[default: RUN/eval/SPLIT.json for --run, nothing otherwise]."),
         save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Write the model's predictions here."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out / --save-predictions."),
@@ -231,9 +245,11 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables: one line of results."),
     ) -> None:
         """Evaluate a trained model, or saved predictions, with the official metrics."""
+        written: list[Path] = []
         result = run_eval(run, checkpoint, predictions, data, split, metric, cityscapes_ids, out, save_predictions, force,
-                          batch_size, device, workers, quiet)
+                          batch_size, device, workers, quiet, written)
         if quiet:
             print(result_line(result))
-        else:
-            print_results(result)
+            return
+        print_results(result)
+        print(saved_line(written))

@@ -35,7 +35,7 @@ QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar; only 
 @app.command("dataset")
 def dataset(
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset folder (the --out of `mtl prepare`)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the overlay PNGs."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder for the overlay PNGs."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to draw [default: the dataset's first split]."),
     num: int = typer.Option(8, "--num", "-n", help="Number of images, spread evenly over the split."),
     force: bool = typer.Option(False, "--force", help="Overwrite overlay PNGs already in --out."),
@@ -132,7 +132,7 @@ def predictions(
     images: list[Path] = typer.Option([], "--images", help="Image files or folders instead of a dataset (repeatable)."),
     num: int = typer.Option(8, "--num", "-n", help="Number of images (spread evenly over a split)."),
     score_threshold: float = typer.Option(0.3, "--score-threshold", help="Draw detections scoring at least this."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNGs [default: RUN/viz/predictions]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for the PNGs [default: RUN/viz/predictions]."),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
@@ -165,7 +165,7 @@ def predictions(
 @app.command("curves")
 def curves(
     run: list[Path] = typer.Option([], "--run", help="Run directory of `mtl train`; repeat to overlay several runs."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the plots [default: the first RUN/plots]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for the plots [default: the first RUN/plots]."),
     force: bool = FORCE_OPTION,
     quiet: bool = QUIET_OPTION,
     runs_arg: Optional[list[Path]] = typer.Argument(None, hidden=True, help="Before 0.2: RUN... as positional arguments."),
@@ -188,7 +188,7 @@ def confusion(
     checkpoint: Optional[Path] = CHECKPOINT_OPTION,
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset [default: the recipe's]."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to evaluate [default: the recipe's val_split]."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNG [default: RUN/viz]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for the PNG [default: RUN/viz]."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
@@ -211,7 +211,7 @@ def confusion(
         check_free([target], force)
         result = evaluate_predictions(root, split, pred_dir, ["miou"], progress=not quiet)
         details = result["details"]["miou"]
-        title = f"{split}: mIoU {100 * result['metrics']['miou']:.1f}% over {details['images']} images (rows normalised)"
+        title = f"{split}: mIoU {100 * result['metrics']['miou']:.1f}% over {details['images']} images (cells: % of the row)"
         path = plot_confusion(details["confusion"], details["classes"], target, details["iou"], title)
         _print_paths(f"confusion matrix (mIoU {100 * (details['miou'] or 0.0):.1f}%, from the predictions "
                      f"saved in {pred_dir})", [path])
@@ -276,7 +276,7 @@ def features(
     blur: bool = typer.Option(True, "--blur/--no-blur", help="Gaussian blur every 4th step."),
     seed: int = typer.Option(0, "--seed", help="Seed of the start noise and the perturbations."),
     list_layers: bool = typer.Option(False, "--list-layers", help="Print every layer name and stop."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNGs [default: RUN/viz/features]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for the PNGs [default: RUN/viz/features]."),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -329,7 +329,7 @@ def adversarial(
     run: Optional[Path] = RUN_OPTION,
     checkpoint: Optional[Path] = CHECKPOINT_OPTION,
     image: Path = typer.Option(..., "--image", help="The image file to attack."),
-    norm: str = typer.Option("l2", "--norm", help="l2: the smallest L2 perturbation that flips the chosen pixels "
+    norm: str = typer.Option("l2", "--norm", metavar="l2|linf", help="l2: the smallest L2 perturbation that flips the chosen pixels "
                              "(the paper's problem); linf: a fixed per-value budget --eps."),
     target_class: Optional[str] = typer.Option(None, "--target-class",
                                                help="Flip pixels to this class (index or name) [default: to any other class]."),
@@ -343,7 +343,7 @@ def adversarial(
                                       "value, in 0..1 units, as a number or a fraction (0.03, 8/255) [default: 8/255]."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1,
                                         help="L2: most steps until the flip [default: 100]; Linf: steps [default: 10]."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNGs [default: RUN/viz/adversarial]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for the PNGs [default: RUN/viz/adversarial]."),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

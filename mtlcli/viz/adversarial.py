@@ -255,10 +255,10 @@ def panel_titles(result: dict[str, Any], class_names: Sequence[str] | None = Non
         status = (f"flipped {100 * result['flip_rate']:.1f}% of {result['chosen']} {chosen} "
                   f"(goal {100 * result['goal']:.0f}%)" if result["flipped"]
                   else f"NOT flipped: {100 * result['flip_rate']:.1f}% of {chosen} (goal {100 * result['goal']:.0f}%)")
-        caption = (f"min L2: ||r||2 = {result['l2']:.3f}, ||r||inf = {result['linf']:.4f} ({255 * result['linf']:.1f}/255); "
+        caption = (f"min L2: ‖r‖₂ = {result['l2']:.3f}, ‖r‖∞ = {result['linf']:.4f} ({255 * result['linf']:.1f}/255); "
                    f"{status}; {result['steps']} steps")
     else:
-        caption = (f"Linf budget {255 * result['eps']:.3g}/255: ||r||2 = {result['l2']:.3f}, ||r||inf = "
+        caption = (f"L∞ budget {255 * result['eps']:.3g}/255: ‖r‖₂ = {result['l2']:.3f}, ‖r‖∞ = "
                    f"{result['linf']:.4f}; {100 * result['flip_rate']:.1f}% of pixels flipped; {result['steps']} steps")
     return titles, caption
 
@@ -271,16 +271,33 @@ def _amplification(result: dict[str, Any]) -> float:
 
 def render_attack(image: Tensor, result: dict[str, Any], palette: Sequence[Sequence[int]],
                   class_names: Sequence[str] | None = None) -> Tensor:
-    """Five titled panels, uint8: original | perturbation (amplified so that the largest |r| is full scale,
-    grey = unchanged) | adversarial image | prediction before | prediction after (palette colours), with
-    the numbers (||r||2, ||r||inf, flipped share, steps) in a caption line under them."""
-    from mtlcli.viz.draw import colorize_semantic, titled_row, to_uint8
+    """The attack as one picture, uint8 [3, H', W'], two rows of titled panels so that it stays readable at a
+    screen's width:
+        original           | perturbation (amplified: the largest |r| full scale, grey = 0) | adversarial image
+        prediction before  | pixels whose class changed (red)                               | prediction after
+    each prediction under the image it was made on (palette colours), then the numbers (‖r‖₂, ‖r‖∞, flipped
+    share, steps) on a caption line and a legend of the classes the two predictions show."""
+    from mtlcli.viz.draw import (MIN_HEIGHT, colorize_semantic, enlarge_factor, font_size_for, legend, legend_entries,
+                                 stack, titled_row, to_uint8)
 
     amplified = (result["perturbation"] * _amplification(result) + 0.5).clamp(0, 1)
     titles, caption = panel_titles(result, class_names)
-    return titled_row([to_uint8(image), to_uint8(amplified), to_uint8(result["adversarial"]),
-                       colorize_semantic(result["before"], palette), colorize_semantic(result["after"], palette)],
-                      titles, caption)
+    before, after = colorize_semantic(result["before"], palette), colorize_semantic(result["after"], palette)
+    top = titled_row([to_uint8(image), to_uint8(amplified), to_uint8(result["adversarial"])], titles[:3],
+                     min_height=MIN_HEIGHT)
+    changed = (result["before"] != result["after"]).cpu()
+    flips = torch.where(changed, torch.tensor([220, 40, 40], dtype=torch.uint8)[:, None, None],
+                        torch.tensor([235, 235, 235], dtype=torch.uint8)[:, None, None])
+    bottom = titled_row([before, flips, after],
+                        [titles[3], f"changed class: {100 * float(changed.float().mean()):.1f}% of pixels", titles[4]],
+                        caption, min_height=MIN_HEIGHT)
+    names = list(class_names) if class_names else [f"class {k}" for k in range(len(palette))]
+    entries = legend_entries([result["before"], result["after"]], [], names, [], palette)
+    h = int(before.shape[-2])
+    rows = [top, bottom]
+    if entries:
+        rows.append(legend(entries, int(top.shape[-1]), font_size_for(h * enlarge_factor(h, MIN_HEIGHT))))
+    return stack(rows)
 
 
 def render_adversarial(model: nn.Module, image_path: str | Path, out: str | Path, palette: Sequence[Sequence[int]], *,

@@ -17,6 +17,7 @@ import numpy as np
 from mtlcli.errors import UserError
 
 DPI = 100
+CELL_FONT = 9  # points: a two-digit share fits a cell of `figure_inches(C) / C` and reads without zooming
 
 
 def normalise_rows(matrix: np.ndarray) -> np.ndarray:
@@ -28,14 +29,20 @@ def normalise_rows(matrix: np.ndarray) -> np.ndarray:
 
 
 def figure_inches(num_classes: int) -> float:
-    """Side of the square figure: grows with the class count so that names and numbers stay legible."""
+    """Height of the figure: grows with the class count so that names and numbers stay legible."""
     return max(5.0, 0.42 * num_classes + 3.0)
+
+
+def figure_size(num_classes: int) -> tuple[float, float]:
+    """(width, height) in inches: the square matrix and, beside it, the colour bar (no blank band above)."""
+    side = figure_inches(num_classes)
+    return side + 1.2, side
 
 
 def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], iou: Sequence[float | None] | None = None,
                      title: str = "confusion (rows: ground truth, normalised)") -> Any:
     """A matplotlib Figure of the row-normalised `matrix` [C, C] (counts) labelled with `class_names`;
-    cells show percentages when C <= 30. Size: `figure_inches(C)` square at `DPI`."""
+    cells show percentages when C <= 30. Size: `figure_size(C)` at `DPI`."""
     from matplotlib.figure import Figure
 
     matrix = np.asarray(matrix)
@@ -43,25 +50,24 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], iou: Sequen
     if matrix.shape != (C, C) or len(class_names) != C:
         raise ValueError(f"confusion matrix {matrix.shape} does not fit {len(class_names)} class names")
     shares = normalise_rows(matrix)
-    side = figure_inches(C)
-    fig = Figure(figsize=(side, side), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=figure_size(C), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     im = ax.imshow(np.ma.masked_invalid(shares), cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of the ground-truth class")
     rows = list(class_names)
     if iou is not None:
         rows = [f"{n} ({'—' if v is None else f'{100 * v:.1f}'})" for n, v in zip(class_names, iou)]
-    ax.set_xticks(range(C), labels=list(class_names), rotation=90, fontsize=8)
-    ax.set_yticks(range(C), labels=rows, fontsize=8)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("ground-truth class (IoU %)" if iou is not None else "ground-truth class")
-    ax.set_title(title, fontsize=10)
+    ax.set_xticks(range(C), labels=list(class_names), rotation=90, fontsize=10)
+    ax.set_yticks(range(C), labels=rows, fontsize=10)
+    ax.set_xlabel("predicted class", fontsize=11)
+    ax.set_ylabel("ground-truth class (IoU %)" if iou is not None else "ground-truth class", fontsize=11)
+    ax.set_title(title, fontsize=12)
     if C <= 30:
         for i in range(C):
             for j in range(C):
                 v = shares[i, j]
                 if np.isfinite(v) and v >= 0.005:
-                    ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=6,
+                    ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=CELL_FONT,
                             color="white" if v > 0.5 else "black")
     return fig
 
@@ -90,5 +96,5 @@ def run_confusion(model: Any, dataset: Any, out: str | Path, *, device: str = "c
     if not details.get("pixels"):
         raise UserError(f"split {dataset.split!r} has no labelled pixels — a confusion matrix needs semantic ground truth")
     miou = result["metrics"]["miou"]
-    title = f"{dataset.split}: mIoU {100 * miou:.1f}% over {details['images']} images (rows normalised)"
+    title = f"{dataset.split}: mIoU {100 * miou:.1f}% over {details['images']} images (cells: % of the row)"
     return plot_confusion(np.asarray(details["confusion"]), details["classes"], out, details["iou"], title), details

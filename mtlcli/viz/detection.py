@@ -1,8 +1,9 @@
 """Detection pictures `mtl eval` saves into RUN/eval/ (the plots Ultralytics users look for):
 
-    pr_<split>.png         precision-recall curve of every class with its AP (VOC2010+ area rule; VOC matching: IoU > 0.5, one detection per
-                           ground-truth box, difficult/crowd boxes neither count nor penalise), AP in the legend,
-                           the all-class curve (micro average over every detection) in bold
+    pr_<split>.png         precision-recall curve of every class with its AP (VOC matching: IoU > 0.5, one detection per
+                           ground-truth box, difficult/crowd boxes neither count nor penalise), AP in the legend by
+                           the rule of the metric `mtl eval` prints (VOC2007 11-point for voc07, else the VOC2010+
+                           area), the all-class curve (micro average over every detection) in bold with the mAP
     f1_<split>.png         F1 against the score threshold, per class and for all classes, with the best
                            all-class threshold marked
     confusion_det_<split>.png  detection confusion matrix: detections with score >= 0.25 matched to ground-truth
@@ -23,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 DPI = 100
+CELL_FONT = 10  # the numbers in a confusion matrix's cells (points at DPI): readable without zooming
 
 
 def _xyxy(bbox: Sequence[float]) -> np.ndarray:
@@ -134,8 +136,9 @@ def confusion_matrix(coco_gt: Any, results: list[dict[str, Any]], num_classes: i
 
 
 def plot_detection(coco_gt: Any, results: list[dict[str, Any]], class_names: Sequence[str], out_dir: str | Path,
-                   split: str) -> list[Path]:
-    """Write pr_<split>.png, f1_<split>.png and confusion_det_<split>.png into `out_dir`; returns the paths."""
+                   split: str, use_07: bool = False) -> list[Path]:
+    """Write pr_<split>.png, f1_<split>.png and confusion_det_<split>.png into `out_dir`; returns the paths.
+    `use_07`: the PR legend's AP by the VOC2007 11-point rule (as `mtl eval --metric voc07`), else VOC2010+."""
     from matplotlib.figure import Figure
 
     out_dir = Path(out_dir)
@@ -153,20 +156,22 @@ def plot_detection(coco_gt: Any, results: list[dict[str, Any]], class_names: Seq
 
     fig = Figure(figsize=(7.5, 5.5), dpi=DPI, layout="constrained")
     ax = fig.subplots()
+    aps = []
     for k, m in enumerate(matched):
         if m["npos"] == 0:
             continue
         r, p = pr_curve(m["scores"], m["tp"], m["npos"])
-        ap = voc_ap(r, p, use_07=False) if len(r) else 0.0  # the VOC2010+ area rule, as `mtl eval` voc12
-        ax.plot(np.r_[0, r], np.r_[1, p] if len(p) else [1], color=colors[k], linewidth=1,
-                label=f"{class_names[k]} {ap:.3f}")
+        aps.append(voc_ap(r, p, use_07=use_07) if len(r) else 0.0)  # the rule of the table `mtl eval` prints
+        ax.plot(np.r_[0, r], np.r_[1, p] if len(p) else [1], color=colors[k], linewidth=1.5,
+                label=f"{class_names[k]} {aps[-1]:.3f}")
     if all_npos:
         r, p = pr_curve(all_scores, all_tp, all_npos)
-        ax.plot(np.r_[0, r], np.r_[1, p], color="black", linewidth=3, label="all classes")
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
-           title=f"{split}: precision-recall per class (IoU > 0.5; legend: AP)")
+        ax.plot(np.r_[0, r], np.r_[1, p], color="black", linewidth=3, label=f"all classes, mAP {np.mean(aps):.3f}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
+    ax.set_title(f"{split}: precision-recall per class (IoU > 0.5)", fontsize=12)
     ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="class AP")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9,
+              title="AP, " + ("VOC2007 11-point" if use_07 else "VOC2010+ area"))
     paths.append(out_dir / f"pr_{split}.png")
     fig.savefig(paths[-1], dpi=DPI)
 
@@ -183,10 +188,10 @@ def plot_detection(coco_gt: Any, results: list[dict[str, Any]], class_names: Seq
         ax.plot(thresholds, f1, color="black", linewidth=3,
                 label=f"all classes: F1 {f1[best]:.2f} at {thresholds[best]:.2f}")
         ax.axvline(thresholds[best], color="black", linestyle=":", linewidth=1)
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold", ylabel="F1",
-           title=f"{split}: F1 against the score threshold")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold", ylabel="F1")
+    ax.set_title(f"{split}: F1 against the score threshold", fontsize=12)
     ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, title="class")
     paths.append(out_dir / f"f1_{split}.png")
     fig.savefig(paths[-1], dpi=DPI)
 
@@ -199,15 +204,16 @@ def plot_detection(coco_gt: Any, results: list[dict[str, Any]], class_names: Seq
     ax = fig.subplots()
     im = ax.imshow(np.where(m.sum(0, keepdims=True) > 0, shares, np.nan), cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of the true class (column)")
-    ax.set_xticks(range(K + 1), labels=names, rotation=90, fontsize=8)
-    ax.set_yticks(range(K + 1), labels=names, fontsize=8)
-    ax.set(xlabel="true class", ylabel="predicted class",
-           title=f"{split}: detection confusion (score >= 0.25, IoU >= 0.45)")
+    ax.set_xticks(range(K + 1), labels=names, rotation=90, fontsize=10)
+    ax.set_yticks(range(K + 1), labels=names, fontsize=10)
+    ax.set_xlabel("true class", fontsize=11)
+    ax.set_ylabel("predicted class", fontsize=11)
+    ax.set_title(f"{split}: detection confusion (score ≥ 0.25, IoU ≥ 0.45; cells: counts)", fontsize=12)
     if K + 1 <= 30:
         for i in range(K + 1):
             for j in range(K + 1):
                 if m[i, j]:
-                    ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,
+                    ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=CELL_FONT,
                             color="white" if shares[i, j] > 0.5 else "black")
     paths.append(out_dir / f"confusion_det_{split}.png")
     fig.savefig(paths[-1], dpi=DPI)

@@ -30,12 +30,21 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
 
 
 def class_colors(n: int, cmap: str = "tab20") -> list[tuple[int, int, int]]:
-    """n distinct RGB colours from a matplotlib qualitative colour map (cycled past its length)."""
+    """n distinct RGB colours from a matplotlib qualitative colour map (cycled past its length).
+
+    tab20 holds ten hues, each dark then light: its dark shades come first, so that neighbouring classes
+    (person and rider, car and truck) never share a hue while there are nine classes or fewer, and its two greys
+    (14, 15) come last: grey marks crowd regions (CROWD_COLOR)."""
     import matplotlib
 
     cm = matplotlib.colormaps[cmap]
     steps = getattr(cm, "N", 256)
-    return [tuple(int(round(255 * c)) for c in cm(i % steps)[:3]) for i in range(n)]  # type: ignore[misc]
+    if cmap == "tab20":
+        hues = [i for i in range(0, steps, 2) if i != 14]
+        order = [*hues, *(i + 1 for i in hues), 14, 15]
+    else:
+        order = list(range(steps))
+    return [tuple(int(round(255 * c)) for c in cm(order[i % steps])[:3]) for i in range(n)]  # type: ignore[misc]
 
 
 def colorize_semantic(semantic: torch.Tensor, palette: Sequence[Sequence[int]], ignore_index: int = IGNORE_INDEX,
@@ -362,9 +371,10 @@ def legend_entries(semantic_maps: Sequence[torch.Tensor], labels: Sequence[torch
 def titled_picture(panels: Sequence[torch.Tensor], titles: Sequence[str],
                    entries: Sequence[tuple[str, Sequence[int], bool]], caption: str | None = None) -> torch.Tensor:
     """The layout of every overlay PNG: `titled_row` of the panels (drawn at a readable size: `enlarge` an
-    image lower than MIN_HEIGHT before drawing on it), then the `legend` of `entries` in the captions' font
+    image lower than MIN_HEIGHT before drawing on it), then the `legend` of `entries` in the titles' font
     size (no legend without entries). uint8 [3, H', W']."""
     row = titled_row(panels, titles, caption, min_height=MIN_HEIGHT)
     if not entries:
         return row
-    return stack([row, legend(entries, int(row.shape[-1]), font_size_for(max(int(p.shape[-2]) for p in panels)))])
+    h = max(int(p.shape[-2]) for p in panels)
+    return stack([row, legend(entries, int(row.shape[-1]), font_size_for(h * enlarge_factor(h, MIN_HEIGHT)))])

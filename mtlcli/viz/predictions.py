@@ -279,7 +279,7 @@ def render_predictions(model: nn.Module, source: Any, out: str | Path, num: int 
                 output = model([image.to(device)])[0]
                 scale, _ = titled_geometry(int(image.shape[-2]), MIN_HEIGHT)
                 panels = [render_prediction(image, output, det_classes, palette, score_threshold, scale=scale)]
-                titles = [f"prediction (score >= {score_threshold:g})" if "boxes" in output else "prediction"]
+                titles = [f"prediction (score ≥ {score_threshold:g})" if "boxes" in output else "prediction"]
                 maps = [output["sem_seg"].detach().argmax(0).cpu()] if "sem_seg" in output else []
                 drawn = [output["labels"].detach().cpu()[output["scores"].detach().cpu() >= score_threshold]] \
                     if "boxes" in output else []

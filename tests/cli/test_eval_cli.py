@@ -35,6 +35,7 @@ def test_predictions_file_prints_tables_and_saves_strict_json(toy, tmp_path, cap
     assert code == 0
     printed = capsys.readouterr().out
     assert "voc07" in printed and "cat" in printed and "84.85" in printed  # 28/33 as a percentage
+    assert printed.strip().splitlines()[-1] == f"saved {out}"  # where the results went, last
     saved = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert saved["metrics"]["voc07"] == pytest.approx(28 / 33 / 2)
     assert saved["details"]["voc12"]["ap"][2] is None  # the class without ground truth
@@ -90,7 +91,8 @@ def test_checkpoint_is_evaluated_and_predictions_saved(synthetic_prepared, tmp_p
     out, preds = tmp_path / "res.json", tmp_path / "preds"
     code = _run(["eval", "--checkpoint", str(ckpt), "--out", str(out), "--save-predictions", str(preds), "--device", "cpu"])
     assert code == 0
-    assert "miou: per class" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "miou: per class" in printed and printed.strip().endswith(f"saved {out}")
     saved = json.loads(out.read_text())
     assert saved["split"] == "val" and 0.0 <= saved["metrics"]["miou"] <= 1.0
     assert len(list((preds / "semantic").glob("*.png"))) == 3 == len(list((preds / "labelIds").glob("*.png")))
@@ -123,3 +125,12 @@ def test_empty_predictions_folder_and_wrong_size_png_exit_2(synthetic_prepared, 
     assert _run(["eval", "--predictions", str(preds), "--data", str(synthetic_prepared), "--metric", "miou"]) == 2
     err = capsys.readouterr().err
     assert f"{stems[1]}.png is 100x64" in err and "original image size" in err
+
+
+def test_saved_line_names_the_json_and_the_pictures(tmp_path):
+    from mtlcli.cli.eval import saved_line
+
+    run = tmp_path / "run" / "eval"
+    assert saved_line([run / "val.json", run / "pr_val.png", run / "f1_val.png"]) == \
+        f"saved {run / 'val.json'}; pictures in {run}: pr_val.png, f1_val.png"
+    assert saved_line([]).startswith("not saved") and "--out" in saved_line([])

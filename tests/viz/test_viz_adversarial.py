@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from mtlcli.viz.adversarial import attack
+from mtlcli.viz.draw import MIN_HEIGHT, titled_geometry
 from mtlcli.viz.predictions import load_run, read_image_file
 from tests.viz.conftest import error_line, run_cli
 
@@ -64,17 +65,27 @@ def test_cli_panels_and_numbers(seg_run: Path, image_file: Path, tmp_path: Path,
     with Image.open(panels) as img:
         assert img.format == "PNG"
         strip = np.array(img.convert("RGB")).astype(int)
-    f = 3  # 64-pixel-high panels are enlarged to at least 192 pixels
-    band = (strip.shape[0] - f * h) // 2  # a title band above the panels, a caption band below
-    assert strip.shape[1] == 5 * f * w + 4 * 4 and band >= 13  # original | perturbation | adversarial | before | after
+    # two rows of titled panels, each 64-pixel-high panel enlarged f times to a readable size:
+    #   original | perturbation | adversarial image       (titles above)
+    #   before   | changed class | after                   (titles above, the numbers' caption line below)
+    # then the legend of the predicted classes
+    f, band = titled_geometry(h, MIN_HEIGHT)
+    assert f == 4 and strip.shape[1] == 3 * f * w + 2 * 4
+    row = band + f * h
+    assert strip.shape[0] > 2 * row + band  # a caption line and a legend under the second row
     big = original.repeat(f, 0).repeat(f, 1)
-    assert np.array_equal(strip[band:band + f * h, :f * w], big)
+    assert np.array_equal(strip[band:row, :f * w], big)
     with Image.open(alone) as img:
         adv = np.array(img).astype(int)
     assert np.abs(adv - original).max() <= round(0.02 * 255) + 1  # the saved image respects the budget too
     x2 = 2 * (f * w + 4)
-    assert np.array_equal(strip[band:band + f * h, x2:x2 + f * w], adv.repeat(f, 0).repeat(f, 1))
-    assert (strip[:band] < 128).any() and (strip[-band:] < 128).any()  # titles and the caption are written
+    assert np.array_equal(strip[band:row, x2:x2 + f * w], adv.repeat(f, 0).repeat(f, 1))
+    for top in (0, row):  # titles are written above both rows
+        assert (strip[top:top + band] < 128).any()
+    assert (strip[2 * row:] < 128).any()  # the caption and the legend
+    # the middle of the second row marks the pixels whose class changed, red on light grey
+    middle = strip[row + band:2 * row, f * w + 4:2 * f * w + 4].reshape(-1, 3)
+    assert {tuple(c) for c in np.unique(middle, axis=0)} <= {(220, 40, 40), (235, 235, 235)}
     assert run_cli(["viz", "adversarial", "--run", str(seg_run), "--image", str(image_file), "--norm", "linf",
                     "--out", str(out)]) == 2
     assert "already exists" in error_line(capsys)
@@ -169,7 +180,8 @@ def test_cli_default_is_the_l2_problem(seg_run: Path, image_file: Path, tmp_path
     result = attack(load_run(seg_run).model, read_image_file(image_file), flip_rate=1.0, steps=2, target_class=0)
     titles, caption = panel_titles(result, ["road"])
     assert titles[0] == "original" and titles[-1] == "prediction after (target road)"
-    assert f"||r||2 = {result['l2']:.3f}" in caption and "NOT flipped" in caption and "2 steps" in caption
+    assert f"‖r‖₂ = {result['l2']:.3f}" in caption and f"‖r‖∞ = {result['linf']:.4f}" in caption
+    assert "NOT flipped" in caption and "2 steps" in caption
     assert run_cli(["viz", "adversarial", "--run", str(seg_run), "--image", str(image_file), "--eps", "0.1",
                     "--out", str(tmp_path / "x")]) == 2
     assert "--norm linf" in error_line(capsys)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mtlcli.data.prepared import read_label_png
-from mtlcli.viz.confusion import DPI, confusion_figure, figure_inches, normalise_rows
+from mtlcli.viz.confusion import DPI, confusion_figure, figure_size, normalise_rows
 from tests.viz.conftest import error_line, run_cli
 
 
@@ -32,9 +32,9 @@ def test_cli_plots_the_split(seg_run: Path, synthetic_prepared: Path, tmp_path: 
     assert run_cli(["viz", "confusion", "--run", str(seg_run), "--out", str(out), "-q"]) == 0
     png = out / "confusion_val.png"
     assert str(png) in capsys.readouterr().out.replace("\n", "")
-    side = round(figure_inches(19) * DPI)
+    width, height = figure_size(19)
     with Image.open(png) as img:
-        assert img.format == "PNG" and img.size == (side, side)
+        assert img.format == "PNG" and img.size == (round(width * DPI), round(height * DPI))
     assert run_cli(["viz", "confusion", "--run", str(seg_run), "--out", str(out), "-q"]) == 2
     assert "already exists" in error_line(capsys)
 

@@ -55,7 +55,8 @@ def test_pictures_have_titles_axes_and_legends(tmp_path: Path, monkeypatch: pyte
     assert all(p.is_file() and p.stat().st_size > 1000 for p in paths)
     pr, f1, cm = (f.axes[0] for f in figures)
     assert "precision-recall" in pr.get_title() and pr.get_xlabel() == "recall"
-    assert [t.get_text() for t in pr.get_legend().get_texts()] == ["person 0.500", "car 1.000", "all classes"]
+    assert [t.get_text() for t in pr.get_legend().get_texts()] == ["person 0.500", "car 1.000", "all classes, mAP 0.750"]
+    assert pr.get_legend().get_title().get_text() == "AP, VOC2010+ area"
     assert f1.get_xlabel() == "score threshold" and any(t.get_text().startswith("all classes: F1")
                                                          for t in f1.get_legend().get_texts())
     assert [t.get_text() for t in cm.get_xticklabels()] == ["person", "car", "background"]
