@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
     def export_command(
         run: Optional[Path] = RUN_OPTION,
         checkpoint: Optional[Path] = CHECKPOINT_OPTION,
-        fmt: str = typer.Option(..., "--format", "-f", metavar="onnx|torchscript", help="onnx or torchscript."),
+        fmt: str = typer.Option(..., "--format", "-f", metavar="onnx|torchscript", help="The file format: ONNX (.onnx) or TorchScript (.pt)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE", help="Output file [default: RUN/export/model.onnx|.pt, "
                                            "or next to the checkpoint]."),
         size: Optional[str] = typer.Option(None, "--size", metavar="HxW", help="Input size HxW [default: the model's input size]."),
