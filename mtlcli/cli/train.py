@@ -187,7 +187,8 @@ def _summary(result: dict, run_dir: Path, recipe: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{run_dir} — {result['iteration']} iterations", show_header=True)
+    title = f"{run_dir} — {result['iteration']} iterations"
+    table = Table(title=title, show_header=True, min_width=len(title))  # a narrow table would wrap its title
     table.add_column("quantity")
     table.add_column("value", justify="right")
     for k, v in result["losses"].items():
