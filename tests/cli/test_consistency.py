@@ -169,7 +169,7 @@ def test_help_formatting_rules():
 def test_rendered_help_keeps_defaults_and_flags(capsys):
     with pytest.raises(SystemExit):
         main(["prepare", "cityscapes", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
+    text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", capsys.readouterr().out).split())  # wrapped lines joined
     assert "[default: $MTL_DATA/cityscapes]" in text and "<bool>" not in text and "SRC" in text and "{src}" not in text
     with pytest.raises(SystemExit):
         main(["viz", "adversarial", "--help"])

@@ -37,12 +37,15 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
     return code, " ".join(re.sub("[\u2500-\u257f]", " ", capsys.readouterr().out).split())  # no table borders
 
 
-def test_table_lists_status_and_best(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    _run(tmp_path / "runs", "a", 10, [0.2, 0.5, 0.4])
-    _run(tmp_path / "runs", "nested/b", 6, [0.3])
-    _run(tmp_path / "runs", "c", 3, [], old=False)
-    (tmp_path / "runs" / "not-a-run").mkdir()
-    code, out = _cli(["runs", str(tmp_path / "runs")], capsys)
+def test_table_lists_status_and_best(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)  # runs named as typed (runs/a ...), however long tmp_path is
+    monkeypatch.setenv("COLUMNS", "120")  # every cell on one line (80 columns: the next test)
+    _run(Path("runs"), "a", 10, [0.2, 0.5, 0.4])
+    _run(Path("runs"), "nested/b", 6, [0.3])
+    _run(Path("runs"), "c", 3, [], old=False)
+    Path("runs", "not-a-run").mkdir()
+    code, out = _cli(["runs", "runs"], capsys)
     assert code == 0
     assert "10/10" in out and "miou 50.00% @ 4" in out and "finished" in out     # a: best is not the last
     assert "6/10" in out and "interrupted" in out and "miou 30.00% @ 2" in out   # b
