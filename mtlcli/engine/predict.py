@@ -1,13 +1,16 @@
 """`mtl predict`: run a trained model over image files, folders, glob patterns and videos.
 
-    OUT/overlays/<rel>.png     the image with the semantic map (legend below), masks and captioned boxes
+    OUT/overlays/<rel>.png     the image with the semantic map, masks and captioned boxes, titled, above a
+                               legend of the classes present (boxes too); small images enlarged to be read,
+                               as `mtl viz predictions` draws them
     OUT/semantic/<rel>.png     uint8 class indices of the model's seg classes (255 = none)
     OUT/labelIds/<rel>.png     the same as Cityscapes labelIds (models trained on Cityscapes classes)
     OUT/detections.json        COCO results [{image_id, file_name, category_id, category_name, bbox
                                [x, y, w, h], score, segmentation (RLE, with --save-masks)}], category ids
                                those of the training data (its original ids for COCO-format data)
     OUT/images.json            {"images": [{id, file_name, height, width}], "categories": [{id, name}]}
-    OUT/<rel>.mp4 + .jsonl     a video: the annotated video, and one JSON line per frame
+    OUT/<rel>.mp4 + .jsonl     a video: the annotated video (the video's own size, no title or legend), and
+                               one JSON line per frame
                                {"frame", "time", "detections": [...]} (boxes in the frame's pixels)
 
 `<rel>` is an image's path relative to the folder (or the glob's fixed part) it was found under, so
@@ -134,56 +137,33 @@ def default_out() -> Path:
 
 
 def render_result(image: torch.Tensor, result: Any, det_classes: Sequence[str], palette: Sequence[Sequence[int]],
-                  alpha: float = 0.5, legend: bool = True) -> torch.Tensor:
-    """uint8 [3, H(+legend), W]: semantic map blended over the image, instance masks in class colours,
-    boxes with "name score" captions, and a legend of the seg classes present below the image."""
-    from mtlcli.viz.draw import class_colors, draw_boxes, overlay_masks, overlay_semantic, to_uint8
+                  alpha: float = 0.5, legend: bool = True, titled: bool = False,
+                  score_threshold: float | None = None) -> torch.Tensor:
+    """The overlay of `result` on `image` (float 0..1 or uint8 [3, H, W]), drawn by the helpers of `mtl viz
+    predictions` (`mtlcli.viz.draw`): the semantic map blended over the image, instance masks in class
+    colours, boxes with "name score" captions that do not hide each other; the legend lists the classes
+    present (segmentation classes filled, box classes hollow).
 
-    panel = to_uint8(image)
-    present: list[int] = []
-    if result.semantic is not None:
-        panel = overlay_semantic(panel, result.semantic, palette, alpha=alpha)
-        present = [int(c) for c in torch.unique(result.semantic).tolist() if 0 <= int(c) < len(palette)]
-    if len(result):
-        colors = class_colors(max(len(det_classes), 1))
-        if result.masks is not None:
-            panel = overlay_masks(panel, result.masks, colors=[colors[(int(k) - 1) % len(colors)] for k in result.labels],
-                                  alpha=alpha)
-        panel = draw_boxes(panel, result.boxes, result.labels, det_classes, scores=result.scores)
-    if legend and present:
-        panel = _with_legend(panel, [(result.seg_classes[c] if c < len(result.seg_classes) else f"class {c}",
-                                      tuple(palette[c])) for c in present])
-    return panel
+    titled (the overlay PNGs of `mtl predict`): the picture `mtl viz predictions` draws for a plain image —
+    enlarged by an integer factor to a readable size (images lower than `MIN_HEIGHT`), titled "prediction
+    (score ≥ T)" (T = `score_threshold`, where the model detects), the legend below: uint8 [3, H', W'].
+    Else in the image's own pixels: uint8 [3, H + legend, W] (`Predictor.draw`), or [3, H, W] without the
+    legend (video frames)."""
+    from mtlcli.viz import draw
 
-
-def _with_legend(panel: torch.Tensor, entries: list[tuple[str, tuple[int, ...]]]) -> torch.Tensor:
-    """Append rows of colour swatches with class names below `panel` (uint8 [3, H, W])."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    from mtlcli.viz.draw import _font_path
-
-    h, w = panel.shape[-2:]
-    size = max(10, min(h, w) // 30)
-    font_path = _font_path()
-    font = ImageFont.truetype(font_path, size) if font_path else ImageFont.load_default()
-    pad, sw = size // 2, size
-    widths = [sw + pad + int(font.getlength(name)) + 2 * pad for name, _ in entries]
-    rows, x = 1, 0
-    for wd in widths:
-        if x and x + wd > w:
-            rows, x = rows + 1, 0
-        x += wd
-    band = Image.new("RGB", (w, rows * (size + 2 * pad)), (255, 255, 255))
-    draw = ImageDraw.Draw(band)
-    x, y = pad, pad
-    for (name, color), wd in zip(entries, widths):
-        if x > pad and x + wd > w:
-            x, y = pad, y + size + 2 * pad
-        draw.rectangle([x, y, x + sw, y + size], fill=tuple(int(c) for c in color[:3]), outline=(0, 0, 0))
-        draw.text((x + sw + pad, y), name, fill=(0, 0, 0), font=font)
-        x += wd
-    legend = torch.from_numpy(np.asarray(band).copy()).permute(2, 0, 1)
-    return torch.cat([panel, legend], dim=1)
+    image = draw.to_uint8(image)
+    h = int(image.shape[-2])
+    scale = draw.titled_geometry(h, draw.MIN_HEIGHT)[0] if titled else 1
+    panel = draw.draw_prediction(image, result.semantic, result.boxes, result.labels, result.scores, result.masks,
+                                 det_classes, palette, alpha=alpha, scale=scale)
+    if not (legend or titled):
+        return panel
+    maps = [result.semantic] if result.semantic is not None else []
+    entries = draw.legend_entries(maps, [result.labels], result.seg_classes, det_classes, palette)
+    if titled:
+        title = "prediction" if score_threshold is None or not det_classes else f"prediction (score ≥ {score_threshold:g})"
+        return draw.titled_picture([panel], [title], entries)
+    return draw.stack([panel, draw.legend(entries, int(panel.shape[-1]), draw.font_size_for(h))]) if entries else panel
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -273,7 +253,8 @@ class _Writer:
 
         rel = f"{source.rel}.png"
         if self.opts.save_images:
-            panel = render_result(image, result, self.model.det_classes, self.model.palette)
+            panel = render_result(image, result, self.model.det_classes, self.model.palette,
+                                  titled=True, score_threshold=self.opts.score_threshold)
             Image.fromarray(panel.permute(1, 2, 0).numpy()).save(self.outputs.path("overlays", rel))
         if self.opts.save_json and result.semantic is not None:
             sem = result.semantic.clamp(0, 255).to(torch.uint8).numpy()

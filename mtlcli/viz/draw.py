@@ -159,6 +159,26 @@ def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor | 
     return place_captions(image, boxes, captions, box_colors, order, font_size or max(12, short // 40))
 
 
+def draw_prediction(image: torch.Tensor, semantic: torch.Tensor | None, boxes: torch.Tensor, labels: torch.Tensor,
+                    scores: torch.Tensor, masks: torch.Tensor | None, det_classes: Sequence[str],
+                    palette: Sequence[Sequence[int]], alpha: float = 0.5, scale: int = 1) -> torch.Tensor:
+    """One prediction panel, uint8 [3, scale H, scale W], for an image [3, H, W] and what the model kept for
+    it in the same pixel frame: the class map [H, W] (or None) in `palette` blended with `alpha`, instance
+    masks [N, H, W] (bool, or None) in their class colours, boxes [N, 4] xyxy with "name score" captions
+    that do not hide each other. `scale` enlarges a small image first (nearest neighbour) so that the
+    captions are drawn at a readable size over it."""
+    panel = enlarge(to_uint8(image), scale)
+    if semantic is not None:
+        panel = overlay_semantic(panel, enlarge(semantic.as_subclass(torch.Tensor), scale), palette, alpha=alpha)
+    if len(boxes):
+        colors = class_colors(max(len(det_classes), 1))
+        if masks is not None and len(masks):
+            panel = overlay_masks(panel, enlarge(masks.as_subclass(torch.Tensor), scale),
+                                  colors=[colors[(int(k) - 1) % len(colors)] for k in labels], alpha=alpha)
+        panel = draw_boxes(panel, boxes.as_subclass(torch.Tensor).float() * scale, labels, det_classes, scores=scores)
+    return panel
+
+
 def place_captions(image: torch.Tensor, boxes: torch.Tensor, captions: Sequence[str], colors: Sequence[Sequence[int]],
                    order: Sequence[int], font_size: int) -> torch.Tensor:
     """Caption boxes without hiding one caption under another: in `order` (most important first) each

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mtlcli.viz.draw import MIN_HEIGHT, titled_geometry
 from tests.use.conftest import write_image
 from tests.viz.conftest import error_line, run_cli
 
@@ -57,8 +58,9 @@ def test_predict_folder_with_video(ivanet_run, sources, tmp_path, capsys):
     by_id = {im["id"]: im for im in images["images"]}
     for rel, (h, w) in SIZES.items():
         name = str(Path(rel).with_suffix(".png"))
+        f, band = titled_geometry(h, MIN_HEIGHT)  # small images enlarged f times: a title above, a legend below
         overlay = Image.open(out / "overlays" / name)
-        assert overlay.width == w and overlay.height >= h  # a legend strip below the image
+        assert f > 1 and overlay.width >= f * w and overlay.height > band + f * h
         semantic = np.asarray(Image.open(out / "semantic" / name))
         assert semantic.shape == (h, w) and semantic.max() < 19
         label_ids = np.asarray(Image.open(out / "labelIds" / name))  # Cityscapes classes: labelIds as well
@@ -77,6 +79,34 @@ def test_predict_folder_with_video(ivanet_run, sources, tmp_path, capsys):
     with av.open(str(out / "clip.mp4")) as video:
         frames = list(video.decode(video=0))
     assert len(frames) == 5 and (frames[0].height, frames[0].width) == (48, 64)
+
+
+def test_overlay_is_the_picture_viz_predictions_draws(ivanet_run, tmp_path, capsys, monkeypatch):
+    """One code path: `mtl predict` draws a plain image exactly as `mtl viz predictions --images` does (enlarged
+    to a readable size, titled with the threshold, a legend of the classes present, box classes included)."""
+    import mtlcli.viz.draw as draw
+
+    image = write_image(tmp_path / "in" / "sub" / "street.png", (64, 128))
+    calls = []
+    titled_picture = draw.titled_picture
+    monkeypatch.setattr(draw, "titled_picture", lambda panels, titles, entries, caption=None: (
+        calls.append((titles, entries)), titled_picture(panels, titles, entries, caption))[1])
+    assert run_cli(["predict", str(tmp_path / "in"), "--run", str(ivanet_run), "--out", str(tmp_path / "p"),
+                    "--score-threshold", "0.05", "--workers", "0", "-q", "--device", "cpu"]) == 0
+    ((titles, entries),) = calls
+    assert titles == ["prediction (score ≥ 0.05)"]  # the prediction alone: no ground truth panel for a user's image
+    names = [e[0] for e in entries]
+    dets = json.loads((tmp_path / "p" / "detections.json").read_text())
+    assert dets and {f"{d['category_name']} (box)" for d in dets} <= set(names)  # every drawn box class
+    assert any(filled for _, _, filled in entries) and not any(n.startswith("class ") for n in names)
+
+    monkeypatch.setattr(draw, "titled_picture", titled_picture)
+    assert run_cli(["viz", "predictions", "--run", str(ivanet_run), "--images", str(image), "--score-threshold", "0.05",
+                    "--out", str(tmp_path / "v"), "--device", "cpu", "-q"]) == 0
+    capsys.readouterr()
+    with Image.open(tmp_path / "p" / "overlays" / "sub" / "street.png") as a, Image.open(tmp_path / "v" / "street.png") as b:
+        assert a.size == b.size and a.height > 256  # 64 pixels high: enlarged 4x, with title and legend
+        assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_globs_files_and_options(ivanet_run, sources, tmp_path, capsys):
