@@ -4,8 +4,10 @@
     mtl eval --predictions FILE|DIR --data DATA --split val [--metric M ...] [--cityscapes-ids]
 
 Prints a summary table and per-class tables (`-q`: one line); `--out FILE.json` saves everything there
-and nowhere else; without --out, `--run RUN` keeps the results in RUN/eval/SPLIT.json. The JSON's
-"provenance" names the mtl version, the command line and the git commit.
+and nowhere else; without --out, `--run RUN` keeps the results in RUN/eval/SPLIT.json and, for a model
+that detects, the pictures beside it (pr_SPLIT.png, f1_SPLIT.png, confusion_det_SPLIT.png); a later
+evaluation of the split writes SPLIT-2.json with pr_SPLIT-2.png ..., SPLIT-3 ..., never over earlier ones.
+The JSON's "provenance" names the mtl version, the command line and the git commit.
 """
 
 from __future__ import annotations
@@ -104,14 +106,15 @@ def print_results(result: dict[str, Any]) -> None:
         console.print(table)
 
 
-def _free_path(path: Path) -> Path:
-    """`path`, or `name-2.json`, `name-3.json`, ... when it exists (earlier results are kept)."""
-    n = 2
-    candidate = path
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        n += 1
-    return candidate
+def free_name(folder: Path, split: str) -> str:
+    """The name of a new evaluation of `split` in `folder` (RUN/eval): `split`, else `split-2`, `split-3`, ...,
+    the first whose JSON and detection pictures are all absent, so that earlier results and pictures are kept."""
+    from mtlcli.viz.detection import picture_names
+
+    name, n = split, 2
+    while any((folder / f).exists() for f in [f"{name}.json", *picture_names(name)]):
+        name, n = f"{split}-{n}", n + 1
+    return name
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -141,6 +144,7 @@ def run_eval(
     """Everything `mtl eval` does except printing; returns the result dict that is saved. The files written
     (the JSON, the detection pictures) are appended to `written` when given."""
     written = [] if written is None else written
+    stem: str | None = None  # the name of this evaluation's pictures in RUN/eval, once drawn
     from mtlcli.metrics import METRIC_NAMES, check_metric_names
 
     from mtlcli.safety import refuse_protected_output
@@ -207,14 +211,17 @@ def run_eval(
 
             detections = json.loads((target / "detections.json").read_text())
             use_07 = "voc07" in names and "voc12" not in names  # the legend's AP as the table's
+            stem = free_name(Path(run) / "eval", split)  # the pictures are named as the JSON written below
             result["plots"] = [str(p) for p in plot_detection(dataset.coco, detections, dataset.meta.det_classes,
-                                                             Path(run) / "eval", split, use_07=use_07)]
+                                                             Path(run) / "eval", split, use_07=use_07, name=stem)]
         result = {"run": str(run) if run else None, "checkpoint": str(checkpoint) if checkpoint else None,
                   "data": str(root), "split": split, **result}
     from mtlcli.provenance import provenance
 
     result["provenance"] = provenance()
-    saved = out if out is not None else _free_path(Path(run) / "eval" / f"{split}.json") if run is not None else None
+    saved = out
+    if out is None and run is not None:
+        saved = Path(run) / "eval" / f"{stem or free_name(Path(run) / 'eval', split)}.json"
     if saved is not None:  # --out names the one file written
         write_json(saved, result)
         written.append(saved)

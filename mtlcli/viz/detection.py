@@ -1,12 +1,13 @@
-"""Detection pictures `mtl eval` saves into RUN/eval/ (the plots Ultralytics users look for):
+"""Detection pictures `mtl eval` saves into RUN/eval/ (the plots Ultralytics users look for), named after
+the results JSON they belong to (<name> = `val` beside val.json, `val-2` beside val-2.json, ...):
 
-    pr_<split>.png         precision-recall curve of every class with its AP (VOC matching: IoU > 0.5, one detection per
+    pr_<name>.png          precision-recall curve of every class with its AP (VOC matching: IoU > 0.5, one detection per
                            ground-truth box, difficult/crowd boxes neither count nor penalise), AP in the legend by
                            the rule of the metric `mtl eval` prints (VOC2007 11-point for voc07, else the VOC2010+
                            area), the all-class curve (micro average over every detection) in bold with the mAP
-    f1_<split>.png         F1 against the score threshold, per class and for all classes, with the best
+    f1_<name>.png          F1 against the score threshold, per class and for all classes, with the best
                            all-class threshold marked
-    confusion_det_<split>.png  detection confusion matrix: detections with score >= 0.25 matched to ground-truth
+    confusion_det_<name>.png  detection confusion matrix: detections with score >= 0.25 matched to ground-truth
                            boxes with IoU >= 0.45 regardless of class (greedy, highest IoU first; Ultralytics'
                            rule, inferred); unmatched ground truth lands in the "background" column (missed),
                            unmatched detections in the "background" row (false alarms); columns normalised
@@ -135,14 +136,21 @@ def confusion_matrix(coco_gt: Any, results: list[dict[str, Any]], num_classes: i
     return m
 
 
+def picture_names(name: str) -> list[str]:
+    """The file names `plot_detection` writes for results called `name` (the stem of their JSON)."""
+    return [f"pr_{name}.png", f"f1_{name}.png", f"confusion_det_{name}.png"]
+
+
 def plot_detection(coco_gt: Any, results: list[dict[str, Any]], class_names: Sequence[str], out_dir: str | Path,
-                   split: str, use_07: bool = False) -> list[Path]:
-    """Write pr_<split>.png, f1_<split>.png and confusion_det_<split>.png into `out_dir`; returns the paths.
-    `use_07`: the PR legend's AP by the VOC2007 11-point rule (as `mtl eval --metric voc07`), else VOC2010+."""
+                   split: str, use_07: bool = False, name: str | None = None) -> list[Path]:
+    """Write pr_<name>.png, f1_<name>.png and confusion_det_<name>.png (`picture_names`; name defaults to
+    the split, which the titles name) into `out_dir`; returns the paths. `use_07`: the PR legend's AP by the
+    VOC2007 11-point rule (as `mtl eval --metric voc07`), else VOC2010+."""
     from matplotlib.figure import Figure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    pr_path, f1_path, confusion_path = (out_dir / n for n in picture_names(name or split))
     K = len(class_names)
     matched = match_detections(coco_gt, results, K)
     all_scores = np.concatenate([m["scores"] for m in matched]) if K else np.zeros(0)
@@ -172,7 +180,7 @@ def plot_detection(coco_gt: Any, results: list[dict[str, Any]], class_names: Seq
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9,
               title="AP, " + ("VOC2007 11-point" if use_07 else "VOC2010+ area"))
-    paths.append(out_dir / f"pr_{split}.png")
+    paths.append(pr_path)
     fig.savefig(paths[-1], dpi=DPI)
 
     thresholds = np.linspace(0, 1, 101)
@@ -192,7 +200,7 @@ def plot_detection(coco_gt: Any, results: list[dict[str, Any]], class_names: Seq
     ax.set_title(f"{split}: F1 against the score threshold", fontsize=12)
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, title="class")
-    paths.append(out_dir / f"f1_{split}.png")
+    paths.append(f1_path)
     fig.savefig(paths[-1], dpi=DPI)
 
     m = confusion_matrix(coco_gt, results, K)
@@ -215,6 +223,6 @@ def plot_detection(coco_gt: Any, results: list[dict[str, Any]], class_names: Seq
                 if m[i, j]:
                     ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=CELL_FONT,
                             color="white" if shares[i, j] > 0.5 else "black")
-    paths.append(out_dir / f"confusion_det_{split}.png")
+    paths.append(confusion_path)
     fig.savefig(paths[-1], dpi=DPI)
     return paths

@@ -134,3 +134,14 @@ def test_saved_line_names_the_json_and_the_pictures(tmp_path):
     assert saved_line([run / "val.json", run / "pr_val.png", run / "f1_val.png"]) == \
         f"saved {run / 'val.json'}; pictures in {run}: pr_val.png, f1_val.png"
     assert saved_line([]).startswith("not saved") and "--out" in saved_line([])
+
+
+def test_a_new_evaluation_takes_the_first_name_free_of_json_and_pictures(tmp_path):
+    from mtlcli.cli.eval import free_name
+
+    assert free_name(tmp_path, "val") == "val"
+    (tmp_path / "val.json").write_text("{}")
+    assert free_name(tmp_path, "val") == "val-2"
+    (tmp_path / "f1_val-2.png").write_bytes(b"")  # pictures whose JSON was removed are kept as well
+    assert free_name(tmp_path, "val") == "val-3"
+    assert free_name(tmp_path, "test") == "test"

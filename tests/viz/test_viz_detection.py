@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mtlcli.data.dataset import _quiet_coco
-from mtlcli.viz.detection import confusion_matrix, f1_curve, match_detections, plot_detection
+from mtlcli.viz.detection import confusion_matrix, f1_curve, match_detections, picture_names, plot_detection
 from tests.viz.conftest import run_cli
 
 
@@ -70,10 +70,35 @@ def test_eval_saves_pictures_and_viz_confusion_reuses_predictions(det_run: Path,
     assert run_cli(["eval", "--run", str(run), "-q", "--device", "cpu"]) == 0
     line = capsys.readouterr().out.strip()
     assert re.fullmatch(r"val: miou [\d.]+%  voc07 [\d.]+%", line)  # eval -q: one line
-    for name in ("pr_val.png", "f1_val.png", "confusion_det_val.png", "val.json"):
+    first = ["pr_val.png", "f1_val.png", "confusion_det_val.png"]
+    for name in first + ["val.json"]:
         assert (run / "eval" / name).is_file()
+    assert [Path(p).name for p in json.loads((run / "eval" / "val.json").read_text())["plots"]] == first
+    before = {name: (run / "eval" / name).read_bytes() for name in first}
     miou = json.loads((run / "eval" / "val.json").read_text())["metrics"]["miou"]
+
+    # a second evaluation keeps the first's JSON and pictures: its own are numbered as its JSON
+    assert run_cli(["eval", "--run", str(run), "--device", "cpu", "--metric", "voc12"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    second = ["pr_val-2.png", "f1_val-2.png", "confusion_det_val-2.png"]
+    assert last == f"saved {run / 'eval' / 'val-2.json'}; pictures in {run / 'eval'}: {', '.join(second)}"
+    assert [Path(p).name for p in json.loads((run / "eval" / "val-2.json").read_text())["plots"]] == second
+    assert {name: (run / "eval" / name).read_bytes() for name in first} == before
+    assert all((run / "eval" / name).stat().st_size > 1000 for name in second)
+
+    # --out F writes F only: no third JSON, no third set of pictures
+    listing = sorted(p.name for p in (run / "eval").iterdir())
+    assert run_cli(["eval", "--run", str(run), "-q", "--device", "cpu", "--out", str(tmp_path / "res.json")]) == 0
+    assert (tmp_path / "res.json").is_file() and sorted(p.name for p in (run / "eval").iterdir()) == listing
+    capsys.readouterr()
+
+    # the predictions `mtl eval --run` keeps are still there for `viz confusion` to reuse
     assert run_cli(["viz", "confusion", "--run", str(run), "--out", str(tmp_path / "cf"), "--device", "cpu"]) == 0
     printed = " ".join(capsys.readouterr().out.split())
     assert "from the predictions saved in" in printed and f"mIoU {100 * miou:.1f}%" in printed
     assert (tmp_path / "cf" / "confusion_val.png").is_file()
+
+
+def test_picture_names_follow_the_json_name(tmp_path: Path):
+    paths = plot_detection(_gt(), RESULTS, ["person", "car"], tmp_path, "val", name="val-3")
+    assert [p.name for p in paths] == picture_names("val-3") == ["pr_val-3.png", "f1_val-3.png", "confusion_det_val-3.png"]
