@@ -1,13 +1,15 @@
 """`mtl prepare {cityscapes,voc,coco,mot15,synthetic}`: turn a dataset into the prepared format.
 
 Each command parses, calls the reader's entry function in `mtlcli.data` and prints where the result
-went; the readers show the progress bar and the summary table. Readers are imported inside the
-commands so that `mtl --help` stays fast.
+went, then a `next:` line with the command that trains on it (a shipped recipe whose splits the prepared
+dataset has; printed with -q too); the readers show the progress bar and the summary table. Readers are
+imported inside the commands so that `mtl --help` stays fast.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +43,57 @@ def _done(out: Path, summary: dict) -> None:
     _console().print(f"[green]prepared[/] {summary['name']}: {images} images in {out}{note}")
 
 
+# The recipes a `next:` line suggests, best first, each with the --set overrides that fit it to the splits
+# one `mtl prepare` makes (which depend on its sources and --split): `train_hint` prints the first that fits.
+TRAIN_RECIPES: dict[str, list[tuple[str, list[str]]]] = {
+    "synthetic": [("ivanet-tiny-synthetic", [])],
+    "cityscapes": [("imtl-cityscapes", [])],
+    # VOC07 + VOC12 (+ SBD): the papers' splits; VOC12 (+ SBD) alone has no VOC07 test split
+    "voc": [("ivanet300", []), ("maskrcnn-r50-voc", []),
+            ("ivanet300", ["data.train_split=train_aug", "data.test_split="]),
+            ("ivanet300", ["data.train_split=train", "data.test_split="])],
+    "coco": [("ivanet300-coco", [])],
+    "mot15": [("ssd300-mot15", [])],
+}
+OTHER_RECIPES = {
+    "synthetic": "datnet-tiny-synthetic, safpn-ejhead-tiny-synthetic, imtl-tiny-synthetic, ladderdensenet-tiny-synthetic",
+    "cityscapes": "ladderdensenet-cityscapes, densenet32x-cityscapes, dilated8x-densenet-cityscapes: segmentation only",
+    "voc": "ivanet512, datnet-light-r50-voc, fasterrcnn-r50-voc",
+    "coco": "datnet-light-r50-coco, safpn-ejhead-r50-coco, maskrcnn-r50-coco",
+}
+
+
+def train_hint(kind: str, out: Path) -> str | None:
+    """The `next:` line after preparing `out`: `mtl train --recipe R --data OUT [--set ...]` with the first of
+    TRAIN_RECIPES[kind] whose train, val (and test) splits `out` has; else the first whose train (and test)
+    split it has, trained without evaluation (as `custom_train_hint`). None where no recipe fits (no train
+    split prepared)."""
+    from mtlcli.data.prepared import DatasetMeta
+    from mtlcli.recipes import load_recipe
+
+    splits = DatasetMeta.load(out).splits
+    fitting = []
+    for name, sets in TRAIN_RECIPES[kind]:
+        data = load_recipe(name, sets, check_model=False)["data"]
+        if data["train_split"] in splits and (not data["test_split"] or data["test_split"] in splits):
+            fitting.append((data["val_split"] in splits, name, sets, data["val_split"]))
+    if not fitting:
+        return None
+    has_val, name, sets, val_split = max(fitting, key=lambda f: f[0])  # the first with its val split, if any
+    if not has_val:
+        sets = [*sets, "eval.metrics=[]", "eval.best_metric="]
+    cmd = ["mtl", "train", "--recipe", name, "--data", str(out), *(a for s in sets for a in ("--set", s))]
+    notes = [f"or {OTHER_RECIPES[kind]}"] if kind in OTHER_RECIPES else []
+    notes += [] if has_val else [f"no {val_split} split, so no evaluation"]
+    return f"next: {shlex.join(cmd)}" + (f"   ({'; '.join(notes)})" if notes else "")
+
+
+def _print_train_hint(kind: str, out: Path) -> None:
+    hint = train_hint(kind, out)
+    if hint:
+        _console().print(hint, soft_wrap=True, markup=False)  # one line however narrow the terminal
+
+
 @app.command("cityscapes")
 def cityscapes(
     src: Path = typer.Argument(..., help="Cityscapes root holding leftImg8bit/ and gtFine/ (or a synthetic city)."),
@@ -60,6 +113,9 @@ def cityscapes(
         summary = prepare_cityscapes(src, out, workers=workers, strict=strict, force=force, splits=split or None,
                                      verify=verify)
     _done(out, summary)
+    from mtlcli.data.synthetic import MARKER
+
+    _print_train_hint("synthetic" if (src / MARKER).is_file() else "cityscapes", out)
 
 
 @app.command("voc")
@@ -82,6 +138,7 @@ def voc(
         summary = prepare_voc(out, voc2012=voc2012, voc2007=voc2007, sbd=sbd, workers=workers, strict=strict,
                               force=force, verify=verify)
     _done(out, summary)
+    _print_train_hint("voc", out)
 
 
 @app.command("coco")
@@ -114,6 +171,8 @@ def coco(
 
         has_val = "val" in DatasetMeta.load(out).splits
         _console().print(custom_train_hint(out, has_val), soft_wrap=True, markup=False)
+    else:
+        _print_train_hint("coco", out)
 
 
 @app.command("mot15")
@@ -135,6 +194,7 @@ def mot15(
         summary = prepare_mot15(src, out, val_fraction=val_fraction, workers=workers, strict=strict, force=force,
                                 verify=verify)
     _done(out, summary)
+    _print_train_hint("mot15", out)
 
 
 @app.command("synthetic")

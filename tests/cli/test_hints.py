@@ -10,6 +10,9 @@ import pytest
 
 from mtlcli.cli.main import main
 from mtlcli.engine.checkpoint import load_checkpoint
+from tests.data.test_coco import coco  # noqa: F401 (fixture: a COCO 2017 tree)
+from tests.data.test_mot15 import mot  # noqa: F401 (fixture: a 2DMOT2015 tree)
+from tests.data.test_voc import voc  # noqa: F401 (fixture: VOC2007 + VOC2012 + SBD trees)
 from tests.engine.tiny_model import tiny_registered, train_losses, write_recipe  # noqa: F401 (fixture)
 
 # drawing the default synthetic city (360 images of 256x512) takes minutes on a CPU: the test appends
@@ -224,3 +227,93 @@ def test_train_names_an_eval_command_only_where_it_runs(synthetic_prepared: Path
     assert "has no val split" in eval_hint("my run", recipe) and _commands(eval_hint("my run", recipe)) == []
     recipe["eval"]["metrics"] = []
     assert "no [eval] metrics" in eval_hint("my run", recipe) and _commands(eval_hint("my run", recipe)) == []
+
+
+# ------------------------------------------------------------------ `mtl prepare ...` ends with `next: mtl train`
+
+NO_DOWNLOAD = ["--set", "model.pretrained_backbone=false"]  # the real recipes start from ImageNet weights
+
+
+class _TrainingLoop(Exception):
+    """Raised where `mtl train` would start iterating: every check of the command before it has passed."""
+
+
+def _reaches_training_loop(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run `mtl ARGV` up to its first batch (datasets, splits, overlap, classes, anchors, model, weights)."""
+    def loop(*args, **kwargs):
+        raise _TrainingLoop
+
+    monkeypatch.setattr("mtlcli.engine.train.make_loader", loop)
+    try:
+        main(argv)
+    except _TrainingLoop:
+        return
+    except SystemExit as exc:
+        pytest.fail(f"`mtl {shlex.join(argv)}` stopped with status {exc.code}: {capsys.readouterr().err}")
+    pytest.fail(f"`mtl {shlex.join(argv)}` never reached the training loop")
+
+
+def _next_train(out: str) -> list[str]:
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("next: ")]
+    (cmd,) = _commands(line)
+    return cmd
+
+
+def test_prepare_synthetic_city_next_line_trains_as_printed(fresh: Path, capsys: pytest.CaptureFixture[str]):
+    code, _, err = _run(["prepare", "synthetic", "--out", "city", *SMALL_CITY], capsys)
+    assert code == 0, err
+    code, out, err = _run(["prepare", "cityscapes", "city", "--out", "my data", "-q", "-j", "1"], capsys)
+    assert code == 0, err
+    train = _next_train(out)  # printed with -q as well
+    assert train == ["train", "--recipe", "ivanet-tiny-synthetic", "--data", "my data"], out
+    code, out, err = _run(train + SHORT_TRAIN, capsys)  # one iteration of it
+    assert code == 0, err
+    assert (fresh / "runs" / "ivanet-tiny-synthetic" / "exp1" / "checkpoints" / "last.pt").is_file()
+
+
+def test_prepare_cityscapes_next_line_reaches_training(fresh: Path, synthetic_source: Path,
+                                                        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    import shutil
+
+    from mtlcli.data.synthetic import MARKER
+
+    shutil.copytree(synthetic_source, "cityscapes", ignore=shutil.ignore_patterns(MARKER))  # as a real Cityscapes tree
+    code, out, err = _run(["prepare", "cityscapes", "cityscapes", "--out", "data/cs", "-j", "1"], capsys)
+    assert code == 0, err
+    train = _next_train(out)
+    assert train == ["train", "--recipe", "imtl-cityscapes", "--data", "data/cs"], out
+    _reaches_training_loop(train + NO_DOWNLOAD + ["-q", "--device", "cpu", "--out", "run"], monkeypatch, capsys)
+    code, out, _ = _run(["prepare", "cityscapes", "cityscapes", "--out", "val-only", "--split", "val", "-j", "1"], capsys)
+    assert code == 0 and "next:" not in out  # nothing to train on: no train command
+
+
+@pytest.mark.parametrize("sources, recipe, sets", [
+    (["voc2012", "voc2007", "sbd"], "ivanet300", []),
+    (["voc2012", "voc2007"], "maskrcnn-r50-voc", []),
+    (["voc2012", "sbd"], "ivanet300", ["--set", "data.train_split=train_aug", "--set", "data.test_split="]),
+    (["voc2012"], "ivanet300", ["--set", "data.train_split=train", "--set", "data.test_split="]),
+])
+def test_prepare_voc_next_line_reaches_training(fresh: Path, voc: dict[str, Path], sources: list[str], recipe: str,
+                                                sets: list[str], capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch):
+    options = [a for s in sources for a in (f"--{s}", str(voc[s]))]
+    code, out, err = _run(["prepare", "voc", *options, "--out", "data/voc", "-q", "-j", "1"], capsys)
+    assert code == 0, err
+    train = _next_train(out)
+    assert train == ["train", "--recipe", recipe, "--data", "data/voc", *sets], out
+    _reaches_training_loop(train + NO_DOWNLOAD + ["-q", "--device", "cpu", "--out", "run"], monkeypatch, capsys)
+
+
+def test_prepare_coco_and_mot15_next_lines_reach_training(fresh: Path, coco: dict[str, Path], mot: dict[str, Path],
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch):
+    # the COCO tree holds 3 of COCO's 80 categories: the recipe's class counts follow it
+    few = ["--set", "model.num_det_classes=3", "--set", "model.num_seg_classes=4"]
+    for argv, recipe, extra in ((["coco", str(coco["src"])], "ivanet300-coco", few),
+                                (["mot15", str(mot["src"])], "ssd300-mot15", [])):
+        code, out, err = _run(["prepare", *argv, "--out", f"data/{argv[0]}", "-q", "-j", "1"], capsys)
+        assert code == 0, err
+        train = _next_train(out)
+        assert train == ["train", "--recipe", recipe, "--data", f"data/{argv[0]}"], out
+        _reaches_training_loop(train + NO_DOWNLOAD + extra + ["-q", "--device", "cpu", "--out", f"run-{argv[0]}"],
+                               monkeypatch, capsys)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -34,6 +35,17 @@ def test_synthetic_then_cityscapes(tmp_path: Path, capsys: pytest.CaptureFixture
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["splits"] == ["val"] and meta["name"] == "cityscapes"
     assert len(json.loads((out / "val" / "instances.json").read_text())["images"]) == 1
+
+
+def test_next_line_names_a_recipe_the_splits_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 synthetic_source: Path) -> None:
+    out = tmp_path / "train only"
+    assert run(["prepare", "cityscapes", str(synthetic_source), "--out", str(out), "--split", "train", "-j", "1", "-q"]) == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("next: ")]
+    command, note = line.removeprefix("next: ").split("   (")
+    assert shlex.split(command) == ["mtl", "train", "--recipe", "ivanet-tiny-synthetic", "--data", str(out),
+                                    "--set", "eval.metrics=[]", "--set", "eval.best_metric="]
+    assert "no val split, so no evaluation" in note  # the recipe evaluates on val, which was not prepared
 
 
 def test_default_out_is_mtl_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_source: Path) -> None:
