@@ -167,7 +167,8 @@ class Predictor:
     __call__ = predict
 
     def draw(self, image: ImageLike, result: Result, alpha: float = 0.5) -> torch.Tensor:
-        """The overlay of `result` on `image`: uint8 [3, H, W] (semantic map, masks, boxes with captions)."""
+        """The overlay of `result` on `image`: uint8 [3, H + legend, W] (semantic map, masks, boxes with captions,
+        in the image's own pixels; below it a legend of the classes present)."""
         from mtlcli.engine.predict import render_result
 
         return render_result(to_image_tensor(image), result, self.det_classes, self.palette, alpha=alpha)

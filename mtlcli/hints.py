@@ -53,6 +53,51 @@ def after_synthetic(src: str | Path, default_root: str | Path) -> str:
     return cmd + (f"   (then train with --data {shlex.quote(str(root))})" if inside else "")
 
 
+# The recipes a `next:` line suggests, best first, each with the --set overrides that fit it to the splits
+# one `mtl prepare` makes (which depend on its sources and --split): `train_hint` prints the first that fits.
+TRAIN_RECIPES: dict[str, list[tuple[str, list[str]]]] = {
+    "synthetic": [("ivanet-tiny-synthetic", [])],
+    "cityscapes": [("imtl-cityscapes", [])],
+    # VOC07 + VOC12 (+ SBD): the papers' splits; VOC12 (+ SBD) alone has no VOC07 test split
+    "voc": [("ivanet300", []), ("maskrcnn-r50-voc", []),
+            ("ivanet300", ["data.train_split=train_aug", "data.test_split="]),
+            ("ivanet300", ["data.train_split=train", "data.test_split="])],
+    "coco": [("ivanet300-coco", [])],
+    "mot15": [("ssd300-mot15", [])],
+}
+OTHER_RECIPES = {
+    "synthetic": "datnet-tiny-synthetic, safpn-ejhead-tiny-synthetic, imtl-tiny-synthetic, ladderdensenet-tiny-synthetic",
+    "cityscapes": "ladderdensenet-cityscapes, densenet32x-cityscapes, dilated8x-densenet-cityscapes: segmentation only",
+    "voc": "ivanet512, datnet-light-r50-voc, fasterrcnn-r50-voc",
+    "coco": "datnet-light-r50-coco, safpn-ejhead-r50-coco, maskrcnn-r50-coco",
+}
+
+
+def train_hint(kind: str, out: str | Path) -> str | None:
+    """The `next:` line after preparing `out`: `mtl train --recipe R --data OUT [--set ...]` with the first of
+    TRAIN_RECIPES[kind] whose train, val (and test) splits `out` has; else the first whose train (and test)
+    split it has, trained without evaluation (as `custom_train_hint`). None where no recipe fits (no train
+    split prepared)."""
+    from mtlcli.data.prepared import DatasetMeta
+    from mtlcli.recipes import load_recipe
+
+    splits = DatasetMeta.load(Path(out)).splits
+    fitting = []
+    for name, sets in TRAIN_RECIPES[kind]:
+        data = load_recipe(name, sets, check_model=False)["data"]
+        if data["train_split"] in splits and (not data["test_split"] or data["test_split"] in splits):
+            fitting.append((data["val_split"] in splits, name, sets, data["val_split"]))
+    if not fitting:
+        return None
+    has_val, name, sets, val_split = max(fitting, key=lambda f: f[0])  # the first with its val split, if any
+    if not has_val:
+        sets = [*sets, "eval.metrics=[]", "eval.best_metric="]
+    cmd = ["mtl", "train", "--recipe", name, "--data", str(out), *(a for s in sets for a in ("--set", s))]
+    notes = [f"or {OTHER_RECIPES[kind]}"] if kind in OTHER_RECIPES else []
+    notes += [] if has_val else [f"no {val_split} split, so no evaluation"]
+    return f"next: {shlex.join(cmd)}" + (f"   ({'; '.join(notes)})" if notes else "")
+
+
 def custom_train_hint(data: str | Path, has_val: bool) -> str:
     """The `next:` line of `mtl prepare coco --train-json ...`: a *-custom recipe on the prepared data; without
     a val split, training without evaluation (the recipes evaluate on "val")."""

@@ -27,8 +27,8 @@ from torch import nn
 
 from mtlcli.errors import UserError
 from mtlcli.models.base import eval_mode
-from mtlcli.viz.draw import (MIN_HEIGHT, class_colors, draw_boxes, enlarge, legend_entries, overlay_masks,
-                             overlay_semantic, save_png, titled_geometry, titled_picture, to_uint8)
+from mtlcli.viz.draw import (MIN_HEIGHT, class_colors, draw_boxes, draw_prediction, enlarge, legend_entries,
+                             overlay_masks, overlay_semantic, save_png, titled_geometry, titled_picture, to_uint8)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -178,18 +178,15 @@ def render_prediction(image: torch.Tensor, output: dict[str, torch.Tensor], det_
     `alpha`, instance masks (> 0.5) in their class colours, then boxes with "name score" captions that do
     not hide each other, keeping the detections with score >= `score_threshold`. `scale` enlarges a small
     image first (nearest neighbour) so that captions are drawn at a readable size."""
-    panel = enlarge(to_uint8(image), scale)
-    if "sem_seg" in output:
-        panel = overlay_semantic(panel, enlarge(output["sem_seg"].detach().argmax(0).cpu(), scale), palette, alpha=alpha)
-    if "boxes" in output and len(output["boxes"]):
+    semantic = output["sem_seg"].detach().argmax(0).cpu() if "sem_seg" in output else None
+    boxes = labels = scores = torch.zeros(0)
+    masks = None
+    if "boxes" in output:
         keep = output["scores"].detach().cpu() >= score_threshold
-        boxes, labels = output["boxes"].detach().cpu()[keep] * scale, output["labels"].detach().cpu()[keep]
-        colors = class_colors(max(len(det_classes), 1))
-        if "masks" in output and keep.any():
-            masks = enlarge(output["masks"].detach().cpu()[keep], scale)
-            panel = overlay_masks(panel, masks, colors=[colors[(int(k) - 1) % len(colors)] for k in labels], alpha=alpha)
-        panel = draw_boxes(panel, boxes, labels, det_classes, scores=output["scores"].detach().cpu()[keep])
-    return panel
+        boxes, labels = output["boxes"].detach().cpu()[keep], output["labels"].detach().cpu()[keep]
+        scores = output["scores"].detach().cpu()[keep]
+        masks = output["masks"].detach().cpu()[keep] if "masks" in output else None
+    return draw_prediction(image, semantic, boxes, labels, scores, masks, det_classes, palette, alpha=alpha, scale=scale)
 
 
 def render_ground_truth(image: torch.Tensor, target: dict[str, Any], det_classes: Sequence[str],
