@@ -28,6 +28,12 @@ def next_run_dir(base: Path) -> Path:
     return base / f"exp{max(taken, default=0) + 1}"
 
 
+def check_resumable(out: Path) -> None:
+    """--resume of `out`: a UserError unless it holds the checkpoints/last.pt to continue from."""
+    if not (out / "checkpoints" / "last.pt").is_file():
+        raise UserError(f"{out} has no checkpoints/last.pt to resume from — drop --resume to start a new run")
+
+
 def choose_run_dir(recipe_ref: str, out: Path | None, *, resume: bool, force: bool) -> Path:
     """The run directory to write, refusing to clobber an existing run without --resume or --force.
 
@@ -41,8 +47,7 @@ def choose_run_dir(recipe_ref: str, out: Path | None, *, resume: bool, force: bo
             raise UserError("--resume needs --out RUN: the run directory to continue")
         return next_run_dir(Path("runs") / recipe_name(recipe_ref))
     if resume:
-        if not (out / "checkpoints" / "last.pt").is_file():
-            raise UserError(f"{out} has no checkpoints/last.pt to resume from — drop --resume to start a new run")
+        check_resumable(out)
         return out
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file — give a directory for the run")
@@ -148,6 +153,8 @@ def register(app: typer.Typer) -> None:
             resolved["train"]["tensorboard"] = True
         if resolved["train"]["tensorboard"]:
             tensorboard_writer()  # not installed: one line before any folder is made
+        if resume:  # nothing to continue is the first thing to say, before the data of a run that never was
+            check_resumable(out)
         root = data_root(resolved)
         if not (root / "dataset.json").is_file():
             build_datasets(resolved, root)  # the one line that names the commands preparing it, before "training ..."
