@@ -18,8 +18,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mtl quickstart
 
+# Two pytest-xdist workers of one torch thread each (tests/conftest.py): the suite's tiny models are
+# bound by per-op overhead, so this takes about half the time of one process with two threads.
+JOBS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -5,6 +5,7 @@ Both are read-only for tests: copy them (shutil.copytree) before changing anythi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,14 @@ def synthetic_prepared(synthetic_source: Path, tmp_path_factory: pytest.TempPath
     out = tmp_path_factory.mktemp("synthetic_prepared") / "data"
     prepare_cityscapes(synthetic_source, out, workers=1, quiet=True)
     return out
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs `-n 2`), one torch thread per worker: the suite's models are
+    small enough that a step is bound by per-op overhead rather than arithmetic, so two single-threaded
+    workers on two cores finish the suite in about half the time of one process with two threads, and
+    the numerics no longer depend on how many cores the machine has."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)

@@ -120,26 +120,33 @@ def test_tiny_model_trains_and_predicts(name, samples):
 
 
 # name -> (Adam steps, learning rate, output stride of the semantic map, semantic IoU to reach) for the
-# tiny configuration to overfit two images (the last fifth of the steps at a tenth of the rate). Measured
-# on these two images (7 and 11 boxes): every family meets its criteria at 1.0x and 1.15x these step
-# counts, and all but Mask R-CNN already at 0.85x. Two semantic bars are
-# lower, where the output cannot reach 0.9: IvaNet predicts at stride 8 and levels off at 0.81-0.85 on
-# the second image (eleven objects in 64x128); DATNet's semantic map is its auxiliary head (focal loss
-# at weight 0.25, stride 4): 0.85-0.88.
+# tiny configuration to overfit two images (the last fifth of the steps at a tenth of the rate). Chosen
+# so that every family meets its criteria with three initial seeds (0, 1, 2; the test runs seed 0) and
+# with one and two torch threads, not at the edge: the previous, shorter counts passed seed 0 on two
+# threads but missed one or two of the eleven boxes with another seed or one thread (SSD300 at 80
+# steps, Mask R-CNN at 80, SA-FPN at 70, DATNet at 75), which is what another CPU's kernels give too.
+# Two semantic bars are lower, where the output cannot reach 0.9: IvaNet predicts at stride 8 and levels
+# off at 0.80-0.92 on these images (eleven objects in 64x128); DATNet's semantic map is its auxiliary
+# head (focal loss at weight 0.25, stride 4): 0.86-0.89.
 OVERFIT = {
-    "ivanet": (90, 2e-3, 8, 0.75),
-    "ssd300_vgg16": (110, 2e-3, 1, 0.9),
-    "ladder_densenet": (110, 1e-2, 4, 0.9),
-    "imtl": (90, 5e-3, 1, 0.9),
-    "datnet": (75, 2e-3, 4, 0.8),
-    "safpn": (75, 2e-3, 1, 0.9),
-    "maskrcnn": (90, 2e-3, 1, 0.9),
+    "ivanet": (60, 2e-3, 8, 0.75),
+    "ssd300_vgg16": (100, 3e-3, 1, 0.9),
+    "ladder_densenet": (120, 1e-2, 4, 0.9),
+    "imtl": (80, 5e-3, 1, 0.9),
+    "datnet": (100, 2e-3, 4, 0.8),
+    "safpn": (100, 2e-3, 1, 0.9),
+    "maskrcnn": (100, 2e-3, 1, 0.9),
     "fasterrcnn": (90, 2e-3, 1, 0.9),
 }
-# The two-stage families overfit with their trunk frozen (trainable_layers = 0, BN statistics still
-# follow the images): what this check guards is the target pipeline (anchor and RoI matching, box
-# coding, mask and dense targets), which the trunk's backward pass only makes three times slower.
-FROZEN_TRUNK = {"datnet", "safpn", "maskrcnn", "fasterrcnn"}
+# What this check guards is the target pipeline (matching, box coding, RoI sampling, mask and dense
+# targets), so the families overfit with their ImageNet-style trunk frozen (randomly initialised; BN
+# statistics still follow the images) and everything after it trained: necks, top-down modules, extra
+# layers and heads. The trunk's backward pass made the check two to three times slower and adds nothing
+# to what it checks. The two-stage families also sample 32 RoIs per image (their tiny recipes: 64):
+# torchvision's single-threaded CPU RoIAlign backward is what their steps spend most on.
+FROZEN_TRUNK = {"ivanet": "body.0.trunk", "ssd300_vgg16": "body.features", "datnet": "backbone.body",
+                "safpn": "backbone.body", "maskrcnn": "backbone.body", "fasterrcnn": "backbone.body"}
+OVERFIT_ROIS = 32
 # Near-perfect agreement after the short run (issue 15): the semantic map (frequency-weighted IoU, on the
 # grid of the stride the model predicts at), and every box the model's target coding holds found by a
 # detection of its class at IoU >= 0.5 among the top-2N scores (N boxes: a short run keeps a few
@@ -233,7 +240,11 @@ def test_tiny_model_overfits_two_images(name, samples):
     steps, lr, stride, semantic_floor = OVERFIT[name]
     torch.manual_seed(0)
     kwargs = _kwargs_for(name, len(ds.det_classes), len(ds.seg_classes))
-    model = build_model(name, **kwargs, **({"trainable_layers": 0} if name in FROZEN_TRUNK else {}))
+    if "box_batch_size_per_image" in kwargs:
+        kwargs["box_batch_size_per_image"] = OVERFIT_ROIS
+    model = build_model(name, **kwargs)
+    if name in FROZEN_TRUNK:
+        model.get_submodule(FROZEN_TRUNK[name]).requires_grad_(False)
     before, after = short_run(model, images, targets, steps, lr=lr, optimizer="adam", anneal=True)
     assert after < 0.8 * before, (before, after)
     model.eval()
