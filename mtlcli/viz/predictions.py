@@ -244,6 +244,7 @@ def render_predictions(model: nn.Module, source: Any, out: str | Path, num: int 
         stems = [source.image_info(i).get("stem") or Path(source.image_info(i)["file_name"]).stem for i in indices]
         palette = palette if palette is not None else source.palette
         det_classes = det_classes if det_classes is not None else source.det_classes
+        seg_classes = seg_classes if seg_classes is not None else source.seg_classes
     else:
         files = image_files(source if isinstance(source, (list, tuple)) else [source])[:num]
         indices, stems = list(range(len(files))), [f.stem for f in files]
