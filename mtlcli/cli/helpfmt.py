@@ -15,11 +15,11 @@ at worst bring back its own formatting, never break the command line.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
 _DEFAULT = re.compile(r"(?<!\\)\[(default\b)")
-_installed = False
 
 # the value of an option, by its long name, where the command does not name it itself (metavar=...)
 METAVARS = {
@@ -63,15 +63,9 @@ def number_range(lo: float | None, hi: float | None) -> str | None:
     return f"{_number(lo)}–{_number(hi)}"
 
 
-_rich_patched = False
-
-
+@functools.cache  # once per process
 def _patch_rich_utils() -> None:
     """Keep "[default: X]" of help strings in Rich markup (escaped, so that Rich prints it)."""
-    global _rich_patched
-    if _rich_patched:
-        return
-    _rich_patched = True
     try:
         from typer import rich_utils
     except ImportError:  # pragma: no cover - typer without rich support
@@ -94,11 +88,8 @@ def _with_rich_defaults(format_help):  # type: ignore[no-untyped-def]
     return wrapped
 
 
+@functools.cache  # once per process
 def install() -> None:
-    global _installed
-    if _installed:
-        return
-    _installed = True
     try:
         from typer import core
     except ImportError:  # pragma: no cover - typer without rich support
