@@ -143,11 +143,11 @@ def run_eval(
 ) -> dict[str, Any]:
     """Everything `mtl eval` does except printing; returns the result dict that is saved. The files written
     (the JSON, the detection pictures) are appended to `written` when given."""
+    from mtlcli.metrics import METRIC_NAMES, check_metric_names
+    from mtlcli.safety import refuse_protected_output
+
     written = [] if written is None else written
     stem: str | None = None  # the name of this evaluation's pictures in RUN/eval, once drawn
-    from mtlcli.metrics import METRIC_NAMES, check_metric_names
-
-    from mtlcli.safety import refuse_protected_output
 
     sources = [s for s in (run, checkpoint, predictions) if s is not None]
     if len(sources) != 1:

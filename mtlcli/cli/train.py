@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a model from a recipe; writes RUN/recipe.toml, metrics.jsonl and checkpoints/{last,best}.pt."""
         from mtlcli.engine.distributed import broadcast_object, cleanup, init_distributed
-        from mtlcli.engine.train import build_datasets, data_root, tensorboard_writer, train
+        from mtlcli.engine.train import data_root, require_prepared, tensorboard_writer, train
         from mtlcli.recipes import load_recipe
 
         if resume and out is None:
@@ -155,9 +155,7 @@ def register(app: typer.Typer) -> None:
             tensorboard_writer()  # not installed: one line before any folder is made
         if resume:  # nothing to continue is the first thing to say, before the data of a run that never was
             check_resumable(out)
-        root = data_root(resolved)
-        if not (root / "dataset.json").is_file():
-            build_datasets(resolved, root)  # the one line that names the commands preparing it, before "training ..."
+        require_prepared(resolved, data_root(resolved))  # the one line naming how to prepare it, before "training ..."
 
         info = init_distributed(device)
         try:

@@ -28,7 +28,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -161,7 +161,7 @@ def render_result(image: torch.Tensor, result: Any, det_classes: Sequence[str], 
     maps = [result.semantic] if result.semantic is not None else []
     entries = draw.legend_entries(maps, [result.labels], result.seg_classes, det_classes, palette)
     if titled:
-        title = "prediction" if score_threshold is None or not det_classes else f"prediction (score ≥ {score_threshold:g})"
+        title = draw.prediction_title(score_threshold if det_classes else None)
         return draw.titled_picture([panel], [title], entries)
     return draw.stack([panel, draw.legend(entries, int(panel.shape[-1]), draw.font_size_for(h))]) if entries else panel
 

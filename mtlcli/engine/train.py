@@ -74,20 +74,25 @@ def data_root(recipe: dict) -> Path:
     return Path(os.environ.get("MTL_DATA", "data")) / data["dataset"]
 
 
+def require_prepared(recipe: dict, root: Path) -> None:
+    """A UserError naming the commands that prepare the recipe's dataset unless `root` holds one."""
+    if not (root / "dataset.json").is_file():
+        from mtlcli.hints import prepare_hint
+
+        raise UserError(
+            f"no prepared dataset at {root} — run {prepare_hint(recipe['data']['dataset'], root)} first, or point to "
+            f"one with --data (or data.root, or $MTL_DATA)"
+        )
+
+
 def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
     """(train split with training transforms, val split with eval transforms or None without metrics)."""
     from mtlcli.data.dataset import PreparedDataset
     from mtlcli.data.transforms import build_transforms
     from mtlcli.data.unreadable import SkipUnreadable
 
+    require_prepared(recipe, root)
     data = recipe["data"]
-    if not (root / "dataset.json").is_file():
-        from mtlcli.hints import prepare_hint
-
-        raise UserError(
-            f"no prepared dataset at {root} — run {prepare_hint(data['dataset'], root)} first, or point to one with --data "
-            f"(or data.root, or $MTL_DATA)"
-        )
     options = {k: v for k, v in data.items() if k not in DATA_KEYS}
     label_map = data["label_map"] or None
     train_ds = PreparedDataset(root, data["train_split"], transforms=build_transforms(data["augmentation"], True, **options),

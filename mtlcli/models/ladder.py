@@ -15,7 +15,6 @@ carry `sem_seg` and nothing else.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch

@@ -277,8 +277,7 @@ def render_attack(image: Tensor, result: dict[str, Any], palette: Sequence[Seque
         prediction before  | pixels whose class changed (red)                               | prediction after
     each prediction under the image it was made on (palette colours), then the numbers (‖r‖₂, ‖r‖∞, flipped
     share, steps) on a caption line and a legend of the classes the two predictions show."""
-    from mtlcli.viz.draw import (MIN_HEIGHT, colorize_semantic, enlarge_factor, font_size_for, legend, legend_entries,
-                                 stack, titled_row, to_uint8)
+    from mtlcli.viz.draw import MIN_HEIGHT, colorize_semantic, legend_entries, titled_row, to_uint8, with_legend
 
     amplified = (result["perturbation"] * _amplification(result) + 0.5).clamp(0, 1)
     titles, caption = panel_titles(result, class_names)
@@ -293,11 +292,7 @@ def render_attack(image: Tensor, result: dict[str, Any], palette: Sequence[Seque
                         caption, min_height=MIN_HEIGHT)
     names = list(class_names) if class_names else [f"class {k}" for k in range(len(palette))]
     entries = legend_entries([result["before"], result["after"]], [], names, [], palette)
-    h = int(before.shape[-2])
-    rows = [top, bottom]
-    if entries:
-        rows.append(legend(entries, int(top.shape[-1]), font_size_for(h * enlarge_factor(h, MIN_HEIGHT))))
-    return stack(rows)
+    return with_legend([top, bottom], entries, int(before.shape[-2]))
 
 
 def render_adversarial(model: nn.Module, image_path: str | Path, out: str | Path, palette: Sequence[Sequence[int]], *,

@@ -179,6 +179,12 @@ def draw_prediction(image: torch.Tensor, semantic: torch.Tensor | None, boxes: t
     return panel
 
 
+def prediction_title(score_threshold: float | None) -> str:
+    """The title of a prediction panel: "prediction (score ≥ T)" for a model that detects (the boxes drawn
+    are those scoring at least T), "prediction" (None) for one that does not."""
+    return "prediction" if score_threshold is None else f"prediction (score ≥ {score_threshold:g})"
+
+
 def place_captions(image: torch.Tensor, boxes: torch.Tensor, captions: Sequence[str], colors: Sequence[Sequence[int]],
                    order: Sequence[int], font_size: int) -> torch.Tensor:
     """Caption boxes without hiding one caption under another: in `order` (most important first) each
@@ -394,7 +400,14 @@ def titled_picture(panels: Sequence[torch.Tensor], titles: Sequence[str],
     image lower than MIN_HEIGHT before drawing on it), then the `legend` of `entries` in the titles' font
     size (no legend without entries). uint8 [3, H', W']."""
     row = titled_row(panels, titles, caption, min_height=MIN_HEIGHT)
+    return with_legend([row], entries, max(int(p.shape[-2]) for p in panels))
+
+
+def with_legend(rows: Sequence[torch.Tensor], entries: Sequence[tuple[str, Sequence[int], bool]],
+                panel_height: int) -> torch.Tensor:
+    """`titled_row` rows of panels `panel_height` high (before `enlarge`), stacked, with the `legend` of
+    `entries` below in the titles' font size (none without entries). uint8 [3, H', W']."""
     if not entries:
-        return row
-    h = max(int(p.shape[-2]) for p in panels)
-    return stack([row, legend(entries, int(row.shape[-1]), font_size_for(h * enlarge_factor(h, MIN_HEIGHT)))])
+        return stack(rows)
+    size = font_size_for(panel_height * enlarge_factor(panel_height, MIN_HEIGHT))
+    return stack([*rows, legend(entries, max(int(r.shape[-1]) for r in rows), size)])

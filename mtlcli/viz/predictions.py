@@ -28,7 +28,8 @@ from torch import nn
 from mtlcli.errors import UserError
 from mtlcli.models.base import eval_mode
 from mtlcli.viz.draw import (MIN_HEIGHT, class_colors, draw_boxes, draw_prediction, enlarge, legend_entries,
-                             overlay_masks, overlay_semantic, save_png, titled_geometry, titled_picture, to_uint8)
+                             overlay_masks, overlay_semantic, prediction_title, save_png, titled_geometry,
+                             titled_picture, to_uint8)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -277,7 +278,7 @@ def render_predictions(model: nn.Module, source: Any, out: str | Path, num: int 
                 output = model([image.to(device)])[0]
                 scale, _ = titled_geometry(int(image.shape[-2]), MIN_HEIGHT)
                 panels = [render_prediction(image, output, det_classes, palette, score_threshold, scale=scale)]
-                titles = [f"prediction (score ≥ {score_threshold:g})" if "boxes" in output else "prediction"]
+                titles = [prediction_title(score_threshold if "boxes" in output else None)]
                 maps = [output["sem_seg"].detach().argmax(0).cpu()] if "sem_seg" in output else []
                 drawn = [output["labels"].detach().cpu()[output["scores"].detach().cpu() >= score_threshold]] \
                     if "boxes" in output else []
