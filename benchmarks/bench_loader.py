@@ -17,7 +17,7 @@ Printed: ms per image (medians), images/s per core, and dataset[i] / floor as th
 per-image ratios of back-to-back pairs, which holds up on a shared machine.
 Goal (issue 19): dataset[i] <= 1.3x the floor for every Cityscapes/COCO/VOC recipe.
 
-`--loader` instead measures the whole training loader (`mtlcli.engine.train.make_loader`: sampler,
+`--loader` instead measures the whole training loader (`mtlcli.engine.data.make_loader`: sampler,
 per-sample seeding, transforms, collate, and the copy between processes) with each of --workers
 DataLoader worker counts (0 = in the main process) and each --cache setting (`data.cache`; "ram" is
 filled before the workers start and its fill is not timed), after a warm-up batch, over
@@ -60,7 +60,7 @@ def make_data(folder: Path, images: int, size: tuple[int, int]) -> Path:
 def recipe_targets(recipe: dict) -> frozenset[str]:
     """The dense targets the recipe's training loader decodes (the model built on the meta device: no
     weights are allocated or initialised)."""
-    from mtlcli.engine.train import training_targets
+    from mtlcli.engine.data import training_targets
     from mtlcli.models import build_from_recipe
 
     model_table = dict(recipe["model"])
@@ -116,7 +116,7 @@ def dataset_for(data: Path, recipe: dict, targets: frozenset[str]):
 
 
 def measure(data: Path, recipe: dict, targets: frozenset[str], args: argparse.Namespace) -> dict:
-    from mtlcli.engine.train import SeededSamples
+    from mtlcli.engine.data import SeededSamples
 
     ds = dataset_for(data, recipe, targets)
     seeded = SeededSamples(ds, 0)
@@ -141,7 +141,7 @@ def loader_rate(ds, workers: int, args: argparse.Namespace) -> float:
     """Images/s of the training loader over `ds` with `workers` processes, after a warm-up batch."""
     from mtlcli.data.dataset import collate
     from mtlcli.engine.distributed import DistInfo
-    from mtlcli.engine.train import make_loader
+    from mtlcli.engine.data import make_loader
 
     loader = make_loader(ds, micro_batch=args.batch, workers=workers, seed=0, info=DistInfo(), start=0,
                          collate=collate)

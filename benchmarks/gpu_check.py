@@ -90,8 +90,8 @@ def same_magnitude(a: float, b: float, floor: float = 0.02) -> bool:
 def compiled_run(recipe_name: str, data: Path, device: str, iterations: int, backend: str, amp: bool) -> dict:
     """`iterations` training steps of a torch.compile'd model over the training loader."""
     from mtlcli.engine.distributed import DistInfo
-    from mtlcli.engine.train import (build, build_datasets, collate_fn, make_loader, to_device, training_targets,
-                                     with_class_counts)
+    from mtlcli.engine.data import build_datasets, collate_fn, make_loader, to_device, training_targets
+    from mtlcli.engine.train import build, with_class_counts
     from mtlcli.recipes import load_recipe
 
     recipe = load_recipe(recipe_name, [f"data.root={data}", "eval.metrics=[]", 'eval.best_metric=""'])

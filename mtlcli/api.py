@@ -198,7 +198,7 @@ def load_model(source: str | Path, *, device: str = "cpu") -> Predictor:
     network, recipe = model_from_checkpoint(state, path)
     root = None
     if not isinstance(state.get("classes"), dict):  # an older checkpoint: its dataset may say
-        from mtlcli.engine.train import data_root
+        from mtlcli.engine.data import data_root
 
         root = data_root(recipe)
         root = root if (root / "dataset.json").is_file() else None

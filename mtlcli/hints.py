@@ -112,7 +112,7 @@ def eval_hint(run_dir: str | Path, recipe: dict) -> str:
     """The end of `mtl train`: how to evaluate the run — `mtl eval --run RUN` where the recipe names metrics and
     its dataset has the val split, else why there is nothing to run as it stands."""
     from mtlcli.data.prepared import DatasetMeta
-    from mtlcli.engine.train import data_root
+    from mtlcli.engine.data import data_root
     from mtlcli.errors import UserError
 
     if not recipe["eval"]["metrics"]:

@@ -121,7 +121,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a model from a recipe; writes RUN/recipe.toml, metrics.jsonl and checkpoints/{last,best}.pt."""
         from mtlcli.engine.distributed import broadcast_object, cleanup, init_distributed
-        from mtlcli.engine.train import data_root, require_prepared, tensorboard_writer, train
+        from mtlcli.engine.data import data_root, require_prepared
+        from mtlcli.engine.train import tensorboard_writer, train
         from mtlcli.recipes import load_recipe
 
         if resume and out is None:

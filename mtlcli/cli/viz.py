@@ -234,7 +234,7 @@ def _saved_predictions(run: Optional[Path], checkpoint: Optional[Path], data: Op
     the split that are newer than the run's checkpoints; None otherwise (then the model runs)."""
     import tomllib
 
-    from mtlcli.engine.train import data_root
+    from mtlcli.engine.data import data_root
 
     if run is None or checkpoint is not None or data is not None or not (run / "recipe.toml").is_file():
         return None

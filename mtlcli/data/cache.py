@@ -8,7 +8,7 @@ the uint8 label maps among the loss's targets (`semantic`, `dt`), exactly as dec
 Boxes, labels and crowd flags are in memory anyway (instances.json), and instance masks stay their
 RLE (decoded per sample over the columns they cover: decoded, N instances would take N image planes).
 Augmentation still runs on every read, on a copy of the cached pixels, with the same per-sample seed
-(`mtlcli.engine.train.SeededSamples`), so a cached run draws the same samples as an uncached one and
+(`mtlcli.engine.data.SeededSamples`), so a cached run draws the same samples as an uncached one and
 `--resume` stays exact; filling the cache draws no random numbers.
 
 Everything sits in one flat uint8 buffer whose size is known before anything is decoded (the image

@@ -143,7 +143,7 @@ class PreparedDataset(torch.utils.data.Dataset):
     (`loss_targets`), so that e.g. a segmentation network never pays for instance masks. Boxes, labels
     and crowd flags come from the JSON and are always there. `compact=True` keeps the image uint8 (0..255)
     and `semantic` / `dt` uint8, 4-8x less to copy between loader processes and to the device; the
-    training loop converts the image on the device (`mtlcli.engine.train.to_device`). With `ds.ram` set
+    training loop converts the image on the device (`mtlcli.engine.data.to_device`). With `ds.ram` set
     (`mtlcli.data.cache.fill_ram_cache`) the image and the dense maps are copied from memory instead of
     decoded from their files: the same tensors, then the same transforms.
 

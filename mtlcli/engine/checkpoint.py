@@ -11,6 +11,7 @@ A checkpoint is a plain dict saved with `torch.save` and read with `torch.load(w
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import random
 import zipfile
@@ -107,6 +108,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------- for eval
 
 
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block without moving python's, numpy's or torch's global generators."""
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
 def find_run_checkpoint(run: Path) -> Path:
     """`RUN/checkpoints/best.pt` when the run kept one, else `last.pt`."""
     run = Path(run)
@@ -155,7 +169,7 @@ def load_for_eval(
     state = load_checkpoint(path)
     model, recipe = model_from_checkpoint(state, path)
     model.to(device).eval()
-    from mtlcli.engine.train import data_root
+    from mtlcli.engine.data import data_root
 
     root = data_root(recipe)
     # model.trained_classes: the class names it was trained on ({"det_classes": [...], "seg_classes": [...], ...}; None for

@@ -56,7 +56,7 @@ def test_known_shapes_in_the_network_frame(tmp_path, capsys):
     line = next(l for l in printed.splitlines() if l.startswith("anchors = "))
     assert tomllib.loads(line)["anchors"] == result["anchors"]
 
-    from mtlcli.models.imtl import load_anchors
+    from mtlcli.models.imtl_detector import load_anchors
 
     with pytest.raises(UserError, match="multiple of 3"):  # two anchors cannot feed three branches
         load_anchors(str(out), (100, 200))
@@ -88,7 +88,7 @@ def test_synthetic_split_deterministic_and_readable_by_the_model(synthetic_prepa
     coco = json.loads((synthetic_prepared / "train" / "instances.json").read_text())
     assert first["num_boxes"] == sum(1 for a in coco["annotations"] if not a["iscrowd"])
 
-    from mtlcli.models.imtl import load_anchors
+    from mtlcli.models.imtl_detector import load_anchors
 
     anchors = load_anchors(str(out), (384, 768))
     assert [v for wh in anchors.tolist() for v in wh] == pytest.approx([v for wh in first["anchors"] for v in wh], abs=1e-3)

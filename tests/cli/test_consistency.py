@@ -14,7 +14,6 @@ Hidden options and arguments (old spellings kept for compatibility) are exempt.
 
 from __future__ import annotations
 
-import time
 
 import re
 

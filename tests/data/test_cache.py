@@ -16,7 +16,8 @@ from mtlcli.data.dataset import PreparedDataset, collate
 from mtlcli.data.transforms import build_transforms
 from mtlcli.data.unreadable import SkipUnreadable
 from mtlcli.engine.distributed import DistInfo, TrainSampler
-from mtlcli.engine.train import SeededSamples, make_loader, train
+from mtlcli.engine.data import SeededSamples, make_loader
+from mtlcli.engine.train import train
 from mtlcli.errors import UserError
 from mtlcli.recipes import load_recipe
 from tests.data.test_dataset import build_tiny_prepared

@@ -240,7 +240,7 @@ def test_deferred_color_jitter_on_the_device_equals_the_loader_one(synthetic_pre
     the loader, the same draws, and nothing of it reaches the model's targets."""
     from mtlcli.data.dataset import PreparedDataset
     from mtlcli.data.transforms import build_transforms
-    from mtlcli.engine.train import to_device
+    from mtlcli.engine.data import to_device
 
     aug = build_transforms("cityscapes", True, flip=False, min_size=48, crop_size=[40, 72], color_jitter=0.4)
     here = PreparedDataset(synthetic_prepared, "train", transforms=aug, compact=False)

@@ -12,7 +12,8 @@ from torchvision.ops import sigmoid_focal_loss
 
 from mtlcli.errors import UserError
 from mtlcli.models import build_model
-from mtlcli.models.imtl import assign_targets, build_imtl, decode_boxes, load_anchors
+from mtlcli.models.imtl import build_imtl
+from mtlcli.models.imtl_detector import assign_targets, decode_boxes, load_anchors
 from mtlcli.recipes import load_recipe
 
 TINY = dict(

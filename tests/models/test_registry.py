@@ -198,7 +198,7 @@ def held_boxes(name: str, model: torch.nn.Module, target: dict[str, torch.Tensor
         matched = match_default_boxes(model.default_boxes, frame)
         return torch.isin(torch.arange(len(boxes)), matched[matched >= 0])
     if name == "imtl":
-        from mtlcli.models.imtl import assign_targets
+        from mtlcli.models.imtl_detector import assign_targets
 
         h, w = model.input_size[0] // 16, model.input_size[1] // 16
         anchors = model.anchors.reshape(-1, 2)
