@@ -31,8 +31,9 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torchvision
@@ -99,24 +100,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if key.endswith("full"):
                 print(f"{key.split(' |')[0]}: {len(out[0]['boxes'])} detections, keys {sorted(out[0])}", flush=True)
         a, b = first["Mask R-CNN (ours) | full"][0], first["Mask R-CNN (torchvision) | full"][0]
-        same = all(torch.allclose(a[k], b[k]) for k in ("boxes", "scores", "masks")) and torch.equal(a["labels"], b["labels"])
+        same = all(torch.allclose(a[k], b[k]) for k in ("boxes", "scores", "masks")) and torch.equal(
+            a["labels"], b["labels"]
+        )
         print(f"our Mask R-CNN returns torchvision's outputs: {same}", flush=True)
         keys = list(calls)
         for round_ in range(args.warmup + args.iterations):
             # alternation, starting one model later each round: machine noise and whatever one model
             # leaves behind (allocator, caches) fall on every model alike
-            for key in keys[round_ % len(keys):] + keys[: round_ % len(keys)]:
+            for key in keys[round_ % len(keys) :] + keys[: round_ % len(keys)]:
                 t = timed(calls[key], device)
                 if round_ >= args.warmup:
                     times[key].append(t)
-            print(f"round {round_ + 1}/{args.warmup + args.iterations}: "
-                  + ", ".join(f"{k} {v[-1] * 1e3:.0f} ms" for k, v in times.items() if v), flush=True)
+            print(
+                f"round {round_ + 1}/{args.warmup + args.iterations}: "
+                + ", ".join(f"{k} {v[-1] * 1e3:.0f} ms" for k, v in times.items() if v),
+                flush=True,
+            )
 
     medians = {key: statistics.median(v) * 1e3 for key, v in times.items()}
     base = medians["Mask R-CNN (ours) | full"]
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
-    print(f"\nper-image latency at {args.size[0]}x{args.size[1]} on {device}, median of {args.iterations} "
-          f"alternating rounds (threads {torch.get_num_threads()}):")
+    print(
+        f"\nper-image latency at {args.size[0]}x{args.size[1]} on {device}, median of {args.iterations} "
+        f"alternating rounds (threads {torch.get_num_threads()}):"
+    )
     print(f"{'model':42s} {'median ms':>10s} {'x ours MRCNN':>13s} {'params':>9s}")
     for key, ms in medians.items():
         print(f"{key:42s} {ms:10.0f} {ms / base:13.2f} {params[key.split(' |')[0]] / 1e6:8.1f}M")
@@ -125,8 +133,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "light_vs_ours": medians["DATNet Light | full"] / base,
         "heavy_vs_ours": medians["DATNet Heavy | full"] / base,
     }
-    print("goals: ours/torchvision within 1 +- 0.05: {ours_vs_torchvision:.3f}; Light <= 2x: {light_vs_ours:.2f}x; "
-          "Heavy <= 3.5x: {heavy_vs_ours:.2f}x".format(**ratios))
+    print(
+        "goals: ours/torchvision within 1 +- 0.05: {ours_vs_torchvision:.3f}; Light <= 2x: {light_vs_ours:.2f}x; "
+        "Heavy <= 3.5x: {heavy_vs_ours:.2f}x".format(**ratios)
+    )
     result = {"size": list(args.size), "device": str(device), "threads": torch.get_num_threads(),
               "iterations": args.iterations, "median_ms": medians, "ratios": ratios,
               "times_s": times, "params": params}  # fmt: skip

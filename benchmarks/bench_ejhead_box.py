@@ -54,12 +54,16 @@ def main() -> None:
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 times[name].append(1000 * (time.perf_counter() - t0))
-    print(f"{args.rois} RoIs x [{args.channels}, 14, 14] on {dev} (torch threads: {torch.get_num_threads()}), "
-          f"medians of {args.iterations}")
+    print(
+        f"{args.rois} RoIs x [{args.channels}, 14, 14] on {dev} (torch threads: {torch.get_num_threads()}), "
+        f"medians of {args.iterations}"
+    )
     print(f"{'form':<8} {'params':>10} {'GMAC/RoI':>9} {'ms':>9}")
     for name, head in heads.items():
         params = sum(p.numel() for p in head.parameters())
-        print(f"{name:<8} {params / 1e6:>9.2f}M {macs_per_roi(head) / 1e9:>9.3f} {statistics.median(times[name]):>9.1f}")
+        print(
+            f"{name:<8} {params / 1e6:>9.2f}M {macs_per_roi(head) / 1e9:>9.3f} {statistics.median(times[name]):>9.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,14 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = build_imtl(input_size=size).to(device).eval()
-    ours = Subject("imtl (ours)", model, size, predict=lambda images: model(images), network=model.network,
-                   prepare=lambda images: model.preprocess(images)[0])
+    ours = Subject(
+        "imtl (ours)",
+        model,
+        size,
+        predict=lambda images: model(images),
+        network=model.network,
+        prepare=lambda images: model.preprocess(images)[0],
+    )
     seg = reference_subject("tv:deeplabv3_resnet50", size, device)
     det = reference_subject("tv:retinanet_resnet50_fpn", size, device)
     pair = combined_subject("deeplabv3 + retinanet", [seg, det])
@@ -46,16 +52,24 @@ def main() -> None:
     print(f"{'model':<26} {'params M':>9} {'GFLOPs':>8} {'full ms':>9} {'p90 ms':>9} {'net ms':>9}")
     for r in rows:
         net = f"{r['net_median_ms']:>9.1f}" if "net_median_ms" in r else f"{'-':>9}"
-        print(f"{r['name']:<26} {r['params'] / 1e6:>9.2f} {r['gflops']:>8.1f} {r['full_median_ms']:>9.1f} "
-              f"{r['full_p90_ms']:>9.1f} {net}")
+        print(
+            f"{r['name']:<26} {r['params'] / 1e6:>9.2f} {r['gflops']:>8.1f} {r['full_median_ms']:>9.1f} "
+            f"{r['full_p90_ms']:>9.1f} {net}"
+        )
     by = {r["name"]: r for r in rows}
     a, b = by["imtl (ours)"], by["deeplabv3 + retinanet"]
     lat, par = a["full_median_ms"] / b["full_median_ms"], a["params"] / b["params"]
-    print(f"\nimtl / (deeplabv3 + retinanet) at {size[0]}x{size[1]}: latency {lat:.2f}, parameters {par:.2f} "
-          f"(goal: both <= 0.50) -> {'met' if lat <= 0.5 and par <= 0.5 else 'NOT met'}")
+    print(
+        f"\nimtl / (deeplabv3 + retinanet) at {size[0]}x{size[1]}: latency {lat:.2f}, parameters {par:.2f} "
+        f"(goal: both <= 0.50) -> {'met' if lat <= 0.5 and par <= 0.5 else 'NOT met'}"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"environment": environment(device, None), "rows": rows,
-                                         "latency_ratio": lat, "params_ratio": par}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"environment": environment(device, None), "rows": rows, "latency_ratio": lat, "params_ratio": par},
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

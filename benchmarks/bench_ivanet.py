@@ -64,8 +64,10 @@ def main() -> None:
     device = torch.device(args.device)
     image_size = parse_size(args.image_size)
     env = environment(device, None)
-    print(f"device {env['device']}, threads {env['threads']}, torch {env['torch']}, batch 1, image {image_size[0]}x{image_size[1]}, "
-          f"{args.iterations} timed runs after {args.warmup} warm-up, medians")
+    print(
+        f"device {env['device']}, threads {env['threads']}, torch {env['torch']}, batch 1, image {image_size[0]}x{image_size[1]}, "
+        f"{args.iterations} timed runs after {args.warmup} warm-up, medians"
+    )
 
     all_rows = []
     for size in args.sizes:
@@ -75,8 +77,10 @@ def main() -> None:
         print(f"\ninput {size}x{size}")
         print(f"{'model':<14}{'params (M)':>11}{'GFLOPs':>9}{'network ms':>12}{'full ms':>10}{'FPS (full)':>11}")
         for r in rows:
-            print(f"{r['name']:<14}{r['params'] / 1e6:>11.2f}{r['gflops']:>9.2f}{r['net_median_ms']:>12.1f}"
-                  f"{r['full_median_ms']:>10.1f}{1e3 / r['full_median_ms']:>11.2f}")
+            print(
+                f"{r['name']:<14}{r['params'] / 1e6:>11.2f}{r['gflops']:>9.2f}{r['net_median_ms']:>12.1f}"
+                f"{r['full_median_ms']:>10.1f}{1e3 / r['full_median_ms']:>11.2f}"
+            )
         by = {r["name"]: r for r in rows}
         joint, det = by.get(f"IvaNet{size}"), by.get(f"IvaNet_det{size}")
         if joint and det:

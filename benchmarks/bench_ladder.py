@@ -22,7 +22,16 @@ from pathlib import Path
 
 import torch
 
-from mtlcli.engine.benchmark import Subject, _current_bytes, _peak_bytes, _reset_peak, _sync, environment, parse_size, run_benchmark
+from mtlcli.engine.benchmark import (
+    Subject,
+    _current_bytes,
+    _peak_bytes,
+    _reset_peak,
+    _sync,
+    environment,
+    parse_size,
+    run_benchmark,
+)
 from mtlcli.models.ladder import build_ladder_densenet
 
 VARIANTS = {"LadderDenseNet 4x": "ladder", "DenseNet 32x": "densenet32x", "Dilated 8x DenseNet 4x": "dilated8x"}
@@ -108,7 +117,9 @@ def main() -> None:
         )
     print(f"\n{'training step (batch 1)':<24} {'HxW':>10} {'ms':>9} {'peak MB':>9}")
     for r in train:
-        print(f"{r['name']:<24} {r['size'][0]:>4}x{r['size'][1]:<5} {r['train_median_ms']:>9.1f} {r['train_peak_mem_mb']:>9.0f}")
+        print(
+            f"{r['name']:<24} {r['size'][0]:>4}x{r['size'][1]:<5} {r['train_median_ms']:>9.1f} {r['train_peak_mem_mb']:>9.0f}"
+        )
 
     print("\nLadderDenseNet 4x / Dilated 8x DenseNet 4x (the paper: both below 1):")
     for text in args.sizes:

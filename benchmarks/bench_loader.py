@@ -77,8 +77,12 @@ def data_path(recipe: dict, targets: frozenset[str]) -> tuple:
 
     data = recipe["data"]
     options = {k: v for k, v in data.items() if k not in DATA_KEYS and k != "targets"}
-    return (data["augmentation"], json.dumps(options, sort_keys=True), tuple(sorted(targets)),
-            json.dumps(data["label_map"], sort_keys=True))
+    return (
+        data["augmentation"],
+        json.dumps(options, sort_keys=True),
+        tuple(sorted(targets)),
+        json.dumps(data["label_map"], sort_keys=True),
+    )
 
 
 def floor_cost(ds, index: int, targets: frozenset[str]) -> float:
@@ -109,8 +113,9 @@ def dataset_for(data: Path, recipe: dict, targets: frozenset[str]):
     options = {k: v for k, v in d.items() if k not in DATA_KEYS}
     tf = build_transforms(d["augmentation"], True, **options)
     try:
-        return PreparedDataset(data, "train", transforms=tf, label_map=d["label_map"] or None, targets=targets,
-                               compact=True)
+        return PreparedDataset(
+            data, "train", transforms=tf, label_map=d["label_map"] or None, targets=targets, compact=True
+        )
     except Exception:  # a label map naming another dataset's classes
         return PreparedDataset(data, "train", transforms=tf, targets=targets, compact=True)
 
@@ -133,18 +138,21 @@ def measure(data: Path, recipe: dict, targets: frozenset[str], args: argparse.Na
             floor.append(f)
             item.append(g)
             ratios.append(g / f)
-    return {"floor_ms": 1000 * statistics.median(floor), "item_ms": 1000 * statistics.median(item),
-            "ratio": statistics.median(ratios), "samples": len(ratios)}
+    return {
+        "floor_ms": 1000 * statistics.median(floor),
+        "item_ms": 1000 * statistics.median(item),
+        "ratio": statistics.median(ratios),
+        "samples": len(ratios),
+    }
 
 
 def loader_rate(ds, workers: int, args: argparse.Namespace) -> float:
     """Images/s of the training loader over `ds` with `workers` processes, after a warm-up batch."""
     from mtlcli.data.dataset import collate
-    from mtlcli.engine.distributed import DistInfo
     from mtlcli.engine.data import make_loader
+    from mtlcli.engine.distributed import DistInfo
 
-    loader = make_loader(ds, micro_batch=args.batch, workers=workers, seed=0, info=DistInfo(), start=0,
-                         collate=collate)
+    loader = make_loader(ds, micro_batch=args.batch, workers=workers, seed=0, info=DistInfo(), start=0, collate=collate)
     next(loader)  # workers started and warm
     n, t0 = 0, time.perf_counter()
     while n < args.loader_images:
@@ -169,15 +177,22 @@ def measure_loader(data: Path, recipe: dict, targets: frozenset[str], args: argp
     plain = datasets["none"]
     for r in range(args.rounds):
         floor += [floor_cost(plain, i, targets) for i in range(len(plain))]
-        for w, c in settings[r % len(settings):] + settings[:r % len(settings)]:  # rotate the order
+        for w, c in settings[r % len(settings) :] + settings[: r % len(settings)]:  # rotate the order
             rates[(w, c)].append(loader_rate(datasets[c], w, args))
     floor_s = statistics.median(floor)
     rows = []
     for (w, c), values in rates.items():
         rate = statistics.median(values)
         per_process = max(w, 1) / rate
-        rows.append({"workers": w, "cache": c, "images_per_s": rate, "ms_per_image_per_process": 1000 * per_process,
-                     "cost_vs_floor": per_process / floor_s})
+        rows.append(
+            {
+                "workers": w,
+                "cache": c,
+                "images_per_s": rate,
+                "ms_per_image_per_process": 1000 * per_process,
+                "cost_vs_floor": per_process / floor_s,
+            }
+        )
     return {"floor_ms": 1000 * floor_s, "rows": rows}
 
 
@@ -185,20 +200,38 @@ def print_loader(groups: dict, args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Training loader vs decode floor, {args.size[0]}x{args.size[1]} synthetic city, batch "
-                        f"{args.batch}, {args.loader_images} images per run after a warm-up batch, medians of "
-                        f"{args.rounds} rounds, 1 torch thread per process")
-    for column in ("recipes", "targets", "workers", "data.cache", "loader img/s", "floor img/s (1 core)",
-                   "ms per image per loading process", "floor ms", "per-process cost / floor"):
+    table = Table(
+        title=f"Training loader vs decode floor, {args.size[0]}x{args.size[1]} synthetic city, batch "
+        f"{args.batch}, {args.loader_images} images per run after a warm-up batch, medians of "
+        f"{args.rounds} rounds, 1 torch thread per process"
+    )
+    for column in (
+        "recipes",
+        "targets",
+        "workers",
+        "data.cache",
+        "loader img/s",
+        "floor img/s (1 core)",
+        "ms per image per loading process",
+        "floor ms",
+        "per-process cost / floor",
+    ):
         table.add_column(column, justify="left" if column in ("recipes", "targets", "data.cache") else "right")
     for group in groups.values():
         f = group["figures"]
         names = ", ".join(group["names"][:3]) + (f" +{len(group['names']) - 3}" if len(group["names"]) > 3 else "")
         for k, row in enumerate(f["rows"]):
-            table.add_row(names if k == 0 else "", (", ".join(sorted(group["targets"])) or "boxes") if k == 0 else "",
-                          str(row["workers"]), row["cache"], f"{row['images_per_s']:.1f}",
-                          f"{1000 / f['floor_ms']:.1f}", f"{row['ms_per_image_per_process']:.1f}",
-                          f"{f['floor_ms']:.1f}", f"{row['cost_vs_floor']:.2f}x")
+            table.add_row(
+                names if k == 0 else "",
+                (", ".join(sorted(group["targets"])) or "boxes") if k == 0 else "",
+                str(row["workers"]),
+                row["cache"],
+                f"{row['images_per_s']:.1f}",
+                f"{1000 / f['floor_ms']:.1f}",
+                f"{row['ms_per_image_per_process']:.1f}",
+                f"{f['floor_ms']:.1f}",
+                f"{row['cost_vs_floor']:.2f}x",
+            )
     Console(width=200).print(table)
 
 
@@ -209,10 +242,20 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loader", action="store_true", help="measure the whole training loader instead")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
-                        help="with --loader: DataLoader worker counts to compare (0 = main process)")
-    parser.add_argument("--cache", nargs="+", default=["none"], choices=["none", "ram"],
-                        help="with --loader: data.cache settings to compare")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[0, 2],
+        help="with --loader: DataLoader worker counts to compare (0 = main process)",
+    )
+    parser.add_argument(
+        "--cache",
+        nargs="+",
+        default=["none"],
+        choices=["none", "ram"],
+        help="with --loader: data.cache settings to compare",
+    )
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--loader-images", type=int, default=32, help="with --loader: images per timed run")
     parser.add_argument("--goal", type=float, default=1.3)
@@ -238,20 +281,44 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(Path(tmp), args.images, tuple(args.size))
         for group in groups.values():
-            group["figures"] = (measure_loader if args.loader else measure)(data, group["recipe"], group["targets"], args)
+            group["figures"] = (measure_loader if args.loader else measure)(
+                data, group["recipe"], group["targets"], args
+            )
     if args.json:
-        args.json.write_text(json.dumps({
-            "args": {k: str(v) for k, v in vars(args).items()},
-            "groups": [{"recipes": g["names"], "augmentation": g["recipe"]["data"]["augmentation"],
-                        "targets": sorted(g["targets"]), **g["figures"]} for g in groups.values()],
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "groups": [
+                        {
+                            "recipes": g["names"],
+                            "augmentation": g["recipe"]["data"]["augmentation"],
+                            "targets": sorted(g["targets"]),
+                            **g["figures"],
+                        }
+                        for g in groups.values()
+                    ],
+                },
+                indent=2,
+            )
+        )
     if args.loader:
         return print_loader(groups, args)
 
-    table = Table(title=f"Training data path vs decode floor, {args.size[0]}x{args.size[1]} synthetic city, "
-                        f"1 torch thread, medians of {args.rounds} alternating rounds x {args.images} images")
-    for column in ("recipes", "augmentation", "targets", "floor ms", "dataset[i] ms", "img/s/core",
-                   "floor img/s/core", "dataset[i] / floor"):
+    table = Table(
+        title=f"Training data path vs decode floor, {args.size[0]}x{args.size[1]} synthetic city, "
+        f"1 torch thread, medians of {args.rounds} alternating rounds x {args.images} images"
+    )
+    for column in (
+        "recipes",
+        "augmentation",
+        "targets",
+        "floor ms",
+        "dataset[i] ms",
+        "img/s/core",
+        "floor img/s/core",
+        "dataset[i] / floor",
+    ):
         table.add_column(column, justify="left" if column in ("recipes", "augmentation", "targets") else "right")
     for group in groups.values():
         f = group["figures"]
@@ -260,7 +327,10 @@ def main() -> None:
             ", ".join(group["names"][:3]) + (f" +{len(group['names']) - 3}" if len(group["names"]) > 3 else ""),
             group["recipe"]["data"]["augmentation"],
             ", ".join(group["targets"]) or "boxes",
-            f"{f['floor_ms']:.1f}", f"{f['item_ms']:.1f}", f"{1000 / f['item_ms']:.1f}", f"{1000 / f['floor_ms']:.1f}",
+            f"{f['floor_ms']:.1f}",
+            f"{f['item_ms']:.1f}",
+            f"{1000 / f['item_ms']:.1f}",
+            f"{1000 / f['floor_ms']:.1f}",
             f"[{ok}]{f['ratio']:.2f}x[/{ok}]",
         )
     Console(width=200).print(table)

@@ -69,7 +69,9 @@ def build(root: Path, pairs: int, unique: int, size: tuple[int, int]) -> tuple[P
         guess = np.roll(label, (3, -4), axis=(0, 1))  # boundaries a few pixels off
         for _ in range(12):  # wrong-class blobs
             y, x = rng.integers(0, size[0] - 60), rng.integers(0, size[1] - 90)
-            guess[y:y + rng.integers(10, 60), x:x + rng.integers(10, 90)] = rng.choice([7, 8, 11, 21, 23, 24, 26, 0])
+            guess[y : y + rng.integers(10, 60), x : x + rng.integers(10, 90)] = rng.choice(
+                [7, 8, 11, 21, 23, 24, 26, 0]
+            )
         pred_file = root / f"pred_{img['id']}.png"
         Image.fromarray(guess).save(pred_file)
         sources.append((img, gt_dir / gt_stem, pred_file))
@@ -79,10 +81,14 @@ def build(root: Path, pairs: int, unique: int, size: tuple[int, int]) -> tuple[P
         base = f"{city}_{i:06d}_000019"
         (cs / "gtFine" / "val" / city).mkdir(parents=True, exist_ok=True)
         stem = f"{base}_leftImg8bit"
-        copies = [(f"{gt_base}_gtFine_{kind}.png", cs / "gtFine" / "val" / city / f"{base}_gtFine_{kind}.png")
-                  for kind in ("labelIds", "instanceIds")]
-        copies += [(scenes / "val" / "semantic" / f"{img['stem']}.png", prep / "val" / "semantic" / f"{stem}.png"),
-                   (pred_file, pred / f"{stem}.png")]
+        copies = [
+            (f"{gt_base}_gtFine_{kind}.png", cs / "gtFine" / "val" / city / f"{base}_gtFine_{kind}.png")
+            for kind in ("labelIds", "instanceIds")
+        ]
+        copies += [
+            (scenes / "val" / "semantic" / f"{img['stem']}.png", prep / "val" / "semantic" / f"{stem}.png"),
+            (pred_file, pred / f"{stem}.png"),
+        ]
         for a, b in copies:
             shutil.copyfile(a, b)
             origin[str(b)] = str(a)
@@ -134,7 +140,9 @@ def official_in_memory(cs: Path, pred: Path, inst_level: bool, cached: CachedIma
         ev.Image = real
 
 
-def ours_in_memory(prep: Path, pred: Path, origin: dict[str, str], inst_level: bool, arrays: dict[str, np.ndarray]) -> dict:
+def ours_in_memory(
+    prep: Path, pred: Path, origin: dict[str, str], inst_level: bool, arrays: dict[str, np.ndarray]
+) -> dict:
     """What `evaluate_predictions` does per pair, on arrays decoded beforehand (labelIds -> classes
     mapping, joint histogram, fold, and iIoU from the RLE runs)."""
     from mtlcli.metrics.predictions import det_to_seg_index, instance_hits
@@ -196,12 +204,16 @@ def main() -> None:
     import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as ev
 
     np.in1d = lambda a, b, invert=False: np.isin(np.asarray(a).ravel(), b, invert=invert)  # removed in numpy 2.4
-    print(f"official path: {'Cython addToConfusionMatrix' if ev.CSUPPORT else 'numpy (np.unique per image; Cython addon not built)'}")
+    print(
+        f"official path: {'Cython addToConfusionMatrix' if ev.CSUPPORT else 'numpy (np.unique per image; Cython addon not built)'}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         cs, prep, pred, origin = build(Path(tmp), opts.pairs, opts.unique, tuple(opts.size))
         cached, arrays = CachedImages(origin), {}
-        print(f"built {opts.pairs} pairs at {opts.size[0]}x{opts.size[1]} from {opts.unique} scenes in {time.perf_counter() - t0:.0f} s")
+        print(
+            f"built {opts.pairs} pairs at {opts.size[0]}x{opts.size[1]} from {opts.unique} scenes in {time.perf_counter() - t0:.0f} s"
+        )
         names = GroundTruth.load(prep, "val").meta.seg_classes
         read_png(next(pred.glob("*.png")))  # imports (torch, torchvision) outside the timings
         runs = {
@@ -209,7 +221,9 @@ def main() -> None:
             "mtl mIoU (1 thread)": lambda: ours_miou_only(prep, pred, 1),
             "mtl mIoU (2 threads)": lambda: ours_miou_only(prep, pred, 2),
             "official mIoU+iIoU": lambda: official(cs, pred, True),
-            "mtl mIoU+iIoU": lambda: evaluate_predictions(prep, "val", pred, ["miou"], cityscapes_ids=True, progress=False),
+            "mtl mIoU+iIoU": lambda: evaluate_predictions(
+                prep, "val", pred, ["miou"], cityscapes_ids=True, progress=False
+            ),
             "in memory: official mIoU": lambda: official_in_memory(cs, pred, False, cached),
             "in memory: mtl mIoU": lambda: ours_in_memory(prep, pred, origin, False, arrays),
             "in memory: official +iIoU": lambda: official_in_memory(cs, pred, True, cached),
@@ -224,24 +238,41 @@ def main() -> None:
                 times[key].append(time.perf_counter() - t)
 
     off, full = results["official mIoU+iIoU"], results["mtl mIoU+iIoU"]["details"]["miou"]
-    worst = max(agree(results[k]["iou"], names, results["official mIoU"]["classScores"])
-                for k in ("mtl mIoU (1 thread)", "mtl mIoU (2 threads)"))
+    worst = max(
+        agree(results[k]["iou"], names, results["official mIoU"]["classScores"])
+        for k in ("mtl mIoU (1 thread)", "mtl mIoU (2 threads)")
+    )
     mem_off, mem = results["in memory: official +iIoU"], results["in memory: mtl +iIoU"]
-    worst = max(worst, agree(mem["iou"], names, mem_off["classScores"]), agree(mem["iiou"], names, mem_off["classInstScores"]),
-                agree(results["in memory: mtl mIoU"]["iou"], names, results["in memory: official mIoU"]["classScores"]))
-    worst = max(worst, agree(full["iou"], names, off["classScores"]), agree(full["iiou"], names, off["classInstScores"]),
-                abs(full["miou"] - off["averageScoreClasses"]), abs(full["miiou"] - off["averageScoreInstClasses"]))
-    print(f"mIoU {full['miou']:.6f} (official {off['averageScoreClasses']:.6f}), iIoU {full['miiou']:.6f} "
-          f"(official {off['averageScoreInstClasses']:.6f}); largest per-class difference {worst:.2e}")
+    worst = max(
+        worst,
+        agree(mem["iou"], names, mem_off["classScores"]),
+        agree(mem["iiou"], names, mem_off["classInstScores"]),
+        agree(results["in memory: mtl mIoU"]["iou"], names, results["in memory: official mIoU"]["classScores"]),
+    )
+    worst = max(
+        worst,
+        agree(full["iou"], names, off["classScores"]),
+        agree(full["iiou"], names, off["classInstScores"]),
+        abs(full["miou"] - off["averageScoreClasses"]),
+        abs(full["miiou"] - off["averageScoreInstClasses"]),
+    )
+    print(
+        f"mIoU {full['miou']:.6f} (official {off['averageScoreClasses']:.6f}), iIoU {full['miiou']:.6f} "
+        f"(official {off['averageScoreInstClasses']:.6f}); largest per-class difference {worst:.2e}"
+    )
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n{'':28s}{'median s':>10s}{'ms/pair':>10s}   runs (s)")
     for k, v in med.items():
         print(f"{k:28s}{v:10.2f}{1000 * v / opts.pairs:10.1f}   {', '.join(f'{x:.2f}' for x in times[k])}")
-    print(f"\nspeed-up mIoU only:  {med['official mIoU'] / med['mtl mIoU (1 thread)']:.1f}x (1 thread), "
-          f"{med['official mIoU'] / med['mtl mIoU (2 threads)']:.1f}x (2 threads)")
+    print(
+        f"\nspeed-up mIoU only:  {med['official mIoU'] / med['mtl mIoU (1 thread)']:.1f}x (1 thread), "
+        f"{med['official mIoU'] / med['mtl mIoU (2 threads)']:.1f}x (2 threads)"
+    )
     print(f"speed-up mIoU+iIoU:  {med['official mIoU+iIoU'] / med['mtl mIoU+iIoU']:.1f}x")
-    print(f"in memory (PNG decoding left out): mIoU {med['in memory: official mIoU'] / med['in memory: mtl mIoU']:.1f}x, "
-          f"mIoU+iIoU {med['in memory: official +iIoU'] / med['in memory: mtl +iIoU']:.1f}x")
+    print(
+        f"in memory (PNG decoding left out): mIoU {med['in memory: official mIoU'] / med['in memory: mtl mIoU']:.1f}x, "
+        f"mIoU+iIoU {med['in memory: official +iIoU'] / med['in memory: mtl +iIoU']:.1f}x"
+    )
     if worst > 1e-9:
         raise SystemExit(f"numbers differ from the official script by {worst:.2e}")
 

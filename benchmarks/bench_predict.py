@@ -49,10 +49,20 @@ def build(recipe_name: str, device: str):
 
     recipe = load_recipe(recipe_name)
     meta = cityscapes_meta(Path("."), ["val"])
-    network = build_from_recipe(recipe["model"], load_weights=False, num_det_classes=len(meta.det_classes),
-                                num_seg_classes=len(meta.seg_classes))
-    card = {"dataset": "cityscapes", "det_classes": meta.det_classes, "seg_classes": meta.seg_classes,
-            "palette": meta.palette, "det_category_ids": list(range(1, 9)), "cityscapes": True}
+    network = build_from_recipe(
+        recipe["model"],
+        load_weights=False,
+        num_det_classes=len(meta.det_classes),
+        num_seg_classes=len(meta.seg_classes),
+    )
+    card = {
+        "dataset": "cityscapes",
+        "det_classes": meta.det_classes,
+        "seg_classes": meta.seg_classes,
+        "palette": meta.palette,
+        "det_category_ids": list(range(1, 9)),
+        "cityscapes": True,
+    }
     return Predictor(network.to(device).eval(), recipe, card, device)
 
 
@@ -85,7 +95,7 @@ def main() -> None:
         decoded = [to_image_tensor(p) for p in paths]
         on_device = [img.to(args.device) for img in decoded]
         with torch.inference_mode():
-            batches = [model.network.preprocess(on_device[i:i + bs])[0] for i in range(0, len(on_device), bs)]
+            batches = [model.network.preprocess(on_device[i : i + bs])[0] for i in range(0, len(on_device), bs)]
 
         def network():
             with torch.inference_mode():
@@ -95,7 +105,7 @@ def main() -> None:
         def forward():
             with torch.inference_mode():
                 for i in range(0, len(on_device), bs):
-                    model.network(on_device[i:i + bs])
+                    model.network(on_device[i : i + bs])
 
         def api():
             model.predict(list(map(str, paths)), batch_size=bs, score_threshold=args.score_threshold)
@@ -104,26 +114,39 @@ def main() -> None:
 
         def command(save_images: bool):
             def run():
-                opts = PredictOptions(score_threshold=args.score_threshold, batch_size=bs, workers=args.workers,
-                                      save_images=save_images, progress=False)
+                opts = PredictOptions(
+                    score_threshold=args.score_threshold,
+                    batch_size=bs,
+                    workers=args.workers,
+                    save_images=save_images,
+                    progress=False,
+                )
                 predict_sources(model, [tmp / "in"], tmp / f"out{next(counter)}", opts)
+
             return run
 
-        cases = {"network": network, "forward": forward, "api": api, "predict": command(True),
-                 "predict-json": command(False)}
+        cases = {
+            "network": network,
+            "forward": forward,
+            "api": api,
+            "predict": command(True),
+            "predict-json": command(False),
+        }
         network()  # warm-up
         times: dict[str, list[float]] = {k: [] for k in cases}
         names = list(cases)
         for r in range(args.rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 sync(args.device)
                 t0 = time.perf_counter()
                 cases[name]()
                 sync(args.device)
                 times[name].append(time.perf_counter() - t0)
     net = statistics.median(times["network"])
-    print(f"{args.recipe} on {args.device}, {args.images} images of {args.size[0]}x{args.size[1]}, batch {bs}, "
-          f"{args.workers} workers, {args.rounds} rounds, torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.recipe} on {args.device}, {args.images} images of {args.size[0]}x{args.size[1]}, batch {bs}, "
+        f"{args.workers} workers, {args.rounds} rounds, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'case':<14}{'images/s':>10}{'time / network':>16}")
     for name, ts in times.items():
         t = statistics.median(ts)

@@ -37,9 +37,9 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image
 
@@ -60,8 +60,15 @@ def official_train_ids(root: Path, workers: int) -> int:
             createTrainIdLabelImgs.main()
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(json2labelImg, [str(f) for f in files], [str(f).replace("_polygons.json", "_labelTrainIds.png") for f in files],
-                          ["trainIds"] * len(files), chunksize=max(1, len(files) // (4 * workers))))
+            list(
+                pool.map(
+                    json2labelImg,
+                    [str(f) for f in files],
+                    [str(f).replace("_polygons.json", "_labelTrainIds.png") for f in files],
+                    ["trainIds"] * len(files),
+                    chunksize=max(1, len(files) // (4 * workers)),
+                )
+            )
     return len(files)
 
 
@@ -92,9 +99,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=50)
     parser.add_argument("--size", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"))
-    parser.add_argument("--workers", type=int, default=None, help="the multi-worker count [default: all cores, as mtl uses]")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="the multi-worker count [default: all cores, as mtl uses]"
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=None, help="keep the generated data here (default: a temporary folder)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="keep the generated data here (default: a temporary folder)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
     many = args.workers or default_workers()
@@ -106,8 +117,12 @@ def main() -> None:
             print(f"reusing the {args.images} synthetic images in {src}")
         else:
             t0 = time.perf_counter()
-            generate_synthetic(src, train=args.images, val=0, size=tuple(args.size), seed=0, force=True, workers=many, quiet=True)
-            print(f"generated {args.images} synthetic images of {args.size[0]}x{args.size[1]} in {time.perf_counter() - t0:.1f} s")
+            generate_synthetic(
+                src, train=args.images, val=0, size=tuple(args.size), seed=0, force=True, workers=many, quiet=True
+            )
+            print(
+                f"generated {args.images} synthetic images of {args.size[0]}x{args.size[1]} in {time.perf_counter() - t0:.1f} s"
+            )
         official_root = work / "official"
         shutil.rmtree(official_root, ignore_errors=True)
         shutil.copytree(src / "gtFine", official_root / "gtFine")  # the official script writes next to its input
@@ -126,11 +141,13 @@ def main() -> None:
             def run() -> None:
                 summary = prepare_cityscapes(root, work / "prepared", workers=workers, quiet=True)
                 assert summary["splits"]["train"]["images"] == args.images, summary["skipped"][:3]
+
             return run
 
         def official(workers: int) -> Callable[[], None]:
             def run() -> None:
                 assert official_train_ids(official_root, workers) == args.images
+
             return run
 
         configs = {"ours_1": ours(1), "official_1": official(1), "ours_1_pngs": ours(1, png_src)}
@@ -143,28 +160,46 @@ def main() -> None:
                 times[name].append(timed(run))
             print(f"run {r + 1}: " + ", ".join(f"{name} {times[name][-1][0]:.2f} s" for name in configs))
 
-    result: dict[str, object] = {"images": args.images, "size": args.size, "repeats": args.repeats, "default_workers": many}
+    result: dict[str, object] = {
+        "images": args.images,
+        "size": args.size,
+        "repeats": args.repeats,
+        "default_workers": many,
+    }
     for name, samples in times.items():
         wall, cpu = statistics.median(t for t, _ in samples), statistics.median(c for _, c in samples)
-        result[name] = {"images_per_s": args.images / wall, "ms_per_image": 1000 * wall / args.images,
-                        "cpu_ms_per_image": 1000 * cpu / args.images}
-    labels = {"ours_1": "prepare_cityscapes, 1 worker", "official_1": "createTrainIdLabelImgs (as shipped)",
-              "ours_1_pngs": "prepare_cityscapes, 1 worker, PNGs only",
-              f"ours_{many}": f"prepare_cityscapes, {many} workers (default)", f"official_{many}_pool": f"json2labelImg on {many} processes"}
+        result[name] = {
+            "images_per_s": args.images / wall,
+            "ms_per_image": 1000 * wall / args.images,
+            "cpu_ms_per_image": 1000 * cpu / args.images,
+        }
+    labels = {
+        "ours_1": "prepare_cityscapes, 1 worker",
+        "official_1": "createTrainIdLabelImgs (as shipped)",
+        "ours_1_pngs": "prepare_cityscapes, 1 worker, PNGs only",
+        f"ours_{many}": f"prepare_cityscapes, {many} workers (default)",
+        f"official_{many}_pool": f"json2labelImg on {many} processes",
+    }
     print(f"\n{args.images} images of {args.size[0]}x{args.size[1]}, medians of {args.repeats} alternating runs")
     print(f"{'':44s} {'images/s':>9s} {'ms/image':>9s} {'CPU ms/image':>13s}")
     for name in times:
         row = result[name]
-        print(f"{labels[name]:44s} {row['images_per_s']:9.2f} {row['ms_per_image']:9.1f} {row['cpu_ms_per_image']:13.1f}")
+        print(
+            f"{labels[name]:44s} {row['images_per_s']:9.2f} {row['ms_per_image']:9.1f} {row['cpu_ms_per_image']:13.1f}"
+        )
     ratios = {}
     for name in times:
         if name.startswith("ours"):  # ours_1_pngs / official_1 too: the cost when a tree has no polygon JSONs
             ratios[f"{name}/official_1"] = result[name]["ms_per_image"] / result["official_1"]["ms_per_image"]
     if many > 1:
-        ratios[f"ours_{many}/official_{many}_pool"] = result[f"ours_{many}"]["ms_per_image"] / result[f"official_{many}_pool"]["ms_per_image"]
+        ratios[f"ours_{many}/official_{many}_pool"] = (
+            result[f"ours_{many}"]["ms_per_image"] / result[f"official_{many}_pool"]["ms_per_image"]
+        )
     ratios["cpu ours_1/official_1"] = result["ours_1"]["cpu_ms_per_image"] / result["official_1"]["cpu_ms_per_image"]
     result["cost_ratios"] = ratios
-    print("cost per image, ours (trainIds + boxes/masks + DT + JSON) / official (trainIds only), below 1 = ours faster:")
+    print(
+        "cost per image, ours (trainIds + boxes/masks + DT + JSON) / official (trainIds only), below 1 = ours faster:"
+    )
     for name, ratio in ratios.items():
         print(f"  {name:32s} {ratio:.2f}")
     if args.json:

@@ -40,13 +40,17 @@ VARIANTS = {
 def subject(name: str, size: tuple[int, int], device: torch.device, train: bool) -> Subject:
     builder, kwargs, _ = VARIANTS[name]
     torch.manual_seed(0)
-    model: nn.Module = builder(
-        num_det_classes=80, min_size=min(size), max_size=max(size), box_score_thresh=0.0, **kwargs
-    ).to(device).eval()
+    model: nn.Module = (
+        builder(num_det_classes=80, min_size=min(size), max_size=max(size), box_score_thresh=0.0, **kwargs)
+        .to(device)
+        .eval()
+    )
     train_step = None
     if train:
         targets = random_targets([torch.zeros(3, *size)], num_det=80, num_seg=1)
-        targets = [{k: v.to(device) for k, v in t.items() if k in ("boxes", "labels", "masks", "iscrowd")} for t in targets]
+        targets = [
+            {k: v.to(device) for k, v in t.items() if k in ("boxes", "labels", "masks", "iscrowd")} for t in targets
+        ]
 
         def train_step(images: list[torch.Tensor]) -> None:
             model.zero_grad(set_to_none=True)

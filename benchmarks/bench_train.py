@@ -55,9 +55,16 @@ def one_run(recipe_name: str, data: Path, run_dir: Path, workers: int, cache: st
     from mtlcli.recipes import load_recipe
 
     overrides = [
-        f"data.root={data}", f"train.workers={workers}", f"train.iterations={args.iterations}",
-        f"train.log_interval={args.log_interval}", f"train.batch_size={args.batch}", f"train.amp={args.amp}",
-        f"train.checkpoint_interval={args.iterations}", "eval.metrics=[]", 'eval.best_metric=""', f"data.cache={cache}",
+        f"data.root={data}",
+        f"train.workers={workers}",
+        f"train.iterations={args.iterations}",
+        f"train.log_interval={args.log_interval}",
+        f"train.batch_size={args.batch}",
+        f"train.amp={args.amp}",
+        f"train.checkpoint_interval={args.iterations}",
+        "eval.metrics=[]",
+        'eval.best_metric=""',
+        f"data.cache={cache}",
     ]
     recipe = load_recipe(recipe_name, overrides)
     fill = []
@@ -99,7 +106,8 @@ def subjects(which: str, args: argparse.Namespace) -> tuple[dict, list]:
         size = args.rcnn_size
         ours = build_maskrcnn(num_det_classes=80, min_size=min(size), max_size=max(size))
         theirs = torchvision.models.detection.maskrcnn_resnet50_fpn(
-            weights=None, weights_backbone=None, num_classes=81, min_size=min(size), max_size=max(size))
+            weights=None, weights_backbone=None, num_classes=81, min_size=min(size), max_size=max(size)
+        )
         theirs.load_state_dict(ours.state_dict())
         images = random_images(args.compare_batch, tuple(size), device)
         keys_theirs = ("boxes", "labels", "masks")
@@ -115,8 +123,10 @@ def subjects(which: str, args: argparse.Namespace) -> tuple[dict, list]:
     targets = random_targets(images, 20, 21)
     for t in targets:
         t.pop("semantic"), t.pop("dt")
-    return {"ours": (ours.to(device).train(), targets),
-            "torchvision": (theirs.to(device).train(), [{k: t[k] for k in keys_theirs} for t in targets])}, images
+    return {
+        "ours": (ours.to(device).train(), targets),
+        "torchvision": (theirs.to(device).train(), [{k: t[k] for k in keys_theirs} for t in targets]),
+    }, images
 
 
 def make_step(images: list, device: torch.device):
@@ -149,16 +159,24 @@ def step_pairs(which: str, args: argparse.Namespace) -> dict:
     ratios, cpu_ratios = [], []
     for r in range(args.rounds):
         wall, cpu = {}, {}
-        for name in order[r % 2:] + order[:r % 2]:
+        for name in order[r % 2 :] + order[: r % 2]:
             model, tgts = models[name]
             wall[name], cpu[name], _ = step(model, tgts)
             times[name].append(wall[name])
         ratios.append(wall["ours"] / wall["torchvision"])
         cpu_ratios.append(cpu["ours"] / cpu["torchvision"])
-    figures = {"ours_s": statistics.median(times["ours"]), "torchvision_s": statistics.median(times["torchvision"]),
-               "paired_ratio": statistics.median(ratios), "paired_min": min(ratios), "paired_max": max(ratios),
-               "cpu_ratio": statistics.median(cpu_ratios), "loss_ours": loss["ours"],
-               "loss_torchvision": loss["torchvision"], "rounds": args.rounds, "ratios": ratios}
+    figures = {
+        "ours_s": statistics.median(times["ours"]),
+        "torchvision_s": statistics.median(times["torchvision"]),
+        "paired_ratio": statistics.median(ratios),
+        "paired_min": min(ratios),
+        "paired_max": max(ratios),
+        "cpu_ratio": statistics.median(cpu_ratios),
+        "loss_ours": loss["ours"],
+        "loss_torchvision": loss["torchvision"],
+        "rounds": args.rounds,
+        "ratios": ratios,
+    }
     figures["ratio_of_medians"] = figures["ours_s"] / figures["torchvision_s"]
     if args.ops:
         figures["ops"] = op_counts(models, step)
@@ -180,11 +198,18 @@ def op_counts(models: dict, step) -> dict:
         calls[name] = Counter((e.name, str(e.input_shapes)) for e in events)
         flops[name] = sum(e.flops or 0 for e in events)
     only_ours, only_theirs = calls["ours"] - calls["torchvision"], calls["torchvision"] - calls["ours"]
-    return {"calls_ours": sum(calls["ours"].values()), "calls_torchvision": sum(calls["torchvision"].values()),
-            "gflops_ours": flops["ours"] / 1e9, "gflops_torchvision": flops["torchvision"] / 1e9,
-            "only_ours": sum(only_ours.values()), "only_torchvision": sum(only_theirs.values()),
-            "largest_only_ours": sorted(({"op": k[0], "shapes": k[1], "calls": v} for k, v in only_ours.items()),
-                                        key=lambda d: -_elements(d["shapes"]))[:5]}
+    return {
+        "calls_ours": sum(calls["ours"].values()),
+        "calls_torchvision": sum(calls["torchvision"].values()),
+        "gflops_ours": flops["ours"] / 1e9,
+        "gflops_torchvision": flops["torchvision"] / 1e9,
+        "only_ours": sum(only_ours.values()),
+        "only_torchvision": sum(only_theirs.values()),
+        "largest_only_ours": sorted(
+            ({"op": k[0], "shapes": k[1], "calls": v} for k, v in only_ours.items()),
+            key=lambda d: -_elements(d["shapes"]),
+        )[:5],
+    }
 
 
 def _elements(shapes: str) -> int:
@@ -205,48 +230,102 @@ def compare(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     figures = {which: step_pairs(which, args) for which in args.compare}
-    table = Table(title=f"Training step (forward + loss + backward), batch {args.compare_batch}, {args.device}, "
-                        f"{torch.get_num_threads()} torch thread(s), {args.rounds} alternating rounds after a warm-up")
-    for column in ("model", "input", "ours s (median)", "torchvision s (median)", "ratio of medians",
-                   "median of paired ratios", "paired range", "CPU time, median paired", "first loss ours / tv"):
+    table = Table(
+        title=f"Training step (forward + loss + backward), batch {args.compare_batch}, {args.device}, "
+        f"{torch.get_num_threads()} torch thread(s), {args.rounds} alternating rounds after a warm-up"
+    )
+    for column in (
+        "model",
+        "input",
+        "ours s (median)",
+        "torchvision s (median)",
+        "ratio of medians",
+        "median of paired ratios",
+        "paired range",
+        "CPU time, median paired",
+        "first loss ours / tv",
+    ):
         table.add_column(column, justify="right")
     for which, f in figures.items():
         size = "x".join(map(str, args.rcnn_size)) if which == "maskrcnn" else "300x300"
         ok = "green" if f["paired_ratio"] <= 1.05 else "red"
-        table.add_row(which, size, f"{f['ours_s']:.3f}", f"{f['torchvision_s']:.3f}", f"{f['ratio_of_medians']:.3f}x",
-                      f"[{ok}]{f['paired_ratio']:.3f}x[/{ok}]", f"{f['paired_min']:.3f}-{f['paired_max']:.3f}",
-                      f"{f['cpu_ratio']:.3f}x", f"{f['loss_ours']:.4f} / {f['loss_torchvision']:.4f}")
+        table.add_row(
+            which,
+            size,
+            f"{f['ours_s']:.3f}",
+            f"{f['torchvision_s']:.3f}",
+            f"{f['ratio_of_medians']:.3f}x",
+            f"[{ok}]{f['paired_ratio']:.3f}x[/{ok}]",
+            f"{f['paired_min']:.3f}-{f['paired_max']:.3f}",
+            f"{f['cpu_ratio']:.3f}x",
+            f"{f['loss_ours']:.4f} / {f['loss_torchvision']:.4f}",
+        )
     console = Console(width=200)
     console.print(table)
     if args.ops:
         ops = Table(title="One profiled step each (load-independent): aten op calls and FLOPs")
-        for column in ("model", "aten calls ours", "aten calls tv", "GFLOP ours", "GFLOP tv", "calls only ours",
-                       "calls only tv", "largest inputs among ours only"):
+        for column in (
+            "model",
+            "aten calls ours",
+            "aten calls tv",
+            "GFLOP ours",
+            "GFLOP tv",
+            "calls only ours",
+            "calls only tv",
+            "largest inputs among ours only",
+        ):
             ops.add_column(column, justify="left" if column.startswith("largest") else "right")
         for which, f in figures.items():
             o = f["ops"]
             largest = "; ".join(f"{d['op']} {d['shapes']} x{d['calls']}" for d in o["largest_only_ours"][:3])
-            ops.add_row(which, str(o["calls_ours"]), str(o["calls_torchvision"]), f"{o['gflops_ours']:.3f}",
-                        f"{o['gflops_torchvision']:.3f}", str(o["only_ours"]), str(o["only_torchvision"]), largest)
+            ops.add_row(
+                which,
+                str(o["calls_ours"]),
+                str(o["calls_torchvision"]),
+                f"{o['gflops_ours']:.3f}",
+                f"{o['gflops_torchvision']:.3f}",
+                str(o["only_ours"]),
+                str(o["only_torchvision"]),
+                largest,
+            )
         console.print(ops)
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "compare": figures},
-                                        indent=2))
+        args.json.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "compare": figures}, indent=2)
+        )
 
 
-QUICKSTART = {"recipe": "ivanet-tiny-synthetic", "images": 300, "size": [256, 512], "batch": 8, "workers": [0],
-              "cache": ["none", "ram"], "iterations": 60, "log_interval": 10, "rounds": 2}
+QUICKSTART = {
+    "recipe": "ivanet-tiny-synthetic",
+    "images": 300,
+    "size": [256, 512],
+    "batch": 8,
+    "workers": [0],
+    "cache": ["none", "ram"],
+    "iterations": 60,
+    "log_interval": 10,
+    "rounds": 2,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="ladderdensenet-tiny-synthetic")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="worker counts to compare")
-    parser.add_argument("--cache", nargs="+", default=["none"], choices=["none", "ram"],
-                        help="data.cache settings to compare (each with every worker count)")
-    parser.add_argument("--quickstart", action="store_true",
-                        help="the quickstart's training: " + ", ".join(f"{k}={v}" for k, v in QUICKSTART.items())
-                        + " (options given explicitly win)")
+    parser.add_argument(
+        "--cache",
+        nargs="+",
+        default=["none"],
+        choices=["none", "ram"],
+        help="data.cache settings to compare (each with every worker count)",
+    )
+    parser.add_argument(
+        "--quickstart",
+        action="store_true",
+        help="the quickstart's training: "
+        + ", ".join(f"{k}={v}" for k, v in QUICKSTART.items())
+        + " (options given explicitly win)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--log-interval", type=int, default=5)
@@ -256,12 +335,19 @@ def main() -> None:
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--compare", nargs="+", choices=["maskrcnn", "ssd"],
-                        help="time our training step against torchvision's instead")
+    parser.add_argument(
+        "--compare", nargs="+", choices=["maskrcnn", "ssd"], help="time our training step against torchvision's instead"
+    )
     parser.add_argument("--compare-batch", type=int, default=2)
     parser.add_argument("--ops", action="store_true", help="with --compare: also count aten ops and FLOPs per step")
-    parser.add_argument("--rcnn-size", type=int, nargs=2, default=[384, 640], metavar=("H", "W"),
-                        help="Mask R-CNN input (and its min_size / max_size)")
+    parser.add_argument(
+        "--rcnn-size",
+        type=int,
+        nargs=2,
+        default=[384, 640],
+        metavar=("H", "W"),
+        help="Mask R-CNN input (and its min_size / max_size)",
+    )
     args = parser.parse_args()
     if args.quickstart:
         parser.set_defaults(**QUICKSTART)
@@ -279,14 +365,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare(Path(tmp), args.images, tuple(args.size))
         for r in range(args.rounds):
-            for w, c in settings[r % len(settings):] + settings[:r % len(settings)]:  # rotate the order
+            for w, c in settings[r % len(settings) :] + settings[: r % len(settings)]:  # rotate the order
                 runs[(w, c)].append(one_run(args.recipe, data, Path(tmp) / f"run-{r}-{w}-{c}", w, c, args))
 
     figures = {}
     for (w, c), results in runs.items():
         windows = [x for run in results for x in run["windows"]]
         figures[f"{w}/{c}"] = {
-            "workers": w, "cache": c,
+            "workers": w,
+            "cache": c,
             "images_per_s": statistics.median(x["images_per_s"] for x in windows),
             "data_wait": statistics.median(x["data_wait"] for x in windows),
             "run_share": statistics.median(run["share"] for run in results),
@@ -294,20 +381,39 @@ def main() -> None:
             "windows": len(windows),
         }
     base = figures[f"{settings[0][0]}/{settings[0][1]}"]["images_per_s"]
-    table = Table(title=f"{args.recipe} on {args.device}, batch {args.batch}, {args.images} images of "
-                        f"{args.size[0]}x{args.size[1]}, {args.iterations} iterations x {args.rounds} rounds, "
-                        f"{torch.get_num_threads()} torch thread(s)")
-    for column in ("workers", "data.cache", "images/s (median)", f"vs {settings[0][0]} workers / {settings[0][1]}",
-                   "data wait (median window)", "data wait (whole run, fill included)", "cache fill s", "windows"):
+    table = Table(
+        title=f"{args.recipe} on {args.device}, batch {args.batch}, {args.images} images of "
+        f"{args.size[0]}x{args.size[1]}, {args.iterations} iterations x {args.rounds} rounds, "
+        f"{torch.get_num_threads()} torch thread(s)"
+    )
+    for column in (
+        "workers",
+        "data.cache",
+        "images/s (median)",
+        f"vs {settings[0][0]} workers / {settings[0][1]}",
+        "data wait (median window)",
+        "data wait (whole run, fill included)",
+        "cache fill s",
+        "windows",
+    ):
         table.add_column(column, justify="right")
     for f in figures.values():
         ok = "green" if f["data_wait"] < 0.05 else "red"
-        table.add_row(str(f["workers"]), f["cache"], f"{f['images_per_s']:.1f}", f"{f['images_per_s'] / base:.2f}x",
-                      f"[{ok}]{100 * f['data_wait']:.1f}%[/{ok}]", f"{100 * f['run_share']:.1f}%",
-                      f"{f['fill_s']:.1f}" if f["cache"] == "ram" else "-", str(f["windows"]))
+        table.add_row(
+            str(f["workers"]),
+            f["cache"],
+            f"{f['images_per_s']:.1f}",
+            f"{f['images_per_s'] / base:.2f}x",
+            f"[{ok}]{100 * f['data_wait']:.1f}%[/{ok}]",
+            f"{100 * f['run_share']:.1f}%",
+            f"{f['fill_s']:.1f}" if f["cache"] == "ram" else "-",
+            str(f["windows"]),
+        )
     Console(width=200).print(table)
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "figures": figures}, indent=2))
+        args.json.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "figures": figures}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -33,13 +33,19 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-FAMILIES = ["ladderdensenet-tiny-synthetic", "ivanet-tiny-synthetic", "imtl-tiny-synthetic",
-            "datnet-tiny-synthetic", "safpn-ejhead-tiny-synthetic"]
+FAMILIES = [
+    "ladderdensenet-tiny-synthetic",
+    "ivanet-tiny-synthetic",
+    "imtl-tiny-synthetic",
+    "datnet-tiny-synthetic",
+    "safpn-ejhead-tiny-synthetic",
+]
 
 
 def synthetic(folder: Path, images: int, size: tuple[int, int]) -> Path:
@@ -48,8 +54,9 @@ def synthetic(folder: Path, images: int, size: tuple[int, int]) -> Path:
 
     if (folder / "data" / "dataset.json").is_file():
         return folder / "data"
-    source = generate_synthetic(folder / "source", train=images, val=max(2, images // 8), size=size, seed=0,
-                                quiet=True, workers=None)
+    source = generate_synthetic(
+        folder / "source", train=images, val=max(2, images // 8), size=size, seed=0, quiet=True, workers=None
+    )
     prepare_cityscapes(source, folder / "data", quiet=True)
     return folder / "data"
 
@@ -68,14 +75,20 @@ def train_run(recipe_name: str, data: Path, run_dir: Path, device: str, override
     result = train(recipe, run_dir, device=device, progress=False)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     windows = [r for r in records if r["type"] == "train"]
-    return {"seconds": time.perf_counter() - t0, "losses": [w["loss"] for w in windows],
-            "images_per_s": [w["images_per_s"] for w in windows], "data_wait": [w["data_wait"] for w in windows],
-            "metrics": result["metrics"]}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "losses": [w["loss"] for w in windows],
+        "images_per_s": [w["images_per_s"] for w in windows],
+        "data_wait": [w["data_wait"] for w in windows],
+        "metrics": result["metrics"],
+    }
 
 
 def loss_checks(losses: list[float]) -> dict[str, bool]:
-    return {"finite": bool(losses) and all(math.isfinite(v) for v in losses),
-            "falling": len(losses) >= 2 and losses[-1] < losses[0]}
+    return {
+        "finite": bool(losses) and all(math.isfinite(v) for v in losses),
+        "falling": len(losses) >= 2 and losses[-1] < losses[0],
+    }
 
 
 def same_magnitude(a: float, b: float, floor: float = 0.02) -> bool:
@@ -89,8 +102,8 @@ def same_magnitude(a: float, b: float, floor: float = 0.02) -> bool:
 
 def compiled_run(recipe_name: str, data: Path, device: str, iterations: int, backend: str, amp: bool) -> dict:
     """`iterations` training steps of a torch.compile'd model over the training loader."""
-    from mtlcli.engine.distributed import DistInfo
     from mtlcli.engine.data import build_datasets, collate_fn, make_loader, to_device, training_targets
+    from mtlcli.engine.distributed import DistInfo
     from mtlcli.engine.train import build, with_class_counts
     from mtlcli.recipes import load_recipe
 
@@ -106,8 +119,15 @@ def compiled_run(recipe_name: str, data: Path, device: str, iterations: int, bac
     step_model = torch.compile(model, backend=backend)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=recipe["train"]["lr"], momentum=0.9)
     info = DistInfo(rank=0, world_size=1, device=dev)
-    loader = make_loader(train_ds, micro_batch=recipe["train"]["batch_size"], workers=recipe["train"]["workers"],
-                         seed=0, info=info, start=0, collate=collate_fn())
+    loader = make_loader(
+        train_ds,
+        micro_batch=recipe["train"]["batch_size"],
+        workers=recipe["train"]["workers"],
+        seed=0,
+        info=info,
+        start=0,
+        collate=collate_fn(),
+    )
     losses = []
     t0 = time.perf_counter()
     for _ in range(iterations):
@@ -120,7 +140,7 @@ def compiled_run(recipe_name: str, data: Path, device: str, iterations: int, bac
         losses.append(loss.item())
     # windows of the loss, as the training log would show them
     k = max(1, iterations // 5)
-    windows = [sum(losses[i:i + k]) / len(losses[i:i + k]) for i in range(0, iterations, k)]
+    windows = [sum(losses[i : i + k]) / len(losses[i : i + k]) for i in range(0, iterations, k)]
     return {"seconds": time.perf_counter() - t0, "losses": windows, "backend": backend}
 
 
@@ -138,17 +158,35 @@ def section(results: dict, name: str, fn: Callable[[], Any]) -> None:
 def families(args: argparse.Namespace, data: Path, work: Path) -> dict:
     out = {}
     amp = "none" if args.cpu else "bf16"
-    common = [f"train.log_interval={args.log_interval}", f"train.checkpoint_interval={args.iterations}",
-              "eval.interval=0", f"train.workers={args.workers}"]
+    common = [
+        f"train.log_interval={args.log_interval}",
+        f"train.checkpoint_interval={args.iterations}",
+        "eval.interval=0",
+        f"train.workers={args.workers}",
+    ]
     for name in args.families:
-        gpu = train_run(name, data, work / f"{name}-dev", args.device,
-                        common + [f"train.iterations={args.iterations}", f"train.amp={amp}", "train.channels_last=true"])
-        ref = train_run(name, data, work / f"{name}-cpu", "cpu",
-                        common + [f"train.iterations={args.reference_iterations}",
-                                  f"train.checkpoint_interval={args.reference_iterations}"])
+        gpu = train_run(
+            name,
+            data,
+            work / f"{name}-dev",
+            args.device,
+            common + [f"train.iterations={args.iterations}", f"train.amp={amp}", "train.channels_last=true"],
+        )
+        ref = train_run(
+            name,
+            data,
+            work / f"{name}-cpu",
+            "cpu",
+            common
+            + [
+                f"train.iterations={args.reference_iterations}",
+                f"train.checkpoint_interval={args.reference_iterations}",
+            ],
+        )
         checks = loss_checks(gpu["losses"])
-        checks["metrics_match_cpu"] = all(same_magnitude(v, ref["metrics"].get(k, float("nan")))
-                                          for k, v in gpu["metrics"].items())
+        checks["metrics_match_cpu"] = all(
+            same_magnitude(v, ref["metrics"].get(k, float("nan"))) for k, v in gpu["metrics"].items()
+        )
         out[name] = {"device": gpu, "cpu": ref, "checks": checks}
     name = args.families[0]
     compiled = compiled_run(name, data, args.device, args.iterations, args.compile_backend, not args.cpu)
@@ -160,20 +198,44 @@ def benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
     from mtlcli.cli.benchmark import PRESETS
 
     rows = []
-    jobs = [(p, b, a) for p in PRESETS for b in (1, 8) for a in ("fp32", "bf16")] if not args.cpu else \
-        [("ladderdensenet-tiny-synthetic", 1, "fp32")]
+    jobs = (
+        [(p, b, a) for p in PRESETS for b in (1, 8) for a in ("fp32", "bf16")]
+        if not args.cpu
+        else [("ladderdensenet-tiny-synthetic", 1, "fp32")]
+    )
     for target, batch, precision in jobs:
         out = work / f"bench-{target}-{batch}-{precision}.json"
         what = ["--recipe", target] if args.cpu else ["--preset", target]
-        cmd = [sys.executable, "-m", "mtlcli", "benchmark", *what, "--batch", str(batch), "--device", args.device,
-               "--iterations", str(args.bench_iterations), "--warmup", "1" if args.cpu else "3",
-               "--out", str(out), "--force"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mtlcli",
+            "benchmark",
+            *what,
+            "--batch",
+            str(batch),
+            "--device",
+            args.device,
+            "--iterations",
+            str(args.bench_iterations),
+            "--warmup",
+            "1" if args.cpu else "3",
+            "--out",
+            str(out),
+            "--force",
+        ]
         if precision == "bf16":
             cmd += ["--amp", "bf16", "--channels-last"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.bench_timeout)
         if proc.returncode != 0:
-            rows.append({"preset": target, "batch": batch, "precision": precision,
-                         "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]})
+            rows.append(
+                {
+                    "preset": target,
+                    "batch": batch,
+                    "precision": precision,
+                    "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:],
+                }
+            )
             continue
         for r in json.loads(out.read_text())["results"]:
             rows.append({"preset": target, "batch": batch, "precision": precision, **r})
@@ -181,20 +243,40 @@ def benchmarks(args: argparse.Namespace, work: Path) -> list[dict]:
 
 
 def feed(args: argparse.Namespace, work: Path) -> dict:
-    data = synthetic(work / f"data-{args.feed_images}-{args.feed_size[0]}x{args.feed_size[1]}", args.feed_images,
-                     tuple(args.feed_size))
+    data = synthetic(
+        work / f"data-{args.feed_images}-{args.feed_size[0]}x{args.feed_size[1]}",
+        args.feed_images,
+        tuple(args.feed_size),
+    )
     out = {}
     recipe = "ivanet-tiny-synthetic" if args.cpu else "ivanet512"
     for workers in args.feed_workers:
-        run = train_run(recipe, data, work / f"feed-{workers}", args.device, [
-            "data.dataset=cityscapes", f"train.iterations={args.feed_iterations}", f"train.batch_size={args.feed_batch}",
-            f"train.workers={workers}", f"train.log_interval={max(1, args.feed_iterations // 5)}",
-            f"train.checkpoint_interval={args.feed_iterations}", "eval.metrics=[]", 'eval.best_metric=""',
-            f"train.amp={'none' if args.cpu else 'bf16'}", "train.channels_last=true"])
+        run = train_run(
+            recipe,
+            data,
+            work / f"feed-{workers}",
+            args.device,
+            [
+                "data.dataset=cityscapes",
+                f"train.iterations={args.feed_iterations}",
+                f"train.batch_size={args.feed_batch}",
+                f"train.workers={workers}",
+                f"train.log_interval={max(1, args.feed_iterations // 5)}",
+                f"train.checkpoint_interval={args.feed_iterations}",
+                "eval.metrics=[]",
+                'eval.best_metric=""',
+                f"train.amp={'none' if args.cpu else 'bf16'}",
+                "train.channels_last=true",
+            ],
+        )
         later = slice(1, None) if len(run["images_per_s"]) > 1 else slice(None)
         ips, wait = run["images_per_s"][later], run["data_wait"][later]
-        out[str(workers)] = {"recipe": recipe, "images_per_s": sorted(ips)[len(ips) // 2],
-                             "data_wait": sorted(wait)[len(wait) // 2], "windows": len(ips)}
+        out[str(workers)] = {
+            "recipe": recipe,
+            "images_per_s": sorted(ips)[len(ips) // 2],
+            "data_wait": sorted(wait)[len(wait) // 2],
+            "windows": len(ips),
+        }
     return out
 
 
@@ -204,21 +286,33 @@ def markdown(results: dict, env: dict) -> str:
     if "error" in fam:
         lines += [f"families: **failed** — {fam['error']}", ""]
     elif fam:
-        lines += ["| recipe | s | first loss | last loss | finite | falling | metrics vs CPU | metrics (device / CPU) |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| recipe | s | first loss | last loss | finite | falling | metrics vs CPU | metrics (device / CPU) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in fam.items():
             d, c = r["device"], r["checks"]
-            metrics = ", ".join(f"{k} {v:.3g} / {r['cpu']['metrics'].get(k, float('nan')):.3g}"
-                                for k, v in d.get("metrics", {}).items()) if "cpu" in r else "—"
-            lines.append(f"| {name} | {d['seconds']:.0f} | {d['losses'][0]:.3f} | {d['losses'][-1]:.3f} | "
-                         f"{c['finite']} | {c['falling']} | {c.get('metrics_match_cpu', '—')} | {metrics} |")
+            metrics = (
+                ", ".join(
+                    f"{k} {v:.3g} / {r['cpu']['metrics'].get(k, float('nan')):.3g}"
+                    for k, v in d.get("metrics", {}).items()
+                )
+                if "cpu" in r
+                else "—"
+            )
+            lines.append(
+                f"| {name} | {d['seconds']:.0f} | {d['losses'][0]:.3f} | {d['losses'][-1]:.3f} | "
+                f"{c['finite']} | {c['falling']} | {c.get('metrics_match_cpu', '—')} | {metrics} |"
+            )
         lines.append("")
     bench = results.get("benchmark", [])
     if isinstance(bench, dict):
         lines += [f"benchmark: **failed** — {bench['error']}", ""]
     elif bench:
-        lines += ["| preset | model | batch | precision | net ms | full ms | img/s | peak MB |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| preset | model | batch | precision | net ms | full ms | img/s | peak MB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in bench:
             if "error" in r:
                 lines.append(f"| {r['preset']} | error: {r['error']} | {r['batch']} | {r['precision']} | | | | |")
@@ -243,8 +337,11 @@ def failed(results: dict) -> list[str]:
     for name, r in results.get("families", {}).items():
         if isinstance(r, dict) and "checks" in r:
             bad += [f"{name}: {k}" for k, ok in r["checks"].items() if not ok]
-    bad += [f"benchmark {r['preset']} b{r['batch']} {r['precision']}" for r in results.get("benchmark", [])
-            if isinstance(r, dict) and "error" in r]
+    bad += [
+        f"benchmark {r['preset']} b{r['batch']} {r['precision']}"
+        for r in results.get("benchmark", [])
+        if isinstance(r, dict) and "error" in r
+    ]
     return bad
 
 
@@ -253,10 +350,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("gpu-check"))
     parser.add_argument("--cpu", action="store_true", help="the tiny CPU variant")
     parser.add_argument("--device", default=None, help="default: cuda (cpu with --cpu)")
-    parser.add_argument("--sections", nargs="+", default=["families", "benchmark", "feed"],
-                        choices=["families", "benchmark", "feed"])
-    parser.add_argument("--families", nargs="+", default=None, help="tiny recipes (default: all five; "
-                        "the first with --cpu)")
+    parser.add_argument(
+        "--sections", nargs="+", default=["families", "benchmark", "feed"], choices=["families", "benchmark", "feed"]
+    )
+    parser.add_argument(
+        "--families", nargs="+", default=None, help="tiny recipes (default: all five; the first with --cpu)"
+    )
     parser.add_argument("--iterations", type=int, default=None, help="default 300 (4 with --cpu)")
     parser.add_argument("--reference-iterations", type=int, default=None, help="CPU run; default 300 (2 with --cpu)")
     args = parser.parse_args(argv)
@@ -300,14 +399,21 @@ def main(argv: list[str] | None = None) -> int:
     if "feed" in args.sections:
         section(results, "feed", lambda: feed(args, work))
     bad = failed(results)
-    summary = {"environment": env, "args": {k: str(v) for k, v in vars(args).items()}, "seconds": time.perf_counter() - t0,
-               "failed": bad, **results}
+    summary = {
+        "environment": env,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "seconds": time.perf_counter() - t0,
+        "failed": bad,
+        **results,
+    }
     (args.out / "gpu_check.json").write_text(json.dumps(summary, indent=2, default=str))
     table = markdown(results, env)
     (args.out / "gpu_check.md").write_text(table + "\n")
     print(table)
-    print(f"{'FAILED: ' + '; '.join(bad) if bad else 'all checks passed'} ({summary['seconds']:.0f} s) -> "
-          f"{args.out / 'gpu_check.json'}, {args.out / 'gpu_check.md'}")
+    print(
+        f"{'FAILED: ' + '; '.join(bad) if bad else 'all checks passed'} ({summary['seconds']:.0f} s) -> "
+        f"{args.out / 'gpu_check.json'}, {args.out / 'gpu_check.md'}"
+    )
     return 1 if bad else 0
 
 

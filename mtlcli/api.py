@@ -15,8 +15,9 @@ the checkpoint: no dataset folder is read.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,8 +50,9 @@ class Result:
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
-    def to_coco(self, image_id: int, category_ids: Sequence[int] | None = None, with_masks: bool = True
-                ) -> list[dict[str, Any]]:
+    def to_coco(
+        self, image_id: int, category_ids: Sequence[int] | None = None, with_masks: bool = True
+    ) -> list[dict[str, Any]]:
         """COCO results [{image_id, category_id, category_name, bbox [x, y, w, h], score, segmentation?}];
         `category_ids[k - 1]` is the id written for label k (default: k)."""
         rles = None
@@ -59,13 +61,22 @@ class Result:
 
             rles = mask_utils.encode(np.asfortranarray(self.masks.numpy().astype(np.uint8).transpose(1, 2, 0)))
         out = []
-        for k, ((x1, y1, x2, y2), score, label) in enumerate(zip(self.boxes.tolist(), self.scores.tolist(),
-                                                                  self.labels.tolist())):
+        for k, ((x1, y1, x2, y2), score, label) in enumerate(
+            zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist())
+        ):
             cat = category_ids[label - 1] if category_ids is not None and 1 <= label <= len(category_ids) else label
-            r = {"image_id": image_id, "category_id": int(cat), "category_name": self.class_names[k],
-                 "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)], "score": round(score, 5)}
+            r = {
+                "image_id": image_id,
+                "category_id": int(cat),
+                "category_name": self.class_names[k],
+                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                "score": round(score, 5),
+            }
             if rles is not None:
-                r["segmentation"] = {"size": [int(s) for s in rles[k]["size"]], "counts": rles[k]["counts"].decode("ascii")}
+                r["segmentation"] = {
+                    "size": [int(s) for s in rles[k]["size"]],
+                    "counts": rles[k]["counts"].decode("ascii"),
+                }
             out.append(r)
         return out
 
@@ -93,8 +104,10 @@ def to_image_tensor(image: ImageLike) -> torch.Tensor:
             raise UserError(f"a numpy image must be HxWx3 (RGB), got shape {image.shape}")
         image = torch.from_numpy(np.array(image[..., :3], copy=True)).permute(2, 0, 1)
     if not torch.is_tensor(image):
-        raise UserError(f"cannot read an image from a {type(image).__name__}; give a path, a PIL image, a numpy "
-                        "HxWx3 uint8 array or a [3, H, W] tensor")
+        raise UserError(
+            f"cannot read an image from a {type(image).__name__}; give a path, a PIL image, a numpy "
+            "HxWx3 uint8 array or a [3, H, W] tensor"
+        )
     image = image.detach().cpu().as_subclass(torch.Tensor)
     if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise UserError(f"an image tensor must be [3, H, W], got {list(image.shape)}")
@@ -105,8 +118,14 @@ def to_image_tensor(image: ImageLike) -> torch.Tensor:
     return image.float()
 
 
-def output_to_result(output: dict[str, torch.Tensor], class_names: Sequence[str], seg_classes: Sequence[str],
-                     size: tuple[int, int], score_threshold: float, source: str | None = None) -> Result:
+def output_to_result(
+    output: dict[str, torch.Tensor],
+    class_names: Sequence[str],
+    seg_classes: Sequence[str],
+    size: tuple[int, int],
+    score_threshold: float,
+    source: str | None = None,
+) -> Result:
     """A model's eval output for one image (DESIGN.md §4) as a Result on the CPU."""
     if "boxes" in output:
         keep = output["scores"].detach() >= score_threshold
@@ -128,8 +147,14 @@ class Predictor:
     palette, det_category_ids (original ids of the training data), device, checkpoint (path).
     """
 
-    def __init__(self, network: nn.Module, recipe: dict[str, Any], card: dict[str, Any], device: str,
-                 checkpoint: Path | None = None) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        recipe: dict[str, Any],
+        card: dict[str, Any],
+        device: str,
+        checkpoint: Path | None = None,
+    ) -> None:
         self.network, self.recipe, self.card = network.eval(), recipe, card
         self.det_classes: list[str] = list(card["det_classes"])
         self.seg_classes: list[str] = list(card["seg_classes"])
@@ -138,16 +163,19 @@ class Predictor:
         self.device, self.checkpoint = device, checkpoint
 
     def __repr__(self) -> str:
-        return (f"Predictor({self.recipe['model'].get('name')!r}, {len(self.det_classes)} det classes, "
-                f"{len(self.seg_classes)} seg classes, device={self.device!r})")
+        return (
+            f"Predictor({self.recipe['model'].get('name')!r}, {len(self.det_classes)} det classes, "
+            f"{len(self.seg_classes)} seg classes, device={self.device!r})"
+        )
 
     @torch.inference_mode()
     def raw(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """The model's own outputs (DESIGN.md §4) for float [3, H, W] images, on the model's device."""
         return self.network([img.to(self.device, non_blocking=True) for img in images])
 
-    def predict(self, images: ImageLike | Sequence[ImageLike], *, score_threshold: float = 0.3,
-                batch_size: int = 8) -> Result | list[Result]:
+    def predict(
+        self, images: ImageLike | Sequence[ImageLike], *, score_threshold: float = 0.3, batch_size: int = 8
+    ) -> Result | list[Result]:
         """Predictions for one image (-> Result) or a list of them (-> list[Result], run in batches of
         `batch_size`). Detections below `score_threshold` are dropped."""
         single = not isinstance(images, (list, tuple))
@@ -156,12 +184,20 @@ class Predictor:
             raise UserError(f"score_threshold must lie in 0..1, got {score_threshold}")
         results: list[Result] = []
         for start in range(0, len(items), max(1, batch_size)):
-            chunk = items[start:start + batch_size]
+            chunk = items[start : start + batch_size]
             tensors = [to_image_tensor(x) for x in chunk]
             outputs = self.raw(tensors)
             for item, img, out in zip(chunk, tensors, outputs):
-                results.append(output_to_result(out, self.det_classes, self.seg_classes, tuple(img.shape[-2:]),
-                                                score_threshold, str(item) if isinstance(item, (str, Path)) else None))
+                results.append(
+                    output_to_result(
+                        out,
+                        self.det_classes,
+                        self.seg_classes,
+                        tuple(img.shape[-2:]),
+                        score_threshold,
+                        str(item) if isinstance(item, (str, Path)) else None,
+                    )
+                )
         return results[0] if single else results
 
     __call__ = predict
@@ -206,7 +242,7 @@ def load_model(source: str | Path, *, device: str = "cpu") -> Predictor:
 
 
 def resolve_device(name: str | None) -> str:
-    """"auto" (or None) -> cuda when available, else cpu; an unknown or unavailable device is a UserError
+    """ "auto" (or None) -> cuda when available, else cpu; an unknown or unavailable device is a UserError
     (the one rule every command uses: `mtlcli.cli.common.resolve_device`)."""
     from mtlcli.cli.common import resolve_device as resolve
 

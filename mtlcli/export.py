@@ -82,8 +82,15 @@ class ExportWrapper(nn.Module):
             b, a = deltas.shape[0], deltas.shape[1]
             defaults = self.model.default_boxes.float()
             boxes = BOX_CODER.decode_single(deltas.reshape(-1, 4).float(), defaults.repeat(b, 1)).reshape(b, a, 4)
-            boxes = torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h), boxes[..., 2].clamp(0, w),
-                                 boxes[..., 3].clamp(0, h)], dim=-1)
+            boxes = torch.stack(
+                [
+                    boxes[..., 0].clamp(0, w),
+                    boxes[..., 1].clamp(0, h),
+                    boxes[..., 2].clamp(0, w),
+                    boxes[..., 3].clamp(0, h),
+                ],
+                dim=-1,
+            )
             out["boxes"] = boxes
             out["scores"] = out["cls_logits"].float().softmax(-1)[..., 1:]
         for key in ("seg_logits", "logits"):
@@ -114,8 +121,10 @@ def export_size(model: nn.Module, size: tuple[int, int] | None) -> tuple[int, in
     if h < 16 or w < 16 or h > 8192 or w > 8192:
         raise UserError(f"--size {h}x{w} is out of range; give HxW between 16 and 8192 pixels")
     if hasattr(model, "default_boxes") and (h, w) != tuple(model.input_size):
-        raise UserError(f"--size {h}x{w}: this model's default boxes are laid out for {model.input_size[0]}x"
-                        f"{model.input_size[1]}; export it at that size (drop --size)")
+        raise UserError(
+            f"--size {h}x{w}: this model's default boxes are laid out for {model.input_size[0]}x"
+            f"{model.input_size[1]}; export it at that size (drop --size)"
+        )
     if hasattr(model, "transform") and (h % 32 or w % 32):
         raise UserError(f"--size {h}x{w}: two-stage models need sides that are multiples of 32")
     return int(h), int(w)
@@ -135,8 +144,16 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
-def export_model(model: nn.Module, fmt: str, out: Path, *, size: tuple[int, int] | None = None,
-                 dynamic_batch: bool = False, card: dict[str, Any] | None = None, opset: int = 18) -> dict[str, Any]:
+def export_model(
+    model: nn.Module,
+    fmt: str,
+    out: Path,
+    *,
+    size: tuple[int, int] | None = None,
+    dynamic_batch: bool = False,
+    card: dict[str, Any] | None = None,
+    opset: int = 18,
+) -> dict[str, Any]:
     """Write `model` (eval mode, CPU) to `out` as "onnx" or "torchscript", check parity, write the sidecar
     `out.json`; returns the sidecar's content."""
     if fmt not in ("onnx", "torchscript"):
@@ -166,9 +183,15 @@ def export_model(model: nn.Module, fmt: str, out: Path, *, size: tuple[int, int]
     seconds = time.perf_counter() - t0
     parity = compare(reference, exported)
     info = {
-        "format": fmt, "file": str(out), "model": getattr(model, "__class__").__name__,
-        "input": {"name": "images", "shape": ["B" if dynamic_batch else 1, 3, h, w], "dtype": "float32",
-                  "range": "RGB 0..1, resized to H x W; normalisation is inside"},
+        "format": fmt,
+        "file": str(out),
+        "model": model.__class__.__name__,
+        "input": {
+            "name": "images",
+            "shape": ["B" if dynamic_batch else 1, 3, h, w],
+            "dtype": "float32",
+            "range": "RGB 0..1, resized to H x W; normalisation is inside",
+        },
         "outputs": {n: list(reference[n].shape) for n in wrapper.names},
         "classes": card or {},
         "postprocess": postprocess_note(model, wrapper),
@@ -179,8 +202,10 @@ def export_model(model: nn.Module, fmt: str, out: Path, *, size: tuple[int, int]
 
     atomic_write_text(out.with_name(out.name + ".json"), json.dumps(info, indent=2))
     if not parity["ok"]:
-        raise UserError(f"the exported {fmt} model differs from PyTorch by up to {parity['max_abs_diff']:.3g} on output "
-                        f"{parity['worst']!r} (tolerance {ATOL} + {RTOL} x |value|) — {out} was kept for inspection")
+        raise UserError(
+            f"the exported {fmt} model differs from PyTorch by up to {parity['max_abs_diff']:.3g} on output "
+            f"{parity['worst']!r} (tolerance {ATOL} + {RTOL} x |value|) — {out} was kept for inspection"
+        )
     return info
 
 
@@ -194,8 +219,16 @@ def _write_onnx(wrapper: ExportWrapper, sample: Tensor, out: Path, dynamic_batch
     axes = {"images": {0: "batch"}, **{n: {0: "batch"} for n in wrapper.names}} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, (sample,), str(out), input_names=["images"], output_names=wrapper.names,
-                          dynamic_axes=axes, opset_version=opset, dynamo=False)
+        torch.onnx.export(
+            wrapper,
+            (sample,),
+            str(out),
+            input_names=["images"],
+            output_names=wrapper.names,
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
 
 
 def _run_onnx(path: Path, sample: Tensor, names: list[str]) -> dict[str, Tensor]:
@@ -240,9 +273,13 @@ def postprocess_note(model: nn.Module, wrapper: ExportWrapper) -> dict[str, Any]
         if hasattr(model, key):
             note[key] = getattr(model, key)
     if wrapper.two_stage:
-        note["steps"] = ("RPN + RoI heads (torchvision RegionProposalNetwork / RoIHeads) on the exported features, "
-                         "then boxes scaled to the original image")
+        note["steps"] = (
+            "RPN + RoI heads (torchvision RegionProposalNetwork / RoIHeads) on the exported features, "
+            "then boxes scaled to the original image"
+        )
     else:
-        note["steps"] = ("per-class NMS over boxes/scores above score_thresh (keep detections_per_img), then boxes "
-                         "scaled from H x W to the original image; resize `semantic` with nearest neighbour")
+        note["steps"] = (
+            "per-class NMS over boxes/scores above score_thresh (keep detections_per_img), then boxes "
+            "scaled from H x W to the original image; resize `semantic` with nearest neighbour"
+        )
     return note

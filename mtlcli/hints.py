@@ -31,8 +31,10 @@ def prepare_commands(dataset: str, root: str | Path) -> list[str]:
     root = Path(root)
     if dataset == "synthetic":
         src = synthetic_source(root)
-        return [shlex.join(["mtl", "prepare", "synthetic", "--out", str(src)]),
-                shlex.join(["mtl", "prepare", "cityscapes", str(src), "--out", str(root)])]
+        return [
+            shlex.join(["mtl", "prepare", "synthetic", "--out", str(src)]),
+            shlex.join(["mtl", "prepare", "cityscapes", str(src), "--out", str(root)]),
+        ]
     source = _SOURCES.get(dataset, [f"{dataset.upper()}_ROOT"])
     return [shlex.join(["mtl", "prepare", dataset, *source, "--out", str(root)])]
 
@@ -59,9 +61,12 @@ TRAIN_RECIPES: dict[str, list[tuple[str, list[str]]]] = {
     "synthetic": [("ivanet-tiny-synthetic", [])],
     "cityscapes": [("imtl-cityscapes", [])],
     # VOC07 + VOC12 (+ SBD): the papers' splits; VOC12 (+ SBD) alone has no VOC07 test split
-    "voc": [("ivanet300", []), ("maskrcnn-r50-voc", []),
-            ("ivanet300", ["data.train_split=train_aug", "data.test_split="]),
-            ("ivanet300", ["data.train_split=train", "data.test_split="])],
+    "voc": [
+        ("ivanet300", []),
+        ("maskrcnn-r50-voc", []),
+        ("ivanet300", ["data.train_split=train_aug", "data.test_split="]),
+        ("ivanet300", ["data.train_split=train", "data.test_split="]),
+    ],
     "coco": [("ivanet300-coco", [])],
     "mot15": [("ssd300-mot15", [])],
 }
@@ -135,7 +140,9 @@ def resume_command(run_dir: str | Path, *extra: str) -> str:
 def quickstart_next(run_dir: str | Path, recipe: str, data: str | Path, viz_out: str | Path) -> str:
     """The quickstart's last line: evaluate its run, draw more of its predictions (beside the quickstart's
     own overlays, not over them), train the recipe with the default settings."""
-    commands = [["mtl", "eval", "--run", str(run_dir)],
-                ["mtl", "viz", "predictions", "--run", str(run_dir), "--num", "16", "--out", str(viz_out)],
-                ["mtl", "train", "--recipe", recipe, "--data", str(data)]]
+    commands = [
+        ["mtl", "eval", "--run", str(run_dir)],
+        ["mtl", "viz", "predictions", "--run", str(run_dir), "--num", "16", "--out", str(viz_out)],
+        ["mtl", "train", "--recipe", recipe, "--data", str(data)],
+    ]
     return "next: " + "   |   ".join(shlex.join(c) for c in commands)

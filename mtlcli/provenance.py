@@ -38,10 +38,16 @@ def git_commit() -> str | None:
     when mtl is not run from a checkout (an installed wheel) or git is missing."""
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=5, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if status else "") if head else None
@@ -55,5 +61,4 @@ def provenance() -> dict[str, Any]:
 def header() -> str:
     """TOML comment lines naming the version, command line and commit (the top of a run's recipe.toml)."""
     p = provenance()
-    return (f"# written by mtl {p['mtl_version']} (git {p['git_commit'] or 'unknown'})\n"
-            f"# command: {p['command']}\n")
+    return f"# written by mtl {p['mtl_version']} (git {p['git_commit'] or 'unknown'})\n# command: {p['command']}\n"

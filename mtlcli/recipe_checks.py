@@ -40,7 +40,11 @@ def _size(where: str, value: Any, *, allow_zero: bool = False, pair: bool = True
         if allow_zero and v == 0:
             continue
         if not MIN_SIDE <= v <= MAX_SIDE:
-            _fail(where, value, f"each side must be {MIN_SIDE}..{MAX_SIDE} pixels" + (" (or 0 for off)" if allow_zero else ""))
+            _fail(
+                where,
+                value,
+                f"each side must be {MIN_SIDE}..{MAX_SIDE} pixels" + (" (or 0 for off)" if allow_zero else ""),
+            )
 
 
 def check_model_ranges(model: dict[str, Any], source: str = "recipe") -> None:
@@ -63,9 +67,25 @@ def check_model_ranges(model: dict[str, Any], source: str = "recipe") -> None:
         elif "weight" in key:
             if not all(v >= 0 for v in items):
                 _fail(where, value, "loss weights are >= 0")
-        elif key.startswith("num_") or any(w in key for w in ("width", "channels", "size", "planes", "rate",
-                                                              "blocks", "layers", "bins", "top_n", "per_im",
-                                                              "ratio", "reduc", "dilation", "config")):
+        elif key.startswith("num_") or any(
+            w in key
+            for w in (
+                "width",
+                "channels",
+                "size",
+                "planes",
+                "rate",
+                "blocks",
+                "layers",
+                "bins",
+                "top_n",
+                "per_im",
+                "ratio",
+                "reduc",
+                "dilation",
+                "config",
+            )
+        ):
             lowest = 0 if key == "trainable_layers" or key == "trainable_backbone_layers" else 1
             if not all(v >= lowest for v in items):
                 _fail(where, value, f"must be at least {lowest}")
@@ -84,15 +104,23 @@ def check_ranges(recipe: dict[str, Any], source: str = "recipe") -> None:
     if all(_num(v) for v in scales) and (not all(0 < v <= 16 for v in scales) or scales != sorted(scales)):
         _fail(f"{source}: data.scale_range", scale, "scales lie in (0, 16], low before high")
     rules = {
-        "momentum": (0.0, 1.0), "gamma": (0.0, None), "power": (0.0, None), "weight_decay": (0.0, None),
-        "grad_clip": (0.0, None), "warmup_iters": (0, None), "restart_every": (0, None), "seed": (0, 2**63 - 1),
+        "momentum": (0.0, 1.0),
+        "gamma": (0.0, None),
+        "power": (0.0, None),
+        "weight_decay": (0.0, None),
+        "grad_clip": (0.0, None),
+        "warmup_iters": (0, None),
+        "restart_every": (0, None),
+        "seed": (0, 2**63 - 1),
     }
     for key, (lo, hi) in rules.items():
         v = train[key]
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             _fail(f"{source}: train.{key}", v, f"must be >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
     if not 0 < train["warmup_factor"] <= 1:
-        _fail(f"{source}: train.warmup_factor", train["warmup_factor"], "the warm-up starts at a fraction in (0, 1] of lr")
+        _fail(
+            f"{source}: train.warmup_factor", train["warmup_factor"], "the warm-up starts at a fraction in (0, 1] of lr"
+        )
     if not train["eps"] > 0:
         _fail(f"{source}: train.eps", train["eps"], "must be > 0")
     if not all(0 <= b < 1 for b in train["betas"]):
@@ -115,8 +143,10 @@ def scale_stages(train: dict[str, Any], iterations: int) -> None:
         train["iterations"] = iterations
         return
     if iterations < len(stages):
-        raise UserError(f"train.iterations = {iterations} cannot cover the recipe's {len(stages)} stages "
-                        f"(at least one iteration each) — give at least {len(stages)}")
+        raise UserError(
+            f"train.iterations = {iterations} cannot cover the recipe's {len(stages)} stages "
+            f"(at least one iteration each) — give at least {len(stages)}"
+        )
     old = sum(s["iterations"] for s in stages)
     cum, end = 0, 0
     for i, stage in enumerate(stages):

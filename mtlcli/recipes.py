@@ -23,9 +23,10 @@ import copy
 import inspect
 import json
 import math
-import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from mtlcli.errors import UserError
 from mtlcli.metrics import METRIC_NAMES as METRICS  # names only: listing recipes imports no model
@@ -95,8 +96,17 @@ STAGE_DEFAULTS: dict[str, Any] = {"name": "", "iterations": 0, "lr": 0.0, "loss_
 # test_split: a second evaluation split (the paper's test set) that `mtl train` checks for overlap with
 # train_split like val_split; allow_overlap = true lets a train split share images with them.
 # cache = "ram" keeps the decoded training images and label maps in memory (mtlcli.data.cache).
-DATA_KEYS = ("dataset", "root", "train_split", "val_split", "augmentation", "label_map", "test_split", "allow_overlap",
-             "cache")
+DATA_KEYS = (
+    "dataset",
+    "root",
+    "train_split",
+    "val_split",
+    "augmentation",
+    "label_map",
+    "test_split",
+    "allow_overlap",
+    "cache",
+)
 
 
 def augmentation_defaults() -> dict[str, Any]:
@@ -112,9 +122,15 @@ def section_keys(section: str) -> dict[str, Any]:
         return {**augmentation_defaults(), **DEFAULTS["data"]}
     return DEFAULTS[section]
 
+
 # Element types of list-valued keys (for type checks and `--set` parsing).
 _LIST_ITEMS = {
-    "betas": float, "steps": int, "scale_range": float, "crop_size": int, "metrics": str, "freeze": str,
+    "betas": float,
+    "steps": int,
+    "scale_range": float,
+    "crop_size": int,
+    "metrics": str,
+    "freeze": str,
     "resolution": int,
 }
 _PAIRS = ("betas", "scale_range", "crop_size")
@@ -319,8 +335,14 @@ def coerce(value: Any, like: Any, name: str) -> Any:
 
 
 def _kind(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "a table"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 def _check_type(value: Any, default: Any, where: str, item: type | None = None) -> None:
@@ -337,8 +359,10 @@ def _check_type(value: Any, default: Any, where: str, item: type | None = None) 
         raise UserError(f"{where} must be {_kind(default)}, got {value!r}")
     if isinstance(value, list) and item is not None:
         for v in value:
-            good = isinstance(v, str) if item is str else (
-                isinstance(v, (int, float)) and not isinstance(v, bool) and (item is float or isinstance(v, int))
+            good = (
+                isinstance(v, str)
+                if item is str
+                else (isinstance(v, (int, float)) and not isinstance(v, bool) and (item is float or isinstance(v, int)))
             )
             if not good:
                 raise UserError(f"{where} must be a list of {item.__name__}s, got {value!r}")
@@ -361,13 +385,15 @@ def validate(recipe: dict, *, source: str = "recipe", check_model: bool = True) 
             raise UserError(f"{source}: {section}.{key} = {recipe[section][key]!r}; valid: {', '.join(choices)}")
     data, train, ev = recipe["data"], recipe["train"], recipe["eval"]
     if not data["dataset"]:
-        raise UserError(f"{source}: data.dataset is not set — name the prepared dataset (e.g. \"synthetic\")")
+        raise UserError(f'{source}: data.dataset is not set — name the prepared dataset (e.g. "synthetic")')
     for key in _PAIRS:
         table = train if key == "betas" else data
         if isinstance(table[key], list) and len(table[key]) != 2:
             raise UserError(f"{source}: {key} must have two values, got {table[key]!r}")
     if len(ev["resolution"]) != 2 or min(ev["resolution"]) < 0:
-        raise UserError(f"{source}: eval.resolution must be [H, W] (or [0, 0]: the source resolution), got {ev['resolution']!r}")
+        raise UserError(
+            f"{source}: eval.resolution must be [H, W] (or [0, 0]: the source resolution), got {ev['resolution']!r}"
+        )
     for key in ("iterations", "batch_size", "accumulate", "log_interval", "checkpoint_interval"):
         if train[key] < 1:
             raise UserError(f"{source}: train.{key} must be at least 1, got {train[key]}")
@@ -385,13 +411,13 @@ def validate(recipe: dict, *, source: str = "recipe", check_model: bool = True) 
     if bad:
         raise UserError(f"{source}: unknown metric(s) {', '.join(bad)} in eval.metrics; valid: {', '.join(METRICS)}")
     if ev["best_metric"] and ev["best_metric"] not in ev["metrics"]:
-        raise UserError(
-            f"{source}: eval.best_metric {ev['best_metric']!r} is not among eval.metrics {ev['metrics']}"
-        )
+        raise UserError(f"{source}: eval.best_metric {ev['best_metric']!r} is not among eval.metrics {ev['metrics']}")
     label_map = data["label_map"]
     for key, table in label_map.items():
-        if key not in ("seg", "det") or not isinstance(table, dict) or not all(
-            isinstance(v, str) for v in table.values()
+        if (
+            key not in ("seg", "det")
+            or not isinstance(table, dict)
+            or not all(isinstance(v, str) for v in table.values())
         ):
             raise UserError(
                 f"{source}: data.label_map.{key} is invalid; valid: seg and det, each a table of "
@@ -469,7 +495,9 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }" if value else "{}"
+        return (
+            "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }" if value else "{}"
+        )
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 

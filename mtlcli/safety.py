@@ -20,8 +20,9 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO
 
 from mtlcli.errors import UserError
 
@@ -49,7 +50,11 @@ def _is_run_checkpoints(folder: Path) -> bool:
     if folder.name != "checkpoints":
         return False
     try:
-        return (folder.parent / "recipe.toml").is_file() or (folder / "last.pt").is_file() or (folder / "best.pt").is_file()
+        return (
+            (folder.parent / "recipe.toml").is_file()
+            or (folder / "last.pt").is_file()
+            or (folder / "best.pt").is_file()
+        )
     except OSError:  # a name too long, ...: not a run; the write itself reports it
         return False
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
+import tomllib
 
 from mtlcli.cli.main import main
 from mtlcli.errors import UserError
@@ -24,8 +23,9 @@ def test_defaults_are_filled_and_the_model_table_kept_as_written(tmp_path):
 def test_extends_merges_table_by_table_and_paths_are_relative_to_the_child(tmp_path):
     write_recipe(tmp_path, TINY_RECIPE, "base.toml")
     (tmp_path / "sub").mkdir()
-    child = write_recipe(tmp_path / "sub", 'extends = "../base.toml"\n[model]\nwidth = 4\n[train]\nlr = 0.2\n',
-                         "child.toml")
+    child = write_recipe(
+        tmp_path / "sub", 'extends = "../base.toml"\n[model]\nwidth = 4\n[train]\nlr = 0.2\n', "child.toml"
+    )
     r = load_recipe(child)
     assert r["model"] == {"name": "tiny_test", "width": 4}
     assert r["train"]["lr"] == 0.2 and r["train"]["iterations"] == 8  # overridden / inherited
@@ -59,10 +59,19 @@ def test_only_one_level_of_extends(tmp_path):
 
 
 def test_overrides_are_parsed_to_the_type_of_their_key(tmp_path):
-    r = load_recipe(write_recipe(tmp_path), [
-        "train.lr=1", "train.steps=[100, 200]", "train.amp=bf16", "eval.metrics=miou,voc07", "model.width=4",
-        "train.loss_weights.loss_seg=0.5", "data.flip=false", "data.scale_range=[0.5, 2]",
-    ])
+    r = load_recipe(
+        write_recipe(tmp_path),
+        [
+            "train.lr=1",
+            "train.steps=[100, 200]",
+            "train.amp=bf16",
+            "eval.metrics=miou,voc07",
+            "model.width=4",
+            "train.loss_weights.loss_seg=0.5",
+            "data.flip=false",
+            "data.scale_range=[0.5, 2]",
+        ],
+    )
     assert r["train"]["lr"] == 1.0 and isinstance(r["train"]["lr"], float)
     assert r["train"]["steps"] == [100, 200]
     assert r["train"]["amp"] == "bf16"
@@ -98,13 +107,17 @@ def test_bad_overrides_are_rejected_with_the_valid_choices(tmp_path, override, m
     "text, message",
     [
         (TINY_RECIPE + "\n[solver]\nlr = 1\n", "unknown section(s) solver"),
-        (TINY_RECIPE.replace("iterations = 8", "iterations = 8\nepochs = 3"),
-         "unknown key(s) train.epochs; valid [train] keys:"),
+        (
+            TINY_RECIPE.replace("iterations = 8", "iterations = 8\nepochs = 3"),
+            "unknown key(s) train.epochs; valid [train] keys:",
+        ),
         (TINY_RECIPE.replace('name = "tiny_test"', 'name = "yolo"'), "unknown model 'yolo'; valid models:"),
         (TINY_RECIPE.replace('dataset = "synthetic"', ""), "data.dataset is not set"),
         (TINY_RECIPE.replace("lr = 0.05", 'lr = "0.05"'), "train.lr must be a number"),
-        (TINY_RECIPE + "\n[[train.stages]]\niterations = 5\nlr = 0.1\nfrozen = []\n",
-         "unknown key(s) frozen in train.stages[0]; valid: name, iterations, lr, loss_weights, freeze"),
+        (
+            TINY_RECIPE + "\n[[train.stages]]\niterations = 5\nlr = 0.1\nfrozen = []\n",
+            "unknown key(s) frozen in train.stages[0]; valid: name, iterations, lr, loss_weights, freeze",
+        ),
         (TINY_RECIPE + "\n[data.label_map]\nseg = { road = 1 }\n", "data.label_map.seg is invalid"),
         ("[model\nname=", "is not valid TOML"),
         (TINY_RECIPE.replace("steps = [1000]", "steps = [1000, 10]"), "train.steps must be increasing"),
@@ -124,7 +137,9 @@ def test_unknown_recipe_name_lists_the_recipes():
 
 
 def test_dump_toml_round_trips_stages_label_map_and_loss_weights(tmp_path):
-    text = TINY_RECIPE + """
+    text = (
+        TINY_RECIPE
+        + """
 [data.label_map]
 seg = { road = "road", car = "vehicle", "traffic light" = "object" }
 det = { car = "vehicle" }
@@ -140,6 +155,7 @@ freeze = ["det_head.*"]
 iterations = 2
 lr = 0.0001
 """
+    )
     r = load_recipe(write_recipe(tmp_path, text), ["train.loss_weights.loss_seg=2.0"])
     again = tomllib.loads(dump_toml(r))
     assert again == r

@@ -28,8 +28,18 @@ from mtlcli.safety import (
 
 def _dataset(root):
     (root / "val" / "semantic").mkdir(parents=True)
-    (root / "dataset.json").write_text(json.dumps({"name": "x", "source": "s", "splits": ["val"],
-                                                   "det_classes": ["car"], "seg_classes": ["road"], "palette": []}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "x",
+                "source": "s",
+                "splits": ["val"],
+                "det_classes": ["car"],
+                "seg_classes": ["road"],
+                "palette": [],
+            }
+        )
+    )
     return root
 
 
@@ -85,10 +95,17 @@ def test_a_failed_atomic_write_leaves_the_old_file(tmp_path, monkeypatch):
     assert target.read_text() == "old" and not list(tmp_path.glob(".*"))
 
 
-@pytest.mark.parametrize("code, words", [
-    (errno.EROFS, "read-only file system"), (errno.ENOSPC, "no space left"), (errno.ENAMETOOLONG, "name too long"),
-    (errno.ENOTDIR, "not a folder"), (errno.EDQUOT, "quota"), (errno.EIO, "input/output error"),
-])
+@pytest.mark.parametrize(
+    "code, words",
+    [
+        (errno.EROFS, "read-only file system"),
+        (errno.ENOSPC, "no space left"),
+        (errno.ENAMETOOLONG, "name too long"),
+        (errno.ENOTDIR, "not a folder"),
+        (errno.EDQUOT, "quota"),
+        (errno.EIO, "input/output error"),
+    ],
+)
 def test_every_oserror_is_one_line_naming_the_file(code, words):
     line = write_error_line(OSError(code, os.strerror(code), "/some/file"))
     assert line.startswith("error: /some/file: ") and words in line and "\n" not in line
@@ -125,9 +142,18 @@ def test_a_lock_of_another_host_is_refused_not_guessed(tmp_path):
 
 def test_clear_run_removes_only_what_mtl_wrote(tmp_path):
     run = tmp_path / "run"
-    for rel in ("recipe.toml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt",
-                "checkpoints/.last.pt.abc.tmp", "eval/val.json", "viz/predictions/a.png",
-                "tensorboard/events.out.tfevents.1", "checkpoints/my_notes.txt", "plots/keep.pdf"):
+    for rel in (
+        "recipe.toml",
+        "metrics.jsonl",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "checkpoints/.last.pt.abc.tmp",
+        "eval/val.json",
+        "viz/predictions/a.png",
+        "tensorboard/events.out.tfevents.1",
+        "checkpoints/my_notes.txt",
+        "plots/keep.pdf",
+    ):
         (run / rel).parent.mkdir(parents=True, exist_ok=True)
         (run / rel).write_text("x")
     kept = clear_run(run)
@@ -148,15 +174,20 @@ def test_absurd_input_sizes_are_refused_before_building(size):
         check_model_ranges({"name": "ivanet", "input_size": size})
 
 
-@pytest.mark.parametrize("key, value", [("num_det_classes", 0), ("score_thresh", 1.5), ("width", -4),
-                                        ("seg_weight", -1.0), ("nms_thresh", float("nan"))])
+@pytest.mark.parametrize(
+    "key, value",
+    [("num_det_classes", 0), ("score_thresh", 1.5), ("width", -4), ("seg_weight", -1.0), ("nms_thresh", float("nan"))],
+)
 def test_model_values_out_of_range_are_refused(key, value):
     with pytest.raises(UserError, match=f"model.{key}"):
         check_model_ranges({"name": "ivanet", key: value})
 
 
 def test_scaling_stages_keeps_proportions_and_the_exact_total():
-    train = {"iterations": 160, "stages": [{"iterations": 40}, {"iterations": 40}, {"iterations": 40}, {"iterations": 40}]}
+    train = {
+        "iterations": 160,
+        "stages": [{"iterations": 40}, {"iterations": 40}, {"iterations": 40}, {"iterations": 40}],
+    }
     scale_stages(train, 2 * 4 + 2)
     assert [s["iterations"] for s in train["stages"]] == [2, 3, 3, 2] and train["iterations"] == 10
     scale_stages(train, 1000)
@@ -174,12 +205,27 @@ class _Data:
 
 def test_label_set_checks_name_both_sides():
     model = {"name": "m", "num_det_classes": 2, "num_seg_classes": 3}
-    check_label_set({"det_classes": ["car", "person"], "seg_classes": ["road", "car", "sky"]}, model, _Data(), checkpoint="c", data="d",
-                    action="eval")
-    with pytest.raises(UserError, match=r"c was trained on 3 \(road, car, grass\) segmentation classes but d has 3 "
-                                        r"\(road, car, sky\)"):
-        check_label_set({"det_classes": ["car", "person"], "seg_classes": ["road", "car", "grass"]}, model, _Data(), checkpoint="c",
-                        data="d", action="eval")
+    check_label_set(
+        {"det_classes": ["car", "person"], "seg_classes": ["road", "car", "sky"]},
+        model,
+        _Data(),
+        checkpoint="c",
+        data="d",
+        action="eval",
+    )
+    with pytest.raises(
+        UserError,
+        match=r"c was trained on 3 \(road, car, grass\) segmentation classes but d has 3 "
+        r"\(road, car, sky\)",
+    ):
+        check_label_set(
+            {"det_classes": ["car", "person"], "seg_classes": ["road", "car", "grass"]},
+            model,
+            _Data(),
+            checkpoint="c",
+            data="d",
+            action="eval",
+        )
     with pytest.raises(UserError, match="trained on 19 segmentation classes but d has 3"):  # an older checkpoint
         check_label_set(None, {**model, "num_seg_classes": 19}, _Data(), checkpoint="c", data="d", action="eval")
     check_label_set(None, {"name": "det_only", "num_det_classes": 2}, _Data(), checkpoint="c", data="d", action="eval")
@@ -196,8 +242,9 @@ def test_resume_refuses_another_model_and_changes_that_break_the_weights():
 def test_state_shape_mismatch_is_one_line():
     model = torch.nn.Linear(3, 4)
     with pytest.raises(UserError, match=r"weight is \[5, 3\] in the checkpoint but \[4, 3\] in the model"):
-        check_state_shapes(model, {"weight": torch.zeros(5, 3), "bias": torch.zeros(5)}, "c.pt",
-                           {"name": "lin", "num_seg_classes": 4})
+        check_state_shapes(
+            model, {"weight": torch.zeros(5, 3), "bias": torch.zeros(5)}, "c.pt", {"name": "lin", "num_seg_classes": 4}
+        )
 
 
 class _Flaky(torch.utils.data.Dataset):

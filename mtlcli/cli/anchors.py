@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -54,14 +54,23 @@ def split_boxes(data: Path, split: str, label_map: dict | None = None) -> tuple[
             if not a.get("iscrowd", 0) and a["category_id"] in keep
         ]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError) as exc:
-        raise UserError(f"{path} is not a valid COCO instances file ({type(exc).__name__}: {exc}) — prepare the dataset again") from None
+        raise UserError(
+            f"{path} is not a valid COCO instances file ({type(exc).__name__}: {exc}) — prepare the dataset again"
+        ) from None
     arr = np.array(rows, dtype=np.float64).reshape(-1, 4)
     arr = arr[(arr[:, 0] > 0) & (arr[:, 1] > 0)]
     return arr[:, :2], arr[:, 2:]
 
 
-def compute_anchors(data: Path, split: str = "train", k: int = 9, *, seed: int = 0,
-                    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE, label_map: dict | None = None) -> dict[str, Any]:
+def compute_anchors(
+    data: Path,
+    split: str = "train",
+    k: int = 9,
+    *,
+    seed: int = 0,
+    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
+    label_map: dict | None = None,
+) -> dict[str, Any]:
     """k-means anchors of a split in the network frame `input_size` (H, W).
 
     Returns {"anchors": [[w, h], ...] sorted by area, "input_size": [H, W], "k", "seed", "split",
@@ -73,7 +82,9 @@ def compute_anchors(data: Path, split: str = "train", k: int = 9, *, seed: int =
 
     wh, sizes = split_boxes(data, split, label_map)
     if len(wh) < k:
-        raise UserError(f"{data}/{split} has {len(wh)} usable boxes, fewer than --k {k}; use a smaller --k or a larger split")
+        raise UserError(
+            f"{data}/{split} has {len(wh)} usable boxes, fewer than --k {k}; use a smaller --k or a larger split"
+        )
     h, w = input_size
     scaled = wh * np.stack([w / sizes[:, 1], h / sizes[:, 0]], axis=1)
     anchors, mean_iou = kmeans_anchors(scaled, k, seed=seed)
@@ -96,9 +107,13 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("train", help="Split whose boxes are clustered."),
         k: int = typer.Option(9, "--k", min=1, help="Number of anchors (9: three per trident branch)."),
         seed: int = typer.Option(0, help="Seed of the k-means++ initialisation (same seed, same anchors)."),
-        recipe: Optional[str] = typer.Option(None, help="Recipe whose det label map and model input_size apply."),
-        input_size: Optional[str] = typer.Option(None, "--input-size", help="Network input HxW (default: the recipe's, else 384x768)."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE", help="Write the anchors as JSON to this file."),
+        recipe: str | None = typer.Option(None, help="Recipe whose det label map and model input_size apply."),
+        input_size: str | None = typer.Option(
+            None, "--input-size", help="Network input HxW (default: the recipe's, else 384x768)."
+        ),
+        out: Path | None = typer.Option(
+            None, "--out", "-o", metavar="FILE", help="Write the anchors as JSON to this file."
+        ),
         force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the anchors line, no table."),
     ) -> None:
@@ -120,7 +135,11 @@ def register(app: typer.Typer) -> None:
             label_map = r["data"]["label_map"] or None
             model_size = r["model"].get("input_size")
             if model_size is not None:
-                size = (model_size, model_size) if isinstance(model_size, int) else (int(model_size[0]), int(model_size[1]))
+                size = (
+                    (model_size, model_size)
+                    if isinstance(model_size, int)
+                    else (int(model_size[0]), int(model_size[1]))
+                )
         if input_size is not None:
             from mtlcli.engine.benchmark import parse_size
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -50,8 +50,15 @@ DEFAULT_COMPARE = [
 ]
 
 
-def recipe_subject(name: str, size: tuple[int, int] | None, device, batch: int, train: bool,
-                   overrides: list[str] | None = None, score_threshold: float | None = None):
+def recipe_subject(
+    name: str,
+    size: tuple[int, int] | None,
+    device,
+    batch: int,
+    train: bool,
+    overrides: list[str] | None = None,
+    score_threshold: float | None = None,
+):
     """Build a recipe's model (never with pretrained weights) as a benchmark Subject."""
     import torch
 
@@ -99,32 +106,45 @@ def recipe_subject(name: str, size: tuple[int, int] | None, device, batch: int, 
 def register(app: typer.Typer) -> None:
     @app.command("benchmark")
     def benchmark(
-        recipe: Optional[list[str]] = typer.Option(None, "--recipe", "-r", help="Recipe name or path (repeatable)."),
-        all_recipes: bool = typer.Option(False, "--all", help="Every recipe in recipes/ (full-size models: slow on a CPU)."),
-        preset: Optional[str] = typer.Option(None, help=f"A paper table: {', '.join(PRESETS)}."),
-        size: Optional[str] = typer.Option(None, "--size", metavar="HxW", help="Input HxW (default: each model's own input size)."),
+        recipe: list[str] | None = typer.Option(None, "--recipe", "-r", help="Recipe name or path (repeatable)."),
+        all_recipes: bool = typer.Option(
+            False, "--all", help="Every recipe in recipes/ (full-size models: slow on a CPU)."
+        ),
+        preset: str | None = typer.Option(None, help=f"A paper table: {', '.join(PRESETS)}."),
+        size: str | None = typer.Option(
+            None, "--size", metavar="HxW", help="Input HxW (default: each model's own input size)."
+        ),
         batch: int = typer.Option(1, "--batch-size", min=1, help="Images per forward."),
-        batch_old: Optional[int] = typer.Option(None, "--batch", min=1, hidden=True),  # the name before 0.2
+        batch_old: int | None = typer.Option(None, "--batch", min=1, hidden=True),  # the name before 0.2
         device: str = typer.Option("auto", "--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N."),
-        amp: Optional[str] = typer.Option(None, "--amp", metavar="bf16|fp16",
-                                          help="bf16 or fp16 autocast (CUDA only) [default: off, fp32]."),
+        amp: str | None = typer.Option(
+            None, "--amp", metavar="bf16|fp16", help="bf16 or fp16 autocast (CUDA only) [default: off, fp32]."
+        ),
         channels_last: bool = typer.Option(False, "--channels-last", help="Run convolutions in channels_last."),
         compile: bool = typer.Option(False, "--compile", help="torch.compile the network first."),
         compare: bool = typer.Option(False, "--compare", help="Add torchvision's reference models at the same size."),
-        reference: Optional[list[str]] = typer.Option(
-            None, "--reference", help="One torchvision reference (repeatable; 'a+b' runs a then b): " + ", ".join(DEFAULT_COMPARE)
+        reference: list[str] | None = typer.Option(
+            None,
+            "--reference",
+            help="One torchvision reference (repeatable; 'a+b' runs a then b): " + ", ".join(DEFAULT_COMPARE),
         ),
         iterations: int = typer.Option(10, min=1, help="Timed runs per model."),
         warmup: int = typer.Option(2, min=0, help="Untimed runs per model first."),
         train: bool = typer.Option(False, "--train-step", help="Also time a full training step."),
-        train_old: bool = typer.Option(False, "--train", hidden=True),  # the name before 0.2 (--train N counts images elsewhere)
-        out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE", help="Write the results as JSON."),
+        train_old: bool = typer.Option(
+            False, "--train", hidden=True
+        ),  # the name before 0.2 (--train N counts images elsewhere)
+        out: Path | None = typer.Option(None, "--out", "-o", metavar="FILE", help="Write the results as JSON."),
         markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table (for the README)."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
-        set_: Optional[list[str]] = typer.Option(None, "--set", help="Recipe override for every recipe, e.g. model.width=256."),
-        score_threshold: Optional[float] = typer.Option(
-            None, "--score-threshold", help="Detection score threshold for every model (0 keeps all detections of untrained heads) "
-            "[default: each recipe's; a --preset's own]."
+        set_: list[str] | None = typer.Option(
+            None, "--set", help="Recipe override for every recipe, e.g. model.width=256."
+        ),
+        score_threshold: float | None = typer.Option(
+            None,
+            "--score-threshold",
+            help="Detection score threshold for every model (0 keeps all detections of untrained heads) "
+            "[default: each recipe's; a --preset's own].",
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display while measuring."),
     ) -> None:
@@ -143,7 +163,9 @@ def register(app: typer.Typer) -> None:
         batch = batch_old if batch_old is not None else batch
         train = train or train_old
         if amp is not None and dev.type != "cuda":
-            raise UserError(f"--amp {amp} needs a CUDA device (autocast is not timed on {dev.type}); drop --amp or use --device cuda")
+            raise UserError(
+                f"--amp {amp} needs a CUDA device (autocast is not timed on {dev.type}); drop --amp or use --device cuda"
+            )
         if out is not None:
             from mtlcli.safety import refuse_protected_output
 
@@ -199,12 +221,22 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=True, quiet=quiet)
         with console.status("benchmarking ...") as status:
             rows = bm.run_benchmark(
-                subjects, batch=batch, device=dev, iterations=iterations, warmup=warmup, amp=amp, train=train,
+                subjects,
+                batch=batch,
+                device=dev,
+                iterations=iterations,
+                warmup=warmup,
+                amp=amp,
+                train=train,
                 progress=lambda msg: status.update(f"benchmarking: {msg}"),
             )
         env = bm.environment(dev, amp)
-        result = {"environment": env, "iterations": iterations,
-                  "settings": {"score_threshold": score_threshold, "overrides": overrides, "batch": batch}, "results": rows}
+        result = {
+            "environment": env,
+            "iterations": iterations,
+            "settings": {"score_threshold": score_threshold, "overrides": overrides, "batch": batch},
+            "results": rows,
+        }
         print_table(result, markdown)
         if out is not None:
             from mtlcli.safety import atomic_write_text

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,16 +24,18 @@ CHECKPOINT_OPTION = typer.Option(None, "--checkpoint", help="A checkpoint file w
 DEVICE_OPTION = typer.Option("auto", "--device", help=DEVICE_HELP)
 
 
-def model_source(run: Optional[Path], checkpoint: Optional[Path]) -> Path:
+def model_source(run: Path | None, checkpoint: Path | None) -> Path:
     """The run directory or checkpoint file of `--run RUN | --checkpoint CKPT`; both or neither is a UserError."""
     if (run is None) == (checkpoint is None):
         raise UserError("give either a run directory (--run) or a checkpoint file (--checkpoint)")
     return run if run is not None else checkpoint  # type: ignore[return-value]
+
+
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 
 
 def resolve_device(name: str | None) -> str:
-    """"auto" (or None) -> "cuda" when a CUDA device is available, else "cpu"; "cpu"; "cuda" / "cuda:N" when
+    """ "auto" (or None) -> "cuda" when a CUDA device is available, else "cpu"; "cpu"; "cuda" / "cuda:N" when
     that device exists. Anything else is one UserError line naming the valid forms."""
     import torch
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -83,7 +83,9 @@ def print_results(result: dict[str, Any]) -> None:
             for c in cols:
                 table.add_column(c, justify="left" if c == "class" else "right")
             for i, cls in enumerate(d["classes"]):
-                row = [cls, _fmt(d["iou"][i])] + ([_fmt(d["iiou"][i])] if "iiou" in d else []) + [_fmt(d["accuracy"][i])]
+                row = (
+                    [cls, _fmt(d["iou"][i])] + ([_fmt(d["iiou"][i])] if "iiou" in d else []) + [_fmt(d["accuracy"][i])]
+                )
                 table.add_row(*row)
         elif name in ("voc07", "voc12"):
             table = _table(f"{name}: AP@0.5 per class (%), {d['rule']}")
@@ -137,9 +139,21 @@ def _single_process() -> bool:
 
 
 def run_eval(
-    run: Optional[Path], checkpoint: Optional[Path], predictions: Optional[Path], data: Optional[Path], split: Optional[str],
-    metric: list[str], cityscapes_ids: bool, out: Optional[Path], save_predictions: Optional[Path], force: bool,
-    batch_size: Optional[int], device: str, workers: int, quiet: bool, written: list[Path] | None = None,
+    run: Path | None,
+    checkpoint: Path | None,
+    predictions: Path | None,
+    data: Path | None,
+    split: str | None,
+    metric: list[str],
+    cityscapes_ids: bool,
+    out: Path | None,
+    save_predictions: Path | None,
+    force: bool,
+    batch_size: int | None,
+    device: str,
+    workers: int,
+    quiet: bool,
+    written: list[Path] | None = None,
 ) -> dict[str, Any]:
     """Everything `mtl eval` does except printing; returns the result dict that is saved. The files written
     (the JSON, the detection pictures) are appended to `written` when given."""
@@ -168,7 +182,9 @@ def run_eval(
         if save_predictions is not None:
             raise UserError("--save-predictions writes a model's predictions; drop it with --predictions")
         split = split or "val"
-        result = evaluate_predictions(data, split, predictions, names or None, cityscapes_ids=cityscapes_ids, progress=not quiet)
+        result = evaluate_predictions(
+            data, split, predictions, names or None, cityscapes_ids=cityscapes_ids, progress=not quiet
+        )
         result = {"predictions": str(predictions), "data": str(data), "split": split, **result}
     else:
         from mtlcli.data.dataset import PreparedDataset
@@ -198,24 +214,54 @@ def run_eval(
         bs = batch_size or int(recipe.get("eval", {}).get("batch_size") or 4)
         from mtlcli.engine.compat import check_label_set  # before any work: data of another label set
 
-        check_label_set(getattr(model, "trained_classes", None), recipe["model"], dataset,
-                        checkpoint=run or checkpoint, data=root, action="eval")
+        check_label_set(
+            getattr(model, "trained_classes", None),
+            recipe["model"],
+            dataset,
+            checkpoint=run or checkpoint,
+            data=root,
+            action="eval",
+        )
         # a run keeps its predictions in RUN/eval/predictions-SPLIT (for the detection pictures and for
         # `mtl viz confusion`), unless the user chose where results go (--out) or predictions go
         keep = run is not None and out is None and save_predictions is None and _single_process()
         target = Path(run) / "eval" / f"predictions-{split}" if keep else save_predictions
-        result = evaluate(model, dataset, names, device=dev, batch_size=bs, progress=not quiet,
-                          save_predictions=target, force=force or keep, workers=workers)
+        result = evaluate(
+            model,
+            dataset,
+            names,
+            device=dev,
+            batch_size=bs,
+            progress=not quiet,
+            save_predictions=target,
+            force=force or keep,
+            workers=workers,
+        )
         if keep and (target / "detections.json").is_file() and dataset.meta.det_classes:
             from mtlcli.viz.detection import plot_detection
 
             detections = json.loads((target / "detections.json").read_text())
             use_07 = "voc07" in names and "voc12" not in names  # the legend's AP as the table's
             stem = free_name(Path(run) / "eval", split)  # the pictures are named as the JSON written below
-            result["plots"] = [str(p) for p in plot_detection(dataset.coco, detections, dataset.meta.det_classes,
-                                                             Path(run) / "eval", split, use_07=use_07, name=stem)]
-        result = {"run": str(run) if run else None, "checkpoint": str(checkpoint) if checkpoint else None,
-                  "data": str(root), "split": split, **result}
+            result["plots"] = [
+                str(p)
+                for p in plot_detection(
+                    dataset.coco,
+                    detections,
+                    dataset.meta.det_classes,
+                    Path(run) / "eval",
+                    split,
+                    use_07=use_07,
+                    name=stem,
+                )
+            ]
+        result = {
+            "run": str(run) if run else None,
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "data": str(root),
+            "split": split,
+            **result,
+        }
     from mtlcli.provenance import provenance
 
     result["provenance"] = provenance()
@@ -232,29 +278,61 @@ def run_eval(
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_command(
-        run: Optional[Path] = RUN_OPTION,
-        checkpoint: Optional[Path] = CHECKPOINT_OPTION,
-        predictions: Optional[Path] = typer.Option(
-            None, "--predictions",
-            help="Saved predictions: a COCO results .json, or a folder with detections.json and/or <stem>.png maps."),
-        data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset (default: the recipe's)."),
-        split: Optional[str] = typer.Option(None, "--split", help="Split to evaluate (default: val / the recipe's val_split)."),
-        metric: list[str] = typer.Option([], "--metric", "-m",
-                                         help="miou, dt, voc07, voc12, coco-bbox, coco-segm, ar (repeat or comma-separate)."),
-        cityscapes_ids: bool = typer.Option(False, "--cityscapes-ids", help="Prediction PNGs hold Cityscapes labelIds."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE", help="Save the results as JSON here (only here) "
-                                           "[default: RUN/eval/SPLIT.json for --run, nothing otherwise]."),
-        save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Write the model's predictions here."),
+        run: Path | None = RUN_OPTION,
+        checkpoint: Path | None = CHECKPOINT_OPTION,
+        predictions: Path | None = typer.Option(
+            None,
+            "--predictions",
+            help="Saved predictions: a COCO results .json, or a folder with detections.json and/or <stem>.png maps.",
+        ),
+        data: Path | None = typer.Option(None, "--data", help="Prepared dataset (default: the recipe's)."),
+        split: str | None = typer.Option(
+            None, "--split", help="Split to evaluate (default: val / the recipe's val_split)."
+        ),
+        metric: list[str] = typer.Option(
+            [], "--metric", "-m", help="miou, dt, voc07, voc12, coco-bbox, coco-segm, ar (repeat or comma-separate)."
+        ),
+        cityscapes_ids: bool = typer.Option(
+            False, "--cityscapes-ids", help="Prediction PNGs hold Cityscapes labelIds."
+        ),
+        out: Path | None = typer.Option(
+            None,
+            "--out",
+            "-o",
+            metavar="FILE",
+            help="Save the results as JSON here (only here) "
+            "[default: RUN/eval/SPLIT.json for --run, nothing otherwise].",
+        ),
+        save_predictions: Path | None = typer.Option(
+            None, "--save-predictions", help="Write the model's predictions here."
+        ),
         force: bool = typer.Option(False, "--force", help="Overwrite --out / --save-predictions."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per batch (default: the recipe's)."),
+        batch_size: int | None = typer.Option(
+            None, "--batch-size", min=1, help="Images per batch (default: the recipe's)."
+        ),
         device: str = DEVICE_OPTION,
         workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables: one line of results."),
     ) -> None:
         """Evaluate a trained model, or saved predictions, with the official metrics."""
         written: list[Path] = []
-        result = run_eval(run, checkpoint, predictions, data, split, metric, cityscapes_ids, out, save_predictions, force,
-                          batch_size, device, workers, quiet, written)
+        result = run_eval(
+            run,
+            checkpoint,
+            predictions,
+            data,
+            split,
+            metric,
+            cityscapes_ids,
+            out,
+            save_predictions,
+            force,
+            batch_size,
+            device,
+            workers,
+            quiet,
+            written,
+        )
         if quiet:
             print(result_line(result))
             return

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,13 +14,28 @@ from mtlcli.errors import UserError
 def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_command(
-        run: Optional[Path] = RUN_OPTION,
-        checkpoint: Optional[Path] = CHECKPOINT_OPTION,
-        fmt: str = typer.Option(..., "--format", "-f", metavar="onnx|torchscript", help="The file format: ONNX (.onnx) or TorchScript (.pt)."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE", help="Output file [default: RUN/export/model.onnx|.pt, "
-                                           "or next to the checkpoint]."),
-        size: Optional[str] = typer.Option(None, "--size", metavar="HxW", help="Input size HxW [default: the model's input size]."),
-        dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Any batch size (ONNX: a symbolic batch axis)."),
+        run: Path | None = RUN_OPTION,
+        checkpoint: Path | None = CHECKPOINT_OPTION,
+        fmt: str = typer.Option(
+            ...,
+            "--format",
+            "-f",
+            metavar="onnx|torchscript",
+            help="The file format: ONNX (.onnx) or TorchScript (.pt).",
+        ),
+        out: Path | None = typer.Option(
+            None,
+            "--out",
+            "-o",
+            metavar="FILE",
+            help="Output file [default: RUN/export/model.onnx|.pt, or next to the checkpoint].",
+        ),
+        size: str | None = typer.Option(
+            None, "--size", metavar="HxW", help="Input size HxW [default: the model's input size]."
+        ),
+        dynamic_batch: bool = typer.Option(
+            False, "--dynamic-batch", help="Any batch size (ONNX: a symbolic batch axis)."
+        ),
         force: bool = typer.Option(False, "--force", help="Overwrite an existing --out."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output file."),
     ) -> None:
@@ -48,12 +62,16 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--out {out} exists; choose another file or pass --force to overwrite it")
         if out.is_dir():
             raise UserError(f"--out {out} is a folder; give a file name")
-        info = export_model(model.network, fmt, out, size=parse_size(size), dynamic_batch=dynamic_batch, card=model.card)
+        info = export_model(
+            model.network, fmt, out, size=parse_size(size), dynamic_batch=dynamic_batch, card=model.card
+        )
         if quiet:
             print(out)
             return
         p = info["parity"]
         shape = "x".join(str(v) for v in info["input"]["shape"])
-        print(f"exported {info['model']} to {out} ({fmt}, input images {shape}, {len(info['outputs'])} outputs); "
-              f"parity with PyTorch: max |diff| {p['max_abs_diff']:.2e} (tolerance {p['atol']} + {p['rtol']} x |value|)"
-              f"; details in {out}.json")
+        print(
+            f"exported {info['model']} to {out} ({fmt}, input images {shape}, {len(info['outputs'])} outputs); "
+            f"parity with PyTorch: max |diff| {p['max_abs_diff']:.2e} (tolerance {p['atol']} + {p['rtol']} x |value|)"
+            f"; details in {out}.json"
+        )

@@ -23,13 +23,42 @@ _DEFAULT = re.compile(r"(?<!\\)\[(default\b)")
 
 # the value of an option, by its long name, where the command does not name it itself (metavar=...)
 METAVARS = {
-    "run": "RUN", "compare": "RUN", "data": "DATA", "checkpoint": "CKPT", "device": "DEVICE", "set": "KEY=VALUE",
-    "out": "PATH", "recipe": "NAME", "metric": "NAME", "preset": "NAME", "reference": "NAME", "classifier": "NAME",
-    "split": "SPLIT", "layer": "LAYER", "class": "CLASS", "target-class": "CLASS", "source-class": "CLASS",
-    "weights": "FILE", "image": "IMAGE", "images": "PATH", "predictions": "PATH", "save-predictions": "DIR",
-    "train-json": "FILE", "val-json": "FILE", "train-images": "DIR", "val-images": "DIR", "voc2012": "DIR",
-    "voc2007": "DIR", "sbd": "DIR", "workdir": "DIR", "input-size": "HxW", "score-threshold": "SCORE",
-    "flip-rate": "SHARE", "val-fraction": "SHARE", "lr": "LR", "eps": "EPS",
+    "run": "RUN",
+    "compare": "RUN",
+    "data": "DATA",
+    "checkpoint": "CKPT",
+    "device": "DEVICE",
+    "set": "KEY=VALUE",
+    "out": "PATH",
+    "recipe": "NAME",
+    "metric": "NAME",
+    "preset": "NAME",
+    "reference": "NAME",
+    "classifier": "NAME",
+    "split": "SPLIT",
+    "layer": "LAYER",
+    "class": "CLASS",
+    "target-class": "CLASS",
+    "source-class": "CLASS",
+    "weights": "FILE",
+    "image": "IMAGE",
+    "images": "PATH",
+    "predictions": "PATH",
+    "save-predictions": "DIR",
+    "train-json": "FILE",
+    "val-json": "FILE",
+    "train-images": "DIR",
+    "val-images": "DIR",
+    "voc2012": "DIR",
+    "voc2007": "DIR",
+    "sbd": "DIR",
+    "workdir": "DIR",
+    "input-size": "HxW",
+    "score-threshold": "SCORE",
+    "flip-rate": "SHARE",
+    "val-fraction": "SHARE",
+    "lr": "LR",
+    "eps": "EPS",
 }
 
 
@@ -53,7 +82,7 @@ def _number(v: float) -> str:
 
 
 def number_range(lo: float | None, hi: float | None) -> str | None:
-    """"≥1", "≤5", "0–0.9" (None without bounds)."""
+    """ "≥1", "≤5", "0–0.9" (None without bounds)."""
     if lo is None and hi is None:
         return None
     if hi is None:
@@ -72,6 +101,7 @@ def _patch_rich_utils() -> None:
         return
     make_text = getattr(rich_utils, "_make_rich_text", None)
     if make_text is not None:
+
         def _make_rich_text(*, text: str, style: str = "", markup_mode):  # type: ignore[no-untyped-def]
             if markup_mode == getattr(rich_utils, "MARKUP_MODE_RICH", "rich"):
                 text = _DEFAULT.sub(r"\\[\1", text)
@@ -103,6 +133,7 @@ def install() -> None:
 
     option = getattr(core, "TyperOption", None)
     if option is not None and hasattr(option, "display_type_rich"):
+
         def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
             if getattr(self, "is_flag", False) and getattr(self, "is_bool_flag", True):
                 return None
@@ -111,6 +142,7 @@ def install() -> None:
 
         option.display_type_rich = display_type_rich
     if option is not None and hasattr(option, "_get_number_range_help_str"):
+
         def _get_number_range_help_str(self):  # type: ignore[no-untyped-def]
             if getattr(self, "count", False) and self.min == 0 and self.max is None:
                 return None
@@ -120,6 +152,7 @@ def install() -> None:
 
     argument = getattr(core, "TyperArgument", None)
     if argument is not None and hasattr(argument, "_usage_display_name"):
+
         def _name(self) -> str:  # type: ignore[no-untyped-def]
             return (self.metavar or self.name or "").upper()
 
@@ -137,5 +170,6 @@ def install() -> None:
         if hasattr(argument, "display_type_rich"):
             argument.display_type_rich = lambda self, ctx: None  # the name says what it is
         if hasattr(argument, "_get_number_range_help_str"):
-            argument._get_number_range_help_str = lambda self: number_range(getattr(self, "min", None),
-                                                                           getattr(self, "max", None))
+            argument._get_number_range_help_str = lambda self: number_range(
+                getattr(self, "min", None), getattr(self, "max", None)
+            )

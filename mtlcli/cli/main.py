@@ -68,8 +68,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the mtl version (and git commit) and stop."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the mtl version (and git commit) and stop."
+    ),
 ) -> None:
     """Multi-task computer vision: detect objects and segment the scene with one model."""
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from mtlcli.cli.common import QUIET_HELP, quiet_output
 
-app = typer.Typer(help="Prepare a dataset (or draw the synthetic city) into mtl's prepared format.", no_args_is_help=True)
+app = typer.Typer(
+    help="Prepare a dataset (or draw the synthetic city) into mtl's prepared format.", no_args_is_help=True
+)
 
 WORKERS_HELP = "Processes preparing images in parallel (default: all cores)."
 STRICT_HELP = "Stop at the first problem file instead of skipping it and listing it in the summary."
@@ -53,9 +54,13 @@ def _print_train_hint(kind: str, out: Path) -> None:
 @app.command("cityscapes")
 def cityscapes(
     src: Path = typer.Argument(..., help="Cityscapes root holding leftImg8bit/ and gtFine/ (or a synthetic city)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/cityscapes]."),
-    split: Optional[list[str]] = typer.Option(None, "--split", help="Split to prepare; repeat for several [default: train and val]."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/cityscapes]."
+    ),
+    split: list[str] | None = typer.Option(
+        None, "--split", help="Split to prepare; repeat for several [default: train and val]."
+    ),
+    workers: int | None = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
@@ -66,8 +71,9 @@ def cityscapes(
 
     out = out or default_out("cityscapes")
     with quiet_output(quiet):
-        summary = prepare_cityscapes(src, out, workers=workers, strict=strict, force=force, splits=split or None,
-                                     verify=verify)
+        summary = prepare_cityscapes(
+            src, out, workers=workers, strict=strict, force=force, splits=split or None, verify=verify
+        )
     _done(out, summary)
     from mtlcli.data.synthetic import MARKER
 
@@ -77,10 +83,16 @@ def cityscapes(
 @app.command("voc")
 def voc(
     voc2012: Path = typer.Option(..., "--voc2012", help="VOCdevkit/VOC2012 folder (or the VOCdevkit holding it)."),
-    voc2007: Optional[Path] = typer.Option(None, "--voc2007", help="VOCdevkit/VOC2007 folder, for 07+12 training and the VOC07 test split."),
-    sbd: Optional[Path] = typer.Option(None, "--sbd", help="SBD benchmark_RELEASE/dataset folder, for train_aug and trainval07_aug12 (IvaNet)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/voc]."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
+    voc2007: Path | None = typer.Option(
+        None, "--voc2007", help="VOCdevkit/VOC2007 folder, for 07+12 training and the VOC07 test split."
+    ),
+    sbd: Path | None = typer.Option(
+        None, "--sbd", help="SBD benchmark_RELEASE/dataset folder, for train_aug and trainval07_aug12 (IvaNet)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/voc]."
+    ),
+    workers: int | None = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
@@ -91,23 +103,36 @@ def voc(
 
     out = out or default_out("voc")
     with quiet_output(quiet):
-        summary = prepare_voc(out, voc2012=voc2012, voc2007=voc2007, sbd=sbd, workers=workers, strict=strict,
-                              force=force, verify=verify)
+        summary = prepare_voc(
+            out, voc2012=voc2012, voc2007=voc2007, sbd=sbd, workers=workers, strict=strict, force=force, verify=verify
+        )
     _done(out, summary)
     _print_train_hint("voc", out)
 
 
 @app.command("coco")
 def coco(
-    src: Optional[Path] = typer.Argument(None, help="COCO 2017 root holding annotations/ and train2017/, val2017/ "
-                                         "(or give your own files with --train-json/--train-images)."),
-    train_json: Optional[Path] = typer.Option(None, "--train-json", help="A COCO-format annotation file for the train split."),
-    train_images: Optional[Path] = typer.Option(None, "--train-images", help="Folder its file_names are relative to."),
-    val_json: Optional[Path] = typer.Option(None, "--val-json", help="A COCO-format annotation file for the val split."),
-    val_images: Optional[Path] = typer.Option(None, "--val-images", help="Folder its file_names are relative to."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/coco, "
-                                       "or $MTL_DATA/custom for your own files]."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
+    src: Path | None = typer.Argument(
+        None,
+        help="COCO 2017 root holding annotations/ and train2017/, val2017/ "
+        "(or give your own files with --train-json/--train-images).",
+    ),
+    train_json: Path | None = typer.Option(
+        None, "--train-json", help="A COCO-format annotation file for the train split."
+    ),
+    train_images: Path | None = typer.Option(None, "--train-images", help="Folder its file_names are relative to."),
+    val_json: Path | None = typer.Option(
+        None, "--val-json", help="A COCO-format annotation file for the val split."
+    ),
+    val_images: Path | None = typer.Option(None, "--val-images", help="Folder its file_names are relative to."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        metavar="DATA",
+        help="Prepared dataset folder [default: $MTL_DATA/coco, or $MTL_DATA/custom for your own files].",
+    ),
+    workers: int | None = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
@@ -118,8 +143,17 @@ def coco(
     custom = any(v is not None for v in (train_json, train_images, val_json, val_images))
     out = out or default_out("custom" if custom else "coco")
     with quiet_output(quiet):
-        summary = prepare_coco(src, out, workers=workers, strict=strict, force=force, train_json=train_json,
-                               train_images=train_images, val_json=val_json, val_images=val_images)
+        summary = prepare_coco(
+            src,
+            out,
+            workers=workers,
+            strict=strict,
+            force=force,
+            train_json=train_json,
+            train_images=train_images,
+            val_json=val_json,
+            val_images=val_images,
+        )
     _done(out, summary)
     if custom:
         from mtlcli.data.prepared import DatasetMeta
@@ -134,9 +168,13 @@ def coco(
 @app.command("mot15")
 def mot15(
     src: Path = typer.Argument(..., help="2DMOT2015 root holding train/<sequence>/{img1,gt}."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/mot15]."),
-    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.9, help="Last part of each sequence used for val."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/mot15]."
+    ),
+    val_fraction: float = typer.Option(
+        0.2, "--val-fraction", min=0.0, max=0.9, help="Last part of each sequence used for val."
+    ),
+    workers: int | None = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
@@ -147,21 +185,35 @@ def mot15(
 
     out = out or default_out("mot15")
     with quiet_output(quiet):
-        summary = prepare_mot15(src, out, val_fraction=val_fraction, workers=workers, strict=strict, force=force,
-                                verify=verify)
+        summary = prepare_mot15(
+            src, out, val_fraction=val_fraction, workers=workers, strict=strict, force=force, verify=verify
+        )
     _done(out, summary)
     _print_train_hint("mot15", out)
 
 
 @app.command("synthetic")
 def synthetic(
-    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder for the synthetic Cityscapes tree (a source, not a prepared dataset)."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        metavar="DIR",
+        help="Folder for the synthetic Cityscapes tree (a source, not a prepared dataset).",
+    ),
     train: int = typer.Option(300, "--train", min=0, help="Number of train images."),
     val: int = typer.Option(60, "--val", min=0, help="Number of val images."),
-    size: tuple[int, int] = typer.Option((256, 512), "--size", metavar="H W", show_default=False,
-                                       help="Image height and width in pixels [default: 256 512]."),
+    size: tuple[int, int] = typer.Option(
+        (256, 512),
+        "--size",
+        metavar="H W",
+        show_default=False,
+        help="Image height and width in pixels [default: 256 512].",
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed and size give the same images."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help="Processes drawing images (default: all cores)."),
+    workers: int | None = typer.Option(
+        None, "--workers", "-j", min=1, help="Processes drawing images (default: all cores)."
+    ),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
@@ -171,5 +223,7 @@ def synthetic(
 
     with quiet_output(quiet):
         root = generate_synthetic(out, train=train, val=val, size=size, seed=seed, force=force, workers=workers)
-    _console().print(f"[green]synthetic city[/]: {train} train + {val} val images of {size[0]}x{size[1]} in {root}\n"
-                    f"next: {after_synthetic(out, default_out('synthetic'))}")
+    _console().print(
+        f"[green]synthetic city[/]: {train} train + {val} val images of {size[0]}x{size[1]} in {root}\n"
+        f"next: {after_synthetic(out, default_out('synthetic'))}"
+    )

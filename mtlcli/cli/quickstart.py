@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -59,11 +59,11 @@ def run_quickstart(
 
     Returns {"source", "data", "viz" (overlay PNG paths)} plus, after training one recipe, what
     `train_eval_viz` returns, or after a list {"results": [one such dict per recipe]}."""
+    from rich.console import Console
+
     from mtlcli.data.cityscapes import prepare_cityscapes
     from mtlcli.data.prepared import DatasetMeta
     from mtlcli.data.synthetic import generate_synthetic
-
-    from rich.console import Console
 
     console = console or Console()
     workdir = Path(workdir).expanduser().resolve()
@@ -74,8 +74,10 @@ def run_quickstart(
     fresh = not _made_with(src, params)
     if fresh:
         if src.is_dir() and any(src.iterdir()) and not force:
-            raise UserError(f"{src} exists but was not made by a quickstart with these settings; pass --force to "
-                            f"draw it again, or choose another --workdir")
+            raise UserError(
+                f"{src} exists but was not made by a quickstart with these settings; pass --force to "
+                f"draw it again, or choose another --workdir"
+            )
         generate_synthetic(src, train=train, val=val, size=size, seed=seed, force=force, workers=workers)
     else:
         console.print(f"reusing {src} ({train} train + {val} val images of {size[0]}x{size[1]}, seed {seed})")
@@ -117,12 +119,14 @@ def run_quickstart(
     if isinstance(recipe, str):
         result = train_eval_viz(workdir, data, recipe, overrides or [], num_viz=num_viz, force=force, console=console)
         return {"source": src, "data": data, "viz": overlays, **result}
-    results = [train_eval_viz(workdir, data, r, overrides or [], num_viz=num_viz, force=force, console=console)
-               for r in recipe]
+    results = [
+        train_eval_viz(workdir, data, r, overrides or [], num_viz=num_viz, force=force, console=console) for r in recipe
+    ]
     console.rule("[bold green]all recipes")
     console.print(learning_table(results))
-    (workdir / "learning.json").write_text(json.dumps(
-        [{k: r[k] for k in ("recipe", "family", "metrics", "floors", "timing")} for r in results], indent=1))
+    (workdir / "learning.json").write_text(
+        json.dumps([{k: r[k] for k in ("recipe", "family", "metrics", "floors", "timing")} for r in results], indent=1)
+    )
     return {"source": src, "data": data, "viz": overlays, "results": results}
 
 
@@ -136,7 +140,13 @@ FLOORS: dict[str, dict[str, float]] = {
     "datnet": {"voc07": 0.50, "coco-segm": 0.25},
     "safpn": {"voc07": 0.50, "coco-segm": 0.25},
 }
-METRIC_LABELS = {"miou": "mIoU", "dt": "DT accuracy", "voc07": "mAP@0.5 (VOC07)", "coco-bbox": "box AP (COCO)", "coco-segm": "mask AP (COCO)"}
+METRIC_LABELS = {
+    "miou": "mIoU",
+    "dt": "DT accuracy",
+    "voc07": "mAP@0.5 (VOC07)",
+    "coco-bbox": "box AP (COCO)",
+    "coco-segm": "mask AP (COCO)",
+}
 TINY_SUFFIX = "-tiny-synthetic"
 
 
@@ -211,16 +221,16 @@ def train_eval_viz(
     import time
 
     import torch
+    from rich.console import Console
 
     from mtlcli.cli.eval import print_results, run_eval
     from mtlcli.data.dataset import PreparedDataset
     from mtlcli.engine.checkpoint import load_for_eval
     from mtlcli.engine.train import train
-    from mtlcli.recipes import load_recipe, recipe_name as name_of, total_iterations
+    from mtlcli.recipes import load_recipe, total_iterations
+    from mtlcli.recipes import recipe_name as name_of
     from mtlcli.viz.curves import plot_curves
     from mtlcli.viz.predictions import render_predictions
-
-    from rich.console import Console
 
     console = console or Console()
     overrides = [f"data.root={data}", *overrides]
@@ -266,9 +276,22 @@ def train_eval_viz(
     with torch.inference_mode():  # one val image tells which outputs (and so which metrics) there are
         probe = model([dataset[0][0].as_subclass(torch.Tensor)])[0]
     metrics = supported_metrics(probe)
-    result = run_eval(run=run_dir, checkpoint=None, predictions=None, data=data, split="val",
-                      metric=metrics, cityscapes_ids=False, out=None, save_predictions=None, force=False,
-                      batch_size=None, device="cpu", workers=0, quiet=False)
+    result = run_eval(
+        run=run_dir,
+        checkpoint=None,
+        predictions=None,
+        data=data,
+        split="val",
+        metric=metrics,
+        cityscapes_ids=False,
+        out=None,
+        save_predictions=None,
+        force=False,
+        batch_size=None,
+        device="cpu",
+        workers=0,
+        quiet=False,
+    )
     print_results(result)
 
     console.rule("[bold]6. predictions and curves")
@@ -284,18 +307,32 @@ def train_eval_viz(
         table.add_column(col, justify="left" if col == "metric" else "right")
     for metric in metrics:
         value, goal = result["metrics"].get(metric), floors.get(metric)
-        table.add_row(METRIC_LABELS[metric], _fmt(value), f">= {goal:.2f}" if goal is not None else "—", _verdict(value, goal))
+        table.add_row(
+            METRIC_LABELS[metric], _fmt(value), f">= {goal:.2f}" if goal is not None else "—", _verdict(value, goal)
+        )
     console.print(table)
-    console.print(f"trained {timing['iterations']} iterations in {timing['wall_s'] / 60:.1f} min wall, "
-                  f"{timing['cpu_s'] / 60:.1f} CPU min")
-    console.print(f"run         {run_dir}\ncheckpoints {run_dir / 'checkpoints'}\n"
-                  f"predictions {run_dir / 'viz' / 'predictions'} ({len(predictions)} PNGs)\n"
-                  f"curves      {', '.join(str(p) for p in plots)}")
+    console.print(
+        f"trained {timing['iterations']} iterations in {timing['wall_s'] / 60:.1f} min wall, "
+        f"{timing['cpu_s'] / 60:.1f} CPU min"
+    )
+    console.print(
+        f"run         {run_dir}\ncheckpoints {run_dir / 'checkpoints'}\n"
+        f"predictions {run_dir / 'viz' / 'predictions'} ({len(predictions)} PNGs)\n"
+        f"curves      {', '.join(str(p) for p in plots)}"
+    )
     from mtlcli.hints import quickstart_next
 
     console.print(quickstart_next(run_dir, name, data, workdir / "viz" / "predictions"), soft_wrap=True, markup=False)
-    return {"run": run_dir, "recipe": name, "family": family, "metrics": result["metrics"], "floors": floors,
-            "timing": timing, "predictions": predictions, "plots": plots}
+    return {
+        "run": run_dir,
+        "recipe": name,
+        "family": family,
+        "metrics": result["metrics"],
+        "floors": floors,
+        "timing": timing,
+        "predictions": predictions,
+        "plots": plots,
+    }
 
 
 def _fmt(value: float | None) -> str:
@@ -323,9 +360,14 @@ def learning_table(results: list[dict[str, Any]]):
     from rich import box
     from rich.table import Table
 
-    table = Table(title="quickstart --all: the *-tiny-synthetic recipes on the synthetic val split", box=box.SIMPLE_HEAD,
-                  caption="wall / CPU: minutes of training; green: meets its floor, red: below it "
-                          "(floors: mtl quickstart --help)", pad_edge=False, collapse_padding=True)
+    table = Table(
+        title="quickstart --all: the *-tiny-synthetic recipes on the synthetic val split",
+        box=box.SIMPLE_HEAD,
+        caption="wall / CPU: minutes of training; green: meets its floor, red: below it "
+        "(floors: mtl quickstart --help)",
+        pad_edge=False,
+        collapse_padding=True,
+    )
     table.add_column("recipe", no_wrap=True)
     shown = [m for m in METRIC_LABELS if any(m in r["metrics"] for r in results)]  # metrics some model gives
     for col in ("iters", "wall", "CPU", *(SHORT_LABELS[m] for m in shown), "floors"):
@@ -338,8 +380,14 @@ def learning_table(results: list[dict[str, Any]]):
             text = "—" if m not in r["metrics"] else _fmt(value)
             cells.append(f"[{style}]{text}[/]" if style else text)
         t = r["timing"]
-        table.add_row(r["recipe"].removesuffix(TINY_SUFFIX), str(t["iterations"]), f"{t['wall_s'] / 60:.1f}",
-                      f"{t['cpu_s'] / 60:.1f}", *cells, "[green]met" if met_all(r) else "[red]not met")
+        table.add_row(
+            r["recipe"].removesuffix(TINY_SUFFIX),
+            str(t["iterations"]),
+            f"{t['wall_s'] / 60:.1f}",
+            f"{t['cpu_s'] / 60:.1f}",
+            *cells,
+            "[green]met" if met_all(r) else "[red]not met",
+        )
     return table
 
 
@@ -356,25 +404,52 @@ def _only_ours(data: Path) -> bool:
 def register(app: typer.Typer) -> None:
     @app.command("quickstart")
     def quickstart(
-        workdir: Path = typer.Option(Path("mtl-quickstart"), "--workdir", help="Folder for everything the quickstart makes."),
+        workdir: Path = typer.Option(
+            Path("mtl-quickstart"), "--workdir", help="Folder for everything the quickstart makes."
+        ),
         train: int = typer.Option(300, "--train", min=1, help="Synthetic train images."),
         val: int = typer.Option(60, "--val", min=1, help="Synthetic val images."),
-        size: tuple[int, int] = typer.Option((256, 512), "--size", metavar="H W", show_default=False,
-                                                help="Synthetic image height and width [default: 256 512]."),
+        size: tuple[int, int] = typer.Option(
+            (256, 512),
+            "--size",
+            metavar="H W",
+            show_default=False,
+            help="Synthetic image height and width [default: 256 512].",
+        ),
         seed: int = typer.Option(0, "--seed", help="Seed of the synthetic city."),
-        workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help="Processes for drawing and preparing (default: all cores)."),
+        workers: int | None = typer.Option(
+            None, "--workers", "-j", min=1, help="Processes for drawing and preparing (default: all cores)."
+        ),
         num_viz: int = typer.Option(4, "--num-viz", min=1, help="Ground-truth overlays to draw."),
         force: bool = typer.Option(False, "--force", help="Redo steps whose output exists with other settings."),
-        recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe to train (a *-tiny-synthetic one; default ivanet-tiny-synthetic)."),
-        all_: bool = typer.Option(False, "--all", help="Train every *-tiny-synthetic recipe, one after another, and print one table. Floors on the val split: "
-                                  "IvaNet mIoU 0.70 + mAP50 0.50; SSD300 mAP50 0.50; LadderDenseNet mIoU 0.70; imtl mIoU 0.65 + "
-                                  "mAP50 0.45; DATNet and SA-FPN mAP50 0.50 + mask AP 0.25."),
-        set_: Optional[list[str]] = typer.Option(None, "--set", help="Recipe override KEY=VALUE (repeatable), e.g. train.iterations=100."),
+        recipe: str | None = typer.Option(
+            None, "--recipe", help="Recipe to train (a *-tiny-synthetic one; default ivanet-tiny-synthetic)."
+        ),
+        all_: bool = typer.Option(
+            False,
+            "--all",
+            help="Train every *-tiny-synthetic recipe, one after another, and print one table. Floors on the val split: "
+            "IvaNet mIoU 0.70 + mAP50 0.50; SSD300 mAP50 0.50; LadderDenseNet mIoU 0.70; imtl mIoU 0.65 + "
+            "mAP50 0.45; DATNet and SA-FPN mAP50 0.50 + mask AP 0.25.",
+        ),
+        set_: list[str] | None = typer.Option(
+            None, "--set", help="Recipe override KEY=VALUE (repeatable), e.g. train.iterations=100."
+        ),
         no_train: bool = typer.Option(False, "--no-train", help="Stop after the data steps."),
     ) -> None:
         """Synthetic city -> prepare -> train -> eval -> viz: the whole path on a CPU, nothing to download."""
         if all_ and recipe:
             raise UserError("give either --recipe NAME or --all, not both")
         chosen: str | list[str] | None = tiny_recipes() if all_ else recipe or "ivanet-tiny-synthetic"
-        run_quickstart(workdir, train=train, val=val, size=size, seed=seed, workers=workers, num_viz=num_viz, force=force,
-                       recipe=None if no_train else chosen, overrides=list(set_ or []))
+        run_quickstart(
+            workdir,
+            train=train,
+            val=val,
+            size=size,
+            seed=seed,
+            workers=workers,
+            num_viz=num_viz,
+            force=force,
+            recipe=None if no_train else chosen,
+            overrides=list(set_ or []),
+        )

@@ -20,10 +20,10 @@ import json
 import re
 import shlex
 import time
-import tomllib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
+import tomllib
 import typer
 
 from mtlcli.errors import UserError
@@ -84,9 +84,19 @@ def summarize(run: Path) -> dict[str, Any]:
         status = "running"
     else:
         status = "interrupted"
-    return {"run": run, "recipe": name, "iteration": last_it, "total": total, "metric": metric, "best": best,
-            "status": status, "last_eval": evals[-1].get("metrics", {}) if evals else {},
-            "loss": last_train.get("loss"), "images_per_s": last_train.get("images_per_s"), "config": recipe}
+    return {
+        "run": run,
+        "recipe": name,
+        "iteration": last_it,
+        "total": total,
+        "metric": metric,
+        "best": best,
+        "status": status,
+        "last_eval": evals[-1].get("metrics", {}) if evals else {},
+        "loss": last_train.get("loss"),
+        "images_per_s": last_train.get("images_per_s"),
+        "config": recipe,
+    }
 
 
 def _flat(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -101,9 +111,10 @@ def _flat(recipe: dict[str, Any]) -> dict[str, Any]:
 def register(app: typer.Typer) -> None:
     @app.command("runs")
     def runs(
-        root: Optional[Path] = typer.Argument(None, metavar="DIR", help="Folder holding runs [default: runs]."),
-        run: list[Path] = typer.Option([], "--run", help="A run to show side by side with the other --run ones "
-                                       "(repeat: mtl runs --run A --run B)."),
+        root: Path | None = typer.Argument(None, metavar="DIR", help="Folder holding runs [default: runs]."),
+        run: list[Path] = typer.Option(
+            [], "--run", help="A run to show side by side with the other --run ones (repeat: mtl runs --run A --run B)."
+        ),
         compare: list[Path] = typer.Option([], "--compare", "-c", hidden=True),  # the name before --run
     ) -> None:
         """List training runs (recipe, iterations, best metric, status), or compare chosen runs side by side."""
@@ -128,8 +139,9 @@ def register(app: typer.Typer) -> None:
             table.add_row("iterations", *[f"{r['iteration']}/{r['total'] or '?'}" for r in rows])
             for m in sorted({m for r in rows for m in r["last_eval"]}):
                 table.add_row(f"{m} (last eval)", *[_pct(r["last_eval"].get(m)) for r in rows])
-                table.add_row(f"{m} (best)", *[_pct(r["best"][0]) if r["best"] and r["metric"] == m else "—"
-                                               for r in rows])
+                table.add_row(
+                    f"{m} (best)", *[_pct(r["best"][0]) if r["best"] and r["metric"] == m else "—" for r in rows]
+                )
             table.add_row("loss (last)", *[_num(r["loss"]) for r in rows])
             table.add_row("img/s (last)", *[_num(r["images_per_s"]) for r in rows])
             flats = [_flat(r["config"]) for r in rows]
@@ -157,8 +169,13 @@ def register(app: typer.Typer) -> None:
         for r in rows:
             best = f"{r['metric']} {_pct(r['best'][0])} @ {r['best'][1]}" if r["best"] else "—"
             colour = {"finished": "green", "running": "yellow", "interrupted": "red"}[r["status"]]
-            table.add_row(str(r["run"]), *([] if named else [r["recipe"]]), f"{r['iteration']}/{r['total'] or '?'}",
-                          best, f"[{colour}]{r['status']}[/]")
+            table.add_row(
+                str(r["run"]),
+                *([] if named else [r["recipe"]]),
+                f"{r['iteration']}/{r['total'] or '?'}",
+                best,
+                f"[{colour}]{r['status']}[/]",
+            )
         console.print(table)
 
 

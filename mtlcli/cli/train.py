@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -55,8 +54,11 @@ def choose_run_dir(recipe_ref: str, out: Path | None, *, resume: bool, force: bo
         if not force:
             from mtlcli.hints import resume_command
 
-            go_on = (f"continue that run with --resume (`{resume_command(out)}`), "
-                     if (out / "checkpoints" / "last.pt").is_file() else "")
+            go_on = (
+                f"continue that run with --resume (`{resume_command(out)}`), "
+                if (out / "checkpoints" / "last.pt").is_file()
+                else ""
+            )
             raise UserError(f"{out} already holds files — {go_on}start over with --force, or choose another --out")
         check_unlocked(out, "--force on")
         kept = clear_run(out)
@@ -95,33 +97,55 @@ def lock_run_dir(recipe_ref: str, out: Path | None, *, resume: bool, force: bool
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_command(
-        recipe: Optional[str] = typer.Option(
-            None, "--recipe", "-r", help="Recipe name (see `mtl recipes list`) or path to a .toml file. "
-            "With --resume, defaults to RUN/recipe.toml."),
-        data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset (overrides \\[data].root) "
-                                            "[default: the recipe's data.root, else $MTL_DATA/<dataset>, else data/<dataset>]."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="RUN", help="Run directory [default: runs/<recipe>/expN]."),
-        set_: list[str] = typer.Option([], "--set", help="Override a recipe key, e.g. --set train.lr=0.001 "
-                                       "(repeatable)."),
-        weights: Optional[Path] = typer.Option(
-            None, "--weights", help="Start from these weights (a checkpoint or state dict): matching tensors load, "
-            "heads whose class count differs are re-initialised (sets model.init_weights)."),
+        recipe: str | None = typer.Option(
+            None,
+            "--recipe",
+            "-r",
+            help="Recipe name (see `mtl recipes list`) or path to a .toml file. "
+            "With --resume, defaults to RUN/recipe.toml.",
+        ),
+        data: Path | None = typer.Option(
+            None,
+            "--data",
+            help="Prepared dataset (overrides \\[data].root) "
+            "[default: the recipe's data.root, else $MTL_DATA/<dataset>, else data/<dataset>].",
+        ),
+        out: Path | None = typer.Option(
+            None, "--out", "-o", metavar="RUN", help="Run directory [default: runs/<recipe>/expN]."
+        ),
+        set_: list[str] = typer.Option(
+            [], "--set", help="Override a recipe key, e.g. --set train.lr=0.001 (repeatable)."
+        ),
+        weights: Path | None = typer.Option(
+            None,
+            "--weights",
+            help="Start from these weights (a checkpoint or state dict): matching tensors load, "
+            "heads whose class count differs are re-initialised (sets model.init_weights).",
+        ),
         resume: bool = typer.Option(False, "--resume", help="Continue RUN/checkpoints/last.pt exactly."),
         force: bool = typer.Option(False, "--force", help="Start over in a --out that already holds a run."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [default: auto, "
-                                             "CUDA if available, else CPU]."),
+        device: str | None = typer.Option(
+            None, "--device", help="auto, cpu, cuda or cuda:N [default: auto, CUDA if available, else CPU]."
+        ),
         tensorboard: bool = typer.Option(
-            False, "--tensorboard", help="Also write the logged scalars to RUN/tensorboard/ (needs `pip install "
-            "tensorboard`; sets train.tensorboard). RUN/metrics.jsonl is written either way."),
+            False,
+            "--tensorboard",
+            help="Also write the logged scalars to RUN/tensorboard/ (needs `pip install "
+            "tensorboard`; sets train.tensorboard). RUN/metrics.jsonl is written either way.",
+        ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
-        cache: Optional[str] = typer.Option(
-            None, "--cache", metavar="ram|none", help="ram: decode the training images and label maps into memory once, before "
+        cache: str | None = typer.Option(
+            None,
+            "--cache",
+            metavar="ram|none",
+            help="ram: decode the training images and label maps into memory once, before "
             "training (falls back, with a note, when they would not fit); none: read every sample from its files "
-            "(sets data.cache) [default: the recipe's data.cache]."),
+            "(sets data.cache) [default: the recipe's data.cache].",
+        ),
     ) -> None:
         """Train a model from a recipe; writes RUN/recipe.toml, metrics.jsonl and checkpoints/{last,best}.pt."""
-        from mtlcli.engine.distributed import broadcast_object, cleanup, init_distributed
         from mtlcli.engine.data import data_root, require_prepared
+        from mtlcli.engine.distributed import broadcast_object, cleanup, init_distributed
         from mtlcli.engine.train import tensorboard_writer, train
         from mtlcli.recipes import load_recipe
 
@@ -148,7 +172,9 @@ def register(app: typer.Typer) -> None:
             resolved["data"]["root"] = str(data.expanduser().resolve())
         if weights is not None:
             if resume:
-                raise UserError("--weights starts a new run from other weights; --resume continues this run's own — give one")
+                raise UserError(
+                    "--weights starts a new run from other weights; --resume continues this run's own — give one"
+                )
             resolved["model"]["init_weights"] = str(weights.expanduser().resolve())
         if tensorboard:
             resolved["train"]["tensorboard"] = True
@@ -174,8 +200,10 @@ def register(app: typer.Typer) -> None:
                 raise UserError(decision[1])
             run_dir = Path(decision[1])
             if info.is_main:
-                print(f"training {resolved['model'].get('name')} into {run_dir}"
-                      + (f" on {info.world_size} processes" if info.distributed else ""))
+                print(
+                    f"training {resolved['model'].get('name')} into {run_dir}"
+                    + (f" on {info.world_size} processes" if info.distributed else "")
+                )
             try:
                 result = train(resolved, run_dir, resume=resume, device=device, progress=not quiet)
             except KeyboardInterrupt:

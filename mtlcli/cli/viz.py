@@ -20,13 +20,15 @@ drawing code is imported inside the commands so that `mtl --help` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from mtlcli.cli.common import CHECKPOINT_OPTION, DEVICE_OPTION, RUN_OPTION
 
-app = typer.Typer(help="Draw ground truth, predictions, training curves, confusion matrices, features and adversarial examples as PNGs.", no_args_is_help=True)
+app = typer.Typer(
+    help="Draw ground truth, predictions, training curves, confusion matrices, features and adversarial examples as PNGs.",
+    no_args_is_help=True,
+)
 
 
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar; only the final lines.")
@@ -34,13 +36,13 @@ QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar; only 
 
 @app.command("dataset")
 def dataset(
-    data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset folder (the --out of `mtl prepare`)."),
+    data: Path | None = typer.Option(None, "--data", help="Prepared dataset folder (the --out of `mtl prepare`)."),
     out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Folder for the overlay PNGs."),
-    split: Optional[str] = typer.Option(None, "--split", help="Split to draw [default: the dataset's first split]."),
+    split: str | None = typer.Option(None, "--split", help="Split to draw [default: the dataset's first split]."),
     num: int = typer.Option(8, "--num", "-n", help="Number of images, spread evenly over the split."),
     force: bool = typer.Option(False, "--force", help="Overwrite overlay PNGs already in --out."),
     quiet: bool = QUIET_OPTION,
-    data_arg: Optional[Path] = typer.Argument(None, hidden=True, help="Before 0.2: DATA as a positional argument."),
+    data_arg: Path | None = typer.Argument(None, hidden=True, help="Before 0.2: DATA as a positional argument."),
 ) -> None:
     """Ground-truth overlays: semantic map, boxes with class names and DT bins of N images."""
     from rich.console import Console
@@ -62,8 +64,9 @@ def dataset(
     paths = render_dataset(data, split, out, num=num, force=force, progress=not quiet)
     from rich.markup import escape
 
-    Console().print(f"[green]wrote[/] {len(paths)} overlay(s) of {escape(str(data))}, split {escape(split)}, "
-                               f"to {escape(str(out))}")
+    Console().print(
+        f"[green]wrote[/] {len(paths)} overlay(s) of {escape(str(data))}, split {escape(split)}, to {escape(str(out))}"
+    )
 
 
 # ------------------------------------------------------------------------------- model-based commands
@@ -92,11 +95,17 @@ def _check_labels(loaded, dataset, source) -> None:
     """Data of another label set than the checkpoint's is one line, not silent nonsense."""
     from mtlcli.engine.compat import check_label_set
 
-    check_label_set(getattr(loaded.model, "trained_classes", None), loaded.recipe["model"], dataset,
-                    checkpoint=source, data=loaded.root, action="viz")
+    check_label_set(
+        getattr(loaded.model, "trained_classes", None),
+        loaded.recipe["model"],
+        dataset,
+        checkpoint=source,
+        data=loaded.root,
+        action="viz",
+    )
 
 
-def _class_index(value: Optional[str], names: list[str], option: str) -> Optional[int]:
+def _class_index(value: str | None, names: list[str], option: str) -> int | None:
     """A class given as an index (0..C-1) or by name; None stays None."""
     from mtlcli.errors import UserError
 
@@ -106,8 +115,10 @@ def _class_index(value: Optional[str], names: list[str], option: str) -> Optiona
         return int(value)
     if value in names:
         return names.index(value)
-    raise UserError(f"{option} {value!r} is neither a class index nor a class name; classes: "
-                    f"{', '.join(f'{i}={n}' for i, n in enumerate(names))}")
+    raise UserError(
+        f"{option} {value!r} is neither a class index nor a class name; classes: "
+        f"{', '.join(f'{i}={n}' for i, n in enumerate(names))}"
+    )
 
 
 def _print_paths(what: str, paths: list[Path]) -> None:
@@ -125,14 +136,16 @@ FORCE_OPTION = typer.Option(False, "--force", help="Overwrite PNGs that already 
 
 @app.command("predictions")
 def predictions(
-    run: Optional[Path] = RUN_OPTION,
-    checkpoint: Optional[Path] = CHECKPOINT_OPTION,
-    data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset [default: the recipe's]."),
-    split: Optional[str] = typer.Option(None, "--split", help="Split to draw [default: the recipe's val_split]."),
+    run: Path | None = RUN_OPTION,
+    checkpoint: Path | None = CHECKPOINT_OPTION,
+    data: Path | None = typer.Option(None, "--data", help="Prepared dataset [default: the recipe's]."),
+    split: str | None = typer.Option(None, "--split", help="Split to draw [default: the recipe's val_split]."),
     images: list[Path] = typer.Option([], "--images", help="Image files or folders instead of a dataset (repeatable)."),
     num: int = typer.Option(8, "--num", "-n", help="Number of images (spread evenly over a split)."),
     score_threshold: float = typer.Option(0.3, "--score-threshold", help="Draw detections scoring at least this."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for the PNGs [default: RUN/viz/predictions]."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", metavar="DIR", help="Folder for the PNGs [default: RUN/viz/predictions]."
+    ),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
@@ -152,23 +165,39 @@ def predictions(
         from mtlcli.data.dataset import PreparedDataset
 
         if loaded.root is None:
-            raise UserError("the run's prepared dataset is not here; give it with --data DATA, or draw --images FILE|DIR")
+            raise UserError(
+                "the run's prepared dataset is not here; give it with --data DATA, or draw --images FILE|DIR"
+            )
         split = split or loaded.recipe.get("data", {}).get("val_split") or "val"
         source = PreparedDataset(loaded.root, split, label_map=loaded.recipe.get("data", {}).get("label_map") or None)
         _check_labels(loaded, source, run or checkpoint)
-    paths = render_predictions(loaded.model, source, out, num=num, score_threshold=score_threshold, palette=cls.palette,
-                               seg_classes=cls.seg_classes, det_classes=cls.det_classes, force=force,
-                               device=loaded.device, progress=not quiet)
+    paths = render_predictions(
+        loaded.model,
+        source,
+        out,
+        num=num,
+        score_threshold=score_threshold,
+        palette=cls.palette,
+        seg_classes=cls.seg_classes,
+        det_classes=cls.det_classes,
+        force=force,
+        device=loaded.device,
+        progress=not quiet,
+    )
     _print_paths("prediction overlay(s)", paths)
 
 
 @app.command("curves")
 def curves(
     run: list[Path] = typer.Option([], "--run", help="Run directory of `mtl train`; repeat to overlay several runs."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for the plots [default: the first RUN/plots]."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", metavar="DIR", help="Folder for the plots [default: the first RUN/plots]."
+    ),
     force: bool = FORCE_OPTION,
     quiet: bool = QUIET_OPTION,
-    runs_arg: Optional[list[Path]] = typer.Argument(None, hidden=True, help="Before 0.2: RUN... as positional arguments."),
+    runs_arg: list[Path] | None = typer.Argument(
+        None, hidden=True, help="Before 0.2: RUN... as positional arguments."
+    ),
 ) -> None:
     """Loss terms, learning rate and evaluation metrics over iterations, from RUN/metrics.jsonl."""
     from mtlcli.errors import UserError
@@ -184,11 +213,13 @@ def curves(
 
 @app.command("confusion")
 def confusion(
-    run: Optional[Path] = RUN_OPTION,
-    checkpoint: Optional[Path] = CHECKPOINT_OPTION,
-    data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset [default: the recipe's]."),
-    split: Optional[str] = typer.Option(None, "--split", help="Split to evaluate [default: the recipe's val_split]."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for the PNG [default: RUN/viz]."),
+    run: Path | None = RUN_OPTION,
+    checkpoint: Path | None = CHECKPOINT_OPTION,
+    data: Path | None = typer.Option(None, "--data", help="Prepared dataset [default: the recipe's]."),
+    split: str | None = typer.Option(None, "--split", help="Split to evaluate [default: the recipe's val_split]."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", metavar="DIR", help="Folder for the PNG [default: RUN/viz]."
+    ),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
@@ -213,8 +244,10 @@ def confusion(
         details = result["details"]["miou"]
         title = f"{split}: mIoU {100 * result['metrics']['miou']:.1f}% over {details['images']} images (cells: % of the row)"
         path = plot_confusion(details["confusion"], details["classes"], target, details["iou"], title)
-        _print_paths(f"confusion matrix (mIoU {100 * (details['miou'] or 0.0):.1f}%, from the predictions "
-                     f"saved in {pred_dir})", [path])
+        _print_paths(
+            f"confusion matrix (mIoU {100 * (details['miou'] or 0.0):.1f}%, from the predictions saved in {pred_dir})",
+            [path],
+        )
         return
     loaded = load_run(run, checkpoint, data=data, device=_device(device))
     if loaded.root is None:
@@ -223,13 +256,15 @@ def confusion(
     dataset = PreparedDataset(loaded.root, split, label_map=loaded.recipe.get("data", {}).get("label_map") or None)
     _check_labels(loaded, dataset, run or checkpoint)
     target = output_dir(out, loaded) / f"confusion_{split}.png"
-    path, details = run_confusion(loaded.model, dataset, target, device=loaded.device, batch_size=batch_size,
-                                  force=force, progress=not quiet)
+    path, details = run_confusion(
+        loaded.model, dataset, target, device=loaded.device, batch_size=batch_size, force=force, progress=not quiet
+    )
     _print_paths(f"confusion matrix (mIoU {100 * (details['miou'] or 0.0):.1f}%)", [path])
 
 
-def _saved_predictions(run: Optional[Path], checkpoint: Optional[Path], data: Optional[Path],
-                       split: Optional[str]) -> Optional[tuple[Path, Path, str]]:
+def _saved_predictions(
+    run: Path | None, checkpoint: Path | None, data: Path | None, split: str | None
+) -> tuple[Path, Path, str] | None:
     """(predictions folder, prepared dataset, split) when `mtl eval --run RUN` saved semantic predictions of
     the split that are newer than the run's checkpoints; None otherwise (then the model runs)."""
     import tomllib
@@ -256,18 +291,33 @@ def _saved_predictions(run: Optional[Path], checkpoint: Optional[Path], data: Op
 
 @app.command("features")
 def features(
-    run: Optional[Path] = RUN_OPTION,
-    checkpoint: Optional[Path] = CHECKPOINT_OPTION,
-    classifier: Optional[str] = typer.Option(None, "--classifier",
-                                             help="A torchvision classification network (e.g. densenet121) instead of a run; needs --weights."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="The --classifier's state dict (.pth), e.g. "
-                                           "torchvision's densenet121-a639ec97.pth or a fine-tuned copy."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="Module name (see --list-layers) whose activation to maximise."),
-    channel: Optional[int] = typer.Option(None, "--channel", min=0, help="One channel (feature map) of --layer."),
-    seg_class: Optional[str] = typer.Option(None, "--class",
-                                            help="A class (index or name): its sem_seg score or classifier logit, or that channel of --layer."),
-    size: Optional[int] = typer.Option(None, "--size", min=8, help="Side of the square image to optimise [default: the "
-                                       "model's input size; 224 for a classifier]."),
+    run: Path | None = RUN_OPTION,
+    checkpoint: Path | None = CHECKPOINT_OPTION,
+    classifier: str | None = typer.Option(
+        None,
+        "--classifier",
+        help="A torchvision classification network (e.g. densenet121) instead of a run; needs --weights.",
+    ),
+    weights: Path | None = typer.Option(
+        None,
+        "--weights",
+        help="The --classifier's state dict (.pth), e.g. torchvision's densenet121-a639ec97.pth or a fine-tuned copy.",
+    ),
+    layer: str | None = typer.Option(
+        None, "--layer", help="Module name (see --list-layers) whose activation to maximise."
+    ),
+    channel: int | None = typer.Option(None, "--channel", min=0, help="One channel (feature map) of --layer."),
+    seg_class: str | None = typer.Option(
+        None,
+        "--class",
+        help="A class (index or name): its sem_seg score or classifier logit, or that channel of --layer.",
+    ),
+    size: int | None = typer.Option(
+        None,
+        "--size",
+        min=8,
+        help="Side of the square image to optimise [default: the model's input size; 224 for a classifier].",
+    ),
     steps: int = typer.Option(100, "--steps", min=1, help="Gradient-ascent steps."),
     lr: float = typer.Option(0.05, "--lr", help="Step size (the gradient is normalised to mean magnitude 1)."),
     jitter: bool = typer.Option(True, "--jitter/--no-jitter", help="Shift the image up to 4 px between steps."),
@@ -276,7 +326,9 @@ def features(
     blur: bool = typer.Option(True, "--blur/--no-blur", help="Gaussian blur every 4th step."),
     seed: int = typer.Option(0, "--seed", help="Seed of the start noise and the perturbations."),
     list_layers: bool = typer.Option(False, "--list-layers", help="Print every layer name and stop."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for the PNGs [default: RUN/viz/features]."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", metavar="DIR", help="Folder for the PNGs [default: RUN/viz/features]."
+    ),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -292,7 +344,9 @@ def features(
         if run is not None or checkpoint is not None:
             raise UserError("give --run/--checkpoint (our models) or --classifier NAME --weights FILE, not both")
         if weights is None:
-            raise UserError(f"--classifier {classifier} needs --weights FILE (its .pth state dict; nothing is downloaded)")
+            raise UserError(
+                f"--classifier {classifier} needs --weights FILE (its .pth state dict; nothing is downloaded)"
+            )
         side = size or 224
         model = load_classifier(classifier, weights, input_size=(side, side), device=_device(device))
         names: list[str] = list(model.class_names or [])
@@ -313,11 +367,25 @@ def features(
             print(name)
         return
     k = _class_index(seg_class, names, "--class")
-    result = render_features(model, target, layer=layer, channel=channel, seg_class=k,
-                             class_name=names[k] if k is not None and 0 <= k < len(names) else None,
-                             size=(size, size) if size else None, steps=steps, lr=lr,
-                             jitter=4 if jitter else 0, scale=scale, rotate=rotate, blur=blur, seed=seed,
-                             num_classes=num_classes, force=force, progress=not quiet)
+    result = render_features(
+        model,
+        target,
+        layer=layer,
+        channel=channel,
+        seg_class=k,
+        class_name=names[k] if k is not None and 0 <= k < len(names) else None,
+        size=(size, size) if size else None,
+        steps=steps,
+        lr=lr,
+        jitter=4 if jitter else 0,
+        scale=scale,
+        rotate=rotate,
+        blur=blur,
+        seed=seed,
+        num_classes=num_classes,
+        force=force,
+        progress=not quiet,
+    )
     Console().print(f"{result['unit']}: {result['titles'][1].splitlines()[0]}")
     _print_paths("image(s)", [result["image"], result["raw"]] + ([result["filters"]] if result["filters"] else []))
     if result["filters"] is None:
@@ -326,24 +394,41 @@ def features(
 
 @app.command("adversarial")
 def adversarial(
-    run: Optional[Path] = RUN_OPTION,
-    checkpoint: Optional[Path] = CHECKPOINT_OPTION,
+    run: Path | None = RUN_OPTION,
+    checkpoint: Path | None = CHECKPOINT_OPTION,
     image: Path = typer.Option(..., "--image", help="The image file to attack."),
-    norm: str = typer.Option("l2", "--norm", metavar="l2|linf", help="l2: the smallest L2 perturbation that flips the chosen pixels "
-                             "(the paper's problem); linf: a fixed per-value budget --eps."),
-    target_class: Optional[str] = typer.Option(None, "--target-class",
-                                               help="Flip pixels to this class (index or name) [default: to any other class]."),
-    source_class: Optional[str] = typer.Option(None, "--source-class",
-                                               help="L2: flip only the pixels predicted as this class [default: every pixel]."),
-    flip_rate: float = typer.Option(0.95, "--flip-rate", min=0.0, max=1.0,
-                                    help="L2: the share of the chosen pixels that must flip."),
-    refine_steps: int = typer.Option(20, "--refine-steps", min=0,
-                                     help="L2: steps that shrink ||r||2 after the first flip."),
-    eps: Optional[str] = typer.Option(None, "--eps", metavar="EPS", help="Linf: the largest change of any pixel "
-                                      "value, in 0..1 units, as a number or a fraction (0.03, 8/255) [default: 8/255]."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1,
-                                        help="L2: most steps until the flip [default: 100]; Linf: steps [default: 10]."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for the PNGs [default: RUN/viz/adversarial]."),
+    norm: str = typer.Option(
+        "l2",
+        "--norm",
+        metavar="l2|linf",
+        help="l2: the smallest L2 perturbation that flips the chosen pixels "
+        "(the paper's problem); linf: a fixed per-value budget --eps.",
+    ),
+    target_class: str | None = typer.Option(
+        None, "--target-class", help="Flip pixels to this class (index or name) [default: to any other class]."
+    ),
+    source_class: str | None = typer.Option(
+        None, "--source-class", help="L2: flip only the pixels predicted as this class [default: every pixel]."
+    ),
+    flip_rate: float = typer.Option(
+        0.95, "--flip-rate", min=0.0, max=1.0, help="L2: the share of the chosen pixels that must flip."
+    ),
+    refine_steps: int = typer.Option(
+        20, "--refine-steps", min=0, help="L2: steps that shrink ||r||2 after the first flip."
+    ),
+    eps: str | None = typer.Option(
+        None,
+        "--eps",
+        metavar="EPS",
+        help="Linf: the largest change of any pixel "
+        "value, in 0..1 units, as a number or a fraction (0.03, 8/255) [default: 8/255].",
+    ),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="L2: most steps until the flip [default: 100]; Linf: steps [default: 10]."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", metavar="DIR", help="Folder for the PNGs [default: RUN/viz/adversarial]."
+    ),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -359,32 +444,59 @@ def adversarial(
     if norm not in NORMS:
         raise UserError(f"--norm {norm!r} is not one of {', '.join(NORMS)}")
     if norm == "l2" and eps is not None:
-        raise UserError("--eps is the budget of the Linf attack; add --norm linf (the default L2 attack finds its own size)")
+        raise UserError(
+            "--eps is the budget of the Linf attack; add --norm linf (the default L2 attack finds its own size)"
+        )
     if norm == "linf" and source_class is not None:
         raise UserError("--source-class belongs to the L2 attack; drop it or use --norm l2")
     read_image_file(image)  # an unreadable image fails before the model is built
     loaded = load_run(run, checkpoint, device=_device(device))
     names = loaded.classes.seg_classes
     k = _class_index(target_class, names, "--target-class")
-    options = {} if norm == "linf" else {"flip_rate": flip_rate, "refine_steps": refine_steps,
-                                         "source_class": _class_index(source_class, names, "--source-class")}
+    options = (
+        {}
+        if norm == "linf"
+        else {
+            "flip_rate": flip_rate,
+            "refine_steps": refine_steps,
+            "source_class": _class_index(source_class, names, "--source-class"),
+        }
+    )
     budget = _fraction(eps, "--eps") if eps is not None else 8 / 255
-    result = render_adversarial(loaded.model, image, output_dir(out, loaded, "adversarial"), loaded.classes.palette,
-                                norm=norm, eps=budget, steps=steps, target_class=k, class_names=names, force=force,
-                                device=loaded.device, progress=not quiet, **options)
+    result = render_adversarial(
+        loaded.model,
+        image,
+        output_dir(out, loaded, "adversarial"),
+        loaded.classes.palette,
+        norm=norm,
+        eps=budget,
+        steps=steps,
+        target_class=k,
+        class_names=names,
+        force=force,
+        device=loaded.device,
+        progress=not quiet,
+        **options,
+    )
     console = Console()
     if norm == "l2":
         chosen = f"pixels of {names[options['source_class']]}" if options["source_class"] is not None else "pixels"
-        line = (f"||r||2 {result['l2']:.4f} (||r||inf {result['linf']:.4f}); flipped {100 * result['flip_rate']:.1f}% "
-                f"of {result['chosen']} {chosen} (goal {100 * flip_rate:.0f}%) in {result['steps']} steps")
+        line = (
+            f"||r||2 {result['l2']:.4f} (||r||inf {result['linf']:.4f}); flipped {100 * result['flip_rate']:.1f}% "
+            f"of {result['chosen']} {chosen} (goal {100 * flip_rate:.0f}%) in {result['steps']} steps"
+        )
         line += f", first flip after {result['first_flip']}" if result["first_flip"] is not None else ""
         console.print(line)
         if not result["flipped"]:
-            console.print(f"[yellow]not flipped[/]: the goal was not reached within --steps {result['steps']}; "
-                          "raise --steps or lower --flip-rate")
+            console.print(
+                f"[yellow]not flipped[/]: the goal was not reached within --steps {result['steps']}; "
+                "raise --steps or lower --flip-rate"
+            )
     else:
-        line = (f"perturbation L2 {result['l2']:.4f}, Linf {result['linf']:.4f} (budget {budget:.4f}); "
-                f"{100 * result['changed']:.1f}% of pixels changed class")
+        line = (
+            f"perturbation L2 {result['l2']:.4f}, Linf {result['linf']:.4f} (budget {budget:.4f}); "
+            f"{100 * result['changed']:.1f}% of pixels changed class"
+        )
         if result["on_target"] is not None:
             line += f", {100 * result['on_target']:.1f}% now predicted as class {k}"
         console.print(line)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -61,7 +62,7 @@ class RamCache:
             for s in shape:
                 n *= s
             # a copy: transforms and models may write into their inputs, the cache must stay as decoded
-            out[key] = self.buffer[offset:offset + n].view(shape).clone()
+            out[key] = self.buffer[offset : offset + n].view(shape).clone()
         return out
 
 
@@ -85,8 +86,15 @@ def _size(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def fill_ram_cache(dataset: Any, available: int | None, *, copies: int = 1, share: float = RAM_SHARE,
-                   note: Callable[[str], None] | None = print, progress: bool = False) -> RamCache | None:
+def fill_ram_cache(
+    dataset: Any,
+    available: int | None,
+    *,
+    copies: int = 1,
+    share: float = RAM_SHARE,
+    note: Callable[[str], None] | None = print,
+    progress: bool = False,
+) -> RamCache | None:
     """Decode every sample of `dataset` (a PreparedDataset, with its `targets` set) into a RamCache.
 
     `available`: bytes of memory available (`mtlcli.engine.limits.available_bytes`; None: unknown, no
@@ -97,9 +105,11 @@ def fill_ram_cache(dataset: Any, available: int | None, *, copies: int = 1, shar
     if available is not None and total * copies > share * available:
         if note is not None:
             each = f" ({copies} training processes, one cache each)" if copies > 1 else ""
-            note(f"note: data.cache = \"ram\" needs {_size(total * copies)} for {len(dataset)} decoded training images"
-                 f"{each}, more than {share:.0%} of the {_size(available)} of memory available — training without "
-                 "the cache (set data.cache = \"none\" to silence this note)")
+            note(
+                f'note: data.cache = "ram" needs {_size(total * copies)} for {len(dataset)} decoded training images'
+                f"{each}, more than {share:.0%} of the {_size(available)} of memory available — training without "
+                'the cache (set data.cache = "none" to silence this note)'
+            )
         return None
     keys = cache_keys(dataset.targets)
     buffer = torch.empty(total, dtype=torch.uint8)
@@ -121,14 +131,16 @@ def fill_ram_cache(dataset: Any, available: int | None, *, copies: int = 1, shar
         slot, at = {}, start
         for key in ("image", *keys):
             plane = pixels[key].as_subclass(torch.Tensor).reshape(-1)
-            buffer[at:at + plane.numel()] = plane
+            buffer[at : at + plane.numel()] = plane
             slot[key] = (at, tuple(pixels[key].shape))
             at += plane.numel()
         slots[i] = slot
     cache = RamCache(buffer, slots)
     if note is not None:
-        note(f"data.cache = \"ram\": {len(cache)} of {len(dataset)} training images decoded into memory "
-             f"({_size(cache.nbytes)}, {time.perf_counter() - t0:.1f} s)")
+        note(
+            f'data.cache = "ram": {len(cache)} of {len(dataset)} training images decoded into memory '
+            f"({_size(cache.nbytes)}, {time.perf_counter() - t0:.1f} s)"
+        )
     return cache
 
 

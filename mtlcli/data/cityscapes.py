@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import ctypes
 import json
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -98,11 +99,15 @@ def _read_polygons(path: Path) -> dict[str, Any]:
     if not isinstance(annotation, dict) or not {"imgHeight", "imgWidth", "objects"} <= annotation.keys():
         raise SkipImage(f"{path.name} lacks imgHeight/imgWidth/objects — not a Cityscapes polygon file")
     if not isinstance(annotation["objects"], list) or not all(isinstance(obj, dict) for obj in annotation["objects"]):
-        raise SkipImage(f"{path.name}: 'objects' must be a list of {{\"label\": ..., \"polygon\": [[x, y], ...]}} objects")
+        raise SkipImage(
+            f'{path.name}: \'objects\' must be a list of {{"label": ..., "polygon": [[x, y], ...]}} objects'
+        )
     bad = unknown_labels(annotation)
     if bad:
-        raise SkipImage(f"{path.name}: label {bad[0]!r} is not in the Cityscapes label table "
-                        "(cityscapesscripts.helpers.labels); fix or delete that object")
+        raise SkipImage(
+            f"{path.name}: label {bad[0]!r} is not in the Cityscapes label table "
+            "(cityscapesscripts.helpers.labels); fix or delete that object"
+        )
     return annotation
 
 
@@ -149,8 +154,10 @@ Region = tuple[slice, slice]
 def _grown(y0: float, y1: float, x0: float, x1: float, shape: tuple[int, int]) -> Region:
     """Rows y0..y1 and columns x0..x1 (inclusive, possibly fractional) grown by one pixel, clipped."""
     h, w = shape
-    return (slice(max(int(np.floor(y0)) - 1, 0), min(int(np.ceil(y1)) + 2, h)),
-            slice(max(int(np.floor(x0)) - 1, 0), min(int(np.ceil(x1)) + 2, w)))
+    return (
+        slice(max(int(np.floor(y0)) - 1, 0), min(int(np.ceil(y1)) + 2, h)),
+        slice(max(int(np.floor(x0)) - 1, 0), min(int(np.ceil(x1)) + 2, w)),
+    )
 
 
 def _draw_polygons(annotation: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, Region, list[int]]]]:
@@ -211,11 +218,16 @@ def _png_objects(instance_ids: np.ndarray) -> list[tuple[int, Region, list[int]]
     """(value, region grown by one pixel, [value]) of every instance-class value of an instanceIds map."""
     category = _instance_tables()[1]
     found = ndimage.find_objects(instance_ids)
-    return [(v, _grown(sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1, instance_ids.shape), [v])
-            for v, sl in enumerate(found, start=1) if sl is not None and category[v]]
+    return [
+        (v, _grown(sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1, instance_ids.shape), [v])
+        for v, sl in enumerate(found, start=1)
+        if sl is not None and category[v]
+    ]
 
 
-def encode_crop(crop: np.ndarray, origin: tuple[int, int], shape: tuple[int, int], category_id: int, iscrowd: int) -> dict[str, Any]:
+def encode_crop(
+    crop: np.ndarray, origin: tuple[int, int], shape: tuple[int, int], category_id: int, iscrowd: int
+) -> dict[str, Any]:
     """`encode_instance` for a mask known to lie inside a crop: the same COCO annotation (RLE over the
     full [H, W] image, column-major; tight bbox; area) computed in time proportional to the crop.
 
@@ -313,16 +325,22 @@ def _read_pngs(root: Path, gt: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
         raise SkipImage(f"{name} is not a 16-bit single-channel instanceIds PNG")
     if instance_ids.dtype.itemsize < 2:
         # an 8-bit export cannot hold labelId * 1000 + k: every instance would be lost without a word
-        raise SkipImage(f"{name} is an 8-bit PNG; Cityscapes instanceIds are 16-bit (labelId * 1000 + k) — "
-                        "export them as 16-bit PNGs (cityscapesscripts' csCreateInstanceImgs)")
+        raise SkipImage(
+            f"{name} is an 8-bit PNG; Cityscapes instanceIds are 16-bit (labelId * 1000 + k) — "
+            "export them as 16-bit PNGs (cityscapesscripts' csCreateInstanceImgs)"
+        )
     if label_ids.shape != instance_ids.shape:
-        raise SkipImage(f"labelIds is {label_ids.shape[0]}x{label_ids.shape[1]} but instanceIds is "
-                        f"{instance_ids.shape[0]}x{instance_ids.shape[1]}")
+        raise SkipImage(
+            f"labelIds is {label_ids.shape[0]}x{label_ids.shape[1]} but instanceIds is "
+            f"{instance_ids.shape[0]}x{instance_ids.shape[1]}"
+        )
     class_part = np.where(instance_ids >= 1000, instance_ids // 1000, instance_ids)
     if instance_ids.min() < 0 or not np.array_equal(class_part, label_ids):
         bad = int(np.count_nonzero(class_part != label_ids))
-        raise SkipImage(f"{name}: {bad} pixel value(s) cannot be instance ids of its labelIds (a pixel holds "
-                        "labelId * 1000 + k or the plain labelId) — export the instanceIds again")
+        raise SkipImage(
+            f"{name}: {bad} pixel value(s) cannot be instance ids of its labelIds (a pixel holds "
+            "labelId * 1000 + k or the plain labelId) — export the instanceIds again"
+        )
     return train_ids_from_label_ids(label_ids), instance_ids
 
 
@@ -371,12 +389,16 @@ def prepare_image(job: ImageJob, out: Path) -> ImageResult:
         if not crop.any():  # drawn but entirely hidden behind later objects
             continue
         iscrowd = int(value < 1000)
-        annotations.append(encode_crop(crop, (region[0].start, region[1].start), (height, width), category[value], iscrowd))
+        annotations.append(
+            encode_crop(crop, (region[0].start, region[1].start), (height, width), category[value], iscrowd)
+        )
         if not iscrowd:
             np.maximum(dt[region], _dt_bins_crop(crop, DT_THRESHOLDS), out=dt[region])
     save_indexed_png(semantic_path(out, job.split, job.stem), semantic, cityscapes_tables()[1])
     save_indexed_png(dt_path(out, job.split, job.stem), dt, DT_PALETTE, bits=DT_BITS)
-    return ImageResult(job.split, job.file_name, job.stem, height, width, annotations, extra={"city": job.payload["city"]})
+    return ImageResult(
+        job.split, job.file_name, job.stem, height, width, annotations, extra={"city": job.payload["city"]}
+    )
 
 
 def find_images(src: Path, splits: Sequence[str] | None) -> tuple[list[str], list[ImageJob], list[ImageResult]]:
@@ -388,8 +410,10 @@ def find_images(src: Path, splits: Sequence[str] | None) -> tuple[list[str], lis
     for folder in (img_root, gt_root):
         if not folder.is_dir():
             found = ", ".join(sorted(p.name for p in src.iterdir() if p.is_dir())[:8]) or "nothing"
-            raise UserError(f"{src} has no {folder.name}/ folder (found: {found}) — SRC must be the Cityscapes root "
-                            f"holding leftImg8bit/ and gtFine/ (layout {LAYOUT})")
+            raise UserError(
+                f"{src} has no {folder.name}/ folder (found: {found}) — SRC must be the Cityscapes root "
+                f"holding leftImg8bit/ and gtFine/ (layout {LAYOUT})"
+            )
     if splits is None:
         splits = [s for s in DEFAULT_SPLITS if (img_root / s).is_dir()]
         if not splits:
@@ -408,18 +432,33 @@ def find_images(src: Path, splits: Sequence[str] | None) -> tuple[list[str], lis
             rel = path.relative_to(src).as_posix()
             stem = path.stem
             if not path.name.endswith(IMAGE_SUFFIX):
-                skipped.append(ImageResult(split, rel, stem, skipped=f"not a Cityscapes image name (<city>_<seq>_<frame>{IMAGE_SUFFIX})"))
+                skipped.append(
+                    ImageResult(
+                        split, rel, stem, skipped=f"not a Cityscapes image name (<city>_<seq>_<frame>{IMAGE_SUFFIX})"
+                    )
+                )
                 continue
             prefix = path.name[: -len(IMAGE_SUFFIX)]
             gt_dir = gt_root / split / city
             gt = {}
-            for key, suffix in (("label_ids", LABEL_SUFFIX), ("instance_ids", INSTANCE_SUFFIX), ("polygons", POLYGON_SUFFIX)):
+            for key, suffix in (
+                ("label_ids", LABEL_SUFFIX),
+                ("instance_ids", INSTANCE_SUFFIX),
+                ("polygons", POLYGON_SUFFIX),
+            ):
                 if (gt_dir / (prefix + suffix)).is_file():
                     gt[key] = (gt_dir / (prefix + suffix)).relative_to(src).as_posix()
             if not ("polygons" in gt or ("label_ids" in gt and "instance_ids" in gt)):
                 have = ", ".join(Path(v).name for v in gt.values()) or "nothing"
-                skipped.append(ImageResult(split, rel, stem, skipped=f"no ground truth: expected {prefix}{POLYGON_SUFFIX} or "
-                                           f"{prefix}{LABEL_SUFFIX} + {prefix}{INSTANCE_SUFFIX} in {gt_dir} (found {have})"))
+                skipped.append(
+                    ImageResult(
+                        split,
+                        rel,
+                        stem,
+                        skipped=f"no ground truth: expected {prefix}{POLYGON_SUFFIX} or "
+                        f"{prefix}{LABEL_SUFFIX} + {prefix}{INSTANCE_SUFFIX} in {gt_dir} (found {have})",
+                    )
+                )
                 continue
             jobs.append(ImageJob(split, rel, stem, {"root": str(src), "gt": gt, "city": city}))
     if not jobs and not skipped:
@@ -429,8 +468,14 @@ def find_images(src: Path, splits: Sequence[str] | None) -> tuple[list[str], lis
 
 def cityscapes_meta(source: Path, splits: list[str]) -> DatasetMeta:
     names, palette, _, _ = cityscapes_tables()
-    return DatasetMeta(name="cityscapes", source=str(source), splits=splits, det_classes=list(CITYSCAPES_DET_CLASSES),
-                       seg_classes=names, palette=palette)
+    return DatasetMeta(
+        name="cityscapes",
+        source=str(source),
+        splits=splits,
+        det_classes=list(CITYSCAPES_DET_CLASSES),
+        seg_classes=names,
+        palette=palette,
+    )
 
 
 def prepare_cityscapes(
@@ -455,14 +500,26 @@ def prepare_cityscapes(
     split_list, jobs, skipped = find_images(src, splits)
     if strict and skipped:
         first = skipped[0]
-        raise UserError(f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such files)")
+        raise UserError(
+            f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such files)"
+        )
     out = check_out_dir(out, force, source=src)
     from mtlcli.data.integrity import mark_verify
 
     mark_verify(jobs, verify)
-    summary = run_prepare(out, cityscapes_meta(src, split_list), jobs, prepare_image, workers=workers,
-                          strict=strict, pre_skipped=skipped, quiet=quiet)
+    summary = run_prepare(
+        out,
+        cityscapes_meta(src, split_list),
+        jobs,
+        prepare_image,
+        workers=workers,
+        strict=strict,
+        pre_skipped=skipped,
+        quiet=quiet,
+    )
     if not any(s["images"] for s in summary["splits"].values()):
-        raise UserError(f"none of the {len(summary['skipped'])} images could be prepared (reasons in the table above; "
-                        f"first: {summary['skipped'][0]['reason']}) — check {src}")
+        raise UserError(
+            f"none of the {len(summary['skipped'])} images could be prepared (reasons in the table above; "
+            f"first: {summary['skipped'][0]['reason']}) — check {src}"
+        )
     return summary

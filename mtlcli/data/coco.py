@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from mtlcli.data.cityscapes import DT_PALETTE, save_indexed_png  # one PNG writer for every reader
 from mtlcli.data.prepared import (
     DatasetMeta,
     ImageJob,
@@ -47,7 +48,6 @@ from mtlcli.data.prepared import (
     run_prepare,
     semantic_path,
 )
-from mtlcli.data.cityscapes import DT_PALETTE, save_indexed_png  # one PNG writer for every reader
 from mtlcli.data.targets import box_mask, dt_bins
 from mtlcli.data.voc import read_image_size, refuse_out_inside, voc_colormap
 from mtlcli.errors import UserError
@@ -106,8 +106,9 @@ def prepare_coco_image(job: ImageJob, out: Path) -> ImageResult:
             dt_masks.append(mask)
     save_indexed_png(semantic_path(out, job.split, job.stem), semantic, PNG_PALETTE)
     save_indexed_png(dt_path(out, job.split, job.stem), dt_bins(dt_masks, (h, w)), DT_PALETTE)
-    return ImageResult(job.split, job.file_name, job.stem, height=h, width=w, annotations=annotations,
-                       extra={"coco_id": p["coco_id"]})
+    return ImageResult(
+        job.split, job.file_name, job.stem, height=h, width=w, annotations=annotations, extra={"coco_id": p["coco_id"]}
+    )
 
 
 def load_instances(path: Path) -> dict[str, Any]:
@@ -118,8 +119,10 @@ def load_instances(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not valid JSON ({exc}) — give a COCO instances file (download it again)") from None
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]
     if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)}: not a COCO instances file — give one with images, "
-                        "annotations and categories (e.g. annotations/instances_<split>2017.json)")
+        raise UserError(
+            f"{path} lacks {', '.join(missing)}: not a COCO instances file — give one with images, "
+            "annotations and categories (e.g. annotations/instances_<split>2017.json)"
+        )
     bad = [k for k in ("images", "annotations", "categories") if not isinstance(data[k], list)]
     if bad:
         raise UserError(f"{path}: {bad[0]} must be a list — the file is not in COCO format")
@@ -223,8 +226,9 @@ def coco_categories(data: dict[str, Any], path: Path) -> tuple[list[tuple[int, s
     return sorted(cats), problems
 
 
-def coco_jobs(split: Split, data: dict[str, Any], cat_map: dict[int, int], skipped_cats: set[Any], rel_to: Path,
-              path: Path) -> tuple[list[ImageJob], list[ImageResult]]:
+def coco_jobs(
+    split: Split, data: dict[str, Any], cat_map: dict[int, int], skipped_cats: set[Any], rel_to: Path, path: Path
+) -> tuple[list[ImageJob], list[ImageResult]]:
     """One ImageJob per usable image of a split, carrying its usable annotations (file order) with
     contiguous category ids; and an ImageResult with the reason for each entry left out.
 
@@ -252,29 +256,47 @@ def coco_jobs(split: Split, data: dict[str, Any], cat_map: dict[int, int], skipp
             skip(f"{path.name}: annotation {a.get('id')!r}", f"its category {a.get('category_id')} was skipped")
             continue
         if isinstance(a, dict) and a.get("category_id") not in cat_map:
-            raise UserError(f"{path}: annotation {a.get('id')} has category_id {a.get('category_id')}, which is not in "
-                            f"its categories — the file is damaged; fix or download it again")
+            raise UserError(
+                f"{path}: annotation {a.get('id')} has category_id {a.get('category_id')}, which is not in "
+                f"its categories — the file is damaged; fix or download it again"
+            )
         if isinstance(a, dict) and image is None and a.get("image_id") not in listed:
-            raise UserError(f"{path}: annotation {a.get('id')} refers to image_id {a.get('image_id')}, which is not in "
-                            f"its images — the file is damaged; fix or download it again")
+            raise UserError(
+                f"{path}: annotation {a.get('id')} refers to image_id {a.get('image_id')}, which is not in "
+                f"its images — the file is damaged; fix or download it again"
+            )
         if image is None:
             continue  # its image was skipped above, with the reason
         why = annotation_problem(a, image["height"], image["width"])
         if why:
             skip(f"{image['file_name']}", why)
             continue
-        per_image[a["image_id"]].append({"id": a.get("id"), "segmentation": a.get("segmentation"), "bbox": a.get("bbox"),
-                                         "category_id": cat_map[a["category_id"]], "iscrowd": a.get("iscrowd", 0)})
+        per_image[a["image_id"]].append(
+            {
+                "id": a.get("id"),
+                "segmentation": a.get("segmentation"),
+                "bbox": a.get("bbox"),
+                "category_id": cat_map[a["category_id"]],
+                "iscrowd": a.get("iscrowd", 0),
+            }
+        )
     jobs, stems = [], {}
     for im in images.values():
         file = split.images / im["file_name"]
         stem = Path(im["file_name"]).with_suffix("").as_posix()
         if stem.lower() in stems:
-            raise UserError(f"{path}: images {stems[stem.lower()]} and {im['file_name']} would write the same label "
-                            f"file {stem}.png — rename one of them")
+            raise UserError(
+                f"{path}: images {stems[stem.lower()]} and {im['file_name']} would write the same label "
+                f"file {stem}.png — rename one of them"
+            )
         stems[stem.lower()] = im["file_name"]
-        payload = {"image": str(file), "height": int(im["height"]), "width": int(im["width"]),
-                   "coco_id": im["id"], "anns": per_image.get(im["id"], [])}
+        payload = {
+            "image": str(file),
+            "height": int(im["height"]),
+            "width": int(im["width"]),
+            "coco_id": im["id"],
+            "anns": per_image.get(im["id"], []),
+        }
         jobs.append(ImageJob(split.name, file.relative_to(rel_to).as_posix(), stem, payload))
     return jobs, skipped
 
@@ -284,26 +306,33 @@ def coco2017_splits(src: Path) -> list[Split]:
     ann_dir = src / "annotations"
     found = [s for s in COCO_SPLITS if (ann_dir / f"instances_{s}2017.json").is_file()]
     if not found:
-        raise UserError(f"{src} has no annotations/instances_train2017.json or annotations/instances_val2017.json — "
-                        f"give the COCO root (extract annotations_trainval2017.zip into it), or give your own files "
-                        f"with --train-json/--train-images")
+        raise UserError(
+            f"{src} has no annotations/instances_train2017.json or annotations/instances_val2017.json — "
+            f"give the COCO root (extract annotations_trainval2017.zip into it), or give your own files "
+            f"with --train-json/--train-images"
+        )
     for s in found:
         if not (src / f"{s}2017").is_dir():
-            raise UserError(f"{src / f'{s}2017'} is missing but annotations/instances_{s}2017.json is there — "
-                            f"extract {s}2017.zip into {src}")
+            raise UserError(
+                f"{src / f'{s}2017'} is missing but annotations/instances_{s}2017.json is there — "
+                f"extract {s}2017.zip into {src}"
+            )
     return [Split(s, ann_dir / f"instances_{s}2017.json", src / f"{s}2017") for s in found]
 
 
-def custom_splits(train_json: Path | None, train_images: Path | None, val_json: Path | None,
-                  val_images: Path | None) -> list[Split]:
+def custom_splits(
+    train_json: Path | None, train_images: Path | None, val_json: Path | None, val_images: Path | None
+) -> list[Split]:
     """Splits given as (annotation file, image folder) pairs; each file needs its folder."""
     splits = []
     for name, js, im in (("train", train_json, train_images), ("val", val_json, val_images)):
         if js is None and im is None:
             continue
         if js is None or im is None:
-            raise UserError(f"--{name}-json and --{name}-images go together: give both (the annotation file and the "
-                            "folder its file_names are relative to)")
+            raise UserError(
+                f"--{name}-json and --{name}-images go together: give both (the annotation file and the "
+                "folder its file_names are relative to)"
+            )
         js, im = Path(js).expanduser(), Path(im).expanduser()
         if not js.is_file():
             raise UserError(f"--{name}-json {js}: no such file — give a COCO-format annotation JSON")
@@ -315,9 +344,19 @@ def custom_splits(train_json: Path | None, train_images: Path | None, val_json: 
     return splits
 
 
-def prepare_coco(src: str | Path | None, out: str | Path, *, workers: int | None = None, strict: bool = False,
-                 force: bool = False, train_json: str | Path | None = None, train_images: str | Path | None = None,
-                 val_json: str | Path | None = None, val_images: str | Path | None = None, quiet: bool = False) -> dict:
+def prepare_coco(
+    src: str | Path | None,
+    out: str | Path,
+    *,
+    workers: int | None = None,
+    strict: bool = False,
+    force: bool = False,
+    train_json: str | Path | None = None,
+    train_images: str | Path | None = None,
+    val_json: str | Path | None = None,
+    val_images: str | Path | None = None,
+    quiet: bool = False,
+) -> dict:
     """Write the prepared dataset (module docstring) to `out`; returns run_prepare's summary.
 
     Either `src`, a COCO 2017 root (dataset name "coco"), or `train_json` + `train_images` [+ `val_json` +
@@ -327,7 +366,9 @@ def prepare_coco(src: str | Path | None, out: str | Path, *, workers: int | None
     if custom and src is not None:
         raise UserError("give either a COCO 2017 root or --train-json/--train-images, not both")
     if custom:
-        splits = custom_splits(*(Path(v) if v is not None else None for v in (train_json, train_images, val_json, val_images)))
+        splits = custom_splits(
+            *(Path(v) if v is not None else None for v in (train_json, train_images, val_json, val_images))
+        )
         source = Path(os.path.commonpath([str(s.images) for s in splits]))
     else:
         if src is None:
@@ -347,8 +388,10 @@ def prepare_coco(src: str | Path | None, out: str | Path, *, workers: int | None
         if categories is None:
             categories = cats
         elif cats != categories:
-            raise UserError(f"{split.json} has other categories than {splits[0].json} ({len(cats)} vs {len(categories)}, "
-                            "or other ids or names) — every split must use the same categories")
+            raise UserError(
+                f"{split.json} has other categories than {splits[0].json} ({len(cats)} vs {len(categories)}, "
+                "or other ids or names) — every split must use the same categories"
+            )
         skipped += [ImageResult(split.name, f"{split.json.name}: category", "", skipped=why) for why in problems]
         skipped_cats = {c.get("id") for c in data["categories"] if isinstance(c, dict) and category_problem(c)}
         cat_map = {cid: i + 1 for i, (cid, _) in enumerate(cats)}
@@ -360,8 +403,15 @@ def prepare_coco(src: str | Path | None, out: str | Path, *, workers: int | None
     refuse_out_inside(out, [source] + [s.json.parent for s in splits if custom])
     out = check_out_dir(out, force)
     names = [n for _, n in categories]
-    meta = DatasetMeta(name="custom" if custom else "coco", source=str(source), splits=[s.name for s in splits],
-                       det_classes=names, seg_classes=["background", *names], palette=voc_colormap(len(names) + 1),
-                       det_category_ids=[cid for cid, _ in categories])
-    return run_prepare(out, meta, jobs, prepare_coco_image, workers=workers, strict=strict, pre_skipped=skipped,
-                       quiet=quiet)
+    meta = DatasetMeta(
+        name="custom" if custom else "coco",
+        source=str(source),
+        splits=[s.name for s in splits],
+        det_classes=names,
+        seg_classes=["background", *names],
+        palette=voc_colormap(len(names) + 1),
+        det_category_ids=[cid for cid, _ in categories],
+    )
+    return run_prepare(
+        out, meta, jobs, prepare_coco_image, workers=workers, strict=strict, pre_skipped=skipped, quiet=quiet
+    )

@@ -16,8 +16,9 @@ import dataclasses
 import io
 import json
 import warnings
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,8 +34,9 @@ from mtlcli.errors import UserError
 
 # torchvision 0.29 flags its image codecs as deprecated in favour of TorchCodec (not a dependency here);
 # they are the fastest decoders available to this project, so the per-call warning is silenced.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
 
 Sample = tuple[tv_tensors.Image, dict[str, Any]]
 # The targets that cost decoding work (boxes, labels and crowd flags are read from the JSON, always).
@@ -65,8 +67,10 @@ def _mapping(label_map: Mapping[str, Any], key: str, classes: list[str], unliste
         raise UserError(f"label_map.{key} must be a table of source class -> new class, got {table!r}")
     unknown = [src for src in table if src not in classes]
     if unknown:
-        raise UserError(f"label_map.{key} names {', '.join(map(repr, unknown))}, which the dataset does not have; "
-                        f"its {key} classes are: {', '.join(classes)}")
+        raise UserError(
+            f"label_map.{key} names {', '.join(map(repr, unknown))}, which the dataset does not have; "
+            f"its {key} classes are: {', '.join(classes)}"
+        )
     bad = [src for src, dst in table.items() if not isinstance(dst, str) or not dst]
     if bad:
         raise UserError(f"label_map.{key}.{bad[0]} must be a non-empty class name (unlisted classes are {unlisted})")
@@ -93,8 +97,11 @@ def resolve_label_map(meta: DatasetMeta, label_map: Mapping[str, Any] | None) ->
         det_ids = {k: k for k in range(1, len(det_classes) + 1)}
     else:
         det_classes = list(dict.fromkeys(det_map.values()))
-        det_ids = {k: det_classes.index(det_map[name]) + 1
-                   for k, name in enumerate(meta.det_classes, start=1) if name in det_map}
+        det_ids = {
+            k: det_classes.index(det_map[name]) + 1
+            for k, name in enumerate(meta.det_classes, start=1)
+            if name in det_map
+        }
 
     seg_map = _mapping(label_map, "seg", meta.seg_classes, "ignored (255)")
     if seg_map is None:
@@ -152,9 +159,15 @@ class PreparedDataset(torch.utils.data.Dataset):
     all describe the mapped classes.
     """
 
-    def __init__(self, root: str | Path, split: str, transforms: Transform | None = None,
-                 label_map: Mapping[str, Any] | None = None, targets: Iterable[str] | None = None,
-                 compact: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        transforms: Transform | None = None,
+        label_map: Mapping[str, Any] | None = None,
+        targets: Iterable[str] | None = None,
+        compact: bool = False,
+    ) -> None:
         self.root = Path(root)
         self.split = split
         self.transforms = transforms
@@ -164,11 +177,17 @@ class PreparedDataset(torch.utils.data.Dataset):
         source_meta.check_split(self.root, split)
         self.source = Path(source_meta.source)
         if not self.source.is_dir():
-            raise UserError(f"{self.source}: the image source of {self.root} is missing (images are read from there, "
-                            "never copied) — put it back or prepare the dataset again")
+            raise UserError(
+                f"{self.source}: the image source of {self.root} is missing (images are read from there, "
+                "never copied) — put it back or prepare the dataset again"
+            )
         self.label_map = resolve_label_map(source_meta, label_map)
-        self.meta = dataclasses.replace(source_meta, det_classes=self.label_map.det_classes,
-                                        seg_classes=self.label_map.seg_classes, palette=self.label_map.palette)
+        self.meta = dataclasses.replace(
+            source_meta,
+            det_classes=self.label_map.det_classes,
+            seg_classes=self.label_map.seg_classes,
+            palette=self.label_map.palette,
+        )
         # pycocotools COCO of the split with the mapped category ids (1..K in `det_classes` order)
         self.coco = _quiet_coco(self._load_instances())
         self.ids: list[int] = [img["id"] for img in self.coco.dataset["images"]]
@@ -196,7 +215,9 @@ class PreparedDataset(torch.utils.data.Dataset):
             data = json.loads(path.read_text())
             images, anns = data["images"], data["annotations"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-            raise UserError(f"{path} is not a COCO instances file ({type(exc).__name__}: {exc}) — prepare the dataset again") from None
+            raise UserError(
+                f"{path} is not a COCO instances file ({type(exc).__name__}: {exc}) — prepare the dataset again"
+            ) from None
         ids = self.label_map.det_ids
         mapped = []
         for ann in anns:
@@ -231,8 +252,10 @@ class PreparedDataset(torch.utils.data.Dataset):
             image = self._read_image_pil(path)
         h, w = info.get("height") or image.shape[-2], info.get("width") or image.shape[-1]
         if tuple(image.shape[-2:]) != (h, w):
-            raise UserError(f"{path} is {image.shape[-2]}x{image.shape[-1]} but instances.json says {h}x{w} — the "
-                            "source changed since `mtl prepare`; prepare the dataset again")
+            raise UserError(
+                f"{path} is {image.shape[-2]}x{image.shape[-1]} but instances.json says {h}x{w} — the "
+                "source changed since `mtl prepare`; prepare the dataset again"
+            )
         dtype = dtype or torch.float32
         return tv_tensors.Image(image if dtype == torch.uint8 else F.to_dtype(image, dtype, scale=True))
 
@@ -242,8 +265,10 @@ class PreparedDataset(torch.utils.data.Dataset):
             with Image.open(path) as img:
                 return F.pil_to_tensor(img.convert("RGB"))
         except (OSError, ValueError, SyntaxError) as exc:  # missing, truncated or not an image
-            raise UserError(f"{path}: cannot read image ({type(exc).__name__}: {exc}) — restore the file or prepare "
-                            "the dataset again without it") from None
+            raise UserError(
+                f"{path}: cannot read image ({type(exc).__name__}: {exc}) — restore the file or prepare "
+                "the dataset again without it"
+            ) from None
 
     def _read_map(self, path: Path, shape: tuple[int, int], what: str) -> torch.Tensor | None:
         """A uint8 label PNG as uint8 [H, W] (torchvision.io; 16-bit or palette files through PIL)."""
@@ -294,8 +319,11 @@ class PreparedDataset(torch.utils.data.Dataset):
                 semantic = torch.full((h, w), IGNORE_INDEX, dtype=torch.uint8)
             elif self.label_map.seg_lut is not None:
                 # np.take on uint8 indices: 3.7 ms per 1024x2048 map against 11.8 ms for fancy indexing
-                semantic = self._seg_lut_u8[semantic.long()] if semantic.dtype != torch.uint8 else \
-                    torch.from_numpy(np.take(self._seg_lut_u8.numpy(), semantic.numpy()))
+                semantic = (
+                    self._seg_lut_u8[semantic.long()]
+                    if semantic.dtype != torch.uint8
+                    else torch.from_numpy(np.take(self._seg_lut_u8.numpy(), semantic.numpy()))
+                )
             out["semantic"] = semantic
         if "dt" in self.targets:
             dt = self._read_map(dt_path(self.root, self.split, stem), (h, w), "dt")
@@ -349,8 +377,10 @@ def check_targets(targets: Iterable[str] | None) -> frozenset[str]:
     names = set(targets) - {"boxes", "labels"}
     unknown = sorted(names - set(DENSE_TARGETS))
     if unknown:
-        raise UserError(f"unknown target(s) {', '.join(unknown)} in data.targets; valid: {', '.join(DENSE_TARGETS)} "
-                        "(boxes and labels are always loaded)")
+        raise UserError(
+            f"unknown target(s) {', '.join(unknown)} in data.targets; valid: {', '.join(DENSE_TARGETS)} "
+            "(boxes and labels are always loaded)"
+        )
     return frozenset(names)
 
 
@@ -423,7 +453,7 @@ def decode_rle_into(counts: str | bytes, out: np.ndarray) -> None:
     hi = min(-(-int(bounds[ones[-1] + 1]) // h) * h, h * w)
     lengths = np.diff(np.clip(bounds, lo, hi))
     flat = np.repeat((np.arange(runs.size) & 1).astype(np.uint8), lengths)
-    out[:, lo // h:hi // h] = flat.reshape(-1, h).T
+    out[:, lo // h : hi // h] = flat.reshape(-1, h).T
 
 
 def collate(batch: list[Sample]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:

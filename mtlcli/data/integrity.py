@@ -12,8 +12,9 @@ Formats other than PNG and JPEG are always decoded in full.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from PIL import Image
 
@@ -72,13 +73,13 @@ def png_chunks_intact(data: Any) -> bool:
         return False
     pos = 8
     while pos + 12 <= n:
-        length = int.from_bytes(view[pos:pos + 4], "big")
+        length = int.from_bytes(view[pos : pos + 4], "big")
         end = pos + 8 + length
         if end + 4 > n:
             return False
-        if zlib.crc32(view[pos + 4:end]) != int.from_bytes(view[end:end + 4], "big"):
+        if zlib.crc32(view[pos + 4 : end]) != int.from_bytes(view[end : end + 4], "big"):
             return False
-        if bytes(view[pos + 4:pos + 8]) == b"IEND":
+        if bytes(view[pos + 4 : pos + 8]) == b"IEND":
             return True
         pos = end + 4
     return False

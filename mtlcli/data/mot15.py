@@ -27,8 +27,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from mtlcli.data.prepared import DatasetMeta, ImageJob, ImageResult, SkipImage, check_out_dir, dt_path, encode_instance, run_prepare
 from mtlcli.data.cityscapes import DT_PALETTE, save_indexed_png  # one PNG writer for every reader
+from mtlcli.data.prepared import (
+    DatasetMeta,
+    ImageJob,
+    ImageResult,
+    SkipImage,
+    check_out_dir,
+    dt_path,
+    encode_instance,
+    run_prepare,
+)
 from mtlcli.data.targets import box_mask
 from mtlcli.data.voc import box_dt_bins, read_image_size, refuse_out_inside
 from mtlcli.errors import UserError
@@ -46,8 +55,10 @@ def read_gt(path: Path) -> dict[int, list[list[float]]]:
         try:
             frame, _, x, y, w, h, conf = (float(v) for v in line.split(",")[:7])
         except ValueError:
-            raise UserError(f"{path} line {lineno}: expected 'frame,id,x,y,w,h,conf,...' numbers, got {line.strip()[:60]!r} "
-                            f"— fix or remove the line") from None
+            raise UserError(
+                f"{path} line {lineno}: expected 'frame,id,x,y,w,h,conf,...' numbers, got {line.strip()[:60]!r} "
+                f"— fix or remove the line"
+            ) from None
         if conf == 0:
             continue
         boxes[int(frame)].append([x - 1, y - 1, x - 1 + w, y - 1 + h])
@@ -69,8 +80,15 @@ def prepare_mot15_image(job: ImageJob, out: Path) -> ImageResult:
     if not annotations:
         raise SkipImage("no ground truth: every gt.txt box of this frame lies outside the image")
     save_indexed_png(dt_path(out, job.split, job.stem), box_dt_bins(boxes, (h, w)), DT_PALETTE)
-    return ImageResult(job.split, job.file_name, job.stem, height=h, width=w, annotations=annotations,
-                       extra={"sequence": p["sequence"], "frame_id": p["frame"]})
+    return ImageResult(
+        job.split,
+        job.file_name,
+        job.stem,
+        height=h,
+        width=w,
+        annotations=annotations,
+        extra={"sequence": p["sequence"], "frame_id": p["frame"]},
+    )
 
 
 def read_seqinfo(seq: Path) -> tuple[str, str]:
@@ -114,9 +132,20 @@ def sequence_jobs(src: Path, seq: Path, val_fraction: float) -> tuple[list[Image
         file_name = path.relative_to(src).as_posix()
         stem = f"{seq.name}_{path.stem}"
         if not boxes.get(frame):
-            skipped.append(ImageResult(split, file_name, stem, skipped="no ground truth: no gt.txt row (with conf != 0) for this frame"))
+            skipped.append(
+                ImageResult(
+                    split, file_name, stem, skipped="no ground truth: no gt.txt row (with conf != 0) for this frame"
+                )
+            )
             continue
-        jobs.append(ImageJob(split, file_name, stem, {"image": str(path), "boxes": boxes[frame], "sequence": seq.name, "frame": frame}))
+        jobs.append(
+            ImageJob(
+                split,
+                file_name,
+                stem,
+                {"image": str(path), "boxes": boxes[frame], "sequence": seq.name, "frame": frame},
+            )
+        )
     return jobs, skipped
 
 
@@ -137,10 +166,14 @@ def prepare_mot15(
         raise UserError(f"{src}: no such folder — give the MOT15 root that holds train/<sequence>/")
     src = src.resolve()
     if not 0 <= val_fraction < 1:
-        raise UserError(f"val_fraction {val_fraction} is outside [0, 1) — give the share of each sequence's frames kept for val, e.g. 0.2")
+        raise UserError(
+            f"val_fraction {val_fraction} is outside [0, 1) — give the share of each sequence's frames kept for val, e.g. 0.2"
+        )
     train = src / "train"
     if not train.is_dir():
-        raise UserError(f"{src} has no train/ folder — give the MOT15 root (2DMOT2015/) holding train/<sequence>/img1 and gt/gt.txt")
+        raise UserError(
+            f"{src} has no train/ folder — give the MOT15 root (2DMOT2015/) holding train/<sequence>/img1 and gt/gt.txt"
+        )
     seqs = sorted(p for p in train.iterdir() if p.is_dir())
     if not seqs:
         raise UserError(f"{train} holds no sequence folders — extract the MOT15 train sequences into it")
@@ -154,7 +187,9 @@ def prepare_mot15(
     refuse_out_inside(out, [src])
     out = check_out_dir(out, force)
     splits = ["train", "val"] if val_fraction > 0 else ["train"]
-    meta = DatasetMeta(name="mot15", source=str(src), splits=splits, det_classes=list(MOT_CLASSES), seg_classes=[], palette=[])
+    meta = DatasetMeta(
+        name="mot15", source=str(src), splits=splits, det_classes=list(MOT_CLASSES), seg_classes=[], palette=[]
+    )
     from mtlcli.data.integrity import mark_verify
 
     mark_verify(jobs, verify)

@@ -17,8 +17,9 @@ a recipe whose train split shares images with its evaluation split(s) (`data.val
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from mtlcli.errors import UserError
 
@@ -35,14 +36,18 @@ def default_eval_splits(splits: Iterable[str]) -> list[str]:
     return [s for s in splits if s.startswith(EVAL_PREFIXES)]
 
 
-def shared_images(train_images: Iterable[Mapping[str, Any]], eval_images: Iterable[Mapping[str, Any]]) -> tuple[int, str | None]:
+def shared_images(
+    train_images: Iterable[Mapping[str, Any]], eval_images: Iterable[Mapping[str, Any]]
+) -> tuple[int, str | None]:
     """(number of evaluation images whose identity is also in the training images, the first of them)."""
     train = {image_key(im) for im in train_images}
     shared = sorted(im["file_name"] for im in eval_images if image_key(im) in train)
     return len(shared), (shared[0] if shared else None)
 
 
-def overlap_report(images: Mapping[str, list[Mapping[str, Any]]], eval_splits: Iterable[str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+def overlap_report(
+    images: Mapping[str, list[Mapping[str, Any]]], eval_splits: Iterable[str] | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
     """{train split: {eval split: {"images": shared count, "example": a shared file (when any)}}}.
 
     `images` maps every split to its COCO `images` entries; splits not in `eval_splits` (default:
@@ -78,8 +83,10 @@ def print_overlap(report: Mapping[str, Mapping[str, Mapping[str, Any]]], console
     for train, row in report.items():
         for ev, cell in row.items():
             if cell["images"]:
-                console.print(f"  {train} shares {cell['images']} image(s) with {ev}, e.g. {cell['example']}: "
-                              f"do not evaluate on {ev} a model trained on {train}")
+                console.print(
+                    f"  {train} shares {cell['images']} image(s) with {ev}, e.g. {cell['example']}: "
+                    f"do not evaluate on {ev} a model trained on {train}"
+                )
 
 
 def split_images(root: str | Path, split: str) -> list[dict[str, Any]]:
@@ -88,7 +95,9 @@ def split_images(root: str | Path, split: str) -> list[dict[str, Any]]:
     try:
         return json.loads(path.read_text())["images"]
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise UserError(f"{path} is missing or not a COCO instances file ({type(exc).__name__}) — prepare the dataset again") from None
+        raise UserError(
+            f"{path} is missing or not a COCO instances file ({type(exc).__name__}) — prepare the dataset again"
+        ) from None
 
 
 def _images_of(dataset: Any, root: Path, split: str) -> list[dict[str, Any]]:
@@ -111,8 +120,10 @@ def check_no_overlap(recipe: Mapping[str, Any], train_ds: Any, val_ds: Any = Non
     train_split = data["train_split"]
     evals = list(dict.fromkeys(s for s in (data["val_split"], data.get("test_split", "")) if s))
     if data.get("test_split") and data["test_split"] not in meta.splits:
-        raise UserError(f"data.test_split {data['test_split']!r} is not a split of {root} (it has {', '.join(meta.splits)}) — "
-                        f"prepare the dataset with that split or set --set data.test_split=''")
+        raise UserError(
+            f"data.test_split {data['test_split']!r} is not a split of {root} (it has {', '.join(meta.splits)}) — "
+            f"prepare the dataset with that split or set --set data.test_split=''"
+        )
     evals = [s for s in evals if s in meta.splits]  # a val_split that no metric reads may be absent
     train_images = _images_of(train_ds, root, train_split)
     counts: dict[str, int] = {}
@@ -128,5 +139,6 @@ def check_no_overlap(recipe: Mapping[str, Any], train_ds: Any, val_ds: Any = Non
                 f"data.train_split {train_split!r} shares {n} image(s) with data.{key} {split!r} of {root} "
                 f"(e.g. {example}): the scores would be measured on training images — choose a train split without "
                 f"them (`mtl prepare` lists the overlap of every split pair), or pass --set data.allow_overlap=true "
-                f"if this is deliberate")
+                f"if this is deliberate"
+            )
     return counts

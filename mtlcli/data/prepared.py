@@ -17,10 +17,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -50,17 +51,24 @@ class DatasetMeta:
     overlap: dict[str, Any] = field(default_factory=dict)
 
     def save(self, root: str | Path) -> None:
-        data = {"format_version": self.format_version, **{k: v for k, v in asdict(self).items() if k != "format_version"}}
+        data = {
+            "format_version": self.format_version,
+            **{k: v for k, v in asdict(self).items() if k != "format_version"},
+        }
         atomic_write_text(Path(root) / "dataset.json", json.dumps(data, indent=2))
 
     @classmethod
-    def load(cls, root: str | Path) -> "DatasetMeta":
+    def load(cls, root: str | Path) -> DatasetMeta:
         """Read and validate `root/dataset.json`; a missing or malformed file is a UserError."""
         path = Path(root) / "dataset.json"
         if not Path(root).is_dir():
-            raise UserError(f"{root}: no such prepared dataset — create one with mtl prepare (`mtl prepare --help` lists the datasets it reads)")
+            raise UserError(
+                f"{root}: no such prepared dataset — create one with mtl prepare (`mtl prepare --help` lists the datasets it reads)"
+            )
         if not path.is_file():
-            raise UserError(f"{path} is missing: {root} is not a prepared dataset — prepare it with mtl prepare first (`mtl prepare --help`)")
+            raise UserError(
+                f"{path} is missing: {root} is not a prepared dataset — prepare it with mtl prepare first (`mtl prepare --help`)"
+            )
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -155,7 +163,9 @@ def check_out_dir(out: str | Path, force: bool, source: str | Path | None = None
     if source is not None:
         src = Path(source).resolve()
         if out == src or src in out.parents:
-            raise UserError(f"--out {out} lies inside the source {src}; choose a folder outside it (the source is never written)")
+            raise UserError(
+                f"--out {out} lies inside the source {src}; choose a folder outside it (the source is never written)"
+            )
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder; choose another path")
     from mtlcli.safety import protected_owner, refuse_protected_output
@@ -217,17 +227,30 @@ def run_prepare(
     `eval_splits` defaults to the splits named val*/test*); `excluded` lists images a reader kept out of
     a training split on purpose ({"file", "split", "reason"}), shown under the summary.
     """
-    from mtlcli.data.overlap import overlap_report
-
     from functools import partial
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from mtlcli.data.overlap import overlap_report
 
     jobs = list(jobs)
     results: list[ImageResult] = list(pre_skipped)
     workers = workers or default_workers()
     run = partial(_run_one, fn, out)
-    columns = [TextColumn("[bold]prepare[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("[bold]prepare[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, disable=quiet, transient=False) as progress:
         task = progress.add_task(meta.name, total=len(jobs))
         if workers > 1 and len(jobs) > 1:
@@ -243,10 +266,16 @@ def run_prepare(
     skipped = [r for r in results if r.skipped]
     if strict and skipped:
         first = skipped[0]
-        raise UserError(f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such files)")
+        raise UserError(
+            f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such files)"
+        )
 
-    summary: dict[str, Any] = {"name": meta.name, "splits": {}, "skipped": [{"file": r.file_name, "reason": r.skipped} for r in skipped],
-                               "excluded": list(excluded)}
+    summary: dict[str, Any] = {
+        "name": meta.name,
+        "splits": {},
+        "skipped": [{"file": r.file_name, "reason": r.skipped} for r in skipped],
+        "excluded": list(excluded),
+    }
     split_images: dict[str, list[dict[str, Any]]] = {}
     categories = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(meta.det_classes)]
     for split in meta.splits:
@@ -255,18 +284,36 @@ def run_prepare(
         per_class = {n: 0 for n in meta.det_classes}
         crowd = 0
         for image_id, r in enumerate(good, start=1):
-            images.append({"id": image_id, "file_name": r.file_name, "height": r.height, "width": r.width, "stem": r.stem, **r.extra})
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": r.file_name,
+                    "height": r.height,
+                    "width": r.width,
+                    "stem": r.stem,
+                    **r.extra,
+                }
+            )
             for a in r.annotations:
                 anns.append({"id": len(anns) + 1, "image_id": image_id, **a})
                 if a["iscrowd"]:
                     crowd += 1
                 else:
                     per_class[meta.det_classes[a["category_id"] - 1]] += 1
-        coco = {"info": {"description": f"{meta.name} {split} prepared by mtl"}, "images": images, "annotations": anns, "categories": categories}
+        coco = {
+            "info": {"description": f"{meta.name} {split} prepared by mtl"},
+            "images": images,
+            "annotations": anns,
+            "categories": categories,
+        }
         atomic_write_text(instances_path(out, split), json.dumps(coco))
         split_images[split] = images
-        summary["splits"][split] = {"images": len(images), "instances": per_class, "crowd": crowd,
-                                    "skipped": sum(1 for r in skipped if r.split == split)}
+        summary["splits"][split] = {
+            "images": len(images),
+            "instances": per_class,
+            "crowd": crowd,
+            "skipped": sum(1 for r in skipped if r.split == split),
+        }
     meta.overlap = summary["overlap"] = overlap_report(split_images, eval_splits)
     meta.save(out)
     if not quiet:

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -84,6 +85,7 @@ class Street:
 def clip_polygon(poly: Poly, width: int, height: int) -> list[list[int]]:
     """Sutherland-Hodgman clip of a polygon to the image rectangle, rounded to integer pixel
     coordinates (Cityscapes polygons are integer); [] when nothing is left."""
+
     def clip(points: Poly, inside: Callable[[tuple[float, float]], bool], cut) -> Poly:
         out: Poly = []
         for i, cur in enumerate(points):
@@ -123,8 +125,9 @@ def clip_polygon(poly: Poly, width: int, height: int) -> list[list[int]]:
     return out if len(out) >= 3 else []
 
 
-def ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 16, rng: np.random.Generator | None = None,
-            jitter: float = 0.0) -> Poly:
+def ellipse(
+    cx: float, cy: float, rx: float, ry: float, n: int = 16, rng: np.random.Generator | None = None, jitter: float = 0.0
+) -> Poly:
     pts = []
     for k in range(n):
         a = 2 * math.pi * k / n
@@ -146,14 +149,31 @@ def _car_rear(w: float, h: float) -> Poly:
 
 def _car_side(length: float, h: float) -> Poly:
     L = length
-    return [(-L / 2, 0.0), (L / 2, 0.0), (L / 2, 0.5 * h), (0.42 * L, 0.58 * h), (0.2 * L, 0.6 * h),
-            (0.08 * L, h), (-0.3 * L, h), (-0.42 * L, 0.62 * h), (-L / 2, 0.55 * h)]
+    return [
+        (-L / 2, 0.0),
+        (L / 2, 0.0),
+        (L / 2, 0.5 * h),
+        (0.42 * L, 0.58 * h),
+        (0.2 * L, 0.6 * h),
+        (0.08 * L, h),
+        (-0.3 * L, h),
+        (-0.42 * L, 0.62 * h),
+        (-L / 2, 0.55 * h),
+    ]
 
 
 def _truck_side(length: float, h: float) -> Poly:
     L = length
-    return [(-L / 2, 0.0), (L / 2, 0.0), (L / 2, 0.62 * h), (0.45 * L, 0.7 * h), (0.36 * L, 0.7 * h),
-            (0.3 * L, 0.72 * h), (0.3 * L, h), (-L / 2, h)]
+    return [
+        (-L / 2, 0.0),
+        (L / 2, 0.0),
+        (L / 2, 0.62 * h),
+        (0.45 * L, 0.7 * h),
+        (0.36 * L, 0.7 * h),
+        (0.3 * L, 0.72 * h),
+        (0.3 * L, h),
+        (-L / 2, h),
+    ]
 
 
 def _box(w: float, h: float) -> Poly:
@@ -162,10 +182,25 @@ def _box(w: float, h: float) -> Poly:
 
 def _person(h: float) -> Poly:
     """A standing person facing the camera, width about 0.3 h (slightly wider than life)."""
-    return [(-0.13 * h, 0), (-0.02 * h, 0), (0, 0.42 * h), (0.02 * h, 0), (0.13 * h, 0), (0.12 * h, 0.45 * h),
-            (0.17 * h, 0.5 * h), (0.16 * h, 0.78 * h), (0.07 * h, 0.84 * h), (0.07 * h, 0.9 * h),
-            (0.04 * h, h), (-0.04 * h, h), (-0.07 * h, 0.9 * h), (-0.07 * h, 0.84 * h),
-            (-0.16 * h, 0.78 * h), (-0.17 * h, 0.5 * h), (-0.12 * h, 0.45 * h)]
+    return [
+        (-0.13 * h, 0),
+        (-0.02 * h, 0),
+        (0, 0.42 * h),
+        (0.02 * h, 0),
+        (0.13 * h, 0),
+        (0.12 * h, 0.45 * h),
+        (0.17 * h, 0.5 * h),
+        (0.16 * h, 0.78 * h),
+        (0.07 * h, 0.84 * h),
+        (0.07 * h, 0.9 * h),
+        (0.04 * h, h),
+        (-0.04 * h, h),
+        (-0.07 * h, 0.9 * h),
+        (-0.07 * h, 0.84 * h),
+        (-0.16 * h, 0.78 * h),
+        (-0.17 * h, 0.5 * h),
+        (-0.12 * h, 0.45 * h),
+    ]
 
 
 def _bicycle(length: float) -> Poly:
@@ -188,9 +223,26 @@ def _rider(length: float) -> Poly:
     """A person pedalling a bicycle of the given length (side view, riding to the right), about 1.8 m
     from the ground to the top of the head; the legs overlap the frame."""
     k = length / 1.9
-    pts = [(-0.35, 0.85), (-0.05, 0.45), (0.0, 0.3), (0.15, 0.3), (0.1, 0.5), (0.25, 0.8), (-0.05, 0.95),
-           (0.45, 1.0), (0.5, 1.1), (0.15, 1.35), (0.12, 1.5), (0.18, 1.58), (0.12, 1.78), (-0.02, 1.8),
-           (-0.08, 1.6), (-0.02, 1.45), (-0.2, 1.35), (-0.4, 1.0)]
+    pts = [
+        (-0.35, 0.85),
+        (-0.05, 0.45),
+        (0.0, 0.3),
+        (0.15, 0.3),
+        (0.1, 0.5),
+        (0.25, 0.8),
+        (-0.05, 0.95),
+        (0.45, 1.0),
+        (0.5, 1.1),
+        (0.15, 1.35),
+        (0.12, 1.5),
+        (0.18, 1.58),
+        (0.12, 1.78),
+        (-0.02, 1.8),
+        (-0.08, 1.6),
+        (-0.02, 1.45),
+        (-0.2, 1.35),
+        (-0.4, 1.0),
+    ]
     return [(k * u, k * v) for u, v in pts]
 
 
@@ -241,8 +293,13 @@ class Canvas:
         self.draw = ImageDraw.Draw(self.image)
         self.objects: list[dict[str, Any]] = []
 
-    def add(self, label: str, poly: Poly, colour: tuple[int, int, int] | None = None,
-            details: list[tuple[Poly, tuple[int, int, int]]] = ()) -> bool:
+    def add(
+        self,
+        label: str,
+        poly: Poly,
+        colour: tuple[int, int, int] | None = None,
+        details: list[tuple[Poly, tuple[int, int, int]]] = (),
+    ) -> bool:
         """Add one annotated polygon (pixel coordinates, may reach outside the image) and paint it;
         details are painted inside it on the RGB image only. False when it lies outside the image."""
         clipped = clip_polygon(poly, self.w, self.h)
@@ -297,13 +354,19 @@ def _background(c: Canvas, st: Street) -> float:
     # the sky polygon covers the frame; everything else is drawn over it (the RGB canvas starts as sky)
     c.objects.append({"label": "sky", "polygon": [[0, 0], [c.w - 1, 0], [c.w - 1, c.h - 1], [0, c.h - 1]]})
     far = rng.uniform(0.07, 0.12)
-    road = [st.ground(-ROAD_HALF_WIDTH, 0), st.ground(ROAD_HALF_WIDTH, 0), st.ground(ROAD_HALF_WIDTH, 1.4),
-            st.ground(-ROAD_HALF_WIDTH, 1.4)]
+    road = [
+        st.ground(-ROAD_HALF_WIDTH, 0),
+        st.ground(ROAD_HALF_WIDTH, 0),
+        st.ground(ROAD_HALF_WIDTH, 1.4),
+        st.ground(-ROAD_HALF_WIDTH, 1.4),
+    ]
     marks = []  # dashed centre line, RGB only: dashes evenly spaced in depth (1 / s)
     d = 1.0 / far
     while d > 0.6:
         s0, s1 = 1.0 / d, 1.0 / max(d - 0.35, 0.5)
-        marks.append(([st.ground(-0.08, s0), st.ground(0.08, s0), st.ground(0.08, s1), st.ground(-0.08, s1)], (210, 210, 200)))
+        marks.append(
+            ([st.ground(-0.08, s0), st.ground(0.08, s0), st.ground(0.08, s1), st.ground(-0.08, s1)], (210, 210, 200))
+        )
         d -= 0.9
     c.add("road", road, details=marks)
     outer = ROAD_HALF_WIDTH + SIDEWALK_WIDTH
@@ -329,8 +392,12 @@ def _background(c: Canvas, st: Street) -> float:
             d_next = max(d - rng.uniform(1.0, 3.0), d_end * 0.9)
             sa, sb = 1.0 / d, 1.0 / d_next
             height = rng.uniform(9, 24)
-            quad = [(st.x(lateral, sa), st.y(sa)), (st.x(lateral, sb), st.y(sb)),
-                    (st.x(lateral, sb), st.y(sb) - sb * st.ppm * height), (st.x(lateral, sa), st.y(sa) - sa * st.ppm * height)]
+            quad = [
+                (st.x(lateral, sa), st.y(sa)),
+                (st.x(lateral, sb), st.y(sb)),
+                (st.x(lateral, sb), st.y(sb) - sb * st.ppm * height),
+                (st.x(lateral, sa), st.y(sa) - sa * st.ppm * height),
+            ]
             colour = _colour(rng, "building", 18)
             windows = []
             for floor in range(int(height // 3.2)):
@@ -338,9 +405,17 @@ def _background(c: Canvas, st: Street) -> float:
                 dd = d - 0.25
                 while dd - 0.35 > d_next:
                     w0, w1 = 1.0 / dd, 1.0 / (dd - 0.35)
-                    windows.append(([(st.x(lateral, w0), st.y(w0) - w0 * st.ppm * v0), (st.x(lateral, w1), st.y(w1) - w1 * st.ppm * v0),
-                                     (st.x(lateral, w1), st.y(w1) - w1 * st.ppm * v1), (st.x(lateral, w0), st.y(w0) - w0 * st.ppm * v1)],
-                                    _shade(colour, 0.55)))
+                    windows.append(
+                        (
+                            [
+                                (st.x(lateral, w0), st.y(w0) - w0 * st.ppm * v0),
+                                (st.x(lateral, w1), st.y(w1) - w1 * st.ppm * v0),
+                                (st.x(lateral, w1), st.y(w1) - w1 * st.ppm * v1),
+                                (st.x(lateral, w0), st.y(w0) - w0 * st.ppm * v1),
+                            ],
+                            _shade(colour, 0.55),
+                        )
+                    )
                     dd -= 0.7
             c.add("building", quad, colour=colour, details=windows)
             d = d_next
@@ -366,17 +441,29 @@ def _vehicle(rng: np.random.Generator, st: Street, label: str, lateral: float, s
         r = 0.42 if label == "car" else 0.5
         wheels = [ellipse(u, r, r, r, 10) for u in (-0.3 * length, 0.3 * length)]
         if label == "car":
-            windows = [[(-0.27 * length, 0.62 * height), (0.16 * length, 0.63 * height), (0.06 * length, 0.93 * height), (-0.25 * length, 0.93 * height)]]
+            windows = [
+                [
+                    (-0.27 * length, 0.62 * height),
+                    (0.16 * length, 0.63 * height),
+                    (0.06 * length, 0.93 * height),
+                    (-0.25 * length, 0.93 * height),
+                ]
+            ]
         elif label == "truck":
             windows = [rect(0.34 * length, 0.74 * height, 0.42 * length, 0.66 * height)]
         else:
-            windows = [rect(u, 0.82 * height, u + 0.11 * length, 0.5 * height) for u in np.arange(-0.46, 0.4, 0.13) * length]
+            windows = [
+                rect(u, 0.82 * height, u + 0.11 * length, 0.5 * height) for u in np.arange(-0.46, 0.4, 0.13) * length
+            ]
     else:
         shape = (_car_rear if label == "car" else _box)(width, height)
         wheels = [rect(-0.48 * width, 0.25, -0.3 * width, 0.0), rect(0.3 * width, 0.25, 0.48 * width, 0.0)]
         top = 0.92 * height
         windows = [rect(-0.34 * width, top, 0.34 * width, 0.62 * height if label == "car" else 0.7 * height)]
-        lights = [rect(-0.45 * width, 0.5 * height, -0.33 * width, 0.42 * height), rect(0.33 * width, 0.5 * height, 0.45 * width, 0.42 * height)]
+        lights = [
+            rect(-0.45 * width, 0.5 * height, -0.33 * width, 0.42 * height),
+            rect(0.33 * width, 0.5 * height, 0.45 * width, 0.42 * height),
+        ]
     details = [(_placed(st, lateral, s, w), glass) for w in windows]
     details += [(_placed(st, lateral, s, w), (200, 30, 30)) for w in lights]
     details += [(_placed(st, lateral, s, w), dark) for w in wheels]
@@ -408,8 +495,10 @@ def _tree(rng: np.random.Generator, st: Street, lateral: float, s: float) -> lis
     trunk = rect(-0.25, 3.2, 0.25, 0.0)
     crown = ellipse(0.0, 5.2, 2.3 * rng.uniform(0.85, 1.15), 2.1 * rng.uniform(0.85, 1.15), 14, rng, 0.1)
     green = _colour(rng, "vegetation", 14)
-    return [("vegetation", _placed(st, lateral, s, trunk), (92, 72, 52), []),
-            ("vegetation", _placed(st, lateral, s, crown), green, [])]
+    return [
+        ("vegetation", _placed(st, lateral, s, trunk), (92, 72, 52), []),
+        ("vegetation", _placed(st, lateral, s, crown), green, []),
+    ]
 
 
 def _pole(rng: np.random.Generator, st: Street, lateral: float, s: float) -> list[Part]:
@@ -421,8 +510,10 @@ def _pole(rng: np.random.Generator, st: Street, lateral: float, s: float) -> lis
         sign = [(-0.55, 4.6), (0.55, 4.6), (0.0, 3.6)]
     else:
         sign = ellipse(0.0, 4.1, 0.5, 0.5, 8)
-    return [("pole", _placed(st, lateral, s, pole), _colour(rng, "pole", 8), []),
-            ("traffic sign", _placed(st, lateral, s, sign), _colour(rng, "traffic sign", 10), [])]
+    return [
+        ("pole", _placed(st, lateral, s, pole), _colour(rng, "pole", 8), []),
+        ("traffic sign", _placed(st, lateral, s, sign), _colour(rng, "traffic sign", 10), []),
+    ]
 
 
 def _group(rng: np.random.Generator, st: Street, label: str, lateral: float, s: float) -> list[Part]:
@@ -445,8 +536,18 @@ def _group(rng: np.random.Generator, st: Street, label: str, lateral: float, s: 
         outline = [(-0.3, 0), ((n - 1) * step + 0.3, 0)]
         for j in reversed(range(n)):
             u = j * step
-            outline += [(u + 0.3, 0.78 * h), (u + 0.1, 0.86 * h), (u + 0.08, h), (u - 0.08, h), (u - 0.1, 0.86 * h), (u - 0.22, 0.8 * h)]
-        details = [(_placed(st, lateral, s, rect(j * step - 0.07, 0.98 * h, j * step + 0.07, 0.87 * h)), SKIN) for j in range(n)]
+            outline += [
+                (u + 0.3, 0.78 * h),
+                (u + 0.1, 0.86 * h),
+                (u + 0.08, h),
+                (u - 0.08, h),
+                (u - 0.1, 0.86 * h),
+                (u - 0.22, 0.8 * h),
+            ]
+        details = [
+            (_placed(st, lateral, s, rect(j * step - 0.07, 0.98 * h, j * step + 0.07, 0.87 * h)), SKIN)
+            for j in range(n)
+        ]
         colour = _colour(rng, "person")
     return [(label + "group", _placed(st, lateral, s, outline), colour, details)]
 
@@ -473,8 +574,14 @@ def draw_scene(rng: np.random.Generator, height: int, width: int) -> tuple[dict[
         things.append((s, _group(rng, st, "person", rng.choice([-1, 1]) * 7.0 - 0.9, s)))
 
     boxes: list[tuple[float, float, float, float]] = []
-    wanted = (["car"] * int(rng.integers(2, 7)) + ["truck"] * int(rng.random() < 0.35) + ["bus"] * int(rng.random() < 0.3)
-              + ["person"] * int(rng.integers(1, 6)) + ["cyclist"] * int(rng.integers(0, 3)) + ["bicycle"] * int(rng.random() < 0.3))
+    wanted = (
+        ["car"] * int(rng.integers(2, 7))
+        + ["truck"] * int(rng.random() < 0.35)
+        + ["bus"] * int(rng.random() < 0.3)
+        + ["person"] * int(rng.integers(1, 6))
+        + ["cyclist"] * int(rng.integers(0, 3))
+        + ["bicycle"] * int(rng.random() < 0.3)
+    )
     for kind in wanted:
         for _ in range(20):  # a few tries to find a spot that is not hidden behind another object
             if kind in VEHICLES:
@@ -487,7 +594,11 @@ def draw_scene(rng: np.random.Generator, height: int, width: int) -> tuple[dict[
                 parts = _pedestrian(rng, st, lateral, s)
             else:
                 s = rng.uniform(0.3, 0.95)
-                lateral = rng.choice([-1, 1]) * rng.uniform(3.0, 4.6) if rng.random() < 0.7 else rng.choice([-1, 1]) * rng.uniform(5.5, 8.0)
+                lateral = (
+                    rng.choice([-1, 1]) * rng.uniform(3.0, 4.6)
+                    if rng.random() < 0.7
+                    else rng.choice([-1, 1]) * rng.uniform(5.5, 8.0)
+                )
                 parts = _cyclist(rng, st, lateral, s, ridden=kind == "cyclist")
             box = _bbox([p for part in parts for p in part[1]])
             if box[2] < 0 or box[0] > width - 1 or box[3] > height * 1.02 or _too_hidden(box, boxes):
@@ -501,8 +612,11 @@ def draw_scene(rng: np.random.Generator, height: int, width: int) -> tuple[dict[
             c.add(label, poly, colour, details)
     if rng.random() < 0.5:  # the bonnet of the recording car, as in Cityscapes ("ego vehicle", ignored)
         top = height * rng.uniform(0.92, 0.95)
-        hood = [(0, height), (0, top + 0.04 * height)] + [
-            (width * t, top + 0.04 * height * (2 * t - 1) ** 2) for t in np.linspace(0.1, 0.9, 9)] + [(width, top + 0.04 * height), (width, height)]
+        hood = (
+            [(0, height), (0, top + 0.04 * height)]
+            + [(width * t, top + 0.04 * height * (2 * t - 1) ** 2) for t in np.linspace(0.1, 0.9, 9)]
+            + [(width, top + 0.04 * height), (width, height)]
+        )
         c.add("ego vehicle", hood)
     return c.annotation(), c.rgb()
 
@@ -580,7 +694,13 @@ def generate_synthetic(
             for job in jobs:
                 _write_job(job)
                 progress.advance(task)
-    params = {"generator": "mtl synthetic city", "version": 1, "seed": seed, "train": train, "val": val,
-              "size": [height, width]}
+    params = {
+        "generator": "mtl synthetic city",
+        "version": 1,
+        "seed": seed,
+        "train": train,
+        "val": val,
+        "size": [height, width],
+    }
     atomic_write_text(root / MARKER, json.dumps(params, indent=2))
     return root

@@ -3,8 +3,8 @@ distance-transform bins (DESIGN.md §3). Pure numpy/scipy functions, shared by e
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -80,7 +80,9 @@ def _instance_distance(mask: np.ndarray) -> np.ndarray | None:
     return full
 
 
-def dt_bins(masks: Iterable[np.ndarray], shape: tuple[int, int], thresholds: Sequence[float] = (0.2, 0.4)) -> np.ndarray:
+def dt_bins(
+    masks: Iterable[np.ndarray], shape: tuple[int, int], thresholds: Sequence[float] = (0.2, 0.4)
+) -> np.ndarray:
     """Distance-transform bins [H, W] uint8 from non-crowd instance masks (DESIGN.md §3).
 
     D_i = distance_transform_edt(M_i) / max, D = max_i D_i; bin 0 where D = 0, then 1 for
@@ -104,5 +106,5 @@ def box_mask(box_xyxy: Sequence[float], shape: tuple[int, int]) -> np.ndarray:
     h, w = shape
     x0, y0, x1, y1 = (int(round(v)) for v in box_xyxy)
     m = np.zeros(shape, dtype=bool)
-    m[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)] = True
+    m[max(y0, 0) : min(y1, h), max(x0, 0) : min(x1, w)] = True
     return m

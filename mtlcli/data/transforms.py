@@ -16,7 +16,8 @@ the source frame, and the metrics compare against the untouched ground truth.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torchvision import tv_tensors
@@ -60,8 +61,12 @@ class DistanceMap(tv_tensors.Mask):
 
 # v2 looks the fill up by the exact type of each input; boxes take no fill. Inside a Pipeline the image
 # is uint8 (see Pipeline), so its fill is on the 0..255 scale.
-FILL: dict[type, Any] = {tv_tensors.Image: [round(255 * c) for c in IMAGE_FILL], tv_tensors.Mask: 0,
-                         SemanticMap: IGNORE_INDEX, DistanceMap: 0}
+FILL: dict[type, Any] = {
+    tv_tensors.Image: [round(255 * c) for c in IMAGE_FILL],
+    tv_tensors.Mask: 0,
+    SemanticMap: IGNORE_INDEX,
+    DistanceMap: 0,
+}
 
 
 def _interpolation(inpt: Any, image_mode: InterpolationMode = InterpolationMode.BILINEAR) -> InterpolationMode:
@@ -75,8 +80,14 @@ class Resize(v2.Resize):
     """v2.Resize with masks sampled at pixel centres (see `_interpolation`)."""
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return self._call_kernel(F.resize, inpt, self.size, interpolation=_interpolation(inpt, self.interpolation),
-                                 max_size=self.max_size, antialias=self.antialias)
+        return self._call_kernel(
+            F.resize,
+            inpt,
+            self.size,
+            interpolation=_interpolation(inpt, self.interpolation),
+            max_size=self.max_size,
+            antialias=self.antialias,
+        )
 
 
 class RandomScale(v2.Transform):
@@ -103,7 +114,9 @@ class RandomScale(v2.Transform):
         return {"size": [max(1, round(h * r)), max(1, round(w * r))]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return self._call_kernel(F.resize, inpt, size=params["size"], interpolation=_interpolation(inpt), antialias=True)
+        return self._call_kernel(
+            F.resize, inpt, size=params["size"], interpolation=_interpolation(inpt), antialias=True
+        )
 
 
 def _axis(n_src: int, n_scaled: int, n_crop: int) -> tuple[int, int, int, int]:
@@ -128,8 +141,9 @@ class ScaleCrop(v2.Transform):
     keep their clamping mode (run it on unclipped boxes and follow with DropBoxesOutsideCrop).
     """
 
-    def __init__(self, crop_size: Sequence[int], scale_range: Sequence[float] = (1.0, 1.0), min_size: int = 0,
-                 max_size: int = 0) -> None:
+    def __init__(
+        self, crop_size: Sequence[int], scale_range: Sequence[float] = (1.0, 1.0), min_size: int = 0, max_size: int = 0
+    ) -> None:
         super().__init__()
         self.scale = RandomScale(scale_range, min_size=min_size, max_size=max_size)
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
@@ -172,7 +186,7 @@ def iou_crop_params(iou: v2.RandomIoUCrop, boxes: tv_tensors.BoundingBoxes) -> d
         aspect = new_w / new_h.clamp(min=1)
         ok = (new_h > 0) & (aspect >= iou.min_aspect_ratio) & (aspect <= iou.max_aspect_ratio)
         ok &= (left != right) & (top != bottom)
-        within = ((left[:, None] < cx) & (cx < right[:, None]) & (top[:, None] < cy) & (cy < bottom[:, None]))
+        within = (left[:, None] < cx) & (cx < right[:, None]) & (top[:, None] < cy) & (cy < bottom[:, None])
         ok &= within.any(1)
         if not ok.any():
             continue
@@ -181,8 +195,13 @@ def iou_crop_params(iou: v2.RandomIoUCrop, boxes: tv_tensors.BoundingBoxes) -> d
         ok &= ious.max(1).values >= min_iou
         if ok.any():
             i = int(ok.nonzero()[0])
-            return {"top": int(top[i]), "left": int(left[i]), "height": int(new_h[i]), "width": int(new_w[i]),
-                    "is_within_crop_area": within[i]}
+            return {
+                "top": int(top[i]),
+                "left": int(left[i]),
+                "height": int(new_h[i]),
+                "width": int(new_w[i]),
+                "is_within_crop_area": within[i],
+            }
 
 
 class SSDGeometry(v2.Transform):
@@ -198,8 +217,13 @@ class SSDGeometry(v2.Transform):
     (inferred: SSD's order distorts the source first). `size` None keeps the crop's size.
     """
 
-    def __init__(self, size: tuple[int, int] | None, zoom_out: float = 4.0, iou_crop: bool = True,
-                 photometric: Callable | None = None) -> None:
+    def __init__(
+        self,
+        size: tuple[int, int] | None,
+        zoom_out: float = 4.0,
+        iou_crop: bool = True,
+        photometric: Callable | None = None,
+    ) -> None:
         super().__init__()
         self.size = size
         self.zoom_out = float(zoom_out)
@@ -217,10 +241,12 @@ class SSDGeometry(v2.Transform):
         window, within = (0, 0, ch, cw), None  # the crop on the canvas
         if self.iou is not None:
             src = next(x for x in flat_inputs if isinstance(x, tv_tensors.BoundingBoxes))
-            xyxy = F.convert_bounding_box_format(src.as_subclass(torch.Tensor), old_format=src.format,
-                                                 new_format=tv_tensors.BoundingBoxFormat.XYXY)
-            shifted = tv_tensors.BoundingBoxes(xyxy + torch.tensor([left, top, left, top], dtype=xyxy.dtype),
-                                               format="XYXY", canvas_size=(ch, cw))
+            xyxy = F.convert_bounding_box_format(
+                src.as_subclass(torch.Tensor), old_format=src.format, new_format=tv_tensors.BoundingBoxFormat.XYXY
+            )
+            shifted = tv_tensors.BoundingBoxes(
+                xyxy + torch.tensor([left, top, left, top], dtype=xyxy.dtype), format="XYXY", canvas_size=(ch, cw)
+            )
             crop = iou_crop_params(self.iou, shifted) if len(shifted) else {}
             if crop:
                 window, within = (crop["top"], crop["left"], crop["height"], crop["width"]), crop["is_within_crop_area"]
@@ -235,8 +261,12 @@ class SSDGeometry(v2.Transform):
         ox0, ox1 = round((x0 - (wl - left)) * out_w / ww), round((x1 - (wl - left)) * out_w / ww)
         oy1, ox1 = min(max(oy1, oy0 + 1), out_h), min(max(ox1, ox0 + 1), out_w)
         oy0, ox0 = min(oy0, oy1 - 1), min(ox0, ox1 - 1)
-        return {"window": (y0, x0, y1 - y0, x1 - x0), "size": [oy1 - oy0, ox1 - ox0],
-                "padding": [ox0, oy0, out_w - ox1, out_h - oy1], "within": within}
+        return {
+            "window": (y0, x0, y1 - y0, x1 - x0),
+            "size": [oy1 - oy0, ox1 - ox0],
+            "padding": [ox0, oy0, out_w - ox1, out_h - oy1],
+            "within": within,
+        }
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         out = self._call_kernel(F.crop, inpt, *params["window"])
@@ -266,8 +296,9 @@ class DropBoxesOutsideCrop(v2.Transform):
 
     def transform(self, inpt: tv_tensors.BoundingBoxes, params: dict[str, Any]) -> tv_tensors.BoundingBoxes:
         h, w = inpt.canvas_size
-        xyxy = F.convert_bounding_box_format(inpt.as_subclass(torch.Tensor), old_format=inpt.format,
-                                             new_format=tv_tensors.BoundingBoxFormat.XYXY)
+        xyxy = F.convert_bounding_box_format(
+            inpt.as_subclass(torch.Tensor), old_format=inpt.format, new_format=tv_tensors.BoundingBoxFormat.XYXY
+        )
         cx = 0.5 * (xyxy[:, 0] + xyxy[:, 2])
         cy = 0.5 * (xyxy[:, 1] + xyxy[:, 3])
         inside = (cx > 0) & (cx < w) & (cy > 0) & (cy < h)
@@ -315,8 +346,9 @@ class Pipeline:
         self.compose = v2.Compose(self.transforms) if self.transforms else None
         self.color_jitter = color_jitter
 
-    def __call__(self, image: torch.Tensor, target: dict[str, Any], *,
-                 defer_color: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    def __call__(
+        self, image: torch.Tensor, target: dict[str, Any], *, defer_color: bool = False
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """`defer_color`: draw the colour jitter's factors but leave them in target["color_jitter"] for
         `apply_color_jitter` to apply on the device, batched with the uint8 -> float conversion there,
         instead of three float round trips of the image on a loader core."""
@@ -325,13 +357,22 @@ class Pipeline:
         image, target = self._geometry(image, target)
         if self.color_jitter is not None:
             p = self.color_jitter.make_params([image])
-            target = {**target, "color_jitter": torch.tensor(
-                [*p["fn_idx"].tolist(), p["brightness_factor"], p["contrast_factor"], p["saturation_factor"]])}
+            target = {
+                **target,
+                "color_jitter": torch.tensor(
+                    [*p["fn_idx"].tolist(), p["brightness_factor"], p["contrast_factor"], p["saturation_factor"]]
+                ),
+            }
             if not defer_color:
-                jittered = apply_color_jitter(image.as_subclass(torch.Tensor).float() / 255 if image.dtype == torch.uint8
-                                              else image.as_subclass(torch.Tensor), target.pop("color_jitter"))
-                image = tv_tensors.Image(F.to_dtype(jittered, image.dtype, scale=True) if image.dtype == torch.uint8
-                                         else jittered)
+                jittered = apply_color_jitter(
+                    image.as_subclass(torch.Tensor).float() / 255
+                    if image.dtype == torch.uint8
+                    else image.as_subclass(torch.Tensor),
+                    target.pop("color_jitter"),
+                )
+                image = tv_tensors.Image(
+                    F.to_dtype(jittered, image.dtype, scale=True) if image.dtype == torch.uint8 else jittered
+                )
         return image, target
 
     def _geometry(self, image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -384,8 +425,11 @@ def _pair(options: dict[str, Any], key: str, kind: type) -> tuple:
     v = options[key]
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         v = [v, v]
-    ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in v)
+    ok = (
+        isinstance(v, (list, tuple))
+        and len(v) == 2
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in v)
+    )
     if ok and kind is int:
         ok = all(float(x).is_integer() for x in v)
     if not ok:
@@ -462,8 +506,14 @@ def build_transforms(name: str, train: bool, **options: Any) -> Pipeline:
     if name == "ssd":
         size = (min_size, min_size) if min_size else None
         if zoom_out > 1.0 or iou_crop or size:
-            steps.append(SSDGeometry(size, zoom_out=zoom_out, iou_crop=iou_crop,
-                                     photometric=v2.RandomPhotometricDistort(p=0.5) if photometric else None))
+            steps.append(
+                SSDGeometry(
+                    size,
+                    zoom_out=zoom_out,
+                    iou_crop=iou_crop,
+                    photometric=v2.RandomPhotometricDistort(p=0.5) if photometric else None,
+                )
+            )
         elif photometric:
             steps.append(v2.RandomPhotometricDistort(p=0.5))
         if flip:
@@ -472,8 +522,11 @@ def build_transforms(name: str, train: bool, **options: Any) -> Pipeline:
         scaled = min_size or max_size or scale != (1.0, 1.0)
         if crop[0]:
             # unclipped boxes through the crop, so that DropBoxesOutsideCrop sees their true centres
-            steps += [v2.SetClampingMode(None), ScaleCrop(crop, scale, min_size=min_size, max_size=max_size),
-                      DropBoxesOutsideCrop()]
+            steps += [
+                v2.SetClampingMode(None),
+                ScaleCrop(crop, scale, min_size=min_size, max_size=max_size),
+                DropBoxesOutsideCrop(),
+            ]
         elif scaled:
             steps.append(RandomScale(scale, min_size=min_size, max_size=max_size))
         if flip:
@@ -481,5 +534,9 @@ def build_transforms(name: str, train: bool, **options: Any) -> Pipeline:
     steps.append(SanitizeBoxes(min_size=min_box_size))
     # colour jitter after the geometric steps: on the (usually smaller) crop, and, in the training loader,
     # on the device (`apply_color_jitter`)
-    jitter_step = v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter) if name == "cityscapes" and jitter > 0 else None
+    jitter_step = (
+        v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter)
+        if name == "cityscapes" and jitter > 0
+        else None
+    )
     return Pipeline(name, steps, color_jitter=jitter_step)

@@ -69,11 +69,17 @@ class SkipUnreadable(Dataset):
                 first = first or exc
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 self.bad[i] = reason
-                print(f"warning: skipping unreadable {self._name(i)} in training: {reason}", file=sys.stderr, flush=True)
+                print(
+                    f"warning: skipping unreadable {self._name(i)} in training: {reason}", file=sys.stderr, flush=True
+                )
         if first is not None and not isinstance(first, UserError):
-            raise UserError(f"{min(n, MAX_TRIES)} samples in a row from {self._name(index)} on cannot be read "
-                            f"(first: {first}) — restore the files or prepare the dataset again") from None
+            raise UserError(
+                f"{min(n, MAX_TRIES)} samples in a row from {self._name(index)} on cannot be read "
+                f"(first: {first}) — restore the files or prepare the dataset again"
+            ) from None
         if first is not None:
             raise first
-        raise UserError(f"{min(n, MAX_TRIES)} samples in a row from {self._name(index)} on were unreadable — "
-                        "restore the files or prepare the dataset again")
+        raise UserError(
+            f"{min(n, MAX_TRIES)} samples in a row from {self._name(index)} on were unreadable — "
+            "restore the files or prepare the dataset again"
+        )

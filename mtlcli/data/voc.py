@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mtlcli.data.cityscapes import DT_PALETTE, save_indexed_png  # one PNG writer for every reader
 from mtlcli.data.prepared import (
     DatasetMeta,
     ImageJob,
@@ -64,13 +65,30 @@ from mtlcli.data.prepared import (
     run_prepare,
     semantic_path,
 )
-from mtlcli.data.cityscapes import DT_PALETTE, save_indexed_png  # one PNG writer for every reader
 from mtlcli.data.targets import IGNORE_INDEX, box_mask
 from mtlcli.errors import UserError
 
 VOC_CLASSES = [
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 ]
 VOC_SEG_CLASSES = ["background", *VOC_CLASSES]
 
@@ -98,6 +116,7 @@ VOC_PALETTE = voc_colormap(len(VOC_SEG_CLASSES))
 
 # --------------------------------------------------------------------------- box targets
 
+
 def pixel_box(box_xyxy: list[float], shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """The pixels `targets.box_mask` fills for a box: (x0, y0, x1, y1) rounded and clipped, ends exclusive."""
     h, w = shape
@@ -105,7 +124,9 @@ def pixel_box(box_xyxy: list[float], shape: tuple[int, int]) -> tuple[int, int, 
     return max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
 
 
-def box_dt_bins(boxes: list[list[float]], shape: tuple[int, int], thresholds: tuple[float, ...] = (0.2, 0.4)) -> np.ndarray:
+def box_dt_bins(
+    boxes: list[list[float]], shape: tuple[int, int], thresholds: tuple[float, ...] = (0.2, 0.4)
+) -> np.ndarray:
     """`targets.dt_bins` of filled boxes [H, W] uint8, in closed form instead of one EDT per box.
 
     Inside an axis-aligned rectangle the nearest background pixel lies straight across one of its
@@ -144,8 +165,9 @@ def box_dt_bins(boxes: list[list[float]], shape: tuple[int, int], thresholds: tu
     return bins
 
 
-def paint_boxes(objects: list[tuple[int, list[float], bool]], shape: tuple[int, int], *,
-                difficult: int = IGNORE_INDEX) -> np.ndarray:
+def paint_boxes(
+    objects: list[tuple[int, list[float], bool]], shape: tuple[int, int], *, difficult: int = IGNORE_INDEX
+) -> np.ndarray:
     """A semantic map [H, W] uint8 painted from filled boxes: 0 = background, the box's class index
     (1..20) inside it, larger boxes first so that a smaller box lying on a larger one stays visible
     (DESIGN.md §3; papers/datnet.txt §4.4 uses the boxes "rather than making use of extra annotation").
@@ -155,13 +177,16 @@ def paint_boxes(objects: list[tuple[int, list[float], bool]], shape: tuple[int, 
     255, as its box is left out of the detector's positives); the fill is the pixels `box_mask` fills."""
     sem = np.zeros(shape, dtype=np.uint8)
     boxes = [(pixel_box(box, shape), cls, diff) for cls, box, diff in objects]
-    for (x0, y0, x1, y1), cls, diff in sorted(boxes, key=lambda b: -max(b[0][2] - b[0][0], 0) * max(b[0][3] - b[0][1], 0)):
+    for (x0, y0, x1, y1), cls, diff in sorted(
+        boxes, key=lambda b: -max(b[0][2] - b[0][0], 0) * max(b[0][3] - b[0][1], 0)
+    ):
         if x1 > x0 and y1 > y0:
             sem[y0:y1, x0:x1] = difficult if diff else cls
     return sem
 
 
 # --------------------------------------------------------------------------- reading one image
+
 
 def read_image_size(path: str | Path, verify: bool = False) -> tuple[int, int]:
     """(H, W) of an image file whose header parses and whose stream ends as it should (a truncated
@@ -221,7 +246,9 @@ def read_sbd_mat(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
         seg = loadmat(path, squeeze_me=True, struct_as_record=False)["GTcls"].Segmentation
         label = np.asarray(seg)
     except Exception as exc:  # scipy raises MatReadError/ValueError/TypeError/KeyError/AttributeError
-        raise SkipImage(f"unreadable .mat {path} ({type(exc).__name__}: {exc}); expected a struct GTcls with field Segmentation") from None
+        raise SkipImage(
+            f"unreadable .mat {path} ({type(exc).__name__}: {exc}); expected a struct GTcls with field Segmentation"
+        ) from None
     if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
         raise SkipImage(f"{path}: GTcls.Segmentation is not a 2-D integer array")
     return _check_label(label, shape, path)
@@ -278,16 +305,21 @@ def prepare_voc_image(job: ImageJob, out: Path) -> ImageResult:
 
 # --------------------------------------------------------------------------- source layout
 
+
 def find_voc_year(path: str | Path, year: str, option: str) -> Path:
     """The `VOC<year>` folder given either itself or the `VOCdevkit` holding it; UserError otherwise."""
     path = Path(path).expanduser()
     if not path.is_dir():
-        raise UserError(f"{option} {path}: no such folder — give the VOCdevkit/VOC{year} folder of the extracted VOC{year} tarball")
+        raise UserError(
+            f"{option} {path}: no such folder — give the VOCdevkit/VOC{year} folder of the extracted VOC{year} tarball"
+        )
     for cand in (path, path / f"VOC{year}"):
         if all((cand / d).is_dir() for d in ("JPEGImages", "Annotations", "ImageSets")):
             return cand.resolve()
-    raise UserError(f"{option} {path} is not a VOC{year} folder (expected JPEGImages/, Annotations/ and ImageSets/ "
-                    f"in it or in its VOC{year}/) — give the VOCdevkit/VOC{year} folder")
+    raise UserError(
+        f"{option} {path} is not a VOC{year} folder (expected JPEGImages/, Annotations/ and ImageSets/ "
+        f"in it or in its VOC{year}/) — give the VOCdevkit/VOC{year} folder"
+    )
 
 
 def find_sbd(path: str | Path) -> Path:
@@ -298,8 +330,10 @@ def find_sbd(path: str | Path) -> Path:
     for cand in (path, path / "dataset"):
         if (cand / "cls").is_dir() and (cand / "train.txt").is_file() and (cand / "val.txt").is_file():
             return cand.resolve()
-    raise UserError(f"--sbd {path} is not an SBD folder (expected cls/, train.txt and val.txt in it or in its dataset/) "
-                    f"— give benchmark_RELEASE/dataset")
+    raise UserError(
+        f"--sbd {path} is not an SBD folder (expected cls/, train.txt and val.txt in it or in its dataset/) "
+        f"— give benchmark_RELEASE/dataset"
+    )
 
 
 def read_list(path: Path, option: str) -> list[str]:
@@ -321,7 +355,9 @@ def refuse_out_inside(out: str | Path, sources: list[Path]) -> None:
     o = Path(out).expanduser().resolve()
     for src in sources:
         if o == src or src in o.parents:
-            raise UserError(f"--out {o} lies inside the source {src}; choose a folder outside it (the source is never written)")
+            raise UserError(
+                f"--out {o} lies inside the source {src}; choose a folder outside it (the source is never written)"
+            )
 
 
 def voc2007_copies(v12: Path, v07: Path, names: set[str], image_of) -> dict[str, Path]:
@@ -379,7 +415,10 @@ def prepare_voc(
 
     seg_val_set = set(seg_val)
     if sb:
-        train_aug = sorted((set(read_list(sb / "train.txt", "--sbd")) | set(read_list(sb / "val.txt", "--sbd")) | set(seg_train)) - seg_val_set)
+        train_aug = sorted(
+            (set(read_list(sb / "train.txt", "--sbd")) | set(read_list(sb / "val.txt", "--sbd")) | set(seg_train))
+            - seg_val_set
+        )
     else:
         train_aug = []
 
@@ -398,8 +437,13 @@ def prepare_voc(
             return sb / "img" / f"{name}.jpg"
         return year_dir / "JPEGImages" / f"{name}.jpg"
 
-    copies = voc2007_copies(v12, v07, set(main12) | set(seg_train) | set(seg_val) | set(train_aug),
-                            lambda n: image_of(v12, n)) if v07 else {}
+    copies = (
+        voc2007_copies(
+            v12, v07, set(main12) | set(seg_train) | set(seg_val) | set(train_aug), lambda n: image_of(v12, n)
+        )
+        if v07
+        else {}
+    )
 
     def identity(year_dir: Path, name: str) -> str:
         """The image's source file, or the VOC2007 file a VOC2012 `2007_*` image is a copy of."""
@@ -415,7 +459,9 @@ def prepare_voc(
     # split -> [(year folder, image name, payload)], in the order of dataset.json's "splits"
     members: dict[str, list[tuple[Path, str, dict[str, Any]]]] = {}
     det = {"need_boxes": True}
-    members["trainval"] = [(v, n, {**det, "boxes_semantic": True}) for v, names in ((v07, main07), (v12, main12)) if v for n in names]
+    members["trainval"] = [
+        (v, n, {**det, "boxes_semantic": True}) for v, names in ((v07, main07), (v12, main12)) if v for n in names
+    ]
     if test07 is not None:
         members["test"] = [(v07, n, det) for n in test07]
     members["train"] = [(v12, n, {"need_seg": True, **label_of(n)}) for n in seg_train]
@@ -423,34 +469,63 @@ def prepare_voc(
     if sb:
         members["train_aug"] = [(v12, n, {"need_seg": True, **label_of(n)}) for n in train_aug]
         if v07:
-            members["trainval07_aug12"] = ([(v07, n, det) for n in main07]
-                                           + [(v12, n, {**det, "need_seg": True, **label_of(n)}) for n in train_aug])
+            members["trainval07_aug12"] = [(v07, n, det) for n in main07] + [
+                (v12, n, {**det, "need_seg": True, **label_of(n)}) for n in train_aug
+            ]
 
     jobs: list[ImageJob] = []
     pre_skipped: list[ImageResult] = []
     excluded: list[dict[str, str]] = []
     for split, entries in members.items():
-        held_out = {identity(v, n): (ev, rel(image_of(v, n)))
-                    for ev in EVALUATED_ON.get(split, ()) for v, n, _ in members.get(ev, [])}
+        held_out = {
+            identity(v, n): (ev, rel(image_of(v, n)))
+            for ev in EVALUATED_ON.get(split, ())
+            for v, n, _ in members.get(ev, [])
+        }
         seen: dict[str, str] = {}
         for year_dir, name, payload in entries:
             j = job(split, year_dir, name, **payload)
             if name in seen:  # VOC2007 and VOC2012 names never collide; a hand-made copy might
-                pre_skipped.append(ImageResult(split, j.file_name, name, skipped=f"duplicate image name (already taken from {seen[name]})"))
+                pre_skipped.append(
+                    ImageResult(
+                        split, j.file_name, name, skipped=f"duplicate image name (already taken from {seen[name]})"
+                    )
+                )
                 continue
             hit = held_out.get(identity(year_dir, name))
             if hit is not None:
-                excluded.append({"split": split, "file": j.file_name, "reason": f"same image as {hit[1]} of the evaluation split {hit[0]}"})
+                excluded.append(
+                    {
+                        "split": split,
+                        "file": j.file_name,
+                        "reason": f"same image as {hit[1]} of the evaluation split {hit[0]}",
+                    }
+                )
                 continue
             seen[name] = j.file_name
             jobs.append(j)
 
     refuse_out_inside(out, roots)
     out = check_out_dir(out, force)
-    meta = DatasetMeta(name="voc", source=str(source), splits=list(members), det_classes=list(VOC_CLASSES),
-                       seg_classes=list(VOC_SEG_CLASSES), palette=VOC_PALETTE)
+    meta = DatasetMeta(
+        name="voc",
+        source=str(source),
+        splits=list(members),
+        det_classes=list(VOC_CLASSES),
+        seg_classes=list(VOC_SEG_CLASSES),
+        palette=VOC_PALETTE,
+    )
     from mtlcli.data.integrity import mark_verify
 
     mark_verify(jobs, verify)
-    return run_prepare(out, meta, jobs, prepare_voc_image, workers=workers, strict=strict, pre_skipped=pre_skipped,
-                       eval_splits=[s for s in ("test", "val") if s in members], excluded=excluded)
+    return run_prepare(
+        out,
+        meta,
+        jobs,
+        prepare_voc_image,
+        workers=workers,
+        strict=strict,
+        pre_skipped=pre_skipped,
+        eval_splits=[s for s in ("test", "val") if s in members],
+        excluded=excluded,
+    )

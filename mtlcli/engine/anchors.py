@@ -21,6 +21,7 @@ def with_kmeans_anchors(recipe: dict, root: Path, *, k: int = 9, seed: int = 0) 
     size = model.get("input_size", DEFAULT_INPUT_SIZE)
     size = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
     data = recipe["data"]
-    result = compute_anchors(root, data["train_split"], k, seed=seed, input_size=size,
-                             label_map=data.get("label_map") or None)
+    result = compute_anchors(
+        root, data["train_split"], k, seed=seed, input_size=size, label_map=data.get("label_map") or None
+    )
     return {**recipe, "model": {**model, "anchors": result["anchors"]}}

@@ -15,8 +15,9 @@ import math
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -202,8 +203,12 @@ def run_benchmark(
                     flops = count_flops(lambda: s.predict(one))
         except RuntimeError as exc:
             if "out of memory" in str(exc).lower():
-                raise UserError(f"{s.name}: out of memory at {s.size[0]}x{s.size[1]} with batch {batch} — use a smaller --size or --batch") from None
-            raise UserError(f"{s.name} cannot run at {s.size[0]}x{s.size[1]} ({str(exc).splitlines()[0]}) — choose a larger --size") from None
+                raise UserError(
+                    f"{s.name}: out of memory at {s.size[0]}x{s.size[1]} with batch {batch} — use a smaller --size or --batch"
+                ) from None
+            raise UserError(
+                f"{s.name} cannot run at {s.size[0]}x{s.size[1]} ({str(exc).splitlines()[0]}) — choose a larger --size"
+            ) from None
         rows[s.name] = {
             "name": s.name,
             "kind": s.kind,
@@ -291,7 +296,9 @@ def environment(device: torch.device, amp: str | None) -> dict[str, Any]:
     return env
 
 
-def reference_subject(key: str, size: tuple[int, int], device: torch.device, score_thresh: float | None = None) -> Subject:
+def reference_subject(
+    key: str, size: tuple[int, int], device: torch.device, score_thresh: float | None = None
+) -> Subject:
     """A torchvision reference model (no weights) as a Subject; detection models get their transform's
     min/max size set to the benchmark size so all models see the same pixels. `score_thresh` replaces
     the detection score threshold (0 keeps every detection of an untrained model, like ours)."""

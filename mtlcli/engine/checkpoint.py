@@ -74,9 +74,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint {path} cannot be read ({first}) — it is corrupt or not an mtl checkpoint") from None
+        raise UserError(
+            f"checkpoint {path} cannot be read ({first}) — it is corrupt or not an mtl checkpoint"
+        ) from None
     if not isinstance(state, dict) or "model" not in state:
-        raise UserError(f"checkpoint {path} is not an mtl checkpoint (no model state) — give a file from RUN/checkpoints")
+        raise UserError(
+            f"checkpoint {path} is not an mtl checkpoint (no model state) — give a file from RUN/checkpoints"
+        )
     return state
 
 
@@ -88,8 +92,12 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "gauss": float(gauss)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -106,7 +114,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- for eval
-
 
 
 @contextlib.contextmanager

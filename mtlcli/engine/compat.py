@@ -10,8 +10,9 @@ Each failure is one UserError line naming both sides.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -32,8 +33,15 @@ def _preview(names: list[str]) -> str:
     return f"{len(names)} ({shown})"
 
 
-def check_label_set(trained: Mapping[str, list[str]] | None, model_table: Mapping[str, Any], dataset: Any, *,
-                    checkpoint: str | Path, data: str | Path, action: str) -> None:
+def check_label_set(
+    trained: Mapping[str, list[str]] | None,
+    model_table: Mapping[str, Any],
+    dataset: Any,
+    *,
+    checkpoint: str | Path,
+    data: str | Path,
+    action: str,
+) -> None:
     """Refuse when the dataset's classes are not the ones the checkpoint was trained on.
 
     `trained`: the checkpoint's "classes" entry, {"det_classes": [...], "seg_classes": [...], ...}
@@ -71,12 +79,16 @@ def changed_model_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     """(key, value in the checkpoint, value now) for every [model] key that differs ("name" first);
     a key one side does not set is UNSET."""
     keys = sorted(set(saved) | set(current), key=lambda k: (k != "name", k))
-    return [(k, saved.get(k, UNSET), current.get(k, UNSET)) for k in keys
-            if _norm(saved.get(k, UNSET)) != _norm(current.get(k, UNSET))]
+    return [
+        (k, saved.get(k, UNSET), current.get(k, UNSET))
+        for k in keys
+        if _norm(saved.get(k, UNSET)) != _norm(current.get(k, UNSET))
+    ]
 
 
-def check_resume_model(saved: Mapping[str, Any], current: Mapping[str, Any], checkpoint: str | Path,
-                       fits: bool = False) -> list[tuple[str, Any, Any]]:
+def check_resume_model(
+    saved: Mapping[str, Any], current: Mapping[str, Any], checkpoint: str | Path, fits: bool = False
+) -> list[tuple[str, Any, Any]]:
     """Refuse --resume with another model, or with a changed [model] key when the weights no longer fit
     (`fits` False). Keys that leave every tensor's shape as it was (a score threshold, a loss weight)
     are returned for the caller to report in one line each, not refused."""
@@ -94,15 +106,17 @@ def state_fits(model: torch.nn.Module, state: Mapping[str, Any]) -> bool:
     """The checkpoint's model tensors have exactly the model's names and shapes."""
     own = model.state_dict()
     return set(own) == set(state) and all(
-        tuple(own[k].shape) == tuple(state[k].shape) for k in own if torch.is_tensor(state[k]))
+        tuple(own[k].shape) == tuple(state[k].shape) for k in own if torch.is_tensor(state[k])
+    )
 
 
 def _norm(value: Any) -> Any:
     return [_norm(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
-def check_state_shapes(model: torch.nn.Module, state: Mapping[str, torch.Tensor], checkpoint: str | Path,
-                       model_table: Mapping[str, Any]) -> None:
+def check_state_shapes(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], checkpoint: str | Path, model_table: Mapping[str, Any]
+) -> None:
     """Refuse a checkpoint whose tensors have other shapes than the model's (names the first one)."""
     own = model.state_dict()
     for name, tensor in state.items():
@@ -116,8 +130,14 @@ def check_state_shapes(model: torch.nn.Module, state: Mapping[str, torch.Tensor]
             )
 
 
-def check_resume(state: Mapping[str, Any], recipe: Mapping[str, Any], dataset: Any, checkpoint: str | Path,
-                 data: str | Path, model: torch.nn.Module | None = None) -> None:
+def check_resume(
+    state: Mapping[str, Any],
+    recipe: Mapping[str, Any],
+    dataset: Any,
+    checkpoint: str | Path,
+    data: str | Path,
+    model: torch.nn.Module | None = None,
+) -> None:
     """Everything `--resume` needs to hold before loading `state`: the same label set and model, and a
     [model] table whose changes (if any) leave the weights fitting; those changes are printed."""
     import sys
@@ -126,11 +146,14 @@ def check_resume(state: Mapping[str, Any], recipe: Mapping[str, Any], dataset: A
     old_map = ((state.get("recipe") or {}).get("data") or {}).get("label_map") or {}
     new_map = (recipe.get("data") or {}).get("label_map") or {}
     if old_map != new_map:
+
         def shown(m):
             return ", ".join(f"{k}: {len(v)} entries" for k, v in m.items()) or "none"
 
-        raise UserError(f"--resume: data.label_map is {{{shown(old_map)}}} in {checkpoint} but {{{shown(new_map)}}} now "
-                        "(another recipe?) — resume with the run's own recipe (drop --recipe), or start a new run")
+        raise UserError(
+            f"--resume: data.label_map is {{{shown(old_map)}}} in {checkpoint} but {{{shown(new_map)}}} now "
+            "(another recipe?) — resume with the run's own recipe (drop --recipe), or start a new run"
+        )
     check_label_set(state.get("classes"), saved, dataset, checkpoint=checkpoint, data=data, action="--resume")
     fits = model is not None and state_fits(model, state.get("model") or {})
     for key, a, b in check_resume_model(saved, recipe["model"], checkpoint, fits=fits):

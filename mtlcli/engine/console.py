@@ -9,7 +9,8 @@ keeps at least loss and img/s, so iteration/total, loss, img/s and ETA are alway
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 
 def bar_width(columns: int) -> int:
@@ -22,8 +23,12 @@ def info_text(record: dict[str, Any], room: int) -> str:
     (loss and img/s are always there)."""
     terms = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in record.get("losses", {}).items())
     parts = [f"loss {record['loss']:.3f}", f"{record['images_per_s']:.1f} img/s"]
-    optional = [f"({terms})" if terms else "", f"lr {record['lr']:.2e}", f"data {100 * record.get('data_wait', 0):.0f}%",
-                f"mem {record.get('memory_mb', 0):.0f}MB"]
+    optional = [
+        f"({terms})" if terms else "",
+        f"lr {record['lr']:.2e}",
+        f"data {100 * record.get('data_wait', 0):.0f}%",
+        f"mem {record.get('memory_mb', 0):.0f}MB",
+    ]
     text = "  ".join(parts)
     for extra in optional:
         if extra and len(text) + 2 + len(extra) <= room:

@@ -10,8 +10,8 @@ import contextlib
 import os
 import random
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -54,15 +54,23 @@ def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
     data = recipe["data"]
     options = {k: v for k, v in data.items() if k not in DATA_KEYS}
     label_map = data["label_map"] or None
-    train_ds = PreparedDataset(root, data["train_split"], transforms=build_transforms(data["augmentation"], True, **options),
-                               label_map=label_map)
+    train_ds = PreparedDataset(
+        root,
+        data["train_split"],
+        transforms=build_transforms(data["augmentation"], True, **options),
+        label_map=label_map,
+    )
     train_ds = SkipUnreadable(train_ds)  # a corrupt image is named once and skipped, not the end of the run
     val_ds = None
     if recipe["eval"]["metrics"]:
         from mtlcli.engine.resolution import eval_transforms  # [eval] resolution: the paper's scoring size
 
-        val_ds = PreparedDataset(root, data["val_split"], label_map=label_map,
-                                 transforms=eval_transforms(recipe) or build_transforms(data["augmentation"], False, **options))
+        val_ds = PreparedDataset(
+            root,
+            data["val_split"],
+            label_map=label_map,
+            transforms=eval_transforms(recipe) or build_transforms(data["augmentation"], False, **options),
+        )
     return train_ds, val_ds
 
 
@@ -103,8 +111,9 @@ class SeededSamples(Dataset):
             return self.dataset[index]
 
 
-def make_loader(dataset: Dataset, *, micro_batch: int, workers: int, seed: int, info: DistInfo, start: int,
-                collate) -> Iterator:
+def make_loader(
+    dataset: Dataset, *, micro_batch: int, workers: int, seed: int, info: DistInfo, start: int, collate
+) -> Iterator:
     """An endless iterator of (images, targets) micro-batches for this process, from sample `start` on."""
     sampler = TrainSampler(len(dataset), world_size=info.world_size, rank=info.rank, seed=seed, start=start)
     loader = DataLoader(
@@ -130,8 +139,13 @@ def ram_cache(train_ds: Dataset, main: bool, progress: bool):
     def note(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    return fill_ram_cache(train_ds, available_bytes(torch.device("cpu")), copies=local_processes(),
-                          note=note if main else None, progress=progress and main)
+    return fill_ram_cache(
+        train_ds,
+        available_bytes(torch.device("cpu")),
+        copies=local_processes(),
+        note=note if main else None,
+        progress=progress and main,
+    )
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -146,8 +160,11 @@ def to_device(images: list, targets: list[dict], device: torch.device) -> tuple[
     images = [img.float().div_(255) if img.dtype == torch.uint8 else img for img in images]
     # a colour jitter the loader drew but left to the device (mtlcli.data.transforms.Pipeline); its
     # factors stay on the host (read as python numbers, no device sync)
-    images = [apply_color_jitter(img, t["color_jitter"]) if "color_jitter" in t else img
-              for img, t in zip(images, targets)]
-    targets = [{k: v.to(device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in t.items() if k != "color_jitter"}
-               for t in targets]
+    images = [
+        apply_color_jitter(img, t["color_jitter"]) if "color_jitter" in t else img for img, t in zip(images, targets)
+    ]
+    targets = [
+        {k: v.to(device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in t.items() if k != "color_jitter"}
+        for t in targets
+    ]
     return images, targets

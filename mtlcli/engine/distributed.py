@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -47,8 +48,10 @@ def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
     if name != "cuda":
         return torch.device(name)
     if local_rank >= torch.cuda.device_count():
-        raise UserError(f"LOCAL_RANK {local_rank} has no GPU: this machine has CUDA devices "
-                        f"0..{torch.cuda.device_count() - 1} — start at most that many processes per node")
+        raise UserError(
+            f"LOCAL_RANK {local_rank} has no GPU: this machine has CUDA devices "
+            f"0..{torch.cuda.device_count() - 1} — start at most that many processes per node"
+        )
     return torch.device("cuda", local_rank)
 
 
@@ -67,8 +70,9 @@ def init_distributed(device: str | None = None) -> DistInfo:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
         owns = True
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=dev,
-                    owns_group=owns)
+    return DistInfo(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=dev, owns_group=owns
+    )
 
 
 def cleanup(info: DistInfo) -> None:
@@ -118,8 +122,9 @@ class TrainSampler(Sampler):
     which makes augmentation independent of worker count and of where a run was resumed.
     """
 
-    def __init__(self, size: int, *, world_size: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True,
-                 start: int = 0) -> None:
+    def __init__(
+        self, size: int, *, world_size: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True, start: int = 0
+    ) -> None:
         if size == 0:
             raise UserError("the training split has no images — check the prepared dataset")
         self.size, self.world_size, self.rank, self.seed, self.shuffle = size, world_size, rank, seed, shuffle

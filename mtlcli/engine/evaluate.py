@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from mtlcli.errors import UserError
-from mtlcli.models.base import eval_mode
 from mtlcli.metrics import METRIC_NAMES, SEMANTIC_METRICS, build_metric, check_metric_names
 from mtlcli.metrics.predictions import PredictionWriter, det_to_seg_index, output_to_results
+from mtlcli.models.base import eval_mode
 
 
 def _proposal_results(output: dict[str, torch.Tensor], image_id: int) -> list[dict[str, Any]]:
@@ -49,7 +49,9 @@ def _to_original_frame(output: dict[str, Any], target: dict[str, Any]) -> dict[s
         if key in out:
             out[key] = out[key] * out[key].new_tensor([W / w, H / h, W / w, H / h])
     if "masks" in out and out["masks"].numel():
-        out["masks"] = torch.nn.functional.interpolate(out["masks"].float(), size=(H, W), mode="bilinear", align_corners=False)
+        out["masks"] = torch.nn.functional.interpolate(
+            out["masks"].float(), size=(H, W), mode="bilinear", align_corners=False
+        )
     return out
 
 
@@ -68,14 +70,25 @@ def _check_outputs(output: dict[str, Any], names: list[str], model: nn.Module) -
         if name == "ar" and "proposals" in output:
             continue
         if key not in output:
-            raise UserError(f"{type(model).__name__} gives no {key!r} output, which metric {name} needs; "
-                            f"choose metrics the model supports (it gives {', '.join(sorted(output)) or 'nothing'})")
+            raise UserError(
+                f"{type(model).__name__} gives no {key!r} output, which metric {name} needs; "
+                f"choose metrics the model supports (it gives {', '.join(sorted(output)) or 'nothing'})"
+            )
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, dataset: Any, metrics: list[str], *, device: str | torch.device = "cpu",
-             batch_size: int = 4, progress: bool = True, save_predictions: str | Path | None = None,
-             force: bool = False, workers: int = 0) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    dataset: Any,
+    metrics: list[str],
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 4,
+    progress: bool = True,
+    save_predictions: str | Path | None = None,
+    force: bool = False,
+    workers: int = 0,
+) -> dict[str, Any]:
     """Evaluate `model` on every image of `dataset` (a PreparedDataset without resizing transforms).
 
     Returns {"metrics": {name: headline float in 0..1}, "details": {name: JSON-ready dict}} with the
@@ -84,7 +97,14 @@ def evaluate(model: nn.Module, dataset: Any, metrics: list[str], *, device: str 
     labelIds/ PNGs there. Under torch.distributed each rank evaluates its part and the counts and
     detections are gathered before computing.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from mtlcli.data.dataset import collate
 
@@ -115,8 +135,16 @@ def evaluate(model: nn.Module, dataset: Any, metrics: list[str], *, device: str 
     part = dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
 
     model.to(device)
-    loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
-    columns = [TextColumn("[bold]eval[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    loader = torch.utils.data.DataLoader(
+        part, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate
+    )
+    columns = [
+        TextColumn("[bold]eval[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     checked = False
     any_det = False
     with eval_mode(model):
@@ -135,15 +163,25 @@ def evaluate(model: nn.Module, dataset: Any, metrics: list[str], *, device: str 
                         gt = torch.as_tensor(target["semantic"])
                         pred = output["sem_seg"].argmax(0)
                         if tuple(pred.shape) != tuple(gt.shape):
-                            raise ValueError(f"sem_seg of image {target.get('stem')} is {tuple(pred.shape)}, its ground truth "
-                                             f"{tuple(gt.shape)}: models must answer in the original frame")
+                            raise ValueError(
+                                f"sem_seg of image {target.get('stem')} is {tuple(pred.shape)}, its ground truth "
+                                f"{tuple(gt.shape)}: models must answer in the original frame"
+                            )
                         pred = pred.to(torch.uint8) if pred.max() < 255 else pred
                         instances = None
                         if need_instances:
-                            keep = [k for k, (lab, crowd) in enumerate(zip(target["labels"].tolist(), target["iscrowd"].tolist()))
-                                    if not crowd and lab in class_index]
-                            instances = (target["masks"][keep], [class_index[target["labels"][k].item()] for k in keep],
-                                         target["boxes"][keep].as_subclass(torch.Tensor).floor())
+                            keep = [
+                                k
+                                for k, (lab, crowd) in enumerate(
+                                    zip(target["labels"].tolist(), target["iscrowd"].tolist())
+                                )
+                                if not crowd and lab in class_index
+                            ]
+                            instances = (
+                                target["masks"][keep],
+                                [class_index[target["labels"][k].item()] for k in keep],
+                                target["boxes"][keep].as_subclass(torch.Tensor).floor(),
+                            )
                         for m in sem:
                             m.update(pred, gt.to(pred.device), instances)
                         semantic = pred.cpu().numpy()

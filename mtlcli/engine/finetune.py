@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,9 +36,12 @@ def check_class_counts(recipe: dict[str, Any], card: dict[str, Any], whose: str 
             raise UserError(
                 f"{whose} model.{key} = {model[key]} but dataset {card['dataset']!r} has {len(names)} "
                 f"{what.replace('_', ' ')} ({shown}) — "
-                + ("drop model.{key} from the recipe (it is then taken from the data) or map the data's classes "
-                   "with [data.label_map]".format(key=key) if whose == "the recipe's" else
-                   "evaluate it on the data it was trained for (--data), or fine-tune it with `mtl train --weights`")
+                + (
+                    f"drop model.{key} from the recipe (it is then taken from the data) or map the data's classes "
+                    "with [data.label_map]"
+                    if whose == "the recipe's"
+                    else "evaluate it on the data it was trained for (--data), or fine-tune it with `mtl train --weights`"
+                )
             )
 
 
@@ -45,13 +49,30 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     """(tensors, classes card or None) of an mtl checkpoint, a {"state_dict": ...} file or a bare state dict."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"--weights {path} does not exist — give a checkpoint (RUN/checkpoints/best.pt) or a state dict file")
+        raise UserError(
+            f"--weights {path} does not exist — give a checkpoint (RUN/checkpoints/best.pt) or a state dict file"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, KeyError, IndexError,
-            TypeError, AttributeError) as exc:  # a file that is no pickle fails in many ways
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0] if not isinstance(exc, KeyError) else "not a pickle"
-        raise UserError(f"--weights {path} cannot be read ({first}) — give a PyTorch state dict or an mtl checkpoint") from None
+    except (
+        RuntimeError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        EOFError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+    ) as exc:  # a file that is no pickle fails in many ways
+        first = (
+            (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if not isinstance(exc, KeyError)
+            else "not a pickle"
+        )
+        raise UserError(
+            f"--weights {path} cannot be read ({first}) — give a PyTorch state dict or an mtl checkpoint"
+        ) from None
     card = None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         card = obj.get("classes") if isinstance(obj.get("classes"), dict) else None
@@ -72,7 +93,7 @@ def load_matching(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[st
     own = model.state_dict()
     # a DDP-saved file prefixes every key with "module."
     if tensors and all(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     load, reinit, missing = {}, [], 0
     for name, value in own.items():
         src = tensors.get(name)
@@ -88,8 +109,9 @@ def load_matching(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[st
     return {"loaded": len(load), "total": len(own), "reinitialised": reinit, "missing": missing}
 
 
-def init_weights(model: nn.Module, recipe: dict[str, Any], card: dict[str, Any] | None,
-                 log: Callable[[str], None] | None = print) -> dict[str, Any] | None:
+def init_weights(
+    model: nn.Module, recipe: dict[str, Any], card: dict[str, Any] | None, log: Callable[[str], None] | None = print
+) -> dict[str, Any] | None:
     """Apply the recipe's `model.init_weights` to a freshly built model; None when it names no file."""
     path = recipe["model"].get("init_weights")
     if not path:
@@ -97,14 +119,20 @@ def init_weights(model: nn.Module, recipe: dict[str, Any], card: dict[str, Any] 
     tensors, src_card = read_state_dict(path)
     report = load_matching(model, tensors)
     if report["loaded"] == 0:
-        raise UserError(f"--weights {path} fits no tensor of model {recipe['model'].get('name')!r} — was it "
-                        "trained with another model or backbone?")
+        raise UserError(
+            f"--weights {path} fits no tensor of model {recipe['model'].get('name')!r} — was it "
+            "trained with another model or backbone?"
+        )
     if log is not None:
         classes = ""
         if src_card and card:
-            classes = (f"; classes {len(src_card['det_classes'])} det / {len(src_card['seg_classes'])} seg -> "
-                       f"{len(card['det_classes'])} det / {len(card['seg_classes'])} seg")
+            classes = (
+                f"; classes {len(src_card['det_classes'])} det / {len(src_card['seg_classes'])} seg -> "
+                f"{len(card['det_classes'])} det / {len(card['seg_classes'])} seg"
+            )
         reinit = ", ".join(report["reinitialised"]) or "none"
-        log(f"weights from {path}: {report['loaded']}/{report['total']} tensors loaded{classes}; "
-            f"re-initialised (shape differs): {reinit}")
+        log(
+            f"weights from {path}: {report['loaded']}/{report['total']} tensors loaded{classes}; "
+            f"re-initialised (shape differs): {reinit}"
+        )
     return report

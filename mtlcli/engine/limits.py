@@ -10,7 +10,7 @@ own one-line error. The quarter is inferred, not measured.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

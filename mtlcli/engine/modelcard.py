@@ -53,6 +53,11 @@ def card_of(state: dict[str, Any], recipe: dict[str, Any], root: Path | None) ->
     from mtlcli.viz.predictions import class_info
 
     info = class_info(recipe, root)
-    return {"dataset": recipe.get("data", {}).get("dataset", ""), "det_classes": list(info.det_classes),
-            "seg_classes": list(info.seg_classes), "palette": [list(c) for c in info.palette],
-            "det_category_ids": list(range(1, len(info.det_classes) + 1)), "cityscapes": bool(info.cityscapes)}
+    return {
+        "dataset": recipe.get("data", {}).get("dataset", ""),
+        "det_classes": list(info.det_classes),
+        "seg_classes": list(info.seg_classes),
+        "palette": [list(c) for c in info.palette],
+        "det_category_ids": list(range(1, len(info.det_classes) + 1)),
+        "cityscapes": bool(info.cityscapes),
+    }

@@ -145,7 +145,7 @@ def apply_freeze(model: nn.Module, patterns: list[str], trainable: dict[str, boo
             tops = sorted({n.split(".")[0] for n in names})
             raise UserError(
                 f"freeze pattern {pattern!r} matches no parameter; top-level modules: {', '.join(tops)} "
-                "(patterns are fnmatch on parameter names, e.g. \"detector.*\")"
+                '(patterns are fnmatch on parameter names, e.g. "detector.*")'
             )
     frozen = []
     for name, p in model.named_parameters():

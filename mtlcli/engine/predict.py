@@ -25,17 +25,17 @@ import glob
 import json
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-
-from mtlcli.safety import refuse_protected_output
 import torch
 
 from mtlcli.errors import UserError
+from mtlcli.safety import refuse_protected_output
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -68,8 +68,9 @@ def expand_sources(sources: Sequence[str | Path]) -> list[Source]:
             found += [(f, f.relative_to(p)) for f in sorted(p.rglob("*")) if _media(f)]
         elif p.is_file():
             if p.suffix.lower() not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
-                raise UserError(f"{p} is neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a video "
-                                f"({', '.join(VIDEO_SUFFIXES)})")
+                raise UserError(
+                    f"{p} is neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a video ({', '.join(VIDEO_SUFFIXES)})"
+                )
             found.append((p, Path(p.name)))
         elif glob.has_magic(text):
             base = Path(text.split("*")[0].split("?")[0].split("[")[0])
@@ -113,7 +114,9 @@ class Outputs:
         if root.exists() and not root.is_dir():
             raise UserError(f"--out {root} exists and is not a folder; choose another path")
         if root.is_dir() and any(root.iterdir()) and not force:
-            raise UserError(f"--out {root} is not empty; choose another folder or pass --force to overwrite files in it")
+            raise UserError(
+                f"--out {root} is not empty; choose another folder or pass --force to overwrite files in it"
+            )
         refuse_protected_output(root, "--out")  # never inside a prepared dataset or a run's checkpoints/
         root.mkdir(parents=True, exist_ok=True)
         self.root = root.resolve()
@@ -136,9 +139,16 @@ def default_out() -> Path:
 # --------------------------------------------------------------------------------------------- drawing
 
 
-def render_result(image: torch.Tensor, result: Any, det_classes: Sequence[str], palette: Sequence[Sequence[int]],
-                  alpha: float = 0.5, legend: bool = True, titled: bool = False,
-                  score_threshold: float | None = None) -> torch.Tensor:
+def render_result(
+    image: torch.Tensor,
+    result: Any,
+    det_classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    alpha: float = 0.5,
+    legend: bool = True,
+    titled: bool = False,
+    score_threshold: float | None = None,
+) -> torch.Tensor:
     """The overlay of `result` on `image` (float 0..1 or uint8 [3, H, W]), drawn by the helpers of `mtl viz
     predictions` (`mtlcli.viz.draw`): the semantic map blended over the image, instance masks in class
     colours, boxes with "name score" captions that do not hide each other; the legend lists the classes
@@ -154,8 +164,18 @@ def render_result(image: torch.Tensor, result: Any, det_classes: Sequence[str], 
     image = draw.to_uint8(image)
     h = int(image.shape[-2])
     scale = draw.titled_geometry(h, draw.MIN_HEIGHT)[0] if titled else 1
-    panel = draw.draw_prediction(image, result.semantic, result.boxes, result.labels, result.scores, result.masks,
-                                 det_classes, palette, alpha=alpha, scale=scale)
+    panel = draw.draw_prediction(
+        image,
+        result.semantic,
+        result.boxes,
+        result.labels,
+        result.scores,
+        result.masks,
+        det_classes,
+        palette,
+        alpha=alpha,
+        scale=scale,
+    )
     if not (legend or titled):
         return panel
     maps = [result.semantic] if result.semantic is not None else []
@@ -253,8 +273,14 @@ class _Writer:
 
         rel = f"{source.rel}.png"
         if self.opts.save_images:
-            panel = render_result(image, result, self.model.det_classes, self.model.palette,
-                                  titled=True, score_threshold=self.opts.score_threshold)
+            panel = render_result(
+                image,
+                result,
+                self.model.det_classes,
+                self.model.palette,
+                titled=True,
+                score_threshold=self.opts.score_threshold,
+            )
             Image.fromarray(panel.permute(1, 2, 0).numpy()).save(self.outputs.path("overlays", rel))
         if self.opts.save_json and result.semantic is not None:
             sem = result.semantic.clamp(0, 255).to(torch.uint8).numpy()
@@ -270,13 +296,18 @@ class _Writer:
             from mtlcli.data.prepared import atomic_write_text
 
             atomic_write_text(self.outputs.path("detections.json"), json.dumps(self.results))
-            categories = [{"id": int(i), "name": n} for i, n in zip(self.model.det_category_ids, self.model.det_classes)]
-            atomic_write_text(self.outputs.path("images.json"),
-                              json.dumps({"images": self.images, "categories": categories}, indent=1))
+            categories = [
+                {"id": int(i), "name": n} for i, n in zip(self.model.det_category_ids, self.model.det_classes)
+            ]
+            atomic_write_text(
+                self.outputs.path("images.json"),
+                json.dumps({"images": self.images, "categories": categories}, indent=1),
+            )
 
 
-def predict_sources(model: Any, sources: Sequence[str | Path], out: Path, opts: PredictOptions,
-                    force: bool = False) -> PredictSummary:
+def predict_sources(
+    model: Any, sources: Sequence[str | Path], out: Path, opts: PredictOptions, force: bool = False
+) -> PredictSummary:
     """Run `model` (an `mtlcli.api.Predictor`) over the sources into `out`; returns the summary."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -290,15 +321,24 @@ def predict_sources(model: Any, sources: Sequence[str | Path], out: Path, opts: 
     videos = [s for s in items if s.is_video]
     summary = PredictSummary(out=outputs.root)
     writer = _Writer(model, outputs, opts)
-    columns = [TextColumn("[bold]predict[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[rate]}")]
+    columns = [
+        TextColumn("[bold]predict[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[rate]}"),
+    ]
     t0 = time.perf_counter()
     with Progress(*columns, disable=not opts.progress, transient=False) as bar:
         if images:
             task = bar.add_task("images", total=len(images), rate="")
             loader = torch.utils.data.DataLoader(
-                ImageFiles([s.path for s in images]), batch_size=opts.batch_size, num_workers=opts.workers,
-                collate_fn=_collate, pin_memory=str(model.device).startswith("cuda"))
+                ImageFiles([s.path for s in images]),
+                batch_size=opts.batch_size,
+                num_workers=opts.workers,
+                collate_fn=_collate,
+                pin_memory=str(model.device).startswith("cuda"),
+            )
             for batch in loader:
                 good = [(i, img) for i, img, err in batch if img is not None]
                 for i, img, err in batch:
@@ -308,15 +348,18 @@ def predict_sources(model: Any, sources: Sequence[str | Path], out: Path, opts: 
                     t_model = time.perf_counter()
                     floats = [img.to(model.device, non_blocking=True).float().div_(255) for _, img in good]
                     raw = model.raw(floats)
-                    results = [output_to_result(o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]),
-                                                opts.score_threshold) for (_, img), o in zip(good, raw)]
+                    results = [
+                        output_to_result(
+                            o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]), opts.score_threshold
+                        )
+                        for (_, img), o in zip(good, raw)
+                    ]
                     summary.model_seconds += time.perf_counter() - t_model
                     for (i, img), result in zip(good, results):
                         writer.add(images[i], img, result)
                     summary.images += len(good)
                 done = summary.images + len(summary.skipped)
-                bar.update(task, completed=done,
-                           rate=f"{summary.images / (time.perf_counter() - t0):.1f} images/s")
+                bar.update(task, completed=done, rate=f"{summary.images / (time.perf_counter() - t0):.1f} images/s")
         for video in videos:
             summary.frames += _predict_video(model, video, outputs, opts, bar, summary)
         writer.close()
@@ -327,8 +370,9 @@ def predict_sources(model: Any, sources: Sequence[str | Path], out: Path, opts: 
 # ----------------------------------------------------------------------------------------------- video
 
 
-def _predict_video(model: Any, source: Source, outputs: Outputs, opts: PredictOptions, bar: Any,
-                   summary: PredictSummary) -> int:
+def _predict_video(
+    model: Any, source: Source, outputs: Outputs, opts: PredictOptions, bar: Any, summary: PredictSummary
+) -> int:
     """Decode a video with PyAV, predict its frames in batches, write the annotated video and one JSON
     line per frame. Returns the number of frames."""
     try:
@@ -363,8 +407,9 @@ def _predict_video(model: Any, source: Source, outputs: Outputs, opts: PredictOp
                     floats = [img.to(model.device).float().div_(255) for _, _, img in batch]
                     raw = model.raw(floats)
                     for (index, t, img), o in zip(batch, raw):
-                        result = output_to_result(o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]),
-                                                  opts.score_threshold)
+                        result = output_to_result(
+                            o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]), opts.score_threshold
+                        )
                         dets = result.to_coco(index, model.det_category_ids, with_masks=opts.save_masks)
                         for d in dets:
                             d.pop("image_id")
@@ -372,7 +417,9 @@ def _predict_video(model: Any, source: Source, outputs: Outputs, opts: PredictOp
                         if opts.save_images:
                             panel = render_result(img, result, model.det_classes, model.palette, legend=False)
                             if out_container is None:
-                                out_container, out_stream = _open_writer(video_path, rate, panel.shape[-1], panel.shape[-2])
+                                out_container, out_stream = _open_writer(
+                                    video_path, rate, panel.shape[-1], panel.shape[-2]
+                                )
                             stream_out = out_container.streams.video[0]
                             frame = av.VideoFrame.from_ndarray(panel.permute(1, 2, 0).numpy(), format="rgb24")
                             for packet in stream_out.encode(frame):
@@ -389,7 +436,9 @@ def _predict_video(model: Any, source: Source, outputs: Outputs, opts: PredictOp
                         bar.update(task, completed=frames, rate=f"{frames / (time.perf_counter() - t0):.1f} frames/s")
                 if batch:
                     flush()
-                bar.update(task, completed=frames, total=frames, rate=f"{frames / (time.perf_counter() - t0):.1f} frames/s")
+                bar.update(
+                    task, completed=frames, total=frames, rate=f"{frames / (time.perf_counter() - t0):.1f} frames/s"
+                )
         finally:
             if out_container is not None:
                 for packet in out_container.streams.video[0].encode():

@@ -68,7 +68,7 @@ class RunLock:
         except (OSError, ValueError):
             return {}  # half written or garbage: treated as stale below only if old
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         # the run folder and its parents (runs/<recipe>/) made here go with the lock if they stay empty
         self.created = _missing_folders(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ class RunLock:
                 _rmdir_if_empty(folder)
             self.created = []
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire() if not self.held else self
 
     def __exit__(self, *exc) -> None:
@@ -146,7 +146,7 @@ def clear_run(run_dir: str | Path) -> list[Path]:
         if not folder.is_dir() or folder.is_symlink():
             continue
         for pattern in patterns:
-            for p in (folder.rglob(pattern) if recursive else folder.glob(pattern)):
+            for p in folder.rglob(pattern) if recursive else folder.glob(pattern):
                 if p.is_file() or p.is_symlink():
                     p.unlink(missing_ok=True)
         if sub:

@@ -36,28 +36,41 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from mtlcli.data.overlap import check_no_overlap
-from mtlcli.engine.checkpoint import (checkpoint_dir, load_checkpoint, preserved_rng, rng_state, save_checkpoint,
-                                     set_rng_state)
-from mtlcli.engine.data import (build_datasets, collate_fn, data_root, make_loader, ram_cache, to_device,
-                                training_targets)
+from mtlcli.engine.anchors import with_kmeans_anchors
+from mtlcli.engine.checkpoint import (
+    checkpoint_dir,
+    load_checkpoint,
+    preserved_rng,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from mtlcli.engine.compat import check_resume
-from mtlcli.engine.limits import check_batch_fits
-from mtlcli.engine.rundir import RunLock
-from mtlcli.safety import atomic_write_text
+from mtlcli.engine.data import (
+    build_datasets,
+    collate_fn,
+    data_root,
+    make_loader,
+    ram_cache,
+    to_device,
+    training_targets,
+)
 from mtlcli.engine.distributed import (
     DistInfo,
-    barrier,
     all_reduce_mean,
+    barrier,
     broadcast_object,
     cleanup,
     gather_objects,
     init_distributed,
 )
-from mtlcli.engine.anchors import with_kmeans_anchors
+from mtlcli.engine.limits import check_batch_fits
 from mtlcli.engine.optim import LRSchedule, apply_freeze, build_optimizer, frozen_modules, train_mode
+from mtlcli.engine.rundir import RunLock
 from mtlcli.errors import UserError
 from mtlcli.hints import resume_command
 from mtlcli.recipes import dump_toml, total_iterations
+from mtlcli.safety import atomic_write_text
 
 
 class TrainingDiverged(UserError):
@@ -144,8 +157,13 @@ class Display:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress = Progress(
-                TextColumn("[bold]train"), BarColumn(bar_width=None), MofNCompleteColumn(), TextColumn("eta"),
-                TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
+                TextColumn("[bold]train"),
+                BarColumn(bar_width=None),
+                MofNCompleteColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=console,
             )
             self.progress.columns[1].bar_width = bar_width(self.progress.console.width)
             self.task = self.progress.add_task("train", total=total, completed=start, info="")
@@ -153,7 +171,7 @@ class Display:
             self.lines = not self.progress.console.is_terminal
             self.total = total
 
-    def __enter__(self) -> "Display":
+    def __enter__(self) -> Display:
         if self.progress is not None:
             self.progress.start()
         return self
@@ -169,7 +187,9 @@ class Display:
 
         fields = {}
         if record is not None:
-            room = self.progress.console.width - (bar_width(self.progress.console.width) + 2 * len(str(self.total)) + 24)
+            room = self.progress.console.width - (
+                bar_width(self.progress.console.width) + 2 * len(str(self.total)) + 24
+            )
             fields["info"] = info_text(record, room if not self.lines else 10_000)
         self.progress.update(self.task, completed=iteration, **fields)
         if self.lines and fields:
@@ -212,14 +232,18 @@ class MetricsLog:
             return
         if resume_from is not None and self.path.is_file():
             # Entries past the checkpoint belong to iterations that will run again: drop them.
-            keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("iteration", 0) <= resume_from]
+            keep = [
+                ln
+                for ln in self.path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("iteration", 0) <= resume_from
+            ]
             self.path.write_text("".join(ln + "\n" for ln in keep))
         elif resume_from is None:
             self.path.write_text("")
         if tensorboard:
-            self.tb = tensorboard_writer()(str(run_dir / "tensorboard"),
-                                           purge_step=resume_from + 1 if resume_from is not None else None)
+            self.tb = tensorboard_writer()(
+                str(run_dir / "tensorboard"), purge_step=resume_from + 1 if resume_from is not None else None
+            )
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -244,17 +268,20 @@ def tensorboard_writer():  # type: ignore[no-untyped-def]
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise UserError("--tensorboard (train.tensorboard = true) needs the tensorboard package, which is not "
-                        "installed — pip install tensorboard, or train without it (RUN/metrics.jsonl has every "
-                        "logged value)") from None
+        raise UserError(
+            "--tensorboard (train.tensorboard = true) needs the tensorboard package, which is not "
+            "installed — pip install tensorboard, or train without it (RUN/metrics.jsonl has every "
+            "logged value)"
+        ) from None
     return SummaryWriter
 
 
 # ----------------------------------------------------------------------------------------------- train
 
 
-def train(recipe: dict, run_dir: Path, *, resume: bool = False, device: str | None = None,
-          progress: bool = True) -> dict:
+def train(
+    recipe: dict, run_dir: Path, *, resume: bool = False, device: str | None = None, progress: bool = True
+) -> dict:
     """Train the recipe's model into `run_dir` (created if needed); under torchrun, one process each.
 
     `recipe` is a resolved recipe (`mtlcli.recipes.load_recipe`). With `resume`, continue exactly from
@@ -265,8 +292,12 @@ def train(recipe: dict, run_dir: Path, *, resume: bool = False, device: str | No
     """
     info = init_distributed(device)
     # The determinism switches are process-wide: give the caller back what it had.
-    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     try:
         with RunLock(run_dir) if info.is_main else contextlib.nullcontext():  # one process per run directory
             result = _train(recipe, Path(run_dir), resume, info, progress)
@@ -304,8 +335,10 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     train_ds.targets, train_ds.compact = training_targets(recipe, model), True  # decode only what the loss reads
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     if cfg["sync_bn"] and info.distributed and device.type == "cpu":
-        raise UserError("train.sync_bn = true needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel) — "
-                        "set --set train.sync_bn=false for distributed training on CPUs")
+        raise UserError(
+            "train.sync_bn = true needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel) — "
+            "set --set train.sync_bn=false for distributed training on CPUs"
+        )
     if cfg["sync_bn"] and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -318,8 +351,11 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     if cfg["amp"] != "none" and not use_cuda_amp and main:  # documented as a no-op on a CPU: say so
         print(f"note: train.amp = {cfg['amp']} works on CUDA only; training in float32 on {device}", file=sys.stderr)
     scaler = torch.amp.GradScaler(device.type, enabled=use_cuda_amp and cfg["amp"] == "fp16")
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16 if cfg["amp"] == "bf16" else torch.float16)) \
-        if use_cuda_amp else contextlib.nullcontext
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16 if cfg["amp"] == "bf16" else torch.float16))
+        if use_cuda_amp
+        else contextlib.nullcontext
+    )
 
     ckpt_dir = checkpoint_dir(run_dir)
     start, best, rng = 0, {}, None
@@ -346,8 +382,15 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     log = MetricsLog(run_dir, main, start if resume else None, tensorboard=cfg["tensorboard"])
     if recipe["data"].get("cache") == "ram":  # filled before the loader forks its workers, which then share it
         train_ds.ram = ram_cache(train_ds, main, progress)
-    loader = make_loader(train_ds, micro_batch=micro, workers=cfg["workers"], seed=cfg["seed"], info=info,
-                         start=start * acc * micro, collate=collate_fn())
+    loader = make_loader(
+        train_ds,
+        micro_batch=micro,
+        workers=cfg["workers"],
+        seed=cfg["seed"],
+        info=info,
+        start=start * acc * micro,
+        collate=collate_fn(),
+    )
     if rng is not None:
         set_rng_state(rng)
     elif resume:  # another world size: carry on with fresh, still reproducible seeds
@@ -363,8 +406,14 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
             return
         core = model.module if isinstance(model, DistributedDataParallel) else model
         state = {
-            "model": core.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-            "scaler": scaler.state_dict(), "iteration": iteration, "rng": rngs, "best": best, "recipe": recipe,
+            "model": core.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict(),
+            "iteration": iteration,
+            "rng": rngs,
+            "best": best,
+            "recipe": recipe,
             "classes": card,
         }
         for name in names:  # best.pt: weights only; last.pt: everything --resume needs
@@ -375,8 +424,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
         from mtlcli.engine.evaluate import evaluate
 
         with preserved_rng(), display.evaluating() as shown:
-            result = evaluate(model, val_ds, ev["metrics"], device=device, batch_size=ev["batch_size"],
-                              progress=shown)
+            result = evaluate(model, val_ds, ev["metrics"], device=device, batch_size=ev["batch_size"], progress=shown)
         train_mode(model, frozen_mods)
         # Rank 0's numbers decide best.pt on every process, so that all take the same branch.
         metrics = broadcast_object({k: float(v) for k, v in result["metrics"].items()}, info)
@@ -401,16 +449,25 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                     frozen = apply_freeze(model, stage.freeze, trainable)
                     frozen_mods[:] = frozen_modules(model, frozen)
                     if not any(p.requires_grad for p in model.parameters()):
-                        raise UserError(f"stage {stage.name!r} freezes every parameter — nothing would train; "
-                                        "narrow its freeze patterns")
+                        raise UserError(
+                            f"stage {stage.name!r} freezes every parameter — nothing would train; "
+                            "narrow its freeze patterns"
+                        )
                     # DDP records which parameters take gradients when it is built: rebuild per stage.
-                    ddp = DistributedDataParallel(
-                        model, device_ids=[device.index] if device.type == "cuda" else None,
-                        find_unused_parameters=True,
-                    ) if info.distributed else model
+                    ddp = (
+                        DistributedDataParallel(
+                            model,
+                            device_ids=[device.index] if device.type == "cuda" else None,
+                            find_unused_parameters=True,
+                        )
+                        if info.distributed
+                        else model
+                    )
                     if len(schedule.stages) > 1:
-                        display.print(f"stage {stage.name}: {stage.iterations} iterations, lr {stage.lr:g}, "
-                                      f"{len(frozen)} frozen parameter tensors")
+                        display.print(
+                            f"stage {stage.name}: {stage.iterations} iterations, lr {stage.lr:g}, "
+                            f"{len(frozen)} frozen parameter tensors"
+                        )
                 lr = schedule.step(optimizer, it)
                 train_mode(model, frozen_mods)
                 terms: dict[str, torch.Tensor] = {}
@@ -425,8 +482,10 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                             with autocast():
                                 weighted = weigh(ddp(images, targets), stage.loss_weights)
                             if not weighted:
-                                raise UserError(f"model {recipe['model']['name']!r} returned no loss_* terms in "
-                                                "training mode — it does not follow the DESIGN.md §4 contract")
+                                raise UserError(
+                                    f"model {recipe['model']['name']!r} returned no loss_* terms in "
+                                    "training mode — it does not follow the DESIGN.md §4 contract"
+                                )
                             scaler.scale(sum(weighted.values()) / acc).backward()
                         except torch.OutOfMemoryError:
                             raise _oom_error(cfg, micro, images, model, device, it) from None
@@ -435,8 +494,9 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                 values = all_reduce_mean(torch.stack(list(terms.values())), info).cpu()
                 if not torch.isfinite(values).all():
                     optimizer.zero_grad(set_to_none=True)
-                    raise _diverged(it + 1, dict(zip(terms, values.tolist())), ckpt_dir, state_at["iteration"],
-                                    cfg["lr"])
+                    raise _diverged(
+                        it + 1, dict(zip(terms, values.tolist())), ckpt_dir, state_at["iteration"], cfg["lr"]
+                    )
                 if cfg["grad_clip"] > 0:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg["grad_clip"])
@@ -453,9 +513,15 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                     elapsed = time.perf_counter() - t_window
                     losses = {k: v / window_iters for k, v in window.items()}
                     last_record = {
-                        "type": "train", "iteration": it, "stage": stage.name, "loss": sum(losses.values()),
-                        "losses": losses, "lr": lr, "images_per_s": window_iters * cfg["batch_size"] / elapsed,
-                        "data_wait": min(1.0, wait / elapsed), "memory_mb": memory_mb(device),
+                        "type": "train",
+                        "iteration": it,
+                        "stage": stage.name,
+                        "loss": sum(losses.values()),
+                        "losses": losses,
+                        "lr": lr,
+                        "images_per_s": window_iters * cfg["batch_size"] / elapsed,
+                        "data_wait": min(1.0, wait / elapsed),
+                        "memory_mb": memory_mb(device),
                     }
                     log.write(last_record)
                     display.update(it, last_record)
@@ -477,8 +543,10 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
         except KeyboardInterrupt:
             checkpoint(it, rng=rng_at_start)
             if main:  # shown with --quiet too: it says how to go on
-                display.note(f"interrupted at iteration {it}: saved {ckpt_dir / 'last.pt'} — continue with "
-                             f"`{resume_command(run_dir)}`")
+                display.note(
+                    f"interrupted at iteration {it}: saved {ckpt_dir / 'last.pt'} — continue with "
+                    f"`{resume_command(run_dir)}`"
+                )
             raise
         finally:
             log.close()
@@ -490,8 +558,10 @@ def _diverged(iteration: int, terms: dict[str, float], ckpt_dir: Path, last_good
     fixes = "lower train.lr, add train.warmup_iters or train.grad_clip"
     if (ckpt_dir / "last.pt").is_file():
         lower = resume_command(ckpt_dir.parent, "--set", f"train.lr={lr / 10:g}")
-        what = (f"last good checkpoint: {ckpt_dir / 'last.pt'} (iteration {last_good}); {fixes} and resume from it, "
-                f"e.g. `{lower}`")
+        what = (
+            f"last good checkpoint: {ckpt_dir / 'last.pt'} (iteration {last_good}); {fixes} and resume from it, "
+            f"e.g. `{lower}`"
+        )
     else:
         what = f"no checkpoint was written yet; {fixes} and start again"
     return TrainingDiverged(f"non-finite loss at iteration {iteration} ({shown}); training stopped — {what}")

@@ -47,12 +47,16 @@ def build_metric(name: str, dataset: Any) -> Any:
     meta = dataset.meta
     if name == "miou":
         if not meta.seg_classes:
-            raise UserError(f"dataset {meta.name!r} has no segmentation classes; miou cannot be computed — choose a detection metric")
+            raise UserError(
+                f"dataset {meta.name!r} has no segmentation classes; miou cannot be computed — choose a detection metric"
+            )
         sizes = cityscapes_instance_sizes(meta.seg_classes, meta.det_classes)
         return SegmentationMetric(meta.seg_classes, meta.ignore_index, instance_sizes=sizes)
     if name == "dt":
         if not meta.det_classes:
-            raise UserError(f"dataset {meta.name!r} has no objects, so no distance-transform bins; dt cannot be computed")
+            raise UserError(
+                f"dataset {meta.name!r} has no objects, so no distance-transform bins; dt cannot be computed"
+            )
         return DTMetric(meta.dt_thresholds)
     if name in DETECTION_METRICS and not meta.det_classes:
         raise UserError(f"dataset {meta.name!r} has no detection classes; {name} cannot be computed — use miou")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,15 +35,25 @@ def load_results(coco_gt: Any, results: list[dict[str, Any]]) -> Any:
         with contextlib.redirect_stdout(io.StringIO()):
             return coco_gt.loadRes(copy.deepcopy(results))  # loadRes writes ids/areas into the dicts
     empty = COCO()
-    empty.dataset = {"images": list(coco_gt.dataset["images"]), "categories": copy.deepcopy(coco_gt.dataset["categories"]),
-                     "annotations": []}
+    empty.dataset = {
+        "images": list(coco_gt.dataset["images"]),
+        "categories": copy.deepcopy(coco_gt.dataset["categories"]),
+        "annotations": [],
+    }
     with contextlib.redirect_stdout(io.StringIO()):
         empty.createIndex()
     return empty
 
 
-def run_cocoeval(coco_gt: Any, results: list[dict[str, Any]], iou_type: str, *, use_cats: bool = True,
-                 max_dets: Sequence[int] | None = None, summarize: bool = True) -> Any:
+def run_cocoeval(
+    coco_gt: Any,
+    results: list[dict[str, Any]],
+    iou_type: str,
+    *,
+    use_cats: bool = True,
+    max_dets: Sequence[int] | None = None,
+    summarize: bool = True,
+) -> Any:
     """Run COCOeval quietly (its progress prints are swallowed) and return the evaluated object."""
     from pycocotools.cocoeval import COCOeval
 

@@ -20,14 +20,15 @@ import io
 import json
 import math
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from mtlcli.data.prepared import DatasetMeta, IGNORE_INDEX, instances_path, save_png, semantic_path
+from mtlcli.data.prepared import IGNORE_INDEX, DatasetMeta, instances_path, save_png, semantic_path
 from mtlcli.errors import UserError
 from mtlcli.metrics import DETECTION_METRICS, build_metric, check_metric_names
 
@@ -42,7 +43,7 @@ class GroundTruth:
     coco: Any
 
     @classmethod
-    def load(cls, root: str | Path, split: str) -> "GroundTruth":
+    def load(cls, root: str | Path, split: str) -> GroundTruth:
         import contextlib
 
         from pycocotools.coco import COCO
@@ -70,8 +71,9 @@ def image_stem(image: dict[str, Any]) -> str:
     return image.get("stem") or Path(image["file_name"]).stem
 
 
-def source_id_maps(meta: DatasetMeta, images: list[dict[str, Any]], identity_labels: bool = True
-                   ) -> tuple[dict[int, Any], dict[int, int]] | None:
+def source_id_maps(
+    meta: DatasetMeta, images: list[dict[str, Any]], identity_labels: bool = True
+) -> tuple[dict[int, Any], dict[int, int]] | None:
     """(prepared image id -> the source's image id, contiguous category id -> the source's category id)
     for datasets prepared from COCO-format files (dataset.json `det_category_ids`, images' `coco_id`), so
     that saved results use the ids of the original annotation file; None for other datasets."""
@@ -117,8 +119,9 @@ def _decode_gray_png(data: bytes) -> np.ndarray | None:
         return None
     # torchvision 0.29 deprecates its image codecs in favour of torchcodec; libpng is still the fastest
     # PNG reader we have, and PIL is the fallback once it is gone
-    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                            category=DeprecationWarning)
+    warnings.filterwarnings(
+        "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+    )
     return decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.UNCHANGED)[0].numpy()
 
 
@@ -128,9 +131,13 @@ def load_detections(path: Path, gt: GroundTruth, need_masks: bool = False) -> li
     try:
         results = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}) — write COCO results [{{image_id, category_id, bbox, score}}]") from None
+        raise UserError(
+            f"{path} is not valid JSON ({exc}) — write COCO results [{{image_id, category_id, bbox, score}}]"
+        ) from None
     if not isinstance(results, list):
-        raise UserError(f"{path} holds a {type(results).__name__}; COCO results are a list [{{image_id, category_id, bbox, score}}]")
+        raise UserError(
+            f"{path} holds a {type(results).__name__}; COCO results are a list [{{image_id, category_id, bbox, score}}]"
+        )
     if not results:
         raise UserError(f"{path} holds no detections — nothing to evaluate")
     num_classes = len(gt.meta.det_classes)
@@ -138,36 +145,58 @@ def load_detections(path: Path, gt: GroundTruth, need_masks: bool = False) -> li
     if maps is not None:  # the file holds the source's ids (what --save-predictions writes): back to ours
         to_image = {v: k for k, v in maps[0].items()}
         to_cat = {v: k for k, v in maps[1].items()}
-        results = [{**r, "image_id": to_image.get(r["image_id"], f"{r['image_id']} (source id)"),
-                    "category_id": to_cat.get(r["category_id"], f"{r['category_id']} (source id)")}
-                   if isinstance(r, dict) and "image_id" in r and "category_id" in r and
-                   isinstance(r["image_id"], (int, str)) and isinstance(r["category_id"], int) else r
-                   for r in results]
+        results = [
+            {
+                **r,
+                "image_id": to_image.get(r["image_id"], f"{r['image_id']} (source id)"),
+                "category_id": to_cat.get(r["category_id"], f"{r['category_id']} (source id)"),
+            }
+            if isinstance(r, dict)
+            and "image_id" in r
+            and "category_id" in r
+            and isinstance(r["image_id"], (int, str))
+            and isinstance(r["category_id"], int)
+            else r
+            for r in results
+        ]
     for i, r in enumerate(results):
         where = f"{path}: entry {i}"
         if not isinstance(r, dict) or any(k not in r for k in ("image_id", "category_id", "bbox", "score")):
             raise UserError(f"{where} needs image_id, category_id, bbox and score")
         image_id, cat = r["image_id"], r["category_id"]
         if not isinstance(image_id, int) or image_id not in gt.coco.imgs:
-            raise UserError(f"{where}: image_id {image_id!r} is not in {gt.root} split {gt.split!r} — use the ids of its instances.json")
+            raise UserError(
+                f"{where}: image_id {image_id!r} is not in {gt.root} split {gt.split!r} — use the ids of its instances.json"
+            )
         if not isinstance(cat, int) or not 1 <= cat <= num_classes:
-            raise UserError(f"{where}: category_id {cat!r} is out of range; valid ids are 1..{num_classes} ({', '.join(gt.meta.det_classes[:3])}, ...)")
+            raise UserError(
+                f"{where}: category_id {cat!r} is out of range; valid ids are 1..{num_classes} ({', '.join(gt.meta.det_classes[:3])}, ...)"
+            )
         box = r["bbox"]
-        if (not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)
-                or box[2] < 0 or box[3] < 0):
+        if (
+            not isinstance(box, list)
+            or len(box) != 4
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)
+            or box[2] < 0
+            or box[3] < 0
+        ):
             raise UserError(f"{where}: bbox {box!r} is not [x, y, w, h] with w, h >= 0")
         if not isinstance(r["score"], (int, float)) or not math.isfinite(r["score"]):
             raise UserError(f"{where}: score {r['score']!r} is not a number")
         seg = r.get("segmentation")
         if seg is None:
             if need_masks:
-                raise UserError(f"{where} (image_id {image_id}) has no segmentation; coco-segm needs an RLE mask per detection")
+                raise UserError(
+                    f"{where} (image_id {image_id}) has no segmentation; coco-segm needs an RLE mask per detection"
+                )
             continue
         img = gt.coco.imgs[image_id]
         if isinstance(seg, dict):
             if list(seg.get("size", [])) != [img["height"], img["width"]] or "counts" not in seg:
-                raise UserError(f"{where}: segmentation size {seg.get('size')} does not match image_id {image_id} "
-                                f"({img['height']}x{img['width']}); encode masks in the original image frame")
+                raise UserError(
+                    f"{where}: segmentation size {seg.get('size')} does not match image_id {image_id} "
+                    f"({img['height']}x{img['width']}); encode masks in the original image frame"
+                )
         elif not isinstance(seg, list):
             raise UserError(f"{where}: segmentation is neither RLE nor polygons")
     return results
@@ -190,7 +219,12 @@ def output_to_results(output: dict[str, Any], image_id: int, with_masks: bool) -
     results = []
     for k in range(len(boxes)):
         x1, y1, x2, y2 = (float(v) for v in boxes[k])
-        r = {"image_id": int(image_id), "category_id": int(labels[k]), "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(scores[k])}
+        r = {
+            "image_id": int(image_id),
+            "category_id": int(labels[k]),
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "score": float(scores[k]),
+        }
         if rles is not None:
             r["segmentation"] = {"size": [int(s) for s in rles[k]["size"]], "counts": rles[k]["counts"].decode("ascii")}
         results.append(r)
@@ -220,31 +254,40 @@ class PredictionReader:
             self.lut, _ = cityscapes_label_luts(meta.seg_classes)
             self.max_id = max(cityscapes_label_ids())
             if (self.lut == IGNORE_INDEX).all():
-                raise UserError(f"--cityscapes-ids: none of the dataset's classes ({', '.join(meta.seg_classes[:4])}, ...) is a Cityscapes class")
+                raise UserError(
+                    f"--cityscapes-ids: none of the dataset's classes ({', '.join(meta.seg_classes[:4])}, ...) is a Cityscapes class"
+                )
 
     def __call__(self, path: Path, shape: tuple[int, int]) -> np.ndarray:
         pred = read_png(path)
         if pred.ndim != 2:
             raise UserError(f"{path} has {pred.shape[-1]} channels; write single-channel class indices")
         if pred.shape != tuple(shape):
-            raise UserError(f"{path} is {pred.shape[1]}x{pred.shape[0]} (WxH) but its ground truth is {shape[1]}x{shape[0]}; "
-                            f"write predictions in the original image size")
+            raise UserError(
+                f"{path} is {pred.shape[1]}x{pred.shape[0]} (WxH) but its ground truth is {shape[1]}x{shape[0]}; "
+                f"write predictions in the original image size"
+            )
         top = int(pred.max()) if pred.size else 0
         if self.cityscapes_ids:
             if top > self.max_id:
-                raise UserError(f"{path} holds value {top}, which is no Cityscapes labelId (0..{self.max_id}); drop --cityscapes-ids for class indices")
+                raise UserError(
+                    f"{path} holds value {top}, which is no Cityscapes labelId (0..{self.max_id}); drop --cityscapes-ids for class indices"
+                )
             return np.take(self.lut, pred)  # several times faster than self.lut[pred] on uint8 maps
         if top >= self.num_classes:
             counts = np.bincount(pred.ravel().astype(np.int64), minlength=256)
             bad = [v for v in np.nonzero(counts)[0].tolist() if v >= self.num_classes and v != IGNORE_INDEX]
             if bad:
-                raise UserError(f"{path} holds value {bad[0]}, outside the {self.num_classes} classes 0..{self.num_classes - 1} "
-                                f"(255 = no prediction); pass --cityscapes-ids for Cityscapes labelIds")
+                raise UserError(
+                    f"{path} holds value {bad[0]}, outside the {self.num_classes} classes 0..{self.num_classes - 1} "
+                    f"(255 = no prediction); pass --cityscapes-ids for Cityscapes labelIds"
+                )
         return pred.astype(np.uint8, copy=False)
 
 
-def semantic_pairs(gt: GroundTruth, pred_dir: Path, reader: PredictionReader, workers: int = 2
-                   ) -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]]:
+def semantic_pairs(
+    gt: GroundTruth, pred_dir: Path, reader: PredictionReader, workers: int = 2
+) -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]]:
     """(image, prediction [H, W] uint8, ground truth [H, W] uint8, their `joint_histogram`) for every
     image of the split that has a semantic label PNG, in image-id order.
 
@@ -258,7 +301,9 @@ def semantic_pairs(gt: GroundTruth, pred_dir: Path, reader: PredictionReader, wo
             continue  # the split has no semantic label for this image
         pred_path = pred_dir / f"{stem}.png"
         if not pred_path.is_file():
-            raise UserError(f"no prediction {pred_path} for image {stem} (image_id {img['id']}); write one <stem>.png per image")
+            raise UserError(
+                f"no prediction {pred_path} for image {stem} (image_id {img['id']}); write one <stem>.png per image"
+            )
         jobs.append((img, pred_path, gt_path))
     if not jobs:
         raise UserError(f"split {gt.split!r} of {gt.root} has no semantic label PNGs; miou cannot be computed there")
@@ -315,8 +360,9 @@ def rle_counts(rle: dict[str, Any]) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-def instance_hits(gt: GroundTruth, image_id: int, class_index: dict[int, int], pred: np.ndarray
-                  ) -> tuple[list[int], list[int], list[int]]:
+def instance_hits(
+    gt: GroundTruth, image_id: int, class_index: dict[int, int], pred: np.ndarray
+) -> tuple[list[int], list[int], list[int]]:
     """For each non-crowd instance of one image: (semantic class index, pixels of it predicted as that
     class, its size in pixels). The instance's pixels are read from its RLE runs directly: decoding
     every mask at full size would cost more than the whole confusion matrix."""
@@ -347,8 +393,15 @@ def det_to_seg_index(meta: DatasetMeta) -> dict[int, int]:
 
 
 # ----------------------------------------------------------------------------------------- evaluation
-def evaluate_predictions(root: str | Path, split: str, predictions: str | Path, metrics: list[str] | None = None,
-                         *, cityscapes_ids: bool = False, progress: bool = True) -> dict[str, Any]:
+def evaluate_predictions(
+    root: str | Path,
+    split: str,
+    predictions: str | Path,
+    metrics: list[str] | None = None,
+    *,
+    cityscapes_ids: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Evaluate saved predictions against a prepared split.
 
     Returns {"metrics": {name: headline float}, "details": {name: dict}} as `evaluate()` does. Without
@@ -370,11 +423,15 @@ def evaluate_predictions(root: str | Path, split: str, predictions: str | Path, 
         names = (["miou"] if sem_dir else []) + (["coco-bbox"] if det_file else [])
         names += ["coco-segm"] if any("segmentation" in r for r in detections) else []
         if not names:
-            raise UserError(f"--predictions {predictions} holds neither detections.json nor PNG files — nothing to evaluate")
+            raise UserError(
+                f"--predictions {predictions} holds neither detections.json nor PNG files — nothing to evaluate"
+            )
     out: dict[str, Any] = {"metrics": {}, "details": {}}
     if "miou" in names:
         if sem_dir is None:
-            raise UserError(f"--metric miou needs PNG predictions; {predictions} holds none (expected <stem>.png files)")
+            raise UserError(
+                f"--metric miou needs PNG predictions; {predictions} holds none (expected <stem>.png files)"
+            )
         metric = build_metric("miou", gt)
         reader = PredictionReader(gt.meta, cityscapes_ids)
         class_index = det_to_seg_index(gt.meta)
@@ -392,7 +449,9 @@ def evaluate_predictions(root: str | Path, split: str, predictions: str | Path, 
     det_names = [n for n in names if n in DETECTION_METRICS]
     if det_names:
         if det_file is None:
-            raise UserError(f"--metric {det_names[0]} needs COCO results; {predictions} is no .json file and holds no detections.json")
+            raise UserError(
+                f"--metric {det_names[0]} needs COCO results; {predictions} is no .json file and holds no detections.json"
+            )
         detections = load_detections(det_file, gt, need_masks="coco-segm" in det_names)
         for name in det_names:
             metric = build_metric(name, gt)
@@ -406,10 +465,14 @@ def evaluate_predictions(root: str | Path, split: str, predictions: str | Path, 
 class PredictionWriter:
     """Writes predictions in the formats above while a model runs over a split."""
 
-    def __init__(self, out_dir: str | Path, meta: DatasetMeta, force: bool = False,
-                 id_maps: tuple[dict[int, Any], dict[int, int]] | None = None) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        meta: DatasetMeta,
+        force: bool = False,
+        id_maps: tuple[dict[int, Any], dict[int, int]] | None = None,
+    ) -> None:
         from mtlcli.metrics.segmentation import cityscapes_label_luts
-
         from mtlcli.safety import refuse_protected_output
 
         self.out = Path(out_dir)
@@ -417,7 +480,9 @@ class PredictionWriter:
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--save-predictions {self.out} exists and is not a folder; choose another path")
         if self.out.is_dir() and any(self.out.iterdir()) and not force:
-            raise UserError(f"--save-predictions {self.out} is not empty; choose another folder or pass --force to overwrite")
+            raise UserError(
+                f"--save-predictions {self.out} is not empty; choose another folder or pass --force to overwrite"
+            )
         self.out.mkdir(parents=True, exist_ok=True)
         lut_in, lut_out = cityscapes_label_luts(meta.seg_classes)
         # labelIds only where every class of the dataset is a Cityscapes class
@@ -441,6 +506,12 @@ class PredictionWriter:
             results = self.results
             if self.id_maps is not None:
                 images, cats = self.id_maps
-                results = [{**r, "image_id": images[r["image_id"]], "category_id": cats.get(r["category_id"], r["category_id"])}
-                           for r in results]
+                results = [
+                    {
+                        **r,
+                        "image_id": images[r["image_id"]],
+                        "category_id": cats.get(r["category_id"], r["category_id"]),
+                    }
+                    for r in results
+                ]
             atomic_write_text(self.out / "detections.json", json.dumps(results))

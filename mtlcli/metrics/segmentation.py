@@ -16,7 +16,8 @@ of average sizes below.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,8 +88,12 @@ class SegmentationMetric:
 
     kind = "semantic"
 
-    def __init__(self, class_names: Sequence[str], ignore_index: int = IGNORE_INDEX,
-                 instance_sizes: dict[int, float] | None = None) -> None:
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        ignore_index: int = IGNORE_INDEX,
+        instance_sizes: dict[int, float] | None = None,
+    ) -> None:
         self.class_names = list(class_names)
         self.num_classes = C = len(self.class_names)
         self.ignore_index = ignore_index
@@ -113,8 +118,13 @@ class SegmentationMetric:
         self.inst_fn[:] = 0
         self.images = 0
 
-    def update(self, pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
-               instances: tuple[Any, ...] | None = None, histogram: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    def update(
+        self,
+        pred: np.ndarray | torch.Tensor,
+        target: np.ndarray | torch.Tensor,
+        instances: tuple[Any, ...] | None = None,
+        histogram: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         """Add one image.
 
         Args:
@@ -256,8 +266,9 @@ class DTMetric(SegmentationMetric):
 
     def __init__(self, thresholds: Sequence[float] = (0.2, 0.4)) -> None:
         t = [f"{float(v):g}" for v in thresholds]
-        names = ["background"] + ([f"DT <= {t[0]}"] + [f"DT {a}-{b}" for a, b in zip(t, t[1:])] + [f"DT > {t[-1]}"]
-                                  if t else ["DT > 0"])
+        names = ["background"] + (
+            [f"DT <= {t[0]}"] + [f"DT {a}-{b}" for a, b in zip(t, t[1:])] + [f"DT > {t[-1]}"] if t else ["DT > 0"]
+        )
         super().__init__(names, IGNORE_INDEX)
 
     def compute(self) -> dict[str, Any]:
@@ -279,8 +290,9 @@ def _as_uint8(a: np.ndarray | torch.Tensor) -> np.ndarray | None:
     return None
 
 
-def joint_histogram(pred: np.ndarray, target: np.ndarray,
-                    pred_lut: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def joint_histogram(
+    pred: np.ndarray, target: np.ndarray, pred_lut: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The raw value pairs of two uint8 maps [H, W] and their pixel counts, as (keys [K] = target << 8 |
     pred, counts [K] int64); distinct and sorted unless `pred_lut` is given.
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -37,11 +38,7 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
 def builder_arguments(name: str) -> dict[str, Any]:
     """Keyword arguments of a builder with their defaults (what a recipe's [model] table may set)."""
     sig = inspect.signature(get_builder(name))
-    return {
-        p.name: p.default
-        for p in sig.parameters.values()
-        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-    }
+    return {p.name: p.default for p in sig.parameters.values() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -49,9 +46,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     valid = builder_arguments(name)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
-        raise UserError(
-            f"model {name!r} has no argument(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
-        )
+        raise UserError(f"model {name!r} has no argument(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
     return get_builder(name)(**kwargs)
 
 

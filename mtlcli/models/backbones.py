@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ def load_pretrained(
         if weights is None:
             raise UserError(
                 f"torchvision publishes no ImageNet weights for {type(module).__name__}; "
-                "pass pretrained_backbone=\"/path/to/weights.pth\" or set it to false"
+                'pass pretrained_backbone="/path/to/weights.pth" or set it to false'
             )
         try:
             # torch hub announces a download on stderr ("Downloading: ..."): offline that line would come
@@ -46,12 +47,14 @@ def load_pretrained(
         except Exception as exc:  # URLError, socket errors, ... — only the message matters to the user
             raise UserError(
                 f"could not download the ImageNet weights {weights} ({type(exc).__name__}: {exc}); "
-                "without network, pass pretrained_backbone=\"/path/to/weights.pth\" or set it to false"
+                'without network, pass pretrained_backbone="/path/to/weights.pth" or set it to false'
             ) from None
     else:
         path = Path(str(pretrained)).expanduser()
         if not path.is_file():
-            raise UserError(f"pretrained backbone file {path} does not exist — give the path of a torchvision .pth state dict")
+            raise UserError(
+                f"pretrained backbone file {path} does not exist — give the path of a torchvision .pth state dict"
+            )
         try:
             if path.suffix == ".safetensors":  # timm / Hugging Face checkpoints
                 from safetensors.torch import load_file
@@ -70,7 +73,9 @@ def load_pretrained(
     own = module.state_dict()
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:
-        raise UserError(f"pretrained weights do not fit the backbone (shape mismatch in {', '.join(bad[:3])}) — check the architecture")
+        raise UserError(
+            f"pretrained weights do not fit the backbone (shape mismatch in {', '.join(bad[:3])}) — check the architecture"
+        )
     usable = {k: v for k, v in state.items() if k in own}
     if not usable:
         raise UserError("pretrained weights share no parameter names with the backbone — check the file")

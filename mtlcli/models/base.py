@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-
 from typing import Any
 
 import torch

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,6 @@ from torchvision.models.resnet import Bottleneck
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from mtlcli.errors import UserError
-from mtlcli.models.rcnn import TINY as RCNN_TINY
 from mtlcli.models.rcnn import (
     FPN_LEVELS,
     IGNORE_INDEX,
@@ -44,6 +44,7 @@ from mtlcli.models.rcnn import (
     build_roi_heads,
     build_rpn,
 )
+from mtlcli.models.rcnn import TINY as RCNN_TINY
 
 # The tiny configuration (tests, quickstart, datnet-tiny-synthetic): rcnn.TINY plus a narrow res5.
 TINY: dict[str, Any] = {**RCNN_TINY, "res5_planes": 32}
@@ -85,7 +86,9 @@ class DenseAuxHead(nn.Module):
             x = levels[level]
             for step, conv in enumerate(convs):
                 # upsample to the next finer level's exact size (P6 is ceil(P5 / 2), not always half)
-                x = F.interpolate(F.relu(conv(x)), size=levels[level - 1 - step].shape[-2:], mode="bilinear", align_corners=False)
+                x = F.interpolate(
+                    F.relu(conv(x)), size=levels[level - 1 - step].shape[-2:], mode="bilinear", align_corners=False
+                )
             total = total + x
         feats = self.tower(total)
         return feats, self.classifier(feats)
@@ -108,7 +111,11 @@ class FeatureFusion(nn.Module):
         for name in FPN_LEVELS:
             p = features[name]
             for f in dense:
-                p = p + (f if f.shape[-2:] == p.shape[-2:] else F.interpolate(f, size=p.shape[-2:], mode="bilinear", align_corners=False))
+                p = p + (
+                    f
+                    if f.shape[-2:] == p.shape[-2:]
+                    else F.interpolate(f, size=p.shape[-2:], mode="bilinear", align_corners=False)
+                )
             out[name] = self.convs(p)
         out["pool"] = F.max_pool2d(out[FPN_LEVELS[-1]], kernel_size=1, stride=2)
         return out
@@ -149,7 +156,9 @@ class ScaleAttention(nn.Module):
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
         hidden = max(channels // reduction, 1)
-        self.fc = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels), nn.Sigmoid())
+        self.fc = nn.Sequential(
+            nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels), nn.Sigmoid()
+        )
 
     def weights(self, x: Tensor) -> Tensor:
         return self.fc(x.amax(dim=(2, 3)))
@@ -194,12 +203,16 @@ class MultiScalePoolWithAttention(nn.Module):
             dim=1,
         )
 
-    def forward(self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]] | None = None) -> Tensor:
+    def forward(
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]] | None = None
+    ) -> Tensor:
         return self.attention(self.pool(features, boxes))
 
 
 # -------------------------------------------------------------------------------------- RoI heads
-def make_res5(in_channels: int, block: type = Bottleneck, planes: int = 512, blocks: int = 3, norm_layer=nn.BatchNorm2d) -> nn.Sequential:
+def make_res5(
+    in_channels: int, block: type = Bottleneck, planes: int = 512, blocks: int = 3, norm_layer=nn.BatchNorm2d
+) -> nn.Sequential:
     """A fresh ResNet conv5 stage (first block stride 2) reading `in_channels`: [R, Cin, k, k] ->
     [R, planes * expansion, ceil(k/2), ceil(k/2)]."""
     out = planes * block.expansion
@@ -262,15 +275,26 @@ def _res5_for(body: nn.Module, in_channels: int, planes: int | None) -> nn.Seque
 
 def _rewidth(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     """`conv` with another input width: a new kaiming-initialised conv of the same kind."""
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    new = nn.Conv2d(
+        in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None
+    )
     nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
     new.weight.requires_grad_(conv.weight.requires_grad)
     return new.to(conv.weight.device)
 
 
 def build_datnet_roi_heads(
-    head: str, mspwa: bool, channels: int, num_classes: int, body: nn.Module, *, res5_planes: int | None = None,
-    representation_size: int = 1024, mask_channels: int = 256, se_reduction: int = 16, **sampling: Any,
+    head: str,
+    mspwa: bool,
+    channels: int,
+    num_classes: int,
+    body: nn.Module,
+    *,
+    res5_planes: int | None = None,
+    representation_size: int = 1024,
+    mask_channels: int = 256,
+    se_reduction: int = 16,
+    **sampling: Any,
 ):
     """torchvision `RoIHeads` with DATNet's pooling and heads (see the module docstring)."""
     pooled = channels * len(FPN_LEVELS) if mspwa else channels
@@ -281,7 +305,11 @@ def build_datnet_roi_heads(
         return MultiScaleRoIAlign(FPN_LEVELS, output_size=k, sampling_ratio=2)
 
     def fpn_mask_branch() -> tuple[nn.Module, ...]:
-        return pool(14), MaskRCNNHeads(pooled, [mask_channels] * 4, 1), MaskRCNNPredictor(mask_channels, mask_channels, num_classes)
+        return (
+            pool(14),
+            MaskRCNNHeads(pooled, [mask_channels] * 4, 1),
+            MaskRCNNPredictor(mask_channels, mask_channels, num_classes),
+        )
 
     if head == "standard":
         box_head: nn.Module = TwoMLPHead(pooled * 7 * 7, representation_size)
@@ -444,7 +472,9 @@ def build_datnet(
     if fusion not in FUSIONS:
         raise UserError(f"unknown DATNet fusion {fusion!r}; valid: {', '.join(FUSIONS)}")
     if int(num_det_classes) < 1 or int(num_seg_classes) < 1:
-        raise UserError(f"num_det_classes and num_seg_classes must be at least 1 (got {num_det_classes}, {num_seg_classes})")
+        raise UserError(
+            f"num_det_classes and num_seg_classes must be at least 1 (got {num_det_classes}, {num_seg_classes})"
+        )
     if dt_weight < 0 or seg_weight < 0:
         raise UserError(f"dt_weight and seg_weight must be >= 0 (got {dt_weight}, {seg_weight})")
     body = build_resnet_fpn(backbone, pretrained_backbone, fpn_channels, trainable_layers)

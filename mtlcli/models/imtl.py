@@ -18,7 +18,8 @@ multiplied by W_seg) and `loss_det_box`, `loss_det_obj`, `loss_det_cls` (by W_de
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +27,17 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou, sigmoid_focal_loss
 
 from mtlcli.errors import UserError
-from mtlcli.models.base import MultiTaskModel, boxes_to_original, semantic_to_original
 from mtlcli.models.backbones import load_pretrained
-from mtlcli.models.imtl_detector import (BRANCH_DILATIONS, Detector, assign_targets, conv_bn_act, decode_boxes,
-                                         load_anchors, match_size)
+from mtlcli.models.base import MultiTaskModel, boxes_to_original, semantic_to_original
+from mtlcli.models.imtl_detector import (
+    BRANCH_DILATIONS,
+    Detector,
+    assign_targets,
+    conv_bn_act,
+    decode_boxes,
+    load_anchors,
+    match_size,
+)
 
 IGNORE_INDEX = 255
 
@@ -45,20 +53,25 @@ class PreActBottleneck(nn.Module):
     (AdapNet++'s block4 unit). [B, cin, H, W] -> [B, 4 mid, H/stride, W/stride].
     """
 
-    def __init__(self, cin: int, mid: int, stride: int = 1, dilation: int = 1, multiscale: int = 0,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, cin: int, mid: int, stride: int = 1, dilation: int = 1, multiscale: int = 0, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         cout = 4 * mid
         self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, mid, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(mid)
         if multiscale:
             half = mid // 2
-            self.conv2 = nn.ModuleList([
-                nn.Conv2d(mid, half, 3, stride, padding=dilation, dilation=dilation, bias=False),
-                nn.Conv2d(mid, mid - half, 3, stride, padding=multiscale, dilation=multiscale, bias=False),
-            ])
+            self.conv2 = nn.ModuleList(
+                [
+                    nn.Conv2d(mid, half, 3, stride, padding=dilation, dilation=dilation, bias=False),
+                    nn.Conv2d(mid, mid - half, 3, stride, padding=multiscale, dilation=multiscale, bias=False),
+                ]
+            )
         else:
-            self.conv2 = nn.ModuleList([nn.Conv2d(mid, mid, 3, stride, padding=dilation, dilation=dilation, bias=False)])
+            self.conv2 = nn.ModuleList(
+                [nn.Conv2d(mid, mid, 3, stride, padding=dilation, dilation=dilation, bias=False)]
+            )
         self.bn3, self.conv3 = nn.BatchNorm2d(mid), nn.Conv2d(mid, cout, 1, bias=False)
         self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if (cin != cout or stride != 1) else None
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -81,23 +94,47 @@ class Encoder(nn.Module):
     pre-activation ResNet's (conv, max pool: the first unit normalises), which ImageNet weights expect.
     """
 
-    def __init__(self, width: int = 64, layers: Sequence[int] = (3, 4, 6, 3), multiscale: int = 2,
-                 block4_dilation: int = 2, dropout: float = 0.5, stem_norm: bool = False) -> None:
+    def __init__(
+        self,
+        width: int = 64,
+        layers: Sequence[int] = (3, 4, 6, 3),
+        multiscale: int = 2,
+        block4_dilation: int = 2,
+        dropout: float = 0.5,
+        stem_norm: bool = False,
+    ) -> None:
         super().__init__()
         norm = [nn.BatchNorm2d(width), nn.ReLU(inplace=True)] if stem_norm else []
         self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), *norm, nn.MaxPool2d(3, 2, 1))
 
-        def block(cin: int, mid: int, n: int, stride: int, dilation: int, multi: set[int],
-                  drop: dict[int, float] | None = None) -> nn.Sequential:
-            units = [PreActBottleneck(cin if i == 0 else 4 * mid, mid, stride if i == 0 else 1, dilation,
-                                      multiscale if i in multi else 0, (drop or {}).get(i, 0.0)) for i in range(n)]
+        def block(
+            cin: int,
+            mid: int,
+            n: int,
+            stride: int,
+            dilation: int,
+            multi: set[int],
+            drop: dict[int, float] | None = None,
+        ) -> nn.Sequential:
+            units = [
+                PreActBottleneck(
+                    cin if i == 0 else 4 * mid,
+                    mid,
+                    stride if i == 0 else 1,
+                    dilation,
+                    multiscale if i in multi else 0,
+                    (drop or {}).get(i, 0.0),
+                )
+                for i in range(n)
+            ]
             return nn.Sequential(*units)
 
         self.block1 = block(width, width, layers[0], 1, 1, set())
         self.block2 = block(4 * width, 2 * width, layers[1], 2, 1, {layers[1] - 1})
         self.block3 = block(8 * width, 4 * width, layers[2], 2, 1, set(range(2, layers[2])))
-        self.block4 = block(16 * width, 8 * width, layers[3], 1, block4_dilation, set(),
-                            {min(2, layers[3] - 1): dropout})
+        self.block4 = block(
+            16 * width, 8 * width, layers[3], 1, block4_dilation, set(), {min(2, layers[3] - 1): dropout}
+        )
         self.post = nn.Sequential(nn.BatchNorm2d(32 * width), nn.ReLU(inplace=True))
         self.channels = (4 * width, 8 * width, 32 * width)
 
@@ -116,10 +153,14 @@ class EASPP(nn.Module):
         q = max(width // 4, 1)
         self.branches = nn.ModuleList([conv_bn_act(cin, width, 1)])
         for r in rates:
-            self.branches.append(nn.Sequential(
-                conv_bn_act(cin, q, 1), conv_bn_act(q, q, 3, dilation=r), conv_bn_act(q, q, 3, dilation=r),
-                conv_bn_act(q, width, 1),
-            ))
+            self.branches.append(
+                nn.Sequential(
+                    conv_bn_act(cin, q, 1),
+                    conv_bn_act(q, q, 3, dilation=r),
+                    conv_bn_act(q, q, 3, dilation=r),
+                    conv_bn_act(q, width, 1),
+                )
+            )
         # no BN on the pooled 1x1 map: with one image per process it would see a single value per channel
         self.pool = nn.Sequential(nn.Conv2d(cin, width, 1), nn.ReLU(inplace=True))
         self.project = conv_bn_act(width * (len(rates) + 2), width, 1)
@@ -154,8 +195,9 @@ class Decoder(nn.Module):
     (stride 4), aux2 (0.5) on the first (stride 8); they read the up-step after its BN-ReLU (inferred;
     the reference reads it before the ReLU)."""
 
-    def __init__(self, cin: int, skip_channels: tuple[int, int], num_classes: int, width: int = 256,
-                 skip_width: int = 24) -> None:
+    def __init__(
+        self, cin: int, skip_channels: tuple[int, int], num_classes: int, width: int = 256, skip_width: int = 24
+    ) -> None:
         super().__init__()
         self.up1 = nn.Sequential(up_conv(cin, width, 2), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         self.skip2 = conv_bn_act(skip_channels[1], skip_width, 1)
@@ -177,8 +219,13 @@ class Decoder(nn.Module):
         u2 = match_size(self.up2(y), s1)
         up2_skip = torch.cat([u2, self.skip1(s1)], dim=1)
         logits = self.up3(self.classifier(self.fuse2(up2_skip)))
-        return {"up2_skip": up2_skip, "up1_skip": up1_skip, "aux1": self.aux1(u2), "aux2": self.aux2(u1),
-                "logits": logits}
+        return {
+            "up2_skip": up2_skip,
+            "up1_skip": up1_skip,
+            "aux1": self.aux1(u2),
+            "aux2": self.aux2(u1),
+            "logits": logits,
+        }
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -195,11 +242,24 @@ class InterdependentMTL(MultiTaskModel):
     "det": three tensors [B, A, 5 + K, h/16, w/16]}.
     """
 
-    def __init__(self, encoder: Encoder, bottleneck: EASPP, decoder: Decoder, detector: Detector, anchors: Tensor,
-                 input_size: tuple[int, int], seg_weight: float = 40.0, det_weight: float = 1.0,
-                 aux_weights: tuple[float, float] = (0.6, 0.5), score_thresh: float = 0.01, nms_thresh: float = 0.55,
-                 detections_per_img: int = 100, ignore_iou: float = 0.6, focal_alpha: float = 0.25,
-                 focal_gamma: float = 2.0) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        bottleneck: EASPP,
+        decoder: Decoder,
+        detector: Detector,
+        anchors: Tensor,
+        input_size: tuple[int, int],
+        seg_weight: float = 40.0,
+        det_weight: float = 1.0,
+        aux_weights: tuple[float, float] = (0.6, 0.5),
+        score_thresh: float = 0.01,
+        nms_thresh: float = 0.55,
+        detections_per_img: int = 100,
+        ignore_iou: float = 0.6,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> None:
         super().__init__(input_size)
         self.encoder, self.bottleneck, self.decoder, self.detector = encoder, bottleneck, decoder, detector
         self.register_buffer("anchors", anchors.float().view(len(BRANCH_DILATIONS), -1, 2), persistent=False)
@@ -258,12 +318,16 @@ class InterdependentMTL(MultiTaskModel):
             pos_box.append(a["box"])
             pos_cls.append(a["labels"])
         num_pos = max(float(obj_t.sum()), 1.0)
-        loss_obj = sigmoid_focal_loss(pred[..., 4][valid], obj_t[valid], self.focal_alpha, self.focal_gamma, "sum") / num_pos
+        loss_obj = (
+            sigmoid_focal_loss(pred[..., 4][valid], obj_t[valid], self.focal_alpha, self.focal_gamma, "sum") / num_pos
+        )
         p = torch.cat(pos_pred)
         box_t = torch.cat(pos_box)
         cls_t = F.one_hot(torch.cat(pos_cls), K).to(p)
-        loss_box = (F.smooth_l1_loss(p[:, :2].sigmoid(), box_t[:, :2], reduction="sum", beta=1 / 9)
-                    + F.smooth_l1_loss(p[:, 2:4], box_t[:, 2:], reduction="sum", beta=1 / 9)) / num_pos
+        loss_box = (
+            F.smooth_l1_loss(p[:, :2].sigmoid(), box_t[:, :2], reduction="sum", beta=1 / 9)
+            + F.smooth_l1_loss(p[:, 2:4], box_t[:, 2:], reduction="sum", beta=1 / 9)
+        ) / num_pos
         loss_cls = sigmoid_focal_loss(p[:, 5:], cls_t, self.focal_alpha, self.focal_gamma, "sum") / num_pos
         return {"loss_det_box": loss_box, "loss_det_obj": loss_obj, "loss_det_cls": loss_cls}
 
@@ -286,12 +350,14 @@ class InterdependentMTL(MultiTaskModel):
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
             sel = batched_nms(boxes, flat[keep], cls, self.nms_thresh)[: self.detections_per_img]
-            out.append({
-                "boxes": boxes_to_original(boxes[sel], (h, w), size),
-                "scores": flat[keep][sel],
-                "labels": cls[sel] + 1,
-                "sem_seg": semantic_to_original(raw["logits"][i], size),
-            })
+            out.append(
+                {
+                    "boxes": boxes_to_original(boxes[sel], (h, w), size),
+                    "scores": flat[keep][sel],
+                    "labels": cls[sel] + 1,
+                    "sem_seg": semantic_to_original(raw["logits"][i], size),
+                }
+            )
         return out
 
 
@@ -365,20 +431,22 @@ def load_encoder_weights(encoder: Encoder, pretrained: bool | str) -> None:
         except ImportError:
             raise UserError(
                 "pretrained_backbone = true takes timm's resnetv2_50 ImageNet weights: `pip install timm`, "
-                "or pass pretrained_backbone=\"/path/to/resnetv2_50.pth\" (its state dict) or false"
+                'or pass pretrained_backbone="/path/to/resnetv2_50.pth" (its state dict) or false'
             ) from None
         try:
             state = timm.create_model("resnetv2_50", pretrained=True).state_dict()
         except Exception as exc:  # no network and no cache
             raise UserError(
                 f"could not get timm's resnetv2_50 ImageNet weights ({type(exc).__name__}: {exc}); without "
-                "network, pass pretrained_backbone=\"/path/to/resnetv2_50.pth\" or set it to false"
+                'network, pass pretrained_backbone="/path/to/resnetv2_50.pth" or set it to false'
             ) from None
         mapped = timm_resnetv2_to_encoder(state, encoder)
         own = encoder.state_dict()
         bad = [k for k, v in mapped.items() if k not in own or own[k].shape != v.shape]
         if bad:
-            raise UserError(f"timm's resnetv2_50 does not fit this encoder (e.g. {bad[0]}) — use width 64, layers 3,4,6,3")
+            raise UserError(
+                f"timm's resnetv2_50 does not fit this encoder (e.g. {bad[0]}) — use width 64, layers 3,4,6,3"
+            )
         encoder.load_state_dict({**own, **mapped})
         return
     load_pretrained(encoder, pretrained, None, rename=lambda state: timm_resnetv2_to_encoder(state, encoder))
@@ -452,8 +520,32 @@ def build_imtl(
     load_encoder_weights(encoder, pretrained_backbone)
     bottleneck = EASPP(encoder.channels[2], aspp_width, aspp_rates)
     decoder = Decoder(aspp_width, encoder.channels[:2], num_seg_classes, decoder_width, skip_width)
-    detector = Detector(decoder.out_channels, aspp_width, num_det_classes, len(anchor_t) // len(BRANCH_DILATIONS),
-                        det_width, trident_width, trident_mid, trident_blocks, dropout, detector_levels,
-                        decoder.out_channels, shared_head)
-    return InterdependentMTL(encoder, bottleneck, decoder, detector, anchor_t, size, seg_weight, det_weight,
-                             tuple(aux_weights), score_thresh, nms_thresh, detections_per_img, ignore_iou)
+    detector = Detector(
+        decoder.out_channels,
+        aspp_width,
+        num_det_classes,
+        len(anchor_t) // len(BRANCH_DILATIONS),
+        det_width,
+        trident_width,
+        trident_mid,
+        trident_blocks,
+        dropout,
+        detector_levels,
+        decoder.out_channels,
+        shared_head,
+    )
+    return InterdependentMTL(
+        encoder,
+        bottleneck,
+        decoder,
+        detector,
+        anchor_t,
+        size,
+        seg_weight,
+        det_weight,
+        tuple(aux_weights),
+        score_thresh,
+        nms_thresh,
+        detections_per_img,
+        ignore_iou,
+    )

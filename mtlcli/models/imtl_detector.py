@@ -25,7 +25,9 @@ DEFAULT_ANCHORS = [[8, 18], [16, 36], [28, 20], [26, 62], [54, 40], [44, 104], [
 DEFAULT_ANCHOR_FRAME = (384, 768)
 
 
-def conv_bn_act(cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1, act: str = "relu") -> nn.Sequential:
+def conv_bn_act(
+    cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1, act: str = "relu"
+) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, kernel, stride, padding=dilation * (kernel // 2), dilation=dilation, bias=False),
         nn.BatchNorm2d(cout),
@@ -39,7 +41,11 @@ def conv_bn_act(cin: int, cout: int, kernel: int, stride: int = 1, dilation: int
 
 def match_size(x: Tensor, ref: Tensor) -> Tensor:
     """Bilinear resize to `ref`'s size where odd input sizes make a x2 step miss by a pixel."""
-    return x if x.shape[-2:] == ref.shape[-2:] else F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
+    return (
+        x
+        if x.shape[-2:] == ref.shape[-2:]
+        else F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
+    )
 
 
 # ------------------------------------------------------------------------------------------ detector
@@ -76,24 +82,39 @@ class Detector(nn.Module):
     only (the earlier form, 1.29M parameters fewer at full size).
     """
 
-    def __init__(self, cin: int, bottleneck_channels: int, num_classes: int, anchors_per_branch: int = 3,
-                 width: int = 256, trident_width: int = 1024, trident_mid: int = 256, trident_blocks: int = 3,
-                 dropout: float = 0.5, levels: int = 2, cin8: int | None = None, shared_head: bool = False) -> None:
+    def __init__(
+        self,
+        cin: int,
+        bottleneck_channels: int,
+        num_classes: int,
+        anchors_per_branch: int = 3,
+        width: int = 256,
+        trident_width: int = 1024,
+        trident_mid: int = 256,
+        trident_blocks: int = 3,
+        dropout: float = 0.5,
+        levels: int = 2,
+        cin8: int | None = None,
+        shared_head: bool = False,
+    ) -> None:
         super().__init__()
         if levels not in (1, 2):
             raise UserError(f"detector_levels must be 1 or 2, got {levels}")
         self.levels = levels
         extra = (cin if cin8 is None else cin8) if levels == 2 else 0
         self.down = nn.Sequential(
-            conv_bn_act(cin, width, 3, stride=2, act="leaky"), conv_bn_act(width, width, 1, act="leaky"),
-            conv_bn_act(width + extra, 2 * width, 3, stride=2, act="leaky"), conv_bn_act(2 * width, width, 1, act="leaky"),
+            conv_bn_act(cin, width, 3, stride=2, act="leaky"),
+            conv_bn_act(width, width, 1, act="leaky"),
+            conv_bn_act(width + extra, 2 * width, 3, stride=2, act="leaky"),
+            conv_bn_act(2 * width, width, 1, act="leaky"),
         )
         self.dropout = nn.Dropout(dropout)
         self.entry = conv_bn_act(width + bottleneck_channels, trident_width, 1, act="leaky")
         self.trident = nn.ModuleList([TridentBottleneck(trident_width, trident_mid) for _ in range(trident_blocks)])
         n_heads = 1 if shared_head else len(BRANCH_DILATIONS)
-        self.heads = nn.ModuleList([nn.Conv2d(trident_width, anchors_per_branch * (5 + num_classes), 1)
-                                    for _ in range(n_heads)])
+        self.heads = nn.ModuleList(
+            [nn.Conv2d(trident_width, anchors_per_branch * (5 + num_classes), 1) for _ in range(n_heads)]
+        )
         self.anchors_per_branch, self.num_classes = anchors_per_branch, num_classes
         # RetinaNet's prior: objectness and class scores start at 0.01, so the focal loss over thousands
         # of negatives does not swamp the first steps
@@ -155,8 +176,14 @@ def anchor_wh_iou(wh: Tensor, anchors: Tensor) -> Tensor:
     return inter / (wh[:, None].prod(-1) + anchors[None].prod(-1) - inter)
 
 
-def assign_targets(boxes: Tensor, labels: Tensor, anchors: Tensor, grid: tuple[int, int],
-                   stride: tuple[float, float], anchors_per_branch: int = 3) -> dict[str, Tensor]:
+def assign_targets(
+    boxes: Tensor,
+    labels: Tensor,
+    anchors: Tensor,
+    grid: tuple[int, int],
+    stride: tuple[float, float],
+    anchors_per_branch: int = 3,
+) -> dict[str, Tensor]:
     """YOLOv2 assignment with scale-aware branches: each ground truth goes to the one anchor (of all
     3 x A, sorted small to large) whose shape fits it best, which fixes its branch (anchors 0..A-1 ->
     dilation 1, ...), in the grid cell holding its centre.
@@ -185,8 +212,15 @@ def assign_targets(boxes: Tensor, labels: Tensor, anchors: Tensor, grid: tuple[i
             keep.append(i)
     keep_t = torch.tensor(keep, dtype=torch.int64, device=boxes.device)
     a = anchors.to(wh)[best[keep_t]]
-    box = torch.stack([cx[keep_t] - gx[keep_t], cy[keep_t] - gy[keep_t],
-                       torch.log(wh[keep_t, 0] / a[:, 0]), torch.log(wh[keep_t, 1] / a[:, 1])], dim=1)
+    box = torch.stack(
+        [
+            cx[keep_t] - gx[keep_t],
+            cy[keep_t] - gy[keep_t],
+            torch.log(wh[keep_t, 0] / a[:, 0]),
+            torch.log(wh[keep_t, 1] / a[:, 1]),
+        ],
+        dim=1,
+    )
     return {"index": index[keep_t], "box": box, "labels": labels[keep_t].long() - 1}
 
 
@@ -208,12 +242,16 @@ def load_anchors(anchors: Any, input_size: tuple[int, int]) -> Tensor:
     elif isinstance(anchors, (str, Path)):
         path = Path(anchors).expanduser()
         if not path.is_file():
-            raise UserError(f"anchors file {path} does not exist — compute it with `mtl anchors --data DATA --out {path}`")
+            raise UserError(
+                f"anchors file {path} does not exist — compute it with `mtl anchors --data DATA --out {path}`"
+            )
         try:
             data = json.loads(path.read_text())
             values, frame = data["anchors"], tuple(data.get("input_size", input_size))
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path} is not an anchors file written by `mtl anchors` ({exc}) — compute it again") from None
+            raise UserError(
+                f"{path} is not an anchors file written by `mtl anchors` ({exc}) — compute it again"
+            ) from None
     else:
         values = anchors
     try:

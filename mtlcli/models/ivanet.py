@@ -16,7 +16,8 @@ L_det, both divided by the number of positive default boxes) and loss_seg (alrea
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,9 @@ def extra_padding(size: int) -> int:
     return 0 if size == 3 else 1
 
 
-def conv_norm_act(in_ch: int, out_ch: int, kernel: int, size: tuple[int, int], *, act: bool = True, **kw: Any) -> nn.Module:
+def conv_norm_act(
+    in_ch: int, out_ch: int, kernel: int, size: tuple[int, int], *, act: bool = True, **kw: Any
+) -> nn.Module:
     """Conv + BN (+ ReLU) for a layer whose output is `size` (h, w). On a 1x1 map BN would normalise
     over the batch alone (and fails for a batch of one), so there the conv keeps its bias instead."""
     norm = nn.BatchNorm2d if size[0] * size[1] > 1 else None
@@ -108,10 +111,12 @@ class ResNetPyramid(nn.Module):
         self.extras = nn.ModuleList()
         channels = list(trunk.out_channels)
         for (h, w), size in zip(sizes[2:-1], sizes[3:]):  # from the level of (h, w) to the next one
-            self.extras.append(nn.Sequential(
-                conv_norm_act(channels[-1], mid, 1, (h, w)),
-                conv_norm_act(mid, out, 3, size, stride=2, padding=(extra_padding(h), extra_padding(w))),
-            ))
+            self.extras.append(
+                nn.Sequential(
+                    conv_norm_act(channels[-1], mid, 1, (h, w)),
+                    conv_norm_act(mid, out, 3, size, stride=2, padding=(extra_padding(h), extra_padding(w))),
+                )
+            )
             channels.append(out)
         self.out_channels = channels
 
@@ -145,16 +150,20 @@ class LocalTopDown(nn.Module):
     The second-to-last level has no U2, the last level only the 1x1 conv.
     """
 
-    def __init__(self, channels: Sequence[int], sizes: Sequence[tuple[int, int]], width: int = 384, inner: int = 128) -> None:
+    def __init__(
+        self, channels: Sequence[int], sizes: Sequence[tuple[int, int]], width: int = 384, inner: int = 128
+    ) -> None:
         super().__init__()
         n = len(channels)
-        self.u1_up = nn.ModuleList([upsample_conv(channels[i + 1], inner, sizes[i + 1], sizes[i]) for i in range(n - 1)])
+        self.u1_up = nn.ModuleList(
+            [upsample_conv(channels[i + 1], inner, sizes[i + 1], sizes[i]) for i in range(n - 1)]
+        )
         self.u1_conv = nn.ModuleList([conv_norm_act(inner, inner, 3, sizes[i]) for i in range(n - 1)])
         self.u2_up = nn.ModuleList([upsample_conv(inner, inner, sizes[i + 1], sizes[i]) for i in range(n - 2)])
         self.u2_lat = nn.ModuleList([conv_norm_act(channels[i], inner, 1, sizes[i], act=False) for i in range(n - 2)])
-        self.fuse = nn.ModuleList([
-            conv_norm_act(channels[i] + inner * min(2, n - 1 - i), width, 1, sizes[i]) for i in range(n)
-        ])
+        self.fuse = nn.ModuleList(
+            [conv_norm_act(channels[i] + inner * min(2, n - 1 - i), width, 1, sizes[i]) for i in range(n)]
+        )
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         n = len(feats)
@@ -182,17 +191,21 @@ class FullTopDown(nn.Module):
     """BlitzNet's full top-down path: from the coarsest level down, ResSkip blocks
     y_n = up(y_n+1) + 1x1(3x3(1x1(concat[up(y_n+1), C_n]))) with bilinear `up` to level n's size."""
 
-    def __init__(self, channels: Sequence[int], sizes: Sequence[tuple[int, int]], width: int = 384, inner: int = 128) -> None:
+    def __init__(
+        self, channels: Sequence[int], sizes: Sequence[tuple[int, int]], width: int = 384, inner: int = 128
+    ) -> None:
         super().__init__()
         self.top = conv_norm_act(channels[-1], width, 1, sizes[-1])
-        self.blocks = nn.ModuleList([
-            nn.Sequential(
-                conv_norm_act(width + c, inner, 1, s),
-                conv_norm_act(inner, inner, 3, s),
-                nn.Conv2d(inner, width, 1),
-            )
-            for c, s in zip(channels[:-1], sizes[:-1])
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                nn.Sequential(
+                    conv_norm_act(width + c, inner, 1, s),
+                    conv_norm_act(inner, inner, 3, s),
+                    nn.Conv2d(inner, width, 1),
+                )
+                for c, s in zip(channels[:-1], sizes[:-1])
+            ]
+        )
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         y = self.top(feats[-1])
@@ -283,8 +296,12 @@ class SSDMultiTask(MultiTaskModel):
         losses: dict[str, Tensor] = {}
         if self.det_head is not None:
             det = multibox.multibox_loss(
-                raw["cls_logits"], raw["bbox_regression"], self.default_boxes, targets,
-                iou_threshold=self.iou_threshold, neg_pos_ratio=self.neg_pos_ratio,
+                raw["cls_logits"],
+                raw["bbox_regression"],
+                self.default_boxes,
+                targets,
+                iou_threshold=self.iou_threshold,
+                neg_pos_ratio=self.neg_pos_ratio,
             )
             losses["loss_det_cls"] = det["loss_cls"]
             losses["loss_det_box"] = det["loss_box"]
@@ -298,9 +315,14 @@ class SSDMultiTask(MultiTaskModel):
             result: dict[str, Tensor] = {}
             if self.det_head is not None:
                 det = multibox.decode_detections(
-                    raw["cls_logits"][i], raw["bbox_regression"][i], self.default_boxes, self.input_size,
-                    score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
-                    topk_candidates=self.topk_candidates, detections_per_img=self.detections_per_img,
+                    raw["cls_logits"][i],
+                    raw["bbox_regression"][i],
+                    self.default_boxes,
+                    self.input_size,
+                    score_thresh=self.score_thresh,
+                    nms_thresh=self.nms_thresh,
+                    topk_candidates=self.topk_candidates,
+                    detections_per_img=self.detections_per_img,
                 )
                 det["boxes"] = boxes_to_original(det["boxes"], self.input_size, size)
                 result.update(det)
@@ -315,11 +337,14 @@ def segmentation_loss(logits: Tensor, targets: list[dict[str, Tensor]], input_si
     input `input_size`) against targets' "semantic" [h, w] int64 (255 = ignore; a missing map ignores
     the whole image), averaged over the labelled pixels of the batch (0 when there are none)."""
     logits = F.interpolate(logits.float(), size=input_size, mode="bilinear", align_corners=False)
-    labels = torch.stack([
-        t["semantic"].to(logits.device, torch.int64) if "semantic" in t
-        else torch.full(input_size, IGNORE_INDEX, dtype=torch.int64, device=logits.device)
-        for t in targets
-    ])
+    labels = torch.stack(
+        [
+            t["semantic"].to(logits.device, torch.int64)
+            if "semantic" in t
+            else torch.full(input_size, IGNORE_INDEX, dtype=torch.int64, device=logits.device)
+            for t in targets
+        ]
+    )
     total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
@@ -338,7 +363,11 @@ def default_box_config(
 
 
 def _size(input_size: int | Sequence[int]) -> tuple[int, int]:
-    size = (int(input_size), int(input_size)) if isinstance(input_size, (int, float)) else tuple(int(s) for s in input_size)
+    size = (
+        (int(input_size), int(input_size))
+        if isinstance(input_size, (int, float))
+        else tuple(int(s) for s in input_size)
+    )
     if len(size) != 2 or min(size) < 32:
         raise UserError(f"input_size must be a side or an (h, w) pair of at least 32 pixels, got {input_size!r}")
     return size  # type: ignore[return-value]
@@ -410,12 +439,22 @@ def build_ivanet(
                 f"input {size} gives {len(sizes)} pyramid levels: aspect_ratios needs {len(sizes)} lists "
                 f"and box_scales {len(sizes) + 1} values (got {len(ratios)} and {len(scales)})"
             )
-        defaults = multibox.default_boxes(size, sizes, ratios, scales, steps if not (aspect_ratios or box_scales) else None)
+        defaults = multibox.default_boxes(
+            size, sizes, ratios, scales, steps if not (aspect_ratios or box_scales) else None
+        )
         head = SSDHead([width] * len(sizes), multibox.num_boxes_per_location(ratios), num_det_classes + 1)
     seg = PyramidSegHead([width] * len(sizes), num_seg_classes, seg_width, seg_reduce) if seg_head else None
     return SSDMultiTask(
-        body, head, seg, defaults, size, seg_loss_weight=seg_loss_weight, iou_threshold=iou_threshold,
-        neg_pos_ratio=neg_pos_ratio, score_thresh=score_thresh, nms_thresh=nms_thresh,
+        body,
+        head,
+        seg,
+        defaults,
+        size,
+        seg_loss_weight=seg_loss_weight,
+        iou_threshold=iou_threshold,
+        neg_pos_ratio=neg_pos_ratio,
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
         detections_per_img=detections_per_img,
     )
 
@@ -445,9 +484,21 @@ def narrow_convs(module: nn.Module, divisor: int) -> None:
     for name, child in module.named_children():
         if isinstance(child, nn.Conv2d):
             cin = child.in_channels if child.in_channels == 3 else child.in_channels // divisor
-            conv = nn.Conv2d(cin, child.out_channels // divisor, child.kernel_size, child.stride, child.padding,
-                             child.dilation, bias=child.bias is not None)
-            if child.kernel_size == (3, 3) and child.dilation == (1, 1) and child.stride == (1, 1) and child.padding == (1, 1):
+            conv = nn.Conv2d(
+                cin,
+                child.out_channels // divisor,
+                child.kernel_size,
+                child.stride,
+                child.padding,
+                child.dilation,
+                bias=child.bias is not None,
+            )
+            if (
+                child.kernel_size == (3, 3)
+                and child.dilation == (1, 1)
+                and child.stride == (1, 1)
+                and child.padding == (1, 1)
+            ):
                 nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             else:
                 nn.init.xavier_uniform_(conv.weight)
@@ -503,9 +554,20 @@ def build_ssd300_vgg16(
     ratios, scales = multibox.SSD300_ASPECT_RATIOS, multibox.SSD300_SCALES
     sizes = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
     defaults = multibox.default_boxes((300, 300), sizes, ratios, scales, multibox.SSD300_STEPS, clip=False)
-    head = SSDHead([c // width_divisor for c in SSD300_CHANNELS], multibox.num_boxes_per_location(ratios), num_det_classes + 1)
+    head = SSDHead(
+        [c // width_divisor for c in SSD300_CHANNELS], multibox.num_boxes_per_location(ratios), num_det_classes + 1
+    )
     return SSDMultiTask(
-        body, head, None, defaults, 300, iou_threshold=iou_threshold, neg_pos_ratio=neg_pos_ratio,
-        score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
-        mean=VGG_MEAN, std=VGG_STD,
+        body,
+        head,
+        None,
+        defaults,
+        300,
+        iou_threshold=iou_threshold,
+        neg_pos_ratio=neg_pos_ratio,
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
+        detections_per_img=detections_per_img,
+        mean=VGG_MEAN,
+        std=VGG_STD,
     )

@@ -15,7 +15,8 @@ carry `sem_seg` and nothing else.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +85,9 @@ class DenseNetTrunk(nn.Module):
     def __init__(self, features: nn.Sequential, dilated: bool = False) -> None:
         super().__init__()
         self.stem = nn.Sequential(features.conv0, features.norm0, features.relu0, features.pool0)
-        self.blocks = nn.ModuleList([features.denseblock1, features.denseblock2, features.denseblock3, features.denseblock4])
+        self.blocks = nn.ModuleList(
+            [features.denseblock1, features.denseblock2, features.denseblock3, features.denseblock4]
+        )
         self.transitions = nn.ModuleList([features.transition1, features.transition2, features.transition3])
         if dilated:
             for transition in self.transitions[1:]:
@@ -240,7 +243,9 @@ def build_ladder_densenet(
     growth, blocks, init, weights = _DENSENETS[backbone]
     custom = growth_rate is not None or block_config is not None or num_init_features is not None
     if custom and pretrained_backbone not in (False, None, ""):
-        raise UserError("pretrained_backbone needs the standard backbone shape — drop growth_rate/block_config/num_init_features")
+        raise UserError(
+            "pretrained_backbone needs the standard backbone shape — drop growth_rate/block_config/num_init_features"
+        )
     if block_config is not None and len(block_config) != 4:
         raise UserError(f"block_config needs four dense blocks, got {list(block_config)}")
     net = DenseNet(

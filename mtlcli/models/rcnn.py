@@ -24,7 +24,8 @@ collects them together with any dense auxiliary losses.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,8 @@ from torchvision.models.detection.transform import (
     _resize_image_and_masks,
     resize_boxes,
 )
-from torchvision.ops import MultiScaleRoIAlign, boxes as box_ops
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -198,7 +200,9 @@ class RCNNTransform(GeneralizedRCNNTransform):
     uses `test_min_size` / `test_max_size` (torchvision would use the last training scale instead).
     """
 
-    def __init__(self, min_size: int | str | Sequence[int], max_size: int, test_min_size: int, test_max_size: int) -> None:
+    def __init__(
+        self, min_size: int | str | Sequence[int], max_size: int, test_min_size: int, test_max_size: int
+    ) -> None:
         self.size_range = parse_size_range(min_size)
         if self.size_range is not None:
             sizes: tuple[int, ...] = (self.size_range[0],)
@@ -225,14 +229,16 @@ class RCNNTransform(GeneralizedRCNNTransform):
 
 
 def parse_size_range(min_size: Any) -> tuple[int, int] | None:
-    """"LO-HI" -> (LO, HI) (a continuous range of training short sides); anything else -> None."""
+    """ "LO-HI" -> (LO, HI) (a continuous range of training short sides); anything else -> None."""
     if not isinstance(min_size, str):
         return None
     parts = min_size.replace(" ", "").split("-")
     try:
         lo, hi = (int(x) for x in parts)
     except ValueError:
-        raise UserError(f"min_size {min_size!r}: give an int, a list of ints or a range \"LO-HI\" such as \"400-1200\"") from None
+        raise UserError(
+            f'min_size {min_size!r}: give an int, a list of ints or a range "LO-HI" such as "400-1200"'
+        ) from None
     if not 0 < lo <= hi:
         raise UserError(f"min_size range {min_size!r} needs 0 < LO <= HI")
     return lo, hi
@@ -359,7 +365,12 @@ class TwoStageDetector(nn.Module):
         features, dense = self.extract(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, features, targets)
         detections, roi_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
-        return {"proposals": proposals, "detections": detections, "dense": dense, "losses": {**rpn_losses, **roi_losses}}
+        return {
+            "proposals": proposals,
+            "detections": detections,
+            "dense": dense,
+            "losses": {**rpn_losses, **roi_losses},
+        }
 
     # -- step 3a: losses
     def dense_losses(self, dense: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:

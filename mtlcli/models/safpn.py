@@ -24,7 +24,8 @@ The two-stage machinery (targets, RPN, RoI sampling, postprocessing) is torchvis
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +34,10 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference, maskrcnn_loss
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, boxes as box_ops
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops import boxes as box_ops
 
 from mtlcli.errors import UserError
-from mtlcli.models.rcnn import TINY as RCNN_TINY
 from mtlcli.models.rcnn import (
     FPN_LEVELS,
     TwoStageDetector,
@@ -46,6 +47,7 @@ from mtlcli.models.rcnn import (
     standard_box_branch,
     standard_mask_branch,
 )
+from mtlcli.models.rcnn import TINY as RCNN_TINY
 
 # The tiny configuration (tests, quickstart, safpn-ejhead-tiny-synthetic): the two-stage one of rcnn.py.
 TINY: dict[str, Any] = dict(RCNN_TINY)
@@ -339,7 +341,9 @@ class EJRoIHeads(RoIHeads):
         self.interleave_iou = interleave_iou
         self.max_mask_rois = int(batch_size_per_image * positive_fraction)
 
-    def mask_logits(self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
+    def mask_logits(
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> Tensor:
         """Boxes per image [M_i, 4] (network frame) -> mask logits [sum M_i, K+1, 28, 28]."""
         return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
 
@@ -354,12 +358,16 @@ class EJRoIHeads(RoIHeads):
             if targets is None:
                 raise ValueError("targets are required in training mode")
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
-        class_logits, box_regression = self.box_predictor(self.box_head(self.box_roi_pool(features, proposals, image_shapes)))
+        class_logits, box_regression = self.box_predictor(
+            self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        )
 
         if not self.training:
             boxes, scores, classes = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
             results = [{"boxes": b, "labels": c, "scores": s} for b, c, s in zip(boxes, classes, scores)]
-            for result, masks in zip(results, maskrcnn_inference(self.mask_logits(features, boxes, image_shapes), classes)):
+            for result, masks in zip(
+                results, maskrcnn_inference(self.mask_logits(features, boxes, image_shapes), classes)
+            ):
                 result["masks"] = masks
             return results, {}
 
@@ -401,7 +409,11 @@ def build_ej_head(
     else:
         head = TwoMLPHead(channels * 7 * 7, representation_size)
     if enriched:
-        mask = (joint, MaskRCNNHeads(channels, [mask_channels] * 4, 1), MaskRCNNPredictor(mask_channels, mask_channels, num_classes))
+        mask = (
+            joint,
+            MaskRCNNHeads(channels, [mask_channels] * 4, 1),
+            MaskRCNNPredictor(mask_channels, mask_channels, num_classes),
+        )
     else:
         mask = standard_mask_branch(channels, num_classes, mask_channels)
     return EJRoIHeads(

@@ -14,7 +14,7 @@ Conventions used throughout:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,9 @@ SSD512_SCALES = [0.07, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.05]
 SSD512_STEPS = [8, 16, 32, 64, 128, 256, 512]
 
 
-def ssd_scales(num_levels: int, min_ratio: float = 0.2, max_ratio: float = 0.9, first_ratio: float = 0.1) -> list[float]:
+def ssd_scales(
+    num_levels: int, min_ratio: float = 0.2, max_ratio: float = 0.9, first_ratio: float = 0.1
+) -> list[float]:
     """Box scales of the SSD paper's Caffe code for `num_levels` feature maps (`num_levels + 1` values).
 
     The first level gets `first_ratio`; levels 2..L are spaced from `min_ratio` to `max_ratio` with the
@@ -65,7 +67,9 @@ def default_boxes(
     """SSD default boxes [A, 4] xyxy in pixels of the network input (h, w), via torchvision's
     `DefaultBoxGenerator`. `grid_sizes` are the (h, w) of the feature maps, largest first; without
     `steps` the cell centres follow the grid sizes (needed for non-standard and rectangular inputs)."""
-    gen = DefaultBoxGenerator([list(r) for r in aspect_ratios], scales=list(scales), steps=None if steps is None else list(steps), clip=clip)
+    gen = DefaultBoxGenerator(
+        [list(r) for r in aspect_ratios], scales=list(scales), steps=None if steps is None else list(steps), clip=clip
+    )
     h, w = input_size
     images = ImageList(torch.empty(1, 3, h, w), [(h, w)])
     maps = [torch.empty(1, 1, gh, gw) for gh, gw in grid_sizes]
@@ -95,7 +99,9 @@ def match_default_boxes(
     matches = torch.full((defaults.shape[0],), MATCHED_BACKGROUND, dtype=torch.int64, device=defaults.device)
     if gt_boxes.numel() == 0:
         return matches
-    crowd = torch.zeros(gt_boxes.shape[0], dtype=torch.bool, device=gt_boxes.device) if iscrowd is None else iscrowd.bool()
+    crowd = (
+        torch.zeros(gt_boxes.shape[0], dtype=torch.bool, device=gt_boxes.device) if iscrowd is None else iscrowd.bool()
+    )
     real = torch.where(~crowd)[0]
     if real.numel() > 0:
         # SSDMatcher = threshold matching + the best default box of every ground truth.

@@ -27,8 +27,9 @@ one a user could save and feed back. Works for every model with a `sem_seg` outp
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +45,10 @@ NORMS = ("l2", "linf")
 def _sem_seg(model: nn.Module, image: Tensor) -> Tensor:
     output = model([image])[0]
     if "sem_seg" not in output:
-        raise UserError(f"{type(model).__name__} gives no sem_seg output; the adversarial attack needs a segmentation "
-                        "model (the run's model only detects)")
+        raise UserError(
+            f"{type(model).__name__} gives no sem_seg output; the adversarial attack needs a segmentation "
+            "model (the run's model only detects)"
+        )
     return output["sem_seg"]
 
 
@@ -82,23 +85,39 @@ def _flipped(pred: Tensor, before: Tensor, chosen: Tensor, target_class: int | N
     return chosen & ((pred == target_class) if target_class is not None else (pred != before))
 
 
-def _numbers(x: Tensor, adversarial: Tensor, before: Tensor, after: Tensor, chosen: Tensor,
-             target_class: int | None) -> dict[str, Any]:
+def _numbers(
+    x: Tensor, adversarial: Tensor, before: Tensor, after: Tensor, chosen: Tensor, target_class: int | None
+) -> dict[str, Any]:
     r = (adversarial - x).detach()
     flipped = _flipped(after, before, chosen, target_class)
     return {
-        "adversarial": adversarial.cpu(), "perturbation": r.cpu(), "before": before.cpu(), "after": after.cpu(),
-        "l2": float(r.flatten().norm(p=2)), "linf": float(r.abs().max()),
+        "adversarial": adversarial.cpu(),
+        "perturbation": r.cpu(),
+        "before": before.cpu(),
+        "after": after.cpu(),
+        "l2": float(r.flatten().norm(p=2)),
+        "linf": float(r.abs().max()),
         "changed": float((after != before).float().mean()),
-        "flip_rate": float(flipped.sum()) / max(int(chosen.sum()), 1), "chosen": int(chosen.sum()),
+        "flip_rate": float(flipped.sum()) / max(int(chosen.sum()), 1),
+        "chosen": int(chosen.sum()),
         "on_target": float((after == target_class).float().mean()) if target_class is not None else None,
         "target_class": target_class,
     }
 
 
-def attack_l2(model: nn.Module, image: Tensor, *, steps: int = 100, refine_steps: int = 20, flip_rate: float = 0.95,
-              source_class: int | None = None, target_class: int | None = None, step_rms: float = 1 / 255,
-              gamma: float = 0.05, progress: bool = False) -> dict[str, Any]:
+def attack_l2(
+    model: nn.Module,
+    image: Tensor,
+    *,
+    steps: int = 100,
+    refine_steps: int = 20,
+    flip_rate: float = 0.95,
+    source_class: int | None = None,
+    target_class: int | None = None,
+    step_rms: float = 1 / 255,
+    gamma: float = 0.05,
+    progress: bool = False,
+) -> dict[str, Any]:
     """The paper's problem: the smallest L2 perturbation of `image` [3, H, W] 0..1 that flips the chosen
     pixels (module docstring). At most `steps` search steps, then `refine_steps` norm-reducing ones.
 
@@ -181,14 +200,27 @@ def attack_l2(model: nn.Module, image: Tensor, *, steps: int = 100, refine_steps
         with torch.no_grad():
             after = _sem_seg(model, adversarial).argmax(0)
     result = _numbers(x, adversarial, before, after, chosen, target_class)
-    result.update(norm="l2", flipped=result["flip_rate"] >= flip_rate - 1e-9, goal=flip_rate, steps=taken,
-                  first_flip=first_flip, source_class=source_class)
+    result.update(
+        norm="l2",
+        flipped=result["flip_rate"] >= flip_rate - 1e-9,
+        goal=flip_rate,
+        steps=taken,
+        first_flip=first_flip,
+        source_class=source_class,
+    )
     return result
 
 
-def attack_linf(model: nn.Module, image: Tensor, *, eps: float = 8 / 255, steps: int = 10,
-                step_size: float | None = None, target_class: int | None = None,
-                progress: bool = False) -> dict[str, Any]:
+def attack_linf(
+    model: nn.Module,
+    image: Tensor,
+    *,
+    eps: float = 8 / 255,
+    steps: int = 10,
+    step_size: float | None = None,
+    target_class: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Projected gradient ascent under an L-infinity budget `eps` on `image` [3, H, W] 0..1.
 
     Returns the keys of `attack_l2` ("flip_rate" over every pixel not already `target_class`; "flipped"
@@ -225,41 +257,71 @@ def attack_linf(model: nn.Module, image: Tensor, *, eps: float = 8 / 255, steps:
     return result
 
 
-def attack(model: nn.Module, image: Tensor, *, norm: str = "l2", eps: float = 8 / 255, steps: int | None = None,
-           target_class: int | None = None, progress: bool = False, **l2_options: Any) -> dict[str, Any]:
+def attack(
+    model: nn.Module,
+    image: Tensor,
+    *,
+    norm: str = "l2",
+    eps: float = 8 / 255,
+    steps: int | None = None,
+    target_class: int | None = None,
+    progress: bool = False,
+    **l2_options: Any,
+) -> dict[str, Any]:
     """`attack_l2` (the paper's problem, the default) or `attack_linf` (`norm="linf"`, budget `eps`).
     `steps` defaults to 100 search steps (L2) or 10 (Linf); `l2_options` go to `attack_l2`."""
     if norm == "l2":
-        return attack_l2(model, image, steps=100 if steps is None else steps, target_class=target_class,
-                         progress=progress, **l2_options)
+        return attack_l2(
+            model,
+            image,
+            steps=100 if steps is None else steps,
+            target_class=target_class,
+            progress=progress,
+            **l2_options,
+        )
     if norm == "linf":
         if l2_options:
             raise UserError(f"{', '.join(sorted(l2_options))} belong to the L2 attack; drop them with --norm linf")
-        return attack_linf(model, image, eps=eps, steps=10 if steps is None else steps, target_class=target_class,
-                           progress=progress)
+        return attack_linf(
+            model, image, eps=eps, steps=10 if steps is None else steps, target_class=target_class, progress=progress
+        )
     raise UserError(f"--norm {norm!r} is not one of {', '.join(NORMS)}")
 
 
 def panel_titles(result: dict[str, Any], class_names: Sequence[str] | None = None) -> tuple[list[str], str]:
     """The five panel titles and the caption line with the attack's numbers."""
+
     def name(k: int | None) -> str:
         if k is None:
             return ""
         return class_names[k] if class_names and 0 <= k < len(class_names) else f"class {k}"
 
     scale = _amplification(result)
-    titles = ["original", f"perturbation x{scale:.0f}", "adversarial image", "prediction before",
-              "prediction after" + (f" (target {name(result['target_class'])})" if result["target_class"] is not None else "")]
+    titles = [
+        "original",
+        f"perturbation x{scale:.0f}",
+        "adversarial image",
+        "prediction before",
+        "prediction after"
+        + (f" (target {name(result['target_class'])})" if result["target_class"] is not None else ""),
+    ]
     if result["norm"] == "l2":
         chosen = f"pixels of {name(result['source_class'])}" if result.get("source_class") is not None else "pixels"
-        status = (f"flipped {100 * result['flip_rate']:.1f}% of {result['chosen']} {chosen} "
-                  f"(goal {100 * result['goal']:.0f}%)" if result["flipped"]
-                  else f"NOT flipped: {100 * result['flip_rate']:.1f}% of {chosen} (goal {100 * result['goal']:.0f}%)")
-        caption = (f"min L2: ‖r‖₂ = {result['l2']:.3f}, ‖r‖∞ = {result['linf']:.4f} ({255 * result['linf']:.1f}/255); "
-                   f"{status}; {result['steps']} steps")
+        status = (
+            f"flipped {100 * result['flip_rate']:.1f}% of {result['chosen']} {chosen} "
+            f"(goal {100 * result['goal']:.0f}%)"
+            if result["flipped"]
+            else f"NOT flipped: {100 * result['flip_rate']:.1f}% of {chosen} (goal {100 * result['goal']:.0f}%)"
+        )
+        caption = (
+            f"min L2: ‖r‖₂ = {result['l2']:.3f}, ‖r‖∞ = {result['linf']:.4f} ({255 * result['linf']:.1f}/255); "
+            f"{status}; {result['steps']} steps"
+        )
     else:
-        caption = (f"L∞ budget {255 * result['eps']:.3g}/255: ‖r‖₂ = {result['l2']:.3f}, ‖r‖∞ = "
-                   f"{result['linf']:.4f}; {100 * result['flip_rate']:.1f}% of pixels flipped; {result['steps']} steps")
+        caption = (
+            f"L∞ budget {255 * result['eps']:.3g}/255: ‖r‖₂ = {result['l2']:.3f}, ‖r‖∞ = "
+            f"{result['linf']:.4f}; {100 * result['flip_rate']:.1f}% of pixels flipped; {result['steps']} steps"
+        )
     return titles, caption
 
 
@@ -269,8 +331,9 @@ def _amplification(result: dict[str, Any]) -> float:
     return 0.5 / linf
 
 
-def render_attack(image: Tensor, result: dict[str, Any], palette: Sequence[Sequence[int]],
-                  class_names: Sequence[str] | None = None) -> Tensor:
+def render_attack(
+    image: Tensor, result: dict[str, Any], palette: Sequence[Sequence[int]], class_names: Sequence[str] | None = None
+) -> Tensor:
     """The attack as one picture, uint8 [3, H', W'], two rows of titled panels so that it stays readable at a
     screen's width:
         original           | perturbation (amplified: the largest |r| full scale, grey = 0) | adversarial image
@@ -282,23 +345,42 @@ def render_attack(image: Tensor, result: dict[str, Any], palette: Sequence[Seque
     amplified = (result["perturbation"] * _amplification(result) + 0.5).clamp(0, 1)
     titles, caption = panel_titles(result, class_names)
     before, after = colorize_semantic(result["before"], palette), colorize_semantic(result["after"], palette)
-    top = titled_row([to_uint8(image), to_uint8(amplified), to_uint8(result["adversarial"])], titles[:3],
-                     min_height=MIN_HEIGHT)
+    top = titled_row(
+        [to_uint8(image), to_uint8(amplified), to_uint8(result["adversarial"])], titles[:3], min_height=MIN_HEIGHT
+    )
     changed = (result["before"] != result["after"]).cpu()
-    flips = torch.where(changed, torch.tensor([220, 40, 40], dtype=torch.uint8)[:, None, None],
-                        torch.tensor([235, 235, 235], dtype=torch.uint8)[:, None, None])
-    bottom = titled_row([before, flips, after],
-                        [titles[3], f"changed class: {100 * float(changed.float().mean()):.1f}% of pixels", titles[4]],
-                        caption, min_height=MIN_HEIGHT)
+    flips = torch.where(
+        changed,
+        torch.tensor([220, 40, 40], dtype=torch.uint8)[:, None, None],
+        torch.tensor([235, 235, 235], dtype=torch.uint8)[:, None, None],
+    )
+    bottom = titled_row(
+        [before, flips, after],
+        [titles[3], f"changed class: {100 * float(changed.float().mean()):.1f}% of pixels", titles[4]],
+        caption,
+        min_height=MIN_HEIGHT,
+    )
     names = list(class_names) if class_names else [f"class {k}" for k in range(len(palette))]
     entries = legend_entries([result["before"], result["after"]], [], names, [], palette)
     return with_legend([top, bottom], entries, int(before.shape[-2]))
 
 
-def render_adversarial(model: nn.Module, image_path: str | Path, out: str | Path, palette: Sequence[Sequence[int]], *,
-                       norm: str = "l2", eps: float = 8 / 255, steps: int | None = None, target_class: int | None = None,
-                       class_names: Sequence[str] | None = None, force: bool = False, device: str = "cpu",
-                       progress: bool = True, **l2_options: Any) -> dict[str, Any]:
+def render_adversarial(
+    model: nn.Module,
+    image_path: str | Path,
+    out: str | Path,
+    palette: Sequence[Sequence[int]],
+    *,
+    norm: str = "l2",
+    eps: float = 8 / 255,
+    steps: int | None = None,
+    target_class: int | None = None,
+    class_names: Sequence[str] | None = None,
+    force: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    **l2_options: Any,
+) -> dict[str, Any]:
     """Attack the image file `image_path`, write the titled panels to `out/adversarial_<stem>.png` (plus the
     adversarial image alone as `adversarial_<stem>_image.png`, to feed back to a model) and return the
     `attack` numbers with "path" and "image_path"."""
@@ -311,8 +393,16 @@ def render_adversarial(model: nn.Module, image_path: str | Path, out: str | Path
     panel_path = out / f"adversarial_{safe_name(Path(image_path).stem)}{tag}.png"
     image_out = panel_path.with_name(panel_path.stem + "_image.png")
     check_free([panel_path, image_out], force)
-    result = attack(model, image.to(device), norm=norm, eps=eps, steps=steps, target_class=target_class,
-                    progress=progress, **l2_options)
+    result = attack(
+        model,
+        image.to(device),
+        norm=norm,
+        eps=eps,
+        steps=steps,
+        target_class=target_class,
+        progress=progress,
+        **l2_options,
+    )
     save_png(render_attack(image, result, palette, class_names), panel_path)
     save_png(result["adversarial"], image_out)
     return {**result, "path": panel_path, "image_path": image_out}

@@ -9,8 +9,9 @@ y labels carry each class's IoU.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +40,12 @@ def figure_size(num_classes: int) -> tuple[float, float]:
     return side + 1.2, side
 
 
-def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], iou: Sequence[float | None] | None = None,
-                     title: str = "confusion (rows: ground truth, normalised)") -> Any:
+def confusion_figure(
+    matrix: np.ndarray,
+    class_names: Sequence[str],
+    iou: Sequence[float | None] | None = None,
+    title: str = "confusion (rows: ground truth, normalised)",
+) -> Any:
     """A matplotlib Figure of the row-normalised `matrix` [C, C] (counts) labelled with `class_names`;
     cells show percentages when C <= 30. Size: `figure_size(C)` at `DPI`."""
     from matplotlib.figure import Figure
@@ -67,13 +72,25 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str], iou: Sequen
             for j in range(C):
                 v = shares[i, j]
                 if np.isfinite(v) and v >= 0.005:
-                    ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=CELL_FONT,
-                            color="white" if v > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{100 * v:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=CELL_FONT,
+                        color="white" if v > 0.5 else "black",
+                    )
     return fig
 
 
-def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], out: str | Path,
-                   iou: Sequence[float | None] | None = None, title: str | None = None) -> Path:
+def plot_confusion(
+    matrix: np.ndarray,
+    class_names: Sequence[str],
+    out: str | Path,
+    iou: Sequence[float | None] | None = None,
+    title: str | None = None,
+) -> Path:
     """Write `confusion_figure(...)` as a PNG at `out`; returns the path."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -82,8 +99,16 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], out: str | Pa
     return out
 
 
-def run_confusion(model: Any, dataset: Any, out: str | Path, *, device: str = "cpu", batch_size: int = 4,
-                  force: bool = False, progress: bool = True) -> tuple[Path, dict[str, Any]]:
+def run_confusion(
+    model: Any,
+    dataset: Any,
+    out: str | Path,
+    *,
+    device: str = "cpu",
+    batch_size: int = 4,
+    force: bool = False,
+    progress: bool = True,
+) -> tuple[Path, dict[str, Any]]:
     """Evaluate `model` on `dataset` (a PreparedDataset without transforms) with the miou metric and
     plot its confusion matrix at `out`; returns (path, the miou details: classes, iou, confusion, ...)."""
     from mtlcli.engine.evaluate import evaluate
@@ -94,7 +119,9 @@ def run_confusion(model: Any, dataset: Any, out: str | Path, *, device: str = "c
     result = evaluate(model, dataset, ["miou"], device=device, batch_size=batch_size, progress=progress)
     details = result["details"]["miou"]
     if not details.get("pixels"):
-        raise UserError(f"split {dataset.split!r} has no labelled pixels — a confusion matrix needs semantic ground truth")
+        raise UserError(
+            f"split {dataset.split!r} has no labelled pixels — a confusion matrix needs semantic ground truth"
+        )
     miou = result["metrics"]["miou"]
     title = f"{dataset.split}: mIoU {100 * miou:.1f}% over {details['images']} images (cells: % of the row)"
     return plot_confusion(np.asarray(details["confusion"]), details["classes"], out, details["iou"], title), details

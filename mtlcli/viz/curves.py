@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mtlcli.errors import UserError
 
@@ -97,7 +98,7 @@ def _grid(names: list[str], title: str):
     rows = math.ceil(len(names) / cols)
     fig = Figure(figsize=(PANEL_INCHES[0] * cols, PANEL_INCHES[1] * rows), dpi=DPI, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax in axes[len(names):]:
+    for ax in axes[len(names) :]:
         ax.set_visible(False)
     fig.suptitle(title)
     return fig, dict(zip(names, axes))
@@ -112,8 +113,11 @@ def curve_figures(series: Sequence[dict[str, Any]], labels: Sequence[str]) -> di
     loss_names = sorted({k for s in series for k in s["train"] if k != "lr"}, key=lambda k: (k != "loss", k))
     metric_names = sorted({k for s in series for k in s["eval"]})
     figures: dict[str, Any] = {}
-    groups = [("losses", "train", loss_names, "loss terms"), ("lr", "train", ["lr"] if any("lr" in s["train"] for s in series)
-              else [], "learning rate"), ("metrics", "eval", metric_names, "evaluation")]
+    groups = [
+        ("losses", "train", loss_names, "loss terms"),
+        ("lr", "train", ["lr"] if any("lr" in s["train"] for s in series) else [], "learning rate"),
+        ("metrics", "eval", metric_names, "evaluation"),
+    ]
     for fig_name, kind, names, title in groups:
         if not names:
             continue
@@ -123,8 +127,15 @@ def curve_figures(series: Sequence[dict[str, Any]], labels: Sequence[str]) -> di
                 if name not in s[kind]:
                     continue
                 xs, ys = s[kind][name]
-                ax.plot(xs, ys, color=color, label=label, marker="o" if kind == "eval" else None,
-                        markersize=3, linewidth=1.2)
+                ax.plot(
+                    xs,
+                    ys,
+                    color=color,
+                    label=label,
+                    marker="o" if kind == "eval" else None,
+                    markersize=3,
+                    linewidth=1.2,
+                )
                 for it, _stage in s["stages"][1:]:
                     ax.axvline(it, color=color, linestyle="--", linewidth=0.8, alpha=0.6)
             ax.set_title(name, fontsize=10)

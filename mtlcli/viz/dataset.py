@@ -14,16 +14,29 @@ and a colour legend of what is present:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from mtlcli.data.dataset import PreparedDataset
 from mtlcli.errors import UserError
-from mtlcli.viz.draw import (CROWD_COLOR, MIN_HEIGHT, draw_boxes, dt_palette, enlarge, legend_entries, overlay_dt,
-                             overlay_semantic, save_png, titled_geometry, titled_picture, to_uint8)
+from mtlcli.viz.draw import (
+    CROWD_COLOR,
+    MIN_HEIGHT,
+    draw_boxes,
+    dt_palette,
+    enlarge,
+    legend_entries,
+    overlay_dt,
+    overlay_semantic,
+    save_png,
+    titled_geometry,
+    titled_picture,
+    to_uint8,
+)
 
 TITLES = ("semantic map and boxes", "distance transform and boxes")
 
@@ -37,9 +50,13 @@ def dt_bin_names(dt_thresholds: Sequence[float]) -> list[str]:
     return [f"DT ≤ {t[0]} (boundary)"] + [f"DT {a}–{b}" for a, b in zip(t, t[1:])] + [f"DT > {t[-1]} (centre)"]
 
 
-def ground_truth_legend(target: dict[str, Any], det_classes: Sequence[str], seg_classes: Sequence[str],
-                        palette: Sequence[Sequence[int]],
-                        dt_thresholds: Sequence[float]) -> list[tuple[str, Sequence[int], bool]]:
+def ground_truth_legend(
+    target: dict[str, Any],
+    det_classes: Sequence[str],
+    seg_classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    dt_thresholds: Sequence[float],
+) -> list[tuple[str, Sequence[int], bool]]:
     """(name, RGB, filled) of what `render_sample` draws for `target`: the segmentation classes in its
     semantic map, the classes of its non-crowd boxes, "crowd region" when it has one, its DT bins."""
     crowd = torch.as_tensor(target["iscrowd"]).bool()
@@ -55,17 +72,28 @@ def ground_truth_legend(target: dict[str, Any], det_classes: Sequence[str], seg_
     return entries
 
 
-def render_sample(image: torch.Tensor, target: dict[str, Any], det_classes: Sequence[str], seg_classes: Sequence[str],
-                  palette: Sequence[Sequence[int]], dt_thresholds: Sequence[float],
-                  caption: str | None = None) -> torch.Tensor:
+def render_sample(
+    image: torch.Tensor,
+    target: dict[str, Any],
+    det_classes: Sequence[str],
+    seg_classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    dt_thresholds: Sequence[float],
+    caption: str | None = None,
+) -> torch.Tensor:
     """One ground-truth picture (module docstring) for an image [3, H, W] (float 0..1 or uint8) and its
     PreparedDataset target: uint8 [3, H', W'], the panels enlarged by `titled_geometry(H, MIN_HEIGHT)`'s factor."""
     scale, _ = titled_geometry(int(image.shape[-2]), MIN_HEIGHT)
     base = enlarge(to_uint8(image), scale)
     semantic = enlarge(torch.as_tensor(target["semantic"]).as_subclass(torch.Tensor), scale)
     dt = enlarge(torch.as_tensor(target["dt"]).as_subclass(torch.Tensor), scale)
-    boxes = torch.as_tensor(target["boxes"].as_subclass(torch.Tensor) if isinstance(target["boxes"], torch.Tensor)
-                            else target["boxes"], dtype=torch.float32) * scale
+    boxes = (
+        torch.as_tensor(
+            target["boxes"].as_subclass(torch.Tensor) if isinstance(target["boxes"], torch.Tensor) else target["boxes"],
+            dtype=torch.float32,
+        )
+        * scale
+    )
     drawn = dict(boxes=boxes, labels=target["labels"], class_names=det_classes, iscrowd=target["iscrowd"])
     left = draw_boxes(overlay_semantic(base, semantic, palette, alpha=0.5), **drawn)
     right = draw_boxes(overlay_dt(base, dt, len(dt_thresholds) + 1, alpha=0.6), **drawn)
@@ -78,17 +106,20 @@ def sample_caption(split: str, stem: str, target: dict[str, Any]) -> str:
     crowd = int(torch.as_tensor(target["iscrowd"]).sum())
     objects = len(target["labels"]) - crowd
     labelled = bool((torch.as_tensor(target["semantic"]) != 255).any())
-    return (f"{split}/{stem}: {objects} object{'s' if objects != 1 else ''}"
-            + (f", {crowd} crowd region{'s' if crowd != 1 else ''}" if crowd else "")
-            + ("" if labelled else ", no semantic labels"))
+    return (
+        f"{split}/{stem}: {objects} object{'s' if objects != 1 else ''}"
+        + (f", {crowd} crowd region{'s' if crowd != 1 else ''}" if crowd else "")
+        + ("" if labelled else ", no semantic labels")
+    )
 
 
 def _file_name(stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) + ".png"
 
 
-def render_dataset(root: str | Path, split: str, out: str | Path, num: int = 8, force: bool = False,
-                   progress: bool = True) -> list[Path]:
+def render_dataset(
+    root: str | Path, split: str, out: str | Path, num: int = 8, force: bool = False, progress: bool = True
+) -> list[Path]:
     """Write ground-truth overlays (`render_sample`) of `num` images spread evenly over `split` to
     `out/<stem>.png`; returns the paths. Existing PNGs there are a UserError unless `force`."""
     if num < 1:
@@ -111,8 +142,10 @@ def render_dataset(root: str | Path, split: str, out: str | Path, num: int = 8, 
         targets.append(out / name)
     existing = [p for p in targets if p.exists()]
     if existing and not force:
-        raise UserError(f"{existing[0]} already exists ({len(existing)} of the overlays would be overwritten); "
-                        "choose another --out or pass --force")
+        raise UserError(
+            f"{existing[0]} already exists ({len(existing)} of the overlays would be overwritten); "
+            "choose another --out or pass --force"
+        )
 
     from rich.progress import Progress
 
@@ -121,8 +154,15 @@ def render_dataset(root: str | Path, split: str, out: str | Path, num: int = 8, 
         task = bar.add_task(f"drawing {split}", total=len(indices))
         for i, stem, path in zip(indices, stems, targets):
             image, target = ds[i]
-            picture = render_sample(image, target, ds.det_classes, ds.seg_classes, ds.palette, ds.meta.dt_thresholds,
-                                    caption=sample_caption(split, stem, target))
+            picture = render_sample(
+                image,
+                target,
+                ds.det_classes,
+                ds.seg_classes,
+                ds.palette,
+                ds.meta.dt_thresholds,
+                caption=sample_caption(split, stem, target),
+            )
             paths.append(save_png(picture, path))
             bar.advance(task)
     return paths

@@ -19,8 +19,9 @@ bbox [x, y, w, h], score}) as `mtl eval --save-predictions` writes them to detec
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,8 +52,9 @@ def _ground_truth(coco_gt: Any) -> dict[tuple[int, int], tuple[np.ndarray, np.nd
     return {k: (np.stack([b for b, _ in v]), np.array([d for _, d in v], bool)) for k, v in grouped.items()}
 
 
-def match_detections(coco_gt: Any, results: list[dict[str, Any]], num_classes: int,
-                     iou_threshold: float = 0.5) -> list[dict[str, np.ndarray | int]]:
+def match_detections(
+    coco_gt: Any, results: list[dict[str, Any]], num_classes: int, iou_threshold: float = 0.5
+) -> list[dict[str, np.ndarray | int]]:
     """Per class k (index k-1): {"scores" sorted high to low, "tp" 0/1 per detection (difficult matches
     dropped), "npos" (non-difficult ground-truth boxes)} with the VOC matching rule."""
     gt = _ground_truth(coco_gt)
@@ -99,8 +101,9 @@ def f1_curve(scores: np.ndarray, tp: np.ndarray, npos: int, thresholds: np.ndarr
     return f1
 
 
-def confusion_matrix(coco_gt: Any, results: list[dict[str, Any]], num_classes: int, conf: float = 0.25,
-                     iou_threshold: float = 0.45) -> np.ndarray:
+def confusion_matrix(
+    coco_gt: Any, results: list[dict[str, Any]], num_classes: int, conf: float = 0.25, iou_threshold: float = 0.45
+) -> np.ndarray:
     """[K+1, K+1] counts, rows = predicted class (last = background), columns = true class (last = background)."""
     K = num_classes
     m = np.zeros((K + 1, K + 1), dtype=np.int64)
@@ -141,8 +144,15 @@ def picture_names(name: str) -> list[str]:
     return [f"pr_{name}.png", f"f1_{name}.png", f"confusion_det_{name}.png"]
 
 
-def plot_detection(coco_gt: Any, results: list[dict[str, Any]], class_names: Sequence[str], out_dir: str | Path,
-                   split: str, use_07: bool = False, name: str | None = None) -> list[Path]:
+def plot_detection(
+    coco_gt: Any,
+    results: list[dict[str, Any]],
+    class_names: Sequence[str],
+    out_dir: str | Path,
+    split: str,
+    use_07: bool = False,
+    name: str | None = None,
+) -> list[Path]:
     """Write pr_<name>.png, f1_<name>.png and confusion_det_<name>.png (`picture_names`; name defaults to
     the split, which the titles name) into `out_dir`; returns the paths. `use_07`: the PR legend's AP by the
     VOC2007 11-point rule (as `mtl eval --metric voc07`), else VOC2010+."""
@@ -170,16 +180,25 @@ def plot_detection(coco_gt: Any, results: list[dict[str, Any]], class_names: Seq
             continue
         r, p = pr_curve(m["scores"], m["tp"], m["npos"])
         aps.append(voc_ap(r, p, use_07=use_07) if len(r) else 0.0)  # the rule of the table `mtl eval` prints
-        ax.plot(np.r_[0, r], np.r_[1, p] if len(p) else [1], color=colors[k], linewidth=1.5,
-                label=f"{class_names[k]} {aps[-1]:.3f}")
+        ax.plot(
+            np.r_[0, r],
+            np.r_[1, p] if len(p) else [1],
+            color=colors[k],
+            linewidth=1.5,
+            label=f"{class_names[k]} {aps[-1]:.3f}",
+        )
     if all_npos:
         r, p = pr_curve(all_scores, all_tp, all_npos)
         ax.plot(np.r_[0, r], np.r_[1, p], color="black", linewidth=3, label=f"all classes, mAP {np.mean(aps):.3f}")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
     ax.set_title(f"{split}: precision-recall per class (IoU > 0.5)", fontsize=12)
     ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9,
-              title="AP, " + ("VOC2007 11-point" if use_07 else "VOC2010+ area"))
+    ax.legend(
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        fontsize=9,
+        title="AP, " + ("VOC2007 11-point" if use_07 else "VOC2010+ area"),
+    )
     paths.append(pr_path)
     fig.savefig(paths[-1], dpi=DPI)
 
@@ -188,13 +207,23 @@ def plot_detection(coco_gt: Any, results: list[dict[str, Any]], class_names: Seq
     ax = fig.subplots()
     for k, m in enumerate(matched):
         if m["npos"]:
-            ax.plot(thresholds, f1_curve(m["scores"], m["tp"], m["npos"], thresholds), color=colors[k], linewidth=1,
-                    label=class_names[k])
+            ax.plot(
+                thresholds,
+                f1_curve(m["scores"], m["tp"], m["npos"], thresholds),
+                color=colors[k],
+                linewidth=1,
+                label=class_names[k],
+            )
     if all_npos:
         f1 = f1_curve(all_scores, all_tp, all_npos, thresholds)
         best = int(f1.argmax())
-        ax.plot(thresholds, f1, color="black", linewidth=3,
-                label=f"all classes: F1 {f1[best]:.2f} at {thresholds[best]:.2f}")
+        ax.plot(
+            thresholds,
+            f1,
+            color="black",
+            linewidth=3,
+            label=f"all classes: F1 {f1[best]:.2f} at {thresholds[best]:.2f}",
+        )
         ax.axvline(thresholds[best], color="black", linestyle=":", linewidth=1)
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold", ylabel="F1")
     ax.set_title(f"{split}: F1 against the score threshold", fontsize=12)
@@ -221,8 +250,15 @@ def plot_detection(coco_gt: Any, results: list[dict[str, Any]], class_names: Seq
         for i in range(K + 1):
             for j in range(K + 1):
                 if m[i, j]:
-                    ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=CELL_FONT,
-                            color="white" if shares[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(int(m[i, j])),
+                        ha="center",
+                        va="center",
+                        fontsize=CELL_FONT,
+                        color="white" if shares[i, j] > 0.5 else "black",
+                    )
     paths.append(confusion_path)
     fig.savefig(paths[-1], dpi=DPI)
     return paths

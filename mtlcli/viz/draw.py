@@ -8,9 +8,9 @@ colour maps.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -47,8 +47,12 @@ def class_colors(n: int, cmap: str = "tab20") -> list[tuple[int, int, int]]:
     return [tuple(int(round(255 * c)) for c in cm(order[i % steps])[:3]) for i in range(n)]  # type: ignore[misc]
 
 
-def colorize_semantic(semantic: torch.Tensor, palette: Sequence[Sequence[int]], ignore_index: int = IGNORE_INDEX,
-                      ignore_color: Sequence[int] = (0, 0, 0)) -> torch.Tensor:
+def colorize_semantic(
+    semantic: torch.Tensor,
+    palette: Sequence[Sequence[int]],
+    ignore_index: int = IGNORE_INDEX,
+    ignore_color: Sequence[int] = (0, 0, 0),
+) -> torch.Tensor:
     """Class map [H, W] (int, 0..C-1, `ignore_index` = unlabelled) -> uint8 [3, H, W] palette colours.
 
     Values outside the palette (other than the ignore index) get the ignore colour as well.
@@ -62,8 +66,13 @@ def colorize_semantic(semantic: torch.Tensor, palette: Sequence[Sequence[int]], 
     return lut[sem].permute(2, 0, 1).contiguous()
 
 
-def overlay_semantic(image: torch.Tensor, semantic: torch.Tensor, palette: Sequence[Sequence[int]],
-                     alpha: float = 0.5, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def overlay_semantic(
+    image: torch.Tensor,
+    semantic: torch.Tensor,
+    palette: Sequence[Sequence[int]],
+    alpha: float = 0.5,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
     """Blend the palette colour of each labelled pixel over `image` (uint8 [3, H, W]); ignored pixels
     and classes beyond the palette keep the image."""
     image = to_uint8(image)
@@ -75,8 +84,13 @@ def overlay_semantic(image: torch.Tensor, semantic: torch.Tensor, palette: Seque
     return draw_segmentation_masks(image, masks, alpha=alpha, colors=[tuple(palette[c]) for c in present])
 
 
-def overlay_masks(image: torch.Tensor, masks: torch.Tensor, colors: Sequence[Sequence[int]] | None = None,
-                  alpha: float = 0.5, threshold: float = 0.5) -> torch.Tensor:
+def overlay_masks(
+    image: torch.Tensor,
+    masks: torch.Tensor,
+    colors: Sequence[Sequence[int]] | None = None,
+    alpha: float = 0.5,
+    threshold: float = 0.5,
+) -> torch.Tensor:
     """Blend instance masks [N, H, W] (bool/uint8, or float scores cut at `threshold`) over `image`."""
     image = to_uint8(image)
     masks = masks.as_subclass(torch.Tensor)
@@ -107,8 +121,9 @@ def dt_palette(num_bins: int, cmap: str = "viridis") -> list[tuple[int, int, int
 
 def overlay_dt(image: torch.Tensor, dt: torch.Tensor, num_bins: int, alpha: float = 0.6) -> torch.Tensor:
     """Blend DT bins 1..num_bins over `image`; background (bin 0) keeps the image."""
-    return overlay_semantic(image, dt.as_subclass(torch.Tensor).long() - 1, dt_palette(num_bins), alpha=alpha,
-                            ignore_index=-1)
+    return overlay_semantic(
+        image, dt.as_subclass(torch.Tensor).long() - 1, dt_palette(num_bins), alpha=alpha, ignore_index=-1
+    )
 
 
 @lru_cache(maxsize=1)
@@ -122,10 +137,17 @@ def _font_path() -> str | None:
         return None
 
 
-def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor | Sequence[int],
-               class_names: Sequence[str], scores: torch.Tensor | Sequence[float] | None = None,
-               iscrowd: torch.Tensor | Sequence[int] | None = None, colors: Sequence[Sequence[int]] | None = None,
-               width: int | None = None, font_size: int | None = None) -> torch.Tensor:
+def draw_boxes(
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor | Sequence[int],
+    class_names: Sequence[str],
+    scores: torch.Tensor | Sequence[float] | None = None,
+    iscrowd: torch.Tensor | Sequence[int] | None = None,
+    colors: Sequence[Sequence[int]] | None = None,
+    width: int | None = None,
+    font_size: int | None = None,
+) -> torch.Tensor:
     """Draw boxes [N, 4] (xyxy, pixels of `image`) with "name" or "name 0.87" captions.
 
     labels are 1..K indices into `class_names` (0 or out of range prints "class <k>"); colours are one per
@@ -133,8 +155,9 @@ def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor | 
     Line width and font size default to the image size so that captions stay readable.
     """
     image = to_uint8(image)
-    boxes = torch.as_tensor(boxes.as_subclass(torch.Tensor) if isinstance(boxes, torch.Tensor) else boxes,
-                            dtype=torch.float32).reshape(-1, 4)
+    boxes = torch.as_tensor(
+        boxes.as_subclass(torch.Tensor) if isinstance(boxes, torch.Tensor) else boxes, dtype=torch.float32
+    ).reshape(-1, 4)
     if boxes.shape[0] == 0:
         return image
     h, w = image.shape[-2:]
@@ -154,14 +177,28 @@ def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor | 
     boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2])
     short = min(h, w)
     image = draw_bounding_boxes(image, boxes, colors=box_colors, width=width or max(1, short // 200 + 1))
-    order = (sorted(range(len(captions)), key=lambda k: -float(scores[k])) if scores is not None  # type: ignore[index]
-             else sorted(range(len(captions)), key=lambda k: -float((boxes[k, 2] - boxes[k, 0]) * (boxes[k, 3] - boxes[k, 1]))))
+    order = (
+        sorted(range(len(captions)), key=lambda k: -float(scores[k]))
+        if scores is not None  # type: ignore[index]
+        else sorted(
+            range(len(captions)), key=lambda k: -float((boxes[k, 2] - boxes[k, 0]) * (boxes[k, 3] - boxes[k, 1]))
+        )
+    )
     return place_captions(image, boxes, captions, box_colors, order, font_size or max(12, short // 40))
 
 
-def draw_prediction(image: torch.Tensor, semantic: torch.Tensor | None, boxes: torch.Tensor, labels: torch.Tensor,
-                    scores: torch.Tensor, masks: torch.Tensor | None, det_classes: Sequence[str],
-                    palette: Sequence[Sequence[int]], alpha: float = 0.5, scale: int = 1) -> torch.Tensor:
+def draw_prediction(
+    image: torch.Tensor,
+    semantic: torch.Tensor | None,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    scores: torch.Tensor,
+    masks: torch.Tensor | None,
+    det_classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    alpha: float = 0.5,
+    scale: int = 1,
+) -> torch.Tensor:
     """One prediction panel, uint8 [3, scale H, scale W], for an image [3, H, W] and what the model kept for
     it in the same pixel frame: the class map [H, W] (or None) in `palette` blended with `alpha`, instance
     masks [N, H, W] (bool, or None) in their class colours, boxes [N, 4] xyxy with "name score" captions
@@ -173,8 +210,12 @@ def draw_prediction(image: torch.Tensor, semantic: torch.Tensor | None, boxes: t
     if len(boxes):
         colors = class_colors(max(len(det_classes), 1))
         if masks is not None and len(masks):
-            panel = overlay_masks(panel, enlarge(masks.as_subclass(torch.Tensor), scale),
-                                  colors=[colors[(int(k) - 1) % len(colors)] for k in labels], alpha=alpha)
+            panel = overlay_masks(
+                panel,
+                enlarge(masks.as_subclass(torch.Tensor), scale),
+                colors=[colors[(int(k) - 1) % len(colors)] for k in labels],
+                alpha=alpha,
+            )
         panel = draw_boxes(panel, boxes.as_subclass(torch.Tensor).float() * scale, labels, det_classes, scores=scores)
     return panel
 
@@ -185,8 +226,14 @@ def prediction_title(score_threshold: float | None) -> str:
     return "prediction" if score_threshold is None else f"prediction (score ≥ {score_threshold:g})"
 
 
-def place_captions(image: torch.Tensor, boxes: torch.Tensor, captions: Sequence[str], colors: Sequence[Sequence[int]],
-                   order: Sequence[int], font_size: int) -> torch.Tensor:
+def place_captions(
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    captions: Sequence[str],
+    colors: Sequence[Sequence[int]],
+    order: Sequence[int],
+    font_size: int,
+) -> torch.Tensor:
     """Caption boxes without hiding one caption under another: in `order` (most important first) each
     caption goes above its box, else inside its top edge, else below it; one that would overlap a placed
     caption in all three places is dropped (the box stays). Filled caption backgrounds in the box colour."""
@@ -204,8 +251,9 @@ def place_captions(image: torch.Tensor, boxes: torch.Tensor, captions: Sequence[
     return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).contiguous()
 
 
-def caption_slots(boxes: torch.Tensor, widths: Sequence[float], order: Sequence[int], h: int, w: int,
-                  th: int) -> dict[int, tuple[float, float, float, float]]:
+def caption_slots(
+    boxes: torch.Tensor, widths: Sequence[float], order: Sequence[int], h: int, w: int, th: int
+) -> dict[int, tuple[float, float, float, float]]:
     """Where each caption goes (x0, y0, x1, y1), by box index; captions that find no free place are absent.
     Tried in `order`: above the box, inside its top edge, below it; inside the picture, no overlaps."""
     placed: dict[int, tuple[float, float, float, float]] = {}
@@ -259,8 +307,13 @@ def font(size: int):  # type: ignore[no-untyped-def]
     return ImageFont.load_default(size=size)
 
 
-def titled_row(panels: Sequence[torch.Tensor], titles: Sequence[str], caption: str | None = None,
-               min_height: int = 192, gap: int = 4) -> torch.Tensor:
+def titled_row(
+    panels: Sequence[torch.Tensor],
+    titles: Sequence[str],
+    caption: str | None = None,
+    min_height: int = 192,
+    gap: int = 4,
+) -> torch.Tensor:
     """Panels [3, H, W_i] side by side, each under its title, with optional caption lines ("\n") below.
 
     Panels lower than `min_height` are enlarged by an integer factor (nearest neighbour, so pixels stay
@@ -307,8 +360,9 @@ def titled_row(panels: Sequence[torch.Tensor], titles: Sequence[str], caption: s
             pen.text((x + (pw - tw) / 2, i * line_h + (line_h - size) / 2), text, fill=(0, 0, 0), font=fnt)
         x += pw + gap
     for i, line in enumerate(lines):
-        pen.text((4, band + h + i * line_h + (line_h - size) / 2), _fit(pen, line, fnt, width - 8), fill=(0, 0, 0),
-                 font=fnt)
+        pen.text(
+            (4, band + h + i * line_h + (line_h - size) / 2), _fit(pen, line, fnt, width - 8), fill=(0, 0, 0), font=fnt
+        )
     return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).contiguous()
 
 
@@ -380,22 +434,40 @@ def stack(rows: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(padded, dim=1)
 
 
-def legend_entries(semantic_maps: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], seg_classes: Sequence[str],
-                   det_classes: Sequence[str], palette: Sequence[Sequence[int]]) -> list[tuple[str, Sequence[int], bool]]:
+def legend_entries(
+    semantic_maps: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+    seg_classes: Sequence[str],
+    det_classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+) -> list[tuple[str, Sequence[int], bool]]:
     """The classes present in the drawn class maps (filled swatches, palette colours) and boxes (hollow
     swatches, box colours), each once, in class order."""
-    seg = sorted({int(c) for m in semantic_maps for c in torch.unique(torch.as_tensor(m)) if 0 <= int(c) < len(palette)})
+    seg = sorted(
+        {int(c) for m in semantic_maps for c in torch.unique(torch.as_tensor(m)) if 0 <= int(c) < len(palette)}
+    )
     det = sorted({int(k) for ls in labels for k in torch.as_tensor(ls).flatten().tolist()})
     colors = class_colors(max(len(det_classes), 1))
     entries: list[tuple[str, Sequence[int], bool]] = [
-        (seg_classes[c] if c < len(seg_classes) else f"class {c}", palette[c], True) for c in seg]
-    entries += [(f"{det_classes[k - 1] if 1 <= k <= len(det_classes) else f'class {k}'} (box)",
-                 colors[(k - 1) % len(colors)], False) for k in det]
+        (seg_classes[c] if c < len(seg_classes) else f"class {c}", palette[c], True) for c in seg
+    ]
+    entries += [
+        (
+            f"{det_classes[k - 1] if 1 <= k <= len(det_classes) else f'class {k}'} (box)",
+            colors[(k - 1) % len(colors)],
+            False,
+        )
+        for k in det
+    ]
     return entries
 
 
-def titled_picture(panels: Sequence[torch.Tensor], titles: Sequence[str],
-                   entries: Sequence[tuple[str, Sequence[int], bool]], caption: str | None = None) -> torch.Tensor:
+def titled_picture(
+    panels: Sequence[torch.Tensor],
+    titles: Sequence[str],
+    entries: Sequence[tuple[str, Sequence[int], bool]],
+    caption: str | None = None,
+) -> torch.Tensor:
     """The layout of every overlay PNG: `titled_row` of the panels (drawn at a readable size: `enlarge` an
     image lower than MIN_HEIGHT before drawing on it), then the `legend` of `entries` in the titles' font
     size (no legend without entries). uint8 [3, H', W']."""
@@ -403,8 +475,9 @@ def titled_picture(panels: Sequence[torch.Tensor], titles: Sequence[str],
     return with_legend([row], entries, max(int(p.shape[-2]) for p in panels))
 
 
-def with_legend(rows: Sequence[torch.Tensor], entries: Sequence[tuple[str, Sequence[int], bool]],
-                panel_height: int) -> torch.Tensor:
+def with_legend(
+    rows: Sequence[torch.Tensor], entries: Sequence[tuple[str, Sequence[int], bool]], panel_height: int
+) -> torch.Tensor:
     """`titled_row` rows of panels `panel_height` high (before `enlarge`), stacked, with the `legend` of
     `entries` below in the titles' font size (none without entries). uint8 [3, H', W']."""
     if not entries:

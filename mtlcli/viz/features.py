@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,8 +69,9 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def layer_objective(model: nn.Module, name: str, channel: int | None = None,
-                    expect_channels: int | None = None) -> Objective:
+def layer_objective(
+    model: nn.Module, name: str, channel: int | None = None, expect_channels: int | None = None
+) -> Objective:
     """Mean activation of layer `name` (of channel `channel` when given) for one image [3, H, W] 0..1.
 
     `expect_channels` (the class count, for --class) checks that the layer has one channel per class.
@@ -91,21 +93,29 @@ def layer_objective(model: nn.Module, name: str, channel: int | None = None,
         finally:
             handle.remove()
         if "out" not in captured:
-            raise UserError(f"layer {name!r} does not run when the model sees an image (an unused or training-only "
-                            "module); choose another --layer")
+            raise UserError(
+                f"layer {name!r} does not run when the model sees an image (an unused or training-only "
+                "module); choose another --layer"
+            )
         out = captured["out"]
         if not isinstance(out, Tensor):
             subs = [n for n in layer_names(module) if "." not in n][:12]
-            raise UserError(f"layer {name!r} returns a {type(out).__name__}, not one feature tensor; choose one of its "
-                            f"sub-modules: {', '.join(f'{name}.{s}' for s in subs) or 'none'}")
+            raise UserError(
+                f"layer {name!r} returns a {type(out).__name__}, not one feature tensor; choose one of its "
+                f"sub-modules: {', '.join(f'{name}.{s}' for s in subs) or 'none'}"
+            )
         if out.ndim < 2:
             raise UserError(f"layer {name!r} gives a {out.ndim}-d output; choose a layer with channels")
         if expect_channels is not None and out.shape[1] != expect_channels:
-            raise UserError(f"layer {name!r} has {out.shape[1]} channels, not one per class ({expect_channels}); "
-                            "drop --layer to maximise the model's sem_seg output, or use --channel")
+            raise UserError(
+                f"layer {name!r} has {out.shape[1]} channels, not one per class ({expect_channels}); "
+                "drop --layer to maximise the model's sem_seg output, or use --channel"
+            )
         if channel is not None:
             if not 0 <= channel < out.shape[1]:
-                raise UserError(f"--channel {channel} is out of range: layer {name!r} has channels 0..{out.shape[1] - 1}")
+                raise UserError(
+                    f"--channel {channel} is out of range: layer {name!r} has channels 0..{out.shape[1] - 1}"
+                )
             out = out[:, channel]
         return out.float().mean()
 
@@ -124,8 +134,14 @@ class ClassifierAdapter(nn.Module):
     names, so `named_modules()`, `state_dict()` and --layer names are torchvision's.
     """
 
-    def __init__(self, net: nn.Module, input_size: tuple[int, int] = (224, 224), class_names: list[str] | None = None,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        input_size: tuple[int, int] = (224, 224),
+        class_names: list[str] | None = None,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ) -> None:
         super().__init__()
         for name, child in net.named_children():
             self.add_module(name, child)
@@ -135,7 +151,7 @@ class ClassifierAdapter(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
-    def train(self, mode: bool = True) -> "ClassifierAdapter":
+    def train(self, mode: bool = True) -> ClassifierAdapter:
         super().train(mode)
         self.net.training = mode
         return self
@@ -155,8 +171,9 @@ def _classifier_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
-def load_classifier(name: str, weights: str | Path, *, input_size: tuple[int, int] = (224, 224),
-                    device: str = "cpu") -> ClassifierAdapter:
+def load_classifier(
+    name: str, weights: str | Path, *, input_size: tuple[int, int] = (224, 224), device: str = "cpu"
+) -> ClassifierAdapter:
     """torchvision's classification network `name` (e.g. "densenet121") with the state dict in `weights`
     (a local .pth: torchvision's published files, old DenseNet key names included, or {"model"/"state_dict":
     ...}). The class count comes from the file (1000 = ImageNet, named by torchvision's category list; any
@@ -167,15 +184,19 @@ def load_classifier(name: str, weights: str | Path, *, input_size: tuple[int, in
     if name not in names:
         close = difflib.get_close_matches(name, names, n=4, cutoff=0.5)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise UserError(f"--classifier {name!r} is not a torchvision classification network{hint}; e.g. densenet121, "
-                        "resnet50, vgg16")
+        raise UserError(
+            f"--classifier {name!r} is not a torchvision classification network{hint}; e.g. densenet121, "
+            "resnet50, vgg16"
+        )
     path = Path(weights).expanduser()
     if not path.is_file():
         raise UserError(f"--weights {path} does not exist — give the path of the classifier's .pth state dict")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"--weights {path} is not a readable PyTorch state dict ({type(exc).__name__}: {exc})") from None
+        raise UserError(
+            f"--weights {path} is not a readable PyTorch state dict ({type(exc).__name__}: {exc})"
+        ) from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -192,12 +213,17 @@ def load_classifier(name: str, weights: str | Path, *, input_size: tuple[int, in
             num_classes = int(state[last].shape[0])
             net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
         else:
-            raise UserError(f"--weights {path} does not fit {name} (shape mismatch in {', '.join(mismatched[:3])}) — "
-                            "check --classifier")
+            raise UserError(
+                f"--weights {path} does not fit {name} (shape mismatch in {', '.join(mismatched[:3])}) — "
+                "check --classifier"
+            )
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        what = (f"{len(missing)} parameters missing ({', '.join(missing[:3])})" if missing else
-                f"{len(unexpected)} unknown keys ({', '.join(unexpected[:3])})")
+        what = (
+            f"{len(missing)} parameters missing ({', '.join(missing[:3])})"
+            if missing
+            else f"{len(unexpected)} unknown keys ({', '.join(unexpected[:3])})"
+        )
         raise UserError(f"--weights {path} is not a whole {name}: {what} — check --classifier and the file")
     class_names = None
     if num_classes == 1000:
@@ -217,11 +243,15 @@ def class_objective(model: nn.Module, k: int) -> Objective:
         output = model([image])[0]
         if "logits" in output:
             if not 0 <= k < output["logits"].shape[0]:
-                raise UserError(f"--class {k} is out of range: the classifier has classes 0..{output['logits'].shape[0] - 1}")
+                raise UserError(
+                    f"--class {k} is out of range: the classifier has classes 0..{output['logits'].shape[0] - 1}"
+                )
             return output["logits"][k].float()
         if "sem_seg" not in output:
-            raise UserError(f"{type(model).__name__} gives no sem_seg output, which --class needs; use --layer NAME "
-                            "[--channel C] instead")
+            raise UserError(
+                f"{type(model).__name__} gives no sem_seg output, which --class needs; use --layer NAME "
+                "[--channel C] instead"
+            )
         scores = output["sem_seg"]
         if not 0 <= k < scores.shape[0]:
             raise UserError(f"--class {k} is out of range: the model has classes 0..{scores.shape[0] - 1}")
@@ -230,9 +260,20 @@ def class_objective(model: nn.Module, k: int) -> Objective:
     return objective
 
 
-def maximize_activation(objective: Objective, size: tuple[int, int], *, steps: int = 100, lr: float = 0.05,
-                        jitter: int = 4, scale: bool = True, rotate: bool = True, blur: bool = True,
-                        device: str | torch.device = "cpu", seed: int = 0, progress: bool = False) -> dict[str, Any]:
+def maximize_activation(
+    objective: Objective,
+    size: tuple[int, int],
+    *,
+    steps: int = 100,
+    lr: float = 0.05,
+    jitter: int = 4,
+    scale: bool = True,
+    rotate: bool = True,
+    blur: bool = True,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Gradient ascent on `objective` from noise; returns {"image": [3, H, W] float 0..1, "before", "after"
     (objective of the start and the end image, measured without perturbation), "history" (per step)}.
 
@@ -264,9 +305,14 @@ def maximize_activation(objective: Objective, size: tuple[int, int], *, steps: i
                 dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen))
                 view = torch.roll(view, shifts=(dy, dx), dims=(-2, -1))
             if scale or rotate:
-                view = TF.affine(view, angle=rand(-5.0, 5.0) if rotate else 0.0, translate=[0.0, 0.0],
-                                 scale=rand(0.95, 1.05) if scale else 1.0, shear=[0.0, 0.0],
-                                 interpolation=InterpolationMode.BILINEAR)
+                view = TF.affine(
+                    view,
+                    angle=rand(-5.0, 5.0) if rotate else 0.0,
+                    translate=[0.0, 0.0],
+                    scale=rand(0.95, 1.05) if scale else 1.0,
+                    shear=[0.0, 0.0],
+                    interpolation=InterpolationMode.BILINEAR,
+                )
             value = objective(view)
             (grad,) = torch.autograd.grad(value, x)  # the weights' gradients are never needed
             with torch.no_grad():
@@ -307,11 +353,26 @@ def filter_grid(weight: Tensor, nrow: int = 8, cell: int = 32) -> Tensor:
     return (grid * 255).round().to(torch.uint8)
 
 
-def render_features(model: nn.Module, out: str | Path, *, layer: str | None = None, channel: int | None = None,
-                    seg_class: int | None = None, class_name: str | None = None, size: tuple[int, int] | None = None,
-                    steps: int = 100, lr: float = 0.05, jitter: int = 4, scale: bool = True, rotate: bool = True,
-                    blur: bool = True, seed: int = 0, num_classes: int | None = None, force: bool = False,
-                    progress: bool = True) -> dict[str, Any]:
+def render_features(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    layer: str | None = None,
+    channel: int | None = None,
+    seg_class: int | None = None,
+    class_name: str | None = None,
+    size: tuple[int, int] | None = None,
+    steps: int = 100,
+    lr: float = 0.05,
+    jitter: int = 4,
+    scale: bool = True,
+    rotate: bool = True,
+    blur: bool = True,
+    seed: int = 0,
+    num_classes: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Activation maximisation of the chosen unit and the first convolution's filters, as PNGs in `out`:
       features_<unit>.png        the optimised image under a title naming the unit, with the objective
                                  before (noise) and after in a caption (enlarged to a readable size)
@@ -333,12 +394,22 @@ def render_features(model: nn.Module, out: str | Path, *, layer: str | None = No
     label = class_name or (str(seg_class) if seg_class is not None else "")
     is_classifier = isinstance(model, ClassifierAdapter)
     if layer is not None:
-        objective = layer_objective(model, layer, channel if seg_class is None else seg_class,
-                                    expect_channels=None if seg_class is None else num_classes)
-        unit = f"layer {layer}" + (f" channel {channel}" if channel is not None else "") + \
-            (f" class {label}" if seg_class is not None else "")
-        stem = safe_name(layer) + (f"_c{channel}" if channel is not None else "") + \
-            (f"_class_{safe_name(label)}" if seg_class is not None else "")
+        objective = layer_objective(
+            model,
+            layer,
+            channel if seg_class is None else seg_class,
+            expect_channels=None if seg_class is None else num_classes,
+        )
+        unit = (
+            f"layer {layer}"
+            + (f" channel {channel}" if channel is not None else "")
+            + (f" class {label}" if seg_class is not None else "")
+        )
+        stem = (
+            safe_name(layer)
+            + (f"_c{channel}" if channel is not None else "")
+            + (f"_class_{safe_name(label)}" if seg_class is not None else "")
+        )
         measure = "mean activation"
     else:
         objective = class_objective(model, int(seg_class))  # type: ignore[arg-type]
@@ -355,12 +426,25 @@ def render_features(model: nn.Module, out: str | Path, *, layer: str | None = No
     filters_path = out / f"filters_{safe_name(conv_name)}.png"
 
     with eval_mode(model):
-        result = maximize_activation(objective, size, steps=steps, lr=lr, jitter=jitter, scale=scale, rotate=rotate,
-                                     blur=blur, device=_device_of(model), seed=seed, progress=progress)
+        result = maximize_activation(
+            objective,
+            size,
+            steps=steps,
+            lr=lr,
+            jitter=jitter,
+            scale=scale,
+            rotate=rotate,
+            blur=blur,
+            device=_device_of(model),
+            seed=seed,
+            progress=progress,
+        )
     regularised = [n for n, on in (("jitter", jitter > 0), ("scale", scale), ("rotate", rotate), ("blur", blur)) if on]
     title = f"{type(model.net if is_classifier else model).__name__}: {unit}"  # type: ignore[union-attr]
-    caption = (f"{measure} {result['before']:.3g} (noise) -> {result['after']:.3g}\n{steps} steps, "
-               f"{'+'.join(regularised) or 'no regularisation'}")
+    caption = (
+        f"{measure} {result['before']:.3g} (noise) -> {result['after']:.3g}\n{steps} steps, "
+        f"{'+'.join(regularised) or 'no regularisation'}"
+    )
     save_png(titled_row([result["image"]], [title], caption, min_height=256), image_path)
     save_png(result["image"], raw_path)
     wrote_filters = force or not filters_path.exists()
@@ -368,6 +452,14 @@ def render_features(model: nn.Module, out: str | Path, *, layer: str | None = No
     filters_title = f"{conv_name}: {w.shape[0]} filters {w.shape[-2]}x{w.shape[-1]}"
     if wrote_filters:
         save_png(titled_row([filter_grid(w)], [filters_title], min_height=128), filters_path)
-    return {"image": image_path, "raw": raw_path, "filters": filters_path if wrote_filters else None,
-            "filters_path": filters_path, "before": result["before"], "after": result["after"], "unit": unit,
-            "conv": conv_name, "titles": [title, caption, filters_title]}
+    return {
+        "image": image_path,
+        "raw": raw_path,
+        "filters": filters_path if wrote_filters else None,
+        "filters_path": filters_path,
+        "before": result["before"],
+        "after": result["after"],
+        "unit": unit,
+        "conv": conv_name,
+        "titles": [title, caption, filters_title],
+    }

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,9 +28,21 @@ from torch import nn
 
 from mtlcli.errors import UserError
 from mtlcli.models.base import eval_mode
-from mtlcli.viz.draw import (MIN_HEIGHT, class_colors, draw_boxes, draw_prediction, enlarge, legend_entries,
-                             overlay_masks, overlay_semantic, prediction_title, save_png, titled_geometry,
-                             titled_picture, to_uint8)
+from mtlcli.viz.draw import (
+    MIN_HEIGHT,
+    class_colors,
+    draw_boxes,
+    draw_prediction,
+    enlarge,
+    legend_entries,
+    overlay_masks,
+    overlay_semantic,
+    prediction_title,
+    save_png,
+    titled_geometry,
+    titled_picture,
+    to_uint8,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -72,8 +85,11 @@ def class_info(recipe: dict[str, Any], root: Path | None) -> ClassInfo:
         return ClassInfo(mapped.det_classes, mapped.seg_classes, mapped.palette, meta.name == "cityscapes")
     n_det = int(model_kw.get("num_det_classes") or 0)
     n_seg = int(model_kw.get("num_seg_classes") or 0)
-    return ClassInfo([f"class {k}" for k in range(1, n_det + 1)], [f"class {c}" for c in range(n_seg)],
-                     [list(c) for c in class_colors(n_seg)])
+    return ClassInfo(
+        [f"class {k}" for k in range(1, n_det + 1)],
+        [f"class {c}" for c in range(n_seg)],
+        [list(c) for c in class_colors(n_seg)],
+    )
 
 
 @dataclasses.dataclass
@@ -90,15 +106,18 @@ class LoadedRun:
     device: str
 
 
-def load_run(run: Path | None = None, checkpoint: Path | None = None, *, data: Path | None = None,
-             device: str = "cpu") -> LoadedRun:
+def load_run(
+    run: Path | None = None, checkpoint: Path | None = None, *, data: Path | None = None, device: str = "cpu"
+) -> LoadedRun:
     """`load_for_eval` plus what drawing needs; `data` replaces the recipe's dataset root."""
     from mtlcli.engine.checkpoint import load_for_eval
 
     model, recipe, root = load_for_eval(run=run, checkpoint=checkpoint, device=device)
     if data is not None:
         if not (Path(data) / "dataset.json").is_file():
-            raise UserError(f"--data {data} is not a prepared dataset (no dataset.json) — give the --out of `mtl prepare`")
+            raise UserError(
+                f"--data {data} is not a prepared dataset (no dataset.json) — give the --out of `mtl prepare`"
+            )
         root = Path(data)
     if run is not None:
         viz_dir: Path | None = Path(run) / "viz"
@@ -171,9 +190,15 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
 # ----------------------------------------------------------------------------------------- drawing
 
 
-def render_prediction(image: torch.Tensor, output: dict[str, torch.Tensor], det_classes: Sequence[str],
-                      palette: Sequence[Sequence[int]], score_threshold: float = 0.3, alpha: float = 0.5,
-                      scale: int = 1) -> torch.Tensor:
+def render_prediction(
+    image: torch.Tensor,
+    output: dict[str, torch.Tensor],
+    det_classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    score_threshold: float = 0.3,
+    alpha: float = 0.5,
+    scale: int = 1,
+) -> torch.Tensor:
     """One prediction panel: uint8 [3, scale H, scale W] for an image [3, H, W] (float 0..1 or uint8) and the
     model's output for it (DESIGN.md §4, same pixel frame): sem_seg argmax in `palette` blended with
     `alpha`, instance masks (> 0.5) in their class colours, then boxes with "name score" captions that do
@@ -187,11 +212,19 @@ def render_prediction(image: torch.Tensor, output: dict[str, torch.Tensor], det_
         boxes, labels = output["boxes"].detach().cpu()[keep], output["labels"].detach().cpu()[keep]
         scores = output["scores"].detach().cpu()[keep]
         masks = output["masks"].detach().cpu()[keep] if "masks" in output else None
-    return draw_prediction(image, semantic, boxes, labels, scores, masks, det_classes, palette, alpha=alpha, scale=scale)
+    return draw_prediction(
+        image, semantic, boxes, labels, scores, masks, det_classes, palette, alpha=alpha, scale=scale
+    )
 
 
-def render_ground_truth(image: torch.Tensor, target: dict[str, Any], det_classes: Sequence[str],
-                        palette: Sequence[Sequence[int]], alpha: float = 0.5, scale: int = 1) -> torch.Tensor:
+def render_ground_truth(
+    image: torch.Tensor,
+    target: dict[str, Any],
+    det_classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    alpha: float = 0.5,
+    scale: int = 1,
+) -> torch.Tensor:
     """The ground-truth panel drawn like `render_prediction`: semantic map, instance masks of non-crowd
     objects, boxes with names (crowd grey). uint8 [3, scale H, scale W]."""
     semantic = enlarge(torch.as_tensor(target["semantic"]).as_subclass(torch.Tensor), scale)
@@ -201,10 +234,19 @@ def render_ground_truth(image: torch.Tensor, target: dict[str, Any], det_classes
     if masks is not None and len(masks) and (crowd == 0).any():
         colors = class_colors(max(len(det_classes), 1))
         keep = crowd == 0
-        panel = overlay_masks(panel, enlarge(masks.as_subclass(torch.Tensor)[keep], scale),
-                              colors=[colors[(int(k) - 1) % len(colors)] for k in labels[keep]], alpha=alpha)
-    boxes = torch.as_tensor(target["boxes"].as_subclass(torch.Tensor) if isinstance(target["boxes"], torch.Tensor)
-                            else target["boxes"], dtype=torch.float32) * scale
+        panel = overlay_masks(
+            panel,
+            enlarge(masks.as_subclass(torch.Tensor)[keep], scale),
+            colors=[colors[(int(k) - 1) % len(colors)] for k in labels[keep]],
+            alpha=alpha,
+        )
+    boxes = (
+        torch.as_tensor(
+            target["boxes"].as_subclass(torch.Tensor) if isinstance(target["boxes"], torch.Tensor) else target["boxes"],
+            dtype=torch.float32,
+        )
+        * scale
+    )
     return draw_boxes(panel, boxes, labels, det_classes, iscrowd=crowd)
 
 
@@ -218,10 +260,20 @@ def _spread(n_items: int, num: int) -> list[int]:
 
 
 @torch.inference_mode()
-def render_predictions(model: nn.Module, source: Any, out: str | Path, num: int = 8, score_threshold: float = 0.3,
-                       palette: Sequence[Sequence[int]] | None = None, seg_classes: Sequence[str] | None = None,
-                       det_classes: Sequence[str] | None = None, *, force: bool = False, device: str = "cpu",
-                       progress: bool = True) -> list[Path]:
+def render_predictions(
+    model: nn.Module,
+    source: Any,
+    out: str | Path,
+    num: int = 8,
+    score_threshold: float = 0.3,
+    palette: Sequence[Sequence[int]] | None = None,
+    seg_classes: Sequence[str] | None = None,
+    det_classes: Sequence[str] | None = None,
+    *,
+    force: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[Path]:
     """Draw the model's predictions for `num` images of `source` into `out/<stem>.png`; returns the paths.
 
     `source` is a PreparedDataset (images spread evenly over the split; ground truth drawn beside the
@@ -280,8 +332,11 @@ def render_predictions(model: nn.Module, source: Any, out: str | Path, num: int 
                 panels = [render_prediction(image, output, det_classes, palette, score_threshold, scale=scale)]
                 titles = [prediction_title(score_threshold if "boxes" in output else None)]
                 maps = [output["sem_seg"].detach().argmax(0).cpu()] if "sem_seg" in output else []
-                drawn = [output["labels"].detach().cpu()[output["scores"].detach().cpu() >= score_threshold]] \
-                    if "boxes" in output else []
+                drawn = (
+                    [output["labels"].detach().cpu()[output["scores"].detach().cpu() >= score_threshold]]
+                    if "boxes" in output
+                    else []
+                )
                 if target is not None and _has_ground_truth(target):
                     panels.insert(0, render_ground_truth(image, target, det_classes, palette, scale=scale))
                     titles.insert(0, "ground truth")

@@ -25,7 +25,9 @@ def test_cpu_variant_runs_every_section(tmp_path, monkeypatch):
     assert status == 0 and result["failed"] == []
     family = result["families"]["ladderdensenet-tiny-synthetic"]
     assert family["checks"] == {"finite": True, "falling": True, "metrics_match_cpu": True}
-    assert "miou" in family["device"]["metrics"] and "ladderdensenet-tiny-synthetic (torch.compile)" in result["families"]
+    assert (
+        "miou" in family["device"]["metrics"] and "ladderdensenet-tiny-synthetic (torch.compile)" in result["families"]
+    )
     assert [r["precision"] for r in result["benchmark"]] == ["fp32"] and result["benchmark"][0]["images_per_s"] > 0
     assert set(result["feed"]) == {"1"} and all(0 <= r["data_wait"] <= 1 for r in result["feed"].values())
     table = (tmp_path / "gpu_check.md").read_text()

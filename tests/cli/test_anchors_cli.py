@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from mtlcli.cli.main import main
 from mtlcli.data.prepared import DatasetMeta
@@ -22,15 +22,30 @@ def run(argv: list[str]) -> int:
 def hand_built(root: Path) -> Path:
     """A prepared dataset (dataset.json + train/instances.json) of 400x200 (W x H) images with three box
     shapes: 40x80 persons, 120x60 cars, one huge crowd box and one car on a 800x400 image."""
-    DatasetMeta(name="hand", source=str(root), splits=["train"], det_classes=["person", "car"],
-                seg_classes=["road"], palette=[[128, 64, 128]]).save(root)
+    DatasetMeta(
+        name="hand",
+        source=str(root),
+        splits=["train"],
+        det_classes=["person", "car"],
+        seg_classes=["road"],
+        palette=[[128, 64, 128]],
+    ).save(root)
     images = [{"id": i, "file_name": f"img{i}.png", "height": 200, "width": 400} for i in range(1, 4)]
     images.append({"id": 4, "file_name": "big.png", "height": 400, "width": 800})
     anns = []
 
     def add(image_id, cat, w, h, crowd=0):
-        anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat, "bbox": [5, 5, w, h],
-                     "area": w * h, "iscrowd": crowd, "segmentation": []})
+        anns.append(
+            {
+                "id": len(anns) + 1,
+                "image_id": image_id,
+                "category_id": cat,
+                "bbox": [5, 5, w, h],
+                "area": w * h,
+                "iscrowd": crowd,
+                "segmentation": [],
+            }
+        )
 
     for i in range(1, 4):
         add(i, 1, 40, 80)
@@ -39,8 +54,15 @@ def hand_built(root: Path) -> Path:
     add(1, 2, 390, 190, crowd=1)
     add(4, 2, 240, 120)  # twice the size on a twice larger image: the same shape in the network frame
     (root / "train").mkdir(parents=True)
-    (root / "train" / "instances.json").write_text(json.dumps(
-        {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "car"}]}))
+    (root / "train" / "instances.json").write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "car"}],
+            }
+        )
+    )
     return root
 
 
@@ -91,7 +113,9 @@ def test_synthetic_split_deterministic_and_readable_by_the_model(synthetic_prepa
     from mtlcli.models.imtl_detector import load_anchors
 
     anchors = load_anchors(str(out), (384, 768))
-    assert [v for wh in anchors.tolist() for v in wh] == pytest.approx([v for wh in first["anchors"] for v in wh], abs=1e-3)
+    assert [v for wh in anchors.tolist() for v in wh] == pytest.approx(
+        [v for wh in first["anchors"] for v in wh], abs=1e-3
+    )
 
 
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys):

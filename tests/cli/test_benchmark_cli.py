@@ -20,8 +20,24 @@ def run(args, capsys):
 def test_tiny_recipe_with_reference_and_train(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code, stdout, _ = run(
-        ["benchmark", "--recipe", "ladderdensenet-tiny-synthetic", "--reference", "tv:fcn_resnet50",
-         "--size", "64x96", "--iterations", "2", "--warmup", "1", "--train", "--out", str(out), "--score-threshold", "0"],
+        [
+            "benchmark",
+            "--recipe",
+            "ladderdensenet-tiny-synthetic",
+            "--reference",
+            "tv:fcn_resnet50",
+            "--size",
+            "64x96",
+            "--iterations",
+            "2",
+            "--warmup",
+            "1",
+            "--train",
+            "--out",
+            str(out),
+            "--score-threshold",
+            "0",
+        ],
         capsys,
     )
     assert code in (0, None)
@@ -45,8 +61,18 @@ def test_tiny_recipe_with_reference_and_train(tmp_path, capsys):
 
 def test_markdown_table(capsys):
     code, stdout, _ = run(
-        ["benchmark", "--recipe", "ladderdensenet-tiny-synthetic", "--size", "64x64", "--iterations", "1",
-         "--warmup", "0", "--markdown"],
+        [
+            "benchmark",
+            "--recipe",
+            "ladderdensenet-tiny-synthetic",
+            "--size",
+            "64x64",
+            "--iterations",
+            "1",
+            "--warmup",
+            "0",
+            "--markdown",
+        ],
         capsys,
     )
     assert code in (0, None)

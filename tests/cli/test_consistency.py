@@ -14,7 +14,6 @@ Hidden options and arguments (old spellings kept for compatibility) are exempt.
 
 from __future__ import annotations
 
-
 import re
 
 import pytest
@@ -29,8 +28,21 @@ TYPE_NAMES = re.compile(r"<(path|str|text|int|float|bool|list|tuple|file|dir|dat
 METAVAR = re.compile(r"[A-Z][A-Z0-9_]*(=[A-Z]+)?|HxW|H W|[a-z0-9]+(\|[a-z0-9]+)+")
 
 # old or competing spellings of the canonical options
-FORBIDDEN = {"--batch", "--bs", "--output", "--outdir", "--out-dir", "--output-dir", "--run-dir", "--gpu", "--cuda",
-             "--dataset", "--data-dir", "--silent", "--no-progress"}
+FORBIDDEN = {
+    "--batch",
+    "--bs",
+    "--output",
+    "--outdir",
+    "--out-dir",
+    "--output-dir",
+    "--run-dir",
+    "--gpu",
+    "--cuda",
+    "--dataset",
+    "--data-dir",
+    "--silent",
+    "--no-progress",
+}
 # commands that write into a folder they name otherwise (documented in their help)
 OUT_EXCEPTIONS = {("quickstart",): "--workdir"}
 # commands whose console output is the point (a guided walkthrough), exempt from -q
@@ -139,8 +151,9 @@ def test_help_is_complete_and_readable(path, cmd, capsys):
     # usage: [OPTIONS], then the visible arguments in capitals; old spellings (hidden) stay out of it
     words = usage.split(" ".join(path), 1)[1].split()
     assert words[:1] == ["[OPTIONS]"] and all(w.strip("[].").isupper() for w in words[1:]), usage
-    assert [w.strip("[].") for w in words[1:]] == [(p.metavar or p.name).upper() for p in _visible(cmd)
-                                                   if not _is_option(p)], usage
+    assert [w.strip("[].") for w in words[1:]] == [
+        (p.metavar or p.name).upper() for p in _visible(cmd) if not _is_option(p)
+    ], usage
 
 
 def test_one_option_name_is_one_kind_of_value():
@@ -201,11 +214,13 @@ def test_recipes_list_is_quick(capsys):
     import sys
 
     # in a fresh interpreter: nothing else has imported torch yet
-    code = ("import sys, time; t = time.perf_counter(); from mtlcli.cli.main import main\n"
-            "try: main(['recipes', 'list'])\nexcept SystemExit: pass\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
-            "print('heavy:', [m for m in ('numpy', 'matplotlib', 'PIL', 'typer.rich_utils') if m in sys.modules], "
-            "file=sys.stderr)")
+    code = (
+        "import sys, time; t = time.perf_counter(); from mtlcli.cli.main import main\n"
+        "try: main(['recipes', 'list'])\nexcept SystemExit: pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
+        "print('heavy:', [m for m in ('numpy', 'matplotlib', 'PIL', 'typer.rich_utils') if m in sys.modules], "
+        "file=sys.stderr)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "NO-TORCH" in done.stderr  # listing TOML files imports no model code

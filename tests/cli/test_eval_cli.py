@@ -30,8 +30,23 @@ def toy(tmp_path):
 def test_predictions_file_prints_tables_and_saves_strict_json(toy, tmp_path, capsys):
     root, path = toy
     out = tmp_path / "res.json"
-    code = _run(["eval", "--predictions", str(path), "--data", str(root), "--split", "val",
-                 "--metric", "voc07,voc12", "-m", "coco-bbox", "--out", str(out)])
+    code = _run(
+        [
+            "eval",
+            "--predictions",
+            str(path),
+            "--data",
+            str(root),
+            "--split",
+            "val",
+            "--metric",
+            "voc07,voc12",
+            "-m",
+            "coco-bbox",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "voc07" in printed and "cat" in printed and "84.85" in printed  # 28/33 as a percentage
@@ -52,11 +67,14 @@ def test_existing_out_needs_force(toy, tmp_path, capsys):
     assert _run(args + ["--force"]) == 0 and "voc12" in json.loads(out.read_text())["metrics"]
 
 
-@pytest.mark.parametrize("edit, needle", [
-    (lambda d: d + [{**d[0], "image_id": 42}], "image_id 42"),
-    (lambda d: d + [{**d[0], "category_id": 0}], "category_id 0"),
-    (lambda d: [], "no detections"),
-])
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda d: d + [{**d[0], "image_id": 42}], "image_id 42"),
+        (lambda d: d + [{**d[0], "category_id": 0}], "category_id 0"),
+        (lambda d: [], "no detections"),
+    ],
+)
 def test_bad_predictions_exit_2_with_one_line(toy, capsys, edit, needle):
     root, path = toy
     path.write_text(json.dumps(edit(hand_detections())))
@@ -89,7 +107,9 @@ def test_checkpoint_is_evaluated_and_predictions_saved(synthetic_prepared, tmp_p
     save_checkpoint(ckpt, {"model": model.state_dict(), "recipe": recipe, "iteration": 0})
 
     out, preds = tmp_path / "res.json", tmp_path / "preds"
-    code = _run(["eval", "--checkpoint", str(ckpt), "--out", str(out), "--save-predictions", str(preds), "--device", "cpu"])
+    code = _run(
+        ["eval", "--checkpoint", str(ckpt), "--out", str(out), "--save-predictions", str(preds), "--device", "cpu"]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "miou: per class" in printed and printed.strip().endswith(f"saved {out}")
@@ -103,8 +123,22 @@ def test_checkpoint_is_evaluated_and_predictions_saved(synthetic_prepared, tmp_p
     assert math.isclose(again, saved["metrics"]["miou"], abs_tol=1e-12)
     # and so do the labelIds with --cityscapes-ids
     out3 = tmp_path / "res3.json"
-    assert _run(["eval", "--predictions", str(preds / "labelIds"), "--data", str(synthetic_prepared), "--cityscapes-ids",
-                 "--out", str(out3), "-q"]) == 0
+    assert (
+        _run(
+            [
+                "eval",
+                "--predictions",
+                str(preds / "labelIds"),
+                "--data",
+                str(synthetic_prepared),
+                "--cityscapes-ids",
+                "--out",
+                str(out3),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert math.isclose(json.loads(out3.read_text())["metrics"]["miou"], saved["metrics"]["miou"], abs_tol=1e-12)
 
 
@@ -131,8 +165,10 @@ def test_saved_line_names_the_json_and_the_pictures(tmp_path):
     from mtlcli.cli.eval import saved_line
 
     run = tmp_path / "run" / "eval"
-    assert saved_line([run / "val.json", run / "pr_val.png", run / "f1_val.png"]) == \
-        f"saved {run / 'val.json'}; pictures in {run}: pr_val.png, f1_val.png"
+    assert (
+        saved_line([run / "val.json", run / "pr_val.png", run / "f1_val.png"])
+        == f"saved {run / 'val.json'}; pictures in {run}: pr_val.png, f1_val.png"
+    )
     assert saved_line([]).startswith("not saved") and "--out" in saved_line([])
 
 

@@ -11,11 +11,11 @@ import errno
 import json
 import os
 import shutil
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from PIL import Image
 
@@ -48,8 +48,21 @@ def flat(printed: str) -> str:
 
 
 def train_args(recipe: Path, data: Path, out: Path, *extra: str) -> list:
-    return ["train", "--recipe", recipe, "--data", data, "--out", out, "--quiet", "--device", "cpu",
-            "--set", "train.iterations=2", *extra]
+    return [
+        "train",
+        "--recipe",
+        recipe,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--quiet",
+        "--device",
+        "cpu",
+        "--set",
+        "train.iterations=2",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -152,13 +165,30 @@ def test_force_removes_only_what_the_run_wrote_and_orphans_go_umask_kept(tmp_pat
 
 
 def test_set_iterations_on_a_staged_recipe_scales_the_stages_and_recipe_toml_says_so(tmp_path, synthetic_prepared):
-    text = (Path(write_recipe(tmp_path)).read_text().replace("iterations = 8\n", "")
-            + "\n[[train.stages]]\nname = \"a\"\niterations = 40\nlr = 0.01\n"
-            + "\n[[train.stages]]\nname = \"b\"\niterations = 120\nlr = 0.001\n")
+    text = (
+        Path(write_recipe(tmp_path)).read_text().replace("iterations = 8\n", "")
+        + '\n[[train.stages]]\nname = "a"\niterations = 40\nlr = 0.01\n'
+        + '\n[[train.stages]]\nname = "b"\niterations = 120\nlr = 0.001\n'
+    )
     recipe = write_recipe(tmp_path, text, "staged.toml")
     out = tmp_path / "run"
-    assert cli(["train", "--recipe", recipe, "--data", synthetic_prepared, "--out", out, "--quiet", "--set",
-                "train.iterations=4"]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                "--recipe",
+                recipe,
+                "--data",
+                synthetic_prepared,
+                "--out",
+                out,
+                "--quiet",
+                "--set",
+                "train.iterations=4",
+            ]
+        )
+        == 0
+    )
     saved = tomllib.loads((out / "recipe.toml").read_text())
     assert [s["iterations"] for s in saved["train"]["stages"]] == [1, 3] and saved["train"]["iterations"] == 4
     assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 4
@@ -179,8 +209,10 @@ def test_resume_and_eval_check_the_label_set_and_the_model(run, tmp_path, synthe
     assert cli(["train", "--out", run, "--resume", "--data", other, "--quiet", "--set", "train.iterations=3"]) == 2
     assert "--resume:" in one_line(capsys)
     # another model shape on resume, and another model
-    assert cli(["train", "--out", run, "--resume", "--quiet", "--set", "train.iterations=3", "--set",
-                "model.width=4"]) == 2
+    assert (
+        cli(["train", "--out", run, "--resume", "--quiet", "--set", "train.iterations=3", "--set", "model.width=4"])
+        == 2
+    )
     err = one_line(capsys)
     assert "model.width is unset (the builder's default)" in err and "but 4 now" in err
     # a checkpoint whose recipe says another class count than its weights
@@ -216,8 +248,9 @@ def test_8bit_instance_ids_are_skipped_with_the_reason_or_refused_strictly(synth
     assert "8-bit PNG" in one_line(capsys)
 
 
-def test_corrupt_images_skipped_at_prepare_and_named_once_in_training(synthetic_source, synthetic_prepared, tmp_path,
-                                                                      capsys):
+def test_corrupt_images_skipped_at_prepare_and_named_once_in_training(
+    synthetic_source, synthetic_prepared, tmp_path, capsys
+):
     src, image = _cityscapes_copy(synthetic_source, tmp_path / "src")
     # cut short: the cheap check sees it
     data = image.read_bytes()
@@ -227,7 +260,7 @@ def test_corrupt_images_skipped_at_prepare_and_named_once_in_training(synthetic_
     # damaged inside a complete file: passes the cheap check, --verify finds it
     broken = bytearray(data)
     idat = broken.find(b"IDAT")
-    broken[idat + 20: idat + 60] = bytes(40)
+    broken[idat + 20 : idat + 60] = bytes(40)
     image.write_bytes(bytes(broken))
     assert cli(["prepare", "cityscapes", src, "--out", tmp_path / "cheap", "-j", "1"]) == 0
     assert "files skipped" in flat(capsys.readouterr().out)
@@ -256,12 +289,18 @@ def test_bad_devices_amp_and_sizes_are_one_line(run, tmp_path, synthetic_prepare
         (["viz", "confusion", "--run", run, "--device", "cuda:x"], "unknown device"),
         (["benchmark", "--recipe", recipe, "--device", "gpu"], "unknown device"),
         (["benchmark", "--recipe", recipe, "--device", "cpu", "--amp", "bf16"], "--amp bf16 needs a CUDA device"),
-        (["train", "--recipe", recipe, "--data", synthetic_prepared, "--out", tmp_path / "r", "--device", "gpu"],
-         "unknown device"),
+        (
+            ["train", "--recipe", recipe, "--data", synthetic_prepared, "--out", tmp_path / "r", "--device", "gpu"],
+            "unknown device",
+        ),
     ]
     for size in ("[64]", "[0, 0]", "[100000, 100000]"):
-        cases.append((train_args(recipe, synthetic_prepared, tmp_path / "s", "--set", f"model.input_size={size}"),
-                      "model.input_size"))
+        cases.append(
+            (
+                train_args(recipe, synthetic_prepared, tmp_path / "s", "--set", f"model.input_size={size}"),
+                "model.input_size",
+            )
+        )
         cases.append((["benchmark", "--recipe", recipe, "--set", f"model.input_size={size}"], "model.input_size"))
     cases.append((["benchmark", "--recipe", recipe, "--batch", "100000000", "--size", "4096x4096"], "--batch"))
     for args, words in cases:
@@ -271,8 +310,9 @@ def test_bad_devices_amp_and_sizes_are_one_line(run, tmp_path, synthetic_prepare
 
 
 @pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO])
-def test_write_faults_in_train_eval_and_prepare_are_one_line(code, run, tmp_path, synthetic_source, synthetic_prepared,
-                                                             capsys, monkeypatch):
+def test_write_faults_in_train_eval_and_prepare_are_one_line(
+    code, run, tmp_path, synthetic_source, synthetic_prepared, capsys, monkeypatch
+):
     import mtlcli.safety as safety
 
     real = safety.os.replace
@@ -323,7 +363,9 @@ def test_a_train_that_fails_before_writing_leaves_no_folder(tmp_path, capsys, mo
     before = {"tiny.toml"}
     for step in ("fresh", "with a runs/ folder of the user's"):
         for out in ([], ["--out", "a/b/run"], ["--out", "mine"]):
-            assert cli(["train", "--recipe", recipe, "--data", tmp_path / "nowhere", "-q", "--device", "cpu", *out]) == 2
+            assert (
+                cli(["train", "--recipe", recipe, "--data", tmp_path / "nowhere", "-q", "--device", "cpu", *out]) == 2
+            )
             assert "no prepared dataset" in one_line(capsys)
             assert {p.name for p in tmp_path.iterdir()} == before, (step, out)
         for folder in ("runs", "mine"):

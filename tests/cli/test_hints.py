@@ -45,8 +45,22 @@ def fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_train_without_data_leads_to_a_trained_run(fresh: Path, capsys: pytest.CaptureFixture[str]):
-    train = ["train", "--recipe", "ivanet-tiny-synthetic", "--out", "run", "-q", "--device", "cpu",
-             "--set", "train.iterations=1", "--set", "train.batch_size=1", "--set", "eval.interval=1"]
+    train = [
+        "train",
+        "--recipe",
+        "ivanet-tiny-synthetic",
+        "--out",
+        "run",
+        "-q",
+        "--device",
+        "cpu",
+        "--set",
+        "train.iterations=1",
+        "--set",
+        "train.batch_size=1",
+        "--set",
+        "eval.interval=1",
+    ]
     code, out, err = _run(train, capsys)
     assert code == 2 and out == ""  # no "training ... into RUN" before the data is found
     assert len(err.strip().splitlines()) == 1
@@ -69,6 +83,7 @@ def test_train_without_data_leads_to_a_trained_run(fresh: Path, capsys: pytest.C
 
     # provenance: the run's recipe.toml header and the eval JSON name version, command line and commit
     import json
+
     import tomllib
 
     from mtlcli import __version__
@@ -113,8 +128,22 @@ def test_resume_without_out_names_it(fresh: Path, capsys: pytest.CaptureFixture[
 
 
 # the quickstart kept small: a 3-image city at 64x128 and two training iterations
-QUICKSTART = ["quickstart", "--workdir", "qs", *SMALL_CITY, "--num-viz", "1", "--set", "train.iterations=2",
-              "--set", "train.batch_size=1", "--set", "eval.interval=2", "--set", "model.input_size=[64,128]"]
+QUICKSTART = [
+    "quickstart",
+    "--workdir",
+    "qs",
+    *SMALL_CITY,
+    "--num-viz",
+    "1",
+    "--set",
+    "train.iterations=2",
+    "--set",
+    "train.batch_size=1",
+    "--set",
+    "eval.interval=2",
+    "--set",
+    "model.input_size=[64,128]",
+]
 SHORT_TRAIN = ["--set", "train.iterations=1", "--set", "train.batch_size=1", "-q", "--device", "cpu"]
 
 
@@ -140,8 +169,22 @@ def test_quickstart_next_line_works_as_printed(fresh: Path, capsys: pytest.Captu
 @pytest.fixture()
 def tiny_train(fresh: Path, synthetic_prepared: Path, tiny_registered: str) -> list[str]:
     """`mtl train` of the engine tests' tiny model (4 iterations) into ./run, as a user would type it."""
-    return ["train", "--recipe", str(write_recipe(fresh)), "--data", str(synthetic_prepared), "--out", "run", "-q",
-            "--device", "cpu", "--set", "train.iterations=4", "--set", "train.checkpoint_interval=2"]
+    return [
+        "train",
+        "--recipe",
+        str(write_recipe(fresh)),
+        "--data",
+        str(synthetic_prepared),
+        "--out",
+        "run",
+        "-q",
+        "--device",
+        "cpu",
+        "--set",
+        "train.iterations=4",
+        "--set",
+        "train.checkpoint_interval=2",
+    ]
 
 
 def test_interrupted_train_resumes_as_printed(fresh: Path, tiny_train: list[str], capsys: pytest.CaptureFixture[str]):
@@ -153,12 +196,14 @@ def test_interrupted_train_resumes_as_printed(fresh: Path, tiny_train: list[str]
     code, _, err = _run(tiny_train, capsys)
     assert code == 2 and _commands(err) == [resume], err
     code, _, err = _run(resume, capsys)  # the run's own recipe.toml: the injected interrupt comes at call 3 again,
-    assert code == 0, err                 # after the two iterations that were left
+    assert code == 0, err  # after the two iterations that were left
     assert load_checkpoint(fresh / "run" / "checkpoints" / "last.pt")["iteration"] == 4
     assert [r["iteration"] for r in train_losses(fresh / "run")] == [1, 2, 3, 4]
 
 
-def test_finished_run_hints_lead_to_a_longer_run(fresh: Path, tiny_train: list[str], capsys: pytest.CaptureFixture[str]):
+def test_finished_run_hints_lead_to_a_longer_run(
+    fresh: Path, tiny_train: list[str], capsys: pytest.CaptureFixture[str]
+):
     code, _, err = _run(tiny_train, capsys)
     assert code == 0, err
     code, _, err = _run(tiny_train, capsys)
@@ -173,8 +218,9 @@ def test_finished_run_hints_lead_to_a_longer_run(fresh: Path, tiny_train: list[s
     assert load_checkpoint(fresh / "run" / "checkpoints" / "last.pt")["iteration"] == 8
 
 
-def test_diverged_run_resumes_with_a_lower_lr_as_printed(fresh: Path, tiny_train: list[str],
-                                                        capsys: pytest.CaptureFixture[str]):
+def test_diverged_run_resumes_with_a_lower_lr_as_printed(
+    fresh: Path, tiny_train: list[str], capsys: pytest.CaptureFixture[str]
+):
     code, _, err = _run(tiny_train + ["--set", "model.fail_at=3", "--set", "model.failure=nan"], capsys)
     assert code == 2 and "non-finite loss at iteration 3" in err
     (lower,) = _commands(err)
@@ -187,8 +233,9 @@ def test_diverged_run_resumes_with_a_lower_lr_as_printed(fresh: Path, tiny_train
     assert load_checkpoint(fresh / "run" / "checkpoints" / "last.pt")["iteration"] == 4
 
 
-def test_custom_coco_next_line_trains_as_printed(fresh: Path, capsys: pytest.CaptureFixture[str],
-                                                 monkeypatch: pytest.MonkeyPatch):
+def test_custom_coco_next_line_trains_as_printed(
+    fresh: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
     from urllib.error import URLError
 
     from torchvision.models._api import WeightsEnum
@@ -196,8 +243,10 @@ def test_custom_coco_next_line_trains_as_printed(fresh: Path, capsys: pytest.Cap
     from tests.data.test_coco import CAR, PERSON_POLY, ann, compressed_rle, custom_coco
 
     c = custom_coco(Path("."), [ann(1, 101, 12, PERSON_POLY), ann(2, 205, 3, compressed_rle(CAR))])
-    code, out, err = _run(["prepare", "coco", "--train-json", str(c["json"]), "--train-images", str(c["images"]),
-                           "--out", "mine", "-q"], capsys)
+    code, out, err = _run(
+        ["prepare", "coco", "--train-json", str(c["json"]), "--train-images", str(c["images"]), "--out", "mine", "-q"],
+        capsys,
+    )
     assert code == 0, err
     (train,) = _commands(out)
     assert train[:5] == ["train", "--recipe", "ivanet-custom", "--data", "mine"] and "no val split" in out, out
@@ -209,8 +258,9 @@ def test_custom_coco_next_line_trains_as_printed(fresh: Path, capsys: pytest.Cap
     code, _, err = _run(train + SHORT_TRAIN + ["--set", "train.workers=0"], capsys)  # one iteration
     assert code == 2 and "could not download the ImageNet weights" in err and "set it to false" in err, err
     assert not (fresh / "runs").exists()  # nothing left behind
-    code, out, err = _run(train + SHORT_TRAIN + ["--set", "train.workers=0", "--set", "model.pretrained_backbone=false"],
-                          capsys)
+    code, out, err = _run(
+        train + SHORT_TRAIN + ["--set", "train.workers=0", "--set", "model.pretrained_backbone=false"], capsys
+    )
     assert code == 0, err
     assert (fresh / "runs" / "ivanet-custom" / "exp1" / "checkpoints" / "last.pt").is_file()
     assert "no [eval] metrics" in out and _commands(out) == []  # no evaluation command that would fail
@@ -238,8 +288,11 @@ class _TrainingLoop(Exception):
     """Raised where `mtl train` would start iterating: every check of the command before it has passed."""
 
 
-def _reaches_training_loop(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def _reaches_training_loop(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Run `mtl ARGV` up to its first batch (datasets, splits, overlap, classes, anchors, model, weights)."""
+
     def loop(*args, **kwargs):
         raise _TrainingLoop
 
@@ -271,8 +324,9 @@ def test_prepare_synthetic_city_next_line_trains_as_printed(fresh: Path, capsys:
     assert (fresh / "runs" / "ivanet-tiny-synthetic" / "exp1" / "checkpoints" / "last.pt").is_file()
 
 
-def test_prepare_cityscapes_next_line_reaches_training(fresh: Path, synthetic_source: Path,
-                                                        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+def test_prepare_cityscapes_next_line_reaches_training(
+    fresh: Path, synthetic_source: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
     import shutil
 
     from mtlcli.data.synthetic import MARKER
@@ -283,19 +337,30 @@ def test_prepare_cityscapes_next_line_reaches_training(fresh: Path, synthetic_so
     train = _next_train(out)
     assert train == ["train", "--recipe", "imtl-cityscapes", "--data", "data/cs"], out
     _reaches_training_loop(train + NO_DOWNLOAD + ["-q", "--device", "cpu", "--out", "run"], monkeypatch, capsys)
-    code, out, _ = _run(["prepare", "cityscapes", "cityscapes", "--out", "val-only", "--split", "val", "-j", "1"], capsys)
+    code, out, _ = _run(
+        ["prepare", "cityscapes", "cityscapes", "--out", "val-only", "--split", "val", "-j", "1"], capsys
+    )
     assert code == 0 and "next:" not in out  # nothing to train on: no train command
 
 
-@pytest.mark.parametrize("sources, recipe, sets", [
-    (["voc2012", "voc2007", "sbd"], "ivanet300", []),
-    (["voc2012", "voc2007"], "maskrcnn-r50-voc", []),
-    (["voc2012", "sbd"], "ivanet300", ["--set", "data.train_split=train_aug", "--set", "data.test_split="]),
-    (["voc2012"], "ivanet300", ["--set", "data.train_split=train", "--set", "data.test_split="]),
-])
-def test_prepare_voc_next_line_reaches_training(fresh: Path, voc: dict[str, Path], sources: list[str], recipe: str,
-                                                sets: list[str], capsys: pytest.CaptureFixture[str],
-                                                monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize(
+    "sources, recipe, sets",
+    [
+        (["voc2012", "voc2007", "sbd"], "ivanet300", []),
+        (["voc2012", "voc2007"], "maskrcnn-r50-voc", []),
+        (["voc2012", "sbd"], "ivanet300", ["--set", "data.train_split=train_aug", "--set", "data.test_split="]),
+        (["voc2012"], "ivanet300", ["--set", "data.train_split=train", "--set", "data.test_split="]),
+    ],
+)
+def test_prepare_voc_next_line_reaches_training(
+    fresh: Path,
+    voc: dict[str, Path],
+    sources: list[str],
+    recipe: str,
+    sets: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):
     options = [a for s in sources for a in (f"--{s}", str(voc[s]))]
     code, out, err = _run(["prepare", "voc", *options, "--out", "data/voc", "-q", "-j", "1"], capsys)
     assert code == 0, err
@@ -304,16 +369,23 @@ def test_prepare_voc_next_line_reaches_training(fresh: Path, voc: dict[str, Path
     _reaches_training_loop(train + NO_DOWNLOAD + ["-q", "--device", "cpu", "--out", "run"], monkeypatch, capsys)
 
 
-def test_prepare_coco_and_mot15_next_lines_reach_training(fresh: Path, coco: dict[str, Path], mot: dict[str, Path],
-                                                          capsys: pytest.CaptureFixture[str],
-                                                          monkeypatch: pytest.MonkeyPatch):
+def test_prepare_coco_and_mot15_next_lines_reach_training(
+    fresh: Path,
+    coco: dict[str, Path],
+    mot: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):
     # the COCO tree holds 3 of COCO's 80 categories: the recipe's class counts follow it
     few = ["--set", "model.num_det_classes=3", "--set", "model.num_seg_classes=4"]
-    for argv, recipe, extra in ((["coco", str(coco["src"])], "ivanet300-coco", few),
-                                (["mot15", str(mot["src"])], "ssd300-mot15", [])):
+    for argv, recipe, extra in (
+        (["coco", str(coco["src"])], "ivanet300-coco", few),
+        (["mot15", str(mot["src"])], "ssd300-mot15", []),
+    ):
         code, out, err = _run(["prepare", *argv, "--out", f"data/{argv[0]}", "-q", "-j", "1"], capsys)
         assert code == 0, err
         train = _next_train(out)
         assert train == ["train", "--recipe", recipe, "--data", f"data/{argv[0]}"], out
-        _reaches_training_loop(train + NO_DOWNLOAD + extra + ["-q", "--device", "cpu", "--out", f"run-{argv[0]}"],
-                               monkeypatch, capsys)
+        _reaches_training_loop(
+            train + NO_DOWNLOAD + extra + ["-q", "--device", "cpu", "--out", f"run-{argv[0]}"], monkeypatch, capsys
+        )

@@ -26,7 +26,28 @@ def error_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
 
 def test_synthetic_then_cityscapes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src, out = tmp_path / "city", tmp_path / "data"
-    assert run(["prepare", "synthetic", "--out", str(src), "--train", "2", "--val", "1", "--size", "48", "96", "--seed", "5", "-j", "1"]) == 0
+    assert (
+        run(
+            [
+                "prepare",
+                "synthetic",
+                "--out",
+                str(src),
+                "--train",
+                "2",
+                "--val",
+                "1",
+                "--size",
+                "48",
+                "96",
+                "--seed",
+                "5",
+                "-j",
+                "1",
+            ]
+        )
+        == 0
+    )
     marker = json.loads((src / "mtl_synthetic.json").read_text())
     assert marker["size"] == [48, 96] and marker["seed"] == 5
     assert run(["prepare", "cityscapes", str(src), "--out", str(out), "--workers", "1", "--split", "val"]) == 0
@@ -37,14 +58,28 @@ def test_synthetic_then_cityscapes(tmp_path: Path, capsys: pytest.CaptureFixture
     assert len(json.loads((out / "val" / "instances.json").read_text())["images"]) == 1
 
 
-def test_next_line_names_a_recipe_the_splits_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                 synthetic_source: Path) -> None:
+def test_next_line_names_a_recipe_the_splits_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], synthetic_source: Path
+) -> None:
     out = tmp_path / "train only"
-    assert run(["prepare", "cityscapes", str(synthetic_source), "--out", str(out), "--split", "train", "-j", "1", "-q"]) == 0
+    assert (
+        run(["prepare", "cityscapes", str(synthetic_source), "--out", str(out), "--split", "train", "-j", "1", "-q"])
+        == 0
+    )
     (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("next: ")]
     command, note = line.removeprefix("next: ").split("   (")
-    assert shlex.split(command) == ["mtl", "train", "--recipe", "ivanet-tiny-synthetic", "--data", str(out),
-                                    "--set", "eval.metrics=[]", "--set", "eval.best_metric="]
+    assert shlex.split(command) == [
+        "mtl",
+        "train",
+        "--recipe",
+        "ivanet-tiny-synthetic",
+        "--data",
+        str(out),
+        "--set",
+        "eval.metrics=[]",
+        "--set",
+        "eval.best_metric=",
+    ]
     assert "no val split, so no evaluation" in note  # the recipe evaluates on val, which was not prepared
 
 
@@ -54,23 +89,29 @@ def test_default_out_is_mtl_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert (tmp_path / "datasets" / "cityscapes" / "dataset.json").is_file()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["prepare", "cityscapes", "{tmp}/missing", "--out", "{tmp}/out"], "no such folder"),
-    (["prepare", "cityscapes", "{tmp}", "--out", "{tmp}/out"], "no leftImg8bit/ folder"),
-    (["prepare", "synthetic", "--out", "{tmp}/s", "--train", "0", "--val", "0"], "at least one image"),
-    (["prepare", "synthetic", "--out", "{tmp}/s", "--size", "8", "16"], "too small"),
-    (["prepare", "coco", "{tmp}/missing", "--out", "{tmp}/out"], "missing"),
-    (["prepare", "mot15", "{tmp}/missing", "--out", "{tmp}/out"], "missing"),
-    (["prepare", "voc", "--voc2012", "{tmp}/missing", "--out", "{tmp}/out"], "missing"),
-])
-def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["prepare", "cityscapes", "{tmp}/missing", "--out", "{tmp}/out"], "no such folder"),
+        (["prepare", "cityscapes", "{tmp}", "--out", "{tmp}/out"], "no leftImg8bit/ folder"),
+        (["prepare", "synthetic", "--out", "{tmp}/s", "--train", "0", "--val", "0"], "at least one image"),
+        (["prepare", "synthetic", "--out", "{tmp}/s", "--size", "8", "16"], "too small"),
+        (["prepare", "coco", "{tmp}/missing", "--out", "{tmp}/out"], "missing"),
+        (["prepare", "mot15", "{tmp}/missing", "--out", "{tmp}/out"], "missing"),
+        (["prepare", "voc", "--voc2012", "{tmp}/missing", "--out", "{tmp}/out"], "missing"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
     assert run([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     lines = error_lines(capsys)
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
 
 
-def test_non_empty_out_and_strict(tmp_path: Path, capsys: pytest.CaptureFixture[str], synthetic_source: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_non_empty_out_and_strict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], synthetic_source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "data"
     out.mkdir()
     (out / "keep.txt").write_text("x")
@@ -101,7 +142,9 @@ def test_help_lists_every_dataset(capsys: pytest.CaptureFixture[str]) -> None:
         assert name in text
 
 
-def test_nothing_prepared_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], synthetic_source: Path) -> None:
+def test_nothing_prepared_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], synthetic_source: Path
+) -> None:
     src = tmp_path / "src"
     shutil.copytree(synthetic_source, src, ignore=shutil.ignore_patterns("*_gtFine_*"))
     assert run(["prepare", "cityscapes", str(src), "--out", str(tmp_path / "o"), "-j", "1"]) == 2
@@ -111,8 +154,23 @@ def test_nothing_prepared_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_quickstart_makes_and_reuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     work = tmp_path / "qs"
-    argv = ["quickstart", "--workdir", str(work), "--train", "2", "--val", "1", "--size", "48", "96", "-j", "1", "--num-viz", "1",
-            "--no-train"]
+    argv = [
+        "quickstart",
+        "--workdir",
+        str(work),
+        "--train",
+        "2",
+        "--val",
+        "1",
+        "--size",
+        "48",
+        "96",
+        "-j",
+        "1",
+        "--num-viz",
+        "1",
+        "--no-train",
+    ]
     assert run(argv) == 0
     assert json.loads((work / "data" / "dataset.json").read_text())["source"] == str((work / "synthetic").resolve())
     stamp = (work / "data" / "val" / "instances.json").stat().st_mtime_ns

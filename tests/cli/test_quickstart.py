@@ -10,9 +10,29 @@ from PIL import Image
 from mtlcli.cli.main import main
 from mtlcli.viz.draw import titled_geometry
 
-TINY = ["--train", "4", "--val", "2", "--size", "64", "128", "-j", "1", "--num-viz", "2",
-        "--set", "train.iterations=4", "--set", "train.batch_size=2", "--set", "eval.interval=4",
-        "--set", "train.checkpoint_interval=2", "--set", "model.input_size=[64,128]"]
+TINY = [
+    "--train",
+    "4",
+    "--val",
+    "2",
+    "--size",
+    "64",
+    "128",
+    "-j",
+    "1",
+    "--num-viz",
+    "2",
+    "--set",
+    "train.iterations=4",
+    "--set",
+    "train.batch_size=2",
+    "--set",
+    "eval.interval=4",
+    "--set",
+    "train.checkpoint_interval=2",
+    "--set",
+    "model.input_size=[64,128]",
+]
 
 
 def run(argv: list[str]) -> int:
@@ -78,16 +98,26 @@ def test_quickstart_all_trains_each_tiny_recipe_and_prints_one_table(
 ) -> None:
     import mtlcli.cli.quickstart as qs
 
-    assert {"ivanet-tiny-synthetic", "ssd300-tiny-synthetic", "ladderdensenet-tiny-synthetic", "imtl-tiny-synthetic",
-            "datnet-tiny-synthetic", "safpn-ejhead-tiny-synthetic"} <= set(qs.tiny_recipes())
+    assert {
+        "ivanet-tiny-synthetic",
+        "ssd300-tiny-synthetic",
+        "ladderdensenet-tiny-synthetic",
+        "imtl-tiny-synthetic",
+        "datnet-tiny-synthetic",
+        "safpn-ejhead-tiny-synthetic",
+    } <= set(qs.tiny_recipes())
     monkeypatch.setattr(qs, "tiny_recipes", lambda: ["ivanet-tiny-synthetic", "ladderdensenet-tiny-synthetic"])
     work = tmp_path / "qs"
     assert run(["quickstart", "--workdir", str(work), *TINY, "--all"]) == 0
     out = capsys.readouterr().out
-    table = out[out.index("quickstart --all"):]
+    table = out[out.index("quickstart --all") :]
     lines = table.splitlines()
     assert max(len(line) for line in lines) <= 80  # the whole table in an 80-column terminal
-    rows_shown = {line.split()[0]: line.split() for line in lines if line.split() and line.split()[0] in ("ivanet", "ladderdensenet")}
+    rows_shown = {
+        line.split()[0]: line.split()
+        for line in lines
+        if line.split() and line.split()[0] in ("ivanet", "ladderdensenet")
+    }
     assert set(rows_shown) == {"ivanet", "ladderdensenet"} and "CPU" in table and "mAP50" in table
     assert rows_shown["ladderdensenet"][-1] in ("met", "not")  # one floors verdict per row
     rows = json.loads((work / "learning.json").read_text())

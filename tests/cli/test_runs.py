@@ -21,7 +21,9 @@ def _run(root: Path, name: str, logged: int, evals: list[float], *, old: bool = 
     set_command(["train", "--recipe", "ivanet-tiny-synthetic", "--out", str(run)])
     (run / "recipe.toml").write_text(header() + dump_toml(recipe))
     lines = [{"type": "train", "iteration": i, "loss": 1.0 / i, "images_per_s": 3.0} for i in range(1, logged + 1)]
-    lines += [{"type": "eval", "iteration": 2 * (k + 1), "metrics": {"miou": v, "voc07": v / 2}} for k, v in enumerate(evals)]
+    lines += [
+        {"type": "eval", "iteration": 2 * (k + 1), "metrics": {"miou": v, "voc07": v / 2}} for k, v in enumerate(evals)
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     if old:
         os.utime(run / "metrics.jsonl", (1e9, 1e9))
@@ -37,8 +39,9 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
     return code, " ".join(re.sub("[\u2500-\u257f]", " ", capsys.readouterr().out).split())  # no table borders
 
 
-def test_table_lists_status_and_best(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                     monkeypatch: pytest.MonkeyPatch):
+def test_table_lists_status_and_best(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.chdir(tmp_path)  # runs named as typed (runs/a ...), however long tmp_path is
     monkeypatch.setenv("COLUMNS", "120")  # every cell on one line (80 columns: the next test)
     _run(Path("runs"), "a", 10, [0.2, 0.5, 0.4])
@@ -47,9 +50,9 @@ def test_table_lists_status_and_best(tmp_path: Path, capsys: pytest.CaptureFixtu
     Path("runs", "not-a-run").mkdir()
     code, out = _cli(["runs", "runs"], capsys)
     assert code == 0
-    assert "10/10" in out and "miou 50.00% @ 4" in out and "finished" in out     # a: best is not the last
-    assert "6/10" in out and "interrupted" in out and "miou 30.00% @ 2" in out   # b
-    assert "3/10" in out and "running" in out                                    # c: written just now
+    assert "10/10" in out and "miou 50.00% @ 4" in out and "finished" in out  # a: best is not the last
+    assert "6/10" in out and "interrupted" in out and "miou 30.00% @ 2" in out  # b
+    assert "3/10" in out and "running" in out  # c: written just now
     assert out.count("ivanet-tiny-synthetic") == 3 and "not-a-run" not in out
 
 
@@ -67,8 +70,9 @@ def test_compare_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert code == 2  # list a folder or compare runs, not both
 
 
-def test_table_names_runs_as_typed_and_fits_80_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                        monkeypatch: pytest.MonkeyPatch):
+def test_table_names_runs_as_typed_and_fits_80_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", "80")
     _run(Path("runs"), "ivanet-tiny-synthetic/exp1", 10, [0.2])  # the default layout runs/<recipe>/expN

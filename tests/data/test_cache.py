@@ -15,8 +15,8 @@ from mtlcli.data.cache import RAM_SHARE, fill_ram_cache, planned_bytes
 from mtlcli.data.dataset import PreparedDataset, collate
 from mtlcli.data.transforms import build_transforms
 from mtlcli.data.unreadable import SkipUnreadable
-from mtlcli.engine.distributed import DistInfo, TrainSampler
 from mtlcli.engine.data import SeededSamples, make_loader
+from mtlcli.engine.distributed import DistInfo, TrainSampler
 from mtlcli.engine.train import train
 from mtlcli.errors import UserError
 from mtlcli.recipes import load_recipe
@@ -130,7 +130,6 @@ def test_memory_guard_falls_back_with_a_note(tmp_path):
 @pytest.mark.usefixtures("tiny_registered")
 def test_training_falls_back_to_files_when_the_cache_would_not_fit(tmp_path, synthetic_prepared, monkeypatch, capsys):
     import mtlcli.engine.limits
-
     from tests.conftest import SYNTHETIC_SIZE, SYNTHETIC_TRAIN
 
     # The tiny model's loss reads `semantic`: its cache holds RGB + one map per pixel. With 1.5x that
@@ -144,10 +143,13 @@ def test_training_falls_back_to_files_when_the_cache_would_not_fit(tmp_path, syn
 
 
 @pytest.mark.usefixtures("tiny_registered")
-@pytest.mark.parametrize("override, message", [
-    ("data.cache=disk", "data.cache = 'disk'; valid: none, ram"),
-    ("data.cache=true", "data.cache = 'true'; valid: none, ram"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.cache=disk", "data.cache = 'disk'; valid: none, ram"),
+        ("data.cache=true", "data.cache = 'true'; valid: none, ram"),
+    ],
+)
 def test_bad_cache_values_are_rejected(tmp_path, override, message):
     with pytest.raises(UserError, match=message):
         load_recipe(write_recipe(tmp_path), [override])
@@ -159,8 +161,20 @@ def test_bad_cache_values_are_rejected(tmp_path, override, message):
 @pytest.mark.usefixtures("tiny_registered")
 def test_bad_cache_flag_is_one_line_and_exit_2(tmp_path, synthetic_prepared, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--recipe", str(write_recipe(tmp_path)), "--data", str(synthetic_prepared), "--out",
-              str(tmp_path / "run"), "--quiet", "--cache", "disk"])
+        main(
+            [
+                "train",
+                "--recipe",
+                str(write_recipe(tmp_path)),
+                "--data",
+                str(synthetic_prepared),
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+                "--cache",
+                "disk",
+            ]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: --cache disk: valid values are none, ram"

@@ -22,8 +22,17 @@ from mtlcli.errors import UserError
 H, W = 40, 60
 
 
-def write_image(root: Path, split: str, city: str, prefix: str, objects: list[dict], *, polygons: bool = True,
-                pngs: bool = False, size: tuple[int, int] = (H, W)) -> None:
+def write_image(
+    root: Path,
+    split: str,
+    city: str,
+    prefix: str,
+    objects: list[dict],
+    *,
+    polygons: bool = True,
+    pngs: bool = False,
+    size: tuple[int, int] = (H, W),
+) -> None:
     """One image in the real layout: a leftImg8bit PNG plus its polygon JSON and/or the PNGs the
     official json2labelImg / json2instanceImg make from it."""
     h, w = size
@@ -47,9 +56,9 @@ def box(x0: int, y0: int, x1: int, y1: int) -> list[list[int]]:
 SCENE = [
     {"label": "road", "polygon": box(0, 20, 59, 39)},
     {"label": "sky", "polygon": box(0, 0, 59, 9)},
-    {"label": "person", "polygon": box(40, 5, 44, 30)},   # 24000, right part hidden by the car below
-    {"label": "car", "polygon": box(10, 15, 29, 24)},     # 26000
-    {"label": "car", "polygon": box(42, 22, 55, 33)},     # 26001, covers the person's lower right
+    {"label": "person", "polygon": box(40, 5, 44, 30)},  # 24000, right part hidden by the car below
+    {"label": "car", "polygon": box(10, 15, 29, 24)},  # 26000
+    {"label": "car", "polygon": box(42, 22, 55, 33)},  # 26001, covers the person's lower right
     {"label": "persongroup", "polygon": box(2, 2, 6, 12)},  # crowd region, labelId 24
     {"label": "license plate", "polygon": box(12, 20, 14, 21)},  # id -1: not drawn at all
 ]
@@ -60,15 +69,20 @@ def read_split(root: Path, split: str) -> dict:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("source", ["polygons", "pngs"])
 def test_exact_boxes_crowd_and_train_ids(tmp_path: Path, source: str) -> None:
     src = tmp_path / "src"
     write_image(src, "train", "town", "town_000000_000019", SCENE, polygons=source == "polygons", pngs=source == "pngs")
-    write_image(src, "val", "town", "town_000001_000019", SCENE[:2], polygons=source == "polygons", pngs=source == "pngs")
+    write_image(
+        src, "val", "town", "town_000001_000019", SCENE[:2], polygons=source == "polygons", pngs=source == "pngs"
+    )
     summary = prepare_cityscapes(src, tmp_path / "out", workers=1, quiet=True)
     assert summary["splits"]["train"]["instances"]["car"] == 2 and summary["splits"]["train"]["crowd"] == 1
 
@@ -77,15 +91,19 @@ def test_exact_boxes_crowd_and_train_ids(tmp_path: Path, source: str) -> None:
     anns = sorted(coco["annotations"], key=lambda a: (a["iscrowd"], a["category_id"], a["bbox"]))
     # PIL fills polygons inclusively: box(10, 15, 29, 24) covers columns 10..29 and rows 15..24
     assert [(a["category_id"], a["bbox"], a["iscrowd"]) for a in anns] == [
-        (1, [40.0, 5.0, 5.0, 26.0], 0),   # person: still 26 rows tall; its visible columns are 40..44
+        (1, [40.0, 5.0, 5.0, 26.0], 0),  # person: still 26 rows tall; its visible columns are 40..44
         (3, [10.0, 15.0, 20.0, 10.0], 0),
         (3, [42.0, 22.0, 14.0, 12.0], 0),
-        (1, [2.0, 2.0, 5.0, 11.0], 1),    # persongroup -> crowd
+        (1, [2.0, 2.0, 5.0, 11.0], 1),  # persongroup -> crowd
     ]
     person = next(a for a in anns if a["category_id"] == 1 and not a["iscrowd"])
     assert person["area"] == 5 * 26 - 3 * 9  # rows 22..30 of columns 42..44 are behind the second car
     image = coco["images"][0]
-    assert (image["height"], image["width"], image["file_name"]) == (H, W, "leftImg8bit/train/town/town_000000_000019_leftImg8bit.png")
+    assert (image["height"], image["width"], image["file_name"]) == (
+        H,
+        W,
+        "leftImg8bit/train/town/town_000000_000019_leftImg8bit.png",
+    )
 
     semantic = read_label_png(tmp_path / "out" / "train" / "semantic" / "town_000000_000019_leftImg8bit.png")
     assert semantic.dtype == np.uint8 and semantic.shape == (H, W)
@@ -117,8 +135,11 @@ def test_matches_official_pngs_and_direct_dt(synthetic_source: Path, synthetic_p
             semantic = read_label_png(synthetic_prepared / split / "semantic" / f"{image['stem']}.png")
             assert np.array_equal(semantic, lut[label_ids])
 
-            anns = [{k: a[k] for k in ("category_id", "bbox", "area", "iscrowd", "segmentation")}
-                    for a in coco["annotations"] if a["image_id"] == image["id"]]
+            anns = [
+                {k: a[k] for k in ("category_id", "bbox", "area", "iscrowd", "segmentation")}
+                for a in coco["annotations"]
+                if a["image_id"] == image["id"]
+            ]
             expected = [encode_instance(m, c, z) for m, c, z in instances_from_cityscapes(instance_ids)]
             assert anns == expected
 
@@ -180,14 +201,26 @@ def test_existing_out_needs_force(synthetic_source: Path, tmp_path: Path) -> Non
     assert (out / "dataset.json").is_file()
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda src: (src / "gtFine").mkdir(parents=True), "no leftImg8bit/ folder"),
-    (lambda src: (src / "leftImg8bit" / "train").mkdir(parents=True), "no gtFine/ folder"),
-    (lambda src: [(src / d / "training").mkdir(parents=True) for d in ("leftImg8bit", "gtFine")], r"no train/ or val/ folder \(found: training\)"),
-    (lambda src: [(src / "leftImg8bit" / "train").mkdir(parents=True), (src / "gtFine").mkdir()], "has images but no gtFine"),
-    (lambda src: [(src / d / "train" / "town").mkdir(parents=True) for d in ("leftImg8bit", "gtFine")], "no images under"),
-    (lambda src: None, "no such folder"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda src: (src / "gtFine").mkdir(parents=True), "no leftImg8bit/ folder"),
+        (lambda src: (src / "leftImg8bit" / "train").mkdir(parents=True), "no gtFine/ folder"),
+        (
+            lambda src: [(src / d / "training").mkdir(parents=True) for d in ("leftImg8bit", "gtFine")],
+            r"no train/ or val/ folder \(found: training\)",
+        ),
+        (
+            lambda src: [(src / "leftImg8bit" / "train").mkdir(parents=True), (src / "gtFine").mkdir()],
+            "has images but no gtFine",
+        ),
+        (
+            lambda src: [(src / d / "train" / "town").mkdir(parents=True) for d in ("leftImg8bit", "gtFine")],
+            "no images under",
+        ),
+        (lambda src: None, "no such folder"),
+    ],
+)
 def test_layout_errors(tmp_path: Path, make, message: str) -> None:
     src = tmp_path / "src"
     make(src)
@@ -203,7 +236,9 @@ def test_unknown_split_is_an_error(synthetic_source: Path, tmp_path: Path) -> No
 
 def _bad_tree(src: Path) -> None:
     write_image(src, "train", "town", "town_000000_000019", SCENE)
-    write_image(src, "train", "town", "town_000001_000019", SCENE + [{"label": "spaceship", "polygon": box(1, 1, 5, 5)}])
+    write_image(
+        src, "train", "town", "town_000001_000019", SCENE + [{"label": "spaceship", "polygon": box(1, 1, 5, 5)}]
+    )
     write_image(src, "train", "town", "town_000002_000019", SCENE, polygons=False, pngs=True)
     inst = src / "gtFine/train/town/town_000002_000019_gtFine_instanceIds.png"
     inst.write_bytes(inst.read_bytes()[:60])  # truncated PNG
@@ -212,7 +247,9 @@ def _bad_tree(src: Path) -> None:
     img = src / "leftImg8bit/train/town/town_000004_000019_leftImg8bit.png"
     img.write_bytes(img.read_bytes()[:-30])  # truncated image
     write_image(src, "train", "town", "town_000005_000019", SCENE, size=(20, 30))
-    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(src / "leftImg8bit/train/town/town_000005_000019_leftImg8bit.png")
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(
+        src / "leftImg8bit/train/town/town_000005_000019_leftImg8bit.png"
+    )
     Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(src / "leftImg8bit/train/town/holiday.png")
 
 
@@ -230,13 +267,20 @@ def test_bad_files_are_skipped_and_listed(tmp_path: Path) -> None:
     assert "not a Cityscapes image name" in reasons["holiday.png"]
     coco = read_split(tmp_path / "out", "train")
     assert [i["stem"] for i in coco["images"]] == ["town_000000_000019_leftImg8bit"]
-    assert summary["splits"]["train"] == {"images": 1, "instances": summary["splits"]["train"]["instances"], "crowd": 1, "skipped": 6}
+    assert summary["splits"]["train"] == {
+        "images": 1,
+        "instances": summary["splits"]["train"]["instances"],
+        "crowd": 1,
+        "skipped": 6,
+    }
 
 
 def test_strict_stops_at_a_bad_file(tmp_path: Path) -> None:
     src = tmp_path / "src"
     write_image(src, "train", "town", "town_000000_000019", SCENE)
-    write_image(src, "train", "town", "town_000001_000019", SCENE + [{"label": "spaceship", "polygon": box(1, 1, 5, 5)}])
+    write_image(
+        src, "train", "town", "town_000001_000019", SCENE + [{"label": "spaceship", "polygon": box(1, 1, 5, 5)}]
+    )
     with pytest.raises(UserError, match="spaceship.*--strict"):
         prepare_cityscapes(src, tmp_path / "out", workers=1, strict=True, quiet=True)
     write_image(src, "train", "town", "town_000002_000019", SCENE, polygons=False)
@@ -248,14 +292,28 @@ def test_strict_stops_at_a_bad_file(tmp_path: Path) -> None:
 def random_scene(rng: np.random.Generator, h: int, w: int, n: int) -> list[dict]:
     """n objects of random classes (stuff, instances, groups, a never-drawn license plate, deleted
     ones) with random fractional polygons that overlap and cross the image border."""
-    names = ["road", "building", "pole", "person", "rider", "car", "bicycle", "cargroup", "persongroup", "license plate", "caravan"]
+    names = [
+        "road",
+        "building",
+        "pole",
+        "person",
+        "rider",
+        "car",
+        "bicycle",
+        "cargroup",
+        "persongroup",
+        "license plate",
+        "caravan",
+    ]
     objects = []
     for _ in range(n):
         cx, cy = rng.uniform(-5, w + 5), rng.uniform(-5, h + 5)
         k = int(rng.integers(3, 9))
         angles = np.sort(rng.uniform(0, 2 * np.pi, k))
         radius = rng.uniform(0.5, min(h, w) / 3, k)
-        polygon = [[round(float(cx + r * np.cos(a)), 2), round(float(cy + r * np.sin(a)), 2)] for a, r in zip(angles, radius)]
+        polygon = [
+            [round(float(cx + r * np.cos(a)), 2), round(float(cy + r * np.sin(a)), 2)] for a, r in zip(angles, radius)
+        ]
         obj = {"label": str(rng.choice(names)), "polygon": polygon}
         if rng.random() < 0.05:
             obj["deleted"] = 1
@@ -272,12 +330,20 @@ def test_drawn_polygons_agree_with_official_pngs(tmp_path: Path, scene: str) -> 
     if scene == "random":
         images = [random_scene(rng, H, W, 40) for _ in range(4)]
     else:  # 300 persons on a grid, partly hidden by cars drawn later
-        persons = [{"label": "person", "polygon": box(x, y, x + 2, y + 2)} for y in range(0, 40, 4) for x in range(0, 120, 4)]
-        images = [[{"label": "road", "polygon": box(0, 0, 127, 39)}] + persons + [{"label": "car", "polygon": box(10, 5, 30, 20)}]]
+        persons = [
+            {"label": "person", "polygon": box(x, y, x + 2, y + 2)} for y in range(0, 40, 4) for x in range(0, 120, 4)
+        ]
+        images = [
+            [{"label": "road", "polygon": box(0, 0, 127, 39)}]
+            + persons
+            + [{"label": "car", "polygon": box(10, 5, 30, 20)}]
+        ]
     size = (H, W) if scene == "random" else (40, 128)
     for i, objects in enumerate(images):
         write_image(tmp_path / "json", "train", "town", f"town_{i:06d}_000019", objects, size=size)
-        write_image(tmp_path / "png", "train", "town", f"town_{i:06d}_000019", objects, polygons=False, pngs=True, size=size)
+        write_image(
+            tmp_path / "png", "train", "town", f"town_{i:06d}_000019", objects, polygons=False, pngs=True, size=size
+        )
     a = prepare_cityscapes(tmp_path / "json", tmp_path / "a", workers=1, quiet=True)
     b = prepare_cityscapes(tmp_path / "png", tmp_path / "b", workers=1, quiet=True)
     assert a["splits"] == b["splits"] and not a["skipped"]
@@ -344,13 +410,16 @@ def test_packed_label_pngs_read_back_unchanged(tmp_path: Path) -> None:
         save_indexed_png(tmp_path / "bad.png", bins + 1, DT_PALETTE, bits=2)
 
 
-@pytest.mark.parametrize("objects, reason", [
-    ({"label": "car"}, "'objects' must be a list"),
-    (["car"], "'objects' must be a list"),
-    ([{"label": "car", "polygon": [[3, 3]]}], "malformed polygon"),
-    ([{"label": "car"}], "malformed polygon"),
-    ([{"label": "car", "polygon": [["a", 1], [2, 2], [3, 1]]}], "malformed polygon"),
-])
+@pytest.mark.parametrize(
+    "objects, reason",
+    [
+        ({"label": "car"}, "'objects' must be a list"),
+        (["car"], "'objects' must be a list"),
+        ([{"label": "car", "polygon": [[3, 3]]}], "malformed polygon"),
+        ([{"label": "car"}], "malformed polygon"),
+        ([{"label": "car", "polygon": [["a", 1], [2, 2], [3, 1]]}], "malformed polygon"),
+    ],
+)
 def test_malformed_polygon_files_are_skipped(tmp_path: Path, objects, reason: str) -> None:
     src = tmp_path / "src"
     write_image(src, "train", "town", "town_000000_000019", SCENE)

@@ -45,14 +45,23 @@ def uncompressed_rle(m: np.ndarray) -> dict:
 
 
 def ann(i: int, image_id: int, cat: int, seg, crowd: int = 0) -> dict:
-    return {"id": i, "image_id": image_id, "category_id": cat, "segmentation": seg, "iscrowd": crowd,
-            "area": 0.0, "bbox": [0, 0, 1, 1]}
+    return {
+        "id": i,
+        "image_id": image_id,
+        "category_id": cat,
+        "segmentation": seg,
+        "iscrowd": crowd,
+        "area": 0.0,
+        "bbox": [0, 0, 1, 1],
+    }
 
 
 # category ids are not contiguous and not listed in id order
-CATEGORIES = [{"id": 90, "name": "toothbrush", "supercategory": "indoor"},
-              {"id": 1, "name": "person", "supercategory": "person"},
-              {"id": 3, "name": "car", "supercategory": "vehicle"}]
+CATEGORIES = [
+    {"id": 90, "name": "toothbrush", "supercategory": "indoor"},
+    {"id": 1, "name": "person", "supercategory": "person"},
+    {"id": 3, "name": "car", "supercategory": "vehicle"},
+]
 PERSON_POLY = [[2, 2, 20, 2, 20, 20, 2, 20]]
 CAR = rect(10, 25, 15, 40)
 CROWD = rect(0, 12, 30, 48)
@@ -63,22 +72,30 @@ def coco(tmp_path: Path) -> dict[str, Path]:
     src = tmp_path / "coco"
     (src / "annotations").mkdir(parents=True)
     rng = np.random.default_rng(0)
-    images = {"train": [(42, "000000000042.jpg"), (7, "000000000007.jpg")], "val": [(5, "000000000005.jpg"), (6, "000000000006.jpg")]}
+    images = {
+        "train": [(42, "000000000042.jpg"), (7, "000000000007.jpg")],
+        "val": [(5, "000000000005.jpg"), (6, "000000000006.jpg")],
+    }
     for split, ims in images.items():
         (src / f"{split}2017").mkdir()
         for _, name in ims:
             Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(src / f"{split}2017" / name)
     train_anns = [
-        ann(1, 42, 1, PERSON_POLY),                      # person polygon
-        ann(2, 42, 3, compressed_rle(CAR)),              # car over the person where they overlap
+        ann(1, 42, 1, PERSON_POLY),  # person polygon
+        ann(2, 42, 3, compressed_rle(CAR)),  # car over the person where they overlap
         ann(3, 42, 90, uncompressed_rle(CROWD), crowd=1),  # crowd toothbrushes, painted last
-        ann(4, 7, 3, compressed_rle(CAR)),               # same shapes, reversed order: person wins
+        ann(4, 7, 3, compressed_rle(CAR)),  # same shapes, reversed order: person wins
         ann(5, 7, 1, PERSON_POLY),
     ]
     val_anns = [ann(6, 5, 3, [[0, 0, 10, 0, 10, 8, 0, 8]])]  # image 6 has no annotations at all
     for split, anns in (("train", train_anns), ("val", val_anns)):
-        data = {"info": {}, "licenses": [], "categories": CATEGORIES, "annotations": anns,
-                "images": [{"id": i, "file_name": n, "height": H, "width": W} for i, n in images[split]]}
+        data = {
+            "info": {},
+            "licenses": [],
+            "categories": CATEGORIES,
+            "annotations": anns,
+            "images": [{"id": i, "file_name": n, "height": H, "width": W} for i, n in images[split]],
+        }
         (src / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(data))
     return {"src": src, "out": tmp_path / "out"}
 
@@ -96,7 +113,9 @@ def test_contiguous_ids_rle_and_painting_order(coco):
     prepared = json.loads((out / "train" / "instances.json").read_text())
     assert [c["id"] for c in prepared["categories"]] == [1, 2, 3]
     images = {im["stem"]: im for im in prepared["images"]}
-    assert images["000000000042"]["file_name"] == "train2017/000000000042.jpg" and images["000000000042"]["coco_id"] == 42
+    assert (
+        images["000000000042"]["file_name"] == "train2017/000000000042.jpg" and images["000000000042"]["coco_id"] == 42
+    )
     anns = [a for a in prepared["annotations"] if a["image_id"] == images["000000000042"]["id"]]
     assert [(a["category_id"], a["iscrowd"]) for a in anns] == [(1, 0), (2, 0), (3, 1)]
     for a, orig_id in zip(anns, [1, 2, 3]):
@@ -120,8 +139,9 @@ def test_contiguous_ids_rle_and_painting_order(coco):
     for m in (person, car):
         e = ndimage.distance_transform_edt(m)
         d = np.maximum(d, e / e.max())
-    np.testing.assert_array_equal(read_label_png(out / "train" / "dt" / "000000000042.png"),
-                                  np.digitize(d, [0, 0.2, 0.4], right=True))
+    np.testing.assert_array_equal(
+        read_label_png(out / "train" / "dt" / "000000000042.png"), np.digitize(d, [0, 0.2, 0.4], right=True)
+    )
 
     val = json.loads((out / "val" / "instances.json").read_text())
     assert sorted(im["stem"] for im in val["images"]) == ["000000000005", "000000000006"]  # empty image kept
@@ -135,7 +155,10 @@ def test_per_file_problems_skipped_or_strict(coco):
     summary = prepare_coco(src, out, workers=2)
     reasons = {s["file"]: s["reason"] for s in summary["skipped"]}
     assert reasons["val2017/000000000005.jpg"].startswith("corrupt image")
-    assert reasons["train2017/000000000007.jpg"].startswith("image file") and "missing" in reasons["train2017/000000000007.jpg"]
+    assert (
+        reasons["train2017/000000000007.jpg"].startswith("image file")
+        and "missing" in reasons["train2017/000000000007.jpg"]
+    )
     assert summary["splits"]["train"]["images"] == 1 and summary["splits"]["val"]["images"] == 1
     with pytest.raises(UserError, match="--strict"):
         prepare_coco(src, out, workers=1, strict=True, force=True)
@@ -187,22 +210,30 @@ def test_cli_prepare_coco(coco, capsys):
 # ------------------------------------------------------------------------- any COCO-format JSON (custom)
 
 
-def custom_coco(tmp_path: Path, anns: list[dict], images: list[dict] | None = None,
-                categories: list[dict] | None = None) -> dict[str, Path]:
+def custom_coco(
+    tmp_path: Path, anns: list[dict], images: list[dict] | None = None, categories: list[dict] | None = None
+) -> dict[str, Path]:
     """Images in sub-folders of tmp/images (two share the stem x), one annotation file tmp/ann/train.json."""
     rng = np.random.default_rng(1)
     img_dir = tmp_path / "images"
-    images = images if images is not None else [
-        {"id": 101, "file_name": "a/x.jpg", "height": H, "width": W},
-        {"id": 205, "file_name": "b/x.png", "height": H, "width": W},
-    ]
+    images = (
+        images
+        if images is not None
+        else [
+            {"id": 101, "file_name": "a/x.jpg", "height": H, "width": W},
+            {"id": 205, "file_name": "b/x.png", "height": H, "width": W},
+        ]
+    )
     for im in images:
         name = im.get("file_name")
         if isinstance(name, str) and not name.startswith(("/", "..")):
             (img_dir / name).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(img_dir / name)
-    cats = categories if categories is not None else [{"id": 7, "name": "cat"}, {"id": 3, "name": "dog"},
-                                                      {"id": 12, "name": "bird"}]
+    cats = (
+        categories
+        if categories is not None
+        else [{"id": 7, "name": "cat"}, {"id": 3, "name": "dog"}, {"id": 12, "name": "bird"}]
+    )
     (tmp_path / "ann").mkdir(exist_ok=True)
     path = tmp_path / "ann" / "train.json"
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
@@ -228,8 +259,10 @@ def test_custom_json_keeps_its_classes_ids_and_relative_paths(tmp_path):
 
 
 def test_custom_json_name_clash_is_refused_with_both_names(tmp_path):
-    images = [{"id": 1, "file_name": "a/x.jpg", "height": H, "width": W},
-              {"id": 2, "file_name": "a/x.png", "height": H, "width": W}]
+    images = [
+        {"id": 1, "file_name": "a/x.jpg", "height": H, "width": W},
+        {"id": 2, "file_name": "a/x.png", "height": H, "width": W},
+    ]
     c = custom_coco(tmp_path, [], images=images)
     with pytest.raises(UserError, match="a/x.jpg and a/x.png"):
         prepare_coco(None, c["out"], workers=1, train_json=c["json"], train_images=c["images"], quiet=True)
@@ -238,8 +271,10 @@ def test_custom_json_name_clash_is_refused_with_both_names(tmp_path):
 MALFORMED = {
     "short polygon": (ann(1, 101, 7, [[5, 5, 25]]), "polygon with 3 coordinates"),
     "string segmentation": (ann(1, 101, 7, "5 5 25 5 25 25"), "segmentation is a str"),
-    "zero-width box": ({"id": 1, "image_id": 101, "category_id": 7, "bbox": [3, 3, 0, 5], "iscrowd": 0},
-                       "zero width or height"),
+    "zero-width box": (
+        {"id": 1, "image_id": 101, "category_id": 7, "bbox": [3, 3, 0, 5], "iscrowd": 0},
+        "zero width or height",
+    ),
 }
 
 
@@ -251,7 +286,10 @@ def test_malformed_entries_are_skipped_with_a_reason_or_refused_under_strict(tmp
         bad, reason = MALFORMED[case]
         anns = [bad, good]
     elif case == "image without height":
-        images = [{"id": 101, "file_name": "a/x.jpg", "width": W}, {"id": 205, "file_name": "b/x.png", "height": H, "width": W}]
+        images = [
+            {"id": 101, "file_name": "a/x.jpg", "width": W},
+            {"id": 205, "file_name": "b/x.png", "height": H, "width": W},
+        ]
         reason = "no valid height"
     else:
         categories = [{"id": 7}, {"id": 3, "name": "dog"}]
@@ -263,8 +301,16 @@ def test_malformed_entries_are_skipped_with_a_reason_or_refused_under_strict(tmp
     prepared = json.loads((c["out"] / "train" / "instances.json").read_text())
     assert len(prepared["annotations"]) == 1  # the good annotation survives
     with pytest.raises(UserError, match="--strict"):
-        prepare_coco(None, c["out"], workers=1, strict=True, force=True, train_json=c["json"],
-                     train_images=c["images"], quiet=True)
+        prepare_coco(
+            None,
+            c["out"],
+            workers=1,
+            strict=True,
+            force=True,
+            train_json=c["json"],
+            train_images=c["images"],
+            quiet=True,
+        )
 
 
 def test_cli_prepare_custom_json(tmp_path, capsys):
@@ -272,8 +318,20 @@ def test_cli_prepare_custom_json(tmp_path, capsys):
 
     c = custom_coco(tmp_path, [ann(1, 101, 12, PERSON_POLY)])
     with pytest.raises(SystemExit) as exc:
-        main(["prepare", "coco", "--train-json", str(c["json"]), "--train-images", str(c["images"]), "--out",
-              str(c["out"]), "--workers", "1"])
+        main(
+            [
+                "prepare",
+                "coco",
+                "--train-json",
+                str(c["json"]),
+                "--train-images",
+                str(c["images"]),
+                "--out",
+                str(c["out"]),
+                "--workers",
+                "1",
+            ]
+        )
     assert exc.value.code == 0
     assert "ivanet-custom" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:

@@ -30,7 +30,7 @@ def test_rle_decode_matches_pycocotools():
         mask = (rng.random((h, w)) < rng.random()).astype(np.uint8)
         if trial % 5 == 0:  # one blob, the usual instance
             mask[:] = 0
-            mask[h // 4: h // 2 + 1, w // 3: w // 2 + 1] = 1
+            mask[h // 4 : h // 2 + 1, w // 3 : w // 2 + 1] = 1
         if trial % 11 == 0:
             mask[:] = trial % 2
         rle = mask_utils.encode(np.asfortranarray(mask))
@@ -64,7 +64,9 @@ def test_compact_samples_hold_the_same_pixels_as_uint8(tiny):
         image, t = plain[0]
         torch.manual_seed(seed)
         image8, t8 = compact[0]
-        assert image.dtype == torch.float32 and image8.dtype == torch.uint8 and image8.shape == image.shape == (3, 24, 32)
+        assert (
+            image.dtype == torch.float32 and image8.dtype == torch.uint8 and image8.shape == image.shape == (3, 24, 32)
+        )
         assert torch.allclose(image8.float() / 255, image, atol=1 / 255 + 1e-6)
         assert t8["semantic"].dtype == torch.uint8 and t["semantic"].dtype == torch.int64
         assert torch.equal(t8["semantic"].long(), t["semantic"]) and torch.equal(t8["dt"].long(), t["dt"])
@@ -74,8 +76,9 @@ def test_compact_samples_hold_the_same_pixels_as_uint8(tiny):
 def test_iou_crop_params_keep_v2_contract():
     torch.manual_seed(0)
     iou = v2.RandomIoUCrop()
-    boxes = tv_tensors.BoundingBoxes(torch.tensor([[10.0, 10, 60, 50], [100, 20, 140, 90], [5, 70, 30, 95]]),
-                                     format="XYXY", canvas_size=(100, 160))
+    boxes = tv_tensors.BoundingBoxes(
+        torch.tensor([[10.0, 10, 60, 50], [100, 20, 140, 90], [5, 70, 30, 95]]), format="XYXY", canvas_size=(100, 160)
+    )
     crops = 0
     for _ in range(30):
         p = iou_crop_params(iou, boxes)
@@ -115,15 +118,18 @@ def _tiny_model(name: str, **overrides):
         return build_from_recipe(table, load_weights=False)
 
 
-@pytest.mark.parametrize("recipe, overrides, expected", [
-    ("ladderdensenet-tiny-synthetic", {}, {"semantic"}),
-    ("imtl-tiny-synthetic", {}, {"semantic"}),
-    ("ivanet-tiny-synthetic", {}, {"semantic"}),
-    ("ivanet-tiny-synthetic", {"seg_head": False}, set()),
-    ("safpn-ejhead-tiny-synthetic", {}, {"masks"}),
-    ("safpn-ejhead-tiny-synthetic", {"boxes_as_masks": True}, set()),
-    ("datnet-tiny-synthetic", {}, {"masks", "dt", "semantic"}),
-    ("datnet-tiny-synthetic", {"seg_weight": 0.0}, {"masks", "dt"}),
-])
+@pytest.mark.parametrize(
+    "recipe, overrides, expected",
+    [
+        ("ladderdensenet-tiny-synthetic", {}, {"semantic"}),
+        ("imtl-tiny-synthetic", {}, {"semantic"}),
+        ("ivanet-tiny-synthetic", {}, {"semantic"}),
+        ("ivanet-tiny-synthetic", {"seg_head": False}, set()),
+        ("safpn-ejhead-tiny-synthetic", {}, {"masks"}),
+        ("safpn-ejhead-tiny-synthetic", {"boxes_as_masks": True}, set()),
+        ("datnet-tiny-synthetic", {}, {"masks", "dt", "semantic"}),
+        ("datnet-tiny-synthetic", {"seg_weight": 0.0}, {"masks", "dt"}),
+    ],
+)
 def test_loss_targets_follow_the_heads(recipe, overrides, expected):
     assert loss_targets(_tiny_model(recipe, **overrides)) == expected

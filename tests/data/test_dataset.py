@@ -13,8 +13,15 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from mtlcli.data.dataset import PreparedDataset, collate
-from mtlcli.data.prepared import (DatasetMeta, ImageJob, ImageResult, encode_instance, run_prepare, save_png,
-                                  semantic_path)
+from mtlcli.data.prepared import (
+    DatasetMeta,
+    ImageJob,
+    ImageResult,
+    encode_instance,
+    run_prepare,
+    save_png,
+    semantic_path,
+)
 from mtlcli.data.targets import dt_bins
 from mtlcli.errors import UserError
 
@@ -26,7 +33,7 @@ IGNORE_RGB = [255, 255, 255]
 
 def _rect(shape, rows, cols):
     m = np.zeros(shape, dtype=bool)
-    m[rows[0]:rows[1], cols[0]:cols[1]] = True
+    m[rows[0] : rows[1], cols[0] : cols[1]] = True
     return m
 
 
@@ -34,13 +41,13 @@ def tiny_layout():
     """Ground truth of the two images: a.png (40x64: person, car, crowd person, ignore band) and b.png
     (24x32: road only, no semantic/dt PNG)."""
     shape = (40, 64)
-    person = _rect(shape, (8, 28), (6, 18))      # xywh [6, 8, 12, 20]
-    car = _rect(shape, (22, 38), (34, 60))       # xywh [34, 22, 26, 16]
-    crowd = _rect(shape, (4, 10), (44, 56))      # a crowd of persons, xywh [44, 4, 12, 6]
+    person = _rect(shape, (8, 28), (6, 18))  # xywh [6, 8, 12, 20]
+    car = _rect(shape, (22, 38), (34, 60))  # xywh [34, 22, 26, 16]
+    crowd = _rect(shape, (4, 10), (44, 56))  # a crowd of persons, xywh [44, 4, 12, 6]
     semantic = np.zeros(shape, dtype=np.uint8)
     semantic[person | crowd] = 1
     semantic[car] = 2
-    semantic[0:3] = 255                          # an unlabelled band at the top
+    semantic[0:3] = 255  # an unlabelled band at the top
     return {
         "a": {"shape": shape, "instances": [(person, 1, 0), (car, 2, 0), (crowd, 1, 1)], "semantic": semantic},
         "b": {"shape": (24, 32), "instances": [], "semantic": None},
@@ -74,7 +81,9 @@ def build_tiny_prepared(root: Path) -> Path:
         (src / "images").mkdir(parents=True, exist_ok=True)
         Image.fromarray(_image_from_semantic(semantic)).save(src / "images" / f"{stem}.png")
         jobs.append(ImageJob("train", f"images/{stem}.png", stem, gt))
-    meta = DatasetMeta(name="tiny", source=str(src), splits=["train"], det_classes=DET, seg_classes=SEG, palette=PALETTE)
+    meta = DatasetMeta(
+        name="tiny", source=str(src), splits=["train"], det_classes=DET, seg_classes=SEG, palette=PALETTE
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         run_prepare(data, meta, jobs, _prepare_one, workers=1, quiet=True)
     return data
@@ -101,7 +110,9 @@ def test_sample_matches_ground_truth_exactly(tiny: Path):
     assert t["labels"].dtype == torch.int64 and t["labels"].tolist() == [1, 2, 1]
     assert t["iscrowd"].dtype == torch.int64 and t["iscrowd"].tolist() == [0, 0, 1]
 
-    assert isinstance(t["masks"], tv_tensors.Mask) and t["masks"].dtype == torch.uint8 and t["masks"].shape == (3, 40, 64)
+    assert (
+        isinstance(t["masks"], tv_tensors.Mask) and t["masks"].dtype == torch.uint8 and t["masks"].shape == (3, 40, 64)
+    )
     for k, (mask, _, _) in enumerate(gt["instances"]):
         assert torch.equal(t["masks"][k].bool(), torch.from_numpy(mask))
 
@@ -125,15 +136,18 @@ def test_image_without_objects_or_label_pngs(tiny: Path):
 
 
 def test_label_map_merges_drops_and_ignores(tiny: Path):
-    ds = PreparedDataset(tiny, "train", label_map={"det": {"car": "vehicle"},
-                                                   "seg": {"person": "thing", "car": "thing"}})
+    ds = PreparedDataset(
+        tiny, "train", label_map={"det": {"car": "vehicle"}, "seg": {"person": "thing", "car": "thing"}}
+    )
     assert ds.det_classes == ["vehicle"] and ds.seg_classes == ["thing"]
     assert ds.meta.det_classes == ["vehicle"] and ds.palette == [PALETTE[1]]
     _, t = ds[0]
     gt = tiny_layout()["a"]
     # persons (crowd included) are dropped; the car becomes class 1
     assert t["boxes"].tolist() == [[34, 22, 60, 38]] and t["labels"].tolist() == [1] and t["iscrowd"].tolist() == [0]
-    assert t["masks"].shape == (1, 40, 64) and torch.equal(t["masks"][0].bool(), torch.from_numpy(gt["instances"][1][0]))
+    assert t["masks"].shape == (1, 40, 64) and torch.equal(
+        t["masks"][0].bool(), torch.from_numpy(gt["instances"][1][0])
+    )
     sem = gt["semantic"]
     expected = np.where((sem == 1) | (sem == 2), 0, 255)
     assert torch.equal(t["semantic"].as_subclass(torch.Tensor), torch.from_numpy(expected).long())
@@ -142,12 +156,17 @@ def test_label_map_merges_drops_and_ignores(tiny: Path):
 
 
 def test_label_map_first_appearance_order(tiny: Path):
-    ds = PreparedDataset(tiny, "train", label_map={"det": {"car": "b", "person": "a"}, "seg": {"car": "z", "road": "y"}})
+    ds = PreparedDataset(
+        tiny, "train", label_map={"det": {"car": "b", "person": "a"}, "seg": {"car": "z", "road": "y"}}
+    )
     assert ds.det_classes == ["b", "a"] and ds.seg_classes == ["z", "y"] and ds.palette == [PALETTE[2], PALETTE[0]]
     _, t = ds[0]
     assert t["labels"].tolist() == [2, 1, 2]
     sem = t["semantic"]
-    assert set(sem.unique().tolist()) == {0, 1, 255} and (sem[torch.from_numpy(tiny_layout()["a"]["semantic"] == 1)] == 255).all()
+    assert (
+        set(sem.unique().tolist()) == {0, 1, 255}
+        and (sem[torch.from_numpy(tiny_layout()["a"]["semantic"] == 1)] == 255).all()
+    )
 
 
 def test_coco_eval_on_mapped_predictions(tiny: Path):
@@ -160,10 +179,14 @@ def test_coco_eval_on_mapped_predictions(tiny: Path):
         for box, label, crowd in zip(t["boxes"].tolist(), t["labels"].tolist(), t["iscrowd"].tolist()):
             if not crowd:
                 x1, y1, x2, y2 = box
-                dets.append({"image_id": t["image_id"], "category_id": label, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": 0.9})
+                dets.append(
+                    {"image_id": t["image_id"], "category_id": label, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": 0.9}
+                )
     with contextlib.redirect_stdout(io.StringIO()):
         ev = COCOeval(ds.coco, ds.coco.loadRes(dets), "bbox")
-        ev.evaluate(); ev.accumulate(); ev.summarize()
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
     assert ev.stats[0] == pytest.approx(1.0)
 
 
@@ -215,7 +238,9 @@ def test_dataset_and_pipelines_pickle(tiny: Path):
     from mtlcli.data.transforms import build_transforms
 
     for name in ("ssd", "cityscapes"):  # DataLoader workers started by spawn/forkserver pickle both
-        ds = PreparedDataset(tiny, "train", transforms=build_transforms(name, train=True, min_size=32, crop_size=[24, 24]))
+        ds = PreparedDataset(
+            tiny, "train", transforms=build_transforms(name, train=True, min_size=32, crop_size=[24, 24])
+        )
         clone = pickle.loads(pickle.dumps(ds))
         torch.manual_seed(0)
         image, t = clone[0]

@@ -26,8 +26,10 @@ def make_sequence(root: Path, name: str, n_frames: int, rows: list[str], seqinfo
         Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(seq / "img1" / f"{f:06d}.jpg")
     (seq / "gt" / "gt.txt").write_text("\n".join(rows) + "\n")
     if seqinfo:
-        (seq / "seqinfo.ini").write_text(f"[Sequence]\nname={name}\nimDir=img1\nframeRate=30\nseqLength={n_frames}\n"
-                                         f"imWidth={W}\nimHeight={H}\nimExt=.jpg\n")
+        (seq / "seqinfo.ini").write_text(
+            f"[Sequence]\nname={name}\nimDir=img1\nframeRate=30\nseqLength={n_frames}\n"
+            f"imWidth={W}\nimHeight={H}\nimExt=.jpg\n"
+        )
     return seq
 
 
@@ -45,7 +47,10 @@ def mot(tmp_path: Path) -> dict[str, Path]:
 
 def images(out: Path, split: str) -> dict[str, dict]:
     coco = json.loads((out / split / "instances.json").read_text())
-    return {im["stem"]: {**im, "anns": [a for a in coco["annotations"] if a["image_id"] == im["id"]]} for im in coco["images"]}
+    return {
+        im["stem"]: {**im, "anns": [a for a in coco["annotations"] if a["image_id"] == im["id"]]}
+        for im in coco["images"]
+    }
 
 
 def test_split_by_time_boxes_and_skipped_frames(mot):
@@ -65,11 +70,17 @@ def test_split_by_time_boxes_and_skipped_frames(mot):
     assert summary["splits"]["train"]["skipped"] == 1 and summary["splits"]["val"]["skipped"] == 1
 
     first = train["SEQ-A_000001"]
-    assert first["file_name"] == "train/SEQ-A/img1/000001.jpg" and (first["sequence"], first["frame_id"]) == ("SEQ-A", 1)
+    assert first["file_name"] == "train/SEQ-A/img1/000001.jpg" and (first["sequence"], first["frame_id"]) == (
+        "SEQ-A",
+        1,
+    )
     # 1-based (x, y) = (3, 4), w x h = 10 x 12 -> COCO [2, 3, 10, 12]
     assert [a["bbox"] for a in first["anns"]] == [[2.0, 3.0, 10.0, 12.0], [19.0, 7.0, 8.0, 16.0]]
     assert all(a["category_id"] == 1 and a["iscrowd"] == 0 for a in first["anns"])
-    assert [a["bbox"] for a in train["SEQ-A_000002"]["anns"]] == [[1.0, 1.0, 6.0, 10.0], [0.0, 0.0, 2.0, 2.0]]  # clipped
+    assert [a["bbox"] for a in train["SEQ-A_000002"]["anns"]] == [
+        [1.0, 1.0, 6.0, 10.0],
+        [0.0, 0.0, 2.0, 2.0],
+    ]  # clipped
     assert len(train["SEQ-A_000003"]["anns"]) == 1  # the box outside the image is dropped
     assert not (out / "train" / "semantic").exists()
 
@@ -79,14 +90,23 @@ def test_split_by_time_boxes_and_skipped_frames(mot):
         m[y0:y1, x0:x1] = True
         e = ndimage.distance_transform_edt(m)
         d = np.maximum(d, e / e.max())
-    np.testing.assert_array_equal(read_label_png(out / "train" / "dt" / "SEQ-A_000001.png"), np.digitize(d, [0, 0.2, 0.4], right=True))
+    np.testing.assert_array_equal(
+        read_label_png(out / "train" / "dt" / "SEQ-A_000001.png"), np.digitize(d, [0, 0.2, 0.4], right=True)
+    )
 
 
 def test_val_fraction_and_strict(mot):
     src, out = mot["src"], mot["out"]
     prepare_mot15(src, out, val_fraction=0.5, workers=2)
-    assert sorted(images(out, "val")) == ["SEQ-A_000006", "SEQ-A_000007", "SEQ-A_000008", "SEQ-A_000010",
-                                          "SEQ-B_000003", "SEQ-B_000004", "SEQ-B_000005"]  # 5 of 10 frames, 3 of 5 (2.5 rounds up)
+    assert sorted(images(out, "val")) == [
+        "SEQ-A_000006",
+        "SEQ-A_000007",
+        "SEQ-A_000008",
+        "SEQ-A_000010",
+        "SEQ-B_000003",
+        "SEQ-B_000004",
+        "SEQ-B_000005",
+    ]  # 5 of 10 frames, 3 of 5 (2.5 rounds up)
     with pytest.raises(UserError, match="000004.jpg: no ground truth.*--strict"):
         prepare_mot15(src, out, workers=1, strict=True, force=True)
 
@@ -99,7 +119,9 @@ def test_corrupt_frame_is_skipped(mot):
     assert "SEQ-B_000002" not in images(mot["out"], "train")
 
 
-@pytest.mark.parametrize("case", ["missing", "misnamed", "no_img1", "no_gt", "bad_row", "bad_fraction", "out_not_empty"])
+@pytest.mark.parametrize(
+    "case", ["missing", "misnamed", "no_img1", "no_gt", "bad_row", "bad_fraction", "out_not_empty"]
+)
 def test_bad_input_is_one_user_error(mot, case):
     src, out, kw = mot["src"], mot["out"], {}
     seq = src / "train" / "SEQ-A"

@@ -13,7 +13,11 @@ from mtlcli.data.synthetic import generate_synthetic
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_layout_is_cityscapes(synthetic_source: Path) -> None:
@@ -66,9 +70,16 @@ def test_deterministic_for_a_seed(tmp_path: Path) -> None:
 
 
 def test_groups_become_crowd_regions(synthetic_prepared: Path, synthetic_source: Path) -> None:
-    groups = sum(1 for js in synthetic_source.glob("gtFine/*/*/*_polygons.json")
-                 for o in json.loads(js.read_text())["objects"] if o["label"] in ("cargroup", "persongroup"))
-    crowd = sum(a["iscrowd"] for split in ("train", "val")
-                for a in json.loads((synthetic_prepared / split / "instances.json").read_text())["annotations"])
+    groups = sum(
+        1
+        for js in synthetic_source.glob("gtFine/*/*/*_polygons.json")
+        for o in json.loads(js.read_text())["objects"]
+        if o["label"] in ("cargroup", "persongroup")
+    )
+    crowd = sum(
+        a["iscrowd"]
+        for split in ("train", "val")
+        for a in json.loads((synthetic_prepared / split / "instances.json").read_text())["annotations"]
+    )
     assert groups > 0
     assert 0 < crowd <= groups  # one crowd region per class per image; a group may be fully hidden

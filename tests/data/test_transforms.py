@@ -15,8 +15,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from mtlcli.data.dataset import PreparedDataset
-from mtlcli.data.transforms import (IMAGE_FILL, OPTIONS, DropBoxesOutsideCrop, Pipeline, SanitizeBoxes,
-                                    build_transforms)
+from mtlcli.data.transforms import IMAGE_FILL, OPTIONS, DropBoxesOutsideCrop, Pipeline, SanitizeBoxes, build_transforms
 from mtlcli.errors import UserError
 from tests.data.test_dataset import IGNORE_RGB, PALETTE, build_tiny_prepared
 
@@ -36,8 +35,12 @@ def sample(tiny):
 def _interior(region: torch.Tensor) -> torch.Tensor:
     """Pixels of a bool map [H, W] whose 4 neighbours are in it too (away from resampling blur)."""
     r = region.clone()
-    r[1:] &= region[:-1]; r[:-1] &= region[1:]; r[:, 1:] &= region[:, :-1]; r[:, :-1] &= region[:, 1:]
-    r[0] = r[-1] = False; r[:, 0] = r[:, -1] = False
+    r[1:] &= region[:-1]
+    r[:-1] &= region[1:]
+    r[:, 1:] &= region[:, :-1]
+    r[:, :-1] &= region[:, 1:]
+    r[0] = r[-1] = False
+    r[:, 0] = r[:, -1] = False
     return r
 
 
@@ -59,9 +62,9 @@ def assert_aligned(image: torch.Tensor, t: dict) -> None:
         assert _colour_ok(image, _interior(_interior(sem == c)), rgb), f"pixels of class {c} lost their colour"
     # pixels showing the padding colour are ignore in the semantic map and background in dt
     fill = torch.tensor(IMAGE_FILL)
-    padded = _interior(((image - fill[:, None, None]).abs().max(dim=0).values < 0.01))
+    padded = _interior((image - fill[:, None, None]).abs().max(dim=0).values < 0.01)
     assert (sem[padded] == 255).all() and (dt[padded] == 0).all()
-    white = _interior(((image - torch.tensor(IGNORE_RGB)[:, None, None] / 255).abs().max(dim=0).values < 0.01))
+    white = _interior((image - torch.tensor(IGNORE_RGB)[:, None, None] / 255).abs().max(dim=0).values < 0.01)
     assert (sem[white] == 255).all(), "the unlabelled band lost its ignore label"
 
     boxes, masks, labels, crowd = t["boxes"], t["masks"], t["labels"], t["iscrowd"]
@@ -80,8 +83,11 @@ def assert_aligned(image: torch.Tensor, t: dict) -> None:
 
 def test_none_and_eval_are_identity(sample):
     image, t = sample
-    for tf in (build_transforms("none", train=True), build_transforms("ssd", train=False, min_size=300),
-               build_transforms("cityscapes", train=False, crop_size=[8, 8])):
+    for tf in (
+        build_transforms("none", train=True),
+        build_transforms("ssd", train=False, min_size=300),
+        build_transforms("cityscapes", train=False, crop_size=[8, 8]),
+    ):
         out_image, out_t = tf(image, t)
         assert out_image is image and out_t is t
 
@@ -122,8 +128,9 @@ def test_crop_drops_boxes_whose_centre_leaves(sample):
 
 def test_cityscapes_pipeline_stays_aligned(sample):
     image, t = sample
-    tf = build_transforms("cityscapes", train=True, min_size=48, max_size=96, scale_range=[0.75, 1.5],
-                          crop_size=[40, 56], flip=True)
+    tf = build_transforms(
+        "cityscapes", train=True, min_size=48, max_size=96, scale_range=[0.75, 1.5], crop_size=[40, 56], flip=True
+    )
     dropped = 0
     for seed in range(10):
         torch.manual_seed(seed)
@@ -188,15 +195,27 @@ def test_options_are_validated():
     with pytest.raises(UserError, match="data.flip must be true or false"):
         build_transforms("ssd", train=True, flip="yes")
     # the whole [data] table can be passed through
-    tf = build_transforms("cityscapes", train=True, dataset="cityscapes", root="", train_split="train",
-                          val_split="val", augmentation="cityscapes", label_map={}, **OPTIONS)
+    tf = build_transforms(
+        "cityscapes",
+        train=True,
+        dataset="cityscapes",
+        root="",
+        train_split="train",
+        val_split="val",
+        augmentation="cityscapes",
+        label_map={},
+        **OPTIONS,
+    )
     assert "Sanitize" in repr(tf)
 
 
-@pytest.mark.parametrize("name, options", [
-    ("cityscapes", dict(min_size=48, max_size=160, scale_range=[0.5, 2.0], crop_size=[48, 64])),
-    ("ssd", dict(min_size=96)),
-])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("cityscapes", dict(min_size=48, max_size=160, scale_range=[0.5, 2.0], crop_size=[48, 64])),
+        ("ssd", dict(min_size=96)),
+    ],
+)
 def test_pipelines_on_prepared_cityscapes(synthetic_prepared: Path, name: str, options: dict):
     ds = PreparedDataset(synthetic_prepared, "train", transforms=build_transforms(name, train=True, **options))
     torch.manual_seed(0)
@@ -224,8 +243,10 @@ def test_color_jitter_changes_colours_not_geometry():
 
     torch.manual_seed(0)
     img = tv_tensors.Image(torch.rand(3, 40, 60))
-    target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor([[5.0, 5.0, 30.0, 25.0]]), format="XYXY", canvas_size=(40, 60)),
-              "labels": torch.tensor([1])}
+    target = {
+        "boxes": tv_tensors.BoundingBoxes(torch.tensor([[5.0, 5.0, 30.0, 25.0]]), format="XYXY", canvas_size=(40, 60)),
+        "labels": torch.tensor([1]),
+    }
     jitter = build_transforms("cityscapes", True, flip=False, color_jitter=0.4)
     out, t = jitter(img, dict(target))
     assert out.shape == img.shape and torch.equal(t["boxes"], target["boxes"])

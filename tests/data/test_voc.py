@@ -37,8 +37,10 @@ def write_xml(path: Path, objects: list[tuple[str, tuple[int, int, int, int], in
         for n, b, d in objects
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"<annotation><folder>VOC</folder><filename>{path.stem}.jpg</filename><size><width>{W}</width>"
-                    f"<height>{H}</height><depth>3</depth></size><segmented>0</segmented>{objs}</annotation>")
+    path.write_text(
+        f"<annotation><folder>VOC</folder><filename>{path.stem}.jpg</filename><size><width>{W}</width>"
+        f"<height>{H}</height><depth>3</depth></size><segmented>0</segmented>{objs}</annotation>"
+    )
 
 
 def write_palette_png(path: Path, label: np.ndarray) -> None:
@@ -55,7 +57,10 @@ def write_sbd_mat(path: Path, label: np.ndarray) -> None:
     for i in range(20):
         boundaries[i, 0] = scipy.sparse.csc_matrix((H, W), dtype=np.float64)
     present = np.unique(label[(label > 0) & (label < 255)]).astype(np.uint8)
-    scipy.io.savemat(path, {"GTcls": {"Boundaries": boundaries, "Segmentation": label.astype(np.uint8), "CategoriesPresent": present}})
+    scipy.io.savemat(
+        path,
+        {"GTcls": {"Boundaries": boundaries, "Segmentation": label.astype(np.uint8), "CategoriesPresent": present}},
+    )
 
 
 def label_map(value: int, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -67,14 +72,14 @@ def label_map(value: int, box: tuple[int, int, int, int]) -> np.ndarray:
 
 
 LABELS = {
-    "2008_000001": label_map(12, (4, 2, 20, 30)),   # dog
-    "2008_000002": label_map(15, (0, 0, 10, 10)),   # person
+    "2008_000001": label_map(12, (4, 2, 20, 30)),  # dog
+    "2008_000002": label_map(15, (0, 0, 10, 10)),  # person
     "2008_000004": label_map(7, (10, 10, 40, 30)),  # car (PNG)
     "2008_000005": label_map(8, (1, 1, 5, 5)),
 }
 MATS = {
-    "2008_000003": label_map(3, (5, 5, 25, 25)),    # bird
-    "2008_000004": label_map(9, (0, 0, 48, 32)),    # a different label: the PNG must win
+    "2008_000003": label_map(3, (5, 5, 25, 25)),  # bird
+    "2008_000004": label_map(9, (0, 0, 48, 32)),  # a different label: the PNG must win
     "2008_000005": label_map(8, (1, 1, 5, 5)),
     "2008_000007": label_map(2, (2, 2, 8, 8)),
 }
@@ -93,7 +98,10 @@ def voc(tmp_path: Path) -> dict[str, Path]:
     for i, n in enumerate(names12):
         write_jpeg(v12 / "JPEGImages" / f"{n}.jpg", i)
         write_xml(v12 / "Annotations" / f"{n}.xml", [("car", (3, 3, 10, 12), 0)])
-    write_xml(v12 / "Annotations" / "2008_000001.xml", [("dog", (5, 3, 20, 30), 0), ("person", (1, 1, 48, 32), 1), ("cat", (30, 20, 40, 28), 0)])
+    write_xml(
+        v12 / "Annotations" / "2008_000001.xml",
+        [("dog", (5, 3, 20, 30), 0), ("person", (1, 1, 48, 32), 1), ("cat", (30, 20, 40, 28), 0)],
+    )
     # a small box listed before the large box it lies on: the painted map must still show it
     write_xml(v12 / "Annotations" / "2008_000006.xml", [("cat", (11, 11, 20, 20), 0), ("car", (4, 4, 40, 30), 0)])
     for n, lab in LABELS.items():
@@ -152,8 +160,17 @@ def test_splits_boxes_difficult_and_labels(voc):
     trainval = load_split(out, "trainval")
     stems = [im["stem"] for im in trainval["images"]]
     # VOC07 + VOC12 Main trainval, less 2007_000002: a copy of the VOC07 test image 000002
-    assert sorted(stems) == ["000001", "000009", "2007_000009", "2008_000001", "2008_000002", "2008_000003", "2008_000004",
-                             "2008_000005", "2008_000006"]
+    assert sorted(stems) == [
+        "000001",
+        "000009",
+        "2007_000009",
+        "2008_000001",
+        "2008_000002",
+        "2008_000003",
+        "2008_000004",
+        "2008_000005",
+        "2008_000006",
+    ]
     files = {im["stem"]: im["file_name"] for im in trainval["images"]}
     assert files["000001"] == "VOCdevkit/VOC2007/JPEGImages/000001.jpg"
     assert all((Path(meta.source) / f).is_file() for f in files.values())
@@ -196,7 +213,11 @@ def test_splits_boxes_difficult_and_labels(voc):
     assert [a["bbox"] for a in anns_by_stem(aug)["2008_000003"]] == [[2.0, 2.0, 8.0, 10.0]]  # boxes from VOC2012 XML
 
     # seg val: PNG labels; its labels never reach a training split (trainval's maps are painted from boxes)
-    assert sorted(im["stem"] for im in load_split(out, "val")["images"]) == ["2007_000009", "2008_000002", "2008_000005"]
+    assert sorted(im["stem"] for im in load_split(out, "val")["images"]) == [
+        "2007_000009",
+        "2008_000002",
+        "2008_000005",
+    ]
     np.testing.assert_array_equal(sem("val", "2008_000005"), LABELS["2008_000005"])
     assert not (sem("trainval", "2008_000005") == 255).any()
     assert sorted(im["stem"] for im in load_split(out, "train")["images"]) == ["2008_000001", "2008_000004"]
@@ -212,13 +233,15 @@ def test_voc2012_alone_accepts_vocdevkit(voc):
     # trainval's semantic maps are painted from the boxes, for every image
     stems = {im["stem"] for im in coco["images"]}
     assert {p.stem for p in (voc["out"] / "trainval" / "semantic").glob("*.png")} == stems
-    assert DatasetMeta.load(voc["out"]).overlap == {"trainval": {"val": {"images": 3, "example": "VOC2012/JPEGImages/2007_000009.jpg"}},
-                                                   "train": {"val": {"images": 0}}}
+    assert DatasetMeta.load(voc["out"]).overlap == {
+        "trainval": {"val": {"images": 3, "example": "VOC2012/JPEGImages/2007_000009.jpg"}},
+        "train": {"val": {"images": 0}},
+    }
 
 
 def test_per_file_problems_are_skipped_and_listed_or_stop_with_strict(voc):
     v12 = voc["voc2012"]
-    (v12 / "Annotations" / "2008_000006.xml").unlink()                     # no ground truth
+    (v12 / "Annotations" / "2008_000006.xml").unlink()  # no ground truth
     (v12 / "JPEGImages" / "2008_000002.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")  # corrupt JPEG
     (voc["sbd"] / "cls" / "2008_000003.mat").write_bytes(b"not a mat file")  # unreadable .mat
     summary = prepare_voc(voc["out"], voc2012=v12, sbd=voc["sbd"], workers=2)
@@ -298,12 +321,15 @@ def test_prepared_voc_reads_back_through_prepared_dataset(voc):
     image, target = ds[index]
     assert tuple(image.shape) == (3, H, W)
     # XML (3, 3, 10, 12) 1-based inclusive -> xyxy (2, 2, 10, 12): pixels 2..9 x 2..11
-    assert target["boxes"].tolist() == [[2.0, 2.0, 10.0, 12.0]] and target["labels"].tolist() == [VOC_CLASSES.index("car") + 1]
+    assert target["boxes"].tolist() == [[2.0, 2.0, 10.0, 12.0]] and target["labels"].tolist() == [
+        VOC_CLASSES.index("car") + 1
+    ]
     assert int(target["masks"][0].sum()) == 8 * 10
     np.testing.assert_array_equal(target["semantic"].numpy(), LABELS["2008_000004"])
 
 
 # --------------------------------------------------------------------------- the papers' splits, overlap
+
 
 def prepare_all(voc, **kw) -> dict:
     return prepare_voc(voc["out"], voc2012=voc["voc2012"], voc2007=voc["voc2007"], sbd=voc["sbd"], workers=1, **kw)
@@ -316,22 +342,35 @@ def test_ivanet_split_is_voc07_trainval_plus_train_aug_without_evaluation_images
     # VOC07 trainval {000001, 000009} + train_aug {2008_000001, 2008_000003, 2008_000004, 2008_000007};
     # 000009 is kept out (VOC2012 seg val holds a copy of it), 2008_000007 has no XML (no boxes)
     assert sorted(im["stem"] for im in paper["images"]) == ["000001", "2008_000001", "2008_000003", "2008_000004"]
-    assert {"split": "trainval07_aug12", "file": "VOCdevkit/VOC2007/JPEGImages/000009.jpg",
-            "reason": "same image as VOCdevkit/VOC2012/JPEGImages/2007_000009.jpg of the evaluation split val"} in summary["excluded"]
-    assert {"split": "trainval", "file": "VOCdevkit/VOC2012/JPEGImages/2007_000002.jpg",
-            "reason": "same image as VOCdevkit/VOC2007/JPEGImages/000002.jpg of the evaluation split test"} in summary["excluded"]
+    assert {
+        "split": "trainval07_aug12",
+        "file": "VOCdevkit/VOC2007/JPEGImages/000009.jpg",
+        "reason": "same image as VOCdevkit/VOC2012/JPEGImages/2007_000009.jpg of the evaluation split val",
+    } in summary["excluded"]
+    assert {
+        "split": "trainval",
+        "file": "VOCdevkit/VOC2012/JPEGImages/2007_000002.jpg",
+        "reason": "same image as VOCdevkit/VOC2007/JPEGImages/000002.jpg of the evaluation split test",
+    } in summary["excluded"]
     assert len(summary["excluded"]) == 2
     assert [s["file"] for s in summary["skipped"]] == ["benchmark_RELEASE/dataset/img/2008_000007.jpg"]
     # boxes from the XMLs (VOC07's and VOC12's), pixel labels where they exist (train_aug), none for VOC07
     anns = anns_by_stem(paper)
     assert [a["bbox"] for a in anns["000001"]] == [[1.0, 1.0, 29.0, 19.0]]
     assert [a["bbox"] for a in anns["2008_000003"]] == [[2.0, 2.0, 8.0, 10.0]]
-    np.testing.assert_array_equal(read_label_png(out / "trainval07_aug12" / "semantic" / "2008_000004.png"), LABELS["2008_000004"])
-    np.testing.assert_array_equal(read_label_png(out / "trainval07_aug12" / "semantic" / "2008_000003.png"), MATS["2008_000003"])
+    np.testing.assert_array_equal(
+        read_label_png(out / "trainval07_aug12" / "semantic" / "2008_000004.png"), LABELS["2008_000004"]
+    )
+    np.testing.assert_array_equal(
+        read_label_png(out / "trainval07_aug12" / "semantic" / "2008_000003.png"), MATS["2008_000003"]
+    )
     assert not (out / "trainval07_aug12" / "semantic" / "000001.png").exists()
     # the copy is one image for the overlap: instances.json says which file it duplicates
     val = {im["stem"]: im for im in load_split(out, "val")["images"]}
-    assert val["2007_000009"]["same_as"] == "VOCdevkit/VOC2007/JPEGImages/000009.jpg" and "same_as" not in val["2008_000002"]
+    assert (
+        val["2007_000009"]["same_as"] == "VOCdevkit/VOC2007/JPEGImages/000009.jpg"
+        and "same_as" not in val["2008_000002"]
+    )
 
 
 def test_overlap_of_every_train_and_evaluation_split_is_reported(voc, capsys):
@@ -339,7 +378,10 @@ def test_overlap_of_every_train_and_evaluation_split_is_reported(voc, capsys):
     expected = {
         # DATNet's VOC07+12 trainval contains VOC12 seg val (2008_000002, 2008_000005, 2007_000009): it is
         # evaluated on VOC07 test only
-        "trainval": {"test": {"images": 0}, "val": {"images": 3, "example": "VOCdevkit/VOC2012/JPEGImages/2007_000009.jpg"}},
+        "trainval": {
+            "test": {"images": 0},
+            "val": {"images": 3, "example": "VOCdevkit/VOC2012/JPEGImages/2007_000009.jpg"},
+        },
         "train": {"test": {"images": 0}, "val": {"images": 0}},
         "train_aug": {"test": {"images": 0}, "val": {"images": 0}},
         "trainval07_aug12": {"test": {"images": 0}, "val": {"images": 0}},
@@ -356,12 +398,17 @@ def test_overlap_counts_byte_identical_copies_and_shared_files():
     from mtlcli.data.overlap import overlap_report
 
     images = {
-        "train": [{"file_name": "a.jpg"}, {"file_name": "VOC2012/2007_1.jpg", "same_as": "VOC2007/1.jpg"}, {"file_name": "b.jpg"}],
+        "train": [
+            {"file_name": "a.jpg"},
+            {"file_name": "VOC2012/2007_1.jpg", "same_as": "VOC2007/1.jpg"},
+            {"file_name": "b.jpg"},
+        ],
         "val": [{"file_name": "b.jpg"}, {"file_name": "c.jpg"}],
         "test": [{"file_name": "VOC2007/1.jpg"}, {"file_name": "d.jpg"}],
     }
-    assert overlap_report(images) == {"train": {"val": {"images": 1, "example": "b.jpg"},
-                                                "test": {"images": 1, "example": "VOC2007/1.jpg"}}}
+    assert overlap_report(images) == {
+        "train": {"val": {"images": 1, "example": "b.jpg"}, "test": {"images": 1, "example": "VOC2007/1.jpg"}}
+    }
 
 
 def test_trainval_semantic_target_is_painted_from_the_boxes(voc):
@@ -371,7 +418,7 @@ def test_trainval_semantic_target_is_painted_from_the_boxes(voc):
     sem = lambda stem: read_label_png(voc["out"] / "trainval" / "semantic" / f"{stem}.png")
     idx = lambda name: VOC_CLASSES.index(name) + 1
     # 2008_000001: dog (5, 3, 20, 30), a difficult person over the whole image, cat (30, 20, 40, 28)
-    expected = np.full((H, W), 255, np.uint8)       # the difficult person is the largest box: painted first
+    expected = np.full((H, W), 255, np.uint8)  # the difficult person is the largest box: painted first
     expected[2:30, 4:20] = idx("dog")
     expected[19:28, 29:40] = idx("cat")
     np.testing.assert_array_equal(sem("2008_000001"), expected)
@@ -390,9 +437,20 @@ def test_trainval_semantic_target_is_painted_from_the_boxes(voc):
     np.testing.assert_array_equal(sem("000001"), expected)
 
 
-VOC_RECIPES = ["ivanet300", "ivanet300-det", "ivanet300-seg", "ivanet300-noltd", "ivanet512", "ivanet512-det",
-               "ivanet512-seg", "ivanet512-noltd", "blitznet300", "datnet-light-r50-voc", "maskrcnn-r50-voc",
-               "fasterrcnn-r50-voc"]
+VOC_RECIPES = [
+    "ivanet300",
+    "ivanet300-det",
+    "ivanet300-seg",
+    "ivanet300-noltd",
+    "ivanet512",
+    "ivanet512-det",
+    "ivanet512-seg",
+    "ivanet512-noltd",
+    "blitznet300",
+    "datnet-light-r50-voc",
+    "maskrcnn-r50-voc",
+    "fasterrcnn-r50-voc",
+]
 
 
 def test_every_voc_recipe_uses_the_papers_splits_without_overlap(voc):
@@ -415,7 +473,9 @@ def test_every_voc_recipe_uses_the_papers_splits_without_overlap(voc):
             # VOC07 trainval + VOC12 train_aug (the segmentation-only variant: train_aug), tested on
             # VOC07 test and VOC12 seg val; best.pt on seg val, which it never trains on
             assert data["train_split"] == ("train_aug" if name.endswith("-seg") else "trainval07_aug12"), name
-            assert data["val_split"] == "val" and data["test_split"] in ("test", "") and recipe["eval"]["best_metric"], name
+            assert (
+                data["val_split"] == "val" and data["test_split"] in ("test", "") and recipe["eval"]["best_metric"]
+            ), name
         else:  # DATNet / Mask R-CNN / Faster R-CNN: VOC07+12 trainval -> VOC07 test
             assert (data["train_split"], data["val_split"]) == ("trainval", "test"), name
         counts = check_no_overlap(recipe, SimpleNamespace(root=voc["out"], split=data["train_split"]))
@@ -428,30 +488,56 @@ def test_train_refuses_a_train_split_that_shares_evaluation_images(voc, tmp_path
     from tests.engine.tiny_model import tiny_recipe
 
     prepare_all(voc)
-    common = ["data.dataset=voc", "train.iterations=1", "train.batch_size=2", "model.num_det_classes=20",
-              "model.num_seg_classes=21", "eval.metrics=voc07", "eval.batch_size=2"]
+    common = [
+        "data.dataset=voc",
+        "train.iterations=1",
+        "train.batch_size=2",
+        "model.num_det_classes=20",
+        "model.num_seg_classes=21",
+        "eval.metrics=voc07",
+        "eval.batch_size=2",
+    ]
     recipe = tiny_recipe(tmp_path, voc["out"], *common, "data.train_split=trainval", "data.val_split=val")
-    with pytest.raises(UserError, match=r"data.train_split 'trainval' shares 3 image\(s\) with data.val_split 'val' .*"
-                                        r"e.g. VOCdevkit/VOC2012/JPEGImages/2007_000009.jpg.*--set data.allow_overlap=true"):
+    with pytest.raises(
+        UserError,
+        match=r"data.train_split 'trainval' shares 3 image\(s\) with data.val_split 'val' .*"
+        r"e.g. VOCdevkit/VOC2012/JPEGImages/2007_000009.jpg.*--set data.allow_overlap=true",
+    ):
         train(recipe, tmp_path / "refused", progress=False)
     assert not (tmp_path / "refused" / "checkpoints").exists()
     # the VOC07 test copy was kept out of trainval: trainval -> test is allowed
     recipe = tiny_recipe(tmp_path, voc["out"], *common, "data.train_split=trainval", "data.val_split=test")
     assert train(recipe, tmp_path / "datnet", progress=False)["iteration"] == 1
     # a test_split is checked like the val_split
-    recipe = tiny_recipe(tmp_path, voc["out"], *common, "data.train_split=trainval", "data.val_split=test", "data.test_split=val")
+    recipe = tiny_recipe(
+        tmp_path, voc["out"], *common, "data.train_split=trainval", "data.val_split=test", "data.test_split=val"
+    )
     with pytest.raises(UserError, match=r"shares 3 image\(s\) with data.test_split 'val'"):
         train(recipe, tmp_path / "refused2", progress=False)
     # a deliberate overlap
-    recipe = tiny_recipe(tmp_path, voc["out"], *common, "data.train_split=trainval", "data.val_split=val", "data.allow_overlap=true")
+    recipe = tiny_recipe(
+        tmp_path, voc["out"], *common, "data.train_split=trainval", "data.val_split=val", "data.allow_overlap=true"
+    )
     assert train(recipe, tmp_path / "allowed", progress=False)["iteration"] == 1
     # the paper's IvaNet protocol trains
-    recipe = tiny_recipe(tmp_path, voc["out"], *common, "data.train_split=trainval07_aug12", "data.val_split=val", "data.test_split=test")
+    recipe = tiny_recipe(
+        tmp_path, voc["out"], *common, "data.train_split=trainval07_aug12", "data.val_split=val", "data.test_split=test"
+    )
     assert train(recipe, tmp_path / "ivanet", progress=False)["iteration"] == 1
 
     # `mtl train`: one line on stderr, exit status 2
     sets = [a for item in [*common, "data.train_split=trainval", "data.val_split=val"] for a in ("--set", item)]
-    args = ["train", "--recipe", str(tmp_path / "tiny.toml"), "--data", str(voc["out"]), "--out", str(tmp_path / "cli"), "--quiet", *sets]
+    args = [
+        "train",
+        "--recipe",
+        str(tmp_path / "tiny.toml"),
+        "--data",
+        str(voc["out"]),
+        "--out",
+        str(tmp_path / "cli"),
+        "--quiet",
+        *sets,
+    ]
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(args)

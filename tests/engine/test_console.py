@@ -9,8 +9,14 @@ from rich.console import Console
 from mtlcli.engine.console import info_text
 from mtlcli.engine.train import Display
 
-RECORD = {"loss": 1.23456, "losses": {"loss_det_cls": 0.5, "loss_det_box": 0.4, "loss_seg": 0.33}, "lr": 0.01,
-          "images_per_s": 12.3, "data_wait": 0.05, "memory_mb": 2048.0}
+RECORD = {
+    "loss": 1.23456,
+    "losses": {"loss_det_cls": 0.5, "loss_det_box": 0.4, "loss_seg": 0.33},
+    "lr": 0.01,
+    "images_per_s": 12.3,
+    "data_wait": 0.05,
+    "memory_mb": 2048.0,
+}
 
 
 def test_detail_is_dropped_first():

@@ -24,9 +24,17 @@ pytestmark = pytest.mark.usefixtures("tiny_registered")
 
 # Global batch 4 (2 images per process under DDP), random flips and scales seeded per sample, an
 # evaluation at the end (gathered across ranks by `evaluate`).
-SETTINGS = ["train.iterations=6", "train.batch_size=4", "train.log_interval=2", "train.checkpoint_interval=3",
-            "data.augmentation=cityscapes", "data.scale_range=[0.7, 1.3]", "data.flip=true",
-            "eval.metrics=miou", "eval.interval=6"]
+SETTINGS = [
+    "train.iterations=6",
+    "train.batch_size=4",
+    "train.log_interval=2",
+    "train.checkpoint_interval=3",
+    "data.augmentation=cityscapes",
+    "data.scale_range=[0.7, 1.3]",
+    "data.flip=true",
+    "eval.metrics=miou",
+    "eval.interval=6",
+]
 
 
 def _free_port() -> int:
@@ -40,8 +48,16 @@ def _worker(rank: int, world_size: int, port: int, recipe: dict, run_dir: str) -
     from mtlcli.models import MODELS
 
     MODELS[REGISTRY_NAME] = REGISTRY_ENTRY  # a fresh interpreter: register the test model again
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+        }
+    )
     torch.set_num_threads(1)
     train(recipe, Path(run_dir), device="cpu", progress=False)
 

@@ -37,7 +37,9 @@ class FixedModel(nn.Module):
         return [self.outputs[_key(img)] for img in images]
 
 
-def _outputs(ds: PreparedDataset, noisy: bool, keys=("sem_seg", "boxes", "masks")) -> dict[bytes, dict[str, torch.Tensor]]:
+def _outputs(
+    ds: PreparedDataset, noisy: bool, keys=("sem_seg", "boxes", "masks")
+) -> dict[bytes, dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     C = len(ds.seg_classes)
     outs = {}
@@ -51,7 +53,7 @@ def _outputs(ds: PreparedDataset, noisy: bool, keys=("sem_seg", "boxes", "masks"
         if noisy:
             h, w = sem.shape
             sem[: h // 3, : w // 2] = (i + 3) % C  # a wrong block
-            sem[h // 2:, w // 2:] = torch.randint(0, C, (h - h // 2, w - w // 2), generator=g)  # noise
+            sem[h // 2 :, w // 2 :] = torch.randint(0, C, (h - h // 2, w - w // 2), generator=g)  # noise
             shift = torch.randint(-3, 4, (len(boxes), 2), generator=g).float()
             boxes = boxes + shift.repeat(1, 2)  # moved, not deformed
             masks = masks.roll(2, dims=-1)
@@ -80,7 +82,9 @@ def test_perfect_predictions_score_one(synthetic_prepared):
     assert res["details"]["miou"]["miiou"] == pytest.approx(1.0)
 
 
-def test_saved_predictions_agree_with_evaluate_and_the_official_script(synthetic_prepared, synthetic_source, tmp_path, monkeypatch):
+def test_saved_predictions_agree_with_evaluate_and_the_official_script(
+    synthetic_prepared, synthetic_source, tmp_path, monkeypatch
+):
     import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as ev
 
     ds = PreparedDataset(synthetic_prepared, "val")
@@ -94,7 +98,9 @@ def test_saved_predictions_agree_with_evaluate_and_the_official_script(synthetic
         assert again["metrics"][name] == pytest.approx(res["metrics"][name], abs=1e-12), name
 
     # labelIds/ is what the official Cityscapes script takes: same mIoU and iIoU on the source gtFine
-    monkeypatch.setattr(np, "in1d", lambda a, b, invert=False: np.isin(np.asarray(a).ravel(), b, invert=invert), raising=False)
+    monkeypatch.setattr(
+        np, "in1d", lambda a, b, invert=False: np.isin(np.asarray(a).ravel(), b, invert=invert), raising=False
+    )
     args = copy.copy(ev.args)
     args.evalInstLevelScore, args.JSONOutput, args.quiet = True, False, True
     args.predictionPath, args.predictionWalk = str(save / "labelIds"), None

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from torch import nn
 
@@ -33,11 +33,23 @@ def test_staged_recipes_are_found():
 def test_frozen_modules_keep_parameters_and_buffers_across_each_stage(name, tmp_path, synthetic_prepared, monkeypatch):
     recipe = load_recipe(name, check_model=False)
     assert recipe["model"]["name"] == "imtl", "a new staged family needs its tiny overrides here"
-    overrides = [f"data.root={synthetic_prepared}", "data.dataset=synthetic", "data.min_size=96", "data.max_size=192",
-                 "data.crop_size=[96, 192]", "train.batch_size=2", "train.workers=0", "train.restart_every=0",
-                 "eval.interval=0", "eval.batch_size=2"]
-    overrides += [f"model.{k}={v!r}".replace("'", '"').replace("(", "[").replace(")", "]")
-                  for k, v in TINY_IMTL.items() if k != "dropout"]
+    overrides = [
+        f"data.root={synthetic_prepared}",
+        "data.dataset=synthetic",
+        "data.min_size=96",
+        "data.max_size=192",
+        "data.crop_size=[96, 192]",
+        "train.batch_size=2",
+        "train.workers=0",
+        "train.restart_every=0",
+        "eval.interval=0",
+        "eval.batch_size=2",
+    ]
+    overrides += [
+        f"model.{k}={v!r}".replace("'", '"').replace("(", "[").replace(")", "]")
+        for k, v in TINY_IMTL.items()
+        if k != "dropout"
+    ]
     overrides.append("model.dropout=0.5")  # dropout on: a frozen module must not fire it either
     recipe = load_recipe(name, overrides)
     for stage in recipe["train"]["stages"]:
@@ -48,16 +60,25 @@ def test_frozen_modules_keep_parameters_and_buffers_across_each_stage(name, tmp_
 
     saved: dict[int, dict[str, torch.Tensor]] = {}
     real_save = train_mod.save_checkpoint
-    monkeypatch.setattr(train_mod, "save_checkpoint",
-                        lambda path, state: saved.setdefault(state["iteration"], copy.deepcopy(state["model"]))
-                        or real_save(path, state))
+    monkeypatch.setattr(
+        train_mod,
+        "save_checkpoint",
+        lambda path, state: (
+            saved.setdefault(state["iteration"], copy.deepcopy(state["model"])) or real_save(path, state)
+        ),
+    )
     train_mod.train(recipe, tmp_path / "run", progress=False)
 
     # anchors = "kmeans" (the paper recipe's): clustered from the train split, written into recipe.toml
     assert recipe["model"]["anchors"] == "kmeans"
     written = tomllib.loads((tmp_path / "run" / "recipe.toml").read_text())["model"]["anchors"]
-    expected = compute_anchors(synthetic_prepared, "train", 9, input_size=tuple(recipe["model"]["input_size"]),
-                               label_map=recipe["data"]["label_map"] or None)["anchors"]
+    expected = compute_anchors(
+        synthetic_prepared,
+        "train",
+        9,
+        input_size=tuple(recipe["model"]["input_size"]),
+        label_map=recipe["data"]["label_map"] or None,
+    )["anchors"]
     assert written == expected and len(written) == 9
 
     checked = 0

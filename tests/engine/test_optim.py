@@ -20,8 +20,11 @@ def train_cfg(**kw) -> dict:
 
 
 def test_multistep_with_linear_warmup():
-    s = LRSchedule(train_cfg(lr=0.1, schedule="multistep", steps=[10, 20], gamma=0.1, iterations=30,
-                             warmup_iters=5, warmup_factor=0.01))
+    s = LRSchedule(
+        train_cfg(
+            lr=0.1, schedule="multistep", steps=[10, 20], gamma=0.1, iterations=30, warmup_iters=5, warmup_factor=0.01
+        )
+    )
     assert s.lr_at(0) == pytest.approx(0.1 * 0.01)
     assert s.lr_at(2) == pytest.approx(0.1 * (0.01 * 0.6 + 0.4))  # linear from 0.01 to 1 over 5 iterations
     assert s.lr_at(5) == pytest.approx(0.1)
@@ -50,19 +53,36 @@ def test_four_stage_schedule_of_the_interdependent_mtl_paper():
     """papers/interdependent-mtl.txt: Adam, poly decay with restarts every 10K; 30K all at 1e-3; 120K
     seg only (detector frozen, W_det = 0) at 1e-3; 120K detector only (W_seg = 0) at 1e-4; 50K all at 1e-4."""
     cfg = train_cfg(
-        optimizer="adam", schedule="poly", power=0.9, restart_every=10_000,
+        optimizer="adam",
+        schedule="poly",
+        power=0.9,
+        restart_every=10_000,
         stages=[
             {"name": "all", "iterations": 30_000, "lr": 1e-3},
-            {"name": "seg", "iterations": 120_000, "lr": 1e-3, "loss_weights": {"loss_det": 0.0, "loss_seg": 40.0},
-             "freeze": ["detector.*"]},
-            {"name": "det", "iterations": 120_000, "lr": 1e-4, "loss_weights": {"loss_seg": 0.0},
-             "freeze": ["encoder.*", "decoder.*"]},
+            {
+                "name": "seg",
+                "iterations": 120_000,
+                "lr": 1e-3,
+                "loss_weights": {"loss_det": 0.0, "loss_seg": 40.0},
+                "freeze": ["detector.*"],
+            },
+            {
+                "name": "det",
+                "iterations": 120_000,
+                "lr": 1e-4,
+                "loss_weights": {"loss_seg": 0.0},
+                "freeze": ["encoder.*", "decoder.*"],
+            },
             {"name": "finetune", "iterations": 50_000, "lr": 1e-4},
         ],
     )
     s = LRSchedule(cfg)
     assert [(st.name, st.start, st.end) for st in s.stages] == [
-        ("all", 0, 30_000), ("seg", 30_000, 150_000), ("det", 150_000, 270_000), ("finetune", 270_000, 320_000)]
+        ("all", 0, 30_000),
+        ("seg", 30_000, 150_000),
+        ("det", 150_000, 270_000),
+        ("finetune", 270_000, 320_000),
+    ]
     assert s.lr_at(0) == pytest.approx(1e-3)
     assert s.lr_at(5_000) == pytest.approx(1e-3 * 0.5**0.9)
     assert s.lr_at(30_000) == pytest.approx(1e-3)  # restart at the stage start
@@ -74,8 +94,12 @@ def test_four_stage_schedule_of_the_interdependent_mtl_paper():
 
 
 def test_stage_loss_weights_extend_the_train_weights():
-    stages = stages_of(train_cfg(loss_weights={"loss_a": 2.0, "loss_b": 3.0},
-                                 stages=[{"iterations": 5, "lr": 0.1, "loss_weights": {"loss_b": 0.0}}]))
+    stages = stages_of(
+        train_cfg(
+            loss_weights={"loss_a": 2.0, "loss_b": 3.0},
+            stages=[{"iterations": 5, "lr": 0.1, "loss_weights": {"loss_b": 0.0}}],
+        )
+    )
     assert stages[0].loss_weights == {"loss_a": 2.0, "loss_b": 0.0}
     assert stages[0].name == "stage1"
 
@@ -93,10 +117,16 @@ def test_schedule_writes_the_rate_into_the_optimizer():
 @pytest.mark.parametrize(
     "kw, cls, expect",
     [
-        ({"optimizer": "sgd", "momentum": 0.8, "nesterov": True, "weight_decay": 1e-3}, torch.optim.SGD,
-         {"momentum": 0.8, "nesterov": True, "weight_decay": 1e-3}),
-        ({"optimizer": "adam", "betas": [0.5, 0.999], "eps": 1e-10}, torch.optim.Adam,
-         {"betas": (0.5, 0.999), "eps": 1e-10}),
+        (
+            {"optimizer": "sgd", "momentum": 0.8, "nesterov": True, "weight_decay": 1e-3},
+            torch.optim.SGD,
+            {"momentum": 0.8, "nesterov": True, "weight_decay": 1e-3},
+        ),
+        (
+            {"optimizer": "adam", "betas": [0.5, 0.999], "eps": 1e-10},
+            torch.optim.Adam,
+            {"betas": (0.5, 0.999), "eps": 1e-10},
+        ),
         ({"optimizer": "adamw", "weight_decay": 0.05}, torch.optim.AdamW, {"weight_decay": 0.05}),
     ],
 )

@@ -24,8 +24,10 @@ def test_eval_split_is_resized_labels_nearest(synthetic_prepared):
     assert tuple(img.shape[-2:]) == (64, 96) and tuple(t["semantic"].shape) == (64, 96)
     assert set(t["semantic"].unique().tolist()) <= set(t0["semantic"].unique().tolist())  # no blended labels
     h0, w0 = t0["semantic"].shape
-    torch.testing.assert_close(t["boxes"].as_subclass(torch.Tensor),
-                               t0["boxes"].as_subclass(torch.Tensor) * torch.tensor([96 / w0, 64 / h0] * 2))
+    torch.testing.assert_close(
+        t["boxes"].as_subclass(torch.Tensor),
+        t0["boxes"].as_subclass(torch.Tensor) * torch.tensor([96 / w0, 64 / h0] * 2),
+    )
     assert tuple(t["orig_size"]) == tuple(t0["orig_size"])  # detections still go back to the source frame
 
 
@@ -39,7 +41,9 @@ def test_evaluate_scores_at_the_resolution(synthetic_prepared):
     from mtlcli.engine.evaluate import evaluate
     from mtlcli.models import build_from_recipe
 
-    recipe = load_recipe("ladderdensenet-tiny-synthetic", [f"data.root={synthetic_prepared}", "eval.resolution=[64,96]"])
+    recipe = load_recipe(
+        "ladderdensenet-tiny-synthetic", [f"data.root={synthetic_prepared}", "eval.resolution=[64,96]"]
+    )
     ds = PreparedDataset(synthetic_prepared, "val", transforms=eval_transforms(recipe))
     torch.manual_seed(0)
     model = build_from_recipe({**recipe["model"], "num_seg_classes": len(ds.seg_classes)})

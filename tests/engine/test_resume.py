@@ -13,9 +13,19 @@ pytestmark = pytest.mark.usefixtures("tiny_registered")
 
 # Everything that draws random numbers: dropout in the model, random scale / crop / flip per sample,
 # shuffled data order; Adam's moments and a cosine schedule with warm-up in the optimiser state.
-RANDOM = ["model.dropout=0.3", "data.augmentation=cityscapes", "data.scale_range=[0.6, 1.4]",
-          "data.crop_size=[48, 96]", "data.flip=true", "train.optimizer=adam", "train.lr=0.01",
-          "train.schedule=cosine", "train.warmup_iters=2", "train.iterations=8", "train.checkpoint_interval=100"]
+RANDOM = [
+    "model.dropout=0.3",
+    "data.augmentation=cityscapes",
+    "data.scale_range=[0.6, 1.4]",
+    "data.crop_size=[48, 96]",
+    "data.flip=true",
+    "train.optimizer=adam",
+    "train.lr=0.01",
+    "train.schedule=cosine",
+    "train.warmup_iters=2",
+    "train.iterations=8",
+    "train.checkpoint_interval=100",
+]
 
 
 def test_interrupted_and_resumed_run_equals_the_straight_run(tmp_path, synthetic_prepared):
@@ -25,12 +35,14 @@ def test_interrupted_and_resumed_run_equals_the_straight_run(tmp_path, synthetic
     resumed = tmp_path / "resumed"
     # Ctrl-C during the 5th iteration's forward: last.pt must hold the state after 4 iterations.
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_recipe(tmp_path, synthetic_prepared, *RANDOM, "model.fail_at=5", "model.failure=interrupt"),
-              resumed, progress=False)
+        train(
+            tiny_recipe(tmp_path, synthetic_prepared, *RANDOM, "model.fail_at=5", "model.failure=interrupt"),
+            resumed,
+            progress=False,
+        )
     assert load_checkpoint(resumed / "checkpoints" / "last.pt")["iteration"] == 4
     # Another worker count on purpose: augmentation is seeded per sample, not per worker.
-    train(tiny_recipe(tmp_path, synthetic_prepared, *RANDOM, "train.workers=2"), resumed, resume=True,
-          progress=False)
+    train(tiny_recipe(tmp_path, synthetic_prepared, *RANDOM, "train.workers=2"), resumed, resume=True, progress=False)
 
     a, b = train_losses(straight), train_losses(resumed)
     assert [r["iteration"] for r in b] == list(range(1, 9))
@@ -55,10 +67,19 @@ def test_a_cached_run_equals_the_uncached_run_and_resumes_exactly(tmp_path, synt
     train(tiny_recipe(tmp_path, synthetic_prepared, *RANDOM), straight, progress=False)
     cached = tmp_path / "cached"
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_recipe(tmp_path, synthetic_prepared, *RANDOM, "data.cache=ram", "model.fail_at=5",
-                          "model.failure=interrupt"), cached, progress=False)
-    train(tiny_recipe(tmp_path, synthetic_prepared, *RANDOM, "data.cache=ram", "train.workers=2"), cached,
-          resume=True, progress=False)
+        train(
+            tiny_recipe(
+                tmp_path, synthetic_prepared, *RANDOM, "data.cache=ram", "model.fail_at=5", "model.failure=interrupt"
+            ),
+            cached,
+            progress=False,
+        )
+    train(
+        tiny_recipe(tmp_path, synthetic_prepared, *RANDOM, "data.cache=ram", "train.workers=2"),
+        cached,
+        resume=True,
+        progress=False,
+    )
     assert [r["losses"] for r in train_losses(straight)] == [r["losses"] for r in train_losses(cached)]
     sa = load_checkpoint(straight / "checkpoints" / "last.pt")
     sb = load_checkpoint(cached / "checkpoints" / "last.pt")
@@ -72,8 +93,11 @@ def test_resume_from_a_periodic_checkpoint_and_nothing_left_to_do(tmp_path, synt
     straight = tmp_path / "straight"
     train(tiny_recipe(tmp_path, synthetic_prepared, *base), straight, progress=False)
     # A run that stopped at its periodic checkpoint (iteration 3 of 6), as after a crash, then resumed.
-    train(tiny_recipe(tmp_path, synthetic_prepared, "train.iterations=3", "train.checkpoint_interval=3"), run,
-          progress=False)
+    train(
+        tiny_recipe(tmp_path, synthetic_prepared, "train.iterations=3", "train.checkpoint_interval=3"),
+        run,
+        progress=False,
+    )
     train(tiny_recipe(tmp_path, synthetic_prepared, *base), run, resume=True, progress=False)
     assert [r["losses"] for r in train_losses(straight)] == [r["losses"] for r in train_losses(run)]
 

@@ -4,10 +4,10 @@ evaluation and best.pt, stages, failure handling, and the `mtl train` command.""
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 from mtlcli.cli.main import main
@@ -27,9 +27,18 @@ pytestmark = pytest.mark.usefixtures("tiny_registered")
 
 
 def test_loss_decreases_and_the_run_directory_is_complete(tmp_path, synthetic_prepared):
-    recipe = tiny_recipe(tmp_path, synthetic_prepared, "train.iterations=30", "train.lr=0.1", "train.log_interval=5",
-                         "train.checkpoint_interval=10", "eval.metrics=miou,voc07", "eval.interval=15",
-                         "eval.best_metric=miou", "eval.batch_size=3")
+    recipe = tiny_recipe(
+        tmp_path,
+        synthetic_prepared,
+        "train.iterations=30",
+        "train.lr=0.1",
+        "train.log_interval=5",
+        "train.checkpoint_interval=10",
+        "eval.metrics=miou,voc07",
+        "eval.interval=15",
+        "eval.best_metric=miou",
+        "eval.batch_size=3",
+    )
     run = tmp_path / "run"
     result = train(recipe, run, progress=False)
 
@@ -80,8 +89,9 @@ loss_weights = { loss_seg = 0.0 }
 freeze = ["backbone.*", "seg_head.*"]
 """
     first = load_recipe(write_recipe(tmp_path, TINY_RECIPE + stage1, "one.toml"), [f"data.root={synthetic_prepared}"])
-    both = load_recipe(write_recipe(tmp_path, TINY_RECIPE + stage1 + stage2, "two.toml"),
-                       [f"data.root={synthetic_prepared}"])
+    both = load_recipe(
+        write_recipe(tmp_path, TINY_RECIPE + stage1 + stage2, "two.toml"), [f"data.root={synthetic_prepared}"]
+    )
     run = tmp_path / "run"
     train(first, run, progress=False)
     after1 = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
@@ -107,8 +117,9 @@ freeze = ["backbone.*", "seg_head.*"]
 def test_gradient_accumulation_matches_the_full_batch(tmp_path, synthetic_prepared):
     runs = {}
     for acc in (1, 2):
-        recipe = tiny_recipe(tmp_path, synthetic_prepared, "train.iterations=3", f"train.accumulate={acc}",
-                             "train.grad_clip=1.0")
+        recipe = tiny_recipe(
+            tmp_path, synthetic_prepared, "train.iterations=3", f"train.accumulate={acc}", "train.grad_clip=1.0"
+        )
         train(recipe, tmp_path / f"acc{acc}", progress=False)
         runs[acc] = load_checkpoint(tmp_path / f"acc{acc}" / "checkpoints" / "last.pt")["model"]
     for k in runs[1]:
@@ -116,8 +127,9 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path, synthetic_prepar
 
 
 def test_non_finite_loss_stops_with_iteration_terms_and_last_good_checkpoint(tmp_path, synthetic_prepared):
-    recipe = tiny_recipe(tmp_path, synthetic_prepared, "train.checkpoint_interval=2", "model.fail_at=3",
-                         "model.failure=nan")
+    recipe = tiny_recipe(
+        tmp_path, synthetic_prepared, "train.checkpoint_interval=2", "model.fail_at=3", "model.failure=nan"
+    )
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as info:
         train(recipe, run, progress=False)
@@ -131,22 +143,28 @@ def test_non_finite_loss_stops_with_iteration_terms_and_last_good_checkpoint(tmp
 
 def test_out_of_memory_names_batch_and_input_size(tmp_path, synthetic_prepared):
     recipe = tiny_recipe(tmp_path, synthetic_prepared, "model.fail_at=2", "model.failure=oom")
-    with pytest.raises(UserError, match=r"out of memory on cpu at iteration 2 with 4 image\(s\) per process .*"
-                                        r"train.batch_size = 4.* input size 32x32"):
+    with pytest.raises(
+        UserError,
+        match=r"out of memory on cpu at iteration 2 with 4 image\(s\) per process .*"
+        r"train.batch_size = 4.* input size 32x32",
+    ):
         train(recipe, tmp_path / "run", progress=False)
 
 
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.loss_weights.loss_sgm=0.5", "loss_weights name(s) loss_sgm that the model does not return; its "
-                                            "losses: loss_det, loss_seg"),
+        (
+            "train.loss_weights.loss_sgm=0.5",
+            "loss_weights name(s) loss_sgm that the model does not return; its losses: loss_det, loss_seg",
+        ),
         ("train.batch_size=3", "train.batch_size = 3 is not divisible by 1 process(es) x train.accumulate = 2"),
     ],
 )
 def test_recipe_mistakes_found_at_the_start_of_training(tmp_path, synthetic_prepared, override, message):
-    recipe = tiny_recipe(tmp_path, synthetic_prepared, override, "train.accumulate=2" if "batch" in override else
-                         "train.accumulate=1")
+    recipe = tiny_recipe(
+        tmp_path, synthetic_prepared, override, "train.accumulate=2" if "batch" in override else "train.accumulate=1"
+    )
     with pytest.raises(UserError) as info:
         train(recipe, tmp_path / "run", progress=False)
     assert message in str(info.value)
@@ -155,8 +173,11 @@ def test_recipe_mistakes_found_at_the_start_of_training(tmp_path, synthetic_prep
 def test_missing_prepared_dataset_says_how_to_prepare_it(tmp_path, monkeypatch):
     monkeypatch.setenv("MTL_DATA", str(tmp_path / "nowhere"))
     recipe = load_recipe(write_recipe(tmp_path))
-    with pytest.raises(UserError, match=r"no prepared dataset at .*nowhere/synthetic — run `mtl prepare synthetic "
-                                        r"--out"):
+    with pytest.raises(
+        UserError,
+        match=r"no prepared dataset at .*nowhere/synthetic — run `mtl prepare synthetic "
+        r"--out",
+    ):
         train(recipe, tmp_path / "run", progress=False)
 
 
@@ -169,8 +190,16 @@ def run_cli(args: list[str]) -> int:
 def test_cli_train_runs_refuses_to_overwrite_and_resumes(tmp_path, synthetic_prepared, capsys, monkeypatch):
     recipe = write_recipe(tmp_path)
     monkeypatch.chdir(tmp_path)
-    args = ["train", "--recipe", str(recipe), "--data", str(synthetic_prepared), "--quiet", "--set",
-            "train.iterations=2"]
+    args = [
+        "train",
+        "--recipe",
+        str(recipe),
+        "--data",
+        str(synthetic_prepared),
+        "--quiet",
+        "--set",
+        "train.iterations=2",
+    ]
     assert run_cli(args) == 0
     assert run_cli(args) == 0
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == ["exp1", "exp2"]
@@ -195,10 +224,18 @@ def test_cli_train_runs_refuses_to_overwrite_and_resumes(tmp_path, synthetic_pre
 
 def test_amp_is_a_no_op_on_cpu_and_channels_last_trains_the_same(tmp_path, synthetic_prepared):
     runs = {}
-    for name, extra in (("plain", []), ("bf16", ["train.amp=bf16"]), ("fp16", ["train.amp=fp16"]),
-                        ("cl", ["train.channels_last=true", "train.deterministic=true"])):
-        train(tiny_recipe(tmp_path, synthetic_prepared, "train.iterations=3", *extra), tmp_path / name,
-              device="cpu", progress=False)
+    for name, extra in (
+        ("plain", []),
+        ("bf16", ["train.amp=bf16"]),
+        ("fp16", ["train.amp=fp16"]),
+        ("cl", ["train.channels_last=true", "train.deterministic=true"]),
+    ):
+        train(
+            tiny_recipe(tmp_path, synthetic_prepared, "train.iterations=3", *extra),
+            tmp_path / name,
+            device="cpu",
+            progress=False,
+        )
         runs[name] = [r["losses"] for r in train_losses(tmp_path / name)]
     assert runs["bf16"] == runs["plain"] and runs["fp16"] == runs["plain"]
     for a, b in zip(runs["cl"], runs["plain"]):
@@ -209,8 +246,9 @@ def test_amp_is_a_no_op_on_cpu_and_channels_last_trains_the_same(tmp_path, synth
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision runs on CUDA only")
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_on_cuda_learns_and_saves_the_scaler(tmp_path, synthetic_prepared, amp):
-    recipe = tiny_recipe(tmp_path, synthetic_prepared, "train.iterations=20", "train.lr=0.1",
-                         "train.log_interval=5", f"train.amp={amp}")
+    recipe = tiny_recipe(
+        tmp_path, synthetic_prepared, "train.iterations=20", "train.lr=0.1", "train.log_interval=5", f"train.amp={amp}"
+    )
     train(recipe, tmp_path / "run", device="cuda", progress=False)
     logged = train_losses(tmp_path / "run")
     assert logged[-1]["loss"] < logged[0]["loss"]
@@ -220,8 +258,22 @@ def test_mixed_precision_on_cuda_learns_and_saves_the_scaler(tmp_path, synthetic
 
 def test_cli_ctrl_c_saves_last_and_exits_130(tmp_path, synthetic_prepared, capsys):
     run = tmp_path / "run"
-    code = run_cli(["train", "--recipe", str(write_recipe(tmp_path)), "--data", str(synthetic_prepared), "--out",
-                    str(run), "--quiet", "--set", "model.fail_at=3", "--set", "model.failure=interrupt"])
+    code = run_cli(
+        [
+            "train",
+            "--recipe",
+            str(write_recipe(tmp_path)),
+            "--data",
+            str(synthetic_prepared),
+            "--out",
+            str(run),
+            "--quiet",
+            "--set",
+            "model.fail_at=3",
+            "--set",
+            "model.failure=interrupt",
+        ]
+    )
     assert code == 130
     assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 2
 
@@ -235,16 +287,18 @@ def test_corrupt_or_missing_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="has no checkpoints/best.pt or checkpoints/last.pt"):
         load_for_eval(run=tmp_path / "checkpoints")
 
+
 def test_resume_without_a_checkpoint_exits_2(tmp_path, capsys):
-    assert run_cli(["train", "--recipe", str(write_recipe(tmp_path)), "--out", str(tmp_path / "empty"),
-                    "--resume"]) == 2
+    assert (
+        run_cli(["train", "--recipe", str(write_recipe(tmp_path)), "--out", str(tmp_path / "empty"), "--resume"]) == 2
+    )
     assert "has no checkpoints/last.pt to resume from — drop --resume" in capsys.readouterr().err
 
 
 class FakeSummaryWriter:
     """Stands in for torch.utils.tensorboard.SummaryWriter: makes its folder, keeps the scalars."""
 
-    made: list["FakeSummaryWriter"] = []
+    made: list[FakeSummaryWriter] = []
 
     def __init__(self, log_dir: str, purge_step: int | None = None) -> None:
         Path(log_dir).mkdir(parents=True)
@@ -270,8 +324,18 @@ def test_tensorboard_only_when_asked(tmp_path, synthetic_prepared, capsys, monke
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)  # installed or not, the test sees the calls
     monkeypatch.setattr(FakeSummaryWriter, "made", [])
     recipe = write_recipe(tmp_path)
-    args = ["train", "--recipe", str(recipe), "--data", str(synthetic_prepared), "--quiet", "--device", "cpu",
-            "--set", "train.iterations=2"]
+    args = [
+        "train",
+        "--recipe",
+        str(recipe),
+        "--data",
+        str(synthetic_prepared),
+        "--quiet",
+        "--device",
+        "cpu",
+        "--set",
+        "train.iterations=2",
+    ]
     assert run_cli([*args, "--out", str(tmp_path / "plain")]) == 0
     assert (tmp_path / "plain" / "metrics.jsonl").is_file() and not (tmp_path / "plain" / "tensorboard").exists()
     assert FakeSummaryWriter.made == []
@@ -279,8 +343,11 @@ def test_tensorboard_only_when_asked(tmp_path, synthetic_prepared, capsys, monke
     (writer,) = FakeSummaryWriter.made
     assert (tmp_path / "on" / "tensorboard").is_dir() and writer.closed
     logged = train_losses(tmp_path / "on")
-    assert [(step, value) for tag, value, step in writer.scalars if tag == "train/loss"] == \
-        [(r["iteration"], r["loss"]) for r in logged] == [(1, logged[0]["loss"]), (2, logged[1]["loss"])]
+    assert (
+        [(step, value) for tag, value, step in writer.scalars if tag == "train/loss"]
+        == [(r["iteration"], r["loss"]) for r in logged]
+        == [(1, logged[0]["loss"]), (2, logged[1]["loss"])]
+    )
     capsys.readouterr()
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
@@ -300,8 +367,13 @@ def test_tensorboard_events_hold_the_logged_scalars(tmp_path, synthetic_prepared
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    train(tiny_recipe(tmp_path, synthetic_prepared, "train.iterations=4", "train.log_interval=2",
-                      "train.tensorboard=true"), run, progress=False)
+    train(
+        tiny_recipe(
+            tmp_path, synthetic_prepared, "train.iterations=4", "train.log_interval=2", "train.tensorboard=true"
+        ),
+        run,
+        progress=False,
+    )
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [r["iteration"] for r in train_losses(run)] == [2, 4]

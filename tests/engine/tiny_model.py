@@ -30,8 +30,16 @@ class TinyMultiTask(MultiTaskModel):
     Eval: per image a whole-image box per class scored by presence, and sem_seg [C, H, W] scores.
     """
 
-    def __init__(self, num_det_classes: int, num_seg_classes: int, input_size: int, width: int, dropout: float,
-                 fail_at: int = 0, failure: str = ""):
+    def __init__(
+        self,
+        num_det_classes: int,
+        num_seg_classes: int,
+        input_size: int,
+        width: int,
+        dropout: float,
+        fail_at: int = 0,
+        failure: str = "",
+    ):
         super().__init__(input_size)
         # Failure injection for the engine tests: on the fail_at-th training forward (1-based), "nan"
         # returns a NaN loss, "interrupt" raises KeyboardInterrupt (Ctrl-C), "oom" raises OutOfMemoryError.
@@ -78,17 +86,26 @@ class TinyMultiTask(MultiTaskModel):
         scores = raw["cls"].sigmoid()
         for i, (h, w) in enumerate(original_sizes):
             k = scores.shape[1]
-            out.append({
-                "boxes": torch.tensor([[0.0, 0.0, w, h]]).repeat(k, 1),
-                "scores": scores[i],
-                "labels": torch.arange(1, k + 1),
-                "sem_seg": semantic_to_original(raw["seg"][i], (h, w)),
-            })
+            out.append(
+                {
+                    "boxes": torch.tensor([[0.0, 0.0, w, h]]).repeat(k, 1),
+                    "scores": scores[i],
+                    "labels": torch.arange(1, k + 1),
+                    "sem_seg": semantic_to_original(raw["seg"][i], (h, w)),
+                }
+            )
         return out
 
 
-def build_tiny(num_det_classes: int = 2, num_seg_classes: int = 3, input_size: int = 32, width: int = 8,
-               dropout: float = 0.0, fail_at: int = 0, failure: str = "") -> TinyMultiTask:
+def build_tiny(
+    num_det_classes: int = 2,
+    num_seg_classes: int = 3,
+    input_size: int = 32,
+    width: int = 8,
+    dropout: float = 0.0,
+    fail_at: int = 0,
+    failure: str = "",
+) -> TinyMultiTask:
     return TinyMultiTask(num_det_classes, num_seg_classes, input_size, width, dropout, fail_at, failure)
 
 

@@ -15,7 +15,7 @@ SIZE = (200, 240)  # H, W
 
 def _box_mask(x: int, y: int, w: int, h: int) -> np.ndarray:
     m = np.zeros(SIZE, bool)
-    m[y:y + h, x:x + w] = True
+    m[y : y + h, x : x + w] = True
     return m
 
 
@@ -31,17 +31,31 @@ def make_detection_dataset(root: Path) -> Path:
     """Write dataset.json and val/instances.json (RLE masks, tight bboxes) under `root`."""
     images, anns = [], []
     for image_id, objects in GROUND_TRUTH.items():
-        images.append({"id": image_id, "file_name": f"img{image_id}.jpg", "height": SIZE[0], "width": SIZE[1], "stem": f"img{image_id}"})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": f"img{image_id}.jpg",
+                "height": SIZE[0],
+                "width": SIZE[1],
+                "stem": f"img{image_id}",
+            }
+        )
         for cat, x, y, w, h, crowd in objects:
-            anns.append({"id": len(anns) + 1, "image_id": image_id, **encode_instance(_box_mask(x, y, w, h), cat, crowd)})
+            anns.append(
+                {"id": len(anns) + 1, "image_id": image_id, **encode_instance(_box_mask(x, y, w, h), cat, crowd)}
+            )
     DatasetMeta("toy", str(root / "src"), ["val"], CLASSES, ["background", "cat", "dog"], [[0, 0, 0]] * 3).save(root)
     cats = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(CLASSES)]
     (root / "val").mkdir(parents=True, exist_ok=True)
-    (root / "val" / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    (root / "val" / "instances.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": cats})
+    )
     return root
 
 
-def detection(image_id: int, cat: int, x: float, y: float, w: float, h: float, score: float, masks: bool = True) -> dict:
+def detection(
+    image_id: int, cat: int, x: float, y: float, w: float, h: float, score: float, masks: bool = True
+) -> dict:
     r = {"image_id": image_id, "category_id": cat, "bbox": [x, y, w, h], "score": score}
     if masks:
         seg = encode_instance(_box_mask(int(x), int(y), int(w), int(h)), cat)["segmentation"]

@@ -32,7 +32,9 @@ def devkit_voc_ap(gt_json: dict, dets: list[dict], category_id: int, use_07: boo
         class_recs[image_id] = {"bbox": bbox, "difficult": difficult, "det": [False] * len(objs)}
     mine = [d for d in dets if d["category_id"] == category_id]
     confidence = np.array([d["score"] for d in mine])
-    BB = np.array([[d["bbox"][0] + 1, d["bbox"][1] + 1, d["bbox"][0] + d["bbox"][2], d["bbox"][1] + d["bbox"][3]] for d in mine]).reshape(-1, 4)
+    BB = np.array(
+        [[d["bbox"][0] + 1, d["bbox"][1] + 1, d["bbox"][0] + d["bbox"][2], d["bbox"][1] + d["bbox"][3]] for d in mine]
+    ).reshape(-1, 4)
     ids = [d["image_id"] for d in mine]
     sorted_ind = np.argsort(-confidence, kind="stable")
     BB = BB[sorted_ind, :]
@@ -52,8 +54,11 @@ def devkit_voc_ap(gt_json: dict, dets: list[dict], category_id: int, use_07: boo
             iw = np.maximum(ixmax - ixmin + 1.0, 0.0)
             ih = np.maximum(iymax - iymin + 1.0, 0.0)
             inters = iw * ih
-            uni = ((bb[2] - bb[0] + 1.0) * (bb[3] - bb[1] + 1.0)
-                   + (BBGT[:, 2] - BBGT[:, 0] + 1.0) * (BBGT[:, 3] - BBGT[:, 1] + 1.0) - inters)
+            uni = (
+                (bb[2] - bb[0] + 1.0) * (bb[3] - bb[1] + 1.0)
+                + (BBGT[:, 2] - BBGT[:, 0] + 1.0) * (BBGT[:, 3] - BBGT[:, 1] + 1.0)
+                - inters
+            )
             overlaps = inters / uni
             ovmax = np.max(overlaps)
             jmax = np.argmax(overlaps)
@@ -160,13 +165,16 @@ def test_proposal_recall_equals_cocoeval_without_categories(toy):
     assert res["metrics"]["ar"] == s["AR@100"] > 0
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: [], "holds no detections"),
-    (lambda d: d + [{**d[0], "image_id": 99}], "image_id 99"),
-    (lambda d: d + [{**d[0], "category_id": 4}], "category_id 4 is out of range"),
-    (lambda d: d + [{**d[0], "bbox": [1, 2, -3, 4]}], "bbox"),
-    (lambda d: [{k: v for k, v in r.items() if k != "segmentation"} for r in d], "has no segmentation"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: [], "holds no detections"),
+        (lambda d: d + [{**d[0], "image_id": 99}], "image_id 99"),
+        (lambda d: d + [{**d[0], "category_id": 4}], "category_id 4 is out of range"),
+        (lambda d: d + [{**d[0], "bbox": [1, 2, -3, 4]}], "bbox"),
+        (lambda d: [{k: v for k, v in r.items() if k != "segmentation"} for r in d], "has no segmentation"),
+    ],
+)
 def test_bad_results_are_user_errors(toy, change, message):
     root, path, dets = toy
     path.write_text(json.dumps(change(dets)))

@@ -18,8 +18,27 @@ from mtlcli.metrics.predictions import evaluate_predictions
 from mtlcli.metrics.segmentation import CITYSCAPES_AVG_CLASS_SIZE, SegmentationMetric
 
 H, W = 40, 64
-TRAIN_NAMES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-               "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
+TRAIN_NAMES = [
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+]
 DET_NAMES = ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
 
 
@@ -92,16 +111,29 @@ def cityscapes_files(tmp_path):
         sem = prep / "val" / "semantic" / f"{stem}.png"
         sem.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(to_train[label]).save(sem)
-        images.append({"id": image_id, "file_name": f"leftImg8bit/val/{city}/{stem}.png", "height": H, "width": W, "stem": stem})
+        images.append(
+            {"id": image_id, "file_name": f"leftImg8bit/val/{city}/{stem}.png", "height": H, "width": W, "stem": stem}
+        )
         for value in np.unique(inst):
             cls = value // 1000 if value >= 1000 else value
-            name = {24: "person", 25: "rider", 26: "car", 27: "truck", 28: "bus", 31: "train", 32: "motorcycle", 33: "bicycle"}.get(cls)
+            name = {
+                24: "person",
+                25: "rider",
+                26: "car",
+                27: "truck",
+                28: "bus",
+                31: "train",
+                32: "motorcycle",
+                33: "bicycle",
+            }.get(cls)
             if name:
                 a = encode_instance(inst == value, DET_NAMES.index(name) + 1, iscrowd=int(value < 1000))
                 anns.append({"id": len(anns) + 1, "image_id": image_id, **a})
     DatasetMeta("cityscapes", str(cs), ["val"], DET_NAMES, TRAIN_NAMES, [[0, 0, 0]] * 19).save(prep)
     cats = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(DET_NAMES)]
-    (prep / "val" / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    (prep / "val" / "instances.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": cats})
+    )
     return cs, pred_dir, prep
 
 
@@ -109,7 +141,9 @@ def _official(cs, pred_dir, monkeypatch, inst_level=True):
     import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as ev
 
     # cityscapesscripts 2.3 calls np.in1d, which numpy 2.4 removed; np.isin is its documented successor
-    monkeypatch.setattr(np, "in1d", lambda a, b, invert=False: np.isin(np.asarray(a).ravel(), b, invert=invert), raising=False)
+    monkeypatch.setattr(
+        np, "in1d", lambda a, b, invert=False: np.isin(np.asarray(a).ravel(), b, invert=invert), raising=False
+    )
     args = copy.copy(ev.args)
     args.evalInstLevelScore = inst_level
     args.JSONOutput = False  # no side files
@@ -134,7 +168,11 @@ def test_miou_and_iiou_equal_official_script(cityscapes_files, monkeypatch):
     d = ours["details"]["miou"]
     for i, name in enumerate(TRAIN_NAMES):
         assert _same(d["iou"][i], official["classScores"][name]), (name, d["iou"][i], official["classScores"][name])
-        assert _same(d["iiou"][i], official["classInstScores"][name]), (name, d["iiou"][i], official["classInstScores"][name])
+        assert _same(d["iiou"][i], official["classInstScores"][name]), (
+            name,
+            d["iiou"][i],
+            official["classInstScores"][name],
+        )
     assert abs(ours["metrics"]["miou"] - official["averageScoreClasses"]) < 1e-9
     assert abs(d["miiou"] - official["averageScoreInstClasses"]) < 1e-9
     # the fixture covers what the issue asks for: classes absent from both (NaN, left out of the mean),

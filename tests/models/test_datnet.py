@@ -182,7 +182,7 @@ def test_dense_focal_loss_matches_the_paper_formula():
     expected = (-0.2 * (1 - p[0, 0]) ** 2 * p[0, 0].log() - 1.0 * (1 - p[2, 1]) ** 2 * p[2, 1].log()) / 2
     torch.testing.assert_close(dense_focal_loss(logits, target), expected)
     # without a background class every pixel has weight 1
-    expected_no_bg = (-(1 - p[0, 0]) ** 2 * p[0, 0].log() - (1 - p[2, 1]) ** 2 * p[2, 1].log()) / 2
+    expected_no_bg = (-((1 - p[0, 0]) ** 2) * p[0, 0].log() - (1 - p[2, 1]) ** 2 * p[2, 1].log()) / 2
     torch.testing.assert_close(dense_focal_loss(logits, target, background_index=-1), expected_no_bg)
     assert dense_focal_loss(logits, torch.full_like(target, 255)).item() == 0.0
     with pytest.raises(UserError, match="num_seg_classes"):
@@ -276,10 +276,21 @@ def test_shipped_two_stage_recipes_build():
     """Every DATNet / baseline recipe loads (schema, one level of extends) and builds its model."""
     from mtlcli.recipes import load_recipe
 
-    names = sorted(p.stem for pattern in ("datnet*.toml", "maskrcnn*.toml", "fasterrcnn*.toml") for p in RECIPES.glob(pattern))
-    assert {"datnet-light-r50-coco", "datnet-heavy-r50-coco-mst", "datnet-light-r50-voc", "maskrcnn-r50-coco",
-            "fasterrcnn-r50-voc", "datnet-tiny-synthetic", "datnet-t5-heavy-sum4conv-r50-coco",
-            "datnet-light-x101-coco", "datnet-heavy-x101-coco", "maskrcnn-x101-coco"} <= set(names)
+    names = sorted(
+        p.stem for pattern in ("datnet*.toml", "maskrcnn*.toml", "fasterrcnn*.toml") for p in RECIPES.glob(pattern)
+    )
+    assert {
+        "datnet-light-r50-coco",
+        "datnet-heavy-r50-coco-mst",
+        "datnet-light-r50-voc",
+        "maskrcnn-r50-coco",
+        "fasterrcnn-r50-voc",
+        "datnet-tiny-synthetic",
+        "datnet-t5-heavy-sum4conv-r50-coco",
+        "datnet-light-x101-coco",
+        "datnet-heavy-x101-coco",
+        "maskrcnn-x101-coco",
+    } <= set(names)
     for name in names:
         recipe = load_recipe(name)
         kwargs = {k: v for k, v in recipe["model"].items() if k != "name"}
@@ -305,7 +316,9 @@ def test_res5_head_starts_from_the_trunks_layer4(tmp_path):
     res5 = model.roi_heads.box_head.res5
     torch.testing.assert_close(res5[0].conv1.weight, weights["layer4.0.conv1.weight"])
     assert res5 is not model.backbone.body.layer4  # its own weights, not shared with the trunk
-    plain = build_datnet(num_det_classes=2, num_seg_classes=SEG_CLASSES, **{**kw, "mspwa": False}).roi_heads.box_head.res5
+    plain = build_datnet(
+        num_det_classes=2, num_seg_classes=SEG_CLASSES, **{**kw, "mspwa": False}
+    ).roi_heads.box_head.res5
     assert plain[0].conv1.in_channels == 64 and plain[0].downsample[0].in_channels == 64
     a, b = res5.state_dict(), plain.state_dict()
     assert a.keys() == b.keys()

@@ -17,8 +17,17 @@ from mtlcli.models.imtl_detector import assign_targets, decode_boxes, load_ancho
 from mtlcli.recipes import load_recipe
 
 TINY = dict(
-    width=8, layers=(1, 2, 3, 1), aspp_width=32, decoder_width=32, skip_width=8, det_width=32,
-    trident_width=64, trident_mid=16, trident_blocks=1, input_size=(64, 128), dropout=0.0,
+    width=8,
+    layers=(1, 2, 3, 1),
+    aspp_width=32,
+    decoder_width=32,
+    skip_width=8,
+    det_width=32,
+    trident_width=64,
+    trident_mid=16,
+    trident_blocks=1,
+    input_size=(64, 128),
+    dropout=0.0,
 )
 ANCHORS = [[4, 8], [8, 8], [8, 16], [16, 16], [24, 12], [16, 32], [32, 32], [48, 40], [96, 60]]
 LOSSES = {"loss_seg", "loss_seg_aux1", "loss_seg_aux2", "loss_det_box", "loss_det_obj", "loss_det_cls"}
@@ -35,7 +44,7 @@ def scenes(n: int = 2, h: int = 64, w: int = 128, seed: int = 0):
     images, targets = [], []
     for _ in range(n):
         sem = torch.zeros(h, w, dtype=torch.int64)
-        sem[h // 2:] = 1
+        sem[h // 2 :] = 1
         img = torch.stack([sem.float() * 0.3] * 3) + 0.05 * torch.rand(3, h, w, generator=g)
         boxes, labels = [], []
         for k in range(2):
@@ -43,13 +52,19 @@ def scenes(n: int = 2, h: int = 64, w: int = 128, seed: int = 0):
             x0 = int(torch.randint(0, w - bw, (1,), generator=g)) if k == 0 else w - bw - 2
             y0 = int(torch.randint(0, h - bh, (1,), generator=g))
             label = k + 1
-            img[label - 1, y0:y0 + bh, x0:x0 + bw] = 1.0
-            sem[y0:y0 + bh, x0:x0 + bw] = 1 + label
+            img[label - 1, y0 : y0 + bh, x0 : x0 + bw] = 1.0
+            sem[y0 : y0 + bh, x0 : x0 + bw] = 1 + label
             boxes.append([x0, y0, x0 + bw, y0 + bh])
             labels.append(label)
         images.append(img)
-        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels),
-                        "semantic": sem, "iscrowd": torch.zeros(len(boxes), dtype=torch.int64)})
+        targets.append(
+            {
+                "boxes": torch.tensor(boxes, dtype=torch.float32),
+                "labels": torch.tensor(labels),
+                "semantic": sem,
+                "iscrowd": torch.zeros(len(boxes), dtype=torch.int64),
+            }
+        )
     return images, targets
 
 
@@ -70,8 +85,13 @@ def test_train_step_finite_named_losses_and_gradients_everywhere():
 def test_image_without_objects_and_unlabelled_pixels_train():
     model = tiny().train()
     images = [torch.rand(3, 64, 128)]
-    targets = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-                "semantic": torch.full((64, 128), 255, dtype=torch.int64)}]
+    targets = [
+        {
+            "boxes": torch.zeros(0, 4),
+            "labels": torch.zeros(0, dtype=torch.int64),
+            "semantic": torch.full((64, 128), 255, dtype=torch.int64),
+        }
+    ]
     losses = model(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["loss_seg"] == 0 and losses["loss_det_box"] == 0 and losses["loss_det_obj"] > 0
@@ -96,7 +116,7 @@ def test_eval_outputs_in_the_original_frame():
     det = [torch.full_like(d, -20.0) for d in raw["det"]]
     # branch 1 (dilation 2), its anchor 0 = anchors[3] = 16x16; cell y=2, x=5; centre offsets 0.5
     det[1][0, 0, :4, 2, 5] = 0.0
-    det[1][0, 0, 4, 2, 5] = 10.0   # objectness
+    det[1][0, 0, 4, 2, 5] = 10.0  # objectness
     det[1][0, 0, 5 + 2, 2, 5] = 10.0  # class 3
     raw = {**raw, "det": det}
     out = model.postprocess(raw, [(128, 512)])[0]  # original image twice as tall, four times as wide
@@ -118,11 +138,13 @@ def test_eval_outputs_in_the_original_frame():
 
 def test_yolo_assignment_on_a_hand_built_case():
     anchors = torch.tensor(ANCHORS, dtype=torch.float32)
-    boxes = torch.tensor([
-        [20.0, 4.0, 36.0, 20.0],    # 16x16 -> anchor 3 (branch 1, anchor 0), centre (28, 12) -> cell (0, 1)
-        [0.0, 0.0, 96.0, 60.0],     # 96x60 -> anchor 8 (branch 2, anchor 2), centre (48, 30) -> cell (1, 3)
-        [21.0, 5.0, 35.0, 19.0],    # 14x14 also anchor 3 in the same cell: loses to the first
-    ])
+    boxes = torch.tensor(
+        [
+            [20.0, 4.0, 36.0, 20.0],  # 16x16 -> anchor 3 (branch 1, anchor 0), centre (28, 12) -> cell (0, 1)
+            [0.0, 0.0, 96.0, 60.0],  # 96x60 -> anchor 8 (branch 2, anchor 2), centre (48, 30) -> cell (1, 3)
+            [21.0, 5.0, 35.0, 19.0],  # 14x14 also anchor 3 in the same cell: loses to the first
+        ]
+    )
     a = assign_targets(boxes, torch.tensor([1, 2, 3]), anchors, grid=(4, 8), stride=(16.0, 16.0))
     assert a["index"].tolist() == [(3 * 4 + 0) * 8 + 1, (8 * 4 + 1) * 8 + 3]
     assert a["labels"].tolist() == [0, 1]
@@ -175,7 +197,11 @@ def test_focal_losses_on_a_hand_built_case():
 def test_crowd_boxes_are_not_positives():
     model = tiny()
     det = [torch.zeros(1, 3, 8, 4, 8) for _ in range(3)]
-    crowd = {"boxes": torch.tensor([[20.0, 4.0, 36.0, 20.0]]), "labels": torch.tensor([1]), "iscrowd": torch.tensor([1])}
+    crowd = {
+        "boxes": torch.tensor([[20.0, 4.0, 36.0, 20.0]]),
+        "labels": torch.tensor([1]),
+        "iscrowd": torch.tensor([1]),
+    }
     losses = model.detection_loss(det, [crowd])
     assert losses["loss_det_box"] == 0 and losses["loss_det_cls"] == 0
 
@@ -224,8 +250,19 @@ def test_recipe_label_map_gives_the_papers_classes():
     lm = load_recipe("imtl-cityscapes")["data"]["label_map"]
     seg = list(dict.fromkeys(lm["seg"].values()))
     det = list(dict.fromkeys(lm["det"].values()))
-    assert seg == ["road", "sidewalk", "building", "fence", "pole", "traffic sign", "vegetation", "sky",
-                   "pedestrian", "rider/cycle", "car/truck/bus"]
+    assert seg == [
+        "road",
+        "sidewalk",
+        "building",
+        "fence",
+        "pole",
+        "traffic sign",
+        "vegetation",
+        "sky",
+        "pedestrian",
+        "rider/cycle",
+        "car/truck/bus",
+    ]
     assert det == ["car/truck/bus", "person/rider", "bicycle/motorcycle"]
 
 
@@ -265,8 +302,12 @@ def test_dropout_in_block4_and_just_before_the_trident_block():
     with torch.no_grad():
         model.eval().network(torch.rand(1, 3, 64, 128))
     assert order[:3] == ["entry", "dropout", "trident"]
-    full = [m.p for m in build_imtl(anchors=ANCHORS, width=8).encoder.block4.modules() if isinstance(m, torch.nn.Dropout)]
-    assert full == [0.5] and isinstance(build_imtl(anchors=ANCHORS, width=8).encoder.block4[2].dropout, torch.nn.Dropout)
+    full = [
+        m.p for m in build_imtl(anchors=ANCHORS, width=8).encoder.block4.modules() if isinstance(m, torch.nn.Dropout)
+    ]
+    assert full == [0.5] and isinstance(
+        build_imtl(anchors=ANCHORS, width=8).encoder.block4[2].dropout, torch.nn.Dropout
+    )
 
 
 def test_anchors_from_file_rescaled_and_sorted(tmp_path):
@@ -286,8 +327,13 @@ def test_encoder_weights_from_a_local_file(tmp_path, monkeypatch):
     path = tmp_path / "encoder.pth"
     torch.save({f"encoder.{k}": v for k, v in source.encoder.state_dict().items()}, path)
     torch.manual_seed(5)
-    model = build_imtl(num_det_classes=3, num_seg_classes=5, anchors=ANCHORS, pretrained_backbone=str(path),
-                       **{k: v for k, v in TINY.items()})
+    model = build_imtl(
+        num_det_classes=3,
+        num_seg_classes=5,
+        anchors=ANCHORS,
+        pretrained_backbone=str(path),
+        **{k: v for k, v in TINY.items()},
+    )
     for key, value in source.encoder.state_dict().items():
         torch.testing.assert_close(model.encoder.state_dict()[key], value)
     monkeypatch.setitem(__import__("sys").modules, "timm", None)  # timm not installed: one clear line

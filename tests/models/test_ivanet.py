@@ -249,6 +249,9 @@ def test_tiny_ssd300_keeps_the_default_boxes_with_narrow_convs():
     with torch.no_grad():
         (out,) = model([torch.rand(3, 90, 160)])
     assert out["boxes"].shape[1] == 4 and (out["boxes"][:, 2] <= 160 + 1e-3).all()
-    for kw, message in [({"width_divisor": 3}, "width_divisor"), ({"width_divisor": 8, "pretrained_backbone": True}, "full VGG16")]:
+    for kw, message in [
+        ({"width_divisor": 3}, "width_divisor"),
+        ({"width_divisor": 8, "pretrained_backbone": True}, "full VGG16"),
+    ]:
         with pytest.raises(UserError, match=message):
             build_ssd300_vgg16(**kw)

@@ -71,7 +71,9 @@ def test_losses_are_weighted_seven_to_three():
     up_aux = torch.nn.functional.interpolate(raw["aux"], size=sem.shape[-2:], mode="bilinear", align_corners=False)
     losses = model.loss(raw, tgts)
     torch.testing.assert_close(losses["loss_seg"], 0.7 * torch.nn.functional.cross_entropy(up, sem, ignore_index=255))
-    torch.testing.assert_close(losses["loss_seg_aux"], 0.3 * torch.nn.functional.cross_entropy(up_aux, sem, ignore_index=255))
+    torch.testing.assert_close(
+        losses["loss_seg_aux"], 0.3 * torch.nn.functional.cross_entropy(up_aux, sem, ignore_index=255)
+    )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -14,10 +14,20 @@ from mtlcli.data.dataset import PreparedDataset
 from mtlcli.models import MODELS, build_model
 from mtlcli.recipes import load_recipe
 
-TWO_STAGE_TINY = {"backbone": "resnet18", "fpn_channels": 32, "representation_size": 64, "mask_channels": 32,
-                  "min_size": 64, "max_size": 128, "anchor_sizes": [8, 16, 32, 64, 128],
-                  "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
-                  "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 50, "box_batch_size_per_image": 32}
+TWO_STAGE_TINY = {
+    "backbone": "resnet18",
+    "fpn_channels": 32,
+    "representation_size": 64,
+    "mask_channels": 32,
+    "min_size": 64,
+    "max_size": 128,
+    "anchor_sizes": [8, 16, 32, 64, 128],
+    "rpn_pre_nms_top_n_train": 100,
+    "rpn_post_nms_top_n_train": 50,
+    "rpn_pre_nms_top_n_test": 50,
+    "rpn_post_nms_top_n_test": 50,
+    "box_batch_size_per_image": 32,
+}
 
 # name -> (tiny recipe or kwargs, has detection, has segmentation, has instance masks)
 TINY = {
@@ -68,9 +78,14 @@ def samples(synthetic_prepared):
     with_objects = next((img, t) for img, t in items if len(t["boxes"]) > 0)
     empty_img = with_objects[0].clone()
     h, w = empty_img.shape[-2:]
-    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-             "masks": torch.zeros(0, h, w, dtype=torch.uint8), "iscrowd": torch.zeros(0, dtype=torch.int64),
-             "semantic": torch.full((h, w), 255, dtype=torch.int64), "dt": torch.zeros(h, w, dtype=torch.int64)}
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "masks": torch.zeros(0, h, w, dtype=torch.uint8),
+        "iscrowd": torch.zeros(0, dtype=torch.int64),
+        "semantic": torch.full((h, w), 255, dtype=torch.int64),
+        "dt": torch.zeros(h, w, dtype=torch.int64),
+    }
     return ds, [with_objects, (empty_img, empty)]
 
 
@@ -83,8 +98,9 @@ def test_tiny_model_trains_and_predicts(name, samples):
 
     model.train()
     images = [img.as_subclass(torch.Tensor) for img, _ in pairs]
-    targets = [{k: (v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
-               for _, t in pairs]
+    targets = [
+        {k: (v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for _, t in pairs
+    ]
     losses = model(images, targets)
     assert losses and all(k.startswith("loss_") for k in losses)
     total = sum(losses.values())
@@ -144,8 +160,14 @@ OVERFIT = {
 # layers and heads. The trunk's backward pass made the check two to three times slower and adds nothing
 # to what it checks. The two-stage families also sample 32 RoIs per image (their tiny recipes: 64):
 # torchvision's single-threaded CPU RoIAlign backward is what their steps spend most on.
-FROZEN_TRUNK = {"ivanet": "body.0.trunk", "ssd300_vgg16": "body.features", "datnet": "backbone.body",
-                "safpn": "backbone.body", "maskrcnn": "backbone.body", "fasterrcnn": "backbone.body"}
+FROZEN_TRUNK = {
+    "ivanet": "body.0.trunk",
+    "ssd300_vgg16": "body.features",
+    "datnet": "backbone.body",
+    "safpn": "backbone.body",
+    "maskrcnn": "backbone.body",
+    "fasterrcnn": "backbone.body",
+}
 OVERFIT_ROIS = 32
 # Near-perfect agreement after the short run (issue 15): the semantic map (frequency-weighted IoU, on the
 # grid of the stride the model predicts at), and every box the model's target coding holds found by a
@@ -164,7 +186,7 @@ def semantic_iou(scores: torch.Tensor, target: torch.Tensor, stride: int = 1) ->
         import torch.nn.functional as F
 
         C = scores.shape[0]
-        labelled = (target != 255)
+        labelled = target != 255
         onehot_t = F.one_hot(target.clamp(max=C - 1).long(), C).permute(2, 0, 1).float() * labelled
         onehot_p = F.one_hot(pred, C).permute(2, 0, 1).float() * labelled
         pooled_t, pooled_p = F.avg_pool2d(onehot_t[None], stride)[0], F.avg_pool2d(onehot_p[None], stride)[0]
@@ -203,8 +225,14 @@ def held_boxes(name: str, model: torch.nn.Module, target: dict[str, torch.Tensor
         h, w = model.input_size[0] // 16, model.input_size[1] // 16
         anchors = model.anchors.reshape(-1, 2)
         # each box's own slot (anchor, cell); assign_targets keeps the first box claiming a slot
-        slots = [int(assign_targets(frame[i:i + 1], labels[i:i + 1], anchors, (h, w), (16.0, 16.0),
-                                    model.anchors.shape[1])["index"]) for i in range(len(boxes))]
+        slots = [
+            int(
+                assign_targets(
+                    frame[i : i + 1], labels[i : i + 1], anchors, (h, w), (16.0, 16.0), model.anchors.shape[1]
+                )["index"]
+            )
+            for i in range(len(boxes))
+        ]
         return torch.tensor([slot not in slots[:i] for i, slot in enumerate(slots)])
     return torch.ones(len(boxes), dtype=torch.bool)
 
@@ -234,8 +262,9 @@ def test_tiny_model_overfits_two_images(name, samples):
     ds, _ = samples
     pairs = [(img, t) for img, t in (ds[i] for i in range(len(ds))) if len(t["boxes"]) > 0][:2]
     images = [img.as_subclass(torch.Tensor) for img, _ in pairs]
-    targets = [{k: (v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
-               for _, t in pairs]
+    targets = [
+        {k: (v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for _, t in pairs
+    ]
     _, det, seg, _ = TINY[name]
     steps, lr, stride, semantic_floor = OVERFIT[name]
     torch.manual_seed(0)

@@ -17,8 +17,8 @@ from mtlcli.models import build_model
 from mtlcli.models.rcnn import build_maskrcnn
 from mtlcli.models.safpn import (
     TINY,
-    BoundaryRefinement,
     BottomUpFPN,
+    BoundaryRefinement,
     EJRoIHeads,
     ScaleAwareNeck,
     build_safpn,
@@ -59,7 +59,9 @@ def scene(h: int = 128, w: int = 160, objects: bool = True):
         masks[i, y0:y1, x0:x1] = 1
         img[i % 3, y0:y1, x0:x1] = 0.9
     return tv_tensors.Image(img), {
-        "boxes": tv_tensors.BoundingBoxes(torch.tensor(rects, dtype=torch.float32).reshape(-1, 4), format="XYXY", canvas_size=(h, w)),
+        "boxes": tv_tensors.BoundingBoxes(
+            torch.tensor(rects, dtype=torch.float32).reshape(-1, 4), format="XYXY", canvas_size=(h, w)
+        ),
         "labels": torch.tensor([1, 2, 1][: len(rects)]),
         "masks": tv_tensors.Mask(masks),
         "iscrowd": torch.tensor([0, 0, 1][: len(rects)]),
@@ -200,7 +202,9 @@ def test_interleaving_keeps_refined_boxes_above_the_iou_bar_only():
     # a bar above every IoU keeps nothing; an image without ground truth gives nothing
     none, _ = interleaved_mask_rois([rois], [labels], logits, regression.reshape(4, 12), [gts[:0]], coder, [(200, 200)])
     assert none[0].shape == (0, 4)
-    capped, _ = interleaved_mask_rois([rois], [labels], logits, regression.reshape(4, 12), [gts], coder, [(200, 200)], max_per_image=1)
+    capped, _ = interleaved_mask_rois(
+        [rois], [labels], logits, regression.reshape(4, 12), [gts], coder, [(200, 200)], max_per_image=1
+    )
     assert capped[0].shape == (1, 4)
 
 
@@ -339,7 +343,12 @@ def test_deeper_plain_stacks_of_table5():
         for conv in (block.conv1, block.conv2, block.conv3, block.conv4):
             y = torch.relu(conv(y))
         torch.testing.assert_close(block(x), y)
-    assert set(BoundaryRefinement(4, "residual").state_dict()) == {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"}
+    assert set(BoundaryRefinement(4, "residual").state_dict()) == {
+        "conv1.weight",
+        "conv1.bias",
+        "conv2.weight",
+        "conv2.bias",
+    }
 
 
 def test_bad_arguments_are_user_errors():

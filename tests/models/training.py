@@ -7,9 +7,17 @@ import torch
 from torch import Tensor, nn
 
 
-def short_run(model: nn.Module, images: list[Tensor], targets: list[dict[str, Tensor]], steps: int, *,
-              lr: float = 0.01, optimizer: str = "sgd", measure: bool = False,
-              anneal: bool = False) -> tuple[float, float]:
+def short_run(
+    model: nn.Module,
+    images: list[Tensor],
+    targets: list[dict[str, Tensor]],
+    steps: int,
+    *,
+    lr: float = 0.01,
+    optimizer: str = "sgd",
+    measure: bool = False,
+    anneal: bool = False,
+) -> tuple[float, float]:
     """Train `model` for `steps` steps (SGD with momentum 0.9, or Adam) on the same batch.
 
     Returns the total loss before and after. With `measure`, both are extra forward passes under the
@@ -17,8 +25,11 @@ def short_run(model: nn.Module, images: list[Tensor], targets: list[dict[str, Te
     losses of the first and the last step. With `anneal`, the last fifth of the steps runs at a tenth of
     the rate, so that the run ends settled rather than wherever the last large step left it."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt: torch.optim.Optimizer = (torch.optim.Adam(params, lr=lr, fused=True) if optimizer == "adam"
-                                  else torch.optim.SGD(params, lr=lr, momentum=0.9))
+    opt: torch.optim.Optimizer = (
+        torch.optim.Adam(params, lr=lr, fused=True)
+        if optimizer == "adam"
+        else torch.optim.SGD(params, lr=lr, momentum=0.9)
+    )
     model.train()
 
     done = 0

@@ -16,10 +16,19 @@ def ivanet_run(synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactor
     from mtlcli.engine.train import train
     from mtlcli.recipes import load_recipe
 
-    recipe = load_recipe("ivanet-tiny-synthetic", [f"data.root={synthetic_prepared}", "train.iterations=2",
-                                                   "train.batch_size=2", "train.log_interval=1",
-                                                   "train.checkpoint_interval=2", "eval.interval=2",
-                                                   "eval.batch_size=3", "eval.metrics=miou"])
+    recipe = load_recipe(
+        "ivanet-tiny-synthetic",
+        [
+            f"data.root={synthetic_prepared}",
+            "train.iterations=2",
+            "train.batch_size=2",
+            "train.log_interval=1",
+            "train.checkpoint_interval=2",
+            "eval.interval=2",
+            "eval.batch_size=3",
+            "eval.metrics=miou",
+        ],
+    )
     run = tmp_path_factory.mktemp("use") / "ivanet_run"
     train(recipe, run, progress=False)
     return run

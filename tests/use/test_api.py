@@ -46,8 +46,14 @@ def test_load_model_needs_no_dataset_and_takes_every_image_kind(ivanet_run, tmp_
     png = write_image(tmp_path / "a.png", (50, 70))
     jpg = write_image(tmp_path / "b.jpg", (41, 33), mode="L")
     array = np.asarray(Image.open(png))
-    kinds = [png, str(jpg), Image.open(png), array, torch.from_numpy(array.copy()).permute(2, 0, 1),
-             torch.rand(3, 30, 40)]
+    kinds = [
+        png,
+        str(jpg),
+        Image.open(png),
+        array,
+        torch.from_numpy(array.copy()).permute(2, 0, 1),
+        torch.rand(3, 30, 40),
+    ]
     results = model.predict(kinds, score_threshold=0.0, batch_size=4)
     assert [r.size for r in results] == [(50, 70), (41, 33), (50, 70), (50, 70), (50, 70), (30, 40)]
     for r in results:
@@ -69,8 +75,15 @@ def test_load_model_needs_no_dataset_and_takes_every_image_kind(ivanet_run, tmp_
     assert overlay.dtype == torch.uint8 and overlay.shape[-1] == 70 and overlay.shape[-2] >= 50
 
 
-@pytest.mark.parametrize("bad, match", [(np.zeros((4, 4, 5), np.uint8), "HxWx3"), (torch.zeros(2, 3, 4, 4), r"\[3, H, W\]"),
-                                         (42, "cannot read an image"), ("nope.png", "does not exist")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((4, 4, 5), np.uint8), "HxWx3"),
+        (torch.zeros(2, 3, 4, 4), r"\[3, H, W\]"),
+        (42, "cannot read an image"),
+        ("nope.png", "does not exist"),
+    ],
+)
 def test_bad_images_are_one_user_error(ivanet_model, bad, match):
     with pytest.raises(UserError, match=match):
         ivanet_model.predict(bad)
@@ -110,8 +123,13 @@ def test_result_with_masks_to_coco_and_overlay():
     masks = torch.zeros(2, 1, h, w)
     masks[0, 0, 2:8, 3:9] = 0.9
     masks[1, 0, 10:15, 20:28] = 0.2  # below 0.5: an empty mask
-    output = {"boxes": torch.tensor([[3.0, 2, 9, 8], [20, 10, 28, 15]]), "scores": torch.tensor([0.8, 0.5]),
-              "labels": torch.tensor([2, 1]), "masks": masks, "sem_seg": torch.rand(3, h, w)}
+    output = {
+        "boxes": torch.tensor([[3.0, 2, 9, 8], [20, 10, 28, 15]]),
+        "scores": torch.tensor([0.8, 0.5]),
+        "labels": torch.tensor([2, 1]),
+        "masks": masks,
+        "sem_seg": torch.rand(3, h, w),
+    }
     result = output_to_result(output, ["cat", "dog"], ["bg", "cat", "dog"], (h, w), score_threshold=0.6)
     assert len(result) == 1 and result.class_names == ["dog"] and result.masks.shape == (1, h, w)
     (coco,) = result.to_coco(5, category_ids=[17, 42])

@@ -75,8 +75,22 @@ def test_export_command_on_a_run(ivanet_run, tmp_path, capsys):
     assert "exists" in error_line(capsys)
     assert run_cli(["export", "--run", str(ivanet_run), "--format", "tflite", "--out", str(tmp_path / "m")]) == 2
     assert "onnx or torchscript" in error_line(capsys)
-    assert run_cli(["export", "--run", str(ivanet_run), "--format", "onnx", "--size", "64x64",
-                    "--out", str(tmp_path / "s.onnx")]) == 2
+    assert (
+        run_cli(
+            [
+                "export",
+                "--run",
+                str(ivanet_run),
+                "--format",
+                "onnx",
+                "--size",
+                "64x64",
+                "--out",
+                str(tmp_path / "s.onnx"),
+            ]
+        )
+        == 2
+    )
     assert "default boxes" in error_line(capsys)
 
 

@@ -46,8 +46,27 @@ def sources(tmp_path: Path) -> Path:
 
 def test_predict_folder_with_video(ivanet_run, sources, tmp_path, capsys):
     out = tmp_path / "out"
-    assert run_cli(["predict", str(sources), "--run", str(ivanet_run), "--out", str(out), "--score-threshold", "0.05",
-                    "--workers", "1", "--batch-size", "2", "--save-masks", "-q"]) == 0
+    assert (
+        run_cli(
+            [
+                "predict",
+                str(sources),
+                "--run",
+                str(ivanet_run),
+                "--out",
+                str(out),
+                "--score-threshold",
+                "0.05",
+                "--workers",
+                "1",
+                "--batch-size",
+                "2",
+                "--save-masks",
+                "-q",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "skipped" in printed and "broken.png" in printed and "images/s" in printed
     assert "predicted 3 images + 5 video frames" in printed
@@ -69,7 +88,10 @@ def test_predict_folder_with_video(ivanet_run, sources, tmp_path, capsys):
     assert dets, "an untrained model at threshold 0.05 still answers"
     for d in dets:
         image = by_id[d["image_id"]]
-        assert d["file_name"] == image["file_name"] and d["category_name"] == images["categories"][d["category_id"] - 1]["name"]
+        assert (
+            d["file_name"] == image["file_name"]
+            and d["category_name"] == images["categories"][d["category_id"] - 1]["name"]
+        )
         x, y, bw, bh = d["bbox"]
         assert 0 <= x and x + bw <= image["width"] + 0.01 and y + bh <= image["height"] + 0.01 and d["score"] >= 0.05
         assert "segmentation" not in d  # IvaNet has no instance-mask head: --save-masks adds nothing
@@ -89,10 +111,34 @@ def test_overlay_is_the_picture_viz_predictions_draws(ivanet_run, tmp_path, caps
     image = write_image(tmp_path / "in" / "sub" / "street.png", (64, 128))
     calls = []
     titled_picture = draw.titled_picture
-    monkeypatch.setattr(draw, "titled_picture", lambda panels, titles, entries, caption=None: (
-        calls.append((titles, entries)), titled_picture(panels, titles, entries, caption))[1])
-    assert run_cli(["predict", str(tmp_path / "in"), "--run", str(ivanet_run), "--out", str(tmp_path / "p"),
-                    "--score-threshold", "0.05", "--workers", "0", "-q", "--device", "cpu"]) == 0
+    monkeypatch.setattr(
+        draw,
+        "titled_picture",
+        lambda panels, titles, entries, caption=None: (
+            calls.append((titles, entries)),
+            titled_picture(panels, titles, entries, caption),
+        )[1],
+    )
+    assert (
+        run_cli(
+            [
+                "predict",
+                str(tmp_path / "in"),
+                "--run",
+                str(ivanet_run),
+                "--out",
+                str(tmp_path / "p"),
+                "--score-threshold",
+                "0.05",
+                "--workers",
+                "0",
+                "-q",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     ((titles, entries),) = calls
     assert titles == ["prediction (score ≥ 0.05)"]  # the prediction alone: no ground truth panel for a user's image
     names = [e[0] for e in entries]
@@ -101,10 +147,31 @@ def test_overlay_is_the_picture_viz_predictions_draws(ivanet_run, tmp_path, caps
     assert any(filled for _, _, filled in entries) and not any(n.startswith("class ") for n in names)
 
     monkeypatch.setattr(draw, "titled_picture", titled_picture)
-    assert run_cli(["viz", "predictions", "--run", str(ivanet_run), "--images", str(image), "--score-threshold", "0.05",
-                    "--out", str(tmp_path / "v"), "--device", "cpu", "-q"]) == 0
+    assert (
+        run_cli(
+            [
+                "viz",
+                "predictions",
+                "--run",
+                str(ivanet_run),
+                "--images",
+                str(image),
+                "--score-threshold",
+                "0.05",
+                "--out",
+                str(tmp_path / "v"),
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    with Image.open(tmp_path / "p" / "overlays" / "sub" / "street.png") as a, Image.open(tmp_path / "v" / "street.png") as b:
+    with (
+        Image.open(tmp_path / "p" / "overlays" / "sub" / "street.png") as a,
+        Image.open(tmp_path / "v" / "street.png") as b,
+    ):
         assert a.size == b.size and a.height > 256  # 64 pixels high: enlarged 4x, with title and legend
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
@@ -112,19 +179,38 @@ def test_overlay_is_the_picture_viz_predictions_draws(ivanet_run, tmp_path, caps
 def test_globs_files_and_options(ivanet_run, sources, tmp_path, capsys):
     out = tmp_path / "out"
     pattern = str(sources / "**" / "*.png")
-    assert run_cli(["predict", pattern, str(sources / "b" / "x.jpg"), "--run", str(ivanet_run), "--out", str(out),
-                    "--workers", "0", "--no-save-images", "-q"]) == 0
+    assert (
+        run_cli(
+            [
+                "predict",
+                pattern,
+                str(sources / "b" / "x.jpg"),
+                "--run",
+                str(ivanet_run),
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+                "--no-save-images",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert "predicted 2 images" in capsys.readouterr().out  # a/x.png from the glob (broken.png skipped), x.jpg
     assert not (out / "overlays").exists() and (out / "semantic" / "a" / "x.png").is_file()
     assert (out / "semantic" / "x.png").is_file()  # a file given by name keeps its own name
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["nowhere/*.png"], "matches no image"),
-    (["missing.jpg"], "does not exist"),
-    (["{src}", "--run", "{run}", "--checkpoint", "{run}/checkpoints/best.pt"], "either"),
-    (["{src}/a", "--out", "{src}"], "not empty"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["nowhere/*.png"], "matches no image"),
+        (["missing.jpg"], "does not exist"),
+        (["{src}", "--run", "{run}", "--checkpoint", "{run}/checkpoints/best.pt"], "either"),
+        (["{src}/a", "--out", "{src}"], "not empty"),
+    ],
+)
 def test_bad_input_is_one_line(ivanet_run, sources, monkeypatch, tmp_path, capsys, argv, match):
     monkeypatch.chdir(tmp_path)
     argv = [a.format(src=sources, run=ivanet_run) for a in argv]

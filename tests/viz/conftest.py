@@ -18,9 +18,18 @@ def _train(name: str, data: Path, run: Path) -> Path:
     from mtlcli.engine.train import train
     from mtlcli.recipes import load_recipe
 
-    recipe = load_recipe(name, [f"data.root={data}", "train.iterations=4", "train.batch_size=2",
-                                "train.log_interval=2", "train.checkpoint_interval=4", "eval.interval=2",
-                                "eval.batch_size=3"])
+    recipe = load_recipe(
+        name,
+        [
+            f"data.root={data}",
+            "train.iterations=4",
+            "train.batch_size=2",
+            "train.log_interval=2",
+            "train.checkpoint_interval=4",
+            "eval.interval=2",
+            "eval.batch_size=3",
+        ],
+    )
     train(recipe, run, progress=False)
     return run
 

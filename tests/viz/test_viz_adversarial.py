@@ -53,10 +53,34 @@ def test_targeted_attack_moves_pixels_to_the_target(model: torch.nn.Module, imag
 
 def test_cli_panels_and_numbers(seg_run: Path, image_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "adv"
-    assert run_cli(["viz", "adversarial", "--run", str(seg_run), "--image", str(image_file), "--norm", "linf",
-                    "--eps", "5.1/255", "--steps", "2", "--out", str(out)]) == 0
+    assert (
+        run_cli(
+            [
+                "viz",
+                "adversarial",
+                "--run",
+                str(seg_run),
+                "--image",
+                str(image_file),
+                "--norm",
+                "linf",
+                "--eps",
+                "5.1/255",
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out.replace("\n", "")
-    assert "L2 " in printed and "Linf " in printed and "(budget 0.0200)" in printed and "% of pixels changed class" in printed
+    assert (
+        "L2 " in printed
+        and "Linf " in printed
+        and "(budget 0.0200)" in printed
+        and "% of pixels changed class" in printed
+    )
     panels = out / f"adversarial_{image_file.stem}_linf.png"
     alone = out / f"adversarial_{image_file.stem}_linf_image.png"
     with Image.open(image_file) as src:
@@ -74,20 +98,35 @@ def test_cli_panels_and_numbers(seg_run: Path, image_file: Path, tmp_path: Path,
     row = band + f * h
     assert strip.shape[0] > 2 * row + band  # a caption line and a legend under the second row
     big = original.repeat(f, 0).repeat(f, 1)
-    assert np.array_equal(strip[band:row, :f * w], big)
+    assert np.array_equal(strip[band:row, : f * w], big)
     with Image.open(alone) as img:
         adv = np.array(img).astype(int)
     assert np.abs(adv - original).max() <= round(0.02 * 255) + 1  # the saved image respects the budget too
     x2 = 2 * (f * w + 4)
-    assert np.array_equal(strip[band:row, x2:x2 + f * w], adv.repeat(f, 0).repeat(f, 1))
+    assert np.array_equal(strip[band:row, x2 : x2 + f * w], adv.repeat(f, 0).repeat(f, 1))
     for top in (0, row):  # titles are written above both rows
-        assert (strip[top:top + band] < 128).any()
-    assert (strip[2 * row:] < 128).any()  # the caption and the legend
+        assert (strip[top : top + band] < 128).any()
+    assert (strip[2 * row :] < 128).any()  # the caption and the legend
     # the middle of the second row marks the pixels whose class changed, red on light grey
-    middle = strip[row + band:2 * row, f * w + 4:2 * f * w + 4].reshape(-1, 3)
+    middle = strip[row + band : 2 * row, f * w + 4 : 2 * f * w + 4].reshape(-1, 3)
     assert {tuple(c) for c in np.unique(middle, axis=0)} <= {(220, 40, 40), (235, 235, 235)}
-    assert run_cli(["viz", "adversarial", "--run", str(seg_run), "--image", str(image_file), "--norm", "linf",
-                    "--out", str(out)]) == 2
+    assert (
+        run_cli(
+            [
+                "viz",
+                "adversarial",
+                "--run",
+                str(seg_run),
+                "--image",
+                str(image_file),
+                "--norm",
+                "linf",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "already exists" in error_line(capsys)
 
 
@@ -118,8 +157,10 @@ def test_a_detection_only_model_is_refused():
             self.conv = torch.nn.Conv2d(3, 1, 1)
 
         def forward(self, images):
-            return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
-                    for _ in images]
+            return [
+                {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+                for _ in images
+            ]
 
     with pytest.raises(UserError, match="no sem_seg output"):
         attack(BoxesOnly(), torch.rand(3, 8, 8))
@@ -167,13 +208,32 @@ def test_l2_attack_that_does_not_reach_the_goal_says_so(model: torch.nn.Module, 
     assert not result["flipped"] and result["first_flip"] is None and result["steps"] == 1
 
 
-def test_cli_default_is_the_l2_problem(seg_run: Path, image_file: Path, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]):
+def test_cli_default_is_the_l2_problem(
+    seg_run: Path, image_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     from mtlcli.viz.adversarial import panel_titles
 
     out = tmp_path / "adv"
-    assert run_cli(["viz", "adversarial", "--run", str(seg_run), "--image", str(image_file), "--flip-rate", "0.3",
-                    "--refine-steps", "2", "--out", str(out), "-q"]) == 0
+    assert (
+        run_cli(
+            [
+                "viz",
+                "adversarial",
+                "--run",
+                str(seg_run),
+                "--image",
+                str(image_file),
+                "--flip-rate",
+                "0.3",
+                "--refine-steps",
+                "2",
+                "--out",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     printed = " ".join(capsys.readouterr().out.split())
     assert "||r||2 " in printed and "flipped " in printed and "(goal 30%)" in printed and " steps" in printed
     assert (out / f"adversarial_{image_file.stem}.png").is_file()
@@ -182,6 +242,21 @@ def test_cli_default_is_the_l2_problem(seg_run: Path, image_file: Path, tmp_path
     assert titles[0] == "original" and titles[-1] == "prediction after (target road)"
     assert f"‖r‖₂ = {result['l2']:.3f}" in caption and f"‖r‖∞ = {result['linf']:.4f}" in caption
     assert "NOT flipped" in caption and "2 steps" in caption
-    assert run_cli(["viz", "adversarial", "--run", str(seg_run), "--image", str(image_file), "--eps", "0.1",
-                    "--out", str(tmp_path / "x")]) == 2
+    assert (
+        run_cli(
+            [
+                "viz",
+                "adversarial",
+                "--run",
+                str(seg_run),
+                "--image",
+                str(image_file),
+                "--eps",
+                "0.1",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "--norm linf" in error_line(capsys)

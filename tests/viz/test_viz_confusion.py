@@ -27,7 +27,9 @@ def test_rows_are_shares_of_the_ground_truth():
     assert sorted(t.get_text() for t in ax.texts) == ["20", "25", "25", "50", "80"]  # percentages, zeros left blank
 
 
-def test_cli_plots_the_split(seg_run: Path, synthetic_prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_cli_plots_the_split(
+    seg_run: Path, synthetic_prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     out = tmp_path / "viz"
     assert run_cli(["viz", "confusion", "--run", str(seg_run), "--out", str(out), "-q"]) == 0
     png = out / "confusion_val.png"
@@ -47,7 +49,9 @@ def test_counts_cover_every_labelled_pixel(seg_run: Path, synthetic_prepared: Pa
     loaded = load_run(seg_run)
     ds = PreparedDataset(synthetic_prepared, "val")
     _, details = run_confusion(loaded.model, ds, tmp_path / "c.png", progress=False)
-    labelled = sum(int((read_label_png(p) != 255).sum()) for p in (synthetic_prepared / "val" / "semantic").glob("*.png"))
+    labelled = sum(
+        int((read_label_png(p) != 255).sum()) for p in (synthetic_prepared / "val" / "semantic").glob("*.png")
+    )
     matrix = np.array(details["confusion"])
     assert matrix.shape == (19, 19) and matrix.sum() + sum(details["void_predictions"]) == labelled
     assert details["classes"][0] == "road"

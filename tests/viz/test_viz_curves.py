@@ -20,13 +20,26 @@ def _write(run: Path, records: list[dict], tail: str = "") -> Path:
 
 
 def _train(it: int, stage: str, a: float, b: float, lr: float) -> dict:
-    return {"type": "train", "iteration": it, "stage": stage, "loss": a + b, "losses": {"loss_a": a, "loss_b": b},
-            "lr": lr, "images_per_s": 10.0, "data_wait": 0.1, "memory_mb": 5.0}
+    return {
+        "type": "train",
+        "iteration": it,
+        "stage": stage,
+        "loss": a + b,
+        "losses": {"loss_a": a, "loss_b": b},
+        "lr": lr,
+        "images_per_s": 10.0,
+        "data_wait": 0.1,
+        "memory_mb": 5.0,
+    }
 
 
-RUN_A = [_train(10, "one", 3.0, 1.0, 0.01), _train(20, "one", 2.0, 0.5, 0.01),
-         {"type": "eval", "iteration": 20, "metrics": {"miou": 0.25, "voc07": 0.1}},
-         _train(30, "two", 1.5, 0.25, 0.001), {"type": "eval", "iteration": 30, "metrics": {"miou": 0.5, "voc07": None}}]
+RUN_A = [
+    _train(10, "one", 3.0, 1.0, 0.01),
+    _train(20, "one", 2.0, 0.5, 0.01),
+    {"type": "eval", "iteration": 20, "metrics": {"miou": 0.25, "voc07": 0.1}},
+    _train(30, "two", 1.5, 0.25, 0.001),
+    {"type": "eval", "iteration": 30, "metrics": {"miou": 0.5, "voc07": None}},
+]
 RUN_B = [_train(10, "train", 4.0, 2.0, 0.1), _train(20, "train", 3.0, 1.0, 0.05)]
 
 
@@ -55,7 +68,10 @@ def test_figures_overlay_runs(tmp_path: Path):
     dashed = [ln for ln in axes["loss_a"].get_lines() if ln.get_linestyle() == "--"]
     assert len(dashed) == 1 and dashed[0].get_xdata()[0] == 30  # run A's stage change
     metric_axes = {ax.get_title(): ax for ax in figs["metrics"].axes if ax.get_title()}
-    assert set(metric_axes) == {"miou", "voc07"} and [ln.get_label() for ln in metric_axes["miou"].get_lines() if ln.get_linestyle() == "-"] == labels[:1]  # only run A evaluated
+    assert (
+        set(metric_axes) == {"miou", "voc07"}
+        and [ln.get_label() for ln in metric_axes["miou"].get_lines() if ln.get_linestyle() == "-"] == labels[:1]
+    )  # only run A evaluated
     assert figs["lr"].axes[0].get_yscale() == "log"
 
 
@@ -73,8 +89,12 @@ def test_plot_curves_sizes_and_overwrite(tmp_path: Path, capsys: pytest.CaptureF
     assert run_cli(["viz", "curves", str(run)]) == 2
     assert "already exists" in error_line(capsys)
     out = tmp_path / "cmp"
-    assert run_cli(["viz", "curves", "--run", str(run), "--run", str(_write(tmp_path / "other", RUN_B)), "--out",
-                    str(out)]) == 0
+    assert (
+        run_cli(
+            ["viz", "curves", "--run", str(run), "--run", str(_write(tmp_path / "other", RUN_B)), "--out", str(out)]
+        )
+        == 0
+    )
     assert "wrote 3 plot(s)" in capsys.readouterr().out and len(list(out.glob("*.png"))) == 3
 
 

@@ -22,8 +22,15 @@ def model(seg_run: Path) -> torch.nn.Module:
 @pytest.mark.parametrize("perturb", [True, False], ids=["jitter-scale-rotate-blur", "plain"])
 def test_ascent_raises_a_channel(model: torch.nn.Module, perturb: bool):
     objective = layer_objective(model, "context", channel=2)
-    result = maximize_activation(objective, model.input_size, steps=24 if perturb else 8, jitter=4 if perturb else 0, scale=perturb,
-                                 rotate=perturb, blur=perturb)
+    result = maximize_activation(
+        objective,
+        model.input_size,
+        steps=24 if perturb else 8,
+        jitter=4 if perturb else 0,
+        scale=perturb,
+        rotate=perturb,
+        blur=perturb,
+    )
     assert result["after"] > result["before"] + 0.1 * abs(result["before"])
     image = result["image"]
     assert image.shape == (3, *model.input_size) and 0.0 <= image.min() and image.max() <= 1.0
@@ -51,11 +58,31 @@ def test_filter_grid_layout():
     assert name == "1" and conv.in_channels == 3  # the convolution that sees the image
 
 
-def test_cli_writes_image_and_filters(seg_run: Path, model: torch.nn.Module, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]):
+def test_cli_writes_image_and_filters(
+    seg_run: Path, model: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     out = tmp_path / "f"
-    assert run_cli(["viz", "features", "--run", str(seg_run), "--layer", "head", "--class", "car", "--steps", "3",
-                    "--no-jitter", "--no-blur", "--out", str(out)]) == 0
+    assert (
+        run_cli(
+            [
+                "viz",
+                "features",
+                "--run",
+                str(seg_run),
+                "--layer",
+                "head",
+                "--class",
+                "car",
+                "--steps",
+                "3",
+                "--no-jitter",
+                "--no-blur",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "layer head class car" in printed
     image = out / "features_head_class_car_image.png"
@@ -73,13 +100,30 @@ def test_cli_writes_image_and_filters(seg_run: Path, model: torch.nn.Module, tmp
     assert big.shape[1] >= f * w and band >= 13
     with Image.open(image) as img:
         enlarged = np.array(img.convert("RGB")).repeat(f, 0).repeat(f, 1)
-    assert np.array_equal(big[band:band + f * h, x0:x0 + f * w], enlarged)
-    assert (big[:band] < 128).any() and (big[band + f * h:] < 128).any()
+    assert np.array_equal(big[band : band + f * h, x0 : x0 + f * w], enlarged)
+    assert (big[:band] < 128).any() and (big[band + f * h :] < 128).any()
     grid = filter_grid(conv.weight)
     with Image.open(filters) as img:
         assert img.size[0] >= grid.shape[-1] * max(1, -(-128 // grid.shape[-2])) and img.size[1] > grid.shape[-2]
-    assert run_cli(["viz", "features", "--run", str(seg_run), "--layer", "head", "--class", "13", "--steps", "1",
-                    "--out", str(out)]) == 2
+    assert (
+        run_cli(
+            [
+                "viz",
+                "features",
+                "--run",
+                str(seg_run),
+                "--layer",
+                "head",
+                "--class",
+                "13",
+                "--steps",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "already exists" in error_line(capsys)
     assert run_cli(["viz", "features", "--run", str(seg_run), "--list-layers"]) == 0
     assert {"trunk", "context", "head"} <= set(capsys.readouterr().out.split())
@@ -136,8 +180,9 @@ def test_classifier_class_score_rises(densenet_file: Path):
     model = load_classifier("densenet121", densenet_file, input_size=(48, 48))
     assert isinstance(model, ClassifierAdapter) and model.class_names[444] == "bicycle-built-for-two"
     assert "features.denseblock1" in dict(model.named_modules())  # torchvision's layer names
-    result = maximize_activation(class_objective(model, 444), (48, 48), steps=3, jitter=0, scale=False, rotate=False,
-                                 blur=False)
+    result = maximize_activation(
+        class_objective(model, 444), (48, 48), steps=3, jitter=0, scale=False, rotate=False, blur=False
+    )
     with torch.no_grad():
         logits = model([result["image"]])[0]["logits"]
     assert logits.shape == (1000,) and float(logits[444]) == pytest.approx(result["after"], rel=1e-4, abs=1e-4)
@@ -146,8 +191,21 @@ def test_classifier_class_score_rises(densenet_file: Path):
 
 def test_cli_classifier_path(densenet_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "cls"
-    base = ["viz", "features", "--classifier", "densenet121", "--weights", str(densenet_file), "--size", "48",
-            "--steps", "1", "-q", "--out", str(out)]
+    base = [
+        "viz",
+        "features",
+        "--classifier",
+        "densenet121",
+        "--weights",
+        str(densenet_file),
+        "--size",
+        "48",
+        "--steps",
+        "1",
+        "-q",
+        "--out",
+        str(out),
+    ]
     assert run_cli(base + ["--class", "bicycle-built-for-two"]) == 0
     printed = capsys.readouterr().out
     assert "classifier class bicycle-built-for-two: class score (logit)" in printed
