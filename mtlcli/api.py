@@ -69,8 +69,9 @@ class Result:
                 "image_id": image_id,
                 "category_id": int(cat),
                 "category_name": self.class_names[k],
-                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                "score": round(score, 5),
+                # unrounded: what `mtl eval` scores, so that saved predictions score the same
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": score,
             }
             if rles is not None:
                 r["segmentation"] = {

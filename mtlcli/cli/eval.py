@@ -333,6 +333,10 @@ def register(app: typer.Typer) -> None:
             quiet,
             written,
         )
+        import sys
+
+        for note in result.get("notes", []):
+            print(f"note: {note}", file=sys.stderr)
         if quiet:
             print(result_line(result))
             return

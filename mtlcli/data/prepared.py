@@ -99,6 +99,32 @@ def dt_path(root: str | Path, split: str, stem: str) -> Path:
     return Path(root) / split / "dt" / f"{stem}.png"
 
 
+# ------------------------------------------------------------------------- per-image output names
+# The one naming rule for the files mtl writes per image (`mtl predict` overlays/semantic/labelIds,
+# `mtl eval --save-predictions`, `mtl viz predictions`) and that `mtl eval --predictions` reads back:
+# a '/'-separated relative name without suffix; nested names (a Cityscapes `<city>/<stem>`, a COCO
+# `subdir/name`) stay nested as folders, so the name is never flattened into `city_city_...`.
+
+
+def image_stem(image: dict[str, Any]) -> str:
+    """The name of a prepared image's label files and of its predictions: its `stem` (the file name
+    without suffix, '/'-separated where the source nests it), else its file name's stem."""
+    return str(image.get("stem") or Path(image["file_name"]).stem)
+
+
+def output_name(name: str | Path) -> str:
+    """`name` (a stem, or a relative path without suffix) as an output name: '/'-separated, without
+    empty, '.' or '..' parts (so that it stays inside the folder it is written in)."""
+    parts = [p for p in str(name).replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    return "/".join(parts) or "image"
+
+
+def output_path(folder: str | Path, name: str | Path, suffix: str = ".png") -> Path:
+    """Where the output `name` (see `output_name`) of one image is written inside `folder`."""
+    *dirs, last = output_name(name).split("/")
+    return Path(folder).joinpath(*dirs, last + suffix)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file atomically: fsynced, the user's umask, renamed into place (`mtlcli.safety`)."""
     from mtlcli.safety import atomic_write_text as write

@@ -198,7 +198,7 @@ def evaluate(
                     if "ar" in det:
                         det["ar"].update(_proposal_results(output, image_id))
                     if writer is not None:
-                        writer.add(str(target["stem"]), semantic, results)
+                        writer.add(str(target["stem"]), semantic, results, dataset.coco.imgs.get(image_id))
                 bar.advance(task, len(images))
     if writer is not None:
         writer.close(write_detections=any_det)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtlcli.data.prepared import image_stem, output_path
 from mtlcli.errors import UserError
 from mtlcli.models.base import eval_mode
 from mtlcli.viz.draw import (
@@ -294,7 +295,7 @@ def render_predictions(
         if len(source) == 0:
             raise UserError(f"split {source.split!r} of {source.root} has no images — nothing to draw")
         indices = _spread(len(source), num)
-        stems = [source.image_info(i).get("stem") or Path(source.image_info(i)["file_name"]).stem for i in indices]
+        stems = [image_stem(source.image_info(i)) for i in indices]
         palette = palette if palette is not None else source.palette
         det_classes = det_classes if det_classes is not None else source.det_classes
         seg_classes = seg_classes if seg_classes is not None else source.seg_classes
@@ -308,11 +309,11 @@ def render_predictions(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder; choose another path")
     names: list[Path] = []
-    for stem in stems:
-        name = out / f"{safe_name(stem)}.png"
+    for stem in stems:  # the one naming rule of per-image outputs: nested names stay nested
+        name = output_path(out, stem)
         k = 2
         while name in names:  # the same stem in two folders
-            name = out / f"{safe_name(stem)}-{k}.png"
+            name = output_path(out, f"{stem}-{k}")
             k += 1
         names.append(name)
     check_free(names, force)
