@@ -52,6 +52,14 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise UserError(
             f"--weights {path} does not exist — give a checkpoint (RUN/checkpoints/best.pt) or a state dict file"
         )
+    from mtlcli.filekind import foreign_kind
+
+    kind = foreign_kind(path)
+    if kind is not None:
+        raise UserError(
+            f"--weights {path} is {kind}, not PyTorch weights — give a training checkpoint "
+            "(RUN/checkpoints/best.pt) or a state dict file"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (
