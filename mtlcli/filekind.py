@@ -13,7 +13,7 @@ INSTEAD = "give a training checkpoint (RUN/checkpoints/best.pt) or the run direc
 def foreign_kind(path: str | Path) -> str | None:
     """None for a file that may be what `torch.save` writes (a zip archive of a pickle, or a legacy pickle);
     else what it is instead, with what runs it: "a TorchScript export (...)", "an ONNX model (...)",
-    "a JSON file", "an empty file", "a text file", "not a PyTorch file (...)"."""
+    "a JSON file", "an empty file", "a text file", "a file of unknown content (...)"."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -46,5 +46,5 @@ def foreign_kind(path: str | Path) -> str | None:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 3:  # not just a character cut at the end of the bytes read
-            return "not a PyTorch file (neither a zip archive nor a pickle)"
+            return "a file of unknown content (neither a zip archive nor a pickle)"
     return "a text file"
