@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +37,15 @@ def data_root(recipe: dict) -> Path:
 def require_prepared(recipe: dict, root: Path) -> None:
     """A UserError naming the commands that prepare the recipe's dataset unless `root` holds one."""
     if not (root / "dataset.json").is_file():
-        from mtlcli.hints import prepare_hint
+        from mtlcli.hints import prepare_hint, raw_source_command
 
+        raw = raw_source_command(root)
+        if raw is not None:
+            prepared = shlex.split(raw)[-1]
+            raise UserError(
+                f"{root} is a dataset source, not a prepared dataset — prepare it first with `{raw}`, then "
+                f"train with --data {shlex.quote(prepared)}"
+            )
         raise UserError(
             f"no prepared dataset at {root} — run {prepare_hint(recipe['data']['dataset'], root)} first, or point to "
             f"one with --data (or data.root, or $MTL_DATA)"
