@@ -7,6 +7,8 @@ Prints a summary table and per-class tables (`-q`: one line); `--out FILE.json` 
 and nowhere else; without --out, `--run RUN` keeps the results in RUN/eval/SPLIT.json and, for a model
 that detects, the pictures beside it (pr_SPLIT.png, f1_SPLIT.png, confusion_det_SPLIT.png); a later
 evaluation of the split writes SPLIT-2.json with pr_SPLIT-2.png ..., SPLIT-3 ..., never over earlier ones.
+`--save-predictions DIR` writes the predictions there (`mtlcli.metrics.predictions`) and the pictures in
+DIR/plots/.
 The JSON's "provenance" names the mtl version, the command line and the git commit.
 """
 
@@ -237,22 +239,28 @@ def run_eval(
             force=force or keep,
             workers=workers,
         )
-        if keep and (target / "detections.json").is_file() and dataset.meta.det_classes:
+        # the detection pictures: in RUN/eval beside the JSON, or beside the predictions the user asked for
+        pictures = Path(run) / "eval" if keep else (save_predictions / "plots" if save_predictions else None)
+        if pictures is not None and (target / "detections.json").is_file() and dataset.meta.det_classes:
+            from mtlcli.metrics.predictions import GroundTruth, load_detections
             from mtlcli.viz.detection import plot_detection
 
-            detections = json.loads((target / "detections.json").read_text())
+            gt = GroundTruth(Path(root), split, dataset.meta, dataset.coco)
+            raw = json.loads((target / "detections.json").read_text())
+            detections = load_detections(target / "detections.json", gt, results=raw) if raw else []
             use_07 = "voc07" in names and "voc12" not in names  # the legend's AP as the table's
-            stem = free_name(Path(run) / "eval", split)  # the pictures are named as the JSON written below
+            if keep:  # the pictures are named as the JSON written below
+                stem = free_name(Path(run) / "eval", split)
             result["plots"] = [
                 str(p)
                 for p in plot_detection(
                     dataset.coco,
                     detections,
                     dataset.meta.det_classes,
-                    Path(run) / "eval",
+                    pictures,
                     split,
                     use_07=use_07,
-                    name=stem,
+                    name=stem if keep else split,
                 )
             ]
         result = {
