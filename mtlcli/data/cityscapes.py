@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -109,6 +110,29 @@ def _read_polygons(path: Path) -> dict[str, Any]:
             "(cityscapesscripts.helpers.labels); fix or delete that object"
         )
     return annotation
+
+
+def drop_bad_polygons(annotation: dict[str, Any]) -> list[tuple[str, str]]:
+    """Remove from `annotation["objects"]` every object whose polygon has a vertex that is not two finite
+    numbers (a NaN or infinite coordinate would be drawn anywhere); returns (what, why) for each, to be named
+    in the prepare summary (`ImageResult.dropped`)."""
+    kept, dropped = [], []
+    for k, obj in enumerate(annotation["objects"]):
+        polygon = obj.get("polygon")
+        bad = None
+        if isinstance(polygon, list):
+            for i, p in enumerate(polygon):
+                ok = isinstance(p, (list, tuple)) and len(p) == 2
+                ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)
+                if not ok:
+                    bad = f"polygon vertex {i} is {p!r}, not two finite numbers"
+                    break
+        if bad is None:
+            kept.append(obj)
+        elif not obj.get("deleted"):
+            dropped.append((f"object {k} ({obj.get('label')})", f"{bad}: object left out"))
+    annotation["objects"] = kept
+    return dropped
 
 
 @lru_cache(maxsize=1)
@@ -372,6 +396,7 @@ def prepare_image(job: ImageJob, out: Path) -> ImageResult:
     if "polygons" in gt:
         path = root / gt["polygons"]
         annotation = _read_polygons(path)
+        dropped = drop_bad_polygons(annotation)
         try:
             semantic, object_map, objects = _draw_polygons(annotation)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -379,6 +404,7 @@ def prepare_image(job: ImageJob, out: Path) -> ImageResult:
     else:
         semantic, object_map = _read_pngs(root, gt)
         objects = _png_objects(object_map)
+        dropped = []
     if semantic.shape != (height, width):
         raise SkipImage(f"ground truth is {semantic.shape[0]}x{semantic.shape[1]} but the image is {height}x{width}")
 
@@ -397,7 +423,14 @@ def prepare_image(job: ImageJob, out: Path) -> ImageResult:
     save_indexed_png(semantic_path(out, job.split, job.stem), semantic, cityscapes_tables()[1])
     save_indexed_png(dt_path(out, job.split, job.stem), dt, DT_PALETTE, bits=DT_BITS)
     return ImageResult(
-        job.split, job.file_name, job.stem, height, width, annotations, extra={"city": job.payload["city"]}
+        job.split,
+        job.file_name,
+        job.stem,
+        height,
+        width,
+        annotations,
+        extra={"city": job.payload["city"]},
+        dropped=[(f"{Path(gt['polygons']).name} {what}", why) for what, why in dropped],
     )
 
 

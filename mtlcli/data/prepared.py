@@ -181,6 +181,9 @@ class ImageResult:
     annotations: list[dict[str, Any]] = field(default_factory=list)
     skipped: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # reader-specific image fields (e.g. frame_id)
+    # (what, why) of each annotation of a kept image that was left out (a NaN polygon vertex, an inverted
+    # box): listed among the skipped entries of the summary as "<file>: <what>", refused under --strict
+    dropped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def check_out_dir(out: str | Path, force: bool, source: str | Path | None = None) -> Path:
@@ -290,6 +293,12 @@ def run_prepare(
                 progress.advance(task)
 
     skipped = [r for r in results if r.skipped]
+    skipped += [
+        ImageResult(r.split, f"{r.file_name}: {what}", r.stem, skipped=why)
+        for r in results
+        if not r.skipped
+        for what, why in r.dropped
+    ]
     if strict and skipped:
         first = skipped[0]
         raise UserError(
@@ -303,6 +312,7 @@ def run_prepare(
         "excluded": list(excluded),
     }
     split_images: dict[str, list[dict[str, Any]]] = {}
+    has_seg = bool(meta.seg_classes)
     categories = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(meta.det_classes)]
     for split in meta.splits:
         good = sorted((r for r in results if r.split == split and not r.skipped), key=lambda r: r.file_name)
@@ -318,6 +328,8 @@ def run_prepare(
                     "width": r.width,
                     "stem": r.stem,
                     **r.extra,
+                    # prepare wrote its semantic label file: a reader refuses the split when it is gone
+                    **({"semantic": True} if has_seg and semantic_path(out, split, r.stem).is_file() else {}),
                 }
             )
             for a in r.annotations:

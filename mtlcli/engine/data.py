@@ -68,6 +68,7 @@ def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
         transforms=build_transforms(data["augmentation"], True, **options),
         label_map=label_map,
     )
+    train_ds.check_label_files()  # a label PNG lost since prepare: refused, not trained on as "ignore"
     train_ds = SkipUnreadable(train_ds)  # a corrupt image is named once and skipped, not the end of the run
     val_ds = None
     if recipe["eval"]["metrics"]:
@@ -79,6 +80,7 @@ def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
             label_map=label_map,
             transforms=eval_transforms(recipe) or build_transforms(data["augmentation"], False, **options),
         )
+        val_ds.check_label_files()
     return train_ds, val_ds
 
 
