@@ -113,20 +113,19 @@ def _read_polygons(path: Path) -> dict[str, Any]:
 
 
 def drop_bad_polygons(annotation: dict[str, Any]) -> list[tuple[str, str]]:
-    """Remove from `annotation["objects"]` every object whose polygon has a vertex that is not two finite
-    numbers (a NaN or infinite coordinate would be drawn anywhere); returns (what, why) for each, to be named
-    in the prepare summary (`ImageResult.dropped`)."""
+    """Remove from `annotation["objects"]` every object whose polygon has a coordinate that is a number but
+    not finite (NaN, as Python's json writes it, or infinity: drawn anywhere); returns (what, why) for each,
+    to be named in the prepare summary (`ImageResult.dropped`). A vertex that is no pair of numbers at all
+    leaves the file malformed (the image is skipped with that reason)."""
     kept, dropped = [], []
     for k, obj in enumerate(annotation["objects"]):
         polygon = obj.get("polygon")
         bad = None
-        if isinstance(polygon, list):
-            for i, p in enumerate(polygon):
-                ok = isinstance(p, (list, tuple)) and len(p) == 2
-                ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)
-                if not ok:
-                    bad = f"polygon vertex {i} is {p!r}, not two finite numbers"
-                    break
+        for i, p in enumerate(polygon if isinstance(polygon, list) else []):
+            values = p if isinstance(p, (list, tuple)) else []
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                bad = f"polygon vertex {i} is ({', '.join(map(str, values))}), not two finite numbers"
+                break
         if bad is None:
             kept.append(obj)
         elif not obj.get("deleted"):

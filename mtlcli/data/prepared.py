@@ -361,6 +361,7 @@ def run_prepare(
 
 def print_summary(summary: dict[str, Any], meta: DatasetMeta) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -378,8 +379,8 @@ def print_summary(summary: dict[str, Any], meta: DatasetMeta) -> None:
         skipped = Table(title="skipped files")
         skipped.add_column("file")
         skipped.add_column("reason")
-        for row in summary["skipped"][:50]:
-            skipped.add_row(row["file"], row["reason"])
+        for row in summary["skipped"][:50]:  # as written: a reason's [..] is text, not rich markup
+            skipped.add_row(escape(row["file"]), escape(row["reason"]))
         if len(summary["skipped"]) > 50:
             skipped.add_row("...", f"{len(summary['skipped']) - 50} more")
         console.print(skipped)

@@ -31,29 +31,10 @@ METRICS = "miou,voc07,voc12,coco-bbox,ar"
 
 
 @pytest.fixture(scope="module")
-def run(synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mtlcli.engine.train import train
-    from mtlcli.recipes import load_recipe
-
-    recipe = load_recipe(
-        "ivanet-tiny-synthetic",
-        [
-            f"data.root={synthetic_prepared}",
-            "train.iterations=3",
-            "train.batch_size=2",
-            "train.checkpoint_interval=3",
-            "eval.interval=100",
-        ],
-    )
-    out = tmp_path_factory.mktemp("journey") / "run"
-    train(recipe, out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def reference(run: Path, synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def reference(journey_run: Path, synthetic_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`mtl eval --run RUN` on every metric the model supports, and `mtl predict --data` of the split."""
     tmp = tmp_path_factory.mktemp("reference")
+    run = journey_run
     assert run_cli(["eval", "--run", str(run), "-m", METRICS, "--out", str(tmp / "run.json"), "-q"]) == 0
     preds = tmp / "preds"
     argv = ["predict", "--run", str(run), "--data", str(synthetic_prepared), "--split", "val", "--out", str(preds)]
@@ -146,11 +127,13 @@ def test_shuffled_ids_and_renamed_files_score_the_same(reference, synthetic_prep
     assert "matched by file name" in capsys.readouterr().err  # said, not silent
 
 
-def test_plain_files_with_coco_json_score_the_same(run, reference, synthetic_prepared, synthetic_source, tmp_path):
+def test_plain_files_with_coco_json_score_the_same(
+    journey_run, reference, synthetic_prepared, synthetic_source, tmp_path
+):
     preds = tmp_path / "plain"
     instances = synthetic_prepared / "val" / "instances.json"
     folder = synthetic_source / "leftImg8bit" / "val"
-    argv = ["predict", str(folder), "--run", str(run), "--coco-json", str(instances), "--out", str(preds), "-q"]
+    argv = ["predict", str(folder), "--run", str(journey_run), "--coco-json", str(instances), "--out", str(preds), "-q"]
     assert run_cli(argv + ["--device", "cpu", "--workers", "0"]) == 0
     # plain files keep their folders in their output names: semantic/<city>/<file stem>.png
     assert sorted(p.relative_to(preds / "semantic").parent.name for p in (preds / "semantic").rglob("*.png")) == [
