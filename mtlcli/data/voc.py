@@ -360,20 +360,39 @@ def refuse_out_inside(out: str | Path, sources: list[Path]) -> None:
             )
 
 
-def voc2007_copies(v12: Path, v07: Path, names: set[str], image_of) -> dict[str, Path]:
-    """VOC2012 names `2007_<n>` whose image is byte-identical to VOC2007's `<n>.jpg` -> that VOC2007 file.
+def voc2007_copies(v12: Path, v07: Path, names: set[str], image_of) -> dict[str, tuple[Path, str]]:
+    """VOC2012 names `2007_<n>` that are VOC2007's `<n>.jpg` -> (that VOC2007 file, how it was matched).
 
     VOC2012 re-ships some VOC2007 images under the `2007_` prefix; by file name they would look like
-    two images. Only the few hundred `2007_*` names are compared (sizes first, then bytes)."""
+    two images. Only the few hundred `2007_*` names are compared: "bytes" where the two files are
+    byte-identical; else "name" where VOC2007 has `<n>.jpg` and both decode to the same pixel size
+    (a re-encoded copy: the devkit's name mapping `2007_NNNNNN` <-> `NNNNNN`, checked by size so that a
+    stray file of another picture is not taken for it); a pair of other sizes is no copy."""
     import filecmp
 
-    copies = {}
+    copies: dict[str, tuple[Path, str]] = {}
     for name in sorted(n for n in names if n.startswith("2007_")):
         old = v07 / "JPEGImages" / f"{name[5:]}.jpg"
         new = image_of(name)
-        if old.is_file() and new.is_file() and filecmp.cmp(old, new, shallow=False):
-            copies[name] = old
+        if not (old.is_file() and new.is_file()):
+            continue
+        if filecmp.cmp(old, new, shallow=False):
+            copies[name] = (old, "bytes")
+            continue
+        try:
+            same_size = read_image_size(old) == read_image_size(new)
+        except SkipImage:  # a damaged file: the per-image step names it
+            continue
+        if same_size:
+            copies[name] = (old, "name")
     return copies
+
+
+def copy_counts(copies: dict[str, tuple[Path, str]], names: set[str]) -> dict[str, int]:
+    """{"bytes": matched by bytes, "name": matched by name + size, "unmatched": other `2007_*` names}."""
+    how = [h for _, h in copies.values()]
+    candidates = sum(1 for n in names if n.startswith("2007_"))
+    return {"bytes": how.count("bytes"), "name": how.count("name"), "unmatched": candidates - len(copies)}
 
 
 # Evaluation splits each training split is meant for: a copy of one of their images is kept out of it.
@@ -437,23 +456,18 @@ def prepare_voc(
             return sb / "img" / f"{name}.jpg"
         return year_dir / "JPEGImages" / f"{name}.jpg"
 
-    copies = (
-        voc2007_copies(
-            v12, v07, set(main12) | set(seg_train) | set(seg_val) | set(train_aug), lambda n: image_of(v12, n)
-        )
-        if v07
-        else {}
-    )
+    names12 = set(main12) | set(seg_train) | set(seg_val) | set(train_aug)
+    copies = voc2007_copies(v12, v07, names12, lambda n: image_of(v12, n)) if v07 else {}
 
     def identity(year_dir: Path, name: str) -> str:
         """The image's source file, or the VOC2007 file a VOC2012 `2007_*` image is a copy of."""
-        return rel(copies[name]) if year_dir == v12 and name in copies else rel(image_of(year_dir, name))
+        return rel(copies[name][0]) if year_dir == v12 and name in copies else rel(image_of(year_dir, name))
 
     def job(split: str, year_dir: Path, name: str, **payload: Any) -> ImageJob:
         image = image_of(year_dir, name)
         xml = year_dir / "Annotations" / f"{name}.xml" if name in xmls[year_dir] else None
         if year_dir == v12 and name in copies:
-            payload["same_as"] = rel(copies[name])
+            payload["same_as"] = rel(copies[name][0])
         return ImageJob(split, rel(image), name, {"image": str(image), "xml": str(xml) if xml else None, **payload})
 
     # split -> [(year folder, image name, payload)], in the order of dataset.json's "splits"
@@ -483,6 +497,7 @@ def prepare_voc(
             for v, n, _ in members.get(ev, [])
         }
         seen: dict[str, str] = {}
+        keeper = one_copy_each([e for e in entries if identity(e[0], e[1]) not in held_out], identity)
         for year_dir, name, payload in entries:
             j = job(split, year_dir, name, **payload)
             if name in seen:  # VOC2007 and VOC2012 names never collide; a hand-made copy might
@@ -502,6 +517,16 @@ def prepare_voc(
                     }
                 )
                 continue
+            kept = keeper[identity(year_dir, name)]
+            if kept[:2] != (year_dir, name):  # a VOC07 image and its VOC12 `2007_*` copy: train on it once
+                excluded.append(
+                    {
+                        "split": split,
+                        "file": j.file_name,
+                        "reason": f"same image as {rel(image_of(kept[0], kept[1]))}, kept once in this split",
+                    }
+                )
+                continue
             seen[name] = j.file_name
             jobs.append(j)
 
@@ -518,7 +543,7 @@ def prepare_voc(
     from mtlcli.data.integrity import mark_verify
 
     mark_verify(jobs, verify)
-    return run_prepare(
+    summary = run_prepare(
         out,
         meta,
         jobs,
@@ -529,3 +554,41 @@ def prepare_voc(
         eval_splits=[s for s in ("test", "val") if s in members],
         excluded=excluded,
     )
+    if v07:
+        summary["voc2007_copies"] = {**copy_counts(copies, names12), "removed": len(excluded)}
+        report_copies(summary["voc2007_copies"])
+    return summary
+
+
+def one_copy_each(entries: list[tuple[Path, str, dict[str, Any]]], identity) -> dict[str, tuple[Path, str]]:
+    """identity -> the (year folder, name) of the entry of a split that stays for that image: the first
+    with a pixel label (a VOC2012 `2007_*` copy in SegmentationClass/SBD carries one, its VOC2007
+    original none), else the first listed (VOC2007's, whose lists come first)."""
+    keeper: dict[str, tuple[Path, str]] = {}
+    labelled: set[str] = set()
+    for year_dir, name, payload in entries:
+        key = identity(year_dir, name)
+        has_label = bool(payload.get("png") or payload.get("mat"))
+        if key not in keeper or (has_label and key not in labelled):
+            keeper[key] = (year_dir, name)
+            if has_label:
+                labelled.add(key)
+    return keeper
+
+
+def report_copies(counts: dict[str, int]) -> None:
+    """The copies line under the summary, and a warning on stderr when a VOC07 + VOC12 prepare removed no
+    image from a training split (on the real datasets VOC2012 seg val holds VOC2007 images, so none
+    removed means the copies went unrecognised)."""
+    from rich.console import Console
+
+    Console().print(
+        f"VOC2012 2007_* images recognised as VOC2007's: {counts['bytes']} by bytes, {counts['name']} by name "
+        f"and pixel size ({counts['unmatched']} not matched); {counts['removed']} image(s) kept out of training splits"
+    )
+    if not counts["removed"]:
+        Console(stderr=True).print(
+            "[yellow]warning:[/] no image was removed from a training split as a VOC2007/VOC2012 duplicate — check "
+            "that --voc2007 is the VOC2007 of the same VOCdevkit (training splits may hold evaluation images)",
+            soft_wrap=True,
+        )
