@@ -6,6 +6,11 @@
     DATA/<split>/semantic/<stem>.png  uint8 class indices, 255 = ignore
     DATA/<split>/dt/<stem>.png        uint8 distance-transform bins 0..K
 
+An unlabelled split (test-server images: COCO test-dev, Cityscapes test, VOC2012 test) is listed in
+dataset.json's "unlabelled": its instances.json holds the images and categories and no annotations, and
+it has no semantic/dt PNGs; nothing scores or trains on it (`DatasetMeta.check_labelled`), while
+`mtl predict --data` and `mtl eval --submit` run on it.
+
 A reader turns its source into `ImageJob`s; `run_prepare` runs a per-image function over them in
 parallel (that function writes the PNGs and returns an `ImageResult`), then assembles the COCO JSON per
 split, writes `dataset.json` last and prints a summary. Images are never copied and nothing in the
@@ -49,6 +54,8 @@ class DatasetMeta:
     det_category_ids: list[int] = field(default_factory=list)
     # {train split: {eval split: {"images": shared count, "example": file}}} (mtlcli.data.overlap)
     overlap: dict[str, Any] = field(default_factory=dict)
+    # splits without ground truth (test-server images): images and categories only
+    unlabelled: list[str] = field(default_factory=list)
 
     def save(self, root: str | Path) -> None:
         data = {
@@ -85,6 +92,15 @@ class DatasetMeta:
     def check_split(self, root: str | Path, split: str) -> None:
         if split not in self.splits:
             raise UserError(f"split {split!r} is not in {root}; available splits: {', '.join(self.splits)}")
+
+    def check_labelled(self, root: str | Path, split: str, action: str = "score") -> None:
+        """A UserError when `split` is unlabelled: there is no ground truth to `action` (score, train) on."""
+        if split in self.unlabelled:
+            raise UserError(
+                f"split {split!r} of {root} is unlabelled (test-server images, no ground truth): nothing to {action} "
+                f"on it — write the server's files with `mtl eval --run RUN --split {split} --submit DIR`, "
+                f"or look at predictions with `mtl predict --data {root} --split {split}`"
+            )
 
 
 def instances_path(root: str | Path, split: str) -> Path:
@@ -129,6 +145,24 @@ def encode_instance(mask: np.ndarray, category_id: int, iscrowd: int = 0) -> dic
     area = float(mask_utils.area(rle))
     rle["counts"] = rle["counts"].decode("ascii")
     return {"category_id": int(category_id), "bbox": bbox, "area": area, "iscrowd": int(iscrowd), "segmentation": rle}
+
+
+def prepare_unlabelled_image(job: ImageJob, out: Path) -> ImageResult:
+    """The per-image work for an unlabelled split: the image's size from its header (a truncated file is
+    skipped), no PNG written. payload: image (absolute path), optional height/width to check against
+    (from an image-info file), extra (image fields kept in instances.json, e.g. coco_id), verify."""
+    from mtlcli.data.integrity import check_image
+
+    p = job.payload
+    if not os.path.isfile(p["image"]):
+        raise SkipImage(f"image file {p['image']} is missing")
+    try:
+        w, h = check_image(p["image"], p.get("verify", False))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise SkipImage(f"corrupt image {p['image']} ({exc})") from None
+    if "height" in p and (h, w) != (p["height"], p["width"]):
+        raise SkipImage(f"the image is {h}x{w} but the image-info file says {p['height']}x{p['width']}")
+    return ImageResult(job.split, job.file_name, job.stem, height=h, width=w, extra=dict(p.get("extra", {})))
 
 
 class SkipImage(Exception):
@@ -329,7 +363,7 @@ def print_summary(summary: dict[str, Any], meta: DatasetMeta) -> None:
     table = Table(title=f"prepared {meta.name}")
     table.add_column("class")
     for split in meta.splits:
-        table.add_column(split, justify="right")
+        table.add_column(f"{split} (unlabelled)" if split in meta.unlabelled else split, justify="right")
     table.add_row("[bold]images", *[str(summary["splits"][s]["images"]) for s in meta.splits])
     for name in meta.det_classes:
         table.add_row(name, *[str(summary["splits"][s]["instances"][name]) for s in meta.splits])

@@ -26,12 +26,20 @@ Splits written (dataset.json lists them in this order; test and val are the eval
                       `cls/<name>.mat`.
     test              (with --voc2007 holding ImageSets/Main/test.txt) VOC2007 test, boxes only.
     val               VOC2012 seg val (1449 images): labels and boxes from the XMLs.
+    test2012          (where VOC2012 holds ImageSets/Main/test.txt or ImageSets/Segmentation/test.txt, as the
+                      extracted VOC2012test.tar does) the VOC2012 test images, unlabelled (the evaluation
+                      server keeps the labels): Main test ∪ Segmentation test, each image's `voc_sets` saying
+                      which lists hold it ("main", "segmentation"); `mtl eval --submit` writes the server's
+                      files for them.
 
 No training split holds an image of an evaluation split it is meant for (trainval: test;
 trainval07_aug12: test and val; train, train_aug: val). VOC2012 ships some VOC2007 images again under
-`2007_<name>`: where such a file is byte-identical to VOC2007's `<name>`, both count as one image
-(`same_as` in instances.json), and a copy that would put an evaluation image into a training split is
-kept out of it (listed under "kept out of training splits" in the summary). The summary and
+`2007_<name>`: where such a file is byte-identical to VOC2007's `<name>`, or (a re-encoded copy) has
+VOC2007's name mapping and the same pixel size, both count as one image (`same_as` in instances.json);
+a copy that would put an evaluation image into a training split is kept out of it, and a training split
+that lists both files keeps one (the one with pixel labels, else VOC2007's), each listed under "kept out
+of training splits" in the summary. The summary says how many were matched by bytes and by name, and
+warns when a VOC07 + VOC12 prepare removes none. The summary and
 dataset.json report the images shared by every training and evaluation split (`mtlcli.data.overlap`).
 
 Boxes: VOC XML coordinates are 1-based and inclusive, so the object covers 0-based pixel columns
@@ -62,6 +70,7 @@ from mtlcli.data.prepared import (
     check_out_dir,
     dt_path,
     encode_instance,
+    prepare_unlabelled_image,
     run_prepare,
     semantic_path,
 )
@@ -271,6 +280,8 @@ def prepare_voc_image(job: ImageJob, out: Path) -> ImageResult:
     an image without a label is skipped), boxes_semantic (the semantic map is painted from the boxes,
     `paint_boxes`), same_as (the file this image is a byte-identical copy of, kept in instances.json)."""
     p = job.payload
+    if p.get("unlabelled"):
+        return prepare_unlabelled_image(job, out)
     h, w = read_image_size(p["image"], p.get("verify", False))
     annotations: list[dict[str, Any]] = []
     dt_boxes = []
@@ -424,6 +435,7 @@ def prepare_voc(
     main12 = read_list(v12 / "ImageSets" / "Main" / "trainval.txt", "--voc2012")
     test_list = v07 / "ImageSets" / "Main" / "test.txt" if v07 else None
     test07 = read_list(test_list, "--voc2007") if test_list is not None and test_list.is_file() else None
+    test12 = voc2012_test(v12)
 
     # one listing per folder; the per-image function re-checks existence where it matters
     jpgs = {v: _listing(v / "JPEGImages", ".jpg") for v in roots if v is not sb}
@@ -487,6 +499,11 @@ def prepare_voc(
                 (v12, n, {**det, "need_seg": True, **label_of(n)}) for n in train_aug
             ]
 
+    if test12:
+        members["test2012"] = [
+            (v12, n, {"unlabelled": True, "extra": {"voc_sets": sets}}) for n, sets in test12.items()
+        ]
+
     jobs: list[ImageJob] = []
     pre_skipped: list[ImageResult] = []
     excluded: list[dict[str, str]] = []
@@ -539,6 +556,7 @@ def prepare_voc(
         det_classes=list(VOC_CLASSES),
         seg_classes=list(VOC_SEG_CLASSES),
         palette=VOC_PALETTE,
+        unlabelled=["test2012"] if test12 else [],
     )
     from mtlcli.data.integrity import mark_verify
 
@@ -551,13 +569,25 @@ def prepare_voc(
         workers=workers,
         strict=strict,
         pre_skipped=pre_skipped,
-        eval_splits=[s for s in ("test", "val") if s in members],
+        eval_splits=[s for s in ("test", "val", "test2012") if s in members],
         excluded=excluded,
     )
     if v07:
         summary["voc2007_copies"] = {**copy_counts(copies, names12), "removed": len(excluded)}
         report_copies(summary["voc2007_copies"])
     return summary
+
+
+def voc2012_test(v12: Path) -> dict[str, list[str]]:
+    """The VOC2012 test images (ImageSets/Main/test.txt, then Segmentation/test.txt) -> the lists holding
+    each ("main", "segmentation"); empty where VOC2012test.tar was not extracted into the folder."""
+    sets: dict[str, list[str]] = {}
+    for task, folder in (("main", "Main"), ("segmentation", "Segmentation")):
+        path = v12 / "ImageSets" / folder / "test.txt"
+        if path.is_file():
+            for name in read_list(path, "--voc2012"):
+                sets.setdefault(name, []).append(task)
+    return sets
 
 
 def one_copy_each(entries: list[tuple[Path, str, dict[str, Any]]], identity) -> dict[str, tuple[Path, str]]:
