@@ -9,7 +9,7 @@
 An unlabelled split (test-server images: COCO test-dev, Cityscapes test, VOC2012 test) is listed in
 dataset.json's "unlabelled": its instances.json holds the images and categories and no annotations, and
 it has no semantic/dt PNGs; nothing scores or trains on it (`DatasetMeta.check_labelled`), while
-`mtl predict --data` and `mtl eval --submit` run on it.
+`mtl eval --submit` (and PreparedDataset, for predictions) runs on it.
 
 A reader turns its source into `ImageJob`s; `run_prepare` runs a per-image function over them in
 parallel (that function writes the PNGs and returns an `ImageResult`), then assembles the COCO JSON per
@@ -99,7 +99,7 @@ class DatasetMeta:
             raise UserError(
                 f"split {split!r} of {root} is unlabelled (test-server images, no ground truth): nothing to {action} "
                 f"on it — write the server's files with `mtl eval --run RUN --split {split} --submit DIR`, "
-                f"or look at predictions with `mtl predict --data {root} --split {split}`"
+                "or look at predictions with `mtl predict IMAGES --run RUN`"
             )
 
 
