@@ -85,8 +85,13 @@ def mtl(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def eval_run(capsys: pytest.CaptureFixture, run: Path, split: str, *args: str) -> tuple[int, str, str]:
+    """`mtl eval --run RUN --split SPLIT -q --device cpu ARGS...`."""
+    return mtl(capsys, "eval", "--run", str(run), "--split", split, "-q", "--device", "cpu", *args)
+
+
 def refuses_to_score(capsys, run: Path, split: str) -> None:
-    code, _, err = mtl(capsys, "eval", "--run", str(run), "--split", split, "--device", "cpu", "-q", "-m", "miou")
+    code, _, err = eval_run(capsys, run, split, "-m", "miou")
     assert code == 2 and "unlabelled" in err and "--submit" in err and len(err.strip().splitlines()) == 1
 
 
@@ -156,8 +161,7 @@ def test_coco_test_dev_submission_reads_back_through_pycocotools(tmp_path, capsy
             build_datasets(recipe, data)
 
     sub = tmp_path / "sub"
-    code, out, err = mtl(capsys, "eval", "--run", str(run), "--split", "test-dev", "--submit", str(sub), "-q",
-                         "--submit-name", "tiny", "--device", "cpu")  # fmt: skip
+    code, out, err = eval_run(capsys, run, "test-dev", "--submit", str(sub), "--submit-name", "tiny")
     assert code == 0, err
     assert "upload" in out
     gt = COCO(str(info))  # the image-info file as downloaded: images and categories only
@@ -178,12 +182,8 @@ def test_coco_test_dev_submission_reads_back_through_pycocotools(tmp_path, capsy
 
     # on val, the same files score with COCOeval on instances_val2017.json as mtl eval scores the run
     val_sub = tmp_path / "val_sub"
-    assert (
-        mtl(capsys, "eval", "--run", str(run), "--split", "val", "--submit", str(val_sub), "-q", "--device", "cpu")[0]
-        == 0
-    )
-    code, out, err = mtl(capsys, "eval", "--run", str(run), "--split", "val", "-m", "coco-bbox", "-q", "--device", "cpu",
-                         "--out", str(tmp_path / "val.json"))  # fmt: skip
+    assert eval_run(capsys, run, "val", "--submit", str(val_sub))[0] == 0
+    assert eval_run(capsys, run, "val", "-m", "coco-bbox", "--out", str(tmp_path / "val.json"))[0] == 0
     ours = json.loads((tmp_path / "val.json").read_text())["metrics"]["coco-bbox"]
     val_gt = COCO(str(src / "annotations" / "instances_val2017.json"))
     ev = COCOeval(val_gt, val_gt.loadRes(str(val_sub / "bbox" / "detections_val2017_mtl_results.json")), "bbox")
@@ -230,13 +230,8 @@ def test_cityscapes_test_submission_is_what_cityscapesscripts_reads(synthetic_so
 
     # val: cityscapesscripts' own evaluations read the files against the source's gtFine
     val_sub = tmp_path / "val_sub"
-    assert (
-        mtl(capsys, "eval", "--run", str(run), "--split", "val", "--submit", str(val_sub), "-q", "--device", "cpu")[0]
-        == 0
-    )
-    code, _, err = mtl(capsys, "eval", "--run", str(run), "--split", "val", "-m", "miou", "-q", "--device", "cpu",
-                       "--out", str(tmp_path / "val.json"))  # fmt: skip
-    assert code == 0, err
+    assert eval_run(capsys, run, "val", "--submit", str(val_sub))[0] == 0
+    assert eval_run(capsys, run, "val", "-m", "miou", "--out", str(tmp_path / "val.json"))[0] == 0
     ours = json.loads((tmp_path / "val.json").read_text())["metrics"]["miou"]
     monkeypatch.setattr(np, "in1d", lambda a, b, invert=False: np.isin(np.asarray(a).ravel(), b, invert=invert),
                         raising=False)  # fmt: skip
