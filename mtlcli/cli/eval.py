@@ -298,6 +298,8 @@ def _submit(model, recipe, root, split, submit, name, dev, batch_size, quiet, fo
     from mtlcli.engine.resolution import eval_transforms
     from mtlcli.engine.submit import write_submission
 
+    if not _single_process():
+        raise UserError("--submit runs in one process; run `mtl eval --submit` without torchrun")
     label_map = recipe.get("data", {}).get("label_map") or None
     dataset = PreparedDataset(root, split, transforms=eval_transforms(recipe), label_map=label_map)
     check_label_set(

@@ -72,7 +72,8 @@ def write_submission(
     identity = getattr(getattr(dataset, "label_map", None), "det_ids", None)
     identity = identity is None or identity == {k: k for k in range(1, len(dataset.det_classes) + 1)}
     maps = source_id_maps(dataset.meta, images, identity) if server == "coco" else None
-    writer = open_submission(out, dataset.meta, dataset.split, images, name, id_maps=maps)
+    semantic = (Path(dataset.root) / dataset.split / "semantic").is_dir()
+    writer = open_submission(out, dataset.meta, dataset.split, images, name, id_maps=maps, semantic=semantic)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate
     )

@@ -219,8 +219,9 @@ class CityscapesSubmission(Submission):
 
 # ----------------------------------------------------------------------------------------- PASCAL VOC
 class VocSubmission(Submission):
-    def __init__(self, out, meta, split, images, name) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, out, meta, split, images, name, semantic: bool = True) -> None:  # type: ignore[no-untyped-def]
         super().__init__(out, meta, split, images, name)
+        self.semantic = semantic  # a labelled split with pixel labels (seg val): a segmentation test set
         years = {"VOC2007" if "VOC2007/" in im["file_name"] else "VOC2012" for im in images}
         self.year = "VOC2007" if years == {"VOC2007"} else "VOC2012"
         self.testset = "test" if split.startswith("test") else split
@@ -229,7 +230,11 @@ class VocSubmission(Submission):
         self.any_det = False
 
     def _in(self, image: dict[str, Any], task: str) -> bool:
-        return task in image.get("voc_sets", [task])
+        """Whether the image belongs to the task's test set: its `voc_sets` (VOC2012 test), else every image
+        for detection and, where the split has pixel labels, for segmentation."""
+        if "voc_sets" in image:
+            return task in image["voc_sets"]
+        return task == "main" or self.semantic
 
     def add(self, image_id: int, output: dict[str, Any]) -> None:
         from mtlcli.data.cityscapes import save_indexed_png
@@ -275,15 +280,22 @@ class VocSubmission(Submission):
 
 
 def open_submission(
-    out: str | Path, meta: DatasetMeta, split: str, images: list[dict[str, Any]], name: str, id_maps: Any = None
+    out: str | Path,
+    meta: DatasetMeta,
+    split: str,
+    images: list[dict[str, Any]],
+    name: str,
+    id_maps: Any = None,
+    semantic: bool = True,
 ) -> Submission:
-    """The writer for `meta`'s server (`server_of`); `id_maps` = `source_id_maps(...)` for COCO."""
+    """The writer for `meta`'s server (`server_of`); `id_maps` = `source_id_maps(...)` for COCO; `semantic`:
+    the split has pixel labels (VOC: whether a labelled split is a segmentation set)."""
     server = server_of(meta)
     if server == "coco":
         return CocoSubmission(out, meta, split, images, name, id_maps)
     if server == "cityscapes":
         return CityscapesSubmission(out, meta, split, images, name)
-    return VocSubmission(out, meta, split, images, name)
+    return VocSubmission(out, meta, split, images, name, semantic=semantic)
 
 
 def check_name(name: str) -> str:

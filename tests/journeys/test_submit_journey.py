@@ -164,6 +164,14 @@ def test_coco_test_dev_submission_reads_back_through_pycocotools(tmp_path, capsy
     code, out, err = eval_run(capsys, run, "test-dev", "--submit", str(sub), "--submit-name", "tiny")
     assert code == 0, err
     assert "upload" in out
+    for bad, says in (
+        (["--submit", str(sub)], "not empty"),  # nothing the user had is replaced without --force
+        (["--submit", str(data / "sub")], "prepared dataset"),  # an output is never inside an input
+        (["--submit", str(tmp_path / "x"), "--submit-name", "a_b"], "--submit-name"),
+        (["--submit", str(tmp_path / "x"), "-m", "coco-bbox"], "--submit"),
+    ):
+        code, _, err = eval_run(capsys, run, "test-dev", *bad)
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1, bad
     gt = COCO(str(info))  # the image-info file as downloaded: images and categories only
     for kind in ("bbox", "segm"):
         name = "detections_test-dev2017_tiny_results"
@@ -312,3 +320,10 @@ def test_voc2012_test_submission_in_the_devkit_layout(voc, tmp_path, capsys):  #
         names = tar.getnames()
     assert "results/VOC2012/Main/comp4_det_test_car.txt" in names
     assert "results/VOC2012/Segmentation/comp6_test_cls/2008_100003.png" in names
+
+    # VOC2007 test (labelled, boxes only): the detection files under VOC2007, no segmentation set
+    sub07 = tmp_path / "sub07"
+    assert eval_run(capsys, run, "test", "--submit", str(sub07))[0] == 0
+    assert not (sub07 / "results" / "VOC2007" / "Segmentation").exists()
+    lines = (sub07 / "results" / "VOC2007" / "Main" / "comp4_det_test_horse.txt").read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["000002"] and lines[0].split()[2:] == ["1.0", "1.0", "48.0", "32.0"]
