@@ -75,6 +75,7 @@ from mtlcli.data.prepared import (
     semantic_path,
 )
 from mtlcli.data.targets import IGNORE_INDEX, box_mask
+from mtlcli.data.voc_copies import copy_counts, one_copy_each, report_copies, voc2007_copies
 from mtlcli.errors import UserError
 
 VOC_CLASSES = [
@@ -371,41 +372,6 @@ def refuse_out_inside(out: str | Path, sources: list[Path]) -> None:
             )
 
 
-def voc2007_copies(v12: Path, v07: Path, names: set[str], image_of) -> dict[str, tuple[Path, str]]:
-    """VOC2012 names `2007_<n>` that are VOC2007's `<n>.jpg` -> (that VOC2007 file, how it was matched).
-
-    VOC2012 re-ships some VOC2007 images under the `2007_` prefix; by file name they would look like
-    two images. Only the few hundred `2007_*` names are compared: "bytes" where the two files are
-    byte-identical; else "name" where VOC2007 has `<n>.jpg` and both decode to the same pixel size
-    (a re-encoded copy: the devkit's name mapping `2007_NNNNNN` <-> `NNNNNN`, checked by size so that a
-    stray file of another picture is not taken for it); a pair of other sizes is no copy."""
-    import filecmp
-
-    copies: dict[str, tuple[Path, str]] = {}
-    for name in sorted(n for n in names if n.startswith("2007_")):
-        old = v07 / "JPEGImages" / f"{name[5:]}.jpg"
-        new = image_of(name)
-        if not (old.is_file() and new.is_file()):
-            continue
-        if filecmp.cmp(old, new, shallow=False):
-            copies[name] = (old, "bytes")
-            continue
-        try:
-            same_size = read_image_size(old) == read_image_size(new)
-        except SkipImage:  # a damaged file: the per-image step names it
-            continue
-        if same_size:
-            copies[name] = (old, "name")
-    return copies
-
-
-def copy_counts(copies: dict[str, tuple[Path, str]], names: set[str]) -> dict[str, int]:
-    """{"bytes": matched by bytes, "name": matched by name + size, "unmatched": other `2007_*` names}."""
-    how = [h for _, h in copies.values()]
-    candidates = sum(1 for n in names if n.startswith("2007_"))
-    return {"bytes": how.count("bytes"), "name": how.count("name"), "unmatched": candidates - len(copies)}
-
-
 # Evaluation splits each training split is meant for: a copy of one of their images is kept out of it.
 EVALUATED_ON = {"trainval": ("test",), "trainval07_aug12": ("test", "val"), "train": ("val",), "train_aug": ("val",)}
 
@@ -588,37 +554,3 @@ def voc2012_test(v12: Path) -> dict[str, list[str]]:
             for name in read_list(path, "--voc2012"):
                 sets.setdefault(name, []).append(task)
     return sets
-
-
-def one_copy_each(entries: list[tuple[Path, str, dict[str, Any]]], identity) -> dict[str, tuple[Path, str]]:
-    """identity -> the (year folder, name) of the entry of a split that stays for that image: the first
-    with a pixel label (a VOC2012 `2007_*` copy in SegmentationClass/SBD carries one, its VOC2007
-    original none), else the first listed (VOC2007's, whose lists come first)."""
-    keeper: dict[str, tuple[Path, str]] = {}
-    labelled: set[str] = set()
-    for year_dir, name, payload in entries:
-        key = identity(year_dir, name)
-        has_label = bool(payload.get("png") or payload.get("mat"))
-        if key not in keeper or (has_label and key not in labelled):
-            keeper[key] = (year_dir, name)
-            if has_label:
-                labelled.add(key)
-    return keeper
-
-
-def report_copies(counts: dict[str, int]) -> None:
-    """The copies line under the summary, and a warning on stderr when a VOC07 + VOC12 prepare removed no
-    image from a training split (on the real datasets VOC2012 seg val holds VOC2007 images, so none
-    removed means the copies went unrecognised)."""
-    from rich.console import Console
-
-    Console().print(
-        f"VOC2012 2007_* images recognised as VOC2007's: {counts['bytes']} by bytes, {counts['name']} by name "
-        f"and pixel size ({counts['unmatched']} not matched); {counts['removed']} image(s) kept out of training splits"
-    )
-    if not counts["removed"]:
-        Console(stderr=True).print(
-            "[yellow]warning:[/] no image was removed from a training split as a VOC2007/VOC2012 duplicate — check "
-            "that --voc2007 is the VOC2007 of the same VOCdevkit (training splits may hold evaluation images)",
-            soft_wrap=True,
-        )

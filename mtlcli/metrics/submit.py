@@ -34,6 +34,7 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -78,9 +79,9 @@ class Submission:
         self.out = Path(out)
         self.meta, self.split, self.name = meta, split, name
         self.images = {im["id"]: im for im in images}
-        self.tmp = self.out.parent / f".{self.out.name}.partial"
-        shutil.rmtree(self.tmp, ignore_errors=True)  # a killed submission's leftovers (ours: a dot-folder)
-        self.tmp.mkdir(parents=True)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        # a fresh hidden folder beside `out` (same file system: the files are renamed into place)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=self.out.parent))
 
     def add(self, image_id: int, output: dict[str, Any]) -> None:
         raise NotImplementedError
