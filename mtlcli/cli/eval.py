@@ -366,7 +366,9 @@ def register(app: typer.Typer) -> None:
         save_predictions: Path | None = typer.Option(
             None, "--save-predictions", help="Write the model's predictions here."
         ),
-        force: bool = typer.Option(False, "--force", help="Overwrite --out / --save-predictions."),
+        force: bool = typer.Option(
+            False, "--force", help="Overwrite --out / --save-predictions / the files in --submit."
+        ),
         batch_size: int | None = typer.Option(
             None, "--batch-size", min=1, help="Images per batch (default: the recipe's)."
         ),
@@ -381,7 +383,10 @@ def register(app: typer.Typer) -> None:
             "scoring; works on unlabelled test splits (docs/submit.md).",
         ),
         submit_name: str = typer.Option(
-            "mtl", "--submit-name", help="Your method's name in the servers' file names (letters, digits, - and .)."
+            "mtl",
+            "--submit-name",
+            metavar="NAME",
+            help="Your method's name in the servers' file names (letters, digits, - and .).",
         ),
     ) -> None:
         """Evaluate a trained model, or saved predictions, with the official metrics."""

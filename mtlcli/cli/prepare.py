@@ -128,11 +128,15 @@ def coco(
     image_info: list[Path] | None = typer.Option(
         None,
         "--image-info",
+        metavar="FILE",
         help="A COCO image-info file (images + categories, e.g. annotations/image_info_test-dev2017.json): an "
         "unlabelled split for `mtl eval --submit`, named after it (test-dev); repeat for several.",
     ),
     image_info_images: Path | None = typer.Option(
-        None, "--image-info-images", help="Folder of the image-info files' images [default: SRC/test2017]."
+        None,
+        "--image-info-images",
+        metavar="DIR",
+        help="Folder of the image-info files' images [default: SRC/test2017].",
     ),
     out: Path | None = typer.Option(
         None,
