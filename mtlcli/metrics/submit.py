@@ -36,6 +36,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def _numpy(t: Any) -> np.ndarray:
     return t.detach().float().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
 
 
-class Submission:
+class Submission(ABC):
     """Collects one split's outputs and writes the server's files into a folder built beside `out`; `close`
     moves each file into `out` (renamed into place: no half-written file under its final name)."""
 
@@ -83,12 +84,13 @@ class Submission:
         # a fresh hidden folder beside `out` (same file system: the files are renamed into place)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=self.out.parent))
 
+    @abstractmethod
     def add(self, image_id: int, output: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """One image's model output (DESIGN.md §4, in the image's pixel frame) for prepared image `image_id`."""
 
+    @abstractmethod
     def finish(self) -> list[Path]:
         """Write the collected files under self.tmp; returns their paths there."""
-        raise NotImplementedError
 
     def close(self) -> list[Path]:
         written = self.finish()
