@@ -191,13 +191,15 @@ def test_coco_test_dev_submission_reads_back_through_pycocotools(tmp_path, capsy
     # on val, the same files score with COCOeval on instances_val2017.json as mtl eval scores the run
     val_sub = tmp_path / "val_sub"
     assert eval_run(capsys, run, "val", "--submit", str(val_sub))[0] == 0
-    assert eval_run(capsys, run, "val", "-m", "coco-bbox", "--out", str(tmp_path / "val.json"))[0] == 0
-    ours = json.loads((tmp_path / "val.json").read_text())["metrics"]["coco-bbox"]
+    assert eval_run(capsys, run, "val", "-m", "coco-bbox,coco-segm", "--out", str(tmp_path / "val.json"))[0] == 0
+    ours = json.loads((tmp_path / "val.json").read_text())["metrics"]
     val_gt = COCO(str(src / "annotations" / "instances_val2017.json"))
-    ev = COCOeval(val_gt, val_gt.loadRes(str(val_sub / "bbox" / "detections_val2017_mtl_results.json")), "bbox")
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev.evaluate(), ev.accumulate(), ev.summarize()
-    assert ours > 0.1 and ev.stats[0] == pytest.approx(ours, abs=1e-3)
+    for kind in ("bbox", "segm"):
+        results = val_gt.loadRes(str(val_sub / kind / "detections_val2017_mtl_results.json"))
+        ev = COCOeval(val_gt, results, kind)
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev.evaluate(), ev.accumulate(), ev.summarize()
+        assert ours[f"coco-{kind}"] > 0.01 and ev.stats[0] == pytest.approx(ours[f"coco-{kind}"], abs=1e-3), kind
 
 
 # ------------------------------------------------------------------------------------------ Cityscapes
