@@ -62,7 +62,7 @@ class Result:
             rles = mask_utils.encode(np.asfortranarray(self.masks.numpy().astype(np.uint8).transpose(1, 2, 0)))
         out = []
         for k, ((x1, y1, x2, y2), score, label) in enumerate(
-            zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist())
+            zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist(), strict=True)
         ):
             cat = category_ids[label - 1] if category_ids is not None and 1 <= label <= len(category_ids) else label
             r = {
@@ -187,7 +187,7 @@ class Predictor:
             chunk = items[start : start + batch_size]
             tensors = [to_image_tensor(x) for x in chunk]
             outputs = self.raw(tensors)
-            for item, img, out in zip(chunk, tensors, outputs):
+            for item, img, out in zip(chunk, tensors, outputs, strict=True):
                 results.append(
                     output_to_result(
                         out,

@@ -176,10 +176,10 @@ def export_model(
 
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TorchScript's deprecation and shape-as-constant notes
-            traced = torch.jit.trace(wrapper, sample, check_trace=False, strict=False)
+            traced = torch.jit.trace(wrapper, sample, check_trace=False, strict=True)
             traced.save(str(out))
             loaded = torch.jit.load(str(out))
-            exported = dict(zip(wrapper.names, loaded(sample)))
+            exported = dict(zip(wrapper.names, loaded(sample), strict=True))
     seconds = time.perf_counter() - t0
     parity = compare(reference, exported)
     info = {
@@ -240,7 +240,7 @@ def _run_onnx(path: Path, sample: Tensor, names: list[str]) -> dict[str, Tensor]
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     values = session.run(names, {"images": sample.numpy()})
-    return {n: torch.from_numpy(v) for n, v in zip(names, values)}
+    return {n: torch.from_numpy(v) for n, v in zip(names, values, strict=True)}
 
 
 def compare(reference: dict[str, Tensor], exported: dict[str, Tensor]) -> dict[str, Any]:

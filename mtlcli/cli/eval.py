@@ -97,7 +97,7 @@ def print_results(result: dict[str, Any]) -> None:
             table = _table(f"{name}: AP@[.5:.95] per class (%)")
             table.add_column("class")
             table.add_column("AP", justify="right")
-            for cls, ap in zip(d["classes"], d["ap"]):
+            for cls, ap in zip(d["classes"], d["ap"], strict=True):
                 table.add_row(cls, _fmt(ap))
         else:
             table = _table(f"{name}: proposal recall (%)")

@@ -121,9 +121,7 @@ def coco(
         None, "--train-json", help="A COCO-format annotation file for the train split."
     ),
     train_images: Path | None = typer.Option(None, "--train-images", help="Folder its file_names are relative to."),
-    val_json: Path | None = typer.Option(
-        None, "--val-json", help="A COCO-format annotation file for the val split."
-    ),
+    val_json: Path | None = typer.Option(None, "--val-json", help="A COCO-format annotation file for the val split."),
     val_images: Path | None = typer.Option(None, "--val-images", help="Folder its file_names are relative to."),
     out: Path | None = typer.Option(
         None,
@@ -137,7 +135,8 @@ def coco(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
-    """COCO 2017 or any COCO-format JSON: the dataset's own classes, boxes and masks, a painted semantic map, DT bins."""
+    """COCO 2017 or any COCO-format JSON: the dataset's own classes, boxes and masks, a painted semantic map,
+    DT bins."""
     from mtlcli.data.coco import prepare_coco
 
     custom = any(v is not None for v in (train_json, train_images, val_json, val_images))

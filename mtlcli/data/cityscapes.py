@@ -501,7 +501,8 @@ def prepare_cityscapes(
     if strict and skipped:
         first = skipped[0]
         raise UserError(
-            f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such files)"
+            f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such "
+            "files)"
         )
     out = check_out_dir(out, force, source=src)
     from mtlcli.data.integrity import mark_verify

@@ -458,5 +458,5 @@ def decode_rle_into(counts: str | bytes, out: np.ndarray) -> None:
 
 def collate(batch: list[Sample]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """DataLoader collate: images and targets stay lists (sizes differ), as the models expect."""
-    images, targets = zip(*batch) if batch else ((), ())
+    images, targets = zip(*batch, strict=True) if batch else ((), ())
     return list(images), list(targets)

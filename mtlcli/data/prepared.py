@@ -63,11 +63,13 @@ class DatasetMeta:
         path = Path(root) / "dataset.json"
         if not Path(root).is_dir():
             raise UserError(
-                f"{root}: no such prepared dataset — create one with mtl prepare (`mtl prepare --help` lists the datasets it reads)"
+                f"{root}: no such prepared dataset — create one with mtl prepare (`mtl prepare --help` lists the "
+                "datasets it reads)"
             )
         if not path.is_file():
             raise UserError(
-                f"{path} is missing: {root} is not a prepared dataset — prepare it with mtl prepare first (`mtl prepare --help`)"
+                f"{path} is missing: {root} is not a prepared dataset — prepare it with mtl prepare first (`mtl "
+                "prepare --help`)"
             )
         try:
             data = json.loads(path.read_text())
@@ -267,7 +269,8 @@ def run_prepare(
     if strict and skipped:
         first = skipped[0]
         raise UserError(
-            f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such files)"
+            f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such "
+            "files)"
         )
 
     summary: dict[str, Any] = {

@@ -152,7 +152,7 @@ def model_from_checkpoint(state: dict[str, Any], path: Path) -> tuple[nn.Module,
     from mtlcli.engine.compat import check_state_shapes
 
     check_state_shapes(model, state["model"], path, recipe["model"])
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    missing, unexpected = model.load_state_dict(state["model"], strict=True)
     if missing or unexpected:
         raise UserError(
             f"checkpoint {path} does not fit model {recipe['model']['name']!r} "
@@ -179,7 +179,7 @@ def load_for_eval(
     from mtlcli.engine.data import data_root
 
     root = data_root(recipe)
-    # model.trained_classes: the class names it was trained on ({"det_classes": [...], "seg_classes": [...], ...}; None for
-    # checkpoints older than that entry), for `mtlcli.engine.compat.check_label_set`
+    # model.trained_classes: the class names it was trained on ({"det_classes": [...], "seg_classes": [...], ...};
+    # None for checkpoints older than that entry), for `mtlcli.engine.compat.check_label_set`
     model.trained_classes = state.get("classes")
     return model, recipe, root if (root / "dataset.json").is_file() else None

@@ -161,7 +161,8 @@ def to_device(images: list, targets: list[dict], device: torch.device) -> tuple[
     # a colour jitter the loader drew but left to the device (mtlcli.data.transforms.Pipeline); its
     # factors stay on the host (read as python numbers, no device sync)
     images = [
-        apply_color_jitter(img, t["color_jitter"]) if "color_jitter" in t else img for img, t in zip(images, targets)
+        apply_color_jitter(img, t["color_jitter"]) if "color_jitter" in t else img
+        for img, t in zip(images, targets, strict=True)
     ]
     targets = [
         {k: v.to(device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in t.items() if k != "color_jitter"}

@@ -58,7 +58,6 @@ def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group that torchrun describes in the environment (a no-op without it)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if world_size <= 1:

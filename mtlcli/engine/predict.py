@@ -297,7 +297,8 @@ class _Writer:
 
             atomic_write_text(self.outputs.path("detections.json"), json.dumps(self.results))
             categories = [
-                {"id": int(i), "name": n} for i, n in zip(self.model.det_category_ids, self.model.det_classes)
+                {"id": int(i), "name": n}
+                for i, n in zip(self.model.det_category_ids, self.model.det_classes, strict=True)
             ]
             atomic_write_text(
                 self.outputs.path("images.json"),
@@ -352,10 +353,10 @@ def predict_sources(
                         output_to_result(
                             o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]), opts.score_threshold
                         )
-                        for (_, img), o in zip(good, raw)
+                        for (_, img), o in zip(good, raw, strict=True)
                     ]
                     summary.model_seconds += time.perf_counter() - t_model
-                    for (i, img), result in zip(good, results):
+                    for (i, img), result in zip(good, results, strict=True):
                         writer.add(images[i], img, result)
                     summary.images += len(good)
                 done = summary.images + len(summary.skipped)
@@ -406,7 +407,7 @@ def _predict_video(
                     nonlocal out_container
                     floats = [img.to(model.device).float().div_(255) for _, _, img in batch]
                     raw = model.raw(floats)
-                    for (index, t, img), o in zip(batch, raw):
+                    for (index, t, img), o in zip(batch, raw, strict=True):
                         result = output_to_result(
                             o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]), opts.score_threshold
                         )

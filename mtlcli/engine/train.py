@@ -495,7 +495,11 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                 if not torch.isfinite(values).all():
                     optimizer.zero_grad(set_to_none=True)
                     raise _diverged(
-                        it + 1, dict(zip(terms, values.tolist())), ckpt_dir, state_at["iteration"], cfg["lr"]
+                        it + 1,
+                        dict(zip(terms, values.tolist(), strict=True)),
+                        ckpt_dir,
+                        state_at["iteration"],
+                        cfg["lr"],
                     )
                 if cfg["grad_clip"] > 0:
                     scaler.unscale_(optimizer)
@@ -507,7 +511,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                 rng_at_start = rng_state()  # as iteration `it` starts: what an interrupt checkpoint restores
 
                 window_iters += 1
-                for k, v in zip(terms, values.tolist()):
+                for k, v in zip(terms, values.tolist(), strict=True):
                     window[k] += v
                 if it % cfg["log_interval"] == 0 or it == total:
                     elapsed = time.perf_counter() - t_window

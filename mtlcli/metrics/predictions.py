@@ -166,11 +166,13 @@ def load_detections(path: Path, gt: GroundTruth, need_masks: bool = False) -> li
         image_id, cat = r["image_id"], r["category_id"]
         if not isinstance(image_id, int) or image_id not in gt.coco.imgs:
             raise UserError(
-                f"{where}: image_id {image_id!r} is not in {gt.root} split {gt.split!r} — use the ids of its instances.json"
+                f"{where}: image_id {image_id!r} is not in {gt.root} split {gt.split!r} — use the ids of its "
+                "instances.json"
             )
         if not isinstance(cat, int) or not 1 <= cat <= num_classes:
             raise UserError(
-                f"{where}: category_id {cat!r} is out of range; valid ids are 1..{num_classes} ({', '.join(gt.meta.det_classes[:3])}, ...)"
+                f"{where}: category_id {cat!r} is out of range; valid ids are 1..{num_classes} "
+                f"({', '.join(gt.meta.det_classes[:3])}, ...)"
             )
         box = r["bbox"]
         if (
@@ -255,7 +257,8 @@ class PredictionReader:
             self.max_id = max(cityscapes_label_ids())
             if (self.lut == IGNORE_INDEX).all():
                 raise UserError(
-                    f"--cityscapes-ids: none of the dataset's classes ({', '.join(meta.seg_classes[:4])}, ...) is a Cityscapes class"
+                    f"--cityscapes-ids: none of the dataset's classes ({', '.join(meta.seg_classes[:4])}, ...) is a "
+                    "Cityscapes class"
                 )
 
     def __call__(self, path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -271,7 +274,8 @@ class PredictionReader:
         if self.cityscapes_ids:
             if top > self.max_id:
                 raise UserError(
-                    f"{path} holds value {top}, which is no Cityscapes labelId (0..{self.max_id}); drop --cityscapes-ids for class indices"
+                    f"{path} holds value {top}, which is no Cityscapes labelId (0..{self.max_id}); drop "
+                    "--cityscapes-ids for class indices"
                 )
             return np.take(self.lut, pred)  # several times faster than self.lut[pred] on uint8 maps
         if top >= self.num_classes:
@@ -450,7 +454,8 @@ def evaluate_predictions(
     if det_names:
         if det_file is None:
             raise UserError(
-                f"--metric {det_names[0]} needs COCO results; {predictions} is no .json file and holds no detections.json"
+                f"--metric {det_names[0]} needs COCO results; {predictions} is no .json file and holds no "
+                "detections.json"
             )
         detections = load_detections(det_file, gt, need_masks="coco-segm" in det_names)
         for name in det_names:

@@ -57,7 +57,7 @@ class MultiTaskModel(nn.Module):
         )
         batch = (batch - self.pixel_mean) / self.pixel_std
         if targets is not None:
-            targets = [resize_target(t, size, (h, w)) for t, size in zip(targets, sizes)]
+            targets = [resize_target(t, size, (h, w)) for t, size in zip(targets, sizes, strict=True)]
         return batch, targets, sizes
 
     def network(self, batch: Tensor) -> Any:

@@ -198,7 +198,7 @@ class MultiScalePoolWithAttention(nn.Module):
         return torch.cat(
             [
                 roi_align(features[name], rois, self.output_size, 1.0 / stride, self.sampling_ratio, aligned=False)
-                for name, stride in zip(self.featmap_names, self.strides)
+                for name, stride in zip(self.featmap_names, self.strides, strict=True)
             ],
             dim=1,
         )
@@ -398,7 +398,7 @@ class DATNet(TwoStageDetector):
         for name, key in (("seg", "sem_seg"), ("dt", "dt")):
             if name not in dense or (name == "seg" and not self.output_sem_seg):
                 continue
-            for i, (size, orig) in enumerate(zip(image_sizes, original_sizes)):
+            for i, (size, orig) in enumerate(zip(image_sizes, original_sizes, strict=True)):
                 outs[i][key] = logits_to_original(dense[name][i], size, orig, stride=4).softmax(0)
         return outs
 

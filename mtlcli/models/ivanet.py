@@ -17,6 +17,7 @@ L_det, both divided by the number of positive default boxes) and loss_seg (alrea
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -110,7 +111,7 @@ class ResNetPyramid(nn.Module):
         mid, out = extra_channels
         self.extras = nn.ModuleList()
         channels = list(trunk.out_channels)
-        for (h, w), size in zip(sizes[2:-1], sizes[3:]):  # from the level of (h, w) to the next one
+        for (h, w), size in pairwise(sizes[2:]):  # from the level of (h, w) to the next one
             self.extras.append(
                 nn.Sequential(
                     conv_norm_act(channels[-1], mid, 1, (h, w)),
@@ -132,7 +133,7 @@ def upsample_conv(in_ch: int, out_ch: int, src: tuple[int, int], dst: tuple[int,
     """A learned x2 upsampling (3x3 transposed conv, stride 2) whose padding and output padding are
     chosen per side so that `src` (h, w) becomes exactly `dst` (e.g. 10 -> 19, 5 -> 10, 1 -> 3)."""
     pads, extra = [], []
-    for s, d in zip(src, dst):
+    for s, d in zip(src, dst, strict=True):
         full = 2 * s + 1  # output of a 3x3 stride-2 transposed conv without padding
         p = (full - d + 1) // 2
         pads.append(p)
@@ -167,8 +168,11 @@ class LocalTopDown(nn.Module):
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         n = len(feats)
-        u1 = [conv(up(feats[i + 1])) for i, (up, conv) in enumerate(zip(self.u1_up, self.u1_conv))]
-        u2 = [F.relu(up(u1[i + 1]) + lat(feats[i])) for i, (up, lat) in enumerate(zip(self.u2_up, self.u2_lat))]
+        u1 = [conv(up(feats[i + 1])) for i, (up, conv) in enumerate(zip(self.u1_up, self.u1_conv, strict=True))]
+        u2 = [
+            F.relu(up(u1[i + 1]) + lat(feats[i]))
+            for i, (up, lat) in enumerate(zip(self.u2_up, self.u2_lat, strict=True))
+        ]
         out = []
         for i in range(n):
             parts = [feats[i]] + u1[i : i + 1] + u2[i : i + 1]
@@ -181,10 +185,10 @@ class NoTopDown(nn.Module):
 
     def __init__(self, channels: Sequence[int], sizes: Sequence[tuple[int, int]], width: int = 384) -> None:
         super().__init__()
-        self.proj = nn.ModuleList([conv_norm_act(c, width, 1, s) for c, s in zip(channels, sizes)])
+        self.proj = nn.ModuleList([conv_norm_act(c, width, 1, s) for c, s in zip(channels, sizes, strict=True)])
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
-        return [p(f) for p, f in zip(self.proj, feats)]
+        return [p(f) for p, f in zip(self.proj, feats, strict=True)]
 
 
 class FullTopDown(nn.Module):
@@ -203,7 +207,7 @@ class FullTopDown(nn.Module):
                     conv_norm_act(inner, inner, 3, s),
                     nn.Conv2d(inner, width, 1),
                 )
-                for c, s in zip(channels[:-1], sizes[:-1])
+                for c, s in zip(channels[:-1], sizes[:-1], strict=True)
             ]
         )
 
@@ -236,7 +240,7 @@ class PyramidSegHead(nn.Module):
 
     def forward(self, feats: list[Tensor]) -> Tensor:
         size = feats[0].shape[-2:]
-        parts = [r(f) for r, f in zip(self.reduce, feats)]
+        parts = [r(f) for r, f in zip(self.reduce, feats, strict=True)]
         parts = [parts[0]] + [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in parts[1:]]
         return self.classifier(self.conv(torch.cat(parts, 1)))
 

@@ -165,7 +165,7 @@ class LadderDenseNet(MultiTaskModel):
             return {"logits": self.head(db4)}
         x = ctx = self.context(db4)
         skips = [db3, db2, db1] if self.variant == "ladder" else [db1]
-        for up, skip in zip(self.ups, skips):
+        for up, skip in zip(self.ups, skips, strict=True):
             x = up(x, skip)
         return {"logits": self.head(x), "aux": self.aux_head(ctx)}
 
@@ -179,7 +179,10 @@ class LadderDenseNet(MultiTaskModel):
         }
 
     def postprocess(self, raw: dict[str, Tensor], original_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        return [{"sem_seg": semantic_to_original(logits, size)} for logits, size in zip(raw["logits"], original_sizes)]
+        return [
+            {"sem_seg": semantic_to_original(logits, size)}
+            for logits, size in zip(raw["logits"], original_sizes, strict=True)
+        ]
 
 
 def seg_cross_entropy(logits: Tensor, semantic: Tensor) -> Tensor:

@@ -313,11 +313,11 @@ class TwoStageDetector(nn.Module):
         images = [_plain(img) for img in images]
         sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         if targets is not None:
-            targets = [self._clean_target(t, size) for t, size in zip(targets, sizes)]
+            targets = [self._clean_target(t, size) for t, size in zip(targets, sizes, strict=True)]
         batch, targets = self.transform(images, targets)
         if targets is not None and self.dense_keys:
             padded = batch.tensors.shape[-2:]
-            for t, (h, w) in zip(targets, batch.image_sizes):
+            for t, (h, w) in zip(targets, batch.image_sizes, strict=True):
                 for key in self.dense_keys:
                     if key in t:
                         t[key] = _resize_pad_dense(t[key], (h, w), padded)
@@ -393,7 +393,9 @@ class TwoStageDetector(nn.Module):
         detections = [dict(d) for d in raw["detections"]]  # torchvision rescales in place; keep `raw` intact
         results = self.transform.postprocess(detections, image_sizes, original_sizes)
         dense = self.dense_outputs(raw["dense"], image_sizes, original_sizes)
-        for result, extra, proposals, size, orig in zip(results, dense, raw["proposals"], image_sizes, original_sizes):
+        for result, extra, proposals, size, orig in zip(
+            results, dense, raw["proposals"], image_sizes, original_sizes, strict=True
+        ):
             result["proposals"] = box_ops.clip_boxes_to_image(resize_boxes(proposals, size, orig), orig)
             result.update(extra)
         return results

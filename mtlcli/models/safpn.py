@@ -89,7 +89,7 @@ class BottomUpFPN(nn.Module):
         self.output = nn.ModuleList(_conv(channels, channels, 3) for _ in in_channels_list)
 
     def forward(self, x: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
-        laterals = [conv(c) for conv, c in zip(self.lateral, x.values())]
+        laterals = [conv(c) for conv, c in zip(self.lateral, x.values(), strict=True)]
         outs: list[Tensor] = []
         for i, lat in enumerate(laterals):
             total = lat
@@ -99,7 +99,7 @@ class BottomUpFPN(nn.Module):
             if self.fuse_deeper and i + 1 < len(laterals):
                 total = total + F.interpolate(laterals[i + 1], size=lat.shape[-2:], mode="nearest")
             outs.append(self.output[i](total))
-        return OrderedDict(zip(x.keys(), outs))
+        return OrderedDict(zip(x.keys(), outs, strict=True))
 
 
 class ScaleAwareNeck(nn.Module):
@@ -131,10 +131,10 @@ class ScaleAwareNeck(nn.Module):
         if td is None or bu is None:
             levels = td if td is not None else bu
         elif self.reduce is not None:
-            levels = [conv(torch.cat([t, b], dim=1)) for conv, t, b in zip(self.reduce, td, bu)]
+            levels = [conv(torch.cat([t, b], dim=1)) for conv, t, b in zip(self.reduce, td, bu, strict=True)]
         else:
-            levels = [t + b for t, b in zip(td, bu)]
-        out = OrderedDict(zip(x.keys(), levels))
+            levels = [t + b for t, b in zip(td, bu, strict=True)]
+        out = OrderedDict(zip(x.keys(), levels, strict=True))
         out["pool"] = F.max_pool2d(levels[-1], kernel_size=1, stride=2)
         return out
 
@@ -288,7 +288,7 @@ def interleaved_mask_rois(
     cls = torch.where(assigned > 0, assigned, predicted)
     refined = decoded[torch.arange(len(cls), device=cls.device), cls]
     out_boxes, out_idxs = [], []
-    for boxes, gt, shape in zip(refined.split(counts), gt_boxes, image_shapes):
+    for boxes, gt, shape in zip(refined.split(counts), gt_boxes, image_shapes, strict=True):
         boxes = box_ops.clip_boxes_to_image(boxes, shape)
         if len(gt) == 0 or len(boxes) == 0:
             out_boxes.append(boxes[:0])
@@ -364,9 +364,9 @@ class EJRoIHeads(RoIHeads):
 
         if not self.training:
             boxes, scores, classes = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
-            results = [{"boxes": b, "labels": c, "scores": s} for b, c, s in zip(boxes, classes, scores)]
+            results = [{"boxes": b, "labels": c, "scores": s} for b, c, s in zip(boxes, classes, scores, strict=True)]
             for result, masks in zip(
-                results, maskrcnn_inference(self.mask_logits(features, boxes, image_shapes), classes)
+                results, maskrcnn_inference(self.mask_logits(features, boxes, image_shapes), classes), strict=True
             ):
                 result["masks"] = masks
             return results, {}
@@ -379,8 +379,8 @@ class EJRoIHeads(RoIHeads):
             )  # fmt: skip
         else:  # Mask R-CNN: the positive sampled proposals, unrefined
             positives = [torch.where(lab > 0)[0] for lab in labels]
-            mask_boxes = [p[pos] for p, pos in zip(proposals, positives)]
-            mask_idxs = [m[pos] for m, pos in zip(matched_idxs, positives)]
+            mask_boxes = [p[pos] for p, pos in zip(proposals, positives, strict=True)]
+            mask_idxs = [m[pos] for m, pos in zip(matched_idxs, positives, strict=True)]
         loss_mask = maskrcnn_loss(
             self.mask_logits(features, mask_boxes, image_shapes), mask_boxes,
             [t["masks"] for t in targets], [t["labels"] for t in targets], mask_idxs,

@@ -101,7 +101,7 @@ def _grid(names: list[str], title: str):
     for ax in axes[len(names) :]:
         ax.set_visible(False)
     fig.suptitle(title)
-    return fig, dict(zip(names, axes))
+    return fig, dict(zip(names, axes, strict=True))
 
 
 def curve_figures(series: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str, Any]:
@@ -123,7 +123,7 @@ def curve_figures(series: Sequence[dict[str, Any]], labels: Sequence[str]) -> di
             continue
         fig, axes = _grid(names, title)
         for name, ax in axes.items():
-            for s, label, color in zip(series, labels, colors):
+            for s, label, color in zip(series, labels, colors, strict=True):
                 if name not in s[kind]:
                     continue
                 xs, ys = s[kind][name]
@@ -165,6 +165,6 @@ def plot_curves(runs: Sequence[str | Path], out: str | Path | None = None, *, fo
     if existing and not force:  # (no torch import for this check: `mtl viz curves` stays quick to start)
         raise UserError(f"{existing[0]} already exists; choose another --out or pass --force to overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    for (name, fig), path in zip(figures.items(), paths):
+    for fig, path in zip(figures.values(), paths, strict=True):
         fig.savefig(path, dpi=DPI)
     return paths

@@ -165,7 +165,7 @@ def draw_boxes(
     crowd = [int(v) for v in iscrowd] if iscrowd is not None else [0] * len(labels)
     palette = [tuple(c) for c in colors] if colors is not None else class_colors(max(len(class_names), 1))
     captions, box_colors = [], []
-    for k, (label, is_crowd) in enumerate(zip(labels, crowd)):
+    for k, (label, is_crowd) in enumerate(zip(labels, crowd, strict=True)):
         name = class_names[label - 1] if 1 <= label <= len(class_names) else f"class {label}"
         if scores is not None:
             name = f"{name} {float(scores[k]):.2f}"
@@ -342,7 +342,7 @@ def titled_row(
         need.append(pen.textlength(titles[0], font=fnt) + 8)
     width = int(max([panels_w] + need))
     wrapped = []
-    for panel, title in zip(scaled, titles):
+    for panel, title in zip(scaled, titles, strict=True):
         room = max(int(panel.shape[-1]), width if len(scaled) == 1 else 0) - 4
         chars = max(4, int(room / max(pen.textlength("n", font=fnt), 1)))
         fits = pen.textlength(title, font=fnt) <= room
@@ -352,7 +352,7 @@ def titled_row(
     canvas = Image.new("RGB", (width, band + h + line_h * len(lines)), (255, 255, 255))
     pen = ImageDraw.Draw(canvas)
     x = (width - panels_w) // 2
-    for panel, title_lines in zip(scaled, wrapped):
+    for panel, title_lines in zip(scaled, wrapped, strict=True):
         pw = int(panel.shape[-1])
         canvas.paste(Image.fromarray(panel.permute(1, 2, 0).numpy()), (x, band))
         for i, text in enumerate(title_lines):

@@ -321,7 +321,7 @@ def render_predictions(
     with eval_mode(model):
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task("drawing predictions", total=len(indices))
-            for i, path in zip(indices, names):
+            for i, path in zip(indices, names, strict=True):
                 if is_dataset:
                     image, target = source[i]
                     image = image.as_subclass(torch.Tensor)
