@@ -122,7 +122,7 @@ def output_to_result(
     output: dict[str, torch.Tensor],
     class_names: Sequence[str],
     seg_classes: Sequence[str],
-    size: tuple[int, int],
+    size: Sequence[int],  # (H, W)
     score_threshold: float,
     source: str | None = None,
 ) -> Result:
@@ -137,7 +137,7 @@ def output_to_result(
         boxes, scores, labels, masks = torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.long), None
     names = [class_names[k - 1] if 1 <= k <= len(class_names) else f"class {k}" for k in labels.tolist()]
     semantic = output["sem_seg"].detach().argmax(0).cpu() if "sem_seg" in output else None
-    return Result(boxes, scores, labels, names, masks, semantic, tuple(size), list(seg_classes), source)
+    return Result(boxes, scores, labels, names, masks, semantic, (size[0], size[1]), list(seg_classes), source)
 
 
 class Predictor:

@@ -95,9 +95,9 @@ def recipe_subject(
     return Subject(
         name=name,
         model=model,
-        size=tuple(size),
+        size=(size[0], size[1]),
         predict=lambda images: model(images),
-        network=model.network if has_net else None,
+        network=getattr(model, "network", None) if has_net else None,
         prepare=prepare if has_net else None,
         train_step=step,
     )

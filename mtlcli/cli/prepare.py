@@ -25,7 +25,7 @@ VERIFY_HELP = "Decode every image fully to find damage inside complete files (de
 FORCE_HELP = "Write into --out even if it is not empty (files there may be overwritten)."
 
 
-def _console():  # type: ignore[no-untyped-def]
+def _console():
     from rich.console import Console  # imported when printing: `mtl --help` and `mtl recipes list` stay quick
 
     return Console()

@@ -20,6 +20,7 @@ drawing code is imported inside the commands so that `mtl --help` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -356,7 +357,7 @@ def features(
         if weights is not None:
             raise UserError("--weights goes with --classifier NAME; a run's weights come from its checkpoint")
         loaded = load_run(run, checkpoint, device=_device(device))
-        model = loaded.model
+        model = loaded.model  # type: ignore[assignment]  # render_features takes our models and classifiers
         names = loaded.classes.seg_classes
         target = None if list_layers else output_dir(out, loaded, "features")
         num_classes = len(names) or None
@@ -364,6 +365,8 @@ def features(
         for name in layer_names(model):
             print(name)
         return
+    if target is None:  # unreachable: a classifier without --out and a run's default are handled above
+        raise UserError("say where the PNGs go with --out DIR")
     k = _class_index(seg_class, names, "--class")
     result = render_features(
         model,
@@ -451,7 +454,7 @@ def adversarial(
     loaded = load_run(run, checkpoint, device=_device(device))
     names = loaded.classes.seg_classes
     k = _class_index(target_class, names, "--target-class")
-    options = (
+    options: dict[str, Any] = (
         {}
         if norm == "linf"
         else {

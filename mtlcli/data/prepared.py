@@ -283,7 +283,8 @@ def run_prepare(
     categories = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(meta.det_classes)]
     for split in meta.splits:
         good = sorted((r for r in results if r.split == split and not r.skipped), key=lambda r: r.file_name)
-        images, anns = [], []
+        images: list[dict[str, Any]] = []
+        anns: list[dict[str, Any]] = []
         per_class = {n: 0 for n in meta.det_classes}
         crowd = 0
         for image_id, r in enumerate(good, start=1):

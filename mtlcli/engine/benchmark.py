@@ -228,16 +228,17 @@ def run_benchmark(
         _sync(device)
         return time.perf_counter() - t0
 
-    prepared = {}
+    prepared: dict[str, tuple[Callable[[Tensor], Any], Tensor]] = {}  # name -> (network, its batch)
     with torch.inference_mode(), autocast:
         for s in subjects:
             if s.network is not None and s.prepare is not None:
-                prepared[s.name] = s.prepare(inputs[s.name])
+                prepared[s.name] = (s.network, s.prepare(inputs[s.name]))
         for _ in range(warmup):
             for s in subjects:
                 s.predict(inputs[s.name])
                 if s.name in prepared:
-                    s.network(prepared[s.name])
+                    network, net_batch = prepared[s.name]
+                    network(net_batch)
         peaks: dict[str, int] = {}
         for it in range(iterations):
             for s in subjects:
@@ -248,7 +249,8 @@ def run_benchmark(
                 if it == 0:
                     peaks[s.name] = _peak_bytes(device, base)
                 if s.name in prepared:
-                    s.timings["net"].append(timed(partial(s.network, prepared[s.name])))
+                    network, net_batch = prepared[s.name]
+                    s.timings["net"].append(timed(partial(network, net_batch)))
             if progress:
                 progress(f"inference {it + 1}/{iterations}")
     if train:

@@ -384,7 +384,7 @@ def _predict_video(
 
     try:
         container = av.open(str(source.path))
-    except (av.error.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
+    except (av.error.FFmpegError, OSError) as exc:
         summary.skipped.append((str(source.path), f"cannot open video ({exc})"))
         return 0
     with container:
@@ -453,7 +453,7 @@ def _open_writer(path: Path, rate: Any, width: int, height: int):
 
     container = av.open(str(path), mode="w")
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    stream = container.add_stream(codec, rate=rate)
+    stream: Any = container.add_stream(codec, rate=rate)  # a VideoStream: add_stream is typed for every kind
     # yuv420p needs even sides
     stream.width, stream.height = width - width % 2, height - height % 2
     stream.pix_fmt = "yuv420p"

@@ -415,8 +415,8 @@ def evaluate_predictions(
     if not predictions.exists():
         raise UserError(f"--predictions {predictions}: no such file or folder")
     gt = GroundTruth.load(root, split)
-    det_file = predictions if predictions.is_file() else (predictions / "detections.json")
-    det_file = det_file if det_file.is_file() else None
+    found = predictions if predictions.is_file() else (predictions / "detections.json")
+    det_file = found if found.is_file() else None
     if predictions.is_file() and predictions.suffix.lower() != ".json":
         raise UserError(f"--predictions {predictions} is neither a COCO results .json file nor a folder of PNGs")
     sem_dir = semantic_dir(predictions, cityscapes_ids)

@@ -16,7 +16,7 @@ of average sizes below.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -67,7 +67,7 @@ def cityscapes_label_ids() -> set[int]:
     return {label.id for label in labels if label.id >= 0}
 
 
-def _nan_to_none(values: Sequence[float]) -> list[float | None]:
+def _nan_to_none(values: Iterable[float]) -> list[float | None]:
     return [None if math.isnan(v) else float(v) for v in values]
 
 

@@ -140,7 +140,9 @@ def upsample_conv(in_ch: int, out_ch: int, src: tuple[int, int], dst: tuple[int,
         extra.append(d - (full - 2 * p))
     if min(pads) < 0 or not all(0 <= e <= 1 for e in extra):
         raise ValueError(f"cannot upsample {src} to {dst} with a stride-2 transposed conv")
-    return nn.ConvTranspose2d(in_ch, out_ch, 3, stride=2, padding=tuple(pads), output_padding=tuple(extra))
+    return nn.ConvTranspose2d(
+        in_ch, out_ch, 3, stride=2, padding=(pads[0], pads[1]), output_padding=(extra[0], extra[1])
+    )
 
 
 class LocalTopDown(nn.Module):
@@ -255,6 +257,8 @@ class SSDMultiTask(MultiTaskModel):
                                     "seg_logits": [B, C, h', w']} (keys of the heads present)
     """
 
+    default_boxes: Tensor
+
     def __init__(
         self,
         body: nn.Module,
@@ -367,14 +371,10 @@ def default_box_config(
 
 
 def _size(input_size: int | Sequence[int]) -> tuple[int, int]:
-    size = (
-        (int(input_size), int(input_size))
-        if isinstance(input_size, (int, float))
-        else tuple(int(s) for s in input_size)
-    )
-    if len(size) != 2 or min(size) < 32:
+    sides = [int(input_size)] * 2 if isinstance(input_size, (int, float)) else [int(s) for s in input_size]
+    if len(sides) != 2 or min(sides) < 32:
         raise UserError(f"input_size must be a side or an (h, w) pair of at least 32 pixels, got {input_size!r}")
-    return size  # type: ignore[return-value]
+    return sides[0], sides[1]
 
 
 def build_ivanet(
@@ -478,7 +478,8 @@ class VGGFeatures(nn.Module):
         for m in self.features.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
 
 def narrow_convs(module: nn.Module, divisor: int) -> None:
@@ -487,14 +488,15 @@ def narrow_convs(module: nn.Module, divisor: int) -> None:
     Xavier in SSD's fc6/fc7 and extra layers."""
     for name, child in module.named_children():
         if isinstance(child, nn.Conv2d):
+            c: Any = child  # Conv2d's kernel_size, stride, ... are typed tuple[int, ...]: pairs here
             cin = child.in_channels if child.in_channels == 3 else child.in_channels // divisor
             conv = nn.Conv2d(
                 cin,
                 child.out_channels // divisor,
-                child.kernel_size,
-                child.stride,
-                child.padding,
-                child.dilation,
+                c.kernel_size,
+                c.stride,
+                c.padding,
+                c.dilation,
                 bias=child.bias is not None,
             )
             if (

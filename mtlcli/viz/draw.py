@@ -179,7 +179,7 @@ def draw_boxes(
     image = draw_bounding_boxes(image, boxes, colors=box_colors, width=width or max(1, short // 200 + 1))
     order = (
         sorted(range(len(captions)), key=lambda k: -float(scores[k]))
-        if scores is not None  # type: ignore[index]
+        if scores is not None
         else sorted(
             range(len(captions)), key=lambda k: -float((boxes[k, 2] - boxes[k, 0]) * (boxes[k, 3] - boxes[k, 1]))
         )
@@ -294,7 +294,7 @@ def save_png(image: torch.Tensor, path: str | Path) -> Path:
     return path
 
 
-def font(size: int):  # type: ignore[no-untyped-def]
+def font(size: int):
     """A PIL font of `size` pixels: DejaVu Sans (from matplotlib) when found, else PIL's default one."""
     from PIL import ImageFont
 
@@ -377,7 +377,7 @@ def titled_geometry(height: int, min_height: int = 192) -> tuple[int, int]:
     return factor, int(font_size_for(height * factor) * 1.7)
 
 
-def _fit(pen, text: str, fnt, width: float) -> str:  # type: ignore[no-untyped-def]
+def _fit(pen, text: str, fnt, width: float) -> str:
     """`text`, shortened with an ellipsis until it fits `width` pixels."""
     if pen.textlength(text, font=fnt) <= width:
         return text
@@ -405,7 +405,7 @@ def legend(entries: Sequence[tuple[str, Sequence[int], bool]], width: int, font_
     pen = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     sw, pad, line_h = font_size, 6, int(font_size * 1.6)
     rows: list[list[tuple[float, tuple[str, Sequence[int], bool]]]] = [[]]
-    x = pad
+    x: float = pad
     for entry in entries:
         need = sw + 4 + pen.textlength(entry[0], font=fnt) + 2 * pad
         if rows[-1] and x + need > width:

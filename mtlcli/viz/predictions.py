@@ -79,7 +79,7 @@ def class_info(recipe: dict[str, Any], root: Path | None) -> ClassInfo:
     elif recipe.get("data", {}).get("dataset") in ("cityscapes", "synthetic"):
         from mtlcli.data.cityscapes import cityscapes_meta
 
-        meta = cityscapes_meta("", ["val"])
+        meta = cityscapes_meta(Path(""), ["val"])
     if meta is not None:
         mapped = resolve_label_map(meta, label_map)
         return ClassInfo(mapped.det_classes, mapped.seg_classes, mapped.palette, meta.name == "cityscapes")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from mtlcli.cli.main import main
 from mtlcli.data.prepared import DatasetMeta

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import tomllib
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 from torch import nn
 

@@ -4,10 +4,10 @@ evaluation and best.pt, stages, failure handling, and the `mtl train` command.""
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 
 from mtlcli.cli.main import main
