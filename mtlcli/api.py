@@ -62,7 +62,7 @@ class Result:
             rles = mask_utils.encode(np.asfortranarray(self.masks.numpy().astype(np.uint8).transpose(1, 2, 0)))
         out = []
         for k, ((x1, y1, x2, y2), score, label) in enumerate(
-            zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist())
+            zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist(), strict=True)
         ):
             cat = category_ids[label - 1] if category_ids is not None and 1 <= label <= len(category_ids) else label
             r = {
@@ -122,7 +122,7 @@ def output_to_result(
     output: dict[str, torch.Tensor],
     class_names: Sequence[str],
     seg_classes: Sequence[str],
-    size: tuple[int, int],
+    size: Sequence[int],  # (H, W)
     score_threshold: float,
     source: str | None = None,
 ) -> Result:
@@ -137,7 +137,7 @@ def output_to_result(
         boxes, scores, labels, masks = torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.long), None
     names = [class_names[k - 1] if 1 <= k <= len(class_names) else f"class {k}" for k in labels.tolist()]
     semantic = output["sem_seg"].detach().argmax(0).cpu() if "sem_seg" in output else None
-    return Result(boxes, scores, labels, names, masks, semantic, tuple(size), list(seg_classes), source)
+    return Result(boxes, scores, labels, names, masks, semantic, (size[0], size[1]), list(seg_classes), source)
 
 
 class Predictor:
@@ -187,7 +187,7 @@ class Predictor:
             chunk = items[start : start + batch_size]
             tensors = [to_image_tensor(x) for x in chunk]
             outputs = self.raw(tensors)
-            for item, img, out in zip(chunk, tensors, outputs):
+            for item, img, out in zip(chunk, tensors, outputs, strict=True):
                 results.append(
                     output_to_result(
                         out,

@@ -71,7 +71,9 @@ TRAIN_RECIPES: dict[str, list[tuple[str, list[str]]]] = {
     "mot15": [("ssd300-mot15", [])],
 }
 OTHER_RECIPES = {
-    "synthetic": "datnet-tiny-synthetic, safpn-ejhead-tiny-synthetic, imtl-tiny-synthetic, ladderdensenet-tiny-synthetic",
+    "synthetic": (
+        "datnet-tiny-synthetic, safpn-ejhead-tiny-synthetic, imtl-tiny-synthetic, ladderdensenet-tiny-synthetic"
+    ),
     "cityscapes": "ladderdensenet-cityscapes, densenet32x-cityscapes, dilated8x-densenet-cityscapes: segmentation only",
     "voc": "ivanet512, datnet-light-r50-voc, fasterrcnn-r50-voc",
     "coco": "datnet-light-r50-coco, safpn-ejhead-r50-coco, maskrcnn-r50-coco",

@@ -23,10 +23,9 @@ import copy
 import inspect
 import json
 import math
+import tomllib
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from mtlcli.errors import UserError
 from mtlcli.metrics import METRIC_NAMES as METRICS  # names only: listing recipes imports no model

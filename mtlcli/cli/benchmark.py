@@ -95,9 +95,9 @@ def recipe_subject(
     return Subject(
         name=name,
         model=model,
-        size=tuple(size),
+        size=(size[0], size[1]),
         predict=lambda images: model(images),
-        network=model.network if has_net else None,
+        network=getattr(model, "network", None) if has_net else None,
         prepare=prepare if has_net else None,
         train_step=step,
     )
@@ -148,7 +148,8 @@ def register(app: typer.Typer) -> None:
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display while measuring."),
     ) -> None:
-        """Measure parameters, FLOPs, latency, images/s and peak memory of models, alternating runs so that ratios are fair.
+        """Measure parameters, FLOPs, latency, images/s and peak memory of models, alternating runs so that
+        ratios are fair.
 
         Latency is timed twice: the network alone and the full predict path (resize, network, postprocess)."""
         import torch
@@ -164,7 +165,8 @@ def register(app: typer.Typer) -> None:
         train = train or train_old
         if amp is not None and dev.type != "cuda":
             raise UserError(
-                f"--amp {amp} needs a CUDA device (autocast is not timed on {dev.type}); drop --amp or use --device cuda"
+                f"--amp {amp} needs a CUDA device (autocast is not timed on {dev.type}); drop --amp or use --device "
+                "cuda"
             )
         if out is not None:
             from mtlcli.safety import refuse_protected_output

@@ -58,7 +58,7 @@ def resolve_device(name: str | None) -> str:
 QUIET_HELP = "No progress display; print only the final line."
 
 
-def quiet_output(quiet: bool):  # type: ignore[no-untyped-def]
+def quiet_output(quiet: bool):
     """A context in which standard output is dropped when `quiet` (for library code that draws its own
     progress bars and tables); errors still reach the user as exceptions, stderr stays."""
     import contextlib

@@ -99,7 +99,7 @@ def print_results(result: dict[str, Any]) -> None:
             table = _table(f"{name}: AP@[.5:.95] per class (%)")
             table.add_column("class")
             table.add_column("AP", justify="right")
-            for cls, ap in zip(d["classes"], d["ap"]):
+            for cls, ap in zip(d["classes"], d["ap"], strict=True):
                 table.add_row(cls, _fmt(ap))
         else:
             table = _table(f"{name}: proposal recall (%)")
@@ -234,14 +234,15 @@ def run_eval(
             getattr(model, "trained_classes", None),
             recipe["model"],
             dataset,
-            checkpoint=run or checkpoint,
+            checkpoint=sources[0],  # --run or --checkpoint (not --predictions) on this path
             data=root,
             action="eval",
         )
         # a run keeps its predictions in RUN/eval/predictions-SPLIT (for the detection pictures and for
         # `mtl viz confusion`), unless the user chose where results go (--out) or predictions go
-        keep = run is not None and out is None and save_predictions is None and _single_process()
-        target = Path(run) / "eval" / f"predictions-{split}" if keep else save_predictions
+        eval_dir = Path(run) / "eval" if run is not None else None
+        keep = eval_dir is not None and out is None and save_predictions is None and _single_process()
+        target = eval_dir / f"predictions-{split}" if eval_dir is not None and keep else save_predictions
         result = evaluate(
             model,
             dataset,
@@ -253,19 +254,25 @@ def run_eval(
             force=force or keep,
             workers=workers,
         )
-        if keep and (target / "detections.json").is_file() and dataset.meta.det_classes:
+        if (
+            eval_dir is not None
+            and target is not None
+            and keep
+            and (target / "detections.json").is_file()
+            and dataset.meta.det_classes
+        ):
             from mtlcli.viz.detection import plot_detection
 
             detections = json.loads((target / "detections.json").read_text())
             use_07 = "voc07" in names and "voc12" not in names  # the legend's AP as the table's
-            stem = free_name(Path(run) / "eval", split)  # the pictures are named as the JSON written below
+            stem = free_name(eval_dir, split)  # the pictures are named as the JSON written below
             result["plots"] = [
                 str(p)
                 for p in plot_detection(
                     dataset.coco,
                     detections,
                     dataset.meta.det_classes,
-                    Path(run) / "eval",
+                    eval_dir,
                     split,
                     use_07=use_07,
                     name=stem,

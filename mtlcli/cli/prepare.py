@@ -25,7 +25,7 @@ VERIFY_HELP = "Decode every image fully to find damage inside complete files (de
 FORCE_HELP = "Write into --out even if it is not empty (files there may be overwritten)."
 
 
-def _console():  # type: ignore[no-untyped-def]
+def _console():
     from rich.console import Console  # imported when printing: `mtl --help` and `mtl recipes list` stay quick
 
     return Console()
@@ -150,7 +150,8 @@ def coco(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
-    """COCO 2017 or any COCO-format JSON: the dataset's own classes, boxes and masks, a painted semantic map, DT bins."""
+    """COCO 2017 or any COCO-format JSON: the dataset's own classes, boxes and masks, a painted semantic map,
+    DT bins."""
     from mtlcli.data.coco import prepare_coco
 
     custom = any(v is not None for v in (train_json, train_images, val_json, val_images))

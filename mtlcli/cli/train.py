@@ -1,5 +1,5 @@
-"""`mtl train --recipe NAME|PATH [--data DATA] [--out RUN] [--set k=v ...] [--weights CKPT] [--resume] [--force] [--device D]
-[--tensorboard] [--cache ram]`.
+"""`mtl train --recipe NAME|PATH [--data DATA] [--out RUN] [--set k=v ...] [--weights CKPT] [--resume] [--force]
+[--device D] [--tensorboard] [--cache ram]`.
 
 A thin wrapper around `mtlcli.engine.train.train`: resolve the recipe and the run directory, call, print
 a summary. Under `torchrun --nproc_per_node N -m mtlcli train ...` every process runs this; rank 0
@@ -180,7 +180,7 @@ def register(app: typer.Typer) -> None:
             resolved["train"]["tensorboard"] = True
         if resolved["train"]["tensorboard"]:
             tensorboard_writer()  # not installed: one line before any folder is made
-        if resume:  # nothing to continue is the first thing to say, before the data of a run that never was
+        if resume and out is not None:  # nothing to continue is said first, before the data of a run that never was
             check_resumable(out)
         require_prepared(resolved, data_root(resolved))  # the one line naming how to prepare it, before "training ..."
 

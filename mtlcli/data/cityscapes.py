@@ -199,7 +199,7 @@ def _draw_polygons(annotation: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, 
     semantic = Image.new("L", (w, h), IGNORE_INDEX)
     objects_img = Image.new("L" if n_objects < 256 else "I", (w, h), 0)
     draw_semantic, draw_objects = ImageDraw.Draw(semantic), ImageDraw.Draw(objects_img)
-    extents: dict[int, list[float]] = {}
+    extents: dict[int, tuple[float, float, float, float]] = {}
     members: dict[int, list[int]] = {}
     k = 0
     for polygon, train_id, value in todo:
@@ -208,8 +208,8 @@ def _draw_polygons(annotation: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, 
             k += 1
             draw_objects.polygon(polygon, fill=k)
             xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
-            old = extents.setdefault(value, [min(ys), max(ys), min(xs), max(xs)])
-            extents[value] = [min(old[0], min(ys)), max(old[1], max(ys)), min(old[2], min(xs)), max(old[3], max(xs))]
+            old = extents.setdefault(value, (min(ys), max(ys), min(xs), max(xs)))
+            extents[value] = (min(old[0], min(ys)), max(old[1], max(ys)), min(old[2], min(xs)), max(old[3], max(xs)))
             members.setdefault(value, []).append(k)
         else:
             draw_objects.polygon(polygon, fill=0)  # hides the instances drawn before it
@@ -515,7 +515,8 @@ def prepare_cityscapes(
     if strict and skipped:
         first = skipped[0]
         raise UserError(
-            f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such files)"
+            f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such "
+            "files)"
         )
     out = check_out_dir(out, force, source=src)
     from mtlcli.data.integrity import mark_verify

@@ -318,7 +318,8 @@ def coco_jobs(
                 "iscrowd": a.get("iscrowd", 0),
             }
         )
-    jobs, stems = [], {}
+    jobs: list[Any] = []
+    stems: dict[str, Any] = {}
     for im in images.values():
         file = split.images / im["file_name"]
         stem = Path(im["file_name"]).with_suffix("").as_posix()
@@ -459,7 +460,7 @@ def prepare_coco(
 
     jobs: list[ImageJob] = []
     skipped: list[ImageResult] = []
-    categories = None
+    categories: list[tuple[int, str]] | None = None
     for split in splits:
         data = load_image_info(split.json) if split.unlabelled else load_instances(split.json)
         cats, problems = coco_categories(data, split.json)
@@ -481,6 +482,8 @@ def prepare_coco(
         skipped += split_skipped
         del data  # the train file is large; keep only what the jobs carry
 
+    if categories is None:
+        raise UserError("no split to prepare: give the COCO root or --train-json/--train-images")
     refuse_out_inside(out, [source] + [s.json.parent for s in splits if custom])
     out = check_out_dir(out, force)
     names = [n for _, n in categories]

@@ -17,7 +17,7 @@ a recipe whose train split shares images with its evaluation split(s) (`data.val
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def shared_images(
 
 
 def overlap_report(
-    images: Mapping[str, list[Mapping[str, Any]]], eval_splits: Iterable[str] | None = None
+    images: Mapping[str, Sequence[Mapping[str, Any]]], eval_splits: Iterable[str] | None = None
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """{train split: {eval split: {"images": shared count, "example": a shared file (when any)}}}.
 

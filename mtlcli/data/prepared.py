@@ -70,11 +70,13 @@ class DatasetMeta:
         path = Path(root) / "dataset.json"
         if not Path(root).is_dir():
             raise UserError(
-                f"{root}: no such prepared dataset — create one with mtl prepare (`mtl prepare --help` lists the datasets it reads)"
+                f"{root}: no such prepared dataset — create one with mtl prepare (`mtl prepare --help` lists the "
+                "datasets it reads)"
             )
         if not path.is_file():
             raise UserError(
-                f"{path} is missing: {root} is not a prepared dataset — prepare it with mtl prepare first (`mtl prepare --help`)"
+                f"{path} is missing: {root} is not a prepared dataset — prepare it with mtl prepare first (`mtl "
+                "prepare --help`)"
             )
         try:
             data = json.loads(path.read_text())
@@ -301,7 +303,8 @@ def run_prepare(
     if strict and skipped:
         first = skipped[0]
         raise UserError(
-            f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such files)"
+            f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such "
+            "files)"
         )
 
     summary: dict[str, Any] = {
@@ -314,7 +317,8 @@ def run_prepare(
     categories = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(meta.det_classes)]
     for split in meta.splits:
         good = sorted((r for r in results if r.split == split and not r.skipped), key=lambda r: r.file_name)
-        images, anns = [], []
+        images: list[dict[str, Any]] = []
+        anns: list[dict[str, Any]] = []
         per_class = {n: 0 for n in meta.det_classes}
         crowd = 0
         for image_id, r in enumerate(good, start=1):

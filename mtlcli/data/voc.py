@@ -228,7 +228,8 @@ def parse_voc_xml(path: str | Path) -> list[tuple[str, list[float], bool]]:
             raise SkipImage(f"{path}: unknown class {name!r} (VOC has {', '.join(VOC_CLASSES)})")
         bnd = obj.find("bndbox")  # direct child only: <part> elements carry their own boxes
         try:
-            xmin, ymin, xmax, ymax = (float(bnd.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            # no <bndbox> (None.findtext: AttributeError) or a missing/bad number (TypeError/ValueError)
+            xmin, ymin, xmax, ymax = (float(bnd.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore[union-attr, arg-type]
         except (AttributeError, TypeError, ValueError):
             raise SkipImage(f"{path}: object {name!r} has no valid <bndbox>") from None
         difficult = (obj.findtext("difficult") or "0").strip() not in ("0", "")
@@ -425,12 +426,12 @@ def prepare_voc(
     def label_of(name: str) -> dict[str, Any]:
         if name in pngs:
             return {"png": str(v12 / "SegmentationClass" / f"{name}.png")}
-        if name in mats:
+        if name in mats and sb is not None:  # (mats is empty without SBD)
             return {"mat": str(sb / "cls" / f"{name}.mat")}
         return {}
 
     def image_of(year_dir: Path, name: str) -> Path:
-        if year_dir == v12 and name not in jpgs[v12] and name in sbd_imgs:  # a train_aug image only SBD ships
+        if year_dir == v12 and name not in jpgs[v12] and name in sbd_imgs and sb is not None:  # only in SBD
             return sb / "img" / f"{name}.jpg"
         return year_dir / "JPEGImages" / f"{name}.jpg"
 
@@ -454,7 +455,7 @@ def prepare_voc(
     members["trainval"] = [
         (v, n, {**det, "boxes_semantic": True}) for v, names in ((v07, main07), (v12, main12)) if v for n in names
     ]
-    if test07 is not None:
+    if test07 is not None and v07 is not None:  # (test07 comes from VOC2007)
         members["test"] = [(v07, n, det) for n in test07]
     members["train"] = [(v12, n, {"need_seg": True, **label_of(n)}) for n in seg_train]
     members["val"] = [(v12, n, {"need_seg": True, **label_of(n)}) for n in seg_val]

@@ -58,7 +58,6 @@ def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group that torchrun describes in the environment (a no-op without it)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if world_size <= 1:
@@ -129,8 +128,13 @@ class TrainSampler(Sampler):
             raise UserError("the training split has no images — check the prepared dataset")
         self.size, self.world_size, self.rank, self.seed, self.shuffle = size, world_size, rank, seed, shuffle
         self.start = start
-        self._epoch_sampler = DistributedSampler(
-            range(size), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+        self._epoch_sampler: DistributedSampler[int] = DistributedSampler(
+            range(size),  # type: ignore[arg-type]  # a Sampler reads only len(): indices stand for the samples
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=False,
         )
         self.per_epoch = self._epoch_sampler.num_samples  # this process's samples per epoch
 

@@ -31,7 +31,7 @@ def _proposal_results(output: dict[str, torch.Tensor], image_id: int) -> list[di
     scores = scores.detach().float().cpu().reshape(-1) if scores is not None else torch.linspace(1.0, 0.0, len(boxes))
     return [
         {"image_id": image_id, "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)}
-        for (x1, y1, x2, y2), s in zip(boxes.tolist(), scores.tolist())
+        for (x1, y1, x2, y2), s in zip(boxes.tolist(), scores.tolist(), strict=True)
     ]
 
 
@@ -152,7 +152,7 @@ def evaluate(
             task = bar.add_task("eval", total=len(part))
             for images, targets in loader:
                 outputs = model([img.to(device) for img in images])
-                for output, target in zip(outputs, targets):
+                for output, target in zip(outputs, targets, strict=True):
                     if not checked:
                         _check_outputs(output, names, model)
                         checked = True
@@ -173,7 +173,7 @@ def evaluate(
                             keep = [
                                 k
                                 for k, (lab, crowd) in enumerate(
-                                    zip(target["labels"].tolist(), target["iscrowd"].tolist())
+                                    zip(target["labels"].tolist(), target["iscrowd"].tolist(), strict=True)
                                 )
                                 if not crowd and lab in class_index
                             ]

@@ -297,7 +297,8 @@ class _Writer:
 
             atomic_write_text(self.outputs.path("detections.json"), json.dumps(self.results))
             categories = [
-                {"id": int(i), "name": n} for i, n in zip(self.model.det_category_ids, self.model.det_classes)
+                {"id": int(i), "name": n}
+                for i, n in zip(self.model.det_category_ids, self.model.det_classes, strict=True)
             ]
             atomic_write_text(
                 self.outputs.path("images.json"),
@@ -352,10 +353,10 @@ def predict_sources(
                         output_to_result(
                             o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]), opts.score_threshold
                         )
-                        for (_, img), o in zip(good, raw)
+                        for (_, img), o in zip(good, raw, strict=True)
                     ]
                     summary.model_seconds += time.perf_counter() - t_model
-                    for (i, img), result in zip(good, results):
+                    for (i, img), result in zip(good, results, strict=True):
                         writer.add(images[i], img, result)
                     summary.images += len(good)
                 done = summary.images + len(summary.skipped)
@@ -383,7 +384,7 @@ def _predict_video(
 
     try:
         container = av.open(str(source.path))
-    except (av.error.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
+    except (av.error.FFmpegError, OSError) as exc:
         summary.skipped.append((str(source.path), f"cannot open video ({exc})"))
         return 0
     with container:
@@ -406,7 +407,7 @@ def _predict_video(
                     nonlocal out_container
                     floats = [img.to(model.device).float().div_(255) for _, _, img in batch]
                     raw = model.raw(floats)
-                    for (index, t, img), o in zip(batch, raw):
+                    for (index, t, img), o in zip(batch, raw, strict=True):
                         result = output_to_result(
                             o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]), opts.score_threshold
                         )
@@ -452,7 +453,7 @@ def _open_writer(path: Path, rate: Any, width: int, height: int):
 
     container = av.open(str(path), mode="w")
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    stream = container.add_stream(codec, rate=rate)
+    stream: Any = container.add_stream(codec, rate=rate)  # a VideoStream: add_stream is typed for every kind
     # yuv420p needs even sides
     stream.width, stream.height = width - width % 2, height - height % 2
     stream.pix_fmt = "yuv420p"

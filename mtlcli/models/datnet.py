@@ -80,6 +80,7 @@ class DenseAuxHead(nn.Module):
     def forward(self, levels: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """levels: P2..P6, [B, C, H/4, W/4] .. [B, C, H/64, W/64] -> (F [B, C, H/4, W/4], logits [B, K, H/4, W/4])."""
         total = levels[0]
+        convs: Any
         for level, convs in enumerate(self.up):
             if level == 0:
                 continue
@@ -198,7 +199,7 @@ class MultiScalePoolWithAttention(nn.Module):
         return torch.cat(
             [
                 roi_align(features[name], rois, self.output_size, 1.0 / stride, self.sampling_ratio, aligned=False)
-                for name, stride in zip(self.featmap_names, self.strides)
+                for name, stride in zip(self.featmap_names, self.strides, strict=True)
             ],
             dim=1,
         )
@@ -211,7 +212,7 @@ class MultiScalePoolWithAttention(nn.Module):
 
 # -------------------------------------------------------------------------------------- RoI heads
 def make_res5(
-    in_channels: int, block: type = Bottleneck, planes: int = 512, blocks: int = 3, norm_layer=nn.BatchNorm2d
+    in_channels: int, block: Any = Bottleneck, planes: int = 512, blocks: int = 3, norm_layer=nn.BatchNorm2d
 ) -> nn.Sequential:
     """A fresh ResNet conv5 stage (first block stride 2) reading `in_channels`: [R, Cin, k, k] ->
     [R, planes * expansion, ceil(k/2), ceil(k/2)]."""
@@ -232,7 +233,8 @@ class Res5BoxHead(nn.Module):
     def __init__(self, res5: nn.Sequential) -> None:
         super().__init__()
         self.res5 = res5
-        self.out_channels = res5[-1].conv1.in_channels  # a block's input width == the stage's output width
+        last: Any = res5[-1]  # a torchvision Bottleneck
+        self.out_channels: int = last.conv1.in_channels  # a block's input width == the stage's output width
 
     def forward(self, x: Tensor) -> Tensor:
         return self.res5(x).mean(dim=(2, 3))
@@ -252,15 +254,15 @@ class HeavyMaskPredictor(nn.Sequential):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
-def _res5_for(body: nn.Module, in_channels: int, planes: int | None) -> nn.Sequential:
+def _res5_for(body: Any, in_channels: int, planes: int | None) -> nn.Sequential:  # torchvision's BackboneWithFPN
     """The RoI head's res5: a copy of the trunk's layer4 (ImageNet-initialised, with the trunk's norm,
     when the trunk is). When the pooled features are narrower or wider than layer4's input (no MSPwA:
     C = 256 instead of 1024), only the two convs that read them — the first block's conv1 and its
     downsample conv — are new (same shapes but the input width, kaiming-initialised); everything else is
     the same ImageNet res5, so Table 3's rows with and without MSPwA differ by MSPwA alone. A res5 of
     another bottleneck width (`planes`, the tiny configuration) is a fresh stage."""
-    layer4 = body.body["layer4"]
-    block = type(layer4[0])
+    layer4: Any = body.body["layer4"]
+    block: Any = type(layer4[0])
     trunk_planes = layer4[-1].conv1.in_channels // block.expansion  # 512 for R50, R101 and X101 32x8d
     planes = planes or trunk_planes
     if planes != trunk_planes:
@@ -273,7 +275,7 @@ def _res5_for(body: nn.Module, in_channels: int, planes: int | None) -> nn.Seque
     return res5
 
 
-def _rewidth(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+def _rewidth(conv: Any, in_channels: int) -> nn.Conv2d:  # conv: an nn.Conv2d
     """`conv` with another input width: a new kaiming-initialised conv of the same kind."""
     new = nn.Conv2d(
         in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None
@@ -304,7 +306,7 @@ def build_datnet_roi_heads(
             return MultiScalePoolWithAttention(channels, k, reduction=se_reduction)
         return MultiScaleRoIAlign(FPN_LEVELS, output_size=k, sampling_ratio=2)
 
-    def fpn_mask_branch() -> tuple[nn.Module, ...]:
+    def fpn_mask_branch() -> tuple[nn.Module, nn.Module, nn.Module]:
         return (
             pool(14),
             MaskRCNNHeads(pooled, [mask_channels] * 4, 1),
@@ -398,7 +400,7 @@ class DATNet(TwoStageDetector):
         for name, key in (("seg", "sem_seg"), ("dt", "dt")):
             if name not in dense or (name == "seg" and not self.output_sem_seg):
                 continue
-            for i, (size, orig) in enumerate(zip(image_sizes, original_sizes)):
+            for i, (size, orig) in enumerate(zip(image_sizes, original_sizes, strict=True)):
                 outs[i][key] = logits_to_original(dense[name][i], size, orig, stride=4).softmax(0)
         return outs
 
@@ -478,12 +480,14 @@ def build_datnet(
     if dt_weight < 0 or seg_weight < 0:
         raise UserError(f"dt_weight and seg_weight must be >= 0 (got {dt_weight}, {seg_weight})")
     body = build_resnet_fpn(backbone, pretrained_backbone, fpn_channels, trainable_layers)
-    dense_heads, weights = {}, {}
+    dense_heads: dict[str, DenseAuxHead] = {}
+    weights: dict[str, float] = {}
     for name, weight, classes in (("dt", dt_weight, dt_bins), ("seg", seg_weight, num_seg_classes)):
         if weight > 0:
             dense_heads[name] = DenseAuxHead(fpn_channels, int(classes))
             weights[name] = float(weight)
-    fuse = FeatureFusion(fpn_channels, FUSIONS[fusion]) if FUSIONS[fusion] is not None and dense_heads else None
+    convs = FUSIONS[fusion]
+    fuse = FeatureFusion(fpn_channels, convs) if convs is not None and dense_heads else None
     rpn = build_rpn(
         fpn_channels, anchor_sizes,
         pre_nms_top_n_train=rpn_pre_nms_top_n_train, post_nms_top_n_train=rpn_post_nms_top_n_train,

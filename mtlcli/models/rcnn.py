@@ -177,14 +177,17 @@ def build_roi_heads(
     )  # fmt: skip
 
 
-def standard_box_branch(channels: int, num_classes: int, representation_size: int = 1024) -> tuple[nn.Module, ...]:
+Branch = tuple[nn.Module, nn.Module, nn.Module]  # (RoI pooler, head, predictor): build_roi_heads' order
+
+
+def standard_box_branch(channels: int, num_classes: int, representation_size: int = 1024) -> Branch:
     """FPN box branch of Mask R-CNN: level-assigned RoIAlign 7x7, two FC layers, class + box predictor."""
     pool = MultiScaleRoIAlign(FPN_LEVELS, output_size=7, sampling_ratio=2)
     head = TwoMLPHead(channels * 7 * 7, representation_size)
     return pool, head, FastRCNNPredictor(representation_size, num_classes)
 
 
-def standard_mask_branch(channels: int, num_classes: int, mask_channels: int = 256) -> tuple[nn.Module, ...]:
+def standard_mask_branch(channels: int, num_classes: int, mask_channels: int = 256) -> Branch:
     """FPN mask branch of Mask R-CNN: RoIAlign 14x14, four 3x3 convs, deconv x2, 1x1 conv -> 28x28 logits."""
     pool = MultiScaleRoIAlign(FPN_LEVELS, output_size=14, sampling_ratio=2)
     head = MaskRCNNHeads(channels, [mask_channels] * 4, 1)
@@ -313,11 +316,11 @@ class TwoStageDetector(nn.Module):
         images = [_plain(img) for img in images]
         sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         if targets is not None:
-            targets = [self._clean_target(t, size) for t, size in zip(targets, sizes)]
+            targets = [self._clean_target(t, size) for t, size in zip(targets, sizes, strict=True)]
         batch, targets = self.transform(images, targets)
         if targets is not None and self.dense_keys:
             padded = batch.tensors.shape[-2:]
-            for t, (h, w) in zip(targets, batch.image_sizes):
+            for t, (h, w) in zip(targets, batch.image_sizes, strict=True):
                 for key in self.dense_keys:
                     if key in t:
                         t[key] = _resize_pad_dense(t[key], (h, w), padded)
@@ -393,7 +396,9 @@ class TwoStageDetector(nn.Module):
         detections = [dict(d) for d in raw["detections"]]  # torchvision rescales in place; keep `raw` intact
         results = self.transform.postprocess(detections, image_sizes, original_sizes)
         dense = self.dense_outputs(raw["dense"], image_sizes, original_sizes)
-        for result, extra, proposals, size, orig in zip(results, dense, raw["proposals"], image_sizes, original_sizes):
+        for result, extra, proposals, size, orig in zip(
+            results, dense, raw["proposals"], image_sizes, original_sizes, strict=True
+        ):
             result["proposals"] = box_ops.clip_boxes_to_image(resize_boxes(proposals, size, orig), orig)
             result.update(extra)
         return results
@@ -403,7 +408,7 @@ class TwoStageDetector(nn.Module):
             raise ValueError("targets are required in training mode")
         batch, targets, sizes = self.preprocess(images, targets if self.training else None)
         raw = self.network(batch, targets)
-        if self.training:
+        if self.training and targets is not None:
             return self.loss(raw, targets)
         return self.postprocess(raw, batch.image_sizes, sizes)
 
@@ -455,9 +460,12 @@ def _build_baseline(
         pre_nms_top_n_test=rpn_pre_nms_top_n_test, post_nms_top_n_test=rpn_post_nms_top_n_test,
     )  # fmt: skip
     num_classes = num_det_classes + 1
-    mask_branch = standard_mask_branch(fpn_channels, num_classes, mask_channels) if masks else (None, None, None)
+    box_pool, box_head, box_predictor = standard_box_branch(fpn_channels, num_classes, representation_size)
+    mask_pool, mask_head, mask_predictor = (
+        standard_mask_branch(fpn_channels, num_classes, mask_channels) if masks else (None, None, None)
+    )
     roi_heads = build_roi_heads(
-        *standard_box_branch(fpn_channels, num_classes, representation_size), *mask_branch,
+        box_pool, box_head, box_predictor, mask_pool, mask_head, mask_predictor,
         batch_size_per_image=box_batch_size_per_image, score_thresh=box_score_thresh,
         nms_thresh=box_nms_thresh, detections_per_img=box_detections_per_img,
     )  # fmt: skip

@@ -62,7 +62,7 @@ def _conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
     """A neck conv initialised like torchvision's FPN (kaiming uniform, a = 1; zero bias)."""
     conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
     nn.init.kaiming_uniform_(conv.weight, a=1)
-    nn.init.constant_(conv.bias, 0)
+    nn.init.constant_(conv.bias, 0)  # type: ignore[arg-type]  # a Conv2d made with a bias
     return conv
 
 
@@ -89,7 +89,7 @@ class BottomUpFPN(nn.Module):
         self.output = nn.ModuleList(_conv(channels, channels, 3) for _ in in_channels_list)
 
     def forward(self, x: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
-        laterals = [conv(c) for conv, c in zip(self.lateral, x.values())]
+        laterals = [conv(c) for conv, c in zip(self.lateral, x.values(), strict=True)]
         outs: list[Tensor] = []
         for i, lat in enumerate(laterals):
             total = lat
@@ -99,7 +99,7 @@ class BottomUpFPN(nn.Module):
             if self.fuse_deeper and i + 1 < len(laterals):
                 total = total + F.interpolate(laterals[i + 1], size=lat.shape[-2:], mode="nearest")
             outs.append(self.output[i](total))
-        return OrderedDict(zip(x.keys(), outs))
+        return OrderedDict(zip(x.keys(), outs, strict=True))
 
 
 class ScaleAwareNeck(nn.Module):
@@ -128,13 +128,16 @@ class ScaleAwareNeck(nn.Module):
     def forward(self, x: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
         td = list(self.td(x).values())[: len(x)] if self.td is not None else None  # drop the FPN's own "pool"
         bu = list(self.bu(x).values()) if self.bu is not None else None
+        levels: list[Tensor]
         if td is None or bu is None:
-            levels = td if td is not None else bu
+            either = td if td is not None else bu
+            assert either is not None  # a neck has at least one of the two paths
+            levels = either
         elif self.reduce is not None:
-            levels = [conv(torch.cat([t, b], dim=1)) for conv, t, b in zip(self.reduce, td, bu)]
+            levels = [conv(torch.cat([t, b], dim=1)) for conv, t, b in zip(self.reduce, td, bu, strict=True)]
         else:
-            levels = [t + b for t, b in zip(td, bu)]
-        out = OrderedDict(zip(x.keys(), levels))
+            levels = [t + b for t, b in zip(td, bu, strict=True)]
+        out = OrderedDict(zip(x.keys(), levels, strict=True))
         out["pool"] = F.max_pool2d(levels[-1], kernel_size=1, stride=2)
         return out
 
@@ -187,7 +190,7 @@ class BoundaryRefinement(nn.Module):
         for i in range(self.depth):  # conv1, conv2, ... (the names of the two-conv block's checkpoints)
             conv = nn.Conv2d(channels, channels, 3, padding=1)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.constant_(conv.bias, 0)
+            nn.init.constant_(conv.bias, 0)  # type: ignore[arg-type]  # a Conv2d made with a bias
             setattr(self, f"conv{i + 1}", conv)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -243,7 +246,7 @@ class EnrichedBoxHead(nn.Module):
                 stride = 2 if form == "strided" and i == n - 1 else 1
                 conv = nn.Conv2d(channels, channels, 3, stride=stride, padding=1)
                 nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.constant_(conv.bias, 0)
+                nn.init.constant_(conv.bias, 0)  # type: ignore[arg-type]  # a Conv2d made with a bias
                 self.convs.append(conv)
         side = 14 if form == "flatten" else 7
         self.fc6 = nn.Linear(channels * side * side, representation_size)
@@ -288,7 +291,7 @@ def interleaved_mask_rois(
     cls = torch.where(assigned > 0, assigned, predicted)
     refined = decoded[torch.arange(len(cls), device=cls.device), cls]
     out_boxes, out_idxs = [], []
-    for boxes, gt, shape in zip(refined.split(counts), gt_boxes, image_shapes):
+    for boxes, gt, shape in zip(refined.split(counts), gt_boxes, image_shapes, strict=True):
         boxes = box_ops.clip_boxes_to_image(boxes, shape)
         if len(gt) == 0 or len(boxes) == 0:
             out_boxes.append(boxes[:0])
@@ -364,12 +367,13 @@ class EJRoIHeads(RoIHeads):
 
         if not self.training:
             boxes, scores, classes = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
-            results = [{"boxes": b, "labels": c, "scores": s} for b, c, s in zip(boxes, classes, scores)]
+            results = [{"boxes": b, "labels": c, "scores": s} for b, c, s in zip(boxes, classes, scores, strict=True)]
             for result, masks in zip(
-                results, maskrcnn_inference(self.mask_logits(features, boxes, image_shapes), classes)
+                results, maskrcnn_inference(self.mask_logits(features, boxes, image_shapes), classes), strict=True
             ):
                 result["masks"] = masks
             return results, {}
+        assert targets is not None  # checked on entry in training mode
 
         loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
         if self.interleave:
@@ -379,8 +383,8 @@ class EJRoIHeads(RoIHeads):
             )  # fmt: skip
         else:  # Mask R-CNN: the positive sampled proposals, unrefined
             positives = [torch.where(lab > 0)[0] for lab in labels]
-            mask_boxes = [p[pos] for p, pos in zip(proposals, positives)]
-            mask_idxs = [m[pos] for m, pos in zip(matched_idxs, positives)]
+            mask_boxes = [p[pos] for p, pos in zip(proposals, positives, strict=True)]
+            mask_idxs = [m[pos] for m, pos in zip(matched_idxs, positives, strict=True)]
         loss_mask = maskrcnn_loss(
             self.mask_logits(features, mask_boxes, image_shapes), mask_boxes,
             [t["masks"] for t in targets], [t["labels"] for t in targets], mask_idxs,
@@ -408,6 +412,7 @@ def build_ej_head(
         head: nn.Module = EnrichedBoxHead(channels, representation_size, box_head, box_convs)
     else:
         head = TwoMLPHead(channels * 7 * 7, representation_size)
+    mask: tuple[nn.Module, nn.Module, nn.Module]
     if enriched:
         mask = (
             joint,
@@ -498,7 +503,7 @@ def build_safpn(
         pre_nms_top_n_test=rpn_pre_nms_top_n_test, post_nms_top_n_test=rpn_post_nms_top_n_test,
     )  # fmt: skip
     num_classes = int(num_det_classes) + 1
-    sampling = dict(
+    sampling: dict[str, Any] = dict(
         batch_size_per_image=box_batch_size_per_image, score_thresh=box_score_thresh,
         nms_thresh=box_nms_thresh, detections_per_img=box_detections_per_img,
     )  # fmt: skip

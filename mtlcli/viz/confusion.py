@@ -61,7 +61,7 @@ def confusion_figure(
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of the ground-truth class")
     rows = list(class_names)
     if iou is not None:
-        rows = [f"{n} ({'—' if v is None else f'{100 * v:.1f}'})" for n, v in zip(class_names, iou)]
+        rows = [f"{n} ({'—' if v is None else f'{100 * v:.1f}'})" for n, v in zip(class_names, iou, strict=True)]
     ax.set_xticks(range(C), labels=list(class_names), rotation=90, fontsize=10)
     ax.set_yticks(range(C), labels=rows, fontsize=10)
     ax.set_xlabel("predicted class", fontsize=11)

@@ -79,7 +79,7 @@ def class_info(recipe: dict[str, Any], root: Path | None) -> ClassInfo:
     elif recipe.get("data", {}).get("dataset") in ("cityscapes", "synthetic"):
         from mtlcli.data.cityscapes import cityscapes_meta
 
-        meta = cityscapes_meta("", ["val"])
+        meta = cityscapes_meta(Path(""), ["val"])
     if meta is not None:
         mapped = resolve_label_map(meta, label_map)
         return ClassInfo(mapped.det_classes, mapped.seg_classes, mapped.palette, meta.name == "cityscapes")
@@ -321,7 +321,7 @@ def render_predictions(
     with eval_mode(model):
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task("drawing predictions", total=len(indices))
-            for i, path in zip(indices, names):
+            for i, path in zip(indices, names, strict=True):
                 if is_dataset:
                     image, target = source[i]
                     image = image.as_subclass(torch.Tensor)

@@ -206,7 +206,10 @@ def test_splits_boxes_difficult_and_labels(voc):
     aug_files = {im["stem"]: im["file_name"] for im in aug["images"]}
     assert aug_files["2008_000007"] == "benchmark_RELEASE/dataset/img/2008_000007.jpg"  # only SBD has it
     assert aug_files["2008_000003"] == "VOCdevkit/VOC2012/JPEGImages/2008_000003.jpg"
-    sem = lambda split, stem: read_label_png(out / split / "semantic" / f"{stem}.png")
+
+    def sem(split, stem):
+        return read_label_png(out / split / "semantic" / f"{stem}.png")
+
     np.testing.assert_array_equal(sem("train_aug", "2008_000004"), LABELS["2008_000004"])  # PNG over .mat
     np.testing.assert_array_equal(sem("train_aug", "2008_000003"), MATS["2008_000003"])
     np.testing.assert_array_equal(sem("train_aug", "2008_000001"), LABELS["2008_000001"])  # 255 kept
@@ -475,8 +478,13 @@ def test_trainval_semantic_target_is_painted_from_the_boxes(voc):
     """DATNet on VOC uses no extra annotation: trainval's semantic map comes from its XML boxes, larger
     boxes first, difficult ones as ignore — never from the VOC12/SBD pixel labels."""
     prepare_all(voc)
-    sem = lambda stem: read_label_png(voc["out"] / "trainval" / "semantic" / f"{stem}.png")
-    idx = lambda name: VOC_CLASSES.index(name) + 1
+
+    def sem(stem):
+        return read_label_png(voc["out"] / "trainval" / "semantic" / f"{stem}.png")
+
+    def idx(name):
+        return VOC_CLASSES.index(name) + 1
+
     # 2008_000001: dog (5, 3, 20, 30), a difficult person over the whole image, cat (30, 20, 40, 28)
     expected = np.full((H, W), 255, np.uint8)  # the difficult person is the largest box: painted first
     expected[2:30, 4:20] = idx("dog")

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import tomllib
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 from torch import nn
 
@@ -111,6 +112,6 @@ def test_kmeans_anchors_only_where_the_recipe_asks(synthetic_prepared):
     out = with_kmeans_anchors(recipe, synthetic_prepared)
     assert recipe["model"]["anchors"] == "kmeans"  # the caller's recipe is not modified
     anchors = out["model"]["anchors"]
-    assert len(anchors) == 9 and all(a[0] * a[1] <= b[0] * b[1] for a, b in zip(anchors, anchors[1:]))
+    assert len(anchors) == 9 and all(a[0] * a[1] <= b[0] * b[1] for a, b in pairwise(anchors))
     fixed = {**recipe, "model": {**recipe["model"], "anchors": [[1, 2]] * 9}}
     assert with_kmeans_anchors(fixed, synthetic_prepared) is fixed

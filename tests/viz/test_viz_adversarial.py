@@ -1,4 +1,5 @@
-"""`mtl viz adversarial`: the paper's smallest-L2 attack flips the chosen pixels; the Linf attack stays within its budget."""
+"""`mtl viz adversarial`: the paper's smallest-L2 attack flips the chosen pixels; the Linf attack stays within its
+budget."""
 
 from __future__ import annotations
 
