@@ -298,8 +298,23 @@ def run_eval(
     return result
 
 
-def _submit(model, recipe, root, split, submit, name, dev, batch_size, quiet, force, workers, run, checkpoint):  # type: ignore[no-untyped-def]
+def _submit(
+    model: Any,
+    recipe: dict[str, Any],
+    root: Path,
+    split: str,
+    submit: Path,
+    name: str,
+    dev: str,
+    batch_size: int | None,
+    quiet: bool,
+    force: bool,
+    workers: int,
+    run: Path | None,
+    checkpoint: Path | None,
+) -> dict[str, Any]:
     """`--submit DIR`: the server's files for the split (`mtlcli.engine.submit`), no metric computed."""
+    from mtlcli.cli.common import model_source
     from mtlcli.data.dataset import PreparedDataset
     from mtlcli.engine.compat import check_label_set
     from mtlcli.engine.resolution import eval_transforms
@@ -313,7 +328,7 @@ def _submit(model, recipe, root, split, submit, name, dev, batch_size, quiet, fo
         getattr(model, "trained_classes", None),
         recipe["model"],
         dataset,
-        checkpoint=run or checkpoint,
+        checkpoint=model_source(run, checkpoint),
         data=root,
         action="eval",
     )

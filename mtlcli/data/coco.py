@@ -37,6 +37,7 @@ import math
 import os
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -384,7 +385,7 @@ def custom_splits(
     return splits
 
 
-def image_info_splits(files: list[Path], images: Path | None, src: Path | None, taken: list[str]) -> list[Split]:
+def image_info_splits(files: list[Path], images: str | Path | None, src: Path | None, taken: list[str]) -> list[Split]:
     """Unlabelled splits of image-info files; their images are in `images` (default SRC/test2017, where
     COCO's test-dev and test-challenge images are)."""
     if images is None:
@@ -422,7 +423,7 @@ def prepare_coco(
     val_json: str | Path | None = None,
     val_images: str | Path | None = None,
     quiet: bool = False,
-    image_info: list[str | Path] | None = None,
+    image_info: Sequence[str | Path] | None = None,
     image_info_images: str | Path | None = None,
 ) -> dict:
     """Write the prepared dataset (module docstring) to `out`; returns run_prepare's summary.

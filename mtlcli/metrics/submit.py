@@ -46,6 +46,7 @@ from mtlcli.data.prepared import IGNORE_INDEX, DatasetMeta
 from mtlcli.errors import UserError
 
 MAX_DETECTIONS = 100
+IdMaps = tuple[dict[int, Any], dict[int, int]]  # (prepared image id -> source id, 1..K -> source category id)
 
 
 def server_of(meta: DatasetMeta) -> str:
@@ -121,7 +122,15 @@ def coco_testset(meta: DatasetMeta, split: str) -> str:
 
 
 class CocoSubmission(Submission):
-    def __init__(self, out, meta, split, images, name, id_maps) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self,
+        out: str | Path,
+        meta: DatasetMeta,
+        split: str,
+        images: list[dict[str, Any]],
+        name: str,
+        id_maps: IdMaps | None,
+    ) -> None:
         if id_maps is None:
             raise UserError(
                 f"the split {split!r} does not keep the source's image and category ids (prepare it again with this "
@@ -165,7 +174,7 @@ class CocoSubmission(Submission):
 
 # ------------------------------------------------------------------------------------------ Cityscapes
 class CityscapesSubmission(Submission):
-    def __init__(self, out, meta, split, images, name) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, out: str | Path, meta: DatasetMeta, split: str, images: list[dict[str, Any]], name: str) -> None:
         from cityscapesscripts.helpers.labels import name2label
 
         from mtlcli.metrics.segmentation import cityscapes_label_luts
@@ -197,7 +206,7 @@ class CityscapesSubmission(Submission):
             output = top_detections(output)
             folder = self.tmp / "instance"
             (folder / "masks").mkdir(parents=True, exist_ok=True)
-            masks = (_numpy(output["masks"])[:, 0] > 0.5) if len(output["scores"]) else []
+            masks = _numpy(output["masks"]).reshape(-1, *_numpy(output["masks"]).shape[-2:]) > 0.5
             lines = []
             for k, (mask, label, score) in enumerate(
                 zip(masks, output["labels"].tolist(), _numpy(output["scores"]).tolist(), strict=True)
@@ -222,7 +231,15 @@ class CityscapesSubmission(Submission):
 
 # ----------------------------------------------------------------------------------------- PASCAL VOC
 class VocSubmission(Submission):
-    def __init__(self, out, meta, split, images, name, semantic: bool = True) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self,
+        out: str | Path,
+        meta: DatasetMeta,
+        split: str,
+        images: list[dict[str, Any]],
+        name: str,
+        semantic: bool = True,
+    ) -> None:
         super().__init__(out, meta, split, images, name)
         self.semantic = semantic  # a labelled split with pixel labels (seg val): a segmentation test set
         years = {"VOC2007" if "VOC2007/" in im["file_name"] else "VOC2012" for im in images}
@@ -288,7 +305,7 @@ def open_submission(
     split: str,
     images: list[dict[str, Any]],
     name: str,
-    id_maps: Any = None,
+    id_maps: IdMaps | None = None,
     semantic: bool = True,
 ) -> Submission:
     """The writer for `meta`'s server (`server_of`); `id_maps` = `source_id_maps(...)` for COCO; `semantic`:
