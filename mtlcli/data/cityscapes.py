@@ -416,7 +416,8 @@ def find_images(src: Path, splits: Sequence[str] | None) -> tuple[list[str], lis
     img_root, gt_root = src / "leftImg8bit", src / "gtFine"
     if not src.is_dir():
         raise UserError(f"{src}: no such folder — give the Cityscapes root that holds leftImg8bit/ and gtFine/")
-    for folder in (img_root, gt_root):
+    test_only = splits is not None and all(s in UNLABELLED_SPLITS for s in splits)  # gtFine is not read
+    for folder in (img_root,) if test_only else (img_root, gt_root):
         if not folder.is_dir():
             found = ", ".join(sorted(p.name for p in src.iterdir() if p.is_dir())[:8]) or "nothing"
             raise UserError(

@@ -221,6 +221,12 @@ def test_cityscapes_test_submission_is_what_cityscapesscripts_reads(synthetic_so
     assert meta.splits == ["train", "val", "test"] and meta.unlabelled == ["test"]
     test = json.loads((data / "test" / "instances.json").read_text())
     assert len(test["images"]) == 3 and test["annotations"] == [] and test["images"][0]["city"] == "berlin"
+    only = tmp_path / "only_test"  # leftImg8bit_trainvaltest.zip's test images alone: no gtFine needed
+    shutil.copytree(src / "leftImg8bit" / "test", only / "leftImg8bit" / "test")
+    assert (
+        mtl(capsys, "prepare", "cityscapes", str(only), "--split", "test", "--out", str(tmp_path / "d2"), "-q")[0] == 0
+    )
+    assert DatasetMeta.load(tmp_path / "d2").unlabelled == ["test"]
 
     run = train_tiny(tmp_path, data, 8, 19)
     refuses_to_score(capsys, run, "test")
