@@ -369,9 +369,15 @@ def print_summary(summary: dict[str, Any], meta: DatasetMeta) -> None:
     for split in meta.splits:
         table.add_column(f"{split} (unlabelled)" if split in meta.unlabelled else split, justify="right")
     table.add_row("[bold]images", *[str(summary["splits"][s]["images"]) for s in meta.splits])
+
+    def counts(key: str, name: str | None = None) -> list[str]:  # "—" where a split has no labels to count
+        cells = [summary["splits"][s][key] for s in meta.splits]
+        cells = [c[name] if name is not None else c for c in cells]
+        return ["—" if s in meta.unlabelled else str(c) for s, c in zip(meta.splits, cells, strict=True)]
+
     for name in meta.det_classes:
-        table.add_row(name, *[str(summary["splits"][s]["instances"][name]) for s in meta.splits])
-    table.add_row("[italic]crowd regions", *[str(summary["splits"][s]["crowd"]) for s in meta.splits])
+        table.add_row(name, *counts("instances", name))
+    table.add_row("[italic]crowd regions", *counts("crowd"))
     table.add_row("[italic]files skipped", *[str(summary["splits"][s]["skipped"]) for s in meta.splits])
     console.print(table)
     if summary["skipped"]:
