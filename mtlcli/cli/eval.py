@@ -209,9 +209,17 @@ def run_eval(
             raise UserError("the run's prepared dataset is not here; give it with --data DATA")
         split = split or recipe.get("data", {}).get("val_split") or "val"
         if submit is not None:
-            return _submit(
-                model, recipe, root, split, submit, submit_name, dev, batch_size, quiet, force, workers, run, checkpoint
+            from mtlcli.cli.common import model_source
+            from mtlcli.engine.submit import submit_run
+
+            if not _single_process():
+                raise UserError("--submit runs in one process; run `mtl eval --submit` without torchrun")
+            source = model_source(run, checkpoint)
+            sub = submit_run(
+                model, recipe, root, split, submit, submit_name, dev, batch_size, not quiet, force, workers, source
             )
+            return {"run": str(run) if run else None, "checkpoint": str(checkpoint) if checkpoint else None,
+                    "data": str(root), "split": split, "submission": sub}  # fmt: skip
         from mtlcli.data.prepared import DatasetMeta
 
         DatasetMeta.load(root).check_labelled(root, split)
@@ -296,53 +304,6 @@ def run_eval(
         written.append(saved)
     written += [Path(p) for p in result.get("plots", [])]
     return result
-
-
-def _submit(
-    model: Any,
-    recipe: dict[str, Any],
-    root: Path,
-    split: str,
-    submit: Path,
-    name: str,
-    dev: str,
-    batch_size: int | None,
-    quiet: bool,
-    force: bool,
-    workers: int,
-    run: Path | None,
-    checkpoint: Path | None,
-) -> dict[str, Any]:
-    """`--submit DIR`: the server's files for the split (`mtlcli.engine.submit`), no metric computed."""
-    from mtlcli.cli.common import model_source
-    from mtlcli.data.dataset import PreparedDataset
-    from mtlcli.engine.compat import check_label_set
-    from mtlcli.engine.resolution import eval_transforms
-    from mtlcli.engine.submit import write_submission
-
-    if not _single_process():
-        raise UserError("--submit runs in one process; run `mtl eval --submit` without torchrun")
-    label_map = recipe.get("data", {}).get("label_map") or None
-    dataset = PreparedDataset(root, split, transforms=eval_transforms(recipe), label_map=label_map)
-    check_label_set(
-        getattr(model, "trained_classes", None),
-        recipe["model"],
-        dataset,
-        checkpoint=model_source(run, checkpoint),
-        data=root,
-        action="eval",
-    )
-    bs = batch_size or int(recipe.get("eval", {}).get("batch_size") or 4)
-    result = write_submission(
-        model, dataset, submit, name=name, device=dev, batch_size=bs, progress=not quiet, force=force, workers=workers
-    )
-    return {
-        "run": str(run) if run else None,
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        "data": str(root),
-        "split": split,
-        "submission": result,
-    }
 
 
 def submit_line(result: dict[str, Any]) -> str:

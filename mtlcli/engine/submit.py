@@ -93,3 +93,34 @@ def write_submission(
         writer.abort()
         raise
     return {"server": server, "files": [str(f) for f in files], "images": len(dataset)}
+
+
+def submit_run(
+    model: nn.Module,
+    recipe: dict[str, Any],
+    root: Path,
+    split: str,
+    out: Path,
+    name: str,
+    device: str,
+    batch_size: int | None,
+    progress: bool,
+    force: bool,
+    workers: int,
+    source: Path,
+) -> dict[str, Any]:
+    """`mtl eval --run RUN --split SPLIT --submit DIR`: the split read as the recipe scores it (label map,
+    `[eval] resolution`), the model checked against its classes, then `write_submission`.
+    `source` (the run or checkpoint) names the model in a class-set error."""
+    from mtlcli.data.dataset import PreparedDataset
+    from mtlcli.engine.compat import check_label_set
+    from mtlcli.engine.resolution import eval_transforms
+
+    label_map = recipe.get("data", {}).get("label_map") or None
+    dataset = PreparedDataset(root, split, transforms=eval_transforms(recipe), label_map=label_map)
+    trained = getattr(model, "trained_classes", None)
+    check_label_set(trained, recipe["model"], dataset, checkpoint=source, data=root, action="eval")
+    bs = batch_size or int(recipe.get("eval", {}).get("batch_size") or 4)
+    return write_submission(
+        model, dataset, out, name=name, device=device, batch_size=bs, progress=progress, force=force, workers=workers
+    )
