@@ -153,9 +153,7 @@ def test_the_check_sees_a_lower_layer_importing_a_higher_one(tmp_path: Path, whe
     )
     graph = import_graph(tmp_path)
     assert graph["mtlcli.ops.boxes"] == {"mtlcli.models.net"}
-    assert upward_imports(graph) == [
-        "mtlcli.ops.boxes (ops) imports mtlcli.models.net (models/metrics/data/viz)"
-    ]
+    assert upward_imports(graph) == ["mtlcli.ops.boxes (ops) imports mtlcli.models.net (models/metrics/data/viz)"]
     assert find_cycle(graph) == ["mtlcli.models.net", "mtlcli.ops.boxes", "mtlcli.models.net"]
     (tmp_path / "mtlcli/ops/boxes.py").write_text("X = 1\n")
     assert upward_imports(import_graph(tmp_path)) == [] and find_cycle(import_graph(tmp_path)) is None
