@@ -119,8 +119,8 @@ def eval_hint(run_dir: str | Path, recipe: dict) -> str:
     """The end of `mtl train`: how to evaluate the run — `mtl eval --run RUN` where the recipe names metrics and
     its dataset has the val split, else why there is nothing to run as it stands."""
     from mtlcli.data.prepared import DatasetMeta
-    from mtlcli.engine.data import data_root
     from mtlcli.errors import UserError
+    from mtlcli.recipes import data_root
 
     if not recipe["eval"]["metrics"]:
         return "the recipe names no [eval] metrics: evaluate with mtl eval --run RUN --metric NAME ..."

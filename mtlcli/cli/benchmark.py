@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from mtlcli.cli.common import DEVICE_OPTION
 from mtlcli.errors import UserError
 
 # The papers' tables: recipe names (and torchvision references) timed together in one run.
@@ -116,7 +117,7 @@ def register(app: typer.Typer) -> None:
         ),
         batch: int = typer.Option(1, "--batch-size", min=1, help="Images per forward."),
         batch_old: int | None = typer.Option(None, "--batch", min=1, hidden=True),  # the name before 0.2
-        device: str = typer.Option("auto", "--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N."),
+        device: str = DEVICE_OPTION,
         amp: str | None = typer.Option(
             None, "--amp", metavar="bf16|fp16", help="bf16 or fp16 autocast (CUDA only) [default: off, fp32]."
         ),

@@ -8,23 +8,17 @@ chooses the run directory and tells the others.
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 import typer
 
+from mtlcli.engine.rundir import next_run_dir
 from mtlcli.errors import UserError
 
 # What a run directory holds (DESIGN.md §5); `--force` removes only the files mtl wrote in them
 # (mtlcli.engine.rundir.RUN_FILES).
 RUN_ENTRIES = ("recipe.toml", "metrics.jsonl", "checkpoints", "eval", "viz", "plots", "tensorboard")
-
-
-def next_run_dir(base: Path) -> Path:
-    """`base/expN` with N one past the highest existing expN (exp1 for a new recipe)."""
-    taken = [int(m.group(1)) for p in base.glob("exp*") if (m := re.fullmatch(r"exp(\d+)", p.name))]
-    return base / f"exp{max(taken, default=0) + 1}"
 
 
 def check_resumable(out: Path) -> None:

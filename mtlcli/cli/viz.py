@@ -153,8 +153,9 @@ def predictions(
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Predictions over their images: semantic overlay, boxes with scores, masks; ground truth beside them."""
+    from mtlcli.engine.loaded import load_run, output_dir
     from mtlcli.errors import UserError
-    from mtlcli.viz.predictions import load_run, output_dir, render_predictions
+    from mtlcli.viz.predictions import render_predictions
 
     loaded = load_run(run, checkpoint, data=data, device=_device(device))
     out = output_dir(out, loaded, "predictions")
@@ -225,9 +226,9 @@ def confusion(
 ) -> None:
     """The normalised segmentation confusion matrix of a split, with class names and per-class IoU."""
     from mtlcli.data.dataset import PreparedDataset
+    from mtlcli.engine.evaluate import run_confusion
+    from mtlcli.engine.loaded import load_run, output_dir
     from mtlcli.errors import UserError
-    from mtlcli.viz.confusion import run_confusion
-    from mtlcli.viz.predictions import load_run, output_dir
 
     saved = _saved_predictions(run, checkpoint, data, split)
     if saved is not None:  # `mtl eval --run RUN` kept its predictions: no need to run the model again
@@ -268,7 +269,7 @@ def _saved_predictions(
     the split that are newer than the run's checkpoints; None otherwise (then the model runs)."""
     import tomllib
 
-    from mtlcli.engine.data import data_root
+    from mtlcli.recipes import data_root
 
     if run is None or checkpoint is not None or data is not None or not (run / "recipe.toml").is_file():
         return None
@@ -335,9 +336,9 @@ def features(
     """Activation maximisation of a layer, channel or class, and the first-layer filters as a grid."""
     from rich.console import Console
 
+    from mtlcli.engine.loaded import load_run, output_dir
     from mtlcli.errors import UserError
     from mtlcli.viz.features import layer_names, load_classifier, render_features
-    from mtlcli.viz.predictions import load_run, output_dir
 
     if classifier is not None:
         if run is not None or checkpoint is not None:
@@ -437,9 +438,10 @@ def adversarial(
     """Adversarial example of the segmentation: original, perturbation, adversarial image, both predictions."""
     from rich.console import Console
 
+    from mtlcli.engine.loaded import load_run, output_dir
     from mtlcli.errors import UserError
     from mtlcli.viz.adversarial import NORMS, render_adversarial
-    from mtlcli.viz.predictions import load_run, output_dir, read_image_file
+    from mtlcli.viz.predictions import read_image_file
 
     norm = norm.lower()
     if norm not in NORMS:

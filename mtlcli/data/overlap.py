@@ -112,7 +112,7 @@ def check_no_overlap(recipe: Mapping[str, Any], train_ds: Any, val_ds: Any = Non
 
     Evaluation splits: `data.val_split` and `data.test_split` (when set). `data.allow_overlap = true`
     turns the refusal off (a deliberate experiment). Returns {evaluation split: shared images}."""
-    from mtlcli.data.prepared import DatasetMeta
+    from mtlcli.data.meta import DatasetMeta
 
     data = recipe["data"]
     root = Path(train_ds.root)

@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mtlcli.data.prepared import SkipImage
-
 
 def voc2007_copies(v12: Path, v07: Path, names: set[str], image_of) -> dict[str, tuple[Path, str]]:
     """VOC2012 names `2007_<n>` that are VOC2007's `<n>.jpg` -> (that VOC2007 file, how it was matched).
@@ -23,7 +21,7 @@ def voc2007_copies(v12: Path, v07: Path, names: set[str], image_of) -> dict[str,
     stray file of another picture is not taken for it); a pair of other sizes is no copy."""
     import filecmp
 
-    from mtlcli.data.voc import read_image_size
+    from mtlcli.data.integrity import check_image
 
     copies: dict[str, tuple[Path, str]] = {}
     for name in sorted(n for n in names if n.startswith("2007_")):
@@ -35,8 +33,8 @@ def voc2007_copies(v12: Path, v07: Path, names: set[str], image_of) -> dict[str,
             copies[name] = (old, "bytes")
             continue
         try:
-            same_size = read_image_size(old) == read_image_size(new)
-        except SkipImage:  # a damaged file: the per-image step names it
+            same_size = check_image(old, False) == check_image(new, False)  # (width, height) from the headers
+        except (OSError, ValueError, SyntaxError):  # a damaged file: the per-image step names it
             continue
         if same_size:
             copies[name] = (old, "name")

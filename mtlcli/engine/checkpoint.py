@@ -177,7 +177,7 @@ def load_for_eval(
     state = load_checkpoint(path)
     model, recipe = model_from_checkpoint(state, path)
     model.to(device).eval()
-    from mtlcli.engine.data import data_root
+    from mtlcli.recipes import data_root
 
     root = data_root(recipe)
     # model.trained_classes: the class names it was trained on ({"det_classes": [...], "seg_classes": [...], ...};

@@ -7,7 +7,6 @@ seen (`SeededSamples`, `TrainSampler`) — and the move of a batch to the device
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import sys
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from mtlcli.engine.checkpoint import preserved_rng
 from mtlcli.engine.distributed import DistInfo, TrainSampler
 from mtlcli.errors import UserError
 from mtlcli.recipes import DATA_KEYS
+from mtlcli.recipes import data_root as data_root  # re-exported: the training data path's root
 
 if TYPE_CHECKING:
     from mtlcli.data.dataset import PreparedDataset
@@ -36,14 +36,6 @@ class MapDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> Any: ...
-
-
-def data_root(recipe: dict) -> Path:
-    """The prepared dataset: `[data].root` (which `--data` sets), else `$MTL_DATA/<dataset>` (default ./data)."""
-    data = recipe["data"]
-    if data["root"]:
-        return Path(data["root"]).expanduser()
-    return Path(os.environ.get("MTL_DATA", "data")) / data["dataset"]
 
 
 def require_prepared(recipe: dict, root: Path) -> None:

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
+from mtlcli.devices import resolve_device
 from mtlcli.errors import UserError
 
 
@@ -39,27 +40,11 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
-    """The user's --device rule (`mtlcli.cli.common.resolve_device`: auto / cpu / cuda / cuda:N, one message for
-    a bad one); plain "cuda", or auto choosing CUDA, is this process's GPU, cuda:`local_rank`, under torchrun."""
-    from mtlcli.cli.common import resolve_device as resolve
-
-    name = resolve(device or None)
-    if name != "cuda":
-        return torch.device(name)
-    if local_rank >= torch.cuda.device_count():
-        raise UserError(
-            f"LOCAL_RANK {local_rank} has no GPU: this machine has CUDA devices "
-            f"0..{torch.cuda.device_count() - 1} — start at most that many processes per node"
-        )
-    return torch.device("cuda", local_rank)
-
-
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group that torchrun describes in the environment (a no-op without it)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, local_rank)
+    dev = torch.device(resolve_device(device or None, local_rank))
     if world_size <= 1:
         return DistInfo(device=dev)
     if dev.type == "cuda":

@@ -131,7 +131,7 @@ class Outputs:
 
 def default_out() -> Path:
     """runs/predict/expN, N one past the highest existing."""
-    from mtlcli.cli.train import next_run_dir
+    from mtlcli.engine.rundir import next_run_dir
 
     return next_run_dir(Path("runs") / "predict")
 
@@ -312,7 +312,7 @@ def predict_sources(
     """Run `model` (an `mtlcli.api.Predictor`) over the sources into `out`; returns the summary."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from mtlcli.api import output_to_result
+    from mtlcli.engine.result import output_to_result
 
     if not 0.0 <= opts.score_threshold <= 1.0:
         raise UserError(f"--score-threshold must lie in 0..1, got {opts.score_threshold}")
@@ -380,7 +380,7 @@ def _predict_video(
         import av
     except ImportError:
         raise UserError("reading videos needs PyAV: pip install av") from None
-    from mtlcli.api import output_to_result
+    from mtlcli.engine.result import output_to_result
 
     try:
         container = av.open(str(source.path))

@@ -40,9 +40,10 @@ from mtlcli.models.rcnn import (
     FPN_LEVELS,
     IGNORE_INDEX,
     TwoStageDetector,
+    TwoStageOptions,
     build_resnet_fpn,
     build_roi_heads,
-    build_rpn,
+    two_stage_keywords,
 )
 from mtlcli.models.rcnn import TINY as RCNN_TINY
 
@@ -420,6 +421,7 @@ def logits_to_original(logits: Tensor, size: tuple[int, int], original: tuple[in
 
 
 # ---------------------------------------------------------------------------------------- builder
+@two_stage_keywords
 def build_datnet(
     num_det_classes: int = 80,
     num_seg_classes: int = 81,
@@ -434,26 +436,10 @@ def build_datnet(
     background_alpha: float = 0.2,
     seg_background_index: int = 0,
     se_reduction: int = 16,
-    trainable_layers: int | None = None,
-    fpn_channels: int = 256,
     res5_planes: int = 512,
-    representation_size: int = 1024,
-    mask_channels: int = 256,
-    min_size: int | Sequence[int] = 800,
-    max_size: int = 1333,
-    test_min_size: int | None = None,
-    test_max_size: int | None = None,
-    boxes_as_masks: bool = False,
     output_sem_seg: bool = True,
-    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_pre_nms_top_n_test: int = 1000,
-    rpn_post_nms_top_n_test: int = 1000,
-    box_batch_size_per_image: int = 512,
-    box_score_thresh: float = 0.05,
-    box_nms_thresh: float = 0.5,
-    box_detections_per_img: int = 100,
+    *,
+    options: TwoStageOptions,
 ) -> DATNet:
     """DATNet R50-FPN with the paper's defaults (Light head, MSPwA, sum fusion, w1 = w2 = 0.25).
 
@@ -466,7 +452,7 @@ def build_datnet(
     trunk is); without MSPwA only its first block's input convs are new (`_res5_for`). Heavy's mask
     predictor is Mask R-CNN's C4 one (deconv 2x2 + ReLU, 1x1 conv, 14x14 masks). Inferred (MODELS.md):
     P'6 = subsampled P'5; Heavy's mask branch reruns the shared res5 on the positive RoIs.
-    Tiny configuration: `build_datnet(**datnet.TINY)`.
+    The other keywords are `rcnn.TwoStageOptions`'. Tiny configuration: `build_datnet(**datnet.TINY)`.
     Parameters (COCO, R50): Light 62.3M, Heavy 59.85M (paper: 62.3M / 59.9M).
     """
     if head not in HEADS:
@@ -479,29 +465,24 @@ def build_datnet(
         )
     if dt_weight < 0 or seg_weight < 0:
         raise UserError(f"dt_weight and seg_weight must be >= 0 (got {dt_weight}, {seg_weight})")
-    body = build_resnet_fpn(backbone, pretrained_backbone, fpn_channels, trainable_layers)
+    o = options
+    body = build_resnet_fpn(backbone, pretrained_backbone, o.fpn_channels, o.trainable_layers)
     dense_heads: dict[str, DenseAuxHead] = {}
     weights: dict[str, float] = {}
     for name, weight, classes in (("dt", dt_weight, dt_bins), ("seg", seg_weight, num_seg_classes)):
         if weight > 0:
-            dense_heads[name] = DenseAuxHead(fpn_channels, int(classes))
+            dense_heads[name] = DenseAuxHead(o.fpn_channels, int(classes))
             weights[name] = float(weight)
     convs = FUSIONS[fusion]
-    fuse = FeatureFusion(fpn_channels, convs) if convs is not None and dense_heads else None
-    rpn = build_rpn(
-        fpn_channels, anchor_sizes,
-        pre_nms_top_n_train=rpn_pre_nms_top_n_train, post_nms_top_n_train=rpn_post_nms_top_n_train,
-        pre_nms_top_n_test=rpn_pre_nms_top_n_test, post_nms_top_n_test=rpn_post_nms_top_n_test,
-    )  # fmt: skip
+    fuse = FeatureFusion(o.fpn_channels, convs) if convs is not None and dense_heads else None
+    rpn = o.rpn()
     roi_heads = build_datnet_roi_heads(
-        head, mspwa, fpn_channels, num_det_classes + 1, body,
-        res5_planes=res5_planes, representation_size=representation_size, mask_channels=mask_channels,
-        se_reduction=se_reduction, batch_size_per_image=box_batch_size_per_image,
-        score_thresh=box_score_thresh, nms_thresh=box_nms_thresh, detections_per_img=box_detections_per_img,
+        head, mspwa, o.fpn_channels, num_det_classes + 1, body,
+        res5_planes=res5_planes, representation_size=o.representation_size, mask_channels=o.mask_channels,
+        se_reduction=se_reduction, **o.sampling(),
     )  # fmt: skip
     return DATNet(
         body, rpn, roi_heads, dense_heads, weights, fuse,
         background_alpha=background_alpha, seg_background_index=seg_background_index,
-        output_sem_seg=output_sem_seg, min_size=min_size, max_size=max_size,
-        test_min_size=test_min_size, test_max_size=test_max_size, boxes_as_masks=boxes_as_masks,
+        output_sem_seg=output_sem_seg, **o.transform(),
     )  # fmt: skip

@@ -41,11 +41,12 @@ from mtlcli.errors import UserError
 from mtlcli.models.rcnn import (
     FPN_LEVELS,
     TwoStageDetector,
+    TwoStageOptions,
     build_resnet_fpn,
     build_roi_heads,
-    build_rpn,
     standard_box_branch,
     standard_mask_branch,
+    two_stage_keywords,
 )
 from mtlcli.models.rcnn import TINY as RCNN_TINY
 
@@ -428,6 +429,7 @@ def build_ej_head(
 
 
 # ---------------------------------------------------------------------------------------- builder
+@two_stage_keywords
 def build_safpn(
     num_det_classes: int = 80,
     backbone: str = "resnet50",
@@ -442,24 +444,8 @@ def build_safpn(
     refine_convs: int = 2,
     box_head: str = "strided",
     box_convs: int = 1,
-    trainable_layers: int | None = None,
-    fpn_channels: int = 256,
-    representation_size: int = 1024,
-    mask_channels: int = 256,
-    min_size: int | Sequence[int] = 800,
-    max_size: int = 1333,
-    test_min_size: int | None = None,
-    test_max_size: int | None = None,
-    boxes_as_masks: bool = False,
-    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_pre_nms_top_n_test: int = 1000,
-    rpn_post_nms_top_n_test: int = 1000,
-    box_batch_size_per_image: int = 512,
-    box_score_thresh: float = 0.05,
-    box_nms_thresh: float = 0.5,
-    box_detections_per_img: int = 100,
+    *,
+    options: TwoStageOptions,
 ) -> TwoStageDetector:
     """SA-FPN + EJ-Head, ResNet-50, with the paper's defaults (1333x800, 512 RoIs per image at 1:3).
 
@@ -480,7 +466,7 @@ def build_safpn(
     without Enriched Feature the mask branch keeps its own pooler; interleaved RoIs are capped at the
     positives' quota (128 of 512). Parameters (COCO, R50): Mask R-CNN 44.4M, +SA-FPN 50.0M, +EJ-Head
     46.2M, both 51.8M (the paper reports none).
-    Tiny configuration: `build_safpn(**safpn.TINY)`.
+    The other keywords are `rcnn.TwoStageOptions`'. Tiny configuration: `build_safpn(**safpn.TINY)`.
     """
     if neck not in NECKS:
         raise UserError(f"unknown neck {neck!r}; valid: {', '.join(NECKS)}")
@@ -496,29 +482,20 @@ def build_safpn(
         raise UserError(f"num_det_classes must be at least 1, got {num_det_classes}")
     if not 0.0 < interleave_iou <= 1.0:
         raise UserError(f"interleave_iou must be in (0, 1], got {interleave_iou}")
-    body = build_neck_backbone(neck, fuse, backbone, pretrained_backbone, fpn_channels, trainable_layers)
-    rpn = build_rpn(
-        fpn_channels, anchor_sizes,
-        pre_nms_top_n_train=rpn_pre_nms_top_n_train, post_nms_top_n_train=rpn_post_nms_top_n_train,
-        pre_nms_top_n_test=rpn_pre_nms_top_n_test, post_nms_top_n_test=rpn_post_nms_top_n_test,
-    )  # fmt: skip
+    o = options
+    body = build_neck_backbone(neck, fuse, backbone, pretrained_backbone, o.fpn_channels, o.trainable_layers)
+    rpn = o.rpn()
     num_classes = int(num_det_classes) + 1
-    sampling: dict[str, Any] = dict(
-        batch_size_per_image=box_batch_size_per_image, score_thresh=box_score_thresh,
-        nms_thresh=box_nms_thresh, detections_per_img=box_detections_per_img,
-    )  # fmt: skip
     if ej_head:
         roi_heads: RoIHeads = build_ej_head(
-            fpn_channels, num_classes, interleave=interleave, enriched=enriched, refine=refine,
-            interleave_iou=interleave_iou, representation_size=representation_size, mask_channels=mask_channels,
-            refine_convs=refine_convs, box_head=box_head, box_convs=box_convs, **sampling,
+            o.fpn_channels, num_classes, interleave=interleave, enriched=enriched, refine=refine,
+            interleave_iou=interleave_iou, representation_size=o.representation_size,
+            mask_channels=o.mask_channels, refine_convs=refine_convs, box_head=box_head, box_convs=box_convs,
+            **o.sampling(),
         )  # fmt: skip
     else:
         roi_heads = build_roi_heads(
-            *standard_box_branch(fpn_channels, num_classes, representation_size),
-            *standard_mask_branch(fpn_channels, num_classes, mask_channels), **sampling,
+            *standard_box_branch(o.fpn_channels, num_classes, o.representation_size),
+            *standard_mask_branch(o.fpn_channels, num_classes, o.mask_channels), **o.sampling(),
         )  # fmt: skip
-    return TwoStageDetector(
-        body, rpn, roi_heads, min_size=min_size, max_size=max_size,
-        test_min_size=test_min_size, test_max_size=test_max_size, boxes_as_masks=boxes_as_masks,
-    )  # fmt: skip
+    return TwoStageDetector(body, rpn, roi_heads, **o.transform())

@@ -13,9 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from mtlcli.cli.anchors import compute_anchors
 from mtlcli.engine import train as train_mod
-from mtlcli.engine.anchors import with_kmeans_anchors
+from mtlcli.engine.anchors import compute_anchors, with_kmeans_anchors
 from mtlcli.engine.optim import apply_freeze, frozen_modules, train_mode
 from mtlcli.recipes import load_recipe, read_toml
 
