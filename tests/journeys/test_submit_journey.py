@@ -335,3 +335,54 @@ def test_voc2012_test_submission_in_the_devkit_layout(voc, tmp_path, capsys):  #
     assert not (sub07 / "results" / "VOC2007" / "Segmentation").exists()
     lines = (sub07 / "results" / "VOC2007" / "Main" / "comp4_det_test_horse.txt").read_text().splitlines()
     assert [line.split()[0] for line in lines] == ["000002"] and lines[0].split()[2:] == ["1.0", "1.0", "48.0", "32.0"]
+
+
+def test_cityscapes_files_of_the_ground_truth_score_perfectly(
+    synthetic_prepared, synthetic_source, tmp_path, monkeypatch
+):
+    """The writer fed the val ground truth itself (trainIds, instance masks): cityscapesscripts reads the
+    files back to IoU 1 for every class present and AP 1 — labelIds, label ids, paths and masks all right."""
+    import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling as inst
+    import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as pixel
+
+    from mtlcli.data.dataset import PreparedDataset
+    from mtlcli.metrics.submit import open_submission
+
+    ds = PreparedDataset(synthetic_prepared, "val")
+    out = tmp_path / "sub"
+    writer = open_submission(out, ds.meta, "val", ds.coco.dataset["images"], "gt")
+    for i in range(len(ds)):
+        _, t = ds[i]
+        keep = t["iscrowd"] == 0
+        semantic = t["semantic"].as_subclass(torch.Tensor).clone()
+        semantic[semantic == 255] = 0  # void in the ground truth: not scored
+        output = {
+            "boxes": t["boxes"].as_subclass(torch.Tensor)[keep],
+            "labels": t["labels"][keep],
+            "scores": torch.ones(int(keep.sum())),
+            "masks": t["masks"].as_subclass(torch.Tensor)[keep][:, None].float(),
+            "sem_seg": torch.nn.functional.one_hot(semantic, 19).permute(2, 0, 1).float(),
+        }
+        writer.add(int(t["image_id"]), output)
+    writer.close()
+
+    monkeypatch.setattr(np, "in1d", lambda a, b, invert=False: np.isin(np.asarray(a).ravel(), b, invert=invert),
+                        raising=False)  # fmt: skip
+    args = copy.copy(pixel.args)
+    args.evalInstLevelScore, args.JSONOutput, args.quiet = False, False, True
+    args.predictionPath, args.predictionWalk = str(out / "pixel"), None
+    gts = sorted(glob.glob(str(synthetic_source / "gtFine" / "val" / "*" / "*_gtFine_labelIds.png")))
+    official = pixel.evaluateImgLists([pixel.getPrediction(args, gt) for gt in gts], gts, args)
+    present = [v for v in official["classScores"].values() if v == v]
+    assert present and all(v == pytest.approx(1.0) for v in present)
+
+    monkeypatch.setattr(inst, "writeDict2JSON", lambda d, f: Path(f).write_text(
+        json.dumps(d, default=lambda o: int(o) if isinstance(o, np.integer) else o.__dict__)))  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    args = copy.copy(inst.args)
+    args.JSONOutput, args.quiet, args.gtInstancesFile = False, True, str(tmp_path / "gtInstances.json")
+    args.predictionPath, args.predictionWalk = str((out / "instance").resolve()), None
+    gts = sorted(glob.glob(str(synthetic_source / "gtFine" / "val" / "*" / "*_gtFine_instanceIds.png")))
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = inst.evaluateImgLists([inst.getPrediction(gt, args) for gt in gts], gts, args)
+    assert result["averages"]["allAp"] == pytest.approx(1.0)
