@@ -386,3 +386,58 @@ def test_cityscapes_files_of_the_ground_truth_score_perfectly(
     with contextlib.redirect_stdout(io.StringIO()):
         result = inst.evaluateImgLists([inst.getPrediction(gt, args) for gt in gts], gts, args)
     assert result["averages"]["allAp"] == pytest.approx(1.0)
+
+
+def ground_truth_outputs(ds) -> list[tuple[int, dict]]:  # type: ignore[no-untyped-def]
+    """(image id, the split's non-crowd ground truth as a model output with score 1) per image."""
+    pairs = []
+    for i in range(len(ds)):
+        _, t = ds[i]
+        keep = t["iscrowd"] == 0
+        output = {
+            "boxes": t["boxes"].as_subclass(torch.Tensor)[keep],
+            "labels": t["labels"][keep],
+            "scores": torch.ones(int(keep.sum())),
+            "masks": t["masks"].as_subclass(torch.Tensor)[keep][:, None].float(),
+        }
+        pairs.append((int(t["image_id"]), output))
+    return pairs
+
+
+def test_coco_and_voc_files_of_the_ground_truth_read_back_exactly(tmp_path, voc, capsys):  # noqa: F811
+    """COCO: the val ground truth written as results scores AP 1 (bbox and segm) in COCOeval against the
+    source's instances_val2017.json — its own image and category ids. VOC: a ground-truth box is written
+    as its XML's bndbox, the devkit's 1-based inclusive pixels."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from mtlcli.data.dataset import PreparedDataset
+    from mtlcli.metrics.predictions import source_id_maps
+    from mtlcli.metrics.submit import open_submission
+
+    src = coco_tree(tmp_path / "coco")
+    data = tmp_path / "coco_data"
+    assert mtl(capsys, "prepare", "coco", str(src), "--out", str(data), "-q", "-j", "1")[0] == 0
+    ds = PreparedDataset(data, "val")
+    images = ds.coco.dataset["images"]
+    writer = open_submission(tmp_path / "c", ds.meta, "val", images, "gt", id_maps=source_id_maps(ds.meta, images))
+    for image_id, output in ground_truth_outputs(ds):
+        writer.add(image_id, output)
+    writer.close()
+    gt = COCO(str(src / "annotations" / "instances_val2017.json"))
+    for kind in ("bbox", "segm"):
+        ev = COCOeval(gt, gt.loadRes(str(tmp_path / "c" / kind / "detections_val2017_gt_results.json")), kind)
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev.evaluate(), ev.accumulate(), ev.summarize()
+        assert ev.stats[0] == pytest.approx(1.0), kind
+
+    out = tmp_path / "voc_data"
+    args = ["--voc2012", str(voc["voc2012"]), "--voc2007", str(voc["voc2007"]), "--out", str(out), "-q", "-j", "1"]
+    assert mtl(capsys, "prepare", "voc", *args)[0] == 0
+    ds = PreparedDataset(out, "trainval")
+    writer = open_submission(tmp_path / "v", ds.meta, "trainval", ds.coco.dataset["images"], "gt", semantic=False)
+    for image_id, output in ground_truth_outputs(ds):
+        writer.add(image_id, output)
+    writer.close()
+    lines = (tmp_path / "v" / "results" / "VOC2012" / "Main" / "comp4_det_trainval_dog.txt").read_text().splitlines()
+    assert lines == ["2008_000001 1.000000 5.0 3.0 20.0 30.0"]  # Annotations/2008_000001.xml: dog (5, 3, 20, 30)
