@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
 
             items, decoder = split_sources(model, data, split)
         else:
-            items = expand_sources(sources)
+            items = expand_sources(sources or [])
             if coco_json is not None:
                 from mtlcli.engine.predict_data import coco_json_ids
 

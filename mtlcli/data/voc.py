@@ -306,7 +306,7 @@ def prepare_voc_image(job: ImageJob, out: Path) -> ImageResult:
     if p.get("xml"):
         for k, (name, box, difficult) in enumerate(parse_voc_xml(p["xml"])):
             why = box_problem(box, (h, w))
-            mask = box_mask(box, (h, w)) if why is None else None
+            mask = box_mask(box, (h, w)) if why is None else np.zeros((h, w), bool)
             if why is None and not mask.any():
                 why = f"its box lies outside the {w}x{h} image"
             if why is not None:  # nothing to learn from: left out, and named in the summary

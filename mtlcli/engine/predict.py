@@ -334,7 +334,10 @@ def predict_sources(
     for value in (opts.score_threshold, opts.json_threshold):
         if value is not None and not 0.0 <= value <= 1.0:
             raise UserError(f"--score-threshold must lie in 0..1, got {value}")
-    items = list(sources) if all(isinstance(s, Source) for s in sources) else expand_sources(sources)
+    given = list(sources)
+    items = [s for s in given if isinstance(s, Source)]
+    if len(items) != len(given):
+        items = expand_sources([s for s in given if not isinstance(s, Source)])
     outputs = Outputs(out, force=force)
     images = [s for s in items if not s.is_video]
     videos = [s for s in items if s.is_video]

@@ -92,7 +92,8 @@ def coco_json_ids(sources: list[Any], path: str | Path) -> None:
         raise UserError(f'--coco-json {path} has no COCO "images" list of {{id, file_name}} entries')
     index = FileNames(images)
     by_id = {im["id"]: im for im in images}
-    unknown, taken = [], {}
+    unknown: list[Path] = []
+    taken: dict[Any, Path] = {}
     for source in sources:
         if source.is_video:
             continue

@@ -146,7 +146,8 @@ def match_images(
             f"(e.g. {unknown_names[0]}) — predict that split (`mtl predict --run RUN --data {gt.root} "
             f"--split {gt.split}`) or evaluate the split these images belong to"
         )
-    disagree = [pid for pid, hit in by_name.items() if by_id[pid] != hit]
+    matched = {pid: hit for pid, hit in by_name.items() if hit is not None}  # every name matched (checked above)
+    disagree = [pid for pid, hit in matched.items() if by_id[pid] != hit]
     match = ImageMatch({}, listed=listing is not None)
     if not disagree:
         match.to_split = {pid: i for pid, i in by_id.items() if i is not None}
@@ -162,14 +163,14 @@ def match_images(
         if nameless:
             raise UserError(
                 f"{where}: image_id {pid!r} is named {dict((p, f) for p, f, _ in entries)[pid]}, which is "
-                f"{_example(gt, by_name[pid])} (image_id {by_name[pid]}) in split {gt.split!r}, and "
+                f"{_example(gt, matched[pid])} (image_id {matched[pid]}) in split {gt.split!r}, and "
                 f"{len(nameless)} prediction(s) carry no file_name — the ids are not the split's; give every "
                 "prediction its file_name or the split's ids"
             )
-        match.to_split = dict(by_name)
+        match.to_split = dict(matched)
         match.notes.append(
             f"the image ids of {where} are not those of split {gt.split!r} ({len(disagree)} of {len(entries)} "
-            f"differ, e.g. image_id {pid!r} is {_example(gt, by_name[pid])}, image_id {by_name[pid]} there): "
+            f"differ, e.g. image_id {pid!r} is {_example(gt, matched[pid])}, image_id {matched[pid]} there): "
             "matched by file name"
         )
     taken: dict[int, Any] = {}
