@@ -58,7 +58,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     kind = foreign_kind(path)
     if kind is not None:
         raise UserError(
-            f"--weights {path} is {kind}, not PyTorch weights — give a training checkpoint "
+            f"--weights {path} cannot be read: it is {kind}, not PyTorch weights — give a training checkpoint "
             "(RUN/checkpoints/best.pt) or a state dict file"
         )
     try:
