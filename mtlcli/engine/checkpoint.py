@@ -70,7 +70,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     """Read a checkpoint with `weights_only=True`; a missing or corrupt file is a UserError."""
     import warnings
 
-    from mtlcli.filekind import INSTEAD, foreign_kind
+    from mtlcli.engine.filekind import INSTEAD, foreign_kind
 
     path = Path(path)
     if not path.is_file():

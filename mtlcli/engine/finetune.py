@@ -53,7 +53,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise UserError(
             f"--weights {path} does not exist — give a checkpoint (RUN/checkpoints/best.pt) or a state dict file"
         )
-    from mtlcli.filekind import foreign_kind
+    from mtlcli.engine.filekind import foreign_kind
 
     kind = foreign_kind(path)
     if kind is not None:
