@@ -77,7 +77,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise UserError(f"checkpoint {path} does not exist — check the path or train first with `mtl train`")
     kind = foreign_kind(path)
     if kind is not None:
-        raise UserError(f"{path} is {kind}, not an mtl checkpoint — {INSTEAD}")
+        raise UserError(f"checkpoint {path} cannot be read: it is {kind}, not an mtl checkpoint — {INSTEAD}")
     try:
         with warnings.catch_warnings():  # torch's own advice about weights_only would bury the one line below
             warnings.simplefilter("ignore")
