@@ -35,6 +35,8 @@ class DatasetMeta:
     det_category_ids: list[int] = field(default_factory=list)
     # {train split: {eval split: {"images": shared count, "example": file}}} (mtlcli.data.overlap)
     overlap: dict[str, Any] = field(default_factory=dict)
+    # splits without ground truth (test-server images): images and categories only
+    unlabelled: list[str] = field(default_factory=list)
 
     def save(self, root: str | Path) -> None:
         data = {
@@ -73,3 +75,12 @@ class DatasetMeta:
     def check_split(self, root: str | Path, split: str) -> None:
         if split not in self.splits:
             raise UserError(f"split {split!r} is not in {root}; available splits: {', '.join(self.splits)}")
+
+    def check_labelled(self, root: str | Path, split: str, action: str = "score") -> None:
+        """A UserError when `split` is unlabelled: there is no ground truth to `action` (score, train) on."""
+        if split in self.unlabelled:
+            raise UserError(
+                f"split {split!r} of {root} is unlabelled (test-server images, no ground truth): nothing to {action} "
+                f"on it — write the server's files with `mtl eval --run RUN --split {split} --submit DIR`, "
+                "or look at predictions with `mtl predict IMAGES --run RUN`"
+            )

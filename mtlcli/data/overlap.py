@@ -2,8 +2,8 @@
 
 An image is identified by its source file: the `file_name` of its COCO `images` entry (relative to the
 dataset's source root, the same for every split of one prepared dataset), or its `same_as` entry where
-a reader found that the file is a byte-identical copy of another one (VOC2012's `2007_*` images that
-VOC2007 also ships, see `mtlcli.data.voc`).
+a reader found that the file is a copy of another one (VOC2012's `2007_*` images that VOC2007 also ships,
+byte-identical or matched by name and pixel size, see `mtlcli.data.voc_copies`).
 
     report = overlap_report({"train": images, "val": images}, eval_splits=["val"])
     # {"train": {"val": {"images": 0}}}

@@ -6,6 +6,11 @@
     DATA/<split>/semantic/<stem>.png  uint8 class indices, 255 = ignore
     DATA/<split>/dt/<stem>.png        uint8 distance-transform bins 0..K
 
+An unlabelled split (test-server images: COCO test-dev, Cityscapes test, VOC2012 test) is listed in
+dataset.json's "unlabelled": its instances.json holds the images and categories and no annotations, and
+it has no semantic/dt PNGs; nothing scores or trains on it (`DatasetMeta.check_labelled`), while
+`mtl eval --submit` (and PreparedDataset, for predictions) runs on it.
+
 A reader turns its source into `ImageJob`s; `run_prepare` runs a per-image function over them in
 parallel (that function writes the PNGs and returns an `ImageResult`), then assembles the COCO JSON per
 split, writes `dataset.json` last and prints a summary. Images are never copied and nothing in the
@@ -75,6 +80,24 @@ def encode_instance(mask: np.ndarray, category_id: int, iscrowd: int = 0) -> dic
     area = float(mask_utils.area(rle))
     rle["counts"] = rle["counts"].decode("ascii")
     return {"category_id": int(category_id), "bbox": bbox, "area": area, "iscrowd": int(iscrowd), "segmentation": rle}
+
+
+def prepare_unlabelled_image(job: ImageJob, out: Path) -> ImageResult:
+    """The per-image work for an unlabelled split: the image's size from its header (a truncated file is
+    skipped), no PNG written. payload: image (absolute path), optional height/width to check against
+    (from an image-info file), extra (image fields kept in instances.json, e.g. coco_id), verify."""
+    from mtlcli.data.integrity import check_image
+
+    p = job.payload
+    if not os.path.isfile(p["image"]):
+        raise SkipImage(f"image file {p['image']} is missing")
+    try:
+        w, h = check_image(p["image"], p.get("verify", False))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise SkipImage(f"corrupt image {p['image']} ({exc})") from None
+    if "height" in p and (h, w) != (p["height"], p["width"]):
+        raise SkipImage(f"the image is {h}x{w} but the image-info file says {p['height']}x{p['width']}")
+    return ImageResult(job.split, job.file_name, job.stem, height=h, width=w, extra=dict(p.get("extra", {})))
 
 
 class SkipImage(Exception):
@@ -277,11 +300,17 @@ def print_summary(summary: dict[str, Any], meta: DatasetMeta) -> None:
     table = Table(title=f"prepared {meta.name}")
     table.add_column("class")
     for split in meta.splits:
-        table.add_column(split, justify="right")
+        table.add_column(f"{split} (unlabelled)" if split in meta.unlabelled else split, justify="right")
     table.add_row("[bold]images", *[str(summary["splits"][s]["images"]) for s in meta.splits])
+
+    def counts(key: str, name: str | None = None) -> list[str]:  # "—" where a split has no labels to count
+        cells = [summary["splits"][s][key] for s in meta.splits]
+        cells = [c[name] if name is not None else c for c in cells]
+        return ["—" if s in meta.unlabelled else str(c) for s, c in zip(meta.splits, cells, strict=True)]
+
     for name in meta.det_classes:
-        table.add_row(name, *[str(summary["splits"][s]["instances"][name]) for s in meta.splits])
-    table.add_row("[italic]crowd regions", *[str(summary["splits"][s]["crowd"]) for s in meta.splits])
+        table.add_row(name, *counts("instances", name))
+    table.add_row("[italic]crowd regions", *counts("crowd"))
     table.add_row("[italic]files skipped", *[str(summary["splits"][s]["skipped"]) for s in meta.splits])
     console.print(table)
     if summary["skipped"]:

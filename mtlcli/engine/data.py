@@ -57,6 +57,12 @@ def build_datasets(recipe: dict, root: Path) -> tuple[SkipUnreadable, PreparedDa
 
     require_prepared(recipe, root)
     data = recipe["data"]
+    from mtlcli.data.prepared import DatasetMeta
+
+    meta = DatasetMeta.load(root)  # an unlabelled split (test-server images) has nothing to train or score on
+    meta.check_labelled(root, data["train_split"], "train")
+    if recipe["eval"]["metrics"]:
+        meta.check_labelled(root, data["val_split"], "score")
     options = {k: v for k, v in data.items() if k not in DATA_KEYS}
     label_map = data["label_map"] or None
     train_ds = PreparedDataset(

@@ -51,6 +51,7 @@ class GroundTruth:
         root = Path(root)
         meta = DatasetMeta.load(root)
         meta.check_split(root, split)
+        meta.check_labelled(root, split)
         path = instances_path(root, split)
         if not path.is_file():
             raise UserError(f"{path} is missing — prepare the dataset again with mtl prepare (`mtl prepare --help`)")
