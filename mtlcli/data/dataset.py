@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image, decode_png, read_file
+from torchvision.io import ImageReadMode, decode_png, read_file
 from torchvision.transforms.v2 import functional as F
 
 from mtlcli.data.cache import RamCache, cache_keys
+from mtlcli.data.images import ImageError, decode_rgb_tensor
 from mtlcli.data.integrity import png_chunks_intact
 from mtlcli.data.prepared import IGNORE_INDEX, DatasetMeta, dt_path, instances_path, read_label_png, semantic_path
 from mtlcli.errors import UserError
@@ -237,19 +237,14 @@ class PreparedDataset(torch.utils.data.Dataset):
     def read_image(self, info: dict[str, Any], dtype: torch.dtype | None = None) -> tv_tensors.Image:
         """The image of a COCO `images` entry as RGB [3, H, W]: float32 in 0..1 (or `dtype`; uint8 keeps 0..255).
 
-        Decoded with torchvision.io (libjpeg-turbo / libpng, no PIL conversion); files it cannot decode
-        (exotic modes) go through PIL.
+        Decoded by `mtlcli.data.images.decode_rgb_tensor` (torchvision.io's libjpeg-turbo / libpng where they
+        can, PIL for exotic modes; EXIF orientation applied, 16-bit images scaled to 8 bits).
         """
         path = self.source / info["file_name"]
         try:
-            data = read_file(str(path))
-            if int(data[0]) == 0x89 and not png_chunks_intact(data):  # libpng would crash the process
-                raise RuntimeError("damaged PNG")
-            image = decode_image(data, mode=ImageReadMode.RGB)
-            if image.dtype != torch.uint8:  # 16-bit PNG
-                raise RuntimeError("not 8-bit")
-        except (RuntimeError, OSError, ValueError):
-            image = self._read_image_pil(path)
+            image = decode_rgb_tensor(read_file(str(path)), path)  # the one reader (`mtlcli.data.images`)
+        except (RuntimeError, OSError, ImageError) as exc:  # missing, truncated or not an image
+            raise UserError(f"{exc} — restore the file or prepare the dataset again without it") from None
         h, w = info.get("height") or image.shape[-2], info.get("width") or image.shape[-1]
         if tuple(image.shape[-2:]) != (h, w):
             raise UserError(
@@ -258,17 +253,6 @@ class PreparedDataset(torch.utils.data.Dataset):
             )
         dtype = dtype or torch.float32
         return tv_tensors.Image(image if dtype == torch.uint8 else F.to_dtype(image, dtype, scale=True))
-
-    @staticmethod
-    def _read_image_pil(path: Path) -> torch.Tensor:
-        try:
-            with Image.open(path) as img:
-                return F.pil_to_tensor(img.convert("RGB"))
-        except (OSError, ValueError, SyntaxError) as exc:  # missing, truncated or not an image
-            raise UserError(
-                f"{path}: cannot read image ({type(exc).__name__}: {exc}) — restore the file or prepare "
-                "the dataset again without it"
-            ) from None
 
     def _read_map(self, path: Path, shape: tuple[int, int], what: str) -> torch.Tensor | None:
         """A uint8 label PNG as uint8 [H, W] (torchvision.io; 16-bit or palette files through PIL)."""

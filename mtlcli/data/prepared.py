@@ -108,10 +108,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def save_png(path: Path, array: np.ndarray) -> None:
     """Write a uint8 or uint16 label map as a lossless PNG (16-bit where the array is uint16)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from mtlcli.safety import atomic_save_image
+
     if array.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"label maps are uint8 or uint16, got {array.dtype}")
-    Image.fromarray(array).save(path)
+    atomic_save_image(path, np.ascontiguousarray(array))
 
 
 def read_label_png(path: str | Path) -> np.ndarray:

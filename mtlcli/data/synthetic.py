@@ -641,10 +641,12 @@ def write_image(root: Path, split: str, index: int, seed: int, size: tuple[int, 
     img_dir.mkdir(parents=True, exist_ok=True)
     gt_dir.mkdir(parents=True, exist_ok=True)
     # low compression: the noisy RGB barely compresses and level 1 is several times faster
-    Image.fromarray(rgb, "RGB").save(img_dir / f"{prefix}_leftImg8bit.png", compress_level=1)
-    (gt_dir / f"{prefix}_gtFine_polygons.json").write_text(json.dumps(annotation, indent=1))
-    Image.fromarray(label_ids).save(gt_dir / f"{prefix}_gtFine_labelIds.png")
-    Image.fromarray(instance_ids).save(gt_dir / f"{prefix}_gtFine_instanceIds.png")
+    from mtlcli.safety import atomic_save_image, atomic_write_text
+
+    atomic_save_image(img_dir / f"{prefix}_leftImg8bit.png", Image.fromarray(rgb, "RGB"), compress_level=1)
+    atomic_write_text(gt_dir / f"{prefix}_gtFine_polygons.json", json.dumps(annotation, indent=1))
+    atomic_save_image(gt_dir / f"{prefix}_gtFine_labelIds.png", label_ids)
+    atomic_save_image(gt_dir / f"{prefix}_gtFine_instanceIds.png", instance_ids)
 
 
 def _write_job(args: tuple[Path, str, int, int, tuple[int, int]]) -> None:

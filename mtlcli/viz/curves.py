@@ -166,5 +166,7 @@ def plot_curves(runs: Sequence[str | Path], out: str | Path | None = None, *, fo
         raise UserError(f"{existing[0]} already exists; choose another --out or pass --force to overwrite")
     out.mkdir(parents=True, exist_ok=True)
     for (name, fig), path in zip(figures.items(), paths):
-        fig.savefig(path, dpi=DPI)
+        from mtlcli.safety import atomic_save_figure
+
+        atomic_save_figure(path, fig, dpi=DPI)
     return paths
