@@ -121,7 +121,9 @@ def coco(
         None, "--train-json", help="A COCO-format annotation file for the train split."
     ),
     train_images: Path | None = typer.Option(None, "--train-images", help="Folder its file_names are relative to."),
-    val_json: Path | None = typer.Option(None, "--val-json", help="A COCO-format annotation file for the val split."),
+    val_json: Path | None = typer.Option(
+        None, "--val-json", help="A COCO-format annotation file for the val split."
+    ),
     val_images: Path | None = typer.Option(None, "--val-images", help="Folder its file_names are relative to."),
     out: Path | None = typer.Option(
         None,

@@ -195,7 +195,9 @@ def curves(
     ),
     force: bool = FORCE_OPTION,
     quiet: bool = QUIET_OPTION,
-    runs_arg: list[Path] | None = typer.Argument(None, hidden=True, help="Before 0.2: RUN... as positional arguments."),
+    runs_arg: list[Path] | None = typer.Argument(
+        None, hidden=True, help="Before 0.2: RUN... as positional arguments."
+    ),
 ) -> None:
     """Loss terms, learning rate and evaluation metrics over iterations, from RUN/metrics.jsonl."""
     from mtlcli.errors import UserError
@@ -215,7 +217,9 @@ def confusion(
     checkpoint: Path | None = CHECKPOINT_OPTION,
     data: Path | None = typer.Option(None, "--data", help="Prepared dataset [default: the recipe's]."),
     split: str | None = typer.Option(None, "--split", help="Split to evaluate [default: the recipe's val_split]."),
-    out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for the PNG [default: RUN/viz]."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", metavar="DIR", help="Folder for the PNG [default: RUN/viz]."
+    ),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
