@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from mtlcli.cli.common import QUIET_HELP, quiet_output
+from mtlcli.engine.rundir import prepare_lock
 
 app = typer.Typer(
     help="Prepare a dataset (or draw the synthetic city) into mtl's prepared format.", no_args_is_help=True
@@ -70,7 +71,7 @@ def cityscapes(
     from mtlcli.data.cityscapes import prepare_cityscapes
 
     out = out or default_out("cityscapes")
-    with quiet_output(quiet):
+    with quiet_output(quiet), prepare_lock(out):  # one prepare at a time into one --out
         summary = prepare_cityscapes(
             src, out, workers=workers, strict=strict, force=force, splits=split or None, verify=verify
         )
@@ -102,7 +103,7 @@ def voc(
     from mtlcli.data.voc import prepare_voc
 
     out = out or default_out("voc")
-    with quiet_output(quiet):
+    with quiet_output(quiet), prepare_lock(out):  # one prepare at a time into one --out
         summary = prepare_voc(
             out, voc2012=voc2012, voc2007=voc2007, sbd=sbd, workers=workers, strict=strict, force=force, verify=verify
         )
@@ -121,9 +122,7 @@ def coco(
         None, "--train-json", help="A COCO-format annotation file for the train split."
     ),
     train_images: Path | None = typer.Option(None, "--train-images", help="Folder its file_names are relative to."),
-    val_json: Path | None = typer.Option(
-        None, "--val-json", help="A COCO-format annotation file for the val split."
-    ),
+    val_json: Path | None = typer.Option(None, "--val-json", help="A COCO-format annotation file for the val split."),
     val_images: Path | None = typer.Option(None, "--val-images", help="Folder its file_names are relative to."),
     out: Path | None = typer.Option(
         None,
@@ -142,7 +141,7 @@ def coco(
 
     custom = any(v is not None for v in (train_json, train_images, val_json, val_images))
     out = out or default_out("custom" if custom else "coco")
-    with quiet_output(quiet):
+    with quiet_output(quiet), prepare_lock(out):  # one prepare at a time into one --out
         summary = prepare_coco(
             src,
             out,
@@ -184,7 +183,7 @@ def mot15(
     from mtlcli.data.mot15 import prepare_mot15
 
     out = out or default_out("mot15")
-    with quiet_output(quiet):
+    with quiet_output(quiet), prepare_lock(out):  # one prepare at a time into one --out
         summary = prepare_mot15(
             src, out, val_fraction=val_fraction, workers=workers, strict=strict, force=force, verify=verify
         )
@@ -221,7 +220,7 @@ def synthetic(
     from mtlcli.data.synthetic import generate_synthetic
     from mtlcli.hints import after_synthetic
 
-    with quiet_output(quiet):
+    with quiet_output(quiet), prepare_lock(out):  # one prepare at a time into one --out
         root = generate_synthetic(out, train=train, val=val, size=size, seed=seed, force=force, workers=workers)
     _console().print(
         f"[green]synthetic city[/]: {train} train + {val} val images of {size[0]}x{size[1]} in {root}\n"

@@ -45,7 +45,9 @@ from mtlcli.data.prepared import (
     check_out_dir,
     dt_path,
     encode_instance,
+    label_dtype,
     run_prepare,
+    save_png,
     semantic_path,
 )
 from mtlcli.data.targets import box_mask, dt_bins
@@ -88,8 +90,16 @@ def prepare_coco_image(job: ImageJob, out: Path) -> ImageResult:
     p = job.payload
     h, w = read_image_size(p["image"])
     if (h, w) != (p["height"], p["width"]):
-        raise SkipImage(f"the image is {h}x{w} but the annotation file says {p['height']}x{p['width']}")
-    semantic = np.zeros((h, w), dtype=np.uint8)
+        turned = (w, h) == (p["height"], p["width"])
+        why = (
+            " (its EXIF orientation turns it: mtl reads images upright, as Detectron2 does — give the upright "
+            "size and annotations, or remove the orientation tag)"
+            if turned
+            else ""
+        )
+        raise SkipImage(f"the image is {h}x{w} but the annotation file says {p['height']}x{p['width']}{why}")
+    dtype, _ = label_dtype(p.get("num_seg_classes", 0))  # uint16 above 255 classes: no class is the ignore value
+    semantic = np.zeros((h, w), dtype=dtype)
     annotations: list[dict[str, Any]] = []
     dt_masks = []
     for a in p["anns"]:
@@ -104,7 +114,10 @@ def prepare_coco_image(job: ImageJob, out: Path) -> ImageResult:
         annotations.append(encode_instance(mask, a["category_id"], crowd))
         if not crowd:
             dt_masks.append(mask)
-    save_indexed_png(semantic_path(out, job.split, job.stem), semantic, PNG_PALETTE)
+    if semantic.dtype == np.uint8:
+        save_indexed_png(semantic_path(out, job.split, job.stem), semantic, PNG_PALETTE)
+    else:
+        save_png(semantic_path(out, job.split, job.stem), semantic)  # 16-bit greyscale
     save_indexed_png(dt_path(out, job.split, job.stem), dt_bins(dt_masks, (h, w)), DT_PALETTE)
     return ImageResult(
         job.split, job.file_name, job.stem, height=h, width=w, annotations=annotations, extra={"coco_id": p["coco_id"]}

@@ -107,7 +107,13 @@ def resolve_label_map(meta: DatasetMeta, label_map: Mapping[str, Any] | None) ->
     if seg_map is None:
         return LabelMap(det_classes, list(meta.seg_classes), [list(c) for c in meta.palette], det_ids, None)
     seg_classes = list(dict.fromkeys(seg_map.values()))
-    lut = torch.full((256,), IGNORE_INDEX, dtype=torch.int64)
+    if len(seg_classes) > IGNORE_INDEX:
+        raise UserError(
+            f"the seg label map has {len(seg_classes)} classes; a mapped dataset holds at most {IGNORE_INDEX} "
+            f"(0..{IGNORE_INDEX - 1}, {IGNORE_INDEX} = ignore) — merge more classes"
+        )
+    # a wide dataset (uint16 maps, 65535 = ignore) maps every stored value; its ignore value stays ignored
+    lut = torch.full((65536 if meta.ignore_index > IGNORE_INDEX else 256,), IGNORE_INDEX, dtype=torch.int64)
     palette: list[list[int] | None] = [None] * len(seg_classes)
     for k, name in enumerate(meta.seg_classes):
         if name in seg_map:
@@ -138,8 +144,9 @@ class PreparedDataset(torch.utils.data.Dataset):
                covers pixels x..x2-1), canvas_size (H, W)
       labels   int64 [N], 1..K in `ds.det_classes` order;  iscrowd int64 [N] (1 = crowd/group/difficult)
       masks    tv_tensors.Mask uint8 [N, H, W] (0/1), decoded from the RLE in instances.json
-      semantic tv_tensors.Mask int64 [H, W], indices into `ds.seg_classes`, 255 = ignore (all 255 when
-               the split has no semantic PNG for the image)
+      semantic tv_tensors.Mask int64 [H, W], indices into `ds.seg_classes`, `ds.meta.ignore_index` = ignore:
+               255, or 65535 for a dataset of more than 255 seg classes (uint16 maps) without a seg
+               label map (all ignore when the split has no semantic PNG for the image)
       dt       tv_tensors.Mask int64 [H, W], distance-transform bins 0..len(dt_thresholds)+1 (all 0 when
                the split has no dt PNG for the image)
       image_id int (the COCO image id);  stem str;  orig_size (H, W) of the source image
@@ -187,6 +194,8 @@ class PreparedDataset(torch.utils.data.Dataset):
             det_classes=self.label_map.det_classes,
             seg_classes=self.label_map.seg_classes,
             palette=self.label_map.palette,
+            # a seg label map gives uint8 classes with 255 = ignore, also from a wide (uint16) dataset
+            ignore_index=IGNORE_INDEX if self.label_map.seg_lut is not None else source_meta.ignore_index,
         )
         # pycocotools COCO of the split with the mapped category ids (1..K in `det_classes` order)
         self.coco = _quiet_coco(self._load_instances())
@@ -269,7 +278,9 @@ class PreparedDataset(torch.utils.data.Dataset):
             array = decode_png(data, mode=ImageReadMode.UNCHANGED)[0]
         except RuntimeError:
             try:
-                array = torch.from_numpy(read_label_png(path))
+                stored = read_label_png(path)
+                # 16-bit maps (more than 255 seg classes, 65535 = ignore): int64, values as stored
+                array = torch.from_numpy(stored.astype(np.int64) if stored.dtype != np.uint8 else stored)
             except (OSError, ValueError, SyntaxError) as exc:
                 raise UserError(f"{path}: cannot read {what} PNG ({exc}) — prepare the dataset again") from None
         if tuple(array.shape) != tuple(shape):
@@ -300,7 +311,8 @@ class PreparedDataset(torch.utils.data.Dataset):
         if "semantic" in self.targets:
             semantic = self._read_map(semantic_path(self.root, self.split, stem), (h, w), "semantic")
             if semantic is None:
-                semantic = torch.full((h, w), IGNORE_INDEX, dtype=torch.uint8)
+                wide = self.meta.ignore_index > IGNORE_INDEX
+                semantic = torch.full((h, w), self.meta.ignore_index, dtype=torch.int64 if wide else torch.uint8)
             elif self.label_map.seg_lut is not None:
                 # np.take on uint8 indices: 3.7 ms per 1024x2048 map against 11.8 ms for fancy indexing
                 semantic = (

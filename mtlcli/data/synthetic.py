@@ -680,7 +680,7 @@ def generate_synthetic(
         raise UserError(f"--size {height} {width} is too small for a street scene; use at least 32 64 (H W)")
     if height > 4096 or width > 8192:
         raise UserError(f"--size {height} {width} is larger than 4096 8192; Cityscapes itself is 1024 2048")
-    root = check_out_dir(out, force)
+    root = check_out_dir(out, force, writes="source")  # never into a prepared dataset or a run
     jobs = [(root, split, i, seed, (height, width)) for split, n in (("train", train), ("val", val)) for i in range(n)]
     workers = workers or default_workers()
     columns = [TextColumn("[bold]synthetic[/] city"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]

@@ -48,6 +48,7 @@ from mtlcli.engine.checkpoint import (
 from mtlcli.engine.compat import check_resume
 from mtlcli.engine.data import (
     build_datasets,
+    refuse_wide_semantic,
     collate_fn,
     data_root,
     make_loader,
@@ -333,6 +334,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     if not resume:
         init_weights(model, recipe, card, print if main else None)
     train_ds.targets, train_ds.compact = training_targets(recipe, model), True  # decode only what the loss reads
+    refuse_wide_semantic(train_ds, train_ds.targets)  # more than 255 seg classes: one line, not a wrong loss
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     if cfg["sync_bn"] and info.distributed and device.type == "cpu":
         raise UserError(
