@@ -222,6 +222,19 @@ def memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _record_upto(line: str, iteration: int) -> bool:
+    """A whole metrics.jsonl record of an iteration up to `iteration` (False for a partial line)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("iteration", 0), int)
+        and record.get("iteration", 0) <= iteration
+    )
+
+
 class MetricsLog:
     """`RUN/metrics.jsonl` (rank 0), the record of every logged step and evaluation; with `tensorboard`,
     the same scalars in RUN/tensorboard/ too (`tensorboard_writer`)."""
@@ -232,15 +245,12 @@ class MetricsLog:
         if not enabled:
             return
         if resume_from is not None and self.path.is_file():
-            # Entries past the checkpoint belong to iterations that will run again: drop them.
-            keep = [
-                ln
-                for ln in self.path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("iteration", 0) <= resume_from
-            ]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+            # Entries past the checkpoint belong to iterations that will run again: drop them, and a line a
+            # killed run left half-written (it is the record of an iteration that runs again too).
+            keep = [ln for ln in self.path.read_text(errors="replace").splitlines() if _record_upto(ln, resume_from)]
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
         elif resume_from is None:
-            self.path.write_text("")
+            atomic_write_text(self.path, "")
         if tensorboard:
             self.tb = tensorboard_writer()(
                 str(run_dir / "tensorboard"), purge_step=resume_from + 1 if resume_from is not None else None
