@@ -132,10 +132,10 @@ def atomic_save(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        raise _named(exc, path) from None
     _fsync_dir(path.parent)
 
 
@@ -145,6 +145,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _named(exc: BaseException, path: Path) -> BaseException:
+    """An OSError of a write (a full disk raises ENOSPC without a file name) names the file it was
+    writing, so that its one line says which; anything else is returned as it is."""
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+        return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+    if isinstance(exc, OSError) and exc.filename is not None and TMP_SUFFIX in str(exc.filename):
+        return type(exc)(exc.errno, exc.strerror, str(path)) if exc.errno is not None else exc
+    return exc
 
 
 @contextlib.contextmanager
@@ -168,9 +178,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        raise _named(exc, path) from None
     _fsync_dir(path.parent)
 
 
