@@ -37,10 +37,14 @@ def default_out(name: str) -> Path:
     return Path(os.environ.get("MTL_DATA", "data")) / name
 
 
-def _done(out: Path, summary: dict) -> None:
+def _done(out: Path, summary: dict, quiet: bool = False) -> None:
     images = sum(s["images"] for s in summary["splits"].values())
     skipped = len(summary["skipped"])
-    note = f", {skipped} file(s) skipped (listed above)" if skipped else ""
+    # with -q the summary table is not printed: the first reason stands in for it
+    where = f"first: {summary['skipped'][0]['file']}: {summary['skipped'][0]['reason']}" if quiet and skipped else ""
+    from rich.markup import escape
+
+    note = f", {skipped} file(s) skipped ({escape(where) or 'listed above'})" if skipped else ""
     _console().print(f"[green]prepared[/] {summary['name']}: {images} images in {out}{note}")
 
 
@@ -75,7 +79,7 @@ def cityscapes(
         summary = prepare_cityscapes(
             src, out, workers=workers, strict=strict, force=force, splits=split or None, verify=verify
         )
-    _done(out, summary)
+    _done(out, summary, quiet)
     from mtlcli.data.synthetic import MARKER
 
     _print_train_hint("synthetic" if (src / MARKER).is_file() else "cityscapes", out)
@@ -107,7 +111,7 @@ def voc(
         summary = prepare_voc(
             out, voc2012=voc2012, voc2007=voc2007, sbd=sbd, workers=workers, strict=strict, force=force, verify=verify
         )
-    _done(out, summary)
+    _done(out, summary, quiet)
     _print_train_hint("voc", out)
 
 
@@ -153,7 +157,7 @@ def coco(
             val_json=val_json,
             val_images=val_images,
         )
-    _done(out, summary)
+    _done(out, summary, quiet)
     if custom:
         from mtlcli.data.prepared import DatasetMeta
         from mtlcli.hints import custom_train_hint
@@ -187,7 +191,7 @@ def mot15(
         summary = prepare_mot15(
             src, out, val_fraction=val_fraction, workers=workers, strict=strict, force=force, verify=verify
         )
-    _done(out, summary)
+    _done(out, summary, quiet)
     _print_train_hint("mot15", out)
 
 

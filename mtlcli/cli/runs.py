@@ -65,7 +65,7 @@ def summarize(run: Path) -> dict[str, Any]:
     for line in metrics_path.read_text().splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
         if record.get("type") == "train":
             last_it, last_train = max(last_it, int(record.get("iteration", 0))), record

@@ -94,7 +94,7 @@ def rasterise_polygons(annotation: dict[str, Any]) -> tuple[np.ndarray, np.ndarr
 def _read_polygons(path: Path) -> dict[str, Any]:
     try:
         annotation = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise SkipImage(f"{path.name} is not valid JSON ({exc})") from None
     if not isinstance(annotation, dict) or not {"imgHeight", "imgWidth", "objects"} <= annotation.keys():
         raise SkipImage(f"{path.name} lacks imgHeight/imgWidth/objects — not a Cityscapes polygon file")

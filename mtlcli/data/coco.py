@@ -128,7 +128,7 @@ def load_instances(path: Path) -> dict[str, Any]:
     """A COCO instances JSON, checked for the keys we use; UserError when it is not one."""
     try:
         data = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise UserError(f"{path} is not valid JSON ({exc}) — give a COCO instances file (download it again)") from None
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]
     if missing:
@@ -143,6 +143,11 @@ def load_instances(path: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ checking entries
+
+
+def _hashable(v: Any) -> bool:
+    """A JSON id usable as a key (a list or an object is not)."""
+    return not isinstance(v, (list, dict))
 
 
 def _number(v: Any) -> bool:
@@ -188,6 +193,8 @@ def annotation_problem(a: Any, height: int, width: int) -> str | None:
             return f"{where}: bbox {bbox!r} is not [x, y, w, h]"
         if bbox[2] <= 0 or bbox[3] <= 0:
             return f"{where}: bbox {bbox!r} has zero width or height"
+        if bbox[0] >= width or bbox[1] >= height or bbox[0] + bbox[2] <= 0 or bbox[1] + bbox[3] <= 0:
+            return f"{where}: bbox {bbox!r} lies wholly outside its {width}x{height} image"
     seg = a.get("segmentation")
     if seg is None or seg == []:
         if bbox is None:
@@ -199,6 +206,10 @@ def annotation_problem(a: Any, height: int, width: int) -> str | None:
                 return f"{where}: segmentation {str(seg)[:40]} is not a list of polygons [x0, y0, x1, y1, ...]"
             if len(poly) < 6 or len(poly) % 2:
                 return f"{where}: a polygon with {len(poly)} coordinates (a polygon needs an even number, at least 6)"
+        xs = [v for poly in seg for v in poly[0::2]]
+        ys = [v for poly in seg for v in poly[1::2]]
+        if xs and (min(xs) >= width or min(ys) >= height or max(xs) <= 0 or max(ys) <= 0):
+            return f"{where}: its polygons lie wholly outside its {width}x{height} image"
         return None
     if isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")
@@ -264,6 +275,9 @@ def coco_jobs(
     listed = {im.get("id") for im in data["images"] if isinstance(im, dict) and isinstance(im.get("id"), (int, str))}
     per_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for a in data["annotations"]:
+        if isinstance(a, dict) and not all(_hashable(a.get(k)) for k in ("id", "image_id", "category_id")):
+            skip(f"{path.name}: annotation", f"annotation {str(a.get('id'))[:40]}: an id that is a list or an object")
+            continue
         image = images.get(a.get("image_id")) if isinstance(a, dict) else None
         if isinstance(a, dict) and a.get("category_id") in skipped_cats:
             skip(f"{path.name}: annotation {a.get('id')!r}", f"its category {a.get('category_id')} was skipped")

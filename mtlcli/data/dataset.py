@@ -223,7 +223,7 @@ class PreparedDataset(torch.utils.data.Dataset):
         try:
             data = json.loads(path.read_text())
             images, anns = data["images"], data["annotations"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError) as exc:
             raise UserError(
                 f"{path} is not a COCO instances file ({type(exc).__name__}: {exc}) — prepare the dataset again"
             ) from None

@@ -57,7 +57,7 @@ def read_metrics(run: str | Path) -> dict[str, Any]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             if n == len(lines) and not text.endswith("\n"):
                 continue
             raise UserError(f"{path} line {n} is not JSON — the file is damaged; remove that line") from None
