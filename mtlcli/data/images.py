@@ -42,8 +42,9 @@ class ImageError(ValueError):
     """An image that mtl will not read: the message names the file and says why."""
 
 
-def _open(path: str | Path, max_pixels: int = MAX_PIXELS) -> Any:
-    """PIL.Image.open with the bomb check turned into an ImageError; the caller closes the image."""
+def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Any:
+    """PIL.Image.open with the decompression-bomb check turned into an ImageError; the caller closes the
+    image. Every reader of image pixels or headers in mtl opens files through it."""
     from PIL import Image
 
     try:
@@ -93,7 +94,7 @@ def read_rgb(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """The image file `path` as uint8 [H, W, 3] RGB, upright (module rules). ImageError when it cannot be
     read; a missing file is an ImageError too."""
     try:
-        img = _open(path, max_pixels)
+        img = open_image(path, max_pixels)
         with img:
             return np.ascontiguousarray(pil_to_rgb(img))
     except ImageError:
@@ -137,7 +138,7 @@ def image_size(path: str | Path, verify: bool = False, *, max_pixels: int = MAX_
     sides), from its header; `verify` decodes the pixels as well (damage inside a complete file).
     ImageError when it cannot be read or is larger than `max_pixels`."""
     try:
-        img = _open(path, max_pixels)
+        img = open_image(path, max_pixels)
         with img:
             w, h = img.size
             turned = orientation(img) in _SWAPPING

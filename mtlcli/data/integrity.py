@@ -16,8 +16,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk (type + CRC) that closes every complete PNG
 JPEG_END = b"\xff\xd9"  # end-of-image marker
 TAIL = 4096  # bytes read at the end of a file, tolerating what some tools append after the end marker
@@ -25,8 +23,10 @@ TAIL = 4096  # bytes read at the end of a file, tolerating what some tools appen
 
 def check_image(path: str | Path, verify: bool = False) -> tuple[int, int]:
     """(width, height) of a complete image file; OSError (or Pillow's ValueError / SyntaxError) if not."""
+    from mtlcli.data.images import open_image  # decompression bombs: one line, as everywhere
+
     path = Path(path)
-    with Image.open(path) as img:
+    with open_image(path) as img:
         size, fmt = img.size, img.format
         if verify or fmt not in ("PNG", "JPEG", "MPO"):
             if fmt == "PNG":
@@ -34,7 +34,7 @@ def check_image(path: str | Path, verify: bool = False) -> tuple[int, int]:
             else:
                 img.load()
     if verify and fmt == "PNG":
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()
     if fmt in ("PNG", "JPEG", "MPO"):
         end = PNG_END if fmt == "PNG" else JPEG_END

@@ -436,6 +436,7 @@ def swap_in(stage: Path, out: Path, splits: Iterable[str]) -> None:
     """Replace the prepared dataset in `out` by the complete one in `stage`: dataset.json goes first (the
     old dataset stops being one), the old split folders are moved aside, the new ones moved in, and the
     new dataset.json comes last. Files of the user's own in `out` are kept."""
+    out.mkdir(parents=True, exist_ok=True)
     trash = out.parent / f".{out.name}.mtl-old"
     if trash.exists():
         shutil.rmtree(trash)

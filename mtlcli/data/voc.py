@@ -199,9 +199,8 @@ def read_image_size(path: str | Path, verify: bool = False) -> tuple[int, int]:
     if not os.path.isfile(path):
         raise SkipImage(f"image file {path} is missing")
     try:
-        size = image_size(path)
         check_image(path, verify)
-        return size
+        return image_size(path)
     except ImageError as exc:
         raise SkipImage(str(exc)) from None
     except (OSError, ValueError, SyntaxError) as exc:
