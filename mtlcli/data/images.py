@@ -81,6 +81,7 @@ def pil_to_rgb(img: Any) -> np.ndarray:
     """An open PIL image -> uint8 [H, W, 3], EXIF orientation applied and deep images scaled (module rules)."""
     from PIL import ImageOps
 
+    img.load()  # decode first: a PNG's EXIF sits after its pixels, and looking for it first hides damage in them
     if orientation(img) != 1:
         img = ImageOps.exif_transpose(img)
     if img.mode.startswith("I;16") or img.mode == "I":
@@ -105,7 +106,7 @@ def read_rgb(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 def read_rgb_tensor(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """`read_rgb` as a uint8 tensor [3, H, W]."""
-    return torch.from_numpy(read_rgb(path, max_pixels=max_pixels)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(read_rgb(path, max_pixels=max_pixels).copy()).permute(2, 0, 1).contiguous()
 
 
 def decode_rgb_tensor(data: torch.Tensor, path: str | Path, *, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
@@ -133,6 +134,13 @@ def decode_rgb_tensor(data: torch.Tensor, path: str | Path, *, max_pixels: int =
     return image
 
 
+def _has_chunk(path: str | Path, name: bytes) -> bool:
+    import mmap
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return data.find(name) >= 0
+
+
 def image_size(path: str | Path, verify: bool = False, *, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """(height, width) of the image file `path` as mtl reads it (upright: EXIF orientations 5-8 swap the
     sides), from its header; `verify` decodes the pixels as well (damage inside a complete file).
@@ -141,9 +149,11 @@ def image_size(path: str | Path, verify: bool = False, *, max_pixels: int = MAX_
         img = open_image(path, max_pixels)
         with img:
             w, h = img.size
-            turned = orientation(img) in _SWAPPING
             if verify:
                 img.load()
+            # a PNG's EXIF may follow its pixels: PIL would decode them all to look; a byte search is cheaper
+            exif_later = img.format == "PNG" and "exif" not in img.info and not verify
+            turned = (orientation(img) if not exif_later or _has_chunk(path, b"eXIf") else 1) in _SWAPPING
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

@@ -152,7 +152,6 @@ def model_from_checkpoint(state: dict[str, Any], path: Path) -> tuple[nn.Module,
     # the recipe inside a checkpoint gets the checks of a recipe file: a score_thresh of 7 would give no
     # detection, a negative growth rate or a width of 10**9 would fail deep inside the builder
     validate_model(recipe["model"], f"checkpoint {path}")
-    _check_class_names(state.get("classes"), recipe["model"], path)
     # the trained weights replace ImageNet's: do not download them
     model = build_from_recipe(recipe["model"], load_weights=False)
     from mtlcli.engine.compat import check_state_shapes
@@ -165,6 +164,7 @@ def model_from_checkpoint(state: dict[str, Any], path: Path) -> tuple[nn.Module,
             f"(missing {len(missing)}, unexpected {len(unexpected)} keys, e.g. {(missing or unexpected)[0]}) — "
             "was it written by a different version of the model?"
         )
+    _check_class_names(state.get("classes"), recipe["model"], path)
     return model, recipe
 
 
