@@ -51,8 +51,11 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
-    except Image.DecompressionBombError:
-        raise ImageError(_bomb_text(path, None, max_pixels)) from None
+    except Image.DecompressionBombError as exc:
+        import re
+
+        count = re.search(r"\((\d+) pixels\)", str(exc))  # PIL: "Image size (400000000 pixels) exceeds ..."
+        raise ImageError(_bomb_text(path, int(count.group(1)) if count else None, max_pixels)) from None
     w, h = img.size
     if w * h > max_pixels:
         img.close()
@@ -60,8 +63,11 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Any:
     return img
 
 
-def _bomb_text(path: Any, size: tuple[int, int] | None, max_pixels: int) -> str:
-    dims = f"{size[0]}x{size[1]} pixels" if size else "too many pixels"
+def _bomb_text(path: Any, size: tuple[int, int] | int | None, max_pixels: int) -> str:
+    if isinstance(size, tuple):
+        dims = f"{size[0]}x{size[1]} pixels"
+    else:
+        dims = f"{size:,} pixels" if size else "too many pixels"
     return (
         f"{path}: {dims}, more than the {max_pixels:,} mtl reads (a decompression bomb or a scan far larger "
         "than a model's input) — downscale it first"
