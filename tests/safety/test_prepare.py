@@ -135,9 +135,7 @@ def test_label_maps_hold_any_class_count(tmp_path, capsys, num_categories):
     with pytest.raises(UserError, match="at most 255"):
         refuse_wide_semantic(ds, frozenset({"semantic"}))
     refuse_wide_semantic(ds, frozenset({"masks"}))  # a detection-only loss trains on it
-    mapped = PreparedDataset(
-        out, "train", targets=("semantic",), label_map={"seg": {"c255": "x", f"c{other}": "y"}}
-    )
+    mapped = PreparedDataset(out, "train", targets=("semantic",), label_map={"seg": {"c255": "x", f"c{other}": "y"}})
     m = mapped.decode(0)["semantic"]
     assert mapped.meta.ignore_index == 255 and int(m[0, 0]) == 0 and int(m[-1, -1]) == 1
 
