@@ -418,7 +418,7 @@ def _predict_video(
         video_path = outputs.path(f"{source.rel}.mp4")
         lines_path = outputs.path(f"{source.rel}.jsonl")
         out_container = None
-        frames, t0 = 0, time.perf_counter()
+        frames, t0, failed = 0, time.perf_counter(), []
         with atomic_path(lines_path) as lines_tmp, atomic_path(video_path) as video_tmp:
             try:
                 with open(lines_tmp, "w") as lines:
@@ -446,7 +446,7 @@ def _predict_video(
                                     out_container.mux(packet)
                         batch.clear()
 
-                    for frame in container.decode(stream):
+                    for frame in _frames(container, stream, failed):
                         t = float(frame.time) if frame.time is not None else frames / float(rate)
                         rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
                         batch.append((frames, t, rgb))
@@ -466,12 +466,24 @@ def _predict_video(
                     for packet in out_container.streams.video[0].encode():
                         out_container.mux(packet)
                     out_container.close()
-            if out_container is None:
+            if out_container is None or failed:
                 video_tmp.unlink()  # no annotated video (--no-save-images, or no frame): nothing to rename
-            if frames == 0:
+            if frames == 0 or failed:
                 lines_tmp.unlink()
-                summary.skipped.append((str(source.path), "no frame could be decoded; nothing written for it"))
+                why = f"cannot decode frame {frames} ({failed[0]})" if failed else "the video has no frame"
+                summary.skipped.append((str(source.path), f"{why}; nothing written for it"))
+                return 0
     return frames
+
+
+def _frames(container: Any, stream: Any, failed: list[str]):
+    """The decoded frames of `stream`; a decoding error ends them, its text appended to `failed`."""
+    import av
+
+    try:
+        yield from container.decode(stream)
+    except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
+        failed.append(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 
 
 def _open_writer(path: Path, rate: Any, width: int, height: int):
