@@ -173,7 +173,10 @@ def export_model(
         ) from None
     wrapper.names = list(reference)
     out = Path(out)
-    from mtlcli.safety import atomic_path
+    from mtlcli.safety import atomic_path, clean_orphans
+
+    for name in (out.name, sidecar_path(out).name):  # the temporary files of a killed export of the same file
+        clean_orphans(out.parent, f".{name}.*.tmp")
 
     # The file and its sidecar are written under temporary names, checked, and renamed only when both are
     # complete (the file first): an export killed or out of disk leaves the earlier pair as it was.
