@@ -123,8 +123,6 @@ def decode_rgb_tensor(data: torch.Tensor, path: str | Path, *, max_pixels: int =
     path's fast reader."""
     from torchvision.io import ImageReadMode, decode_image
 
-    from mtlcli.data.integrity import png_chunks_intact
-
     try:
         if int(data[0]) == 0x89 and not png_chunks_intact(data):  # libpng would crash the process
             raise RuntimeError("damaged PNG")
@@ -145,6 +143,38 @@ def _has_chunk(path: str | Path, name: bytes) -> bool:
 
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
         return data.find(name) >= 0
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_chunks_intact(data: Any) -> bool:
+    """Every chunk of a PNG byte buffer (bytes, or a uint8 tensor/array through the buffer protocol) has
+    its length inside the file and a matching CRC, up to IEND.
+
+    torchvision 0.29's libpng decoder crashes the whole process (a segmentation fault, not an exception)
+    on some damaged streams — a complete file with zeroed bytes inside an IDAT chunk is one — so the
+    readers call this before handing a PNG to it and let PIL, which raises, read the rest. zlib's CRC
+    runs at over 1 GB/s: about 2 ms for a 1024x2048 image, against ~50 ms to decode it.
+    """
+    import zlib
+
+    view = memoryview(data.numpy() if hasattr(data, "numpy") else data).cast("B")
+    n = len(view)
+    if n < 8 or bytes(view[:8]) != PNG_SIGNATURE:
+        return False
+    pos = 8
+    while pos + 12 <= n:
+        length = int.from_bytes(view[pos : pos + 4], "big")
+        end = pos + 8 + length
+        if end + 4 > n:
+            return False
+        if zlib.crc32(view[pos + 4 : end]) != int.from_bytes(view[end : end + 4], "big"):
+            return False
+        if bytes(view[pos + 4 : pos + 8]) == b"IEND":
+            return True
+        pos = end + 4
+    return False
 
 
 def image_size(path: str | Path, verify: bool = False, *, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:

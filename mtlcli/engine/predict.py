@@ -132,8 +132,8 @@ class Outputs:
         for source in inputs:  # before anything is written: an output may not replace an input
             for name in output_names(source):
                 self.path(name, create=False)
-        for name in ("detections.json", "images.json"):
-            self.path(name, create=False)
+        for summary in ("detections.json", "images.json"):
+            self.path(summary, create=False)
         root.mkdir(parents=True, exist_ok=True)
         for folder in (self.root, *(p for p in self.root.rglob("*") if p.is_dir())):
             clean_orphans(folder)  # the temporary files of a killed run
@@ -154,7 +154,7 @@ class Outputs:
 
 def default_out() -> Path:
     """runs/predict/expN, N one past the highest existing."""
-    from mtlcli.cli.train import next_run_dir
+    from mtlcli.engine.rundir import next_run_dir
 
     return next_run_dir(Path("runs") / "predict")
 
@@ -316,7 +316,8 @@ class _Writer:
 
             atomic_write_text(self.outputs.path("detections.json"), json.dumps(self.results))
             categories = [
-                {"id": int(i), "name": n} for i, n in zip(self.model.det_category_ids, self.model.det_classes)
+                {"id": int(i), "name": n}
+                for i, n in zip(self.model.det_category_ids, self.model.det_classes, strict=True)
             ]
             atomic_write_text(
                 self.outputs.path("images.json"),
@@ -330,7 +331,7 @@ def predict_sources(
     """Run `model` (an `mtlcli.api.Predictor`) over the sources into `out`; returns the summary."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from mtlcli.api import output_to_result
+    from mtlcli.engine.result import output_to_result
 
     if not 0.0 <= opts.score_threshold <= 1.0:
         raise UserError(f"--score-threshold must lie in 0..1, got {opts.score_threshold}")
@@ -371,10 +372,10 @@ def predict_sources(
                         output_to_result(
                             o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]), opts.score_threshold
                         )
-                        for (_, img), o in zip(good, raw)
+                        for (_, img), o in zip(good, raw, strict=True)
                     ]
                     summary.model_seconds += time.perf_counter() - t_model
-                    for (i, img), result in zip(good, results):
+                    for (i, img), result in zip(good, results, strict=True):
                         writer.add(images[i], img, result)
                     summary.images += len(good)
                 done = summary.images + len(summary.skipped)
@@ -400,11 +401,11 @@ def _predict_video(
         import av
     except ImportError:
         raise UserError("reading videos needs PyAV: pip install av") from None
-    from mtlcli.api import output_to_result
+    from mtlcli.engine.result import output_to_result
 
     try:
         container = av.open(str(source.path))
-    except (av.error.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
+    except (av.error.FFmpegError, OSError) as exc:
         summary.skipped.append((str(source.path), f"cannot open video ({exc})"))
         return 0
     with container:
@@ -418,7 +419,8 @@ def _predict_video(
         video_path = outputs.path(f"{source.rel}.mp4")
         lines_path = outputs.path(f"{source.rel}.jsonl")
         out_container = None
-        frames, t0, failed = 0, time.perf_counter(), []
+        failed: list[str] = []
+        frames, t0 = 0, time.perf_counter()
         with atomic_path(lines_path) as lines_tmp, atomic_path(video_path) as video_tmp:
             try:
                 with open(lines_tmp, "w") as lines:
@@ -482,7 +484,7 @@ def _frames(container: Any, stream: Any, failed: list[str]):
 
     try:
         yield from container.decode(stream)
-    except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
+    except av.error.FFmpegError as exc:
         failed.append(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 
 
@@ -491,7 +493,7 @@ def _open_writer(path: Path, rate: Any, width: int, height: int):
 
     container = av.open(str(path), mode="w", format="mp4")  # a temporary name: the format is not guessed
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    stream = container.add_stream(codec, rate=rate)
+    stream: Any = container.add_stream(codec, rate=rate)  # a VideoStream: add_stream is typed for every kind
     # yuv420p needs even sides
     stream.width, stream.height = width - width % 2, height - height % 2
     stream.pix_fmt = "yuv420p"
