@@ -135,7 +135,7 @@ def atomic_save(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise _named(exc, path) from None
+        raise named_write_error(exc, path) from None
     _fsync_dir(path.parent)
 
 
@@ -150,7 +150,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _named(exc: BaseException, path: Path) -> BaseException:
+def named_write_error(exc: BaseException, path: Path) -> BaseException:
     """An OSError of a write (a full disk raises ENOSPC without a file name) names the file it was
     writing, so that its one line says which; anything else is returned as it is."""
     if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
@@ -183,7 +183,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise _named(exc, path) from None
+        raise named_write_error(exc, path) from None
     _fsync_dir(path.parent)
 
 

@@ -71,7 +71,7 @@ from mtlcli.engine.rundir import RunLock
 from mtlcli.errors import UserError
 from mtlcli.hints import resume_command
 from mtlcli.recipes import dump_toml, total_iterations
-from mtlcli.safety import atomic_write_text
+from mtlcli.safety import atomic_write_text, named_write_error
 
 
 class TrainingDiverged(UserError):
@@ -260,8 +260,11 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a full disk raises ENOSPC without the file's name: give it
+            raise named_write_error(exc, self.path) from None
         if self.tb is not None:
             flat = {**record.get("losses", {}), **record.get("metrics", {})}
             for key in ("loss", "lr", "images_per_s", "data_wait"):

@@ -168,3 +168,15 @@ def test_atomic_writes_keep_the_old_file_and_name_the_new_one(tmp_path: Path):
     with pytest.raises(OSError) as info:
         atomic_save(tmp_path / "dataset.json", full)
     assert str(tmp_path / "dataset.json") in write_error_line(info.value)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)")
+def test_a_full_disk_while_logging_names_the_file(tmp_path: Path):
+    from mtlcli.engine.train import MetricsLog
+    from mtlcli.safety import write_error_line
+
+    log = MetricsLog(tmp_path, True, resume_from=None)
+    log.path = Path("/dev/full")  # every write: ENOSPC, without a file name from the OS
+    with pytest.raises(OSError) as info:
+        log.write({"type": "train", "iteration": 1})
+    assert write_error_line(info.value).startswith("error: /dev/full: no space left on the device")

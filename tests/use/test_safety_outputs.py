@@ -23,20 +23,36 @@ def test_predict_never_writes_over_its_inputs(ivanet_run, tmp_path, capsys):
     write_video(folder / "clip.mp4", frames=2)
     before = (folder / "clip.mp4").read_bytes()
     # --out equal to the input folder: clip.mp4 would be replaced by the annotated video
-    assert cli(["predict", folder, "--run", ivanet_run, "--out", folder, "--force", "-q"]) == 2
+    assert cli(["predict", folder, "--run", ivanet_run, "--workers", "0", "--out", folder, "--force", "-q"]) == 2
     assert "would overwrite the input" in one_line(capsys)
     # clip.avi beside clip.mp4: the output of clip.avi is named clip.mp4
     write_video(folder / "clip.avi", frames=2)
     out = tmp_path / "out"
     assert (
-        cli(["predict", folder / "clip.avi", folder / "clip.mp4", "--run", ivanet_run, "--out", folder, "--force"]) == 2
+        cli(
+            [
+                "predict",
+                folder / "clip.avi",
+                folder / "clip.mp4",
+                "--run",
+                ivanet_run,
+                "--workers",
+                "0",
+                "--out",
+                folder,
+                "--force",
+            ]
+        )
+        == 2
     )
     assert "would overwrite the input" in one_line(capsys)
     assert (folder / "clip.mp4").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == [
         "clip.avi",
         "clip.mp4",
     ]
-    assert cli(["predict", folder, "--run", ivanet_run, "--out", out, "-q"]) == 0  # elsewhere: both predicted
+    assert (
+        cli(["predict", folder, "--run", ivanet_run, "--workers", "0", "--out", out, "-q"]) == 0
+    )  # elsewhere: both predicted
     assert {p.name for p in out.iterdir()} >= {"clip.mp4", "clip.jsonl", "clip-2.mp4", "clip-2.jsonl"}
 
 
@@ -68,7 +84,7 @@ def test_predict_reads_images_as_every_reader_does(ivanet_run, tmp_path, capsys)
     grey16(folder / "deep.png", 32, 48)
     bomb_png(folder / "bomb.png")
     out = tmp_path / "out"
-    assert cli(["predict", folder, "--run", ivanet_run, "--out", out, "-q"]) == 0
+    assert cli(["predict", folder, "--run", ivanet_run, "--workers", "0", "--out", out, "-q"]) == 0
     printed = capsys.readouterr().out
     assert "skipped" in printed and "bomb.png" in printed and "decompression bomb" in printed
     sizes = {
@@ -91,7 +107,7 @@ def test_every_input_unreadable_is_exit_2_and_a_0_frame_video_is_listed(ivanet_r
         stream = container.add_stream("mpeg4", rate=5)
         stream.height, stream.width, stream.pix_fmt = 48, 64, "yuv420p"
         container.start_encoding()
-    assert cli(["predict", folder, "--run", ivanet_run, "--out", tmp_path / "out", "-q"]) == 2
+    assert cli(["predict", folder, "--run", ivanet_run, "--workers", "0", "--out", tmp_path / "out", "-q"]) == 2
     captured = capsys.readouterr()
     assert "nothing was predicted: all 4 input(s) were skipped" in captured.err
     assert "empty.avi: the video has no frame" in captured.out and "damaged.mkv: " in captured.out, captured.out
@@ -137,3 +153,19 @@ def test_export_at_a_size_the_model_cannot_run(tmp_path):
     with pytest.raises(UserError, match="--size 17x33: LadderDenseNet cannot run at this size"):
         export_model(model, "onnx", tmp_path / "l.onnx", size=(17, 33))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_whose_class_names_do_not_match_its_outputs(ivanet_run, tmp_path, capsys):
+    import torch
+
+    from mtlcli.engine.checkpoint import find_run_checkpoint
+
+    state = torch.load(find_run_checkpoint(ivanet_run), weights_only=True)
+    state["classes"]["det_classes"] = state["classes"]["det_classes"][:-1]  # one name short
+    torch.save(state, tmp_path / "edited.pt")
+    (tmp_path / "in").mkdir()
+    grey16(tmp_path / "in" / "a.png")
+    for command in (["predict", tmp_path / "in", "--out", tmp_path / "out"], ["export", "-f", "onnx"]):
+        assert cli([*command, "--checkpoint", tmp_path / "edited.pt"]) == 2
+        assert "names 7 detection classes but its model has 8 detection outputs" in one_line(capsys)
+    assert not (tmp_path / "out").exists()
