@@ -96,6 +96,11 @@ def register(app: typer.Typer) -> None:
         summary = predict_sources(model, items, out or default_out(), opts, force=force, decoder=decoder)
         for path, reason in summary.skipped:
             print(f"skipped {path}: {reason}")
+        if summary.skipped and not summary.images and not summary.frames:
+            raise UserError(
+                f"nothing was predicted: all {len(summary.skipped)} input(s) were skipped (listed above) — "
+                "give readable images or videos"
+            )
         what = _count(summary.images, "image") + (
             f" + {_count(summary.frames, 'video frame')}" if summary.frames else ""
         )

@@ -66,7 +66,7 @@ class GroundTruth:
         coco = COCO()
         try:
             coco.dataset = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise UserError(f"{path} is not valid JSON ({exc}) — prepare the dataset again") from None
         with contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()
@@ -135,7 +135,7 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     """The COCO results list of a JSON file; not a non-empty list is a UserError."""
     try:
         results = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise UserError(
             f"{path} is not valid JSON ({exc}) — write COCO results [{{image_id, category_id, bbox, score}}]"
         ) from None
