@@ -36,6 +36,8 @@ def model_card(dataset: Any) -> dict[str, Any]:
         "palette": [list(map(int, c)) for c in dataset.palette],
         "det_category_ids": [int(i) for i in source_ids],
         "cityscapes": meta.name == "cityscapes",
+        "thing_classes": list(getattr(meta, "thing_classes", None) or []),
+        "panoptic_category_ids": list(getattr(meta, "panoptic_category_ids", None) or []),
     }
 
 

@@ -24,7 +24,6 @@ sort — then matches with array operations.
 
 from __future__ import annotations
 
-import io
 import json
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -34,74 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from mtlcli.data.panoptic import read_panoptic_png
 from mtlcli.errors import UserError
+from mtlcli.ops.panoptic import id2rgb, rgb2id  # noqa: F401 (re-exported: the format's encoding)
 
 OFFSET = 256 * 256 * 256
 VOID = 0
-
-
-def rgb2id(color: np.ndarray, channels_first: bool = False) -> np.ndarray:
-    """[H, W, 3+] (or [3+, H, W] with `channels_first`) uint8 -> [H, W] uint32 segment ids
-    (R + 256 G + 65536 B)."""
-    r, g, b = (color[k] for k in range(3)) if channels_first else (color[..., k] for k in range(3))
-    ids = b.astype(np.uint32)
-    ids <<= 8
-    ids |= g
-    ids <<= 8
-    ids |= r
-    return ids
-
-
-def id2rgb(ids: np.ndarray) -> np.ndarray:
-    """[H, W] integer ids (< 2^24) -> [H, W, 3] uint8, the inverse of `rgb2id`."""
-    ids = np.asarray(ids, dtype=np.uint32)
-    return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
-
-
-def read_panoptic_png(path: str | Path) -> np.ndarray:
-    """A COCO panoptic PNG as [H, W] uint32 segment ids (libpng through torchvision, else PIL)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read the panoptic PNG ({exc.strerror})") from None
-    # IHDR colour type 2 (RGB) or 6 (RGBA), 8 bits: the fast decoder
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[24] == 8 and data[25] in (2, 6):
-        planes = _decode_png(data)
-        if planes is not None:
-            return rgb2id(planes, channels_first=True)
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            rgb = np.array(img.convert("RGB") if img.mode == "P" else img)
-    except Exception as exc:
-        raise UserError(f"{path} is not a readable PNG ({exc}) — write it again") from None
-    if rgb.ndim != 3 or rgb.shape[-1] < 3:
-        raise UserError(f"{path} is not an RGB panoptic PNG (segment id = R + 256 G + 65536 B); write it with id2rgb")
-    return rgb2id(rgb)
-
-
-def _decode_png(data: bytes) -> np.ndarray | None:
-    from mtlcli.data.integrity import png_chunks_intact
-
-    if not png_chunks_intact(data):
-        return None
-    try:
-        import warnings
-
-        import torch
-        from torchvision.io import ImageReadMode, decode_png
-    except ImportError:
-        return None
-    warnings.filterwarnings(
-        "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
-    )
-    try:
-        t = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.UNCHANGED)
-    except RuntimeError:
-        return None
-    return t.numpy()  # [C, H, W]: contiguous planes
 
 
 class PQStats:
@@ -376,3 +313,41 @@ def pq_details(stats: PQStats) -> dict[str, Any]:
         "classes": classes,
         "rule": "COCO panopticapi / cityscapesscripts evalPanopticSemanticLabeling (IoU > 0.5)",
     }
+
+
+def evaluate_panoptic_files(gt: Any, predictions: Path, progress: bool = False) -> dict[str, Any]:
+    """pq of saved panoptic predictions (DIR/panoptic.json + DIR/panoptic/<file_name>, COCO panoptic format,
+    image_id = the prepared split's image id) against a prepared split (`predictions.GroundTruth`): its
+    kept panoptic files, else ground truth derived from its instances and semantic maps."""
+    from mtlcli.data.panoptic import PanopticTruth
+    from mtlcli.data.prepared import read_label_png, semantic_path
+
+    pred_json = predictions / "panoptic.json" if predictions.is_dir() else predictions
+    pred = load_panoptic_json(pred_json, "predicted panoptic JSON (--save-predictions writes DIR/panoptic.json)")
+    folder = pred_json.parent / "panoptic"
+    truth = PanopticTruth(gt.root, gt.split, gt.meta)
+    metric = PanopticMetric(truth.categories)
+    by_image = {a["image_id"]: a for a in pred["annotations"]}
+    from pycocotools import mask as mask_utils
+
+    for img in gt.images():
+        stem = img.get("stem") or Path(img["file_name"]).stem
+
+        def derive(img=img, stem=stem):
+            sem_file = semantic_path(gt.root, gt.split, stem)
+            sem = read_label_png(sem_file) if sem_file.is_file() else None
+            anns = gt.coco.imgToAnns.get(img["id"], [])
+            masks = [mask_utils.decode(gt.coco.annToRLE(a)).astype(bool) for a in anns]
+            return sem, masks, [a["category_id"] for a in anns], [a.get("iscrowd", 0) for a in anns]
+
+        truth_pair = truth.get(stem, derive)
+        if truth_pair is None:
+            continue
+        p = by_image.get(img["id"])
+        if p is None:
+            raise UserError(
+                f"{pred_json} has no prediction for image {stem} (image_id {img['id']}); predict every image"
+            )
+        pred_ids = read_panoptic_png(folder / p["file_name"])
+        metric.update(truth_pair[0], truth_pair[1], pred_ids, p["segments_info"], where=f"image {stem}")
+    return metric.compute()

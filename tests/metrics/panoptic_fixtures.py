@@ -63,7 +63,7 @@ def make_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, li
     ids[rng.random((h, w)) < 0.01] = 0  # unlabelled pixels
     segments = []
     values, counts = np.unique(ids, return_counts=True)
-    for v, n in zip(values.tolist(), counts.tolist()):
+    for v, n in zip(values.tolist(), counts.tolist(), strict=True):
         if v == 0:
             continue
         cat = v // 1000 if v >= 1000 else v
@@ -114,7 +114,7 @@ def perturb(rng: np.random.Generator, ids: np.ndarray, segments: list[dict]) -> 
     lut = np.zeros(next_label, np.uint32)
     lut[present] = new_ids
     pred = lut[pred]
-    infos = [{"id": int(n), "category_id": out_cat[int(o)]} for o, n in zip(present, new_ids)]
+    infos = [{"id": int(n), "category_id": out_cat[int(o)]} for o, n in zip(present, new_ids, strict=True)]
     rng.shuffle(infos)
     return pred, infos
 

@@ -111,7 +111,7 @@ def test_the_metric_streams_arrays_like_the_files(tmp_path):
     paths = write_pairs(tmp_path, 4, size=(32, 64), seed=3)
     gt, pred = json.loads(paths[0].read_text()), json.loads(paths[2].read_text())
     metric = PanopticMetric(gt["categories"])
-    for a, p in zip(gt["annotations"], pred["annotations"]):
+    for a, p in zip(gt["annotations"], pred["annotations"], strict=True):
         metric.update(
             read_panoptic_png(paths[1] / a["file_name"]),
             a["segments_info"],
