@@ -172,7 +172,8 @@ class PanopticTruth:
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise UserError(f"{path} is not valid JSON ({exc}) — prepare the dataset again") from None
             self.categories = data["categories"]
-            self.by_stem = {Path(a["file_name"]).stem: a for a in data["annotations"]}
+            # the file name is "<stem>.png", the stem possibly with folders ("a/x")
+            self.by_stem = {a["file_name"].rsplit(".", 1)[0]: a for a in data["annotations"]}
         else:
             self.categories = categories(meta)
             if not any(c["isthing"] == 0 for c in self.categories) and not meta.det_classes:

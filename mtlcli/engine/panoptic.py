@@ -75,14 +75,15 @@ class PanopticWriter:
     def add(self, stem: str, image_id: Any, ids: np.ndarray, segments: list[dict[str, Any]]) -> None:
         from mtlcli.safety import atomic_write_bytes
 
-        (self.out / "panoptic").mkdir(parents=True, exist_ok=True)
+        target = self.out / "panoptic" / f"{stem}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
         import io
 
         from PIL import Image
 
         buf = io.BytesIO()
         Image.fromarray(id2rgb(ids)).save(buf, format="PNG")
-        atomic_write_bytes(self.out / "panoptic" / f"{stem}.png", buf.getvalue())
+        atomic_write_bytes(target, buf.getvalue())
         self.annotations.append({"image_id": image_id, "file_name": f"{stem}.png", "segments_info": segments})
 
     def close(self) -> None:
