@@ -201,13 +201,14 @@ class Predictor:
                     score_threshold,
                     str(item) if isinstance(item, (str, Path)) else None,
                 )
-                result.panoptic = self._panoptic(out)
+                result.panoptic = self.panoptic_of(out)
                 results.append(result)
         return results[0] if single else results
 
     __call__ = predict
 
-    def _panoptic(self, output: dict[str, torch.Tensor]) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
+    def panoptic_of(self, output: dict[str, torch.Tensor]) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
+        """The panoptic merge (docs/panoptic.md) of one raw output: (ids [H, W] int32, segments_info)."""
         if "sem_seg" not in output and "masks" not in output:
             return None
         if getattr(self, "_panoptic_maker", None) is None:

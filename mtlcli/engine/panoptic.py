@@ -126,3 +126,14 @@ class PanopticStep:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def panoptic_categories(model: Any) -> list[dict[str, Any]]:
+    """COCO panoptic categories [{id, name, isthing}] of a `Predictor`'s seg classes."""
+    maker = PanopticMaker(
+        model.det_classes, model.seg_classes, model.card.get("thing_classes"), model.card.get("panoptic_category_ids")
+    )
+    return [
+        {"id": cid, "name": n, "isthing": int(i in maker.things)}
+        for i, (cid, n) in enumerate(zip(maker.class_ids, model.seg_classes, strict=True))
+    ]
