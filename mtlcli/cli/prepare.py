@@ -1,4 +1,4 @@
-"""`mtl prepare {cityscapes,voc,coco,coco-panoptic,mot15,synthetic}`: turn a dataset into the prepared format.
+"""`mtl prepare {cityscapes,voc,coco,coco-panoptic,folder,mot15,synthetic}`: turn a dataset into the prepared format.
 
 Each command parses, calls the reader's entry function in `mtlcli.data` and prints where the result
 went, then a `next:` line with the command that trains on it (a shipped recipe whose splits the prepared
@@ -87,6 +87,37 @@ def coco_panoptic(
         soft_wrap=True,
         markup=False,
     )
+
+
+@app.command("folder")
+def folder(
+    src: Path = typer.Argument(
+        ..., help="Folder with images/, masks/ (class-index PNGs) and classes.txt or classes.json."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/folder]."
+    ),
+    workers: int | None = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+) -> None:
+    """Hand-made scene labels: class-index masks + a class list saying which are things (docs/panoptic.md);
+    instances from an optional COCO instances.json, else from connected components."""
+    from mtlcli.data.folder import prepare_folder
+
+    out = out or default_out("folder")
+    with quiet_output(quiet):
+        summary = prepare_folder(src, out, workers=workers, strict=strict, force=force, quiet=quiet)
+    _done(out, summary)
+    if summary["instances_from"] == "connected components":
+        _console().print(
+            "instances: connected components of each thing class's pixels (no instances.json): "
+            "touching objects of one class are one instance",
+            soft_wrap=True,
+            markup=False,
+        )
+    _console().print(f"next: mtl train --recipe datnet-custom --data {out}", soft_wrap=True, markup=False)
 
 
 @app.command("cityscapes")
