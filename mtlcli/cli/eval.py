@@ -72,6 +72,8 @@ def print_results(result: dict[str, Any]) -> None:
             a, t, st = d.get("all", {}), d.get("things", {}), d.get("stuff", {})
             extra = f"SQ {_fmt(a.get('sq'))}  RQ {_fmt(a.get('rq'))}  things PQ {_fmt(t.get('pq'))}  "
             extra += f"stuff PQ {_fmt(st.get('pq'))}"
+        elif name == "cs-inst":
+            extra = f"AP50 {_fmt(d.get('ap50'))}  (Cityscapes instance AP, official script)"
         elif name == "ar":
             s = d.get("stats", {})
             extra = "  ".join(f"{k} {_fmt(s.get(k))}" for k in ("AR@1000", "ARs@100", "ARm@100", "ARl@100"))
@@ -108,6 +110,12 @@ def print_results(result: dict[str, Any]) -> None:
             for group in ("all", "things", "stuff"):
                 g = d[group]
                 table.add_row(f"[bold]{group}[/] ({g['n']})", "", _fmt(g["pq"]), _fmt(g["sq"]), _fmt(g["rq"]))
+        elif name == "cs-inst":
+            table = _table("cs-inst: Cityscapes instance AP per class (%)")
+            for c in ("class", "AP", "AP50"):
+                table.add_column(c, justify="left" if c == "class" else "right")
+            for cls, ap, ap50 in zip(d["classes"], d["class_ap"], d["class_ap50"], strict=True):
+                table.add_row(cls, _fmt(ap), _fmt(ap50))
         elif name.startswith("coco"):
             table = _table(f"{name}: AP@[.5:.95] per class (%)")
             table.add_column("class")
@@ -309,7 +317,7 @@ def register(app: typer.Typer) -> None:
             [],
             "--metric",
             "-m",
-            help="miou, dt, voc07, voc12, coco-bbox, coco-segm, ar, pq (repeat or comma-separate).",
+            help="miou, dt, voc07, voc12, coco-bbox, coco-segm, ar, pq, cs-inst (repeat or comma-separate).",
         ),
         cityscapes_ids: bool = typer.Option(
             False, "--cityscapes-ids", help="Prediction PNGs hold Cityscapes labelIds."

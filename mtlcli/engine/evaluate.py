@@ -64,7 +64,7 @@ def _dist_info() -> tuple[int, int]:
 
 
 def _check_outputs(output: dict[str, Any], names: list[str], model: nn.Module) -> None:
-    needs = {"miou": "sem_seg", "dt": "dt", "coco-segm": "masks"}
+    needs = {"miou": "sem_seg", "dt": "dt", "coco-segm": "masks", "cs-inst": "masks"}
     for name in names:
         if name == "pq":
             if "sem_seg" not in output and "masks" not in output:
@@ -127,7 +127,7 @@ def evaluate(
     sem = [m for n, m in built.items() if n == "miou"]
     dt_metric = built.get("dt")
     det = {n: m for n, m in built.items() if n not in SEMANTIC_METRICS + PANOPTIC_METRICS}
-    needs_masks = "coco-segm" in det
+    needs_masks = "coco-segm" in det or "cs-inst" in det
     class_index = det_to_seg_index(dataset.meta)
     need_instances = any(m.instance_sizes for m in sem)
     rank, world = _dist_info()

@@ -7,6 +7,7 @@
     ar         class-agnostic proposal recall AR@100 / AR@1000 (COCOeval, useCats = 0)
     pq         panoptic quality PQ / SQ / RQ (all, things, stuff, per class), as cityscapesscripts'
                evalPanopticSemanticLabeling (metrics/panoptic.py); `update(gt_ids, gt_segments, ids, segments)`
+    cs-inst    Cityscapes instance AP / AP50 through cityscapesscripts' evalInstanceLevelSemanticLabeling
 
 Every metric has `kind` ("semantic": `update(pred, target, instances)`; "detection": `update(results)`
 with COCO results dicts), `sync()` (gather across torch.distributed ranks) and `compute() -> {"value":
@@ -20,9 +21,10 @@ from typing import Any
 
 from mtlcli.errors import UserError
 
-METRIC_NAMES = ("miou", "dt", "voc07", "voc12", "coco-bbox", "coco-segm", "ar", "pq")
+METRIC_NAMES = ("miou", "dt", "voc07", "voc12", "coco-bbox", "coco-segm", "ar", "pq", "cs-inst")
 SEMANTIC_METRICS = ("miou", "dt")
-DETECTION_METRICS = ("voc07", "voc12", "coco-bbox", "coco-segm", "ar")
+DETECTION_METRICS = ("voc07", "voc12", "coco-bbox", "coco-segm", "ar", "cs-inst")
+MASK_METRICS = ("coco-segm", "cs-inst")  # detection metrics that score instance masks
 PANOPTIC_METRICS = ("pq",)
 
 
@@ -76,6 +78,10 @@ def build_metric(name: str, dataset: Any) -> Any:
         return COCOMetric(dataset.coco, meta.det_classes, "segm")
     if name == "ar":
         return ProposalRecall(dataset.coco)
+    if name == "cs-inst":
+        from mtlcli.metrics.cs_instance import CityscapesInstanceMetric
+
+        return CityscapesInstanceMetric(dataset)
     raise UserError(f"unknown metric {name!r}; valid metrics: {', '.join(METRIC_NAMES)}")
 
 

@@ -458,7 +458,7 @@ def evaluate_predictions(
             raise UserError(
                 f"--metric {det_names[0]} needs COCO results; {predictions} is no .json file and holds no detections.json"
             )
-        detections = load_detections(det_file, gt, need_masks="coco-segm" in det_names)
+        detections = load_detections(det_file, gt, need_masks="coco-segm" in det_names or "cs-inst" in det_names)
         for name in det_names:
             metric = build_metric(name, gt)
             metric.update(detections)
