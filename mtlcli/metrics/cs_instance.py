@@ -71,9 +71,10 @@ class CityscapesInstanceMetric:
         meta = dataset.meta
         unknown = [n for n in meta.det_classes if n not in name2label or not name2label[n].hasInstances]
         if unknown or meta.name not in ("cityscapes",):
+            why = f"has classes {', '.join(unknown)} that are not" if unknown else "is not"
             raise UserError(
-                f"cs-inst scores Cityscapes data (prepared by `mtl prepare cityscapes`); {meta.name!r} "
-                f"{'has classes ' + ', '.join(unknown) + ' that are not ' if unknown else 'is not '}Cityscapes — use coco-segm"
+                f"cs-inst scores Cityscapes data (prepared by `mtl prepare cityscapes`); {meta.name!r} {why} "
+                "Cityscapes — use coco-segm"
             )
         self.label_ids = {k: name2label[n].id for k, n in enumerate(meta.det_classes, start=1)}
         self.source = Path(meta.source)
