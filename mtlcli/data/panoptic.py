@@ -39,9 +39,17 @@ def panoptic_png_path(root: str | Path, split: str, stem: str) -> Path:
 
 
 def category_ids(meta: DatasetMeta) -> list[int]:
-    """The panoptic category id of each seg class."""
+    """The panoptic category id of each seg class: the recorded ones, Cityscapes' labelIds for Cityscapes
+    data (what createPanopticImgs and the official evaluation use), else 1..C."""
     ids = list(getattr(meta, "panoptic_category_ids", None) or [])
-    return [int(i) for i in ids] if len(ids) == len(meta.seg_classes) else list(range(1, len(meta.seg_classes) + 1))
+    if len(ids) == len(meta.seg_classes):
+        return [int(i) for i in ids]
+    if meta.name == "cityscapes":
+        from cityscapesscripts.helpers.labels import name2label
+
+        if all(n in name2label for n in meta.seg_classes):
+            return [int(name2label[n].id) for n in meta.seg_classes]
+    return list(range(1, len(meta.seg_classes) + 1))
 
 
 def categories(meta: DatasetMeta) -> list[dict[str, Any]]:

@@ -125,3 +125,39 @@ def test_cityscapes_panoptic_equals_prepare_cityscapes(tmp_path):
     for name in a:
         assert (a[name][0] == b[name][0]).all(), name
         assert a[name][1] == b[name][1], name
+
+
+def test_derived_panoptic_ground_truth_equals_create_panoptic_imgs(tmp_path):
+    """The panoptic ground truth mtl derives for data prepared by `prepare cityscapes` (instances + semantic
+    map) is createPanopticImgs' own: the official evaluatePanoptic of ours against it gives PQ = SQ = RQ = 1."""
+    create = pytest.importorskip("cityscapesscripts.preparation.createPanopticImgs")
+    official = pytest.importorskip("cityscapesscripts.evaluation.evalPanopticSemanticLabeling")
+    from mtlcli.data.cityscapes import prepare_cityscapes
+    from mtlcli.data.panoptic import write_ground_truth
+    from mtlcli.data.synthetic import generate_synthetic
+
+    src = generate_synthetic(tmp_path / "city", train=0, val=3, size=(64, 128), quiet=True)
+    (tmp_path / "pan").mkdir()
+    with contextlib.redirect_stdout(io.StringIO()):
+        create.convert2panoptic(str(src / "gtFine"), str(tmp_path / "pan"), setNames=["val"])
+    prepare_cityscapes(src, tmp_path / "data", workers=1, splits=["val"], quiet=True)
+    inst = json.loads((tmp_path / "data" / "val" / "instances.json").read_text())
+    meta = DatasetMeta.load(tmp_path / "data")
+    assert write_ground_truth(tmp_path / "data", "val", inst["images"], inst["annotations"], meta) == 3
+    ours = json.loads((tmp_path / "data" / "val" / "panoptic.json").read_text())
+    theirs_json = tmp_path / "pan" / "cityscapes_panoptic_val.json"
+    theirs = json.loads(theirs_json.read_text())
+    assert [c["id"] for c in ours["categories"]] == [c["id"] for c in theirs["categories"]]  # labelIds
+    for a in ours["annotations"]:  # as predictions: the official image ids
+        a["image_id"] = Path(a["file_name"]).name.replace("_leftImg8bit.png", "")
+    (tmp_path / "ours.json").write_text(json.dumps(ours))
+    with contextlib.redirect_stdout(io.StringIO()):
+        res = official.evaluatePanoptic(
+            str(theirs_json), str(tmp_path / "pan" / "cityscapes_panoptic_val"), str(tmp_path / "ours.json"),
+            str(tmp_path / "data" / "val" / "panoptic"), str(tmp_path / "res.json"),
+        )  # fmt: skip
+    for group in ("All", "Things", "Stuff"):
+        assert res[group]["n"] > 0 and res[group]["pq"] == res[group]["rq"] == 1.0, group
+    for a, b in zip(sorted(ours["annotations"], key=lambda a: a["image_id"]), theirs["annotations"], strict=True):
+        assert len(a["segments_info"]) == len(b["segments_info"])
+        assert sorted(s["iscrowd"] for s in a["segments_info"]) == sorted(s["iscrowd"] for s in b["segments_info"])
