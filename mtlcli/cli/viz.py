@@ -149,6 +149,7 @@ def predictions(
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
+    panoptic: bool = typer.Option(False, "--panoptic", help="Add a panel of the panoptic merge (docs/panoptic.md)."),
 ) -> None:
     """Predictions over their images: semantic overlay, boxes with scores, masks; ground truth beside them."""
     from mtlcli.errors import UserError
@@ -183,8 +184,23 @@ def predictions(
         force=force,
         device=loaded.device,
         progress=not quiet,
+        panoptic=_panoptic_maker(loaded) if panoptic else None,
     )
     _print_paths("prediction overlay(s)", paths)
+
+
+def _panoptic_maker(loaded):  # type: ignore[no-untyped-def]
+    from mtlcli.engine.panoptic import PanopticMaker, merge_settings
+
+    card = getattr(loaded, "card", None) or {}
+    cls = loaded.classes
+    return PanopticMaker(
+        cls.det_classes,
+        cls.seg_classes,
+        card.get("thing_classes"),
+        card.get("panoptic_category_ids"),
+        merge_settings(loaded.recipe),
+    )
 
 
 @app.command("curves")
@@ -195,9 +211,7 @@ def curves(
     ),
     force: bool = FORCE_OPTION,
     quiet: bool = QUIET_OPTION,
-    runs_arg: list[Path] | None = typer.Argument(
-        None, hidden=True, help="Before 0.2: RUN... as positional arguments."
-    ),
+    runs_arg: list[Path] | None = typer.Argument(None, hidden=True, help="Before 0.2: RUN... as positional arguments."),
 ) -> None:
     """Loss terms, learning rate and evaluation metrics over iterations, from RUN/metrics.jsonl."""
     from mtlcli.errors import UserError
@@ -217,9 +231,7 @@ def confusion(
     checkpoint: Path | None = CHECKPOINT_OPTION,
     data: Path | None = typer.Option(None, "--data", help="Prepared dataset [default: the recipe's]."),
     split: str | None = typer.Option(None, "--split", help="Split to evaluate [default: the recipe's val_split]."),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", metavar="DIR", help="Folder for the PNG [default: RUN/viz]."
-    ),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for the PNG [default: RUN/viz]."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
