@@ -285,6 +285,8 @@ def run_eval(
             force=force or keep,
             workers=workers,
             panoptic_settings=recipe.get("eval"),
+            # panoptic PNGs where the user asked for predictions or for pq, not in every RUN/eval
+            save_panoptic=save_predictions is not None or "pq" in names,
         )
         if (
             eval_dir is not None

@@ -97,6 +97,7 @@ def evaluate(
     force: bool = False,
     workers: int = 0,
     panoptic_settings: dict[str, Any] | None = None,
+    save_panoptic: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate `model` on every image of `dataset` (a PreparedDataset without resizing transforms).
 
@@ -104,7 +105,8 @@ def evaluate(
     headlines of docs/interfaces.md: miou, voc07 / voc12 (mAP@0.5), coco-bbox / coco-segm (AP@[.5:.95]),
     ar (AR@100). `save_predictions` writes detections.json, semantic/ and (Cityscapes classes)
     labelIds/ PNGs there, and panoptic.json + panoptic/ PNGs (mtlcli.engine.panoptic) for a model with a
-    semantic map or masks; `panoptic_settings` are the recipe's [eval] panoptic_* keys. Under
+    semantic map or masks when `save_panoptic` (default: when pq is computed); `panoptic_settings` are
+    the recipe's [eval] panoptic_* keys. Under
     torch.distributed each rank evaluates its part and the counts and
     detections are gathered before computing.
     """
@@ -143,11 +145,12 @@ def evaluate(
         maps = source_id_maps(dataset.meta, dataset.coco.dataset["images"], identity)
         writer = PredictionWriter(save_predictions, dataset.meta, force=force, id_maps=maps)
     panoptic = None
-    if "pq" in built or writer is not None:
+    save_panoptic = ("pq" in built if save_panoptic is None else save_panoptic) and writer is not None
+    if "pq" in built or save_panoptic:
         from mtlcli.engine.panoptic import PanopticStep, merge_settings
 
         settings = merge_settings({"eval": panoptic_settings or {}})
-        panoptic = PanopticStep(dataset, built.get("pq"), save_predictions if writer else None, settings)
+        panoptic = PanopticStep(dataset, built.get("pq"), save_predictions if save_panoptic else None, settings)
     # under torch.distributed each rank takes every world-th image; sync() below gathers the counts
     part = dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
 
