@@ -88,7 +88,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "loss_weights": {},
         "stages": [],
     },
-    "eval": {"metrics": [], "interval": 1000, "best_metric": "", "batch_size": 8, "resolution": [0, 0]},
+    "eval": {
+        "metrics": [],
+        "interval": 1000,
+        "best_metric": "",
+        "batch_size": 8,
+        "resolution": [0, 0],
+        # the panoptic merge (mtlcli/ops/panoptic.py; Panoptic FPN's defaults)
+        "panoptic_score": 0.5,
+        "panoptic_overlap": 0.5,
+        "panoptic_stuff_area": 4096,
+    },
 }
 
 STAGE_DEFAULTS: dict[str, Any] = {"name": "", "iterations": 0, "lr": 0.0, "loss_weights": {}, "freeze": []}
