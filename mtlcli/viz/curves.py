@@ -101,7 +101,7 @@ def _grid(names: list[str], title: str):
     for ax in axes[len(names) :]:
         ax.set_visible(False)
     fig.suptitle(title)
-    return fig, dict(zip(names, axes, strict=True))
+    return fig, dict(zip(names, axes[: len(names)], strict=True))  # the grid's spare cells stay hidden
 
 
 def curve_figures(series: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str, Any]:
