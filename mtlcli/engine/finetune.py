@@ -114,7 +114,7 @@ def load_matching(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[st
                 reinit.append(module)
         else:
             load[name] = src.to(value.dtype)
-    model.load_state_dict(load, strict=False)  # a subset by design: what is missing keeps its fresh init
+    model.load_state_dict(load, strict=False)  # only the tensors that fit; the rest stays initialised
     return {"loaded": len(load), "total": len(own), "reinitialised": reinit, "missing": missing}
 
 
