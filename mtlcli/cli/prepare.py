@@ -78,11 +78,10 @@ def coco_panoptic(
     from mtlcli.errors import UserError
 
     splits = [PanopticSplit("train", json_file, png_dir, images)]
-    val = (val_json, val_png_dir, val_images)
-    if any(v is not None for v in val):
-        if not all(v is not None for v in val):
-            raise UserError("a val split needs all three of --val-json, --val-png-dir and --val-images")
-        splits.append(PanopticSplit("val", *val))
+    if val_json is not None and val_png_dir is not None and val_images is not None:
+        splits.append(PanopticSplit("val", val_json, val_png_dir, val_images))
+    elif any(v is not None for v in (val_json, val_png_dir, val_images)):
+        raise UserError("a val split needs all three of --val-json, --val-png-dir and --val-images")
     out = out or default_out("custom-panoptic")
     with quiet_output(quiet):
         summary = prepare_coco_panoptic(splits, out, workers=workers, strict=strict, force=force, quiet=quiet)

@@ -20,11 +20,14 @@ drawing code is imported inside the commands so that `mtl --help` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from mtlcli.cli.common import CHECKPOINT_OPTION, DEVICE_OPTION, RUN_OPTION
+
+if TYPE_CHECKING:
+    from mtlcli.engine.panoptic import PanopticMaker
 
 app = typer.Typer(
     help="Draw ground truth, predictions, training curves, confusion matrices, features and adversarial examples "
@@ -192,7 +195,7 @@ def predictions(
     _print_paths("prediction overlay(s)", paths)
 
 
-def _panoptic_maker(loaded):  # type: ignore[no-untyped-def]
+def _panoptic_maker(loaded: Any) -> PanopticMaker:
     from mtlcli.engine.panoptic import PanopticMaker, merge_settings
 
     card = getattr(loaded, "card", None) or {}

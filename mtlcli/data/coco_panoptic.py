@@ -147,7 +147,9 @@ def prepare_coco_panoptic(
         for path, opt in ((s.png_dir, "png-dir"), (s.images, "images")):
             if not path.is_dir():
                 raise UserError(f"--{'' if s.name == 'train' else s.name + '-'}{opt} {path}: no such folder")
-    categories = None
+    if not splits:
+        raise ValueError("prepare_coco_panoptic needs at least one split")
+    categories: list[tuple[int, str, int]] | None = None
     jobs: list[ImageJob] = []
     skipped: list[ImageResult] = []
     source = Path(os.path.commonpath([str(s.images.resolve()) for s in splits]))
@@ -194,7 +196,8 @@ def prepare_coco_panoptic(
                 )
             )
             per_split_segments[split.name][stem] = ann["segments_info"]
-    if len(categories or []) > 255:
+    assert categories is not None  # set by the first split
+    if len(categories) > 255:
         raise UserError(f"{splits[0].json} has {len(categories)} categories; the prepared format holds up to 255")
     refuse_out_inside(out, [source] + [s.png_dir for s in splits] + [s.json.parent for s in splits])
     out = check_out_dir(out, force)
@@ -215,16 +218,16 @@ def prepare_coco_panoptic(
         out, meta, jobs, prepare_panoptic_image, workers=workers, strict=strict, pre_skipped=skipped, quiet=quiet
     )
     cat_json = [{"id": cid, "name": n, "isthing": t} for cid, n, t in categories]
-    for split in meta.splits:  # the panoptic ground truth with the prepared split's image ids
-        images = json.loads(instances_path(out, split).read_text())["images"]
+    for split_name in meta.splits:  # the panoptic ground truth with the prepared split's image ids
+        images = json.loads(instances_path(out, split_name).read_text())["images"]
         anns = [
             {
                 "image_id": im["id"],
                 "file_name": f"{im['stem']}.png",
-                "segments_info": per_split_segments[split][im["stem"]],
+                "segments_info": per_split_segments[split_name][im["stem"]],
             }
             for im in images
         ]
         data = {"images": images, "annotations": anns, "categories": cat_json}
-        atomic_write_text(panoptic_json_path(out, split), json.dumps(data))
+        atomic_write_text(panoptic_json_path(out, split_name), json.dumps(data))
     return summary

@@ -85,7 +85,7 @@ def prepare_folder_image(job: ImageJob, out: Path) -> ImageResult:
     if len(bad):
         raise SkipImage(f"its mask holds value {int(bad[0])}, outside the {n} classes (255 = ignore)")
     semantic = mask.astype(np.uint8)
-    det_label = {}
+    det_label: dict[int, int] = {}
     for k, (_, thing) in enumerate(p["classes"]):
         if thing:
             det_label[k] = len(det_label) + 1
@@ -162,7 +162,9 @@ def prepare_folder(
     source = src.resolve()
     classes = read_classes(src)
     roots = [(s, src / s) for s in ("train", "val") if (src / s).is_dir()] or [("train", src)]
-    jobs, skipped, components = [], [], False
+    jobs: list[ImageJob] = []
+    skipped: list[ImageResult] = []
+    components = False
     for name, root in roots:
         split_jobs, cc = _split_jobs(name, root, source, classes, skipped)
         jobs += split_jobs

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,9 @@ import numpy as np
 from mtlcli.data.prepared import DatasetMeta
 from mtlcli.errors import UserError
 from mtlcli.ops.panoptic import det_to_seg, id2rgb, rgb2id, thing_indices
+
+# derive_ground_truth's inputs but meta: semantic [H, W] or None, instance masks, det labels, crowd flags
+DeriveArgs = tuple[np.ndarray | None, list[np.ndarray], list[int], list[int]]
 
 
 def panoptic_json_path(root: str | Path, split: str) -> Path:
@@ -98,7 +102,7 @@ def derive_ground_truth(
     class_ids = category_ids(meta)
     shape = semantic.shape if semantic is not None else (masks[0].shape if masks else (0, 0))
     ids = np.zeros(shape, np.uint32)
-    segments = []
+    segments: list[dict[str, Any]] = []
     for mask, label, crowd in zip(masks, labels, iscrowd, strict=True):
         cls = to_class.get(int(label))
         if cls is None:
@@ -188,10 +192,10 @@ class PanopticTruth:
                 raise UserError(f"{root} has neither things nor stuff classes; pq cannot be computed")
         self.kept = self.by_stem is not None
 
-    def get(self, stem: str, derive: Any) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
+    def get(self, stem: str, derive: Callable[[], DeriveArgs]) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
         """(ids [H, W] uint32, segments_info) of one image; `derive()` -> the `derive_ground_truth`
         arguments when the split keeps no files. None: the kept files have no entry for this image."""
-        if self.kept:
+        if self.by_stem is not None:
             ann = self.by_stem.get(stem)
             if ann is None:
                 return None

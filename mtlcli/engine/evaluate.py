@@ -150,7 +150,8 @@ def evaluate(
         from mtlcli.engine.panoptic import PanopticStep, merge_settings
 
         settings = merge_settings({"eval": panoptic_settings or {}})
-        panoptic = PanopticStep(dataset, built.get("pq"), save_predictions if save_panoptic else None, settings)
+        save_to = Path(save_predictions) if save_panoptic and save_predictions is not None else None
+        panoptic = PanopticStep(dataset, built.get("pq"), save_to, settings)
     # under torch.distributed each rank takes every world-th image; sync() below gathers the counts
     part = dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtlcli.data.panoptic import PanopticTruth, categories, category_ids, segments_to_coco
+from mtlcli.data.panoptic import DeriveArgs, PanopticTruth, categories, category_ids, segments_to_coco
 from mtlcli.ops.panoptic import det_to_seg, id2rgb, merge_panoptic, thing_indices
 
 SETTINGS = {"panoptic_score": 0.5, "panoptic_overlap": 0.5, "panoptic_stuff_area": 4096}
@@ -50,7 +50,7 @@ class PanopticMaker:
             semantic = output["sem_seg"].argmax(0)
         empty = torch.zeros(0)
         masks = output.get("masks")
-        ids, segs = merge_panoptic(
+        id_map, segs = merge_panoptic(
             semantic,
             output.get("boxes", empty.reshape(0, 4)),
             output.get("scores", empty),
@@ -60,7 +60,7 @@ class PanopticMaker:
             thing_classes=self.things,
             **self.settings,
         )
-        ids = ids.cpu().numpy().astype(np.uint32)
+        ids = id_map.cpu().numpy().astype(np.uint32)
         return ids, segments_to_coco(ids, segs, self.class_ids)
 
 
@@ -110,10 +110,10 @@ class PanopticStep:
         stem = str(target["stem"])
         if self.writer is not None:
             self.writer.add(stem, int(target["image_id"]), ids, segs)
-        if self.metric is None:
+        if self.metric is None or self.truth is None:
             return
 
-        def derive():
+        def derive() -> DeriveArgs:
             sem = target.get("semantic")
             sem = None if sem is None else torch.as_tensor(sem).cpu().numpy()
             masks = [m.astype(bool) for m in torch.as_tensor(target["masks"]).cpu().numpy()]

@@ -50,7 +50,7 @@ def official_module():
             with open(file_name, "w") as f:
                 f.write(json.dumps(data, default=lambda o: o.item() if hasattr(o, "item") else o.__dict__))
 
-        write_dict.mtl_compat = True  # type: ignore[attr-defined]
+        write_dict.mtl_compat = True
         ev.writeDict2JSON = write_dict
     return ev, name2label
 

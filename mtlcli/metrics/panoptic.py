@@ -27,15 +27,17 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from mtlcli.data.panoptic import read_panoptic_png
 from mtlcli.errors import UserError
 from mtlcli.ops.panoptic import id2rgb, rgb2id  # noqa: F401 (re-exported: the format's encoding)
+
+T = TypeVar("T")
 
 OFFSET = 256 * 256 * 256
 VOID = 0
@@ -124,14 +126,14 @@ class PQStats:
         p_matched[pj] = True
 
         np.add.at(self.fn, gcat[~g_matched & ~gcrowd], 1)
-        crowd_of = {}  # category slot -> gt bin of its (last) crowd segment
+        crowd_of: dict[int, int] = {}  # category slot -> gt bin of its (last) crowd segment
         for k in np.nonzero(gcrowd)[0].tolist():
             crowd_of[int(gcat[k])] = k
         ignored = void_hits.astype(np.int64)
         for j in np.nonzero(~p_matched)[0].tolist():
-            k = crowd_of.get(int(pcat[j]))
-            if k is not None:
-                ignored[j] += counts[k, j]
+            crowd = crowd_of.get(int(pcat[j]))
+            if crowd is not None:
+                ignored[j] += counts[crowd, j]
         fp = ~p_matched & ~(ignored / np.maximum(pred_area, 1) > 0.5)
         np.add.at(self.fp, pcat[fp], 1)
 
@@ -219,10 +221,8 @@ def load_panoptic_json(path: str | Path, what: str = "panoptic JSON") -> dict[st
     return data
 
 
-def _pairs(
-    jobs: list[tuple[dict[str, Any], Path, Path]], workers: int
-) -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray]]:
-    def load(job):
+def _pairs(jobs: list[tuple[T, Path, Path]], workers: int) -> Iterator[tuple[T, np.ndarray, np.ndarray]]:
+    def load(job: tuple[T, Path, Path]) -> tuple[T, np.ndarray, np.ndarray]:
         ann, gt_path, pred_path = job
         return ann, read_panoptic_png(gt_path), read_panoptic_png(pred_path)
 
@@ -231,7 +231,7 @@ def _pairs(
         return
     # libpng, zlib and numpy release the GIL: a small window of images decodes in parallel
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque = deque()
+        pending: deque[Future[tuple[T, np.ndarray, np.ndarray]]] = deque()
         for job in jobs:
             pending.append(pool.submit(load, job))
             if len(pending) > 2 * workers:

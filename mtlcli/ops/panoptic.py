@@ -82,10 +82,12 @@ def merge_panoptic(
     score (things), inferred (True where the mask came from box + semantic map), area}]).
     Detections whose label has no seg class are skipped.
     """
-    if semantic is None and masks is None:
+    if semantic is not None:
+        (H, W), device = semantic.shape[-2:], semantic.device
+    elif masks is not None:
+        (H, W), device = masks.shape[-2:], masks.device
+    else:
         raise ValueError("a panoptic merge needs instance masks or a semantic map")
-    H, W = semantic.shape[-2:] if semantic is not None else masks.shape[-2:]
-    device = semantic.device if semantic is not None else masks.device
     ids = torch.zeros((H, W), dtype=torch.int32, device=device)
     segments: list[dict[str, Any]] = []
     order = torch.argsort(scores.detach().float().cpu(), descending=True, stable=True).tolist()
@@ -101,6 +103,7 @@ def merge_panoptic(
             mask = masks[k] > 0.5 if masks[k].is_floating_point() else masks[k].bool()
             inferred = False
         else:
+            assert semantic is not None  # masks is None here, so the check above kept a semantic map
             x1, y1, x2, y2 = box_list[k]
             c0, r0 = max(int(x1), 0), max(int(y1), 0)
             c1, r1 = min(math.ceil(x2), W), min(math.ceil(y2), H)

@@ -20,13 +20,14 @@ def segment_colors(
     segments: Sequence[dict[str, Any]], class_of: dict[int, int], palette: Sequence[Sequence[int]]
 ) -> list[tuple[int, int, int]]:
     """One RGB colour per segment of COCO segments_info (`class_of`: category id -> palette index)."""
-    out = []
+    out: list[tuple[int, int, int]] = []
     for k, s in enumerate(segments):
         base = np.asarray(palette[class_of[s["category_id"]] % len(palette)], np.float64)
         if s.get("isthing", False) or s.get("score") is not None:
             shift = ((k * 7) % 5 - 2) * 0.18  # -0.36 .. 0.36: lighter or darker by place
             base = base + (255 - base) * shift if shift > 0 else base * (1 + shift)
-        out.append(tuple(int(v) for v in np.clip(base, 0, 255)))
+        r, g, b = (int(v) for v in np.clip(base, 0, 255))
+        out.append((r, g, b))
     return out
 
 
