@@ -6,6 +6,7 @@ head, a 120 GB allocation for `model.input_size = [100000, 100000]`, a negative 
     check_ranges(recipe, source)        [data], [train], [eval] values
     check_model_ranges(model, source)   [model] keys, by what their names mean in every builder
     scale_stages(train, iterations)     how `--set train.iterations=N` acts on [[train.stages]]
+    scale_schedule(recipe, factor, keep) how it acts on warm-up, milestones and periods
 
 The limits are inferred (the papers set none): sizes from 16 to 8192 pixels a side (MAX_SIDE), class
 counts and widths at least 1, thresholds and probabilities in [0, 1], weights finite and >= 0.
@@ -157,3 +158,38 @@ def scale_stages(train: dict[str, Any], iterations: int) -> None:
         stage["iterations"] = new_end - end
         end = new_end
     train["iterations"] = iterations
+
+
+# The schedule keys that count iterations: `--set train.iterations=N` scales them with the run
+# (`scale_schedule`); the poly / cosine horizon is the stage length, which scales with the stages.
+SCHEDULE_KEYS = (
+    ("train", "warmup_iters"),
+    ("train", "steps"),
+    ("train", "restart_every"),
+    ("train", "checkpoint_interval"),
+    ("eval", "interval"),
+)
+
+
+def _scaled(value: int, factor: float) -> int:
+    """`value` iterations times `factor`, rounded; a positive count stays at least 1 (0 stays 0: off)."""
+    return max(1, round(value * factor)) if value > 0 else 0
+
+
+def scale_schedule(recipe: dict[str, Any], factor: float, keep: set[str]) -> list[str]:
+    """Scale every schedule key of SCHEDULE_KEYS by `factor` (in place), except those named in `keep`
+    ("train.steps", ...: set explicitly, kept as given). Returns "key old -> new" for each change.
+
+    A short run is then the recipe's schedule in small: with `steps = [330]` of 400 iterations and
+    warm-up 50, 20 iterations drop the rate at 16 and end warm-up at 2 (the same fractions of the run)."""
+    changes = []
+    for section, key in SCHEDULE_KEYS:
+        name = f"{section}.{key}"
+        old = recipe[section][key]
+        if name in keep:
+            continue
+        new = [_scaled(v, factor) for v in old] if isinstance(old, list) else _scaled(old, factor)
+        if new != old:
+            recipe[section][key] = new
+            changes.append(f"{name} {old} -> {new}")
+    return changes

@@ -178,10 +178,20 @@ def recipe_name(name_or_path: str | Path) -> str:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None, *, check_model: bool = True) -> dict:
+def load_recipe(
+    name_or_path: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    check_model: bool = True,
+    scale_schedule: bool = True,
+    notes: list[str] | None = None,
+) -> dict:
     """Read, merge with its base, fill defaults, apply `--set` overrides and validate.
 
-    Raises UserError naming the file and key for anything wrong.
+    A `--set train.iterations=N` other than the recipe's length scales its stages and (with
+    `scale_schedule`; off for `--resume`, whose schedule has partly run) its warm-up, milestones and
+    eval / checkpoint periods by the same factor, except keys also set explicitly; the line that says
+    so is appended to `notes`. Raises UserError naming the file and key for anything wrong.
     """
     path = find_recipe(name_or_path)
     raw = read_toml(path)
@@ -197,14 +207,62 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None, *,
                 "only one level of extends is allowed — copy the keys into one recipe"
             )
         raw = merge(base, raw)
-    explicit_iterations = False  # in a recipe file, stages decide; `--set train.iterations` scales them
-    recipe = resolve(raw, source=str(path))
+    return finish_recipe(
+        resolve(raw, source=str(path)),
+        overrides,
+        source=str(path),
+        check_model=check_model,
+        scale_schedule=scale_schedule,
+        notes=notes,
+    )
+
+
+def finish_recipe(
+    recipe: dict,
+    overrides: list[str] | None = None,
+    *,
+    source: str = "recipe",
+    check_model: bool = True,
+    scale_schedule: bool = True,
+    notes: list[str] | None = None,
+) -> dict:
+    """A resolved recipe (`resolve`: read from a file, or a checkpoint's for `mtl train --from`) with the
+    `--set` overrides applied, validated, and its stages and schedule fitted to train.iterations."""
+    planned = total_iterations(recipe)  # the recipe's own length, before --set
+    explicit = set()  # in a recipe file, stages decide; `--set train.iterations` scales them
     for item in overrides or []:
         apply_override(recipe, item)
-        explicit_iterations |= item.split("=", 1)[0].strip() == "train.iterations"
-    validate(recipe, source=str(path), check_model=check_model)
-    settle_iterations(recipe, explicit_iterations)
+        explicit.add(item.split("=", 1)[0].strip())
+    validate(recipe, source=source, check_model=check_model)
+    settle_iterations(recipe, "train.iterations" in explicit)
+    note = shorten_schedule(recipe, planned, explicit, scale_schedule)
+    if note and notes is not None:
+        notes.append(note)
     return recipe
+
+
+def shorten_schedule(recipe: dict, planned: int, explicit: set[str], scale: bool) -> str:
+    """After `--set train.iterations` (stages already scaled by `settle_iterations`): scale the schedule
+    keys by the same factor (`mtlcli.recipe_checks.scale_schedule`, explicitly set keys kept) and return
+    the one line that says what changed ("" when the length is the recipe's own)."""
+    from mtlcli.recipe_checks import SCHEDULE_KEYS, scale_schedule
+
+    total = total_iterations(recipe)
+    if "train.iterations" not in explicit or total == planned or planned < 1:
+        return ""
+    factor = total / planned
+    changes = scale_schedule(recipe, factor, explicit) if scale else []
+    if recipe["train"]["stages"]:
+        changes.insert(0, f"stages {'/'.join(str(s['iterations']) for s in recipe['train']['stages'])}")
+    kept = sorted(k for k in explicit if k in {f"{a}.{b}" for a, b in SCHEDULE_KEYS})
+    if not changes and not kept:
+        return ""
+    return (
+        f"schedule scaled x{factor:.3g} to train.iterations = {total} (recipe: {planned}): "
+        + (", ".join(changes) or "nothing to scale")
+        + (f"; kept as set: {', '.join(kept)}" if kept else "")
+        + ("" if scale else " (--resume: the rest of the schedule as it was)")
+    )
 
 
 def settle_iterations(recipe: dict, explicit: bool) -> None:
@@ -454,6 +512,10 @@ def validate_model(model: dict, source: str = "recipe") -> None:
         if key == "init_weights":  # a weights file to start from (mtlcli.engine.finetune), not a builder argument
             if not isinstance(value, str):
                 raise UserError(f"{source}: model.init_weights must be a path (a string), got {value!r}")
+            continue
+        if key == "partial_weights":  # load init_weights of another architecture as far as they fit
+            if not isinstance(value, bool):
+                raise UserError(f"{source}: model.partial_weights must be true or false, got {value!r}")
             continue
         if key not in valid:
             raise UserError(f"{source}: model {name!r} has no argument {key!r}; valid: {', '.join(sorted(valid))}")
