@@ -5,6 +5,7 @@ builder, the optimiser or the data pipeline would otherwise fail deep inside (an
 head, a 120 GB allocation for `model.input_size = [100000, 100000]`, a negative momentum):
     check_ranges(recipe, source)        [data], [train], [eval] values
     check_model_ranges(model, source)   [model] keys, by what their names mean in every builder
+    check_selection(recipe, split, source)  best.pt is never selected on test*, nor on the reported split
     scale_stages(train, iterations)     how `--set train.iterations=N` acts on [[train.stages]]
     scale_schedule(recipe, factor, keep) how it acts on warm-up, milestones and periods
 
@@ -131,6 +132,25 @@ def check_ranges(recipe: dict[str, Any], source: str = "recipe") -> None:
     for name, w in train["loss_weights"].items():
         if not (math.isfinite(w) and w >= 0):
             _fail(f"{source}: train.loss_weights.{name}", w, "loss weights are finite and >= 0")
+
+
+def check_selection(recipe: dict[str, Any], split: str, source: str = "recipe") -> None:
+    """Model selection off the reported numbers: best.pt is never selected on a test* split (`split`:
+    `mtlcli.recipes.selection_split`), and a recipe that reports best.pt (`eval.checkpoint = "best"`)
+    selects it on a split that is neither data.val_split nor data.test_split — a held-out part of the
+    training data, which `mtl train` checks for overlap with the train split like the others."""
+    data, ev = recipe["data"], recipe["eval"]
+    if split.lower().startswith("test"):
+        raise UserError(
+            f"{source}: best.pt would be selected on {split!r}, a test split (eval.select_split, by default "
+            'data.val_split) — set eval.select_split to a held-out split of the training data, or "none"'
+        )
+    if ev["checkpoint"] == "best" and (not split or split in (data["val_split"], data["test_split"])):
+        raise UserError(
+            f'{source}: eval.checkpoint = "best" reports best.pt, but it is selected on '
+            + (f"{split!r}, the split it is reported on" if split else "no split")
+            + ' — set eval.select_split to a held-out split of the training data, or eval.checkpoint = "last"'
+        )
 
 
 def scale_stages(train: dict[str, Any], iterations: int) -> None:

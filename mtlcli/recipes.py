@@ -5,7 +5,8 @@
     [data]   dataset, root, train_split, val_split, test_split, allow_overlap, cache, augmentation + options,
              [data.label_map]
     [train]  optimiser, schedule, iterations, batch_size, stages, ...
-    [eval]   metrics, interval, best_metric, batch_size
+    [eval]   metrics, interval, best_metric, batch_size, resolution, checkpoint ("last" | "best": the
+             reported file), select_split (where best.pt is selected: never test*, see `selection_split`)
 
 `load_recipe(name_or_path, overrides)` returns the resolved recipe: the base merged under the child
 (key by key within each table), every default filled in for [data], [train] and [eval], the overrides
@@ -38,6 +39,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("train", "schedule"): ("multistep", "poly", "cosine", "constant"),
     ("train", "amp"): ("none", "bf16", "fp16"),
     ("data", "cache"): ("none", "ram"),  # mtlcli.data.cache.MODES
+    ("eval", "checkpoint"): ("last", "best"),
 }
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -88,7 +90,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "loss_weights": {},
         "stages": [],
     },
-    "eval": {"metrics": [], "interval": 1000, "best_metric": "", "batch_size": 8, "resolution": [0, 0]},
+    "eval": {
+        "metrics": [],
+        "interval": 1000,
+        "best_metric": "",
+        "batch_size": 8,
+        "resolution": [0, 0],
+        # the file the reported number comes from (`mtl eval --run` scores it); the papers report "last"
+        "checkpoint": "last",
+        # the split best.pt is selected on: "" = data.val_split, "none" = no best.pt; never test*, and for
+        # checkpoint = "best" neither val_split nor test_split (a held-out part of the training data)
+        "select_split": "",
+    },
 }
 
 STAGE_DEFAULTS: dict[str, Any] = {"name": "", "iterations": 0, "lr": 0.0, "loss_weights": {}, "freeze": []}
@@ -489,9 +502,10 @@ def validate(recipe: dict, *, source: str = "recipe", check_model: bool = True) 
             raise UserError(f"{where}: iterations and lr must be positive")
         for name, w in stage["loss_weights"].items():
             _check_type(w, 1.0, f"{where}.loss_weights.{name}")
-    from mtlcli.recipe_checks import check_ranges
+    from mtlcli.recipe_checks import check_ranges, check_selection
 
     check_ranges(recipe, source)
+    check_selection(recipe, selection_split(recipe), source)
     if check_model:
         validate_model(recipe["model"], source)
 
@@ -535,6 +549,15 @@ def validate_model(model: dict, source: str = "recipe") -> None:
     from mtlcli.recipe_checks import check_model_ranges
 
     check_model_ranges(model, source)
+
+
+def selection_split(recipe: dict) -> str:
+    """The split best.pt is selected on ("" when none is kept): `eval.select_split`, by default
+    `data.val_split`; "none", or a recipe without metrics, keeps no best.pt."""
+    ev = recipe["eval"]
+    if not ev["metrics"] or ev.get("select_split") == "none":
+        return ""
+    return ev.get("select_split") or recipe["data"]["val_split"]
 
 
 def total_iterations(recipe: dict) -> int:

@@ -103,6 +103,7 @@ class Built:
     train_ds: Any
     val_ds: Any
     card: dict[str, Any]  # the classes the checkpoints carry (mtlcli.engine.modelcard)
+    select_ds: Any  # the split best.pt is selected on, where it is not val_ds's (None: val_ds, or no best.pt)
     trainable: dict[str, bool]  # requires_grad of every parameter as built (what stages unfreeze to)
 
 
@@ -111,13 +112,18 @@ def build_model_and_data(recipe: dict, plan: Plan, info: DistInfo, resume: bool)
     recipe's `model.init_weights` (fine-tuning); a resumed one its own checkpoint, later."""
     from mtlcli.data.overlap import check_no_overlap
     from mtlcli.engine.anchors import with_kmeans_anchors
-    from mtlcli.engine.data import build_datasets, data_root, training_targets
+    from mtlcli.engine.data import build_datasets, data_root, eval_dataset, training_targets
     from mtlcli.engine.finetune import check_class_counts, init_weights
     from mtlcli.engine.limits import check_batch_fits
     from mtlcli.engine.modelcard import model_card
+    from mtlcli.recipes import selection_split
 
     cfg, device = plan.cfg, info.device
     train_ds, val_ds = build_datasets(recipe, data_root(recipe))
+    select = selection_split(recipe)
+    select_ds = (
+        eval_dataset(recipe, data_root(recipe), select) if select not in ("", recipe["data"]["val_split"]) else None
+    )
     check_no_overlap(recipe, train_ds, val_ds)  # refuse to train on evaluation images
     recipe = with_class_counts(recipe, train_ds)
     recipe = with_kmeans_anchors(recipe, data_root(recipe))  # anchors = "kmeans": from the train split
@@ -139,4 +145,4 @@ def build_model_and_data(recipe: dict, plan: Plan, info: DistInfo, resume: bool)
     if cfg["channels_last"]:
         model.to(memory_format=torch.channels_last)
     check_batch_fits(plan.micro, getattr(model, "input_size", None), device, "train.batch_size per micro-batch")
-    return recipe, Built(model, train_ds, val_ds, card, trainable)
+    return recipe, Built(model, train_ds, val_ds, card, select_ds, trainable)

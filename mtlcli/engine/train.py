@@ -65,6 +65,7 @@ from mtlcli.engine.setup import (
 from mtlcli.engine.step import TrainingDiverged, diverged, forward_backward, weigh
 from mtlcli.errors import UserError
 from mtlcli.hints import resume_command
+from mtlcli.recipes import selection_split
 
 __all__ = [
     "Display",
@@ -258,32 +259,46 @@ def log_step(run: Run, stage: Stage, terms: dict[str, float], lr: float) -> None
 
 
 def evaluate_and_keep(run: Run) -> None:
-    """At every `eval.interval` and at the end: evaluate on the selection split and keep best.pt."""
+    """At every `eval.interval` and at the end: evaluate on data.val_split, and keep best.pt by the
+    selection split's score (`mtlcli.recipes.selection_split`: never test*), within the last stage only —
+    never a checkpoint from before the last stage's weights moved."""
     it, ev = run.iteration, run.plan.ev
     if run.built.val_ds is None or not ((ev["interval"] and it % ev["interval"] == 0) or it == run.plan.total):
         return
+    run.last_metrics = evaluate_split(run, run.built.val_ds, "eval")
+    select = selection_split(run.recipe)
+    if not select or it <= run.opt.schedule.stages[-1].start:
+        return
+    scores = run.last_metrics if run.built.select_ds is None else evaluate_split(run, run.built.select_ds, select)
+    best_metric = ev["best_metric"] or (ev["metrics"][0] if ev["metrics"] else "")
+    value = scores.get(best_metric)
+    if value is not None and (not run.best or value > run.best["value"]):
+        run.best = {"metric": best_metric, "value": value, "iteration": it}
+        if select != run.recipe["data"]["val_split"]:
+            run.best["split"] = select
+        write_checkpoints(run, names=("best.pt",))
+
+
+def evaluate_split(run: Run, dataset: Any, kind: str) -> dict[str, float]:
+    """Evaluate the model on `dataset` (RNG untouched, frozen modules back in eval mode after), log and
+    show the numbers. `kind`: "eval" for data.val_split, else the name of the selection split."""
     from mtlcli.engine.evaluate import evaluate
 
+    ev, it = run.plan.ev, run.iteration
     with preserved_rng(), run.display.evaluating() as shown:
         result = evaluate(
-            run.model,
-            run.built.val_ds,
-            ev["metrics"],
-            device=run.info.device,
-            batch_size=ev["batch_size"],
-            progress=shown,
+            run.model, dataset, ev["metrics"], device=run.info.device, batch_size=ev["batch_size"], progress=shown
         )
     train_mode(run.model, run.frozen)
     # Rank 0's numbers decide best.pt on every process, so that all take the same branch.
     metrics = broadcast_object({k: float(v) for k, v in result["metrics"].items()}, run.info)
-    run.log.write({"type": "eval", "iteration": it, "metrics": metrics})
-    run.display.print(f"eval {it}/{run.plan.total}  " + "  ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items()))
-    run.last_metrics = metrics
-    best_metric = ev["best_metric"] or (ev["metrics"][0] if ev["metrics"] else "")
-    value = metrics.get(best_metric)
-    if value is not None and (not run.best or value > run.best["value"]):
-        run.best = {"metric": best_metric, "value": value, "iteration": it}
-        write_checkpoints(run, names=("best.pt",))
+    record = {"type": "eval", "iteration": it, "metrics": metrics}
+    if kind != "eval":  # the selection split's numbers: a record of their own, apart from the curves
+        record = {"type": "select", "split": kind, "iteration": it, "metrics": metrics}
+    run.log.write(record)
+    label = "eval" if kind == "eval" else f"select ({kind})"
+    run.display.print(f"{label} {it}/{run.plan.total}  " + "  ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items()))
+    return metrics
 
 
 def write_checkpoints(run: Run, *, names: tuple[str, ...] = ("last.pt",), rng: dict | None = None) -> None:
