@@ -113,7 +113,7 @@ def build_model_and_data(recipe: dict, plan: Plan, info: DistInfo, resume: bool)
     from mtlcli.data.overlap import check_no_overlap
     from mtlcli.engine.anchors import with_kmeans_anchors
     from mtlcli.engine.data import build_datasets, data_root, eval_dataset, training_targets
-    from mtlcli.engine.finetune import check_class_counts, init_weights
+    from mtlcli.engine.finetune import check_class_counts, check_weights_fit, init_weights
     from mtlcli.engine.limits import check_batch_fits
     from mtlcli.engine.modelcard import model_card
     from mtlcli.recipes import selection_split
@@ -127,6 +127,8 @@ def build_model_and_data(recipe: dict, plan: Plan, info: DistInfo, resume: bool)
     check_no_overlap(recipe, train_ds, val_ds)  # refuse to train on evaluation images
     recipe = with_class_counts(recipe, train_ds)
     recipe = with_kmeans_anchors(recipe, data_root(recipe))  # anchors = "kmeans": from the train split
+    if not resume:
+        check_weights_fit(recipe)  # weights of another backbone: refused before anything is downloaded
     model = build(recipe)
     card = model_card(train_ds)
     check_class_counts(recipe, card)
