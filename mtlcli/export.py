@@ -50,15 +50,19 @@ class ExportWrapper(nn.Module):
     """The exportable part of a model (module docstring) as `images -> tuple of tensors`; `names` holds
     the output names in order after one call on a sample (`trace_names`)."""
 
+    mean: Tensor
+    std: Tensor
+    model: Any  # any family: the attributes read below (transform, extract, network, ...) are duck-typed
+
     def __init__(self, model: nn.Module, size: tuple[int, int]) -> None:
         super().__init__()
-        self.model, self.size = model, tuple(size)
+        self.model, self.size = model, size
         self.two_stage = hasattr(model, "extract") and hasattr(model, "roi_heads")
         if self.two_stage:
-            t = model.transform
+            t = self.model.transform
             mean, std = t.image_mean, t.image_std
         else:
-            mean, std = model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist()
+            mean, std = self.model.pixel_mean.flatten().tolist(), self.model.pixel_std.flatten().tolist()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.names: list[str] = []
@@ -107,7 +111,7 @@ class ExportWrapper(nn.Module):
         return tuple(out[n] for n in self.names)
 
 
-def export_size(model: nn.Module, size: tuple[int, int] | None) -> tuple[int, int]:
+def export_size(model: Any, size: tuple[int, int] | None) -> tuple[int, int]:
     """The (H, W) to export at: `size`, else the model's input size (two-stage: test short side x max size)."""
     if size is not None:
         h, w = size
@@ -176,10 +180,10 @@ def export_model(
 
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TorchScript's deprecation and shape-as-constant notes
-            traced = torch.jit.trace(wrapper, sample, check_trace=False, strict=False)
+            traced = torch.jit.trace(wrapper, sample, check_trace=False, strict=True)
             traced.save(str(out))
             loaded = torch.jit.load(str(out))
-            exported = dict(zip(wrapper.names, loaded(sample)))
+            exported = dict(zip(wrapper.names, loaded(sample), strict=True))
     seconds = time.perf_counter() - t0
     parity = compare(reference, exported)
     info = {
@@ -240,7 +244,7 @@ def _run_onnx(path: Path, sample: Tensor, names: list[str]) -> dict[str, Tensor]
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     values = session.run(names, {"images": sample.numpy()})
-    return {n: torch.from_numpy(v) for n, v in zip(names, values)}
+    return {n: torch.from_numpy(v) for n, v in zip(names, values, strict=True)}
 
 
 def compare(reference: dict[str, Tensor], exported: dict[str, Tensor]) -> dict[str, Any]:

@@ -62,16 +62,17 @@ class Display:
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            bar = BarColumn(bar_width=None)
             self.progress = Progress(
                 TextColumn("[bold]train"),
-                BarColumn(bar_width=None),
+                bar,
                 MofNCompleteColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[info]}"),
                 console=console,
             )
-            self.progress.columns[1].bar_width = bar_width(self.progress.console.width)
+            bar.bar_width = bar_width(self.progress.console.width)
             self.task = self.progress.add_task("train", total=total, completed=start, info="")
             # in a log file or CI a live bar renders only at the end: print each logged step as a line
             self.lines = not self.progress.console.is_terminal
@@ -89,7 +90,7 @@ class Display:
     def update(self, iteration: int, record: dict | None = None) -> None:
         if self.progress is None:
             return
-        fields = {}
+        fields: dict[str, Any] = {}
         if record is not None:
             room = self.progress.console.width - (
                 bar_width(self.progress.console.width) + 2 * len(str(self.total)) + 24

@@ -122,7 +122,7 @@ def load_matching(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[st
                 reinit.append(module)
         else:
             load[name] = src.to(value.dtype)
-    model.load_state_dict(load, strict=False)
+    model.load_state_dict(load, strict=True)
     return {"loaded": len(load), "total": len(own), "reinitialised": reinit, "missing": missing}
 
 

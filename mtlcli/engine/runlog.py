@@ -69,7 +69,7 @@ class MetricsLog:
             self.tb.close()
 
 
-def tensorboard_writer():  # type: ignore[no-untyped-def]
+def tensorboard_writer():
     """torch's `SummaryWriter` class; without the tensorboard package, a UserError that says how to get it."""
     try:
         from torch.utils.tensorboard import SummaryWriter
