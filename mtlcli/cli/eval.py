@@ -289,7 +289,7 @@ def run_eval(
         result = {
             "run": str(run) if run else None,
             # the file scored: --checkpoint, or the run's reported one (its recipe's [eval] checkpoint)
-            "checkpoint": str(checkpoint) if checkpoint else str(find_run_checkpoint(Path(run))),
+            "checkpoint": str(checkpoint) if checkpoint or run is None else str(find_run_checkpoint(Path(run))),
             "data": str(root),
             "split": split,
             **result,

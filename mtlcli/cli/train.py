@@ -184,9 +184,11 @@ def register(app: typer.Typer) -> None:
             resolved = finish_recipe(resolve(base, source=str(ckpt)), set_, source=f"--from {ckpt}", notes=notes)
             name = f"finetune-{(data or Path(data_root(resolved))).expanduser().resolve().name}"
             notes.insert(0, f"fine-tuning the {resolved['model']['name']} of {ckpt} on {data_root(resolved)}")
-            recipe = name  # names the default run directory, runs/finetune-<data>/expN
+            ref = name  # names the default run directory, runs/finetune-<data>/expN
         else:
-            resolved = load_recipe(recipe, set_, scale_schedule=not resume, notes=notes)
+            assert recipe is not None  # --recipe, or RUN/recipe.toml for --resume (above)
+            ref = recipe
+            resolved = load_recipe(ref, set_, scale_schedule=not resume, notes=notes)
         if data is not None:
             resolved["data"]["root"] = str(data.expanduser().resolve())
         if weights is not None:
@@ -210,7 +212,7 @@ def register(app: typer.Typer) -> None:
             lock = None
             if info.is_main:
                 try:
-                    run_dir, lock = lock_run_dir(recipe, out, resume=resume, force=force)
+                    run_dir, lock = lock_run_dir(ref, out, resume=resume, force=force)
                     decision = ("ok", str(run_dir))
                 except UserError as exc:
                     decision = ("error", str(exc))

@@ -10,6 +10,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ def weigh(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> dict[st
 
 
 def forward_backward(
-    net: nn.Module,
+    net: Any,
     loader: Iterator,
     loss_weights: dict[str, float],
     opt: Optimisation,
@@ -70,7 +71,8 @@ def forward_backward(
                         f"model {model_name!r} returned no loss_* terms in training mode — it does not follow "
                         "the DESIGN.md §4 contract"
                     )
-                opt.scaler.scale(sum(weighted.values()) / acc).backward()
+                loss = cast(torch.Tensor, sum(weighted.values()))
+                opt.scaler.scale(loss / acc).backward()
             except torch.OutOfMemoryError:
                 raise oom_error(plan.cfg, plan.micro, images, net, device, iteration) from None
         for k, v in weighted.items():

@@ -5,8 +5,9 @@ schedule the run has partly followed."""
 
 from __future__ import annotations
 
-import pytest
 import tomllib
+
+import pytest
 
 from mtlcli.engine.optim import LRSchedule
 from mtlcli.recipes import load_recipe
