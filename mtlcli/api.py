@@ -44,7 +44,9 @@ def to_image_tensor(image: ImageLike) -> torch.Tensor:
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            image = np.asarray(image.convert("RGB"))
+            from mtlcli.data.images import pil_to_rgb
+
+            image = pil_to_rgb(image)  # the file readers' rules: EXIF orientation, 16 bits scaled
     except ImportError:  # pragma: no cover - PIL is a dependency
         pass
     if isinstance(image, np.ndarray):
@@ -65,7 +67,21 @@ def to_image_tensor(image: ImageLike) -> torch.Tensor:
         image = image.expand(3, -1, -1)
     if image.dtype == torch.uint8:
         return image.float() / 255.0
-    return image.float()
+    return check_unit_range(image.float())
+
+
+def check_unit_range(image: torch.Tensor) -> torch.Tensor:
+    """A float image must hold values in 0..1: one in 0..255 (a uint8 image cast to float) would be read
+    as almost all white, silently; refused in one line, as are NaN and infinite values."""
+    if image.numel() == 0:
+        return image
+    if not bool(torch.isfinite(image).all()):
+        raise UserError("the float image holds NaN or infinite values — give finite values in 0..1")
+    low, high = float(image.min()), float(image.max())
+    if low < -1e-3 or high > 1.0 + 1e-3:
+        hint = " — it looks like 0..255: divide by 255 or pass a uint8 array" if high <= 255.0 + 1e-3 else ""
+        raise UserError(f"a float image must hold values in 0..1, this one spans {low:.4g}..{high:.4g}{hint}")
+    return image
 
 
 class Predictor:
@@ -110,6 +126,8 @@ class Predictor:
         items = [images] if single else list(images)
         if not 0.0 <= score_threshold <= 1.0:
             raise UserError(f"score_threshold must lie in 0..1, got {score_threshold}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         results: list[Result] = []
         for start in range(0, len(items), max(1, batch_size)):
             chunk = items[start : start + batch_size]

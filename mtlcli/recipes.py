@@ -344,11 +344,22 @@ def resolve(raw: dict, *, source: str = "recipe") -> dict:
 
 
 def parse_value(text: str) -> Any:
-    """A `--set` value as TOML (numbers, booleans, lists, inline tables); anything else is a string."""
+    """A `--set` value as TOML (numbers, booleans, lists, inline tables); anything else is a string.
+    It must be exactly one value: a newline or other control character, or TOML that parses to more than
+    the one key (`0.001\\n[model]...`), is a UserError — it would be dropped silently, or written into
+    the run's recipe.toml as keys of its own."""
+    if any(not ch.isprintable() for ch in text):
+        raise UserError(
+            f"--set value {text!r} holds a newline or another control character; give exactly one TOML value "
+            "on one line (e.g. --set train.lr=0.001)"
+        )
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        parsed = tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError:
         return text
+    if set(parsed) != {"v"}:
+        raise UserError(f"--set value {text!r} is more than one TOML value; give exactly one (e.g. train.lr=0.001)")
+    return parsed["v"]
 
 
 def apply_override(recipe: dict, item: str) -> None:
@@ -356,6 +367,8 @@ def apply_override(recipe: dict, item: str) -> None:
     if "=" not in item:
         raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set train.lr=0.001")
     key, text = item.split("=", 1)
+    if not key.strip().isprintable():
+        raise UserError(f"--set {item!r}: the key holds a newline or another control character")
     parts = key.strip().split(".")
     section = parts[0]
     if section not in recipe or len(parts) < 2:

@@ -101,7 +101,7 @@ def rasterise_polygons(annotation: dict[str, Any]) -> tuple[np.ndarray, np.ndarr
 def _read_polygons(path: Path) -> dict[str, Any]:
     try:
         annotation = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise SkipImage(f"{path.name} is not valid JSON ({exc})") from None
     if not isinstance(annotation, dict) or not {"imgHeight", "imgWidth", "objects"} <= annotation.keys():
         raise SkipImage(f"{path.name} lacks imgHeight/imgWidth/objects — not a Cityscapes polygon file")
@@ -318,7 +318,10 @@ def save_indexed_png(path: Path, array: np.ndarray, palette: Sequence[Sequence[i
     table = np.zeros((256, 3), dtype=np.uint8)
     table[: len(palette)] = palette
     img.putpalette(table.ravel().tolist())  # "L" -> "P", same pixel values
-    img.save(path, compress_level=1, compress_type=3, bits=bits)  # zlib Z_RLE: as fast, half the size on label maps
+    from mtlcli.safety import atomic_save_image
+
+    # zlib Z_RLE: as fast, half the size on label maps; atomic: a killed prepare leaves no half PNG
+    atomic_save_image(path, img, compress_level=1, compress_type=3, bits=bits)
 
 
 def _read_pngs(root: Path, gt: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
@@ -357,10 +360,15 @@ def _image_size(path: Path, verify: bool = False) -> tuple[int, int]:
     Only the header and the last bytes are read (`mtlcli.data.integrity.check_image`): a download or
     copy cut short lacks the closing IEND chunk. With `verify` (prepare --verify) the pixels are
     decoded too, which finds damage inside a complete file; without it such damage surfaces in
-    training, where the file is named and skipped."""
+    training, where the file is named and skipped. The size is the one mtl reads
+    (`mtlcli.data.images.image_size`: upright after EXIF orientation; a decompression bomb is an
+    ImageError, a ValueError that skips the file with its reason)."""
+    from mtlcli.data.images import image_size
     from mtlcli.data.integrity import check_image
 
-    return check_image(path, verify)
+    check_image(path, verify)
+    h, w = image_size(path)
+    return w, h
 
 
 def prepare_image(job: ImageJob, out: Path) -> ImageResult:

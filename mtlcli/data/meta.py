@@ -61,7 +61,7 @@ class DatasetMeta:
             )
         try:
             data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise UserError(f"{path} is not valid JSON ({exc}) — prepare the dataset again") from None
         required = ["name", "source", "splits", "det_classes", "seg_classes", "palette"]
         missing = [k for k in required if k not in data]

@@ -199,15 +199,20 @@ def paint_boxes(
 
 
 def read_image_size(path: str | Path, verify: bool = False) -> tuple[int, int]:
-    """(H, W) of an image file whose header parses and whose stream ends as it should (a truncated
-    file is skipped); `verify` decodes it fully as well (`mtlcli.data.integrity.check_image`)."""
+    """(H, W) of an image file as mtl reads it (`mtlcli.data.images.image_size`: upright after its EXIF
+    orientation; more pixels than a decompression-bomb limit are skipped) whose header parses and whose
+    stream ends as it should (a truncated file is skipped); `verify` decodes it fully as well
+    (`mtlcli.data.integrity.check_image`)."""
+    from mtlcli.data.images import ImageError, image_size
     from mtlcli.data.integrity import check_image
 
     if not os.path.isfile(path):
         raise SkipImage(f"image file {path} is missing")
     try:
-        w, h = check_image(path, verify)
-        return h, w
+        check_image(path, verify)
+        return image_size(path)
+    except ImageError as exc:
+        raise SkipImage(str(exc)) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise SkipImage(f"corrupt image {path} ({exc})") from None
 

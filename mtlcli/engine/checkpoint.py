@@ -78,7 +78,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise UserError(
             f"checkpoint {path} cannot be read ({first}) — it is corrupt or not an mtl checkpoint"
         ) from None
-    if not isinstance(state, dict) or "model" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):  # a tensor, a list, ...
         raise UserError(
             f"checkpoint {path} is not an mtl checkpoint (no model state) — give a file from RUN/checkpoints"
         )
@@ -160,8 +160,13 @@ def model_from_checkpoint(state: dict[str, Any], path: Path) -> tuple[nn.Module,
     from mtlcli.models import build_from_recipe
 
     recipe = state.get("recipe")
-    if not isinstance(recipe, dict) or "model" not in recipe:
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("model"), dict):
         raise UserError(f"checkpoint {path} carries no recipe — it was not written by `mtl train`")
+    from mtlcli.recipes import validate_model
+
+    # the recipe inside a checkpoint gets the checks of a recipe file: a score_thresh of 7 would give no
+    # detection, a negative growth rate or a width of 10**9 would fail deep inside the builder
+    validate_model(recipe["model"], f"checkpoint {path}")
     # the trained weights replace ImageNet's: do not download them
     model = build_from_recipe(recipe["model"], load_weights=False)
     from mtlcli.engine.compat import check_state_shapes
@@ -175,7 +180,23 @@ def model_from_checkpoint(state: dict[str, Any], path: Path) -> tuple[nn.Module,
             f"(missing {len(missing)}, unexpected {len(unexpected)} keys, e.g. {(missing or unexpected)[0]}) — "
             "was it written by a different version of the model?"
         )
+    _check_class_names(state.get("classes"), recipe["model"], path)
     return model, recipe
+
+
+def _check_class_names(card: Any, model: dict[str, Any], path: Path) -> None:
+    """The class names a checkpoint carries must be as many as its model's outputs."""
+    if not isinstance(card, dict):
+        return
+    from mtlcli.engine.compat import COUNT_KEYS
+
+    for key, (field, task) in COUNT_KEYS.items():
+        count, names = model.get(key), card.get(field)
+        if isinstance(count, int) and isinstance(names, list) and len(names) != count:
+            raise UserError(
+                f"checkpoint {path} names {len(names)} {task} classes but its model has {count} {task} outputs "
+                "— the file was edited or mixed up; use the checkpoint `mtl train` wrote"
+            )
 
 
 def load_for_eval(

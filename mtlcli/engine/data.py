@@ -100,6 +100,18 @@ def training_targets(recipe: dict, model: nn.Module) -> frozenset[str]:
     return check_targets(recipe["data"]["targets"]) if recipe["data"].get("targets") else loss_targets(model)
 
 
+def refuse_wide_semantic(dataset: Dataset, targets: frozenset[str]) -> None:
+    """The models' segmentation losses take 255 as the ignore value: a dataset of more than 255 seg
+    classes (uint16 maps, 65535 = ignore) is refused in one line where the loss reads `semantic` —
+    training on it would silently ignore class 255 and fail on 65535."""
+    meta = getattr(dataset, "meta", None)
+    if "semantic" in targets and meta is not None and meta.ignore_index != 255:
+        raise UserError(
+            f"the dataset has {len(meta.seg_classes)} segmentation classes (16-bit maps); the models' "
+            "segmentation losses take at most 255 — merge classes with a seg table in data.label_map"
+        )
+
+
 def collate_fn():
     from mtlcli.data.dataset import collate
 

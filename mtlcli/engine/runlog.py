@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from mtlcli.errors import UserError
+from mtlcli.safety import atomic_write_text, named_write_error
 
 
 def memory_mb(device: torch.device) -> float:
@@ -25,6 +26,19 @@ def memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _record_upto(line: str, iteration: int) -> bool:
+    """A whole metrics.jsonl record of an iteration up to `iteration` (False for a partial line)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("iteration", 0), int)
+        and record.get("iteration", 0) <= iteration
+    )
 
 
 class MetricsLog:
@@ -37,15 +51,12 @@ class MetricsLog:
         if not enabled:
             return
         if resume_from is not None and self.path.is_file():
-            # Entries past the checkpoint belong to iterations that will run again: drop them.
-            keep = [
-                ln
-                for ln in self.path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("iteration", 0) <= resume_from
-            ]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+            # Entries past the checkpoint belong to iterations that will run again: drop them, and a line a
+            # killed run left half-written (it is the record of an iteration that runs again too).
+            keep = [ln for ln in self.path.read_text(errors="replace").splitlines() if _record_upto(ln, resume_from)]
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
         elif resume_from is None:
-            self.path.write_text("")
+            atomic_write_text(self.path, "")
         if tensorboard:
             self.tb = tensorboard_writer()(
                 str(run_dir / "tensorboard"), purge_step=resume_from + 1 if resume_from is not None else None
@@ -54,8 +65,11 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a full disk raises ENOSPC without the file's name: give it
+            raise named_write_error(exc, self.path) from None
         if self.tb is not None:
             flat = {**record.get("losses", {}), **record.get("metrics", {})}
             for key in ("loss", "lr", "images_per_s", "data_wait"):

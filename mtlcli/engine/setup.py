@@ -112,7 +112,7 @@ def build_model_and_data(recipe: dict, plan: Plan, info: DistInfo, resume: bool)
     recipe's `model.init_weights` (fine-tuning); a resumed one its own checkpoint, later."""
     from mtlcli.data.overlap import check_no_overlap
     from mtlcli.engine.anchors import with_kmeans_anchors
-    from mtlcli.engine.data import build_datasets, data_root, eval_dataset, training_targets
+    from mtlcli.engine.data import build_datasets, data_root, eval_dataset, refuse_wide_semantic, training_targets
     from mtlcli.engine.finetune import check_class_counts, check_weights_fit, init_weights
     from mtlcli.engine.limits import check_batch_fits
     from mtlcli.engine.modelcard import model_card
@@ -135,6 +135,7 @@ def build_model_and_data(recipe: dict, plan: Plan, info: DistInfo, resume: bool)
     if not resume:
         init_weights(model, recipe, card, print if info.is_main else None)
     train_ds.targets, train_ds.compact = training_targets(recipe, model), True  # decode only what the loss reads
+    refuse_wide_semantic(train_ds, train_ds.targets)  # more than 255 seg classes: one line, not a wrong loss
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     if cfg["sync_bn"] and info.distributed and device.type == "cpu":
         raise UserError(

@@ -58,7 +58,7 @@ class GroundTruth:
         coco = COCO()
         try:
             coco.dataset = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise UserError(f"{path} is not valid JSON ({exc}) — prepare the dataset again") from None
         with contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()
@@ -131,7 +131,7 @@ def load_detections(path: Path, gt: GroundTruth, need_masks: bool = False) -> li
     """Read and check a COCO results JSON against the split: ids, boxes, scores, masks."""
     try:
         results = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise UserError(
             f"{path} is not valid JSON ({exc}) — write COCO results [{{image_id, category_id, bbox, score}}]"
         ) from None

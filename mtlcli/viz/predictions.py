@@ -59,18 +59,18 @@ def safe_name(text: str) -> str:
 
 
 def read_image_file(path: str | Path) -> torch.Tensor:
-    """An image file as float32 [3, H, W] RGB in 0..1; an unreadable file is a UserError."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file as float32 [3, H, W] RGB in 0..1, read by mtl's one image reader
+    (`mtlcli.data.images`: EXIF orientation applied, 16 bits scaled); an unreadable file is a UserError."""
+    from mtlcli.data.images import ImageError, read_rgb_tensor
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image {path} does not exist — check the path")
     try:
-        with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as exc:
-        raise UserError(f"{path}: cannot read image ({type(exc).__name__}) — give a PNG or JPEG file") from None
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0
+        rgb = read_rgb_tensor(path)
+    except ImageError as exc:
+        raise UserError(f"{exc} — give a PNG or JPEG file") from None
+    return rgb.float() / 255.0
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
