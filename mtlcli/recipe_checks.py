@@ -218,3 +218,34 @@ def scale_schedule(recipe: dict[str, Any], factor: float, keep: set[str]) -> lis
             recipe[section][key] = new
             changes.append(f"{name} {old} -> {new}")
     return changes
+
+
+def shorten_schedule(recipe: dict[str, Any], planned: int, total: int, explicit: set[str], scale: bool) -> str:
+    """After `--set train.iterations` (stages already scaled by `mtlcli.recipes.settle_iterations`; `total`
+    iterations now, `planned` in the recipe): scale the schedule
+    keys by the same factor (`mtlcli.recipe_checks.scale_schedule`, explicitly set keys kept) and return
+    the one line that says what changed ("" when the length is the recipe's own)."""
+    if "train.iterations" not in explicit or total == planned or planned < 1:
+        return ""
+    factor = total / planned
+    changes = scale_schedule(recipe, factor, explicit) if scale else []
+    if recipe["train"]["stages"]:
+        changes.insert(0, f"stages {'/'.join(str(s['iterations']) for s in recipe['train']['stages'])}")
+    kept = sorted(k for k in explicit if k in {f"{a}.{b}" for a, b in SCHEDULE_KEYS})
+    if not changes and not kept:
+        return ""
+    return (
+        f"schedule scaled x{factor:.3g} to train.iterations = {total} (recipe: {planned}): "
+        + (", ".join(changes) or "nothing to scale")
+        + (f"; kept as set: {', '.join(kept)}" if kept else "")
+        + ("" if scale else " (--resume: the rest of the schedule as it was)")
+    )
+
+
+def selection_split(recipe: dict[str, Any]) -> str:
+    """The split best.pt is selected on ("" when none is kept): `eval.select_split`, by default
+    `data.val_split`; "none", or a recipe without metrics, keeps no best.pt."""
+    ev = recipe["eval"]
+    if not ev["metrics"] or ev.get("select_split") == "none":
+        return ""
+    return ev.get("select_split") or recipe["data"]["val_split"]

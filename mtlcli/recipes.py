@@ -31,6 +31,7 @@ from typing import Any
 
 from mtlcli.errors import UserError
 from mtlcli.metrics import METRIC_NAMES as METRICS  # names only: listing recipes imports no model
+from mtlcli.recipe_checks import selection_split, shorten_schedule  # noqa: F401 (selection_split: re-exported)
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -248,34 +249,10 @@ def finish_recipe(
         explicit.add(item.split("=", 1)[0].strip())
     validate(recipe, source=source, check_model=check_model)
     settle_iterations(recipe, "train.iterations" in explicit)
-    note = shorten_schedule(recipe, planned, explicit, scale_schedule)
+    note = shorten_schedule(recipe, planned, total_iterations(recipe), explicit, scale_schedule)
     if note and notes is not None:
         notes.append(note)
     return recipe
-
-
-def shorten_schedule(recipe: dict, planned: int, explicit: set[str], scale: bool) -> str:
-    """After `--set train.iterations` (stages already scaled by `settle_iterations`): scale the schedule
-    keys by the same factor (`mtlcli.recipe_checks.scale_schedule`, explicitly set keys kept) and return
-    the one line that says what changed ("" when the length is the recipe's own)."""
-    from mtlcli.recipe_checks import SCHEDULE_KEYS, scale_schedule
-
-    total = total_iterations(recipe)
-    if "train.iterations" not in explicit or total == planned or planned < 1:
-        return ""
-    factor = total / planned
-    changes = scale_schedule(recipe, factor, explicit) if scale else []
-    if recipe["train"]["stages"]:
-        changes.insert(0, f"stages {'/'.join(str(s['iterations']) for s in recipe['train']['stages'])}")
-    kept = sorted(k for k in explicit if k in {f"{a}.{b}" for a, b in SCHEDULE_KEYS})
-    if not changes and not kept:
-        return ""
-    return (
-        f"schedule scaled x{factor:.3g} to train.iterations = {total} (recipe: {planned}): "
-        + (", ".join(changes) or "nothing to scale")
-        + (f"; kept as set: {', '.join(kept)}" if kept else "")
-        + ("" if scale else " (--resume: the rest of the schedule as it was)")
-    )
 
 
 def settle_iterations(recipe: dict, explicit: bool) -> None:
@@ -562,15 +539,6 @@ def validate_model(model: dict, source: str = "recipe") -> None:
     from mtlcli.recipe_checks import check_model_ranges
 
     check_model_ranges(model, source)
-
-
-def selection_split(recipe: dict) -> str:
-    """The split best.pt is selected on ("" when none is kept): `eval.select_split`, by default
-    `data.val_split`; "none", or a recipe without metrics, keeps no best.pt."""
-    ev = recipe["eval"]
-    if not ev["metrics"] or ev.get("select_split") == "none":
-        return ""
-    return ev.get("select_split") or recipe["data"]["val_split"]
 
 
 def total_iterations(recipe: dict) -> int:
