@@ -177,3 +177,15 @@ def test_weights_of_another_backbone_are_refused_unless_partial(journey, capsys,
         init_weights(model, recipe, None, None)
     report = init_weights(model, {"model": {**recipe["model"], "partial_weights": True}}, None, None)
     assert 0 < report["loaded"] < report["total"]
+
+
+def test_from_takes_no_other_recipe_or_weights_and_names_what_it_misses(tmp_path, capsys):
+    for extra, says in (
+        (["--recipe", "ivanet-tiny-synthetic"], "--recipe does too"),
+        (["--weights", str(tmp_path / "w.pt")], "--weights does too"),
+        (["--resume", "--out", str(tmp_path / "r")], "--resume does too"),
+    ):
+        assert run_cli(["train", "--from", str(tmp_path / "run"), *extra]) == 2
+        assert says in error_line(capsys)
+    assert run_cli(["train", "--from", str(tmp_path / "nowhere"), "--data", str(tmp_path)]) == 2
+    assert "--from" in error_line(capsys) and not (tmp_path / "runs").exists()
