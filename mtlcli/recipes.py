@@ -102,6 +102,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # the split best.pt is selected on: "" = data.val_split, "none" = no best.pt; never test*, and for
         # checkpoint = "best" neither val_split nor test_split (a held-out part of the training data)
         "select_split": "",
+        # the panoptic merge (mtlcli/ops/panoptic.py; Panoptic FPN's defaults)
+        "panoptic_score": 0.5,
+        "panoptic_overlap": 0.5,
+        "panoptic_stuff_area": 4096,
     },
 }
 

@@ -70,6 +70,12 @@ def print_results(result: dict[str, Any]) -> None:
         elif name.startswith("coco"):
             s = d.get("stats", {})
             extra = "  ".join(f"{k} {_fmt(s.get(k))}" for k in ("AP50", "AP75", "APs", "APm", "APl", "AR100"))
+        elif name == "pq":
+            a, t, st = d.get("all", {}), d.get("things", {}), d.get("stuff", {})
+            extra = f"SQ {_fmt(a.get('sq'))}  RQ {_fmt(a.get('rq'))}  things PQ {_fmt(t.get('pq'))}  "
+            extra += f"stuff PQ {_fmt(st.get('pq'))}"
+        elif name == "cs-inst":
+            extra = f"AP50 {_fmt(d.get('ap50'))}  (Cityscapes instance AP, official script)"
         elif name == "ar":
             s = d.get("stats", {})
             extra = "  ".join(f"{k} {_fmt(s.get(k))}" for k in ("AR@1000", "ARs@100", "ARm@100", "ARl@100"))
@@ -95,6 +101,23 @@ def print_results(result: dict[str, Any]) -> None:
                 table.add_column(c, justify="left" if c == "class" else "right")
             for i, cls in enumerate(d["classes"]):
                 table.add_row(cls, _fmt(d["ap"][i]), str(d["num_gt"][i]), str(d["num_detections"][i]))
+        elif name == "pq":
+            table = _table("pq: panoptic quality per class (%)")
+            for c in ("class", "kind", "PQ", "SQ", "RQ", "TP", "FP", "FN"):
+                table.add_column(c, justify="left" if c in ("class", "kind") else "right")
+            for c in d["classes"]:
+                kind = "thing" if c["isthing"] else "stuff"
+                counts = [str(c[k]) for k in ("tp", "fp", "fn")]
+                table.add_row(c["name"], kind, _fmt(c["pq"]), _fmt(c["sq"]), _fmt(c["rq"]), *counts)
+            for group in ("all", "things", "stuff"):
+                g = d[group]
+                table.add_row(f"[bold]{group}[/] ({g['n']})", "", _fmt(g["pq"]), _fmt(g["sq"]), _fmt(g["rq"]))
+        elif name == "cs-inst":
+            table = _table("cs-inst: Cityscapes instance AP per class (%)")
+            for c in ("class", "AP", "AP50"):
+                table.add_column(c, justify="left" if c == "class" else "right")
+            for cls, ap, ap50 in zip(d["classes"], d["class_ap"], d["class_ap50"], strict=True):
+                table.add_row(cls, _fmt(ap), _fmt(ap50))
         elif name.startswith("coco"):
             table = _table(f"{name}: AP@[.5:.95] per class (%)")
             table.add_column("class")
@@ -261,6 +284,9 @@ def run_eval(
             save_predictions=target,
             force=force or keep,
             workers=workers,
+            panoptic_settings=recipe.get("eval"),
+            # panoptic PNGs where the user asked for predictions or for pq, not in every RUN/eval
+            save_panoptic=save_predictions is not None or "pq" in names,
         )
         if (
             eval_dir is not None
@@ -334,7 +360,10 @@ def register(app: typer.Typer) -> None:
             None, "--split", help="Split to evaluate (default: val / the recipe's val_split)."
         ),
         metric: list[str] = typer.Option(
-            [], "--metric", "-m", help="miou, dt, voc07, voc12, coco-bbox, coco-segm, ar (repeat or comma-separate)."
+            [],
+            "--metric",
+            "-m",
+            help="miou, dt, voc07, voc12, coco-bbox, coco-segm, ar, pq, cs-inst (repeat or comma-separate).",
         ),
         cityscapes_ids: bool = typer.Option(
             False, "--cityscapes-ids", help="Prediction PNGs hold Cityscapes labelIds."

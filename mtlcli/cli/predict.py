@@ -34,6 +34,9 @@ def register(app: typer.Typer) -> None:
             True, "--save-images/--no-save-images", help="Write the overlays (and annotated videos)."
         ),
         save_masks: bool = typer.Option(False, "--save-masks", help="Add instance masks (RLE) to the JSON results."),
+        panoptic: bool = typer.Option(
+            False, "--panoptic", help="Write panoptic.json + panoptic/ PNGs (COCO panoptic format; docs/panoptic.md)."
+        ),
         force: bool = typer.Option(
             False, "--force", help="Write into a non-empty --out (files there may be overwritten)."
         ),
@@ -52,6 +55,7 @@ def register(app: typer.Typer) -> None:
             save_images=save_images,
             save_masks=save_masks,
             progress=not quiet,
+            panoptic=panoptic,
         )
         summary = predict_sources(model, sources, out or default_out(), opts, force=force)
         for path, reason in summary.skipped:

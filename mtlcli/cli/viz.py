@@ -151,6 +151,7 @@ def predictions(
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
+    panoptic: bool = typer.Option(False, "--panoptic", help="Add a panel of the panoptic merge (docs/panoptic.md)."),
 ) -> None:
     """Predictions over their images: semantic overlay, boxes with scores, masks; ground truth beside them."""
     from mtlcli.engine.loaded import load_run, output_dir
@@ -186,8 +187,23 @@ def predictions(
         force=force,
         device=loaded.device,
         progress=not quiet,
+        panoptic=_panoptic_maker(loaded) if panoptic else None,
     )
     _print_paths("prediction overlay(s)", paths)
+
+
+def _panoptic_maker(loaded):  # type: ignore[no-untyped-def]
+    from mtlcli.engine.panoptic import PanopticMaker, merge_settings
+
+    card = getattr(loaded, "card", None) or {}
+    cls = loaded.classes
+    return PanopticMaker(
+        cls.det_classes,
+        cls.seg_classes,
+        card.get("thing_classes"),
+        card.get("panoptic_category_ids"),
+        merge_settings(loaded.recipe),
+    )
 
 
 @app.command("curves")

@@ -172,8 +172,7 @@ def model_from_checkpoint(state: dict[str, Any], path: Path) -> tuple[nn.Module,
     from mtlcli.engine.compat import check_state_shapes
 
     check_state_shapes(model, state["model"], path, recipe["model"])
-    # strict=False: the mismatch is reported below as one line, not as torch's RuntimeError
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)  # see the one line below
     if missing or unexpected:
         raise UserError(
             f"checkpoint {path} does not fit model {recipe['model']['name']!r} "

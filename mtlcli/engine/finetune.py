@@ -122,7 +122,7 @@ def load_matching(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[st
                 reinit.append(module)
         else:
             load[name] = src.to(value.dtype)
-    model.load_state_dict(load, strict=False)  # a part by design: heads of another class count stay fresh
+    model.load_state_dict(load, strict=False)  # only the tensors that fit; the rest stays initialised
     return {"loaded": len(load), "total": len(own), "reinitialised": reinit, "missing": missing}
 
 

@@ -8,6 +8,7 @@
     OUT/detections.json        COCO results [{image_id, file_name, category_id, category_name, bbox
                                [x, y, w, h], score, segmentation (RLE, with --save-masks)}], category ids
                                those of the training data (its original ids for COCO-format data)
+    OUT/panoptic.json + OUT/panoptic/<rel>.png   with --panoptic: COCO panoptic format (docs/panoptic.md)
     OUT/images.json            {"images": [{id, file_name, height, width}], "categories": [{id, name}]}
     OUT/<rel>.mp4 + .jsonl     a video: the annotated video (the video's own size, no title or legend), and
                                one JSON line per frame
@@ -246,6 +247,7 @@ class PredictOptions:
     save_images: bool = True
     save_masks: bool = False
     progress: bool = True
+    panoptic: bool = False  # OUT/panoptic.json + OUT/panoptic/<rel>.png (COCO panoptic format)
 
 
 @dataclass
@@ -273,6 +275,7 @@ class _Writer:
         self.results: list[dict[str, Any]] = []
         self.images: list[dict[str, Any]] = []
         self.label_ids = None
+        self.panoptic: list[dict[str, Any]] = []
         if model.card.get("cityscapes"):
             from mtlcli.metrics.segmentation import cityscapes_label_luts
 
@@ -285,6 +288,9 @@ class _Writer:
         if self.opts.save_json:
             for r in result.to_coco(image_id, self.model.det_category_ids, with_masks=self.opts.save_masks):
                 self.results.append({**r, "file_name": str(source.path)})
+        if self.opts.panoptic and result.panoptic is not None:
+            segments = [{k: v for k, v in seg.items() if k != "isthing"} for seg in result.panoptic[1]]
+            self.panoptic.append({"image_id": image_id, "file_name": f"{source.rel}.png", "segments_info": segments})
         self.pending.append(self.pool.submit(self._write, source, image, result))
         if len(self.pending) > 4 * self.opts.batch_size:
             self.pending.pop(0).result()
@@ -301,6 +307,10 @@ class _Writer:
                 score_threshold=self.opts.score_threshold,
             )
             atomic_save_image(self.outputs.path("overlays", rel), panel.permute(1, 2, 0).contiguous().numpy())
+        if self.opts.panoptic and result.panoptic is not None:
+            from mtlcli.ops.panoptic import id2rgb
+
+            atomic_save_image(self.outputs.path("panoptic", rel), id2rgb(result.panoptic[0]))
         if self.opts.save_json and result.semantic is not None:
             sem = result.semantic.clamp(0, 255).to(torch.uint8).numpy()
             atomic_save_image(self.outputs.path("semantic", rel), sem)
@@ -323,6 +333,11 @@ class _Writer:
                 self.outputs.path("images.json"),
                 json.dumps({"images": self.images, "categories": categories}, indent=1),
             )
+        if self.opts.panoptic and self.panoptic:
+            from mtlcli.engine.panoptic import panoptic_categories
+
+            data = {"images": self.images, "annotations": self.panoptic, "categories": panoptic_categories(self.model)}
+            atomic_write_text(self.outputs.path("panoptic.json"), json.dumps(data))
 
 
 def predict_sources(
@@ -375,6 +390,9 @@ def predict_sources(
                         for (_, img), o in zip(good, raw, strict=True)
                     ]
                     summary.model_seconds += time.perf_counter() - t_model
+                    if opts.panoptic:
+                        for result, o in zip(results, raw, strict=True):
+                            result.panoptic = model.panoptic_of(o)
                     for (i, img), result in zip(good, results, strict=True):
                         writer.add(images[i], img, result)
                     summary.images += len(good)

@@ -31,6 +31,10 @@ class Result:
     size: tuple[int, int]
     seg_classes: list[str]
     source: str | None = None
+    # (ids [H, W] int32 numpy, 0 = void; segments_info [{id, category_id, isthing, ...}]) from the
+    # panoptic merge (mtlcli/ops/panoptic.py, docs/panoptic.md); None for a model with neither a
+    # semantic map nor instance masks
+    panoptic: tuple[np.ndarray, list[dict[str, Any]]] | None = None
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])

@@ -427,6 +427,7 @@ def evaluate_predictions(
         detections = load_detections(det_file, gt) if det_file else []
         names = (["miou"] if sem_dir else []) + (["coco-bbox"] if det_file else [])
         names += ["coco-segm"] if any("segmentation" in r for r in detections) else []
+        names += ["pq"] if predictions.is_dir() and (predictions / "panoptic.json").is_file() else []
         if not names:
             raise UserError(
                 f"--predictions {predictions} holds neither detections.json nor PNG files — nothing to evaluate"
@@ -451,6 +452,11 @@ def evaluate_predictions(
                 bar.advance(task)
         res = metric.compute()
         out["metrics"]["miou"], out["details"]["miou"] = res["value"], res["details"]
+    if "pq" in names:
+        from mtlcli.metrics.panoptic import evaluate_panoptic_files
+
+        res = evaluate_panoptic_files(gt, predictions, progress)
+        out["metrics"]["pq"], out["details"]["pq"] = res["value"], res["details"]
     det_names = [n for n in names if n in DETECTION_METRICS]
     if det_names:
         if det_file is None:
@@ -458,7 +464,7 @@ def evaluate_predictions(
                 f"--metric {det_names[0]} needs COCO results; {predictions} is no .json file and holds no "
                 "detections.json"
             )
-        detections = load_detections(det_file, gt, need_masks="coco-segm" in det_names)
+        detections = load_detections(det_file, gt, need_masks="coco-segm" in det_names or "cs-inst" in det_names)
         for name in det_names:
             metric = build_metric(name, gt)
             metric.update(detections)

@@ -174,8 +174,10 @@ def render_predictions(
     force: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    panoptic: Any = None,
 ) -> list[Path]:
     """Draw the model's predictions for `num` images of `source` into `out/<stem>.png`; returns the paths.
+    `panoptic` (an `mtlcli.engine.panoptic.PanopticMaker`) adds a panel of the panoptic merge.
 
     `source` is a PreparedDataset (images spread evenly over the split; ground truth drawn beside the
     prediction where the image has labels) or a sequence of image files / folders. Class names and palette
@@ -232,6 +234,13 @@ def render_predictions(
                 scale, _ = titled_geometry(int(image.shape[-2]), MIN_HEIGHT)
                 panels = [render_prediction(image, output, det_classes, palette, score_threshold, scale=scale)]
                 titles = [prediction_title(score_threshold if "boxes" in output else None)]
+                if panoptic is not None and ("sem_seg" in output or "masks" in output):
+                    from mtlcli.viz.panoptic import draw_panoptic
+
+                    ids, segs = panoptic(output, None)
+                    class_of = {c: k for k, c in enumerate(panoptic.class_ids)}
+                    panels.append(draw_panoptic(image, ids, segs, class_of, palette, scale=scale))
+                    titles.append(f"panoptic ({len(segs)} segments)")
                 maps = [output["sem_seg"].detach().argmax(0).cpu()] if "sem_seg" in output else []
                 drawn = (
                     [output["labels"].detach().cpu()[output["scores"].detach().cpu() >= score_threshold]]
