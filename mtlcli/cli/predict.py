@@ -1,5 +1,5 @@
-"""`mtl predict SOURCE... (--run RUN | --checkpoint CKPT) [--out DIR] ...`: a trained model on your own
-images, folders, glob patterns and videos (see `mtlcli.engine.predict` for what is written)."""
+"""`mtl predict SOURCE... (--run RUN | --checkpoint CKPT | --model FILE.onnx) [--out DIR] ...`: a trained model
+on your own images, folders, glob patterns and videos (see `mtlcli.engine.predict` for what is written)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from mtlcli.cli.common import CHECKPOINT_OPTION, DEVICE_OPTION, RUN_OPTION, model_source
+from mtlcli.errors import UserError
 
 
 def register(app: typer.Typer) -> None:
@@ -18,12 +19,25 @@ def register(app: typer.Typer) -> None:
         ),
         run: Path | None = RUN_OPTION,
         checkpoint: Path | None = CHECKPOINT_OPTION,
+        model_file: Path | None = typer.Option(
+            None, "--model", metavar="FILE.onnx", help="An exported model (`mtl export`), run by onnxruntime."
+        ),
         out: Path | None = typer.Option(
             None, "--out", "-o", metavar="DIR", help="Output folder [default: runs/predict/expN]."
         ),
         device: str = DEVICE_OPTION,
         score_threshold: float = typer.Option(
             0.3, "--score-threshold", min=0.0, max=1.0, help="Keep detections scoring at least this."
+        ),
+        iou: float | None = typer.Option(
+            None, "--iou", min=0.0, max=1.0, help="NMS IoU threshold [default: the model's]."
+        ),
+        max_det: int | None = typer.Option(None, "--max-det", min=1, help="Keep at most N detections per image."),
+        classes: str | None = typer.Option(
+            None, "--classes", metavar="A,B", help="Keep only these classes (names or labels 1..K, comma-separated)."
+        ),
+        size: str | None = typer.Option(
+            None, "--size", metavar="HxW", help="Network input size [default: the model's; two-stage: SHORTxMAX]."
         ),
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per batch on the device."),
         workers: int = typer.Option(2, "--workers", min=0, help="Processes decoding images."),
@@ -42,9 +56,23 @@ def register(app: typer.Typer) -> None:
         """Predict with a trained model: overlays, COCO-style detections, semantic label maps, annotated videos."""
         from mtlcli.api import load_model
         from mtlcli.engine.predict import PredictOptions, default_out, predict_sources
+        from mtlcli.export import parse_size
 
-        model = load_model(model_source(run, checkpoint), device=device)
+        if model_file is not None:
+            if run is not None or checkpoint is not None:
+                raise UserError("give one model: --run, --checkpoint or --model")
+            if model_file.suffix.lower() != ".onnx":
+                raise UserError(
+                    f"--model {model_file}: give an .onnx file written by `mtl export` (or use --checkpoint)"
+                )
+            model = load_model(model_file)
+        else:
+            model = load_model(model_source(run, checkpoint), device=device)
         opts = PredictOptions(
+            iou=iou,
+            max_det=max_det,
+            classes=model.class_ids(classes.split(",")) if classes else None,
+            size=parse_size(size),
             score_threshold=score_threshold,
             batch_size=batch_size,
             workers=workers,

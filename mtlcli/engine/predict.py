@@ -218,7 +218,14 @@ def _collate(batch):
 
 @dataclass
 class PredictOptions:
+    """What `mtl predict` keeps and writes. iou / size: the NMS IoU and network input size (None: the
+    model's own); max_det: detections per image; classes: labels 1..K kept (None: all)."""
+
     score_threshold: float = 0.3
+    iou: float | None = None
+    max_det: int | None = None
+    classes: list[int] | None = None
+    size: tuple[int, int] | None = None
     batch_size: int = 8
     workers: int = 2
     save_json: bool = True
@@ -283,8 +290,10 @@ class _Writer:
             )
             Image.fromarray(panel.permute(1, 2, 0).numpy()).save(self.outputs.path("overlays", rel))
         if self.opts.save_json and result.semantic is not None:
+            from mtlcli.engine.results import save_semantic_png
+
             sem = result.semantic.clamp(0, 255).to(torch.uint8).numpy()
-            Image.fromarray(sem).save(self.outputs.path("semantic", rel))
+            save_semantic_png(self.outputs.path("semantic", rel), sem, self.model.palette)
             if self.label_ids is not None:
                 Image.fromarray(self.label_ids[sem]).save(self.outputs.path("labelIds", rel))
 
@@ -310,8 +319,6 @@ def predict_sources(
 ) -> PredictSummary:
     """Run `model` (an `mtlcli.api.Predictor`) over the sources into `out`; returns the summary."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from mtlcli.api import output_to_result
 
     if not 0.0 <= opts.score_threshold <= 1.0:
         raise UserError(f"--score-threshold must lie in 0..1, got {opts.score_threshold}")
@@ -347,13 +354,8 @@ def predict_sources(
                 if good:
                     t_model = time.perf_counter()
                     floats = [img.to(model.device, non_blocking=True).float().div_(255) for _, img in good]
-                    raw = model.raw(floats)
-                    results = [
-                        output_to_result(
-                            o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]), opts.score_threshold
-                        )
-                        for (_, img), o in zip(good, raw)
-                    ]
+                    raw = model.raw(floats, iou=opts.iou, size=opts.size)
+                    results = [to_result(model, o, img, opts) for (_, img), o in zip(good, raw)]
                     summary.model_seconds += time.perf_counter() - t_model
                     for (i, img), result in zip(good, results):
                         writer.add(images[i], img, result)
@@ -365,6 +367,21 @@ def predict_sources(
         writer.close()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def to_result(model: Any, output: dict[str, torch.Tensor], image: torch.Tensor, opts: PredictOptions) -> Any:
+    """One raw output as a Result with the command's filters (score, classes, max_det)."""
+    from mtlcli.engine.results import output_to_result
+
+    return output_to_result(
+        output,
+        model.det_classes,
+        model.seg_classes,
+        tuple(image.shape[-2:]),
+        opts.score_threshold,
+        classes=opts.classes,
+        max_det=opts.max_det,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- video
@@ -379,8 +396,6 @@ def _predict_video(
         import av
     except ImportError:
         raise UserError("reading videos needs PyAV: pip install av") from None
-    from mtlcli.api import output_to_result
-
     try:
         container = av.open(str(source.path))
     except (av.error.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
@@ -405,11 +420,9 @@ def _predict_video(
                 def flush() -> None:
                     nonlocal out_container
                     floats = [img.to(model.device).float().div_(255) for _, _, img in batch]
-                    raw = model.raw(floats)
+                    raw = model.raw(floats, iou=opts.iou, size=opts.size)
                     for (index, t, img), o in zip(batch, raw):
-                        result = output_to_result(
-                            o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]), opts.score_threshold
-                        )
+                        result = to_result(model, o, img, opts)
                         dets = result.to_coco(index, model.det_category_ids, with_masks=opts.save_masks)
                         for d in dets:
                             d.pop("image_id")
