@@ -135,10 +135,10 @@ def export_model(
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer notes
             traced = torch.jit.trace(wrapper, sample, check_trace=False, strict=False)
-        tmp = out.with_name(out.name + ".tmp")
-        traced.save(str(tmp))
-        tmp.replace(out)
-        loaded = torch.jit.load(str(out))
+            tmp = out.with_name(out.name + ".tmp")
+            traced.save(str(tmp))
+            tmp.replace(out)
+            loaded = torch.jit.load(str(out))
 
         def run(images: np.ndarray) -> dict[str, np.ndarray]:
             with torch.no_grad():

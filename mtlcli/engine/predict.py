@@ -3,7 +3,7 @@
     OUT/overlays/<rel>.png     the image with the semantic map, masks and captioned boxes, titled, above a
                                legend of the classes present (boxes too); small images enlarged to be read,
                                as `mtl viz predictions` draws them
-    OUT/semantic/<rel>.png     uint8 class indices of the model's seg classes (255 = none)
+    OUT/semantic/<rel>.png     palette PNG: uint8 class indices of the seg classes (255 = none), in their colours
     OUT/labelIds/<rel>.png     the same as Cityscapes labelIds (models trained on Cityscapes classes)
     OUT/detections.json        COCO results [{image_id, file_name, category_id, category_name, bbox
                                [x, y, w, h], score, segmentation (RLE, with --save-masks)}], category ids

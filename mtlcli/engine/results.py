@@ -164,7 +164,7 @@ class Result:
 def to_image_tensor(image: ImageLike) -> torch.Tensor:
     """Any supported image as float32 [3, H, W] RGB in 0..1 on the CPU.
 
-    path (str / Path) · PIL image (any mode) · numpy HxW (grey), HxWx1/3/4 (grey, RGB, RGBA) or 3xHxW,
+    path (str / Path) · PIL image (any mode) · numpy HxW (grey), HxWx1/3/4 (grey, RGB, RGBA),
     uint8 0..255 or float 0..1 · tensor [3, H, W] / [H, W, 3] / [1, H, W] / [H, W], uint8 or float 0..1.
     Anything else is one UserError line."""
     if isinstance(image, (str, Path)):
@@ -181,9 +181,9 @@ def to_image_tensor(image: ImageLike) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.dtype == bool or image.dtype.kind not in "uif":
             raise UserError(f"a numpy image must be uint8 or float, got dtype {image.dtype}")
-        if image.ndim == 3 and image.shape[-1] not in (1, 3, 4) and image.shape[0] not in (1, 3, 4):
+        if image.ndim == 3 and image.shape[-1] not in (1, 3, 4):
             raise UserError(f"a numpy image must be HxWx3 (RGB), HxWx4 (RGBA) or HxW (grey), got shape {image.shape}")
-        if image.ndim == 3 and image.shape[-1] in (1, 3, 4):  # numpy's layout: HWC first
+        if image.ndim == 3:  # numpy's layout: HWC
             image = image.transpose(2, 0, 1)
         image = torch.from_numpy(np.array(image, copy=True))
     if not torch.is_tensor(image):

@@ -17,8 +17,14 @@ pytest.importorskip("onnxruntime")
 
 
 def _torch_predictor(model):
-    from mtlcli.api import Predictor
+    """The PyTorch model with the export's settings (at most 20 detections per image)."""
+    import copy
 
+    from mtlcli.api import Predictor
+    from mtlcli.models.endtoend import is_two_stage
+
+    model = copy.deepcopy(model)
+    (model.roi_heads if is_two_stage(model) else model).detections_per_img = 20
     return Predictor(model, {"model": {"name": "tiny"}}, TINY_CARD, "cpu")
 
 
