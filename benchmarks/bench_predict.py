@@ -85,6 +85,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--score-threshold", type=float, default=0.3)
     parser.add_argument("--onnx", action="store_true", help="also time the exported ONNX model in onnxruntime")
+    parser.add_argument(
+        "--cases", nargs="*", default=None, help="only these cases (network is always timed), e.g. predict-json"
+    )
     args = parser.parse_args()
 
     from mtlcli.api import to_image_tensor
@@ -148,6 +151,8 @@ def main() -> None:
         agreement = semantic_agreement(model, decoded[: min(4, len(decoded))])
         if agreement is not None:
             print(f"semantic map of predict vs mtl eval's (argmax of softmax): {100 * agreement:.4f}% pixels equal")
+        if args.cases:
+            cases = {k: v for k, v in cases.items() if k == "network" or k in args.cases}
         network()  # warm-up
         times: dict[str, list[float]] = {k: [] for k in cases}
         names = list(cases)

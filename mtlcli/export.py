@@ -37,7 +37,7 @@ from mtlcli.errors import UserError
 from mtlcli.models.endtoend import OUTPUTS, EndToEnd, is_two_stage
 
 # what the parity check accepts on final detections (after matching) and on the semantic map
-MIN_IOU, SCORE_TOL, SEMANTIC_AGREEMENT = 0.99, 1e-3, 0.999
+MIN_IOU, SCORE_TOL, SEMANTIC_AGREEMENT, NMS_TOL = 0.99, 1e-3, 0.999, 1e-3
 DEFAULT_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 
 
@@ -151,7 +151,10 @@ def export_model(
     seconds = time.perf_counter() - t0
     # the check: the PyTorch model's own eval path against the file, at the sample and another size
     checks = [sample, sample_images((h - 11, w + 17), batch, seed=1)]
-    parity = merge_parity([compare(reference_outputs(model, imgs, e2e), run(imgs.numpy())) for imgs in checks])
+    nms_thresh = e2e.nms_thresh if e2e.nms else None
+    parity = merge_parity(
+        [compare(reference_outputs(model, imgs, e2e), run(imgs.numpy()), nms_thresh) for imgs in checks]
+    )
     info["parity"] = {**parity, "samples": [list(c.shape) for c in checks]}
     info["export_seconds"] = round(seconds, 2)
     from mtlcli.data.prepared import atomic_write_text
@@ -248,11 +251,15 @@ def reference_outputs(model: nn.Module, images: Tensor, e2e: EndToEnd) -> dict[s
     return {k: np.concatenate(v) for k, v in flat.items() if v}
 
 
-def match_detections(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict[str, Any]:
+def match_detections(
+    ref: dict[str, np.ndarray], got: dict[str, np.ndarray], nms_thresh: float | None = None
+) -> dict[str, Any]:
     """Greedy one-to-one matching, best reference score first, within the same image and label, box IoU
     >= MIN_IOU and score within SCORE_TOL. Returns counts, the smallest matched IoU, the largest score
-    difference, the worst mask IoU, and `unexplained`: unmatched detections that do not tie with the last
-    one kept in their image (max_det or the threshold cutting through equal scores is no difference)."""
+    difference, the worst mask IoU, and `unexplained`: unmatched detections that neither tie with the last
+    one kept in their image (max_det or the threshold cutting through equal scores) nor overlap a better
+    box of their class by an IoU within NMS_TOL of the NMS threshold (`nms_borderline`: float noise decides
+    such a suppression)."""
     from torchvision.ops import box_iou
 
     n_ref, n_got = len(ref.get("scores", ())), len(got.get("scores", ()))
@@ -279,27 +286,36 @@ def match_detections(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> 
                 a, b = ref["masks"][i].astype(bool), got["masks"][j].astype(bool)
                 union = (a | b).sum()
                 mask_ious.append(float((a & b).sum() / union) if union else 1.0)
-    unexplained = 0
+    unexplained = borderline = 0
     for side, used in ((ref, used_ref), (got, used_got)):
+        own = box_iou(torch.from_numpy(side["boxes"]).float(), torch.from_numpy(side["boxes"]).float()).numpy()
         for i in np.flatnonzero(~used):
             in_image = side["batch_index"] == side["batch_index"][i]
-            unexplained += int(side["scores"][i] > side["scores"][in_image].min() + SCORE_TOL)
+            if side["scores"][i] <= side["scores"][in_image].min() + SCORE_TOL:
+                continue  # at the cut
+            rivals = in_image & (side["labels"] == side["labels"][i]) & (side["scores"] >= side["scores"][i])
+            rivals[i] = False
+            if nms_thresh is not None and (np.abs(own[i, rivals] - nms_thresh) <= NMS_TOL).any():
+                borderline += 1  # kept here, suppressed there: an IoU within NMS_TOL of the NMS threshold
+                continue
+            unexplained += 1
     return {
         "reference": n_ref,
         "exported": n_got,
         "matched": int(used_ref.sum()),
         "unexplained": unexplained,
+        "nms_borderline": borderline,
         "min_iou": round(min_iou, 6),
         "max_score_diff": float(f"{max_score:.3g}"),
         "mask_iou_min": round(min(mask_ious), 6) if mask_ious else None,
     }
 
 
-def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict[str, Any]:
+def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], nms_thresh: float | None = None) -> dict[str, Any]:
     """Parity of final outputs: detections matched (`match_detections`), semantic maps' equal share."""
     result: dict[str, Any] = {}
     if "scores" in ref or "scores" in got:
-        result["detections"] = match_detections(ref, got)
+        result["detections"] = match_detections(ref, got, nms_thresh)
     if "semantic" in ref:
         a, b = ref["semantic"], got.get("semantic")
         result["semantic_equal"] = float((a == b).mean()) if b is not None and b.shape == a.shape else 0.0
@@ -312,7 +328,8 @@ def merge_parity(parts: list[dict[str, Any]]) -> dict[str, Any]:
     words, ok = [], True
     dets = [p["detections"] for p in parts if "detections" in p]
     if dets:
-        d = {k: sum(x[k] for x in dets) for k in ("reference", "exported", "matched", "unexplained")}
+        keys = ("reference", "exported", "matched", "unexplained", "nms_borderline")
+        d = {k: sum(x[k] for x in dets) for k in keys}
         d["min_iou"] = min(x["min_iou"] for x in dets)
         d["max_score_diff"] = max(x["max_score_diff"] for x in dets)
         masks = [x["mask_iou_min"] for x in dets if x["mask_iou_min"] is not None]
@@ -322,6 +339,7 @@ def merge_parity(parts: list[dict[str, Any]]) -> dict[str, Any]:
         words.append(
             f"{d['matched']}/{d['reference']} detections matched ({d['exported']} exported), "
             f"min IoU {d['min_iou']:.4f}, max score diff {d['max_score_diff']:.2g}"
+            + (f", {d['nms_borderline']} at an NMS borderline" if d["nms_borderline"] else "")
         )
     sems = [p["semantic_equal"] for p in parts if "semantic_equal" in p]
     if sems:
@@ -330,7 +348,12 @@ def merge_parity(parts: list[dict[str, Any]]) -> dict[str, Any]:
         words.append(f"semantic maps {100 * out['semantic_equal']:.3f}% equal")
     out["ok"] = bool(ok)
     out["summary"] = "; ".join(words)
-    out["criteria"] = {"min_iou": MIN_IOU, "score_tol": SCORE_TOL, "semantic_agreement": SEMANTIC_AGREEMENT}
+    out["criteria"] = {
+        "min_iou": MIN_IOU,
+        "score_tol": SCORE_TOL,
+        "semantic_agreement": SEMANTIC_AGREEMENT,
+        "nms_iou_tol": NMS_TOL,
+    }
     return out
 
 

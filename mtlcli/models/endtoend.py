@@ -60,8 +60,15 @@ def select_detections(
         keep = keep & valid
     boxes, scores, labels, batch = boxes[keep], scores[keep], labels[keep], batch[keep]
     if nms_thresh is not None:
-        groups = batch * (num_classes + 1) + labels  # NMS per image and class
-        order = batched_nms(boxes, scores, groups, nms_thresh)
+        # NMS per class, unrolled over the (static) classes, and per image: batched_nms's coordinate offset
+        # only separates images, so a batch of one compares the very boxes eager PyTorch compares (an offset
+        # per class shifts coordinates by thousands of pixels and rounds IoUs near the threshold differently)
+        kept = []
+        for c in range(1, num_classes + 1):
+            members = torch.nonzero(labels == c).flatten()
+            kept.append(members[batched_nms(boxes[members], scores[members], batch[members], nms_thresh)])
+        order = torch.cat(kept)
+        order = order[scores[order].argsort(descending=True)]
     else:
         order = scores.argsort(descending=True)
     boxes, scores, labels, batch = boxes[order], scores[order], labels[order], batch[order]
