@@ -179,7 +179,7 @@ def main() -> None:
 
 def semantic_agreement(model, images) -> float | None:
     """Share of pixels where predict's semantic map equals the argmax of the model's own eval output."""
-    from mtlcli.engine.results import output_to_result
+    from mtlcli.engine.result import output_to_result
 
     with torch.inference_mode():
         fast = model.raw([img.to(model.device) for img in images])
@@ -187,7 +187,7 @@ def semantic_agreement(model, images) -> float | None:
     if "sem_seg" not in slow[0]:
         return None
     equal = total = 0
-    for f, s in zip(fast, slow):
+    for f, s in zip(fast, slow, strict=True):
         a = output_to_result(f, model.det_classes, model.seg_classes, (1, 1), 1.0).semantic
         equal += int((a.cpu() == s["sem_seg"].argmax(0).cpu()).sum())
         total += a.numel()

@@ -21,10 +21,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtlcli.engine.results import ImageLike, Result, output_to_result, to_image_tensor
+from mtlcli.devices import resolve_device
+from mtlcli.engine.result import ImageLike, Result, output_to_result, to_image_tensor
 from mtlcli.errors import UserError
 
-__all__ = ["ImageLike", "OnnxPredictor", "Predictor", "Result", "load_model", "output_to_result", "to_image_tensor"]
+__all__ = [
+    "ImageLike",
+    "OnnxPredictor",
+    "Predictor",
+    "Result",
+    "load_model",
+    "output_to_result",
+    "resolve_checkpoint",
+    "to_image_tensor",
+]
 
 
 class Predictor:
@@ -88,10 +98,10 @@ class Predictor:
         outputs: list[dict[str, torch.Tensor] | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
-            groups.setdefault(tuple(img.shape[-2:]), []).append(i)
+            groups.setdefault((int(img.shape[-2]), int(img.shape[-1])), []).append(i)
         for members in groups.values():
             batch = torch.stack([images[i].float() for i in members])
-            for i, out in zip(members, split_outputs(self._e2e.run(batch), len(members))):
+            for i, out in zip(members, split_outputs(self._e2e.run(batch), len(members)), strict=True):
                 outputs[i] = out
         return outputs  # type: ignore[return-value]
 
@@ -162,10 +172,12 @@ class Predictor:
         outputs = self.raw(tensors, iou=opts["iou"], size=opts["size"])
         return [
             self.to_result(out, img, opts, str(item) if isinstance(item, (str, Path)) else None)
-            for item, img, out in zip(chunk, tensors, outputs)
+            for item, img, out in zip(chunk, tensors, outputs, strict=True)
         ]
 
-    def to_result(self, output: dict[str, torch.Tensor], image: torch.Tensor, opts: dict[str, Any], source=None):  # type: ignore[no-untyped-def]
+    def to_result(
+        self, output: dict[str, torch.Tensor], image: torch.Tensor, opts: dict[str, Any], source: str | None = None
+    ) -> Result:
         """One raw output as a Result that can plot itself (it keeps the image as uint8)."""
         return output_to_result(
             output,
@@ -213,13 +225,13 @@ def load_model(source: str | Path, *, device: str = "auto") -> Predictor:
 
     if str(source).lower().endswith(".onnx"):
         return OnnxPredictor(source)
-    device = resolve_device(device)
+    device = resolve_device(device or None)
     path = resolve_checkpoint(source)
     state = load_checkpoint(path)
     network, recipe = model_from_checkpoint(state, path)
     root = None
     if not isinstance(state.get("classes"), dict):  # an older checkpoint: its dataset may say
-        from mtlcli.engine.data import data_root
+        from mtlcli.recipes import data_root
 
         root = data_root(recipe)
         root = root if (root / "dataset.json").is_file() else None
@@ -268,11 +280,3 @@ def _is_iterable(x: Any) -> bool:
     if isinstance(x, (str, Path, np.ndarray, torch.Tensor, Image.Image)):
         return False
     return hasattr(x, "__iter__")
-
-
-def resolve_device(name: str | None) -> str:
-    """ "auto" (or None) -> cuda when available, else cpu; an unknown or unavailable device is a UserError
-    (the one rule every command uses: `mtlcli.cli.common.resolve_device`)."""
-    from mtlcli.cli.common import resolve_device as resolve
-
-    return resolve(None if name == "" else name)

@@ -53,7 +53,7 @@ class _Tuple(nn.Module):
         return tuple(out[n] for n in self.names)
 
 
-def export_size(model: nn.Module, size: tuple[int, int] | None) -> tuple[int, int]:
+def export_size(model: Any, size: tuple[int, int] | None) -> tuple[int, int]:
     """The network size (h, w) to export at: `size`, else the model's own (two-stage: test short side x
     long side cap)."""
     if size is None:
@@ -97,7 +97,7 @@ def sample_images(size: tuple[int, int], batch: int = 1, seed: int = 0) -> Tenso
 
 
 def export_model(
-    model: nn.Module,
+    model: Any,
     fmt: str,
     out: Path,
     *,
@@ -142,7 +142,7 @@ def export_model(
 
         def run(images: np.ndarray) -> dict[str, np.ndarray]:
             with torch.no_grad():
-                return {n: v.numpy() for n, v in zip(names, loaded(torch.from_numpy(images)))}
+                return {n: v.numpy() for n, v in zip(names, loaded(torch.from_numpy(images)), strict=True)}
 
     info = sidecar(model, e2e, fmt, out, names, dynamic and not two_stage, card)
     if fmt == "onnx":  # the file describes itself (classes, input, outputs): no sidecar needed to run it
@@ -218,12 +218,12 @@ def _onnx_runner(path: Path, names: list[str]):
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run(images: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(names, {"images": images})))
+        return dict(zip(names, session.run(names, {"images": images}), strict=True))
 
     return run
 
 
-def reference_outputs(model: nn.Module, images: Tensor, e2e: EndToEnd) -> dict[str, np.ndarray]:
+def reference_outputs(model: Any, images: Tensor, e2e: EndToEnd) -> dict[str, np.ndarray]:
     """The PyTorch model's own eval path (DESIGN.md §4, what `mtl predict` runs) on uint8 [B, H, W, 3]
     images, flattened like the exported outputs and with the export's thresholds."""
     model = copy.deepcopy(model)
@@ -358,7 +358,7 @@ def merge_parity(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def sidecar(
-    model: nn.Module, e2e: EndToEnd, fmt: str, out: Path, names: list[str], dynamic: bool, card: dict | None
+    model: Any, e2e: EndToEnd, fmt: str, out: Path, names: list[str], dynamic: bool, card: dict | None
 ) -> dict[str, Any]:
     """What a caller needs to run the file without our code (the module docstring, as data)."""
     two_stage = e2e.two_stage

@@ -23,10 +23,10 @@ import copy
 import inspect
 import json
 import math
+import os
+import tomllib
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from mtlcli.errors import UserError
 from mtlcli.metrics import METRIC_NAMES as METRICS  # names only: listing recipes imports no model
@@ -528,3 +528,11 @@ def dump_toml(recipe: dict) -> str:
                 lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in stage.items())
         lines.append("")
     return "\n".join(lines)
+
+
+def data_root(recipe: dict) -> Path:
+    """The prepared dataset: `[data].root` (which `--data` sets), else `$MTL_DATA/<dataset>` (default ./data)."""
+    data = recipe["data"]
+    if data["root"]:
+        return Path(data["root"]).expanduser()
+    return Path(os.environ.get("MTL_DATA", "data")) / data["dataset"]

@@ -135,7 +135,10 @@ def atomic_save(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    atomic_save(path, lambda f: f.write(data))
+    def write(f: IO[bytes]) -> None:
+        f.write(data)
+
+    atomic_save(path, write)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

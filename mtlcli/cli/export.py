@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--format {fmt!r}: choose onnx or torchscript")
         model = load_model(source, device="cpu")
         if out is None:
-            out = default_export_path(run, Path(model.checkpoint), fmt)
+            out = default_export_path(run, Path(str(model.checkpoint)), fmt)
         from mtlcli.safety import refuse_protected_output
 
         refuse_protected_output(out, "--out")  # never inside a prepared dataset or a run's checkpoints/

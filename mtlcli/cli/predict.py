@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         run: Path | None = RUN_OPTION,
         checkpoint: Path | None = CHECKPOINT_OPTION,
         model_file: Path | None = typer.Option(
-            None, "--model", metavar="FILE.onnx", help="An exported model (`mtl export`), run by onnxruntime."
+            None, "--model", metavar="ONNX", help="An exported .onnx model (`mtl export`), run by onnxruntime."
         ),
         out: Path | None = typer.Option(
             None, "--out", "-o", metavar="DIR", help="Output folder [default: runs/predict/expN]."
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         ),
         max_det: int | None = typer.Option(None, "--max-det", min=1, help="Keep at most N detections per image."),
         classes: str | None = typer.Option(
-            None, "--classes", metavar="A,B", help="Keep only these classes (names or labels 1..K, comma-separated)."
+            None, "--classes", metavar="NAMES", help="Keep only these classes (names or labels 1..K, comma-separated)."
         ),
         size: str | None = typer.Option(
             None, "--size", metavar="HxW", help="Network input size [default: the model's; two-stage: SHORTxMAX]."

@@ -25,7 +25,7 @@ VERIFY_HELP = "Decode every image fully to find damage inside complete files (de
 FORCE_HELP = "Write into --out even if it is not empty (files there may be overwritten)."
 
 
-def _console():  # type: ignore[no-untyped-def]
+def _console():
     from rich.console import Console  # imported when printing: `mtl --help` and `mtl recipes list` stay quick
 
     return Console()
@@ -58,7 +58,9 @@ def cityscapes(
         None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/cityscapes]."
     ),
     split: list[str] | None = typer.Option(
-        None, "--split", help="Split to prepare; repeat for several [default: train and val]."
+        None,
+        "--split",
+        help="Split to prepare; repeat for several [default: train, val, and test (unlabelled) where present].",
     ),
     workers: int | None = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
@@ -121,10 +123,21 @@ def coco(
         None, "--train-json", help="A COCO-format annotation file for the train split."
     ),
     train_images: Path | None = typer.Option(None, "--train-images", help="Folder its file_names are relative to."),
-    val_json: Path | None = typer.Option(
-        None, "--val-json", help="A COCO-format annotation file for the val split."
-    ),
+    val_json: Path | None = typer.Option(None, "--val-json", help="A COCO-format annotation file for the val split."),
     val_images: Path | None = typer.Option(None, "--val-images", help="Folder its file_names are relative to."),
+    image_info: list[Path] | None = typer.Option(
+        None,
+        "--image-info",
+        metavar="FILE",
+        help="A COCO image-info file (images + categories, e.g. annotations/image_info_test-dev2017.json): an "
+        "unlabelled split for `mtl eval --submit`, named after it (test-dev); repeat for several.",
+    ),
+    image_info_images: Path | None = typer.Option(
+        None,
+        "--image-info-images",
+        metavar="DIR",
+        help="Folder of the image-info files' images [default: SRC/test2017].",
+    ),
     out: Path | None = typer.Option(
         None,
         "--out",
@@ -137,7 +150,8 @@ def coco(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
-    """COCO 2017 or any COCO-format JSON: the dataset's own classes, boxes and masks, a painted semantic map, DT bins."""
+    """COCO 2017 or any COCO-format JSON: the dataset's own classes, boxes and masks, a painted semantic map,
+    DT bins."""
     from mtlcli.data.coco import prepare_coco
 
     custom = any(v is not None for v in (train_json, train_images, val_json, val_images))
@@ -153,6 +167,8 @@ def coco(
             train_images=train_images,
             val_json=val_json,
             val_images=val_images,
+            image_info=image_info or None,
+            image_info_images=image_info_images,
         )
     _done(out, summary)
     if custom:

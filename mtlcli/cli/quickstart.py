@@ -428,7 +428,8 @@ def register(app: typer.Typer) -> None:
         all_: bool = typer.Option(
             False,
             "--all",
-            help="Train every *-tiny-synthetic recipe, one after another, and print one table. Floors on the val split: "
+            help="Train every *-tiny-synthetic recipe, one after another, and print one table. "
+            "Floors on the val split: "
             "IvaNet mIoU 0.70 + mAP50 0.50; SSD300 mAP50 0.50; LadderDenseNet mIoU 0.70; imtl mIoU 0.65 + "
             "mAP50 0.45; DATNet and SA-FPN mAP50 0.50 + mask AP 0.25.",
         ),

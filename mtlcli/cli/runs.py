@@ -20,10 +20,10 @@ import json
 import re
 import shlex
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import typer
 
 from mtlcli.errors import UserError

@@ -6,6 +6,11 @@
     DATA/<split>/semantic/<stem>.png  uint8 class indices, 255 = ignore
     DATA/<split>/dt/<stem>.png        uint8 distance-transform bins 0..K
 
+An unlabelled split (test-server images: COCO test-dev, Cityscapes test, VOC2012 test) is listed in
+dataset.json's "unlabelled": its instances.json holds the images and categories and no annotations, and
+it has no semantic/dt PNGs; nothing scores or trains on it (`DatasetMeta.check_labelled`), while
+`mtl eval --submit` (and PreparedDataset, for predictions) runs on it.
+
 A reader turns its source into `ImageJob`s; `run_prepare` runs a per-image function over them in
 parallel (that function writes the PNGs and returns an `ImageResult`), then assembles the COCO JSON per
 split, writes `dataset.json` last and prints a summary. Images are never copied and nothing in the
@@ -19,72 +24,18 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+# dataset.json's description (mtlcli.data.meta), re-exported for the readers and writers of the format
+from mtlcli.data.meta import FORMAT_VERSION as FORMAT_VERSION
+from mtlcli.data.meta import IGNORE_INDEX as IGNORE_INDEX
+from mtlcli.data.meta import DatasetMeta as DatasetMeta
 from mtlcli.errors import UserError
-
-FORMAT_VERSION = 1
-IGNORE_INDEX = 255
-
-
-@dataclass
-class DatasetMeta:
-    """Contents of `dataset.json`."""
-
-    name: str
-    source: str
-    splits: list[str]
-    det_classes: list[str]
-    seg_classes: list[str]
-    palette: list[list[int]]
-    ignore_index: int = IGNORE_INDEX
-    dt_thresholds: list[float] = field(default_factory=lambda: [0.2, 0.4])
-    format_version: int = FORMAT_VERSION
-    # the source annotations' own category id of each det class (COCO-format data); empty = 1..K
-    det_category_ids: list[int] = field(default_factory=list)
-    # {train split: {eval split: {"images": shared count, "example": file}}} (mtlcli.data.overlap)
-    overlap: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, root: str | Path) -> None:
-        data = {
-            "format_version": self.format_version,
-            **{k: v for k, v in asdict(self).items() if k != "format_version"},
-        }
-        atomic_write_text(Path(root) / "dataset.json", json.dumps(data, indent=2))
-
-    @classmethod
-    def load(cls, root: str | Path) -> DatasetMeta:
-        """Read and validate `root/dataset.json`; a missing or malformed file is a UserError."""
-        path = Path(root) / "dataset.json"
-        if not Path(root).is_dir():
-            raise UserError(
-                f"{root}: no such prepared dataset — create one with mtl prepare (`mtl prepare --help` lists the datasets it reads)"
-            )
-        if not path.is_file():
-            raise UserError(
-                f"{path} is missing: {root} is not a prepared dataset — prepare it with mtl prepare first (`mtl prepare --help`)"
-            )
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path} is not valid JSON ({exc}) — prepare the dataset again") from None
-        required = ["name", "source", "splits", "det_classes", "seg_classes", "palette"]
-        missing = [k for k in required if k not in data]
-        if missing:
-            raise UserError(f"{path} lacks {', '.join(missing)} — prepare the dataset again")
-        if data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-            raise UserError(f"{path} has format_version {data['format_version']}, this mtl reads {FORMAT_VERSION}")
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def check_split(self, root: str | Path, split: str) -> None:
-        if split not in self.splits:
-            raise UserError(f"split {split!r} is not in {root}; available splits: {', '.join(self.splits)}")
 
 
 def instances_path(root: str | Path, split: str) -> Path:
@@ -129,6 +80,24 @@ def encode_instance(mask: np.ndarray, category_id: int, iscrowd: int = 0) -> dic
     area = float(mask_utils.area(rle))
     rle["counts"] = rle["counts"].decode("ascii")
     return {"category_id": int(category_id), "bbox": bbox, "area": area, "iscrowd": int(iscrowd), "segmentation": rle}
+
+
+def prepare_unlabelled_image(job: ImageJob, out: Path) -> ImageResult:
+    """The per-image work for an unlabelled split: the image's size from its header (a truncated file is
+    skipped), no PNG written. payload: image (absolute path), optional height/width to check against
+    (from an image-info file), extra (image fields kept in instances.json, e.g. coco_id), verify."""
+    from mtlcli.data.integrity import check_image
+
+    p = job.payload
+    if not os.path.isfile(p["image"]):
+        raise SkipImage(f"image file {p['image']} is missing")
+    try:
+        w, h = check_image(p["image"], p.get("verify", False))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise SkipImage(f"corrupt image {p['image']} ({exc})") from None
+    if "height" in p and (h, w) != (p["height"], p["width"]):
+        raise SkipImage(f"the image is {h}x{w} but the image-info file says {p['height']}x{p['width']}")
+    return ImageResult(job.split, job.file_name, job.stem, height=h, width=w, extra=dict(p.get("extra", {})))
 
 
 class SkipImage(Exception):
@@ -267,7 +236,8 @@ def run_prepare(
     if strict and skipped:
         first = skipped[0]
         raise UserError(
-            f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such files)"
+            f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such "
+            "files)"
         )
 
     summary: dict[str, Any] = {
@@ -280,7 +250,8 @@ def run_prepare(
     categories = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(meta.det_classes)]
     for split in meta.splits:
         good = sorted((r for r in results if r.split == split and not r.skipped), key=lambda r: r.file_name)
-        images, anns = [], []
+        images: list[dict[str, Any]] = []
+        anns: list[dict[str, Any]] = []
         per_class = {n: 0 for n in meta.det_classes}
         crowd = 0
         for image_id, r in enumerate(good, start=1):
@@ -329,11 +300,17 @@ def print_summary(summary: dict[str, Any], meta: DatasetMeta) -> None:
     table = Table(title=f"prepared {meta.name}")
     table.add_column("class")
     for split in meta.splits:
-        table.add_column(split, justify="right")
+        table.add_column(f"{split} (unlabelled)" if split in meta.unlabelled else split, justify="right")
     table.add_row("[bold]images", *[str(summary["splits"][s]["images"]) for s in meta.splits])
+
+    def counts(key: str, name: str | None = None) -> list[str]:  # "—" where a split has no labels to count
+        cells = [summary["splits"][s][key] for s in meta.splits]
+        cells = [c[name] if name is not None else c for c in cells]
+        return ["—" if s in meta.unlabelled else str(c) for s, c in zip(meta.splits, cells, strict=True)]
+
     for name in meta.det_classes:
-        table.add_row(name, *[str(summary["splits"][s]["instances"][name]) for s in meta.splits])
-    table.add_row("[italic]crowd regions", *[str(summary["splits"][s]["crowd"]) for s in meta.splits])
+        table.add_row(name, *counts("instances", name))
+    table.add_row("[italic]crowd regions", *counts("crowd"))
     table.add_row("[italic]files skipped", *[str(summary["splits"][s]["skipped"]) for s in meta.splits])
     console.print(table)
     if summary["skipped"]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -270,11 +270,13 @@ SKIN = (220, 176, 140)
 def _colour(rng: np.random.Generator, label: str, spread: int = 12) -> tuple[int, int, int]:
     options = BASE_COLOURS[label.removesuffix("group")]
     base = np.array(options[rng.integers(len(options))])
-    return tuple(int(v) for v in np.clip(base + rng.integers(-spread, spread + 1, size=3), 0, 255))
+    r, g, b = (int(v) for v in np.clip(base + rng.integers(-spread, spread + 1, size=3), 0, 255))
+    return r, g, b
 
 
 def _shade(c: tuple[int, int, int], f: float) -> tuple[int, int, int]:
-    return tuple(int(min(255, max(0, v * f))) for v in c)
+    r, g, b = (int(min(255, max(0, v * f))) for v in c)
+    return r, g, b
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -298,7 +300,7 @@ class Canvas:
         label: str,
         poly: Poly,
         colour: tuple[int, int, int] | None = None,
-        details: list[tuple[Poly, tuple[int, int, int]]] = (),
+        details: Sequence[tuple[Poly, tuple[int, int, int]]] = (),
     ) -> bool:
         """Add one annotated polygon (pixel coordinates, may reach outside the image) and paint it;
         details are painted inside it on the RGB image only. False when it lies outside the image."""

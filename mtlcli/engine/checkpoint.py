@@ -39,7 +39,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     def write(f) -> None:
         recorder = _WriteRecorder(f)
         try:
-            torch.save(state, recorder)
+            torch.save(state, recorder)  # type: ignore[arg-type]  # a file object: write and flush are all it uses
         except RuntimeError:
             if recorder.error is not None:
                 raise recorder.error from None
@@ -52,7 +52,8 @@ class _WriteRecorder:
     """A file wrapper that remembers the OSError of a failed write: torch.save turns it into a RuntimeError."""
 
     def __init__(self, f) -> None:
-        self.f, self.error = f, None
+        self.f = f
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
         try:
@@ -93,7 +94,7 @@ def rng_state() -> dict[str, Any]:
     return {
         "python": random.getstate(),
         "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "gauss": float(gauss),
@@ -152,7 +153,7 @@ def model_from_checkpoint(state: dict[str, Any], path: Path) -> tuple[nn.Module,
     from mtlcli.engine.compat import check_state_shapes
 
     check_state_shapes(model, state["model"], path, recipe["model"])
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    missing, unexpected = model.load_state_dict(state["model"], strict=True)
     if missing or unexpected:
         raise UserError(
             f"checkpoint {path} does not fit model {recipe['model']['name']!r} "
@@ -172,14 +173,14 @@ def load_for_eval(
     """
     if (run is None) == (checkpoint is None):
         raise UserError("give either a run directory (--run) or a checkpoint file (--checkpoint), not both")
-    path = find_run_checkpoint(Path(run)) if run is not None else Path(checkpoint)
+    path = find_run_checkpoint(Path(run)) if run is not None else Path(checkpoint)  # type: ignore[arg-type]  # one of the two
     state = load_checkpoint(path)
     model, recipe = model_from_checkpoint(state, path)
     model.to(device).eval()
-    from mtlcli.engine.data import data_root
+    from mtlcli.recipes import data_root
 
     root = data_root(recipe)
-    # model.trained_classes: the class names it was trained on ({"det_classes": [...], "seg_classes": [...], ...}; None for
-    # checkpoints older than that entry), for `mtlcli.engine.compat.check_label_set`
-    model.trained_classes = state.get("classes")
+    # model.trained_classes: the class names it was trained on ({"det_classes": [...], "seg_classes": [...], ...};
+    # None for checkpoints older than that entry), for `mtlcli.engine.compat.check_label_set`
+    model.trained_classes = state.get("classes")  # type: ignore[assignment]  # our attribute on the nn.Module
     return model, recipe, root if (root / "dataset.json").is_file() else None

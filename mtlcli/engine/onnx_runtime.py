@@ -58,7 +58,7 @@ class OnnxModel:
         images = np.ascontiguousarray(images, dtype=np.uint8)
         if images.ndim == 3:
             images = images[None]
-        return dict(zip(self.names, self.session.run(self.names, {"images": images})))
+        return dict(zip(self.names, self.session.run(self.names, {"images": images}), strict=True))
 
     def per_image(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """One image uint8 [H, W, 3] -> its outputs without the batch axis (semantic [H, W])."""

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtlcli.engine.result import render_result
 from mtlcli.errors import UserError
 from mtlcli.safety import refuse_protected_output
 
@@ -131,60 +132,14 @@ class Outputs:
 
 def default_out() -> Path:
     """runs/predict/expN, N one past the highest existing."""
-    from mtlcli.cli.train import next_run_dir
+    from mtlcli.engine.rundir import next_run_dir
 
     return next_run_dir(Path("runs") / "predict")
 
 
 # --------------------------------------------------------------------------------------------- drawing
 
-
-def render_result(
-    image: torch.Tensor,
-    result: Any,
-    det_classes: Sequence[str],
-    palette: Sequence[Sequence[int]],
-    alpha: float = 0.5,
-    legend: bool = True,
-    titled: bool = False,
-    score_threshold: float | None = None,
-) -> torch.Tensor:
-    """The overlay of `result` on `image` (float 0..1 or uint8 [3, H, W]), drawn by the helpers of `mtl viz
-    predictions` (`mtlcli.viz.draw`): the semantic map blended over the image, instance masks in class
-    colours, boxes with "name score" captions that do not hide each other; the legend lists the classes
-    present (segmentation classes filled, box classes hollow).
-
-    titled (the overlay PNGs of `mtl predict`): the picture `mtl viz predictions` draws for a plain image —
-    enlarged by an integer factor to a readable size (images lower than `MIN_HEIGHT`), titled "prediction
-    (score ≥ T)" (T = `score_threshold`, where the model detects), the legend below: uint8 [3, H', W'].
-    Else in the image's own pixels: uint8 [3, H + legend, W] (`Predictor.draw`), or [3, H, W] without the
-    legend (video frames)."""
-    from mtlcli.viz import draw
-
-    image = draw.to_uint8(image)
-    h = int(image.shape[-2])
-    scale = draw.titled_geometry(h, draw.MIN_HEIGHT)[0] if titled else 1
-    panel = draw.draw_prediction(
-        image,
-        result.semantic,
-        result.boxes,
-        result.labels,
-        result.scores,
-        result.masks,
-        det_classes,
-        palette,
-        alpha=alpha,
-        scale=scale,
-    )
-    if not (legend or titled):
-        return panel
-    maps = [result.semantic] if result.semantic is not None else []
-    entries = draw.legend_entries(maps, [result.labels], result.seg_classes, det_classes, palette)
-    if titled:
-        title = draw.prediction_title(score_threshold if det_classes else None)
-        return draw.titled_picture([panel], [title], entries)
-    return draw.stack([panel, draw.legend(entries, int(panel.shape[-1]), draw.font_size_for(h))]) if entries else panel
-
+# `render_result` (the overlay) lives beside Result in mtlcli.engine.result
 
 # --------------------------------------------------------------------------------------------- loading
 
@@ -290,7 +245,7 @@ class _Writer:
             )
             Image.fromarray(panel.permute(1, 2, 0).numpy()).save(self.outputs.path("overlays", rel))
         if self.opts.save_json and result.semantic is not None:
-            from mtlcli.engine.results import save_semantic_png
+            from mtlcli.engine.result import save_semantic_png
 
             sem = result.semantic.clamp(0, 255).to(torch.uint8).numpy()
             save_semantic_png(self.outputs.path("semantic", rel), sem, self.model.palette)
@@ -306,7 +261,8 @@ class _Writer:
 
             atomic_write_text(self.outputs.path("detections.json"), json.dumps(self.results))
             categories = [
-                {"id": int(i), "name": n} for i, n in zip(self.model.det_category_ids, self.model.det_classes)
+                {"id": int(i), "name": n}
+                for i, n in zip(self.model.det_category_ids, self.model.det_classes, strict=True)
             ]
             atomic_write_text(
                 self.outputs.path("images.json"),
@@ -355,9 +311,9 @@ def predict_sources(
                     t_model = time.perf_counter()
                     floats = [img.to(model.device, non_blocking=True).float().div_(255) for _, img in good]
                     raw = model.raw(floats, iou=opts.iou, size=opts.size)
-                    results = [to_result(model, o, img, opts) for (_, img), o in zip(good, raw)]
+                    results = [to_result(model, o, img, opts) for (_, img), o in zip(good, raw, strict=True)]
                     summary.model_seconds += time.perf_counter() - t_model
-                    for (i, img), result in zip(good, results):
+                    for (i, img), result in zip(good, results, strict=True):
                         writer.add(images[i], img, result)
                     summary.images += len(good)
                 done = summary.images + len(summary.skipped)
@@ -371,7 +327,7 @@ def predict_sources(
 
 def to_result(model: Any, output: dict[str, torch.Tensor], image: torch.Tensor, opts: PredictOptions) -> Any:
     """One raw output as a Result with the command's filters (score, classes, max_det)."""
-    from mtlcli.engine.results import output_to_result
+    from mtlcli.engine.result import output_to_result
 
     return output_to_result(
         output,
@@ -398,7 +354,7 @@ def _predict_video(
         raise UserError("reading videos needs PyAV: pip install av") from None
     try:
         container = av.open(str(source.path))
-    except (av.error.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
+    except (av.error.FFmpegError, OSError) as exc:
         summary.skipped.append((str(source.path), f"cannot open video ({exc})"))
         return 0
     with container:
@@ -421,7 +377,7 @@ def _predict_video(
                     nonlocal out_container
                     floats = [img.to(model.device).float().div_(255) for _, _, img in batch]
                     raw = model.raw(floats, iou=opts.iou, size=opts.size)
-                    for (index, t, img), o in zip(batch, raw):
+                    for (index, t, img), o in zip(batch, raw, strict=True):
                         result = to_result(model, o, img, opts)
                         dets = result.to_coco(index, model.det_category_ids, with_masks=opts.save_masks)
                         for d in dets:
@@ -465,7 +421,7 @@ def _open_writer(path: Path, rate: Any, width: int, height: int):
 
     container = av.open(str(path), mode="w")
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    stream = container.add_stream(codec, rate=rate)
+    stream: Any = container.add_stream(codec, rate=rate)  # a VideoStream: add_stream is typed for every kind
     # yuv420p needs even sides
     stream.width, stream.height = width - width % 2, height - height % 2
     stream.pix_fmt = "yuv420p"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -172,3 +173,9 @@ def _rmdir_if_empty(folder: Path) -> None:
     except OSError as exc:
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
             raise
+
+
+def next_run_dir(base: Path) -> Path:
+    """`base/expN` with N one past the highest existing expN (exp1 for a new recipe)."""
+    taken = [int(m.group(1)) for p in base.glob("exp*") if (m := re.fullmatch(r"exp(\d+)", p.name))]
+    return base / f"exp{max(taken, default=0) + 1}"

@@ -156,16 +156,17 @@ class Display:
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            bar = BarColumn(bar_width=None)
             self.progress = Progress(
                 TextColumn("[bold]train"),
-                BarColumn(bar_width=None),
+                bar,
                 MofNCompleteColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[info]}"),
                 console=console,
             )
-            self.progress.columns[1].bar_width = bar_width(self.progress.console.width)
+            bar.bar_width = bar_width(self.progress.console.width)
             self.task = self.progress.add_task("train", total=total, completed=start, info="")
             # in a log file or CI a live bar renders only at the end: print each logged step as a line
             self.lines = not self.progress.console.is_terminal
@@ -185,7 +186,7 @@ class Display:
             return
         from mtlcli.engine.console import info_text
 
-        fields = {}
+        fields: dict[str, Any] = {}
         if record is not None:
             room = self.progress.console.width - (
                 bar_width(self.progress.console.width) + 2 * len(str(self.total)) + 24
@@ -263,7 +264,7 @@ class MetricsLog:
             self.tb.close()
 
 
-def tensorboard_writer():  # type: ignore[no-untyped-def]
+def tensorboard_writer():
     """torch's `SummaryWriter` class; without the tensorboard package, a UserError that says how to get it."""
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -432,9 +433,10 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
         display.print(f"eval {iteration}/{total}  " + "  ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items()))
         return metrics
 
-    stage, ddp = None, model
+    stage = None
+    ddp: Any = model  # the model, or its DistributedDataParallel wrapper in a multi-process run
     frozen_mods: list[nn.Module] = []  # the stage's frozen modules run in eval mode (BN statistics fixed)
-    window = defaultdict(float)
+    window: defaultdict[str, float] = defaultdict(float)
     window_iters, wait, t_window = 0, 0.0, time.perf_counter()
     last_record: dict[str, Any] = {}
     last_metrics: dict[str, float] = {}
@@ -495,7 +497,11 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                 if not torch.isfinite(values).all():
                     optimizer.zero_grad(set_to_none=True)
                     raise _diverged(
-                        it + 1, dict(zip(terms, values.tolist())), ckpt_dir, state_at["iteration"], cfg["lr"]
+                        it + 1,
+                        dict(zip(terms, values.tolist(), strict=True)),
+                        ckpt_dir,
+                        state_at["iteration"],
+                        cfg["lr"],
                     )
                 if cfg["grad_clip"] > 0:
                     scaler.unscale_(optimizer)
@@ -507,7 +513,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                 rng_at_start = rng_state()  # as iteration `it` starts: what an interrupt checkpoint restores
 
                 window_iters += 1
-                for k, v in zip(terms, values.tolist()):
+                for k, v in zip(terms, values.tolist(), strict=True):
                     window[k] += v
                 if it % cfg["log_interval"] == 0 or it == total:
                     elapsed = time.perf_counter() - t_window

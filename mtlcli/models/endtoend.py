@@ -21,6 +21,7 @@ families run their torchvision RPN / RoI heads as they are (batch 1, as torchvis
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from torchvision.ops import batched_nms
 OUTPUTS = ("boxes", "scores", "labels", "batch_index", "masks", "semantic")
 
 
-def is_two_stage(model: nn.Module) -> bool:
+def is_two_stage(model: Any) -> bool:
     return hasattr(model, "roi_heads") and hasattr(model, "transform")
 
 
@@ -84,7 +85,7 @@ def select_detections(
     return boxes[order], scores[order], labels[order], batch[order]
 
 
-def semantic_map(logits: Tensor, size: tuple[int, int] | Tensor) -> Tensor:
+def semantic_map(logits: Tensor, size: Any) -> Tensor:
     """Segmentation logits [B, C, h, w] -> class map [B, H, W] (argmax after bilinear upsampling to
     `size`, align_corners=False: the order `mtl eval` scores), uint8 when C <= 256 else int64."""
     # max(1).indices is argmax(1) (both the first maximum) at a third of its time on the CPU
@@ -100,9 +101,14 @@ class EndToEnd(nn.Module):
     max_det: None keeps the model's own; nms=False leaves out NMS (every candidate above the threshold).
     """
 
+    model: Any  # any family: the attributes read below are duck-typed
+    mean: Tensor
+    std: Tensor
+    size: tuple[int, int]
+
     def __init__(
         self,
-        model: nn.Module,
+        model: Any,
         size: tuple[int, int] | None = None,
         *,
         score_thresh: float | None = None,
@@ -120,9 +126,9 @@ class EndToEnd(nn.Module):
         self.max_det = int(max_det if max_det is not None else getattr(owner, "detections_per_img", 100))
         if self.two_stage:
             t = model.transform
-            self.size = tuple(size) if size is not None else (t.test_min_size, t.test_max_size)
+            self.size = (int(size[0]), int(size[1])) if size is not None else (t.test_min_size, t.test_max_size)
         else:
-            self.size = tuple(size) if size is not None else tuple(model.input_size)
+            self.size = (int(size[0]), int(size[1])) if size is not None else tuple(model.input_size)
             self.register_buffer("mean", model.pixel_mean.detach().clone().float(), persistent=False)
             self.register_buffer("std", model.pixel_std.detach().clone().float(), persistent=False)
 
@@ -138,7 +144,7 @@ class EndToEnd(nn.Module):
         return (det if has_det else []) + (["semantic"] if has_seg else [])
 
     # ----------------------------------------------------------------------------------------- steps
-    def settings(self) -> dict[str, float | int | bool]:
+    def settings(self) -> dict[str, float | int | bool | None]:
         return {
             "score_thresh": self.score_thresh,
             "nms_thresh": self.nms_thresh if self.nms else None,
@@ -262,7 +268,7 @@ def split_outputs(out: dict[str, Tensor], batch: int) -> list[dict[str, Tensor]]
                 if key in out:
                     d[key] = out[key][keep]
     if "semantic" in out:
-        for d, sem in zip(per_image, out["semantic"]):
+        for d, sem in zip(per_image, out["semantic"], strict=True):
             d["semantic"] = sem
     return per_image
 
@@ -279,7 +285,7 @@ def _clip(boxes: Tensor, h: int, w: int) -> Tensor:
 
 
 def override_settings(
-    model: nn.Module, *, nms_thresh: float | None = None, size: tuple[int, int] | None = None
+    model: Any, *, nms_thresh: float | None = None, size: tuple[int, int] | None = None
 ) -> contextlib.AbstractContextManager:
     """A context in which `model` runs with another NMS IoU and/or network input size (single-stage:
     `input_size` (h, w), refused for SSD default boxes laid out for one size; two-stage: (short side,
@@ -303,7 +309,7 @@ def override_settings(
             saved.append((model, "input_size", (int(size[0]), int(size[1]))))
 
     @contextlib.contextmanager
-    def scope():  # type: ignore[no-untyped-def]
+    def scope() -> Any:
         old = [(obj, key, getattr(obj, key)) for obj, key, _ in saved]
         try:
             for obj, key, value in saved:

@@ -69,7 +69,7 @@ def test_load_model_onnx_gives_the_torch_results(tiny_export, tmp_path, capsys):
     torch_model = _torch_predictor(model)
     images = [_smooth_image(tmp_path / "a.png"), write_image(tmp_path / "b.jpg", (40, 90), mode="L")]
     for a, b in zip(
-        torch_model.predict(images, score_threshold=0.05), onnx_model.predict(images, score_threshold=0.05)
+        torch_model.predict(images, score_threshold=0.05), onnx_model.predict(images, score_threshold=0.05), strict=True
     ):
         assert len(a) == len(b) > 0 and a.size == b.size
         assert torch.allclose(a.boxes, b.boxes, atol=1e-2) and torch.allclose(a.scores, b.scores, atol=1e-3)

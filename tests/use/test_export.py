@@ -52,7 +52,7 @@ def test_every_family_exports_end_to_end_with_parity(name, tiny_export):
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     batch = 3 if name == "ivanet" else 1
     images = sample_images((45, 150), batch, seed=5)
-    got = dict(zip(info["outputs"], session.run(None, {"images": images.numpy()})))
+    got = dict(zip(info["outputs"], session.run(None, {"images": images.numpy()}), strict=True))
     ref = reference_outputs(model, images, EndToEnd(model, score_thresh=thresh, max_det=20))
     check = compare(ref, got)
     if has_det:

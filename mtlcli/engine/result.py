@@ -48,7 +48,7 @@ class Result:
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
-    def _map(self, fn) -> Result:  # type: ignore[no-untyped-def]
+    def _map(self, fn: Any) -> Result:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for key in ("boxes", "scores", "labels", "masks", "semantic", "image"):
             if fields[key] is not None:
@@ -69,7 +69,9 @@ class Result:
         r = self.cpu()
         ids = self.category_ids
         dets = []
-        for k, (box, score, label) in enumerate(zip(r.boxes.tolist(), r.scores.tolist(), r.labels.tolist())):
+        for k, (box, score, label) in enumerate(
+            zip(r.boxes.tolist(), r.scores.tolist(), r.labels.tolist(), strict=True)
+        ):
             d = {
                 "box": [round(v, 2) for v in box],
                 "score": round(score, 5),
@@ -84,7 +86,7 @@ class Result:
         if r.semantic is not None:
             values, counts = torch.unique(r.semantic, return_counts=True)
             names = [self.seg_classes[v] if 0 <= v < len(self.seg_classes) else str(v) for v in values.tolist()]
-            semantic = {"classes": dict(zip(names, counts.tolist()))}
+            semantic = {"classes": dict(zip(names, counts.tolist(), strict=True))}
         return {"source": self.source, "size": list(self.size), "detections": dets, "semantic": semantic}
 
     def to_json(self, indent: int | None = None) -> str:
@@ -93,8 +95,6 @@ class Result:
     def plot(self, image: ImageLike | None = None, alpha: float = 0.5, legend: bool = True) -> np.ndarray:
         """The overlay: HxWx3 uint8 numpy (the image with semantic map, masks and captioned boxes; below
         it a legend of the classes present). `image` defaults to the one predicted (kept by `predict`)."""
-        from mtlcli.engine.predict import render_result
-
         picture = image if image is not None else self.image
         if picture is None:
             raise UserError("this Result holds no image; pass it: result.plot(image)")
@@ -142,7 +142,7 @@ class Result:
             rles = mask_utils.encode(np.asfortranarray(r.masks.numpy().astype(np.uint8).transpose(1, 2, 0)))
         out = []
         for k, ((x1, y1, x2, y2), score, label) in enumerate(
-            zip(r.boxes.tolist(), r.scores.tolist(), r.labels.tolist())
+            zip(r.boxes.tolist(), r.scores.tolist(), r.labels.tolist(), strict=True)
         ):
             cat = category_ids[label - 1] if category_ids is not None and 1 <= label <= len(category_ids) else label
             d = {
@@ -159,6 +159,53 @@ class Result:
                 }
             out.append(d)
         return out
+
+
+def render_result(
+    image: torch.Tensor,
+    result: Any,
+    det_classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    alpha: float = 0.5,
+    legend: bool = True,
+    titled: bool = False,
+    score_threshold: float | None = None,
+) -> torch.Tensor:
+    """The overlay of `result` on `image` (float 0..1 or uint8 [3, H, W]), drawn by the helpers of `mtl viz
+    predictions` (`mtlcli.viz.draw`): the semantic map blended over the image, instance masks in class
+    colours, boxes with "name score" captions that do not hide each other; the legend lists the classes
+    present (segmentation classes filled, box classes hollow).
+
+    titled (the overlay PNGs of `mtl predict`): the picture `mtl viz predictions` draws for a plain image —
+    enlarged by an integer factor to a readable size (images lower than `MIN_HEIGHT`), titled "prediction
+    (score ≥ T)" (T = `score_threshold`, where the model detects), the legend below: uint8 [3, H', W'].
+    Else in the image's own pixels: uint8 [3, H + legend, W] (`Predictor.draw`), or [3, H, W] without the
+    legend (video frames)."""
+    from mtlcli.viz import draw
+
+    image = draw.to_uint8(image)
+    h = int(image.shape[-2])
+    scale = draw.titled_geometry(h, draw.MIN_HEIGHT)[0] if titled else 1
+    panel = draw.draw_prediction(
+        image,
+        result.semantic,
+        result.boxes,
+        result.labels,
+        result.scores,
+        result.masks,
+        det_classes,
+        palette,
+        alpha=alpha,
+        scale=scale,
+    )
+    if not (legend or titled):
+        return panel
+    maps = [result.semantic] if result.semantic is not None else []
+    entries = draw.legend_entries(maps, [result.labels], result.seg_classes, det_classes, palette)
+    if titled:
+        title = draw.prediction_title(score_threshold if det_classes else None)
+        return draw.titled_picture([panel], [title], entries)
+    return draw.stack([panel, draw.legend(entries, int(panel.shape[-1]), draw.font_size_for(h))]) if entries else panel
 
 
 def to_image_tensor(image: ImageLike) -> torch.Tensor:
@@ -221,7 +268,7 @@ def output_to_result(
     output: dict[str, torch.Tensor],
     class_names: Sequence[str],
     seg_classes: Sequence[str],
-    size: tuple[int, int],
+    size: Sequence[int],  # (H, W)
     score_threshold: float,
     source: str | None = None,
     *,
@@ -256,7 +303,8 @@ def output_to_result(
     else:
         semantic = None
     extra.setdefault("det_classes", list(class_names))
-    return Result(boxes, scores, labels, names, masks, semantic, tuple(size), list(seg_classes), source, **extra)
+    hw = (int(size[0]), int(size[1]))
+    return Result(boxes, scores, labels, names, masks, semantic, hw, list(seg_classes), source, **extra)
 
 
 def save_semantic_png(path: Path, semantic: np.ndarray, palette: Sequence[Sequence[int]] | None) -> None:
