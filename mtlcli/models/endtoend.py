@@ -60,6 +60,15 @@ def select_detections(
     if valid is not None:
         keep = keep & valid
     boxes, scores, labels, batch = boxes[keep], scores[keep], labels[keep], batch[keep]
+    if nms_thresh is not None and not torch.jit.is_tracing():
+        # eager: image by image, the very calls of the families' own postprocess (the same order among
+        # equal scores, so the same boxes survive NMS and max_det)
+        orders = []
+        for i in range(b):
+            members = torch.nonzero(batch == i).flatten()
+            orders.append(members[batched_nms(boxes[members], scores[members], labels[members], nms_thresh)][:max_det])
+        order = torch.cat(orders)
+        return boxes[order], scores[order], labels[order], batch[order]
     if nms_thresh is not None:
         # NMS per class, unrolled over the (static) classes, and per image: batched_nms's coordinate offset
         # only separates images, so a batch of one compares the very boxes eager PyTorch compares (an offset
