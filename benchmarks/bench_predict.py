@@ -66,7 +66,9 @@ def build(recipe_name: str, device: str):
         "det_category_ids": list(range(1, 9)),
         "cityscapes": True,
     }
-    return Predictor(network.to(device).eval(), recipe, card, device)
+    predictor = Predictor(network.to(device).eval(), recipe, card, device)
+    predictor.fast = True  # single-stage families through EndToEnd (mtlcli.models.endtoend)
+    return predictor
 
 
 def sync(device: str) -> None:

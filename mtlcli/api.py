@@ -8,7 +8,8 @@
 A `Result` holds, in the image's own pixel frame, what the model outputs: `boxes` [N, 4] xyxy float,
 `scores` [N], `labels` [N] int64 (1..K) and their `class_names`, `masks` [N, H, W] bool (models with an
 instance-mask head), `semantic` [H, W] int64 class indices (the argmax of the segmentation scores) with
-`seg_classes` naming them. Everything the model needs (weights, recipe, class names, palette) comes from
+`seg_classes` naming them, and `panoptic` (ids [H, W], segments_info with category ids) from the
+panoptic merge of docs/panoptic.md. Everything the model needs (weights, recipe, class names, palette) comes from
 the checkpoint: no dataset folder is read.
 """
 
@@ -18,16 +19,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from mtlcli.devices import resolve_device
-from mtlcli.engine.result import ImageLike, Result, output_to_result, to_image_tensor
+from mtlcli.engine.result import ImageLike, Result, check_unit_range, output_to_result, to_image_tensor
 from mtlcli.errors import UserError
 
 __all__ = [
     "ImageLike",
     "OnnxPredictor",
+    "check_unit_range",
     "Predictor",
     "Result",
     "load_model",
@@ -58,6 +61,9 @@ class Predictor:
         self.palette: list[list[int]] = [list(c) for c in card["palette"]]
         self.det_category_ids: list[int] = list(card.get("det_category_ids") or range(1, len(self.det_classes) + 1))
         self.device, self.checkpoint = device, checkpoint
+        # True: single-stage families run through EndToEnd (the exported graph's code: no full-resolution
+        # softmax; outputs carry the class map, so no panoptic merge) — what benchmarks/bench_predict.py times
+        self.fast = False
 
     def __repr__(self) -> str:
         return (
@@ -74,10 +80,10 @@ class Predictor:
         from mtlcli.models.endtoend import is_two_stage, override_settings
 
         images = [img.to(self.device, non_blocking=True) for img in images]
-        if is_two_stage(self.network) or not images:
-            with override_settings(self.network, nms_thresh=iou, size=size):
-                return self.network(images)
-        return self.fast_outputs(images, iou=iou, size=size)
+        if self.fast and not is_two_stage(self.network) and images:
+            return self.fast_outputs(images, iou=iou, size=size)
+        with override_settings(self.network, nms_thresh=iou, size=size):
+            return self.network(images)
 
     def fast_outputs(
         self, images: Sequence[torch.Tensor], *, iou: float | None = None, size: tuple[int, int] | None = None
@@ -125,6 +131,8 @@ class Predictor:
         single = not isinstance(images, (list, tuple)) and not _is_iterable(images)
         if not 0.0 <= score_threshold <= 1.0:
             raise UserError(f"score_threshold must lie in 0..1, got {score_threshold}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         if iou is not None and not 0.0 <= iou <= 1.0:
             raise UserError(f"iou must lie in 0..1, got {iou}")
         if max_det is not None and max_det < 1:
@@ -170,10 +178,12 @@ class Predictor:
     def _predict_chunk(self, chunk: list[ImageLike], opts: dict[str, Any]) -> list[Result]:
         tensors = [to_image_tensor(x) for x in chunk]
         outputs = self.raw(tensors, iou=opts["iou"], size=opts["size"])
-        return [
-            self.to_result(out, img, opts, str(item) if isinstance(item, (str, Path)) else None)
-            for item, img, out in zip(chunk, tensors, outputs, strict=True)
-        ]
+        results = []
+        for item, img, out in zip(chunk, tensors, outputs, strict=True):
+            result = self.to_result(out, img, opts, str(item) if isinstance(item, (str, Path)) else None)
+            result.panoptic = self.panoptic_of(out)
+            results.append(result)
+        return results
 
     def to_result(
         self, output: dict[str, torch.Tensor], image: torch.Tensor, opts: dict[str, Any], source: str | None = None
@@ -194,6 +204,27 @@ class Predictor:
         )
 
     __call__ = predict
+
+    def panoptic_of(self, output: dict[str, torch.Tensor]) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
+        """The panoptic merge (docs/panoptic.md) of one raw output: (ids [H, W] int32, segments_info)."""
+        if "sem_seg" not in output and "masks" not in output:
+            return None
+        if getattr(self, "_panoptic_maker", None) is None:
+            from mtlcli.engine.panoptic import PanopticMaker, merge_settings
+
+            self._panoptic_maker = PanopticMaker(
+                self.det_classes,
+                self.seg_classes,
+                self.card.get("thing_classes"),
+                self.card.get("panoptic_category_ids"),
+                merge_settings(self.recipe),
+            )
+        ids, segments = self._panoptic_maker(output, None)
+        things = self._panoptic_maker.things
+        class_ids = self._panoptic_maker.class_ids
+        for s in segments:
+            s["isthing"] = int(class_ids.index(s["category_id"]) in things)
+        return ids.astype(np.int32), segments
 
     def draw(self, image: ImageLike, result: Result, alpha: float = 0.5) -> torch.Tensor:
         """The overlay of `result` on `image`: uint8 [3, H + legend, W] (semantic map, masks, boxes with captions,

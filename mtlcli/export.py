@@ -127,44 +127,66 @@ def export_model(
     names = e2e.output_names()
     wrapper = _Tuple(e2e, names).eval()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    if fmt == "onnx":
-        _write_onnx(wrapper, sample, out, names, dynamic and not two_stage, opset)
-    else:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer notes
-            traced = torch.jit.trace(wrapper, sample, check_trace=False, strict=False)
-            tmp = out.with_name(out.name + ".tmp")
-            traced.save(str(tmp))
-            tmp.replace(out)
-            loaded = torch.jit.load(str(out))
+    from mtlcli.safety import atomic_path, clean_orphans
 
-        def run(images: np.ndarray) -> dict[str, np.ndarray]:
-            with torch.no_grad():
-                return {n: v.numpy() for n, v in zip(names, loaded(torch.from_numpy(images)), strict=True)}
-
-    info = sidecar(model, e2e, fmt, out, names, dynamic and not two_stage, card)
-    if fmt == "onnx":  # the file describes itself (classes, input, outputs): no sidecar needed to run it
-        _embed_metadata(out, info)
-        run = _onnx_runner(out, names)
-    seconds = time.perf_counter() - t0
-    # the check: the PyTorch model's own eval path against the file, at the sample and another size
-    checks = [sample, sample_images((h - 11, w + 17), batch, seed=1)]
-    nms_thresh = e2e.nms_thresh if e2e.nms else None
-    parity = merge_parity(
-        [compare(reference_outputs(model, imgs, e2e), run(imgs.numpy()), nms_thresh) for imgs in checks]
-    )
-    info["parity"] = {**parity, "samples": [list(c.shape) for c in checks]}
-    info["export_seconds"] = round(seconds, 2)
-    from mtlcli.data.prepared import atomic_write_text
-
-    atomic_write_text(out.with_name(out.name + ".json"), json.dumps(info, indent=2))
+    for name in (out.name, sidecar_path(out).name):  # the temporary files of a killed export of the same file
+        clean_orphans(out.parent, f".{name}.*.tmp")
+    # The file and its sidecar are written under temporary names, checked, and renamed only when both are
+    # complete (the file first): an export killed or out of disk leaves the earlier pair as it was.
+    with atomic_path(sidecar_path(out)) as sidecar_tmp, atomic_path(out) as tmp:
+        t0 = time.perf_counter()
+        try:
+            run = _write(wrapper, fmt, sample, tmp, names, dynamic and not two_stage, opset)
+        except (RuntimeError, ValueError, IndexError) as exc:  # e.g. Ladder's skip connections at 17x33
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"--size {net_size[0]}x{net_size[1]}: {model.__class__.__name__} cannot run at this size "
+                f"({first[:160]}) — give sides that are multiples of 32, or drop --size"
+            ) from None
+        info = sidecar(model, e2e, fmt, out, names, dynamic and not two_stage, card)
+        if fmt == "onnx":  # the file describes itself (classes, input, outputs): no sidecar needed to run it
+            _embed_metadata(tmp, info)
+            run = _onnx_runner(tmp, names)
+        seconds = time.perf_counter() - t0
+        # the check: the PyTorch model's own eval path against the file, at the sample and another size
+        checks = [sample, sample_images((h - 11, w + 17), batch, seed=1)]
+        nms_thresh = e2e.nms_thresh if e2e.nms else None
+        parity = merge_parity(
+            [compare(reference_outputs(model, imgs, e2e), run(imgs.numpy()), nms_thresh) for imgs in checks]
+        )
+        info["parity"] = {**parity, "samples": [list(c.shape) for c in checks]}
+        info["export_seconds"] = round(seconds, 2)
+        sidecar_tmp.write_text(json.dumps(info, indent=2))
     if not parity["ok"]:
         raise UserError(
             f"the exported {fmt} model differs from PyTorch ({parity['summary']}) — {out} was kept for inspection"
         )
     return info
+
+
+def sidecar_path(out: str | Path) -> Path:
+    """The JSON file written beside an export: `FILE.json`."""
+    out = Path(out)
+    return out.with_name(out.name + ".json")
+
+
+def _write(wrapper: nn.Module, fmt: str, sample: Tensor, path: Path, names: list[str], dynamic: bool, opset: int):
+    """Write the traced graph to `path`; returns a runner images -> {name: array} for TorchScript (ONNX:
+    None, the caller opens the session once the metadata is in)."""
+    if fmt == "onnx":
+        _write_onnx(wrapper, sample, path, names, dynamic, opset)
+        return None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer notes
+        traced = torch.jit.trace(wrapper, sample, check_trace=False, strict=False)
+        traced.save(str(path))
+        loaded = torch.jit.load(str(path))
+
+    def run(images: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            return {n: v.numpy() for n, v in zip(names, loaded(torch.from_numpy(images)), strict=True)}
+
+    return run
 
 
 def _write_onnx(wrapper: nn.Module, sample: Tensor, out: Path, names: list[str], dynamic: bool, opset: int) -> None:
@@ -180,13 +202,12 @@ def _write_onnx(wrapper: nn.Module, sample: Tensor, out: Path, names: list[str],
         axes["images"][0] = "batch"
     else:
         axes["semantic"] = {1: "height", 2: "width"}
-    tmp = out.with_name(out.name + ".tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper,
             (sample,),
-            str(tmp),
+            str(out),
             input_names=["images"],
             output_names=names,
             dynamic_axes={k: v for k, v in axes.items() if k in names or k == "images"},
@@ -194,7 +215,6 @@ def _write_onnx(wrapper: nn.Module, sample: Tensor, out: Path, names: list[str],
             dynamo=False,
         )
     wrapper.eval()  # the exporter hands modules back in training mode
-    tmp.replace(out)
 
 
 def _embed_metadata(path: Path, info: dict[str, Any]) -> None:
@@ -203,9 +223,7 @@ def _embed_metadata(path: Path, info: dict[str, Any]) -> None:
     graph = onnx.load(str(path))
     entry = graph.metadata_props.add()
     entry.key, entry.value = "mtl", json.dumps(info)
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(graph, str(tmp))
-    tmp.replace(path)
+    onnx.save(graph, str(path))
 
 
 def _onnx_runner(path: Path, names: list[str]):

@@ -88,7 +88,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "loss_weights": {},
         "stages": [],
     },
-    "eval": {"metrics": [], "interval": 1000, "best_metric": "", "batch_size": 8, "resolution": [0, 0]},
+    "eval": {
+        "metrics": [],
+        "interval": 1000,
+        "best_metric": "",
+        "batch_size": 8,
+        "resolution": [0, 0],
+        # the panoptic merge (mtlcli/ops/panoptic.py; Panoptic FPN's defaults)
+        "panoptic_score": 0.5,
+        "panoptic_overlap": 0.5,
+        "panoptic_stuff_area": 4096,
+    },
 }
 
 STAGE_DEFAULTS: dict[str, Any] = {"name": "", "iterations": 0, "lr": 0.0, "loss_weights": {}, "freeze": []}
@@ -158,7 +168,13 @@ def find_recipe(name_or_path: str | Path, *, relative_to: Path | None = None) ->
         return named
     if text.endswith(".toml") or "/" in text:
         raise UserError(f"recipe file {text} does not exist — give a path to a .toml file or a recipe name")
-    raise UserError(f"unknown recipe {text!r}; valid recipes: {', '.join(available_recipes()) or '(none)'}")
+    import difflib
+
+    names = available_recipes()
+    close = difflib.get_close_matches(text, names, n=4, cutoff=0.6)
+    if close:
+        raise UserError(f"unknown recipe {text!r}; did you mean {', '.join(close)}? (`mtl recipes` lists all)")
+    raise UserError(f"unknown recipe {text!r}; valid recipes: {', '.join(names) or '(none)'}")
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -202,9 +218,28 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None, *,
     for item in overrides or []:
         apply_override(recipe, item)
         explicit_iterations |= item.split("=", 1)[0].strip() == "train.iterations"
-    validate(recipe, source=str(path), check_model=check_model)
+    validate_blaming_overrides(recipe, raw, overrides or [], str(path), check_model)
     settle_iterations(recipe, explicit_iterations)
     return recipe
+
+
+def validate_blaming_overrides(recipe: dict, raw: dict, overrides: list[str], source: str, check_model: bool) -> None:
+    """`validate(recipe)`, where a failure that a `--set` brings in names that `--set`, not the recipe file:
+    the file's own recipe (`raw` resolved) is validated alone, then with the overrides added one by one."""
+    try:
+        validate(recipe, source=source, check_model=check_model)
+    except UserError:
+        if not overrides:
+            raise
+        trial = resolve(copy.deepcopy(raw), source=source)
+        try:
+            validate(trial, source=source, check_model=check_model)
+        except UserError:
+            raise  # the file itself (or the overrides only together) — the first error stands
+        for item in overrides:
+            apply_override(trial, item)
+            validate(trial, source=f"--set {item.strip()!r}", check_model=check_model)
+        raise
 
 
 def settle_iterations(recipe: dict, explicit: bool) -> None:
@@ -273,11 +308,22 @@ def resolve(raw: dict, *, source: str = "recipe") -> dict:
 
 
 def parse_value(text: str) -> Any:
-    """A `--set` value as TOML (numbers, booleans, lists, inline tables); anything else is a string."""
+    """A `--set` value as TOML (numbers, booleans, lists, inline tables); anything else is a string.
+    It must be exactly one value: a newline or other control character, or TOML that parses to more than
+    the one key (`0.001\\n[model]...`), is a UserError — it would be dropped silently, or written into
+    the run's recipe.toml as keys of its own."""
+    if any(not ch.isprintable() for ch in text):
+        raise UserError(
+            f"--set value {text!r} holds a newline or another control character; give exactly one TOML value "
+            "on one line (e.g. --set train.lr=0.001)"
+        )
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        parsed = tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError:
         return text
+    if set(parsed) != {"v"}:
+        raise UserError(f"--set value {text!r} is more than one TOML value; give exactly one (e.g. train.lr=0.001)")
+    return parsed["v"]
 
 
 def apply_override(recipe: dict, item: str) -> None:
@@ -285,6 +331,8 @@ def apply_override(recipe: dict, item: str) -> None:
     if "=" not in item:
         raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set train.lr=0.001")
     key, text = item.split("=", 1)
+    if not key.strip().isprintable():
+        raise UserError(f"--set {item!r}: the key holds a newline or another control character")
     parts = key.strip().split(".")
     section = parts[0]
     if section not in recipe or len(parts) < 2:

@@ -89,8 +89,11 @@ def register(app: typer.Typer) -> None:
         refuse_protected_output(out, "--out")  # never inside a prepared dataset or a run's checkpoints/
         if out.is_dir():
             raise UserError(f"--out {out} is a folder; give a file name")
-        if out.exists() and not force:
-            raise UserError(f"--out {out} exists; choose another file or pass --force to overwrite it")
+        from mtlcli.export import sidecar_path
+
+        for existing in (out, sidecar_path(out)):  # the file and its sidecar: neither is replaced without --force
+            if existing.exists() and not force:
+                raise UserError(f"--out {out}: {existing} exists; choose another file or pass --force to overwrite it")
         info = export_model(
             model.network,
             fmt,

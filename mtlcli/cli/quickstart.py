@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from mtlcli.errors import UserError
+from mtlcli.safety import atomic_write_text
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -124,8 +125,9 @@ def run_quickstart(
     ]
     console.rule("[bold green]all recipes")
     console.print(learning_table(results))
-    (workdir / "learning.json").write_text(
-        json.dumps([{k: r[k] for k in ("recipe", "family", "metrics", "floors", "timing")} for r in results], indent=1)
+    atomic_write_text(
+        workdir / "learning.json",
+        json.dumps([{k: r[k] for k in ("recipe", "family", "metrics", "floors", "timing")} for r in results], indent=1),
     )
     return {"source": src, "data": data, "viz": overlays, "results": results}
 
@@ -146,6 +148,7 @@ METRIC_LABELS = {
     "voc07": "mAP@0.5 (VOC07)",
     "coco-bbox": "box AP (COCO)",
     "coco-segm": "mask AP (COCO)",
+    "pq": "PQ (panoptic)",
 }
 TINY_SUFFIX = "-tiny-synthetic"
 
@@ -163,7 +166,8 @@ def tiny_recipes() -> list[str]:
 
 def supported_metrics(output: dict[str, Any]) -> list[str]:
     """The quickstart's metrics for a model's eval output: mIoU for `sem_seg`, the DT-bin accuracy for
-    `dt` (DATNet's auxiliary head), VOC07 mAP@0.5 for `boxes`, COCO box and mask AP where there are `masks`."""
+    `dt` (DATNet's auxiliary head), VOC07 mAP@0.5 for `boxes`, COCO box and mask AP where there are `masks`,
+    PQ where there is a semantic map or masks."""
     names = []
     if "sem_seg" in output:
         names.append("miou")
@@ -173,6 +177,8 @@ def supported_metrics(output: dict[str, Any]) -> list[str]:
         names.append("voc07")
     if "masks" in output:
         names += ["coco-bbox", "coco-segm"]
+    if "sem_seg" in output or "masks" in output:
+        names.append("pq")  # the panoptic merge of docs/panoptic.md against the city's things and stuff
     return names
 
 
@@ -259,7 +265,7 @@ def train_eval_viz(
         console.print(f"reusing the trained run {run_dir} ({total} iterations)")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "quickstart.json").write_text(json.dumps(marker))
+        atomic_write_text(run_dir / "quickstart.json", json.dumps(marker))
         if state == "resume":
             console.print(f"resuming the interrupted run {run_dir}")
         wall, cpu = time.perf_counter(), _cpu_seconds()
@@ -268,7 +274,7 @@ def train_eval_viz(
         finally:
             timing["wall_s"] += time.perf_counter() - wall
             timing["cpu_s"] += _cpu_seconds() - cpu
-            timing_file.write_text(json.dumps(timing))
+            atomic_write_text(timing_file, json.dumps(timing))
 
     console.rule("[bold]5. evaluate on the synthetic val split")
     model, _, _ = load_for_eval(run=run_dir, device="cpu")

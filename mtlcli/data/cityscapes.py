@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -101,7 +102,7 @@ def rasterise_polygons(annotation: dict[str, Any]) -> tuple[np.ndarray, np.ndarr
 def _read_polygons(path: Path) -> dict[str, Any]:
     try:
         annotation = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise SkipImage(f"{path.name} is not valid JSON ({exc})") from None
     if not isinstance(annotation, dict) or not {"imgHeight", "imgWidth", "objects"} <= annotation.keys():
         raise SkipImage(f"{path.name} lacks imgHeight/imgWidth/objects — not a Cityscapes polygon file")
@@ -116,6 +117,28 @@ def _read_polygons(path: Path) -> dict[str, Any]:
             "(cityscapesscripts.helpers.labels); fix or delete that object"
         )
     return annotation
+
+
+def drop_bad_polygons(annotation: dict[str, Any]) -> list[tuple[str, str]]:
+    """Remove from `annotation["objects"]` every object whose polygon has a coordinate that is a number but
+    not finite (NaN, as Python's json writes it, or infinity: drawn anywhere); returns (what, why) for each,
+    to be named in the prepare summary (`ImageResult.dropped`). A vertex that is no pair of numbers at all
+    leaves the file malformed (the image is skipped with that reason)."""
+    kept, dropped = [], []
+    for k, obj in enumerate(annotation["objects"]):
+        polygon = obj.get("polygon")
+        bad = None
+        for i, p in enumerate(polygon if isinstance(polygon, list) else []):
+            values = p if isinstance(p, (list, tuple)) else []
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                bad = f"polygon vertex {i} is ({', '.join(map(str, values))}), not two finite numbers"
+                break
+        if bad is None:
+            kept.append(obj)
+        elif not obj.get("deleted"):
+            dropped.append((f"object {k} ({obj.get('label')})", f"{bad}: object left out"))
+    annotation["objects"] = kept
+    return dropped
 
 
 @lru_cache(maxsize=1)
@@ -318,7 +341,10 @@ def save_indexed_png(path: Path, array: np.ndarray, palette: Sequence[Sequence[i
     table = np.zeros((256, 3), dtype=np.uint8)
     table[: len(palette)] = palette
     img.putpalette(table.ravel().tolist())  # "L" -> "P", same pixel values
-    img.save(path, compress_level=1, compress_type=3, bits=bits)  # zlib Z_RLE: as fast, half the size on label maps
+    from mtlcli.safety import atomic_save_image
+
+    # zlib Z_RLE: as fast, half the size on label maps; atomic: a killed prepare leaves no half PNG
+    atomic_save_image(path, img, compress_level=1, compress_type=3, bits=bits)
 
 
 def _read_pngs(root: Path, gt: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
@@ -357,10 +383,15 @@ def _image_size(path: Path, verify: bool = False) -> tuple[int, int]:
     Only the header and the last bytes are read (`mtlcli.data.integrity.check_image`): a download or
     copy cut short lacks the closing IEND chunk. With `verify` (prepare --verify) the pixels are
     decoded too, which finds damage inside a complete file; without it such damage surfaces in
-    training, where the file is named and skipped."""
+    training, where the file is named and skipped. The size is the one mtl reads
+    (`mtlcli.data.images.image_size`: upright after EXIF orientation; a decompression bomb is an
+    ImageError, a ValueError that skips the file with its reason)."""
+    from mtlcli.data.images import image_size
     from mtlcli.data.integrity import check_image
 
-    return check_image(path, verify)
+    check_image(path, verify)
+    h, w = image_size(path)
+    return w, h
 
 
 def prepare_image(job: ImageJob, out: Path) -> ImageResult:
@@ -381,6 +412,7 @@ def prepare_image(job: ImageJob, out: Path) -> ImageResult:
     if "polygons" in gt:
         path = root / gt["polygons"]
         annotation = _read_polygons(path)
+        dropped = drop_bad_polygons(annotation)
         try:
             semantic, object_map, objects = _draw_polygons(annotation)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -388,6 +420,7 @@ def prepare_image(job: ImageJob, out: Path) -> ImageResult:
     else:
         semantic, object_map = _read_pngs(root, gt)
         objects = _png_objects(object_map)
+        dropped = []
     if semantic.shape != (height, width):
         raise SkipImage(f"ground truth is {semantic.shape[0]}x{semantic.shape[1]} but the image is {height}x{width}")
 
@@ -406,7 +439,14 @@ def prepare_image(job: ImageJob, out: Path) -> ImageResult:
     save_indexed_png(semantic_path(out, job.split, job.stem), semantic, cityscapes_tables()[1])
     save_indexed_png(dt_path(out, job.split, job.stem), dt, DT_PALETTE, bits=DT_BITS)
     return ImageResult(
-        job.split, job.file_name, job.stem, height, width, annotations, extra={"city": job.payload["city"]}
+        job.split,
+        job.file_name,
+        job.stem,
+        height,
+        width,
+        annotations,
+        extra={"city": job.payload["city"]},
+        dropped=[(f"{Path(gt['polygons']).name} {what}", why) for what, why in dropped],
     )
 
 

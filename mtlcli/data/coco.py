@@ -53,8 +53,10 @@ from mtlcli.data.prepared import (
     check_out_dir,
     dt_path,
     encode_instance,
+    label_dtype,
     prepare_unlabelled_image,
     run_prepare,
+    save_png,
     semantic_path,
 )
 from mtlcli.data.targets import box_mask, dt_bins
@@ -100,8 +102,16 @@ def prepare_coco_image(job: ImageJob, out: Path) -> ImageResult:
         return prepare_unlabelled_image(job, out)
     h, w = read_image_size(p["image"])
     if (h, w) != (p["height"], p["width"]):
-        raise SkipImage(f"the image is {h}x{w} but the annotation file says {p['height']}x{p['width']}")
-    semantic = np.zeros((h, w), dtype=np.uint8)
+        turned = (w, h) == (p["height"], p["width"])
+        why = (
+            " (its EXIF orientation turns it: mtl reads images upright, as Detectron2 does — give the upright "
+            "size and annotations, or remove the orientation tag)"
+            if turned
+            else ""
+        )
+        raise SkipImage(f"the image is {h}x{w} but the annotation file says {p['height']}x{p['width']}{why}")
+    dtype, _ = label_dtype(p.get("num_seg_classes", 0))  # uint16 above 255 classes: no class is the ignore value
+    semantic: np.ndarray = np.zeros((h, w), dtype=dtype)
     annotations: list[dict[str, Any]] = []
     dt_masks = []
     for a in p["anns"]:
@@ -116,7 +126,10 @@ def prepare_coco_image(job: ImageJob, out: Path) -> ImageResult:
         annotations.append(encode_instance(mask, a["category_id"], crowd))
         if not crowd:
             dt_masks.append(mask)
-    save_indexed_png(semantic_path(out, job.split, job.stem), semantic, PNG_PALETTE)
+    if semantic.dtype == np.uint8:
+        save_indexed_png(semantic_path(out, job.split, job.stem), semantic, PNG_PALETTE)
+    else:
+        save_png(semantic_path(out, job.split, job.stem), semantic)  # 16-bit greyscale
     save_indexed_png(dt_path(out, job.split, job.stem), dt_bins(dt_masks, (h, w)), DT_PALETTE)
     return ImageResult(
         job.split, job.file_name, job.stem, height=h, width=w, annotations=annotations, extra={"coco_id": p["coco_id"]}
@@ -127,7 +140,7 @@ def load_instances(path: Path) -> dict[str, Any]:
     """A COCO instances JSON, checked for the keys we use; UserError when it is not one."""
     try:
         data = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise UserError(f"{path} is not valid JSON ({exc}) — give a COCO instances file (download it again)") from None
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]
     if missing:
@@ -168,6 +181,11 @@ def image_info_split(path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------ checking entries
+
+
+def _hashable(v: Any) -> bool:
+    """A JSON id usable as a key (a list or an object is not)."""
+    return not isinstance(v, (list, dict))
 
 
 def _number(v: Any) -> bool:
@@ -213,6 +231,8 @@ def annotation_problem(a: Any, height: int, width: int) -> str | None:
             return f"{where}: bbox {bbox!r} is not [x, y, w, h]"
         if bbox[2] <= 0 or bbox[3] <= 0:
             return f"{where}: bbox {bbox!r} has zero width or height"
+        if bbox[0] >= width or bbox[1] >= height or bbox[0] + bbox[2] <= 0 or bbox[1] + bbox[3] <= 0:
+            return f"{where}: bbox {bbox!r} lies wholly outside its {width}x{height} image"
     seg = a.get("segmentation")
     if seg is None or seg == []:
         if bbox is None:
@@ -224,6 +244,10 @@ def annotation_problem(a: Any, height: int, width: int) -> str | None:
                 return f"{where}: segmentation {str(seg)[:40]} is not a list of polygons [x0, y0, x1, y1, ...]"
             if len(poly) < 6 or len(poly) % 2:
                 return f"{where}: a polygon with {len(poly)} coordinates (a polygon needs an even number, at least 6)"
+        xs = [v for poly in seg for v in poly[0::2]]
+        ys = [v for poly in seg for v in poly[1::2]]
+        if xs and (min(xs) >= width or min(ys) >= height or max(xs) <= 0 or max(ys) <= 0):
+            return f"{where}: its polygons lie wholly outside its {width}x{height} image"
         return None
     if isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")
@@ -290,6 +314,9 @@ def coco_jobs(
     listed = {im.get("id") for im in data["images"] if isinstance(im, dict) and isinstance(im.get("id"), (int, str))}
     per_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for a in data["annotations"]:
+        if isinstance(a, dict) and not all(_hashable(a.get(k)) for k in ("id", "image_id", "category_id")):
+            skip(f"{path.name}: annotation", f"annotation {str(a.get('id'))[:40]}: an id that is a list or an object")
+            continue
         image = images.get(a.get("image_id")) if isinstance(a, dict) else None
         if isinstance(a, dict) and a.get("category_id") in skipped_cats:
             skip(f"{path.name}: annotation {a.get('id')!r}", f"its category {a.get('category_id')} was skipped")

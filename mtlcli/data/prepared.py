@@ -3,7 +3,8 @@
     DATA/dataset.json                 DatasetMeta
     DATA/<split>/instances.json       COCO instances (category ids 1..K in det_classes order, RLE masks,
                                       bbox = tight [x, y, w, h] as pycocotools' toBbox gives)
-    DATA/<split>/semantic/<stem>.png  uint8 class indices, 255 = ignore
+    DATA/<split>/semantic/<stem>.png  uint8 class indices, 255 = ignore (more than 255 seg classes:
+                                      uint16, 65535 = ignore; dataset.json's "ignore_index" says which)
     DATA/<split>/dt/<stem>.png        uint8 distance-transform bins 0..K
 
 An unlabelled split (test-server images: COCO test-dev, Cityscapes test, VOC2012 test) is listed in
@@ -13,8 +14,11 @@ it has no semantic/dt PNGs; nothing scores or trains on it (`DatasetMeta.check_l
 
 A reader turns its source into `ImageJob`s; `run_prepare` runs a per-image function over them in
 parallel (that function writes the PNGs and returns an `ImageResult`), then assembles the COCO JSON per
-split, writes `dataset.json` last and prints a summary. Images are never copied and nothing in the
-source is ever written.
+split and writes `dataset.json` last — all in a staging folder beside --out, swapped in at the end
+(`swap_in`): a reader sees the old dataset, then for a moment none, then the new one; never a mix. A
+killed or failed prepare leaves the old dataset as it was. Two prepares into the same --out cannot run
+at once (`mtlcli.engine.rundir.prepare_lock`, the run lock's rule, taken by `mtl prepare`). Images are
+never copied and nothing in the source is ever written.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +42,24 @@ from mtlcli.data.meta import IGNORE_INDEX as IGNORE_INDEX
 from mtlcli.data.meta import DatasetMeta as DatasetMeta
 from mtlcli.errors import UserError
 
+# More seg classes than a uint8 map can hold beside its ignore value: uint16 maps, this value = ignore.
+WIDE_IGNORE_INDEX = 65535
+MAX_SEG_CLASSES = WIDE_IGNORE_INDEX  # classes 0..65534
+SYNTHETIC_MARKER = "mtl_synthetic.json"  # the root file of a generated source tree (mtlcli.data.synthetic.MARKER)
+
+
+def label_dtype(num_seg_classes: int) -> tuple[type, int]:
+    """(numpy dtype, ignore value) of the semantic maps of a dataset with `num_seg_classes` classes:
+    uint8 / 255 up to 255 classes (0..254), uint16 / 65535 above — never a class equal to the ignore
+    value (DESIGN.md §3). More than 65535 classes is a UserError."""
+    if num_seg_classes <= IGNORE_INDEX:
+        return np.uint8, IGNORE_INDEX
+    if num_seg_classes <= MAX_SEG_CLASSES:
+        return np.uint16, WIDE_IGNORE_INDEX
+    raise UserError(
+        f"{num_seg_classes} segmentation classes: label maps hold at most {MAX_SEG_CLASSES} — merge classes first"
+    )
+
 
 def instances_path(root: str | Path, split: str) -> Path:
     return Path(root) / split / "instances.json"
@@ -50,6 +73,32 @@ def dt_path(root: str | Path, split: str, stem: str) -> Path:
     return Path(root) / split / "dt" / f"{stem}.png"
 
 
+# ------------------------------------------------------------------------- per-image output names
+# The one naming rule for the files mtl writes per image (`mtl predict` overlays/semantic/labelIds,
+# `mtl eval --save-predictions`, `mtl viz predictions`) and that `mtl eval --predictions` reads back:
+# a '/'-separated relative name without suffix; nested names (a Cityscapes `<city>/<stem>`, a COCO
+# `subdir/name`) stay nested as folders, so the name is never flattened into `city_city_...`.
+
+
+def image_stem(image: dict[str, Any]) -> str:
+    """The name of a prepared image's label files and of its predictions: its `stem` (the file name
+    without suffix, '/'-separated where the source nests it), else its file name's stem."""
+    return str(image.get("stem") or Path(image["file_name"]).stem)
+
+
+def output_name(name: str | Path) -> str:
+    """`name` (a stem, or a relative path without suffix) as an output name: '/'-separated, without
+    empty, '.' or '..' parts (so that it stays inside the folder it is written in)."""
+    parts = [p for p in str(name).replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    return "/".join(parts) or "image"
+
+
+def output_path(folder: str | Path, name: str | Path, suffix: str = ".png") -> Path:
+    """Where the output `name` (see `output_name`) of one image is written inside `folder`."""
+    *dirs, last = output_name(name).split("/")
+    return Path(folder).joinpath(*dirs, last + suffix)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file atomically: fsynced, the user's umask, renamed into place (`mtlcli.safety`)."""
     from mtlcli.safety import atomic_write_text as write
@@ -59,10 +108,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def save_png(path: Path, array: np.ndarray) -> None:
     """Write a uint8 or uint16 label map as a lossless PNG (16-bit where the array is uint16)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from mtlcli.safety import atomic_save_image
+
     if array.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"label maps are uint8 or uint16, got {array.dtype}")
-    Image.fromarray(array).save(path)
+    atomic_save_image(path, np.ascontiguousarray(array))
 
 
 def read_label_png(path: str | Path) -> np.ndarray:
@@ -124,10 +174,25 @@ class ImageResult:
     annotations: list[dict[str, Any]] = field(default_factory=list)
     skipped: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # reader-specific image fields (e.g. frame_id)
+    # (what, why) of each annotation of a kept image that was left out (a NaN polygon vertex, an inverted
+    # box): listed among the skipped entries of the summary as "<file>: <what>", refused under --strict
+    dropped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def check_out_dir(out: str | Path, force: bool, source: str | Path | None = None) -> Path:
-    """Refuse to write into a non-empty folder without --force, or anywhere inside the source."""
+def _is_run_dir(folder: Path) -> bool:
+    """A run directory of `mtl train` (recipe.toml beside metrics.jsonl or checkpoints/)."""
+    try:
+        return (folder / "recipe.toml").is_file() and (
+            (folder / "metrics.jsonl").is_file() or (folder / "checkpoints").is_dir()
+        )
+    except OSError:
+        return False
+
+
+def check_out_dir(out: str | Path, force: bool, source: str | Path | None = None, *, writes: str = "dataset") -> Path:
+    """Refuse to write into a non-empty folder without --force, or anywhere inside the source; refuse,
+    even with --force, a run directory or its checkpoints/, a folder inside a prepared dataset, a
+    generated source tree (prepare) and any prepared dataset (`writes="source"`: the synthetic city)."""
     out = Path(out).resolve()
     if source is not None:
         src = Path(source).resolve()
@@ -140,8 +205,26 @@ def check_out_dir(out: str | Path, force: bool, source: str | Path | None = None
     from mtlcli.safety import protected_owner, refuse_protected_output
 
     owner = protected_owner(out)
-    if owner is not None and owner[1] != out:  # preparing again over a prepared dataset is fine; inside one is not
+    # preparing again over a prepared dataset is fine; inside one, or into a run's checkpoints/, is not
+    if owner is not None and (owner[1] != out or owner[0] != "prepared dataset"):
         refuse_protected_output(out, "--out")
+    for folder in (out, *out.parents):
+        if _is_run_dir(folder):
+            raise UserError(
+                f"--out {out} lies inside the run directory {folder} of `mtl train` (even with --force) — "
+                "choose a folder outside it"
+            )
+    if writes == "source" and owner is not None:
+        raise UserError(
+            f"--out {out} is the prepared dataset {owner[1]}: the synthetic city is a source tree for "
+            "`mtl prepare cityscapes`, never written into a prepared dataset (even with --force) — choose "
+            "another folder"
+        )
+    if writes == "dataset" and (out / SYNTHETIC_MARKER).is_file():
+        raise UserError(
+            f"--out {out} holds a synthetic city (a source tree, {SYNTHETIC_MARKER}); prepare into another folder "
+            "(even with --force)"
+        )
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"--out {out} exists and is not empty; choose another folder or pass --force to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
@@ -196,6 +279,40 @@ def run_prepare(
     `eval_splits` defaults to the splits named val*/test*); `excluded` lists images a reader kept out of
     a training split on purpose ({"file", "split", "reason"}), shown under the summary.
     """
+    jobs = list(jobs)
+    results: list[ImageResult] = list(pre_skipped)
+    workers = workers or default_workers()
+    for job in jobs:  # every reader's label maps: uint16 where the classes need it (`label_dtype`)
+        job.payload.setdefault("num_seg_classes", len(meta.seg_classes))
+    meta.ignore_index = label_dtype(len(meta.seg_classes))[1]
+    _check_swap(out, meta.splits)
+    stage = staging_dir(out)
+    if stage.exists():  # left by a killed prepare (this process holds the prepare lock)
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    try:
+        summary = _build(stage, meta, jobs, fn, results, workers, strict, quiet, eval_splits, excluded)
+        swap_in(stage, out, meta.splits)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    if not quiet:
+        print_summary(summary, meta)
+    return summary
+
+
+def _build(
+    out: Path,
+    meta: DatasetMeta,
+    jobs: list[ImageJob],
+    fn: Callable[[ImageJob, Path], ImageResult],
+    results: list[ImageResult],
+    workers: int,
+    strict: bool,
+    quiet: bool,
+    eval_splits: Iterable[str] | None,
+    excluded: Iterable[dict[str, str]],
+) -> dict[str, Any]:
+    """run_prepare's work, into the staging folder `out`."""
     from functools import partial
 
     from rich.progress import (
@@ -209,9 +326,6 @@ def run_prepare(
 
     from mtlcli.data.overlap import overlap_report
 
-    jobs = list(jobs)
-    results: list[ImageResult] = list(pre_skipped)
-    workers = workers or default_workers()
     run = partial(_run_one, fn, out)
     columns = [
         TextColumn("[bold]prepare[/] {task.description}"),
@@ -233,6 +347,12 @@ def run_prepare(
                 progress.advance(task)
 
     skipped = [r for r in results if r.skipped]
+    skipped += [
+        ImageResult(r.split, f"{r.file_name}: {what}", r.stem, skipped=why)
+        for r in results
+        if not r.skipped
+        for what, why in r.dropped
+    ]
     if strict and skipped:
         first = skipped[0]
         raise UserError(
@@ -247,6 +367,7 @@ def run_prepare(
         "excluded": list(excluded),
     }
     split_images: dict[str, list[dict[str, Any]]] = {}
+    has_seg = bool(meta.seg_classes)
     categories = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(meta.det_classes)]
     for split in meta.splits:
         good = sorted((r for r in results if r.split == split and not r.skipped), key=lambda r: r.file_name)
@@ -263,6 +384,8 @@ def run_prepare(
                     "width": r.width,
                     "stem": r.stem,
                     **r.extra,
+                    # prepare wrote its semantic label file: a reader refuses the split when it is gone
+                    **({"semantic": True} if has_seg and semantic_path(out, split, r.stem).is_file() else {}),
                 }
             )
             for a in r.annotations:
@@ -287,13 +410,65 @@ def run_prepare(
         }
     meta.overlap = summary["overlap"] = overlap_report(split_images, eval_splits)
     meta.save(out)
-    if not quiet:
-        print_summary(summary, meta)
     return summary
+
+
+# ------------------------------------------------------------------------------ build beside, swap in
+
+
+def staging_dir(out: Path) -> Path:
+    """Where a prepare builds the new dataset: beside --out (same file system, so the swap is renames)."""
+    return out.parent / f".{out.name}.mtl-new"
+
+
+def _old_splits(out: Path) -> list[str]:
+    """The splits of the prepared dataset now in `out` (none when it holds none)."""
+    try:
+        data = json.loads((out / "dataset.json").read_text())
+        return [str(s) for s in data["splits"]] if {"det_classes", "seg_classes"} <= set(data) else []
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _check_swap(out: Path, splits: Iterable[str]) -> None:
+    """Before any work: a split folder in --out that is not one of the old prepared dataset's would be
+    replaced by the swap — refused, it may be the user's own."""
+    old = set(_old_splits(out))
+    for split in splits:
+        if (out / split).exists() and split not in old:
+            raise UserError(
+                f"--out {out}: {out / split} exists and is not part of a prepared dataset; prepare into "
+                "another folder (it is never replaced, even with --force)"
+            )
+
+
+def swap_in(stage: Path, out: Path, splits: Iterable[str]) -> None:
+    """Replace the prepared dataset in `out` by the complete one in `stage`: dataset.json goes first (the
+    old dataset stops being one), the old split folders are moved aside, the new ones moved in, and the
+    new dataset.json comes last. Files of the user's own in `out` are kept."""
+    out.mkdir(parents=True, exist_ok=True)
+    trash = out.parent / f".{out.name}.mtl-old"
+    if trash.exists():
+        shutil.rmtree(trash)
+    trash.mkdir()
+    old = _old_splits(out)
+    if (out / "dataset.json").exists():
+        os.replace(out / "dataset.json", trash / "dataset.json")
+    for split in dict.fromkeys([*old, *splits]):
+        if (out / split).exists():
+            os.replace(out / split, trash / split)
+    for split in splits:
+        os.replace(stage / split, out / split)
+    os.replace(stage / "dataset.json", out / "dataset.json")
+    from mtlcli.safety import _fsync_dir
+
+    _fsync_dir(out)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def print_summary(summary: dict[str, Any], meta: DatasetMeta) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -317,8 +492,8 @@ def print_summary(summary: dict[str, Any], meta: DatasetMeta) -> None:
         skipped = Table(title="skipped files")
         skipped.add_column("file")
         skipped.add_column("reason")
-        for row in summary["skipped"][:50]:
-            skipped.add_row(row["file"], row["reason"])
+        for row in summary["skipped"][:50]:  # as written: a reason's [..] is text, not rich markup
+            skipped.add_row(escape(row["file"]), escape(row["reason"]))
         if len(summary["skipped"]) > 50:
             skipped.add_row("...", f"{len(summary['skipped']) - 50} more")
         console.print(skipped)

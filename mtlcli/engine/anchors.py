@@ -43,7 +43,7 @@ def split_boxes(data: Path, split: str, label_map: dict | None = None) -> tuple[
             for a in coco["annotations"]
             if not a.get("iscrowd", 0) and a["category_id"] in keep
         ]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError, IndexError) as exc:
         raise UserError(
             f"{path} is not a valid COCO instances file ({type(exc).__name__}: {exc}) — prepare the dataset again"
         ) from None

@@ -68,17 +68,37 @@ class _WriteRecorder:
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with `weights_only=True`; a missing or corrupt file is a UserError."""
+    import warnings
+
+    from mtlcli.engine.filekind import INSTEAD, foreign_kind
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist — check the path or train first with `mtl train`")
+    kind = foreign_kind(path)
+    if kind is not None:
+        raise UserError(f"checkpoint {path} cannot be read: it is {kind}, not an mtl checkpoint — {INSTEAD}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        with warnings.catch_warnings():  # torch's own advice about weights_only would bury the one line below
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except (
+        RuntimeError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        EOFError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+    ) as exc:  # a file that is no checkpoint fails in many ways; torch's text runs to hundreds of characters
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first if len(first) <= 100 else first[:97] + "..."
         raise UserError(
             f"checkpoint {path} cannot be read ({first}) — it is corrupt or not an mtl checkpoint"
         ) from None
-    if not isinstance(state, dict) or "model" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):  # a tensor, a list, ...
         raise UserError(
             f"checkpoint {path} is not an mtl checkpoint (no model state) — give a file from RUN/checkpoints"
         )
@@ -146,21 +166,42 @@ def model_from_checkpoint(state: dict[str, Any], path: Path) -> tuple[nn.Module,
     from mtlcli.models import build_from_recipe
 
     recipe = state.get("recipe")
-    if not isinstance(recipe, dict) or "model" not in recipe:
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("model"), dict):
         raise UserError(f"checkpoint {path} carries no recipe — it was not written by `mtl train`")
+    from mtlcli.recipes import validate_model
+
+    # the recipe inside a checkpoint gets the checks of a recipe file: a score_thresh of 7 would give no
+    # detection, a negative growth rate or a width of 10**9 would fail deep inside the builder
+    validate_model(recipe["model"], f"checkpoint {path}")
     # the trained weights replace ImageNet's: do not download them
     model = build_from_recipe(recipe["model"], load_weights=False)
     from mtlcli.engine.compat import check_state_shapes
 
     check_state_shapes(model, state["model"], path, recipe["model"])
-    missing, unexpected = model.load_state_dict(state["model"], strict=True)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)  # see the one line below
     if missing or unexpected:
         raise UserError(
             f"checkpoint {path} does not fit model {recipe['model']['name']!r} "
             f"(missing {len(missing)}, unexpected {len(unexpected)} keys, e.g. {(missing or unexpected)[0]}) — "
             "was it written by a different version of the model?"
         )
+    _check_class_names(state.get("classes"), recipe["model"], path)
     return model, recipe
+
+
+def _check_class_names(card: Any, model: dict[str, Any], path: Path) -> None:
+    """The class names a checkpoint carries must be as many as its model's outputs."""
+    if not isinstance(card, dict):
+        return
+    from mtlcli.engine.compat import COUNT_KEYS
+
+    for key, (field, task) in COUNT_KEYS.items():
+        count, names = model.get(key), card.get(field)
+        if isinstance(count, int) and isinstance(names, list) and len(names) != count:
+            raise UserError(
+                f"checkpoint {path} names {len(names)} {task} classes but its model has {count} {task} outputs "
+                "— the file was edited or mixed up; use the checkpoint `mtl train` wrote"
+            )
 
 
 def load_for_eval(

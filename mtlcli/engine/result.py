@@ -40,6 +40,10 @@ class Result:
     size: tuple[int, int]
     seg_classes: list[str]
     source: str | None = None
+    # (ids [H, W] int32 numpy, 0 = void; segments_info [{id, category_id, isthing, ...}]) from the
+    # panoptic merge (mtlcli/ops/panoptic.py, docs/panoptic.md); None for a model with neither a
+    # semantic map nor instance masks
+    panoptic: tuple[np.ndarray, list[dict[str, Any]]] | None = None
     det_classes: list[str] | None = None
     palette: list[list[int]] | None = None
     category_ids: list[int] | None = None
@@ -149,8 +153,9 @@ class Result:
                 "image_id": image_id,
                 "category_id": int(cat),
                 "category_name": self.class_names[k],
-                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                "score": round(score, 5),
+                # unrounded: what `mtl eval` scores, so that saved predictions score the same
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": score,
             }
             if rles is not None:
                 d["segmentation"] = {
@@ -222,7 +227,9 @@ def to_image_tensor(image: ImageLike) -> torch.Tensor:
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            image = np.asarray(image.convert("RGB"))
+            from mtlcli.data.images import pil_to_rgb
+
+            image = pil_to_rgb(image)  # the file readers' rules: EXIF orientation, 16 bits scaled
     except ImportError:  # pragma: no cover - PIL is a dependency
         pass
     if isinstance(image, np.ndarray):
@@ -255,12 +262,20 @@ def to_image_tensor(image: ImageLike) -> torch.Tensor:
         return image.float() / 255.0
     if not image.is_floating_point():
         raise UserError(f"an image tensor must be uint8 or float in 0..1, got {image.dtype}")
-    image = image.float()
-    if image.numel() and (float(image.min()) < 0 or float(image.max()) > 1):
-        raise UserError(
-            f"a float image must lie in 0..1, got values {float(image.min()):.3g}..{float(image.max()):.3g}; "
-            "divide by 255 (or pass uint8)"
-        )
+    return check_unit_range(image.float())
+
+
+def check_unit_range(image: torch.Tensor) -> torch.Tensor:
+    """A float image must hold values in 0..1: one in 0..255 (a uint8 image cast to float) would be read
+    as almost all white, silently; refused in one line, as are NaN and infinite values."""
+    if image.numel() == 0:
+        return image
+    if not bool(torch.isfinite(image).all()):
+        raise UserError("the float image holds NaN or infinite values — give finite values in 0..1")
+    low, high = float(image.min()), float(image.max())
+    if low < -1e-3 or high > 1.0 + 1e-3:
+        hint = " — it looks like 0..255: divide by 255 or pass a uint8 array" if high <= 255.0 + 1e-3 else ""
+        raise UserError(f"a float image must hold values in 0..1, this one spans {low:.4g}..{high:.4g}{hint}")
     return image
 
 
@@ -307,21 +322,16 @@ def output_to_result(
     return Result(boxes, scores, labels, names, masks, semantic, hw, list(seg_classes), source, **extra)
 
 
-def save_semantic_png(path: Path, semantic: np.ndarray, palette: Sequence[Sequence[int]] | None) -> None:
-    """A semantic map as a palette PNG: the pixel values are the class indices unchanged (255 = none,
-    black), and a viewer shows them in the classes' colours. uint8 maps only (more classes: greyscale 16-bit)."""
+def semantic_png(semantic: np.ndarray, palette: Sequence[Sequence[int]] | None) -> Any:
+    """A uint8 semantic map as a palette image (PIL "P"): the pixel values are the class indices unchanged
+    (255 = none, black) and a viewer shows them in the classes' colours. Write it with
+    `mtlcli.safety.atomic_save_image` (PNG keeps the palette)."""
     from PIL import Image
 
-    semantic = np.asarray(semantic)
-    if semantic.dtype != np.uint8:
-        if semantic.max(initial=0) > 255:
-            Image.fromarray(semantic.astype(np.uint16)).save(path)
-            return
-        semantic = semantic.astype(np.uint8)
-    img = Image.fromarray(semantic)
+    img = Image.fromarray(np.asarray(semantic, dtype=np.uint8))
     colours = np.zeros((256, 3), np.uint8)
     if palette:
         n = min(len(palette), 255)
         colours[:n] = np.asarray(palette[:n], dtype=np.uint8)
     img.putpalette(colours.flatten().tolist())
-    img.save(path)
+    return img

@@ -105,12 +105,13 @@ class SegmentationMetric:
         self.images = 0
         # uint8 maps are counted as a joint histogram of raw (gt, pred) value pairs, which is then
         # folded onto the matrix: value -> row (ground truth; C = not counted) and column (C = void)
+        # (more than 256 classes: only 16-bit maps hold them, which the bincount path counts)
         rows = np.full(256, C, dtype=np.intp)
-        rows[:C] = np.arange(C)
-        if 0 <= ignore_index < C:
+        rows[: min(C, 256)] = np.arange(min(C, 256))
+        if 0 <= ignore_index < min(C, 256):
             rows[ignore_index] = C
         cols = np.full(256, C, dtype=np.intp)
-        cols[:C] = np.arange(C)
+        cols[: min(C, 256)] = np.arange(min(C, 256))
         self._fold = (rows[:, None] * (C + 1) + cols[None, :]).ravel()
 
     def reset(self) -> None:

@@ -249,7 +249,7 @@ def load_anchors(anchors: Any, input_size: tuple[int, int]) -> Tensor:
         try:
             data = json.loads(path.read_text())
             values, frame = data["anchors"], tuple(data.get("input_size", input_size))
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
             raise UserError(
                 f"{path} is not an anchors file written by `mtl anchors` ({exc}) — compute it again"
             ) from None

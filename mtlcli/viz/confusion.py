@@ -93,5 +93,7 @@ def plot_confusion(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig = confusion_figure(matrix, class_names, iou, **({"title": title} if title else {}))
-    fig.savefig(out, dpi=DPI)
+    from mtlcli.safety import atomic_save_figure
+
+    atomic_save_figure(out, fig, dpi=DPI)
     return out

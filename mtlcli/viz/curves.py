@@ -57,7 +57,7 @@ def read_metrics(run: str | Path) -> dict[str, Any]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             if n == len(lines) and not text.endswith("\n"):
                 continue
             raise UserError(f"{path} line {n} is not JSON — the file is damaged; remove that line") from None
@@ -165,6 +165,8 @@ def plot_curves(runs: Sequence[str | Path], out: str | Path | None = None, *, fo
     if existing and not force:  # (no torch import for this check: `mtl viz curves` stays quick to start)
         raise UserError(f"{existing[0]} already exists; choose another --out or pass --force to overwrite")
     folder.mkdir(parents=True, exist_ok=True)
+    from mtlcli.safety import atomic_save_figure
+
     for fig, path in zip(figures.values(), paths, strict=True):
-        fig.savefig(path, dpi=DPI)
+        atomic_save_figure(path, fig, dpi=DPI)
     return paths

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from mtlcli.safety import atomic_save_figure
+
 DPI = 100
 CELL_FONT = 10  # the numbers in a confusion matrix's cells (points at DPI): readable without zooming
 
@@ -202,7 +204,7 @@ def plot_detection(
         title="AP, " + ("VOC2007 11-point" if use_07 else "VOC2010+ area"),
     )
     paths.append(pr_path)
-    fig.savefig(paths[-1], dpi=DPI)
+    atomic_save_figure(paths[-1], fig, dpi=DPI)
 
     thresholds = np.linspace(0, 1, 101)
     fig = Figure(figsize=(7.5, 5.5), dpi=DPI, layout="constrained")
@@ -232,7 +234,7 @@ def plot_detection(
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, title="class")
     paths.append(f1_path)
-    fig.savefig(paths[-1], dpi=DPI)
+    atomic_save_figure(paths[-1], fig, dpi=DPI)
 
     cm = confusion_matrix(coco_gt, results, K)
     names = list(class_names) + ["background"]
@@ -262,5 +264,5 @@ def plot_detection(
                         color="white" if shares[i, j] > 0.5 else "black",
                     )
     paths.append(confusion_path)
-    fig.savefig(paths[-1], dpi=DPI)
+    atomic_save_figure(paths[-1], fig, dpi=DPI)
     return paths

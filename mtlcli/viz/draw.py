@@ -286,11 +286,10 @@ def side_by_side(panels: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def save_png(image: torch.Tensor, path: str | Path) -> Path:
     """Write a uint8 [3, H, W] (or float 0..1) image as a PNG, creating the folder; returns the path."""
-    from PIL import Image
+    from mtlcli.safety import atomic_save_image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(path)
+    atomic_save_image(path, to_uint8(image).permute(1, 2, 0).contiguous().numpy())  # never half a PNG
     return path
 
 
