@@ -202,6 +202,10 @@ class PredictOptions:
     max_det: int | None = None  # detections kept per image (None: the model's own)
     classes: list[int] | None = None  # labels 1..K kept (None: all)
     size: tuple[int, int] | None = None  # network input size (None: the model's own)
+
+    def network_knobs(self) -> dict[str, Any]:
+        """The keyword arguments of `Predictor.raw` that differ from the model's own settings."""
+        return {k: v for k, v in (("iou", self.iou), ("size", self.size)) if v is not None}
     batch_size: int = 8
     workers: int = 2
     save_json: bool = True
@@ -363,7 +367,7 @@ def predict_sources(
                 if good:
                     t_model = time.perf_counter()
                     floats = [img.to(model.device, non_blocking=True).float().div_(255) for _, img in good]
-                    raw = model.raw(floats, iou=opts.iou, size=opts.size)
+                    raw = model.raw(floats, **opts.network_knobs())
 
                     def result(o: Any, img: torch.Tensor, threshold: float) -> Any:
                         size = tuple(img.shape[-2:])
@@ -439,7 +443,7 @@ def _predict_video(
                     def flush() -> None:
                         nonlocal out_container
                         floats = [img.to(model.device).float().div_(255) for _, _, img in batch]
-                        raw = model.raw(floats, iou=opts.iou, size=opts.size)
+                        raw = model.raw(floats, **opts.network_knobs())
                         for (index, t, img), o in zip(batch, raw, strict=True):
                             result = output_to_result(
                                 o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]), opts.score_threshold
