@@ -235,7 +235,7 @@ class Predictor:
 
 
 def resolve_checkpoint(source: str | Path) -> Path:
-    """A run directory (its best.pt, else last.pt) or a checkpoint file."""
+    """A run directory (the checkpoint its recipe reports: last.pt, or best.pt) or a checkpoint file."""
     from mtlcli.engine.checkpoint import find_run_checkpoint
 
     path = Path(source).expanduser()
@@ -247,10 +247,10 @@ def resolve_checkpoint(source: str | Path) -> Path:
 
 
 def load_model(source: str | Path, *, device: str = "auto") -> Predictor:
-    """The model of a run directory (`RUN/checkpoints/best.pt`, else last.pt), of a checkpoint file, or
-    of an exported `.onnx` file (run by onnxruntime on the CPU, `OnnxPredictor`), on `device` ("auto":
-    CUDA when available, else CPU — as the CLI; "cpu", "cuda", "cuda:1"), in eval mode, with its class
-    names and palette."""
+    """The model of a run directory (the checkpoint its recipe reports: `[eval] checkpoint`, last.pt by
+    default), of a checkpoint file, or of an exported `.onnx` file (run by onnxruntime on the CPU,
+    `OnnxPredictor`), on `device` ("auto": CUDA when available, else CPU — as the CLI; "cpu", "cuda",
+    "cuda:1"), in eval mode, with its class names and palette."""
     from mtlcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from mtlcli.engine.modelcard import card_of
 
