@@ -206,6 +206,7 @@ class PredictOptions:
     def network_knobs(self) -> dict[str, Any]:
         """The keyword arguments of `Predictor.raw` that differ from the model's own settings."""
         return {k: v for k, v in (("iou", self.iou), ("size", self.size)) if v is not None}
+
     batch_size: int = 8
     workers: int = 2
     save_json: bool = True
