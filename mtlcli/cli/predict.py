@@ -96,6 +96,13 @@ def register(app: typer.Typer) -> None:
                 )
             model = load_model(model_file)
         else:
+            if checkpoint is not None and checkpoint.suffix.lower() == ".onnx":
+                from mtlcli.engine.filekind import INSTEAD, foreign_kind
+
+                raise UserError(
+                    f"checkpoint {checkpoint} is {foreign_kind(checkpoint)}: run it with --model {checkpoint}, "
+                    f"or {INSTEAD}"
+                )
             model = load_model(model_source(run, checkpoint), device=device)
         decoder = None
         if data is not None:

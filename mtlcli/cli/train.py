@@ -117,7 +117,7 @@ def register(app: typer.Typer) -> None:
             metavar="RUN_OR_CKPT",
             help="Fine-tune a trained model on --data: the architecture and schedule come from the "
             "checkpoint's recipe (a run directory takes its reported checkpoint), the classes from the data; "
-            "matching tensors load, heads re-initialise [run directory: runs/finetune-<data>/expN].",
+            "matching tensors load, heads re-initialise; the run goes to runs/finetune-<data>/expN.",
         ),
         weights: Path | None = typer.Option(
             None,

@@ -155,7 +155,12 @@ def test_coco_test_dev_submission_reads_back_through_pycocotools(tmp_path, capsy
 
     for key in ("train_split", "val_split"):  # nothing trains or selects a checkpoint on it either
         recipe = tiny_recipe(
-            tmp_path, data, "model.name=tiny_masks", f"data.{key}=test-dev", "eval.metrics=['coco-bbox']"
+            tmp_path,
+            data,
+            "model.name=tiny_masks",
+            f"data.{key}=test-dev",
+            "eval.metrics=['coco-bbox']",
+            "eval.select_split='none'",  # past the recipe's own rule (no best.pt on a test split) to the data's
         )
         with pytest.raises(UserError, match="unlabelled"):
             build_datasets(recipe, data)
