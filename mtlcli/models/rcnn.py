@@ -514,10 +514,11 @@ def _build_baseline(
     body = build_resnet_fpn(backbone, pretrained_backbone, o.fpn_channels, o.trainable_layers)
     rpn = o.rpn()
     num_classes = num_det_classes + 1
-    box_pool, box_head, box_predictor = standard_box_branch(o.fpn_channels, num_classes, o.representation_size)
+    # the mask branch is drawn before the box branch: the order the initial weights have always come in
     mask_pool, mask_head, mask_predictor = (
         standard_mask_branch(o.fpn_channels, num_classes, o.mask_channels) if masks else (None, None, None)
     )
+    box_pool, box_head, box_predictor = standard_box_branch(o.fpn_channels, num_classes, o.representation_size)
     roi_heads = build_roi_heads(box_pool, box_head, box_predictor, mask_pool, mask_head, mask_predictor, **o.sampling())
     return TwoStageDetector(body, rpn, roi_heads, **o.transform())
 
