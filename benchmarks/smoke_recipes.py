@@ -267,14 +267,13 @@ def quiet_call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 # -------------------------------------------------------------------------------------------- recipes
-def smoke_config(
-    name: str, data_root: Path, *, iterations: int = 3, model: dict[str, Any] | None = None,
-    eval_resolution: list[int] | None = None,
-) -> dict:  # fmt: skip
+def smoke_config(name: str, data_root: Path, *, iterations: int = 3, reduced: tuple[int, int] | None = None) -> dict:
     """The recipe `name` set up for a smoke run: its model, input size, augmentation and schedule as
     shipped, but `iterations` iterations (1 per stage for staged recipes) at batch 1, no workers, no
     RAM cache, no ImageNet download, logging every iteration and evaluating once at the end on
-    `data_root`'s evaluation split. `model` replaces [model] keys (a reduced input size for tests)."""
+    `data_root`'s evaluation split. `reduced` (H, W) shrinks every size key the recipe sets (the model's
+    input_size or min_size / max_size, the data pipeline's resize and crop, the eval resolution) to
+    that size, for the suite's quick run; SSD-style models keep their fixed 300 / 512."""
     from mtlcli.recipes import load_recipe
 
     overrides = [
@@ -289,9 +288,21 @@ def smoke_config(
     train["checkpoint_interval"] = train["iterations"]
     if "pretrained_backbone" in recipe["model"]:
         recipe["model"]["pretrained_backbone"] = False
-    recipe["model"].update(model or {})
-    if eval_resolution is not None and "resolution" in recipe["eval"] and any(recipe["eval"]["resolution"]):
-        recipe["eval"]["resolution"] = list(eval_resolution)
+    if reduced is not None:
+        h, w = reduced
+        model, data = recipe["model"], recipe["data"]
+        if isinstance(model.get("input_size"), list):
+            model["input_size"] = [h, w]
+        if "min_size" in model:
+            model.update(min_size=min(h, w), max_size=max(h, w))
+            model.pop("test_min_size", None), model.pop("test_max_size", None)
+        if data["augmentation"] == "cityscapes":  # the SSD pipeline resizes to the model's fixed size
+            if data["min_size"]:
+                data.update(min_size=min(h, w), max_size=max(h, w))
+            if any(data["crop_size"]):
+                data["crop_size"] = [h, w]
+        if any(recipe["eval"]["resolution"]):
+            recipe["eval"]["resolution"] = [h, w]
     return recipe
 
 
