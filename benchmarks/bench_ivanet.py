@@ -65,7 +65,8 @@ def main() -> None:
     image_size = parse_size(args.image_size)
     env = environment(device, None)
     print(
-        f"device {env['device']}, threads {env['threads']}, torch {env['torch']}, batch 1, image {image_size[0]}x{image_size[1]}, "
+        f"device {env['device']}, threads {env['threads']}, torch {env['torch']}, batch 1, image "
+        f"{image_size[0]}x{image_size[1]}, "
         f"{args.iterations} timed runs after {args.warmup} warm-up, medians"
     )
 

@@ -118,7 +118,8 @@ def main() -> None:
     print(f"\n{'training step (batch 1)':<24} {'HxW':>10} {'ms':>9} {'peak MB':>9}")
     for r in train:
         print(
-            f"{r['name']:<24} {r['size'][0]:>4}x{r['size'][1]:<5} {r['train_median_ms']:>9.1f} {r['train_peak_mem_mb']:>9.0f}"
+            f"{r['name']:<24} {r['size'][0]:>4}x{r['size'][1]:<5} {r['train_median_ms']:>9.1f} "
+            f"{r['train_peak_mem_mb']:>9.0f}"
         )
 
     print("\nLadderDenseNet 4x / Dilated 8x DenseNet 4x (the paper: both below 1):")

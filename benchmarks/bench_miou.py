@@ -183,7 +183,7 @@ def ours_miou_only(prep: Path, pred: Path, threads: int) -> dict:
 def agree(ours: list, names: list[str], ref: dict) -> float:
     """Largest |difference| between our per-class list and the official dict (NaN == None)."""
     worst = 0.0
-    for name, v in zip(names, ours):
+    for name, v in zip(names, ours, strict=True):
         r = ref[name]
         if math.isnan(r) or v is None:
             if not (math.isnan(r) and v is None):
@@ -204,15 +204,15 @@ def main() -> None:
     import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as ev
 
     np.in1d = lambda a, b, invert=False: np.isin(np.asarray(a).ravel(), b, invert=invert)  # removed in numpy 2.4
-    print(
-        f"official path: {'Cython addToConfusionMatrix' if ev.CSUPPORT else 'numpy (np.unique per image; Cython addon not built)'}"
-    )
+    path = "Cython addToConfusionMatrix" if ev.CSUPPORT else "numpy (np.unique per image; Cython addon not built)"
+    print(f"official path: {path}")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         cs, prep, pred, origin = build(Path(tmp), opts.pairs, opts.unique, tuple(opts.size))
         cached, arrays = CachedImages(origin), {}
         print(
-            f"built {opts.pairs} pairs at {opts.size[0]}x{opts.size[1]} from {opts.unique} scenes in {time.perf_counter() - t0:.0f} s"
+            f"built {opts.pairs} pairs at {opts.size[0]}x{opts.size[1]} from {opts.unique} scenes in "
+            f"{time.perf_counter() - t0:.0f} s"
         )
         names = GroundTruth.load(prep, "val").meta.seg_classes
         read_png(next(pred.glob("*.png")))  # imports (torch, torchvision) outside the timings

@@ -121,7 +121,8 @@ def main() -> None:
                 src, train=args.images, val=0, size=tuple(args.size), seed=0, force=True, workers=many, quiet=True
             )
             print(
-                f"generated {args.images} synthetic images of {args.size[0]}x{args.size[1]} in {time.perf_counter() - t0:.1f} s"
+                f"generated {args.images} synthetic images of {args.size[0]}x{args.size[1]} in "
+                f"{time.perf_counter() - t0:.1f} s"
             )
         official_root = work / "official"
         shutil.rmtree(official_root, ignore_errors=True)

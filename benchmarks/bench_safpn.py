@@ -87,17 +87,21 @@ def main() -> None:
     base = rows[0]
     with torch.inference_mode():  # what the heads worked on (the same input as the timings)
         image = [torch.rand(3, *size, generator=torch.Generator().manual_seed(0)).to(device)]
-        for row, s in zip(rows, subjects):
+        for row, s in zip(rows, subjects, strict=True):
             (out,) = s.predict(image)
             row["proposals"], row["detections"] = len(out["proposals"]), len(out["boxes"])
 
-    header = f"{'model':<18} {'RoIs':>5} {'dets':>5} {'params M':>9} {'GFLOPs':>8} {'net ms':>9} {'full ms':>9} {'net x':>6} {'full x':>6}"
+    header = (
+        f"{'model':<18} {'RoIs':>5} {'dets':>5} {'params M':>9} {'GFLOPs':>8} "
+        f"{'net ms':>9} {'full ms':>9} {'net x':>6} {'full x':>6}"
+    )
     header += f" {'train ms':>9} {'train x':>7}" if args.train else ""
     print(f"\n{size[0]}x{size[1]}, medians\n{header}   paper: box / mask AP")
     for row in rows:
         gain = VARIANTS[row["name"]][2]
         line = (
-            f"{row['name']:<18} {row['proposals']:>5} {row['detections']:>5} {row['params'] / 1e6:>9.2f} {row['gflops']:>8.1f} {row['net_median_ms']:>9.0f} "
+            f"{row['name']:<18} {row['proposals']:>5} {row['detections']:>5} {row['params'] / 1e6:>9.2f} "
+            f"{row['gflops']:>8.1f} {row['net_median_ms']:>9.0f} "
             f"{row['full_median_ms']:>9.0f} {row['net_median_ms'] / base['net_median_ms']:>6.2f} "
             f"{row['full_median_ms'] / base['full_median_ms']:>6.2f}"
         )

@@ -117,7 +117,7 @@ def subjects(which: str, args: argparse.Namespace) -> tuple[dict, list]:
         ours = build_ssd300_vgg16(num_det_classes=20)
         theirs = torchvision.models.detection.ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21)
         # same architecture, different names (body/det_head vs backbone/head): copy by position
-        theirs.load_state_dict(dict(zip(theirs.state_dict(), ours.state_dict().values())))
+        theirs.load_state_dict(dict(zip(theirs.state_dict(), ours.state_dict().values(), strict=True)))
         images = random_images(args.compare_batch, (300, 300), device)
         keys_theirs = ("boxes", "labels")
     targets = random_targets(images, 20, 21)

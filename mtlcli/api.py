@@ -14,7 +14,6 @@ the checkpoint: no dataset folder is read.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,62 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtlcli.devices import resolve_device
+from mtlcli.engine.result import Result, output_to_result
 from mtlcli.errors import UserError
 
+__all__ = ["Predictor", "Result", "load_model", "output_to_result", "resolve_checkpoint", "to_image_tensor"]
+
 ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray | torch.Tensor
-
-
-@dataclasses.dataclass
-class Result:
-    """One image's predictions (detections with score >= the threshold), on the CPU.
-
-    boxes [N, 4] float32 xyxy pixels; scores [N]; labels [N] int64 1..K; class_names [N] str;
-    masks [N, H, W] bool or None; semantic [H, W] int64 indices into `seg_classes` or None;
-    size (H, W) of the image; source: the file it came from, if any.
-    """
-
-    boxes: torch.Tensor
-    scores: torch.Tensor
-    labels: torch.Tensor
-    class_names: list[str]
-    masks: torch.Tensor | None
-    semantic: torch.Tensor | None
-    size: tuple[int, int]
-    seg_classes: list[str]
-    source: str | None = None
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
-
-    def to_coco(
-        self, image_id: int, category_ids: Sequence[int] | None = None, with_masks: bool = True
-    ) -> list[dict[str, Any]]:
-        """COCO results [{image_id, category_id, category_name, bbox [x, y, w, h], score, segmentation?}];
-        `category_ids[k - 1]` is the id written for label k (default: k)."""
-        rles = None
-        if with_masks and self.masks is not None and len(self):
-            from pycocotools import mask as mask_utils
-
-            rles = mask_utils.encode(np.asfortranarray(self.masks.numpy().astype(np.uint8).transpose(1, 2, 0)))
-        out = []
-        for k, ((x1, y1, x2, y2), score, label) in enumerate(
-            zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist())
-        ):
-            cat = category_ids[label - 1] if category_ids is not None and 1 <= label <= len(category_ids) else label
-            r = {
-                "image_id": image_id,
-                "category_id": int(cat),
-                "category_name": self.class_names[k],
-                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                "score": round(score, 5),
-            }
-            if rles is not None:
-                r["segmentation"] = {
-                    "size": [int(s) for s in rles[k]["size"]],
-                    "counts": rles[k]["counts"].decode("ascii"),
-                }
-            out.append(r)
-        return out
 
 
 def to_image_tensor(image: ImageLike) -> torch.Tensor:
@@ -94,7 +44,9 @@ def to_image_tensor(image: ImageLike) -> torch.Tensor:
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            image = np.asarray(image.convert("RGB"))
+            from mtlcli.data.images import pil_to_rgb
+
+            image = pil_to_rgb(image)  # the file readers' rules: EXIF orientation, 16 bits scaled
     except ImportError:  # pragma: no cover - PIL is a dependency
         pass
     if isinstance(image, np.ndarray):
@@ -115,29 +67,21 @@ def to_image_tensor(image: ImageLike) -> torch.Tensor:
         image = image.expand(3, -1, -1)
     if image.dtype == torch.uint8:
         return image.float() / 255.0
-    return image.float()
+    return check_unit_range(image.float())
 
 
-def output_to_result(
-    output: dict[str, torch.Tensor],
-    class_names: Sequence[str],
-    seg_classes: Sequence[str],
-    size: tuple[int, int],
-    score_threshold: float,
-    source: str | None = None,
-) -> Result:
-    """A model's eval output for one image (DESIGN.md §4) as a Result on the CPU."""
-    if "boxes" in output:
-        keep = output["scores"].detach() >= score_threshold
-        boxes = output["boxes"].detach()[keep].float().cpu()
-        scores = output["scores"].detach()[keep].float().cpu()
-        labels = output["labels"].detach()[keep].long().cpu()
-        masks = output["masks"].detach()[keep][:, 0].cpu() > 0.5 if "masks" in output else None
-    else:
-        boxes, scores, labels, masks = torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.long), None
-    names = [class_names[k - 1] if 1 <= k <= len(class_names) else f"class {k}" for k in labels.tolist()]
-    semantic = output["sem_seg"].detach().argmax(0).cpu() if "sem_seg" in output else None
-    return Result(boxes, scores, labels, names, masks, semantic, tuple(size), list(seg_classes), source)
+def check_unit_range(image: torch.Tensor) -> torch.Tensor:
+    """A float image must hold values in 0..1: one in 0..255 (a uint8 image cast to float) would be read
+    as almost all white, silently; refused in one line, as are NaN and infinite values."""
+    if image.numel() == 0:
+        return image
+    if not bool(torch.isfinite(image).all()):
+        raise UserError("the float image holds NaN or infinite values — give finite values in 0..1")
+    low, high = float(image.min()), float(image.max())
+    if low < -1e-3 or high > 1.0 + 1e-3:
+        hint = " — it looks like 0..255: divide by 255 or pass a uint8 array" if high <= 255.0 + 1e-3 else ""
+        raise UserError(f"a float image must hold values in 0..1, this one spans {low:.4g}..{high:.4g}{hint}")
+    return image
 
 
 class Predictor:
@@ -182,12 +126,14 @@ class Predictor:
         items = [images] if single else list(images)
         if not 0.0 <= score_threshold <= 1.0:
             raise UserError(f"score_threshold must lie in 0..1, got {score_threshold}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         results: list[Result] = []
         for start in range(0, len(items), max(1, batch_size)):
             chunk = items[start : start + batch_size]
             tensors = [to_image_tensor(x) for x in chunk]
             outputs = self.raw(tensors)
-            for item, img, out in zip(chunk, tensors, outputs):
+            for item, img, out in zip(chunk, tensors, outputs, strict=True):
                 results.append(
                     output_to_result(
                         out,
@@ -228,22 +174,14 @@ def load_model(source: str | Path, *, device: str = "cpu") -> Predictor:
     from mtlcli.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from mtlcli.engine.modelcard import card_of
 
-    device = resolve_device(device)
+    device = resolve_device(device or None)
     path = resolve_checkpoint(source)
     state = load_checkpoint(path)
     network, recipe = model_from_checkpoint(state, path)
     root = None
     if not isinstance(state.get("classes"), dict):  # an older checkpoint: its dataset may say
-        from mtlcli.engine.data import data_root
+        from mtlcli.recipes import data_root
 
         root = data_root(recipe)
         root = root if (root / "dataset.json").is_file() else None
     return Predictor(network.to(device), recipe, card_of(state, recipe, root), device, path)
-
-
-def resolve_device(name: str | None) -> str:
-    """ "auto" (or None) -> cuda when available, else cpu; an unknown or unavailable device is a UserError
-    (the one rule every command uses: `mtlcli.cli.common.resolve_device`)."""
-    from mtlcli.cli.common import resolve_device as resolve
-
-    return resolve(None if name == "" else name)

@@ -50,15 +50,19 @@ class ExportWrapper(nn.Module):
     """The exportable part of a model (module docstring) as `images -> tuple of tensors`; `names` holds
     the output names in order after one call on a sample (`trace_names`)."""
 
+    mean: Tensor
+    std: Tensor
+    model: Any  # any family: the attributes read below (transform, extract, network, ...) are duck-typed
+
     def __init__(self, model: nn.Module, size: tuple[int, int]) -> None:
         super().__init__()
-        self.model, self.size = model, tuple(size)
+        self.model, self.size = model, size
         self.two_stage = hasattr(model, "extract") and hasattr(model, "roi_heads")
         if self.two_stage:
-            t = model.transform
+            t = self.model.transform
             mean, std = t.image_mean, t.image_std
         else:
-            mean, std = model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist()
+            mean, std = self.model.pixel_mean.flatten().tolist(), self.model.pixel_std.flatten().tolist()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.names: list[str] = []
@@ -107,7 +111,7 @@ class ExportWrapper(nn.Module):
         return tuple(out[n] for n in self.names)
 
 
-def export_size(model: nn.Module, size: tuple[int, int] | None) -> tuple[int, int]:
+def export_size(model: Any, size: tuple[int, int] | None) -> tuple[int, int]:
     """The (H, W) to export at: `size`, else the model's input size (two-stage: test short side x max size)."""
     if size is not None:
         h, w = size
@@ -162,51 +166,74 @@ def export_model(
     h, w = export_size(model, size)
     wrapper = ExportWrapper(model, (h, w)).eval()
     sample = torch.rand(2 if dynamic_batch else 1, 3, h, w, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        reference = wrapper.named_outputs(sample)
+    try:
+        with torch.inference_mode():
+            reference = wrapper.named_outputs(sample)
+    except (RuntimeError, ValueError, IndexError) as exc:  # e.g. Ladder's skip connections at 17x33
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"--size {h}x{w}: {model.__class__.__name__} cannot run at this size ({first[:160]}) — give sides "
+            "that are multiples of 32, or drop --size to export at the model's own input size"
+        ) from None
     wrapper.names = list(reference)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    if fmt == "onnx":
-        _write_onnx(wrapper, sample, out, dynamic_batch, opset)
-        exported = _run_onnx(out, sample, wrapper.names)
-    else:
-        import warnings
+    from mtlcli.safety import atomic_path, clean_orphans
 
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # TorchScript's deprecation and shape-as-constant notes
-            traced = torch.jit.trace(wrapper, sample, check_trace=False, strict=False)
-            traced.save(str(out))
-            loaded = torch.jit.load(str(out))
-            exported = dict(zip(wrapper.names, loaded(sample)))
-    seconds = time.perf_counter() - t0
-    parity = compare(reference, exported)
-    info = {
-        "format": fmt,
-        "file": str(out),
-        "model": model.__class__.__name__,
-        "input": {
-            "name": "images",
-            "shape": ["B" if dynamic_batch else 1, 3, h, w],
-            "dtype": "float32",
-            "range": "RGB 0..1, resized to H x W; normalisation is inside",
-        },
-        "outputs": {n: list(reference[n].shape) for n in wrapper.names},
-        "classes": card or {},
-        "postprocess": postprocess_note(model, wrapper),
-        "parity": {**parity, "atol": ATOL, "rtol": RTOL, "sample": f"uniform noise [{sample.shape[0]}, 3, {h}, {w}]"},
-        "export_seconds": round(seconds, 2),
-    }
-    from mtlcli.data.prepared import atomic_write_text
+    for name in (out.name, sidecar_path(out).name):  # the temporary files of a killed export of the same file
+        clean_orphans(out.parent, f".{name}.*.tmp")
 
-    atomic_write_text(out.with_name(out.name + ".json"), json.dumps(info, indent=2))
+    # The file and its sidecar are written under temporary names, checked, and renamed only when both are
+    # complete (the file first): an export killed or out of disk leaves the earlier pair as it was.
+    with atomic_path(sidecar_path(out)) as sidecar_tmp, atomic_path(out) as tmp:
+        t0 = time.perf_counter()
+        if fmt == "onnx":
+            _write_onnx(wrapper, sample, tmp, dynamic_batch, opset)
+            exported = _run_onnx(tmp, sample, wrapper.names)
+        else:
+            import warnings
+
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # TorchScript's deprecation and shape-as-constant notes
+                traced = torch.jit.trace(wrapper, sample, check_trace=False, strict=True)
+                traced.save(str(tmp))
+                loaded = torch.jit.load(str(tmp))
+                exported = dict(zip(wrapper.names, loaded(sample), strict=True))
+        seconds = time.perf_counter() - t0
+        parity = compare(reference, exported)
+        info = {
+            "format": fmt,
+            "file": str(out),
+            "model": model.__class__.__name__,
+            "input": {
+                "name": "images",
+                "shape": ["B" if dynamic_batch else 1, 3, h, w],
+                "dtype": "float32",
+                "range": "RGB 0..1, resized to H x W; normalisation is inside",
+            },
+            "outputs": {n: list(reference[n].shape) for n in wrapper.names},
+            "classes": card or {},
+            "postprocess": postprocess_note(model, wrapper),
+            "parity": {
+                **parity,
+                "atol": ATOL,
+                "rtol": RTOL,
+                "sample": f"uniform noise [{sample.shape[0]}, 3, {h}, {w}]",
+            },
+            "export_seconds": round(seconds, 2),
+        }
+        sidecar_tmp.write_text(json.dumps(info, indent=2))
     if not parity["ok"]:
         raise UserError(
             f"the exported {fmt} model differs from PyTorch by up to {parity['max_abs_diff']:.3g} on output "
             f"{parity['worst']!r} (tolerance {ATOL} + {RTOL} x |value|) — {out} was kept for inspection"
         )
     return info
+
+
+def sidecar_path(out: str | Path) -> Path:
+    """The JSON file written beside an export: `FILE.json`."""
+    out = Path(out)
+    return out.with_name(out.name + ".json")
 
 
 def _write_onnx(wrapper: ExportWrapper, sample: Tensor, out: Path, dynamic_batch: bool, opset: int) -> None:
@@ -240,7 +267,7 @@ def _run_onnx(path: Path, sample: Tensor, names: list[str]) -> dict[str, Tensor]
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     values = session.run(names, {"images": sample.numpy()})
-    return {n: torch.from_numpy(v) for n, v in zip(names, values)}
+    return {n: torch.from_numpy(v) for n, v in zip(names, values, strict=True)}
 
 
 def compare(reference: dict[str, Tensor], exported: dict[str, Tensor]) -> dict[str, Any]:

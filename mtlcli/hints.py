@@ -71,7 +71,9 @@ TRAIN_RECIPES: dict[str, list[tuple[str, list[str]]]] = {
     "mot15": [("ssd300-mot15", [])],
 }
 OTHER_RECIPES = {
-    "synthetic": "datnet-tiny-synthetic, safpn-ejhead-tiny-synthetic, imtl-tiny-synthetic, ladderdensenet-tiny-synthetic",
+    "synthetic": (
+        "datnet-tiny-synthetic, safpn-ejhead-tiny-synthetic, imtl-tiny-synthetic, ladderdensenet-tiny-synthetic"
+    ),
     "cityscapes": "ladderdensenet-cityscapes, densenet32x-cityscapes, dilated8x-densenet-cityscapes: segmentation only",
     "voc": "ivanet512, datnet-light-r50-voc, fasterrcnn-r50-voc",
     "coco": "datnet-light-r50-coco, safpn-ejhead-r50-coco, maskrcnn-r50-coco",
@@ -117,8 +119,8 @@ def eval_hint(run_dir: str | Path, recipe: dict) -> str:
     """The end of `mtl train`: how to evaluate the run — `mtl eval --run RUN` where the recipe names metrics and
     its dataset has the val split, else why there is nothing to run as it stands."""
     from mtlcli.data.prepared import DatasetMeta
-    from mtlcli.engine.data import data_root
     from mtlcli.errors import UserError
+    from mtlcli.recipes import data_root
 
     if not recipe["eval"]["metrics"]:
         return "the recipe names no [eval] metrics: evaluate with mtl eval --run RUN --metric NAME ..."

@@ -25,11 +25,39 @@ def set_command(argv: list[str] | None) -> None:
     _COMMAND = list(sys.argv[1:] if argv is None else argv)
 
 
+def quote_argument(arg: str) -> str:
+    """One argument as bash reads it back, always on one line: `shlex.quote`, or ANSI-C quoting
+    ($'...' with \\n, \\t, \\xHH escapes) when it holds a newline or another control character — the
+    one rule by which mtl records a command line (a raw newline would end a `# command:` comment and
+    inject what follows into the file)."""
+    if arg.isprintable():
+        return shlex.quote(arg)
+    out = []
+    for ch in arg:
+        if ch in "\\'":
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif not ch.isprintable():
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "$'" + "".join(out) + "'"
+
+
 def command_line() -> str:
-    """`mtl ARGS` as a shell could run it again (or the Python argv outside the `mtl` command)."""
+    """`mtl ARGS` as a shell could run it again (or the Python argv outside the `mtl` command), on one
+    line whatever the arguments hold (`quote_argument`)."""
     if _COMMAND is not None:
-        return shlex.join(["mtl", *_COMMAND])
-    return shlex.join([Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]])
+        args = ["mtl", *_COMMAND]
+    else:
+        args = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]
+    return " ".join(quote_argument(str(a)) for a in args)
 
 
 @lru_cache(maxsize=1)

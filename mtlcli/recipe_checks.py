@@ -19,6 +19,9 @@ from typing import Any
 from mtlcli.errors import UserError
 
 MIN_SIDE, MAX_SIDE = 16, 8192  # inferred: the smallest input the tiny models take, 4x a Cityscapes image
+# inferred: the largest width / channel / class count / ratio any [model] key may take (a ResNet's widest
+# layer has 2048 channels; 65535 seg classes is what a uint16 label map holds)
+MAX_COUNT = 65536
 
 
 def _num(v: Any) -> bool:
@@ -89,6 +92,8 @@ def check_model_ranges(model: dict[str, Any], source: str = "recipe") -> None:
             lowest = 0 if key == "trainable_layers" or key == "trainable_backbone_layers" else 1
             if not all(v >= lowest for v in items):
                 _fail(where, value, f"must be at least {lowest}")
+            if not all(v <= MAX_COUNT for v in items):  # e.g. context_width = 10**9: terabytes of weights
+                _fail(where, value, f"must be at most {MAX_COUNT:,}")
 
 
 def check_ranges(recipe: dict[str, Any], source: str = "recipe") -> None:

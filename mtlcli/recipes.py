@@ -23,10 +23,10 @@ import copy
 import inspect
 import json
 import math
+import os
+import tomllib
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from mtlcli.errors import UserError
 from mtlcli.metrics import METRIC_NAMES as METRICS  # names only: listing recipes imports no model
@@ -273,11 +273,22 @@ def resolve(raw: dict, *, source: str = "recipe") -> dict:
 
 
 def parse_value(text: str) -> Any:
-    """A `--set` value as TOML (numbers, booleans, lists, inline tables); anything else is a string."""
+    """A `--set` value as TOML (numbers, booleans, lists, inline tables); anything else is a string.
+    It must be exactly one value: a newline or other control character, or TOML that parses to more than
+    the one key (`0.001\\n[model]...`), is a UserError — it would be dropped silently, or written into
+    the run's recipe.toml as keys of its own."""
+    if any(not ch.isprintable() for ch in text):
+        raise UserError(
+            f"--set value {text!r} holds a newline or another control character; give exactly one TOML value "
+            "on one line (e.g. --set train.lr=0.001)"
+        )
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        parsed = tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError:
         return text
+    if set(parsed) != {"v"}:
+        raise UserError(f"--set value {text!r} is more than one TOML value; give exactly one (e.g. train.lr=0.001)")
+    return parsed["v"]
 
 
 def apply_override(recipe: dict, item: str) -> None:
@@ -285,6 +296,8 @@ def apply_override(recipe: dict, item: str) -> None:
     if "=" not in item:
         raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set train.lr=0.001")
     key, text = item.split("=", 1)
+    if not key.strip().isprintable():
+        raise UserError(f"--set {item!r}: the key holds a newline or another control character")
     parts = key.strip().split(".")
     section = parts[0]
     if section not in recipe or len(parts) < 2:
@@ -528,3 +541,11 @@ def dump_toml(recipe: dict) -> str:
                 lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in stage.items())
         lines.append("")
     return "\n".join(lines)
+
+
+def data_root(recipe: dict) -> Path:
+    """The prepared dataset: `[data].root` (which `--data` sets), else `$MTL_DATA/<dataset>` (default ./data)."""
+    data = recipe["data"]
+    if data["root"]:
+        return Path(data["root"]).expanduser()
+    return Path(os.environ.get("MTL_DATA", "data")) / data["dataset"]

@@ -10,19 +10,24 @@
   folder, fsynced, given the permissions the user's umask asks for, then renamed over the target
   (and the folder fsynced), so a crash or a full disk never leaves a truncated file behind and a
   written file is not `-rw-------` where the user expects `-rw-r--r--`.
+- `atomic_path(path)`: the same for writers that take a file name (ONNX / TorchScript exports, videos,
+  JSON lines written frame by frame): a `with` block gets a temporary name beside `path`, which is
+  renamed over it only when the block ends without an error. `atomic_save_image` (PNG and every other
+  PIL format) and `atomic_save_figure` (matplotlib) are the one way mtl writes pictures.
 - `write_error_line(exc)`: the one line for an `OSError` (read-only file system, disk full, name too
   long, not a directory, ...) that `mtl` prints before exiting with status 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from mtlcli.errors import UserError
 
@@ -127,19 +132,83 @@ def atomic_save(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        raise named_write_error(exc, path) from None
     _fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    atomic_save(path, lambda f: f.write(data))
+    def write(f: IO[bytes]) -> None:
+        f.write(data)
+
+    atomic_save(path, write)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def named_write_error(exc: BaseException, path: Path) -> BaseException:
+    """An OSError of a write (a full disk raises ENOSPC without a file name) names the file it was
+    writing, so that its one line says which; anything else is returned as it is."""
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+        return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+    if isinstance(exc, OSError) and exc.filename is not None and TMP_SUFFIX in str(exc.filename):
+        return type(exc)(exc.errno, exc.strerror, str(path)) if exc.errno is not None else exc
+    return exc
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """`with atomic_path(out) as tmp:` write the file `tmp` (a temporary name ".NAME.XXXX.tmp" in the
+    folder of `out`) by any means; when the block ends without an error `tmp` is fsynced, given mode
+    0o666 & ~umask and renamed over `out` (the folder fsynced). On an error, or if the process is killed,
+    `out` keeps what it held before and `tmp` is removed (or left for `clean_orphans`) — a file is
+    never half-written under its final name. Writers that guess a format from the name (PIL, PyAV,
+    matplotlib) must be told the format. A writer that removes `tmp` leaves `out` untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if not tmp.exists():  # the writer removed it: it chose to write nothing, `path` stays as it was
+            return
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        raise named_write_error(exc, path) from None
+    _fsync_dir(path.parent)
+
+
+def _pil_format(path: Path) -> str:
+    from PIL import Image
+
+    return Image.registered_extensions().get(path.suffix.lower(), "PNG")
+
+
+def atomic_save_image(path: str | Path, image: Any, **save_kwargs: Any) -> None:
+    """Write a PIL image (or a uint8 / uint16 numpy array, HxW or HxWx3) atomically, in the format its
+    suffix names (PNG when unknown); `save_kwargs` go to `PIL.Image.save` (compress_level, bits, ...)."""
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(image)
+    path = Path(path)
+    atomic_save(path, lambda f: image.save(f, format=_pil_format(path), **save_kwargs))
+
+
+def atomic_save_figure(path: str | Path, fig: Any, **savefig_kwargs: Any) -> None:
+    """Write a matplotlib figure atomically, in the format its suffix names (`savefig`'s own rule)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    atomic_save(path, lambda f: fig.savefig(f, format=fmt, **savefig_kwargs))
 
 
 def clean_orphans(folder: str | Path, pattern: str = f".*{TMP_SUFFIX}") -> list[Path]:

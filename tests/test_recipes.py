@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import tomllib
+
+import pytest
 
 from mtlcli.cli.main import main
 from mtlcli.errors import UserError

@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from mtlcli.cli.common import DEVICE_OPTION
 from mtlcli.errors import UserError
 
 # The papers' tables: recipe names (and torchvision references) timed together in one run.
@@ -95,9 +96,9 @@ def recipe_subject(
     return Subject(
         name=name,
         model=model,
-        size=tuple(size),
+        size=(size[0], size[1]),
         predict=lambda images: model(images),
-        network=model.network if has_net else None,
+        network=getattr(model, "network", None) if has_net else None,
         prepare=prepare if has_net else None,
         train_step=step,
     )
@@ -116,7 +117,7 @@ def register(app: typer.Typer) -> None:
         ),
         batch: int = typer.Option(1, "--batch-size", min=1, help="Images per forward."),
         batch_old: int | None = typer.Option(None, "--batch", min=1, hidden=True),  # the name before 0.2
-        device: str = typer.Option("auto", "--device", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N."),
+        device: str = DEVICE_OPTION,
         amp: str | None = typer.Option(
             None, "--amp", metavar="bf16|fp16", help="bf16 or fp16 autocast (CUDA only) [default: off, fp32]."
         ),
@@ -148,7 +149,8 @@ def register(app: typer.Typer) -> None:
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display while measuring."),
     ) -> None:
-        """Measure parameters, FLOPs, latency, images/s and peak memory of models, alternating runs so that ratios are fair.
+        """Measure parameters, FLOPs, latency, images/s and peak memory of models, alternating runs so that
+        ratios are fair.
 
         Latency is timed twice: the network alone and the full predict path (resize, network, postprocess)."""
         import torch
@@ -164,7 +166,8 @@ def register(app: typer.Typer) -> None:
         train = train or train_old
         if amp is not None and dev.type != "cuda":
             raise UserError(
-                f"--amp {amp} needs a CUDA device (autocast is not timed on {dev.type}); drop --amp or use --device cuda"
+                f"--amp {amp} needs a CUDA device (autocast is not timed on {dev.type}); drop --amp or use --device "
+                "cuda"
             )
         if out is not None:
             from mtlcli.safety import refuse_protected_output

@@ -9,11 +9,11 @@ checked across the whole command line by tests/cli/test_consistency.py:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import typer
 
+from mtlcli.devices import resolve_device as resolve_device  # the one --device rule, for every command
 from mtlcli.errors import UserError
 
 DEVICE_HELP = "auto (CUDA if available, else CPU), cpu, cuda or cuda:N."
@@ -31,34 +31,10 @@ def model_source(run: Path | None, checkpoint: Path | None) -> Path:
     return run if run is not None else checkpoint  # type: ignore[return-value]
 
 
-_CUDA = re.compile(r"^cuda(?::(\d+))?$")
-
-
-def resolve_device(name: str | None) -> str:
-    """ "auto" (or None) -> "cuda" when a CUDA device is available, else "cpu"; "cpu"; "cuda" / "cuda:N" when
-    that device exists. Anything else is one UserError line naming the valid forms."""
-    import torch
-
-    text = "auto" if name is None else str(name).strip().lower()
-    if text == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if text == "cpu":
-        return "cpu"
-    match = _CUDA.match(text)
-    if not match:
-        raise UserError(f"unknown device {name!r} for --device; use auto, cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu (or auto)")
-    index = int(match.group(1) or 0)
-    if index >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: this machine has CUDA devices 0..{torch.cuda.device_count() - 1}")
-    return text
-
-
 QUIET_HELP = "No progress display; print only the final line."
 
 
-def quiet_output(quiet: bool):  # type: ignore[no-untyped-def]
+def quiet_output(quiet: bool):
     """A context in which standard output is dropped when `quiet` (for library code that draws its own
     progress bars and tables); errors still reach the user as exceptions, stderr stays."""
     import contextlib

@@ -2,6 +2,7 @@
 
     mtl eval --run RUN | --checkpoint CKPT [--data DATA --split val] [--metric M ...] [--save-predictions DIR]
     mtl eval --predictions FILE|DIR --data DATA --split val [--metric M ...] [--cityscapes-ids]
+    mtl eval --run RUN --split test-dev --submit DIR [--submit-name NAME]    (the server's files, docs/submit.md)
 
 Prints a summary table and per-class tables (`-q`: one line); `--out FILE.json` saves everything there
 and nowhere else; without --out, `--run RUN` keeps the results in RUN/eval/SPLIT.json and, for a model
@@ -13,6 +14,7 @@ The JSON's "provenance" names the mtl version, the command line and the git comm
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +99,7 @@ def print_results(result: dict[str, Any]) -> None:
             table = _table(f"{name}: AP@[.5:.95] per class (%)")
             table.add_column("class")
             table.add_column("AP", justify="right")
-            for cls, ap in zip(d["classes"], d["ap"]):
+            for cls, ap in zip(d["classes"], d["ap"], strict=True):
                 table.add_row(cls, _fmt(ap))
         else:
             table = _table(f"{name}: proposal recall (%)")
@@ -154,6 +156,8 @@ def run_eval(
     workers: int,
     quiet: bool,
     written: list[Path] | None = None,
+    submit: Path | None = None,
+    submit_name: str = "mtl",
 ) -> dict[str, Any]:
     """Everything `mtl eval` does except printing; returns the result dict that is saved. The files written
     (the JSON, the detection pictures) are appended to `written` when given."""
@@ -174,6 +178,11 @@ def run_eval(
         raise UserError(f"--out {out} exists; choose another file or pass --force to overwrite it")
     names = check_metric_names(metric)
 
+    if submit is not None and (predictions is not None or out is not None or save_predictions is not None or metric):
+        raise UserError(
+            "--submit writes a model's predictions in the server's format: give it with --run or "
+            "--checkpoint only (no --predictions, --out, --save-predictions or --metric)"
+        )
     if predictions is not None:
         from mtlcli.metrics.predictions import evaluate_predictions
 
@@ -199,6 +208,21 @@ def run_eval(
         if root is None:
             raise UserError("the run's prepared dataset is not here; give it with --data DATA")
         split = split or recipe.get("data", {}).get("val_split") or "val"
+        if submit is not None:
+            from mtlcli.cli.common import model_source
+            from mtlcli.engine.submit import submit_run
+
+            if not _single_process():
+                raise UserError("--submit runs in one process; run `mtl eval --submit` without torchrun")
+            source = model_source(run, checkpoint)
+            sub = submit_run(
+                model, recipe, root, split, submit, submit_name, dev, batch_size, not quiet, force, workers, source
+            )
+            return {"run": str(run) if run else None, "checkpoint": str(checkpoint) if checkpoint else None,
+                    "data": str(root), "split": split, "submission": sub}  # fmt: skip
+        from mtlcli.data.prepared import DatasetMeta
+
+        DatasetMeta.load(root).check_labelled(root, split)
         names = names or list(recipe.get("eval", {}).get("metrics") or [])
         if not names:
             raise UserError(f"the recipe's [eval] names no metrics; pass --metric ({', '.join(METRIC_NAMES)})")
@@ -218,14 +242,15 @@ def run_eval(
             getattr(model, "trained_classes", None),
             recipe["model"],
             dataset,
-            checkpoint=run or checkpoint,
+            checkpoint=sources[0],  # --run or --checkpoint (not --predictions) on this path
             data=root,
             action="eval",
         )
         # a run keeps its predictions in RUN/eval/predictions-SPLIT (for the detection pictures and for
         # `mtl viz confusion`), unless the user chose where results go (--out) or predictions go
-        keep = run is not None and out is None and save_predictions is None and _single_process()
-        target = Path(run) / "eval" / f"predictions-{split}" if keep else save_predictions
+        eval_dir = Path(run) / "eval" if run is not None else None
+        keep = eval_dir is not None and out is None and save_predictions is None and _single_process()
+        target = eval_dir / f"predictions-{split}" if eval_dir is not None and keep else save_predictions
         result = evaluate(
             model,
             dataset,
@@ -237,19 +262,25 @@ def run_eval(
             force=force or keep,
             workers=workers,
         )
-        if keep and (target / "detections.json").is_file() and dataset.meta.det_classes:
+        if (
+            eval_dir is not None
+            and target is not None
+            and keep
+            and (target / "detections.json").is_file()
+            and dataset.meta.det_classes
+        ):
             from mtlcli.viz.detection import plot_detection
 
             detections = json.loads((target / "detections.json").read_text())
             use_07 = "voc07" in names and "voc12" not in names  # the legend's AP as the table's
-            stem = free_name(Path(run) / "eval", split)  # the pictures are named as the JSON written below
+            stem = free_name(eval_dir, split)  # the pictures are named as the JSON written below
             result["plots"] = [
                 str(p)
                 for p in plot_detection(
                     dataset.coco,
                     detections,
                     dataset.meta.det_classes,
-                    Path(run) / "eval",
+                    eval_dir,
                     split,
                     use_07=use_07,
                     name=stem,
@@ -273,6 +304,18 @@ def run_eval(
         written.append(saved)
     written += [Path(p) for p in result.get("plots", [])]
     return result
+
+
+def submit_line(result: dict[str, Any]) -> str:
+    """What `mtl eval --submit` prints: where the server's files went."""
+    sub = result["submission"]
+    files = [Path(f) for f in sub["files"]]
+    uploads = [f for f in files if f.suffix in (".zip", ".gz")]
+    root = Path(os.path.commonpath([str(f) for f in files])) if files else None
+    return (
+        f"wrote the {sub['server']} server's files for {result['split']} ({sub['images']} images, {len(files)} files) "
+        f"in {root}; upload: {', '.join(str(f) for f in uploads)}"
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -306,13 +349,28 @@ def register(app: typer.Typer) -> None:
         save_predictions: Path | None = typer.Option(
             None, "--save-predictions", help="Write the model's predictions here."
         ),
-        force: bool = typer.Option(False, "--force", help="Overwrite --out / --save-predictions."),
+        force: bool = typer.Option(
+            False, "--force", help="Overwrite --out / --save-predictions / the files in --submit."
+        ),
         batch_size: int | None = typer.Option(
             None, "--batch-size", min=1, help="Images per batch (default: the recipe's)."
         ),
         device: str = DEVICE_OPTION,
         workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables: one line of results."),
+        submit: Path | None = typer.Option(
+            None,
+            "--submit",
+            metavar="DIR",
+            help="Write what the split's evaluation server takes (COCO, Cityscapes, VOC) into DIR instead of "
+            "scoring; works on unlabelled test splits (docs/submit.md).",
+        ),
+        submit_name: str = typer.Option(
+            "mtl",
+            "--submit-name",
+            metavar="NAME",
+            help="Your method's name in the servers' file names (letters, digits, - and .).",
+        ),
     ) -> None:
         """Evaluate a trained model, or saved predictions, with the official metrics."""
         written: list[Path] = []
@@ -332,7 +390,12 @@ def register(app: typer.Typer) -> None:
             workers,
             quiet,
             written,
+            submit=submit,
+            submit_name=submit_name,
         )
+        if "submission" in result:
+            print(submit_line(result))
+            return
         if quiet:
             print(result_line(result))
             return

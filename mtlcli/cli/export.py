@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output file."),
     ) -> None:
         """Export a trained model to ONNX or TorchScript; the written file is checked against PyTorch."""
-        from mtlcli.api import load_model
+        from mtlcli.api import load_model, resolve_checkpoint
         from mtlcli.export import export_model, parse_size
 
         source = model_source(run, checkpoint)
@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
         suffix = ".onnx" if fmt == "onnx" else ".pt"
         model = load_model(source, device="cpu")
         if out is None:
-            ckpt = Path(model.checkpoint)
+            ckpt = resolve_checkpoint(source)  # the file load_model read
             base = Path(run) / "export" if run is not None else ckpt.parent
             if base.name == "checkpoints":  # never beside the run's own checkpoints
                 base = base.parent / "export"
@@ -58,8 +58,11 @@ def register(app: typer.Typer) -> None:
         from mtlcli.safety import refuse_protected_output
 
         refuse_protected_output(out, "--out")  # never inside a prepared dataset or a run's checkpoints/
-        if out.exists() and not force:
-            raise UserError(f"--out {out} exists; choose another file or pass --force to overwrite it")
+        from mtlcli.export import sidecar_path
+
+        for existing in (out, sidecar_path(out)):  # the file and its sidecar: neither is replaced without --force
+            if existing.exists() and not force:
+                raise UserError(f"--out {out}: {existing} exists; choose another file or pass --force to overwrite it")
         if out.is_dir():
             raise UserError(f"--out {out} is a folder; give a file name")
         info = export_model(

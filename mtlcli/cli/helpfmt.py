@@ -102,7 +102,7 @@ def _patch_rich_utils() -> None:
     make_text = getattr(rich_utils, "_make_rich_text", None)
     if make_text is not None:
 
-        def _make_rich_text(*, text: str, style: str = "", markup_mode):  # type: ignore[no-untyped-def]
+        def _make_rich_text(*, text: str, style: str = "", markup_mode):
             if markup_mode == getattr(rich_utils, "MARKUP_MODE_RICH", "rich"):
                 text = _DEFAULT.sub(r"\\[\1", text)
             return make_text(text=text, style=style, markup_mode=markup_mode)
@@ -110,8 +110,8 @@ def _patch_rich_utils() -> None:
         rich_utils._make_rich_text = _make_rich_text
 
 
-def _with_rich_defaults(format_help):  # type: ignore[no-untyped-def]
-    def wrapped(self, ctx, formatter):  # type: ignore[no-untyped-def]
+def _with_rich_defaults(format_help):
+    def wrapped(self, ctx, formatter):
         _patch_rich_utils()
         return format_help(self, ctx, formatter)
 
@@ -134,7 +134,7 @@ def install() -> None:
     option = getattr(core, "TyperOption", None)
     if option is not None and hasattr(option, "display_type_rich"):
 
-        def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
+        def display_type_rich(self, ctx):
             if getattr(self, "is_flag", False) and getattr(self, "is_bool_flag", True):
                 return None
             name = metavar_of(self)
@@ -143,7 +143,7 @@ def install() -> None:
         option.display_type_rich = display_type_rich
     if option is not None and hasattr(option, "_get_number_range_help_str"):
 
-        def _get_number_range_help_str(self):  # type: ignore[no-untyped-def]
+        def _get_number_range_help_str(self):
             if getattr(self, "count", False) and self.min == 0 and self.max is None:
                 return None
             return number_range(getattr(self, "min", None), getattr(self, "max", None))
@@ -153,14 +153,14 @@ def install() -> None:
     argument = getattr(core, "TyperArgument", None)
     if argument is not None and hasattr(argument, "_usage_display_name"):
 
-        def _name(self) -> str:  # type: ignore[no-untyped-def]
+        def _name(self) -> str:
             return (self.metavar or self.name or "").upper()
 
-        def _usage_display_name(self) -> str:  # type: ignore[no-untyped-def]
+        def _usage_display_name(self) -> str:
             name = _name(self) if self.required else f"[{_name(self)}]"
             return name + ("..." if self.nargs != 1 else "")
 
-        def get_usage_pieces(self, ctx):  # type: ignore[no-untyped-def]
+        def get_usage_pieces(self, ctx):
             return [] if getattr(self, "hidden", False) else [self._usage_display_name()]
 
         argument._usage_display_name = _usage_display_name

@@ -1,7 +1,8 @@
 """The `mtl` command: a Typer app whose command groups live one per module in this package.
 
 Every command is a thin wrapper: parse, call a plain function, print. User errors (`UserError`,
-and every `OSError`: missing files, read-only or full file systems, ...) become one line on stderr and exit status 2; `MTL_DEBUG=1` shows the traceback.
+and every `OSError`: missing files, read-only or full file systems, ...) become one line on stderr and
+exit status 2; `MTL_DEBUG=1` shows the traceback.
 """
 
 from __future__ import annotations

@@ -56,6 +56,13 @@ def register(app: typer.Typer) -> None:
         summary = predict_sources(model, sources, out or default_out(), opts, force=force)
         for path, reason in summary.skipped:
             print(f"skipped {path}: {reason}")
+        if summary.skipped and not summary.images and not summary.frames:
+            from mtlcli.errors import UserError
+
+            raise UserError(
+                f"nothing was predicted: all {len(summary.skipped)} input(s) were skipped (listed above) — "
+                "give readable images or videos"
+            )
         what = f"{summary.images} images" + (f" + {summary.frames} video frames" if summary.frames else "")
         print(
             f"predicted {what} in {summary.seconds:.1f} s ({summary.images_per_s:.1f} images/s) "

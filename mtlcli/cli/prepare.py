@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from mtlcli.cli.common import QUIET_HELP, quiet_output
+from mtlcli.engine.rundir import prepare_lock
 
 app = typer.Typer(
     help="Prepare a dataset (or draw the synthetic city) into mtl's prepared format.", no_args_is_help=True
@@ -25,7 +26,7 @@ VERIFY_HELP = "Decode every image fully to find damage inside complete files (de
 FORCE_HELP = "Write into --out even if it is not empty (files there may be overwritten)."
 
 
-def _console():  # type: ignore[no-untyped-def]
+def _console():
     from rich.console import Console  # imported when printing: `mtl --help` and `mtl recipes list` stay quick
 
     return Console()
@@ -36,10 +37,14 @@ def default_out(name: str) -> Path:
     return Path(os.environ.get("MTL_DATA", "data")) / name
 
 
-def _done(out: Path, summary: dict) -> None:
+def _done(out: Path, summary: dict, quiet: bool = False) -> None:
     images = sum(s["images"] for s in summary["splits"].values())
     skipped = len(summary["skipped"])
-    note = f", {skipped} file(s) skipped (listed above)" if skipped else ""
+    # with -q the summary table is not printed: the first reason stands in for it
+    where = f"first: {summary['skipped'][0]['file']}: {summary['skipped'][0]['reason']}" if quiet and skipped else ""
+    from rich.markup import escape
+
+    note = f", {skipped} file(s) skipped ({escape(where) or 'listed above'})" if skipped else ""
     _console().print(f"[green]prepared[/] {summary['name']}: {images} images in {out}{note}")
 
 
@@ -58,7 +63,9 @@ def cityscapes(
         None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/cityscapes]."
     ),
     split: list[str] | None = typer.Option(
-        None, "--split", help="Split to prepare; repeat for several [default: train and val]."
+        None,
+        "--split",
+        help="Split to prepare; repeat for several [default: train, val, and test (unlabelled) where present].",
     ),
     workers: int | None = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
@@ -70,11 +77,11 @@ def cityscapes(
     from mtlcli.data.cityscapes import prepare_cityscapes
 
     out = out or default_out("cityscapes")
-    with quiet_output(quiet):
+    with quiet_output(quiet), prepare_lock(out):  # one prepare at a time into one --out
         summary = prepare_cityscapes(
             src, out, workers=workers, strict=strict, force=force, splits=split or None, verify=verify
         )
-    _done(out, summary)
+    _done(out, summary, quiet)
     from mtlcli.data.synthetic import MARKER
 
     _print_train_hint("synthetic" if (src / MARKER).is_file() else "cityscapes", out)
@@ -102,11 +109,11 @@ def voc(
     from mtlcli.data.voc import prepare_voc
 
     out = out or default_out("voc")
-    with quiet_output(quiet):
+    with quiet_output(quiet), prepare_lock(out):  # one prepare at a time into one --out
         summary = prepare_voc(
             out, voc2012=voc2012, voc2007=voc2007, sbd=sbd, workers=workers, strict=strict, force=force, verify=verify
         )
-    _done(out, summary)
+    _done(out, summary, quiet)
     _print_train_hint("voc", out)
 
 
@@ -121,10 +128,21 @@ def coco(
         None, "--train-json", help="A COCO-format annotation file for the train split."
     ),
     train_images: Path | None = typer.Option(None, "--train-images", help="Folder its file_names are relative to."),
-    val_json: Path | None = typer.Option(
-        None, "--val-json", help="A COCO-format annotation file for the val split."
-    ),
+    val_json: Path | None = typer.Option(None, "--val-json", help="A COCO-format annotation file for the val split."),
     val_images: Path | None = typer.Option(None, "--val-images", help="Folder its file_names are relative to."),
+    image_info: list[Path] | None = typer.Option(
+        None,
+        "--image-info",
+        metavar="FILE",
+        help="A COCO image-info file (images + categories, e.g. annotations/image_info_test-dev2017.json): an "
+        "unlabelled split for `mtl eval --submit`, named after it (test-dev); repeat for several.",
+    ),
+    image_info_images: Path | None = typer.Option(
+        None,
+        "--image-info-images",
+        metavar="DIR",
+        help="Folder of the image-info files' images [default: SRC/test2017].",
+    ),
     out: Path | None = typer.Option(
         None,
         "--out",
@@ -137,12 +155,13 @@ def coco(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
-    """COCO 2017 or any COCO-format JSON: the dataset's own classes, boxes and masks, a painted semantic map, DT bins."""
+    """COCO 2017 or any COCO-format JSON: the dataset's own classes, boxes and masks, a painted semantic map,
+    DT bins."""
     from mtlcli.data.coco import prepare_coco
 
     custom = any(v is not None for v in (train_json, train_images, val_json, val_images))
     out = out or default_out("custom" if custom else "coco")
-    with quiet_output(quiet):
+    with quiet_output(quiet), prepare_lock(out):  # one prepare at a time into one --out
         summary = prepare_coco(
             src,
             out,
@@ -153,8 +172,10 @@ def coco(
             train_images=train_images,
             val_json=val_json,
             val_images=val_images,
+            image_info=image_info or None,
+            image_info_images=image_info_images,
         )
-    _done(out, summary)
+    _done(out, summary, quiet)
     if custom:
         from mtlcli.data.prepared import DatasetMeta
         from mtlcli.hints import custom_train_hint
@@ -184,11 +205,11 @@ def mot15(
     from mtlcli.data.mot15 import prepare_mot15
 
     out = out or default_out("mot15")
-    with quiet_output(quiet):
+    with quiet_output(quiet), prepare_lock(out):  # one prepare at a time into one --out
         summary = prepare_mot15(
             src, out, val_fraction=val_fraction, workers=workers, strict=strict, force=force, verify=verify
         )
-    _done(out, summary)
+    _done(out, summary, quiet)
     _print_train_hint("mot15", out)
 
 
@@ -221,7 +242,7 @@ def synthetic(
     from mtlcli.data.synthetic import generate_synthetic
     from mtlcli.hints import after_synthetic
 
-    with quiet_output(quiet):
+    with quiet_output(quiet), prepare_lock(out):  # one prepare at a time into one --out
         root = generate_synthetic(out, train=train, val=val, size=size, seed=seed, force=force, workers=workers)
     _console().print(
         f"[green]synthetic city[/]: {train} train + {val} val images of {size[0]}x{size[1]} in {root}\n"

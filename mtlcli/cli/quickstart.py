@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from mtlcli.errors import UserError
+from mtlcli.safety import atomic_write_text
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -124,8 +125,9 @@ def run_quickstart(
     ]
     console.rule("[bold green]all recipes")
     console.print(learning_table(results))
-    (workdir / "learning.json").write_text(
-        json.dumps([{k: r[k] for k in ("recipe", "family", "metrics", "floors", "timing")} for r in results], indent=1)
+    atomic_write_text(
+        workdir / "learning.json",
+        json.dumps([{k: r[k] for k in ("recipe", "family", "metrics", "floors", "timing")} for r in results], indent=1),
     )
     return {"source": src, "data": data, "viz": overlays, "results": results}
 
@@ -259,7 +261,7 @@ def train_eval_viz(
         console.print(f"reusing the trained run {run_dir} ({total} iterations)")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "quickstart.json").write_text(json.dumps(marker))
+        atomic_write_text(run_dir / "quickstart.json", json.dumps(marker))
         if state == "resume":
             console.print(f"resuming the interrupted run {run_dir}")
         wall, cpu = time.perf_counter(), _cpu_seconds()
@@ -268,7 +270,7 @@ def train_eval_viz(
         finally:
             timing["wall_s"] += time.perf_counter() - wall
             timing["cpu_s"] += _cpu_seconds() - cpu
-            timing_file.write_text(json.dumps(timing))
+            atomic_write_text(timing_file, json.dumps(timing))
 
     console.rule("[bold]5. evaluate on the synthetic val split")
     model, _, _ = load_for_eval(run=run_dir, device="cpu")
@@ -428,7 +430,8 @@ def register(app: typer.Typer) -> None:
         all_: bool = typer.Option(
             False,
             "--all",
-            help="Train every *-tiny-synthetic recipe, one after another, and print one table. Floors on the val split: "
+            help="Train every *-tiny-synthetic recipe, one after another, and print one table. "
+            "Floors on the val split: "
             "IvaNet mIoU 0.70 + mAP50 0.50; SSD300 mAP50 0.50; LadderDenseNet mIoU 0.70; imtl mIoU 0.65 + "
             "mAP50 0.45; DATNet and SA-FPN mAP50 0.50 + mask AP 0.25.",
         ),

@@ -20,10 +20,10 @@ import json
 import re
 import shlex
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import typer
 
 from mtlcli.errors import UserError
@@ -65,7 +65,7 @@ def summarize(run: Path) -> dict[str, Any]:
     for line in metrics_path.read_text().splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
         if record.get("type") == "train":
             last_it, last_train = max(last_it, int(record.get("iteration", 0))), record
@@ -99,6 +99,30 @@ def summarize(run: Path) -> dict[str, Any]:
     }
 
 
+def summarize_or_broken(run: Path) -> dict[str, Any]:
+    """`summarize`, or for a run whose files cannot be read (recipe.toml not TOML or not UTF-8, a
+    metrics.jsonl record of another shape, an unreadable file, ...) a row with status "broken" and the
+    reason: one broken run never stops `mtl runs` from listing the others."""
+    try:
+        return summarize(run)
+    except (UserError, OSError, ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return {
+            "run": run,
+            "recipe": "?",
+            "iteration": 0,
+            "total": None,
+            "metric": None,
+            "best": None,
+            "status": "broken",
+            "reason": reason[:200],
+            "last_eval": {},
+            "loss": None,
+            "images_per_s": None,
+            "config": {},
+        }
+
+
 def _flat(recipe: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for section, table in recipe.items():
@@ -129,7 +153,7 @@ def register(app: typer.Typer) -> None:
             missing = [c for c in chosen if not (c / "recipe.toml").is_file()]
             if missing:
                 raise UserError(f"{missing[0]} is not a run directory (no recipe.toml) — see `mtl runs` for the runs")
-            rows = [summarize(c) for c in chosen]
+            rows = [summarize_or_broken(c) for c in chosen]
             table = Table(title="runs side by side")
             table.add_column("", no_wrap=True)
             for r in rows:
@@ -156,7 +180,7 @@ def register(app: typer.Typer) -> None:
         if not found:
             console.print(f"no runs under {root} — train one with `mtl train --recipe NAME`")
             return
-        rows = [summarize(found_run) for found_run in found]
+        rows = [summarize_or_broken(found_run) for found_run in found]
         # the recipe column only where a run's path does not already name its recipe (runs/<recipe>/expN)
         named = all(r["recipe"] in r["run"].parts for r in rows)
         table = Table(title=f"runs under {root}")
@@ -168,7 +192,7 @@ def register(app: typer.Typer) -> None:
         table.add_column("status", no_wrap=True)
         for r in rows:
             best = f"{r['metric']} {_pct(r['best'][0])} @ {r['best'][1]}" if r["best"] else "—"
-            colour = {"finished": "green", "running": "yellow", "interrupted": "red"}[r["status"]]
+            colour = {"finished": "green", "running": "yellow", "interrupted": "red"}.get(r["status"], "red")
             table.add_row(
                 str(r["run"]),
                 *([] if named else [r["recipe"]]),
@@ -177,6 +201,9 @@ def register(app: typer.Typer) -> None:
                 f"[{colour}]{r['status']}[/]",
             )
         console.print(table)
+        for r in rows:
+            if r["status"] == "broken":
+                console.print(f"broken run {r['run']}: {r['reason']}", markup=False, soft_wrap=True)
 
 
 def _pct(value: Any) -> str:

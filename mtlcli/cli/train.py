@@ -1,5 +1,5 @@
-"""`mtl train --recipe NAME|PATH [--data DATA] [--out RUN] [--set k=v ...] [--weights CKPT] [--resume] [--force] [--device D]
-[--tensorboard] [--cache ram]`.
+"""`mtl train --recipe NAME|PATH [--data DATA] [--out RUN] [--set k=v ...] [--weights CKPT] [--resume] [--force]
+[--device D] [--tensorboard] [--cache ram]`.
 
 A thin wrapper around `mtlcli.engine.train.train`: resolve the recipe and the run directory, call, print
 a summary. Under `torchrun --nproc_per_node N -m mtlcli train ...` every process runs this; rank 0
@@ -8,23 +8,17 @@ chooses the run directory and tells the others.
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 import typer
 
+from mtlcli.engine.rundir import next_run_dir
 from mtlcli.errors import UserError
 
 # What a run directory holds (DESIGN.md §5); `--force` removes only the files mtl wrote in them
 # (mtlcli.engine.rundir.RUN_FILES).
 RUN_ENTRIES = ("recipe.toml", "metrics.jsonl", "checkpoints", "eval", "viz", "plots", "tensorboard")
-
-
-def next_run_dir(base: Path) -> Path:
-    """`base/expN` with N one past the highest existing expN (exp1 for a new recipe)."""
-    taken = [int(m.group(1)) for p in base.glob("exp*") if (m := re.fullmatch(r"exp(\d+)", p.name))]
-    return base / f"exp{max(taken, default=0) + 1}"
 
 
 def check_resumable(out: Path) -> None:
@@ -180,7 +174,7 @@ def register(app: typer.Typer) -> None:
             resolved["train"]["tensorboard"] = True
         if resolved["train"]["tensorboard"]:
             tensorboard_writer()  # not installed: one line before any folder is made
-        if resume:  # nothing to continue is the first thing to say, before the data of a run that never was
+        if resume and out is not None:  # nothing to continue is said first, before the data of a run that never was
             check_resumable(out)
         require_prepared(resolved, data_root(resolved))  # the one line naming how to prepare it, before "training ..."
 

@@ -20,13 +20,15 @@ drawing code is imported inside the commands so that `mtl --help` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from mtlcli.cli.common import CHECKPOINT_OPTION, DEVICE_OPTION, RUN_OPTION
 
 app = typer.Typer(
-    help="Draw ground truth, predictions, training curves, confusion matrices, features and adversarial examples as PNGs.",
+    help="Draw ground truth, predictions, training curves, confusion matrices, features and adversarial examples "
+    "as PNGs.",
     no_args_is_help=True,
 )
 
@@ -151,8 +153,9 @@ def predictions(
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Predictions over their images: semantic overlay, boxes with scores, masks; ground truth beside them."""
+    from mtlcli.engine.loaded import load_run, output_dir
     from mtlcli.errors import UserError
-    from mtlcli.viz.predictions import load_run, output_dir, render_predictions
+    from mtlcli.viz.predictions import render_predictions
 
     loaded = load_run(run, checkpoint, data=data, device=_device(device))
     out = output_dir(out, loaded, "predictions")
@@ -195,9 +198,7 @@ def curves(
     ),
     force: bool = FORCE_OPTION,
     quiet: bool = QUIET_OPTION,
-    runs_arg: list[Path] | None = typer.Argument(
-        None, hidden=True, help="Before 0.2: RUN... as positional arguments."
-    ),
+    runs_arg: list[Path] | None = typer.Argument(None, hidden=True, help="Before 0.2: RUN... as positional arguments."),
 ) -> None:
     """Loss terms, learning rate and evaluation metrics over iterations, from RUN/metrics.jsonl."""
     from mtlcli.errors import UserError
@@ -217,9 +218,7 @@ def confusion(
     checkpoint: Path | None = CHECKPOINT_OPTION,
     data: Path | None = typer.Option(None, "--data", help="Prepared dataset [default: the recipe's]."),
     split: str | None = typer.Option(None, "--split", help="Split to evaluate [default: the recipe's val_split]."),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", metavar="DIR", help="Folder for the PNG [default: RUN/viz]."
-    ),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for the PNG [default: RUN/viz]."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
@@ -227,9 +226,9 @@ def confusion(
 ) -> None:
     """The normalised segmentation confusion matrix of a split, with class names and per-class IoU."""
     from mtlcli.data.dataset import PreparedDataset
+    from mtlcli.engine.evaluate import run_confusion
+    from mtlcli.engine.loaded import load_run, output_dir
     from mtlcli.errors import UserError
-    from mtlcli.viz.confusion import run_confusion
-    from mtlcli.viz.predictions import load_run, output_dir
 
     saved = _saved_predictions(run, checkpoint, data, split)
     if saved is not None:  # `mtl eval --run RUN` kept its predictions: no need to run the model again
@@ -242,7 +241,8 @@ def confusion(
         check_free([target], force)
         result = evaluate_predictions(root, split, pred_dir, ["miou"], progress=not quiet)
         details = result["details"]["miou"]
-        title = f"{split}: mIoU {100 * result['metrics']['miou']:.1f}% over {details['images']} images (cells: % of the row)"
+        miou = 100 * result["metrics"]["miou"]
+        title = f"{split}: mIoU {miou:.1f}% over {details['images']} images (cells: % of the row)"
         path = plot_confusion(details["confusion"], details["classes"], target, details["iou"], title)
         _print_paths(
             f"confusion matrix (mIoU {100 * (details['miou'] or 0.0):.1f}%, from the predictions saved in {pred_dir})",
@@ -269,7 +269,7 @@ def _saved_predictions(
     the split that are newer than the run's checkpoints; None otherwise (then the model runs)."""
     import tomllib
 
-    from mtlcli.engine.data import data_root
+    from mtlcli.recipes import data_root
 
     if run is None or checkpoint is not None or data is not None or not (run / "recipe.toml").is_file():
         return None
@@ -336,9 +336,9 @@ def features(
     """Activation maximisation of a layer, channel or class, and the first-layer filters as a grid."""
     from rich.console import Console
 
+    from mtlcli.engine.loaded import load_run, output_dir
     from mtlcli.errors import UserError
     from mtlcli.viz.features import layer_names, load_classifier, render_features
-    from mtlcli.viz.predictions import load_run, output_dir
 
     if classifier is not None:
         if run is not None or checkpoint is not None:
@@ -358,7 +358,7 @@ def features(
         if weights is not None:
             raise UserError("--weights goes with --classifier NAME; a run's weights come from its checkpoint")
         loaded = load_run(run, checkpoint, device=_device(device))
-        model = loaded.model
+        model = loaded.model  # type: ignore[assignment]  # render_features takes our models and classifiers
         names = loaded.classes.seg_classes
         target = None if list_layers else output_dir(out, loaded, "features")
         num_classes = len(names) or None
@@ -366,6 +366,8 @@ def features(
         for name in layer_names(model):
             print(name)
         return
+    if target is None:  # unreachable: a classifier without --out and a run's default are handled above
+        raise UserError("say where the PNGs go with --out DIR")
     k = _class_index(seg_class, names, "--class")
     result = render_features(
         model,
@@ -436,9 +438,10 @@ def adversarial(
     """Adversarial example of the segmentation: original, perturbation, adversarial image, both predictions."""
     from rich.console import Console
 
+    from mtlcli.engine.loaded import load_run, output_dir
     from mtlcli.errors import UserError
     from mtlcli.viz.adversarial import NORMS, render_adversarial
-    from mtlcli.viz.predictions import load_run, output_dir, read_image_file
+    from mtlcli.viz.predictions import read_image_file
 
     norm = norm.lower()
     if norm not in NORMS:
@@ -453,7 +456,7 @@ def adversarial(
     loaded = load_run(run, checkpoint, device=_device(device))
     names = loaded.classes.seg_classes
     k = _class_index(target_class, names, "--target-class")
-    options = (
+    options: dict[str, Any] = (
         {}
         if norm == "linf"
         else {

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -49,7 +49,7 @@ class RamCache:
     def __len__(self) -> int:
         return sum(slot is not None for slot in self.slots)
 
-    def get(self, index: int, keys: frozenset[str] | set[str]) -> dict[str, torch.Tensor] | None:
+    def get(self, index: int, keys: Collection[str]) -> dict[str, torch.Tensor] | None:
         """Copies of sample `index`'s cached tensors ("image" and the dense `keys`), or None when the
         sample or one of the keys is not cached (the caller decodes it from the files)."""
         slot = self.slots[index]

@@ -15,6 +15,11 @@ against the official PNGs); drawing is several times cheaper than decoding the 1
 Work per instance is confined to the instance's region (RLE, exact distance transform), so an image
 costs two 8-bit rasterisations, the per-instance distance transforms and two PNG writes (measured
 split: `benchmarks/bench_prepare.py`). Nothing under SRC is written.
+
+The `test` split (leftImg8bit/test: the images of the Cityscapes server, whose gtFine/test files are
+placeholders without usable labels) is prepared unlabelled: its images are listed (with their city) and
+no ground truth is read; dataset.json names it under "unlabelled". It is prepared by default where
+leftImg8bit/test exists.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from mtlcli.data.prepared import (
     SkipImage,
     check_out_dir,
     dt_path,
+    prepare_unlabelled_image,
     read_label_png,
     run_prepare,
     semantic_path,
@@ -49,7 +55,8 @@ IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
 POLYGON_SUFFIX = "_gtFine_polygons.json"
-DEFAULT_SPLITS = ("train", "val")
+DEFAULT_SPLITS = ("train", "val", "test")
+UNLABELLED_SPLITS = ("test",)  # the server's images: gtFine/test holds no usable labels
 DT_THRESHOLDS = (0.2, 0.4)
 DT_PALETTE = [[0, 0, 0], [64, 64, 64], [150, 150, 150], [255, 255, 255]]
 # bins 0..len(DT_THRESHOLDS) + 1 fit a 2-bit PNG: half the write time of an 8-bit one, same values read back
@@ -94,7 +101,7 @@ def rasterise_polygons(annotation: dict[str, Any]) -> tuple[np.ndarray, np.ndarr
 def _read_polygons(path: Path) -> dict[str, Any]:
     try:
         annotation = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise SkipImage(f"{path.name} is not valid JSON ({exc})") from None
     if not isinstance(annotation, dict) or not {"imgHeight", "imgWidth", "objects"} <= annotation.keys():
         raise SkipImage(f"{path.name} lacks imgHeight/imgWidth/objects — not a Cityscapes polygon file")
@@ -192,7 +199,7 @@ def _draw_polygons(annotation: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, 
     semantic = Image.new("L", (w, h), IGNORE_INDEX)
     objects_img = Image.new("L" if n_objects < 256 else "I", (w, h), 0)
     draw_semantic, draw_objects = ImageDraw.Draw(semantic), ImageDraw.Draw(objects_img)
-    extents: dict[int, list[float]] = {}
+    extents: dict[int, tuple[float, float, float, float]] = {}
     members: dict[int, list[int]] = {}
     k = 0
     for polygon, train_id, value in todo:
@@ -201,8 +208,8 @@ def _draw_polygons(annotation: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, 
             k += 1
             draw_objects.polygon(polygon, fill=k)
             xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
-            old = extents.setdefault(value, [min(ys), max(ys), min(xs), max(xs)])
-            extents[value] = [min(old[0], min(ys)), max(old[1], max(ys)), min(old[2], min(xs)), max(old[3], max(xs))]
+            old = extents.setdefault(value, (min(ys), max(ys), min(xs), max(xs)))
+            extents[value] = (min(old[0], min(ys)), max(old[1], max(ys)), min(old[2], min(xs)), max(old[3], max(xs)))
             members.setdefault(value, []).append(k)
         else:
             draw_objects.polygon(polygon, fill=0)  # hides the instances drawn before it
@@ -311,7 +318,10 @@ def save_indexed_png(path: Path, array: np.ndarray, palette: Sequence[Sequence[i
     table = np.zeros((256, 3), dtype=np.uint8)
     table[: len(palette)] = palette
     img.putpalette(table.ravel().tolist())  # "L" -> "P", same pixel values
-    img.save(path, compress_level=1, compress_type=3, bits=bits)  # zlib Z_RLE: as fast, half the size on label maps
+    from mtlcli.safety import atomic_save_image
+
+    # zlib Z_RLE: as fast, half the size on label maps; atomic: a killed prepare leaves no half PNG
+    atomic_save_image(path, img, compress_level=1, compress_type=3, bits=bits)
 
 
 def _read_pngs(root: Path, gt: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
@@ -350,10 +360,15 @@ def _image_size(path: Path, verify: bool = False) -> tuple[int, int]:
     Only the header and the last bytes are read (`mtlcli.data.integrity.check_image`): a download or
     copy cut short lacks the closing IEND chunk. With `verify` (prepare --verify) the pixels are
     decoded too, which finds damage inside a complete file; without it such damage surfaces in
-    training, where the file is named and skipped."""
+    training, where the file is named and skipped. The size is the one mtl reads
+    (`mtlcli.data.images.image_size`: upright after EXIF orientation; a decompression bomb is an
+    ImageError, a ValueError that skips the file with its reason)."""
+    from mtlcli.data.images import image_size
     from mtlcli.data.integrity import check_image
 
-    return check_image(path, verify)
+    check_image(path, verify)
+    h, w = image_size(path)
+    return w, h
 
 
 def prepare_image(job: ImageJob, out: Path) -> ImageResult:
@@ -364,6 +379,8 @@ def prepare_image(job: ImageJob, out: Path) -> ImageResult:
     PNGs are made from it, and drawing them again is several times cheaper than decoding them), else
     `*_gtFine_labelIds.png` + `*_gtFine_instanceIds.png` (16-bit). Per-file problems raise SkipImage
     (or OSError from Pillow for a corrupt PNG)."""
+    if job.payload.get("unlabelled"):
+        return prepare_unlabelled_image(job, out)
     _keep_freed_memory()
     root = Path(job.payload["root"])
     width, height = _image_size(root / job.file_name, job.payload.get("verify", False))
@@ -407,7 +424,8 @@ def find_images(src: Path, splits: Sequence[str] | None) -> tuple[list[str], lis
     img_root, gt_root = src / "leftImg8bit", src / "gtFine"
     if not src.is_dir():
         raise UserError(f"{src}: no such folder — give the Cityscapes root that holds leftImg8bit/ and gtFine/")
-    for folder in (img_root, gt_root):
+    test_only = splits is not None and all(s in UNLABELLED_SPLITS for s in splits)  # gtFine is not read
+    for folder in (img_root,) if test_only else (img_root, gt_root):
         if not folder.is_dir():
             found = ", ".join(sorted(p.name for p in src.iterdir() if p.is_dir())[:8]) or "nothing"
             raise UserError(
@@ -422,7 +440,7 @@ def find_images(src: Path, splits: Sequence[str] | None) -> tuple[list[str], lis
     for split in splits:
         if not (img_root / split).is_dir():
             raise UserError(f"{img_root / split} does not exist — choose --split among the folders in {img_root}")
-        if not (gt_root / split).is_dir():
+        if not (gt_root / split).is_dir() and split not in UNLABELLED_SPLITS:
             raise UserError(f"{gt_root / split} does not exist: split {split!r} has images but no gtFine annotations")
 
     jobs, skipped = [], []
@@ -437,6 +455,10 @@ def find_images(src: Path, splits: Sequence[str] | None) -> tuple[list[str], lis
                         split, rel, stem, skipped=f"not a Cityscapes image name (<city>_<seq>_<frame>{IMAGE_SUFFIX})"
                     )
                 )
+                continue
+            if split in UNLABELLED_SPLITS:
+                payload = {"image": str(path), "city": city, "unlabelled": True, "extra": {"city": city}}
+                jobs.append(ImageJob(split, rel, stem, payload))
                 continue
             prefix = path.name[: -len(IMAGE_SUFFIX)]
             gt_dir = gt_root / split / city
@@ -475,6 +497,7 @@ def cityscapes_meta(source: Path, splits: list[str]) -> DatasetMeta:
         det_classes=list(CITYSCAPES_DET_CLASSES),
         seg_classes=names,
         palette=palette,
+        unlabelled=[s for s in splits if s in UNLABELLED_SPLITS],
     )
 
 
@@ -501,7 +524,8 @@ def prepare_cityscapes(
     if strict and skipped:
         first = skipped[0]
         raise UserError(
-            f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such files)"
+            f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such "
+            "files)"
         )
     out = check_out_dir(out, force, source=src)
     from mtlcli.data.integrity import mark_verify

@@ -8,7 +8,13 @@ Source layouts:
     --train-json F --train-images DIR [--val-json F --val-images DIR]    (any COCO-format files; the
                                                 file_names are relative to the image folders)
 
-Each annotation file present (with its image folder) becomes a split, `train` or `val`. The dataset's
+    --image-info SRC/annotations/image_info_test-dev2017.json [--image-info-images SRC/test2017]
+
+Each annotation file present (with its image folder) becomes a split, `train` or `val`. An image-info
+file (COCO's format for the test-server images: images and categories, no annotations) becomes an
+unlabelled split named after it (`image_info_test-dev2017.json` -> `test-dev`): its instances.json keeps
+the images (with their `coco_id`) and the categories, no annotations and no PNGs, and dataset.json lists
+it under "unlabelled" (`mtl eval --submit` writes the server's files for it; nothing scores on it). The dataset's
 own categories map to contiguous ids 1..K in increasing original category id (det_classes in that
 order, their original ids kept in dataset.json's `det_category_ids`; the original id of each image is
 kept as `coco_id`), so saved results map back to the source ids. Label PNGs are named after the image's
@@ -29,7 +35,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +53,10 @@ from mtlcli.data.prepared import (
     check_out_dir,
     dt_path,
     encode_instance,
+    label_dtype,
+    prepare_unlabelled_image,
     run_prepare,
+    save_png,
     semantic_path,
 )
 from mtlcli.data.targets import box_mask, dt_bins
@@ -84,12 +95,23 @@ def annotation_mask(segmentation: Any, bbox: Any, height: int, width: int) -> np
 
 def prepare_coco_image(job: ImageJob, out: Path) -> ImageResult:
     """Per-image work (runs in a worker). payload: image (absolute path), height, width (from the JSON),
-    coco_id, anns: [{"segmentation", "bbox", "category_id" (contiguous 1..K), "iscrowd"}] in file order."""
+    coco_id, anns: [{"segmentation", "bbox", "category_id" (contiguous 1..K), "iscrowd"}] in file order;
+    unlabelled (an image-info split: the size is checked, nothing is written)."""
     p = job.payload
+    if p.get("unlabelled"):
+        return prepare_unlabelled_image(job, out)
     h, w = read_image_size(p["image"])
     if (h, w) != (p["height"], p["width"]):
-        raise SkipImage(f"the image is {h}x{w} but the annotation file says {p['height']}x{p['width']}")
-    semantic = np.zeros((h, w), dtype=np.uint8)
+        turned = (w, h) == (p["height"], p["width"])
+        why = (
+            " (its EXIF orientation turns it: mtl reads images upright, as Detectron2 does — give the upright "
+            "size and annotations, or remove the orientation tag)"
+            if turned
+            else ""
+        )
+        raise SkipImage(f"the image is {h}x{w} but the annotation file says {p['height']}x{p['width']}{why}")
+    dtype, _ = label_dtype(p.get("num_seg_classes", 0))  # uint16 above 255 classes: no class is the ignore value
+    semantic: np.ndarray = np.zeros((h, w), dtype=dtype)
     annotations: list[dict[str, Any]] = []
     dt_masks = []
     for a in p["anns"]:
@@ -104,7 +126,10 @@ def prepare_coco_image(job: ImageJob, out: Path) -> ImageResult:
         annotations.append(encode_instance(mask, a["category_id"], crowd))
         if not crowd:
             dt_masks.append(mask)
-    save_indexed_png(semantic_path(out, job.split, job.stem), semantic, PNG_PALETTE)
+    if semantic.dtype == np.uint8:
+        save_indexed_png(semantic_path(out, job.split, job.stem), semantic, PNG_PALETTE)
+    else:
+        save_png(semantic_path(out, job.split, job.stem), semantic)  # 16-bit greyscale
     save_indexed_png(dt_path(out, job.split, job.stem), dt_bins(dt_masks, (h, w)), DT_PALETTE)
     return ImageResult(
         job.split, job.file_name, job.stem, height=h, width=w, annotations=annotations, extra={"coco_id": p["coco_id"]}
@@ -115,7 +140,7 @@ def load_instances(path: Path) -> dict[str, Any]:
     """A COCO instances JSON, checked for the keys we use; UserError when it is not one."""
     try:
         data = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise UserError(f"{path} is not valid JSON ({exc}) — give a COCO instances file (download it again)") from None
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]
     if missing:
@@ -129,7 +154,38 @@ def load_instances(path: Path) -> dict[str, Any]:
     return data
 
 
+def load_image_info(path: Path) -> dict[str, Any]:
+    """A COCO image-info JSON (images + categories, e.g. annotations/image_info_test-dev2017.json), with an
+    empty `annotations` list added; UserError when it is not one, or when it holds annotations."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}) — give a COCO image-info file (download it again)") from None
+    missing = [k for k in ("images", "categories") if not isinstance(data, dict) or not isinstance(data.get(k), list)]
+    if missing:
+        raise UserError(
+            f"{path} lacks a list of {', '.join(missing)}: not a COCO image-info file — give one with images and "
+            "categories (e.g. annotations/image_info_test-dev2017.json)"
+        )
+    if data.get("annotations"):
+        raise UserError(
+            f"{path} holds annotations: it is a labelled file — give it with --val-json (or as instances_val2017.json)"
+        )
+    return {**data, "annotations": []}
+
+
+def image_info_split(path: Path) -> str:
+    """The split an image-info file becomes: `image_info_test-dev2017.json` -> `test-dev`."""
+    m = re.fullmatch(r"image_info_(.+?)(?:20\d\d)?\.json", Path(path).name)
+    return m.group(1) if m else Path(path).stem
+
+
 # ------------------------------------------------------------------------------------ checking entries
+
+
+def _hashable(v: Any) -> bool:
+    """A JSON id usable as a key (a list or an object is not)."""
+    return not isinstance(v, (list, dict))
 
 
 def _number(v: Any) -> bool:
@@ -175,6 +231,8 @@ def annotation_problem(a: Any, height: int, width: int) -> str | None:
             return f"{where}: bbox {bbox!r} is not [x, y, w, h]"
         if bbox[2] <= 0 or bbox[3] <= 0:
             return f"{where}: bbox {bbox!r} has zero width or height"
+        if bbox[0] >= width or bbox[1] >= height or bbox[0] + bbox[2] <= 0 or bbox[1] + bbox[3] <= 0:
+            return f"{where}: bbox {bbox!r} lies wholly outside its {width}x{height} image"
     seg = a.get("segmentation")
     if seg is None or seg == []:
         if bbox is None:
@@ -186,6 +244,10 @@ def annotation_problem(a: Any, height: int, width: int) -> str | None:
                 return f"{where}: segmentation {str(seg)[:40]} is not a list of polygons [x0, y0, x1, y1, ...]"
             if len(poly) < 6 or len(poly) % 2:
                 return f"{where}: a polygon with {len(poly)} coordinates (a polygon needs an even number, at least 6)"
+        xs = [v for poly in seg for v in poly[0::2]]
+        ys = [v for poly in seg for v in poly[1::2]]
+        if xs and (min(xs) >= width or min(ys) >= height or max(xs) <= 0 or max(ys) <= 0):
+            return f"{where}: its polygons lie wholly outside its {width}x{height} image"
         return None
     if isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")
@@ -207,6 +269,7 @@ class Split:
     name: str
     json: Path
     images: Path
+    unlabelled: bool = False
 
 
 def coco_categories(data: dict[str, Any], path: Path) -> tuple[list[tuple[int, str]], list[str]]:
@@ -251,6 +314,9 @@ def coco_jobs(
     listed = {im.get("id") for im in data["images"] if isinstance(im, dict) and isinstance(im.get("id"), (int, str))}
     per_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for a in data["annotations"]:
+        if isinstance(a, dict) and not all(_hashable(a.get(k)) for k in ("id", "image_id", "category_id")):
+            skip(f"{path.name}: annotation", f"annotation {str(a.get('id'))[:40]}: an id that is a list or an object")
+            continue
         image = images.get(a.get("image_id")) if isinstance(a, dict) else None
         if isinstance(a, dict) and a.get("category_id") in skipped_cats:
             skip(f"{path.name}: annotation {a.get('id')!r}", f"its category {a.get('category_id')} was skipped")
@@ -280,7 +346,8 @@ def coco_jobs(
                 "iscrowd": a.get("iscrowd", 0),
             }
         )
-    jobs, stems = [], {}
+    jobs: list[Any] = []
+    stems: dict[str, Any] = {}
     for im in images.values():
         file = split.images / im["file_name"]
         stem = Path(im["file_name"]).with_suffix("").as_posix()
@@ -301,11 +368,12 @@ def coco_jobs(
     return jobs, skipped
 
 
-def coco2017_splits(src: Path) -> list[Split]:
-    """The splits of a COCO 2017 tree (SRC/annotations/instances_<split>2017.json + SRC/<split>2017/)."""
+def coco2017_splits(src: Path, image_info: bool = False) -> list[Split]:
+    """The splits of a COCO 2017 tree (SRC/annotations/instances_<split>2017.json + SRC/<split>2017/);
+    none is an error unless an image-info file gives a split (`image_info`)."""
     ann_dir = src / "annotations"
     found = [s for s in COCO_SPLITS if (ann_dir / f"instances_{s}2017.json").is_file()]
-    if not found:
+    if not found and not image_info:
         raise UserError(
             f"{src} has no annotations/instances_train2017.json or annotations/instances_val2017.json — "
             f"give the COCO root (extract annotations_trainval2017.zip into it), or give your own files "
@@ -344,6 +412,32 @@ def custom_splits(
     return splits
 
 
+def image_info_splits(files: list[Path], images: str | Path | None, src: Path | None, taken: list[str]) -> list[Split]:
+    """Unlabelled splits of image-info files; their images are in `images` (default SRC/test2017, where
+    COCO's test-dev and test-challenge images are)."""
+    if images is None:
+        if src is None:
+            raise UserError("--image-info with your own files needs --image-info-images DIR (the folder of its images)")
+        images = src / "test2017"
+    images = Path(images).expanduser()
+    if not images.is_dir():
+        raise UserError(
+            f"{images}: no such folder — extract test2017.zip there, or give the folder with --image-info-images"
+        )
+    splits: list[Split] = []
+    for f in files:
+        f = Path(f).expanduser()
+        if not f.is_file():
+            raise UserError(
+                f"--image-info {f}: no such file — give a COCO image-info JSON (image_info_test-dev2017.json)"
+            )
+        name = image_info_split(f)
+        if name in taken or name in [s.name for s in splits]:
+            raise UserError(f"--image-info {f} would be split {name!r}, which another file already gives")
+        splits.append(Split(name, f.resolve(), images.resolve(), unlabelled=True))
+    return splits
+
+
 def prepare_coco(
     src: str | Path | None,
     out: str | Path,
@@ -356,12 +450,16 @@ def prepare_coco(
     val_json: str | Path | None = None,
     val_images: str | Path | None = None,
     quiet: bool = False,
+    image_info: Sequence[str | Path] | None = None,
+    image_info_images: str | Path | None = None,
 ) -> dict:
     """Write the prepared dataset (module docstring) to `out`; returns run_prepare's summary.
 
     Either `src`, a COCO 2017 root (dataset name "coco"), or `train_json` + `train_images` [+ `val_json` +
     `val_images`], any COCO-format files (dataset name "custom"; "source" is the deepest folder holding
-    both image folders). The categories (id + name) must be the same in every split."""
+    both image folders). The categories (id + name) must be the same in every split. `image_info`: COCO
+    image-info files, each an unlabelled split (module docstring) whose images are in `image_info_images`
+    (default SRC/test2017)."""
     custom = any(v is not None for v in (train_json, train_images, val_json, val_images))
     if custom and src is not None:
         raise UserError("give either a COCO 2017 root or --train-json/--train-images, not both")
@@ -369,6 +467,8 @@ def prepare_coco(
         splits = custom_splits(
             *(Path(v) if v is not None else None for v in (train_json, train_images, val_json, val_images))
         )
+        if image_info:
+            splits += image_info_splits(list(map(Path, image_info)), image_info_images, None, [s.name for s in splits])
         source = Path(os.path.commonpath([str(s.images) for s in splits]))
     else:
         if src is None:
@@ -377,13 +477,20 @@ def prepare_coco(
         if not src.is_dir():
             raise UserError(f"{src}: no such folder — give the COCO root holding annotations/ and train2017/, val2017/")
         source = src.resolve()
-        splits = coco2017_splits(source)
+        splits = coco2017_splits(source, image_info=bool(image_info))
+        if image_info:
+            infos = image_info_splits(list(map(Path, image_info)), image_info_images, source, [s.name for s in splits])
+            if any(source not in [s.images, *s.images.parents] for s in infos):
+                raise UserError(
+                    f"--image-info-images must lie inside the COCO root {source} (file names are relative to it)"
+                )
+            splits += infos
 
     jobs: list[ImageJob] = []
     skipped: list[ImageResult] = []
-    categories = None
+    categories: list[tuple[int, str]] | None = None
     for split in splits:
-        data = load_instances(split.json)
+        data = load_image_info(split.json) if split.unlabelled else load_instances(split.json)
         cats, problems = coco_categories(data, split.json)
         if categories is None:
             categories = cats
@@ -396,10 +503,15 @@ def prepare_coco(
         skipped_cats = {c.get("id") for c in data["categories"] if isinstance(c, dict) and category_problem(c)}
         cat_map = {cid: i + 1 for i, (cid, _) in enumerate(cats)}
         split_jobs, split_skipped = coco_jobs(split, data, cat_map, skipped_cats, source, split.json)
+        if split.unlabelled:
+            for j in split_jobs:
+                j.payload.update(unlabelled=True, extra={"coco_id": j.payload["coco_id"]})
         jobs += split_jobs
         skipped += split_skipped
         del data  # the train file is large; keep only what the jobs carry
 
+    if categories is None:
+        raise UserError("no split to prepare: give the COCO root or --train-json/--train-images")
     refuse_out_inside(out, [source] + [s.json.parent for s in splits if custom])
     out = check_out_dir(out, force)
     names = [n for _, n in categories]
@@ -411,6 +523,7 @@ def prepare_coco(
         seg_classes=["background", *names],
         palette=voc_colormap(len(names) + 1),
         det_category_ids=[cid for cid, _ in categories],
+        unlabelled=[s.name for s in splits if s.unlabelled],
     )
     return run_prepare(
         out, meta, jobs, prepare_coco_image, workers=workers, strict=strict, pre_skipped=skipped, quiet=quiet

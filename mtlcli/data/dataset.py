@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image, decode_png, read_file
+from torchvision.io import ImageReadMode, decode_png, read_file
 from torchvision.transforms.v2 import functional as F
 
 from mtlcli.data.cache import RamCache, cache_keys
+from mtlcli.data.images import ImageError, decode_rgb_tensor
 from mtlcli.data.integrity import png_chunks_intact
 from mtlcli.data.prepared import IGNORE_INDEX, DatasetMeta, dt_path, instances_path, read_label_png, semantic_path
 from mtlcli.errors import UserError
@@ -107,7 +107,13 @@ def resolve_label_map(meta: DatasetMeta, label_map: Mapping[str, Any] | None) ->
     if seg_map is None:
         return LabelMap(det_classes, list(meta.seg_classes), [list(c) for c in meta.palette], det_ids, None)
     seg_classes = list(dict.fromkeys(seg_map.values()))
-    lut = torch.full((256,), IGNORE_INDEX, dtype=torch.int64)
+    if len(seg_classes) > IGNORE_INDEX:
+        raise UserError(
+            f"the seg label map has {len(seg_classes)} classes; a mapped dataset holds at most {IGNORE_INDEX} "
+            f"(0..{IGNORE_INDEX - 1}, {IGNORE_INDEX} = ignore) — merge more classes"
+        )
+    # a wide dataset (uint16 maps, 65535 = ignore) maps every stored value; its ignore value stays ignored
+    lut = torch.full((65536 if meta.ignore_index > IGNORE_INDEX else 256,), IGNORE_INDEX, dtype=torch.int64)
     palette: list[list[int] | None] = [None] * len(seg_classes)
     for k, name in enumerate(meta.seg_classes):
         if name in seg_map:
@@ -138,8 +144,9 @@ class PreparedDataset(torch.utils.data.Dataset):
                covers pixels x..x2-1), canvas_size (H, W)
       labels   int64 [N], 1..K in `ds.det_classes` order;  iscrowd int64 [N] (1 = crowd/group/difficult)
       masks    tv_tensors.Mask uint8 [N, H, W] (0/1), decoded from the RLE in instances.json
-      semantic tv_tensors.Mask int64 [H, W], indices into `ds.seg_classes`, 255 = ignore (all 255 when
-               the split has no semantic PNG for the image)
+      semantic tv_tensors.Mask int64 [H, W], indices into `ds.seg_classes`, `ds.meta.ignore_index` = ignore:
+               255, or 65535 for a dataset of more than 255 seg classes (uint16 maps) without a seg
+               label map (all ignore when the split has no semantic PNG for the image)
       dt       tv_tensors.Mask int64 [H, W], distance-transform bins 0..len(dt_thresholds)+1 (all 0 when
                the split has no dt PNG for the image)
       image_id int (the COCO image id);  stem str;  orig_size (H, W) of the source image
@@ -187,6 +194,8 @@ class PreparedDataset(torch.utils.data.Dataset):
             det_classes=self.label_map.det_classes,
             seg_classes=self.label_map.seg_classes,
             palette=self.label_map.palette,
+            # a seg label map gives uint8 classes with 255 = ignore, also from a wide (uint16) dataset
+            ignore_index=IGNORE_INDEX if self.label_map.seg_lut is not None else source_meta.ignore_index,
         )
         # pycocotools COCO of the split with the mapped category ids (1..K in `det_classes` order)
         self.coco = _quiet_coco(self._load_instances())
@@ -214,7 +223,7 @@ class PreparedDataset(torch.utils.data.Dataset):
         try:
             data = json.loads(path.read_text())
             images, anns = data["images"], data["annotations"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError) as exc:
             raise UserError(
                 f"{path} is not a COCO instances file ({type(exc).__name__}: {exc}) — prepare the dataset again"
             ) from None
@@ -237,19 +246,14 @@ class PreparedDataset(torch.utils.data.Dataset):
     def read_image(self, info: dict[str, Any], dtype: torch.dtype | None = None) -> tv_tensors.Image:
         """The image of a COCO `images` entry as RGB [3, H, W]: float32 in 0..1 (or `dtype`; uint8 keeps 0..255).
 
-        Decoded with torchvision.io (libjpeg-turbo / libpng, no PIL conversion); files it cannot decode
-        (exotic modes) go through PIL.
+        Decoded by `mtlcli.data.images.decode_rgb_tensor` (torchvision.io's libjpeg-turbo / libpng where they
+        can, PIL for exotic modes; EXIF orientation applied, 16-bit images scaled to 8 bits).
         """
         path = self.source / info["file_name"]
         try:
-            data = read_file(str(path))
-            if int(data[0]) == 0x89 and not png_chunks_intact(data):  # libpng would crash the process
-                raise RuntimeError("damaged PNG")
-            image = decode_image(data, mode=ImageReadMode.RGB)
-            if image.dtype != torch.uint8:  # 16-bit PNG
-                raise RuntimeError("not 8-bit")
-        except (RuntimeError, OSError, ValueError):
-            image = self._read_image_pil(path)
+            image = decode_rgb_tensor(read_file(str(path)), path)  # the one reader (`mtlcli.data.images`)
+        except (RuntimeError, OSError, ImageError) as exc:  # missing, truncated or not an image
+            raise UserError(f"{exc} — restore the file or prepare the dataset again without it") from None
         h, w = info.get("height") or image.shape[-2], info.get("width") or image.shape[-1]
         if tuple(image.shape[-2:]) != (h, w):
             raise UserError(
@@ -258,17 +262,6 @@ class PreparedDataset(torch.utils.data.Dataset):
             )
         dtype = dtype or torch.float32
         return tv_tensors.Image(image if dtype == torch.uint8 else F.to_dtype(image, dtype, scale=True))
-
-    @staticmethod
-    def _read_image_pil(path: Path) -> torch.Tensor:
-        try:
-            with Image.open(path) as img:
-                return F.pil_to_tensor(img.convert("RGB"))
-        except (OSError, ValueError, SyntaxError) as exc:  # missing, truncated or not an image
-            raise UserError(
-                f"{path}: cannot read image ({type(exc).__name__}: {exc}) — restore the file or prepare "
-                "the dataset again without it"
-            ) from None
 
     def _read_map(self, path: Path, shape: tuple[int, int], what: str) -> torch.Tensor | None:
         """A uint8 label PNG as uint8 [H, W] (torchvision.io; 16-bit or palette files through PIL)."""
@@ -285,7 +278,9 @@ class PreparedDataset(torch.utils.data.Dataset):
             array = decode_png(data, mode=ImageReadMode.UNCHANGED)[0]
         except RuntimeError:
             try:
-                array = torch.from_numpy(read_label_png(path))
+                stored = read_label_png(path)
+                # 16-bit maps (more than 255 seg classes, 65535 = ignore): int64, values as stored
+                array = torch.from_numpy(stored.astype(np.int64) if stored.dtype != np.uint8 else stored)
             except (OSError, ValueError, SyntaxError) as exc:
                 raise UserError(f"{path}: cannot read {what} PNG ({exc}) — prepare the dataset again") from None
         if tuple(array.shape) != tuple(shape):
@@ -316,8 +311,9 @@ class PreparedDataset(torch.utils.data.Dataset):
         if "semantic" in self.targets:
             semantic = self._read_map(semantic_path(self.root, self.split, stem), (h, w), "semantic")
             if semantic is None:
-                semantic = torch.full((h, w), IGNORE_INDEX, dtype=torch.uint8)
-            elif self.label_map.seg_lut is not None:
+                wide = self.meta.ignore_index > IGNORE_INDEX
+                semantic = torch.full((h, w), self.meta.ignore_index, dtype=torch.int64 if wide else torch.uint8)
+            elif self._seg_lut_u8 is not None:  # the label map's seg_lut as uint8
                 # np.take on uint8 indices: 3.7 ms per 1024x2048 map against 11.8 ms for fancy indexing
                 semantic = (
                     self._seg_lut_u8[semantic.long()]
@@ -458,5 +454,5 @@ def decode_rle_into(counts: str | bytes, out: np.ndarray) -> None:
 
 def collate(batch: list[Sample]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """DataLoader collate: images and targets stay lists (sizes differ), as the models expect."""
-    images, targets = zip(*batch) if batch else ((), ())
+    images, targets = zip(*batch, strict=True) if batch else ((), ())
     return list(images), list(targets)

@@ -16,7 +16,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+# the PNG chunk check lives with the one image reader (mtlcli.data.images), which uses it first;
+# re-exported here for the other readers
+from mtlcli.data.images import PNG_SIGNATURE, open_image, png_chunks_intact
+
+__all__ = ["PNG_SIGNATURE", "check_image", "mark_verify", "png_chunks_intact"]
 
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk (type + CRC) that closes every complete PNG
 JPEG_END = b"\xff\xd9"  # end-of-image marker
@@ -26,7 +30,7 @@ TAIL = 4096  # bytes read at the end of a file, tolerating what some tools appen
 def check_image(path: str | Path, verify: bool = False) -> tuple[int, int]:
     """(width, height) of a complete image file; OSError (or Pillow's ValueError / SyntaxError) if not."""
     path = Path(path)
-    with Image.open(path) as img:
+    with open_image(path) as img:  # decompression bombs: one line, as everywhere
         size, fmt = img.size, img.format
         if verify or fmt not in ("PNG", "JPEG", "MPO"):
             if fmt == "PNG":
@@ -34,7 +38,7 @@ def check_image(path: str | Path, verify: bool = False) -> tuple[int, int]:
             else:
                 img.load()
     if verify and fmt == "PNG":
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()
     if fmt in ("PNG", "JPEG", "MPO"):
         end = PNG_END if fmt == "PNG" else JPEG_END
@@ -51,35 +55,3 @@ def mark_verify(jobs: Iterable[Any], verify: bool) -> None:
     if verify:
         for job in jobs:
             job.payload["verify"] = True
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def png_chunks_intact(data: Any) -> bool:
-    """Every chunk of a PNG byte buffer (bytes, or a uint8 tensor/array through the buffer protocol) has
-    its length inside the file and a matching CRC, up to IEND.
-
-    torchvision 0.29's libpng decoder crashes the whole process (a segmentation fault, not an exception)
-    on some damaged streams — a complete file with zeroed bytes inside an IDAT chunk is one — so the
-    readers call this before handing a PNG to it and let PIL, which raises, read the rest. zlib's CRC
-    runs at over 1 GB/s: about 2 ms for a 1024x2048 image, against ~50 ms to decode it.
-    """
-    import zlib
-
-    view = memoryview(data.numpy() if hasattr(data, "numpy") else data).cast("B")
-    n = len(view)
-    if n < 8 or bytes(view[:8]) != PNG_SIGNATURE:
-        return False
-    pos = 8
-    while pos + 12 <= n:
-        length = int.from_bytes(view[pos : pos + 4], "big")
-        end = pos + 8 + length
-        if end + 4 > n:
-            return False
-        if zlib.crc32(view[pos + 4 : end]) != int.from_bytes(view[end : end + 4], "big"):
-            return False
-        if bytes(view[pos + 4 : pos + 8]) == b"IEND":
-            return True
-        pos = end + 4
-    return False

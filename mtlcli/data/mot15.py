@@ -167,7 +167,8 @@ def prepare_mot15(
     src = src.resolve()
     if not 0 <= val_fraction < 1:
         raise UserError(
-            f"val_fraction {val_fraction} is outside [0, 1) — give the share of each sequence's frames kept for val, e.g. 0.2"
+            f"val_fraction {val_fraction} is outside [0, 1) — give the share of each sequence's frames kept for val, "
+            "e.g. 0.2"
         )
     train = src / "train"
     if not train.is_dir():

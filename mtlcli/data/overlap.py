@@ -2,8 +2,8 @@
 
 An image is identified by its source file: the `file_name` of its COCO `images` entry (relative to the
 dataset's source root, the same for every split of one prepared dataset), or its `same_as` entry where
-a reader found that the file is a byte-identical copy of another one (VOC2012's `2007_*` images that
-VOC2007 also ships, see `mtlcli.data.voc`).
+a reader found that the file is a copy of another one (VOC2012's `2007_*` images that VOC2007 also ships,
+byte-identical or matched by name and pixel size, see `mtlcli.data.voc_copies`).
 
     report = overlap_report({"train": images, "val": images}, eval_splits=["val"])
     # {"train": {"val": {"images": 0}}}
@@ -17,7 +17,7 @@ a recipe whose train split shares images with its evaluation split(s) (`data.val
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def shared_images(
 
 
 def overlap_report(
-    images: Mapping[str, list[Mapping[str, Any]]], eval_splits: Iterable[str] | None = None
+    images: Mapping[str, Sequence[Mapping[str, Any]]], eval_splits: Iterable[str] | None = None
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """{train split: {eval split: {"images": shared count, "example": a shared file (when any)}}}.
 
@@ -112,7 +112,7 @@ def check_no_overlap(recipe: Mapping[str, Any], train_ds: Any, val_ds: Any = Non
 
     Evaluation splits: `data.val_split` and `data.test_split` (when set). `data.allow_overlap = true`
     turns the refusal off (a deliberate experiment). Returns {evaluation split: shared images}."""
-    from mtlcli.data.prepared import DatasetMeta
+    from mtlcli.data.meta import DatasetMeta
 
     data = recipe["data"]
     root = Path(train_ds.root)

@@ -3,13 +3,22 @@
     DATA/dataset.json                 DatasetMeta
     DATA/<split>/instances.json       COCO instances (category ids 1..K in det_classes order, RLE masks,
                                       bbox = tight [x, y, w, h] as pycocotools' toBbox gives)
-    DATA/<split>/semantic/<stem>.png  uint8 class indices, 255 = ignore
+    DATA/<split>/semantic/<stem>.png  uint8 class indices, 255 = ignore (more than 255 seg classes:
+                                      uint16, 65535 = ignore; dataset.json's "ignore_index" says which)
     DATA/<split>/dt/<stem>.png        uint8 distance-transform bins 0..K
+
+An unlabelled split (test-server images: COCO test-dev, Cityscapes test, VOC2012 test) is listed in
+dataset.json's "unlabelled": its instances.json holds the images and categories and no annotations, and
+it has no semantic/dt PNGs; nothing scores or trains on it (`DatasetMeta.check_labelled`), while
+`mtl eval --submit` (and PreparedDataset, for predictions) runs on it.
 
 A reader turns its source into `ImageJob`s; `run_prepare` runs a per-image function over them in
 parallel (that function writes the PNGs and returns an `ImageResult`), then assembles the COCO JSON per
-split, writes `dataset.json` last and prints a summary. Images are never copied and nothing in the
-source is ever written.
+split and writes `dataset.json` last — all in a staging folder beside --out, swapped in at the end
+(`swap_in`): a reader sees the old dataset, then for a moment none, then the new one; never a mix. A
+killed or failed prepare leaves the old dataset as it was. Two prepares into the same --out cannot run
+at once (`mtlcli.engine.rundir.prepare_lock`, the run lock's rule, taken by `mtl prepare`). Images are
+never copied and nothing in the source is ever written.
 """
 
 from __future__ import annotations
@@ -17,74 +26,39 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+# dataset.json's description (mtlcli.data.meta), re-exported for the readers and writers of the format
+from mtlcli.data.meta import FORMAT_VERSION as FORMAT_VERSION
+from mtlcli.data.meta import IGNORE_INDEX as IGNORE_INDEX
+from mtlcli.data.meta import DatasetMeta as DatasetMeta
 from mtlcli.errors import UserError
 
-FORMAT_VERSION = 1
-IGNORE_INDEX = 255
+# More seg classes than a uint8 map can hold beside its ignore value: uint16 maps, this value = ignore.
+WIDE_IGNORE_INDEX = 65535
+MAX_SEG_CLASSES = WIDE_IGNORE_INDEX  # classes 0..65534
+SYNTHETIC_MARKER = "mtl_synthetic.json"  # the root file of a generated source tree (mtlcli.data.synthetic.MARKER)
 
 
-@dataclass
-class DatasetMeta:
-    """Contents of `dataset.json`."""
-
-    name: str
-    source: str
-    splits: list[str]
-    det_classes: list[str]
-    seg_classes: list[str]
-    palette: list[list[int]]
-    ignore_index: int = IGNORE_INDEX
-    dt_thresholds: list[float] = field(default_factory=lambda: [0.2, 0.4])
-    format_version: int = FORMAT_VERSION
-    # the source annotations' own category id of each det class (COCO-format data); empty = 1..K
-    det_category_ids: list[int] = field(default_factory=list)
-    # {train split: {eval split: {"images": shared count, "example": file}}} (mtlcli.data.overlap)
-    overlap: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, root: str | Path) -> None:
-        data = {
-            "format_version": self.format_version,
-            **{k: v for k, v in asdict(self).items() if k != "format_version"},
-        }
-        atomic_write_text(Path(root) / "dataset.json", json.dumps(data, indent=2))
-
-    @classmethod
-    def load(cls, root: str | Path) -> DatasetMeta:
-        """Read and validate `root/dataset.json`; a missing or malformed file is a UserError."""
-        path = Path(root) / "dataset.json"
-        if not Path(root).is_dir():
-            raise UserError(
-                f"{root}: no such prepared dataset — create one with mtl prepare (`mtl prepare --help` lists the datasets it reads)"
-            )
-        if not path.is_file():
-            raise UserError(
-                f"{path} is missing: {root} is not a prepared dataset — prepare it with mtl prepare first (`mtl prepare --help`)"
-            )
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path} is not valid JSON ({exc}) — prepare the dataset again") from None
-        required = ["name", "source", "splits", "det_classes", "seg_classes", "palette"]
-        missing = [k for k in required if k not in data]
-        if missing:
-            raise UserError(f"{path} lacks {', '.join(missing)} — prepare the dataset again")
-        if data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-            raise UserError(f"{path} has format_version {data['format_version']}, this mtl reads {FORMAT_VERSION}")
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def check_split(self, root: str | Path, split: str) -> None:
-        if split not in self.splits:
-            raise UserError(f"split {split!r} is not in {root}; available splits: {', '.join(self.splits)}")
+def label_dtype(num_seg_classes: int) -> tuple[type, int]:
+    """(numpy dtype, ignore value) of the semantic maps of a dataset with `num_seg_classes` classes:
+    uint8 / 255 up to 255 classes (0..254), uint16 / 65535 above — never a class equal to the ignore
+    value (DESIGN.md §3). More than 65535 classes is a UserError."""
+    if num_seg_classes <= IGNORE_INDEX:
+        return np.uint8, IGNORE_INDEX
+    if num_seg_classes <= MAX_SEG_CLASSES:
+        return np.uint16, WIDE_IGNORE_INDEX
+    raise UserError(
+        f"{num_seg_classes} segmentation classes: label maps hold at most {MAX_SEG_CLASSES} — merge classes first"
+    )
 
 
 def instances_path(root: str | Path, split: str) -> Path:
@@ -108,10 +82,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def save_png(path: Path, array: np.ndarray) -> None:
     """Write a uint8 or uint16 label map as a lossless PNG (16-bit where the array is uint16)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from mtlcli.safety import atomic_save_image
+
     if array.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"label maps are uint8 or uint16, got {array.dtype}")
-    Image.fromarray(array).save(path)
+    atomic_save_image(path, np.ascontiguousarray(array))
 
 
 def read_label_png(path: str | Path) -> np.ndarray:
@@ -129,6 +104,24 @@ def encode_instance(mask: np.ndarray, category_id: int, iscrowd: int = 0) -> dic
     area = float(mask_utils.area(rle))
     rle["counts"] = rle["counts"].decode("ascii")
     return {"category_id": int(category_id), "bbox": bbox, "area": area, "iscrowd": int(iscrowd), "segmentation": rle}
+
+
+def prepare_unlabelled_image(job: ImageJob, out: Path) -> ImageResult:
+    """The per-image work for an unlabelled split: the image's size from its header (a truncated file is
+    skipped), no PNG written. payload: image (absolute path), optional height/width to check against
+    (from an image-info file), extra (image fields kept in instances.json, e.g. coco_id), verify."""
+    from mtlcli.data.integrity import check_image
+
+    p = job.payload
+    if not os.path.isfile(p["image"]):
+        raise SkipImage(f"image file {p['image']} is missing")
+    try:
+        w, h = check_image(p["image"], p.get("verify", False))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise SkipImage(f"corrupt image {p['image']} ({exc})") from None
+    if "height" in p and (h, w) != (p["height"], p["width"]):
+        raise SkipImage(f"the image is {h}x{w} but the image-info file says {p['height']}x{p['width']}")
+    return ImageResult(job.split, job.file_name, job.stem, height=h, width=w, extra=dict(p.get("extra", {})))
 
 
 class SkipImage(Exception):
@@ -157,8 +150,20 @@ class ImageResult:
     extra: dict[str, Any] = field(default_factory=dict)  # reader-specific image fields (e.g. frame_id)
 
 
-def check_out_dir(out: str | Path, force: bool, source: str | Path | None = None) -> Path:
-    """Refuse to write into a non-empty folder without --force, or anywhere inside the source."""
+def _is_run_dir(folder: Path) -> bool:
+    """A run directory of `mtl train` (recipe.toml beside metrics.jsonl or checkpoints/)."""
+    try:
+        return (folder / "recipe.toml").is_file() and (
+            (folder / "metrics.jsonl").is_file() or (folder / "checkpoints").is_dir()
+        )
+    except OSError:
+        return False
+
+
+def check_out_dir(out: str | Path, force: bool, source: str | Path | None = None, *, writes: str = "dataset") -> Path:
+    """Refuse to write into a non-empty folder without --force, or anywhere inside the source; refuse,
+    even with --force, a run directory or its checkpoints/, a folder inside a prepared dataset, a
+    generated source tree (prepare) and any prepared dataset (`writes="source"`: the synthetic city)."""
     out = Path(out).resolve()
     if source is not None:
         src = Path(source).resolve()
@@ -171,8 +176,26 @@ def check_out_dir(out: str | Path, force: bool, source: str | Path | None = None
     from mtlcli.safety import protected_owner, refuse_protected_output
 
     owner = protected_owner(out)
-    if owner is not None and owner[1] != out:  # preparing again over a prepared dataset is fine; inside one is not
+    # preparing again over a prepared dataset is fine; inside one, or into a run's checkpoints/, is not
+    if owner is not None and (owner[1] != out or owner[0] != "prepared dataset"):
         refuse_protected_output(out, "--out")
+    for folder in (out, *out.parents):
+        if _is_run_dir(folder):
+            raise UserError(
+                f"--out {out} lies inside the run directory {folder} of `mtl train` (even with --force) — "
+                "choose a folder outside it"
+            )
+    if writes == "source" and owner is not None:
+        raise UserError(
+            f"--out {out} is the prepared dataset {owner[1]}: the synthetic city is a source tree for "
+            "`mtl prepare cityscapes`, never written into a prepared dataset (even with --force) — choose "
+            "another folder"
+        )
+    if writes == "dataset" and (out / SYNTHETIC_MARKER).is_file():
+        raise UserError(
+            f"--out {out} holds a synthetic city (a source tree, {SYNTHETIC_MARKER}); prepare into another folder "
+            "(even with --force)"
+        )
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"--out {out} exists and is not empty; choose another folder or pass --force to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
@@ -227,6 +250,40 @@ def run_prepare(
     `eval_splits` defaults to the splits named val*/test*); `excluded` lists images a reader kept out of
     a training split on purpose ({"file", "split", "reason"}), shown under the summary.
     """
+    jobs = list(jobs)
+    results: list[ImageResult] = list(pre_skipped)
+    workers = workers or default_workers()
+    for job in jobs:  # every reader's label maps: uint16 where the classes need it (`label_dtype`)
+        job.payload.setdefault("num_seg_classes", len(meta.seg_classes))
+    meta.ignore_index = label_dtype(len(meta.seg_classes))[1]
+    _check_swap(out, meta.splits)
+    stage = staging_dir(out)
+    if stage.exists():  # left by a killed prepare (this process holds the prepare lock)
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    try:
+        summary = _build(stage, meta, jobs, fn, results, workers, strict, quiet, eval_splits, excluded)
+        swap_in(stage, out, meta.splits)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    if not quiet:
+        print_summary(summary, meta)
+    return summary
+
+
+def _build(
+    out: Path,
+    meta: DatasetMeta,
+    jobs: list[ImageJob],
+    fn: Callable[[ImageJob, Path], ImageResult],
+    results: list[ImageResult],
+    workers: int,
+    strict: bool,
+    quiet: bool,
+    eval_splits: Iterable[str] | None,
+    excluded: Iterable[dict[str, str]],
+) -> dict[str, Any]:
+    """run_prepare's work, into the staging folder `out`."""
     from functools import partial
 
     from rich.progress import (
@@ -240,9 +297,6 @@ def run_prepare(
 
     from mtlcli.data.overlap import overlap_report
 
-    jobs = list(jobs)
-    results: list[ImageResult] = list(pre_skipped)
-    workers = workers or default_workers()
     run = partial(_run_one, fn, out)
     columns = [
         TextColumn("[bold]prepare[/] {task.description}"),
@@ -267,7 +321,8 @@ def run_prepare(
     if strict and skipped:
         first = skipped[0]
         raise UserError(
-            f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such files)"
+            f"{first.file_name}: {first.skipped} (--strict stops at the first problem; drop --strict to skip such "
+            "files)"
         )
 
     summary: dict[str, Any] = {
@@ -280,7 +335,8 @@ def run_prepare(
     categories = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(meta.det_classes)]
     for split in meta.splits:
         good = sorted((r for r in results if r.split == split and not r.skipped), key=lambda r: r.file_name)
-        images, anns = [], []
+        images: list[dict[str, Any]] = []
+        anns: list[dict[str, Any]] = []
         per_class = {n: 0 for n in meta.det_classes}
         crowd = 0
         for image_id, r in enumerate(good, start=1):
@@ -316,9 +372,60 @@ def run_prepare(
         }
     meta.overlap = summary["overlap"] = overlap_report(split_images, eval_splits)
     meta.save(out)
-    if not quiet:
-        print_summary(summary, meta)
     return summary
+
+
+# ------------------------------------------------------------------------------ build beside, swap in
+
+
+def staging_dir(out: Path) -> Path:
+    """Where a prepare builds the new dataset: beside --out (same file system, so the swap is renames)."""
+    return out.parent / f".{out.name}.mtl-new"
+
+
+def _old_splits(out: Path) -> list[str]:
+    """The splits of the prepared dataset now in `out` (none when it holds none)."""
+    try:
+        data = json.loads((out / "dataset.json").read_text())
+        return [str(s) for s in data["splits"]] if {"det_classes", "seg_classes"} <= set(data) else []
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _check_swap(out: Path, splits: Iterable[str]) -> None:
+    """Before any work: a split folder in --out that is not one of the old prepared dataset's would be
+    replaced by the swap — refused, it may be the user's own."""
+    old = set(_old_splits(out))
+    for split in splits:
+        if (out / split).exists() and split not in old:
+            raise UserError(
+                f"--out {out}: {out / split} exists and is not part of a prepared dataset; prepare into "
+                "another folder (it is never replaced, even with --force)"
+            )
+
+
+def swap_in(stage: Path, out: Path, splits: Iterable[str]) -> None:
+    """Replace the prepared dataset in `out` by the complete one in `stage`: dataset.json goes first (the
+    old dataset stops being one), the old split folders are moved aside, the new ones moved in, and the
+    new dataset.json comes last. Files of the user's own in `out` are kept."""
+    out.mkdir(parents=True, exist_ok=True)
+    trash = out.parent / f".{out.name}.mtl-old"
+    if trash.exists():
+        shutil.rmtree(trash)
+    trash.mkdir()
+    old = _old_splits(out)
+    if (out / "dataset.json").exists():
+        os.replace(out / "dataset.json", trash / "dataset.json")
+    for split in dict.fromkeys([*old, *splits]):
+        if (out / split).exists():
+            os.replace(out / split, trash / split)
+    for split in splits:
+        os.replace(stage / split, out / split)
+    os.replace(stage / "dataset.json", out / "dataset.json")
+    from mtlcli.safety import _fsync_dir
+
+    _fsync_dir(out)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def print_summary(summary: dict[str, Any], meta: DatasetMeta) -> None:
@@ -329,11 +436,17 @@ def print_summary(summary: dict[str, Any], meta: DatasetMeta) -> None:
     table = Table(title=f"prepared {meta.name}")
     table.add_column("class")
     for split in meta.splits:
-        table.add_column(split, justify="right")
+        table.add_column(f"{split} (unlabelled)" if split in meta.unlabelled else split, justify="right")
     table.add_row("[bold]images", *[str(summary["splits"][s]["images"]) for s in meta.splits])
+
+    def counts(key: str, name: str | None = None) -> list[str]:  # "—" where a split has no labels to count
+        cells = [summary["splits"][s][key] for s in meta.splits]
+        cells = [c[name] if name is not None else c for c in cells]
+        return ["—" if s in meta.unlabelled else str(c) for s, c in zip(meta.splits, cells, strict=True)]
+
     for name in meta.det_classes:
-        table.add_row(name, *[str(summary["splits"][s]["instances"][name]) for s in meta.splits])
-    table.add_row("[italic]crowd regions", *[str(summary["splits"][s]["crowd"]) for s in meta.splits])
+        table.add_row(name, *counts("instances", name))
+    table.add_row("[italic]crowd regions", *counts("crowd"))
     table.add_row("[italic]files skipped", *[str(summary["splits"][s]["skipped"]) for s in meta.splits])
     console.print(table)
     if summary["skipped"]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mtlcli.data.cityscapes import rasterise_polygons
-from mtlcli.data.prepared import check_out_dir
+from mtlcli.data.prepared import SYNTHETIC_MARKER, check_out_dir
 from mtlcli.errors import UserError
 
 CITIES = {
@@ -40,7 +40,7 @@ CITIES = {
     "val": ["oberdorf", "weissbach"],
 }
 FRAME = 19  # Cityscapes annotates the 20th frame of each snippet
-MARKER = "mtl_synthetic.json"  # parameters of a generated tree, written at its root
+MARKER = SYNTHETIC_MARKER  # "mtl_synthetic.json": parameters of a generated tree, written at its root
 
 ROAD_HALF_WIDTH = 5.0  # metres; the road spans X in [-5, 5]
 SIDEWALK_WIDTH = 4.0
@@ -270,11 +270,13 @@ SKIN = (220, 176, 140)
 def _colour(rng: np.random.Generator, label: str, spread: int = 12) -> tuple[int, int, int]:
     options = BASE_COLOURS[label.removesuffix("group")]
     base = np.array(options[rng.integers(len(options))])
-    return tuple(int(v) for v in np.clip(base + rng.integers(-spread, spread + 1, size=3), 0, 255))
+    r, g, b = (int(v) for v in np.clip(base + rng.integers(-spread, spread + 1, size=3), 0, 255))
+    return r, g, b
 
 
 def _shade(c: tuple[int, int, int], f: float) -> tuple[int, int, int]:
-    return tuple(int(min(255, max(0, v * f))) for v in c)
+    r, g, b = (int(min(255, max(0, v * f))) for v in c)
+    return r, g, b
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -298,7 +300,7 @@ class Canvas:
         label: str,
         poly: Poly,
         colour: tuple[int, int, int] | None = None,
-        details: list[tuple[Poly, tuple[int, int, int]]] = (),
+        details: Sequence[tuple[Poly, tuple[int, int, int]]] = (),
     ) -> bool:
         """Add one annotated polygon (pixel coordinates, may reach outside the image) and paint it;
         details are painted inside it on the RGB image only. False when it lies outside the image."""
@@ -641,10 +643,12 @@ def write_image(root: Path, split: str, index: int, seed: int, size: tuple[int, 
     img_dir.mkdir(parents=True, exist_ok=True)
     gt_dir.mkdir(parents=True, exist_ok=True)
     # low compression: the noisy RGB barely compresses and level 1 is several times faster
-    Image.fromarray(rgb, "RGB").save(img_dir / f"{prefix}_leftImg8bit.png", compress_level=1)
-    (gt_dir / f"{prefix}_gtFine_polygons.json").write_text(json.dumps(annotation, indent=1))
-    Image.fromarray(label_ids).save(gt_dir / f"{prefix}_gtFine_labelIds.png")
-    Image.fromarray(instance_ids).save(gt_dir / f"{prefix}_gtFine_instanceIds.png")
+    from mtlcli.safety import atomic_save_image, atomic_write_text
+
+    atomic_save_image(img_dir / f"{prefix}_leftImg8bit.png", Image.fromarray(rgb, "RGB"), compress_level=1)
+    atomic_write_text(gt_dir / f"{prefix}_gtFine_polygons.json", json.dumps(annotation, indent=1))
+    atomic_save_image(gt_dir / f"{prefix}_gtFine_labelIds.png", label_ids)
+    atomic_save_image(gt_dir / f"{prefix}_gtFine_instanceIds.png", instance_ids)
 
 
 def _write_job(args: tuple[Path, str, int, int, tuple[int, int]]) -> None:
@@ -678,7 +682,7 @@ def generate_synthetic(
         raise UserError(f"--size {height} {width} is too small for a street scene; use at least 32 64 (H W)")
     if height > 4096 or width > 8192:
         raise UserError(f"--size {height} {width} is larger than 4096 8192; Cityscapes itself is 1024 2048")
-    root = check_out_dir(out, force)
+    root = check_out_dir(out, force, writes="source")  # never into a prepared dataset or a run
     jobs = [(root, split, i, seed, (height, width)) for split, n in (("train", train), ("val", val)) for i in range(n)]
     workers = workers or default_workers()
     columns = [TextColumn("[bold]synthetic[/] city"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]

@@ -23,14 +23,14 @@ def cityscapes_tables() -> tuple[list[str], list[list[int]], np.ndarray, dict[in
     """
     from cityscapesscripts.helpers.labels import labels
 
-    train = sorted((l for l in labels if 0 <= l.trainId < 255), key=lambda l: l.trainId)
-    names = [l.name for l in train]
-    palette = [list(l.color) for l in train]
+    train = sorted((lab for lab in labels if 0 <= lab.trainId < 255), key=lambda lab: lab.trainId)
+    names = [lab.name for lab in train]
+    palette = [list(lab.color) for lab in train]
     lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    for l in labels:
-        if 0 <= l.id < 256 and 0 <= l.trainId < 255:
-            lut[l.id] = l.trainId
-    det = {l.id: CITYSCAPES_DET_CLASSES.index(l.name) + 1 for l in labels if l.name in CITYSCAPES_DET_CLASSES}
+    for lab in labels:
+        if 0 <= lab.id < 256 and 0 <= lab.trainId < 255:
+            lut[lab.id] = lab.trainId
+    det = {lab.id: CITYSCAPES_DET_CLASSES.index(lab.name) + 1 for lab in labels if lab.name in CITYSCAPES_DET_CLASSES}
     return names, palette, lut, det
 
 

@@ -26,12 +26,20 @@ Splits written (dataset.json lists them in this order; test and val are the eval
                       `cls/<name>.mat`.
     test              (with --voc2007 holding ImageSets/Main/test.txt) VOC2007 test, boxes only.
     val               VOC2012 seg val (1449 images): labels and boxes from the XMLs.
+    test2012          (where VOC2012 holds ImageSets/Main/test.txt or ImageSets/Segmentation/test.txt, as the
+                      extracted VOC2012test.tar does) the VOC2012 test images, unlabelled (the evaluation
+                      server keeps the labels): Main test ∪ Segmentation test, each image's `voc_sets` saying
+                      which lists hold it ("main", "segmentation"); `mtl eval --submit` writes the server's
+                      files for them.
 
 No training split holds an image of an evaluation split it is meant for (trainval: test;
 trainval07_aug12: test and val; train, train_aug: val). VOC2012 ships some VOC2007 images again under
-`2007_<name>`: where such a file is byte-identical to VOC2007's `<name>`, both count as one image
-(`same_as` in instances.json), and a copy that would put an evaluation image into a training split is
-kept out of it (listed under "kept out of training splits" in the summary). The summary and
+`2007_<name>`: where such a file is byte-identical to VOC2007's `<name>`, or (a re-encoded copy) has
+VOC2007's name mapping and the same pixel size, both count as one image (`same_as` in instances.json);
+a copy that would put an evaluation image into a training split is kept out of it, and a training split
+that lists both files keeps one (the one with pixel labels, else VOC2007's), each listed under "kept out
+of training splits" in the summary. The summary says how many were matched by bytes and by name, and
+warns when a VOC07 + VOC12 prepare removes none. The summary and
 dataset.json report the images shared by every training and evaluation split (`mtlcli.data.overlap`).
 
 Boxes: VOC XML coordinates are 1-based and inclusive, so the object covers 0-based pixel columns
@@ -62,10 +70,12 @@ from mtlcli.data.prepared import (
     check_out_dir,
     dt_path,
     encode_instance,
+    prepare_unlabelled_image,
     run_prepare,
     semantic_path,
 )
 from mtlcli.data.targets import IGNORE_INDEX, box_mask
+from mtlcli.data.voc_copies import copy_counts, one_copy_each, report_copies, voc2007_copies
 from mtlcli.errors import UserError
 
 VOC_CLASSES = [
@@ -189,15 +199,20 @@ def paint_boxes(
 
 
 def read_image_size(path: str | Path, verify: bool = False) -> tuple[int, int]:
-    """(H, W) of an image file whose header parses and whose stream ends as it should (a truncated
-    file is skipped); `verify` decodes it fully as well (`mtlcli.data.integrity.check_image`)."""
+    """(H, W) of an image file as mtl reads it (`mtlcli.data.images.image_size`: upright after its EXIF
+    orientation; more pixels than a decompression-bomb limit are skipped) whose header parses and whose
+    stream ends as it should (a truncated file is skipped); `verify` decodes it fully as well
+    (`mtlcli.data.integrity.check_image`)."""
+    from mtlcli.data.images import ImageError, image_size
     from mtlcli.data.integrity import check_image
 
     if not os.path.isfile(path):
         raise SkipImage(f"image file {path} is missing")
     try:
-        w, h = check_image(path, verify)
-        return h, w
+        check_image(path, verify)
+        return image_size(path)
+    except ImageError as exc:
+        raise SkipImage(str(exc)) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise SkipImage(f"corrupt image {path} ({exc})") from None
 
@@ -218,7 +233,8 @@ def parse_voc_xml(path: str | Path) -> list[tuple[str, list[float], bool]]:
             raise SkipImage(f"{path}: unknown class {name!r} (VOC has {', '.join(VOC_CLASSES)})")
         bnd = obj.find("bndbox")  # direct child only: <part> elements carry their own boxes
         try:
-            xmin, ymin, xmax, ymax = (float(bnd.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            # no <bndbox> (None.findtext: AttributeError) or a missing/bad number (TypeError/ValueError)
+            xmin, ymin, xmax, ymax = (float(bnd.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore[union-attr, arg-type]
         except (AttributeError, TypeError, ValueError):
             raise SkipImage(f"{path}: object {name!r} has no valid <bndbox>") from None
         difficult = (obj.findtext("difficult") or "0").strip() not in ("0", "")
@@ -271,6 +287,8 @@ def prepare_voc_image(job: ImageJob, out: Path) -> ImageResult:
     an image without a label is skipped), boxes_semantic (the semantic map is painted from the boxes,
     `paint_boxes`), same_as (the file this image is a byte-identical copy of, kept in instances.json)."""
     p = job.payload
+    if p.get("unlabelled"):
+        return prepare_unlabelled_image(job, out)
     h, w = read_image_size(p["image"], p.get("verify", False))
     annotations: list[dict[str, Any]] = []
     dt_boxes = []
@@ -360,22 +378,6 @@ def refuse_out_inside(out: str | Path, sources: list[Path]) -> None:
             )
 
 
-def voc2007_copies(v12: Path, v07: Path, names: set[str], image_of) -> dict[str, Path]:
-    """VOC2012 names `2007_<n>` whose image is byte-identical to VOC2007's `<n>.jpg` -> that VOC2007 file.
-
-    VOC2012 re-ships some VOC2007 images under the `2007_` prefix; by file name they would look like
-    two images. Only the few hundred `2007_*` names are compared (sizes first, then bytes)."""
-    import filecmp
-
-    copies = {}
-    for name in sorted(n for n in names if n.startswith("2007_")):
-        old = v07 / "JPEGImages" / f"{name[5:]}.jpg"
-        new = image_of(name)
-        if old.is_file() and new.is_file() and filecmp.cmp(old, new, shallow=False):
-            copies[name] = old
-    return copies
-
-
 # Evaluation splits each training split is meant for: a copy of one of their images is kept out of it.
 EVALUATED_ON = {"trainval": ("test",), "trainval07_aug12": ("test", "val"), "train": ("val",), "train_aug": ("val",)}
 
@@ -405,6 +407,7 @@ def prepare_voc(
     main12 = read_list(v12 / "ImageSets" / "Main" / "trainval.txt", "--voc2012")
     test_list = v07 / "ImageSets" / "Main" / "test.txt" if v07 else None
     test07 = read_list(test_list, "--voc2007") if test_list is not None and test_list.is_file() else None
+    test12 = voc2012_test(v12)
 
     # one listing per folder; the per-image function re-checks existence where it matters
     jpgs = {v: _listing(v / "JPEGImages", ".jpg") for v in roots if v is not sb}
@@ -428,32 +431,27 @@ def prepare_voc(
     def label_of(name: str) -> dict[str, Any]:
         if name in pngs:
             return {"png": str(v12 / "SegmentationClass" / f"{name}.png")}
-        if name in mats:
+        if name in mats and sb is not None:  # (mats is empty without SBD)
             return {"mat": str(sb / "cls" / f"{name}.mat")}
         return {}
 
     def image_of(year_dir: Path, name: str) -> Path:
-        if year_dir == v12 and name not in jpgs[v12] and name in sbd_imgs:  # a train_aug image only SBD ships
+        if year_dir == v12 and name not in jpgs[v12] and name in sbd_imgs and sb is not None:  # only in SBD
             return sb / "img" / f"{name}.jpg"
         return year_dir / "JPEGImages" / f"{name}.jpg"
 
-    copies = (
-        voc2007_copies(
-            v12, v07, set(main12) | set(seg_train) | set(seg_val) | set(train_aug), lambda n: image_of(v12, n)
-        )
-        if v07
-        else {}
-    )
+    names12 = set(main12) | set(seg_train) | set(seg_val) | set(train_aug)
+    copies = voc2007_copies(v12, v07, names12, lambda n: image_of(v12, n)) if v07 else {}
 
     def identity(year_dir: Path, name: str) -> str:
         """The image's source file, or the VOC2007 file a VOC2012 `2007_*` image is a copy of."""
-        return rel(copies[name]) if year_dir == v12 and name in copies else rel(image_of(year_dir, name))
+        return rel(copies[name][0]) if year_dir == v12 and name in copies else rel(image_of(year_dir, name))
 
     def job(split: str, year_dir: Path, name: str, **payload: Any) -> ImageJob:
         image = image_of(year_dir, name)
         xml = year_dir / "Annotations" / f"{name}.xml" if name in xmls[year_dir] else None
         if year_dir == v12 and name in copies:
-            payload["same_as"] = rel(copies[name])
+            payload["same_as"] = rel(copies[name][0])
         return ImageJob(split, rel(image), name, {"image": str(image), "xml": str(xml) if xml else None, **payload})
 
     # split -> [(year folder, image name, payload)], in the order of dataset.json's "splits"
@@ -462,7 +460,7 @@ def prepare_voc(
     members["trainval"] = [
         (v, n, {**det, "boxes_semantic": True}) for v, names in ((v07, main07), (v12, main12)) if v for n in names
     ]
-    if test07 is not None:
+    if test07 is not None and v07 is not None:  # (test07 comes from VOC2007)
         members["test"] = [(v07, n, det) for n in test07]
     members["train"] = [(v12, n, {"need_seg": True, **label_of(n)}) for n in seg_train]
     members["val"] = [(v12, n, {"need_seg": True, **label_of(n)}) for n in seg_val]
@@ -472,6 +470,11 @@ def prepare_voc(
             members["trainval07_aug12"] = [(v07, n, det) for n in main07] + [
                 (v12, n, {**det, "need_seg": True, **label_of(n)}) for n in train_aug
             ]
+
+    if test12:
+        members["test2012"] = [
+            (v12, n, {"unlabelled": True, "extra": {"voc_sets": sets}}) for n, sets in test12.items()
+        ]
 
     jobs: list[ImageJob] = []
     pre_skipped: list[ImageResult] = []
@@ -483,6 +486,7 @@ def prepare_voc(
             for v, n, _ in members.get(ev, [])
         }
         seen: dict[str, str] = {}
+        keeper = one_copy_each([e for e in entries if identity(e[0], e[1]) not in held_out], identity)
         for year_dir, name, payload in entries:
             j = job(split, year_dir, name, **payload)
             if name in seen:  # VOC2007 and VOC2012 names never collide; a hand-made copy might
@@ -502,6 +506,16 @@ def prepare_voc(
                     }
                 )
                 continue
+            kept = keeper[identity(year_dir, name)]
+            if kept[:2] != (year_dir, name):  # a VOC07 image and its VOC12 `2007_*` copy: train on it once
+                excluded.append(
+                    {
+                        "split": split,
+                        "file": j.file_name,
+                        "reason": f"same image as {rel(image_of(kept[0], kept[1]))}, kept once in this split",
+                    }
+                )
+                continue
             seen[name] = j.file_name
             jobs.append(j)
 
@@ -514,11 +528,12 @@ def prepare_voc(
         det_classes=list(VOC_CLASSES),
         seg_classes=list(VOC_SEG_CLASSES),
         palette=VOC_PALETTE,
+        unlabelled=["test2012"] if test12 else [],
     )
     from mtlcli.data.integrity import mark_verify
 
     mark_verify(jobs, verify)
-    return run_prepare(
+    summary = run_prepare(
         out,
         meta,
         jobs,
@@ -526,6 +541,22 @@ def prepare_voc(
         workers=workers,
         strict=strict,
         pre_skipped=pre_skipped,
-        eval_splits=[s for s in ("test", "val") if s in members],
+        eval_splits=[s for s in ("test", "val", "test2012") if s in members],
         excluded=excluded,
     )
+    if v07:
+        summary["voc2007_copies"] = {**copy_counts(copies, names12), "removed": len(excluded)}
+        report_copies(summary["voc2007_copies"])
+    return summary
+
+
+def voc2012_test(v12: Path) -> dict[str, list[str]]:
+    """The VOC2012 test images (ImageSets/Main/test.txt, then Segmentation/test.txt) -> the lists holding
+    each ("main", "segmentation"); empty where VOC2012test.tar was not extracted into the folder."""
+    sets: dict[str, list[str]] = {}
+    for task, folder in (("main", "Main"), ("segmentation", "Segmentation")):
+        path = v12 / "ImageSets" / folder / "test.txt"
+        if path.is_file():
+            for name in read_list(path, "--voc2012"):
+                sets.setdefault(name, []).append(task)
+    return sets

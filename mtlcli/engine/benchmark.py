@@ -17,6 +17,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -198,13 +199,14 @@ def run_benchmark(
                 s.predict(one)  # a size the model cannot take fails here, before any timing
                 if s.network is not None and s.prepare is not None:
                     net_batch = s.prepare(one)
-                    flops = count_flops(lambda: s.network(net_batch))
+                    flops = count_flops(partial(s.network, net_batch))
                 else:
-                    flops = count_flops(lambda: s.predict(one))
+                    flops = count_flops(partial(s.predict, one))
         except RuntimeError as exc:
             if "out of memory" in str(exc).lower():
                 raise UserError(
-                    f"{s.name}: out of memory at {s.size[0]}x{s.size[1]} with batch {batch} — use a smaller --size or --batch"
+                    f"{s.name}: out of memory at {s.size[0]}x{s.size[1]} with batch {batch} — use a smaller --size "
+                    "or --batch"
                 ) from None
             raise UserError(
                 f"{s.name} cannot run at {s.size[0]}x{s.size[1]} ({str(exc).splitlines()[0]}) — choose a larger --size"
@@ -226,27 +228,29 @@ def run_benchmark(
         _sync(device)
         return time.perf_counter() - t0
 
-    prepared = {}
+    prepared: dict[str, tuple[Callable[[Tensor], Any], Tensor]] = {}  # name -> (network, its batch)
     with torch.inference_mode(), autocast:
         for s in subjects:
             if s.network is not None and s.prepare is not None:
-                prepared[s.name] = s.prepare(inputs[s.name])
+                prepared[s.name] = (s.network, s.prepare(inputs[s.name]))
         for _ in range(warmup):
             for s in subjects:
                 s.predict(inputs[s.name])
                 if s.name in prepared:
-                    s.network(prepared[s.name])
+                    network, net_batch = prepared[s.name]
+                    network(net_batch)
         peaks: dict[str, int] = {}
         for it in range(iterations):
             for s in subjects:
                 if it == 0:
                     _reset_peak(device)
                     base = _current_bytes(device)
-                s.timings["full"].append(timed(lambda: s.predict(inputs[s.name])))
+                s.timings["full"].append(timed(partial(s.predict, inputs[s.name])))
                 if it == 0:
                     peaks[s.name] = _peak_bytes(device, base)
                 if s.name in prepared:
-                    s.timings["net"].append(timed(lambda: s.network(prepared[s.name])))
+                    network, net_batch = prepared[s.name]
+                    s.timings["net"].append(timed(partial(network, net_batch)))
             if progress:
                 progress(f"inference {it + 1}/{iterations}")
     if train:
@@ -258,7 +262,7 @@ def run_benchmark(
         for it in range(iterations):
             for s in subjects:
                 if s.train_step is not None:
-                    s.timings["train"].append(timed(lambda: s.train_step(inputs[s.name])))
+                    s.timings["train"].append(timed(partial(s.train_step, inputs[s.name])))
             if progress:
                 progress(f"training {it + 1}/{iterations}")
         for s in subjects:

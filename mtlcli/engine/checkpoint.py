@@ -39,7 +39,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     def write(f) -> None:
         recorder = _WriteRecorder(f)
         try:
-            torch.save(state, recorder)
+            torch.save(state, recorder)  # type: ignore[arg-type]  # a file object: write and flush are all it uses
         except RuntimeError:
             if recorder.error is not None:
                 raise recorder.error from None
@@ -52,7 +52,8 @@ class _WriteRecorder:
     """A file wrapper that remembers the OSError of a failed write: torch.save turns it into a RuntimeError."""
 
     def __init__(self, f) -> None:
-        self.f, self.error = f, None
+        self.f = f
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
         try:
@@ -77,7 +78,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise UserError(
             f"checkpoint {path} cannot be read ({first}) — it is corrupt or not an mtl checkpoint"
         ) from None
-    if not isinstance(state, dict) or "model" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):  # a tensor, a list, ...
         raise UserError(
             f"checkpoint {path} is not an mtl checkpoint (no model state) — give a file from RUN/checkpoints"
         )
@@ -93,7 +94,7 @@ def rng_state() -> dict[str, Any]:
     return {
         "python": random.getstate(),
         "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "gauss": float(gauss),
@@ -145,21 +146,42 @@ def model_from_checkpoint(state: dict[str, Any], path: Path) -> tuple[nn.Module,
     from mtlcli.models import build_from_recipe
 
     recipe = state.get("recipe")
-    if not isinstance(recipe, dict) or "model" not in recipe:
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("model"), dict):
         raise UserError(f"checkpoint {path} carries no recipe — it was not written by `mtl train`")
+    from mtlcli.recipes import validate_model
+
+    # the recipe inside a checkpoint gets the checks of a recipe file: a score_thresh of 7 would give no
+    # detection, a negative growth rate or a width of 10**9 would fail deep inside the builder
+    validate_model(recipe["model"], f"checkpoint {path}")
     # the trained weights replace ImageNet's: do not download them
     model = build_from_recipe(recipe["model"], load_weights=False)
     from mtlcli.engine.compat import check_state_shapes
 
     check_state_shapes(model, state["model"], path, recipe["model"])
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    missing, unexpected = model.load_state_dict(state["model"], strict=True)
     if missing or unexpected:
         raise UserError(
             f"checkpoint {path} does not fit model {recipe['model']['name']!r} "
             f"(missing {len(missing)}, unexpected {len(unexpected)} keys, e.g. {(missing or unexpected)[0]}) — "
             "was it written by a different version of the model?"
         )
+    _check_class_names(state.get("classes"), recipe["model"], path)
     return model, recipe
+
+
+def _check_class_names(card: Any, model: dict[str, Any], path: Path) -> None:
+    """The class names a checkpoint carries must be as many as its model's outputs."""
+    if not isinstance(card, dict):
+        return
+    from mtlcli.engine.compat import COUNT_KEYS
+
+    for key, (field, task) in COUNT_KEYS.items():
+        count, names = model.get(key), card.get(field)
+        if isinstance(count, int) and isinstance(names, list) and len(names) != count:
+            raise UserError(
+                f"checkpoint {path} names {len(names)} {task} classes but its model has {count} {task} outputs "
+                "— the file was edited or mixed up; use the checkpoint `mtl train` wrote"
+            )
 
 
 def load_for_eval(
@@ -172,14 +194,14 @@ def load_for_eval(
     """
     if (run is None) == (checkpoint is None):
         raise UserError("give either a run directory (--run) or a checkpoint file (--checkpoint), not both")
-    path = find_run_checkpoint(Path(run)) if run is not None else Path(checkpoint)
+    path = find_run_checkpoint(Path(run)) if run is not None else Path(checkpoint)  # type: ignore[arg-type]  # one of the two
     state = load_checkpoint(path)
     model, recipe = model_from_checkpoint(state, path)
     model.to(device).eval()
-    from mtlcli.engine.data import data_root
+    from mtlcli.recipes import data_root
 
     root = data_root(recipe)
-    # model.trained_classes: the class names it was trained on ({"det_classes": [...], "seg_classes": [...], ...}; None for
-    # checkpoints older than that entry), for `mtlcli.engine.compat.check_label_set`
-    model.trained_classes = state.get("classes")
+    # model.trained_classes: the class names it was trained on ({"det_classes": [...], "seg_classes": [...], ...};
+    # None for checkpoints older than that entry), for `mtlcli.engine.compat.check_label_set`
+    model.trained_classes = state.get("classes")  # type: ignore[assignment]  # our attribute on the nn.Module
     return model, recipe, root if (root / "dataset.json").is_file() else None

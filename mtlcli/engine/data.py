@@ -7,11 +7,11 @@ seen (`SeededSamples`, `TrainSampler`) — and the move of a batch to the device
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -23,14 +23,19 @@ from mtlcli.engine.checkpoint import preserved_rng
 from mtlcli.engine.distributed import DistInfo, TrainSampler
 from mtlcli.errors import UserError
 from mtlcli.recipes import DATA_KEYS
+from mtlcli.recipes import data_root as data_root  # re-exported: the training data path's root
+
+if TYPE_CHECKING:
+    from mtlcli.data.dataset import PreparedDataset
+    from mtlcli.data.unreadable import SkipUnreadable
 
 
-def data_root(recipe: dict) -> Path:
-    """The prepared dataset: `[data].root` (which `--data` sets), else `$MTL_DATA/<dataset>` (default ./data)."""
-    data = recipe["data"]
-    if data["root"]:
-        return Path(data["root"]).expanduser()
-    return Path(os.environ.get("MTL_DATA", "data")) / data["dataset"]
+class MapDataset(Protocol):
+    """A map-style dataset: a length and samples by index (torch's `Dataset` declares no `__len__`)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
 
 
 def require_prepared(recipe: dict, root: Path) -> None:
@@ -44,7 +49,7 @@ def require_prepared(recipe: dict, root: Path) -> None:
         )
 
 
-def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
+def build_datasets(recipe: dict, root: Path) -> tuple[SkipUnreadable, PreparedDataset | None]:
     """(train split with training transforms, val split with eval transforms or None without metrics)."""
     from mtlcli.data.dataset import PreparedDataset
     from mtlcli.data.transforms import build_transforms
@@ -52,6 +57,12 @@ def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
 
     require_prepared(recipe, root)
     data = recipe["data"]
+    from mtlcli.data.prepared import DatasetMeta
+
+    meta = DatasetMeta.load(root)  # an unlabelled split (test-server images) has nothing to train or score on
+    meta.check_labelled(root, data["train_split"], "train")
+    if recipe["eval"]["metrics"]:
+        meta.check_labelled(root, data["val_split"], "score")
     options = {k: v for k, v in data.items() if k not in DATA_KEYS}
     label_map = data["label_map"] or None
     train_ds = PreparedDataset(
@@ -60,7 +71,7 @@ def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
         transforms=build_transforms(data["augmentation"], True, **options),
         label_map=label_map,
     )
-    train_ds = SkipUnreadable(train_ds)  # a corrupt image is named once and skipped, not the end of the run
+    train = SkipUnreadable(train_ds)  # a corrupt image is named once and skipped, not the end of the run
     val_ds = None
     if recipe["eval"]["metrics"]:
         from mtlcli.engine.resolution import eval_transforms  # [eval] resolution: the paper's scoring size
@@ -71,7 +82,7 @@ def build_datasets(recipe: dict, root: Path) -> tuple[Dataset, Dataset | None]:
             label_map=label_map,
             transforms=eval_transforms(recipe) or build_transforms(data["augmentation"], False, **options),
         )
-    return train_ds, val_ds
+    return train, val_ds
 
 
 def training_targets(recipe: dict, model: nn.Module) -> frozenset[str]:
@@ -79,6 +90,18 @@ def training_targets(recipe: dict, model: nn.Module) -> frozenset[str]:
     from mtlcli.data.dataset import check_targets, loss_targets
 
     return check_targets(recipe["data"]["targets"]) if recipe["data"].get("targets") else loss_targets(model)
+
+
+def refuse_wide_semantic(dataset: Dataset, targets: frozenset[str]) -> None:
+    """The models' segmentation losses take 255 as the ignore value: a dataset of more than 255 seg
+    classes (uint16 maps, 65535 = ignore) is refused in one line where the loss reads `semantic` —
+    training on it would silently ignore class 255 and fail on 65535."""
+    meta = getattr(dataset, "meta", None)
+    if "semantic" in targets and meta is not None and meta.ignore_index != 255:
+        raise UserError(
+            f"the dataset has {len(meta.seg_classes)} segmentation classes (16-bit maps); the models' "
+            "segmentation losses take at most 255 — merge classes with a seg table in data.label_map"
+        )
 
 
 def collate_fn():
@@ -91,7 +114,7 @@ class SeededSamples(Dataset):
     """Reads dataset[index] for a (global position, index) pair with every RNG seeded by the position,
     so a sample's augmentation does not depend on worker count, worker order or where a run resumed."""
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
+    def __init__(self, dataset: MapDataset, seed: int) -> None:
         self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
@@ -112,7 +135,7 @@ class SeededSamples(Dataset):
 
 
 def make_loader(
-    dataset: Dataset, *, micro_batch: int, workers: int, seed: int, info: DistInfo, start: int, collate
+    dataset: MapDataset, *, micro_batch: int, workers: int, seed: int, info: DistInfo, start: int, collate
 ) -> Iterator:
     """An endless iterator of (images, targets) micro-batches for this process, from sample `start` on."""
     sampler = TrainSampler(len(dataset), world_size=info.world_size, rank=info.rank, seed=seed, start=start)
@@ -161,7 +184,8 @@ def to_device(images: list, targets: list[dict], device: torch.device) -> tuple[
     # a colour jitter the loader drew but left to the device (mtlcli.data.transforms.Pipeline); its
     # factors stay on the host (read as python numbers, no device sync)
     images = [
-        apply_color_jitter(img, t["color_jitter"]) if "color_jitter" in t else img for img, t in zip(images, targets)
+        apply_color_jitter(img, t["color_jitter"]) if "color_jitter" in t else img
+        for img, t in zip(images, targets, strict=True)
     ]
     targets = [
         {k: v.to(device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in t.items() if k != "color_jitter"}

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
+from mtlcli.devices import resolve_device
 from mtlcli.errors import UserError
 
 
@@ -39,28 +40,11 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
-    """The user's --device rule (`mtlcli.cli.common.resolve_device`: auto / cpu / cuda / cuda:N, one message for
-    a bad one); plain "cuda", or auto choosing CUDA, is this process's GPU, cuda:`local_rank`, under torchrun."""
-    from mtlcli.cli.common import resolve_device as resolve
-
-    name = resolve(device or None)
-    if name != "cuda":
-        return torch.device(name)
-    if local_rank >= torch.cuda.device_count():
-        raise UserError(
-            f"LOCAL_RANK {local_rank} has no GPU: this machine has CUDA devices "
-            f"0..{torch.cuda.device_count() - 1} — start at most that many processes per node"
-        )
-    return torch.device("cuda", local_rank)
-
-
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group that torchrun describes in the environment (a no-op without it)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, local_rank)
+    dev = torch.device(resolve_device(device or None, local_rank))
     if world_size <= 1:
         return DistInfo(device=dev)
     if dev.type == "cuda":
@@ -129,8 +113,13 @@ class TrainSampler(Sampler):
             raise UserError("the training split has no images — check the prepared dataset")
         self.size, self.world_size, self.rank, self.seed, self.shuffle = size, world_size, rank, seed, shuffle
         self.start = start
-        self._epoch_sampler = DistributedSampler(
-            range(size), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+        self._epoch_sampler: DistributedSampler[int] = DistributedSampler(
+            range(size),  # type: ignore[arg-type]  # a Sampler reads only len(): indices stand for the samples
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=False,
         )
         self.per_epoch = self._epoch_sampler.num_samples  # this process's samples per epoch
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +32,7 @@ def _proposal_results(output: dict[str, torch.Tensor], image_id: int) -> list[di
     scores = scores.detach().float().cpu().reshape(-1) if scores is not None else torch.linspace(1.0, 0.0, len(boxes))
     return [
         {"image_id": image_id, "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)}
-        for (x1, y1, x2, y2), s in zip(boxes.tolist(), scores.tolist())
+        for (x1, y1, x2, y2), s in zip(boxes.tolist(), scores.tolist(), strict=True)
     ]
 
 
@@ -152,7 +153,7 @@ def evaluate(
             task = bar.add_task("eval", total=len(part))
             for images, targets in loader:
                 outputs = model([img.to(device) for img in images])
-                for output, target in zip(outputs, targets):
+                for output, target in zip(outputs, targets, strict=True):
                     if not checked:
                         _check_outputs(output, names, model)
                         checked = True
@@ -173,7 +174,7 @@ def evaluate(
                             keep = [
                                 k
                                 for k, (lab, crowd) in enumerate(
-                                    zip(target["labels"].tolist(), target["iscrowd"].tolist())
+                                    zip(target["labels"].tolist(), target["iscrowd"].tolist(), strict=True)
                                 )
                                 if not crowd and lab in class_index
                             ]
@@ -210,3 +211,32 @@ def evaluate(
         out["metrics"][name] = float(res["value"])  # NaN only when nothing could be measured
         out["details"][name] = res["details"]
     return out
+
+
+def run_confusion(
+    model: Any,
+    dataset: Any,
+    out: str | Path,
+    *,
+    device: str = "cpu",
+    batch_size: int = 4,
+    force: bool = False,
+    progress: bool = True,
+) -> tuple[Path, dict[str, Any]]:
+    """`mtl viz confusion` without saved predictions: evaluate `model` on `dataset` (a PreparedDataset
+    without transforms) with the miou metric and plot its confusion matrix at `out`; returns (path, the
+    miou details: classes, iou, confusion, ...)."""
+    from mtlcli.viz.confusion import plot_confusion
+    from mtlcli.viz.predictions import check_free
+
+    out = Path(out)
+    check_free([out], force)
+    result = evaluate(model, dataset, ["miou"], device=device, batch_size=batch_size, progress=progress)
+    details = result["details"]["miou"]
+    if not details.get("pixels"):
+        raise UserError(
+            f"split {dataset.split!r} has no labelled pixels — a confusion matrix needs semantic ground truth"
+        )
+    miou = result["metrics"]["miou"]
+    title = f"{dataset.split}: mIoU {100 * miou:.1f}% over {details['images']} images (cells: % of the row)"
+    return plot_confusion(np.asarray(details["confusion"]), details["classes"], out, details["iou"], title), details

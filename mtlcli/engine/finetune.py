@@ -40,7 +40,8 @@ def check_class_counts(recipe: dict[str, Any], card: dict[str, Any], whose: str 
                     f"drop model.{key} from the recipe (it is then taken from the data) or map the data's classes "
                     "with [data.label_map]"
                     if whose == "the recipe's"
-                    else "evaluate it on the data it was trained for (--data), or fine-tune it with `mtl train --weights`"
+                    else "evaluate it on the data it was trained for (--data), "
+                    "or fine-tune it with `mtl train --weights`"
                 )
             )
 
@@ -105,7 +106,7 @@ def load_matching(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[st
                 reinit.append(module)
         else:
             load[name] = src.to(value.dtype)
-    model.load_state_dict(load, strict=False)
+    model.load_state_dict(load, strict=True)
     return {"loaded": len(load), "total": len(own), "reinitialised": reinit, "missing": missing}
 
 

@@ -50,7 +50,7 @@ def card_of(state: dict[str, Any], recipe: dict[str, Any], root: Path | None) ->
     card = state.get("classes")
     if isinstance(card, dict) and "det_classes" in card:
         return card
-    from mtlcli.viz.predictions import class_info
+    from mtlcli.engine.loaded import class_info
 
     info = class_info(recipe, root)
     return {

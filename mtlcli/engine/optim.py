@@ -31,7 +31,8 @@ def build_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Opti
         if train["nesterov"] and train["momentum"] <= 0:
             raise UserError("train.nesterov = true needs train.momentum > 0")
         return torch.optim.SGD(params, lr=lr, momentum=train["momentum"], nesterov=train["nesterov"], weight_decay=wd)
-    betas = tuple(float(b) for b in train["betas"])
+    beta1, beta2 = (float(b) for b in train["betas"])
+    betas = (beta1, beta2)
     # PyTorch's fused Adam kernels (CPU and CUDA): the same update in one pass over each tensor, 3-5x
     # faster than the multi-tensor loop on a CPU (30 against 105-158 ms per step for a ResNet-18 here)
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)

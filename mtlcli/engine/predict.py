@@ -31,11 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from mtlcli.errors import UserError
-from mtlcli.safety import refuse_protected_output
+from mtlcli.safety import atomic_path, atomic_save_image, clean_orphans, refuse_protected_output
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -105,11 +104,21 @@ def expand_sources(sources: Sequence[str | Path]) -> list[Source]:
 # --------------------------------------------------------------------------------------------- outputs
 
 
+def output_names(source: Source) -> list[Path]:
+    """The files `mtl predict` may write for `source`, relative to --out."""
+    if source.is_video:
+        return [Path(f"{source.rel}.mp4"), Path(f"{source.rel}.jsonl")]
+    return [Path(sub) / f"{source.rel}.png" for sub in ("overlays", "semantic", "labelIds")]
+
+
 class Outputs:
     """The output folder: every file the command writes is named through `path`, which refuses names
-    outside the folder (and is where a guard against writing into datasets or runs plugs in)."""
+    outside the folder and names of the inputs (an output is never an input, --force or not), and is
+    where a guard against writing into datasets or runs plugs in. Every file is written under a
+    temporary name and renamed when complete (`mtlcli.safety.atomic_path` / `atomic_save_image`), so a
+    killed run leaves no half-written video, JSON-lines file or PNG under its final name."""
 
-    def __init__(self, root: Path, force: bool = False) -> None:
+    def __init__(self, root: Path, force: bool = False, inputs: Sequence[Source] = ()) -> None:
         root = Path(root).expanduser()
         if root.exists() and not root.is_dir():
             raise UserError(f"--out {root} exists and is not a folder; choose another path")
@@ -118,20 +127,34 @@ class Outputs:
                 f"--out {root} is not empty; choose another folder or pass --force to overwrite files in it"
             )
         refuse_protected_output(root, "--out")  # never inside a prepared dataset or a run's checkpoints/
-        root.mkdir(parents=True, exist_ok=True)
         self.root = root.resolve()
+        self.inputs = {s.path.resolve(): s for s in inputs}
+        for source in inputs:  # before anything is written: an output may not replace an input
+            for name in output_names(source):
+                self.path(name, create=False)
+        for summary in ("detections.json", "images.json"):
+            self.path(summary, create=False)
+        root.mkdir(parents=True, exist_ok=True)
+        for folder in (self.root, *(p for p in self.root.rglob("*") if p.is_dir())):
+            clean_orphans(folder)  # the temporary files of a killed run
 
-    def path(self, *parts: str | Path) -> Path:
+    def path(self, *parts: str | Path, create: bool = True) -> Path:
         p = self.root.joinpath(*map(str, parts)).resolve()
         if self.root not in p.parents:
             raise UserError(f"refusing to write {p}: outside --out {self.root}")
-        p.parent.mkdir(parents=True, exist_ok=True)
+        if p in self.inputs:
+            raise UserError(
+                f"--out {self.root}: the output {p.name} would overwrite the input {p} (even with --force) — "
+                "choose an --out outside the input folders"
+            )
+        if create:
+            p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
 
 def default_out() -> Path:
     """runs/predict/expN, N one past the highest existing."""
-    from mtlcli.cli.train import next_run_dir
+    from mtlcli.engine.rundir import next_run_dir
 
     return next_run_dir(Path("runs") / "predict")
 
@@ -199,14 +222,12 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int):
-        from PIL import Image
+        from mtlcli.data.images import ImageError, read_rgb_tensor  # the one reader: EXIF, 16 bits, bombs
 
         try:
-            with Image.open(self.files[i]) as img:
-                rgb = np.asarray(img.convert("RGB"))
-        except (OSError, ValueError, SyntaxError) as exc:
-            return i, None, f"{type(exc).__name__}: {exc}"
-        return i, torch.from_numpy(rgb.copy()).permute(2, 0, 1), ""
+            return i, read_rgb_tensor(self.files[i]), ""
+        except ImageError as exc:
+            return i, None, str(exc)
 
 
 def _collate(batch):
@@ -269,8 +290,6 @@ class _Writer:
             self.pending.pop(0).result()
 
     def _write(self, source: Source, image: torch.Tensor, result: Any) -> None:
-        from PIL import Image
-
         rel = f"{source.rel}.png"
         if self.opts.save_images:
             panel = render_result(
@@ -281,12 +300,12 @@ class _Writer:
                 titled=True,
                 score_threshold=self.opts.score_threshold,
             )
-            Image.fromarray(panel.permute(1, 2, 0).numpy()).save(self.outputs.path("overlays", rel))
+            atomic_save_image(self.outputs.path("overlays", rel), panel.permute(1, 2, 0).contiguous().numpy())
         if self.opts.save_json and result.semantic is not None:
             sem = result.semantic.clamp(0, 255).to(torch.uint8).numpy()
-            Image.fromarray(sem).save(self.outputs.path("semantic", rel))
+            atomic_save_image(self.outputs.path("semantic", rel), sem)
             if self.label_ids is not None:
-                Image.fromarray(self.label_ids[sem]).save(self.outputs.path("labelIds", rel))
+                atomic_save_image(self.outputs.path("labelIds", rel), self.label_ids[sem])
 
     def close(self) -> None:
         for f in self.pending:
@@ -297,7 +316,8 @@ class _Writer:
 
             atomic_write_text(self.outputs.path("detections.json"), json.dumps(self.results))
             categories = [
-                {"id": int(i), "name": n} for i, n in zip(self.model.det_category_ids, self.model.det_classes)
+                {"id": int(i), "name": n}
+                for i, n in zip(self.model.det_category_ids, self.model.det_classes, strict=True)
             ]
             atomic_write_text(
                 self.outputs.path("images.json"),
@@ -311,12 +331,12 @@ def predict_sources(
     """Run `model` (an `mtlcli.api.Predictor`) over the sources into `out`; returns the summary."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from mtlcli.api import output_to_result
+    from mtlcli.engine.result import output_to_result
 
     if not 0.0 <= opts.score_threshold <= 1.0:
         raise UserError(f"--score-threshold must lie in 0..1, got {opts.score_threshold}")
     items = expand_sources(sources)
-    outputs = Outputs(out, force=force)
+    outputs = Outputs(out, force=force, inputs=items)
     images = [s for s in items if not s.is_video]
     videos = [s for s in items if s.is_video]
     summary = PredictSummary(out=outputs.root)
@@ -352,10 +372,10 @@ def predict_sources(
                         output_to_result(
                             o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]), opts.score_threshold
                         )
-                        for (_, img), o in zip(good, raw)
+                        for (_, img), o in zip(good, raw, strict=True)
                     ]
                     summary.model_seconds += time.perf_counter() - t_model
-                    for (i, img), result in zip(good, results):
+                    for (i, img), result in zip(good, results, strict=True):
                         writer.add(images[i], img, result)
                     summary.images += len(good)
                 done = summary.images + len(summary.skipped)
@@ -374,16 +394,18 @@ def _predict_video(
     model: Any, source: Source, outputs: Outputs, opts: PredictOptions, bar: Any, summary: PredictSummary
 ) -> int:
     """Decode a video with PyAV, predict its frames in batches, write the annotated video and one JSON
-    line per frame. Returns the number of frames."""
+    line per frame, each under a temporary name renamed when the video is done (a killed run leaves
+    neither under its final name). Returns the number of frames; a video without a decodable frame
+    writes nothing and is listed among the skipped files."""
     try:
         import av
     except ImportError:
         raise UserError("reading videos needs PyAV: pip install av") from None
-    from mtlcli.api import output_to_result
+    from mtlcli.engine.result import output_to_result
 
     try:
         container = av.open(str(source.path))
-    except (av.error.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
+    except (av.error.FFmpegError, OSError) as exc:
         summary.skipped.append((str(source.path), f"cannot open video ({exc})"))
         return 0
     with container:
@@ -397,62 +419,81 @@ def _predict_video(
         video_path = outputs.path(f"{source.rel}.mp4")
         lines_path = outputs.path(f"{source.rel}.jsonl")
         out_container = None
+        failed: list[str] = []
         frames, t0 = 0, time.perf_counter()
-        try:
-            with open(lines_path, "w") as lines:
-                batch: list[tuple[int, float, torch.Tensor]] = []
+        with atomic_path(lines_path) as lines_tmp, atomic_path(video_path) as video_tmp:
+            try:
+                with open(lines_tmp, "w") as lines:
+                    batch: list[tuple[int, float, torch.Tensor]] = []
 
-                def flush() -> None:
-                    nonlocal out_container
-                    floats = [img.to(model.device).float().div_(255) for _, _, img in batch]
-                    raw = model.raw(floats)
-                    for (index, t, img), o in zip(batch, raw):
-                        result = output_to_result(
-                            o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]), opts.score_threshold
-                        )
-                        dets = result.to_coco(index, model.det_category_ids, with_masks=opts.save_masks)
-                        for d in dets:
-                            d.pop("image_id")
-                        lines.write(json.dumps({"frame": index, "time": round(t, 4), "detections": dets}) + "\n")
-                        if opts.save_images:
-                            panel = render_result(img, result, model.det_classes, model.palette, legend=False)
-                            if out_container is None:
-                                out_container, out_stream = _open_writer(
-                                    video_path, rate, panel.shape[-1], panel.shape[-2]
-                                )
-                            stream_out = out_container.streams.video[0]
-                            frame = av.VideoFrame.from_ndarray(panel.permute(1, 2, 0).numpy(), format="rgb24")
-                            for packet in stream_out.encode(frame):
-                                out_container.mux(packet)
-                    batch.clear()
+                    def flush() -> None:
+                        nonlocal out_container
+                        floats = [img.to(model.device).float().div_(255) for _, _, img in batch]
+                        raw = model.raw(floats)
+                        for (index, t, img), o in zip(batch, raw, strict=True):
+                            result = output_to_result(
+                                o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]), opts.score_threshold
+                            )
+                            dets = result.to_coco(index, model.det_category_ids, with_masks=opts.save_masks)
+                            for d in dets:
+                                d.pop("image_id")
+                            lines.write(json.dumps({"frame": index, "time": round(t, 4), "detections": dets}) + "\n")
+                            if opts.save_images:
+                                panel = render_result(img, result, model.det_classes, model.palette, legend=False)
+                                if out_container is None:
+                                    out_container, _ = _open_writer(video_tmp, rate, panel.shape[-1], panel.shape[-2])
+                                stream_out = out_container.streams.video[0]
+                                frame = av.VideoFrame.from_ndarray(panel.permute(1, 2, 0).numpy(), format="rgb24")
+                                for packet in stream_out.encode(frame):
+                                    out_container.mux(packet)
+                        batch.clear()
 
-                for frame in container.decode(stream):
-                    t = float(frame.time) if frame.time is not None else frames / float(rate)
-                    rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
-                    batch.append((frames, t, rgb))
-                    frames += 1
-                    if len(batch) == opts.batch_size:
+                    for frame in _frames(container, stream, failed):
+                        t = float(frame.time) if frame.time is not None else frames / float(rate)
+                        rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+                        batch.append((frames, t, rgb))
+                        frames += 1
+                        if len(batch) == opts.batch_size:
+                            flush()
+                            bar.update(
+                                task, completed=frames, rate=f"{frames / (time.perf_counter() - t0):.1f} frames/s"
+                            )
+                    if batch:
                         flush()
-                        bar.update(task, completed=frames, rate=f"{frames / (time.perf_counter() - t0):.1f} frames/s")
-                if batch:
-                    flush()
-                bar.update(
-                    task, completed=frames, total=frames, rate=f"{frames / (time.perf_counter() - t0):.1f} frames/s"
-                )
-        finally:
-            if out_container is not None:
-                for packet in out_container.streams.video[0].encode():
-                    out_container.mux(packet)
-                out_container.close()
+                    bar.update(
+                        task, completed=frames, total=frames, rate=f"{frames / (time.perf_counter() - t0):.1f} frames/s"
+                    )
+            finally:
+                if out_container is not None:
+                    for packet in out_container.streams.video[0].encode():
+                        out_container.mux(packet)
+                    out_container.close()
+            if out_container is None or failed:
+                video_tmp.unlink()  # no annotated video (--no-save-images, or no frame): nothing to rename
+            if frames == 0 or failed:
+                lines_tmp.unlink()
+                why = f"cannot decode frame {frames} ({failed[0]})" if failed else "the video has no frame"
+                summary.skipped.append((str(source.path), f"{why}; nothing written for it"))
+                return 0
     return frames
+
+
+def _frames(container: Any, stream: Any, failed: list[str]):
+    """The decoded frames of `stream`; a decoding error ends them, its text appended to `failed`."""
+    import av
+
+    try:
+        yield from container.decode(stream)
+    except av.error.FFmpegError as exc:
+        failed.append(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 
 
 def _open_writer(path: Path, rate: Any, width: int, height: int):
     import av
 
-    container = av.open(str(path), mode="w")
+    container = av.open(str(path), mode="w", format="mp4")  # a temporary name: the format is not guessed
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    stream = container.add_stream(codec, rate=rate)
+    stream: Any = container.add_stream(codec, rate=rate)  # a VideoStream: add_stream is typed for every kind
     # yuv420p needs even sides
     stream.width, stream.height = width - width % 2, height - height % 2
     stream.pix_fmt = "yuv420p"

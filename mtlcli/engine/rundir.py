@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -52,9 +53,12 @@ class RunLock:
 
     `what` names the action in the refusal ("train into", "--force on")."""
 
-    def __init__(self, run_dir: str | Path, what: str = "train into") -> None:
-        self.path = Path(run_dir) / LOCK_NAME
-        self.what = what
+    def __init__(
+        self, run_dir: str | Path, what: str = "train into", *, name: str = LOCK_NAME, doing: str = "training"
+    ) -> None:
+        self.path = Path(run_dir) / name
+        self.what, self.doing = what, doing
+        self.target = self.path.parent
         self.held = False
         self.created: list[Path] = []  # the folders acquire() made for the lock, deepest first
         self.took_over: dict | None = None
@@ -87,9 +91,9 @@ class RunLock:
                     self.path.unlink(missing_ok=True)
                     continue
                 raise UserError(
-                    f"cannot {self.what} {self.path.parent}: it is locked by process {holder.get('pid', '?')} on "
-                    f"{holder.get('host', '?')} (since {holder.get('started', '?')}), which is training there — wait "
-                    f"for it, stop it, or choose another --out; delete {self.path} only if that process is gone"
+                    f"cannot {self.what} {self.target}: it is locked by process {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')} (since {holder.get('started', '?')}), which is {self.doing} there — "
+                    f"wait for it, stop it, or choose another --out; delete {self.path} only if that process is gone"
                 ) from None
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
@@ -124,6 +128,16 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def prepare_lock(out: str | Path) -> RunLock:
+    """`with prepare_lock(out):` — what `mtl prepare` holds while it writes the prepared dataset `out`:
+    the run lock's rule for `.OUT.mtl.lock` beside it (a second prepare into the same --out is refused
+    naming the first one's process; a lock left by a killed process is taken over)."""
+    out = Path(out).expanduser().resolve()
+    lock = RunLock(out.parent, "prepare into", name=f".{out.name}.mtl.lock", doing="preparing")
+    lock.target = out
+    return lock
 
 
 def check_unlocked(run_dir: str | Path, what: str) -> None:
@@ -172,3 +186,9 @@ def _rmdir_if_empty(folder: Path) -> None:
     except OSError as exc:
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
             raise
+
+
+def next_run_dir(base: Path) -> Path:
+    """`base/expN` with N one past the highest existing expN (exp1 for a new recipe)."""
+    taken = [int(m.group(1)) for p in base.glob("exp*") if (m := re.fullmatch(r"exp(\d+)", p.name))]
+    return base / f"exp{max(taken, default=0) + 1}"

@@ -52,6 +52,7 @@ from mtlcli.engine.data import (
     data_root,
     make_loader,
     ram_cache,
+    refuse_wide_semantic,
     to_device,
     training_targets,
 )
@@ -70,7 +71,7 @@ from mtlcli.engine.rundir import RunLock
 from mtlcli.errors import UserError
 from mtlcli.hints import resume_command
 from mtlcli.recipes import dump_toml, total_iterations
-from mtlcli.safety import atomic_write_text
+from mtlcli.safety import atomic_write_text, named_write_error
 
 
 class TrainingDiverged(UserError):
@@ -156,16 +157,17 @@ class Display:
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            bar = BarColumn(bar_width=None)
             self.progress = Progress(
                 TextColumn("[bold]train"),
-                BarColumn(bar_width=None),
+                bar,
                 MofNCompleteColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[info]}"),
                 console=console,
             )
-            self.progress.columns[1].bar_width = bar_width(self.progress.console.width)
+            bar.bar_width = bar_width(self.progress.console.width)
             self.task = self.progress.add_task("train", total=total, completed=start, info="")
             # in a log file or CI a live bar renders only at the end: print each logged step as a line
             self.lines = not self.progress.console.is_terminal
@@ -185,7 +187,7 @@ class Display:
             return
         from mtlcli.engine.console import info_text
 
-        fields = {}
+        fields: dict[str, Any] = {}
         if record is not None:
             room = self.progress.console.width - (
                 bar_width(self.progress.console.width) + 2 * len(str(self.total)) + 24
@@ -221,6 +223,19 @@ def memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _record_upto(line: str, iteration: int) -> bool:
+    """A whole metrics.jsonl record of an iteration up to `iteration` (False for a partial line)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("iteration", 0), int)
+        and record.get("iteration", 0) <= iteration
+    )
+
+
 class MetricsLog:
     """`RUN/metrics.jsonl` (rank 0), the record of every logged step and evaluation; with `tensorboard`,
     the same scalars in RUN/tensorboard/ too (`tensorboard_writer`)."""
@@ -231,15 +246,12 @@ class MetricsLog:
         if not enabled:
             return
         if resume_from is not None and self.path.is_file():
-            # Entries past the checkpoint belong to iterations that will run again: drop them.
-            keep = [
-                ln
-                for ln in self.path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("iteration", 0) <= resume_from
-            ]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+            # Entries past the checkpoint belong to iterations that will run again: drop them, and a line a
+            # killed run left half-written (it is the record of an iteration that runs again too).
+            keep = [ln for ln in self.path.read_text(errors="replace").splitlines() if _record_upto(ln, resume_from)]
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
         elif resume_from is None:
-            self.path.write_text("")
+            atomic_write_text(self.path, "")
         if tensorboard:
             self.tb = tensorboard_writer()(
                 str(run_dir / "tensorboard"), purge_step=resume_from + 1 if resume_from is not None else None
@@ -248,8 +260,11 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a full disk raises ENOSPC without the file's name: give it
+            raise named_write_error(exc, self.path) from None
         if self.tb is not None:
             flat = {**record.get("losses", {}), **record.get("metrics", {})}
             for key in ("loss", "lr", "images_per_s", "data_wait"):
@@ -263,7 +278,7 @@ class MetricsLog:
             self.tb.close()
 
 
-def tensorboard_writer():  # type: ignore[no-untyped-def]
+def tensorboard_writer():
     """torch's `SummaryWriter` class; without the tensorboard package, a UserError that says how to get it."""
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -333,6 +348,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
     if not resume:
         init_weights(model, recipe, card, print if main else None)
     train_ds.targets, train_ds.compact = training_targets(recipe, model), True  # decode only what the loss reads
+    refuse_wide_semantic(train_ds, train_ds.targets)  # more than 255 seg classes: one line, not a wrong loss
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     if cfg["sync_bn"] and info.distributed and device.type == "cpu":
         raise UserError(
@@ -432,9 +448,10 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
         display.print(f"eval {iteration}/{total}  " + "  ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items()))
         return metrics
 
-    stage, ddp = None, model
+    stage = None
+    ddp: Any = model  # the model, or its DistributedDataParallel wrapper in a multi-process run
     frozen_mods: list[nn.Module] = []  # the stage's frozen modules run in eval mode (BN statistics fixed)
-    window = defaultdict(float)
+    window: defaultdict[str, float] = defaultdict(float)
     window_iters, wait, t_window = 0, 0.0, time.perf_counter()
     last_record: dict[str, Any] = {}
     last_metrics: dict[str, float] = {}
@@ -495,7 +512,11 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                 if not torch.isfinite(values).all():
                     optimizer.zero_grad(set_to_none=True)
                     raise _diverged(
-                        it + 1, dict(zip(terms, values.tolist())), ckpt_dir, state_at["iteration"], cfg["lr"]
+                        it + 1,
+                        dict(zip(terms, values.tolist(), strict=True)),
+                        ckpt_dir,
+                        state_at["iteration"],
+                        cfg["lr"],
                     )
                 if cfg["grad_clip"] > 0:
                     scaler.unscale_(optimizer)
@@ -507,7 +528,7 @@ def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: 
                 rng_at_start = rng_state()  # as iteration `it` starts: what an interrupt checkpoint restores
 
                 window_iters += 1
-                for k, v in zip(terms, values.tolist()):
+                for k, v in zip(terms, values.tolist(), strict=True):
                     window[k] += v
                 if it % cfg["log_interval"] == 0 or it == total:
                     elapsed = time.perf_counter() - t_window

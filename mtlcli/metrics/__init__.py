@@ -48,7 +48,8 @@ def build_metric(name: str, dataset: Any) -> Any:
     if name == "miou":
         if not meta.seg_classes:
             raise UserError(
-                f"dataset {meta.name!r} has no segmentation classes; miou cannot be computed — choose a detection metric"
+                f"dataset {meta.name!r} has no segmentation classes; miou cannot be computed — choose a detection "
+                "metric"
             )
         sizes = cityscapes_instance_sizes(meta.seg_classes, meta.det_classes)
         return SegmentationMetric(meta.seg_classes, meta.ignore_index, instance_sizes=sizes)

@@ -107,10 +107,10 @@ class COCOMetric:
     def compute(self) -> dict[str, Any]:
         """{"value": AP@[.5:.95] in 0..1, "details": the 12 COCO numbers and per-class AP}."""
         E = run_cocoeval(self.coco_gt, self.results, self.iou_type)
-        stats = {name: _none_if_missing(v) for name, v in zip(COCO_STATS, E.stats)}
+        stats = {name: _none_if_missing(v) for name, v in zip(COCO_STATS, E.stats, strict=True)}
         precision = E.eval["precision"]  # [T, R, K, A, M]
         per_class = []
-        for k, cat_id in enumerate(E.params.catIds):
+        for k in range(len(E.params.catIds)):
             p = precision[:, :, k, 0, -1]
             p = p[p > -1]
             per_class.append(float(np.mean(p)) if p.size else None)

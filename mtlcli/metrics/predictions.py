@@ -51,13 +51,14 @@ class GroundTruth:
         root = Path(root)
         meta = DatasetMeta.load(root)
         meta.check_split(root, split)
+        meta.check_labelled(root, split)
         path = instances_path(root, split)
         if not path.is_file():
             raise UserError(f"{path} is missing — prepare the dataset again with mtl prepare (`mtl prepare --help`)")
         coco = COCO()
         try:
             coco.dataset = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise UserError(f"{path} is not valid JSON ({exc}) — prepare the dataset again") from None
         with contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()
@@ -130,7 +131,7 @@ def load_detections(path: Path, gt: GroundTruth, need_masks: bool = False) -> li
     """Read and check a COCO results JSON against the split: ids, boxes, scores, masks."""
     try:
         results = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise UserError(
             f"{path} is not valid JSON ({exc}) — write COCO results [{{image_id, category_id, bbox, score}}]"
         ) from None
@@ -166,11 +167,13 @@ def load_detections(path: Path, gt: GroundTruth, need_masks: bool = False) -> li
         image_id, cat = r["image_id"], r["category_id"]
         if not isinstance(image_id, int) or image_id not in gt.coco.imgs:
             raise UserError(
-                f"{where}: image_id {image_id!r} is not in {gt.root} split {gt.split!r} — use the ids of its instances.json"
+                f"{where}: image_id {image_id!r} is not in {gt.root} split {gt.split!r} — use the ids of its "
+                "instances.json"
             )
         if not isinstance(cat, int) or not 1 <= cat <= num_classes:
             raise UserError(
-                f"{where}: category_id {cat!r} is out of range; valid ids are 1..{num_classes} ({', '.join(gt.meta.det_classes[:3])}, ...)"
+                f"{where}: category_id {cat!r} is out of range; valid ids are 1..{num_classes} "
+                f"({', '.join(gt.meta.det_classes[:3])}, ...)"
             )
         box = r["bbox"]
         if (
@@ -255,7 +258,8 @@ class PredictionReader:
             self.max_id = max(cityscapes_label_ids())
             if (self.lut == IGNORE_INDEX).all():
                 raise UserError(
-                    f"--cityscapes-ids: none of the dataset's classes ({', '.join(meta.seg_classes[:4])}, ...) is a Cityscapes class"
+                    f"--cityscapes-ids: none of the dataset's classes ({', '.join(meta.seg_classes[:4])}, ...) is a "
+                    "Cityscapes class"
                 )
 
     def __call__(self, path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -271,7 +275,8 @@ class PredictionReader:
         if self.cityscapes_ids:
             if top > self.max_id:
                 raise UserError(
-                    f"{path} holds value {top}, which is no Cityscapes labelId (0..{self.max_id}); drop --cityscapes-ids for class indices"
+                    f"{path} holds value {top}, which is no Cityscapes labelId (0..{self.max_id}); drop "
+                    "--cityscapes-ids for class indices"
                 )
             return np.take(self.lut, pred)  # several times faster than self.lut[pred] on uint8 maps
         if top >= self.num_classes:
@@ -411,8 +416,8 @@ def evaluate_predictions(
     if not predictions.exists():
         raise UserError(f"--predictions {predictions}: no such file or folder")
     gt = GroundTruth.load(root, split)
-    det_file = predictions if predictions.is_file() else (predictions / "detections.json")
-    det_file = det_file if det_file.is_file() else None
+    found = predictions if predictions.is_file() else (predictions / "detections.json")
+    det_file = found if found.is_file() else None
     if predictions.is_file() and predictions.suffix.lower() != ".json":
         raise UserError(f"--predictions {predictions} is neither a COCO results .json file nor a folder of PNGs")
     sem_dir = semantic_dir(predictions, cityscapes_ids)
@@ -450,7 +455,8 @@ def evaluate_predictions(
     if det_names:
         if det_file is None:
             raise UserError(
-                f"--metric {det_names[0]} needs COCO results; {predictions} is no .json file and holds no detections.json"
+                f"--metric {det_names[0]} needs COCO results; {predictions} is no .json file and holds no "
+                "detections.json"
             )
         detections = load_detections(det_file, gt, need_masks="coco-segm" in det_names)
         for name in det_names:

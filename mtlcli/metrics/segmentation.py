@@ -16,7 +16,8 @@ of average sizes below.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -66,7 +67,7 @@ def cityscapes_label_ids() -> set[int]:
     return {label.id for label in labels if label.id >= 0}
 
 
-def _nan_to_none(values: Sequence[float]) -> list[float | None]:
+def _nan_to_none(values: Iterable[float]) -> list[float | None]:
     return [None if math.isnan(v) else float(v) for v in values]
 
 
@@ -104,12 +105,13 @@ class SegmentationMetric:
         self.images = 0
         # uint8 maps are counted as a joint histogram of raw (gt, pred) value pairs, which is then
         # folded onto the matrix: value -> row (ground truth; C = not counted) and column (C = void)
+        # (more than 256 classes: only 16-bit maps hold them, which the bincount path counts)
         rows = np.full(256, C, dtype=np.intp)
-        rows[:C] = np.arange(C)
-        if 0 <= ignore_index < C:
+        rows[: min(C, 256)] = np.arange(min(C, 256))
+        if 0 <= ignore_index < min(C, 256):
             rows[ignore_index] = C
         cols = np.full(256, C, dtype=np.intp)
-        cols[:C] = np.arange(C)
+        cols[: min(C, 256)] = np.arange(min(C, 256))
         self._fold = (rows[:, None] * (C + 1) + cols[None, :]).ravel()
 
     def reset(self) -> None:
@@ -199,7 +201,7 @@ class SegmentationMetric:
 
         As the official script: tp and fn = size - tp are weighted by avgClassSize / size and summed per
         class over all instances; classes without an average size are skipped."""
-        for c, t, n in zip(classes, tp, sizes):
+        for c, t, n in zip(classes, tp, sizes, strict=True):
             if c not in self.instance_sizes or n == 0:
                 continue
             weight = self.instance_sizes[c] / float(n)
@@ -267,7 +269,7 @@ class DTMetric(SegmentationMetric):
     def __init__(self, thresholds: Sequence[float] = (0.2, 0.4)) -> None:
         t = [f"{float(v):g}" for v in thresholds]
         names = ["background"] + (
-            [f"DT <= {t[0]}"] + [f"DT {a}-{b}" for a, b in zip(t, t[1:])] + [f"DT > {t[-1]}"] if t else ["DT > 0"]
+            [f"DT <= {t[0]}"] + [f"DT {a}-{b}" for a, b in pairwise(t)] + [f"DT > {t[-1]}"] if t else ["DT > 0"]
         )
         super().__init__(names, IGNORE_INDEX)
 

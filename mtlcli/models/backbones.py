@@ -74,7 +74,8 @@ def load_pretrained(
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:
         raise UserError(
-            f"pretrained weights do not fit the backbone (shape mismatch in {', '.join(bad[:3])}) — check the architecture"
+            f"pretrained weights do not fit the backbone (shape mismatch in {', '.join(bad[:3])}) — check the "
+            "architecture"
         )
     usable = {k: v for k, v in state.items() if k in own}
     if not usable:

@@ -31,10 +31,12 @@ class MultiTaskModel(nn.Module):
     """
 
     input_size: tuple[int, int]  # (H, W) the network sees
+    pixel_mean: Tensor
+    pixel_std: Tensor
 
     def __init__(self, input_size: int | tuple[int, int], mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
         super().__init__()
-        self.input_size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        self.input_size = (input_size, input_size) if isinstance(input_size, int) else (input_size[0], input_size[1])
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
@@ -45,7 +47,7 @@ class MultiTaskModel(nn.Module):
 
         Returns (batch [B, 3, h, w], targets in the network frame or None, original (H, W) sizes).
         """
-        sizes = [tuple(img.shape[-2:]) for img in images]
+        sizes = [(img.shape[-2], img.shape[-1]) for img in images]
         h, w = self.input_size
         batch = torch.stack(
             [
@@ -57,7 +59,7 @@ class MultiTaskModel(nn.Module):
         )
         batch = (batch - self.pixel_mean) / self.pixel_std
         if targets is not None:
-            targets = [resize_target(t, size, (h, w)) for t, size in zip(targets, sizes)]
+            targets = [resize_target(t, size, (h, w)) for t, size in zip(targets, sizes, strict=True)]
         return batch, targets, sizes
 
     def network(self, batch: Tensor) -> Any:
@@ -74,7 +76,7 @@ class MultiTaskModel(nn.Module):
             raise ValueError("targets are required in training mode")
         batch, targets, sizes = self.preprocess(images, targets)
         raw = self.network(batch)
-        if self.training:
+        if self.training and targets is not None:
             return self.loss(raw, targets)
         return self.postprocess(raw, sizes)
 
@@ -115,7 +117,7 @@ def boxes_to_original(boxes: Tensor, net_size: tuple[int, int], size: tuple[int,
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module):  # type: ignore[no-untyped-def]
+def eval_mode(model: nn.Module):
     """Run a block with `model` in eval mode, then give it back the mode it had (train or eval)."""
     was_training = model.training
     model.eval()

@@ -48,7 +48,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 
 from mtlcli.errors import UserError
-from mtlcli.models.rcnn import FPN_LEVELS, TwoStageDetector, build_rpn
+from mtlcli.models.rcnn import FPN_LEVELS, TwoStageDetector, TwoStageOptions, two_stage_keywords
 from mtlcli.models.rcnn import TINY as RCNN_TINY
 from mtlcli.models.safpn import BOX_HEADS, FUSES, NECKS, REFINES, EnrichedBoxHead, JointRoIPath, build_neck_backbone
 
@@ -328,6 +328,7 @@ def build_stage(
                         plain_mask_pool, mask_head, mask_predictor)  # fmt: skip
 
 
+@two_stage_keywords
 def build_cascade(
     num_det_classes: int = 80,
     backbone: str = "resnet50",
@@ -347,24 +348,8 @@ def build_cascade(
     refine_convs: int = 2,
     box_head: str = "strided",
     box_convs: int = 1,
-    trainable_layers: int | None = None,
-    fpn_channels: int = 256,
-    representation_size: int = 1024,
-    mask_channels: int = 256,
-    min_size: int | Sequence[int] = 800,
-    max_size: int = 1333,
-    test_min_size: int | None = None,
-    test_max_size: int | None = None,
-    boxes_as_masks: bool = False,
-    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_pre_nms_top_n_test: int = 1000,
-    rpn_post_nms_top_n_test: int = 1000,
-    box_batch_size_per_image: int = 512,
-    box_score_thresh: float = 0.05,
-    box_nms_thresh: float = 0.5,
-    box_detections_per_img: int = 100,
+    *,
+    options: TwoStageOptions,
 ) -> TwoStageDetector:
     """Cascade Mask R-CNN R50-FPN (MMDetection's cascade_mask_rcnn_r50_fpn_1x) behind DESIGN.md §4.
 
@@ -384,7 +369,7 @@ def build_cascade(
     (MMDetection: K), +257 parameters per stage at 256 channels. Parameters (COCO, R50): 77,325,377 against
     77,324,606 counted from MMDetection's config (+771, tests/models/test_cascade.py); with SA-FPN 82.97M,
     with EJ-Head 82.64M, with both 88.28M; R101 96.32M.
-    Tiny configuration: `build_cascade(**cascade.TINY)`.
+    The other keywords are `rcnn.TwoStageOptions`'. Tiny configuration: `build_cascade(**cascade.TINY)`.
     """
     if neck not in NECKS:
         raise UserError(f"unknown neck {neck!r}; valid: {', '.join(NECKS)}")
@@ -400,16 +385,12 @@ def build_cascade(
         raise UserError(f"stage_ious must lie in (0, 1), got {list(stage_ious)}")
     if not 0.0 < interleave_iou <= 1.0:
         raise UserError(f"interleave_iou must be in (0, 1], got {interleave_iou}")
-    body = build_neck_backbone(neck, fuse, backbone, pretrained_backbone, fpn_channels, trainable_layers)
-    rpn = build_rpn(
-        fpn_channels, anchor_sizes,
-        pre_nms_top_n_train=rpn_pre_nms_top_n_train, post_nms_top_n_train=rpn_post_nms_top_n_train,
-        pre_nms_top_n_test=rpn_pre_nms_top_n_test, post_nms_top_n_test=rpn_post_nms_top_n_test,
-    )  # fmt: skip
+    o = options
+    body = build_neck_backbone(neck, fuse, backbone, pretrained_backbone, o.fpn_channels, o.trainable_layers)
     num_classes = int(num_det_classes) + 1
     stages = [
         build_stage(
-            fpn_channels,
+            o.fpn_channels,
             num_classes,
             masks=masks,
             ej_head=ej_head,
@@ -418,18 +399,13 @@ def build_cascade(
             refine_convs=refine_convs,
             box_head=box_head,
             box_convs=box_convs,
-            representation_size=representation_size,
-            mask_channels=mask_channels,
+            representation_size=o.representation_size,
+            mask_channels=o.mask_channels,
         )  # fmt: skip
         for _ in stage_ious
     ]
     roi_heads = CascadeRoIHeads(
         stages, ious=stage_ious, stage_weights=stage_weights, box_stds=box_stds, box_loss_beta=box_loss_beta,
-        interleave=ej_head and interleave, interleave_iou=interleave_iou,
-        batch_size_per_image=box_batch_size_per_image, score_thresh=box_score_thresh,
-        nms_thresh=box_nms_thresh, detections_per_img=box_detections_per_img,
+        interleave=ej_head and interleave, interleave_iou=interleave_iou, **o.sampling(),
     )  # fmt: skip
-    return TwoStageDetector(
-        body, rpn, roi_heads, min_size=min_size, max_size=max_size,
-        test_min_size=test_min_size, test_max_size=test_max_size, boxes_as_masks=boxes_as_masks,
-    )  # fmt: skip
+    return TwoStageDetector(body, o.rpn(), roi_heads, **o.transform())

@@ -40,9 +40,10 @@ from mtlcli.models.rcnn import (
     FPN_LEVELS,
     IGNORE_INDEX,
     TwoStageDetector,
+    TwoStageOptions,
     build_resnet_fpn,
     build_roi_heads,
-    build_rpn,
+    two_stage_keywords,
 )
 from mtlcli.models.rcnn import TINY as RCNN_TINY
 
@@ -80,6 +81,7 @@ class DenseAuxHead(nn.Module):
     def forward(self, levels: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """levels: P2..P6, [B, C, H/4, W/4] .. [B, C, H/64, W/64] -> (F [B, C, H/4, W/4], logits [B, K, H/4, W/4])."""
         total = levels[0]
+        convs: Any
         for level, convs in enumerate(self.up):
             if level == 0:
                 continue
@@ -198,7 +200,7 @@ class MultiScalePoolWithAttention(nn.Module):
         return torch.cat(
             [
                 roi_align(features[name], rois, self.output_size, 1.0 / stride, self.sampling_ratio, aligned=False)
-                for name, stride in zip(self.featmap_names, self.strides)
+                for name, stride in zip(self.featmap_names, self.strides, strict=True)
             ],
             dim=1,
         )
@@ -211,7 +213,7 @@ class MultiScalePoolWithAttention(nn.Module):
 
 # -------------------------------------------------------------------------------------- RoI heads
 def make_res5(
-    in_channels: int, block: type = Bottleneck, planes: int = 512, blocks: int = 3, norm_layer=nn.BatchNorm2d
+    in_channels: int, block: Any = Bottleneck, planes: int = 512, blocks: int = 3, norm_layer=nn.BatchNorm2d
 ) -> nn.Sequential:
     """A fresh ResNet conv5 stage (first block stride 2) reading `in_channels`: [R, Cin, k, k] ->
     [R, planes * expansion, ceil(k/2), ceil(k/2)]."""
@@ -232,7 +234,8 @@ class Res5BoxHead(nn.Module):
     def __init__(self, res5: nn.Sequential) -> None:
         super().__init__()
         self.res5 = res5
-        self.out_channels = res5[-1].conv1.in_channels  # a block's input width == the stage's output width
+        last: Any = res5[-1]  # a torchvision Bottleneck
+        self.out_channels: int = last.conv1.in_channels  # a block's input width == the stage's output width
 
     def forward(self, x: Tensor) -> Tensor:
         return self.res5(x).mean(dim=(2, 3))
@@ -252,15 +255,15 @@ class HeavyMaskPredictor(nn.Sequential):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
-def _res5_for(body: nn.Module, in_channels: int, planes: int | None) -> nn.Sequential:
+def _res5_for(body: Any, in_channels: int, planes: int | None) -> nn.Sequential:  # torchvision's BackboneWithFPN
     """The RoI head's res5: a copy of the trunk's layer4 (ImageNet-initialised, with the trunk's norm,
     when the trunk is). When the pooled features are narrower or wider than layer4's input (no MSPwA:
     C = 256 instead of 1024), only the two convs that read them — the first block's conv1 and its
     downsample conv — are new (same shapes but the input width, kaiming-initialised); everything else is
     the same ImageNet res5, so Table 3's rows with and without MSPwA differ by MSPwA alone. A res5 of
     another bottleneck width (`planes`, the tiny configuration) is a fresh stage."""
-    layer4 = body.body["layer4"]
-    block = type(layer4[0])
+    layer4: Any = body.body["layer4"]
+    block: Any = type(layer4[0])
     trunk_planes = layer4[-1].conv1.in_channels // block.expansion  # 512 for R50, R101 and X101 32x8d
     planes = planes or trunk_planes
     if planes != trunk_planes:
@@ -273,7 +276,7 @@ def _res5_for(body: nn.Module, in_channels: int, planes: int | None) -> nn.Seque
     return res5
 
 
-def _rewidth(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+def _rewidth(conv: Any, in_channels: int) -> nn.Conv2d:  # conv: an nn.Conv2d
     """`conv` with another input width: a new kaiming-initialised conv of the same kind."""
     new = nn.Conv2d(
         in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None
@@ -304,7 +307,7 @@ def build_datnet_roi_heads(
             return MultiScalePoolWithAttention(channels, k, reduction=se_reduction)
         return MultiScaleRoIAlign(FPN_LEVELS, output_size=k, sampling_ratio=2)
 
-    def fpn_mask_branch() -> tuple[nn.Module, ...]:
+    def fpn_mask_branch() -> tuple[nn.Module, nn.Module, nn.Module]:
         return (
             pool(14),
             MaskRCNNHeads(pooled, [mask_channels] * 4, 1),
@@ -400,7 +403,7 @@ class DATNet(TwoStageDetector):
         for name, key in (("seg", "sem_seg"), ("dt", "dt")):
             if name not in dense or (name == "seg" and not self.output_sem_seg):
                 continue
-            for i, (size, orig) in enumerate(zip(image_sizes, original_sizes)):
+            for i, (size, orig) in enumerate(zip(image_sizes, original_sizes, strict=True)):
                 outs[i][key] = logits_to_original(dense[name][i], size, orig, stride=4).softmax(0)
         return outs
 
@@ -420,6 +423,7 @@ def logits_to_original(logits: Tensor, size: tuple[int, int], original: tuple[in
 
 
 # ---------------------------------------------------------------------------------------- builder
+@two_stage_keywords
 def build_datnet(
     num_det_classes: int = 80,
     num_seg_classes: int = 81,
@@ -434,26 +438,10 @@ def build_datnet(
     background_alpha: float = 0.2,
     seg_background_index: int = 0,
     se_reduction: int = 16,
-    trainable_layers: int | None = None,
-    fpn_channels: int = 256,
     res5_planes: int = 512,
-    representation_size: int = 1024,
-    mask_channels: int = 256,
-    min_size: int | Sequence[int] = 800,
-    max_size: int = 1333,
-    test_min_size: int | None = None,
-    test_max_size: int | None = None,
-    boxes_as_masks: bool = False,
     output_sem_seg: bool = True,
-    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_pre_nms_top_n_test: int = 1000,
-    rpn_post_nms_top_n_test: int = 1000,
-    box_batch_size_per_image: int = 512,
-    box_score_thresh: float = 0.05,
-    box_nms_thresh: float = 0.5,
-    box_detections_per_img: int = 100,
+    *,
+    options: TwoStageOptions,
 ) -> DATNet:
     """DATNet R50-FPN with the paper's defaults (Light head, MSPwA, sum fusion, w1 = w2 = 0.25).
 
@@ -467,7 +455,7 @@ def build_datnet(
     when the trunk is); without MSPwA only its first block's input convs are new (`_res5_for`). Heavy's mask
     predictor is Mask R-CNN's C4 one (deconv 2x2 + ReLU, 1x1 conv, 14x14 masks). Inferred (MODELS.md): P'6 =
     subsampled P'5; Heavy's mask branch reruns the shared res5 on the positive RoIs.
-    Tiny configuration: `build_datnet(**datnet.TINY)`.
+    The other keywords are `rcnn.TwoStageOptions`'. Tiny configuration: `build_datnet(**datnet.TINY)`.
     Parameters (COCO, R50): Light 62.28M, Heavy 59.849M (paper: 62.3M / 59.9M; Heavy 0.08% under).
     """
     if head not in HEADS:
@@ -480,27 +468,24 @@ def build_datnet(
         )
     if dt_weight < 0 or seg_weight < 0:
         raise UserError(f"dt_weight and seg_weight must be >= 0 (got {dt_weight}, {seg_weight})")
-    body = build_resnet_fpn(backbone, pretrained_backbone, fpn_channels, trainable_layers)
-    dense_heads, weights = {}, {}
+    o = options
+    body = build_resnet_fpn(backbone, pretrained_backbone, o.fpn_channels, o.trainable_layers)
+    dense_heads: dict[str, DenseAuxHead] = {}
+    weights: dict[str, float] = {}
     for name, weight, classes in (("dt", dt_weight, dt_bins), ("seg", seg_weight, num_seg_classes)):
         if weight > 0:
-            dense_heads[name] = DenseAuxHead(fpn_channels, int(classes))
+            dense_heads[name] = DenseAuxHead(o.fpn_channels, int(classes))
             weights[name] = float(weight)
-    fuse = FeatureFusion(fpn_channels, FUSIONS[fusion]) if FUSIONS[fusion] is not None and dense_heads else None
-    rpn = build_rpn(
-        fpn_channels, anchor_sizes,
-        pre_nms_top_n_train=rpn_pre_nms_top_n_train, post_nms_top_n_train=rpn_post_nms_top_n_train,
-        pre_nms_top_n_test=rpn_pre_nms_top_n_test, post_nms_top_n_test=rpn_post_nms_top_n_test,
-    )  # fmt: skip
+    convs = FUSIONS[fusion]
+    fuse = FeatureFusion(o.fpn_channels, convs) if convs is not None and dense_heads else None
+    rpn = o.rpn()
     roi_heads = build_datnet_roi_heads(
-        head, mspwa, fpn_channels, num_det_classes + 1, body,
-        res5_planes=res5_planes, representation_size=representation_size, mask_channels=mask_channels,
-        se_reduction=se_reduction, batch_size_per_image=box_batch_size_per_image,
-        score_thresh=box_score_thresh, nms_thresh=box_nms_thresh, detections_per_img=box_detections_per_img,
+        head, mspwa, o.fpn_channels, num_det_classes + 1, body,
+        res5_planes=res5_planes, representation_size=o.representation_size, mask_channels=o.mask_channels,
+        se_reduction=se_reduction, **o.sampling(),
     )  # fmt: skip
     return DATNet(
         body, rpn, roi_heads, dense_heads, weights, fuse,
         background_alpha=background_alpha, seg_background_index=seg_background_index,
-        output_sem_seg=output_sem_seg, min_size=min_size, max_size=max_size,
-        test_min_size=test_min_size, test_max_size=test_max_size, boxes_as_masks=boxes_as_masks,
+        output_sem_seg=output_sem_seg, **o.transform(),
     )  # fmt: skip

@@ -242,6 +242,8 @@ class InterdependentMTL(MultiTaskModel):
     "det": three tensors [B, A, 5 + K, h/16, w/16]}.
     """
 
+    anchors: Tensor
+
     def __init__(
         self,
         encoder: Encoder,
@@ -407,7 +409,7 @@ def timm_resnetv2_to_encoder(state: dict[str, Tensor], encoder: Encoder) -> dict
             elif layer == "downsample":
                 out[prefix + "shortcut." + ".".join(rest[1:])] = value
             elif layer == "conv2":
-                blocks = getattr(encoder, f"block{stage + 1}", None)
+                blocks: Any = getattr(encoder, f"block{stage + 1}", None)
                 halves = len(blocks[unit].conv2) if blocks is not None and unit < len(blocks) else 1
                 if halves == 1:
                     out[prefix + "conv2.0.weight"] = value
@@ -581,7 +583,7 @@ def build_imtl(
         size,
         seg_weight,
         det_weight,
-        tuple(aux_weights),
+        (aux_weights[0], aux_weights[1]),
         score_thresh,
         nms_thresh,
         detections_per_img,

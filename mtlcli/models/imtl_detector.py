@@ -120,6 +120,7 @@ class Detector(nn.Module):
         # of negatives does not swamp the first steps
         with torch.no_grad():
             for head in self.heads:
+                assert isinstance(head, nn.Conv2d) and head.bias is not None
                 head.bias.view(anchors_per_branch, 5 + num_classes)[:, 4:] = -math.log(99.0)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 (torch's signature)
@@ -248,7 +249,7 @@ def load_anchors(anchors: Any, input_size: tuple[int, int]) -> Tensor:
         try:
             data = json.loads(path.read_text())
             values, frame = data["anchors"], tuple(data.get("input_size", input_size))
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
             raise UserError(
                 f"{path} is not an anchors file written by `mtl anchors` ({exc}) — compute it again"
             ) from None

@@ -17,6 +17,7 @@ L_det, both divided by the number of positive default boxes) and loss_seg (alrea
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -110,7 +111,7 @@ class ResNetPyramid(nn.Module):
         mid, out = extra_channels
         self.extras = nn.ModuleList()
         channels = list(trunk.out_channels)
-        for (h, w), size in zip(sizes[2:-1], sizes[3:]):  # from the level of (h, w) to the next one
+        for (h, w), size in pairwise(sizes[2:]):  # from the level of (h, w) to the next one
             self.extras.append(
                 nn.Sequential(
                     conv_norm_act(channels[-1], mid, 1, (h, w)),
@@ -132,14 +133,16 @@ def upsample_conv(in_ch: int, out_ch: int, src: tuple[int, int], dst: tuple[int,
     """A learned x2 upsampling (3x3 transposed conv, stride 2) whose padding and output padding are
     chosen per side so that `src` (h, w) becomes exactly `dst` (e.g. 10 -> 19, 5 -> 10, 1 -> 3)."""
     pads, extra = [], []
-    for s, d in zip(src, dst):
+    for s, d in zip(src, dst, strict=True):
         full = 2 * s + 1  # output of a 3x3 stride-2 transposed conv without padding
         p = (full - d + 1) // 2
         pads.append(p)
         extra.append(d - (full - 2 * p))
     if min(pads) < 0 or not all(0 <= e <= 1 for e in extra):
         raise ValueError(f"cannot upsample {src} to {dst} with a stride-2 transposed conv")
-    return nn.ConvTranspose2d(in_ch, out_ch, 3, stride=2, padding=tuple(pads), output_padding=tuple(extra))
+    return nn.ConvTranspose2d(
+        in_ch, out_ch, 3, stride=2, padding=(pads[0], pads[1]), output_padding=(extra[0], extra[1])
+    )
 
 
 class LocalTopDown(nn.Module):
@@ -167,8 +170,11 @@ class LocalTopDown(nn.Module):
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         n = len(feats)
-        u1 = [conv(up(feats[i + 1])) for i, (up, conv) in enumerate(zip(self.u1_up, self.u1_conv))]
-        u2 = [F.relu(up(u1[i + 1]) + lat(feats[i])) for i, (up, lat) in enumerate(zip(self.u2_up, self.u2_lat))]
+        u1 = [conv(up(feats[i + 1])) for i, (up, conv) in enumerate(zip(self.u1_up, self.u1_conv, strict=True))]
+        u2 = [
+            F.relu(up(u1[i + 1]) + lat(feats[i]))
+            for i, (up, lat) in enumerate(zip(self.u2_up, self.u2_lat, strict=True))
+        ]
         out = []
         for i in range(n):
             parts = [feats[i]] + u1[i : i + 1] + u2[i : i + 1]
@@ -181,10 +187,10 @@ class NoTopDown(nn.Module):
 
     def __init__(self, channels: Sequence[int], sizes: Sequence[tuple[int, int]], width: int = 384) -> None:
         super().__init__()
-        self.proj = nn.ModuleList([conv_norm_act(c, width, 1, s) for c, s in zip(channels, sizes)])
+        self.proj = nn.ModuleList([conv_norm_act(c, width, 1, s) for c, s in zip(channels, sizes, strict=True)])
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
-        return [p(f) for p, f in zip(self.proj, feats)]
+        return [p(f) for p, f in zip(self.proj, feats, strict=True)]
 
 
 class FullTopDown(nn.Module):
@@ -203,7 +209,7 @@ class FullTopDown(nn.Module):
                     conv_norm_act(inner, inner, 3, s),
                     nn.Conv2d(inner, width, 1),
                 )
-                for c, s in zip(channels[:-1], sizes[:-1])
+                for c, s in zip(channels[:-1], sizes[:-1], strict=True)
             ]
         )
 
@@ -236,7 +242,7 @@ class PyramidSegHead(nn.Module):
 
     def forward(self, feats: list[Tensor]) -> Tensor:
         size = feats[0].shape[-2:]
-        parts = [r(f) for r, f in zip(self.reduce, feats)]
+        parts = [r(f) for r, f in zip(self.reduce, feats, strict=True)]
         parts = [parts[0]] + [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in parts[1:]]
         return self.classifier(self.conv(torch.cat(parts, 1)))
 
@@ -250,6 +256,8 @@ class SSDMultiTask(MultiTaskModel):
     network(batch [B, 3, h, w]) -> {"cls_logits": [B, A, K+1], "bbox_regression": [B, A, 4],
                                     "seg_logits": [B, C, h', w']} (keys of the heads present)
     """
+
+    default_boxes: Tensor
 
     def __init__(
         self,
@@ -363,14 +371,10 @@ def default_box_config(
 
 
 def _size(input_size: int | Sequence[int]) -> tuple[int, int]:
-    size = (
-        (int(input_size), int(input_size))
-        if isinstance(input_size, (int, float))
-        else tuple(int(s) for s in input_size)
-    )
-    if len(size) != 2 or min(size) < 32:
+    sides = [int(input_size)] * 2 if isinstance(input_size, (int, float)) else [int(s) for s in input_size]
+    if len(sides) != 2 or min(sides) < 32:
         raise UserError(f"input_size must be a side or an (h, w) pair of at least 32 pixels, got {input_size!r}")
-    return size  # type: ignore[return-value]
+    return sides[0], sides[1]
 
 
 def build_ivanet(
@@ -474,7 +478,8 @@ class VGGFeatures(nn.Module):
         for m in self.features.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
 
 def narrow_convs(module: nn.Module, divisor: int) -> None:
@@ -483,14 +488,15 @@ def narrow_convs(module: nn.Module, divisor: int) -> None:
     Xavier in SSD's fc6/fc7 and extra layers."""
     for name, child in module.named_children():
         if isinstance(child, nn.Conv2d):
+            c: Any = child  # Conv2d's kernel_size, stride, ... are typed tuple[int, ...]: pairs here
             cin = child.in_channels if child.in_channels == 3 else child.in_channels // divisor
             conv = nn.Conv2d(
                 cin,
                 child.out_channels // divisor,
-                child.kernel_size,
-                child.stride,
-                child.padding,
-                child.dilation,
+                c.kernel_size,
+                c.stride,
+                c.padding,
+                c.dilation,
                 bias=child.bias is not None,
             )
             if (

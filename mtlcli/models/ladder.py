@@ -82,7 +82,7 @@ class DenseNetTrunk(nn.Module):
     forward: [B, 3, H, W] -> [DB1 (H/4), DB2 (H/8), DB3 (H/16 or H/8), DB4 (H/32 or H/8)].
     """
 
-    def __init__(self, features: nn.Sequential, dilated: bool = False) -> None:
+    def __init__(self, features: Any, dilated: bool = False) -> None:  # torchvision's DenseNet `features`
         super().__init__()
         self.stem = nn.Sequential(features.conv0, features.norm0, features.relu0, features.pool0)
         self.blocks = nn.ModuleList(
@@ -93,6 +93,7 @@ class DenseNetTrunk(nn.Module):
             for transition in self.transitions[1:]:
                 transition.pool = nn.Identity()
             for block, rate in ((self.blocks[2], 2), (self.blocks[3], 4)):
+                layer: Any
                 for layer in block.children():
                     layer.conv2.dilation = (rate, rate)
                     layer.conv2.padding = (rate, rate)
@@ -100,7 +101,7 @@ class DenseNetTrunk(nn.Module):
 
     @staticmethod
     def _block_out(block: nn.Module) -> int:
-        layers = list(block.children())
+        layers: list[Any] = list(block.children())
         return layers[0].norm1.num_features + len(layers) * layers[0].conv2.out_channels
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -161,11 +162,11 @@ class LadderDenseNet(MultiTaskModel):
 
     def network(self, batch: Tensor) -> dict[str, Tensor]:
         db1, db2, db3, db4 = self.trunk(batch)
-        if self.context is None:
+        if self.context is None or self.aux_head is None:
             return {"logits": self.head(db4)}
         x = ctx = self.context(db4)
         skips = [db3, db2, db1] if self.variant == "ladder" else [db1]
-        for up, skip in zip(self.ups, skips):
+        for up, skip in zip(self.ups, skips, strict=True):
             x = up(x, skip)
         return {"logits": self.head(x), "aux": self.aux_head(ctx)}
 
@@ -179,7 +180,10 @@ class LadderDenseNet(MultiTaskModel):
         }
 
     def postprocess(self, raw: dict[str, Tensor], original_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        return [{"sem_seg": semantic_to_original(logits, size)} for logits, size in zip(raw["logits"], original_sizes)]
+        return [
+            {"sem_seg": semantic_to_original(logits, size)}
+            for logits, size in zip(raw["logits"], original_sizes, strict=True)
+        ]
 
 
 def seg_cross_entropy(logits: Tensor, semantic: Tensor) -> Tensor:
@@ -256,7 +260,7 @@ def build_ladder_densenet(
     )
     load_pretrained(net, pretrained_backbone, weights, rename=_rename_old_keys)
     trunk = DenseNetTrunk(net.features, dilated=variant == "dilated8x")
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
+    size = (input_size, input_size) if isinstance(input_size, int) else (int(input_size[0]), int(input_size[1]))
     return LadderDenseNet(
         trunk,
         num_seg_classes,

@@ -23,9 +23,13 @@ collects them together with any dense auxiliary losses.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -177,14 +181,17 @@ def build_roi_heads(
     )  # fmt: skip
 
 
-def standard_box_branch(channels: int, num_classes: int, representation_size: int = 1024) -> tuple[nn.Module, ...]:
+Branch = tuple[nn.Module, nn.Module, nn.Module]  # (RoI pooler, head, predictor): build_roi_heads' order
+
+
+def standard_box_branch(channels: int, num_classes: int, representation_size: int = 1024) -> Branch:
     """FPN box branch of Mask R-CNN: level-assigned RoIAlign 7x7, two FC layers, class + box predictor."""
     pool = MultiScaleRoIAlign(FPN_LEVELS, output_size=7, sampling_ratio=2)
     head = TwoMLPHead(channels * 7 * 7, representation_size)
     return pool, head, FastRCNNPredictor(representation_size, num_classes)
 
 
-def standard_mask_branch(channels: int, num_classes: int, mask_channels: int = 256) -> tuple[nn.Module, ...]:
+def standard_mask_branch(channels: int, num_classes: int, mask_channels: int = 256) -> Branch:
     """FPN mask branch of Mask R-CNN: RoIAlign 14x14, four 3x3 convs, deconv x2, 1x1 conv -> 28x28 logits."""
     pool = MultiScaleRoIAlign(FPN_LEVELS, output_size=14, sampling_ratio=2)
     head = MaskRCNNHeads(channels, [mask_channels] * 4, 1)
@@ -313,11 +320,11 @@ class TwoStageDetector(nn.Module):
         images = [_plain(img) for img in images]
         sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         if targets is not None:
-            targets = [self._clean_target(t, size) for t, size in zip(targets, sizes)]
+            targets = [self._clean_target(t, size) for t, size in zip(targets, sizes, strict=True)]
         batch, targets = self.transform(images, targets)
         if targets is not None and self.dense_keys:
             padded = batch.tensors.shape[-2:]
-            for t, (h, w) in zip(targets, batch.image_sizes):
+            for t, (h, w) in zip(targets, batch.image_sizes, strict=True):
                 for key in self.dense_keys:
                     if key in t:
                         t[key] = _resize_pad_dense(t[key], (h, w), padded)
@@ -393,7 +400,9 @@ class TwoStageDetector(nn.Module):
         detections = [dict(d) for d in raw["detections"]]  # torchvision rescales in place; keep `raw` intact
         results = self.transform.postprocess(detections, image_sizes, original_sizes)
         dense = self.dense_outputs(raw["dense"], image_sizes, original_sizes)
-        for result, extra, proposals, size, orig in zip(results, dense, raw["proposals"], image_sizes, original_sizes):
+        for result, extra, proposals, size, orig in zip(
+            results, dense, raw["proposals"], image_sizes, original_sizes, strict=True
+        ):
             result["proposals"] = box_ops.clip_boxes_to_image(resize_boxes(proposals, size, orig), orig)
             result.update(extra)
         return results
@@ -403,7 +412,7 @@ class TwoStageDetector(nn.Module):
             raise ValueError("targets are required in training mode")
         batch, targets, sizes = self.preprocess(images, targets if self.training else None)
         raw = self.network(batch, targets)
-        if self.training:
+        if self.training and targets is not None:
             return self.loss(raw, targets)
         return self.postprocess(raw, batch.image_sizes, sizes)
 
@@ -423,109 +432,120 @@ def _check_classes(num_det_classes: int) -> None:
         raise UserError(f"num_det_classes must be at least 1, got {num_det_classes}")
 
 
+@dataclass(frozen=True)
+class TwoStageOptions:
+    """The keyword arguments every R-CNN-family builder shares (Mask / Faster R-CNN, DATNet, SA-FPN), with
+    their defaults: trunk layers left trainable, FPN and head widths, image scales (`min_size` may be a
+    list: multi-scale training, evaluated at `test_min_size`, default 800; `boxes_as_masks` trains the
+    mask head on filled boxes), the RPN's proposal counts and the RoI heads' sampling and test settings.
+    A builder decorated with `two_stage_keywords` lists them after its own arguments."""
+
+    trainable_layers: int | None = None
+    fpn_channels: int = 256
+    representation_size: int = 1024
+    mask_channels: int = 256
+    min_size: int | Sequence[int] = 800
+    max_size: int = 1333
+    test_min_size: int | None = None
+    test_max_size: int | None = None
+    boxes_as_masks: bool = False
+    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512)
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    box_batch_size_per_image: int = 512
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+
+    def rpn(self) -> RegionProposalNetwork:
+        return build_rpn(
+            self.fpn_channels, self.anchor_sizes,
+            pre_nms_top_n_train=self.rpn_pre_nms_top_n_train, post_nms_top_n_train=self.rpn_post_nms_top_n_train,
+            pre_nms_top_n_test=self.rpn_pre_nms_top_n_test, post_nms_top_n_test=self.rpn_post_nms_top_n_test,
+        )  # fmt: skip
+
+    def sampling(self) -> dict[str, Any]:
+        """`build_roi_heads`' keyword arguments: RoIs sampled per image, test score / NMS / count."""
+        return dict(
+            batch_size_per_image=self.box_batch_size_per_image, score_thresh=self.box_score_thresh,
+            nms_thresh=self.box_nms_thresh, detections_per_img=self.box_detections_per_img,
+        )  # fmt: skip
+
+    def transform(self) -> dict[str, Any]:
+        """`TwoStageDetector`'s keyword arguments: the image scales."""
+        return dict(
+            min_size=self.min_size, max_size=self.max_size, test_min_size=self.test_min_size,
+            test_max_size=self.test_max_size, boxes_as_masks=self.boxes_as_masks,
+        )  # fmt: skip
+
+
+B = TypeVar("B")
+
+
+def two_stage_keywords(builder: Callable[..., B]) -> Callable[..., B]:
+    """`builder(own arguments..., *, options: TwoStageOptions)` as a function whose signature is its own
+    arguments followed by TwoStageOptions' fields as keywords (what `mtlcli.models.builder_arguments` and
+    the recipe checks read); the call gathers those keywords into `options`."""
+    own = [p for p in inspect.signature(builder).parameters.values() if p.name != "options"]
+    shared = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+        for f in dataclasses.fields(TwoStageOptions)
+    ]
+    signature = inspect.signature(builder).replace(parameters=own + shared)
+
+    @functools.wraps(builder)
+    def build(*args: Any, **kwargs: Any) -> B:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        options = TwoStageOptions(**{f.name: values.pop(f.name) for f in dataclasses.fields(TwoStageOptions)})
+        return builder(**values, options=options)
+
+    build.__signature__ = signature  # type: ignore[attr-defined]
+    return build
+
+
 def _build_baseline(
-    masks: bool,
-    num_det_classes: int,
-    backbone: str,
-    pretrained_backbone: bool | str,
-    trainable_layers: int | None,
-    fpn_channels: int,
-    representation_size: int,
-    mask_channels: int,
-    min_size: int | Sequence[int],
-    max_size: int,
-    test_min_size: int | None,
-    test_max_size: int | None,
-    boxes_as_masks: bool,
-    anchor_sizes: Sequence[int],
-    rpn_pre_nms_top_n_train: int,
-    rpn_post_nms_top_n_train: int,
-    rpn_pre_nms_top_n_test: int,
-    rpn_post_nms_top_n_test: int,
-    box_batch_size_per_image: int,
-    box_score_thresh: float,
-    box_nms_thresh: float,
-    box_detections_per_img: int,
+    masks: bool, num_det_classes: int, backbone: str, pretrained_backbone: bool | str, o: TwoStageOptions
 ) -> TwoStageDetector:
     _check_classes(num_det_classes)
-    body = build_resnet_fpn(backbone, pretrained_backbone, fpn_channels, trainable_layers)
-    rpn = build_rpn(
-        fpn_channels, anchor_sizes,
-        pre_nms_top_n_train=rpn_pre_nms_top_n_train, post_nms_top_n_train=rpn_post_nms_top_n_train,
-        pre_nms_top_n_test=rpn_pre_nms_top_n_test, post_nms_top_n_test=rpn_post_nms_top_n_test,
-    )  # fmt: skip
+    body = build_resnet_fpn(backbone, pretrained_backbone, o.fpn_channels, o.trainable_layers)
+    rpn = o.rpn()
     num_classes = num_det_classes + 1
-    mask_branch = standard_mask_branch(fpn_channels, num_classes, mask_channels) if masks else (None, None, None)
-    roi_heads = build_roi_heads(
-        *standard_box_branch(fpn_channels, num_classes, representation_size), *mask_branch,
-        batch_size_per_image=box_batch_size_per_image, score_thresh=box_score_thresh,
-        nms_thresh=box_nms_thresh, detections_per_img=box_detections_per_img,
-    )  # fmt: skip
-    return TwoStageDetector(
-        body, rpn, roi_heads, min_size=min_size, max_size=max_size,
-        test_min_size=test_min_size, test_max_size=test_max_size, boxes_as_masks=boxes_as_masks,
-    )  # fmt: skip
+    box_pool, box_head, box_predictor = standard_box_branch(o.fpn_channels, num_classes, o.representation_size)
+    mask_pool, mask_head, mask_predictor = (
+        standard_mask_branch(o.fpn_channels, num_classes, o.mask_channels) if masks else (None, None, None)
+    )
+    roi_heads = build_roi_heads(box_pool, box_head, box_predictor, mask_pool, mask_head, mask_predictor, **o.sampling())
+    return TwoStageDetector(body, rpn, roi_heads, **o.transform())
 
 
+@two_stage_keywords
 def build_maskrcnn(
     num_det_classes: int = 80,
     backbone: str = "resnet50",
     pretrained_backbone: bool | str = False,
-    trainable_layers: int | None = None,
-    fpn_channels: int = 256,
-    representation_size: int = 1024,
-    mask_channels: int = 256,
-    min_size: int | Sequence[int] = 800,
-    max_size: int = 1333,
-    test_min_size: int | None = None,
-    test_max_size: int | None = None,
-    boxes_as_masks: bool = False,
-    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_pre_nms_top_n_test: int = 1000,
-    rpn_post_nms_top_n_test: int = 1000,
-    box_batch_size_per_image: int = 512,
-    box_score_thresh: float = 0.05,
-    box_nms_thresh: float = 0.5,
-    box_detections_per_img: int = 100,
+    *,
+    options: TwoStageOptions,
 ) -> TwoStageDetector:
     """Mask R-CNN R50-FPN (torchvision's architecture: 44.4M parameters for COCO) behind our contract.
 
-    `num_det_classes` excludes background. `min_size` may be a list (multi-scale training; evaluation
-    then uses `test_min_size`, default 800). `boxes_as_masks` trains the mask head on filled boxes (VOC).
+    `num_det_classes` excludes background; the other keywords are `TwoStageOptions`'.
     The tiny configuration is `build_maskrcnn(**rcnn.TINY)`.
     """
-    return _build_baseline(True, **_locals_without_self(locals()))
+    return _build_baseline(True, num_det_classes, backbone, pretrained_backbone, options)
 
 
+@two_stage_keywords
 def build_fasterrcnn(
     num_det_classes: int = 20,
     backbone: str = "resnet50",
     pretrained_backbone: bool | str = False,
-    trainable_layers: int | None = None,
-    fpn_channels: int = 256,
-    representation_size: int = 1024,
-    mask_channels: int = 256,
-    min_size: int | Sequence[int] = 800,
-    max_size: int = 1333,
-    test_min_size: int | None = None,
-    test_max_size: int | None = None,
-    boxes_as_masks: bool = False,
-    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_pre_nms_top_n_test: int = 1000,
-    rpn_post_nms_top_n_test: int = 1000,
-    box_batch_size_per_image: int = 512,
-    box_score_thresh: float = 0.05,
-    box_nms_thresh: float = 0.5,
-    box_detections_per_img: int = 100,
+    *,
+    options: TwoStageOptions,
 ) -> TwoStageDetector:
     """Faster R-CNN R50-FPN (boxes only; `mask_channels` / `boxes_as_masks` are accepted and unused so
     that recipes can switch between the two baselines). Default: the 20 VOC classes."""
-    return _build_baseline(False, **_locals_without_self(locals()))
-
-
-def _locals_without_self(scope: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in scope.items() if not k.startswith("_")}
+    return _build_baseline(False, num_det_classes, backbone, pretrained_backbone, options)

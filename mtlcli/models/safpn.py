@@ -41,11 +41,12 @@ from mtlcli.errors import UserError
 from mtlcli.models.rcnn import (
     FPN_LEVELS,
     TwoStageDetector,
+    TwoStageOptions,
     build_resnet_fpn,
     build_roi_heads,
-    build_rpn,
     standard_box_branch,
     standard_mask_branch,
+    two_stage_keywords,
 )
 from mtlcli.models.rcnn import TINY as RCNN_TINY
 
@@ -62,7 +63,7 @@ def _conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
     """A neck conv initialised like torchvision's FPN (kaiming uniform, a = 1; zero bias)."""
     conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
     nn.init.kaiming_uniform_(conv.weight, a=1)
-    nn.init.constant_(conv.bias, 0)
+    nn.init.constant_(conv.bias, 0)  # type: ignore[arg-type]  # a Conv2d made with a bias
     return conv
 
 
@@ -89,7 +90,7 @@ class BottomUpFPN(nn.Module):
         self.output = nn.ModuleList(_conv(channels, channels, 3) for _ in in_channels_list)
 
     def forward(self, x: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
-        laterals = [conv(c) for conv, c in zip(self.lateral, x.values())]
+        laterals = [conv(c) for conv, c in zip(self.lateral, x.values(), strict=True)]
         outs: list[Tensor] = []
         for i, lat in enumerate(laterals):
             total = lat
@@ -99,7 +100,7 @@ class BottomUpFPN(nn.Module):
             if self.fuse_deeper and i + 1 < len(laterals):
                 total = total + F.interpolate(laterals[i + 1], size=lat.shape[-2:], mode="nearest")
             outs.append(self.output[i](total))
-        return OrderedDict(zip(x.keys(), outs))
+        return OrderedDict(zip(x.keys(), outs, strict=True))
 
 
 class ScaleAwareNeck(nn.Module):
@@ -128,13 +129,16 @@ class ScaleAwareNeck(nn.Module):
     def forward(self, x: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
         td = list(self.td(x).values())[: len(x)] if self.td is not None else None  # drop the FPN's own "pool"
         bu = list(self.bu(x).values()) if self.bu is not None else None
+        levels: list[Tensor]
         if td is None or bu is None:
-            levels = td if td is not None else bu
+            either = td if td is not None else bu
+            assert either is not None  # a neck has at least one of the two paths
+            levels = either
         elif self.reduce is not None:
-            levels = [conv(torch.cat([t, b], dim=1)) for conv, t, b in zip(self.reduce, td, bu)]
+            levels = [conv(torch.cat([t, b], dim=1)) for conv, t, b in zip(self.reduce, td, bu, strict=True)]
         else:
-            levels = [t + b for t, b in zip(td, bu)]
-        out = OrderedDict(zip(x.keys(), levels))
+            levels = [t + b for t, b in zip(td, bu, strict=True)]
+        out = OrderedDict(zip(x.keys(), levels, strict=True))
         out["pool"] = F.max_pool2d(levels[-1], kernel_size=1, stride=2)
         return out
 
@@ -187,7 +191,7 @@ class BoundaryRefinement(nn.Module):
         for i in range(self.depth):  # conv1, conv2, ... (the names of the two-conv block's checkpoints)
             conv = nn.Conv2d(channels, channels, 3, padding=1)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.constant_(conv.bias, 0)
+            nn.init.constant_(conv.bias, 0)  # type: ignore[arg-type]  # a Conv2d made with a bias
             setattr(self, f"conv{i + 1}", conv)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -243,7 +247,7 @@ class EnrichedBoxHead(nn.Module):
                 stride = 2 if form == "strided" and i == n - 1 else 1
                 conv = nn.Conv2d(channels, channels, 3, stride=stride, padding=1)
                 nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.constant_(conv.bias, 0)
+                nn.init.constant_(conv.bias, 0)  # type: ignore[arg-type]  # a Conv2d made with a bias
                 self.convs.append(conv)
         side = 14 if form == "flatten" else 7
         self.fc6 = nn.Linear(channels * side * side, representation_size)
@@ -288,7 +292,7 @@ def interleaved_mask_rois(
     cls = torch.where(assigned > 0, assigned, predicted)
     refined = decoded[torch.arange(len(cls), device=cls.device), cls]
     out_boxes, out_idxs = [], []
-    for boxes, gt, shape in zip(refined.split(counts), gt_boxes, image_shapes):
+    for boxes, gt, shape in zip(refined.split(counts), gt_boxes, image_shapes, strict=True):
         boxes = box_ops.clip_boxes_to_image(boxes, shape)
         if len(gt) == 0 or len(boxes) == 0:
             out_boxes.append(boxes[:0])
@@ -364,12 +368,13 @@ class EJRoIHeads(RoIHeads):
 
         if not self.training:
             boxes, scores, classes = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
-            results = [{"boxes": b, "labels": c, "scores": s} for b, c, s in zip(boxes, classes, scores)]
+            results = [{"boxes": b, "labels": c, "scores": s} for b, c, s in zip(boxes, classes, scores, strict=True)]
             for result, masks in zip(
-                results, maskrcnn_inference(self.mask_logits(features, boxes, image_shapes), classes)
+                results, maskrcnn_inference(self.mask_logits(features, boxes, image_shapes), classes), strict=True
             ):
                 result["masks"] = masks
             return results, {}
+        assert targets is not None  # checked on entry in training mode
 
         loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
         if self.interleave:
@@ -379,8 +384,8 @@ class EJRoIHeads(RoIHeads):
             )  # fmt: skip
         else:  # Mask R-CNN: the positive sampled proposals, unrefined
             positives = [torch.where(lab > 0)[0] for lab in labels]
-            mask_boxes = [p[pos] for p, pos in zip(proposals, positives)]
-            mask_idxs = [m[pos] for m, pos in zip(matched_idxs, positives)]
+            mask_boxes = [p[pos] for p, pos in zip(proposals, positives, strict=True)]
+            mask_idxs = [m[pos] for m, pos in zip(matched_idxs, positives, strict=True)]
         loss_mask = maskrcnn_loss(
             self.mask_logits(features, mask_boxes, image_shapes), mask_boxes,
             [t["masks"] for t in targets], [t["labels"] for t in targets], mask_idxs,
@@ -408,6 +413,7 @@ def build_ej_head(
         head: nn.Module = EnrichedBoxHead(channels, representation_size, box_head, box_convs)
     else:
         head = TwoMLPHead(channels * 7 * 7, representation_size)
+    mask: tuple[nn.Module, nn.Module, nn.Module]
     if enriched:
         mask = (
             joint,
@@ -423,6 +429,7 @@ def build_ej_head(
 
 
 # ---------------------------------------------------------------------------------------- builder
+@two_stage_keywords
 def build_safpn(
     num_det_classes: int = 80,
     backbone: str = "resnet50",
@@ -437,24 +444,8 @@ def build_safpn(
     refine_convs: int = 2,
     box_head: str = "strided",
     box_convs: int = 1,
-    trainable_layers: int | None = None,
-    fpn_channels: int = 256,
-    representation_size: int = 1024,
-    mask_channels: int = 256,
-    min_size: int | Sequence[int] = 800,
-    max_size: int = 1333,
-    test_min_size: int | None = None,
-    test_max_size: int | None = None,
-    boxes_as_masks: bool = False,
-    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_pre_nms_top_n_test: int = 1000,
-    rpn_post_nms_top_n_test: int = 1000,
-    box_batch_size_per_image: int = 512,
-    box_score_thresh: float = 0.05,
-    box_nms_thresh: float = 0.5,
-    box_detections_per_img: int = 100,
+    *,
+    options: TwoStageOptions,
 ) -> TwoStageDetector:
     """SA-FPN + EJ-Head, ResNet-50, with the paper's defaults (1333x800, 512 RoIs per image at 1:3).
 
@@ -475,7 +466,7 @@ def build_safpn(
     without Enriched Feature the mask branch keeps its own pooler; interleaved RoIs are capped at the
     positives' quota (128 of 512). Parameters (COCO, R50): Mask R-CNN 44.4M, +SA-FPN 50.0M, +EJ-Head
     46.2M, both 51.8M (the paper reports none).
-    Tiny configuration: `build_safpn(**safpn.TINY)`.
+    The other keywords are `rcnn.TwoStageOptions`'. Tiny configuration: `build_safpn(**safpn.TINY)`.
     """
     if neck not in NECKS:
         raise UserError(f"unknown neck {neck!r}; valid: {', '.join(NECKS)}")
@@ -491,29 +482,20 @@ def build_safpn(
         raise UserError(f"num_det_classes must be at least 1, got {num_det_classes}")
     if not 0.0 < interleave_iou <= 1.0:
         raise UserError(f"interleave_iou must be in (0, 1], got {interleave_iou}")
-    body = build_neck_backbone(neck, fuse, backbone, pretrained_backbone, fpn_channels, trainable_layers)
-    rpn = build_rpn(
-        fpn_channels, anchor_sizes,
-        pre_nms_top_n_train=rpn_pre_nms_top_n_train, post_nms_top_n_train=rpn_post_nms_top_n_train,
-        pre_nms_top_n_test=rpn_pre_nms_top_n_test, post_nms_top_n_test=rpn_post_nms_top_n_test,
-    )  # fmt: skip
+    o = options
+    body = build_neck_backbone(neck, fuse, backbone, pretrained_backbone, o.fpn_channels, o.trainable_layers)
+    rpn = o.rpn()
     num_classes = int(num_det_classes) + 1
-    sampling = dict(
-        batch_size_per_image=box_batch_size_per_image, score_thresh=box_score_thresh,
-        nms_thresh=box_nms_thresh, detections_per_img=box_detections_per_img,
-    )  # fmt: skip
     if ej_head:
         roi_heads: RoIHeads = build_ej_head(
-            fpn_channels, num_classes, interleave=interleave, enriched=enriched, refine=refine,
-            interleave_iou=interleave_iou, representation_size=representation_size, mask_channels=mask_channels,
-            refine_convs=refine_convs, box_head=box_head, box_convs=box_convs, **sampling,
+            o.fpn_channels, num_classes, interleave=interleave, enriched=enriched, refine=refine,
+            interleave_iou=interleave_iou, representation_size=o.representation_size,
+            mask_channels=o.mask_channels, refine_convs=refine_convs, box_head=box_head, box_convs=box_convs,
+            **o.sampling(),
         )  # fmt: skip
     else:
         roi_heads = build_roi_heads(
-            *standard_box_branch(fpn_channels, num_classes, representation_size),
-            *standard_mask_branch(fpn_channels, num_classes, mask_channels), **sampling,
+            *standard_box_branch(o.fpn_channels, num_classes, o.representation_size),
+            *standard_mask_branch(o.fpn_channels, num_classes, o.mask_channels), **o.sampling(),
         )  # fmt: skip
-    return TwoStageDetector(
-        body, rpn, roi_heads, min_size=min_size, max_size=max_size,
-        test_min_size=test_min_size, test_max_size=test_max_size, boxes_as_masks=boxes_as_masks,
-    )  # fmt: skip
+    return TwoStageDetector(body, rpn, roi_heads, **o.transform())

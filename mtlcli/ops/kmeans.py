@@ -71,6 +71,7 @@ def kmeans_anchors(
         score = float(wh_iou(wh, centers).max(axis=1).mean())
         if best is None or score > best[1]:
             best = (centers.copy(), score)
+    assert best is not None  # at least one restart ran
     centers, score = best
     order = np.lexsort((centers[:, 0], centers[:, 0] * centers[:, 1]))
     return centers[order], score

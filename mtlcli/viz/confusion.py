@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from mtlcli.errors import UserError
-
 DPI = 100
 CELL_FONT = 9  # points: a two-digit share fits a cell of `figure_inches(C) / C` and reads without zooming
 
@@ -61,7 +59,7 @@ def confusion_figure(
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of the ground-truth class")
     rows = list(class_names)
     if iou is not None:
-        rows = [f"{n} ({'—' if v is None else f'{100 * v:.1f}'})" for n, v in zip(class_names, iou)]
+        rows = [f"{n} ({'—' if v is None else f'{100 * v:.1f}'})" for n, v in zip(class_names, iou, strict=True)]
     ax.set_xticks(range(C), labels=list(class_names), rotation=90, fontsize=10)
     ax.set_yticks(range(C), labels=rows, fontsize=10)
     ax.set_xlabel("predicted class", fontsize=11)
@@ -95,33 +93,7 @@ def plot_confusion(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig = confusion_figure(matrix, class_names, iou, **({"title": title} if title else {}))
-    fig.savefig(out, dpi=DPI)
+    from mtlcli.safety import atomic_save_figure
+
+    atomic_save_figure(out, fig, dpi=DPI)
     return out
-
-
-def run_confusion(
-    model: Any,
-    dataset: Any,
-    out: str | Path,
-    *,
-    device: str = "cpu",
-    batch_size: int = 4,
-    force: bool = False,
-    progress: bool = True,
-) -> tuple[Path, dict[str, Any]]:
-    """Evaluate `model` on `dataset` (a PreparedDataset without transforms) with the miou metric and
-    plot its confusion matrix at `out`; returns (path, the miou details: classes, iou, confusion, ...)."""
-    from mtlcli.engine.evaluate import evaluate
-    from mtlcli.viz.predictions import check_free
-
-    out = Path(out)
-    check_free([out], force)
-    result = evaluate(model, dataset, ["miou"], device=device, batch_size=batch_size, progress=progress)
-    details = result["details"]["miou"]
-    if not details.get("pixels"):
-        raise UserError(
-            f"split {dataset.split!r} has no labelled pixels — a confusion matrix needs semantic ground truth"
-        )
-    miou = result["metrics"]["miou"]
-    title = f"{dataset.split}: mIoU {100 * miou:.1f}% over {details['images']} images (cells: % of the row)"
-    return plot_confusion(np.asarray(details["confusion"]), details["classes"], out, details["iou"], title), details

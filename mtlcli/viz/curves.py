@@ -57,7 +57,7 @@ def read_metrics(run: str | Path) -> dict[str, Any]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             if n == len(lines) and not text.endswith("\n"):
                 continue
             raise UserError(f"{path} line {n} is not JSON — the file is damaged; remove that line") from None
@@ -101,7 +101,7 @@ def _grid(names: list[str], title: str):
     for ax in axes[len(names) :]:
         ax.set_visible(False)
     fig.suptitle(title)
-    return fig, dict(zip(names, axes))
+    return fig, dict(zip(names, axes[: len(names)], strict=True))  # the grid's spare cells stay hidden
 
 
 def curve_figures(series: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str, Any]:
@@ -123,7 +123,7 @@ def curve_figures(series: Sequence[dict[str, Any]], labels: Sequence[str]) -> di
             continue
         fig, axes = _grid(names, title)
         for name, ax in axes.items():
-            for s, label, color in zip(series, labels, colors):
+            for s, label, color in zip(series, labels, colors, strict=True):
                 if name not in s[kind]:
                     continue
                 xs, ys = s[kind][name]
@@ -154,17 +154,19 @@ def plot_curves(runs: Sequence[str | Path], out: str | Path | None = None, *, fo
     (default: the first run's `plots/` folder); returns the paths. Existing PNGs need `force`."""
     if not runs:
         raise UserError("give at least one run directory")
-    runs = [Path(r) for r in runs]
-    series = [read_metrics(r) for r in runs]
-    out = Path(out) if out is not None else runs[0] / "plots"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder; choose another path")
-    figures = curve_figures(series, run_labels(runs))
-    paths = [out / f"{name}.png" for name in figures]
+    dirs = [Path(r) for r in runs]
+    series = [read_metrics(r) for r in dirs]
+    folder = Path(out) if out is not None else dirs[0] / "plots"
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder} exists and is not a folder; choose another path")
+    figures = curve_figures(series, run_labels(dirs))
+    paths = [folder / f"{name}.png" for name in figures]
     existing = [p for p in paths if p.exists()]
     if existing and not force:  # (no torch import for this check: `mtl viz curves` stays quick to start)
         raise UserError(f"{existing[0]} already exists; choose another --out or pass --force to overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    for (name, fig), path in zip(figures.items(), paths):
-        fig.savefig(path, dpi=DPI)
+    folder.mkdir(parents=True, exist_ok=True)
+    from mtlcli.safety import atomic_save_figure
+
+    for fig, path in zip(figures.values(), paths, strict=True):
+        atomic_save_figure(path, fig, dpi=DPI)
     return paths

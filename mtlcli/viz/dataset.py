@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def dt_bin_names(dt_thresholds: Sequence[float]) -> list[str]:
     t = [f"{float(v):g}" for v in dt_thresholds]
     if not t:
         return ["DT > 0"]
-    return [f"DT ≤ {t[0]} (boundary)"] + [f"DT {a}–{b}" for a, b in zip(t, t[1:])] + [f"DT > {t[-1]} (centre)"]
+    return [f"DT ≤ {t[0]} (boundary)"] + [f"DT {a}–{b}" for a, b in pairwise(t)] + [f"DT > {t[-1]} (centre)"]
 
 
 def ground_truth_legend(
@@ -152,7 +153,7 @@ def render_dataset(
     paths = []
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task(f"drawing {split}", total=len(indices))
-        for i, stem, path in zip(indices, stems, targets):
+        for i, stem, path in zip(indices, stems, targets, strict=True):
             image, target = ds[i]
             picture = render_sample(
                 image,

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from mtlcli.safety import atomic_save_figure
+
 DPI = 100
 CELL_FONT = 10  # the numbers in a confusion matrix's cells (points at DPI): readable without zooming
 
@@ -54,7 +56,7 @@ def _ground_truth(coco_gt: Any) -> dict[tuple[int, int], tuple[np.ndarray, np.nd
 
 def match_detections(
     coco_gt: Any, results: list[dict[str, Any]], num_classes: int, iou_threshold: float = 0.5
-) -> list[dict[str, np.ndarray | int]]:
+) -> list[dict[str, Any]]:
     """Per class k (index k-1): {"scores" sorted high to low, "tp" 0/1 per detection (difficult matches
     dropped), "npos" (non-difficult ground-truth boxes)} with the VOC matching rule."""
     gt = _ground_truth(coco_gt)
@@ -62,7 +64,9 @@ def match_detections(
     for k in range(1, num_classes + 1):
         npos = int(sum((~d).sum() for (img, c), (_, d) in gt.items() if c == k))
         dets = sorted((r for r in results if int(r["category_id"]) == k), key=lambda r: -float(r["score"]))
-        scores, tps, used = [], [], {}
+        scores: list[float] = []
+        tps: list[int] = []
+        used: dict[Any, Any] = {}
         for d in dets:
             boxes, difficult = gt.get((int(d["image_id"]), k), (np.zeros((0, 4)), np.zeros(0, bool)))
             ious = _iou(_xyxy(d["bbox"]), boxes)
@@ -200,7 +204,7 @@ def plot_detection(
         title="AP, " + ("VOC2007 11-point" if use_07 else "VOC2010+ area"),
     )
     paths.append(pr_path)
-    fig.savefig(paths[-1], dpi=DPI)
+    atomic_save_figure(paths[-1], fig, dpi=DPI)
 
     thresholds = np.linspace(0, 1, 101)
     fig = Figure(figsize=(7.5, 5.5), dpi=DPI, layout="constrained")
@@ -230,16 +234,16 @@ def plot_detection(
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, title="class")
     paths.append(f1_path)
-    fig.savefig(paths[-1], dpi=DPI)
+    atomic_save_figure(paths[-1], fig, dpi=DPI)
 
-    m = confusion_matrix(coco_gt, results, K)
+    cm = confusion_matrix(coco_gt, results, K)
     names = list(class_names) + ["background"]
     with np.errstate(invalid="ignore", divide="ignore"):
-        shares = m / np.where(m.sum(0, keepdims=True) > 0, m.sum(0, keepdims=True), 1)
+        shares = cm / np.where(cm.sum(0, keepdims=True) > 0, cm.sum(0, keepdims=True), 1)
     side = max(5.0, 0.45 * (K + 1) + 3.0)
     fig = Figure(figsize=(side + 1, side), dpi=DPI, layout="constrained")
     ax = fig.subplots()
-    im = ax.imshow(np.where(m.sum(0, keepdims=True) > 0, shares, np.nan), cmap="Blues", vmin=0, vmax=1)
+    im = ax.imshow(np.where(cm.sum(0, keepdims=True) > 0, shares, np.nan), cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of the true class (column)")
     ax.set_xticks(range(K + 1), labels=names, rotation=90, fontsize=10)
     ax.set_yticks(range(K + 1), labels=names, fontsize=10)
@@ -249,16 +253,16 @@ def plot_detection(
     if K + 1 <= 30:
         for i in range(K + 1):
             for j in range(K + 1):
-                if m[i, j]:
+                if cm[i, j]:
                     ax.text(
                         j,
                         i,
-                        str(int(m[i, j])),
+                        str(int(cm[i, j])),
                         ha="center",
                         va="center",
                         fontsize=CELL_FONT,
                         color="white" if shares[i, j] > 0.5 else "black",
                     )
     paths.append(confusion_path)
-    fig.savefig(paths[-1], dpi=DPI)
+    atomic_save_figure(paths[-1], fig, dpi=DPI)
     return paths

@@ -165,7 +165,7 @@ def draw_boxes(
     crowd = [int(v) for v in iscrowd] if iscrowd is not None else [0] * len(labels)
     palette = [tuple(c) for c in colors] if colors is not None else class_colors(max(len(class_names), 1))
     captions, box_colors = [], []
-    for k, (label, is_crowd) in enumerate(zip(labels, crowd)):
+    for k, (label, is_crowd) in enumerate(zip(labels, crowd, strict=True)):
         name = class_names[label - 1] if 1 <= label <= len(class_names) else f"class {label}"
         if scores is not None:
             name = f"{name} {float(scores[k]):.2f}"
@@ -179,7 +179,7 @@ def draw_boxes(
     image = draw_bounding_boxes(image, boxes, colors=box_colors, width=width or max(1, short // 200 + 1))
     order = (
         sorted(range(len(captions)), key=lambda k: -float(scores[k]))
-        if scores is not None  # type: ignore[index]
+        if scores is not None
         else sorted(
             range(len(captions)), key=lambda k: -float((boxes[k, 2] - boxes[k, 0]) * (boxes[k, 3] - boxes[k, 1]))
         )
@@ -286,15 +286,14 @@ def side_by_side(panels: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def save_png(image: torch.Tensor, path: str | Path) -> Path:
     """Write a uint8 [3, H, W] (or float 0..1) image as a PNG, creating the folder; returns the path."""
-    from PIL import Image
+    from mtlcli.safety import atomic_save_image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(path)
+    atomic_save_image(path, to_uint8(image).permute(1, 2, 0).contiguous().numpy())  # never half a PNG
     return path
 
 
-def font(size: int):  # type: ignore[no-untyped-def]
+def font(size: int):
     """A PIL font of `size` pixels: DejaVu Sans (from matplotlib) when found, else PIL's default one."""
     from PIL import ImageFont
 
@@ -342,7 +341,7 @@ def titled_row(
         need.append(pen.textlength(titles[0], font=fnt) + 8)
     width = int(max([panels_w] + need))
     wrapped = []
-    for panel, title in zip(scaled, titles):
+    for panel, title in zip(scaled, titles, strict=True):
         room = max(int(panel.shape[-1]), width if len(scaled) == 1 else 0) - 4
         chars = max(4, int(room / max(pen.textlength("n", font=fnt), 1)))
         fits = pen.textlength(title, font=fnt) <= room
@@ -352,7 +351,7 @@ def titled_row(
     canvas = Image.new("RGB", (width, band + h + line_h * len(lines)), (255, 255, 255))
     pen = ImageDraw.Draw(canvas)
     x = (width - panels_w) // 2
-    for panel, title_lines in zip(scaled, wrapped):
+    for panel, title_lines in zip(scaled, wrapped, strict=True):
         pw = int(panel.shape[-1])
         canvas.paste(Image.fromarray(panel.permute(1, 2, 0).numpy()), (x, band))
         for i, text in enumerate(title_lines):
@@ -377,7 +376,7 @@ def titled_geometry(height: int, min_height: int = 192) -> tuple[int, int]:
     return factor, int(font_size_for(height * factor) * 1.7)
 
 
-def _fit(pen, text: str, fnt, width: float) -> str:  # type: ignore[no-untyped-def]
+def _fit(pen, text: str, fnt, width: float) -> str:
     """`text`, shortened with an ellipsis until it fits `width` pixels."""
     if pen.textlength(text, font=fnt) <= width:
         return text
@@ -405,7 +404,7 @@ def legend(entries: Sequence[tuple[str, Sequence[int], bool]], width: int, font_
     pen = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     sw, pad, line_h = font_size, 6, int(font_size * 1.6)
     rows: list[list[tuple[float, tuple[str, Sequence[int], bool]]]] = [[]]
-    x = pad
+    x: float = pad
     for entry in entries:
         need = sw + 4 + pen.textlength(entry[0], font=fnt) + 2 * pad
         if rows[-1] and x + need > width:

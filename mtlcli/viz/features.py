@@ -143,6 +143,9 @@ class ClassifierAdapter(nn.Module):
         std: tuple[float, ...] = IMAGENET_STD,
     ) -> None:
         super().__init__()
+        self.net: nn.Module
+        self.mean: Tensor
+        self.std: Tensor
         for name, child in net.named_children():
             self.add_module(name, child)
         object.__setattr__(self, "net", net)  # not a second registration of the same modules
@@ -417,7 +420,7 @@ def render_features(
         stem = f"class_{safe_name(label)}"
         measure = "class score (logit)" if is_classifier else "mean log-score"
     if size is None:
-        size = tuple(getattr(model, "input_size", (224, 224)))  # type: ignore[assignment]
+        size = tuple(getattr(model, "input_size", (224, 224)))
     out = Path(out)
     image_path = out / f"features_{stem}.png"
     raw_path = out / f"features_{stem}_image.png"
@@ -440,7 +443,7 @@ def render_features(
             progress=progress,
         )
     regularised = [n for n, on in (("jitter", jitter > 0), ("scale", scale), ("rotate", rotate), ("blur", blur)) if on]
-    title = f"{type(model.net if is_classifier else model).__name__}: {unit}"  # type: ignore[union-attr]
+    title = f"{type(model.net if is_classifier else model).__name__}: {unit}"
     caption = (
         f"{measure} {result['before']:.3g} (noise) -> {result['after']:.3g}\n{steps} steps, "
         f"{'+'.join(regularised) or 'no regularisation'}"

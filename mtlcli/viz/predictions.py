@@ -9,14 +9,12 @@ Each PNG shows one image in its own pixel frame (enlarged by an integer factor w
 Plain images (no dataset) give the prediction panel alone. Captions that would hide each other are
 moved (above, inside or below their box) or dropped, the most confident first.
 
-Also home of what every model-based `mtl viz` command shares: loading a run (`load_run`), the class
-names and palette of a run (`class_info`), reading an image file (`read_image_file`) and the guard
-against overwriting (`check_free`).
+Also home of what every model-based `mtl viz` drawing shares: reading an image file (`read_image_file`)
+and the guard against overwriting (`check_free`); loading a run for drawing is `mtlcli.engine.loaded`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,103 +45,6 @@ from mtlcli.viz.draw import (
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
 
-# ------------------------------------------------------------------------------------ run and classes
-
-
-@dataclasses.dataclass
-class ClassInfo:
-    """Names and colours a run's outputs are drawn with.
-
-    det_classes[k - 1] names detection label k (1..K); seg_classes[c] and palette[c] (RGB 0..255) belong
-    to `sem_seg` channel c. `cityscapes` is True when the colours are the official Cityscapes ones.
-    """
-
-    det_classes: list[str]
-    seg_classes: list[str]
-    palette: list[list[int]]
-    cityscapes: bool = False
-
-
-def class_info(recipe: dict[str, Any], root: Path | None) -> ClassInfo:
-    """The classes of a run: from its prepared dataset (with the recipe's label map) when `root` holds
-    one, else the Cityscapes table for Cityscapes-layout data, else "class k" names and tab20 colours
-    sized by the recipe's `num_det_classes` / `num_seg_classes`."""
-    from mtlcli.data.dataset import resolve_label_map
-    from mtlcli.data.prepared import DatasetMeta
-
-    label_map = recipe.get("data", {}).get("label_map") or None
-    model_kw = recipe.get("model", {})
-    meta = None
-    if root is not None and (Path(root) / "dataset.json").is_file():
-        meta = DatasetMeta.load(root)
-    elif recipe.get("data", {}).get("dataset") in ("cityscapes", "synthetic"):
-        from mtlcli.data.cityscapes import cityscapes_meta
-
-        meta = cityscapes_meta("", ["val"])
-    if meta is not None:
-        mapped = resolve_label_map(meta, label_map)
-        return ClassInfo(mapped.det_classes, mapped.seg_classes, mapped.palette, meta.name == "cityscapes")
-    n_det = int(model_kw.get("num_det_classes") or 0)
-    n_seg = int(model_kw.get("num_seg_classes") or 0)
-    return ClassInfo(
-        [f"class {k}" for k in range(1, n_det + 1)],
-        [f"class {c}" for c in range(n_seg)],
-        [list(c) for c in class_colors(n_seg)],
-    )
-
-
-@dataclasses.dataclass
-class LoadedRun:
-    """A trained model ready for drawing: model in eval mode on `device`, its resolved recipe, the
-    prepared dataset root (None when not here), class names / palette, and the default output folder
-    (RUN/viz, or None for a checkpoint outside a run directory)."""
-
-    model: nn.Module
-    recipe: dict[str, Any]
-    root: Path | None
-    classes: ClassInfo
-    viz_dir: Path | None
-    device: str
-
-
-def load_run(
-    run: Path | None = None, checkpoint: Path | None = None, *, data: Path | None = None, device: str = "cpu"
-) -> LoadedRun:
-    """`load_for_eval` plus what drawing needs; `data` replaces the recipe's dataset root."""
-    from mtlcli.engine.checkpoint import load_for_eval
-
-    model, recipe, root = load_for_eval(run=run, checkpoint=checkpoint, device=device)
-    if data is not None:
-        if not (Path(data) / "dataset.json").is_file():
-            raise UserError(
-                f"--data {data} is not a prepared dataset (no dataset.json) — give the --out of `mtl prepare`"
-            )
-        root = Path(data)
-    if run is not None:
-        viz_dir: Path | None = Path(run) / "viz"
-    else:
-        ckpt = Path(checkpoint)  # type: ignore[arg-type]
-        # RUN/checkpoints/x.pt belongs to RUN; a loose checkpoint file has no run to write into
-        viz_dir = ckpt.parent.parent / "viz" if ckpt.parent.name == "checkpoints" else None
-    return LoadedRun(model, recipe, root, class_info(recipe, root), viz_dir, str(device))
-
-
-def output_dir(out: Path | None, loaded: LoadedRun, sub: str = "") -> Path:
-    """`out`, else RUN/viz[/sub]; a loose checkpoint without --out is a UserError."""
-    if out is not None:
-        out = Path(out)
-    elif loaded.viz_dir is not None:
-        out = loaded.viz_dir / sub if sub else loaded.viz_dir
-    else:
-        raise UserError("the checkpoint is not inside a run directory; say where the PNGs go with --out DIR")
-    from mtlcli.safety import refuse_protected_output
-
-    refuse_protected_output(out, "--out")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder; choose another path")
-    return out
-
-
 def check_free(paths: Sequence[Path], force: bool) -> None:
     """Refuse to overwrite existing files unless `force` (DESIGN.md §6)."""
     existing = [p for p in paths if Path(p).exists()]
@@ -158,18 +59,18 @@ def safe_name(text: str) -> str:
 
 
 def read_image_file(path: str | Path) -> torch.Tensor:
-    """An image file as float32 [3, H, W] RGB in 0..1; an unreadable file is a UserError."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file as float32 [3, H, W] RGB in 0..1, read by mtl's one image reader
+    (`mtlcli.data.images`: EXIF orientation applied, 16 bits scaled); an unreadable file is a UserError."""
+    from mtlcli.data.images import ImageError, read_rgb_tensor
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image {path} does not exist — check the path")
     try:
-        with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as exc:
-        raise UserError(f"{path}: cannot read image ({type(exc).__name__}) — give a PNG or JPEG file") from None
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0
+        rgb = read_rgb_tensor(path)
+    except ImageError as exc:
+        raise UserError(f"{exc} — give a PNG or JPEG file") from None
+    return rgb.float() / 255.0
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -321,7 +222,7 @@ def render_predictions(
     with eval_mode(model):
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task("drawing predictions", total=len(indices))
-            for i, path in zip(indices, names):
+            for i, path in zip(indices, names, strict=True):
                 if is_dataset:
                     image, target = source[i]
                     image = image.as_subclass(torch.Tensor)

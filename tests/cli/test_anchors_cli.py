@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from mtlcli.cli.main import main
 from mtlcli.data.prepared import DatasetMeta
@@ -75,7 +75,7 @@ def test_known_shapes_in_the_network_frame(tmp_path, capsys):
     assert result["anchors"] == [[20.0, 40.0], [60.0, 30.0]]
     assert result["input_size"] == [100, 200] and result["num_boxes"] == 10 and result["mean_iou"] == 1.0
     printed = capsys.readouterr().out
-    line = next(l for l in printed.splitlines() if l.startswith("anchors = "))
+    line = next(ln for ln in printed.splitlines() if ln.startswith("anchors = "))
     assert tomllib.loads(line)["anchors"] == result["anchors"]
 
     from mtlcli.models.imtl_detector import load_anchors

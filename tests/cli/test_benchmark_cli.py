@@ -76,7 +76,7 @@ def test_markdown_table(capsys):
         capsys,
     )
     assert code in (0, None)
-    lines = [l for l in stdout.splitlines() if l.startswith("|")]
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("|")]
     assert lines[0].startswith("| model |") and "ladderdensenet-tiny-synthetic" in lines[2]
 
 

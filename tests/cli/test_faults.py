@@ -11,11 +11,11 @@ import errno
 import json
 import os
 import shutil
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 import torch
 from PIL import Image
 

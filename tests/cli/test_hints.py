@@ -83,7 +83,6 @@ def test_train_without_data_leads_to_a_trained_run(fresh: Path, capsys: pytest.C
 
     # provenance: the run's recipe.toml header and the eval JSON name version, command line and commit
     import json
-
     import tomllib
 
     from mtlcli import __version__

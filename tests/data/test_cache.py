@@ -89,7 +89,9 @@ def test_loader_workers_read_the_cache_filled_before_they_start(synthetic_prepar
     expected = batches(dataset(synthetic_prepared, "cityscapes"), workers=0)
     got = batches(cached(dataset(synthetic_prepared, "cityscapes")), workers=2)
     for (images_a, targets_a), (images_b, targets_b) in zip(got, expected, strict=True):
-        for sample_a, sample_b in zip(zip(images_a, targets_a), zip(images_b, targets_b), strict=True):
+        for sample_a, sample_b in zip(
+            zip(images_a, targets_a, strict=True), zip(images_b, targets_b, strict=True), strict=True
+        ):
             assert_same(sample_a, sample_b)
 
 

@@ -312,7 +312,8 @@ def random_scene(rng: np.random.Generator, h: int, w: int, n: int) -> list[dict]
         angles = np.sort(rng.uniform(0, 2 * np.pi, k))
         radius = rng.uniform(0.5, min(h, w) / 3, k)
         polygon = [
-            [round(float(cx + r * np.cos(a)), 2), round(float(cy + r * np.sin(a)), 2)] for a, r in zip(angles, radius)
+            [round(float(cx + r * np.cos(a)), 2), round(float(cy + r * np.sin(a)), 2)]
+            for a, r in zip(angles, radius, strict=True)
         ]
         obj = {"label": str(rng.choice(names)), "polygon": polygon}
         if rng.random() < 0.05:

@@ -118,7 +118,7 @@ def test_contiguous_ids_rle_and_painting_order(coco):
     )
     anns = [a for a in prepared["annotations"] if a["image_id"] == images["000000000042"]["id"]]
     assert [(a["category_id"], a["iscrowd"]) for a in anns] == [(1, 0), (2, 0), (3, 1)]
-    for a, orig_id in zip(anns, [1, 2, 3]):
+    for a, orig_id in zip(anns, [1, 2, 3], strict=True):
         expected = ref.annToMask(ref.anns[orig_id])
         np.testing.assert_array_equal(mask_utils.decode(a["segmentation"]), expected)
         ys, xs = np.nonzero(expected)

@@ -176,7 +176,7 @@ def test_coco_eval_on_mapped_predictions(tiny: Path):
     dets = []
     for i in range(len(ds)):
         _, t = ds[i]
-        for box, label, crowd in zip(t["boxes"].tolist(), t["labels"].tolist(), t["iscrowd"].tolist()):
+        for box, label, crowd in zip(t["boxes"].tolist(), t["labels"].tolist(), t["iscrowd"].tolist(), strict=True):
             if not crowd:
                 x1, y1, x2, y2 = box
                 dets.append(
@@ -223,7 +223,7 @@ def test_prepared_cityscapes_instances_agree_with_semantic(synthetic_prepared: P
     for i in range(len(ds)):
         image, t = ds[i]
         assert t["boxes"].canvas_size == tuple(image.shape[-2:]) == t["orig_size"] == (64, 128)
-        for box, label, crowd, mask in zip(t["boxes"], t["labels"], t["iscrowd"], t["masks"]):
+        for box, label, crowd, mask in zip(t["boxes"], t["labels"], t["iscrowd"], t["masks"], strict=True):
             ys, xs = torch.nonzero(mask, as_tuple=True)
             assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]  # tight extent, x2 exclusive
             if not crowd:

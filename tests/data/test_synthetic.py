@@ -55,7 +55,7 @@ def test_labels_match_polygons_and_classes(synthetic_source: Path) -> None:
         for obj in poly["objects"]:
             name = obj["label"].removesuffix("group")
             assert name in name2label
-            xs, ys = zip(*obj["polygon"])
+            xs, ys = zip(*obj["polygon"], strict=True)
             assert min(xs) >= 0 and max(xs) <= 127 and min(ys) >= 0 and max(ys) <= 63
     names = {"road", "sidewalk", "building", "vegetation", "sky", "pole", "traffic sign", "car", "person"}
     assert {name2label[n].id for n in names} <= seen

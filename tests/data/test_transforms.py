@@ -70,7 +70,7 @@ def assert_aligned(image: torch.Tensor, t: dict) -> None:
     boxes, masks, labels, crowd = t["boxes"], t["masks"], t["labels"], t["iscrowd"]
     assert isinstance(boxes, tv_tensors.BoundingBoxes) and boxes.canvas_size == (h, w)
     assert len(boxes) == len(masks) == len(labels) == len(crowd) and masks.shape[-2:] == (h, w)
-    for box, mask, label in zip(boxes, masks, labels):
+    for box, mask, label in zip(boxes, masks, labels, strict=True):
         assert mask.any(), "a kept box lost its mask"
         assert _colour_ok(image, _interior(_interior(mask.bool())), COLOURS[label]), "mask moved away from its object"
         ys, xs = torch.nonzero(mask, as_tuple=True)
@@ -224,7 +224,7 @@ def test_pipelines_on_prepared_cityscapes(synthetic_prepared: Path, name: str, o
         h, w = image.shape[-2:]
         assert t["semantic"].shape == t["dt"].shape == t["masks"].shape[-2:] == (h, w) == t["boxes"].canvas_size
         assert 0 <= image.min() and image.max() <= 1 and t["orig_size"] == (64, 128)
-        for box, label, crowd, mask in zip(t["boxes"], t["labels"], t["iscrowd"], t["masks"]):
+        for box, label, crowd, mask in zip(t["boxes"], t["labels"], t["iscrowd"], t["masks"], strict=True):
             ys, xs = torch.nonzero(mask, as_tuple=True)
             assert len(ys), "a kept box lost its mask"
             extent = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)

@@ -159,11 +159,11 @@ def test_splits_boxes_difficult_and_labels(voc):
 
     trainval = load_split(out, "trainval")
     stems = [im["stem"] for im in trainval["images"]]
-    # VOC07 + VOC12 Main trainval, less 2007_000002: a copy of the VOC07 test image 000002
+    # VOC07 + VOC12 Main trainval, less 2007_000002 (a copy of the VOC07 test image 000002) and less
+    # 2007_000009 (a copy of the VOC07 trainval image 000009: one copy stays)
     assert sorted(stems) == [
         "000001",
         "000009",
-        "2007_000009",
         "2008_000001",
         "2008_000002",
         "2008_000003",
@@ -206,7 +206,10 @@ def test_splits_boxes_difficult_and_labels(voc):
     aug_files = {im["stem"]: im["file_name"] for im in aug["images"]}
     assert aug_files["2008_000007"] == "benchmark_RELEASE/dataset/img/2008_000007.jpg"  # only SBD has it
     assert aug_files["2008_000003"] == "VOCdevkit/VOC2012/JPEGImages/2008_000003.jpg"
-    sem = lambda split, stem: read_label_png(out / split / "semantic" / f"{stem}.png")
+
+    def sem(split, stem):
+        return read_label_png(out / split / "semantic" / f"{stem}.png")
+
     np.testing.assert_array_equal(sem("train_aug", "2008_000004"), LABELS["2008_000004"])  # PNG over .mat
     np.testing.assert_array_equal(sem("train_aug", "2008_000003"), MATS["2008_000003"])
     np.testing.assert_array_equal(sem("train_aug", "2008_000001"), LABELS["2008_000001"])  # 255 kept
@@ -352,7 +355,13 @@ def test_ivanet_split_is_voc07_trainval_plus_train_aug_without_evaluation_images
         "file": "VOCdevkit/VOC2012/JPEGImages/2007_000002.jpg",
         "reason": "same image as VOCdevkit/VOC2007/JPEGImages/000002.jpg of the evaluation split test",
     } in summary["excluded"]
-    assert len(summary["excluded"]) == 2
+    assert {
+        "split": "trainval",
+        "file": "VOCdevkit/VOC2012/JPEGImages/2007_000009.jpg",
+        "reason": "same image as VOCdevkit/VOC2007/JPEGImages/000009.jpg, kept once in this split",
+    } in summary["excluded"]
+    assert len(summary["excluded"]) == 3
+    assert summary["voc2007_copies"] == {"bytes": 2, "name": 0, "unmatched": 0, "removed": 3}
     assert [s["file"] for s in summary["skipped"]] == ["benchmark_RELEASE/dataset/img/2008_000007.jpg"]
     # boxes from the XMLs (VOC07's and VOC12's), pixel labels where they exist (train_aug), none for VOC07
     anns = anns_by_stem(paper)
@@ -394,6 +403,60 @@ def test_overlap_of_every_train_and_evaluation_split_is_reported(voc, capsys):
     assert "trainval shares 3 image(s) with val" in printed
 
 
+def reencode(path: Path, size: tuple[int, int] | None = None) -> None:
+    """Write the JPEG again at another quality (other bytes, the same picture), or at another size."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        img = img.resize(size[::-1]) if size else img
+    before = path.read_bytes()
+    img.save(path, quality=60)
+    assert path.read_bytes() != before
+
+
+def training_identities(out: Path, split: str) -> set[str]:
+    return {im.get("same_as") or im["file_name"] for im in load_split(out, split)["images"]}
+
+
+def test_reencoded_2007_copies_are_matched_by_name_and_keep_voc07_test_out_of_training(voc, capsys):
+    """VOC2012's `2007_*` files need not be byte-identical to VOC2007's: matched by the name mapping
+    (2007_NNNNNN <-> NNNNNN) with a pixel-size check, every VOC07 test image stays out of every training
+    split and a VOC07 trainval image trains once; a `2007_*` file of another size is not a copy."""
+    v12, v07 = voc["voc2012"] / "JPEGImages", voc["voc2007"]
+    for n in ("000002", "000009"):
+        reencode(v12 / f"2007_{n}.jpg")
+    write_jpeg(v07 / "JPEGImages" / "000003.jpg", 33)  # VOC07 test 000003 and a VOC12 file of another size
+    write_xml(v07 / "Annotations" / "000003.xml", [("horse", (2, 2, 30, 20), 0)])
+    (v07 / "ImageSets" / "Main" / "test.txt").write_text("000002\n000003\n")
+    Image.new("RGB", (W + 8, H)).save(v12 / "2007_000003.jpg")
+    write_xml(voc["voc2012"] / "Annotations" / "2007_000003.xml", [("cow", (2, 2, 9, 9), 0)])
+    main = voc["voc2012"] / "ImageSets" / "Main" / "trainval.txt"
+    main.write_text(main.read_text() + "2007_000003\n")
+
+    summary = prepare_all(voc)
+    out = voc["out"]
+    assert summary["voc2007_copies"] == {"bytes": 0, "name": 2, "unmatched": 1, "removed": 3}
+    test_files = {im["file_name"] for im in load_split(out, "test")["images"]}
+    assert test_files == {"VOCdevkit/VOC2007/JPEGImages/000002.jpg", "VOCdevkit/VOC2007/JPEGImages/000003.jpg"}
+    for split in ("trainval", "train", "train_aug", "trainval07_aug12"):
+        assert not training_identities(out, split) & test_files, split
+    stems = sorted(im["stem"] for im in load_split(out, "trainval")["images"])
+    assert "2007_000002" not in stems and stems.count("000009") + stems.count("2007_000009") == 1
+    assert "2007_000003" in stems  # another picture under a VOC2007 name: kept, not a copy
+    val = {im["stem"]: im for im in load_split(out, "val")["images"]}
+    assert val["2007_000009"]["same_as"] == "VOCdevkit/VOC2007/JPEGImages/000009.jpg"
+    assert summary["overlap"]["trainval07_aug12"] == {"test": {"images": 0}, "val": {"images": 0}}
+    printed = capsys.readouterr()
+    assert "0 by bytes, 2 by name" in " ".join(printed.out.split()) and "warning" not in printed.err
+
+
+def test_voc07_and_voc12_prepare_that_removes_nothing_warns(voc, capsys):
+    for n in ("000002", "000009"):  # no copy recognisable: other pixel sizes
+        reencode(voc["voc2012"] / "JPEGImages" / f"2007_{n}.jpg", size=(H + 4, W))
+    summary = prepare_all(voc)
+    assert summary["voc2007_copies"]["removed"] == 0
+    assert "warning: no image was removed from a training split" in " ".join(capsys.readouterr().err.split())
+
+
 def test_overlap_counts_byte_identical_copies_and_shared_files():
     from mtlcli.data.overlap import overlap_report
 
@@ -415,8 +478,13 @@ def test_trainval_semantic_target_is_painted_from_the_boxes(voc):
     """DATNet on VOC uses no extra annotation: trainval's semantic map comes from its XML boxes, larger
     boxes first, difficult ones as ignore — never from the VOC12/SBD pixel labels."""
     prepare_all(voc)
-    sem = lambda stem: read_label_png(voc["out"] / "trainval" / "semantic" / f"{stem}.png")
-    idx = lambda name: VOC_CLASSES.index(name) + 1
+
+    def sem(stem):
+        return read_label_png(voc["out"] / "trainval" / "semantic" / f"{stem}.png")
+
+    def idx(name):
+        return VOC_CLASSES.index(name) + 1
+
     # 2008_000001: dog (5, 3, 20, 30), a difficult person over the whole image, cat (30, 20, 40, 28)
     expected = np.full((H, W), 255, np.uint8)  # the difficult person is the largest box: painted first
     expected[2:30, 4:20] = idx("dog")

@@ -76,7 +76,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, synthetic_prepared):
         torch.testing.assert_close(b["model"][k], v, rtol=1e-5, atol=1e-6)
     la, lb = train_losses(single), train_losses(ddp)
     assert [r["iteration"] for r in lb] == [2, 4, 6]
-    for ra, rb in zip(la, lb):  # losses reduced across ranks = the single process's losses
+    for ra, rb in zip(la, lb, strict=True):  # losses reduced across ranks = the single process's losses
         for k in ra["losses"]:
             assert rb["losses"][k] == pytest.approx(ra["losses"][k], rel=1e-5)
     assert b["best"]["value"] == pytest.approx(result["best"]["value"], abs=1e-6)

@@ -108,7 +108,7 @@ def test_saved_predictions_agree_with_evaluate_and_the_official_script(
     official = ev.evaluateImgLists([ev.getPrediction(args, gt) for gt in gts], gts, args)
     assert res["metrics"]["miou"] == pytest.approx(official["averageScoreClasses"], abs=1e-9)
     assert res["details"]["miou"]["miiou"] == pytest.approx(official["averageScoreInstClasses"], abs=1e-9)
-    for name, iou in zip(ds.seg_classes, res["details"]["miou"]["iou"]):
+    for name, iou in zip(ds.seg_classes, res["details"]["miou"]["iou"], strict=True):
         ref = official["classScores"][name]
         assert (iou is None) if math.isnan(ref) else iou == pytest.approx(ref, abs=1e-9), name
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import tomllib
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 from torch import nn
 
-from mtlcli.cli.anchors import compute_anchors
 from mtlcli.engine import train as train_mod
-from mtlcli.engine.anchors import with_kmeans_anchors
+from mtlcli.engine.anchors import compute_anchors, with_kmeans_anchors
 from mtlcli.engine.optim import apply_freeze, frozen_modules, train_mode
 from mtlcli.recipes import load_recipe, read_toml
 
@@ -111,6 +111,6 @@ def test_kmeans_anchors_only_where_the_recipe_asks(synthetic_prepared):
     out = with_kmeans_anchors(recipe, synthetic_prepared)
     assert recipe["model"]["anchors"] == "kmeans"  # the caller's recipe is not modified
     anchors = out["model"]["anchors"]
-    assert len(anchors) == 9 and all(a[0] * a[1] <= b[0] * b[1] for a, b in zip(anchors, anchors[1:]))
+    assert len(anchors) == 9 and all(a[0] * a[1] <= b[0] * b[1] for a, b in pairwise(anchors))
     fixed = {**recipe, "model": {**recipe["model"], "anchors": [[1, 2]] * 9}}
     assert with_kmeans_anchors(fixed, synthetic_prepared) is fixed

@@ -176,6 +176,6 @@ def test_frozen_parameters_are_not_updated_by_the_optimizer():
     enc_before = net.encoder.weight.detach().clone()
     net.detector(net.encoder(torch.randn(4, 2))).sum().backward()
     opt.step()
-    assert all(torch.equal(a, b) for a, b in zip(before, net.detector.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, net.detector.parameters(), strict=True))
     assert not torch.equal(enc_before, net.encoder.weight)
     assert math.isfinite(float(net.encoder.weight.detach().sum()))

@@ -20,7 +20,7 @@ def test_eval_split_is_resized_labels_nearest(synthetic_prepared):
     recipe = {"eval": {"resolution": [64, 96]}}
     plain = PreparedDataset(synthetic_prepared, "val")
     small = PreparedDataset(synthetic_prepared, "val", transforms=eval_transforms(recipe))
-    (img, t), (img0, t0) = small[0], plain[0]
+    (img, t), (_, t0) = small[0], plain[0]
     assert tuple(img.shape[-2:]) == (64, 96) and tuple(t["semantic"].shape) == (64, 96)
     assert set(t["semantic"].unique().tolist()) <= set(t0["semantic"].unique().tolist())  # no blended labels
     h0, w0 = t0["semantic"].shape

@@ -4,10 +4,10 @@ evaluation and best.pt, stages, failure handling, and the `mtl train` command.""
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 
 from mtlcli.cli.main import main
@@ -238,7 +238,7 @@ def test_amp_is_a_no_op_on_cpu_and_channels_last_trains_the_same(tmp_path, synth
         )
         runs[name] = [r["losses"] for r in train_losses(tmp_path / name)]
     assert runs["bf16"] == runs["plain"] and runs["fp16"] == runs["plain"]
-    for a, b in zip(runs["cl"], runs["plain"]):
+    for a, b in zip(runs["cl"], runs["plain"], strict=True):
         assert a == pytest.approx(b, rel=1e-4)
     assert not torch.are_deterministic_algorithms_enabled()  # the process-wide switch is given back
 

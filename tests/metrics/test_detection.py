@@ -145,7 +145,7 @@ def test_coco_numbers_equal_direct_cocoeval(toy, iou_type):
     stats = _direct_cocoeval(root, path, iou_type)
     ours = res["details"][name]["stats"]
     keys = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
-    for k, v in zip(keys, stats):
+    for k, v in zip(keys, stats, strict=True):
         assert ours[k] == (None if v < 0 else pytest.approx(v, abs=1e-12)), k
     assert res["metrics"][name] == pytest.approx(stats[0], abs=1e-12)
     assert 0 < stats[0] < 1  # a non-trivial case
@@ -160,7 +160,7 @@ def test_proposal_recall_equals_cocoeval_without_categories(toy):
     s = res["details"]["ar"]["stats"]
     assert s["AR@100"] == pytest.approx(stats[7], abs=1e-12)
     assert s["AR@1000"] == pytest.approx(stats[8], abs=1e-12)
-    for k, v in zip(("ARs@1000", "ARm@1000", "ARl@1000"), stats[9:12]):
+    for k, v in zip(("ARs@1000", "ARm@1000", "ARl@1000"), stats[9:12], strict=True):
         assert s[k] == (None if v < 0 else pytest.approx(v, abs=1e-12)), k
     assert res["metrics"]["ar"] == s["AR@100"] > 0
 

@@ -95,7 +95,7 @@ def test_eval_outputs_in_original_frame(head):
     images = [torch.rand(3, 90, 70), torch.rand(3, 50, 130)]
     with torch.no_grad():
         out = model(images)
-    for o, img in zip(out, images):
+    for o, img in zip(out, images, strict=True):
         h, w = img.shape[-2:]
         n = len(o["boxes"])
         assert n > 0 and o["boxes"].shape == (n, 4) and o["scores"].shape == (n,) and o["labels"].shape == (n,)
@@ -213,7 +213,8 @@ def test_bad_arguments_are_user_errors():
     [(dict(head="light"), 62.3e6), (dict(head="heavy"), 59.9e6),
      (dict(head="standard", mspwa=False, dt_weight=0.0, seg_weight=0.0), 44.4e6),
      # Table 7's ResNeXt-101 32x8d rows
-     (dict(head="light", backbone="resnext101_32x8d"), 139.2e6), (dict(head="heavy", backbone="resnext101_32x8d"), 136.8e6),
+     (dict(head="light", backbone="resnext101_32x8d"), 139.2e6),
+     (dict(head="heavy", backbone="resnext101_32x8d"), 136.8e6),
      (dict(head="standard", mspwa=False, dt_weight=0.0, seg_weight=0.0, backbone="resnext101_32x8d"), 107.4e6)],
 )  # fmt: skip
 def test_full_configuration_parameter_counts(kw, paper):

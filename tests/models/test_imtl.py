@@ -129,7 +129,7 @@ def test_eval_outputs_in_the_original_frame():
     images = [torch.rand(3, 50, 90), torch.rand(3, 128, 100)]
     with torch.no_grad():
         outs = model.__class__.forward(model, images)
-    for o, (h, w) in zip(outs, [(50, 90), (128, 100)]):
+    for o, (h, w) in zip(outs, [(50, 90), (128, 100)], strict=True):
         assert set(o) == {"boxes", "scores", "labels", "sem_seg"}
         assert tuple(o["sem_seg"].shape) == (5, h, w)
         if len(o["boxes"]):
@@ -169,7 +169,7 @@ def test_each_branch_has_its_own_head_unless_shared():
     per_branch.load_state_dict(old)
     x = torch.rand(1, 3, 64, 128)
     with torch.no_grad():
-        for a, b in zip(shared.eval().network(x)["det"], per_branch.eval().network(x)["det"]):
+        for a, b in zip(shared.eval().network(x)["det"], per_branch.eval().network(x)["det"], strict=True):
             torch.testing.assert_close(a, b)
 
 
@@ -276,7 +276,6 @@ def test_detector_reads_both_decoder_levels():
     """The paper's multi-level features: the detector's output depends on the stride-8 up-step + skip
     map as well as the stride-4 one (the single-level form does not read it)."""
     model = tiny().eval()
-    feats = {}
     with torch.no_grad():
         s1, s2, s4 = model.encoder(torch.rand(1, 3, 64, 128))
         b = model.bottleneck(s4)
@@ -294,7 +293,7 @@ def test_dropout_in_block4_and_just_before_the_trident_block():
     block4_drops = [m.p for m in model.encoder.block4.modules() if isinstance(m, torch.nn.Dropout)]
     assert block4_drops == [0.5]
     order = []
-    for name, m in model.detector.named_modules():
+    for m in model.detector.modules():
         if isinstance(m, torch.nn.Dropout):
             m.register_forward_hook(lambda *_: order.append("dropout"))
     model.detector.trident[0].register_forward_pre_hook(lambda *_: order.append("trident"))

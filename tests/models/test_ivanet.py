@@ -44,7 +44,7 @@ def scene(h: int = 80, w: int = 120, seed: int = 0):
     semantic = torch.zeros(h, w, dtype=torch.int64)
     boxes = torch.tensor([[10.0, 15.0, 50.0, 60.0], [70.0, 20.0, 110.0, 45.0]])
     labels = torch.tensor([1, 3])
-    for (x1, y1, x2, y2), c in zip(boxes.int().tolist(), labels.tolist()):
+    for (x1, y1, x2, y2), c in zip(boxes.int().tolist(), labels.tolist(), strict=True):
         image[c - 1, y1:y2, x1:x2] = 0.9
         semantic[y1:y2, x1:x2] = c
     return image, {"boxes": boxes, "labels": labels, "semantic": semantic, "iscrowd": torch.zeros(2, dtype=torch.int64)}
@@ -88,7 +88,7 @@ def test_eval_outputs_in_the_original_frame(variant):
     with torch.no_grad():
         out = model([torch.rand(3, h, w) for h, w in sizes])
     assert len(out) == 2
-    for result, (h, w) in zip(out, sizes):
+    for result, (h, w) in zip(out, sizes, strict=True):
         if VARIANTS[variant].get("det_head", True):
             n = result["boxes"].shape[0]
             assert 0 < n <= 200  # an untrained model scores everything near 1/(K+1) > 0.01

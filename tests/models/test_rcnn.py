@@ -63,7 +63,7 @@ def test_eval_outputs_in_original_frame(builder, masks):
     images = [torch.rand(3, 90, 70), torch.rand(3, 50, 130)]
     with torch.no_grad():
         out = model(images)
-    for o, img in zip(out, images):
+    for o, img in zip(out, images, strict=True):
         h, w = img.shape[-2:]
         n = len(o["boxes"])
         assert n > 0 and o["boxes"].shape == (n, 4) and o["scores"].shape == (n,)
@@ -186,7 +186,7 @@ def test_same_weights_give_torchvisions_maskrcnn_outputs():
     images = [torch.rand(3, 90, 70), torch.rand(3, 50, 130)]
     with torch.no_grad():
         mine, ref = ours(images), theirs(images)
-    for a, b in zip(mine, ref):
+    for a, b in zip(mine, ref, strict=True):
         assert set(a) == set(b) | {"proposals"}
         for key in b:
             torch.testing.assert_close(a[key], b[key])

@@ -117,7 +117,7 @@ def test_tiny_model_trains_and_predicts(name, samples):
     with torch.no_grad():
         outputs = model(inputs)
     assert len(outputs) == 2
-    for out, (h, w) in zip(outputs, sizes):
+    for out, (h, w) in zip(outputs, sizes, strict=True):
         if det:
             n = out["boxes"].shape[0]
             assert out["boxes"].shape == (n, 4) and out["scores"].shape == (n,) and out["labels"].shape == (n,)
@@ -282,7 +282,7 @@ def test_tiny_model_overfits_two_images(name, samples):
     model.eval()
     with torch.no_grad():
         outputs = model(images)
-    for out, target in zip(outputs, targets):
+    for out, target in zip(outputs, targets, strict=True):
         if seg:
             iou = semantic_iou(out["sem_seg"], target["semantic"], stride)
             assert iou >= semantic_floor, f"semantic IoU {iou:.3f}"

@@ -89,7 +89,7 @@ def test_eval_outputs_in_original_frame(variant):
     images = [torch.rand(3, 90, 70), torch.rand(3, 50, 130)]
     with torch.no_grad():
         out = model(images)
-    for o, img in zip(out, images):
+    for o, img in zip(out, images, strict=True):
         h, w = img.shape[-2:]
         n = len(o["boxes"])
         assert n > 0 and o["boxes"].shape == (n, 4) and o["scores"].shape == (n,) and o["labels"].shape == (n,)
@@ -183,7 +183,8 @@ def test_interleaving_keeps_refined_boxes_above_the_iou_bar_only():
         [0.0, 100, 30, 130],   # d: background, nothing near
     ])  # fmt: skip
     targets_for = {  # RoI -> (class, box its regression of that class decodes to)
-        0: (1, gts[0]), 1: (2, torch.tensor([150.0, 0, 190, 40])), 2: (2, gts[1]), 3: (1, torch.tensor([0.0, 100, 30, 130]))
+        0: (1, gts[0]), 1: (2, torch.tensor([150.0, 0, 190, 40])),
+        2: (2, gts[1]), 3: (1, torch.tensor([0.0, 100, 30, 130]))
     }  # fmt: skip
     regression = torch.zeros(4, 3, 4)
     for i, (cls, box) in targets_for.items():
@@ -353,8 +354,9 @@ def test_deeper_plain_stacks_of_table5():
 
 def test_bad_arguments_are_user_errors():
     for kw, word in [(dict(neck="bifpn"), "neck"), (dict(fuse="mul"), "fusion"), (dict(refine="deep"), "refinement"),
-                     (dict(box_head="mlp"), "box head"), (dict(refine_convs=0), "refine_convs"), (dict(box_convs=0), "box_convs"),
-                     (dict(num_det_classes=0), "num_det_classes"), (dict(interleave_iou=1.5), "interleave_iou")]:  # fmt: skip
+                     (dict(box_head="mlp"), "box head"), (dict(refine_convs=0), "refine_convs"),
+                     (dict(box_convs=0), "box_convs"), (dict(num_det_classes=0), "num_det_classes"),
+                     (dict(interleave_iou=1.5), "interleave_iou")]:  # fmt: skip
         with pytest.raises(UserError, match=word):
             build_safpn(**kw)
     with pytest.raises(UserError, match="has no argument"):

@@ -18,7 +18,7 @@ def clustered_boxes(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Three well-separated shapes (tall pedestrian, square, wide car) with 5% jitter, unequal counts."""
     truth = np.array([[200.0, 100.0], [12.0, 30.0], [60.0, 60.0]])
     rng = np.random.default_rng(seed)
-    parts = [c * rng.uniform(0.95, 1.05, size=(n, 2)) for c, n in zip(truth, (40, 70, 25))]
+    parts = [c * rng.uniform(0.95, 1.05, size=(n, 2)) for c, n in zip(truth, (40, 70, 25), strict=True)]
     return np.concatenate(parts), truth
 
 

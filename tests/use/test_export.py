@@ -35,7 +35,7 @@ def test_every_family_exports_to_onnx_with_parity(name, tmp_path):
     # the file runs on its own, at another batch size, and agrees with the PyTorch network there too
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = torch.rand(3, 3, 64, 128, generator=torch.Generator().manual_seed(1))
-    got = dict(zip(info["outputs"], session.run(list(info["outputs"]), {"images": x.numpy()})))
+    got = dict(zip(info["outputs"], session.run(list(info["outputs"]), {"images": x.numpy()}), strict=True))
     from mtlcli.export import ExportWrapper
 
     with torch.inference_mode():
@@ -56,7 +56,7 @@ def test_torchscript_export_matches(tmp_path):
     assert info["parity"]["ok"] and info["parity"]["max_abs_diff"] == 0.0
     loaded = torch.jit.load(str(out))
     x = torch.rand(1, 3, 64, 128)
-    sem = dict(zip(info["outputs"], loaded(x)))["semantic"]
+    sem = dict(zip(info["outputs"], loaded(x), strict=True))["semantic"]
     assert sem.shape == (1, 64, 128) and sem.dtype == torch.int64
 
 

@@ -134,6 +134,7 @@ def test_prediction_overlays_are_titled_with_a_legend(
 ):
     import mtlcli.viz.predictions as predictions
     from mtlcli.data.dataset import PreparedDataset
+    from mtlcli.engine.loaded import load_run
 
     calls = []
     draw = predictions.titled_picture
@@ -145,7 +146,7 @@ def test_prediction_overlays_are_titled_with_a_legend(
             draw(panels, titles, entries, caption),
         )[1],
     )
-    loaded = predictions.load_run(det_run)
+    loaded = load_run(det_run)
     ds = PreparedDataset(synthetic_prepared, "val")
     predictions.render_predictions(
         loaded.model, ds, tmp_path, num=1, score_threshold=0.0, seg_classes=loaded.classes.seg_classes, progress=False

@@ -1,4 +1,5 @@
-"""`mtl viz adversarial`: the paper's smallest-L2 attack flips the chosen pixels; the Linf attack stays within its budget."""
+"""`mtl viz adversarial`: the paper's smallest-L2 attack flips the chosen pixels; the Linf attack stays within its
+budget."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from mtlcli.engine.loaded import load_run
 from mtlcli.viz.adversarial import attack
 from mtlcli.viz.draw import MIN_HEIGHT, titled_geometry
-from mtlcli.viz.predictions import load_run, read_image_file
+from mtlcli.viz.predictions import read_image_file
 from tests.viz.conftest import error_line, run_cli
 
 

@@ -43,8 +43,8 @@ def test_cli_plots_the_split(
 
 def test_counts_cover_every_labelled_pixel(seg_run: Path, synthetic_prepared: Path, tmp_path: Path):
     from mtlcli.data.dataset import PreparedDataset
-    from mtlcli.viz.confusion import run_confusion
-    from mtlcli.viz.predictions import load_run
+    from mtlcli.engine.evaluate import run_confusion
+    from mtlcli.engine.loaded import load_run
 
     loaded = load_run(seg_run)
     ds = PreparedDataset(synthetic_prepared, "val")

@@ -116,7 +116,7 @@ def test_overlay_titles_caption_and_legend_name_what_is_drawn(tiny: Path, tmp_pa
         ("person (box)", box[0], False),
         ("car (box)", box[1], False),
         ("crowd region (box)", CROWD_COLOR, False),
-        *zip(["DT ≤ 0.2 (boundary)", "DT 0.2–0.4", "DT > 0.4 (centre)"], dt_palette(3), [True] * 3),
+        *zip(["DT ≤ 0.2 (boundary)", "DT 0.2–0.4", "DT > 0.4 (centre)"], dt_palette(3), [True] * 3, strict=True),
     ]
     caption = sample_caption("train", "a", target)
     assert caption == "train/a: 2 objects, 1 crowd region"

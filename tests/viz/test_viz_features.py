@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from mtlcli.engine.loaded import load_run
 from mtlcli.viz.features import class_objective, filter_grid, first_conv, layer_objective, maximize_activation
-from mtlcli.viz.predictions import load_run
 from tests.viz.conftest import error_line, run_cli
 
 

@@ -12,8 +12,9 @@ from PIL import Image
 
 from mtlcli.data.dataset import PreparedDataset
 from mtlcli.data.targets import cityscapes_tables
+from mtlcli.engine.loaded import class_info, load_run
 from mtlcli.viz.draw import caption_slots, class_colors, titled_geometry
-from mtlcli.viz.predictions import class_info, legend_entries, load_run, render_prediction, render_predictions
+from mtlcli.viz.predictions import legend_entries, render_prediction, render_predictions
 from tests.viz.conftest import error_line, run_cli
 
 
