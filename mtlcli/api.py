@@ -8,7 +8,8 @@
 A `Result` holds, in the image's own pixel frame, what the model outputs: `boxes` [N, 4] xyxy float,
 `scores` [N], `labels` [N] int64 (1..K) and their `class_names`, `masks` [N, H, W] bool (models with an
 instance-mask head), `semantic` [H, W] int64 class indices (the argmax of the segmentation scores) with
-`seg_classes` naming them. Everything the model needs (weights, recipe, class names, palette) comes from
+`seg_classes` naming them, and `panoptic` (ids [H, W], segments_info with category ids) from the
+panoptic merge of docs/panoptic.md. Everything the model needs (weights, recipe, class names, palette) comes from
 the checkpoint: no dataset folder is read.
 """
 
@@ -134,19 +135,40 @@ class Predictor:
             tensors = [to_image_tensor(x) for x in chunk]
             outputs = self.raw(tensors)
             for item, img, out in zip(chunk, tensors, outputs, strict=True):
-                results.append(
-                    output_to_result(
-                        out,
-                        self.det_classes,
-                        self.seg_classes,
-                        tuple(img.shape[-2:]),
-                        score_threshold,
-                        str(item) if isinstance(item, (str, Path)) else None,
-                    )
+                result = output_to_result(
+                    out,
+                    self.det_classes,
+                    self.seg_classes,
+                    tuple(img.shape[-2:]),
+                    score_threshold,
+                    str(item) if isinstance(item, (str, Path)) else None,
                 )
+                result.panoptic = self.panoptic_of(out)
+                results.append(result)
         return results[0] if single else results
 
     __call__ = predict
+
+    def panoptic_of(self, output: dict[str, torch.Tensor]) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
+        """The panoptic merge (docs/panoptic.md) of one raw output: (ids [H, W] int32, segments_info)."""
+        if "sem_seg" not in output and "masks" not in output:
+            return None
+        if getattr(self, "_panoptic_maker", None) is None:
+            from mtlcli.engine.panoptic import PanopticMaker, merge_settings
+
+            self._panoptic_maker = PanopticMaker(
+                self.det_classes,
+                self.seg_classes,
+                self.card.get("thing_classes"),
+                self.card.get("panoptic_category_ids"),
+                merge_settings(self.recipe),
+            )
+        ids, segments = self._panoptic_maker(output, None)
+        things = self._panoptic_maker.things
+        class_ids = self._panoptic_maker.class_ids
+        for s in segments:
+            s["isthing"] = int(class_ids.index(s["category_id"]) in things)
+        return ids.astype(np.int32), segments
 
     def draw(self, image: ImageLike, result: Result, alpha: float = 0.5) -> torch.Tensor:
         """The overlay of `result` on `image`: uint8 [3, H + legend, W] (semantic map, masks, boxes with captions,

@@ -39,6 +39,27 @@ def prepare_commands(dataset: str, root: str | Path) -> list[str]:
     return [shlex.join(["mtl", "prepare", dataset, *source, "--out", str(root)])]
 
 
+def raw_source_command(root: str | Path) -> str | None:
+    """Where `root` is a dataset as downloaded (or drawn by `mtl prepare synthetic`) rather than a prepared one:
+    the `mtl prepare` command that prepares it into a sibling folder `ROOT-prepared` (prepare refuses an --out
+    inside its source); None for anything else."""
+    root = Path(root)
+    out = str(root.with_name(root.name + "-prepared"))
+    if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
+        return shlex.join(["mtl", "prepare", "cityscapes", str(root), "--out", out])
+    if (root / "JPEGImages").is_dir() and (root / "Annotations").is_dir():  # one VOC year
+        option = "--voc2007" if "2007" in root.name else "--voc2012"
+        return shlex.join(["mtl", "prepare", "voc", option, str(root), "--out", out])
+    if (root / "VOC2012").is_dir():  # a VOCdevkit
+        extra = ["--voc2007", str(root / "VOC2007")] if (root / "VOC2007").is_dir() else []
+        return shlex.join(["mtl", "prepare", "voc", "--voc2012", str(root / "VOC2012"), *extra, "--out", out])
+    if (root / "annotations").is_dir() and any((root / "annotations").glob("instances_*.json")):
+        return shlex.join(["mtl", "prepare", "coco", str(root), "--out", out])
+    if (root / "train").is_dir() and any((root / "train").glob("*/gt/gt.txt")):
+        return shlex.join(["mtl", "prepare", "mot15", str(root), "--out", out])
+    return None
+
+
 def prepare_hint(dataset: str, root: str | Path) -> str:
     """`cmd` (or `cmd1` and then `cmd2`), for a "run ... first" message."""
     return " and then ".join(f"`{c}`" for c in prepare_commands(dataset, root))

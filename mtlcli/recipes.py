@@ -88,7 +88,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "loss_weights": {},
         "stages": [],
     },
-    "eval": {"metrics": [], "interval": 1000, "best_metric": "", "batch_size": 8, "resolution": [0, 0]},
+    "eval": {
+        "metrics": [],
+        "interval": 1000,
+        "best_metric": "",
+        "batch_size": 8,
+        "resolution": [0, 0],
+        # the panoptic merge (mtlcli/ops/panoptic.py; Panoptic FPN's defaults)
+        "panoptic_score": 0.5,
+        "panoptic_overlap": 0.5,
+        "panoptic_stuff_area": 4096,
+    },
 }
 
 STAGE_DEFAULTS: dict[str, Any] = {"name": "", "iterations": 0, "lr": 0.0, "loss_weights": {}, "freeze": []}
@@ -158,7 +168,13 @@ def find_recipe(name_or_path: str | Path, *, relative_to: Path | None = None) ->
         return named
     if text.endswith(".toml") or "/" in text:
         raise UserError(f"recipe file {text} does not exist — give a path to a .toml file or a recipe name")
-    raise UserError(f"unknown recipe {text!r}; valid recipes: {', '.join(available_recipes()) or '(none)'}")
+    import difflib
+
+    names = available_recipes()
+    close = difflib.get_close_matches(text, names, n=4, cutoff=0.6)
+    if close:
+        raise UserError(f"unknown recipe {text!r}; did you mean {', '.join(close)}? (`mtl recipes` lists all)")
+    raise UserError(f"unknown recipe {text!r}; valid recipes: {', '.join(names) or '(none)'}")
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -202,9 +218,28 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None, *,
     for item in overrides or []:
         apply_override(recipe, item)
         explicit_iterations |= item.split("=", 1)[0].strip() == "train.iterations"
-    validate(recipe, source=str(path), check_model=check_model)
+    validate_blaming_overrides(recipe, raw, overrides or [], str(path), check_model)
     settle_iterations(recipe, explicit_iterations)
     return recipe
+
+
+def validate_blaming_overrides(recipe: dict, raw: dict, overrides: list[str], source: str, check_model: bool) -> None:
+    """`validate(recipe)`, where a failure that a `--set` brings in names that `--set`, not the recipe file:
+    the file's own recipe (`raw` resolved) is validated alone, then with the overrides added one by one."""
+    try:
+        validate(recipe, source=source, check_model=check_model)
+    except UserError:
+        if not overrides:
+            raise
+        trial = resolve(copy.deepcopy(raw), source=source)
+        try:
+            validate(trial, source=source, check_model=check_model)
+        except UserError:
+            raise  # the file itself (or the overrides only together) — the first error stands
+        for item in overrides:
+            apply_override(trial, item)
+            validate(trial, source=f"--set {item.strip()!r}", check_model=check_model)
+        raise
 
 
 def settle_iterations(recipe: dict, explicit: bool) -> None:

@@ -61,9 +61,6 @@ def recipe_subject(
     score_threshold: float | None = None,
 ):
     """Build a recipe's model (never with pretrained weights) as a benchmark Subject."""
-    import torch
-
-    from mtlcli.engine.benchmark import Subject, random_targets
     from mtlcli.models import build_from_recipe, builder_arguments
     from mtlcli.recipes import load_recipe
 
@@ -73,6 +70,28 @@ def recipe_subject(
         valid = builder_arguments(recipe["model"]["name"])
         extra = {k: score_threshold for k in ("box_score_thresh", "score_thresh") if k in valid}
     model = build_from_recipe(recipe["model"], load_weights=False, **extra).to(device).eval()
+    return model_subject(name, model, recipe, size, train)
+
+
+def run_subject(run: Path, size: tuple[int, int] | None, device, train: bool, score_threshold: float | None = None):
+    """A trained run's model (its checkpoint's weights and recipe: `load_for_eval`) as a benchmark Subject,
+    named by the run directory."""
+    from mtlcli.engine.checkpoint import load_for_eval
+
+    model, recipe, _ = load_for_eval(run=run, device=device)
+    if score_threshold is not None:  # the attribute each family's postprocess reads
+        for key in ("box_score_thresh", "score_thresh"):
+            if isinstance(getattr(model, key, None), float):
+                setattr(model, key, float(score_threshold))
+    return model_subject(str(run), model, recipe, size, train)
+
+
+def model_subject(name: str, model, recipe: dict[str, Any], size: tuple[int, int] | None, train: bool):
+    """A built model (eval mode, on its device) of `recipe` as a benchmark Subject."""
+    import torch
+
+    from mtlcli.engine.benchmark import Subject, random_targets
+
     if size is None:
         size = tuple(getattr(model, "input_size", None) or (512, 512))
     has_net = hasattr(model, "network") and hasattr(model, "preprocess")
@@ -108,6 +127,9 @@ def register(app: typer.Typer) -> None:
     @app.command("benchmark")
     def benchmark(
         recipe: list[str] | None = typer.Option(None, "--recipe", "-r", help="Recipe name or path (repeatable)."),
+        run: list[Path] | None = typer.Option(
+            None, "--run", help="A trained run: its checkpoint's model and recipe (repeatable)."
+        ),
         all_recipes: bool = typer.Option(
             False, "--all", help="Every recipe in recipes/ (full-size models: slow on a CPU)."
         ),
@@ -152,7 +174,8 @@ def register(app: typer.Typer) -> None:
         """Measure parameters, FLOPs, latency, images/s and peak memory of models, alternating runs so that
         ratios are fair.
 
-        Latency is timed twice: the network alone and the full predict path (resize, network, postprocess)."""
+        Latency is timed twice: the network alone and the full predict path (resize, network, postprocess).
+        `--run RUN` measures the model a run trained (its recipe and checkpoint), `--recipe` a recipe's."""
         import torch
 
         from mtlcli.engine import benchmark as bm
@@ -199,8 +222,11 @@ def register(app: typer.Typer) -> None:
             if unknown:
                 raise UserError(f"unknown reference {unknown[0]!r}; valid: {', '.join(bm.REFERENCES)}")
             refs.append(key)
-        if not names and not refs:
-            raise UserError("nothing to benchmark: give --recipe NAME, --preset NAME or --all (see `mtl recipes list`)")
+        runs = list(run or [])
+        if not names and not refs and not runs:
+            raise UserError(
+                "nothing to benchmark: give --recipe NAME, --run RUN, --preset NAME or --all (see `mtl recipes list`)"
+            )
 
         from mtlcli.engine.limits import check_batch_fits
 
@@ -208,6 +234,9 @@ def register(app: typer.Typer) -> None:
         subjects = []
         for n in names:
             subjects.append(recipe_subject(n, fixed, dev, batch, train, overrides, score_threshold))
+            check_batch_fits(batch, subjects[-1].size, dev, "--batch")
+        for r in runs:
+            subjects.append(run_subject(r, fixed, dev, train, score_threshold))
             check_batch_fits(batch, subjects[-1].size, dev, "--batch")
         ref_size = fixed or (subjects[0].size if subjects else (512, 512))
         for key in refs:

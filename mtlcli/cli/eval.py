@@ -8,6 +8,8 @@ Prints a summary table and per-class tables (`-q`: one line); `--out FILE.json` 
 and nowhere else; without --out, `--run RUN` keeps the results in RUN/eval/SPLIT.json and, for a model
 that detects, the pictures beside it (pr_SPLIT.png, f1_SPLIT.png, confusion_det_SPLIT.png); a later
 evaluation of the split writes SPLIT-2.json with pr_SPLIT-2.png ..., SPLIT-3 ..., never over earlier ones.
+`--save-predictions DIR` writes the predictions there (`mtlcli.metrics.predictions`) and the pictures in
+DIR/plots/.
 The JSON's "provenance" names the mtl version, the command line and the git commit.
 """
 
@@ -70,6 +72,12 @@ def print_results(result: dict[str, Any]) -> None:
         elif name.startswith("coco"):
             s = d.get("stats", {})
             extra = "  ".join(f"{k} {_fmt(s.get(k))}" for k in ("AP50", "AP75", "APs", "APm", "APl", "AR100"))
+        elif name == "pq":
+            a, t, st = d.get("all", {}), d.get("things", {}), d.get("stuff", {})
+            extra = f"SQ {_fmt(a.get('sq'))}  RQ {_fmt(a.get('rq'))}  things PQ {_fmt(t.get('pq'))}  "
+            extra += f"stuff PQ {_fmt(st.get('pq'))}"
+        elif name == "cs-inst":
+            extra = f"AP50 {_fmt(d.get('ap50'))}  (Cityscapes instance AP, official script)"
         elif name == "ar":
             s = d.get("stats", {})
             extra = "  ".join(f"{k} {_fmt(s.get(k))}" for k in ("AR@1000", "ARs@100", "ARm@100", "ARl@100"))
@@ -95,6 +103,23 @@ def print_results(result: dict[str, Any]) -> None:
                 table.add_column(c, justify="left" if c == "class" else "right")
             for i, cls in enumerate(d["classes"]):
                 table.add_row(cls, _fmt(d["ap"][i]), str(d["num_gt"][i]), str(d["num_detections"][i]))
+        elif name == "pq":
+            table = _table("pq: panoptic quality per class (%)")
+            for c in ("class", "kind", "PQ", "SQ", "RQ", "TP", "FP", "FN"):
+                table.add_column(c, justify="left" if c in ("class", "kind") else "right")
+            for c in d["classes"]:
+                kind = "thing" if c["isthing"] else "stuff"
+                counts = [str(c[k]) for k in ("tp", "fp", "fn")]
+                table.add_row(c["name"], kind, _fmt(c["pq"]), _fmt(c["sq"]), _fmt(c["rq"]), *counts)
+            for group in ("all", "things", "stuff"):
+                g = d[group]
+                table.add_row(f"[bold]{group}[/] ({g['n']})", "", _fmt(g["pq"]), _fmt(g["sq"]), _fmt(g["rq"]))
+        elif name == "cs-inst":
+            table = _table("cs-inst: Cityscapes instance AP per class (%)")
+            for c in ("class", "AP", "AP50"):
+                table.add_column(c, justify="left" if c == "class" else "right")
+            for cls, ap, ap50 in zip(d["classes"], d["class_ap"], d["class_ap50"], strict=True):
+                table.add_row(cls, _fmt(ap), _fmt(ap50))
         elif name.startswith("coco"):
             table = _table(f"{name}: AP@[.5:.95] per class (%)")
             table.add_column("class")
@@ -261,29 +286,37 @@ def run_eval(
             save_predictions=target,
             force=force or keep,
             workers=workers,
+            panoptic_settings=recipe.get("eval"),
+            # panoptic PNGs where the user asked for predictions or for pq, not in every RUN/eval
+            save_panoptic=save_predictions is not None or "pq" in names,
         )
+        # the detection pictures: in RUN/eval beside the JSON, or beside the predictions the user asked for
+        pictures = eval_dir if keep else (save_predictions / "plots" if save_predictions else None)
         if (
-            eval_dir is not None
+            pictures is not None
             and target is not None
-            and keep
             and (target / "detections.json").is_file()
             and dataset.meta.det_classes
         ):
+            from mtlcli.metrics.predictions import GroundTruth, load_detections
             from mtlcli.viz.detection import plot_detection
 
-            detections = json.loads((target / "detections.json").read_text())
+            gt = GroundTruth(Path(root), split, dataset.meta, dataset.coco)
+            raw = json.loads((target / "detections.json").read_text())
+            detections = load_detections(target / "detections.json", gt, results=raw) if raw else []
             use_07 = "voc07" in names and "voc12" not in names  # the legend's AP as the table's
-            stem = free_name(eval_dir, split)  # the pictures are named as the JSON written below
+            if keep and eval_dir is not None:  # the pictures are named as the JSON written below
+                stem = free_name(eval_dir, split)
             result["plots"] = [
                 str(p)
                 for p in plot_detection(
                     dataset.coco,
                     detections,
                     dataset.meta.det_classes,
-                    eval_dir,
+                    pictures,
                     split,
                     use_07=use_07,
-                    name=stem,
+                    name=stem if keep else split,
                 )
             ]
         result = {
@@ -333,7 +366,10 @@ def register(app: typer.Typer) -> None:
             None, "--split", help="Split to evaluate (default: val / the recipe's val_split)."
         ),
         metric: list[str] = typer.Option(
-            [], "--metric", "-m", help="miou, dt, voc07, voc12, coco-bbox, coco-segm, ar (repeat or comma-separate)."
+            [],
+            "--metric",
+            "-m",
+            help="miou, dt, voc07, voc12, coco-bbox, coco-segm, ar, pq, cs-inst (repeat or comma-separate).",
         ),
         cityscapes_ids: bool = typer.Option(
             False, "--cityscapes-ids", help="Prediction PNGs hold Cityscapes labelIds."
@@ -393,6 +429,10 @@ def register(app: typer.Typer) -> None:
             submit=submit,
             submit_name=submit_name,
         )
+        import sys
+
+        for note in result.get("notes", []):
+            print(f"note: {note}", file=sys.stderr)
         if "submission" in result:
             print(submit_line(result))
             return

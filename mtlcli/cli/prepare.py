@@ -1,4 +1,4 @@
-"""`mtl prepare {cityscapes,voc,coco,mot15,synthetic}`: turn a dataset into the prepared format.
+"""`mtl prepare {cityscapes,voc,coco,coco-panoptic,folder,mot15,synthetic}`: turn a dataset into the prepared format.
 
 Each command parses, calls the reader's entry function in `mtlcli.data` and prints where the result
 went, then a `next:` line with the command that trains on it (a shipped recipe whose splits the prepared
@@ -54,6 +54,74 @@ def _print_train_hint(kind: str, out: Path) -> None:
     hint = train_hint(kind, out)
     if hint:
         _console().print(hint, soft_wrap=True, markup=False)  # one line however narrow the terminal
+
+
+@app.command("coco-panoptic")
+def coco_panoptic(
+    json_file: Path = typer.Option(..., "--json", metavar="FILE", help="COCO panoptic JSON of the train split."),
+    png_dir: Path = typer.Option(..., "--png-dir", metavar="DIR", help="Its panoptic PNGs."),
+    images: Path = typer.Option(..., "--images", metavar="DIR", help="Its images (found by file_name, or below)."),
+    val_json: Path | None = typer.Option(None, "--val-json", metavar="FILE", help="COCO panoptic JSON of val."),
+    val_png_dir: Path | None = typer.Option(None, "--val-png-dir", metavar="DIR", help="Its panoptic PNGs."),
+    val_images: Path | None = typer.Option(None, "--val-images", metavar="DIR", help="Its images."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/custom-panoptic]."
+    ),
+    workers: int | None = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+) -> None:
+    """COCO panoptic files (COCO 2017, CVAT / Label Studio exports, Cityscapes' createPanopticImgs): things
+    and stuff, instances, semantic map, panoptic ground truth kept for PQ."""
+    from mtlcli.data.coco_panoptic import PanopticSplit, prepare_coco_panoptic
+    from mtlcli.errors import UserError
+
+    splits = [PanopticSplit("train", json_file, png_dir, images)]
+    if val_json is not None and val_png_dir is not None and val_images is not None:
+        splits.append(PanopticSplit("val", val_json, val_png_dir, val_images))
+    elif any(v is not None for v in (val_json, val_png_dir, val_images)):
+        raise UserError("a val split needs all three of --val-json, --val-png-dir and --val-images")
+    out = out or default_out("custom-panoptic")
+    with quiet_output(quiet):
+        summary = prepare_coco_panoptic(splits, out, workers=workers, strict=strict, force=force, quiet=quiet)
+    _done(out, summary)
+    _console().print(
+        f"next: mtl train --recipe datnet-custom --data {out}   (or safpn-custom, ivanet-custom, imtl-custom)",
+        soft_wrap=True,
+        markup=False,
+    )
+
+
+@app.command("folder")
+def folder(
+    src: Path = typer.Argument(
+        ..., help="Folder with images/, masks/ (class-index PNGs) and classes.txt or classes.json."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/folder]."
+    ),
+    workers: int | None = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+) -> None:
+    """Hand-made scene labels: class-index masks + a class list saying which are things (docs/panoptic.md);
+    instances from an optional COCO instances.json, else from connected components."""
+    from mtlcli.data.folder import prepare_folder
+
+    out = out or default_out("folder")
+    with quiet_output(quiet):
+        summary = prepare_folder(src, out, workers=workers, strict=strict, force=force, quiet=quiet)
+    _done(out, summary)
+    if summary["instances_from"] == "connected components":
+        _console().print(
+            "instances: connected components of each thing class's pixels (no instances.json): "
+            "touching objects of one class are one instance",
+            soft_wrap=True,
+            markup=False,
+        )
+    _console().print(f"next: mtl train --recipe datnet-custom --data {out}", soft_wrap=True, markup=False)
 
 
 @app.command("cityscapes")

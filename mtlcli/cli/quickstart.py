@@ -148,6 +148,7 @@ METRIC_LABELS = {
     "voc07": "mAP@0.5 (VOC07)",
     "coco-bbox": "box AP (COCO)",
     "coco-segm": "mask AP (COCO)",
+    "pq": "PQ (panoptic)",
 }
 TINY_SUFFIX = "-tiny-synthetic"
 
@@ -165,7 +166,8 @@ def tiny_recipes() -> list[str]:
 
 def supported_metrics(output: dict[str, Any]) -> list[str]:
     """The quickstart's metrics for a model's eval output: mIoU for `sem_seg`, the DT-bin accuracy for
-    `dt` (DATNet's auxiliary head), VOC07 mAP@0.5 for `boxes`, COCO box and mask AP where there are `masks`."""
+    `dt` (DATNet's auxiliary head), VOC07 mAP@0.5 for `boxes`, COCO box and mask AP where there are `masks`,
+    PQ where there is a semantic map or masks."""
     names = []
     if "sem_seg" in output:
         names.append("miou")
@@ -175,6 +177,8 @@ def supported_metrics(output: dict[str, Any]) -> list[str]:
         names.append("voc07")
     if "masks" in output:
         names += ["coco-bbox", "coco-segm"]
+    if "sem_seg" in output or "masks" in output:
+        names.append("pq")  # the panoptic merge of docs/panoptic.md against the city's things and stuff
     return names
 
 

@@ -20,11 +20,14 @@ drawing code is imported inside the commands so that `mtl --help` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from mtlcli.cli.common import CHECKPOINT_OPTION, DEVICE_OPTION, RUN_OPTION
+
+if TYPE_CHECKING:
+    from mtlcli.engine.panoptic import PanopticMaker
 
 app = typer.Typer(
     help="Draw ground truth, predictions, training curves, confusion matrices, features and adversarial examples "
@@ -151,6 +154,7 @@ def predictions(
     force: bool = FORCE_OPTION,
     device: str = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
+    panoptic: bool = typer.Option(False, "--panoptic", help="Add a panel of the panoptic merge (docs/panoptic.md)."),
 ) -> None:
     """Predictions over their images: semantic overlay, boxes with scores, masks; ground truth beside them."""
     from mtlcli.engine.loaded import load_run, output_dir
@@ -186,8 +190,23 @@ def predictions(
         force=force,
         device=loaded.device,
         progress=not quiet,
+        panoptic=_panoptic_maker(loaded) if panoptic else None,
     )
     _print_paths("prediction overlay(s)", paths)
+
+
+def _panoptic_maker(loaded: Any) -> PanopticMaker:
+    from mtlcli.engine.panoptic import PanopticMaker, merge_settings
+
+    card = getattr(loaded, "card", None) or {}
+    cls = loaded.classes
+    return PanopticMaker(
+        cls.det_classes,
+        cls.seg_classes,
+        card.get("thing_classes"),
+        card.get("panoptic_category_ids"),
+        merge_settings(loaded.recipe),
+    )
 
 
 @app.command("curves")

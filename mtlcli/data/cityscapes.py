@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -116,6 +117,28 @@ def _read_polygons(path: Path) -> dict[str, Any]:
             "(cityscapesscripts.helpers.labels); fix or delete that object"
         )
     return annotation
+
+
+def drop_bad_polygons(annotation: dict[str, Any]) -> list[tuple[str, str]]:
+    """Remove from `annotation["objects"]` every object whose polygon has a coordinate that is a number but
+    not finite (NaN, as Python's json writes it, or infinity: drawn anywhere); returns (what, why) for each,
+    to be named in the prepare summary (`ImageResult.dropped`). A vertex that is no pair of numbers at all
+    leaves the file malformed (the image is skipped with that reason)."""
+    kept, dropped = [], []
+    for k, obj in enumerate(annotation["objects"]):
+        polygon = obj.get("polygon")
+        bad = None
+        for i, p in enumerate(polygon if isinstance(polygon, list) else []):
+            values = p if isinstance(p, (list, tuple)) else []
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                bad = f"polygon vertex {i} is ({', '.join(map(str, values))}), not two finite numbers"
+                break
+        if bad is None:
+            kept.append(obj)
+        elif not obj.get("deleted"):
+            dropped.append((f"object {k} ({obj.get('label')})", f"{bad}: object left out"))
+    annotation["objects"] = kept
+    return dropped
 
 
 @lru_cache(maxsize=1)
@@ -389,6 +412,7 @@ def prepare_image(job: ImageJob, out: Path) -> ImageResult:
     if "polygons" in gt:
         path = root / gt["polygons"]
         annotation = _read_polygons(path)
+        dropped = drop_bad_polygons(annotation)
         try:
             semantic, object_map, objects = _draw_polygons(annotation)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -396,6 +420,7 @@ def prepare_image(job: ImageJob, out: Path) -> ImageResult:
     else:
         semantic, object_map = _read_pngs(root, gt)
         objects = _png_objects(object_map)
+        dropped = []
     if semantic.shape != (height, width):
         raise SkipImage(f"ground truth is {semantic.shape[0]}x{semantic.shape[1]} but the image is {height}x{width}")
 
@@ -414,7 +439,14 @@ def prepare_image(job: ImageJob, out: Path) -> ImageResult:
     save_indexed_png(semantic_path(out, job.split, job.stem), semantic, cityscapes_tables()[1])
     save_indexed_png(dt_path(out, job.split, job.stem), dt, DT_PALETTE, bits=DT_BITS)
     return ImageResult(
-        job.split, job.file_name, job.stem, height, width, annotations, extra={"city": job.payload["city"]}
+        job.split,
+        job.file_name,
+        job.stem,
+        height,
+        width,
+        annotations,
+        extra={"city": job.payload["city"]},
+        dropped=[(f"{Path(gt['polygons']).name} {what}", why) for what, why in dropped],
     )
 
 

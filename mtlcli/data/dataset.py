@@ -239,6 +239,25 @@ class PreparedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def check_label_files(self) -> None:
+        """Refuse (one UserError line) a split whose semantic label files, written by `mtl prepare`, are not
+        all there: images marked `"semantic": true` in instances.json (every image of a Cityscapes-layout
+        dataset, which prepare always labels) without their PNG. An image prepare gave no label stays an
+        all-ignore target (DESIGN.md §3)."""
+        always = self.meta.name == "cityscapes" and self.split not in getattr(self.meta, "unlabelled", [])
+        missing = [
+            path
+            for info in self.coco.dataset["images"]
+            if info.get("semantic") or always
+            for path in [semantic_path(self.root, self.split, info.get("stem") or Path(info["file_name"]).stem)]
+            if not path.is_file()
+        ]
+        if missing:
+            raise UserError(
+                f"{missing[0]} is missing ({len(missing)} of the {len(self.ids)} images of split {self.split!r} lack "
+                "the semantic label file prepare wrote) — prepare the dataset again (mtl prepare ... --force)"
+            )
+
     def image_info(self, index: int) -> dict[str, Any]:
         """The COCO `images` entry of sample `index` (id, file_name, height, width, stem, ...)."""
         return self.coco.imgs[self.ids[index]]

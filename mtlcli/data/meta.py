@@ -37,12 +37,19 @@ class DatasetMeta:
     overlap: dict[str, Any] = field(default_factory=dict)
     # splits without ground truth (test-server images): images and categories only
     unlabelled: list[str] = field(default_factory=list)
+    # scene data (mtlcli/data/panoptic.py): seg classes that are things; each seg class's panoptic
+    # category id in the source (COCO panoptic data); empty = the seg classes named like det classes, 1..C
+    thing_classes: list[str] = field(default_factory=list)
+    panoptic_category_ids: list[int] = field(default_factory=list)
 
     def save(self, root: str | Path) -> None:
         data = {
             "format_version": self.format_version,
             **{k: v for k, v in asdict(self).items() if k != "format_version"},
         }
+        for key in ("thing_classes", "panoptic_category_ids"):  # written by scene data only
+            if not data[key]:
+                del data[key]
         atomic_write_text(Path(root) / "dataset.json", json.dumps(data, indent=2))
 
     @classmethod

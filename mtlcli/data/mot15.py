@@ -45,9 +45,11 @@ from mtlcli.errors import UserError
 MOT_CLASSES = ["pedestrian"]
 
 
-def read_gt(path: Path) -> dict[int, list[list[float]]]:
+def read_gt(path: Path, problems: dict[int, list[tuple[int, str]]] | None = None) -> dict[int, list[list[float]]]:
     """gt.txt -> {frame: [[x0, y0, x1, y1], ...]} in 0-based pixel-edge coordinates (x1, y1 exclusive),
-    rows with conf == 0 dropped. A malformed row is a UserError naming the line."""
+    rows with conf == 0 dropped. A malformed row is a UserError naming the line. A box that cannot be an
+    object (a negative width or height, a coordinate that is not finite) is left out, and
+    `problems[frame]` (when given) gets (line number, why) for it, to be named in the prepare summary."""
     boxes: dict[int, list[list[float]]] = defaultdict(list)
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -60,6 +62,15 @@ def read_gt(path: Path) -> dict[int, list[list[float]]]:
                 f"— fix or remove the line"
             ) from None
         if conf == 0:
+            continue
+        why = None
+        if not all(math.isfinite(v) for v in (frame, x, y, w, h)):
+            why = "a coordinate that is not a finite number"
+        elif w < 0 or h < 0:
+            why = f"negative {'width' if w < 0 else 'height'} {w if w < 0 else h:g}"
+        if why is not None:
+            if problems is not None and math.isfinite(frame):
+                problems.setdefault(int(frame), []).append((lineno, why))
             continue
         boxes[int(frame)].append([x - 1, y - 1, x - 1 + w, y - 1 + h])
     return boxes
@@ -124,13 +135,19 @@ def sequence_jobs(src: Path, seq: Path, val_fraction: float) -> tuple[list[Image
     if not frames:
         raise UserError(f"{img_dir} holds no {im_ext} frames — extract the MOT15 images into it")
     frames.sort()
-    boxes = read_gt(gt_file)
+    problems: dict[int, list[tuple[int, str]]] = {}
+    boxes = read_gt(gt_file, problems)
     n_val = math.floor(len(frames) * val_fraction + 0.5)
     jobs, skipped = [], []
     for i, (frame, path) in enumerate(frames):
         split = "train" if i < len(frames) - n_val else "val"
         file_name = path.relative_to(src).as_posix()
         stem = f"{seq.name}_{path.stem}"
+        gt_name = gt_file.relative_to(src).as_posix()
+        skipped += [  # boxes left out of this frame, named in the summary (refused under --strict)
+            ImageResult(split, f"{gt_name} line {line} (frame {frame})", stem, skipped=f"{why}: box left out")
+            for line, why in problems.get(frame, [])
+        ]
         if not boxes.get(frame):
             skipped.append(
                 ImageResult(

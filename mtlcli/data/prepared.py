@@ -73,6 +73,32 @@ def dt_path(root: str | Path, split: str, stem: str) -> Path:
     return Path(root) / split / "dt" / f"{stem}.png"
 
 
+# ------------------------------------------------------------------------- per-image output names
+# The one naming rule for the files mtl writes per image (`mtl predict` overlays/semantic/labelIds,
+# `mtl eval --save-predictions`, `mtl viz predictions`) and that `mtl eval --predictions` reads back:
+# a '/'-separated relative name without suffix; nested names (a Cityscapes `<city>/<stem>`, a COCO
+# `subdir/name`) stay nested as folders, so the name is never flattened into `city_city_...`.
+
+
+def image_stem(image: dict[str, Any]) -> str:
+    """The name of a prepared image's label files and of its predictions: its `stem` (the file name
+    without suffix, '/'-separated where the source nests it), else its file name's stem."""
+    return str(image.get("stem") or Path(image["file_name"]).stem)
+
+
+def output_name(name: str | Path) -> str:
+    """`name` (a stem, or a relative path without suffix) as an output name: '/'-separated, without
+    empty, '.' or '..' parts (so that it stays inside the folder it is written in)."""
+    parts = [p for p in str(name).replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    return "/".join(parts) or "image"
+
+
+def output_path(folder: str | Path, name: str | Path, suffix: str = ".png") -> Path:
+    """Where the output `name` (see `output_name`) of one image is written inside `folder`."""
+    *dirs, last = output_name(name).split("/")
+    return Path(folder).joinpath(*dirs, last + suffix)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file atomically: fsynced, the user's umask, renamed into place (`mtlcli.safety`)."""
     from mtlcli.safety import atomic_write_text as write
@@ -148,6 +174,9 @@ class ImageResult:
     annotations: list[dict[str, Any]] = field(default_factory=list)
     skipped: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # reader-specific image fields (e.g. frame_id)
+    # (what, why) of each annotation of a kept image that was left out (a NaN polygon vertex, an inverted
+    # box): listed among the skipped entries of the summary as "<file>: <what>", refused under --strict
+    dropped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _is_run_dir(folder: Path) -> bool:
@@ -318,6 +347,12 @@ def _build(
                 progress.advance(task)
 
     skipped = [r for r in results if r.skipped]
+    skipped += [
+        ImageResult(r.split, f"{r.file_name}: {what}", r.stem, skipped=why)
+        for r in results
+        if not r.skipped
+        for what, why in r.dropped
+    ]
     if strict and skipped:
         first = skipped[0]
         raise UserError(
@@ -332,6 +367,7 @@ def _build(
         "excluded": list(excluded),
     }
     split_images: dict[str, list[dict[str, Any]]] = {}
+    has_seg = bool(meta.seg_classes)
     categories = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(meta.det_classes)]
     for split in meta.splits:
         good = sorted((r for r in results if r.split == split and not r.skipped), key=lambda r: r.file_name)
@@ -348,6 +384,8 @@ def _build(
                     "width": r.width,
                     "stem": r.stem,
                     **r.extra,
+                    # prepare wrote its semantic label file: a reader refuses the split when it is gone
+                    **({"semantic": True} if has_seg and semantic_path(out, split, r.stem).is_file() else {}),
                 }
             )
             for a in r.annotations:
@@ -430,6 +468,7 @@ def swap_in(stage: Path, out: Path, splits: Iterable[str]) -> None:
 
 def print_summary(summary: dict[str, Any], meta: DatasetMeta) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -453,8 +492,8 @@ def print_summary(summary: dict[str, Any], meta: DatasetMeta) -> None:
         skipped = Table(title="skipped files")
         skipped.add_column("file")
         skipped.add_column("reason")
-        for row in summary["skipped"][:50]:
-            skipped.add_row(row["file"], row["reason"])
+        for row in summary["skipped"][:50]:  # as written: a reason's [..] is text, not rich markup
+            skipped.add_row(escape(row["file"]), escape(row["reason"]))
         if len(summary["skipped"]) > 50:
             skipped.add_row("...", f"{len(summary['skipped']) - 50} more")
         console.print(skipped)

@@ -53,6 +53,7 @@ Difficult objects get iscrowd = 1 and stay out of the distance-transform target.
 
 from __future__ import annotations
 
+import math
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -242,6 +243,19 @@ def parse_voc_xml(path: str | Path) -> list[tuple[str, list[float], bool]]:
     return objects
 
 
+def box_problem(box: list[float], shape: tuple[int, int]) -> str | None:
+    """Why a box [x0, y0, x1, y1] (`parse_voc_xml`'s frame, 1-based XML values in the message) cannot be an
+    object, or None: a coordinate that is not finite, or an inverted box (xmin > xmax, ymin > ymax)."""
+    if not all(math.isfinite(v) for v in box):
+        return f"its box {[v for v in box]} has a coordinate that is not a finite number"
+    x0, y0, x1, y1 = box
+    if x0 + 1 > x1:
+        return f"its box is inverted (xmin {x0 + 1:g} > xmax {x1:g})"
+    if y0 + 1 > y1:
+        return f"its box is inverted (ymin {y0 + 1:g} > ymax {y1:g})"
+    return None
+
+
 def read_voc_label_png(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     """A VOC SegmentationClass PNG (palette indices 0..20, 255 = boundary/ignore) as uint8 [H, W]."""
     try:
@@ -293,10 +307,15 @@ def prepare_voc_image(job: ImageJob, out: Path) -> ImageResult:
     annotations: list[dict[str, Any]] = []
     dt_boxes = []
     objects = []
+    dropped: list[tuple[str, str]] = []
     if p.get("xml"):
-        for name, box, difficult in parse_voc_xml(p["xml"]):
-            mask = box_mask(box, (h, w))
-            if not mask.any():  # box entirely outside the image: nothing to learn from
+        for k, (name, box, difficult) in enumerate(parse_voc_xml(p["xml"])):
+            why = box_problem(box, (h, w))
+            mask = box_mask(box, (h, w)) if why is None else np.zeros((h, w), bool)
+            if why is None and not mask.any():
+                why = f"its box lies outside the {w}x{h} image"
+            if why is not None:  # nothing to learn from: left out, and named in the summary
+                dropped.append((f"{Path(p['xml']).name} object {k} ({name})", f"{why}: object left out"))
                 continue
             annotations.append(encode_instance(mask, VOC_CLASSES.index(name) + 1, int(difficult)))
             objects.append((VOC_CLASSES.index(name) + 1, box, difficult))
@@ -318,7 +337,9 @@ def prepare_voc_image(job: ImageJob, out: Path) -> ImageResult:
         save_indexed_png(semantic_path(out, job.split, job.stem), label, VOC_PALETTE)
     save_indexed_png(dt_path(out, job.split, job.stem), box_dt_bins(dt_boxes, (h, w)), DT_PALETTE)
     extra = {"same_as": p["same_as"]} if p.get("same_as") else {}
-    return ImageResult(job.split, job.file_name, job.stem, height=h, width=w, annotations=annotations, extra=extra)
+    return ImageResult(
+        job.split, job.file_name, job.stem, height=h, width=w, annotations=annotations, extra=extra, dropped=dropped
+    )
 
 
 # --------------------------------------------------------------------------- source layout

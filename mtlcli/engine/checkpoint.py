@@ -68,13 +68,33 @@ class _WriteRecorder:
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with `weights_only=True`; a missing or corrupt file is a UserError."""
+    import warnings
+
+    from mtlcli.engine.filekind import INSTEAD, foreign_kind
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist — check the path or train first with `mtl train`")
+    kind = foreign_kind(path)
+    if kind is not None:
+        raise UserError(f"checkpoint {path} cannot be read: it is {kind}, not an mtl checkpoint — {INSTEAD}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        with warnings.catch_warnings():  # torch's own advice about weights_only would bury the one line below
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except (
+        RuntimeError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        EOFError,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+    ) as exc:  # a file that is no checkpoint fails in many ways; torch's text runs to hundreds of characters
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first if len(first) <= 100 else first[:97] + "..."
         raise UserError(
             f"checkpoint {path} cannot be read ({first}) — it is corrupt or not an mtl checkpoint"
         ) from None
@@ -158,7 +178,7 @@ def model_from_checkpoint(state: dict[str, Any], path: Path) -> tuple[nn.Module,
     from mtlcli.engine.compat import check_state_shapes
 
     check_state_shapes(model, state["model"], path, recipe["model"])
-    missing, unexpected = model.load_state_dict(state["model"], strict=True)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)  # see the one line below
     if missing or unexpected:
         raise UserError(
             f"checkpoint {path} does not fit model {recipe['model']['name']!r} "

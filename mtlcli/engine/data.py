@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,8 +42,15 @@ class MapDataset(Protocol):
 def require_prepared(recipe: dict, root: Path) -> None:
     """A UserError naming the commands that prepare the recipe's dataset unless `root` holds one."""
     if not (root / "dataset.json").is_file():
-        from mtlcli.hints import prepare_hint
+        from mtlcli.hints import prepare_hint, raw_source_command
 
+        raw = raw_source_command(root)
+        if raw is not None:
+            prepared = shlex.split(raw)[-1]
+            raise UserError(
+                f"{root} is a dataset source, not a prepared dataset — prepare it first with `{raw}`, then "
+                f"train with --data {shlex.quote(prepared)}"
+            )
         raise UserError(
             f"no prepared dataset at {root} — run {prepare_hint(recipe['data']['dataset'], root)} first, or point to "
             f"one with --data (or data.root, or $MTL_DATA)"
@@ -71,6 +79,7 @@ def build_datasets(recipe: dict, root: Path) -> tuple[SkipUnreadable, PreparedDa
         transforms=build_transforms(data["augmentation"], True, **options),
         label_map=label_map,
     )
+    train_ds.check_label_files()  # a label PNG lost since prepare: refused, not trained on as "ignore"
     train = SkipUnreadable(train_ds)  # a corrupt image is named once and skipped, not the end of the run
     val_ds = None
     if recipe["eval"]["metrics"]:
@@ -82,6 +91,7 @@ def build_datasets(recipe: dict, root: Path) -> tuple[SkipUnreadable, PreparedDa
             label_map=label_map,
             transforms=eval_transforms(recipe) or build_transforms(data["augmentation"], False, **options),
         )
+        val_ds.check_label_files()
     return train, val_ds
 
 

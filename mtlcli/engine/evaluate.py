@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from mtlcli.errors import UserError
-from mtlcli.metrics import METRIC_NAMES, SEMANTIC_METRICS, build_metric, check_metric_names
+from mtlcli.metrics import METRIC_NAMES, PANOPTIC_METRICS, SEMANTIC_METRICS, build_metric, check_metric_names
 from mtlcli.metrics.predictions import PredictionWriter, det_to_seg_index, output_to_results
 from mtlcli.models.base import eval_mode
 
@@ -65,8 +65,15 @@ def _dist_info() -> tuple[int, int]:
 
 
 def _check_outputs(output: dict[str, Any], names: list[str], model: nn.Module) -> None:
-    needs = {"miou": "sem_seg", "dt": "dt", "coco-segm": "masks"}
+    needs = {"miou": "sem_seg", "dt": "dt", "coco-segm": "masks", "cs-inst": "masks"}
     for name in names:
+        if name == "pq":
+            if "sem_seg" not in output and "masks" not in output:
+                raise UserError(
+                    f"{type(model).__name__} gives neither a semantic map nor instance masks, which pq needs; "
+                    "choose metrics the model supports"
+                )
+            continue
         key = needs.get(name, "boxes")
         if name == "ar" and "proposals" in output:
             continue
@@ -89,13 +96,18 @@ def evaluate(
     save_predictions: str | Path | None = None,
     force: bool = False,
     workers: int = 0,
+    panoptic_settings: dict[str, Any] | None = None,
+    save_panoptic: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate `model` on every image of `dataset` (a PreparedDataset without resizing transforms).
 
     Returns {"metrics": {name: headline float in 0..1}, "details": {name: JSON-ready dict}} with the
     headlines of docs/interfaces.md: miou, voc07 / voc12 (mAP@0.5), coco-bbox / coco-segm (AP@[.5:.95]),
     ar (AR@100). `save_predictions` writes detections.json, semantic/ and (Cityscapes classes)
-    labelIds/ PNGs there. Under torch.distributed each rank evaluates its part and the counts and
+    labelIds/ PNGs there, and panoptic.json + panoptic/ PNGs (mtlcli.engine.panoptic) for a model with a
+    semantic map or masks when `save_panoptic` (default: when pq is computed); `panoptic_settings` are
+    the recipe's [eval] panoptic_* keys. Under
+    torch.distributed each rank evaluates its part and the counts and
     detections are gathered before computing.
     """
     from rich.progress import (
@@ -117,8 +129,8 @@ def evaluate(
     built = {name: build_metric(name, dataset) for name in names}
     sem = [m for n, m in built.items() if n == "miou"]
     dt_metric = built.get("dt")
-    det = {n: m for n, m in built.items() if n not in SEMANTIC_METRICS}
-    needs_masks = "coco-segm" in det
+    det = {n: m for n, m in built.items() if n not in SEMANTIC_METRICS + PANOPTIC_METRICS}
+    needs_masks = "coco-segm" in det or "cs-inst" in det
     class_index = det_to_seg_index(dataset.meta)
     need_instances = any(m.instance_sizes for m in sem)
     rank, world = _dist_info()
@@ -132,6 +144,14 @@ def evaluate(
         identity = identity is None or identity == {k: k for k in range(1, len(dataset.det_classes) + 1)}
         maps = source_id_maps(dataset.meta, dataset.coco.dataset["images"], identity)
         writer = PredictionWriter(save_predictions, dataset.meta, force=force, id_maps=maps)
+    panoptic = None
+    save_panoptic = ("pq" in built if save_panoptic is None else save_panoptic) and writer is not None
+    if "pq" in built or save_panoptic:
+        from mtlcli.engine.panoptic import PanopticStep, merge_settings
+
+        settings = merge_settings({"eval": panoptic_settings or {}})
+        save_to = Path(save_predictions) if save_panoptic and save_predictions is not None else None
+        panoptic = PanopticStep(dataset, built.get("pq"), save_to, settings)
     # under torch.distributed each rank takes every world-th image; sync() below gathers the counts
     part = dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
 
@@ -199,10 +219,15 @@ def evaluate(
                     if "ar" in det:
                         det["ar"].update(_proposal_results(output, image_id))
                     if writer is not None:
-                        writer.add(str(target["stem"]), semantic, results)
+                        writer.add(str(target["stem"]), semantic, results, dataset.coco.imgs.get(image_id))
+                    if panoptic is not None and ("sem_seg" in output or "masks" in output):
+                        sem_pred = output["sem_seg"].argmax(0) if "sem_seg" in output else None
+                        panoptic(output, sem_pred, target)
                 bar.advance(task, len(images))
     if writer is not None:
         writer.close(write_detections=any_det)
+    if panoptic is not None:
+        panoptic.close()
 
     out: dict[str, Any] = {"metrics": {}, "details": {}}
     for name, m in built.items():

@@ -53,6 +53,14 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise UserError(
             f"--weights {path} does not exist — give a checkpoint (RUN/checkpoints/best.pt) or a state dict file"
         )
+    from mtlcli.engine.filekind import foreign_kind
+
+    kind = foreign_kind(path)
+    if kind is not None:
+        raise UserError(
+            f"--weights {path} cannot be read: it is {kind}, not PyTorch weights — give a training checkpoint "
+            "(RUN/checkpoints/best.pt) or a state dict file"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (
@@ -106,7 +114,7 @@ def load_matching(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[st
                 reinit.append(module)
         else:
             load[name] = src.to(value.dtype)
-    model.load_state_dict(load, strict=True)
+    model.load_state_dict(load, strict=False)  # only the tensors that fit; the rest stays initialised
     return {"loaded": len(load), "total": len(own), "reinitialised": reinit, "missing": missing}
 
 

@@ -36,7 +36,16 @@ def model_card(dataset: Any) -> dict[str, Any]:
         "palette": [list(map(int, c)) for c in dataset.palette],
         "det_category_ids": [int(i) for i in source_ids],
         "cityscapes": meta.name == "cityscapes",
+        "thing_classes": list(getattr(meta, "thing_classes", None) or []),
+        "panoptic_category_ids": panoptic_ids(meta),
     }
+
+
+def panoptic_ids(meta: Any) -> list[int]:
+    """Each seg class's panoptic category id (`mtlcli.data.panoptic.category_ids`)."""
+    from mtlcli.data.panoptic import category_ids
+
+    return category_ids(meta)
 
 
 def weights_only_state(state: dict[str, Any]) -> dict[str, Any]:

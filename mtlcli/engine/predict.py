@@ -8,6 +8,7 @@
     OUT/detections.json        COCO results [{image_id, file_name, category_id, category_name, bbox
                                [x, y, w, h], score, segmentation (RLE, with --save-masks)}], category ids
                                those of the training data (its original ids for COCO-format data)
+    OUT/panoptic.json + OUT/panoptic/<rel>.png   with --panoptic: COCO panoptic format (docs/panoptic.md)
     OUT/images.json            {"images": [{id, file_name, height, width}], "categories": [{id, name}]}
     OUT/<rel>.mp4 + .jsonl     a video: the annotated video (the video's own size, no title or legend), and
                                one JSON line per frame
@@ -33,6 +34,7 @@ from typing import Any
 
 import torch
 
+from mtlcli.data.prepared import output_name
 from mtlcli.errors import UserError
 from mtlcli.safety import atomic_path, atomic_save_image, clean_orphans, refuse_protected_output
 
@@ -46,7 +48,8 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 @dataclass
 class Source:
     path: Path
-    rel: Path  # output name without suffix, unique over the run
+    rel: Path  # output name without suffix, unique over the run (`mtlcli.data.prepared.output_name`)
+    image: dict[str, Any] | None = None  # {id, file_name} to write for it (a dataset's own), else 1..N
 
     @property
     def is_video(self) -> bool:
@@ -108,7 +111,7 @@ def output_names(source: Source) -> list[Path]:
     """The files `mtl predict` may write for `source`, relative to --out."""
     if source.is_video:
         return [Path(f"{source.rel}.mp4"), Path(f"{source.rel}.jsonl")]
-    return [Path(sub) / f"{source.rel}.png" for sub in ("overlays", "semantic", "labelIds")]
+    return [Path(sub) / f"{output_name(source.rel)}.png" for sub in ("overlays", "semantic", "labelIds")]
 
 
 class Outputs:
@@ -239,13 +242,15 @@ def _collate(batch):
 
 @dataclass
 class PredictOptions:
-    score_threshold: float = 0.3
+    score_threshold: float = 0.3  # what the overlays draw
+    json_threshold: float | None = None  # what detections.json keeps (None: score_threshold)
     batch_size: int = 8
     workers: int = 2
     save_json: bool = True
     save_images: bool = True
     save_masks: bool = False
     progress: bool = True
+    panoptic: bool = False  # OUT/panoptic.json + OUT/panoptic/<rel>.png (COCO panoptic format)
 
 
 @dataclass
@@ -273,24 +278,36 @@ class _Writer:
         self.results: list[dict[str, Any]] = []
         self.images: list[dict[str, Any]] = []
         self.label_ids = None
+        self.panoptic: list[dict[str, Any]] = []
         if model.card.get("cityscapes"):
             from mtlcli.metrics.segmentation import cityscapes_label_luts
 
             self.label_ids = cityscapes_label_luts(model.seg_classes)[1]
 
-    def add(self, source: Source, image: torch.Tensor, result: Any) -> None:
-        image_id = len(self.images) + 1
+    def add(self, source: Source, image: torch.Tensor, result: Any, kept: Any = None) -> None:
+        """One image: `result` is drawn, `kept` (default `result`) goes into detections.json."""
+        known = source.image or {}
+        image_id = known.get("id", len(self.images) + 1)
+        file_name = known.get("file_name", str(source.path))
         h, w = result.size
-        self.images.append({"id": image_id, "file_name": str(source.path), "height": h, "width": w})
+        self.images.append(
+            {"id": image_id, "file_name": file_name, "height": h, "width": w, "name": output_name(source.rel)}
+        )
         if self.opts.save_json:
-            for r in result.to_coco(image_id, self.model.det_category_ids, with_masks=self.opts.save_masks):
-                self.results.append({**r, "file_name": str(source.path)})
+            kept = result if kept is None else kept
+            for r in kept.to_coco(image_id, self.model.det_category_ids, with_masks=self.opts.save_masks):
+                self.results.append({**r, "file_name": file_name})
+        if self.opts.panoptic and result.panoptic is not None:
+            segments = [{k: v for k, v in seg.items() if k != "isthing"} for seg in result.panoptic[1]]
+            self.panoptic.append(
+                {"image_id": image_id, "file_name": f"{output_name(source.rel)}.png", "segments_info": segments}
+            )
         self.pending.append(self.pool.submit(self._write, source, image, result))
         if len(self.pending) > 4 * self.opts.batch_size:
             self.pending.pop(0).result()
 
     def _write(self, source: Source, image: torch.Tensor, result: Any) -> None:
-        rel = f"{source.rel}.png"
+        rel = Path(output_name(source.rel) + ".png")
         if self.opts.save_images:
             panel = render_result(
                 image,
@@ -301,6 +318,10 @@ class _Writer:
                 score_threshold=self.opts.score_threshold,
             )
             atomic_save_image(self.outputs.path("overlays", rel), panel.permute(1, 2, 0).contiguous().numpy())
+        if self.opts.panoptic and result.panoptic is not None:
+            from mtlcli.ops.panoptic import id2rgb
+
+            atomic_save_image(self.outputs.path("panoptic", rel), id2rgb(result.panoptic[0]))
         if self.opts.save_json and result.semantic is not None:
             sem = result.semantic.clamp(0, 255).to(torch.uint8).numpy()
             atomic_save_image(self.outputs.path("semantic", rel), sem)
@@ -323,19 +344,36 @@ class _Writer:
                 self.outputs.path("images.json"),
                 json.dumps({"images": self.images, "categories": categories}, indent=1),
             )
+        if self.opts.panoptic and self.panoptic:
+            from mtlcli.engine.panoptic import panoptic_categories
+
+            data = {"images": self.images, "annotations": self.panoptic, "categories": panoptic_categories(self.model)}
+            atomic_write_text(self.outputs.path("panoptic.json"), json.dumps(data))
 
 
 def predict_sources(
-    model: Any, sources: Sequence[str | Path], out: Path, opts: PredictOptions, force: bool = False
+    model: Any,
+    sources: Sequence[str | Path] | Sequence[Source],
+    out: Path,
+    opts: PredictOptions,
+    force: bool = False,
+    decoder: torch.utils.data.Dataset | None = None,
 ) -> PredictSummary:
-    """Run `model` (an `mtlcli.api.Predictor`) over the sources into `out`; returns the summary."""
+    """Run `model` (an `mtlcli.api.Predictor`) over the sources into `out`; returns the summary.
+
+    `sources`: paths, folders and patterns (`expand_sources`), or `Source`s already made (with `decoder`, the
+    loader dataset that decodes them in that order: `mtlcli.engine.predict_data.split_sources`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from mtlcli.engine.result import output_to_result
 
-    if not 0.0 <= opts.score_threshold <= 1.0:
-        raise UserError(f"--score-threshold must lie in 0..1, got {opts.score_threshold}")
-    items = expand_sources(sources)
+    for value in (opts.score_threshold, opts.json_threshold):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise UserError(f"--score-threshold must lie in 0..1, got {value}")
+    given = list(sources)
+    items = [s for s in given if isinstance(s, Source)]
+    if len(items) != len(given):
+        items = expand_sources([s for s in given if not isinstance(s, Source)])
     outputs = Outputs(out, force=force, inputs=items)
     images = [s for s in items if not s.is_video]
     videos = [s for s in items if s.is_video]
@@ -353,7 +391,7 @@ def predict_sources(
         if images:
             task = bar.add_task("images", total=len(images), rate="")
             loader = torch.utils.data.DataLoader(
-                ImageFiles([s.path for s in images]),
+                decoder if decoder is not None else ImageFiles([s.path for s in images]),
                 batch_size=opts.batch_size,
                 num_workers=opts.workers,
                 collate_fn=_collate,
@@ -368,15 +406,21 @@ def predict_sources(
                     t_model = time.perf_counter()
                     floats = [img.to(model.device, non_blocking=True).float().div_(255) for _, img in good]
                     raw = model.raw(floats)
-                    results = [
-                        output_to_result(
-                            o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]), opts.score_threshold
-                        )
-                        for (_, img), o in zip(good, raw, strict=True)
-                    ]
+
+                    def result(o: Any, img: torch.Tensor, threshold: float) -> Any:
+                        size = tuple(img.shape[-2:])
+                        return output_to_result(o, model.det_classes, model.seg_classes, size, threshold)
+
+                    drawn = [result(o, img, opts.score_threshold) for (_, img), o in zip(good, raw, strict=True)]
+                    kept = drawn
+                    if opts.json_threshold is not None and opts.json_threshold != opts.score_threshold:
+                        kept = [result(o, img, opts.json_threshold) for (_, img), o in zip(good, raw, strict=True)]
                     summary.model_seconds += time.perf_counter() - t_model
-                    for (i, img), result in zip(good, results, strict=True):
-                        writer.add(images[i], img, result)
+                    if opts.panoptic:
+                        for shown, o in zip(drawn, raw, strict=True):
+                            shown.panoptic = model.panoptic_of(o)
+                    for (i, img), shown, keep in zip(good, drawn, kept, strict=True):
+                        writer.add(images[i], img, shown, keep)
                     summary.images += len(good)
                 done = summary.images + len(summary.skipped)
                 bar.update(task, completed=done, rate=f"{summary.images / (time.perf_counter() - t0):.1f} images/s")

@@ -31,6 +31,10 @@ class Result:
     size: tuple[int, int]
     seg_classes: list[str]
     source: str | None = None
+    # (ids [H, W] int32 numpy, 0 = void; segments_info [{id, category_id, isthing, ...}]) from the
+    # panoptic merge (mtlcli/ops/panoptic.py, docs/panoptic.md); None for a model with neither a
+    # semantic map nor instance masks
+    panoptic: tuple[np.ndarray, list[dict[str, Any]]] | None = None
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -54,8 +58,9 @@ class Result:
                 "image_id": image_id,
                 "category_id": int(cat),
                 "category_name": self.class_names[k],
-                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                "score": round(score, 5),
+                # unrounded: what `mtl eval` scores, so that saved predictions score the same
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": score,
             }
             if rles is not None:
                 r["segmentation"] = {

@@ -5,6 +5,9 @@
     voc07      VOC mAP@0.5, 11-point rule          voc12      VOC mAP@0.5, area rule (2010+)
     coco-bbox  COCO box AP@[.5:.95] (COCOeval)     coco-segm  COCO mask AP@[.5:.95] (COCOeval)
     ar         class-agnostic proposal recall AR@100 / AR@1000 (COCOeval, useCats = 0)
+    pq         panoptic quality PQ / SQ / RQ (all, things, stuff, per class), as cityscapesscripts'
+               evalPanopticSemanticLabeling (metrics/panoptic.py); `update(gt_ids, gt_segments, ids, segments)`
+    cs-inst    Cityscapes instance AP / AP50 through cityscapesscripts' evalInstanceLevelSemanticLabeling
 
 Every metric has `kind` ("semantic": `update(pred, target, instances)`; "detection": `update(results)`
 with COCO results dicts), `sync()` (gather across torch.distributed ranks) and `compute() -> {"value":
@@ -18,9 +21,11 @@ from typing import Any
 
 from mtlcli.errors import UserError
 
-METRIC_NAMES = ("miou", "dt", "voc07", "voc12", "coco-bbox", "coco-segm", "ar")
+METRIC_NAMES = ("miou", "dt", "voc07", "voc12", "coco-bbox", "coco-segm", "ar", "pq", "cs-inst")
 SEMANTIC_METRICS = ("miou", "dt")
-DETECTION_METRICS = ("voc07", "voc12", "coco-bbox", "coco-segm", "ar")
+DETECTION_METRICS = ("voc07", "voc12", "coco-bbox", "coco-segm", "ar", "cs-inst")
+MASK_METRICS = ("coco-segm", "cs-inst")  # detection metrics that score instance masks
+PANOPTIC_METRICS = ("pq",)
 
 
 def check_metric_names(names: list[str]) -> list[str]:
@@ -45,6 +50,11 @@ def build_metric(name: str, dataset: Any) -> Any:
     from mtlcli.metrics.voc import VOCMetric
 
     meta = dataset.meta
+    if name == "pq":
+        from mtlcli.data.panoptic import PanopticTruth
+        from mtlcli.metrics.panoptic import PanopticMetric
+
+        return PanopticMetric(PanopticTruth(dataset.root, dataset.split, meta).categories)
     if name == "miou":
         if not meta.seg_classes:
             raise UserError(
@@ -69,6 +79,10 @@ def build_metric(name: str, dataset: Any) -> Any:
         return COCOMetric(dataset.coco, meta.det_classes, "segm")
     if name == "ar":
         return ProposalRecall(dataset.coco)
+    if name == "cs-inst":
+        from mtlcli.metrics.cs_instance import CityscapesInstanceMetric
+
+        return CityscapesInstanceMetric(dataset)
     raise UserError(f"unknown metric {name!r}; valid metrics: {', '.join(METRIC_NAMES)}")
 
 

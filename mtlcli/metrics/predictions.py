@@ -28,7 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from mtlcli.data.prepared import IGNORE_INDEX, DatasetMeta, instances_path, save_png, semantic_path
+from mtlcli.data.prepared import (
+    IGNORE_INDEX,
+    DatasetMeta,
+    image_stem,
+    instances_path,
+    output_path,
+    save_png,
+    semantic_path,
+)
 from mtlcli.errors import UserError
 from mtlcli.metrics import DETECTION_METRICS, build_metric, check_metric_names
 
@@ -66,10 +74,6 @@ class GroundTruth:
 
     def images(self) -> list[dict[str, Any]]:
         return [self.coco.imgs[i] for i in sorted(self.coco.imgs)]
-
-
-def image_stem(image: dict[str, Any]) -> str:
-    return image.get("stem") or Path(image["file_name"]).stem
 
 
 def source_id_maps(
@@ -127,8 +131,8 @@ def _decode_gray_png(data: bytes) -> np.ndarray | None:
 
 
 # ----------------------------------------------------------------------------------------- detections
-def load_detections(path: Path, gt: GroundTruth, need_masks: bool = False) -> list[dict[str, Any]]:
-    """Read and check a COCO results JSON against the split: ids, boxes, scores, masks."""
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The COCO results list of a JSON file; not a non-empty list is a UserError."""
     try:
         results = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -141,25 +145,39 @@ def load_detections(path: Path, gt: GroundTruth, need_masks: bool = False) -> li
         )
     if not results:
         raise UserError(f"{path} holds no detections — nothing to evaluate")
+    return results
+
+
+def load_detections(
+    path: Path, gt: GroundTruth, need_masks: bool = False, match: Any = None, results: list | None = None
+) -> list[dict[str, Any]]:
+    """Read and check a COCO results JSON against the split: ids, boxes, scores, masks. `match` (an
+    `mtlcli.metrics.matching.ImageMatch`) maps the file's image ids to the split's (by default matched
+    here by `match_images`); the results come back with the split's own image and category ids."""
+    from mtlcli.metrics.matching import match_images
+
+    results = read_results(path) if results is None else results
     num_classes = len(gt.meta.det_classes)
     maps = source_id_maps(gt.meta, gt.images())
-    if maps is not None:  # the file holds the source's ids (what --save-predictions writes): back to ours
-        to_image = {v: k for k, v in maps[0].items()}
-        to_cat = {v: k for k, v in maps[1].items()}
-        results = [
-            {
-                **r,
-                "image_id": to_image.get(r["image_id"], f"{r['image_id']} (source id)"),
-                "category_id": to_cat.get(r["category_id"], f"{r['category_id']} (source id)"),
-            }
-            if isinstance(r, dict)
-            and "image_id" in r
-            and "category_id" in r
-            and isinstance(r["image_id"], (int, str))
-            and isinstance(r["category_id"], int)
-            else r
-            for r in results
-        ]
+    match = match or match_images(gt, Path(path), results, maps[0] if maps else None)
+    to_cat = {v: k for k, v in maps[1].items()} if maps is not None else None
+    mapped = []
+    for i, r in enumerate(results):
+        if isinstance(r, dict) and "image_id" in r and "category_id" in r:
+            image_id = r["image_id"]
+            hashable = isinstance(image_id, (int, str)) and not isinstance(image_id, bool)
+            if not hashable or image_id not in match.to_split:
+                raise UserError(
+                    f"{path}: entry {i}: image_id {image_id!r} is not in split {gt.split!r} of {gt.root}"
+                    + (" nor in the images.json beside it" if match.listed else "")
+                    + " — use the ids of its instances.json"
+                )
+            cat = r["category_id"]
+            if to_cat is not None and isinstance(cat, int):  # the source's category ids: back to ours
+                cat = to_cat.get(cat, f"{cat} (source id)")
+            r = {**r, "image_id": match.to_split[image_id], "category_id": cat}
+        mapped.append(r)
+    results = mapped
     for i, r in enumerate(results):
         where = f"{path}: entry {i}"
         if not isinstance(r, dict) or any(k not in r for k in ("image_id", "category_id", "bbox", "score")):
@@ -291,25 +309,53 @@ class PredictionReader:
 
 
 def semantic_pairs(
-    gt: GroundTruth, pred_dir: Path, reader: PredictionReader, workers: int = 2
+    gt: GroundTruth, pred_dir: Path, reader: PredictionReader, workers: int = 2, names: dict[int, str] | None = None
 ) -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]]:
     """(image, prediction [H, W] uint8, ground truth [H, W] uint8, their `joint_histogram`) for every
     image of the split that has a semantic label PNG, in image-id order.
 
+    An image's prediction is `pred_dir/<name>.png` (`mtlcli.data.prepared.output_path`; `names`: split image
+    id -> name, from `mtlcli.metrics.matching`, by default the image's stem), else the one PNG anywhere below
+    `pred_dir` with that base name. A missing prediction, or a PNG that names no image of the split, is a
+    UserError with the counts and an example.
+
     Files are decoded and counted in a small thread pool (libpng, zlib and numpy's bincount release
     the GIL), so on two cores two images are in flight at once."""
-    jobs = []
+    names = names or {}
+    found = {p.resolve() for p in pred_dir.rglob("*.png")}
+    by_base: dict[str, list[Path]] = {}
+    for p in found:
+        by_base.setdefault(p.name, []).append(p)
+    jobs, missing, used = [], [], set()
     for img in gt.images():
         stem = image_stem(img)
         gt_path = semantic_path(gt.root, gt.split, stem)
+        name = names.get(img["id"], stem)
+        pred_path = output_path(pred_dir, name).resolve()
+        if pred_path not in found:
+            alike = by_base.get(pred_path.name) or by_base.get(output_path(pred_dir, stem).name) or []
+            pred_path = alike[0] if len(alike) == 1 else pred_path
+        if pred_path in found:
+            used.add(pred_path)
         if not gt_path.is_file():
             continue  # the split has no semantic label for this image
-        pred_path = pred_dir / f"{stem}.png"
-        if not pred_path.is_file():
-            raise UserError(
-                f"no prediction {pred_path} for image {stem} (image_id {img['id']}); write one <stem>.png per image"
-            )
+        if pred_path not in found:
+            missing.append((img, name))
+            continue
         jobs.append((img, pred_path, gt_path))
+    if missing:
+        img, name = missing[0]
+        raise UserError(
+            f"{pred_dir} has no prediction for {len(missing)} of the {len(missing) + len(jobs)} labelled images of "
+            f"split {gt.split!r} (e.g. {name}.png for {img['file_name']}, image_id {img['id']}) — predict the whole "
+            f"split (`mtl predict --run RUN --data {gt.root} --split {gt.split}`)"
+        )
+    extra = sorted(found - used)
+    if extra:
+        raise UserError(
+            f"{pred_dir} holds {len(extra)} PNG(s) that name no image of split {gt.split!r} of {gt.root} "
+            f"(e.g. {extra[0].relative_to(pred_dir.resolve())}) — evaluate the split they were predicted for"
+        )
     if not jobs:
         raise UserError(f"split {gt.split!r} of {gt.root} has no semantic label PNGs; miou cannot be computed there")
 
@@ -421,17 +467,26 @@ def evaluate_predictions(
     if predictions.is_file() and predictions.suffix.lower() != ".json":
         raise UserError(f"--predictions {predictions} is neither a COCO results .json file nor a folder of PNGs")
     sem_dir = semantic_dir(predictions, cityscapes_ids)
+    from mtlcli.metrics.matching import match_images
+
+    # one matching of the predicted images to the split's, for the JSON and the PNGs alike
+    raw = read_results(det_file) if det_file else None
+    maps = source_id_maps(gt.meta, gt.images())
+    match = match_images(gt, predictions, raw, maps[0] if maps else None)
 
     names = check_metric_names(metrics or [])
     if not names:
-        detections = load_detections(det_file, gt) if det_file else []
+        detections = load_detections(det_file, gt, match=match, results=raw) if det_file else []
         names = (["miou"] if sem_dir else []) + (["coco-bbox"] if det_file else [])
         names += ["coco-segm"] if any("segmentation" in r for r in detections) else []
+        names += ["pq"] if predictions.is_dir() and (predictions / "panoptic.json").is_file() else []
         if not names:
             raise UserError(
                 f"--predictions {predictions} holds neither detections.json nor PNG files — nothing to evaluate"
             )
     out: dict[str, Any] = {"metrics": {}, "details": {}}
+    if match.notes:
+        out["notes"] = match.notes
     if "miou" in names:
         if sem_dir is None:
             raise UserError(
@@ -444,13 +499,18 @@ def evaluate_predictions(
 
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task("miou", total=None)
-            for img, pred, target, hist in semantic_pairs(gt, sem_dir, reader):
+            for img, pred, target, hist in semantic_pairs(gt, sem_dir, reader, names=match.names):
                 metric.update(pred, target, histogram=hist)
                 if metric.instance_sizes:
                     metric.add_instances(*instance_hits(gt, img["id"], class_index, pred))
                 bar.advance(task)
         res = metric.compute()
         out["metrics"]["miou"], out["details"]["miou"] = res["value"], res["details"]
+    if "pq" in names:
+        from mtlcli.metrics.panoptic import evaluate_panoptic_files
+
+        res = evaluate_panoptic_files(gt, predictions, progress)
+        out["metrics"]["pq"], out["details"]["pq"] = res["value"], res["details"]
     det_names = [n for n in names if n in DETECTION_METRICS]
     if det_names:
         if det_file is None:
@@ -458,7 +518,8 @@ def evaluate_predictions(
                 f"--metric {det_names[0]} needs COCO results; {predictions} is no .json file and holds no "
                 "detections.json"
             )
-        detections = load_detections(det_file, gt, need_masks="coco-segm" in det_names)
+        need = "coco-segm" in det_names or "cs-inst" in det_names
+        detections = load_detections(det_file, gt, need_masks=need, match=match, results=raw)
         for name in det_names:
             metric = build_metric(name, gt)
             metric.update(detections)
@@ -495,29 +556,39 @@ class PredictionWriter:
         mapped = set(np.nonzero(lut_in != IGNORE_INDEX)[0].tolist())
         self.label_ids = lut_out if meta.seg_classes and len(mapped) == len(meta.seg_classes) else None
         self.results: list[dict[str, Any]] = []
+        self.images: list[dict[str, Any]] = []
         self.id_maps = id_maps  # detections.json gets the source's image and category ids
 
-    def add(self, stem: str, semantic: np.ndarray | None, results: list[dict[str, Any]]) -> None:
-        """One image: class-index map [H, W] uint8 (or None) and its COCO results."""
+    def add(
+        self, stem: str, semantic: np.ndarray | None, results: list[dict[str, Any]], image: dict | None = None
+    ) -> None:
+        """One image: class-index map [H, W] uint8 (or None) and its COCO results; `image` (its COCO
+        images entry: id, file_name, height, width) is listed in images.json and named in every result."""
+        if image is not None:
+            self.images.append(
+                {k: image[k] for k in ("id", "file_name", "height", "width") if k in image} | {"name": stem}
+            )
+            results = [{**r, "file_name": image["file_name"]} for r in results]
         self.results.extend(results)
         if semantic is not None:
-            save_png(self.out / "semantic" / f"{stem}.png", semantic.astype(np.uint8))
+            save_png(output_path(self.out / "semantic", stem), semantic.astype(np.uint8))
             if self.label_ids is not None:
-                save_png(self.out / "labelIds" / f"{stem}.png", self.label_ids[semantic])
+                save_png(output_path(self.out / "labelIds", stem), self.label_ids[semantic])
 
     def close(self, write_detections: bool) -> None:
-        if write_detections:
-            from mtlcli.data.prepared import atomic_write_text
+        from mtlcli.data.prepared import atomic_write_text
 
-            results = self.results
-            if self.id_maps is not None:
-                images, cats = self.id_maps
-                results = [
-                    {
-                        **r,
-                        "image_id": images[r["image_id"]],
-                        "category_id": cats.get(r["category_id"], r["category_id"]),
-                    }
-                    for r in results
-                ]
+        images_map, cats = self.id_maps if self.id_maps is not None else ({}, {})
+        if write_detections:
+            results = [
+                {
+                    **r,
+                    "image_id": images_map.get(r["image_id"], r["image_id"]),
+                    "category_id": cats.get(r["category_id"], r["category_id"]),
+                }
+                for r in self.results
+            ]
             atomic_write_text(self.out / "detections.json", json.dumps(results))
+        if self.images:  # what was predicted, for `mtl eval --predictions` to check the coverage
+            images = [{**im, "id": images_map.get(im["id"], im["id"])} for im in self.images]
+            atomic_write_text(self.out / "images.json", json.dumps({"images": images}, indent=1))

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtlcli.data.prepared import image_stem, output_path
 from mtlcli.errors import UserError
 from mtlcli.models.base import eval_mode
 from mtlcli.viz.draw import (
@@ -174,8 +175,10 @@ def render_predictions(
     force: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    panoptic: Any = None,
 ) -> list[Path]:
     """Draw the model's predictions for `num` images of `source` into `out/<stem>.png`; returns the paths.
+    `panoptic` (an `mtlcli.engine.panoptic.PanopticMaker`) adds a panel of the panoptic merge.
 
     `source` is a PreparedDataset (images spread evenly over the split; ground truth drawn beside the
     prediction where the image has labels) or a sequence of image files / folders. Class names and palette
@@ -195,7 +198,7 @@ def render_predictions(
         if len(source) == 0:
             raise UserError(f"split {source.split!r} of {source.root} has no images — nothing to draw")
         indices = _spread(len(source), num)
-        stems = [source.image_info(i).get("stem") or Path(source.image_info(i)["file_name"]).stem for i in indices]
+        stems = [image_stem(source.image_info(i)) for i in indices]
         palette = palette if palette is not None else source.palette
         det_classes = det_classes if det_classes is not None else source.det_classes
         seg_classes = seg_classes if seg_classes is not None else source.seg_classes
@@ -209,11 +212,11 @@ def render_predictions(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder; choose another path")
     names: list[Path] = []
-    for stem in stems:
-        name = out / f"{safe_name(stem)}.png"
+    for stem in stems:  # the one naming rule of per-image outputs: nested names stay nested
+        name = output_path(out, stem)
         k = 2
         while name in names:  # the same stem in two folders
-            name = out / f"{safe_name(stem)}-{k}.png"
+            name = output_path(out, f"{stem}-{k}")
             k += 1
         names.append(name)
     check_free(names, force)
@@ -232,6 +235,13 @@ def render_predictions(
                 scale, _ = titled_geometry(int(image.shape[-2]), MIN_HEIGHT)
                 panels = [render_prediction(image, output, det_classes, palette, score_threshold, scale=scale)]
                 titles = [prediction_title(score_threshold if "boxes" in output else None)]
+                if panoptic is not None and ("sem_seg" in output or "masks" in output):
+                    from mtlcli.viz.panoptic import draw_panoptic
+
+                    ids, segs = panoptic(output, None)
+                    class_of = {c: k for k, c in enumerate(panoptic.class_ids)}
+                    panels.append(draw_panoptic(image, ids, segs, class_of, palette, scale=scale))
+                    titles.append(f"panoptic ({len(segs)} segments)")
                 maps = [output["sem_seg"].detach().argmax(0).cpu()] if "sem_seg" in output else []
                 drawn = (
                     [output["labels"].detach().cpu()[output["scores"].detach().cpu() >= score_threshold]]

@@ -132,6 +132,12 @@ def test_quickstart_all_trains_each_tiny_recipe_and_prints_one_table(
 def test_supported_metrics_follow_the_outputs() -> None:
     from mtlcli.cli.quickstart import supported_metrics
 
-    assert supported_metrics({"sem_seg": 0}) == ["miou"]
+    assert supported_metrics({"sem_seg": 0}) == ["miou", "pq"]
     assert supported_metrics({"boxes": 0, "scores": 0, "labels": 0}) == ["voc07"]
-    assert supported_metrics({"boxes": 0, "masks": 0, "sem_seg": 0}) == ["miou", "voc07", "coco-bbox", "coco-segm"]
+    assert supported_metrics({"boxes": 0, "masks": 0, "sem_seg": 0}) == [
+        "miou",
+        "voc07",
+        "coco-bbox",
+        "coco-segm",
+        "pq",
+    ]

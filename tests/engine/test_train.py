@@ -282,6 +282,9 @@ def test_corrupt_or_missing_checkpoint_is_a_user_error(tmp_path):
     bad = tmp_path / "checkpoints" / "last.pt"
     bad.parent.mkdir()
     bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UserError, match="cannot be read: it is a text file, not an mtl checkpoint"):
+        load_for_eval(checkpoint=bad)
+    bad.write_bytes(b"\x80\x02 a pickle cut short")  # looks like a legacy torch.save file
     with pytest.raises(UserError, match="cannot be read .* corrupt or not an mtl checkpoint"):
         load_for_eval(checkpoint=bad)
     with pytest.raises(UserError, match="has no checkpoints/best.pt or checkpoints/last.pt"):

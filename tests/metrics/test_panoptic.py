@@ -1,0 +1,147 @@
+"""PQ equals cityscapesscripts' evalPanopticSemanticLabeling (the COCO panopticapi algorithm) on the same
+files, to 1e-9, on fixtures in the real format; the rules it applies, one case each; bad files."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mtlcli.errors import UserError
+from mtlcli.metrics.panoptic import PanopticMetric, id2rgb, pq_compute, read_panoptic_png, rgb2id
+from tests.metrics.panoptic_fixtures import CATEGORIES, write_pairs
+
+official = pytest.importorskip("cityscapesscripts.evaluation.evalPanopticSemanticLabeling")
+
+
+def official_pq(gt_json: Path, gt_folder: Path, pred_json: Path, pred_folder: Path) -> dict:
+    """The official per-image loop and averaging, in this process (its multi-core wrapper forks a pool)."""
+    gt, pred = json.loads(gt_json.read_text()), json.loads(pred_json.read_text())
+    cats = {c["id"]: c for c in gt["categories"]}
+    by_id = {a["image_id"]: a for a in pred["annotations"]}
+    pairs = [(a, by_id[a["image_id"]]) for a in gt["annotations"]]
+    with contextlib.redirect_stdout(io.StringIO()):
+        stat = official.pq_compute_single_core(0, pairs, str(gt_folder), str(pred_folder), cats)
+    return official.average_pq(stat, cats)
+
+
+def assert_same(ours: dict, theirs: dict) -> None:
+    for group in ("All", "Things", "Stuff"):
+        assert ours[group]["n"] == theirs[group]["n"]
+        for m in ("pq", "sq", "rq"):
+            assert abs(ours[group][m] - theirs[group][m]) <= 1e-9, (group, m)
+    assert set(ours["per_class"]) == set(theirs["per_class"])
+    for cat, row in theirs["per_class"].items():
+        for m in ("pq", "sq", "rq"):
+            assert abs(ours["per_class"][cat][m] - row[m]) <= 1e-9, (cat, m)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pq_equals_the_official_script_on_random_scenes(tmp_path, seed):
+    paths = write_pairs(tmp_path, 12, size=(48, 96), seed=seed)
+    ours = pq_compute(*paths, workers=2 if seed else 1)
+    assert_same(ours, official_pq(*paths))
+    assert 0 < ours["All"]["pq"] < 1 and ours["Things"]["n"] == 3 and ours["Stuff"]["n"] == 5
+
+
+def test_pq_equals_the_official_entry_point(tmp_path):
+    """evaluatePanoptic itself (multi-core, writes its results file) on the same files."""
+    paths = write_pairs(tmp_path, 6, size=(40, 80), seed=7)
+    with contextlib.redirect_stdout(io.StringIO()):
+        theirs = official.evaluatePanoptic(*(str(p) for p in paths), str(tmp_path / "official.json"))
+    assert_same(pq_compute(*paths), theirs)
+
+
+def _write(root: Path, gt_ids, gt_segs, pred_ids, pred_segs, categories=CATEGORIES):
+    for d in ("gt", "pred"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(id2rgb(np.asarray(gt_ids))).save(root / "gt" / "a.png")
+    Image.fromarray(id2rgb(np.asarray(pred_ids))).save(root / "pred" / "a.png")
+    (root / "gt.json").write_text(
+        json.dumps(
+            {
+                "annotations": [{"image_id": "a", "file_name": "a.png", "segments_info": gt_segs}],
+                "categories": categories,
+            }
+        )
+    )
+    (root / "pred.json").write_text(
+        json.dumps({"annotations": [{"image_id": "a", "file_name": "a.png", "segments_info": pred_segs}]})
+    )
+    return root / "gt.json", root / "gt", root / "pred.json", root / "pred"
+
+
+def _seg(i, cat, area, crowd=0):
+    return {"id": i, "category_id": cat, "iscrowd": crowd, "area": area}
+
+
+def test_the_official_rules_one_by_one(tmp_path):
+    """A 10x10 image: a car over void (its void part leaves the union), a person exactly at IoU 0.5 (no
+    match), a false car mostly on the car crowd region (ignored), gt ids no segment names (skipped)."""
+    gt = np.full((10, 10), 7, np.uint32)  # road
+    gt[0:4, 0:4] = 26001  # car, 16 px
+    gt[0:4, 4:6] = 0  # void next to it
+    gt[5:9, 0:4] = 24001  # person, 16 px
+    gt[5:9, 6:10] = 26  # car crowd, 16 px
+    gt[9, 9] = 99  # an id no segment names
+    pred = np.full((10, 10), 5, np.uint32)
+    pred[0:4, 0:6] = 1  # car: 16 on the car + 8 on void -> IoU 16 / (24 + 16 - 16 - 8) = 1
+    pred[5:9, 0:2] = 2  # person: 8 of 16 -> IoU 8 / 16 = 0.5, not > 0.5
+    pred[5:9, 5:10] = 3  # car: 16 of its 20 px on the crowd -> ignored
+    gt_segs = [_seg(7, 7, int((gt == 7).sum())), _seg(26001, 26, 16), _seg(24001, 24, 16), _seg(26, 26, 16, 1)]
+    pred_segs = [
+        {"id": 1, "category_id": 26},
+        {"id": 2, "category_id": 24},
+        {"id": 3, "category_id": 26},
+        {"id": 5, "category_id": 7},
+    ]
+    paths = _write(tmp_path, gt, gt_segs, pred, pred_segs)
+    ours = pq_compute(*paths)
+    assert_same(ours, official_pq(*paths))
+    assert ours["per_class"][26] == {"pq": 1.0, "sq": 1.0, "rq": 1.0}
+    assert ours["per_class"][24]["pq"] == 0.0  # one FN and one FP
+
+
+def test_the_metric_streams_arrays_like_the_files(tmp_path):
+    paths = write_pairs(tmp_path, 4, size=(32, 64), seed=3)
+    gt, pred = json.loads(paths[0].read_text()), json.loads(paths[2].read_text())
+    metric = PanopticMetric(gt["categories"])
+    for a, p in zip(gt["annotations"], pred["annotations"], strict=True):
+        metric.update(
+            read_panoptic_png(paths[1] / a["file_name"]),
+            a["segments_info"],
+            read_panoptic_png(paths[3] / p["file_name"]),
+            p["segments_info"],
+        )
+    res = metric.compute()
+    assert res["value"] == pytest.approx(official_pq(*paths)["All"]["pq"], abs=1e-12)
+    assert [c["name"] for c in res["details"]["classes"]] == [c["name"] for c in CATEGORIES]
+    assert res["details"]["things"]["n"] == 3
+
+
+def test_rgb_encoding_round_trips():
+    ids = np.array([[0, 1, 256, 65536, 256**3 - 1]], np.uint32)
+    assert (rgb2id(id2rgb(ids)) == ids).all()
+
+
+def test_bad_predictions_are_one_clear_error(tmp_path):
+    gt = np.full((4, 4), 7, np.uint32)
+    segs = [_seg(7, 7, 16)]
+    pred = np.full((4, 4), 3, np.uint32)
+    with pytest.raises(UserError, match="segment id 3 is in the predicted PNG and not in its segments_info"):
+        pq_compute(*_write(tmp_path / "a", gt, segs, pred, [{"id": 4, "category_id": 7}]))
+    with pytest.raises(UserError, match=r"segment ids \[4\] are in the prediction's segments_info"):
+        pq_compute(*_write(tmp_path / "b", gt, segs, pred, [{"id": 3, "category_id": 7}, {"id": 4, "category_id": 7}]))
+    with pytest.raises(UserError, match="category_id 5"):
+        pq_compute(*_write(tmp_path / "c", gt, segs, pred, [{"id": 3, "category_id": 5}]))
+    paths = _write(tmp_path / "d", gt, segs, pred[:2], [{"id": 3, "category_id": 7}])
+    with pytest.raises(UserError, match="original image size"):
+        pq_compute(*paths)
+    paths[2].write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        pq_compute(*paths)
