@@ -35,7 +35,7 @@ loss_s{t}_box_reg, loss_s{t}_mask (already multiplied by the stage's weight).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +102,10 @@ class CascadeStage(nn.Module):
 
     def masks(self, features: dict[str, Tensor], boxes: list[Tensor], shapes: list[tuple[int, int]]) -> Tensor:
         """Boxes per image [M_i, 4] -> mask logits [sum M_i, K+1, 28, 28]."""
-        return self.mask_predictor(self.mask_head(self.mask_pool(features, boxes, shapes)))
+        pool, head, predictor = self.mask_pool, self.mask_head, self.mask_predictor
+        if pool is None or head is None or predictor is None:
+            raise ValueError("this cascade has no mask branch (masks = false)")
+        return predictor(head(pool(features, boxes, shapes)))
 
 
 def decode_agnostic(coder: det_utils.BoxCoder, deltas: Tensor, rois: list[Tensor], shapes) -> list[Tensor]:
@@ -151,8 +154,11 @@ class CascadeRoIHeads(nn.Module):
         self.max_mask_rois = int(batch_size_per_image * positive_fraction)
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
 
+    def stage_list(self) -> list[CascadeStage]:
+        return cast(list[CascadeStage], list(self.stages))
+
     def has_mask(self) -> bool:
-        return self.stages[0].mask_head is not None
+        return self.stage_list()[0].mask_head is not None
 
     # -- training
     def sample(self, t: int, proposals: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, list[Tensor]]:
@@ -228,7 +234,7 @@ class CascadeRoIHeads(nn.Module):
     ) -> dict[str, Tensor]:
         losses: dict[str, Tensor] = {}
         rois = [p.detach() for p in proposals]
-        for t, stage in enumerate(self.stages):
+        for t, stage in enumerate(self.stage_list()):
             w = self.stage_weights[t]
             sampled = self.sample(t, rois, targets)
             logits, deltas = stage.boxes(features, sampled["rois"], shapes)
@@ -257,21 +263,22 @@ class CascadeRoIHeads(nn.Module):
         counts = [len(p) for p in proposals]
         rois = proposals
         logits_sum: Tensor | None = None
-        for t, stage in enumerate(self.stages):
+        for t, stage in enumerate(self.stage_list()):
             logits, deltas = stage.boxes(features, rois, shapes)
             logits_sum = logits if logits_sum is None else logits_sum + logits
             rois = decode_agnostic(self.coders[t], deltas, rois, shapes)  # after the last stage: the output boxes
+        assert logits_sum is not None  # a cascade has at least one stage
         scores = (logits_sum / len(self.stages)).softmax(-1)
         results = []
         for boxes, s, shape in zip(rois, scores.split(counts), shapes, strict=True):
             results.append(self.detections(boxes, s, shape))
         if self.has_mask():
-            boxes = [r["boxes"] for r in results]
+            final = [r["boxes"] for r in results]
             labels = [r["labels"] for r in results]
-            merged = None
-            for stage in self.stages:
-                probs = maskrcnn_inference(stage.masks(features, boxes, shapes), labels)  # sigmoid, label's channel
-                merged = probs if merged is None else [a + b for a, b in zip(merged, probs, strict=True)]
+            merged: list[Tensor] = []
+            for stage in self.stage_list():
+                probs = maskrcnn_inference(stage.masks(features, final, shapes), labels)  # sigmoid, label's channel
+                merged = probs if not merged else [a + b for a, b in zip(merged, probs, strict=True)]
             for r, m in zip(results, merged, strict=True):
                 r["masks"] = m / len(self.stages)
         return results

@@ -19,7 +19,7 @@ multiplied by W_seg) and `loss_det_box`, `loss_det_obj`, `loss_det_cls` (by W_de
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -467,7 +467,7 @@ def he_init(module: nn.Module, *, keep_bilinear: bool = False) -> None:
             if keep_bilinear and isinstance(m, nn.ConvTranspose2d):
                 continue
             # fan_in of a transposed conv is in_channels / groups x k x k along dim 0 of its weight
-            mode = "fan_out" if isinstance(m, nn.ConvTranspose2d) else "fan_in"
+            mode: Literal["fan_in", "fan_out"] = "fan_out" if isinstance(m, nn.ConvTranspose2d) else "fan_in"
             nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
             if m.bias is not None and ".heads." not in f".{name}.":
                 nn.init.zeros_(m.bias)
