@@ -10,10 +10,16 @@ Writes N random JPEGs of H x W into a temporary folder, builds a family's tiny r
                  PNGs and detections.json written
     predict-json the command with --no-save-images
 
-Each figure is the median over rounds of images/s; the table also gives each one relative to the
-network alone (goal: the whole command within 1.3x of the network's time on a GPU).
+    predict-onnx the command with --no-save-images on the model exported by `mtl export` (whole predict
+                 path in one ONNX graph), run by onnxruntime on the CPU (`--onnx`)
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_predict.py --images 32 --rounds 3
+Each figure is the median over rounds of images/s; the table also gives each one relative to the
+network alone (goal: predict-json within 1.15x of the network's time at batch 8; predict-onnx >= 1.3x
+the images/s of predict-json on the CPU). It also checks that the semantic map predict writes (argmax of
+the upsampled logits) equals the one `mtl eval` scores (argmax of the softmax of the same upsampled logits).
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_predict.py --images 32 --rounds 3 --onnx
+    .venv/bin/python benchmarks/bench_predict.py --recipe ivanet300 --size 375 500 --images 16 --onnx
     .venv/bin/python benchmarks/bench_predict.py --device cuda --images 256 --batch-size 16 --workers 4
 """
 
@@ -44,17 +50,14 @@ def make_images(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
 def build(recipe_name: str, device: str):
     from mtlcli.api import Predictor
     from mtlcli.data.cityscapes import cityscapes_meta
-    from mtlcli.models import build_from_recipe
+    from mtlcli.models import build_from_recipe, builder_arguments
     from mtlcli.recipes import load_recipe
 
     recipe = load_recipe(recipe_name)
     meta = cityscapes_meta(Path("."), ["val"])
-    network = build_from_recipe(
-        recipe["model"],
-        load_weights=False,
-        num_det_classes=len(meta.det_classes),
-        num_seg_classes=len(meta.seg_classes),
-    )
+    valid = builder_arguments(recipe["model"]["name"])
+    counts = {"num_det_classes": len(meta.det_classes), "num_seg_classes": len(meta.seg_classes)}
+    network = build_from_recipe(recipe["model"], load_weights=False, **{k: v for k, v in counts.items() if k in valid})
     card = {
         "dataset": "cityscapes",
         "det_classes": meta.det_classes,
@@ -63,7 +66,9 @@ def build(recipe_name: str, device: str):
         "det_category_ids": list(range(1, 9)),
         "cityscapes": True,
     }
-    return Predictor(network.to(device).eval(), recipe, card, device)
+    predictor = Predictor(network.to(device).eval(), recipe, card, device)
+    predictor.fast = True  # single-stage families through EndToEnd (mtlcli.models.endtoend)
+    return predictor
 
 
 def sync(device: str) -> None:
@@ -81,6 +86,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--score-threshold", type=float, default=0.3)
+    parser.add_argument("--onnx", action="store_true", help="also time the exported ONNX model in onnxruntime")
+    parser.add_argument(
+        "--cases", nargs="*", default=None, help="only these cases (network is always timed), e.g. predict-json"
+    )
     args = parser.parse_args()
 
     from mtlcli.api import to_image_tensor
@@ -112,7 +121,7 @@ def main() -> None:
 
         counter = iter(range(10**6))
 
-        def command(save_images: bool):
+        def command(save_images: bool, predictor=None):
             def run():
                 opts = PredictOptions(
                     score_threshold=args.score_threshold,
@@ -121,7 +130,7 @@ def main() -> None:
                     save_images=save_images,
                     progress=False,
                 )
-                predict_sources(model, [tmp / "in"], tmp / f"out{next(counter)}", opts)
+                predict_sources(predictor or model, [tmp / "in"], tmp / f"out{next(counter)}", opts)
 
             return run
 
@@ -132,6 +141,25 @@ def main() -> None:
             "predict": command(True),
             "predict-json": command(False),
         }
+        if args.onnx:
+            from mtlcli.api import OnnxPredictor
+            from mtlcli.export import export_model
+
+            t0 = time.perf_counter()
+            from mtlcli.errors import UserError
+
+            try:
+                info = export_model(model.network.cpu(), "onnx", tmp / "model.onnx", card=model.card)
+                print(f"export {time.perf_counter() - t0:.0f} s; parity {info['parity']['summary']}")
+            except UserError as exc:  # random weights: near-equal scores everywhere; the file is kept
+                print(f"export {time.perf_counter() - t0:.0f} s; parity check failed (timed anyway): {exc}")
+            model.network.to(args.device)
+            cases["predict-onnx"] = command(False, OnnxPredictor(tmp / "model.onnx"))
+        agreement = semantic_agreement(model, decoded[: min(4, len(decoded))])
+        if agreement is not None:
+            print(f"semantic map of predict vs mtl eval's (argmax of softmax): {100 * agreement:.4f}% pixels equal")
+        if args.cases:
+            cases = {k: v for k, v in cases.items() if k == "network" or k in args.cases}
         network()  # warm-up
         times: dict[str, list[float]] = {k: [] for k in cases}
         names = list(cases)
@@ -150,7 +178,27 @@ def main() -> None:
     print(f"{'case':<14}{'images/s':>10}{'time / network':>16}")
     for name, ts in times.items():
         t = statistics.median(ts)
-        print(f"{name:<14}{args.images / t:>10.1f}{t / net:>15.2f}x")
+        print(f"{name:<14}{args.images / t:>10.3g}{t / net:>15.2f}x")
+    if "predict-onnx" in times:
+        ratio = statistics.median(times["predict-json"]) / statistics.median(times["predict-onnx"])
+        print(f"onnxruntime / eager images/s (predict-onnx vs predict-json): {ratio:.2f}x")
+
+
+def semantic_agreement(model, images) -> float | None:
+    """Share of pixels where predict's semantic map equals the argmax of the model's own eval output."""
+    from mtlcli.engine.result import output_to_result
+
+    with torch.inference_mode():
+        fast = model.raw([img.to(model.device) for img in images])
+        slow = model.network([img.to(model.device) for img in images])
+    if "sem_seg" not in slow[0]:
+        return None
+    equal = total = 0
+    for f, s in zip(fast, slow, strict=True):
+        a = output_to_result(f, model.det_classes, model.seg_classes, (1, 1), 1.0).semantic
+        equal += int((a.cpu() == s["sem_seg"].argmax(0).cpu()).sum())
+        total += a.numel()
+    return equal / total
 
 
 if __name__ == "__main__":

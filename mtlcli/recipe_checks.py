@@ -5,7 +5,9 @@ builder, the optimiser or the data pipeline would otherwise fail deep inside (an
 head, a 120 GB allocation for `model.input_size = [100000, 100000]`, a negative momentum):
     check_ranges(recipe, source)        [data], [train], [eval] values
     check_model_ranges(model, source)   [model] keys, by what their names mean in every builder
+    check_selection(recipe, split, source)  best.pt is never selected on test*, nor on the reported split
     scale_stages(train, iterations)     how `--set train.iterations=N` acts on [[train.stages]]
+    scale_schedule(recipe, factor, keep) how it acts on warm-up, milestones and periods
 
 The limits are inferred (the papers set none): sizes from 16 to 8192 pixels a side (MAX_SIDE), class
 counts and widths at least 1, thresholds and probabilities in [0, 1], weights finite and >= 0.
@@ -137,6 +139,25 @@ def check_ranges(recipe: dict[str, Any], source: str = "recipe") -> None:
             _fail(f"{source}: train.loss_weights.{name}", w, "loss weights are finite and >= 0")
 
 
+def check_selection(recipe: dict[str, Any], split: str, source: str = "recipe") -> None:
+    """Model selection off the reported numbers: best.pt is never selected on a test* split (`split`:
+    `mtlcli.recipes.selection_split`), and a recipe that reports best.pt (`eval.checkpoint = "best"`)
+    selects it on a split that is neither data.val_split nor data.test_split — a held-out part of the
+    training data, which `mtl train` checks for overlap with the train split like the others."""
+    data, ev = recipe["data"], recipe["eval"]
+    if split.lower().startswith("test"):
+        raise UserError(
+            f"{source}: best.pt would be selected on {split!r}, a test split (eval.select_split, by default "
+            'data.val_split) — set eval.select_split to a held-out split of the training data, or "none"'
+        )
+    if ev["checkpoint"] == "best" and (not split or split in (data["val_split"], data["test_split"])):
+        raise UserError(
+            f'{source}: eval.checkpoint = "best" reports best.pt, but it is selected on '
+            + (f"{split!r}, the split it is reported on" if split else "no split")
+            + ' — set eval.select_split to a held-out split of the training data, or eval.checkpoint = "last"'
+        )
+
+
 def scale_stages(train: dict[str, Any], iterations: int) -> None:
     """Make [[train.stages]] last `iterations` in all, keeping their proportions (in place).
 
@@ -162,3 +183,69 @@ def scale_stages(train: dict[str, Any], iterations: int) -> None:
         stage["iterations"] = new_end - end
         end = new_end
     train["iterations"] = iterations
+
+
+# The schedule keys that count iterations: `--set train.iterations=N` scales them with the run
+# (`scale_schedule`); the poly / cosine horizon is the stage length, which scales with the stages.
+SCHEDULE_KEYS = (
+    ("train", "warmup_iters"),
+    ("train", "steps"),
+    ("train", "restart_every"),
+    ("train", "checkpoint_interval"),
+    ("eval", "interval"),
+)
+
+
+def _scaled(value: int, factor: float) -> int:
+    """`value` iterations times `factor`, rounded; a positive count stays at least 1 (0 stays 0: off)."""
+    return max(1, round(value * factor)) if value > 0 else 0
+
+
+def scale_schedule(recipe: dict[str, Any], factor: float, keep: set[str]) -> list[str]:
+    """Scale every schedule key of SCHEDULE_KEYS by `factor` (in place), except those named in `keep`
+    ("train.steps", ...: set explicitly, kept as given). Returns "key old -> new" for each change.
+
+    A short run is then the recipe's schedule in small: with `steps = [330]` of 400 iterations and
+    warm-up 50, 20 iterations drop the rate at 16 and end warm-up at 2 (the same fractions of the run)."""
+    changes = []
+    for section, key in SCHEDULE_KEYS:
+        name = f"{section}.{key}"
+        old = recipe[section][key]
+        if name in keep:
+            continue
+        new = [_scaled(v, factor) for v in old] if isinstance(old, list) else _scaled(old, factor)
+        if new != old:
+            recipe[section][key] = new
+            changes.append(f"{name} {old} -> {new}")
+    return changes
+
+
+def shorten_schedule(recipe: dict[str, Any], planned: int, total: int, explicit: set[str], scale: bool) -> str:
+    """After `--set train.iterations` (stages already scaled by `mtlcli.recipes.settle_iterations`; `total`
+    iterations now, `planned` in the recipe): scale the schedule
+    keys by the same factor (`mtlcli.recipe_checks.scale_schedule`, explicitly set keys kept) and return
+    the one line that says what changed ("" when the length is the recipe's own)."""
+    if "train.iterations" not in explicit or total == planned or planned < 1:
+        return ""
+    factor = total / planned
+    changes = scale_schedule(recipe, factor, explicit) if scale else []
+    if recipe["train"]["stages"]:
+        changes.insert(0, f"stages {'/'.join(str(s['iterations']) for s in recipe['train']['stages'])}")
+    kept = sorted(k for k in explicit if k in {f"{a}.{b}" for a, b in SCHEDULE_KEYS})
+    if not changes and not kept:
+        return ""
+    return (
+        f"schedule scaled x{factor:.3g} to train.iterations = {total} (recipe: {planned}): "
+        + (", ".join(changes) or "nothing to scale")
+        + (f"; kept as set: {', '.join(kept)}" if kept else "")
+        + ("" if scale else " (--resume: the rest of the schedule as it was)")
+    )
+
+
+def selection_split(recipe: dict[str, Any]) -> str:
+    """The split best.pt is selected on ("" when none is kept): `eval.select_split`, by default
+    `data.val_split`; "none", or a recipe without metrics, keeps no best.pt."""
+    ev = recipe["eval"]
+    if not ev["metrics"] or ev.get("select_split") == "none":
+        return ""
+    return ev.get("select_split") or recipe["data"]["val_split"]

@@ -5,7 +5,8 @@
     [data]   dataset, root, train_split, val_split, test_split, allow_overlap, cache, augmentation + options,
              [data.label_map]
     [train]  optimiser, schedule, iterations, batch_size, stages, ...
-    [eval]   metrics, interval, best_metric, batch_size
+    [eval]   metrics, interval, best_metric, batch_size, resolution, checkpoint ("last" | "best": the
+             reported file), select_split (where best.pt is selected: never test*, see `selection_split`)
 
 `load_recipe(name_or_path, overrides)` returns the resolved recipe: the base merged under the child
 (key by key within each table), every default filled in for [data], [train] and [eval], the overrides
@@ -30,6 +31,7 @@ from typing import Any
 
 from mtlcli.errors import UserError
 from mtlcli.metrics import METRIC_NAMES as METRICS  # names only: listing recipes imports no model
+from mtlcli.recipe_checks import selection_split, shorten_schedule  # noqa: F401 (selection_split: re-exported)
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -38,6 +40,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("train", "schedule"): ("multistep", "poly", "cosine", "constant"),
     ("train", "amp"): ("none", "bf16", "fp16"),
     ("data", "cache"): ("none", "ram"),  # mtlcli.data.cache.MODES
+    ("eval", "checkpoint"): ("last", "best"),
 }
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -94,6 +97,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "best_metric": "",
         "batch_size": 8,
         "resolution": [0, 0],
+        # the file the reported number comes from (`mtl eval --run` scores it); the papers report "last"
+        "checkpoint": "last",
+        # the split best.pt is selected on: "" = data.val_split, "none" = no best.pt; never test*, and for
+        # checkpoint = "best" neither val_split nor test_split (a held-out part of the training data)
+        "select_split": "",
         # the panoptic merge (mtlcli/ops/panoptic.py; Panoptic FPN's defaults)
         "panoptic_score": 0.5,
         "panoptic_overlap": 0.5,
@@ -194,10 +202,20 @@ def recipe_name(name_or_path: str | Path) -> str:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None, *, check_model: bool = True) -> dict:
+def load_recipe(
+    name_or_path: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    check_model: bool = True,
+    scale_schedule: bool = True,
+    notes: list[str] | None = None,
+) -> dict:
     """Read, merge with its base, fill defaults, apply `--set` overrides and validate.
 
-    Raises UserError naming the file and key for anything wrong.
+    A `--set train.iterations=N` other than the recipe's length scales its stages and (with
+    `scale_schedule`; off for `--resume`, whose schedule has partly run) its warm-up, milestones and
+    eval / checkpoint periods by the same factor, except keys also set explicitly; the line that says
+    so is appended to `notes`. Raises UserError naming the file and key for anything wrong.
     """
     path = find_recipe(name_or_path)
     raw = read_toml(path)
@@ -213,25 +231,51 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None, *,
                 "only one level of extends is allowed — copy the keys into one recipe"
             )
         raw = merge(base, raw)
-    explicit_iterations = False  # in a recipe file, stages decide; `--set train.iterations` scales them
-    recipe = resolve(raw, source=str(path))
+    return finish_recipe(
+        resolve(raw, source=str(path)),
+        overrides,
+        source=str(path),
+        check_model=check_model,
+        scale_schedule=scale_schedule,
+        notes=notes,
+    )
+
+
+def finish_recipe(
+    recipe: dict,
+    overrides: list[str] | None = None,
+    *,
+    source: str = "recipe",
+    check_model: bool = True,
+    scale_schedule: bool = True,
+    notes: list[str] | None = None,
+) -> dict:
+    """A resolved recipe (`resolve`: read from a file, or a checkpoint's for `mtl train --from`) with the
+    `--set` overrides applied, validated, and its stages and schedule fitted to train.iterations."""
+    planned = total_iterations(recipe)  # the recipe's own length, before --set
+    explicit = set()  # in a recipe file, stages decide; `--set train.iterations` scales them
+    base = copy.deepcopy(recipe)  # the file's own recipe: a failing --set is named, not the file
     for item in overrides or []:
         apply_override(recipe, item)
-        explicit_iterations |= item.split("=", 1)[0].strip() == "train.iterations"
-    validate_blaming_overrides(recipe, raw, overrides or [], str(path), check_model)
-    settle_iterations(recipe, explicit_iterations)
+        explicit.add(item.split("=", 1)[0].strip())
+    validate_blaming_overrides(recipe, base, overrides or [], source, check_model)
+    settle_iterations(recipe, "train.iterations" in explicit)
+    note = shorten_schedule(recipe, planned, total_iterations(recipe), explicit, scale_schedule)
+    if note and notes is not None:
+        notes.append(note)
     return recipe
 
 
-def validate_blaming_overrides(recipe: dict, raw: dict, overrides: list[str], source: str, check_model: bool) -> None:
+def validate_blaming_overrides(recipe: dict, base: dict, overrides: list[str], source: str, check_model: bool) -> None:
     """`validate(recipe)`, where a failure that a `--set` brings in names that `--set`, not the recipe file:
-    the file's own recipe (`raw` resolved) is validated alone, then with the overrides added one by one."""
+    the recipe before its overrides (`base`, resolved) is validated alone, then with the overrides added one
+    by one."""
     try:
         validate(recipe, source=source, check_model=check_model)
     except UserError:
         if not overrides:
             raise
-        trial = resolve(copy.deepcopy(raw), source=source)
+        trial = copy.deepcopy(base)
         try:
             validate(trial, source=source, check_model=check_model)
         except UserError:
@@ -479,9 +523,10 @@ def validate(recipe: dict, *, source: str = "recipe", check_model: bool = True) 
             raise UserError(f"{where}: iterations and lr must be positive")
         for name, w in stage["loss_weights"].items():
             _check_type(w, 1.0, f"{where}.loss_weights.{name}")
-    from mtlcli.recipe_checks import check_ranges
+    from mtlcli.recipe_checks import check_ranges, check_selection
 
     check_ranges(recipe, source)
+    check_selection(recipe, selection_split(recipe), source)
     if check_model:
         validate_model(recipe["model"], source)
 
@@ -502,6 +547,10 @@ def validate_model(model: dict, source: str = "recipe") -> None:
         if key == "init_weights":  # a weights file to start from (mtlcli.engine.finetune), not a builder argument
             if not isinstance(value, str):
                 raise UserError(f"{source}: model.init_weights must be a path (a string), got {value!r}")
+            continue
+        if key == "partial_weights":  # load init_weights of another architecture as far as they fit
+            if not isinstance(value, bool):
+                raise UserError(f"{source}: model.partial_weights must be true or false, got {value!r}")
             continue
         if key not in valid:
             raise UserError(f"{source}: model {name!r} has no argument {key!r}; valid: {', '.join(sorted(valid))}")

@@ -210,3 +210,51 @@ def test_pretrained_backbone_may_be_a_local_weights_file():
     assert recipe["model"]["pretrained_backbone"] == "/weights/resnet50.pth"
     with pytest.raises(UserError, match="pretrained_backbone"):
         load_recipe("ivanet300", ["model.pretrained_backbone=3"])
+
+
+# ------------------------------------------------------------------------------ model selection (issue 27)
+
+
+def _own_tables(name: str) -> dict:
+    """A shipped recipe's tables as its file (and the recipe it extends) write them, before defaults."""
+    from mtlcli.recipes import find_recipe, merge, read_toml
+
+    path = find_recipe(name)
+    raw = read_toml(path)
+    base = raw.pop("extends", None)
+    return merge(read_toml(find_recipe(base, relative_to=path.parent)), raw) if base else raw
+
+
+def _is_paper_recipe(name: str) -> bool:
+    return not name.endswith(("-tiny-synthetic", "-custom"))
+
+
+def test_every_paper_recipe_names_its_reported_checkpoint_and_none_selects_on_a_test_split():
+    from mtlcli.recipes import selection_split
+
+    names = available_recipes()
+    assert sum(map(_is_paper_recipe, names)) >= 40  # whatever recipes/ holds, new ones included
+    for name in names:
+        recipe = load_recipe(name)
+        ev, data = recipe["eval"], recipe["data"]
+        if _is_paper_recipe(name):
+            assert _own_tables(name).get("eval", {}).get("checkpoint") in ("last", "best"), name
+        split = selection_split(recipe)
+        assert not split.lower().startswith("test"), (name, split)
+        if ev["checkpoint"] == "best":  # a reported best.pt is picked on a held-out split, not the reported one
+            assert split and split not in (data["val_split"], data["test_split"]), name
+
+
+def test_selection_on_a_test_split_or_reporting_a_best_picked_on_the_reported_split_is_refused(tmp_path):
+    path = write_recipe(tmp_path)
+    for sets, says in (
+        (["eval.metrics=miou", "data.val_split=test"], "best.pt would be selected on 'test', a test split"),
+        (["eval.metrics=miou", "eval.select_split=test-dev"], "a test split"),
+        (["eval.metrics=miou", "eval.checkpoint=best"], "selected on 'val', the split it is reported on"),
+        (["eval.checkpoint=best"], "selected on no split"),
+    ):
+        with pytest.raises(UserError, match=says):
+            load_recipe(path, sets)
+    assert load_recipe(path, ["eval.metrics=miou", "data.val_split=test", "eval.select_split=none"])
+    held_out = load_recipe(path, ["eval.metrics=miou", "eval.checkpoint=best", "eval.select_split=minival"])
+    assert held_out["eval"]["select_split"] == "minival"

@@ -19,7 +19,12 @@ from mtlcli.errors import UserError
 DEVICE_HELP = "auto (CUDA if available, else CPU), cpu, cuda or cuda:N."
 
 # A trained model: one run directory or one checkpoint file, and the device it runs on.
-RUN_OPTION = typer.Option(None, "--run", help="Run directory of `mtl train` (uses best.pt, else last.pt).")
+RUN_OPTION = typer.Option(
+    None,
+    "--run",
+    help="Run directory of `mtl train` (uses the checkpoint its recipe reports: [eval] checkpoint, "
+    "last.pt by default).",
+)
 CHECKPOINT_OPTION = typer.Option(None, "--checkpoint", help="A checkpoint file written by `mtl train`.")
 DEVICE_OPTION = typer.Option("auto", "--device", help=DEVICE_HELP)
 

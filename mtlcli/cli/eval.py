@@ -222,7 +222,7 @@ def run_eval(
         result = {"predictions": str(predictions), "data": str(data), "split": split, **result}
     else:
         from mtlcli.data.dataset import PreparedDataset
-        from mtlcli.engine.checkpoint import load_for_eval
+        from mtlcli.engine.checkpoint import find_run_checkpoint, load_for_eval
         from mtlcli.engine.evaluate import evaluate
 
         if cityscapes_ids:
@@ -321,7 +321,8 @@ def run_eval(
             ]
         result = {
             "run": str(run) if run else None,
-            "checkpoint": str(checkpoint) if checkpoint else None,
+            # the file scored: --checkpoint, or the run's reported one (its recipe's [eval] checkpoint)
+            "checkpoint": str(checkpoint) if checkpoint or run is None else str(find_run_checkpoint(Path(run))),
             "data": str(root),
             "split": split,
             **result,
@@ -439,5 +440,9 @@ def register(app: typer.Typer) -> None:
         if quiet:
             print(result_line(result))
             return
+        if run is not None and result.get("checkpoint"):
+            from mtlcli.engine.checkpoint import reported_checkpoint
+
+            print(f'scored {result["checkpoint"]} (the run reports [eval] checkpoint = "{reported_checkpoint(run)}")')
         print_results(result)
         print(saved_line(written))

@@ -22,6 +22,19 @@ def register(app: typer.Typer) -> None:
         ),
         run: Path | None = RUN_OPTION,
         checkpoint: Path | None = CHECKPOINT_OPTION,
+        model_file: Path | None = typer.Option(
+            None, "--model", metavar="ONNX", help="An exported .onnx model (`mtl export`), run by onnxruntime."
+        ),
+        iou: float | None = typer.Option(
+            None, "--iou", min=0.0, max=1.0, help="NMS IoU threshold [default: the model's]."
+        ),
+        max_det: int | None = typer.Option(None, "--max-det", min=1, help="Keep at most N detections per image."),
+        classes: str | None = typer.Option(
+            None, "--classes", metavar="NAMES", help="Keep only these classes (names or labels 1..K, comma-separated)."
+        ),
+        size: str | None = typer.Option(
+            None, "--size", metavar="HxW", help="Network input size [default: the model's; two-stage: SHORTxMAX]."
+        ),
         data: Path | None = typer.Option(
             None, "--data", help="Predict a split of this prepared dataset, keyed to its image ids (no SOURCES)."
         ),
@@ -64,6 +77,7 @@ def register(app: typer.Typer) -> None:
         from mtlcli.api import load_model
         from mtlcli.engine.predict import PredictOptions, default_out, expand_sources, predict_sources
         from mtlcli.errors import UserError
+        from mtlcli.export import parse_size
 
         if data is not None and sources:
             raise UserError("give SOURCES or --data DATA, not both")
@@ -73,7 +87,16 @@ def register(app: typer.Typer) -> None:
             raise UserError("--split chooses the split of --data DATA; give --data too, or drop --split")
         if data is not None and coco_json is not None:
             raise UserError("--coco-json keys plain files; with --data the dataset's own ids are used — drop it")
-        model = load_model(model_source(run, checkpoint), device=device)
+        if model_file is not None:
+            if run is not None or checkpoint is not None:
+                raise UserError("give one model: --run, --checkpoint or --model")
+            if model_file.suffix.lower() != ".onnx":
+                raise UserError(
+                    f"--model {model_file}: give an .onnx file written by `mtl export` (or use --checkpoint)"
+                )
+            model = load_model(model_file)
+        else:
+            model = load_model(model_source(run, checkpoint), device=device)
         decoder = None
         if data is not None:
             from mtlcli.engine.predict_data import split_sources
@@ -87,6 +110,10 @@ def register(app: typer.Typer) -> None:
                 coco_json_ids(items, coco_json)
         keyed = data is not None or coco_json is not None  # predictions to evaluate: keep every detection
         opts = PredictOptions(
+            iou=iou,
+            max_det=max_det,
+            classes=model.class_ids(classes.split(",")) if classes else None,
+            size=parse_size(size),
             score_threshold=0.3 if score_threshold is None else score_threshold,
             json_threshold=0.0 if keyed and score_threshold is None else None,
             batch_size=batch_size,

@@ -356,7 +356,14 @@ def met_all(result: dict[str, Any]) -> bool:
     return all((result["metrics"].get(m) or 0.0) >= g for m, g in result["floors"].items())
 
 
-SHORT_LABELS = {"miou": "mIoU", "dt": "DT acc", "voc07": "mAP50", "coco-bbox": "boxAP", "coco-segm": "maskAP"}
+SHORT_LABELS = {
+    "miou": "mIoU",
+    "dt": "DT acc",
+    "voc07": "mAP50",
+    "coco-bbox": "boxAP",
+    "coco-segm": "maskAP",
+    "pq": "PQ",
+}
 
 
 def learning_table(results: list[dict[str, Any]]):

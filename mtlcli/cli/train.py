@@ -1,5 +1,6 @@
 """`mtl train --recipe NAME|PATH [--data DATA] [--out RUN] [--set k=v ...] [--weights CKPT] [--resume] [--force]
-[--device D] [--tensorboard] [--cache ram]`.
+[--device D] [--tensorboard] [--cache ram]`, and `mtl train --from RUN_OR_CKPT --data DATA` (fine-tune: the
+checkpoint's recipe, the data's classes; `mtlcli.engine.finetune.finetune_recipe`).
 
 A thin wrapper around `mtlcli.engine.train.train`: resolve the recipe and the run directory, call, print
 a summary. Under `torchrun --nproc_per_node N -m mtlcli train ...` every process runs this; rank 0
@@ -110,6 +111,14 @@ def register(app: typer.Typer) -> None:
         set_: list[str] = typer.Option(
             [], "--set", help="Override a recipe key, e.g. --set train.lr=0.001 (repeatable)."
         ),
+        from_: Path | None = typer.Option(
+            None,
+            "--from",
+            metavar="RUN_OR_CKPT",
+            help="Fine-tune a trained model on --data: the architecture and schedule come from the "
+            "checkpoint's recipe (a run directory takes its reported checkpoint), the classes from the data; "
+            "matching tensors load, heads re-initialise [run directory: runs/finetune-<data>/expN].",
+        ),
         weights: Path | None = typer.Option(
             None,
             "--weights",
@@ -145,7 +154,12 @@ def register(app: typer.Typer) -> None:
 
         if resume and out is None:
             raise UserError("--resume needs --out RUN: the run directory to continue")
-        if recipe is None:
+        if from_ is not None and (recipe is not None or weights is not None or resume):
+            given = next(o for o, v in (("--recipe", recipe), ("--weights", weights), ("--resume", resume)) if v)
+            raise UserError(
+                f"--from takes the recipe and the weights from its checkpoint; {given} does too — give one of them"
+            )
+        if from_ is None and recipe is None:
             if not resume or out is None:
                 raise UserError("give a recipe with --recipe NAME|PATH (see `mtl recipes list`)")
             recipe = str(out / "recipe.toml")
@@ -161,7 +175,20 @@ def register(app: typer.Typer) -> None:
             if cache not in MODES:
                 raise UserError(f"--cache {cache}: valid values are {', '.join(MODES)}")
             set_ = [*set_, f"data.cache={cache}"]
-        resolved = load_recipe(recipe, set_)
+        notes: list[str] = []  # the schedule scaled to a --set train.iterations: said once, below
+        if from_ is not None:
+            from mtlcli.engine.finetune import finetune_recipe
+            from mtlcli.recipes import finish_recipe, resolve
+
+            base, ckpt = finetune_recipe(from_, data)
+            resolved = finish_recipe(resolve(base, source=str(ckpt)), set_, source=f"--from {ckpt}", notes=notes)
+            name = f"finetune-{(data or Path(data_root(resolved))).expanduser().resolve().name}"
+            notes.insert(0, f"fine-tuning the {resolved['model']['name']} of {ckpt} on {data_root(resolved)}")
+            ref = name  # names the default run directory, runs/finetune-<data>/expN
+        else:
+            assert recipe is not None  # --recipe, or RUN/recipe.toml for --resume (above)
+            ref = recipe
+            resolved = load_recipe(ref, set_, scale_schedule=not resume, notes=notes)
         if data is not None:
             resolved["data"]["root"] = str(data.expanduser().resolve())
         if weights is not None:
@@ -185,7 +212,7 @@ def register(app: typer.Typer) -> None:
             lock = None
             if info.is_main:
                 try:
-                    run_dir, lock = lock_run_dir(recipe, out, resume=resume, force=force)
+                    run_dir, lock = lock_run_dir(ref, out, resume=resume, force=force)
                     decision = ("ok", str(run_dir))
                 except UserError as exc:
                     decision = ("error", str(exc))
@@ -194,6 +221,8 @@ def register(app: typer.Typer) -> None:
                 raise UserError(decision[1])
             run_dir = Path(decision[1])
             if info.is_main:
+                for note in notes:
+                    print(note)
                 print(
                     f"training {resolved['model'].get('name')} into {run_dir}"
                     + (f" on {info.world_size} processes" if info.distributed else "")

@@ -110,7 +110,8 @@ def _images_of(dataset: Any, root: Path, split: str) -> list[dict[str, Any]]:
 def check_no_overlap(recipe: Mapping[str, Any], train_ds: Any, val_ds: Any = None) -> dict[str, int]:
     """Refuse to train when the recipe's train split shares images with its evaluation split(s).
 
-    Evaluation splits: `data.val_split` and `data.test_split` (when set). `data.allow_overlap = true`
+    Evaluation splits: `data.val_split`, `data.test_split` and `eval.select_split` (the held-out split
+    best.pt is selected on; when set). `data.allow_overlap = true`
     turns the refusal off (a deliberate experiment). Returns {evaluation split: shared images}."""
     from mtlcli.data.meta import DatasetMeta
 
@@ -118,7 +119,9 @@ def check_no_overlap(recipe: Mapping[str, Any], train_ds: Any, val_ds: Any = Non
     root = Path(train_ds.root)
     meta = DatasetMeta.load(root)
     train_split = data["train_split"]
-    evals = list(dict.fromkeys(s for s in (data["val_split"], data.get("test_split", "")) if s))
+    select = (recipe.get("eval") or {}).get("select_split", "")  # where best.pt is selected, if not val_split
+    select = "" if select == "none" else select
+    evals = list(dict.fromkeys(s for s in (data["val_split"], data.get("test_split", ""), select) if s))
     if data.get("test_split") and data["test_split"] not in meta.splits:
         raise UserError(
             f"data.test_split {data['test_split']!r} is not a split of {root} (it has {', '.join(meta.splits)}) — "
@@ -134,9 +137,12 @@ def check_no_overlap(recipe: Mapping[str, Any], train_ds: Any, val_ds: Any = Non
             n, example = shared_images(train_images, _images_of(val_ds, root, split))
         counts[split] = n
         if n and not data.get("allow_overlap", False):
-            key = "val_split" if split == data["val_split"] else "test_split"
+            key = "data.val_split" if split == data["val_split"] else "data.test_split"
+            key = (
+                "eval.select_split" if split == select and split not in (data["val_split"], data["test_split"]) else key
+            )
             raise UserError(
-                f"data.train_split {train_split!r} shares {n} image(s) with data.{key} {split!r} of {root} "
+                f"data.train_split {train_split!r} shares {n} image(s) with {key} {split!r} of {root} "
                 f"(e.g. {example}): the scores would be measured on training images — choose a train split without "
                 f"them (`mtl prepare` lists the overlap of every split pair), or pass --set data.allow_overlap=true "
                 f"if this is deliberate"

@@ -149,12 +149,26 @@ def preserved_rng():
             np.random.set_state(npy)
 
 
+def reported_checkpoint(run: Path) -> str:
+    """ "last" or "best": the file a run's number is reported from (`[eval] checkpoint` of RUN/recipe.toml;
+    "last", the model at the end of the schedule, where the recipe does not say)."""
+    import tomllib
+
+    try:
+        which = tomllib.loads((Path(run) / "recipe.toml").read_text()).get("eval", {}).get("checkpoint", "last")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        which = "last"
+    return which if which in ("last", "best") else "last"
+
+
 def find_run_checkpoint(run: Path) -> Path:
-    """`RUN/checkpoints/best.pt` when the run kept one, else `last.pt`."""
+    """The run's reported checkpoint (`reported_checkpoint`: RUN/checkpoints/last.pt, or best.pt where the
+    recipe reports it), else the other one."""
     run = Path(run)
     if not run.is_dir():
         raise UserError(f"run directory {run} does not exist — give the --out folder of an `mtl train` run")
-    for name in ("best.pt", "last.pt"):
+    first = reported_checkpoint(run)
+    for name in (f"{first}.pt", "best.pt" if first == "last" else "last.pt"):
         p = checkpoint_dir(run) / name
         if p.is_file():
             return p

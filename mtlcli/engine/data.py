@@ -81,18 +81,27 @@ def build_datasets(recipe: dict, root: Path) -> tuple[SkipUnreadable, PreparedDa
     )
     train_ds.check_label_files()  # a label PNG lost since prepare: refused, not trained on as "ignore"
     train = SkipUnreadable(train_ds)  # a corrupt image is named once and skipped, not the end of the run
-    val_ds = None
-    if recipe["eval"]["metrics"]:
-        from mtlcli.engine.resolution import eval_transforms  # [eval] resolution: the paper's scoring size
-
-        val_ds = PreparedDataset(
-            root,
-            data["val_split"],
-            label_map=label_map,
-            transforms=eval_transforms(recipe) or build_transforms(data["augmentation"], False, **options),
-        )
+    val_ds = eval_dataset(recipe, root, data["val_split"]) if recipe["eval"]["metrics"] else None
+    if val_ds is not None:
         val_ds.check_label_files()
     return train, val_ds
+
+
+def eval_dataset(recipe: dict, root: Path, split: str) -> PreparedDataset:
+    """A split of the prepared dataset with the evaluation transforms (val_split, or the split best.pt is
+    selected on)."""
+    from mtlcli.data.dataset import PreparedDataset
+    from mtlcli.data.transforms import build_transforms
+    from mtlcli.engine.resolution import eval_transforms  # [eval] resolution: the paper's scoring size
+
+    data = recipe["data"]
+    options = {k: v for k, v in data.items() if k not in DATA_KEYS}
+    return PreparedDataset(
+        root,
+        split,
+        label_map=data["label_map"] or None,
+        transforms=eval_transforms(recipe) or build_transforms(data["augmentation"], False, **options),
+    )
 
 
 def training_targets(recipe: dict, model: nn.Module) -> frozenset[str]:

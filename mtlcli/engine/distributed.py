@@ -135,3 +135,16 @@ class TrainSampler(Sampler):
 
     def __len__(self) -> int:  # endless; DataLoader only needs this for len(), which we never ask
         return 2**62
+
+
+def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """`model` in DistributedDataParallel under torchrun, else `model` itself. DDP records which parameters
+    take gradients when it is built: wrap again whenever a stage freezes others."""
+    if not info.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = info.device
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+    )

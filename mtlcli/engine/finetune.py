@@ -1,11 +1,17 @@
 """Fine-tuning: start a run from a trained checkpoint (or any state dict), and check class counts.
 
+    mtl train --from RUN_OR_CKPT --data MINE     the checkpoint's recipe (architecture, schedule), the
+                                                 data's classes (`finetune_recipe`)
     mtl train --recipe R --weights CKPT          (or `init_weights = "PATH"` in the recipe's [model])
 
 Every tensor of the file whose name and shape match the new model is loaded; tensors whose shape
 differs (a head trained for another number of classes) keep the new model's fresh initialisation and
-their modules are named in one line. `pretrained_backbone` stays what it was: ImageNet weights for the
-backbone, applied before these.
+their modules are named in one line. With `--weights`, `pretrained_backbone` stays what it was: ImageNet
+weights for the backbone, applied before these; `--from` turns it off (the checkpoint has the backbone).
+
+Weights of another architecture are refused in one line (`check_architecture`): a checkpoint whose
+recipe names another model or backbone, or (inferred rule, for files without a recipe) one that fits
+fewer than half of the model's tensors. `model.partial_weights = true` loads what fits anyway.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from torch import nn
 from mtlcli.errors import UserError
 
 # [model] keys that are not builder arguments
-RECIPE_ONLY_MODEL_KEYS = ("init_weights",)
+RECIPE_ONLY_MODEL_KEYS = ("init_weights", "partial_weights")
+# inferred: below this share of the model's tensors loaded, a file without a recipe is another architecture
+MIN_SHARE = 0.5
 
 
 def check_class_counts(recipe: dict[str, Any], card: dict[str, Any], whose: str = "the recipe's") -> None:
@@ -40,14 +48,21 @@ def check_class_counts(recipe: dict[str, Any], card: dict[str, Any], whose: str 
                     f"drop model.{key} from the recipe (it is then taken from the data) or map the data's classes "
                     "with [data.label_map]"
                     if whose == "the recipe's"
-                    else "evaluate it on the data it was trained for (--data), "
-                    "or fine-tune it with `mtl train --weights`"
+                    else "evaluate it on the data it was trained for (--data), or fine-tune it on this data with "
+                    "`mtl train --from CKPT --data DATA`"
                 )
             )
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """(tensors, classes card or None) of an mtl checkpoint, a {"state_dict": ...} file or a bare state dict."""
+    tensors, card, _ = read_weights(path)
+    return tensors, card
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None, dict[str, Any] | None]:
+    """(tensors, classes card or None, recipe or None) of an mtl checkpoint, a {"state_dict": ...} file or
+    a bare state dict."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(
@@ -82,16 +97,17 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise UserError(
             f"--weights {path} cannot be read ({first}) — give a PyTorch state dict or an mtl checkpoint"
         ) from None
-    card = None
+    card = recipe = None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         card = obj.get("classes") if isinstance(obj.get("classes"), dict) else None
+        recipe = obj.get("recipe") if isinstance(obj.get("recipe"), dict) else None
         obj = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     tensors = {k: v for k, v in obj.items() if torch.is_tensor(v)} if isinstance(obj, dict) else {}
     if not tensors:
         raise UserError(f"--weights {path} holds no tensors — give a PyTorch state dict or an mtl checkpoint")
-    return tensors, card
+    return tensors, card, recipe
 
 
 def load_matching(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -125,12 +141,20 @@ def init_weights(
     path = recipe["model"].get("init_weights")
     if not path:
         return None
-    tensors, src_card = read_state_dict(path)
+    tensors, src_card, src_recipe = read_weights(path)
+    if not recipe["model"].get("partial_weights"):
+        check_architecture(src_recipe, recipe, path)
     report = load_matching(model, tensors)
     if report["loaded"] == 0:
         raise UserError(
             f"--weights {path} fits no tensor of model {recipe['model'].get('name')!r} — was it "
             "trained with another model or backbone?"
+        )
+    if not recipe["model"].get("partial_weights") and report["loaded"] < MIN_SHARE * report["total"]:
+        raise UserError(
+            f"--weights {path} fits only {report['loaded']}/{report['total']} tensors of model "
+            f"{recipe['model'].get('name')!r}: another architecture — give weights of this model, or "
+            "--set model.partial_weights=true to load what fits"
         )
     if log is not None:
         classes = ""
@@ -145,3 +169,85 @@ def init_weights(
             f"re-initialised (shape differs): {reinit}"
         )
     return report
+
+
+def check_weights_fit(recipe: dict[str, Any]) -> None:
+    """Before the model is built (and ImageNet weights fetched for it): `model.init_weights` of another
+    architecture is refused (`check_architecture`) unless `model.partial_weights = true`."""
+    path = recipe["model"].get("init_weights")
+    if path and not recipe["model"].get("partial_weights"):
+        check_architecture(read_weights(path)[2], recipe, path)
+
+
+def backbone_of(model: dict[str, Any]) -> str:
+    """`model.backbone` of a [model] table, or its builder's default ("" where the builder has none)."""
+    from mtlcli.models import MODELS, builder_arguments
+
+    if "backbone" in model:
+        return str(model["backbone"])
+    name = model.get("name")
+    if name not in MODELS:
+        return ""
+    default = builder_arguments(name).get("backbone")
+    return default if isinstance(default, str) else ""
+
+
+def check_architecture(src_recipe: dict[str, Any] | None, recipe: dict[str, Any], path: str | Path) -> None:
+    """Weights from a checkpoint whose recipe builds another model or backbone: one UserError naming both
+    (before any ImageNet weight is fetched for a backbone the file would replace). Files without a
+    recipe are judged by how much of the model they fit (`init_weights`)."""
+    if not src_recipe or not isinstance(src_recipe.get("model"), dict):
+        return
+    old, new = src_recipe["model"], recipe["model"]
+    a, b = (old.get("name"), backbone_of(old)), (new.get("name"), backbone_of(new))
+    if a != b:
+        raise UserError(
+            f"--weights {path} is {a[0]} with backbone {a[1] or '?'} but the recipe builds {b[0]} with backbone "
+            f"{b[1] or '?'} — fine-tune it with its own architecture (`mtl train --from {path} --data DATA`), or "
+            "--set model.partial_weights=true to load the tensors that fit"
+        )
+
+
+def checkpoint_of(source: str | Path) -> Path:
+    """The checkpoint `--from` names: a file, or a run directory's reported checkpoint."""
+    from mtlcli.engine.checkpoint import find_run_checkpoint
+
+    source = Path(source).expanduser()
+    if source.is_dir():
+        return find_run_checkpoint(source)
+    if not source.is_file():
+        raise UserError(f"--from {source} does not exist — give a run directory (runs/NAME/expN) or a checkpoint file")
+    return source
+
+
+def finetune_recipe(source: str | Path, data: Path | None) -> tuple[dict[str, Any], Path]:
+    """(recipe, checkpoint) of `mtl train --from SOURCE --data DATA`: the checkpoint's own recipe —
+    architecture, augmentation, schedule, evaluation — with the class counts left to the data, the
+    data's label set (no label map of the old data), starting from the checkpoint's weights
+    (`init_weights`), without ImageNet weights (the checkpoint holds the backbone)."""
+    from mtlcli.data.prepared import DatasetMeta
+    from mtlcli.engine.checkpoint import load_checkpoint
+
+    path = checkpoint_of(source).resolve()
+    state = load_checkpoint(path)
+    old = state.get("recipe")
+    if not isinstance(old, dict) or not isinstance(old.get("model"), dict):
+        raise UserError(
+            f"--from {path} carries no recipe — give a checkpoint written by `mtl train`, or use "
+            "--recipe R --weights FILE"
+        )
+    skip = ("num_det_classes", "num_seg_classes", *RECIPE_ONLY_MODEL_KEYS)
+    model = {k: v for k, v in old["model"].items() if k not in skip}
+    if "pretrained_backbone" in model:
+        model["pretrained_backbone"] = False
+    model["init_weights"] = str(path)
+    recipe = {**old, "model": model, "data": {**old.get("data", {}), "label_map": {}}}
+    if data is not None:
+        root = data.expanduser().resolve()
+        recipe["data"]["root"] = str(root)
+        if (root / "dataset.json").is_file():
+            meta = DatasetMeta.load(root)
+            recipe["data"]["dataset"] = meta.name
+            if recipe["data"].get("test_split") and recipe["data"]["test_split"] not in meta.splits:
+                recipe["data"]["test_split"] = ""  # the old data's test split: none here
+    return recipe, path

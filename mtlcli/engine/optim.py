@@ -1,4 +1,5 @@
-"""Optimisers, iteration-based learning-rate schedules with linear warm-up, and stage freezing.
+"""Optimisers, iteration-based learning-rate schedules with linear warm-up, mixed precision, and stage
+freezing.
 
 Schedules are functions of the global iteration (0-based, the iteration about to run). With
 `[[train.stages]]` every stage restarts the schedule from its own `lr` over its own `iterations`
@@ -8,8 +9,11 @@ warm-up applies to the first `warmup_iters` iterations of the run only.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +94,10 @@ class LRSchedule:
         self.stages = stages_of(train)
         self.last_iteration = -1
 
+    def stages_from(self, iteration: int) -> list[Stage]:
+        """The stage that `iteration` falls in and those after it."""
+        return [s for s in self.stages if s.end > iteration] or self.stages[-1:]
+
     def stage_at(self, iteration: int) -> Stage:
         for stage in self.stages:
             if iteration < stage.end:
@@ -129,6 +137,64 @@ class LRSchedule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.last_iteration = int(state["last_iteration"])
+
+
+@dataclass
+class Optimisation:
+    """What moves the weights: the optimiser, the lr schedule, the fp16 loss scaler and the autocast
+    context (a no-op without CUDA mixed precision)."""
+
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: torch.amp.GradScaler
+    autocast: Callable[[], Any]
+
+    def step(self, model: nn.Module, grad_clip: float) -> None:
+        """Clip (with `grad_clip` > 0), step, and clear the gradients."""
+        if grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint entries of the optimisation state."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def build_optimisation(model: nn.Module, train: dict[str, Any], device: torch.device, main: bool) -> Optimisation:
+    """The optimiser and schedule of a [train] table; `amp` (bf16 / fp16) on CUDA only, with a note on a CPU."""
+    optimizer = build_optimizer(model, train)
+    schedule = LRSchedule(train)
+    use_cuda_amp = device.type == "cuda" and train["amp"] != "none"
+    if train["amp"] != "none" and not use_cuda_amp and main:  # documented as a no-op on a CPU: say so
+        print(f"note: train.amp = {train['amp']} works on CUDA only; training in float32 on {device}", file=sys.stderr)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_cuda_amp and train["amp"] == "fp16")
+    dtype = torch.bfloat16 if train["amp"] == "bf16" else torch.float16
+    autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if use_cuda_amp else contextlib.nullcontext
+    return Optimisation(optimizer, schedule, scaler, autocast)
+
+
+def freeze_for_stage(model: nn.Module, stage: Stage, trainable: dict[str, bool]) -> tuple[list[str], list[nn.Module]]:
+    """(frozen parameter names, frozen modules) of `stage` on `model` (`apply_freeze`, `frozen_modules`);
+    a stage that would freeze every parameter is a UserError."""
+    frozen = apply_freeze(model, stage.freeze, trainable)
+    modules = frozen_modules(model, frozen)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError(
+            f"stage {stage.name!r} freezes every parameter — nothing would train; narrow its freeze patterns"
+        )
+    return frozen, modules
 
 
 def apply_freeze(model: nn.Module, patterns: list[str], trainable: dict[str, bool]) -> list[str]:

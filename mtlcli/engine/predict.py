@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from mtlcli.data.prepared import output_name
+from mtlcli.engine.result import render_result, semantic_png
 from mtlcli.errors import UserError
 from mtlcli.safety import atomic_path, atomic_save_image, clean_orphans, refuse_protected_output
 
@@ -165,53 +166,6 @@ def default_out() -> Path:
 # --------------------------------------------------------------------------------------------- drawing
 
 
-def render_result(
-    image: torch.Tensor,
-    result: Any,
-    det_classes: Sequence[str],
-    palette: Sequence[Sequence[int]],
-    alpha: float = 0.5,
-    legend: bool = True,
-    titled: bool = False,
-    score_threshold: float | None = None,
-) -> torch.Tensor:
-    """The overlay of `result` on `image` (float 0..1 or uint8 [3, H, W]), drawn by the helpers of `mtl viz
-    predictions` (`mtlcli.viz.draw`): the semantic map blended over the image, instance masks in class
-    colours, boxes with "name score" captions that do not hide each other; the legend lists the classes
-    present (segmentation classes filled, box classes hollow).
-
-    titled (the overlay PNGs of `mtl predict`): the picture `mtl viz predictions` draws for a plain image —
-    enlarged by an integer factor to a readable size (images lower than `MIN_HEIGHT`), titled "prediction
-    (score ≥ T)" (T = `score_threshold`, where the model detects), the legend below: uint8 [3, H', W'].
-    Else in the image's own pixels: uint8 [3, H + legend, W] (`Predictor.draw`), or [3, H, W] without the
-    legend (video frames)."""
-    from mtlcli.viz import draw
-
-    image = draw.to_uint8(image)
-    h = int(image.shape[-2])
-    scale = draw.titled_geometry(h, draw.MIN_HEIGHT)[0] if titled else 1
-    panel = draw.draw_prediction(
-        image,
-        result.semantic,
-        result.boxes,
-        result.labels,
-        result.scores,
-        result.masks,
-        det_classes,
-        palette,
-        alpha=alpha,
-        scale=scale,
-    )
-    if not (legend or titled):
-        return panel
-    maps = [result.semantic] if result.semantic is not None else []
-    entries = draw.legend_entries(maps, [result.labels], result.seg_classes, det_classes, palette)
-    if titled:
-        title = draw.prediction_title(score_threshold if det_classes else None)
-        return draw.titled_picture([panel], [title], entries)
-    return draw.stack([panel, draw.legend(entries, int(panel.shape[-1]), draw.font_size_for(h))]) if entries else panel
-
-
 # --------------------------------------------------------------------------------------------- loading
 
 
@@ -244,6 +198,15 @@ def _collate(batch):
 class PredictOptions:
     score_threshold: float = 0.3  # what the overlays draw
     json_threshold: float | None = None  # what detections.json keeps (None: score_threshold)
+    iou: float | None = None  # NMS IoU (None: the model's own)
+    max_det: int | None = None  # detections kept per image (None: the model's own)
+    classes: list[int] | None = None  # labels 1..K kept (None: all)
+    size: tuple[int, int] | None = None  # network input size (None: the model's own)
+
+    def network_knobs(self) -> dict[str, Any]:
+        """The keyword arguments of `Predictor.raw` that differ from the model's own settings."""
+        return {k: v for k, v in (("iou", self.iou), ("size", self.size)) if v is not None}
+
     batch_size: int = 8
     workers: int = 2
     save_json: bool = True
@@ -324,7 +287,7 @@ class _Writer:
             atomic_save_image(self.outputs.path("panoptic", rel), id2rgb(result.panoptic[0]))
         if self.opts.save_json and result.semantic is not None:
             sem = result.semantic.clamp(0, 255).to(torch.uint8).numpy()
-            atomic_save_image(self.outputs.path("semantic", rel), sem)
+            atomic_save_image(self.outputs.path("semantic", rel), semantic_png(sem, self.model.palette))
             if self.label_ids is not None:
                 atomic_save_image(self.outputs.path("labelIds", rel), self.label_ids[sem])
 
@@ -405,11 +368,19 @@ def predict_sources(
                 if good:
                     t_model = time.perf_counter()
                     floats = [img.to(model.device, non_blocking=True).float().div_(255) for _, img in good]
-                    raw = model.raw(floats)
+                    raw = model.raw(floats, **opts.network_knobs())
 
                     def result(o: Any, img: torch.Tensor, threshold: float) -> Any:
                         size = tuple(img.shape[-2:])
-                        return output_to_result(o, model.det_classes, model.seg_classes, size, threshold)
+                        return output_to_result(
+                            o,
+                            model.det_classes,
+                            model.seg_classes,
+                            size,
+                            threshold,
+                            classes=opts.classes,
+                            max_det=opts.max_det,
+                        )
 
                     drawn = [result(o, img, opts.score_threshold) for (_, img), o in zip(good, raw, strict=True)]
                     kept = drawn
@@ -473,7 +444,7 @@ def _predict_video(
                     def flush() -> None:
                         nonlocal out_container
                         floats = [img.to(model.device).float().div_(255) for _, _, img in batch]
-                        raw = model.raw(floats)
+                        raw = model.raw(floats, **opts.network_knobs())
                         for (index, t, img), o in zip(batch, raw, strict=True):
                             result = output_to_result(
                                 o, model.det_classes, model.seg_classes, tuple(img.shape[-2:]), opts.score_threshold

@@ -7,6 +7,8 @@ process is stale: on the same host its pid no longer runs, and it is taken over 
 of another host cannot be checked from here: it is refused, naming the host and the file to delete
 once that run is known to be gone.
 
+`discard_unstarted(run_dir)`: what a fresh run that failed before its first checkpoint wrote goes again.
+
 `clear_run(run_dir)`: what `mtl train --force` removes — only what a run writes (recipe.toml,
 metrics.jsonl, checkpoints/{last,best}.pt and their temporary files, TensorBoard event files,
 eval/*.json, viz/ and plots/ PNGs), never a file of the user's own, which is kept and listed.
@@ -128,6 +130,30 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def write_run_recipe(run_dir: Path, recipe: dict) -> None:
+    """`RUN/recipe.toml`: the resolved recipe under a provenance header, whole or not at all."""
+    from mtlcli.provenance import header
+    from mtlcli.recipes import dump_toml
+    from mtlcli.safety import atomic_write_text
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "recipe.toml", header() + dump_toml(recipe))
+
+
+def holds_files(run_dir: str | Path) -> bool:
+    """Whether `run_dir` holds anything besides the lock (a run, or a user's files)."""
+    run_dir = Path(run_dir)
+    return run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir())
+
+
+def discard_unstarted(run_dir: str | Path) -> None:
+    """After a fresh run failed before its first checkpoint: remove what it wrote (recipe.toml, an empty
+    metrics.jsonl), so that a failed `mtl train` leaves no run behind; the lock's release then removes
+    the folders it made (runs/<recipe>/expN, runs/<recipe>/). A run with a last.pt is kept: it resumes."""
+    if not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+        clear_run(run_dir)
 
 
 def prepare_lock(out: str | Path) -> RunLock:

@@ -6,37 +6,30 @@ one optimiser step at the schedule's learning rate. Stages (`[[train.stages]]`) 
 weights and frozen parameters at their boundaries. Rank 0 writes `RUN/recipe.toml`,
 `RUN/metrics.jsonl` (one JSON object per logged step and per evaluation) and `RUN/checkpoints/`.
 
+`_train` reads as the page of its steps: `prepare_run` and `build_model_and_data`
+(`mtlcli.engine.setup`), `build_optimisation` (`mtlcli.engine.optim`), `resume_run`, `open_loader`,
+then per stage `enter_stage` and `train_stage` (whose iterations are `forward_backward` of
+`mtlcli.engine.step`, the optimiser step, `log_step`, `evaluate_and_keep`, `write_checkpoints`), and
+`finish`.
+
 Exact resume: the data order is a pure function of (seed, sample position) (`TrainSampler`), every
 sample's augmentation is seeded by its global position, the DataLoader draws its worker seeds from a
 private generator, evaluation runs inside a saved-and-restored RNG state, and checkpoints hold model,
 optimiser, schedule, scaler, iteration and every process's RNG state.
-
-Each logged record's `data_wait` is the share of the window's wall time (evaluation and checkpoint
-writing left out, as from `images_per_s`) that the loop spent blocked in `next(loader)`; moving the
-batch to the device and making its floats count as step time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import random
-import resource
-import sys
-import time
-from collections import defaultdict
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset
 
-from mtlcli.data.overlap import check_no_overlap
-from mtlcli.engine.anchors import with_kmeans_anchors
 from mtlcli.engine.checkpoint import (
     checkpoint_dir,
     load_checkpoint,
@@ -46,252 +39,46 @@ from mtlcli.engine.checkpoint import (
     set_rng_state,
 )
 from mtlcli.engine.compat import check_resume
-from mtlcli.engine.data import (
-    build_datasets,
-    collate_fn,
-    data_root,
-    make_loader,
-    ram_cache,
-    refuse_wide_semantic,
-    to_device,
-    training_targets,
-)
+from mtlcli.engine.console import Display
+from mtlcli.engine.data import collate_fn, data_root, make_loader, ram_cache
 from mtlcli.engine.distributed import (
     DistInfo,
-    all_reduce_mean,
     barrier,
     broadcast_object,
     cleanup,
     gather_objects,
     init_distributed,
+    wrap_ddp,
 )
-from mtlcli.engine.limits import check_batch_fits
-from mtlcli.engine.optim import LRSchedule, apply_freeze, build_optimizer, frozen_modules, train_mode
-from mtlcli.engine.rundir import RunLock
+from mtlcli.engine.optim import Optimisation, Stage, build_optimisation, freeze_for_stage, train_mode
+from mtlcli.engine.rundir import RunLock, discard_unstarted, holds_files, write_run_recipe
+from mtlcli.engine.runlog import LogWindow, MetricsLog, memory_mb, tensorboard_writer
+from mtlcli.engine.setup import (
+    Built,
+    Plan,
+    build,
+    build_model_and_data,
+    prepare_run,
+    seed_everything,
+    with_class_counts,
+)
+from mtlcli.engine.step import TrainingDiverged, diverged, forward_backward, weigh
 from mtlcli.errors import UserError
 from mtlcli.hints import resume_command
-from mtlcli.recipes import dump_toml, total_iterations
-from mtlcli.safety import atomic_write_text, named_write_error
+from mtlcli.recipes import selection_split
 
-
-class TrainingDiverged(UserError):
-    """A loss became NaN or infinite: training stops instead of continuing on garbage."""
-
-
-# ------------------------------------------------------------------------------------------------ RNG
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def configure_determinism(deterministic: bool, device: torch.device) -> None:
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-
-# ----------------------------------------------------------------------------------------------- model
-
-
-def with_class_counts(recipe: dict, dataset: Dataset) -> dict:
-    """Fill model.num_det_classes / num_seg_classes (without background) from the dataset after the
-    label map, where the builder takes them and the recipe does not set them."""
-    from mtlcli.models import builder_arguments
-
-    model = dict(recipe["model"])
-    valid = builder_arguments(model["name"])
-    for key, attr in (("num_det_classes", "det_classes"), ("num_seg_classes", "seg_classes")):
-        if key in valid and key not in model and hasattr(dataset, attr):
-            model[key] = len(getattr(dataset, attr))
-    return {**recipe, "model": model}
-
-
-def build(recipe: dict) -> nn.Module:
-    from mtlcli.models import build_from_recipe
-
-    return build_from_recipe(recipe["model"])
-
-
-def per_process_batch(train_cfg: dict, world_size: int) -> int:
-    """Images per micro-batch per process; `batch_size` is the global batch of one optimiser step."""
-    batch, acc = train_cfg["batch_size"], train_cfg["accumulate"]
-    if batch % (world_size * acc):
-        raise UserError(
-            f"train.batch_size = {batch} is not divisible by {world_size} process(es) x train.accumulate = {acc}; "
-            f"choose a batch size that is a multiple of {world_size * acc}"
-        )
-    return batch // (world_size * acc)
-
-
-def weigh(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> dict[str, torch.Tensor]:
-    """The model's `loss_*` terms times the recipe's weights (1 where unnamed)."""
-    unknown = sorted(set(weights) - set(losses))
-    if unknown:
-        raise UserError(
-            f"loss_weights name(s) {', '.join(unknown)} that the model does not return; its losses: "
-            f"{', '.join(sorted(k for k in losses if k.startswith('loss')))}"
-        )
-    return {k: v * weights.get(k, 1.0) for k, v in losses.items() if k.startswith("loss")}
-
-
-# --------------------------------------------------------------------------------------------- display
-
-
-from mtlcli.engine.console import bar_width  # noqa: E402  (the console helpers of the Display)
-
-
-class Display:
-    """The rich progress line (rank 0): iteration/total, ETA, loss, images/s, then (as the width allows)
-    loss terms, lr, data wait and memory — in an 80-column terminal the detail goes first. Periodic
-    evaluation pauses the line for its own progress bar and prints its results as a line."""
-
-    def __init__(self, enabled: bool, total: int, start: int, console: Any = None) -> None:
-        self.progress = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            bar = BarColumn(bar_width=None)
-            self.progress = Progress(
-                TextColumn("[bold]train"),
-                bar,
-                MofNCompleteColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-                console=console,
-            )
-            bar.bar_width = bar_width(self.progress.console.width)
-            self.task = self.progress.add_task("train", total=total, completed=start, info="")
-            # in a log file or CI a live bar renders only at the end: print each logged step as a line
-            self.lines = not self.progress.console.is_terminal
-            self.total = total
-
-    def __enter__(self) -> Display:
-        if self.progress is not None:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-    def update(self, iteration: int, record: dict | None = None) -> None:
-        if self.progress is None:
-            return
-        from mtlcli.engine.console import info_text
-
-        fields: dict[str, Any] = {}
-        if record is not None:
-            room = self.progress.console.width - (
-                bar_width(self.progress.console.width) + 2 * len(str(self.total)) + 24
-            )
-            fields["info"] = info_text(record, room if not self.lines else 10_000)
-        self.progress.update(self.task, completed=iteration, **fields)
-        if self.lines and fields:
-            self.progress.console.print(f"train {iteration}/{self.total}  {fields['info']}")
-
-    def evaluating(self) -> Any:
-        """A context for periodic evaluation: the train line stops, evaluation shows its own bar."""
-        from mtlcli.engine.console import paused
-
-        return paused(self.progress)
-
-    def print(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress.console.print(text)
-
-    def note(self, text: str) -> None:
-        """A line the user needs even without the display (then on stderr), never wrapped, so that a
-        command in it can be copied."""
-        if self.progress is not None:
-            self.progress.console.print(text, soft_wrap=True, markup=False)
-        else:
-            print(text, file=sys.stderr)
-
-
-def memory_mb(device: torch.device) -> float:
-    """Peak memory: CUDA allocator peak on a GPU, the process's peak resident size on a CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _record_upto(line: str, iteration: int) -> bool:
-    """A whole metrics.jsonl record of an iteration up to `iteration` (False for a partial line)."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return False
-    return (
-        isinstance(record, dict)
-        and isinstance(record.get("iteration", 0), int)
-        and record.get("iteration", 0) <= iteration
-    )
-
-
-class MetricsLog:
-    """`RUN/metrics.jsonl` (rank 0), the record of every logged step and evaluation; with `tensorboard`,
-    the same scalars in RUN/tensorboard/ too (`tensorboard_writer`)."""
-
-    def __init__(self, run_dir: Path, enabled: bool, resume_from: int | None, tensorboard: bool = False) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        self.enabled, self.tb = enabled, None
-        if not enabled:
-            return
-        if resume_from is not None and self.path.is_file():
-            # Entries past the checkpoint belong to iterations that will run again: drop them, and a line a
-            # killed run left half-written (it is the record of an iteration that runs again too).
-            keep = [ln for ln in self.path.read_text(errors="replace").splitlines() if _record_upto(ln, resume_from)]
-            atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
-        elif resume_from is None:
-            atomic_write_text(self.path, "")
-        if tensorboard:
-            self.tb = tensorboard_writer()(
-                str(run_dir / "tensorboard"), purge_step=resume_from + 1 if resume_from is not None else None
-            )
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        try:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        except OSError as exc:  # a full disk raises ENOSPC without the file's name: give it
-            raise named_write_error(exc, self.path) from None
-        if self.tb is not None:
-            flat = {**record.get("losses", {}), **record.get("metrics", {})}
-            for key in ("loss", "lr", "images_per_s", "data_wait"):
-                if key in record:
-                    flat[key] = record[key]
-            for key, value in flat.items():
-                self.tb.add_scalar(f"{record['type']}/{key}", value, record["iteration"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def tensorboard_writer():
-    """torch's `SummaryWriter` class; without the tensorboard package, a UserError that says how to get it."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError(
-            "--tensorboard (train.tensorboard = true) needs the tensorboard package, which is not "
-            "installed — pip install tensorboard, or train without it (RUN/metrics.jsonl has every "
-            "logged value)"
-        ) from None
-    return SummaryWriter
-
-
-# ----------------------------------------------------------------------------------------------- train
+__all__ = [
+    "Display",
+    "MetricsLog",
+    "TrainingDiverged",
+    "build",
+    "memory_mb",
+    "seed_everything",
+    "tensorboard_writer",
+    "train",
+    "weigh",
+    "with_class_counts",
+]
 
 
 def train(
@@ -315,7 +102,13 @@ def train(
     )
     try:
         with RunLock(run_dir) if info.is_main else contextlib.nullcontext():  # one process per run directory
-            result = _train(recipe, Path(run_dir), resume, info, progress)
+            fresh = info.is_main and not resume and not holds_files(run_dir)
+            try:
+                result = _train(recipe, Path(run_dir), resume, info, progress)
+            except BaseException:
+                if fresh:  # failed before its first checkpoint: no half run left behind
+                    discard_unstarted(run_dir)
+                raise
         barrier(info)  # no rank tears the process group down while another still uses it (gloo aborts then)
         return result
     finally:
@@ -325,274 +118,227 @@ def train(
 
 
 def _train(recipe: dict, run_dir: Path, resume: bool, info: DistInfo, progress: bool) -> dict:
-    cfg, ev = recipe["train"], recipe["eval"]
-    device, main = info.device, info.is_main
-    total = total_iterations(recipe)
-    acc = cfg["accumulate"]
-    micro = per_process_batch(cfg, info.world_size)
-    if cfg["tensorboard"]:
-        tensorboard_writer()  # missing: refused before anything is built or written
-    configure_determinism(cfg["deterministic"], device)
-    seed_everything(cfg["seed"] + info.rank)
-
-    train_ds, val_ds = build_datasets(recipe, data_root(recipe))
-    check_no_overlap(recipe, train_ds, val_ds)  # refuse to train on evaluation images
-    recipe = with_class_counts(recipe, train_ds)
-    recipe = with_kmeans_anchors(recipe, data_root(recipe))  # anchors = "kmeans": from the train split
-    model = build(recipe)
-    from mtlcli.engine.finetune import check_class_counts, init_weights
-    from mtlcli.engine.modelcard import model_card, weights_only_state
-
-    card = model_card(train_ds)
-    check_class_counts(recipe, card)
-    if not resume:
-        init_weights(model, recipe, card, print if main else None)
-    train_ds.targets, train_ds.compact = training_targets(recipe, model), True  # decode only what the loss reads
-    refuse_wide_semantic(train_ds, train_ds.targets)  # more than 255 seg classes: one line, not a wrong loss
-    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
-    if cfg["sync_bn"] and info.distributed and device.type == "cpu":
-        raise UserError(
-            "train.sync_bn = true needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel) — "
-            "set --set train.sync_bn=false for distributed training on CPUs"
-        )
-    if cfg["sync_bn"] and info.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    if cfg["channels_last"]:
-        model.to(memory_format=torch.channels_last)
-    check_batch_fits(micro, getattr(model, "input_size", None), device, "train.batch_size per micro-batch")
-    optimizer = build_optimizer(model, cfg)
-    schedule = LRSchedule(cfg)
-    use_cuda_amp = device.type == "cuda" and cfg["amp"] != "none"
-    if cfg["amp"] != "none" and not use_cuda_amp and main:  # documented as a no-op on a CPU: say so
-        print(f"note: train.amp = {cfg['amp']} works on CUDA only; training in float32 on {device}", file=sys.stderr)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_cuda_amp and cfg["amp"] == "fp16")
-    autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16 if cfg["amp"] == "bf16" else torch.float16))
-        if use_cuda_amp
-        else contextlib.nullcontext
-    )
-
-    ckpt_dir = checkpoint_dir(run_dir)
-    start, best, rng = 0, {}, None
-    if resume:
-        state = load_checkpoint(ckpt_dir / "last.pt")
-        check_resume(state, recipe, train_ds, ckpt_dir / "last.pt", data_root(recipe), model)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        start, best = int(state["iteration"]), dict(state.get("best", {}))
-        rngs = state.get("rng", [])
-        rng = rngs[info.rank] if len(rngs) == info.world_size else None
-        if start >= total:
-            raise UserError(
-                f"{run_dir} already finished {start} of {total} iterations — raise train.iterations to train "
-                f"longer, e.g. `{resume_command(run_dir, '--set', f'train.iterations={2 * total}')}`"
-            )
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        from mtlcli.provenance import header
-
-        atomic_write_text(run_dir / "recipe.toml", header() + dump_toml(recipe))  # whole or not at all
-    log = MetricsLog(run_dir, main, start if resume else None, tensorboard=cfg["tensorboard"])
-    if recipe["data"].get("cache") == "ram":  # filled before the loader forks its workers, which then share it
-        train_ds.ram = ram_cache(train_ds, main, progress)
-    loader = make_loader(
-        train_ds,
-        micro_batch=micro,
-        workers=cfg["workers"],
-        seed=cfg["seed"],
-        info=info,
-        start=start * acc * micro,
-        collate=collate_fn(),
-    )
+    plan = prepare_run(recipe, info)  # checks, determinism, seeds: nothing built yet
+    recipe, built = build_model_and_data(recipe, plan, info, resume)
+    opt = build_optimisation(built.model, plan.cfg, info.device, info.is_main)
+    start, best, rng = resume_run(recipe, run_dir, built, opt, info, plan.total) if resume else (0, {}, None)
+    if info.is_main:
+        write_run_recipe(run_dir, recipe)
+    log = MetricsLog(run_dir, info.is_main, start if resume else None, tensorboard=plan.cfg["tensorboard"])
+    loader = open_loader(recipe, built, plan, info, start, progress)
     if rng is not None:
         set_rng_state(rng)
     elif resume:  # another world size: carry on with fresh, still reproducible seeds
-        seed_everything(cfg["seed"] + info.rank + start)
-
-    best_metric = ev["best_metric"] or (ev["metrics"][0] if ev["metrics"] else "")
-    state_at = {"iteration": start}
-
-    def checkpoint(iteration: int, *, names: tuple[str, ...] = ("last.pt",), rng: dict | None = None) -> None:
-        # After an interrupt the other processes may be gone: no collective, rank 0's RNG only.
-        rngs = [rng] if rng is not None else gather_objects(rng_state(), info)
-        if not main:
-            return
-        core = model.module if isinstance(model, DistributedDataParallel) else model
-        state = {
-            "model": core.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "scaler": scaler.state_dict(),
-            "iteration": iteration,
-            "rng": rngs,
-            "best": best,
-            "recipe": recipe,
-            "classes": card,
-        }
-        for name in names:  # best.pt: weights only; last.pt: everything --resume needs
-            save_checkpoint(ckpt_dir / name, weights_only_state(state) if name == "best.pt" else state)
-        state_at["iteration"] = iteration
-
-    def evaluate_now(iteration: int) -> dict[str, float]:
-        from mtlcli.engine.evaluate import evaluate
-
-        with preserved_rng(), display.evaluating() as shown:
-            result = evaluate(model, val_ds, ev["metrics"], device=device, batch_size=ev["batch_size"], progress=shown)
-        train_mode(model, frozen_mods)
-        # Rank 0's numbers decide best.pt on every process, so that all take the same branch.
-        metrics = broadcast_object({k: float(v) for k, v in result["metrics"].items()}, info)
-        log.write({"type": "eval", "iteration": iteration, "metrics": metrics})
-        display.print(f"eval {iteration}/{total}  " + "  ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items()))
-        return metrics
-
-    stage = None
-    ddp: Any = model  # the model, or its DistributedDataParallel wrapper in a multi-process run
-    frozen_mods: list[nn.Module] = []  # the stage's frozen modules run in eval mode (BN statistics fixed)
-    window: defaultdict[str, float] = defaultdict(float)
-    window_iters, wait, t_window = 0, 0.0, time.perf_counter()
-    last_record: dict[str, Any] = {}
-    last_metrics: dict[str, float] = {}
-    it = start
-    rng_at_start = rng_state()
-    with Display(progress and main, total, start) as display:
+        seed_everything(plan.cfg["seed"] + info.rank + start)
+    run = Run(recipe, run_dir, info, plan, built, opt, log, loader, iteration=start, best=best, saved_at=start)
+    with Display(progress and info.is_main, plan.total, start) as run.display:
         try:
-            while it < total:
-                current = schedule.stage_at(it)
-                if current is not stage:
-                    stage = current
-                    frozen = apply_freeze(model, stage.freeze, trainable)
-                    frozen_mods[:] = frozen_modules(model, frozen)
-                    if not any(p.requires_grad for p in model.parameters()):
-                        raise UserError(
-                            f"stage {stage.name!r} freezes every parameter — nothing would train; "
-                            "narrow its freeze patterns"
-                        )
-                    # DDP records which parameters take gradients when it is built: rebuild per stage.
-                    ddp = (
-                        DistributedDataParallel(
-                            model,
-                            device_ids=[device.index] if device.type == "cuda" else None,
-                            find_unused_parameters=True,
-                        )
-                        if info.distributed
-                        else model
-                    )
-                    if len(schedule.stages) > 1:
-                        display.print(
-                            f"stage {stage.name}: {stage.iterations} iterations, lr {stage.lr:g}, "
-                            f"{len(frozen)} frozen parameter tensors"
-                        )
-                lr = schedule.step(optimizer, it)
-                train_mode(model, frozen_mods)
-                terms: dict[str, torch.Tensor] = {}
-                for m in range(acc):
-                    t0 = time.perf_counter()
-                    images, targets = next(loader)
-                    wait += time.perf_counter() - t0
-                    images, targets = to_device(images, targets, device)
-                    sync = contextlib.nullcontext() if not info.distributed or m == acc - 1 else ddp.no_sync()
-                    with sync:
-                        try:
-                            with autocast():
-                                weighted = weigh(ddp(images, targets), stage.loss_weights)
-                            if not weighted:
-                                raise UserError(
-                                    f"model {recipe['model']['name']!r} returned no loss_* terms in "
-                                    "training mode — it does not follow the DESIGN.md §4 contract"
-                                )
-                            scaler.scale(sum(weighted.values()) / acc).backward()
-                        except torch.OutOfMemoryError:
-                            raise _oom_error(cfg, micro, images, model, device, it) from None
-                    for k, v in weighted.items():
-                        terms[k] = terms.get(k, 0.0) + v.detach().float() / acc
-                values = all_reduce_mean(torch.stack(list(terms.values())), info).cpu()
-                if not torch.isfinite(values).all():
-                    optimizer.zero_grad(set_to_none=True)
-                    raise _diverged(
-                        it + 1,
-                        dict(zip(terms, values.tolist(), strict=True)),
-                        ckpt_dir,
-                        state_at["iteration"],
-                        cfg["lr"],
-                    )
-                if cfg["grad_clip"] > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg["grad_clip"])
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                it += 1
-                rng_at_start = rng_state()  # as iteration `it` starts: what an interrupt checkpoint restores
-
-                window_iters += 1
-                for k, v in zip(terms, values.tolist(), strict=True):
-                    window[k] += v
-                if it % cfg["log_interval"] == 0 or it == total:
-                    elapsed = time.perf_counter() - t_window
-                    losses = {k: v / window_iters for k, v in window.items()}
-                    last_record = {
-                        "type": "train",
-                        "iteration": it,
-                        "stage": stage.name,
-                        "loss": sum(losses.values()),
-                        "losses": losses,
-                        "lr": lr,
-                        "images_per_s": window_iters * cfg["batch_size"] / elapsed,
-                        "data_wait": min(1.0, wait / elapsed),
-                        "memory_mb": memory_mb(device),
-                    }
-                    log.write(last_record)
-                    display.update(it, last_record)
-                    window.clear()
-                    window_iters, wait, t_window = 0, 0.0, time.perf_counter()
-                else:
-                    display.update(it)
-                t_pause = time.perf_counter()
-                if val_ds is not None and ((ev["interval"] and it % ev["interval"] == 0) or it == total):
-                    last_metrics = evaluate_now(it)
-                    value = last_metrics.get(best_metric)
-                    if value is not None and (not best or value > best["value"]):
-                        best = {"metric": best_metric, "value": value, "iteration": it}
-                        checkpoint(it, names=("best.pt",))
-                if it % cfg["checkpoint_interval"] == 0 or it == total:
-                    checkpoint(it)
-                # evaluation and checkpoints stay out of the window's images/s and data-wait share
-                t_window += time.perf_counter() - t_pause
+            for stage in opt.schedule.stages_from(start):
+                enter_stage(run, stage)
+                train_stage(run, stage)
         except KeyboardInterrupt:
-            checkpoint(it, rng=rng_at_start)
-            if main:  # shown with --quiet too: it says how to go on
-                display.note(
-                    f"interrupted at iteration {it}: saved {ckpt_dir / 'last.pt'} — continue with "
-                    f"`{resume_command(run_dir)}`"
-                )
+            interrupted(run)
             raise
         finally:
             log.close()
-    return {"iteration": it, "losses": last_record.get("losses", {}), "metrics": last_metrics, "best": best}
+    return finish(run)
 
 
-def _diverged(iteration: int, terms: dict[str, float], ckpt_dir: Path, last_good: int, lr: float) -> TrainingDiverged:
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
-    fixes = "lower train.lr, add train.warmup_iters or train.grad_clip"
-    if (ckpt_dir / "last.pt").is_file():
-        lower = resume_command(ckpt_dir.parent, "--set", f"train.lr={lr / 10:g}")
-        what = (
-            f"last good checkpoint: {ckpt_dir / 'last.pt'} (iteration {last_good}); {fixes} and resume from it, "
-            f"e.g. `{lower}`"
+# --------------------------------------------------------------------------------------------- the steps
+
+
+@dataclass
+class Run:
+    """One process's training run between its steps: what was built, and what the loop moves on."""
+
+    recipe: dict
+    run_dir: Path
+    info: DistInfo
+    plan: Plan
+    built: Built
+    opt: Optimisation
+    log: MetricsLog
+    loader: Iterator
+    iteration: int = 0
+    best: dict[str, Any] = field(default_factory=dict)  # {"metric", "value", "iteration"} of best.pt
+    saved_at: int = 0  # the iteration last.pt holds
+    rng_at_start: dict = field(default_factory=rng_state)  # as `iteration` starts: what an interrupt saves
+    window: LogWindow = field(default_factory=LogWindow)
+    display: Display = None  # type: ignore[assignment]  # set by _train's `with`
+    net: nn.Module | None = None  # the model, or its DDP wrapper for the current stage
+    frozen: list[nn.Module] = field(default_factory=list)  # the stage's frozen modules (run in eval mode)
+    last_record: dict[str, Any] = field(default_factory=dict)
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.built.model
+
+
+def resume_run(
+    recipe: dict, run_dir: Path, built: Built, opt: Optimisation, info: DistInfo, total: int
+) -> tuple[int, dict, dict | None]:
+    """Load RUN/checkpoints/last.pt into the model and the optimisation, after checking that it fits.
+    Returns (iteration, best, this process's RNG state or None under another world size)."""
+    path = checkpoint_dir(run_dir) / "last.pt"
+    state = load_checkpoint(path)
+    check_resume(state, recipe, built.train_ds, path, data_root(recipe), built.model)
+    built.model.load_state_dict(state["model"])
+    opt.load_state_dict(state)
+    start, best = int(state["iteration"]), dict(state.get("best", {}))
+    rngs = state.get("rng", [])
+    if start >= total:
+        raise UserError(
+            f"{run_dir} already finished {start} of {total} iterations — raise train.iterations to train "
+            f"longer, e.g. `{resume_command(run_dir, '--set', f'train.iterations={2 * total}')}`"
         )
-    else:
-        what = f"no checkpoint was written yet; {fixes} and start again"
-    return TrainingDiverged(f"non-finite loss at iteration {iteration} ({shown}); training stopped — {what}")
+    return start, best, rngs[info.rank] if len(rngs) == info.world_size else None
 
 
-def _oom_error(cfg: dict, micro: int, images: list, model: nn.Module, device: torch.device, it: int) -> UserError:
-    size = getattr(model, "input_size", None) or tuple(images[0].shape[-2:])
-    return UserError(
-        f"out of memory on {device} at iteration {it + 1} with {micro} image(s) per process per micro-batch "
-        f"(train.batch_size = {cfg['batch_size']}, accumulate = {cfg['accumulate']}) at input size "
-        f"{size[0]}x{size[1]} — raise train.accumulate (e.g. --set train.accumulate={cfg['accumulate'] * 2}), "
-        "lower train.batch_size or use a smaller input size"
+def open_loader(recipe: dict, built: Built, plan: Plan, info: DistInfo, start: int, progress: bool) -> Iterator:
+    """The endless micro-batch iterator from the sample iteration `start` begins with (RAM cache filled
+    first, so that the loader's workers share it)."""
+    if recipe["data"].get("cache") == "ram":
+        built.train_ds.ram = ram_cache(built.train_ds, info.is_main, progress)
+    return make_loader(
+        built.train_ds,
+        micro_batch=plan.micro,
+        workers=plan.cfg["workers"],
+        seed=plan.cfg["seed"],
+        info=info,
+        start=start * plan.accumulate * plan.micro,
+        collate=collate_fn(),
     )
+
+
+def enter_stage(run: Run, stage: Stage) -> None:
+    """Freeze what the stage freezes (its modules in eval mode) and wrap the model for DDP anew."""
+    frozen, run.frozen = freeze_for_stage(run.model, stage, run.built.trainable)
+    run.net = wrap_ddp(run.model, run.info)
+    if len(run.opt.schedule.stages) > 1:
+        run.display.print(
+            f"stage {stage.name}: {stage.iterations} iterations, lr {stage.lr:g}, "
+            f"{len(frozen)} frozen parameter tensors"
+        )
+
+
+def train_stage(run: Run, stage: Stage) -> None:
+    """The stage's iterations: one optimiser step each, then log, evaluate (keeping best.pt) and checkpoint."""
+    cfg, opt = run.plan.cfg, run.opt
+    while run.iteration < min(stage.end, run.plan.total):
+        lr = opt.schedule.step(opt.optimizer, run.iteration)
+        train_mode(run.model, run.frozen)
+        assert run.net is not None
+        terms = forward_backward(
+            run.net, run.loader, stage.loss_weights, opt, run.plan, run.info, run.window, run.iteration,
+            run.recipe["model"]["name"],
+        )  # fmt: skip
+        if not all(math.isfinite(v) for v in terms.values()):
+            opt.optimizer.zero_grad(set_to_none=True)
+            raise diverged(run.iteration + 1, terms, checkpoint_dir(run.run_dir), run.saved_at, cfg["lr"])
+        opt.step(run.model, cfg["grad_clip"])
+        run.iteration += 1
+        run.rng_at_start = rng_state()  # as the next iteration starts: what an interrupt checkpoint restores
+        log_step(run, stage, terms, lr)
+        with run.window.pause():  # evaluation and checkpoints stay out of the window's images/s and data wait
+            evaluate_and_keep(run)
+            if run.iteration % cfg["checkpoint_interval"] == 0 or run.iteration == run.plan.total:
+                write_checkpoints(run)
+
+
+def log_step(run: Run, stage: Stage, terms: dict[str, float], lr: float) -> None:
+    """Add the step to the window; every `log_interval` (and at the end) write and show its record."""
+    run.window.add(terms)
+    it, cfg = run.iteration, run.plan.cfg
+    if it % cfg["log_interval"] == 0 or it == run.plan.total:
+        run.last_record = run.window.record(it, stage.name, lr, cfg["batch_size"], run.info.device)
+        run.log.write(run.last_record)
+        run.display.update(it, run.last_record)
+    else:
+        run.display.update(it)
+
+
+def evaluate_and_keep(run: Run) -> None:
+    """At every `eval.interval` and at the end: evaluate on data.val_split, and keep best.pt by the
+    selection split's score (`mtlcli.recipes.selection_split`: never test*), within the last stage only —
+    never a checkpoint from before the last stage's weights moved."""
+    it, ev = run.iteration, run.plan.ev
+    if run.built.val_ds is None or not ((ev["interval"] and it % ev["interval"] == 0) or it == run.plan.total):
+        return
+    run.last_metrics = evaluate_split(run, run.built.val_ds, "eval")
+    select = selection_split(run.recipe)
+    if not select or it <= run.opt.schedule.stages[-1].start:
+        return
+    scores = run.last_metrics if run.built.select_ds is None else evaluate_split(run, run.built.select_ds, select)
+    best_metric = ev["best_metric"] or (ev["metrics"][0] if ev["metrics"] else "")
+    value = scores.get(best_metric)
+    if value is not None and (not run.best or value > run.best["value"]):
+        run.best = {"metric": best_metric, "value": value, "iteration": it}
+        if select != run.recipe["data"]["val_split"]:
+            run.best["split"] = select
+        write_checkpoints(run, names=("best.pt",))
+
+
+def evaluate_split(run: Run, dataset: Any, kind: str) -> dict[str, float]:
+    """Evaluate the model on `dataset` (RNG untouched, frozen modules back in eval mode after), log and
+    show the numbers. `kind`: "eval" for data.val_split, else the name of the selection split."""
+    from mtlcli.engine.evaluate import evaluate
+
+    ev, it = run.plan.ev, run.iteration
+    with preserved_rng(), run.display.evaluating() as shown:
+        result = evaluate(
+            run.model, dataset, ev["metrics"], device=run.info.device, batch_size=ev["batch_size"], progress=shown
+        )
+    train_mode(run.model, run.frozen)
+    # Rank 0's numbers decide best.pt on every process, so that all take the same branch.
+    metrics = broadcast_object({k: float(v) for k, v in result["metrics"].items()}, run.info)
+    record = {"type": "eval", "iteration": it, "metrics": metrics}
+    if kind != "eval":  # the selection split's numbers: a record of their own, apart from the curves
+        record = {"type": "select", "split": kind, "iteration": it, "metrics": metrics}
+    run.log.write(record)
+    label = "eval" if kind == "eval" else f"select ({kind})"
+    run.display.print(f"{label} {it}/{run.plan.total}  " + "  ".join(f"{k} {100 * v:.2f}%" for k, v in metrics.items()))
+    return metrics
+
+
+def write_checkpoints(run: Run, *, names: tuple[str, ...] = ("last.pt",), rng: dict | None = None) -> None:
+    """last.pt (everything --resume needs) or best.pt (the weights and the model card), by rank 0."""
+    from mtlcli.engine.modelcard import weights_only_state
+
+    # After an interrupt the other processes may be gone: no collective, rank 0's RNG only.
+    rngs = [rng] if rng is not None else gather_objects(rng_state(), run.info)
+    if not run.info.is_main:
+        return
+    state = {
+        "model": run.model.state_dict(),  # the bare model, never the DDP wrapper
+        **run.opt.state_dict(),
+        "iteration": run.iteration,
+        "rng": rngs,
+        "best": run.best,
+        "recipe": run.recipe,
+        "classes": run.built.card,
+    }
+    for name in names:
+        path = checkpoint_dir(run.run_dir) / name
+        save_checkpoint(path, weights_only_state(state) if name == "best.pt" else state)
+    run.saved_at = run.iteration
+
+
+def interrupted(run: Run) -> None:
+    """Ctrl-C: last.pt at the iteration about to run (its RNG as it started), and how to go on."""
+    write_checkpoints(run, rng=run.rng_at_start)
+    if run.info.is_main:  # shown with --quiet too: it says how to go on
+        run.display.note(
+            f"interrupted at iteration {run.iteration}: saved {checkpoint_dir(run.run_dir) / 'last.pt'} — continue "
+            f"with `{resume_command(run.run_dir)}`"
+        )
+
+
+def finish(run: Run) -> dict:
+    """What `train` returns: the iteration reached, the last logged losses, the last evaluation, best.pt's."""
+    return {
+        "iteration": run.iteration,
+        "losses": run.last_record.get("losses", {}),
+        "metrics": run.last_metrics,
+        "best": run.best,
+    }

@@ -57,8 +57,8 @@ def build_from_recipe(model_table: dict[str, Any], *, load_weights: bool = True,
     `load_weights=False` skips ImageNet weights (a checkpoint or a benchmark replaces them anyway);
     `overrides` replace table entries.
     """
-    # init_weights is applied by the trainer after building (mtlcli.engine.finetune)
-    kwargs = {k: v for k, v in model_table.items() if k not in ("name", "init_weights")}
+    # init_weights (and partial_weights) are applied by the trainer after building (mtlcli.engine.finetune)
+    kwargs = {k: v for k, v in model_table.items() if k not in ("name", "init_weights", "partial_weights")}
     if not load_weights and "pretrained_backbone" in kwargs:
         kwargs["pretrained_backbone"] = False
     kwargs.update(overrides)

@@ -82,12 +82,13 @@ def test_quickstart_trains_evaluates_and_draws(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_quickstart_evaluates_only_what_the_model_gives(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A segmentation-only family gets mIoU and no detection metric (it used to fail on voc07)."""
+    """A segmentation-only family gets mIoU (and PQ, the panoptic merge of its semantic map) and no detection
+    metric (it used to fail on voc07)."""
     work = tmp_path / "qs"
     assert run(["quickstart", "--workdir", str(work), *TINY, "--recipe", "ladderdensenet-tiny-synthetic"]) == 0
     out = capsys.readouterr().out
     result = json.loads((work / "runs" / "ladderdensenet-tiny-synthetic" / "eval" / "val.json").read_text())
-    assert list(result["metrics"]) == ["miou"]
+    assert list(result["metrics"]) == ["miou", "pq"]
     assert "mIoU" in out and "mAP@0.5" not in out and ">= 0.70" in out
     timing = json.loads((work / "runs" / "ladderdensenet-tiny-synthetic" / "timing.json").read_text())
     assert timing["iterations"] == 4 and timing["cpu_s"] > 0 and timing["wall_s"] > 0
@@ -122,7 +123,8 @@ def test_quickstart_all_trains_each_tiny_recipe_and_prints_one_table(
     assert rows_shown["ladderdensenet"][-1] in ("met", "not")  # one floors verdict per row
     rows = json.loads((work / "learning.json").read_text())
     assert [r["recipe"] for r in rows] == ["ivanet-tiny-synthetic", "ladderdensenet-tiny-synthetic"]
-    assert set(rows[0]["metrics"]) == {"miou", "voc07"} and set(rows[1]["metrics"]) == {"miou"}
+    assert set(rows[0]["metrics"]) == {"miou", "voc07", "pq"} and set(rows[1]["metrics"]) == {"miou", "pq"}
+    assert "PQ" in table
     assert rows[1]["floors"] == {"miou": 0.70}
 
     assert run(["quickstart", "--workdir", str(work), *TINY, "--all", "--recipe", "ivanet-tiny-synthetic"]) == 2

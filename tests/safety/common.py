@@ -29,7 +29,9 @@ def one_line(capsys) -> str:
 
 
 def flat(printed: str) -> str:
-    return " ".join(printed.split())
+    """The printed text as one line, however the console wrapped it: a table cell wrapped onto two rows
+    reads as one phrase (the cell borders are dropped)."""
+    return " ".join(printed.replace("│", " ").replace("┃", " ").split())
 
 
 def bomb_png(path: Path, width: int = 20000, height: int = 20000) -> Path:

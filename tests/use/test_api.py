@@ -137,3 +137,66 @@ def test_result_with_masks_to_coco_and_overlay():
     assert mask_utils.decode(coco["segmentation"]).sum() == 36
     panel = render_result(torch.zeros(3, h, w), result, ["cat", "dog"], [[0, 0, 0], [255, 0, 0], [0, 255, 0]])
     assert panel.shape[1] > h and panel[:, 4, 5].sum() > 0  # a legend below; the mask is drawn
+
+
+def test_result_api_as_users_of_the_anchors_expect(ivanet_model, tmp_path):
+    """to_json / save / plot / numpy / cpu / to_coco with the dataset's ids; stream=True; every layout."""
+    import inspect
+    import json
+    import types
+
+    from mtlcli import load_model
+
+    assert inspect.signature(load_model).parameters["device"].default == "auto"
+    png = write_image(tmp_path / "a.png", (50, 70))
+    array = np.asarray(Image.open(png))
+    r = ivanet_model.predict(png, score_threshold=0.0, max_det=5)
+    assert 0 < len(r) <= 5
+    data = json.loads(r.to_json())
+    assert data["size"] == [50, 70] and len(data["detections"]) == len(r)
+    assert data["detections"][0]["class_name"] == r.class_names[0] and sum(data["semantic"]["classes"].values()) == 3500
+    picture = r.plot()
+    assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
+    assert picture.shape[1] == 70 and picture.shape[0] > 50  # the legend below the image
+    r.save(tmp_path / "out" / "r.json")
+    r.save(tmp_path / "out" / "r.png")
+    assert json.loads((tmp_path / "out" / "r.json").read_text())["size"] == [50, 70]
+    assert np.asarray(Image.open(tmp_path / "out" / "r.png")).shape == picture.shape
+    n = r.numpy()
+    assert isinstance(n.boxes, np.ndarray) and n.semantic.dtype == np.int64 and isinstance(n.cpu().boxes, torch.Tensor)
+    ids = r.to_coco(1)
+    assert [c["category_id"] for c in ids] == [ivanet_model.det_category_ids[k - 1] for k in r.labels.tolist()]
+    # the same picture in every layout gives the same semantic map
+    layouts = [
+        array,  # HWC uint8
+        array.astype(np.float32) / 255,  # HWC float 0..1
+        torch.from_numpy(array.copy()),  # HWC tensor
+        torch.from_numpy(array.copy()).permute(2, 0, 1),  # CHW tensor
+        np.concatenate([array, np.full((50, 70, 1), 255, np.uint8)], axis=2),  # RGBA
+    ]
+    stream = ivanet_model.predict(iter(layouts), stream=True, batch_size=2)
+    assert isinstance(stream, types.GeneratorType)
+    for got in stream:
+        assert torch.equal(got.semantic, r.semantic)
+    grey = ivanet_model.predict(np.asarray(Image.open(png).convert("L")))
+    assert grey.size == (50, 70)
+    # knobs: classes by name or label, iou, max_det
+    only = ivanet_model.predict(png, score_threshold=0.0, classes=["car"])
+    assert set(only.class_names) <= {"car"}
+    with pytest.raises(UserError, match="unknown class 'cat'"):
+        ivanet_model.predict(png, classes=["cat"])
+    loose = ivanet_model.predict(png, score_threshold=0.0, iou=0.99)
+    assert len(loose) >= len(ivanet_model.predict(png, score_threshold=0.0))
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.full((4, 4, 3), 2.0, np.float32), "0..1"),
+        (np.zeros((4, 4, 3), bool), "uint8 or float"),
+        (torch.zeros(3, 4, 4, dtype=torch.int32), "uint8 or float"),
+    ],
+)
+def test_bad_layouts_are_one_line(ivanet_model, bad, match):
+    with pytest.raises(UserError, match=match):
+        ivanet_model.predict(bad)
