@@ -24,6 +24,7 @@ MODELS: dict[str, str] = {
     "maskrcnn": "mtlcli.models.rcnn:build_maskrcnn",
     "fasterrcnn": "mtlcli.models.rcnn:build_fasterrcnn",
     "safpn": "mtlcli.models.safpn:build_safpn",
+    "cascade": "mtlcli.models.cascade:build_cascade",
 }
 
 

@@ -319,6 +319,8 @@ def build_datnet_roi_heads(
         box = (pool(7), box_head, FastRCNNPredictor(representation_size, num_classes))
         mask = fpn_mask_branch()
     elif head == "4conv1fc":
+        # BatchNorm after each conv is inferred (torchvision's fasterrcnn_resnet50_fpn_v2 head): the paper
+        # names only "four convolutions and one fully connected layer"; Detectron's 4conv1fc uses GroupNorm
         box_head = FastRCNNConvFCHead((pooled, 7, 7), [channels] * 4, [representation_size], norm_layer=nn.BatchNorm2d)
         box = (pool(7), box_head, FastRCNNPredictor(representation_size, num_classes))
         mask = fpn_mask_branch()
@@ -445,15 +447,16 @@ def build_datnet(
 
     num_det_classes: object classes without background (labels 1..K); num_seg_classes: channels of the
     semantic head (the dataset's seg classes; COCO: background + 80); dt_bins: DT classes incl. 0.
-    head: "light" | "heavy" | "standard" (2fc, Mask R-CNN) | "4conv1fc"; fusion: "sum" | "sum2conv" |
-    "sum4conv" | "none" (auxiliary losses only). A weight of 0 removes that head. seg_background_index:
-    the seg class that gets `background_alpha` (-1: none, e.g. Cityscapes). res5_planes: bottleneck width
-    of the res5 head (512 -> 2048 out). The res5 head is a copy of the trunk's layer4 (ImageNet when the
-    trunk is); without MSPwA only its first block's input convs are new (`_res5_for`). Heavy's mask
-    predictor is Mask R-CNN's C4 one (deconv 2x2 + ReLU, 1x1 conv, 14x14 masks). Inferred (MODELS.md):
-    P'6 = subsampled P'5; Heavy's mask branch reruns the shared res5 on the positive RoIs.
+    head: "light" | "heavy" | "standard" (2fc, Mask R-CNN) | "4conv1fc" (four 3x3 convs each followed by
+    BatchNorm + ReLU, one fc: the BatchNorm is inferred, torchvision's v2 head; the paper names no norm);
+    fusion: "sum" | "sum2conv" | "sum4conv" | "none" (auxiliary losses only). A weight of 0 removes that head.
+    seg_background_index: the seg class that gets `background_alpha` (-1: none, e.g. Cityscapes). res5_planes:
+    bottleneck width of the res5 head (512 -> 2048 out). The res5 head is a copy of the trunk's layer4 (ImageNet
+    when the trunk is); without MSPwA only its first block's input convs are new (`_res5_for`). Heavy's mask
+    predictor is Mask R-CNN's C4 one (deconv 2x2 + ReLU, 1x1 conv, 14x14 masks). Inferred (MODELS.md): P'6 =
+    subsampled P'5; Heavy's mask branch reruns the shared res5 on the positive RoIs.
     The other keywords are `rcnn.TwoStageOptions`'. Tiny configuration: `build_datnet(**datnet.TINY)`.
-    Parameters (COCO, R50): Light 62.3M, Heavy 59.85M (paper: 62.3M / 59.9M).
+    Parameters (COCO, R50): Light 62.28M, Heavy 59.849M (paper: 62.3M / 59.9M; Heavy 0.08% under).
     """
     if head not in HEADS:
         raise UserError(f"unknown DATNet head {head!r}; valid: {', '.join(HEADS)}")

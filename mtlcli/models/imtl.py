@@ -19,7 +19,7 @@ multiplied by W_seg) and `loss_det_box`, `loss_det_obj`, `loss_det_cls` (by W_de
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -454,6 +454,28 @@ def load_encoder_weights(encoder: Encoder, pretrained: bool | str) -> None:
     load_pretrained(encoder, pretrained, None, rename=lambda state: timm_resnetv2_to_encoder(state, encoder))
 
 
+INITS = ("he", "torch")
+
+
+def he_init(module: nn.Module, *, keep_bilinear: bool = False) -> None:
+    """He initialisation (He et al. 2015, "Delving deep into rectifiers"): every conv, transposed conv
+    and linear weight drawn from N(0, 2 / fan_in), biases zero — except the detector heads' focal-loss
+    prior (their objectness / class biases stay at -log 99) — and batch norms at weight 1, bias 0.
+    `keep_bilinear`: the decoder's transposed convs keep their bilinear start (`up_conv`) instead."""
+    for name, m in module.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            if keep_bilinear and isinstance(m, nn.ConvTranspose2d):
+                continue
+            # fan_in of a transposed conv is in_channels / groups x k x k along dim 0 of its weight
+            mode: Literal["fan_in", "fan_out"] = "fan_out" if isinstance(m, nn.ConvTranspose2d) else "fan_in"
+            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
+            if m.bias is not None and ".heads." not in f".{name}.":
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def build_imtl(
     num_det_classes: int = 3,
     num_seg_classes: int = 11,
@@ -483,6 +505,8 @@ def build_imtl(
     nms_thresh: float = 0.55,
     detections_per_img: int = 100,
     ignore_iou: float = 0.6,
+    init: str = "he",
+    bilinear_upsampling: bool = False,
 ) -> InterdependentMTL:
     """The interdependent multi-task network with the paper's defaults (37.41M parameters at full size;
     the paper reports 37.9M, -1.3%).
@@ -503,12 +527,19 @@ def build_imtl(
     From AdapNet++'s public code (the paper defers to it): aux1 (0.6) on the stride-4 up-step, aux2 (0.5)
     on the stride-8 one; dropout inside block4 (on the residual branch of its third unit) and just
     before the trident block. Inferred (MODELS.md §6 leaves them open): block4 dilation 2; multiscale
-    halves at dilation 1 and 2; bilinear-initialised deconvolutions with BN-ReLU; auxiliary heads after
+    halves at dilation 1 and 2; deconvolutions with BN-ReLU; auxiliary heads after
     the up-steps' ReLU; the stride-8 level joins the rapid downsampling by concatenation before its
     second 3x3/2 conv; detector widths 256/512, a 1x1 entry to 1024 and 3 stacked trident bottlenecks
     (1024 -> 256 -> 1024; the paper's count is unknown: 3 lands within 1.5% of its 37.9M and below half
     of deeplabv3_resnet50 + retinanet_resnet50_fpn, 73.7M, its stated aim); an output conv per
     branch; ignore IoU 0.6 for objectness negatives; focal alpha 0.25, gamma 2; smooth L1 box loss.
+    seg_weight: W_seg (the paper gives a range, 30-50; 40, its middle, is inferred), det_weight: W_det = 1.
+    init: "he" (the paper: "He initialization ... for initializing rest of the network", i.e. every
+    layer outside the ImageNet encoder: `he_init`, transposed convs included) or "torch" (PyTorch's
+    default layer init, with the transposed convs' bilinear start: the earlier behaviour). Inferred: with
+    `pretrained_backbone` off the encoder is He-initialised too (nothing else is given for it);
+    `bilinear_upsampling = true` starts the decoder's transposed convs as bilinear upsampling instead
+    (the earlier, inferred choice).
     """
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
     if len(size) != 2 or min(size) < 16:
@@ -517,8 +548,12 @@ def build_imtl(
         raise UserError("num_det_classes and num_seg_classes must be at least 1")
     if len(layers) != 4 or min(layers) < 1:
         raise UserError(f"layers needs four block depths of at least 1, got {list(layers)}")
+    if init not in INITS:
+        raise UserError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
     anchor_t = load_anchors(anchors, size)
     encoder = Encoder(width, layers, multiscale_dilation, block4_dilation, dropout, stem_norm)
+    if init == "he":
+        he_init(encoder)  # replaced below where ImageNet weights load
     load_encoder_weights(encoder, pretrained_backbone)
     bottleneck = EASPP(encoder.channels[2], aspp_width, aspp_rates)
     decoder = Decoder(aspp_width, encoder.channels[:2], num_seg_classes, decoder_width, skip_width)
@@ -536,6 +571,9 @@ def build_imtl(
         decoder.out_channels,
         shared_head,
     )
+    if init == "he":
+        for part in (bottleneck, decoder, detector):
+            he_init(part, keep_bilinear=bilinear_upsampling)
     return InterdependentMTL(
         encoder,
         bottleneck,

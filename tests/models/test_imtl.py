@@ -368,3 +368,39 @@ def test_timm_resnetv2_50_keys_map_onto_the_encoder(tmp_path):
         t2 = ref.stages[1](t1)
     torch.testing.assert_close(s1, t1)
     torch.testing.assert_close(s2, t2)
+
+
+def test_he_initialisation_outside_the_encoder(tmp_path):
+    """The paper: ImageNet weights for the encoder, "He initialization ... for initializing rest of the
+    network". Every conv / deconv weight outside the encoder has the He spread sqrt(2 / fan), biases are
+    zero except the detector heads' focal-loss prior, and ImageNet weights still win in the encoder."""
+    model = tiny(width=16, aspp_width=64, decoder_width=64, det_width=64, trident_width=128, trident_mid=32)
+    checked = 0
+    for part in (model.bottleneck, model.decoder, model.detector):
+        for name, m in part.named_modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and m.weight.numel() >= 4096:
+                fan = (
+                    m.weight[0].numel()
+                    if isinstance(m, torch.nn.Conv2d)
+                    else m.weight.shape[0] * m.weight[0, 0].numel()
+                )
+                std = float(m.weight.detach().std())
+                assert abs(std / math.sqrt(2 / fan) - 1) < 0.1, (name, std, math.sqrt(2 / fan))
+                checked += 1
+            if isinstance(m, torch.nn.Conv2d) and m.bias is not None and "heads" not in name:
+                assert float(m.bias.abs().max()) == 0.0, name
+    assert checked >= 10
+    # the deconvs are He-initialised too (not the bilinear kernel), unless asked
+    assert not torch.allclose(model.decoder.up1[0].weight[0, 1], torch.zeros(4, 4))
+    bilinear = tiny(bilinear_upsampling=True).decoder.up1[0].weight
+    assert float(bilinear[0, 1].abs().max()) == 0.0 and float(bilinear[0, 0].max()) > 0
+    # PyTorch's default init (the earlier behaviour) is a keyword away, and is not He's
+    torch_conv = tiny(init="torch").decoder.fuse1[0][0].weight
+    assert float(torch_conv.detach().std()) < 0.7 * math.sqrt(2 / torch_conv[0].numel())
+    # a local encoder state dict replaces the He start inside the encoder
+    reference = tiny(init="torch").encoder.state_dict()
+    torch.save(reference, tmp_path / "enc.pth")
+    loaded = tiny(pretrained_backbone=str(tmp_path / "enc.pth")).encoder.state_dict()
+    assert all(torch.equal(loaded[k], reference[k]) for k in reference)
+    with pytest.raises(UserError, match="init"):
+        tiny(init="xavier")

@@ -37,6 +37,7 @@ TINY = {
     "imtl": ("imtl-tiny-synthetic", True, True, False),
     "datnet": ("datnet-tiny-synthetic", True, True, True),
     "safpn": ("safpn-ejhead-tiny-synthetic", True, False, True),
+    "cascade": ("cascade-tiny-synthetic", True, False, True),
     "maskrcnn": (TWO_STAGE_TINY, True, False, True),
     "fasterrcnn": ({k: v for k, v in TWO_STAGE_TINY.items() if k != "mask_channels"}, True, False, False),
 }
@@ -151,6 +152,7 @@ OVERFIT = {
     "imtl": (80, 5e-3, 1, 0.9),
     "datnet": (100, 2e-3, 4, 0.8),
     "safpn": (100, 2e-3, 1, 0.9),
+    "cascade": (100, 2e-3, 1, 0.9),
     "maskrcnn": (100, 2e-3, 1, 0.9),
     "fasterrcnn": (90, 2e-3, 1, 0.9),
 }
@@ -165,6 +167,7 @@ FROZEN_TRUNK = {
     "ssd300_vgg16": "body.features",
     "datnet": "backbone.body",
     "safpn": "backbone.body",
+    "cascade": "backbone.body",
     "maskrcnn": "backbone.body",
     "fasterrcnn": "backbone.body",
 }
