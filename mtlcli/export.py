@@ -38,6 +38,9 @@ from mtlcli.models.endtoend import OUTPUTS, EndToEnd, is_two_stage
 
 # what the parity check accepts on final detections (after matching) and on the semantic map
 MIN_IOU, SCORE_TOL, SEMANTIC_AGREEMENT, NMS_TOL = 0.99, 1e-3, 0.999, 1e-3
+# a box a fraction of a pixel wide has an IoU that float noise swings anywhere: such a pair is the same box
+# when every coordinate agrees within BOX_TOL pixels (an untrained detector gives many of them)
+BOX_TOL = 0.01
 DEFAULT_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 
 
@@ -273,7 +276,7 @@ def match_detections(
     ref: dict[str, np.ndarray], got: dict[str, np.ndarray], nms_thresh: float | None = None
 ) -> dict[str, Any]:
     """Greedy one-to-one matching, best reference score first, within the same image and label, box IoU
-    >= MIN_IOU and score within SCORE_TOL. Returns counts, the smallest matched IoU, the largest score
+    >= MIN_IOU (or every coordinate within BOX_TOL pixels, for degenerate boxes) and score within SCORE_TOL. Returns counts, the smallest matched IoU, the largest score
     difference, the worst mask IoU, and `unexplained`: unmatched detections that neither tie with the last
     one kept in their image (max_det or the threshold cutting through equal scores) nor overlap a better
     box of their class by an IoU within NMS_TOL of the NMS threshold (`nms_borderline`: float noise decides
@@ -289,6 +292,8 @@ def match_detections(
             ref["batch_index"][:, None] == got["batch_index"][None]
         )
         iou = np.where(same, iou, -1.0)
+        close = same & (np.abs(ref["boxes"][:, None, :] - got["boxes"][None]).max(-1) <= BOX_TOL)
+        iou = np.where(close, np.maximum(iou, 1.0), iou)  # the same box, however thin
         for i in np.argsort(-ref["scores"], kind="stable"):
             row = np.where(used_got, -1.0, iou[i])
             cand = np.flatnonzero(row >= MIN_IOU)

@@ -119,3 +119,20 @@ def test_sizes_are_checked():
     model = build_model("ladder_densenet", **_kwargs_for("ladder_densenet", 3, 4)).eval()
     with pytest.raises(UserError, match="out of range"):
         export_model(model, "onnx", __import__("pathlib").Path("/nonexistent/x.onnx"), size=(8, 8))
+
+
+def test_parity_matches_a_degenerate_box_by_its_coordinates():
+    """A box 2e-4 px wide: float noise of 1e-4 px swings its IoU far below 0.99, yet it is the same box;
+    a box 0.5 px away is not."""
+    from mtlcli.export import match_detections
+
+    ref = {
+        "boxes": np.array([[126.342636, 4.891912, 126.342865, 53.0]], np.float32),
+        "scores": np.array([0.825946], np.float32),
+        "labels": np.array([3]),
+        "batch_index": np.array([0]),
+    }
+    noisy = {**ref, "boxes": np.array([[126.342636, 4.892301, 126.342765, 53.0]], np.float32)}
+    assert match_detections(ref, noisy)["matched"] == 1
+    moved = {**ref, "boxes": ref["boxes"] + np.float32([0.5, 0, 0.5, 0])}
+    assert match_detections(ref, moved)["matched"] == 0
