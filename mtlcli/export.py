@@ -277,10 +277,10 @@ def match_detections(
 ) -> dict[str, Any]:
     """Greedy one-to-one matching, best reference score first, within the same image and label, box IoU
     >= MIN_IOU (or every coordinate within BOX_TOL pixels, for degenerate boxes) and score within SCORE_TOL.
-    Returns counts, the smallest matched IoU, the largest score difference, the worst mask IoU, and `unexplained`: unmatched detections that neither tie with the last
-    one kept in their image (max_det or the threshold cutting through equal scores) nor overlap a better
-    box of their class by an IoU within NMS_TOL of the NMS threshold (`nms_borderline`: float noise decides
-    such a suppression)."""
+    Returns counts, the smallest matched IoU, the largest score difference, the worst mask IoU, and
+    `unexplained`: unmatched detections that neither tie with the last one kept in their image (max_det or
+    the threshold cutting through equal scores) nor overlap a better box of their class by an IoU within
+    NMS_TOL of the NMS threshold (`nms_borderline`: float noise decides such a suppression)."""
     from torchvision.ops import box_iou
 
     n_ref, n_got = len(ref.get("scores", ())), len(got.get("scores", ()))
