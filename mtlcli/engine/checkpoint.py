@@ -12,9 +12,7 @@ A checkpoint is a plain dict saved with `torch.save` and read with `torch.load(w
 from __future__ import annotations
 
 import contextlib
-import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +68,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     """Read a checkpoint with `weights_only=True`; a missing or corrupt file is a UserError."""
     import warnings
 
-    from mtlcli.engine.filekind import INSTEAD, foreign_kind
+    from mtlcli.engine.filekind import INSTEAD, NOT_A_PICKLE, foreign_kind
 
     path = Path(path)
     if not path.is_file():
@@ -82,17 +80,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         with warnings.catch_warnings():  # torch's own advice about weights_only would bury the one line below
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
-    except (
-        RuntimeError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-        EOFError,
-        ValueError,
-        KeyError,
-        IndexError,
-        TypeError,
-        AttributeError,
-    ) as exc:  # a file that is no checkpoint fails in many ways; torch's text runs to hundreds of characters
+    except NOT_A_PICKLE as exc:  # torch's own text runs to hundreds of characters
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = first if len(first) <= 100 else first[:97] + "..."
         raise UserError(

@@ -4,9 +4,22 @@
 from __future__ import annotations
 
 import json
+import pickle
 import zipfile
 from pathlib import Path
 
+# what torch.load(weights_only=True) raises on a file that is not a checkpoint: it fails in many ways
+NOT_A_PICKLE: tuple[type[BaseException], ...] = (
+    RuntimeError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+    EOFError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+)
 INSTEAD = "give a training checkpoint (RUN/checkpoints/best.pt) or the run directory (--run RUN)"
 
 

@@ -16,8 +16,6 @@ fewer than half of the model's tensors. `model.partial_weights = true` loads wha
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,7 +66,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise UserError(
             f"--weights {path} does not exist — give a checkpoint (RUN/checkpoints/best.pt) or a state dict file"
         )
-    from mtlcli.engine.filekind import foreign_kind
+    from mtlcli.engine.filekind import NOT_A_PICKLE, foreign_kind
 
     kind = foreign_kind(path)
     if kind is not None:
@@ -78,17 +76,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        RuntimeError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-        EOFError,
-        ValueError,
-        KeyError,
-        IndexError,
-        TypeError,
-        AttributeError,
-    ) as exc:  # a file that is no pickle fails in many ways
+    except NOT_A_PICKLE as exc:  # a file that is no pickle fails in many ways
         first = (
             (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             if not isinstance(exc, KeyError)
