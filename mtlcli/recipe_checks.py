@@ -249,3 +249,27 @@ def selection_split(recipe: dict[str, Any]) -> str:
     if not ev["metrics"] or ev.get("select_split") == "none":
         return ""
     return ev.get("select_split") or recipe["data"]["val_split"]
+
+
+def settle_iterations(recipe: dict[str, Any], explicit: bool) -> None:
+    """Make train.iterations and [[train.stages]] agree, so that recipe.toml says what the run does.
+
+    With stages, a `--set train.iterations=N` that differs from the stages' sum scales every stage by
+    the same factor (`mtlcli.recipe_checks.scale_stages`: rounded, at least
+    one iteration each, the last stage takes the remainder); otherwise (a recipe file's own
+    train.iterations included) train.iterations becomes the stages' sum."""
+    train = recipe["train"]
+    if not train["stages"]:
+        return
+    total = sum(s["iterations"] for s in train["stages"])
+    if explicit and train["iterations"] != total:
+        scale_stages(train, train["iterations"])
+    else:
+        train["iterations"] = total
+
+
+def total_iterations(recipe: dict[str, Any]) -> int:
+    """Iterations of the whole run: the sum over stages, or train.iterations without stages (a loaded
+    recipe has both equal: `settle_iterations`)."""
+    stages = recipe["train"]["stages"]
+    return sum(s["iterations"] for s in stages) if stages else recipe["train"]["iterations"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import math
 import os
 import tomllib
@@ -31,7 +30,13 @@ from typing import Any
 
 from mtlcli.errors import UserError
 from mtlcli.metrics import METRIC_NAMES as METRICS  # names only: listing recipes imports no model
-from mtlcli.recipe_checks import selection_split, shorten_schedule  # noqa: F401 (selection_split: re-exported)
+from mtlcli.recipe_checks import (  # noqa: F401 (selection_split: re-exported)
+    selection_split,
+    settle_iterations,
+    shorten_schedule,
+    total_iterations,
+)
+from mtlcli.recipe_toml import dump_toml  # noqa: F401 (re-exported: RUN/recipe.toml is written through it)
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -284,25 +289,6 @@ def validate_blaming_overrides(recipe: dict, base: dict, overrides: list[str], s
             apply_override(trial, item)
             validate(trial, source=f"--set {item.strip()!r}", check_model=check_model)
         raise
-
-
-def settle_iterations(recipe: dict, explicit: bool) -> None:
-    """Make train.iterations and [[train.stages]] agree, so that recipe.toml says what the run does.
-
-    With stages, a `--set train.iterations=N` that differs from the stages' sum scales every stage by
-    the same factor (`mtlcli.recipe_checks.scale_stages`: rounded, at least
-    one iteration each, the last stage takes the remainder); otherwise (a recipe file's own
-    train.iterations included) train.iterations becomes the stages' sum."""
-    from mtlcli.recipe_checks import scale_stages
-
-    train = recipe["train"]
-    if not train["stages"]:
-        return
-    total = sum(s["iterations"] for s in train["stages"])
-    if explicit and train["iterations"] != total:
-        scale_stages(train, train["iterations"])
-    else:
-        train["iterations"] = total
 
 
 def merge(base: dict, child: dict) -> dict:
@@ -570,61 +556,6 @@ def validate_model(model: dict, source: str = "recipe") -> None:
     from mtlcli.recipe_checks import check_model_ranges
 
     check_model_ranges(model, source)
-
-
-def total_iterations(recipe: dict) -> int:
-    """Iterations of the whole run: the sum over stages, or train.iterations without stages (a loaded
-    recipe has both equal: `settle_iterations`)."""
-    stages = recipe["train"]["stages"]
-    return sum(s["iterations"] for s in stages) if stages else recipe["train"]["iterations"]
-
-
-# --------------------------------------------------------------------------------------------- writing
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value) if math.isfinite(value) else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return (
-            "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }" if value else "{}"
-        )
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
-
-
-def dump_toml(recipe: dict) -> str:
-    """A resolved recipe as TOML text that `tomllib` reads back to the same dict."""
-    lines: list[str] = []
-    for section in ("model", "data", "train", "eval"):
-        table = recipe.get(section, {})
-        lines.append(f"[{section}]")
-        tables = {}
-        for key, value in table.items():
-            if section == "train" and key == "stages" and value:
-                continue  # written below as [[train.stages]]
-            if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
-                tables[key] = value  # e.g. data.label_map: written as its own [data.label_map] table
-                continue
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-        for key, value in tables.items():
-            lines.append(f"\n[{section}.{_toml_key(key)}]")
-            lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
-        if section == "train":
-            for stage in table.get("stages", []):
-                lines.append("\n[[train.stages]]")
-                lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in stage.items())
-        lines.append("")
-    return "\n".join(lines)
 
 
 def data_root(recipe: dict) -> Path:

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("mtlcli.errors", "mtlcli.safety", "mtlcli.devices")),
     ("ops", ("mtlcli.ops",)),
     ("models/metrics/data/viz", ("mtlcli.models", "mtlcli.metrics", "mtlcli.data", "mtlcli.viz")),
-    ("recipes", ("mtlcli.recipes", "mtlcli.recipe_checks", "mtlcli.hints")),
+    ("recipes", ("mtlcli.recipes", "mtlcli.recipe_checks", "mtlcli.recipe_toml", "mtlcli.hints")),
     ("engine", ("mtlcli.engine", "mtlcli.export", "mtlcli.provenance")),
     ("api", ("mtlcli.api", "mtlcli")),  # the package itself re-exports the API (lazily)
     ("cli", ("mtlcli.cli", "mtlcli.__main__")),
