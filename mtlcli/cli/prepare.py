@@ -24,6 +24,11 @@ WORKERS_HELP = "Processes preparing images in parallel (default: all cores)."
 STRICT_HELP = "Stop at the first problem file instead of skipping it and listing it in the summary."
 VERIFY_HELP = "Decode every image fully to find damage inside complete files (default: check headers and ends only)."
 FORCE_HELP = "Write into --out even if it is not empty (files there may be overwritten)."
+# the options every `mtl prepare DATASET` takes (one definition, as cli.common's RUN_OPTION)
+WORKERS_OPTION = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP)
+STRICT_OPTION = typer.Option(False, "--strict", help=STRICT_HELP)
+FORCE_OPTION = typer.Option(False, "--force", help=FORCE_HELP)
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help=QUIET_HELP)
 
 
 def _console():
@@ -67,10 +72,10 @@ def coco_panoptic(
     out: Path | None = typer.Option(
         None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/custom-panoptic]."
     ),
-    workers: int | None = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
-    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    workers: int | None = WORKERS_OPTION,
+    strict: bool = STRICT_OPTION,
+    force: bool = FORCE_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """COCO panoptic files (COCO 2017, CVAT / Label Studio exports, Cityscapes' createPanopticImgs): things
     and stuff, instances, semantic map, panoptic ground truth kept for PQ."""
@@ -101,10 +106,10 @@ def folder(
     out: Path | None = typer.Option(
         None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/folder]."
     ),
-    workers: int | None = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
-    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    workers: int | None = WORKERS_OPTION,
+    strict: bool = STRICT_OPTION,
+    force: bool = FORCE_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Hand-made scene labels: class-index masks + a class list saying which are things (docs/panoptic.md);
     instances from an optional COCO instances.json, else from connected components."""
@@ -135,10 +140,10 @@ def cityscapes(
         "--split",
         help="Split to prepare; repeat for several [default: train, val, and test (unlabelled) where present].",
     ),
-    workers: int | None = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
-    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    workers: int | None = WORKERS_OPTION,
+    strict: bool = STRICT_OPTION,
+    force: bool = FORCE_OPTION,
+    quiet: bool = QUIET_OPTION,
     verify: bool = typer.Option(False, "--verify", help=VERIFY_HELP),
 ) -> None:
     """Cityscapes (gtFine polygons or labelIds/instanceIds PNGs): boxes and masks, 19 trainIds, DT bins."""
@@ -167,10 +172,10 @@ def voc(
     out: Path | None = typer.Option(
         None, "--out", "-o", metavar="DATA", help="Prepared dataset folder [default: $MTL_DATA/voc]."
     ),
-    workers: int | None = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
-    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    workers: int | None = WORKERS_OPTION,
+    strict: bool = STRICT_OPTION,
+    force: bool = FORCE_OPTION,
+    quiet: bool = QUIET_OPTION,
     verify: bool = typer.Option(False, "--verify", help=VERIFY_HELP),
 ) -> None:
     """PASCAL VOC 2007/2012 (+ SBD): the papers' splits (trainval, trainval07_aug12, train_aug, test, val), DT bins."""
@@ -218,10 +223,10 @@ def coco(
         metavar="DATA",
         help="Prepared dataset folder [default: $MTL_DATA/coco, or $MTL_DATA/custom for your own files].",
     ),
-    workers: int | None = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
-    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    workers: int | None = WORKERS_OPTION,
+    strict: bool = STRICT_OPTION,
+    force: bool = FORCE_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """COCO 2017 or any COCO-format JSON: the dataset's own classes, boxes and masks, a painted semantic map,
     DT bins."""
@@ -263,10 +268,10 @@ def mot15(
     val_fraction: float = typer.Option(
         0.2, "--val-fraction", min=0.0, max=0.9, help="Last part of each sequence used for val."
     ),
-    workers: int | None = typer.Option(None, "--workers", "-j", min=1, help=WORKERS_HELP),
-    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    workers: int | None = WORKERS_OPTION,
+    strict: bool = STRICT_OPTION,
+    force: bool = FORCE_OPTION,
+    quiet: bool = QUIET_OPTION,
     verify: bool = typer.Option(False, "--verify", help=VERIFY_HELP),
 ) -> None:
     """MOT15 pedestrians: boxes per frame, a time split per sequence, box-mask DT bins."""
@@ -303,8 +308,8 @@ def synthetic(
     workers: int | None = typer.Option(
         None, "--workers", "-j", min=1, help="Processes drawing images (default: all cores)."
     ),
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    force: bool = FORCE_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Draw a synthetic street-scene dataset in the real Cityscapes layout, to prepare like Cityscapes."""
     from mtlcli.data.synthetic import generate_synthetic
