@@ -387,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", help="folder for the data and runs (default: a temporary one, removed)")
     parser.add_argument("--markdown", help="write the table there (markdown)")
     parser.add_argument("--log", help="append each row as JSON to this file as it finishes")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip the recipes that already passed in --log; the table keeps their rows")  # fmt: skip
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--roots", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -413,8 +415,17 @@ def main(argv: list[str] | None = None) -> int:
         roots = make_datasets(work / "data", tuple(args.size))
         roots_file.write_text(json.dumps({k: str(v) for k, v in roots.items()}))
     print(f"datasets ready in {time.perf_counter() - t0:.0f} s under {work}", flush=True)
+    done: dict[str, dict[str, Any]] = {}
+    if args.resume and args.log and Path(args.log).is_file():
+        for line in Path(args.log).read_text().splitlines():
+            row = json.loads(line)
+            if row.get("ok"):
+                done[row["recipe"]] = row
     rows = []
     for name in names:
+        if name in done:
+            rows.append(done[name])
+            continue
         row = run_isolated(name, roots, work, args.iterations, args.timeout)
         rows.append(row)
         verdict = "pass" if row.get("ok") else f"FAIL {row.get('error', '')}"
