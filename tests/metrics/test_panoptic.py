@@ -145,3 +145,105 @@ def test_bad_predictions_are_one_clear_error(tmp_path):
     paths[2].write_text("{not json")
     with pytest.raises(UserError, match="not valid JSON"):
         pq_compute(*paths)
+
+
+def _png_variants(root: Path, ids: np.ndarray) -> dict[str, tuple[Path, np.ndarray]]:
+    """`ids` written as the PNG layouts read_panoptic_png accepts: {name: (file, the RGB the file holds)}."""
+    rng = np.random.default_rng(7)
+    rgb = id2rgb(ids)
+    out = {}
+    Image.fromarray(rgb).save(root / "rgb.png")
+    out["rgb"] = (root / "rgb.png", rgb)
+    rgba = np.concatenate([rgb, rng.integers(0, 256, ids.shape + (1,), dtype=np.uint8)], -1)  # any alpha
+    Image.fromarray(rgba).save(root / "rgba.png")
+    out["rgba"] = (root / "rgba.png", rgb)
+    Image.fromarray(rgb).save(root / "trns.png", transparency=tuple(int(v) for v in rgb.reshape(-1, 3)[0]))
+    out["rgb with tRNS"] = (root / "trns.png", rgb)
+    colours, index = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
+    if len(colours) <= 256:
+        pal = Image.fromarray(index.reshape(ids.shape).astype(np.uint8), mode="L").convert("P")
+        pal.putpalette(colours.astype(np.uint8).tobytes())
+        pal.save(root / "palette.png")
+        out["palette"] = (root / "palette.png", rgb)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 3), (33, 65)])
+def test_panoptic_pngs_read_as_the_official_rgb2id(tmp_path, shape):
+    """Odd sizes (RGB rows of 3 bytes a pixel, the last pixel too), all 24 bits of an id, RGBA with any
+    alpha, tRNS, palette: the ids are the official rgb2id of the RGB the file holds."""
+    rng = np.random.default_rng(shape[0] * 100 + shape[1])
+    ids = rng.integers(0, 1 << 24, shape, dtype=np.uint32)
+    ids.flat[-1] = (1 << 24) - 1  # the last pixel (read by hand for RGB) with every bit set
+    ids.flat[0] = 0
+    if shape == (33, 65):  # few colours: a palette PNG too
+        ids = rng.choice(np.array([0, 7, 26001, 0xFFFFFF, 0x10203], np.uint32), shape)
+    for name, (path, rgb) in _png_variants(tmp_path, ids).items():
+        got = read_panoptic_png(path)
+        assert got.dtype == np.uint32 and got.shape == shape, name
+        assert (got == official.rgb2id(rgb.astype(np.uint32))).all(), name
+        assert (got == ids).all(), name
+
+
+def test_panoptic_pngs_without_rgb_are_refused(tmp_path):
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / "gray.png")
+    Image.fromarray(np.zeros((4, 6, 2), np.uint8), mode="LA").save(tmp_path / "la.png")
+    for name in ("gray.png", "la.png"):
+        with pytest.raises(UserError, match="not an RGB panoptic PNG"):
+            read_panoptic_png(tmp_path / name)
+    Image.fromarray(id2rgb(np.arange(24, dtype=np.uint32).reshape(4, 6))).save(tmp_path / "rgb.png")
+    data = bytearray((tmp_path / "rgb.png").read_bytes())
+    data[-20:-12] = bytes(8)  # damaged inside IDAT: PIL's error, not libpng's crash
+    (tmp_path / "bad.png").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="not a readable PNG"):
+        read_panoptic_png(tmp_path / "bad.png")
+
+
+def test_id_maps_of_any_integer_layout_count_alike(tmp_path):
+    """The metric's arrays: int64, uint16, read-only, transposed views count as the uint32 maps do; ids
+    outside 0 .. 2^24 - 1 (in the maps or in segments_info) and non-integer maps are one clear error, and
+    the metric stays correct after one."""
+    paths = write_pairs(tmp_path, 2, size=(24, 40), seed=5)
+    gt, pred = json.loads(paths[0].read_text()), json.loads(paths[2].read_text())
+    pairs = [
+        (read_panoptic_png(paths[1] / a["file_name"]), a["segments_info"], read_panoptic_png(paths[3] / p["file_name"]))
+        for a, p in zip(gt["annotations"], pred["annotations"], strict=True)
+    ]
+    psegs = [p["segments_info"] for p in pred["annotations"]]
+    reference = official_pq(*paths)
+
+    def run(convert, convert_pred=None, metric=None):
+        metric = metric or PanopticMetric(gt["categories"])
+        for (g, gs, q), ps in zip(pairs, psegs, strict=True):
+            metric.update(convert(g), gs, (convert_pred or convert)(q), ps)
+        return metric
+
+    def read_only(a):
+        a = a.copy()
+        a.flags.writeable = False
+        return a
+
+    conversions = [
+        lambda a: a.astype(np.int64),
+        read_only,
+        lambda a: np.ascontiguousarray(a.T).T,  # Fortran order
+        lambda a: np.pad(a, ((0, 0), (0, 3)))[:, :-3],  # a strided view
+    ]
+    for convert in conversions:
+        assert_same(run(convert).stats.average(), reference)
+    assert max(int(g.max()) for g, _, _ in pairs) < 1 << 16  # Cityscapes gt ids fit 16 bits; the predictions' not
+    assert_same(run(lambda a: a.astype(np.uint16), lambda a: a).stats.average(), reference)
+
+    metric = PanopticMetric(gt["categories"])
+    (g, gs, q), ps = pairs[0], psegs[0]
+    for dtype, value in ((np.uint32, 1 << 24), (np.int64, -5), (np.uint32, 1 << 31), (np.int64, 1 << 40)):
+        bad = g.astype(dtype)
+        bad[3, 4] = value
+        for gt_map, pred_map in ((bad, q), (g, bad)):
+            with pytest.raises(UserError, match=rf"segment ids are 0 \.\. 2\^24 - 1 .*; got {value}$"):
+                metric.update(gt_map, gs, pred_map, ps)
+    with pytest.raises(UserError, match="integer segment ids; got dtype float64"):
+        metric.update(g.astype(np.float64), gs, q, ps)
+    with pytest.raises(UserError, match="segments_info has segment id 16777216"):
+        metric.update(g, gs, q, [*ps, {"id": 1 << 24, "category_id": 7}])
+    assert_same(run(lambda a: a, metric=metric).stats.average(), reference)
