@@ -152,3 +152,19 @@ def test_quickstart_still_reuses_a_city_by_its_parameters(synthetic_source: Path
     del marker["panoptic"]
     (old / MARKER).write_text(json.dumps(marker))
     assert _made_with(old, _synthetic_params(6, 3, (64, 128), 0))
+
+
+def test_cli_writes_them_unless_no_panoptic(tmp_path: Path) -> None:
+    from mtlcli.cli.main import main
+
+    def run(argv: list[str]) -> int:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        return exc.value.code or 0
+
+    city = tmp_path / "city"
+    argv = ["prepare", "synthetic", "--out", str(city), "--train", "1", "--val", "1", "--size", "32", "64", "-j", "1"]
+    assert run([*argv, "-q"]) == 0
+    assert len(_panoptic_digest(city)) == 2 + 1 + 1
+    assert run([*argv, "-q", "--force", "--no-panoptic"]) == 0
+    assert _panoptic_digest(city) == {} and json.loads((city / MARKER).read_text())["panoptic"] is False
