@@ -9,6 +9,8 @@ Writes N random JPEGs of H x W into a temporary folder, builds a family's tiny r
     predict      the whole command (`predict_sources`): decoding on loader workers, overlays, semantic
                  PNGs and detections.json written
     predict-json the command with --no-save-images
+    predict-json-eager  the same with `Predictor.fast` off: the network's own eval output (softmax at full
+                 resolution, DESIGN.md §4), what predict ran before the fast path became the default
 
     predict-onnx the command with --no-save-images on the model exported by `mtl export` (whole predict
                  path in one ONNX graph), run by onnxruntime on the CPU (`--onnx`)
@@ -19,6 +21,7 @@ the images/s of predict-json on the CPU). It also checks that the semantic map p
 the upsampled logits) equals the one `mtl eval` scores (argmax of the softmax of the same upsampled logits).
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_predict.py --images 32 --rounds 3 --onnx
+    .venv/bin/python benchmarks/bench_predict.py --run runs/ivanet-tiny-synthetic --images 32 --rounds 5
     .venv/bin/python benchmarks/bench_predict.py --recipe ivanet300 --size 375 500 --images 16 --onnx
     .venv/bin/python benchmarks/bench_predict.py --device cuda --images 256 --batch-size 16 --workers 4
 """
@@ -67,8 +70,7 @@ def build(recipe_name: str, device: str):
         "cityscapes": True,
     }
     predictor = Predictor(network.to(device).eval(), recipe, card, device)
-    predictor.fast = True  # single-stage families through EndToEnd (mtlcli.models.endtoend)
-    return predictor
+    return predictor  # fast (the default): single-stage families through EndToEnd (mtlcli.models.endtoend)
 
 
 def sync(device: str) -> None:
@@ -79,6 +81,7 @@ def sync(device: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="ivanet-tiny-synthetic")
+    parser.add_argument("--run", help="a trained run or checkpoint instead of the recipe's random weights")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"))
     parser.add_argument("--batch-size", type=int, default=8)
@@ -95,7 +98,13 @@ def main() -> None:
     from mtlcli.api import to_image_tensor
     from mtlcli.engine.predict import PredictOptions, predict_sources
 
-    model = build(args.recipe, args.device)
+    if args.run:
+        from mtlcli.api import load_model
+
+        model = load_model(args.run, device=args.device)
+        args.recipe = f"{model.recipe.get('name', 'run')} ({args.run})"
+    else:
+        model = build(args.recipe, args.device)
     bs = args.batch_size
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -117,12 +126,14 @@ def main() -> None:
                     model.network(on_device[i : i + bs])
 
         def api():
+            model.fast = True
             model.predict(list(map(str, paths)), batch_size=bs, score_threshold=args.score_threshold)
 
         counter = iter(range(10**6))
 
-        def command(save_images: bool, predictor=None):
+        def command(save_images: bool, predictor=None, fast: bool = True):
             def run():
+                model.fast = fast
                 opts = PredictOptions(
                     score_threshold=args.score_threshold,
                     batch_size=bs,
@@ -140,6 +151,7 @@ def main() -> None:
             "api": api,
             "predict": command(True),
             "predict-json": command(False),
+            "predict-json-eager": command(False, fast=False),  # Predictor.fast off: the network's eval output
         }
         if args.onnx:
             from mtlcli.api import OnnxPredictor

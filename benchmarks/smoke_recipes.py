@@ -361,6 +361,35 @@ def run_isolated(name: str, roots: dict[str, Path], work: Path, iterations: int,
     return {"recipe": name, "ok": False, "error": f"process died: {tail[0][:300]}", "metrics": {}, "expected": []}
 
 
+def passed_rows(log: str | None) -> dict[str, dict[str, Any]]:
+    """The rows of `log` (JSON lines) that passed, by recipe."""
+    if not log or not Path(log).is_file():
+        return {}
+    rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+    return {r["recipe"]: r for r in rows if r.get("ok")}
+
+
+def claim(path: Path) -> bool:
+    """Take recipe `path.name` for this process (several smoke processes may share one --work, one core
+    each): False when a live process holds it. A claim of a process that has died is taken over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            pid = int(path.read_text() or 0)
+            if pid == os.getpid():
+                return True
+            os.kill(pid, 0)
+            return False  # alive
+        except (ValueError, ProcessLookupError, PermissionError):
+            path.write_text(str(os.getpid()))
+            return True
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
 def markdown(rows: list[dict[str, Any]], header: str = "") -> str:
     lines = [header] if header else []
     lines += ["| recipe | dataset | s/iteration (batch 1) | peak RSS (MiB) | metrics present | result |",
@@ -387,8 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", help="folder for the data and runs (default: a temporary one, removed)")
     parser.add_argument("--markdown", help="write the table there (markdown)")
     parser.add_argument("--log", help="append each row as JSON to this file as it finishes")
-    parser.add_argument("--resume", action="store_true",
-                        help="skip the recipes that already passed in --log; the table keeps their rows")  # fmt: skip
+    resume = (
+        "skip the recipes that already passed in --log (re-read before each recipe) or that another smoke "
+        "process on the same --work holds; the table is every row of --log"
+    )
+    parser.add_argument("--resume", action="store_true", help=resume)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--roots", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -415,17 +447,14 @@ def main(argv: list[str] | None = None) -> int:
         roots = make_datasets(work / "data", tuple(args.size))
         roots_file.write_text(json.dumps({k: str(v) for k, v in roots.items()}))
     print(f"datasets ready in {time.perf_counter() - t0:.0f} s under {work}", flush=True)
-    done: dict[str, dict[str, Any]] = {}
-    if args.resume and args.log and Path(args.log).is_file():
-        for line in Path(args.log).read_text().splitlines():
-            row = json.loads(line)
-            if row.get("ok"):
-                done[row["recipe"]] = row
     rows = []
     for name in names:
+        done = passed_rows(args.log) if args.resume else {}
         if name in done:
             rows.append(done[name])
             continue
+        if args.resume and not claim(work / "claims" / name):
+            continue  # another smoke process on the same --work runs it; its row goes to the shared --log
         row = run_isolated(name, roots, work, args.iterations, args.timeout)
         rows.append(row)
         verdict = "pass" if row.get("ok") else f"FAIL {row.get('error', '')}"
@@ -434,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.log:
             with open(args.log, "a") as f:
                 f.write(json.dumps(row) + "\n")
+    if args.resume and args.log:  # the table of every row in the shared log, in the order asked
+        logged = {json.loads(line)["recipe"]: json.loads(line) for line in Path(args.log).read_text().splitlines()}
+        rows = [logged[n] for n in names if n in logged]
     table = markdown(rows)
     print(table)
     if args.markdown:

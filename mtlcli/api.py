@@ -61,9 +61,10 @@ class Predictor:
         self.palette: list[list[int]] = [list(c) for c in card["palette"]]
         self.det_category_ids: list[int] = list(card.get("det_category_ids") or range(1, len(self.det_classes) + 1))
         self.device, self.checkpoint = device, checkpoint
-        # True: single-stage families run through EndToEnd (the exported graph's code: no full-resolution
-        # softmax; outputs carry the class map, so no panoptic merge) — what benchmarks/bench_predict.py times
-        self.fast = False
+        # True (the default): single-stage families run through EndToEnd, the exported graph's own code
+        # (no full-resolution softmax: the class map is the argmax of the upsampled logits, which is what
+        # the panoptic merge and `mtl eval` use); False: the network's own eval output (DESIGN.md §4)
+        self.fast = True
 
     def __repr__(self) -> str:
         return (
@@ -207,7 +208,7 @@ class Predictor:
 
     def panoptic_of(self, output: dict[str, torch.Tensor]) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
         """The panoptic merge (docs/panoptic.md) of one raw output: (ids [H, W] int32, segments_info)."""
-        if "sem_seg" not in output and "masks" not in output:
+        if "sem_seg" not in output and "masks" not in output and "semantic" not in output:
             return None
         if getattr(self, "_panoptic_maker", None) is None:
             from mtlcli.engine.panoptic import PanopticMaker, merge_settings
@@ -219,7 +220,8 @@ class Predictor:
                 self.card.get("panoptic_category_ids"),
                 merge_settings(self.recipe),
             )
-        ids, segments = self._panoptic_maker(output, None)
+        semantic = output.get("semantic")  # the fast path's class map (argmax of the upsampled logits)
+        ids, segments = self._panoptic_maker(output, semantic.long() if semantic is not None else None)
         things = self._panoptic_maker.things
         class_ids = self._panoptic_maker.class_ids
         for s in segments:

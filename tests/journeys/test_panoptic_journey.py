@@ -9,7 +9,9 @@ import contextlib
 import io
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from mtlcli.cli.main import main
 from tests.data.test_coco_panoptic import write_custom_panoptic
@@ -53,6 +55,12 @@ def test_coco_panoptic_export_to_pq_equal_to_the_official_script(tmp_path, capsy
     rc = _mtl(["eval", "--run", str(run), "--metric", "pq", "--save-predictions", str(saved), "--out", str(result)])
     assert rc == 0
     ours = json.loads(result.read_text())["details"]["pq"]
+    # predict's panoptic maps (the fast path's class map) are the ones eval scores, image by image
+    saved_pngs = sorted((saved / "panoptic").rglob("*.png"))  # nested as the prepared split names them
+    assert len(saved_pngs) == 4
+    for png in saved_pngs:
+        ours_png = np.asarray(Image.open(pred / "panoptic" / png.name))
+        assert (ours_png == np.asarray(Image.open(png))).all(), png.name
     # the official script on the same files: the prepared split's kept ground truth and the saved predictions
     gt_json = data / "val" / "panoptic.json"
     with contextlib.redirect_stdout(io.StringIO()):
