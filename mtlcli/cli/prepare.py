@@ -308,6 +308,12 @@ def synthetic(
     workers: int | None = typer.Option(
         None, "--workers", "-j", min=1, help="Processes drawing images (default: all cores)."
     ),
+    panoptic: bool = typer.Option(
+        True,
+        "--panoptic/--no-panoptic",
+        help="Also write Cityscapes' panoptic ground truth (gtFine/cityscapes_panoptic_<split>.json + PNGs, "
+        "by cityscapesscripts' createPanopticImgs).",
+    ),
     force: bool = FORCE_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -316,7 +322,9 @@ def synthetic(
     from mtlcli.hints import after_synthetic
 
     with quiet_output(quiet), prepare_lock(out):  # one prepare at a time into one --out
-        root = generate_synthetic(out, train=train, val=val, size=size, seed=seed, force=force, workers=workers)
+        root = generate_synthetic(
+            out, train=train, val=val, size=size, seed=seed, force=force, workers=workers, panoptic=panoptic
+        )
     _console().print(
         f"[green]synthetic city[/]: {train} train + {val} val images of {size[0]}x{size[1]} in {root}\n"
         f"next: {after_synthetic(out, default_out('synthetic'))}"

@@ -4,6 +4,10 @@
     SRC/gtFine/<split>/<city>/<city>_<seq:06d>_000019_gtFine_polygons.json     imgHeight, imgWidth, objects
     SRC/gtFine/<split>/<city>/<city>_<seq:06d>_000019_gtFine_labelIds.png      uint8 Cityscapes labelIds
     SRC/gtFine/<split>/<city>/<city>_<seq:06d>_000019_gtFine_instanceIds.png   uint16 (labelId * 1000 + k)
+    SRC/gtFine/cityscapes_panoptic_<split>.json + cityscapes_panoptic_<split>/<id>_gtFine_panoptic.png
+        the panoptic ground truth, written by cityscapesscripts' own createPanopticImgs exactly as for the
+        real dataset (`panoptic=True`, the default; `mtlcli.data.cityscapes_panoptic`)
+    SRC/mtl_synthetic.json                                                     the parameters, written last
 
 Each scene is one street seen from a car: a horizon and a vanishing point, a road between two
 sidewalks, building facades standing on the sidewalk edges and a distant skyline, sky above, trees and
@@ -23,7 +27,7 @@ split, i))`, so a tree with more images starts with the same images as a smaller
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mtlcli.data.cityscapes import rasterise_polygons
+from mtlcli.data.cityscapes_panoptic import remove_panoptic, write_cityscapes_panoptic
 from mtlcli.data.prepared import SYNTHETIC_MARKER, check_out_dir
 from mtlcli.data.synthetic_shapes import (  # the shapes the scene places
     _bicycle,
@@ -40,6 +45,7 @@ from mtlcli.data.synthetic_shapes import (  # the shapes the scene places
     _person,
     _rider,
     _truck_side,
+    clip_polygon,
     ellipse,
     rect,
 )
@@ -90,49 +96,6 @@ class Street:
         """Depth scale where the ground line at `lateral` crosses image column x."""
         bottom = self.left + (lateral + ROAD_HALF_WIDTH) * self.ppm
         return (x - self.vx) / (bottom - self.vx)
-
-
-def clip_polygon(poly: Poly, width: int, height: int) -> list[list[int]]:
-    """Sutherland-Hodgman clip of a polygon to the image rectangle, rounded to integer pixel
-    coordinates (Cityscapes polygons are integer); [] when nothing is left."""
-
-    def clip(points: Poly, inside: Callable[[tuple[float, float]], bool], cut) -> Poly:
-        out: Poly = []
-        for i, cur in enumerate(points):
-            prev = points[i - 1]
-            if inside(cur):
-                if not inside(prev):
-                    out.append(cut(prev, cur))
-                out.append(cur)
-            elif inside(prev):
-                out.append(cut(prev, cur))
-        return out
-
-    def at_x(x0: float):
-        return lambda p, q: (x0, p[1] + (q[1] - p[1]) * (x0 - p[0]) / (q[0] - p[0]))
-
-    def at_y(y0: float):
-        return lambda p, q: (p[0] + (q[0] - p[0]) * (y0 - p[1]) / (q[1] - p[1]), y0)
-
-    xmax, ymax = width - 1, height - 1
-    pts = list(poly)
-    for inside, cut in (
-        (lambda p: p[0] >= 0, at_x(0)),
-        (lambda p: p[0] <= xmax, at_x(xmax)),
-        (lambda p: p[1] >= 0, at_y(0)),
-        (lambda p: p[1] <= ymax, at_y(ymax)),
-    ):
-        if not pts:
-            return []
-        pts = clip(pts, inside, cut)
-    out: list[list[int]] = []
-    for x, y in pts:
-        p = [int(round(x)), int(round(y))]
-        if not out or out[-1] != p:
-            out.append(p)
-    if len(out) > 1 and out[0] == out[-1]:
-        out.pop()
-    return out if len(out) >= 3 else []
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -554,11 +517,13 @@ def generate_synthetic(
     force: bool = False,
     workers: int | None = 1,
     quiet: bool = False,
+    panoptic: bool = True,
 ) -> Path:
     """Write a synthetic street-scene dataset in the Cityscapes layout (module docstring) to `out`.
 
     size is (H, W) in pixels. `out` must be empty or absent unless force. Returns the resolved root,
-    which `prepare_cityscapes` reads like the real dataset. Deterministic for (seed, size).
+    which `prepare_cityscapes` reads like the real dataset. Deterministic for (seed, size). panoptic: also
+    write Cityscapes' panoptic ground truth (createPanopticImgs' files) of the drawn splits.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -572,11 +537,13 @@ def generate_synthetic(
     if height > 4096 or width > 8192:
         raise UserError(f"--size {height} {width} is larger than 4096 8192; Cityscapes itself is 1024 2048")
     root = check_out_dir(out, force, writes="source")  # never into a prepared dataset or a run
+    (root / MARKER).unlink(missing_ok=True)  # a tree being redrawn is no complete city until the end
     jobs = [(root, split, i, seed, (height, width)) for split, n in (("train", train), ("val", val)) for i in range(n)]
     workers = workers or default_workers()
-    columns = [TextColumn("[bold]synthetic[/] city"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    drawn = [split for split, n in (("train", train), ("val", val)) if n]
     with Progress(*columns, disable=quiet) as progress:
-        task = progress.add_task("draw", total=len(jobs))
+        task = progress.add_task("[bold]synthetic[/] city", total=len(jobs))
         if workers > 1 and len(jobs) > 1:
             from concurrent.futures import ProcessPoolExecutor
 
@@ -587,6 +554,14 @@ def generate_synthetic(
             for job in jobs:
                 _write_job(job)
                 progress.advance(task)
+        for split in ("train", "val"):  # a city drawn again (--force) keeps no panoptic files of the old one
+            if not panoptic or split not in drawn:
+                remove_panoptic(root / "gtFine", split)
+        if panoptic:  # createPanopticImgs' own files, one split at a time (its printing swallowed)
+            task = progress.add_task("panoptic splits", total=len(drawn))
+            for split in drawn:
+                write_cityscapes_panoptic(root, [split])
+                progress.advance(task)
     params = {
         "generator": "mtl synthetic city",
         "version": 1,
@@ -594,6 +569,7 @@ def generate_synthetic(
         "train": train,
         "val": val,
         "size": [height, width],
+        "panoptic": panoptic,
     }
     atomic_write_text(root / MARKER, json.dumps(params, indent=2))
     return root

@@ -1,9 +1,10 @@
 """The synthetic city's shapes: polygons in metres relative to the ground contact point (u right, v up),
-scaled and placed by the caller (`mtlcli.data.synthetic`)."""
+scaled and placed by the caller (`mtlcli.data.synthetic`), and the clip of a placed polygon to the image."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -23,6 +24,49 @@ def ellipse(
 
 def rect(x0: float, y0: float, x1: float, y1: float) -> Poly:
     return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def clip_polygon(poly: Poly, width: int, height: int) -> list[list[int]]:
+    """Sutherland-Hodgman clip of a polygon to the image rectangle, rounded to integer pixel
+    coordinates (Cityscapes polygons are integer); [] when nothing is left."""
+
+    def clip(points: Poly, inside: Callable[[tuple[float, float]], bool], cut) -> Poly:
+        out: Poly = []
+        for i, cur in enumerate(points):
+            prev = points[i - 1]
+            if inside(cur):
+                if not inside(prev):
+                    out.append(cut(prev, cur))
+                out.append(cur)
+            elif inside(prev):
+                out.append(cut(prev, cur))
+        return out
+
+    def at_x(x0: float):
+        return lambda p, q: (x0, p[1] + (q[1] - p[1]) * (x0 - p[0]) / (q[0] - p[0]))
+
+    def at_y(y0: float):
+        return lambda p, q: (p[0] + (q[0] - p[0]) * (y0 - p[1]) / (q[1] - p[1]), y0)
+
+    xmax, ymax = width - 1, height - 1
+    pts = list(poly)
+    for inside, cut in (
+        (lambda p: p[0] >= 0, at_x(0)),
+        (lambda p: p[0] <= xmax, at_x(xmax)),
+        (lambda p: p[1] >= 0, at_y(0)),
+        (lambda p: p[1] <= ymax, at_y(ymax)),
+    ):
+        if not pts:
+            return []
+        pts = clip(pts, inside, cut)
+    out: list[list[int]] = []
+    for x, y in pts:
+        p = [int(round(x)), int(round(y))]
+        if not out or out[-1] != p:
+            out.append(p)
+    if len(out) > 1 and out[0] == out[-1]:
+        out.pop()
+    return out if len(out) >= 3 else []
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """`mtl prepare coco-panoptic`: a custom COCO panoptic export with its own stuff classes, and Cityscapes'
-panoptic files (cityscapesscripts' createPanopticImgs over the synthetic city) read through the same path
-and equal to what `prepare cityscapes` makes from the same ground truth."""
+panoptic files (the synthetic city's, written by cityscapesscripts' createPanopticImgs) read through the
+same path and equal to what `prepare cityscapes` makes from the same ground truth; the panoptic ground truth
+`mtl eval --metric pq` derives for the prepared city equals those files by the official evaluation."""
 
 from __future__ import annotations
 
@@ -86,27 +87,21 @@ def test_custom_panoptic_export_becomes_things_and_stuff(tmp_path):
     assert {c["id"]: c["isthing"] for c in kept["categories"]} == {c["id"]: c["isthing"] for c in src["categories"]}
 
 
-def test_cityscapes_panoptic_equals_prepare_cityscapes(tmp_path):
-    """createPanopticImgs' files of the synthetic city, prepared by coco-panoptic, give the same semantic
-    maps and the same instances (mask, class, crowd) as `prepare cityscapes` on its polygons' PNGs."""
-    create = pytest.importorskip("cityscapesscripts.preparation.createPanopticImgs")
-    from mtlcli.data.cityscapes import prepare_cityscapes
-    from mtlcli.data.synthetic import generate_synthetic
-
-    src = generate_synthetic(tmp_path / "city", train=0, val=3, size=(64, 128), quiet=True)
-    (tmp_path / "pan").mkdir()
-    with contextlib.redirect_stdout(io.StringIO()):
-        create.convert2panoptic(str(src / "gtFine"), str(tmp_path / "pan"), setNames=["val"])
-    ref, ours = tmp_path / "ref", tmp_path / "ours"
-    prepare_cityscapes(src, ref, workers=1, splits=["val"], quiet=True)
+def test_cityscapes_panoptic_equals_prepare_cityscapes(tmp_path, synthetic_source, synthetic_prepared):
+    """The synthetic city's own Cityscapes panoptic files (createPanopticImgs' output, written by the
+    generator), prepared by coco-panoptic, give the same semantic maps and the same instances (mask, class,
+    crowd) as `prepare cityscapes` on its polygons' PNGs."""
+    gt = synthetic_source / "gtFine"
     split = PanopticSplit(
         "train",
-        tmp_path / "pan" / "cityscapes_panoptic_val.json",
-        tmp_path / "pan" / "cityscapes_panoptic_val",
-        src / "leftImg8bit" / "val",
+        gt / "cityscapes_panoptic_val.json",
+        gt / "cityscapes_panoptic_val",
+        synthetic_source / "leftImg8bit" / "val",
     )
-    prepare_coco_panoptic([split], ours, workers=1, quiet=True)
-    meta_ref, meta = DatasetMeta.load(ref), DatasetMeta.load(ours)
+    ours = tmp_path / "ours"
+    summary = prepare_coco_panoptic([split], ours, workers=1, quiet=True)
+    assert summary["skipped"] == []
+    meta_ref, meta = DatasetMeta.load(synthetic_prepared), DatasetMeta.load(ours)
     assert meta.seg_classes == meta_ref.seg_classes and meta.det_classes == meta_ref.det_classes
 
     def by_base(root: Path, split: str):
@@ -120,44 +115,53 @@ def test_cityscapes_panoptic_equals_prepare_cityscapes(tmp_path):
             )
         return out
 
-    a, b = by_base(ref, "val"), by_base(ours, "train")
+    a, b = by_base(synthetic_prepared, "val"), by_base(ours, "train")
     assert a.keys() == b.keys() and len(a) == 3
     for name in a:
         assert (a[name][0] == b[name][0]).all(), name
         assert a[name][1] == b[name][1], name
 
 
-def test_derived_panoptic_ground_truth_equals_create_panoptic_imgs(tmp_path):
-    """The panoptic ground truth mtl derives for data prepared by `prepare cityscapes` (instances + semantic
-    map) is createPanopticImgs' own: the official evaluatePanoptic of ours against it gives PQ = SQ = RQ = 1."""
-    create = pytest.importorskip("cityscapesscripts.preparation.createPanopticImgs")
+def test_derived_panoptic_ground_truth_equals_the_synthetic_citys_files(tmp_path, synthetic_source, synthetic_prepared):
+    """The panoptic ground truth `mtl eval --metric pq` scores the synthetic city against (derived from its
+    prepared instances + semantic maps: PanopticTruth) is the generator's createPanopticImgs files: the
+    official evaluatePanoptic of ours against them gives PQ = SQ = RQ = 1 for all, things and stuff."""
     official = pytest.importorskip("cityscapesscripts.evaluation.evalPanopticSemanticLabeling")
-    from mtlcli.data.cityscapes import prepare_cityscapes
-    from mtlcli.data.panoptic import write_ground_truth
-    from mtlcli.data.synthetic import generate_synthetic
+    from pycocotools import mask as mask_utils
 
-    src = generate_synthetic(tmp_path / "city", train=0, val=3, size=(64, 128), quiet=True)
-    (tmp_path / "pan").mkdir()
-    with contextlib.redirect_stdout(io.StringIO()):
-        create.convert2panoptic(str(src / "gtFine"), str(tmp_path / "pan"), setNames=["val"])
-    prepare_cityscapes(src, tmp_path / "data", workers=1, splits=["val"], quiet=True)
-    inst = json.loads((tmp_path / "data" / "val" / "instances.json").read_text())
-    meta = DatasetMeta.load(tmp_path / "data")
-    assert write_ground_truth(tmp_path / "data", "val", inst["images"], inst["annotations"], meta) == 3
-    ours = json.loads((tmp_path / "data" / "val" / "panoptic.json").read_text())
-    theirs_json = tmp_path / "pan" / "cityscapes_panoptic_val.json"
+    from mtlcli.data.panoptic import PanopticTruth
+    from mtlcli.data.prepared import semantic_path
+    from mtlcli.metrics.predictions import GroundTruth
+
+    gt = GroundTruth.load(synthetic_prepared, "val")
+    truth = PanopticTruth(gt.root, "val", gt.meta)
+    assert not truth.kept  # `prepare cityscapes` keeps no panoptic files: eval derives them
+    (tmp_path / "ours").mkdir()
+    anns = []
+    for img in gt.images():  # what evaluate_panoptic_files / PanopticStep hand PanopticTruth
+
+        def derive(img=img):
+            sem = read_label_png(semantic_path(gt.root, "val", img["stem"]))
+            objs = gt.coco.imgToAnns.get(img["id"], [])
+            masks = [mask_utils.decode(gt.coco.annToRLE(a)).astype(bool) for a in objs]
+            return sem, masks, [a["category_id"] for a in objs], [a.get("iscrowd", 0) for a in objs]
+
+        ids, segments = truth.get(img["stem"], derive)
+        image_id = Path(img["file_name"]).name.replace("_leftImg8bit.png", "")  # the official image id
+        Image.fromarray(id2rgb(ids)).save(tmp_path / "ours" / f"{image_id}.png")
+        anns.append({"image_id": image_id, "file_name": f"{image_id}.png", "segments_info": segments})
+    theirs_json = synthetic_source / "gtFine" / "cityscapes_panoptic_val.json"
     theirs = json.loads(theirs_json.read_text())
-    assert [c["id"] for c in ours["categories"]] == [c["id"] for c in theirs["categories"]]  # labelIds
-    for a in ours["annotations"]:  # as predictions: the official image ids
-        a["image_id"] = Path(a["file_name"]).name.replace("_leftImg8bit.png", "")
-    (tmp_path / "ours.json").write_text(json.dumps(ours))
+    assert [c["id"] for c in truth.categories] == [c["id"] for c in theirs["categories"]]  # labelIds
+    (tmp_path / "ours.json").write_text(json.dumps({"annotations": anns, "categories": truth.categories}))
     with contextlib.redirect_stdout(io.StringIO()):
         res = official.evaluatePanoptic(
-            str(theirs_json), str(tmp_path / "pan" / "cityscapes_panoptic_val"), str(tmp_path / "ours.json"),
-            str(tmp_path / "data" / "val" / "panoptic"), str(tmp_path / "res.json"),
+            str(theirs_json), str(synthetic_source / "gtFine" / "cityscapes_panoptic_val"), str(tmp_path / "ours.json"),
+            str(tmp_path / "ours"), str(tmp_path / "res.json"),
         )  # fmt: skip
     for group in ("All", "Things", "Stuff"):
-        assert res[group]["n"] > 0 and res[group]["pq"] == res[group]["rq"] == 1.0, group
-    for a, b in zip(sorted(ours["annotations"], key=lambda a: a["image_id"]), theirs["annotations"], strict=True):
-        assert len(a["segments_info"]) == len(b["segments_info"])
+        assert res[group]["n"] > 0 and res[group]["pq"] == res[group]["sq"] == res[group]["rq"] == 1.0, group
+    assert len(anns) == len(theirs["annotations"]) == 3
+    for a, b in zip(sorted(anns, key=lambda a: a["image_id"]), theirs["annotations"], strict=True):
+        assert a["image_id"] == b["image_id"] and len(a["segments_info"]) == len(b["segments_info"])
         assert sorted(s["iscrowd"] for s in a["segments_info"]) == sorted(s["iscrowd"] for s in b["segments_info"])
