@@ -16,10 +16,10 @@ The official rules, kept to the letter (docs/panoptic.md):
 - per class PQ = Σ IoU / (TP + FP/2 + FN/2), SQ = Σ IoU / TP, RQ = TP / (TP + FP/2 + FN/2); averages over
   the classes with TP + FP + FN > 0 (overall, things = isthing 1, stuff = the others).
 
-Where the official script loops over segment pairs in Python, `image_stats` maps both id maps to
-compact segment indices (`np.searchsorted` over the few segment ids) and counts every (gt, pred) pair
-in one `np.bincount` of the combined index — the official `np.unique` of gt * 2^24 + pred, without the
-sort — then matches with array operations.
+Where the official script loops over segment pairs in Python, `PQStats.add_image` maps both id maps to
+compact segment indices (one lookup table over the 2^24 ids) and counts every (gt, pred) pair in one
+bincount of the combined index — the official `np.unique` of gt * 2^24 + pred, without the sort — then
+matches with array operations (`_pair_counts`).
 """
 
 from __future__ import annotations
