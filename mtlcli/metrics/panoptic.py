@@ -158,6 +158,8 @@ class PQStats:
             self._lut = np.zeros(OFFSET, np.int32)  # calloc'd: only the pages of ids in use are touched
         lut = self._lut
         table = torch.from_numpy(lut)
+        if LANES * (G + 2) * (P + 2) >= 2**31:  # the int32 codes
+            raise UserError(f"{where}: {G} ground-truth and {P} predicted segments are too many pairs to count")
         g_index, p_index = _index_tensor(gt_ids, where), _index_tensor(pred_ids, where)
         for seg_ids, whose in ((g_ids, "ground truth's"), (p_ids, "prediction's")):
             if len(seg_ids) and not (0 <= seg_ids.min() and seg_ids.max() < OFFSET):
@@ -188,9 +190,9 @@ class PQStats:
         # four interleaved sub-histograms (pixel k counts in lane k % 4): runs of equal codes, the rule in
         # a segmentation, then add to four counters in turn instead of stalling on one
         K = (G + 2) * (P + 2)
-        if self._lanes is None or self._lanes.numel() != rows.numel():
+        if self._lanes is None or self._lanes.numel() < rows.numel():  # kept for the largest image so far
             self._lanes = torch.arange(rows.numel(), dtype=torch.int32) % LANES
-        rows.add_(self._lanes, alpha=K)
+        rows.add_(self._lanes[: rows.numel()], alpha=K)
         raw = torch.bincount(rows, minlength=LANES * K).view(LANES, K).sum(0).numpy().reshape(G + 2, P + 2)
         if raw[:, 0].any():
             stray = np.setdiff1d(np.unique(pred_ids), np.append(p_ids, VOID))

@@ -231,6 +231,11 @@ def test_id_maps_of_any_integer_layout_count_alike(tmp_path):
     ]
     for convert in conversions:
         assert_same(run(convert).stats.average(), reference)
+    mixed = PanopticMetric(gt["categories"])  # a larger image first (void margins change nothing), then smaller
+    for k, ((g, gs, q), ps) in enumerate(zip(pairs, psegs, strict=True)):
+        pad = ((0, 7), (0, 5)) if k == 0 else ((0, 0), (0, 0))
+        mixed.update(np.pad(g, pad), gs, np.pad(q, pad), ps)
+    assert_same(mixed.stats.average(), reference)
     assert max(int(g.max()) for g, _, _ in pairs) < 1 << 16  # Cityscapes gt ids fit 16 bits; the predictions' not
     assert_same(run(lambda a: a.astype(np.uint16), lambda a: a).stats.average(), reference)
 
