@@ -239,7 +239,14 @@ def _onnx_runner(path: Path, names: list[str]):
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run(images: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(names, {"images": images}), strict=True))
+        try:
+            return dict(zip(names, session.run(names, {"images": images}), strict=True))
+        except Exception as exc:  # onnxruntime's own error types (Fail, InvalidArgument, ...): one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"the exported ONNX file fails in onnxruntime on a {images.shape[1]}x{images.shape[2]} image "
+                f"({first[:200]}) — {path} was kept for inspection; please report it with the model's recipe"
+            ) from None
 
     return run
 

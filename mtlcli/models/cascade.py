@@ -260,7 +260,7 @@ class CascadeRoIHeads(nn.Module):
     def forward_test(
         self, features: dict[str, Tensor], proposals: list[Tensor], shapes: list[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
-        counts = [len(p) for p in proposals]
+        counts = [p.shape[0] for p in proposals]  # traced sizes (len() would be a constant in an export)
         rois = proposals
         logits_sum: Tensor | None = None
         for t, stage in enumerate(self.stage_list()):

@@ -196,7 +196,9 @@ class MultiScalePoolWithAttention(nn.Module):
     def pool(self, features: dict[str, Tensor], boxes: list[Tensor]) -> Tensor:
         """The concatenated multi-level RoI features [R, L*C, k, k] before attention."""
         ref = features[self.featmap_names[0]]
-        rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), b], dim=1) for i, b in enumerate(boxes)]).to(ref.dtype)
+        rois = torch.cat([torch.cat([b.new_full((b.shape[0], 1), i), b], dim=1) for i, b in enumerate(boxes)]).to(
+            ref.dtype
+        )
         return torch.cat(
             [
                 roi_align(features[name], rois, self.output_size, 1.0 / stride, self.sampling_ratio, aligned=False)
