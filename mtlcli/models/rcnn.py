@@ -44,7 +44,6 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import (
     GeneralizedRCNNTransform,
-    _resize_image_and_masks,
     resize_boxes,
 )
 from torchvision.ops import MultiScaleRoIAlign
@@ -229,10 +228,32 @@ class RCNNTransform(GeneralizedRCNNTransform):
         if self.training:
             return super().resize(image, target)
         h, w = image.shape[-2:]
-        image, target = _resize_image_and_masks(image, self.test_min_size, self.test_max_size, target)
+        sides = eval_resize_size(image, self.test_min_size, self.test_max_size)
+        # traced: the 0-dim tensors themselves (the graph's Resize takes them as its sizes); eager: ints
+        size: Any = sides if torch.jit.is_tracing() else [int(v) for v in sides]
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        if target is not None and "masks" in target:  # as torchvision's resize does it (nearest)
+            masks = target["masks"]
+            target["masks"] = F.interpolate(masks[:, None].float(), size=size)[:, 0].to(masks.dtype)
         if target is not None:
             target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
         return image, target
+
+
+def eval_resize_size(image: Tensor, min_size: int, max_size: int) -> list[Tensor]:
+    """The evaluation size of `image` [C, H, W]: short side to `min_size` unless the long side would pass
+    `max_size` (then long side to `max_size`), the other side floor(side * scale), in integer arithmetic.
+    torchvision multiplies by a float scale: eager in float64, an exported graph in float32 by a reciprocal,
+    so at some sizes (141 x 185 at 128 / 256) the graph makes 127 rows where eager PyTorch makes 128 and
+    the two see other pictures. Exact integers give both the same size; eager PyTorch's float64 floor
+    differs from them only where side * scale is a whole number that float64 rounds below (then by one
+    pixel). Traceable: int64 tensors [2] -> a list of two 0-dim tensors."""
+    shape = torch._shape_as_tensor(image)[-2:]
+    lo, hi = shape.min(), shape.max()
+    by_short = min_size * hi <= max_size * lo  # min_size / lo <= max_size / hi
+    out = torch.where(by_short, torch.div(shape * min_size, lo, rounding_mode="floor"),
+                      torch.div(shape * max_size, hi, rounding_mode="floor"))  # fmt: skip
+    return [out[0], out[1]]
 
 
 def parse_size_range(min_size: Any) -> tuple[int, int] | None:
