@@ -165,10 +165,9 @@ FAMILY_LABELS = {
 
 def floors_text() -> str:
     """FLOORS in one line (the --all help): "IvaNet mIoU 0.70 + mAP50 0.50; ..."."""
-    short = {"miou": "mIoU", "dt": "DT acc", "voc07": "mAP50", "coco-bbox": "box AP", "coco-segm": "mask AP"}
     return "; ".join(
         f"{FAMILY_LABELS.get(family, family)} "
-        + " + ".join(f"{short.get(m, m.upper())} {g:.2f}" for m, g in goals.items())
+        + " + ".join(f"{SHORT_LABELS.get(m, m)} {g:.2f}" for m, g in goals.items())
         for family, goals in FLOORS.items()
     )
 
