@@ -361,12 +361,17 @@ def run_isolated(name: str, roots: dict[str, Path], work: Path, iterations: int,
     return {"recipe": name, "ok": False, "error": f"process died: {tail[0][:300]}", "metrics": {}, "expected": []}
 
 
-def passed_rows(log: str | None) -> dict[str, dict[str, Any]]:
-    """The rows of `log` (JSON lines) that passed, by recipe."""
+def logged_rows(log: str | None) -> dict[str, dict[str, Any]]:
+    """The rows of `log` (JSON lines) by recipe, the last row of a recipe winning."""
     if not log or not Path(log).is_file():
         return {}
     rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
-    return {r["recipe"]: r for r in rows if r.get("ok")}
+    return {r["recipe"]: r for r in rows}
+
+
+def passed_rows(log: str | None) -> dict[str, dict[str, Any]]:
+    """The rows of `log` that passed, by recipe."""
+    return {name: r for name, r in logged_rows(log).items() if r.get("ok")}
 
 
 def claim(path: Path) -> bool:
@@ -378,11 +383,15 @@ def claim(path: Path) -> bool:
     except FileExistsError:
         try:
             pid = int(path.read_text() or 0)
+            if pid <= 0:  # written by a process killed before it named itself (kill(0) would be the group)
+                raise ValueError(pid)
             if pid == os.getpid():
                 return True
             os.kill(pid, 0)
             return False  # alive
-        except (ValueError, ProcessLookupError, PermissionError):
+        except PermissionError:  # alive, another user's process
+            return False
+        except (ValueError, ProcessLookupError):
             path.write_text(str(os.getpid()))
             return True
     with os.fdopen(fd, "w") as f:
@@ -464,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.log, "a") as f:
                 f.write(json.dumps(row) + "\n")
     if args.resume and args.log:  # the table of every row in the shared log, in the order asked
-        logged = {json.loads(line)["recipe"]: json.loads(line) for line in Path(args.log).read_text().splitlines()}
+        logged = logged_rows(args.log)
         rows = [logged[n] for n in names if n in logged]
     table = markdown(rows)
     print(table)

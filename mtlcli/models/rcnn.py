@@ -232,10 +232,10 @@ class RCNNTransform(GeneralizedRCNNTransform):
         # traced: the 0-dim tensors themselves (the graph's Resize takes them as its sizes); eager: ints
         size: Any = sides if torch.jit.is_tracing() else [int(v) for v in sides]
         image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-        if target is not None and "masks" in target:  # as torchvision's resize does it (nearest)
-            masks = target["masks"]
-            target["masks"] = F.interpolate(masks[:, None].float(), size=size)[:, 0].to(masks.dtype)
         if target is not None:
+            if "masks" in target:  # as torchvision's resize does it (nearest)
+                masks = target["masks"]
+                target["masks"] = F.interpolate(masks[:, None].float(), size=size)[:, 0].to(masks.dtype)
             target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
         return image, target
 
